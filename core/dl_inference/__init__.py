@@ -1,0 +1,84 @@
+"""dl-inference: a deep-learning inference service built as a pluggy microkernel.
+
+Everything a plugin may use is re-exported here and listed in ``__all__``; every other
+module is private and may change without notice.
+"""
+
+from dl_inference.backend import Backend, BackendSettings
+from dl_inference.balancer import Balancer, NodeView, Outcome
+from dl_inference.config.model_config import ModelConfig, TensorConfig
+from dl_inference.datatypes import DATATYPES, from_numpy_dtype, to_numpy_dtype
+from dl_inference.errors import (
+    BackendError,
+    ConfigError,
+    DeadlineExceeded,
+    DlInferenceError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    PermissionDenied,
+    PluginError,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from dl_inference.hookspecs import HOOKSPEC_VERSION, hookimpl
+from dl_inference.protocol import Protocol, RoutingKeyReader
+from dl_inference.python_model import PythonModel
+from dl_inference.registry import BackendRegistry, BalancerRegistry, ProtocolRegistry
+from dl_inference.runtime import Runtime
+from dl_inference.status import grpc_code, http_status, public_message
+from dl_inference.types import (
+    Decision,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    RequestContext,
+    TensorSpec,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATATYPES",
+    "HOOKSPEC_VERSION",
+    "Backend",
+    "BackendError",
+    "BackendRegistry",
+    "BackendSettings",
+    "Balancer",
+    "BalancerRegistry",
+    "ConfigError",
+    "DeadlineExceeded",
+    "Decision",
+    "DlInferenceError",
+    "InferRequest",
+    "InferResponse",
+    "InvalidInput",
+    "ModelConfig",
+    "ModelMetadata",
+    "ModelNotFound",
+    "ModelNotReady",
+    "NodeView",
+    "Outcome",
+    "PermissionDenied",
+    "PluginError",
+    "Protocol",
+    "ProtocolRegistry",
+    "PythonModel",
+    "RequestContext",
+    "ResourceExhausted",
+    "RoutingKeyReader",
+    "Runtime",
+    "TensorConfig",
+    "TensorSpec",
+    "Unauthenticated",
+    "Unavailable",
+    "__version__",
+    "from_numpy_dtype",
+    "grpc_code",
+    "hookimpl",
+    "http_status",
+    "public_message",
+    "to_numpy_dtype",
+]

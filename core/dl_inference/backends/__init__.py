@@ -1,0 +1,1 @@
+"""Backends built into the kernel (registered through the same hook as plugins)."""

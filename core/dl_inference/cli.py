@@ -1,0 +1,146 @@
+"""The ``dl-inference`` command: serve, check-config, plugins."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dl_inference.config.loader import load_server_config
+from dl_inference.config.schema import ServerConfig
+from dl_inference.errors import DlInferenceError
+
+EXIT_CONFIG = 2  # bad configuration / missing plugin: fix and rerun
+EXIT_FAILURE = 1
+
+DEMO_REPOSITORY = Path(__file__).parent / "demo" / "models"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dl-inference",
+        description="Serve deep-learning models over KServe V2, TF Serving and Seldon protocols.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve a model repository (the demo one by default)")
+    serve.add_argument("-c", "--config", type=Path, help="server YAML file")
+    serve.add_argument("--model-repository", type=Path, help="folder <repo>/<model>/<version>/")
+    serve.add_argument("--host", help="address for both listeners (default 0.0.0.0)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (0 picks a free one)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (0 picks a free one)")
+    serve.add_argument("--log-format", choices=["console", "json"], help="log line format")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a server YAML file without serving")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_check_config)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DlInferenceError as exc:
+        print(f"dl-inference: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def resolve_config(args: argparse.Namespace) -> ServerConfig:
+    """The file's configuration (or defaults) with command-line flags applied on top."""
+    config = load_server_config(args.config) if args.config else ServerConfig()
+    if args.model_repository is not None:
+        config.model_repository = args.model_repository.resolve()
+    if config.model_repository is None and not getattr(config, "routes", None):
+        config.model_repository = DEMO_REPOSITORY
+    if args.host is not None:
+        config.server.grpc.host = args.host
+        config.server.http.host = args.host
+    if args.grpc_port is not None:
+        config.server.grpc.port = args.grpc_port
+    if args.http_port is not None:
+        config.server.http.port = args.http_port
+    if args.log_format is not None:
+        config.server.log_format = args.log_format
+    if args.log_level is not None:
+        config.server.log_level = args.log_level
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dl_inference.logs import configure_logging
+
+    config = resolve_config(args)
+    configure_logging(config.server.log_format, config.server.log_level)
+    server = _build_server(config)
+    try:
+        asyncio.run(server.run())
+    except OSError as exc:
+        print(f"dl-inference: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _build_server(config: ServerConfig) -> Any:
+    from dl_inference.plugins import PluginHost
+    from dl_inference.server import Server
+
+    plugins = PluginHost(
+        allow=config.plugins.allow, block=config.plugins.block, strict=config.plugins.strict
+    ).load()
+    server = Server(config, plugins)
+    server.prepare()
+    return server
+
+
+# -- check-config --------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from dl_inference.logs import configure_logging
+
+    configure_logging("console", "warning")
+    config = load_server_config(args.file)
+    server = _build_server(config)
+    models = server.models.names()
+    print(f"{args.file}: OK ({len(models)} model(s): {', '.join(models) or 'none'})")
+    return 0
+
+
+# -- plugins -------------------------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from dl_inference.logs import configure_logging
+    from dl_inference.plugins import PluginHost
+
+    configure_logging("console", "error")
+    host = PluginHost().load()
+    rows = [info.as_dict() for info in host.plugins]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        line = f"{row['name']:<16} {row['distribution']} {row['version']}  [{row['status']}]"
+        print(line)
+        for kind, names in row["registers"].items():
+            print(f"    {kind}: {', '.join(names)}")
+        if row["hooks"]:
+            print(f"    hooks: {', '.join(row['hooks'])}")
+        if row["error"]:
+            print(f"    error: {row['error']}")
+    return 0

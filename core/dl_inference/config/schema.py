@@ -1,0 +1,61 @@
+"""The server YAML file (``dl-inference serve -c FILE``) as one typed tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dl_inference.gateway.config import Routes
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GrpcConfig(_Section):
+    """The gRPC listener."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8500, ge=0, le=65535)
+    max_message_mb: float = Field(default=64, gt=0)
+
+
+class HttpConfig(_Section):
+    """The HTTP listener: REST, health, metrics. ``enabled: false`` turns it off."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(default=8501, ge=0, le=65535)
+
+
+class ServerSection(_Section):
+    """Listeners and process-wide behaviour."""
+
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    drain_timeout_s: float = Field(default=30, ge=0)
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    strict_model_loading: bool = False
+
+
+class PluginsConfig(_Section):
+    """Which installed plugins to use. ``strict``: a plugin that fails to import is fatal."""
+
+    allow: list[str] | None = None
+    block: list[str] = Field(default_factory=list)
+    strict: bool = False
+
+
+class ServerConfig(_Section):
+    """The whole server configuration file."""
+
+    server: ServerSection = Field(default_factory=ServerSection)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    model_repository: Path | None = None
+    # Per-model overrides; the keys belong to ModelConfig or the model's backend Settings,
+    # validated once the backend is known.
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    routes: Routes = Field(default_factory=list)

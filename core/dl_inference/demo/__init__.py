@@ -1,0 +1,1 @@
+"""The built-in demo model repository that ``dl-inference serve`` uses with no config."""

@@ -1,0 +1,278 @@
+"""Loaded models: choosing a backend per version, loading off the loop, lookup, prediction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import inspect
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from pydantic import ValidationError
+
+from dl_inference.backend import Backend
+from dl_inference.config.errors import describe_errors
+from dl_inference.config.model_config import KERNEL_KEYS
+from dl_inference.errors import (
+    BackendError,
+    ConfigError,
+    DlInferenceError,
+    ModelNotFound,
+    ModelNotReady,
+)
+from dl_inference.plugins import PluginHost
+from dl_inference.repository import ModelSource
+from dl_inference.types import ModelMetadata, TensorSpec
+
+log = structlog.get_logger("dl_inference.models")
+
+
+class ModelState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass
+class ModelVersion:
+    """One version of one model, its backend instance, state and executor."""
+
+    name: str
+    version: str
+    backend_name: str
+    backend: Backend
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    executor: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.backend.config.instances, thread_name_prefix=f"dli-{self.name}"
+        )
+        self._pass_parameters = accepts_var_keyword(self.backend.predict)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    def inputs(self) -> list[TensorSpec] | None:
+        return self.backend.inputs()
+
+    def outputs(self) -> list[TensorSpec] | None:
+        return self.backend.outputs()
+
+    async def predict(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Run the backend in this model's executor; user errors become BackendError."""
+        loop = asyncio.get_running_loop()
+        # The copied context carries the request id into the worker thread's log lines.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(
+            self.executor, context.run, self._predict_sync, inputs, parameters
+        )
+
+    def _predict_sync(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        try:
+            if self._pass_parameters:
+                return self.backend.predict(inputs, **parameters)
+            return self.backend.predict(inputs)
+        except DlInferenceError:
+            raise
+        except Exception as exc:
+            log.error(
+                "model raised",
+                model=self.name,
+                version=self.version,
+                backend=self.backend_name,
+                traceback="".join(traceback.format_exception(exc)),
+            )
+            raise BackendError(f"model {self.name!r} failed: {describe_exception(exc)}") from exc
+
+
+class ModelRegistry:
+    """Every model version this worker hosts, by name and version."""
+
+    def __init__(self, plugins: PluginHost) -> None:
+        self.plugins = plugins
+        self._versions: dict[str, dict[str, ModelVersion]] = {}
+        self._sources: dict[str, ModelSource] = {}
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def prepare(self, sources: list[ModelSource]) -> None:
+        """Choose and configure the backend of every version; config errors surface here."""
+        for source in sources:
+            selected = source.config.version_policy.select(source.versions)
+            versions = {}
+            for number in selected:
+                path = source.version_path(number)
+                cls = self._backend_class(source, path)
+                settings = _settings(cls, source)
+                backend = cls(source.name, str(number), path, source.config, settings)
+                versions[str(number)] = ModelVersion(source.name, str(number), cls.name, backend)
+            self._versions[source.name] = versions
+            self._sources[source.name] = source
+
+    async def load_all(self, *, strict: bool = False) -> None:
+        """Load every prepared version in worker threads; failures leave it UNAVAILABLE."""
+        await asyncio.gather(
+            *(
+                self._load(v, strict)
+                for versions in self._versions.values()
+                for v in versions.values()
+            )
+        )
+
+    async def _load(self, model: ModelVersion, strict: bool) -> None:
+        try:
+            await asyncio.to_thread(model.backend.load)
+        except Exception as exc:
+            model.state = ModelState.UNAVAILABLE
+            model.reason = f"failed to load: {describe_exception(exc)}"
+            log.error(
+                "model failed to load",
+                model=model.name,
+                version=model.version,
+                backend=model.backend_name,
+                error=model.reason,
+                traceback="".join(traceback.format_exception(exc)),
+            )
+            if strict:
+                raise BackendError(
+                    f"model {model.name!r} version {model.version} {model.reason}"
+                ) from exc
+            return
+        model.state = ModelState.READY
+        log.info("model ready", model=model.name, version=model.version, backend=model.backend_name)
+
+    async def unload_all(self) -> None:
+        """Unload every version (after draining), releasing executors and backend resources."""
+        for versions in self._versions.values():
+            for model in versions.values():
+                model.state = ModelState.UNLOADING
+                model.executor.shutdown(wait=True)
+                try:
+                    await asyncio.to_thread(model.backend.unload)
+                except Exception as exc:
+                    log.warning("model failed to unload", model=model.name, error=str(exc))
+
+    def _backend_class(self, source: ModelSource, path: Path) -> type[Backend]:
+        if source.config.backend:
+            return self.plugins.backend(source.config.backend)
+        candidates = [cls for cls in self.plugins.backends if cls.can_load(path)]
+        if len(candidates) == 1:
+            return candidates[0]
+        files = ", ".join(sorted(p.name for p in path.iterdir())) or "no files"
+        if not candidates:
+            installed = ", ".join(self.plugins.backends.names())
+            raise ConfigError(
+                f"model {source.name!r} version {path.name}: no installed backend recognises "
+                f"its files ({files}); installed backends: {installed}. "
+                f"Name one with `backend:` in {source.path / 'config.yaml'} or install the plugin "
+                "(e.g. pip install dl-inference-pytorch)"
+            )
+        names = ", ".join(sorted(cls.name for cls in candidates))
+        raise ConfigError(
+            f"model {source.name!r} version {path.name}: several backends can serve {files} "
+            f"({names}); choose one with `backend:` in {source.path / 'config.yaml'}"
+        )
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._versions)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """All versions of ``name``, oldest first; ModelNotFound if the model is unknown."""
+        if name not in self._versions:
+            raise ModelNotFound(
+                f"unknown model {name!r}; models served here: {', '.join(self.names()) or 'none'}"
+            )
+        return sorted(self._versions[name].values(), key=lambda v: int(v.version))
+
+    def resolve(self, name: str, version: str = "") -> ModelVersion:
+        """The version to serve: ``""`` = newest ready one; a label maps through version_labels."""
+        versions = self.versions(name)
+        if not version:
+            ready = [v for v in versions if v.ready]
+            if not ready:
+                reasons = "; ".join(f"v{v.version}: {v.reason or v.state.value}" for v in versions)
+                raise ModelNotReady(f"model {name!r} has no ready version ({reasons})")
+            return ready[-1]
+        labels = self._sources[name].config.version_labels
+        number = str(labels[version]) if version in labels else version
+        for model in versions:
+            if model.version == number:
+                if not model.ready:
+                    raise ModelNotReady(
+                        f"model {name!r} version {number} is {model.state.value}"
+                        + (f": {model.reason}" if model.reason else "")
+                    )
+                return model
+        known = ", ".join(v.version for v in versions)
+        raise ModelNotFound(f"model {name!r} has no version {version!r} (versions: {known})")
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.resolve(name, version)
+        except DlInferenceError:
+            return False
+        return True
+
+    def all_ready(self) -> bool:
+        return all(v.ready for versions in self._versions.values() for v in versions.values())
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        """Metadata of the resolved version (names every version of the model)."""
+        model = self.resolve(name, version)
+        return ModelMetadata(
+            name=name,
+            versions=[v.version for v in self.versions(name)],
+            platform=model.backend.platform,
+            inputs=model.inputs() or [],
+            outputs=model.outputs() or [],
+        )
+
+
+def _settings(cls: type[Backend], source: ModelSource) -> Any:
+    try:
+        return cls.Settings.model_validate(source.config.backend_options)
+    except ValidationError as exc:
+        lines = describe_errors(
+            exc, cls.Settings, prefix=f"models.{source.name}", also_known=KERNEL_KEYS
+        )
+        raise ConfigError(
+            f"model {source.name!r} (backend {cls.name}; from {source.path / 'config.yaml'} or "
+            "the server config's models section):\n  " + "\n  ".join(lines)
+        ) from None
+
+
+def accepts_var_keyword(function: Any) -> bool:
+    """Whether ``function`` takes ``**kwargs`` (request parameters are passed only then)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message (file.py:line)`` pointing at the innermost frame, for user code errors."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{text} ({Path(exc.filename).name}:{exc.lineno})"
+    if frames:
+        last = frames[-1]
+        text += f" ({Path(last.filename).name}:{last.lineno})"
+    return text

@@ -1,0 +1,33 @@
+"""The class a ``python``-backend model's ``model.py`` subclasses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class PythonModel:
+    """Subclass this once in ``<repo>/<model>/<version>/model.py``.
+
+    The server sets ``name``, ``version``, ``path`` (the version folder) and ``config``
+    (the model's settings as a dict) before calling :meth:`load` once, then calls
+    :meth:`predict` for every request, possibly from several threads when
+    ``instances > 1``.
+    """
+
+    name: str
+    version: str
+    path: Path
+    config: dict[str, Any]
+
+    def load(self) -> None:
+        """Prepare the model (read weights beside ``model.py`` from ``self.path``)."""
+
+    def predict(self, inputs: dict[str, np.ndarray], **parameters: Any) -> dict[str, np.ndarray]:
+        """Named arrays in, named arrays out; raise to fail the request with your message."""
+        raise NotImplementedError(f"{type(self).__name__} must define predict()")
+
+    def unload(self) -> None:
+        """Release resources when the model is unloaded."""

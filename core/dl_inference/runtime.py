@@ -1,0 +1,161 @@
+"""The Runtime: what every protocol calls to inspect and run models, with per-request hooks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from dl_inference.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from dl_inference.models import ModelRegistry
+from dl_inference.plugins import PluginHost
+from dl_inference.types import InferRequest, InferResponse, ModelMetadata, RequestContext
+from dl_inference.validation import select_outputs, validate_inputs
+
+log = structlog.get_logger("dl_inference.access")
+
+SERVER_NAME = "dl-inference"
+
+
+class Runtime:
+    """Models, plugins and server state as seen by wire protocols.
+
+    Protocols decode a request, then ``await runtime.infer(request, ctx)``; metadata and
+    readiness come from :meth:`model_metadata`, :meth:`model_ready`, :meth:`ready`.
+    """
+
+    def __init__(
+        self,
+        plugins: PluginHost,
+        models: ModelRegistry,
+        *,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        access_log: bool = True,
+    ) -> None:
+        self.plugins = plugins
+        self.models = models
+        self.max_message_bytes = max_message_bytes
+        self.access_log = access_log
+        self.draining = False
+        self._hooks = plugins.pm.hook
+        self._use = {
+            name: plugins.hook_is_used(name)
+            for name in ("dli_authorize", "dli_on_request", "dli_on_response", "dli_on_error")
+        }
+
+    # -- server and model state ------------------------------------------------------------
+
+    @property
+    def server_name(self) -> str:
+        return SERVER_NAME
+
+    @property
+    def server_version(self) -> str:
+        from dl_inference import __version__
+
+        return __version__
+
+    def extensions(self) -> list[str]:
+        """Open Inference Protocol extensions this server supports."""
+        return ["binary_tensor_data", "model_metadata"]
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready when not draining and every model version loaded (Triton's rule)."""
+        return not self.draining and self.models.all_ready()
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return not self.draining and self.models.is_ready(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        return self.models.metadata(name, version)
+
+    # -- inference -------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        """Authorize, run hooks, validate, predict in the model's executor, select outputs."""
+        ctx.request = request
+        if not request.id:
+            request.id = ctx.request_id
+        try:
+            with structlog.contextvars.bound_contextvars(request_id=ctx.request_id):
+                response = await self._infer(request, ctx)
+        except BaseException as exc:
+            if self._use["dli_on_error"]:
+                self._hooks.dli_on_error(ctx=ctx, error=exc)
+            self._log(ctx, request, exc)
+            raise
+        self._log(ctx, request, None)
+        return response
+
+    async def _infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another instance")
+        if self._use["dli_authorize"]:
+            _enforce(self._hooks.dli_authorize(ctx=ctx))
+        if self._use["dli_on_request"]:
+            self._hooks.dli_on_request(ctx=ctx)
+            request = ctx.request or request
+        model = self.models.resolve(request.model_name, request.model_version)
+        validate_inputs(request.model_name, request.inputs, model.inputs())
+        _check_requested_outputs(request, model.outputs())
+        left = request.time_left()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded(f"the deadline of the request to {request.model_name!r} passed")
+        outputs = await model.predict(request.inputs, request.parameters)
+        response = InferResponse(
+            model_name=request.model_name,
+            model_version=model.version,
+            id=request.id,
+            outputs=select_outputs(request.model_name, outputs, request.outputs),
+        )
+        ctx.response = response
+        if self._use["dli_on_response"]:
+            self._hooks.dli_on_response(ctx=ctx)
+            response = ctx.response or response
+        return response
+
+    def _log(self, ctx: RequestContext, request: InferRequest, error: BaseException | None) -> None:
+        if not self.access_log:
+            return
+        fields: dict[str, Any] = {
+            "request_id": ctx.request_id,
+            "protocol": ctx.protocol,
+            "model": request.model_name,
+            "version": request.model_version or None,
+            "latency_ms": round((time.monotonic() - ctx.started) * 1000, 3),
+            "status": "OK" if error is None else type(error).__name__,
+        }
+        if error is None:
+            log.info("request", **fields)
+        else:
+            log.warning("request failed", error=str(error), **fields)
+
+
+def _enforce(decision: Any) -> None:
+    if decision is None or decision.allowed:
+        return
+    if not decision.authenticated:
+        raise Unauthenticated(decision.reason or "credentials are missing or invalid")
+    raise PermissionDenied(decision.reason or "not allowed")
+
+
+def _check_requested_outputs(request: InferRequest, specs: Any) -> None:
+    if request.outputs is None or specs is None:
+        return
+    names = {spec.name for spec in specs}
+    for name in request.outputs:
+        if name not in names:
+            raise InvalidInput(
+                f"model {request.model_name!r} has no output named {name!r}; its outputs are: "
+                f"{', '.join(sorted(names))}"
+            )

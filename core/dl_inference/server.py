@@ -1,0 +1,234 @@
+"""The server process: one grpc.aio server and one aiohttp app over a shared Runtime.
+
+Start-up order: plugins -> repository scan and config checks -> model loads -> listeners
+-> "listening" lines on stdout. SIGTERM / SIGINT drain: health turns NOT_SERVING, new
+calls are refused, in-flight calls finish within ``server.drain_timeout_s``, models unload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import grpc
+import structlog
+from aiohttp import web
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+from dl_inference.config.schema import ServerConfig
+from dl_inference.models import ModelRegistry
+from dl_inference.plugins import PluginHost
+from dl_inference.protocol import Protocol
+from dl_inference.repository import scan_repository
+from dl_inference.runtime import Runtime
+
+log = structlog.get_logger("dl_inference.server")
+
+_MB = 1024 * 1024
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+class Server:
+    """A configured dl-inference server; :meth:`run` serves until SIGTERM."""
+
+    def __init__(self, config: ServerConfig, plugins: PluginHost) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.models = ModelRegistry(plugins)
+        self.runtime = Runtime(
+            plugins, self.models, max_message_bytes=int(config.server.grpc.max_message_mb * _MB)
+        )
+        self.protocols: list[Protocol] = [cls() for cls in plugins.protocols]
+        self.grpc_address = ""
+        self.http_address = ""
+        self.gateway: Any = None
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopped = asyncio.Event()
+
+    # -- start -----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Scan the repository and resolve every backend; raises ConfigError / PluginError."""
+        if self.config.model_repository is not None:
+            sources = scan_repository(self.config.model_repository, self.config.models)
+            self.models.prepare(sources)
+        elif self.config.models:
+            name = next(iter(self.config.models))
+            from dl_inference.errors import ConfigError
+
+            raise ConfigError(f"models.{name}: overrides need a model_repository to apply to")
+
+    async def start(self) -> None:
+        """Load models, open both listeners, print their addresses, run dli_server_started."""
+        await self.models.load_all(strict=self.config.server.strict_model_loading)
+        await self._start_gateway()
+        await self._start_grpc()
+        if self.config.server.http.enabled:
+            await self._start_http()
+        await self._update_health()
+        print(f"gRPC listening on {self.grpc_address}", flush=True)
+        if self.http_address:
+            print(f"HTTP listening on {self.http_address}", flush=True)
+        log.info(
+            "server ready",
+            grpc=self.grpc_address,
+            http=self.http_address or None,
+            models=self.models.names(),
+            protocols=[p.name for p in self.protocols],
+        )
+        self.plugins.pm.hook.dli_server_started(server=self)
+
+    async def _start_gateway(self) -> None:
+        routes = getattr(self.config, "routes", None)
+        if not routes:
+            return
+        from dl_inference.gateway import Gateway
+
+        self.gateway = Gateway(routes, self.plugins)
+        await self.gateway.start()
+
+    async def _start_grpc(self) -> None:
+        limit = self.runtime.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        handlers = [h for p in self.protocols for h in p.grpc_handlers(self.runtime)]
+        if self.gateway is not None:
+            handlers = self.gateway.wrap_grpc_handlers(handlers, self.protocols)
+        server.add_generic_rpc_handlers(handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._add_reflection(server)
+        grpc_cfg = self.config.server.grpc
+        address = f"{_bracket(grpc_cfg.host)}:{grpc_cfg.port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address} (gRPC): {exc}") from None
+        await server.start()
+        self._grpc = server
+        self.grpc_address = f"{_bracket(grpc_cfg.host)}:{port}"
+
+    def _add_reflection(self, server: grpc.aio.Server) -> None:
+        # A private pool: our files are renamed to the standard packages (inference.*, ...),
+        # which must not enter the default pool where client libraries register theirs.
+        pool = descriptor_pool.DescriptorPool()
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        from google.protobuf import descriptor_pb2
+
+        health_file = descriptor_pb2.FileDescriptorProto()
+        health_pb2.DESCRIPTOR.CopyToProto(health_file)
+        files = [health_file]
+        for protocol in self.protocols:
+            files.extend(protocol.reflection_files())
+        added: set[str] = set()
+        for file in files:
+            if file.name not in added:
+                pool.Add(file)
+                added.add(file.name)
+                names += [
+                    f"{file.package}.{s.name}" if file.package else s.name for s in file.service
+                ]
+        names += [reflection.SERVICE_NAME, _REFLECTION_V1]
+        servicer = reflection.aio.ReflectionServicer(sorted(set(names)), pool=pool)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+        # grpc.reflection.v1 has the same messages as v1alpha; newer tools ask for v1 first.
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    _REFLECTION_V1,
+                    {
+                        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                            servicer.ServerReflectionInfo,
+                            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                        )
+                    },
+                )
+            ]
+        )
+
+    async def _start_http(self) -> None:
+        app = web.Application(client_max_size=self.runtime.max_message_bytes)
+        for protocol in self.protocols:
+            app.add_routes(list(protocol.http_routes(self.runtime)))
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.config.server.drain_timeout_s,
+        )
+        await runner.setup()
+        http_cfg = self.config.server.http
+        site = web.TCPSite(runner, http_cfg.host, http_cfg.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            address = f"{_bracket(http_cfg.host)}:{http_cfg.port}"
+            raise OSError(f"cannot listen on {address} (HTTP): {exc.strerror}") from None
+        self._http = runner
+        host, port = runner.addresses[0][:2]
+        self.http_address = f"{_bracket(host)}:{port}"
+
+    async def _update_health(self) -> None:
+        overall = health_pb2.HealthCheckResponse.SERVING
+        if not self.runtime.ready():
+            overall = health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set("", overall)
+        for protocol in self.protocols:
+            for service in protocol.grpc_services:
+                await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        for name in self.models.names():
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if self.runtime.model_ready(name)
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await self._health.set(name, status)
+
+    # -- run and stop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start, then serve until SIGTERM/SIGINT, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopped.set)
+        await self.start()
+        await self._stopped.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        """Drain: refuse new calls, let in-flight ones finish (bounded), then unload models."""
+        grace = self.config.server.drain_timeout_s
+        log.info("draining", timeout_s=grace)
+        self.runtime.draining = True
+        self.plugins.pm.hook.dli_server_stopping(server=self)
+        await self._health.enter_graceful_shutdown()
+        stops = []
+        if self._grpc is not None:
+            stops.append(self._grpc.stop(grace))
+        if self._http is not None:
+            stops.append(self._http.shutdown())
+        await asyncio.gather(*stops)
+        if self._http is not None:
+            await self._http.cleanup()
+        if self.gateway is not None:
+            await self.gateway.stop()
+        await self.models.unload_all()
+        log.info("stopped")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

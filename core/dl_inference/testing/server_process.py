@@ -1,0 +1,133 @@
+"""Start ``dl-inference serve`` as users do, in a subprocess on 127.0.0.1, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+_READY = re.compile(r"^(gRPC|HTTP) listening on (\S+):(\d+)$")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (prefer port 0 where the server reports back)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``dl-inference serve ARGS --host 127.0.0.1 --grpc-port 0 --http-port 0`` in a subprocess.
+
+    Waits until the server prints its listening addresses; ``grpc_address`` and
+    ``http_url`` then point at it. Leaving the ``with`` block sends SIGTERM and waits.
+    ``output()`` returns everything the process printed so far (stdout and stderr).
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = 120.0,
+        cwd: str | Path | None = None,
+        extra_flags: bool = True,
+    ) -> None:
+        self.args = list(args)
+        if extra_flags:
+            self.args += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.timeout = timeout
+        self.cwd = cwd
+        self.grpc_port = 0
+        self.http_port = 0
+        self.process: subprocess.Popen[str] | None = None
+        self._lines: list[str] = []
+        self._seen = threading.Condition()
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def output(self) -> str:
+        with self._seen:
+            return "".join(self._lines)
+
+    def start(self) -> ServerProcess:
+        command = [sys.executable, "-m", "dl_inference", "serve", *self.args]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + self.timeout
+        with self._seen:
+            while not (self.grpc_port and self.http_port):
+                if self.process.poll() is not None and not self._reader_alive:
+                    raise RuntimeError(
+                        f"server exited with {self.process.returncode} before it was ready:\n"
+                        + "".join(self._lines)
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.stop()
+                    raise TimeoutError("server not ready in time:\n" + "".join(self._lines))
+                self._seen.wait(min(left, 0.2))
+        return self
+
+    _reader_alive = True
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._seen:
+                self._lines.append(line)
+                match = _READY.match(line.strip())
+                if match:
+                    port = int(match.group(3))
+                    if match.group(1) == "gRPC":
+                        self.grpc_port = port
+                    else:
+                        self.http_port = port
+                self._seen.notify_all()
+        with self._seen:
+            self._reader_alive = False
+            self._seen.notify_all()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait for exit (then SIGKILL); returns the exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

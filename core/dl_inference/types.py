@@ -1,0 +1,111 @@
+"""Framework-neutral request, response and tensor descriptions shared by every protocol."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as metadata shows it: V2 datatype, shape (-1 = variable)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass
+class ModelMetadata:
+    """What a model exposes: its name, versions, platform (backend) and tensor specs."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+@dataclass
+class InferRequest:
+    """One inference call, decoded from any wire protocol.
+
+    ``inputs`` are named numpy arrays (BYTES as object arrays of ``bytes``).
+    ``outputs`` lists the requested output names (``None``: all of them).
+    ``deadline`` is a ``time.monotonic()`` instant, or ``None`` for no deadline.
+    """
+
+    model_name: str
+    inputs: dict[str, np.ndarray]
+    model_version: str = ""
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] | None = None
+    deadline: float | None = None
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (may be negative), or ``None`` without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+@dataclass
+class InferResponse:
+    """The answer to an :class:`InferRequest`: named numpy arrays plus echoes of the request."""
+
+    model_name: str
+    outputs: dict[str, np.ndarray]
+    model_version: str = ""
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RequestContext:
+    """Per-request state handed to the per-request hooks.
+
+    ``metadata`` holds gRPC metadata / HTTP headers with lower-cased keys. Hooks may read
+    and rewrite ``request`` (in ``dli_on_request``) and ``response`` (in ``dli_on_response``),
+    and keep their own data in ``extras``.
+    """
+
+    protocol: str
+    method: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    request: InferRequest | None = None
+    response: InferResponse | None = None
+    request_id: str = ""
+    peer: str = ""
+    started: float = field(default_factory=time.monotonic)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.request_id:
+            self.request_id = self.metadata.get("x-request-id") or uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``dli_authorize`` returns: allow, or refuse with a reason.
+
+    ``authenticated=False`` refuses as UNAUTHENTICATED (401), otherwise PERMISSION_DENIED (403).
+    """
+
+    allowed: bool
+    reason: str = ""
+    authenticated: bool = True
+
+    @classmethod
+    def allow(cls) -> Decision:
+        return cls(True)
+
+    @classmethod
+    def deny(cls, reason: str, *, authenticated: bool = True) -> Decision:
+        return cls(False, reason, authenticated)
