@@ -51,6 +51,8 @@ class ModelVersion:
     state: ModelState = ModelState.LOADING
     reason: str = ""
     executor: ThreadPoolExecutor = field(init=False)
+    in_flight: int = 0
+    signature: tuple[float, int] = (0.0, 0)
 
     def __post_init__(self) -> None:
         self.executor = ThreadPoolExecutor(
@@ -75,9 +77,13 @@ class ModelVersion:
         loop = asyncio.get_running_loop()
         # The copied context carries the request id into the worker thread's log lines.
         context = contextvars.copy_context()
-        return await loop.run_in_executor(
-            self.executor, context.run, self._predict_sync, inputs, parameters
-        )
+        self.in_flight += 1
+        try:
+            return await loop.run_in_executor(
+                self.executor, context.run, self._predict_sync, inputs, parameters
+            )
+        finally:
+            self.in_flight -= 1
 
     def _predict_sync(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
@@ -113,15 +119,19 @@ class ModelRegistry:
         """Choose and configure the backend of every version; config errors surface here."""
         for source in sources:
             selected = source.config.version_policy.select(source.versions)
-            versions = {}
-            for number in selected:
-                path = source.version_path(number)
-                cls = self._backend_class(source, path)
-                settings = _settings(cls, source)
-                backend = cls(source.name, str(number), path, source.config, settings)
-                versions[str(number)] = ModelVersion(source.name, str(number), cls.name, backend)
-            self._versions[source.name] = versions
+            self._versions[source.name] = {
+                str(number): self._make_version(source, number) for number in selected
+            }
             self._sources[source.name] = source
+
+    def _make_version(self, source: ModelSource, number: int) -> ModelVersion:
+        path = source.version_path(number)
+        cls = self._backend_class(source, path)
+        settings = _settings(cls, source)
+        backend = cls(source.name, str(number), path, source.config, settings)
+        model = ModelVersion(source.name, str(number), cls.name, backend)
+        model.signature = _folder_signature(path)
+        return model
 
     async def load_all(self, *, strict: bool = False) -> None:
         """Load every prepared version in worker threads; failures leave it UNAVAILABLE."""
@@ -157,14 +167,75 @@ class ModelRegistry:
 
     async def unload_all(self) -> None:
         """Unload every version (after draining), releasing executors and backend resources."""
-        for versions in self._versions.values():
-            for model in versions.values():
-                model.state = ModelState.UNLOADING
-                model.executor.shutdown(wait=True)
-                try:
-                    await asyncio.to_thread(model.backend.unload)
-                except Exception as exc:
-                    log.warning("model failed to unload", model=model.name, error=str(exc))
+        for versions in list(self._versions.values()):
+            for model in list(versions.values()):
+                await self._retire(model)
+
+    async def _retire(self, model: ModelVersion) -> None:
+        """Stop routing to ``model``, let its in-flight calls finish, then unload it."""
+        versions = self._versions.get(model.name, {})
+        if versions.get(model.version) is model:
+            del versions[model.version]
+        model.state = ModelState.UNLOADING
+        while model.in_flight:
+            await asyncio.sleep(0.01)
+        model.executor.shutdown(wait=False)
+        try:
+            await asyncio.to_thread(model.backend.unload)
+        except Exception as exc:
+            log.warning("model failed to unload", model=model.name, error=str(exc))
+        log.info("model unloaded", model=model.name, version=model.version)
+
+    # -- changes on disk -------------------------------------------------------------------
+
+    async def refresh(self, sources: list[ModelSource]) -> bool:
+        """Apply what changed on disk: load new versions/models, retire old ones.
+
+        A new version serves once loaded; versions that left the policy are retired only
+        after a newer one is ready, so requests never find the model without a version. A
+        version that fails to load stays UNAVAILABLE beside the serving one and is retried
+        when its files change. Returns whether anything changed.
+        """
+        changed = False
+        seen = {source.name for source in sources}
+        for source in sources:
+            changed |= await self._refresh_model(source)
+        for name in sorted(set(self._versions) - seen):
+            log.info("model folder removed; unloading", model=name)
+            for model in list(self._versions[name].values()):
+                await self._retire(model)
+            del self._versions[name]
+            self._sources.pop(name, None)
+            changed = True
+        return changed
+
+    async def _refresh_model(self, source: ModelSource) -> bool:
+        current = self._versions.setdefault(source.name, {})
+        self._sources[source.name] = source
+        selected = {str(n) for n in source.config.version_policy.select(source.versions)}
+        changed = False
+        for number in sorted(selected, key=int):
+            known = current.get(number)
+            path = source.version_path(int(number))
+            if known is not None and (known.ready or known.signature == _folder_signature(path)):
+                continue
+            try:
+                model = self._make_version(source, int(number))
+            except DlInferenceError as exc:
+                log.error(
+                    "new model version refused", model=source.name, version=number, error=str(exc)
+                )
+                continue
+            await self._load(model, strict=False)
+            if known is not None:
+                await self._retire(known)
+            current[number] = model
+            changed = True
+        if any(current[v].ready for v in selected if v in current):
+            for number in sorted(set(current) - selected, key=int):
+                await self._retire(current[number])
+                changed = True
+        return changed
 
     def _backend_class(self, source: ModelSource, path: Path) -> type[Backend]:
         if source.config.backend:
@@ -230,7 +301,8 @@ class ModelRegistry:
         return True
 
     def all_ready(self) -> bool:
-        return all(v.ready for versions in self._versions.values() for v in versions.values())
+        """Whether every model has a version ready to serve."""
+        return all(any(v.ready for v in versions.values()) for versions in self._versions.values())
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
         """Metadata of the resolved version (names every version of the model)."""
@@ -276,3 +348,15 @@ def describe_exception(exc: BaseException) -> str:
         last = frames[-1]
         text += f" ({Path(last.filename).name}:{last.lineno})"
     return text
+
+
+def _folder_signature(path: Path) -> tuple[float, int]:
+    """Newest mtime and file count under ``path``: changes when a version is rewritten."""
+    newest, count = 0.0, 0
+    for file in path.rglob("*"):
+        try:
+            newest = max(newest, file.stat().st_mtime)
+        except OSError:
+            continue
+        count += 1
+    return newest, count

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from dl_inference.config.schema import ServerConfig
+from dl_inference.errors import ConfigError, DlInferenceError
 from dl_inference.models import ModelRegistry
 from dl_inference.plugins import PluginHost
 from dl_inference.protocol import Protocol
@@ -49,6 +50,8 @@ class Server:
         self._http: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()
         self._stopped = asyncio.Event()
+        self._poller: asyncio.Task[None] | None = None
+        self._health_models: set[str] = set()
 
     # -- start -----------------------------------------------------------------------------
 
@@ -59,8 +62,6 @@ class Server:
             self.models.prepare(sources)
         elif self.config.models:
             name = next(iter(self.config.models))
-            from dl_inference.errors import ConfigError
-
             raise ConfigError(f"models.{name}: overrides need a model_repository to apply to")
 
     async def start(self) -> None:
@@ -82,6 +83,24 @@ class Server:
             protocols=[p.name for p in self.protocols],
         )
         self.plugins.pm.hook.dli_server_started(server=self)
+        poll = self.config.server.repository_poll_s
+        if self.config.model_repository is not None and poll > 0:
+            self._poller = asyncio.create_task(self._poll_repository(poll))
+
+    async def _poll_repository(self, interval: float) -> None:
+        """Load versions and models that appear on disk, retire those that leave."""
+        root = self.config.model_repository
+        assert root is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                sources = await asyncio.to_thread(scan_repository, root, self.config.models)
+                if await self.models.refresh(sources):
+                    await self._update_health()
+            except DlInferenceError as exc:
+                log.error("repository scan failed; serving what is loaded", error=str(exc))
+            except Exception:
+                log.exception("repository scan crashed; serving what is loaded")
 
     async def _start_gateway(self) -> None:
         routes = getattr(self.config, "routes", None)
@@ -187,6 +206,9 @@ class Server:
         for protocol in self.protocols:
             for service in protocol.grpc_services:
                 await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        for name in self._health_models - set(self.models.names()):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        self._health_models = set(self.models.names())
         for name in self.models.names():
             status = (
                 health_pb2.HealthCheckResponse.SERVING
@@ -214,6 +236,8 @@ class Server:
         grace = self.config.server.drain_timeout_s
         log.info("draining", timeout_s=grace)
         self.runtime.draining = True
+        if self._poller is not None:
+            self._poller.cancel()
         self.plugins.pm.hook.dli_server_stopping(server=self)
         await self._health.enter_graceful_shutdown()
         stops = []

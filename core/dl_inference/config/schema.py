@@ -39,6 +39,8 @@ class ServerSection(_Section):
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     strict_model_loading: bool = False
+    # Seconds between scans of the model repository for new/removed versions (0: never).
+    repository_poll_s: float = Field(default=2.0, ge=0)
 
 
 class PluginsConfig(_Section):

@@ -1,0 +1,117 @@
+"""Versions and models that appear on or leave the disk are applied without failing requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dl_inference.errors import ModelNotFound
+from dl_inference.models import ModelRegistry
+from dl_inference.plugins import PluginHost
+from dl_inference.repository import scan_repository
+from dl_inference.runtime import Runtime
+from dl_inference.testing import write_python_model
+from dl_inference.types import InferRequest, RequestContext
+
+CONFIG = """
+    inputs: [{name: x, datatype: FP32, shape: [-1]}]
+    outputs: [{name: y, datatype: FP32, shape: [-1]}]
+"""
+
+
+def constant_model(value: int) -> str:
+    return f"""
+        import time
+        from dl_inference import PythonModel
+
+        class Constant(PythonModel):
+            def load(self):
+                time.sleep(0.05)  # a load that takes a while, as real ones do
+
+            def predict(self, inputs):
+                return {{"y": inputs["x"] * 0 + {value}}}
+    """
+
+
+async def start(root: Path) -> tuple[ModelRegistry, Runtime]:
+    plugins = PluginHost(entry_points=[]).load()
+    models = ModelRegistry(plugins)
+    models.prepare(scan_repository(root))
+    await models.load_all()
+    return models, Runtime(plugins, models, access_log=False)
+
+
+async def infer(runtime: Runtime, model: str = "m") -> float:
+    request = InferRequest(model, {"x": np.ones(2, np.float32)})
+    response = await runtime.infer(request, RequestContext("test", "infer"))
+    return float(response.outputs["y"][0])
+
+
+async def test_new_version_serves_and_old_one_retires(tmp_path: Path) -> None:
+    write_python_model(tmp_path, "m", constant_model(1), CONFIG, version=1)
+    models, runtime = await start(tmp_path)
+    assert await infer(runtime) == 1
+    write_python_model(tmp_path, "m", constant_model(2), version=2)
+    assert await models.refresh(scan_repository(tmp_path))
+    assert await infer(runtime) == 2
+    assert [v.version for v in models.versions("m")] == ["2"]
+    with pytest.raises(ModelNotFound, match="no version '1'"):
+        models.resolve("m", "1")
+
+
+async def test_no_request_fails_while_a_version_is_swapped(tmp_path: Path) -> None:
+    write_python_model(tmp_path, "m", constant_model(1), CONFIG, version=1)
+    models, runtime = await start(tmp_path)
+    results: list[float] = []
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        while not stop.is_set():
+            results.append(await infer(runtime))
+
+    clients = [asyncio.create_task(traffic()) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    write_python_model(tmp_path, "m", constant_model(2), version=2)
+    await models.refresh(scan_repository(tmp_path))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*clients)  # any failed request would raise here
+    assert results[0] == 1 and results[-1] == 2
+    first_two = results.index(2)
+    assert set(results[first_two:]) == {2}
+
+
+async def test_a_broken_version_leaves_the_serving_one_and_is_retried(tmp_path: Path) -> None:
+    write_python_model(tmp_path, "m", constant_model(1), CONFIG, version=1)
+    models, runtime = await start(tmp_path)
+    write_python_model(tmp_path, "m", "this is not python(", version=2)
+    await models.refresh(scan_repository(tmp_path))
+    assert await infer(runtime) == 1
+    broken = [v for v in models.versions("m") if v.version == "2"][0]
+    assert "SyntaxError" in broken.reason and "model.py:" in broken.reason
+    assert models.all_ready()  # the model still has a serving version
+    time.sleep(0.01)
+    write_python_model(tmp_path, "m", constant_model(2), version=2)
+    os.utime(tmp_path / "m" / "2" / "model.py")
+    await models.refresh(scan_repository(tmp_path))
+    assert await infer(runtime) == 2
+
+
+async def test_models_added_and_removed(tmp_path: Path) -> None:
+    write_python_model(tmp_path, "m", constant_model(1), CONFIG)
+    models, runtime = await start(tmp_path)
+    write_python_model(tmp_path, "n", constant_model(5), CONFIG)
+    await models.refresh(scan_repository(tmp_path))
+    assert await infer(runtime, "n") == 5
+    (tmp_path / "n" / "1" / "model.py").unlink()
+    (tmp_path / "n" / "config.yaml").unlink()
+    (tmp_path / "n" / "1").rmdir()
+    await models.refresh(scan_repository(tmp_path))
+    assert models.names() == ["m"]
+    with pytest.raises(ModelNotFound):
+        await infer(runtime, "n")
