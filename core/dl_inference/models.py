@@ -17,6 +17,7 @@ import structlog
 from pydantic import ValidationError
 
 from dl_inference.backend import Backend
+from dl_inference.batching import Batcher, batch_rows
 from dl_inference.config.errors import describe_errors
 from dl_inference.config.model_config import KERNEL_KEYS
 from dl_inference.errors import (
@@ -25,6 +26,7 @@ from dl_inference.errors import (
     DlInferenceError,
     ModelNotFound,
     ModelNotReady,
+    ResourceExhausted,
 )
 from dl_inference.plugins import PluginHost
 from dl_inference.repository import ModelSource
@@ -55,10 +57,21 @@ class ModelVersion:
     signature: tuple[float, int] = (0.0, 0)
 
     def __post_init__(self) -> None:
+        config = self.backend.config
         self.executor = ThreadPoolExecutor(
-            max_workers=self.backend.config.instances, thread_name_prefix=f"dli-{self.name}"
+            max_workers=config.instances, thread_name_prefix=f"dli-{self.name}"
         )
         self._pass_parameters = accepts_var_keyword(self.backend.predict)
+        self.batcher: Batcher | None = None
+        if config.max_batch_size > 0 and config.dynamic_batching:
+            self.batcher = Batcher(
+                self.name,
+                self._run,
+                max_batch_size=config.max_batch_size,
+                max_queue_delay_ms=config.max_queue_delay_ms,
+                max_queue_size=config.max_queue_size,
+                instances=config.instances,
+            )
 
     @property
     def ready(self) -> bool:
@@ -71,19 +84,43 @@ class ModelVersion:
         return self.backend.outputs()
 
     async def predict(
+        self,
+        inputs: dict[str, np.ndarray],
+        parameters: dict[str, Any],
+        deadline: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the model on one request, through the batcher when the model batches."""
+        config = self.backend.config
+        if self.batcher is not None:
+            self.in_flight += 1
+            try:
+                return await self.batcher.submit(inputs, parameters, deadline)
+            finally:
+                self.in_flight -= 1
+        if config.max_batch_size > 0:
+            batch_rows(self.name, inputs, config.max_batch_size)
+        limit = config.max_queue_size
+        if limit is not None and self.in_flight >= config.instances + limit:
+            raise ResourceExhausted(
+                f"model {self.name!r}: {self.in_flight} requests in progress, queue full; "
+                "retry later, or raise max_queue_size / instances"
+            )
+        self.in_flight += 1
+        try:
+            return await self._run(inputs, parameters)
+        finally:
+            self.in_flight -= 1
+
+    async def _run(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
     ) -> dict[str, np.ndarray]:
-        """Run the backend in this model's executor; user errors become BackendError."""
+        """Call the backend in this model's executor, off the event loop."""
         loop = asyncio.get_running_loop()
         # The copied context carries the request id into the worker thread's log lines.
         context = contextvars.copy_context()
-        self.in_flight += 1
-        try:
-            return await loop.run_in_executor(
-                self.executor, context.run, self._predict_sync, inputs, parameters
-            )
-        finally:
-            self.in_flight -= 1
+        return await loop.run_in_executor(
+            self.executor, context.run, self._predict_sync, inputs, parameters
+        )
 
     def _predict_sync(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
@@ -179,6 +216,8 @@ class ModelRegistry:
         model.state = ModelState.UNLOADING
         while model.in_flight:
             await asyncio.sleep(0.01)
+        if model.batcher is not None:
+            await model.batcher.close()
         model.executor.shutdown(wait=False)
         try:
             await asyncio.to_thread(model.backend.unload)

@@ -111,7 +111,7 @@ class Runtime:
         left = request.time_left()
         if left is not None and left <= 0:
             raise DeadlineExceeded(f"the deadline of the request to {request.model_name!r} passed")
-        outputs = await model.predict(request.inputs, request.parameters)
+        outputs = await model.predict(request.inputs, request.parameters, request.deadline)
         response = InferResponse(
             model_name=request.model_name,
             model_version=model.version,

@@ -69,6 +69,7 @@ KERNEL_KEYS = frozenset(
         "max_batch_size",
         "max_queue_delay_ms",
         "max_queue_size",
+        "dynamic_batching",
         "instances",
         "inputs",
         "outputs",
@@ -88,6 +89,7 @@ class ModelConfig(BaseModel):
     max_batch_size: int = Field(default=0, ge=0)
     max_queue_delay_ms: float = Field(default=0.0, ge=0)
     max_queue_size: int | None = Field(default=None, ge=1)
+    dynamic_batching: bool = True  # merge concurrent requests (only when max_batch_size > 0)
     instances: int = Field(default=1, ge=1)
     inputs: list[TensorConfig] | None = None
     outputs: list[TensorConfig] | None = None

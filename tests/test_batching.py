@@ -1,0 +1,175 @@
+"""Dynamic batching: merged along dimension 0, split back, deadlines and queue limits."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dl_inference.batching import Batcher
+from dl_inference.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
+
+
+class GatedModel:
+    """Doubles ``x``; blocks on a gate so tests can build a queue behind a running batch."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: list[int] = []
+        self.started = threading.Event()
+
+    async def run(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> dict:
+        self.calls.append(len(inputs["x"]))
+        self.started.set()
+        await asyncio.to_thread(self.gate.wait, 10)
+        return {"y": inputs["x"] * 2}
+
+
+async def hold_model_busy(batcher: Batcher, model: GatedModel) -> asyncio.Task:
+    """Start one request and wait until the model runs it, with the gate closed."""
+    model.gate.clear()
+    model.started.clear()
+    first = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2), np.float32)}, {}, None))
+    await asyncio.to_thread(model.started.wait, 10)
+    return first
+
+
+async def test_an_idle_model_runs_a_request_alone() -> None:
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=8)
+    out = await batcher.submit({"x": np.ones((2, 2), np.float32)}, {}, None)
+    np.testing.assert_array_equal(out["y"], np.full((2, 2), 2, np.float32))
+    assert model.calls == [2]
+    await batcher.close()
+
+
+async def test_queued_requests_merge_and_split_back_in_order() -> None:
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=8)
+    first = await hold_model_busy(batcher, model)
+    inputs = [np.full((1 + i % 2, 2), i, np.float32) for i in range(5)]  # 7 rows in all
+    waiting = [asyncio.create_task(batcher.submit({"x": x}, {}, None)) for x in inputs]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    results = await asyncio.gather(*waiting)
+    await first
+    for x, out in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(out["y"], x * 2)
+    assert model.calls == [1, 7]
+    await batcher.close()
+
+
+async def test_batches_stop_at_max_batch_size() -> None:
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=4)
+    first = await hold_model_busy(batcher, model)
+    waiting = [
+        asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
+        for _ in range(6)
+    ]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await asyncio.gather(first, *waiting)
+    assert model.calls == [1, 4, 2]
+    await batcher.close()
+
+
+async def test_shapes_that_cannot_merge_run_in_separate_batches() -> None:
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=8)
+    first = await hold_model_busy(batcher, model)
+    wide = asyncio.create_task(batcher.submit({"x": np.ones((1, 3), np.float32)}, {}, None))
+    narrow = asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
+    other_params = asyncio.create_task(
+        batcher.submit({"x": np.ones((1, 2), np.float32)}, {"mode": "b"}, None)
+    )
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    outs = await asyncio.gather(wide, narrow, other_params)
+    await first
+    assert [o["y"].shape for o in outs] == [(1, 3), (1, 2), (1, 2)]
+    assert model.calls == [1, 1, 1, 1]
+    await batcher.close()
+
+
+async def test_expired_requests_never_reach_the_model() -> None:
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=8)
+    first = await hold_model_busy(batcher, model)
+    expired = asyncio.create_task(
+        batcher.submit({"x": np.ones((3, 2), np.float32)}, {}, time.monotonic() + 0.01)
+    )
+    live = asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    with pytest.raises(DeadlineExceeded, match="passed in the queue"):
+        await expired
+    await live
+    await first
+    assert model.calls == [1, 1]  # the 3-row request was dropped
+    assert batcher.stats.expired == 1
+    await batcher.close()
+
+
+async def test_a_full_queue_refuses_at_once() -> None:
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=1, max_queue_size=2)
+    first = await hold_model_busy(batcher, model)
+    queued = [
+        asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
+        for _ in range(2)
+    ]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ResourceExhausted, match="queue full"):
+        await batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None)
+    model.gate.set()
+    await asyncio.gather(first, *queued)
+    await batcher.close()
+
+
+async def test_oversize_batches_and_ragged_inputs_are_refused() -> None:
+    batcher = Batcher("m", GatedModel().run, max_batch_size=2)
+    with pytest.raises(InvalidInput, match="exceeds its max_batch_size 2"):
+        await batcher.submit({"x": np.ones((3, 2), np.float32)}, {}, None)
+    with pytest.raises(InvalidInput, match="same first dimension"):
+        await batcher.submit(
+            {"x": np.ones((1, 2), np.float32), "z": np.ones((2, 2), np.float32)}, {}, None
+        )
+
+
+async def test_a_model_that_drops_the_batch_dimension_fails_every_caller() -> None:
+    gate = asyncio.Event()
+
+    async def bad(inputs: dict, parameters: dict) -> dict:
+        await gate.wait()
+        return {"y": inputs["x"].sum(keepdims=True)[0]}
+
+    batcher = Batcher("m", bad, max_batch_size=8)
+    tasks = [
+        asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
+        for _ in range(3)
+    ]
+    await asyncio.sleep(0.01)
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, BackendError) and "first dimension" in str(r) for r in results)
+    await batcher.close()
+
+
+async def test_queue_delay_gathers_a_fuller_batch() -> None:
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=4, max_queue_delay_ms=200)
+    tasks = []
+    for _ in range(4):
+        tasks.append(
+            asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
+        )
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert model.calls == [4]  # a full batch runs without waiting out the delay
+    await batcher.close()
