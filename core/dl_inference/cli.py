@@ -11,7 +11,7 @@ from typing import Any
 
 from dl_inference.config.loader import load_server_config
 from dl_inference.config.schema import ServerConfig
-from dl_inference.errors import DlInferenceError
+from dl_inference.errors import ConfigError, DlInferenceError
 
 EXIT_CONFIG = 2  # bad configuration / missing plugin: fix and rerun
 EXIT_FAILURE = 1
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="HTTP port (0 picks a free one)")
     serve.add_argument("--log-format", choices=["console", "json"], help="log line format")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--workers", type=int, help="server processes sharing the ports")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a server YAML file without serving")
@@ -78,6 +80,10 @@ def resolve_config(args: argparse.Namespace) -> ServerConfig:
         config.server.log_format = args.log_format
     if args.log_level is not None:
         config.server.log_level = args.log_level
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError("--workers: give 1 or more processes")
+        config.server.workers = args.workers
     return config
 
 
@@ -86,13 +92,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     configure_logging(config.server.log_format, config.server.log_level)
+    if config.server.workers > 1 and not args.reuse_port:
+        return _serve_workers(args, config)
     server = _build_server(config)
+    server.reuse_port = args.reuse_port
     try:
         asyncio.run(server.run())
     except OSError as exc:
         print(f"dl-inference: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, config: ServerConfig) -> int:
+    from dl_inference.workers import reserve_port, run_workers
+
+    _build_server(config)  # refuse a bad config once, before starting any worker
+    grpc_cfg, http_cfg = config.server.grpc, config.server.http
+    argv = ["--grpc-port", str(reserve_port(grpc_cfg.host, grpc_cfg.port))]
+    argv += ["--http-port", str(reserve_port(http_cfg.host, http_cfg.port))]
+    if args.config:
+        argv += ["-c", str(args.config)]
+    if args.model_repository:
+        argv += ["--model-repository", str(args.model_repository)]
+    for flag in ("host", "log_format", "log_level"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
+    return run_workers(config.server.workers, argv, expect_http=http_cfg.enabled)
 
 
 def _build_server(config: ServerConfig) -> Any:

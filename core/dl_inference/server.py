@@ -46,6 +46,7 @@ class Server:
         self.grpc_address = ""
         self.http_address = ""
         self.gateway: Any = None
+        self.reuse_port = False  # set for `serve --workers N` children
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()
@@ -117,7 +118,7 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ]
         )
         handlers = [h for p in self.protocols for h in p.grpc_handlers(self.runtime)]
@@ -187,7 +188,9 @@ class Server:
         )
         await runner.setup()
         http_cfg = self.config.server.http
-        site = web.TCPSite(runner, http_cfg.host, http_cfg.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, http_cfg.host, http_cfg.port, reuse_address=True, reuse_port=self.reuse_port
+        )
         try:
             await site.start()
         except OSError as exc:

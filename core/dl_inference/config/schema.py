@@ -36,6 +36,8 @@ class ServerSection(_Section):
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     drain_timeout_s: float = Field(default=30, ge=0)
+    # Server processes sharing the ports (SO_REUSEPORT), for Python-bound work.
+    workers: int = Field(default=1, ge=1)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     strict_model_loading: bool = False
