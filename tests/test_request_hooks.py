@@ -1,0 +1,114 @@
+"""Per-request hooks: authorize, rewrite requests and responses, observe errors."""
+
+from __future__ import annotations
+
+import sys
+import types
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dl_inference import Decision, RequestContext, hookimpl
+from dl_inference.errors import InvalidInput, PermissionDenied, Unauthenticated
+from dl_inference.models import ModelRegistry
+from dl_inference.plugins import PluginHost
+from dl_inference.repository import scan_repository
+from dl_inference.runtime import Runtime
+from dl_inference.testing import write_python_model
+from dl_inference.types import InferRequest
+
+ADD_ONE = """
+    from dl_inference import PythonModel
+
+    class AddOne(PythonModel):
+        def predict(self, inputs, **parameters):
+            return {"y": inputs["x"] + 1}
+"""
+CONFIG = """
+    inputs: [{name: x, datatype: FP32, shape: [-1]}]
+    outputs: [{name: y, datatype: FP32, shape: [-1]}]
+"""
+
+
+def plugin_module(name: str, **hooks: object) -> EntryPoint:
+    """A plugin module made on the fly, reachable through a real EntryPoint object."""
+    module = types.ModuleType(name)
+    for hook_name, function in hooks.items():
+        setattr(module, hook_name, hookimpl(function))
+    sys.modules[name] = module
+    return EntryPoint(name=name, value=name, group="dl_inference")
+
+
+async def make_runtime(root: Path, *entry_points: EntryPoint) -> Runtime:
+    write_python_model(root, "add_one", ADD_ONE, CONFIG)
+    plugins = PluginHost(entry_points=list(entry_points)).load()
+    models = ModelRegistry(plugins)
+    models.prepare(scan_repository(root))
+    await models.load_all()
+    return Runtime(plugins, models, access_log=False)
+
+
+def call(runtime: Runtime, token: str = "", model: str = "add_one"):
+    ctx = RequestContext("test", "infer", metadata={"authorization": token})
+    return runtime.infer(InferRequest(model, {"x": np.zeros(2, np.float32)}), ctx)
+
+
+async def test_authorize_refuses_and_allows(tmp_path: Path) -> None:
+    def dli_authorize(ctx: RequestContext) -> Decision | None:
+        token = ctx.metadata.get("authorization")
+        if not token:
+            return Decision.deny("send an authorization token", authenticated=False)
+        if token != "good":
+            return Decision.deny(f"token may not call {ctx.request.model_name}")
+        return None
+
+    runtime = await make_runtime(
+        tmp_path, plugin_module("auth_plugin", dli_authorize=dli_authorize)
+    )
+    with pytest.raises(Unauthenticated, match="send an authorization token"):
+        await call(runtime)
+    with pytest.raises(PermissionDenied, match="may not call add_one"):
+        await call(runtime, "bad")
+    response = await call(runtime, "good")
+    np.testing.assert_array_equal(response.outputs["y"], np.ones(2, np.float32))
+
+
+async def test_request_and_response_rewriting(tmp_path: Path) -> None:
+    def dli_on_request(ctx: RequestContext) -> None:
+        ctx.request.inputs["x"] = ctx.request.inputs["x"] + 10
+
+    def dli_on_response(ctx: RequestContext) -> None:
+        ctx.response.outputs["y"] = ctx.response.outputs["y"] * 2
+        ctx.response.parameters["rewritten"] = True
+
+    runtime = await make_runtime(
+        tmp_path,
+        plugin_module(
+            "rewrite_plugin", dli_on_request=dli_on_request, dli_on_response=dli_on_response
+        ),
+    )
+    response = await call(runtime)
+    np.testing.assert_array_equal(response.outputs["y"], np.full(2, 22, np.float32))
+    assert response.parameters == {"rewritten": True}
+
+
+async def test_on_error_sees_the_failure(tmp_path: Path) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def dli_on_error(ctx: RequestContext, error: BaseException) -> None:
+        seen.append((ctx.request_id, type(error).__name__))
+
+    runtime = await make_runtime(tmp_path, plugin_module("audit_plugin", dli_on_error=dli_on_error))
+    ctx = RequestContext("test", "infer", metadata={"x-request-id": "req-42"})
+    with pytest.raises(InvalidInput):
+        await runtime.infer(InferRequest("add_one", {"x": np.zeros(2, np.int32)}), ctx)
+    assert seen == [("req-42", "InvalidInput")]
+
+
+async def test_hooks_cost_nothing_when_unimplemented(tmp_path: Path) -> None:
+    runtime = await make_runtime(tmp_path)
+    assert not any(runtime._use.values())
+    response = await call(runtime)
+    assert response.id  # a request id is always assigned
