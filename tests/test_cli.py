@@ -150,3 +150,24 @@ def test_sigterm_exits_0(repo: Path) -> None:
     server = ServerProcess(["--model-repository", str(repo)]).start()
     assert server.stop() == 0
     assert "stopped" in server.output()
+
+
+def test_convert_without_a_matching_converter_names_the_plugins(tmp_path: Path) -> None:
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"\0")
+    result = run_cli("convert", str(source), str(tmp_path / "out.xyz"), "--converter", "nope")
+    assert result.returncode == 2
+    assert "no converter named 'nope'" in result.stderr
+    result = run_cli("convert", str(source), str(tmp_path / "out.xyz"))
+    assert result.returncode == 2
+    assert "no installed converter turns weights.bin into out.xyz" in result.stderr
+
+
+def test_convert_sample_input_syntax_is_explained(tmp_path: Path) -> None:
+    from dl_inference.cli import parse_sample_input
+    from dl_inference.errors import ConfigError
+
+    name, array = parse_sample_input("x:FP32:2,3")
+    assert name == "x" and array.shape == (2, 3) and array.dtype.name == "float32"
+    with pytest.raises(ConfigError, match="NAME:DATATYPE:SHAPE"):
+        parse_sample_input("x-FP32")

@@ -7,6 +7,7 @@ module is private and may change without notice.
 from dl_inference.backend import Backend, BackendSettings
 from dl_inference.balancer import Balancer, NodeView, Outcome
 from dl_inference.config.model_config import ModelConfig, TensorConfig
+from dl_inference.converter import Converter
 from dl_inference.datatypes import DATATYPES, from_numpy_dtype, to_numpy_dtype
 from dl_inference.errors import (
     BackendError,
@@ -25,7 +26,12 @@ from dl_inference.errors import (
 from dl_inference.hookspecs import HOOKSPEC_VERSION, hookimpl
 from dl_inference.protocol import Protocol, RoutingKeyReader
 from dl_inference.python_model import PythonModel
-from dl_inference.registry import BackendRegistry, BalancerRegistry, ProtocolRegistry
+from dl_inference.registry import (
+    BackendRegistry,
+    BalancerRegistry,
+    ConverterRegistry,
+    ProtocolRegistry,
+)
 from dl_inference.runtime import Runtime
 from dl_inference.status import grpc_code, http_status, public_message
 from dl_inference.types import (
@@ -49,6 +55,8 @@ __all__ = [
     "Balancer",
     "BalancerRegistry",
     "ConfigError",
+    "Converter",
+    "ConverterRegistry",
     "DeadlineExceeded",
     "Decision",
     "DlInferenceError",

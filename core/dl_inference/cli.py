@@ -42,6 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check_config)
 
+    convert = sub.add_parser(
+        "convert", help="convert a model file to another format and check outputs still match"
+    )
+    convert.add_argument("source", type=Path, help="model file to read (e.g. model.pth)")
+    convert.add_argument("target", type=Path, help="file to write; its suffix picks the format")
+    convert.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME:DATATYPE:SHAPE",
+        help="a sample input to compare outputs on, e.g. x:FP32:1,1,28,28 (repeatable)",
+    )
+    convert.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="converter option"
+    )
+    convert.add_argument("--converter", help="converter name (default: chosen by file names)")
+    convert.add_argument("--tolerance", type=float, default=1e-4, help="max abs output difference")
+    convert.set_defaults(func=cmd_convert)
+
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=cmd_plugins)
@@ -144,6 +163,71 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     server = _build_server(config)
     models = server.models.names()
     print(f"{args.file}: OK ({len(models)} model(s): {', '.join(models) or 'none'})")
+    return 0
+
+
+# -- convert -------------------------------------------------------------------------------
+
+
+def parse_sample_input(text: str) -> tuple[str, Any]:
+    """``x:FP32:1,3,8,8`` -> ("x", seeded random array of that datatype and shape)."""
+    import numpy as np
+
+    from dl_inference.datatypes import to_numpy_dtype
+
+    try:
+        name, datatype, shape_text = text.split(":")
+        shape = tuple(int(dim) for dim in shape_text.split(",") if dim)
+    except ValueError:
+        raise ConfigError(
+            f"--input {text!r}: write NAME:DATATYPE:SHAPE, e.g. x:FP32:1,3,224,224"
+        ) from None
+    dtype = to_numpy_dtype(datatype)
+    rng = np.random.default_rng(0)
+    if dtype.kind == "f":
+        return name, rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return name, rng.integers(0, 2, shape).astype(dtype)
+    if dtype.kind in "iu":
+        return name, rng.integers(0, 10, shape).astype(dtype)
+    raise ConfigError(f"--input {text!r}: sample inputs must be numeric or BOOL")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from dl_inference.logs import configure_logging
+    from dl_inference.plugins import PluginHost
+
+    configure_logging("console", "warning")
+    host = PluginHost().load()
+    if not args.source.is_file():
+        raise ConfigError(f"{args.source}: no such file")
+    if args.converter:
+        cls = host.converters.get(args.converter)
+        if cls is None:
+            raise ConfigError(
+                f"no converter named {args.converter!r}; installed: "
+                f"{', '.join(host.converters.names()) or 'none'}"
+            )
+    else:
+        found = [c for c in host.converters if c.handles(args.source, args.target)]
+        if not found:
+            raise ConfigError(
+                f"no installed converter turns {args.source.name} into {args.target.name}; "
+                f"installed: {', '.join(host.converters.names()) or 'none'} (the pytorch and onnx "
+                "plugins provide converters: pip install dl-inference-pytorch dl-inference-onnx)"
+            )
+        cls = found[0]
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--option {item!r}: write KEY=VALUE")
+        options[key] = value
+    samples = dict(parse_sample_input(text) for text in args.input)
+    report = cls().convert(
+        args.source, args.target, sample_inputs=samples, options=options, tolerance=args.tolerance
+    )
+    print(f"{args.source} -> {args.target} ({cls.name}): {report}")
     return 0
 
 

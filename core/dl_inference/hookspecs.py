@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from dl_inference.registry import BackendRegistry, BalancerRegistry, ProtocolRegistry
+    from dl_inference.registry import (
+        BackendRegistry,
+        BalancerRegistry,
+        ConverterRegistry,
+        ProtocolRegistry,
+    )
     from dl_inference.types import Decision, RequestContext
 
 PROJECT = "dl_inference"
@@ -37,6 +42,11 @@ def dli_register_balancers(registry: BalancerRegistry) -> None:
 @hookspec
 def dli_register_protocols(registry: ProtocolRegistry) -> None:
     """Add Protocol subclasses (wire protocols) with ``registry.add(cls)``. Called once."""
+
+
+@hookspec
+def dli_register_converters(registry: ConverterRegistry) -> None:
+    """Add Converter subclasses (``dl-inference convert``) with ``registry.add(cls)``."""
 
 
 @hookspec(firstresult=True)

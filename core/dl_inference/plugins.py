@@ -18,7 +18,13 @@ import structlog
 
 from dl_inference import hookspecs
 from dl_inference.errors import PluginError
-from dl_inference.registry import BackendRegistry, BalancerRegistry, ProtocolRegistry, Registry
+from dl_inference.registry import (
+    BackendRegistry,
+    BalancerRegistry,
+    ConverterRegistry,
+    ProtocolRegistry,
+    Registry,
+)
 
 log = structlog.get_logger("dl_inference.plugins")
 
@@ -42,6 +48,7 @@ _REGISTRATION_HOOKS = (
     ("dli_register_backends", "backends"),
     ("dli_register_balancers", "balancers"),
     ("dli_register_protocols", "protocols"),
+    ("dli_register_converters", "converters"),
 )
 
 
@@ -89,6 +96,7 @@ class PluginHost:
         self.backends = BackendRegistry()
         self.balancers = BalancerRegistry()
         self.protocols = ProtocolRegistry()
+        self.converters = ConverterRegistry()
         self.plugins: list[PluginInfo] = []
 
     # -- loading ---------------------------------------------------------------------------
@@ -173,7 +181,7 @@ class PluginHost:
             ) from exc
 
     def _registries(self) -> list[Registry[Any]]:
-        return [self.backends, self.balancers, self.protocols]
+        return [self.backends, self.balancers, self.protocols, self.converters]
 
     # -- lookups with helpful errors -------------------------------------------------------
 
@@ -192,11 +200,16 @@ class PluginHost:
         return cls
 
     def missing_message(self, kind: str, name: str, available: list[str]) -> str:
-        package = KNOWN_PROVIDERS.get(name, f"a plugin that registers {kind} {name!r}")
+        package = KNOWN_PROVIDERS.get(name)
         failed = [p for p in self.plugins if p.status == "failed" and p.distribution == package]
+        install = (
+            f"install it: pip install {package}"
+            if package
+            else f"install a plugin that registers {kind} {name!r}, or check the spelling"
+        )
         message = (
             f"no installed plugin provides {kind} {name!r} "
-            f"(available: {', '.join(available) or 'none'}); install it: pip install {package}"
+            f"(available: {', '.join(available) or 'none'}); {install}"
         )
         if failed:
             message += f" (installed but failed to load: {failed[0].error})"
@@ -216,11 +229,28 @@ def _check_contract_version(name: str, dist: str, module: ModuleType) -> None:
     wanted = getattr(module, "DLI_HOOKSPEC_VERSION", None)
     if wanted is None:
         return
-    if str(wanted).split(".")[0] != hookspecs.HOOKSPEC_VERSION.split(".")[0]:
+    try:
+        major = int(str(wanted).split(".")[0])
+    except ValueError:
         raise PluginError(
-            f"plugin {name!r} was built for hook contract {wanted}, this kernel speaks "
-            f"{hookspecs.HOOKSPEC_VERSION}; upgrade it: pip install -U {dist}"
+            f"plugin {name!r} declares DLI_HOOKSPEC_VERSION = {wanted!r}; expected a version "
+            f"such as {hookspecs.HOOKSPEC_VERSION!r}. Report this to the maintainers of {dist}"
+        ) from None
+    kernel_major = int(hookspecs.HOOKSPEC_VERSION.split(".")[0])
+    if major == kernel_major:
+        return
+    # Whichever side is older is the one to upgrade.
+    if major > kernel_major:
+        hint = (
+            "upgrade the kernel: pip install -U dl-inference (or install a release of "
+            f"{dist} built for hook contract {kernel_major}.x)"
         )
+    else:
+        hint = f"upgrade it: pip install -U {dist}"
+    raise PluginError(
+        f"plugin {name!r} was built for hook contract {wanted}, this kernel speaks "
+        f"{hookspecs.HOOKSPEC_VERSION}; {hint}"
+    )
 
 
 def _version(dist: str) -> str:

@@ -7,6 +7,7 @@ from typing import Generic, TypeVar
 
 from dl_inference.backend import Backend
 from dl_inference.balancer import Balancer
+from dl_inference.converter import Converter
 from dl_inference.errors import PluginError
 from dl_inference.protocol import Protocol
 
@@ -91,3 +92,10 @@ class ProtocolRegistry(Registry[Protocol]):
 
     kind = "protocol"
     base = Protocol
+
+
+class ConverterRegistry(Registry[Converter]):
+    """Where ``dli_register_converters`` adds :class:`~dl_inference.Converter` subclasses."""
+
+    kind = "converter"
+    base = Converter
