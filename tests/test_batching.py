@@ -23,7 +23,9 @@ class GatedModel:
         self.calls: list[int] = []
         self.started = threading.Event()
 
-    async def run(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> dict:
+    async def run(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], **_: Any
+    ) -> dict:
         self.calls.append(len(inputs["x"]))
         self.started.set()
         await asyncio.to_thread(self.gate.wait, 10)
@@ -145,7 +147,7 @@ async def test_oversize_batches_and_ragged_inputs_are_refused() -> None:
 async def test_a_model_that_drops_the_batch_dimension_fails_every_caller() -> None:
     gate = asyncio.Event()
 
-    async def bad(inputs: dict, parameters: dict) -> dict:
+    async def bad(inputs: dict, parameters: dict, **_: Any) -> dict:
         await gate.wait()
         return {"y": inputs["x"].sum(keepdims=True)[0]}
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from dl_inference.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
 
-Runner = Callable[[dict[str, np.ndarray], dict[str, Any]], Awaitable[dict[str, np.ndarray]]]
+# run(inputs, parameters, queued_at=<monotonic time the oldest request was queued>)
+Runner = Callable[..., Awaitable[dict[str, np.ndarray]]]
 
 
 @dataclass
@@ -31,6 +32,7 @@ class _Pending:
     deadline: float | None
     rows: int
     key: tuple[Any, ...]
+    queued_at: float = field(default_factory=time.monotonic)
     future: asyncio.Future[dict[str, np.ndarray]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -168,7 +170,9 @@ class Batcher:
                 name: np.concatenate([i.inputs[name] for i in batch]) for name in batch[0].inputs
             }
         try:
-            outputs = await self._run(inputs, batch[0].parameters)
+            outputs = await self._run(
+                inputs, batch[0].parameters, queued_at=min(i.queued_at for i in batch)
+            )
             parts = _split(self.name, outputs, [item.rows for item in batch])
         except BaseException as exc:
             for item in batch:

@@ -6,7 +6,9 @@ import asyncio
 import contextvars
 import enum
 import inspect
+import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,8 @@ class ModelVersion:
     reason: str = ""
     executor: ThreadPoolExecutor = field(init=False)
     in_flight: int = 0
+    # observer(model, version, rows, queue_s, compute_s), called per executed batch
+    observer: Callable[[str, str, int, float, float], None] | None = None
     signature: tuple[float, int] = (0.0, 0)
 
     def __post_init__(self) -> None:
@@ -112,15 +116,32 @@ class ModelVersion:
             self.in_flight -= 1
 
     async def _run(
-        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+        self,
+        inputs: dict[str, np.ndarray],
+        parameters: dict[str, Any],
+        queued_at: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Call the backend in this model's executor, off the event loop."""
         loop = asyncio.get_running_loop()
+        queued_at = time.monotonic() if queued_at is None else queued_at
         # The copied context carries the request id into the worker thread's log lines.
         context = contextvars.copy_context()
-        return await loop.run_in_executor(
-            self.executor, context.run, self._predict_sync, inputs, parameters
+        outputs, started, finished = await loop.run_in_executor(
+            self.executor, context.run, self._timed_predict, inputs, parameters
         )
+        if self.observer is not None:
+            first = next(iter(inputs.values()), None)
+            batched = self.backend.config.max_batch_size > 0 and first is not None and first.ndim
+            rows = int(first.shape[0]) if batched else 1
+            self.observer(self.name, self.version, rows, started - queued_at, finished - started)
+        return outputs
+
+    def _timed_predict(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> tuple[dict[str, np.ndarray], float, float]:
+        started = time.monotonic()
+        outputs = self._predict_sync(inputs, parameters)
+        return outputs, started, time.monotonic()
 
     def _predict_sync(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
@@ -149,6 +170,7 @@ class ModelRegistry:
         self.plugins = plugins
         self._versions: dict[str, dict[str, ModelVersion]] = {}
         self._sources: dict[str, ModelSource] = {}
+        self.observer: Callable[[str, str, int, float, float], None] | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -168,6 +190,7 @@ class ModelRegistry:
         backend = cls(source.name, str(number), path, source.config, settings)
         model = ModelVersion(source.name, str(number), cls.name, backend)
         model.signature = _folder_signature(path)
+        model.observer = self.observer
         return model
 
     async def load_all(self, *, strict: bool = False) -> None:

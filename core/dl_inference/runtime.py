@@ -14,8 +14,10 @@ from dl_inference.errors import (
     Unauthenticated,
     Unavailable,
 )
+from dl_inference.metrics import CallbackCollector, Metrics
 from dl_inference.models import ModelRegistry
 from dl_inference.plugins import PluginHost
+from dl_inference.status import grpc_code
 from dl_inference.types import InferRequest, InferResponse, ModelMetadata, RequestContext
 from dl_inference.validation import select_outputs, validate_inputs
 
@@ -44,6 +46,16 @@ class Runtime:
         self.max_message_bytes = max_message_bytes
         self.access_log = access_log
         self.draining = False
+        self.metrics = Metrics()
+        models.observer = self.metrics.observe_execution
+        self.metrics.add_collector(
+            CallbackCollector(
+                "dli_model_ready",
+                "1 for each loaded model version that is ready to serve, else 0.",
+                ["model", "version", "backend"],
+                self._model_states,
+            )
+        )
         self._hooks = plugins.pm.hook
         self._use = {
             name: plugins.hook_is_used(name)
@@ -79,6 +91,13 @@ class Runtime:
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         return self.models.metadata(name, version)
 
+    def _model_states(self) -> list[tuple[list[str], float]]:
+        return [
+            ([v.name, v.version, v.backend_name], 1.0 if v.ready else 0.0)
+            for name in self.models.names()
+            for v in self.models.versions(name)
+        ]
+
     # -- inference -------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
@@ -86,15 +105,19 @@ class Runtime:
         ctx.request = request
         if not request.id:
             request.id = ctx.request_id
+        gauge = self.metrics.in_flight.labels(request.model_name)
+        gauge.inc()
         try:
             with structlog.contextvars.bound_contextvars(request_id=ctx.request_id):
                 response = await self._infer(request, ctx)
         except BaseException as exc:
             if self._use["dli_on_error"]:
                 self._hooks.dli_on_error(ctx=ctx, error=exc)
-            self._log(ctx, request, exc)
+            self._finish(ctx, request, exc)
             raise
-        self._log(ctx, request, None)
+        finally:
+            gauge.dec()
+        self._finish(ctx, request, None)
         return response
 
     async def _infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
@@ -124,16 +147,22 @@ class Runtime:
             response = ctx.response or response
         return response
 
-    def _log(self, ctx: RequestContext, request: InferRequest, error: BaseException | None) -> None:
+    def _finish(
+        self, ctx: RequestContext, request: InferRequest, error: BaseException | None
+    ) -> None:
+        latency = time.monotonic() - ctx.started
+        status = "OK" if error is None else grpc_code(error).name
+        version = ctx.response.model_version if ctx.response else request.model_version
+        self.metrics.observe_request(request.model_name, version, ctx.protocol, status, latency)
         if not self.access_log:
             return
         fields: dict[str, Any] = {
             "request_id": ctx.request_id,
             "protocol": ctx.protocol,
             "model": request.model_name,
-            "version": request.model_version or None,
-            "latency_ms": round((time.monotonic() - ctx.started) * 1000, 3),
-            "status": "OK" if error is None else type(error).__name__,
+            "version": version or None,
+            "latency_ms": round(latency * 1000, 3),
+            "status": status,
         }
         if error is None:
             log.info("request", **fields)

@@ -25,6 +25,7 @@ from dl_inference.plugins import PluginHost
 from dl_inference.protocol import Protocol
 from dl_inference.repository import scan_repository
 from dl_inference.runtime import Runtime
+from dl_inference.status_page import status_routes
 
 log = structlog.get_logger("dl_inference.server")
 
@@ -178,6 +179,7 @@ class Server:
 
     async def _start_http(self) -> None:
         app = web.Application(client_max_size=self.runtime.max_message_bytes)
+        app.add_routes(status_routes(self.runtime, lambda: self.gateway))
         for protocol in self.protocols:
             app.add_routes(list(protocol.http_routes(self.runtime)))
         runner = web.AppRunner(

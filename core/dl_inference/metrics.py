@@ -1,0 +1,164 @@
+"""Prometheus metrics and the rolling figures the status page shows.
+
+One registry per server process (not prometheus-client's global one), exposed at
+``/metrics`` on the HTTP port. With ``--workers N`` each process exports its own figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+WINDOW_S = 60.0
+
+
+class RollingWindow:
+    """Latencies of the last ``WINDOW_S`` seconds: recent QPS, p50 and p99 for the status page."""
+
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self.window_s = window_s
+        self._items: collections.deque[tuple[float, float, bool]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def add(self, latency_s: float, ok: bool) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._items.append((now, latency_s, ok))
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._items and self._items[0][0] < now - self.window_s:
+            self._items.popleft()
+
+    def summary(self) -> dict[str, float | int | None]:
+        now = time.monotonic()
+        with self._lock:
+            self._trim(now)
+            items = list(self._items)
+        if not items:
+            return {"qps": 0.0, "p50_ms": None, "p99_ms": None, "errors": 0, "count": 0}
+        latencies = sorted(latency for _, latency, _ in items)
+        span = max(min(self.window_s, now - items[0][0]), 1.0)
+        return {
+            "qps": round(len(items) / span, 2),
+            "p50_ms": round(_percentile(latencies, 0.50) * 1000, 3),
+            "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
+            "errors": sum(1 for *_, ok in items if not ok),
+            "count": len(items),
+        }
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class Metrics:
+    """Every metric the kernel records, in one private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.requests = Counter(
+            "dli_requests",
+            "Inference requests by model, version, protocol and outcome.",
+            ["model", "version", "protocol", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "dli_request_duration_seconds",
+            "Time from decoded request to response, by model and protocol.",
+            ["model", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue = Histogram(
+            "dli_queue_duration_seconds",
+            "Time a request waited before its model ran it.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute = Histogram(
+            "dli_compute_duration_seconds",
+            "Time the model's predict() took per executed batch.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "dli_batch_size",
+            "Rows per executed batch.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "dli_in_flight_requests",
+            "Requests in progress, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.windows: dict[str, RollingWindow] = collections.defaultdict(RollingWindow)
+
+    def observe_request(
+        self, model: str, version: str, protocol: str, status: str, latency_s: float
+    ) -> None:
+        self.requests.labels(model, version, protocol, status).inc()
+        self.latency.labels(model, protocol).observe(latency_s)
+        self.windows[model].add(latency_s, status == "OK")
+
+    def observe_execution(
+        self, model: str, version: str, rows: int, queue_s: float, compute_s: float
+    ) -> None:
+        self.batch_size.labels(model, version).observe(rows)
+        self.queue.labels(model, version).observe(queue_s)
+        self.compute.labels(model, version).observe(compute_s)
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class CallbackCollector(Collector):
+    """Gauges read at scrape time from a callback (models loaded, upstream node state)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: list[str],
+        read: Callable[[], Iterable[tuple[list[str], float]]],
+    ) -> None:
+        self.name, self.documentation, self.labels, self.read = name, documentation, labels, read
+
+    def collect(self) -> Iterable[Any]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, value in self.read():
+            family.add_metric(values, value)
+        yield family
+
+    def describe(self) -> Iterable[Any]:
+        yield GaugeMetricFamily(self.name, self.documentation, labels=self.labels)

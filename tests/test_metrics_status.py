@@ -1,0 +1,104 @@
+"""Prometheus metrics at /metrics and the status feed at /api/status, after real requests."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from dl_inference.testing import ServerProcess, write_python_model
+
+ADD_ONE = """
+    from dl_inference import PythonModel
+
+    class AddOne(PythonModel):
+        def predict(self, inputs, **parameters):
+            if (inputs["x"] < 0).any():
+                raise ValueError("negative input")
+            return {"y": inputs["x"] + 1}
+"""
+CONFIG = """
+    max_batch_size: 8
+    inputs: [{name: x, datatype: FP32, shape: [2]}]
+    outputs: [{name: y, datatype: FP32, shape: [2]}]
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("models")
+    write_python_model(root, "add_one", ADD_ONE, CONFIG)
+    with ServerProcess(["--model-repository", str(root)]) as srv:
+        yield srv
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return reply.read()
+
+
+def infer(server: ServerProcess, value: float) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    tensor = grpcclient.InferInput("x", [1, 2], "FP32")
+    tensor.set_data_from_numpy(np.full((1, 2), value, np.float32))
+    client.infer("add_one", [tensor])
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_requests_and_failures_are_counted(server: ServerProcess) -> None:
+    before = get(server.http_url + "/metrics").decode()
+    for _ in range(3):
+        infer(server, 1.0)
+    with pytest.raises(Exception, match="negative input"):
+        infer(server, -1.0)
+    after = get(server.http_url + "/metrics").decode()
+    ok = dict(model="add_one", protocol="v2", status="OK")
+    failed = dict(model="add_one", protocol="v2", status="INTERNAL")
+    assert (
+        metric(after, "dli_requests_total", **ok) - metric(before, "dli_requests_total", **ok) == 3
+    )
+    assert (
+        metric(after, "dli_requests_total", **failed)
+        - metric(before, "dli_requests_total", **failed)
+        == 1
+    )
+    assert metric(after, "dli_request_duration_seconds_count", model="add_one") >= 4
+    assert metric(after, "dli_batch_size_count", model="add_one") >= 3
+    assert metric(after, "dli_model_ready", model="add_one", version="1") == 1
+    assert (
+        metric(after, "process_resident_memory_bytes") > 0
+        or "process_resident_memory_bytes " in after
+    )
+
+
+def test_status_feed_shows_recent_figures(server: ServerProcess) -> None:
+    for _ in range(5):
+        infer(server, 2.0)
+    doc = json.loads(get(server.http_url + "/api/status"))
+    assert doc["server"]["ready"] is True
+    (model,) = [m for m in doc["models"] if m["name"] == "add_one"]
+    assert model["backend"] == "python" and model["versions"][0]["state"] == "READY"
+    assert model["count"] >= 5 and model["qps"] > 0
+    assert model["p50_ms"] is not None and model["p99_ms"] >= model["p50_ms"]
+    assert doc["routes"] == []
+
+
+def test_status_page_is_served(server: ServerProcess) -> None:
+    page = get(server.http_url + "/").decode()
+    assert "<title>dl-inference status</title>" in page
+    assert "/api/status" in page
