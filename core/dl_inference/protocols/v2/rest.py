@@ -1,0 +1,285 @@
+"""The V2 REST API (``/v2/...``) as aiohttp routes, with Triton's binary-tensor extension.
+
+A request may be plain JSON, or a JSON header of ``Inference-Header-Content-Length`` bytes
+followed by the inputs whose ``parameters.binary_data_size`` says how many bytes each
+takes, in order. Outputs are returned as binary when asked for (per output
+``parameters.binary_data``, or request-wide ``parameters.binary_data_output``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from dl_inference.errors import DlInferenceError, InvalidInput, ModelNotFound
+from dl_inference.protocols.v2.binary import HEADER_LENGTH, decompress, split_body
+from dl_inference.protocols.v2.codec import (
+    array_to_json,
+    array_to_raw,
+    json_to_array,
+    output_array,
+    raw_to_array,
+)
+from dl_inference.runtime import Runtime
+from dl_inference.status import http_status, public_message
+from dl_inference.types import InferRequest, InferResponse, RequestContext
+
+PROTOCOL = "v2"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: BaseException) -> web.Response:
+    """``{"error": message}`` with the status the error table gives."""
+    plugin = "" if isinstance(exc, DlInferenceError) else "dl_inference.protocols.v2"
+    return web.json_response({"error": public_message(exc, plugin)}, status=http_status(exc))
+
+
+def _guarded(handler: Handler) -> Handler:
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            return error_response(exc)
+
+    return wrapper
+
+
+class V2Rest:
+    """Handlers of the V2 REST endpoints over a :class:`~dl_inference.Runtime`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def live(self, request: web.Request) -> web.Response:
+        live = self.runtime.live()
+        return web.json_response({"live": live}, status=200 if live else 503)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self.runtime.ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "name": self.runtime.server_name,
+                "version": self.runtime.server_version,
+                "extensions": self.runtime.extensions(),
+            }
+        )
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        meta = self.runtime.model_metadata(name, version)
+        return web.json_response(
+            {
+                "name": meta.name,
+                "versions": meta.versions,
+                "platform": meta.platform,
+                "inputs": [spec.as_dict() for spec in meta.inputs],
+                "outputs": [spec.as_dict() for spec in meta.outputs],
+            }
+        )
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        if not self.runtime.model_ready(name, version):
+            # Tell an unknown model (404, with the list of models) from one not ready (503).
+            try:
+                self.runtime.model_metadata(name, version)
+            except ModelNotFound as exc:
+                return error_response(exc)
+            except DlInferenceError:
+                pass
+            return web.json_response({"name": name, "ready": False}, status=503)
+        return web.json_response({"name": name, "ready": True})
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        try:
+            body = await request.read()
+        except (web.RequestPayloadError, HttpProcessingError) as exc:
+            # aiohttp decompresses Content-Encoding bodies itself and fails here on bad data.
+            reason = " ".join(str(exc).split())
+            raise InvalidInput(f"the request body could not be read: {reason}") from None
+        body = decompress(
+            body, request.headers.get("Content-Encoding"), self.runtime.max_message_bytes
+        )
+        infer_request, binary_outputs = decode_rest_request(
+            name, version, body, request.headers.get(HEADER_LENGTH)
+        )
+        ctx = RequestContext(
+            protocol=PROTOCOL,
+            method="POST /v2/models/{name}/infer",
+            metadata={key.lower(): value for key, value in request.headers.items()},
+            peer=request.remote or "",
+        )
+        response = await self.runtime.infer(infer_request, ctx)
+        reply = encode_rest_response(response, binary_outputs)
+        if request.headers.get("Accept-Encoding"):
+            # As Triton does: compress (gzip/deflate) only for clients that ask for it.
+            reply.enable_compression()
+        return reply
+
+
+def _model(request: web.Request) -> tuple[str, str]:
+    return request.match_info["model"], request.match_info.get("version", "")
+
+
+class _BinaryChoice:
+    """Which outputs go back as binary: per output, else the request-wide default."""
+
+    def __init__(self, default: bool, per_output: dict[str, bool]) -> None:
+        self.default = default
+        self.per_output = per_output
+
+    def __call__(self, name: str) -> bool:
+        return self.per_output.get(name, self.default)
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def decode_rest_request(
+    model: str, version: str, body: bytes, header_length: str | None
+) -> tuple[InferRequest, _BinaryChoice]:
+    """An InferRequest from a JSON (or JSON + binary) V2 body, and the binary-output choice."""
+    header, binary = split_body(body, header_length)
+    try:
+        document = json.loads(bytes(header))
+    except (ValueError, UnicodeDecodeError) as exc:
+        hint = "" if header_length else f" (binary tensors need the {HEADER_LENGTH} header)"
+        raise InvalidInput(f"the request body is not valid JSON: {exc}{hint}") from None
+    document = _object(document, "the request body")
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput('the request needs "inputs": a non-empty list of tensors')
+    inputs = {}
+    offset = 0
+    for index, tensor in enumerate(raw_inputs):
+        tensor = _object(tensor, f"inputs[{index}]")
+        name = tensor.get("name")
+        datatype = tensor.get("datatype")
+        shape = tensor.get("shape")
+        valid = isinstance(name, str) and isinstance(datatype, str) and isinstance(shape, list)
+        if not valid:
+            raise InvalidInput(
+                f'inputs[{index}] needs "name" (string), "datatype" (string) and "shape" (list)'
+            )
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} appears more than once in the request")
+        size = _object(tensor.get("parameters"), f"inputs[{index}].parameters").get(
+            "binary_data_size"
+        )
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidInput(f"input {name!r}: binary_data_size must be an integer >= 0")
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} binary bytes left)"
+                )
+            inputs[name] = raw_to_array(name, datatype, shape, binary[offset : offset + size])
+            offset += size
+        elif "data" in tensor:
+            inputs[name] = json_to_array(name, datatype, shape, tensor["data"])
+        else:
+            raise InvalidInput(f'input {name!r} has neither "data" nor parameters.binary_data_size')
+    if offset != len(binary):
+        raise InvalidInput(
+            f"{len(binary) - offset} bytes of binary data follow the JSON header but no input's "
+            "binary_data_size accounts for them"
+        )
+    parameters = dict(_object(document.get("parameters"), "parameters"))
+    default_binary = bool(parameters.pop("binary_data_output", False))
+    outputs: list[str] | None = None
+    per_output: dict[str, bool] = {}
+    if document.get("outputs") is not None:
+        if not isinstance(document["outputs"], list):
+            raise InvalidInput('"outputs" must be a list of {"name": ...} objects')
+        outputs = []
+        for index, entry in enumerate(document["outputs"]):
+            entry = _object(entry, f"outputs[{index}]")
+            name = entry.get("name")
+            if not isinstance(name, str):
+                raise InvalidInput(f'outputs[{index}] needs "name" (string)')
+            options = _object(entry.get("parameters"), f"outputs[{index}].parameters")
+            if "classification" in options:
+                raise InvalidInput(
+                    f"output {name!r}: the classification extension is not supported"
+                )
+            if "binary_data" in options:
+                per_output[name] = bool(options["binary_data"])
+            outputs.append(name)
+        outputs = outputs or None
+    request_id = document.get("id", "")
+    request = InferRequest(
+        model_name=model,
+        model_version=version,
+        id=request_id if isinstance(request_id, str) else str(request_id),
+        inputs=inputs,
+        parameters=parameters,
+        outputs=outputs,
+    )
+    return request, _BinaryChoice(default_binary, per_output)
+
+
+def encode_rest_response(response: InferResponse, binary: _BinaryChoice) -> web.Response:
+    """JSON, or JSON header + binary tensors when any output is sent as binary."""
+    outputs = []
+    blobs: list[bytes | memoryview] = []
+    for name, value in response.outputs.items():
+        array, datatype = output_array(response.model_name, name, value)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary(name):
+            blob = array_to_raw(array, datatype)
+            entry["parameters"] = {"binary_data_size": memoryview(blob).nbytes}
+            blobs.append(blob)
+        else:
+            entry["data"] = array_to_json(name, array, datatype)
+        outputs.append(entry)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.id:
+        document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = response.parameters
+    header = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    if not blobs:
+        return web.Response(body=header, content_type="application/json")
+    return web.Response(
+        body=b"".join([header, *blobs]),
+        content_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+def http_routes(runtime: Runtime) -> list[web.RouteDef]:
+    """Route definitions for every V2 REST endpoint."""
+    api = V2Rest(runtime)
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    return [
+        web.get("/v2/health/live", _guarded(api.live)),
+        web.get("/v2/health/ready", _guarded(api.ready)),
+        web.get("/v2", _guarded(api.server_metadata)),
+        web.get(model, _guarded(api.model_metadata)),
+        web.get(versioned, _guarded(api.model_metadata)),
+        web.get(f"{model}/ready", _guarded(api.model_ready)),
+        web.get(f"{versioned}/ready", _guarded(api.model_ready)),
+        web.post(f"{model}/infer", _guarded(api.infer)),
+        web.post(f"{versioned}/infer", _guarded(api.infer)),
+    ]
