@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -102,3 +103,29 @@ def test_status_page_is_served(server: ServerProcess) -> None:
     page = get(server.http_url + "/").decode()
     assert "<title>dl-inference status</title>" in page
     assert "/api/status" in page
+
+
+def test_request_id_is_returned_and_garbage_is_counted(server: ServerProcess) -> None:
+    before = get(server.http_url + "/metrics").decode()
+    request = urllib.request.Request(
+        server.http_url + "/v2/models/add_one/infer",
+        data=b"{not json",
+        headers={"Content-Type": "application/json", "x-request-id": "trace-7"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 400
+    assert info.value.headers["x-request-id"] == "trace-7"
+    after = get(server.http_url + "/metrics").decode()
+    bad = dict(model="add_one", protocol="v2", status="INVALID_ARGUMENT")
+    assert (
+        metric(after, "dli_requests_total", **bad) - metric(before, "dli_requests_total", **bad)
+        == 1
+    )
+    assert "trace-7" in server.output()  # the access log line carries the id
+
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    tensor = grpcclient.InferInput("x", [1, 2], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 2), np.float32))
+    result = client.infer("add_one", [tensor], headers={"x-request-id": "trace-8"})
+    assert result.get_response().id == "trace-8"

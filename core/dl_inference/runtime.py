@@ -147,6 +147,19 @@ class Runtime:
             response = ctx.response or response
         return response
 
+    def report_failure(
+        self, ctx: RequestContext, error: BaseException, model_name: str = ""
+    ) -> None:
+        """Record a request that failed before reaching :meth:`infer` (it could not be decoded).
+
+        Runs ``dli_on_error``, counts it in the metrics and writes the access-log line, so
+        garbage is as visible as any other failure.
+        """
+        request = ctx.request or InferRequest(model_name=model_name, inputs={})
+        if self._use["dli_on_error"]:
+            self._hooks.dli_on_error(ctx=ctx, error=error)
+        self._finish(ctx, request, error)
+
     def _finish(
         self, ctx: RequestContext, request: InferRequest, error: BaseException | None
     ) -> None:

@@ -99,11 +99,23 @@ class V2GrpcServicer:
         return reply
 
     async def model_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        ctx = self._context(context)
+        request_id = (("x-request-id", ctx.request_id),)
         try:
-            return await self._infer(data, context)
+            reply = await self._infer(data, context, ctx)
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, request_id)
             raise  # unreachable: abort raises
+        context.set_trailing_metadata(request_id)
+        return reply
+
+    def _context(self, context: grpc.aio.ServicerContext) -> RequestContext:
+        return RequestContext(
+            protocol=PROTOCOL,
+            method=f"/{SERVICE}/ModelInfer",
+            metadata=request_metadata(context),
+            peer=context.peer() or "",
+        )
 
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -111,38 +123,44 @@ class V2GrpcServicer:
         # As Triton does, a failed request is reported in the stream and the stream goes on.
         async for data in requests:
             try:
-                reply = await self._infer(data, context)
+                reply = await self._infer(data, context, self._context(context))
             except Exception as exc:
                 message = public_message(exc).encode("utf-8")
                 yield len_field_header(_STREAM_ERROR_MESSAGE, len(message)) + message
                 continue
             yield len_field_header(_STREAM_INFER_RESPONSE, len(reply)) + reply
 
-    async def _infer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _infer(
+        self, data: bytes, context: grpc.aio.ServicerContext, ctx: RequestContext
+    ) -> bytes:
+        model_name = ""
         try:
-            rest, raw = split_len_field(data, _RAW_INPUT_CONTENTS)
-            message = pb.ModelInferRequest.FromString(rest)
-        except (WireError, DecodeError) as exc:
-            raise InvalidInput(f"the ModelInferRequest could not be parsed: {exc}") from None
-        if not message.model_name:
-            raise InvalidInput("model_name is empty; name the model to run")
-        request = decode_infer_request(message, raw, deadline=request_deadline(context))
-        ctx = RequestContext(
-            protocol=PROTOCOL,
-            method=f"/{SERVICE}/ModelInfer",
-            metadata=request_metadata(context),
-            peer=context.peer() or "",
-        )
+            try:
+                rest, raw = split_len_field(data, _RAW_INPUT_CONTENTS)
+                message = pb.ModelInferRequest.FromString(rest)
+            except (WireError, DecodeError) as exc:
+                raise InvalidInput(f"the ModelInferRequest could not be parsed: {exc}") from None
+            model_name = message.model_name
+            if not model_name:
+                raise InvalidInput("model_name is empty; name the model to run")
+            request = decode_infer_request(message, raw, deadline=request_deadline(context))
+        except Exception as exc:
+            self.runtime.report_failure(ctx, exc, model_name)
+            raise
         response = await self.runtime.infer(request, ctx)
         reply, outputs = encode_infer_response(response)
         return serialize_with_raw(reply.SerializeToString(), _RAW_OUTPUT_CONTENTS, outputs)
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext,
+    exc: BaseException,
+    trailing: tuple[tuple[str, str], ...] = (),
+) -> None:
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     plugin = "" if isinstance(exc, DlInferenceError) else "dl_inference.protocols.v2"
-    await context.abort(grpc_code(exc), public_message(exc, plugin))
+    await context.abort(grpc_code(exc), public_message(exc, plugin), trailing)
 
 
 def grpc_handlers(runtime: Runtime) -> list[grpc.GenericRpcHandler]:

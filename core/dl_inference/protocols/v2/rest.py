@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from dl_inference.errors import DlInferenceError, InvalidInput, ModelNotFound
+from dl_inference.errors import DlInferenceError, InvalidInput, ModelNotFound, ResourceExhausted
 from dl_inference.protocols.v2.binary import HEADER_LENGTH, decompress, split_body
 from dl_inference.protocols.v2.codec import (
     array_to_json,
@@ -101,6 +101,38 @@ class V2Rest:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = _model(request)
+        ctx = RequestContext(
+            protocol=PROTOCOL,
+            method="POST /v2/models/{name}/infer",
+            metadata={key.lower(): value for key, value in request.headers.items()},
+            peer=request.remote or "",
+        )
+        try:
+            infer_request, binary_outputs = await self._decode(request, name, version)
+        except web.HTTPException as exc:  # 413 for a body over max_message_mb
+            self.runtime.report_failure(ctx, ResourceExhausted(exc.text or exc.reason), name)
+            raise
+        except Exception as exc:
+            self.runtime.report_failure(ctx, exc, name)
+            reply = error_response(exc)
+            reply.headers["x-request-id"] = ctx.request_id
+            return reply
+        try:
+            response = await self.runtime.infer(infer_request, ctx)
+        except Exception as exc:
+            reply = error_response(exc)
+            reply.headers["x-request-id"] = ctx.request_id
+            return reply
+        reply = encode_rest_response(response, binary_outputs)
+        reply.headers["x-request-id"] = ctx.request_id
+        if request.headers.get("Accept-Encoding"):
+            # As Triton does: compress (gzip/deflate) only for clients that ask for it.
+            reply.enable_compression()
+        return reply
+
+    async def _decode(
+        self, request: web.Request, name: str, version: str
+    ) -> tuple[InferRequest, Any]:
         try:
             body = await request.read()
         except (web.RequestPayloadError, HttpProcessingError) as exc:
@@ -110,21 +142,7 @@ class V2Rest:
         body = decompress(
             body, request.headers.get("Content-Encoding"), self.runtime.max_message_bytes
         )
-        infer_request, binary_outputs = decode_rest_request(
-            name, version, body, request.headers.get(HEADER_LENGTH)
-        )
-        ctx = RequestContext(
-            protocol=PROTOCOL,
-            method="POST /v2/models/{name}/infer",
-            metadata={key.lower(): value for key, value in request.headers.items()},
-            peer=request.remote or "",
-        )
-        response = await self.runtime.infer(infer_request, ctx)
-        reply = encode_rest_response(response, binary_outputs)
-        if request.headers.get("Accept-Encoding"):
-            # As Triton does: compress (gzip/deflate) only for clients that ask for it.
-            reply.enable_compression()
-        return reply
+        return decode_rest_request(name, version, body, request.headers.get(HEADER_LENGTH))
 
 
 def _model(request: web.Request) -> tuple[str, str]:
