@@ -92,7 +92,7 @@ async def test_a_broken_version_leaves_the_serving_one_and_is_retried(tmp_path: 
     write_python_model(tmp_path, "m", "this is not python(", version=2)
     await models.refresh(scan_repository(tmp_path))
     assert await infer(runtime) == 1
-    broken = [v for v in models.versions("m") if v.version == "2"][0]
+    broken = next(v for v in models.versions("m") if v.version == "2")
     assert "SyntaxError" in broken.reason and "model.py:" in broken.reason
     assert models.all_ready()  # the model still has a serving version
     time.sleep(0.01)

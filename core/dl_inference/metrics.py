@@ -162,3 +162,49 @@ class CallbackCollector(Collector):
 
     def describe(self) -> Iterable[Any]:
         yield GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+
+
+class UpstreamCollector(Collector):
+    """Per upstream node of the gateway: requests, failures, in-flight, weight, state."""
+
+    _LABELS = ("model", "node")
+
+    def __init__(self, snapshot: Callable[[], list[dict[str, Any]]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        rows = self.snapshot()
+        labels = list(self._LABELS)
+        requests = CounterMetricFamily(
+            "dli_upstream_requests", "Calls forwarded to the node.", labels=labels
+        )
+        failures = CounterMetricFamily(
+            "dli_upstream_failures", "Forwarded calls the node failed.", labels=labels
+        )
+        gauges = {
+            "in_flight": GaugeMetricFamily(
+                "dli_upstream_in_flight", "Calls outstanding to the node.", labels=labels
+            ),
+            "effective_weight": GaugeMetricFamily(
+                "dli_upstream_effective_weight", "The balancer's current weight.", labels=labels
+            ),
+            "weight": GaugeMetricFamily(
+                "dli_upstream_configured_weight", "The configured weight.", labels=labels
+            ),
+            "latency_ewma_ms": GaugeMetricFamily(
+                "dli_upstream_latency_ewma_ms", "Smoothed call latency.", labels=labels
+            ),
+        }
+        ejected = GaugeMetricFamily(
+            "dli_upstream_ejected", "1 while the node is ejected or unhealthy.", labels=labels
+        )
+        for row in rows:
+            key = [row["model"], row["address"]]
+            requests.add_metric(key, row.get("requests", 0))
+            failures.add_metric(key, row.get("failures", 0))
+            for field_name, family in gauges.items():
+                family.add_metric(key, float(row.get(field_name) or 0))
+            ejected.add_metric(key, 0.0 if row.get("state") in ("healthy", "warming") else 1.0)
+        yield from (requests, failures, *gauges.values(), ejected)

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from dl_inference.config.schema import ServerConfig
 from dl_inference.errors import ConfigError, DlInferenceError
+from dl_inference.metrics import UpstreamCollector
 from dl_inference.models import ModelRegistry
 from dl_inference.plugins import PluginHost
 from dl_inference.protocol import Protocol
@@ -112,6 +113,7 @@ class Server:
 
         self.gateway = Gateway(routes, self.plugins)
         await self.gateway.start()
+        self.runtime.metrics.add_collector(UpstreamCollector(self.gateway.snapshot))
 
     async def _start_grpc(self) -> None:
         limit = self.runtime.max_message_bytes

@@ -51,6 +51,11 @@ def load_server_config(path: str | Path) -> ServerConfig:
     config = parse_server_config(read_yaml_mapping(path), str(path))
     if config.model_repository is not None and not config.model_repository.is_absolute():
         config.model_repository = (path.parent / config.model_repository).resolve()
+    for route in config.routes:
+        # Node files, like the repository, are relative to the config file.
+        discovery = route.discovery
+        if discovery is not None and discovery.file and not discovery.file.is_absolute():
+            discovery.file = (path.parent / discovery.file).resolve()
     return config
 
 

@@ -1,0 +1,166 @@
+"""The ``routes:`` section of the server YAML: which models are forwarded where, and how."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_BALANCER = "dynamic_weighted_round_robin"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` -> (host, port); ValueError saying what is expected."""
+    text = address.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port (e.g. 10.0.0.5:8500 or [::1]:8500)")
+    if ":" in host and not text.startswith("["):
+        # Bare IPv6 literals are ambiguous with the port separator.
+        raise ValueError(f"{address!r}: write an IPv6 address in brackets, e.g. [::1]:8500")
+    return host, int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    """The inverse of :func:`split_address`, bracketing IPv6 literals."""
+    try:
+        if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+class NodeConfig(_Section):
+    """One upstream node: a dl-inference worker, TF Serving, Triton or Seldon instance."""
+
+    address: str
+    weight: int = Field(default=100, ge=1, le=1_000_000)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        split_address(value)
+        return value.strip()
+
+
+class DiscoveryConfig(_Section):
+    """Where the node list comes from when it changes: a DNS name or a watched YAML file.
+
+    ``dns: host:port`` is re-resolved every ``refresh_s``; each A/AAAA record is a node
+    (a Kubernetes headless Service). ``file`` holds a YAML list of ``{address, weight}``
+    (or of ``host:port`` strings), re-read when it changes.
+    """
+
+    dns: str | None = None
+    file: Path | None = None
+    refresh_s: float = Field(default=10.0, gt=0)
+    weight: int = Field(default=100, ge=1, description="weight of every DNS-discovered node")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DiscoveryConfig:
+        if (self.dns is None) == (self.file is None):
+            raise ValueError("give exactly one of dns: HOST:PORT or file: PATH")
+        if self.dns is not None:
+            split_address(self.dns)
+        return self
+
+
+class HealthConfig(_Section):
+    """Active probes with grpc.health.v1 Check.
+
+    An upstream without the health service (TF Serving) counts as live when it answers.
+    """
+
+    enabled: bool = True
+    interval_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    service: str = ""
+    unhealthy_threshold: int = Field(default=2, ge=1)
+    healthy_threshold: int = Field(default=1, ge=1)
+
+
+class EjectionConfig(_Section):
+    """Passive outlier ejection: consecutive failures take a node out for a growing time."""
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    base_s: float = Field(default=10.0, gt=0)
+    max_s: float = Field(default=300.0, gt=0)
+    max_percent: float = Field(default=50.0, ge=0, le=100)
+    slow_start_s: float = Field(default=10.0, ge=0)
+
+
+class RetryBudgetConfig(_Section):
+    """Retries allowed on top of requests: ``percent`` of recent requests plus ``min_per_s``."""
+
+    percent: float = Field(default=20.0, ge=0)
+    min_per_s: float = Field(default=10.0, ge=0)
+
+
+class TlsConfig(_Section):
+    """TLS to the upstream nodes; every file is optional (system roots by default)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate)")
+        return self
+
+
+class RouteConfig(_Section):
+    """A model served by a group of upstream nodes."""
+
+    model: str = Field(min_length=1)
+    protocols: list[str] | None = Field(
+        default=None, description="protocol names forwarded for this model (default: all)"
+    )
+    nodes: list[NodeConfig] = Field(default_factory=list)
+    discovery: DiscoveryConfig | None = None
+    balancer: str = DEFAULT_BALANCER
+    balancer_options: dict[str, object] = Field(default_factory=dict)
+    timeout_ms: int | None = Field(default=None, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
+    retry_budget: RetryBudgetConfig = Field(default_factory=RetryBudgetConfig)
+    tls: TlsConfig | None = None
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    ejection: EjectionConfig = Field(default_factory=EjectionConfig)
+
+    @model_validator(mode="after")
+    def _node_source(self) -> RouteConfig:
+        if not self.nodes and self.discovery is None:
+            raise ValueError("give nodes: [{address, weight}] or discovery: {dns | file}")
+        if self.nodes and self.discovery is not None:
+            raise ValueError("give either nodes or discovery, not both")
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.address in seen:
+                raise ValueError(f"node {node.address} is listed twice")
+            seen.add(node.address)
+        return self
+
+
+def _unique_models(routes: list[RouteConfig]) -> list[RouteConfig]:
+    seen: set[str] = set()
+    for route in routes:
+        if route.model in seen:
+            raise ValueError(f"model {route.model!r} has two routes; merge their nodes into one")
+        seen.add(route.model)
+    return routes
+
+
+Routes = Annotated[list[RouteConfig], AfterValidator(_unique_models)]
+"""The type of ``ServerConfig.routes``: a list with one route per model."""

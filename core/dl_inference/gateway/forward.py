@@ -1,0 +1,192 @@
+"""Byte-for-byte forwarding of one unary gRPC call to a route's upstream nodes.
+
+The request bytes go upstream exactly as they came and the reply bytes come back exactly
+as the node sent them: no tensor is decoded or re-encoded. The client's remaining
+deadline, its metadata and its cancellation travel with the call; the node's status code,
+message and metadata travel back unchanged. Only failures where the node did no work
+(UNAVAILABLE: refused, reset, draining) are retried, on another node, within the deadline,
+the route's retry count and its retry budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import structlog
+
+from dl_inference.balancer import Outcome
+from dl_inference.gateway.nodes import Node
+from dl_inference.gateway.route import Route
+
+log = structlog.get_logger("dl_inference.gateway")
+
+# Codes that say the node itself is in trouble (count towards ejection).
+NODE_FAILURES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+# Codes a balancer should learn from as failures (slow or overloaded nodes too).
+BALANCER_FAILURES = NODE_FAILURES | {
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+# The node did no work: safe to send the same bytes to another node.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+# Transport-level headers that gRPC sets per hop; everything else is the client's to forward.
+_HOP_HEADERS = frozenset(
+    {
+        "grpc-timeout",
+        "grpc-encoding",
+        "grpc-accept-encoding",
+        "user-agent",
+        "content-type",
+        "te",
+        "host",
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+    }
+)
+# Leave a little of the budget for the answer to travel back before calling again.
+_MIN_RETRY_BUDGET_S = 0.002
+
+
+def forwardable(metadata: Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
+    """The client's metadata minus per-hop transport headers."""
+    if not metadata:
+        return ()
+    return tuple(
+        (key, value)
+        for key, value in metadata
+        if not key.startswith(":") and key.lower() not in _HOP_HEADERS
+    )
+
+
+class Forwarder:
+    """Sends raw request bytes to a route's nodes and relays the outcome to the client."""
+
+    def __init__(self) -> None:
+        self._callables: dict[tuple[int, str], Any] = {}
+
+    def _stub(self, node: Node, method: str) -> Any:
+        channel = node.get_channel()
+        key = (id(channel), method)
+        stub = self._callables.get(key)
+        if stub is None:
+            # No (de)serializers: bytes in, bytes out.
+            stub = channel.unary_unary(method)
+            self._callables[key] = stub
+        return stub
+
+    def forget(self, node: Node) -> None:
+        if node.channel is not None:
+            channel_id = id(node.channel)
+            for key in [k for k in self._callables if k[0] == channel_id]:
+                del self._callables[key]
+
+    async def forward(
+        self, route: Route, method: str, body: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        started = time.monotonic()
+        deadline: float | None = None
+        left = context.time_remaining()
+        if left is not None:
+            deadline = started + left
+        if route.timeout_s is not None:
+            deadline = min(
+                deadline if deadline is not None else float("inf"), started + route.timeout_s
+            )
+        metadata = forwardable(context.invocation_metadata())
+        route.budget.on_request()
+        tried: list[str] = []
+        exclude: set[str] = set()
+        retries = 0
+        while True:
+            node = route.pick(exclude)
+            if node is None:
+                break
+            exclude.add(node.address)
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the deadline for model {route.model!r} passed in the gateway"
+                    + (f" after trying {'; '.join(tried)}" if tried else ""),
+                )
+            call = self._stub(node, method)(body, timeout=timeout, metadata=metadata)
+            node.in_flight += 1
+            sent = time.monotonic()
+            try:
+                reply = await call
+            except asyncio.CancelledError:
+                # The client went away: stop the upstream work too.
+                call.cancel()
+                raise
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                latency = time.monotonic() - sent
+                detail = f"{code.name}: {exc.details()}"
+                if code is grpc.StatusCode.CANCELLED:
+                    outcome = Outcome.REJECTED
+                elif code in BALANCER_FAILURES:
+                    outcome = Outcome.FAILURE
+                else:
+                    outcome = Outcome.REJECTED
+                route.record(
+                    node, outcome, latency, gateway_failure=code in NODE_FAILURES, error=detail
+                )
+                if code not in RETRYABLE:
+                    await _relay_metadata(context, exc.initial_metadata(), exc.trailing_metadata())
+                    await context.abort(code, exc.details() or "")
+                tried.append(f"{node.address} ({detail})")
+                if retries >= route.retries:
+                    break
+                if deadline is not None and deadline - time.monotonic() < _MIN_RETRY_BUDGET_S:
+                    break
+                if not route.budget.try_retry():
+                    tried.append("retry budget exhausted")
+                    break
+                retries += 1
+                continue
+            finally:
+                node.in_flight -= 1
+                if node.draining:
+                    self.forget(node)
+                    route.reap()
+            route.record(node, Outcome.SUCCESS, time.monotonic() - sent)
+            await _relay_metadata(
+                context, await call.initial_metadata(), await call.trailing_metadata()
+            )
+            return reply
+        if not route.nodes:
+            message = (
+                f"model {route.model!r} has no upstream nodes (its discovery found none); "
+                "check the route's node list"
+            )
+        else:
+            message = (
+                f"model {route.model!r} is unavailable: no upstream node answered; tried "
+                f"{'; '.join(tried) or 'nothing'}; nodes: {route.describe_nodes()}. "
+                "Check that the nodes are running and reachable from the gateway"
+            )
+        log.warning("forwarding failed", model=route.model, method=method, tried=tried)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+        raise AssertionError("unreachable")  # abort raises
+
+
+async def _relay_metadata(context: grpc.aio.ServicerContext, initial: Any, trailing: Any) -> None:
+    initial = forwardable(tuple(initial) if initial else ())
+    if initial:
+        await context.send_initial_metadata(initial)
+    trailing = forwardable(tuple(trailing) if trailing else ())
+    if trailing:
+        context.set_trailing_metadata(trailing)

@@ -1,0 +1,198 @@
+"""The Gateway the server integrates: routes by model name, forwards bytes, keeps local models."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+
+from dl_inference.errors import ConfigError, PluginError
+from dl_inference.gateway.config import RouteConfig
+from dl_inference.gateway.forward import Forwarder
+from dl_inference.gateway.keys import builtin_protocol_of, builtin_routing_keys
+from dl_inference.gateway.route import Route
+from dl_inference.protocol import Protocol, RoutingKeyReader
+
+log = structlog.get_logger("dl_inference.gateway")
+
+# Protocol names the built-in routing keys answer to, valid in ``routes[].protocols``.
+BUILTIN_PROTOCOLS = ("v2", "tfserving", "seldon", "seed")
+
+
+class Gateway:
+    """Routes calls for the configured models to their upstream nodes.
+
+    ``Gateway(routes, plugins)`` checks every balancer and protocol name up front,
+    ``await start()`` begins discovery and health probes, :meth:`wrap_grpc_handlers` puts
+    the gateway in front of the server's own handlers, ``await stop()`` ends it all, and
+    :meth:`snapshot` reports every node's state.
+    """
+
+    def __init__(self, routes: Sequence[RouteConfig], plugins: Any) -> None:
+        self.plugins = plugins
+        self.routes: dict[str, Route] = {}
+        known_protocols = set(BUILTIN_PROTOCOLS) | {cls.name for cls in plugins.protocols}
+        for index, config in enumerate(routes):
+            where = f"routes[{index}] (model {config.model!r})"
+            for name in config.protocols or ():
+                if name not in known_protocols:
+                    raise ConfigError(
+                        f"{where}.protocols: unknown protocol {name!r}; known: "
+                        f"{', '.join(sorted(known_protocols))}"
+                    )
+            try:
+                balancer_cls = plugins.balancer(config.balancer)
+            except PluginError as exc:
+                raise PluginError(f"{where}.balancer: {exc}") from None
+            try:
+                balancer = balancer_cls(**config.balancer_options)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}.balancer_options: {exc}") from None
+            if config.model in self.routes:
+                raise ConfigError(f"{where}: model {config.model!r} has two routes; merge them")
+            self.routes[config.model] = Route(config, balancer)
+        self.forwarder = Forwarder()
+
+    async def start(self) -> None:
+        for route in self.routes.values():
+            await route.start()
+        log.info("gateway started", routes={m: r.describe_nodes() for m, r in self.routes.items()})
+
+    async def stop(self) -> None:
+        for route in self.routes.values():
+            await route.stop()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """One dict per node of every route: model, address, weight, state, counters."""
+        return [row for route in self.routes.values() for row in route.snapshot()]
+
+    def routing_table(
+        self, protocols: Iterable[Protocol | type[Protocol]]
+    ) -> dict[str, tuple[str, RoutingKeyReader]]:
+        """gRPC method path -> (protocol name, routing-key reader); protocols' own win."""
+        table = {
+            path: (builtin_protocol_of(path), reader)
+            for path, reader in builtin_routing_keys().items()
+        }
+        for protocol in protocols:
+            instance = protocol() if isinstance(protocol, type) else protocol
+            for path, reader in instance.routing_keys().items():
+                table[path] = (instance.name, reader)
+        return table
+
+    def wrap_grpc_handlers(
+        self,
+        local_handlers: Sequence[grpc.GenericRpcHandler],
+        protocols: Iterable[Protocol | type[Protocol]] = (),
+    ) -> list[grpc.GenericRpcHandler]:
+        """Handlers that forward routed models and pass everything else to ``local_handlers``."""
+        if not self.routes:
+            return list(local_handlers)
+        table = self.routing_table(protocols)
+        return [_GatewayHandler(self, table, list(local_handlers)), *local_handlers]
+
+
+class _GatewayHandler(grpc.GenericRpcHandler):
+    """Claims the routable unary methods as raw bytes, then forwards or serves locally.
+
+    A generic handler sees only the method path, not the body, so it must take every call
+    to a routable path; once the model name is read, calls for unrouted models run the
+    local handler's behaviour on the same bytes, deserialized as it would have.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        table: dict[str, tuple[str, RoutingKeyReader]],
+        local: list[grpc.GenericRpcHandler],
+    ) -> None:
+        self.gateway = gateway
+        self.table = table
+        self.local = local
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        entry = self.table.get(handler_call_details.method)
+        if entry is None:
+            return None
+        protocol, reader = entry
+        details = handler_call_details
+
+        async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self._handle(details, protocol, reader, body, context)
+
+        # No (de)serializers: the gateway gets and returns raw bytes.
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+    async def _handle(
+        self,
+        details: grpc.HandlerCallDetails,
+        protocol: str,
+        reader: RoutingKeyReader,
+        body: bytes,
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        metadata = {
+            key.lower(): value
+            for key, value in (context.invocation_metadata() or ())
+            if isinstance(value, str)
+        }
+        try:
+            model = reader(body, metadata)
+        except Exception as exc:  # a faulty reader must not take the method down
+            log.error(
+                "routing-key reader failed",
+                method=details.method,
+                protocol=protocol,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            model = None
+        route = self.gateway.routes.get(model) if model else None
+        if route is not None and route.accepts(protocol):
+            return await self.gateway.forwarder.forward(route, details.method, body, context)
+        return await self._local(details, model, body, context)
+
+    async def _local(
+        self,
+        details: grpc.HandlerCallDetails,
+        model: str | None,
+        body: bytes,
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        handler = None
+        for candidate in self.local:
+            handler = candidate.service(details)
+            if handler is not None:
+                break
+        if handler is None or handler.unary_unary is None:
+            routed = ", ".join(sorted(self.gateway.routes)) or "none"
+            if model:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"model {model!r} is not served here: no route names it and this server has "
+                    f"no local service for {details.method}; routed models: {routed}",
+                )
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{details.method} is not served here and the request names no routed model "
+                f"(routed models: {routed})",
+            )
+        request: Any = body
+        if handler.request_deserializer is not None:
+            try:
+                request = handler.request_deserializer(body)
+            except Exception:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request body is not a valid message for {details.method}",
+                )
+        result = handler.unary_unary(request, context)
+        if inspect.isawaitable(result):
+            result = await result
+        if handler.response_serializer is not None:
+            return handler.response_serializer(result)
+        return result

@@ -1,0 +1,147 @@
+"""Routing-key readers for the standard gRPC methods, reading only the model name.
+
+Protocol plugins provide their own readers through ``Protocol.routing_keys()``; these
+built-in ones cover the well-known services so that a gateway-only deployment forwards
+TF Serving, Seldon and Open Inference Protocol traffic without installing the
+tensorflow or pytorch plugins (and without TensorFlow or torch). A protocol's own
+reader wins over the built-in one for the same path.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+
+from dl_inference.protocol import RoutingKeyReader
+from dl_inference.wire import FIXED64, LEN, VARINT, WireError, iter_fields, read_string_field
+
+V2_SERVICE = "inference.GRPCInferenceService"
+TFS_PREDICTION = "tensorflow.serving.PredictionService"
+TFS_MODEL = "tensorflow.serving.ModelService"
+SELDON_SERVICES = ("seldon.protos.Model", "seldon.protos.Seldon")
+SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
+
+# Seldon carries no model field; the seed put a task id in meta.tags, so look there, and
+# let a client name the model in metadata as Seldon Core's own router does.
+SELDON_TAG_KEYS = ("model_name", "model", "taskId")
+SELDON_METADATA_KEYS = ("seldon-model", "x-model-name")
+
+
+def _sub_message(data: bytes | memoryview, number: int) -> memoryview | None:
+    """The last occurrence of message field ``number`` (protobuf merges; the name wins last)."""
+    found = None
+    view = memoryview(data)
+    try:
+        for field, wire_type, start, end in iter_fields(view):
+            if field == number and wire_type == LEN:
+                found = view[start:end]
+    except WireError:
+        return None
+    return found
+
+
+def field_string(number: int) -> RoutingKeyReader:
+    """Reader of a top-level string field (V2 ``model_name`` / ``name``)."""
+
+    def read(data: bytes, metadata: Mapping[str, str]) -> str | None:
+        return read_string_field(data, number) or None
+
+    return read
+
+
+def model_spec_name(data: bytes, metadata: Mapping[str, str]) -> str | None:
+    """TF Serving requests: ``model_spec`` (field 1) -> ``name`` (field 1)."""
+    spec = _sub_message(data, 1)
+    return None if spec is None else read_string_field(spec, 1) or None
+
+
+def multi_inference_name(data: bytes, metadata: Mapping[str, str]) -> str | None:
+    """MultiInferenceRequest: ``tasks`` (1, repeated) -> ``model_spec`` (1) -> ``name`` (1)."""
+    task = _sub_message(data, 1)
+    return None if task is None else model_spec_name(task, metadata)
+
+
+def _value_as_key(value: memoryview) -> str | None:
+    """google.protobuf.Value: string_value (3) or a whole number_value (2) as text."""
+    try:
+        for field, wire_type, start, end in iter_fields(value):
+            if field == 3 and wire_type == LEN:
+                return bytes(value[start:end]).decode("utf-8")
+            if field == 2 and wire_type == FIXED64:
+                number = struct.unpack("<d", value[start:end])[0]
+                return str(int(number)) if number.is_integer() else str(number)
+            if field == 4 and wire_type == VARINT:
+                return None
+    except (WireError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def seldon_model(data: bytes, metadata: Mapping[str, str]) -> str | None:
+    """SeldonMessage: a model header, else ``meta`` (2) -> ``tags`` (2, map) by known keys."""
+    for key in SELDON_METADATA_KEYS:
+        if metadata.get(key):
+            return metadata[key]
+    meta = _sub_message(data, 2)
+    if meta is None:
+        return None
+    tags: dict[str, str] = {}
+    try:
+        for field, wire_type, start, end in iter_fields(meta):
+            if field != 2 or wire_type != LEN:
+                continue
+            entry = meta[start:end]
+            key = read_string_field(entry, 1)
+            value = _sub_message(entry, 2)
+            if key in SELDON_TAG_KEYS and value is not None:
+                text = _value_as_key(value)
+                if text:
+                    tags[key] = text
+    except WireError:
+        return None
+    for key in SELDON_TAG_KEYS:
+        if key in tags:
+            return tags[key]
+    return None
+
+
+def builtin_routing_keys() -> dict[str, RoutingKeyReader]:
+    """gRPC method path -> model-name reader for the well-known unary methods."""
+    by_name = field_string(1)
+    keys: dict[str, RoutingKeyReader] = {
+        f"/{V2_SERVICE}/{method}": by_name
+        for method in (
+            "ModelInfer",
+            "ModelReady",
+            "ModelMetadata",
+            "ModelConfig",
+            "ModelStatistics",
+        )
+    }
+    for method in ("RepositoryModelLoad", "RepositoryModelUnload"):
+        keys[f"/{V2_SERVICE}/{method}"] = field_string(2)
+    for method in ("Predict", "Classify", "Regress", "GetModelMetadata"):
+        keys[f"/{TFS_PREDICTION}/{method}"] = model_spec_name
+    keys[f"/{TFS_PREDICTION}/MultiInference"] = multi_inference_name
+    keys[f"/{TFS_MODEL}/GetModelStatus"] = model_spec_name
+    for service in SELDON_SERVICES:
+        keys[f"/{service}/Predict"] = seldon_model
+    # The seed's unified service takes the framework's own messages under its own paths.
+    keys[f"/{SEED_SERVICE}/Predict"] = model_spec_name
+    keys[f"/{SEED_SERVICE}/PytorchPredict"] = seldon_model
+    keys[f"/{SEED_SERVICE}/TisPredict"] = by_name
+    return keys
+
+
+def builtin_protocol_of(path: str) -> str:
+    """Which protocol a built-in path belongs to, by the names protocol plugins register."""
+    service = path.split("/")[1] if path.count("/") >= 2 else ""
+    if service == V2_SERVICE:
+        return "v2"
+    if service in (TFS_PREDICTION, TFS_MODEL):
+        return "tfserving"
+    if service in SELDON_SERVICES:
+        return "seldon"
+    if service == SEED_SERVICE:
+        return "seed"
+    return ""

@@ -1,0 +1,268 @@
+"""Upstream node state: passive outcomes, active probes, ejection with back-off, slow start.
+
+Health belongs to the kernel so every balancer benefits: a balancer only ever sees the
+nodes this module considers eligible, and reads their ``weight``, ``in_flight`` and
+``slow_start_factor``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+import structlog
+
+from dl_inference.balancer import Outcome
+from dl_inference.gateway.config import EjectionConfig, HealthConfig, TlsConfig
+
+log = structlog.get_logger("dl_inference.gateway")
+
+# Reconnect quickly after a node restarts: gRPC's default back-off grows to two minutes,
+# which would keep a returned node dark long after its probes pass.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.enable_retries", 0),  # the gateway retries itself, on another node
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
+def _read(path: Any) -> bytes | None:
+    return None if path is None else path.read_bytes()
+
+
+def make_channel(address: str, tls: TlsConfig | None) -> grpc.aio.Channel:
+    """A channel to ``address``: plain, or TLS with the route's optional files."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca_file),
+        private_key=_read(tls.key_file),
+        certificate_chain=_read(tls.cert_file),
+    )
+    options = list(CHANNEL_OPTIONS)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+class Node:
+    """One upstream node of a route, as the kernel tracks it (a :class:`~dl_inference.NodeView`)."""
+
+    def __init__(self, address: str, weight: int, tls: TlsConfig | None = None) -> None:
+        self.address = address
+        self.weight = weight
+        self.tls = tls
+        self.in_flight = 0
+        self.channel: grpc.aio.Channel | None = None
+        # passive health
+        self.consecutive_failures = 0
+        self.ejected_until = 0.0
+        self.ejections = 0  # consecutive ejections, for the growing back-off
+        self.times_ejected = 0
+        # active health
+        self.probe_healthy = True
+        self.probe_failures = 0
+        self.probe_successes = 0
+        self.last_probe = ""
+        # slow start: when the node (re)joined and how long it warms up
+        self.returned_at = 0.0
+        self.slow_start_s = 0.0
+        self.draining = False
+        # counters for the status page
+        self.requests = 0
+        self.failures = 0
+        self.latency_ewma_s = 0.0
+        self.last_error = ""
+
+    # -- what balancers read ---------------------------------------------------------------
+
+    @property
+    def slow_start_factor(self) -> float:
+        """Ramps linearly from 0.1 to 1 over ``slow_start_s`` after the node (re)joins."""
+        if self.slow_start_s <= 0 or not self.returned_at:
+            return 1.0
+        elapsed = time.monotonic() - self.returned_at
+        if elapsed >= self.slow_start_s:
+            return 1.0
+        return max(0.1, elapsed / self.slow_start_s)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def ejected(self, now: float) -> bool:
+        return now < self.ejected_until
+
+    def eligible(self, now: float) -> bool:
+        return not self.draining and self.probe_healthy and not self.ejected(now)
+
+    def get_channel(self) -> grpc.aio.Channel:
+        if self.channel is None:
+            self.channel = make_channel(self.address, self.tls)
+        return self.channel
+
+    async def close(self) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            await channel.close()
+
+    def state(self, now: float) -> str:
+        if self.draining:
+            return "draining"
+        if self.ejected(now):
+            return "ejected"
+        if not self.probe_healthy:
+            return "unhealthy"
+        if self.slow_start_factor < 1:
+            return "warming"
+        return "healthy"
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "weight": self.weight,
+            "state": self.state(now),
+            "in_flight": self.in_flight,
+            "requests": self.requests,
+            "failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
+            "times_ejected": self.times_ejected,
+            "ejected_for_s": round(max(0.0, self.ejected_until - now), 3),
+            "probe": self.last_probe,
+            "slow_start_factor": round(self.slow_start_factor, 3),
+            "latency_ewma_ms": round(self.latency_ewma_s * 1000, 3),
+            "last_error": self.last_error,
+        }
+
+
+class NodeHealth:
+    """Applies one route's health policy to its nodes: ejection, probes, slow start."""
+
+    def __init__(self, ejection: EjectionConfig, health: HealthConfig, model: str) -> None:
+        self.ejection = ejection
+        self.health = health
+        self.model = model
+
+    def record(
+        self,
+        node: Node,
+        outcome: Outcome,
+        latency_s: float,
+        *,
+        gateway_failure: bool,
+        error: str,
+        peers: Iterable[Node],
+    ) -> None:
+        """Account for one finished call; ``gateway_failure`` marks a node-level failure."""
+        node.requests += 1
+        alpha = 0.2
+        node.latency_ewma_s = (
+            latency_s
+            if not node.latency_ewma_s
+            else (1 - alpha) * node.latency_ewma_s + alpha * latency_s
+        )
+        if outcome is Outcome.FAILURE:
+            node.failures += 1
+            node.last_error = error
+        if not gateway_failure:
+            if outcome is Outcome.SUCCESS:
+                node.consecutive_failures = 0
+                if node.ejections and not node.ejected(time.monotonic()):
+                    # A clean success after returning resets the back-off slowly: the next
+                    # ejection is shorter only after the node proved itself again.
+                    node.ejections = max(0, node.ejections - 1)
+            return
+        node.consecutive_failures += 1
+        if node.consecutive_failures >= self.ejection.consecutive_failures:
+            self.eject(node, list(peers), reason=error)
+
+    def eject(self, node: Node, peers: list[Node], reason: str) -> bool:
+        """Take ``node`` out for a back-off that grows with each ejection, within the cap."""
+        now = time.monotonic()
+        if node.ejected(now):
+            return False
+        live = [p for p in peers if not p.draining]
+        already = sum(1 for p in live if p.ejected(now))
+        allowed = max(1, math.floor(len(live) * self.ejection.max_percent / 100))
+        if already + 1 > allowed:
+            log.warning(
+                "node not ejected: too many nodes of the route are ejected already",
+                model=self.model,
+                node=node.address,
+                ejected=already,
+                allowed=allowed,
+            )
+            return False
+        node.ejections += 1
+        node.times_ejected += 1
+        duration = min(self.ejection.max_s, self.ejection.base_s * node.ejections)
+        node.ejected_until = now + duration
+        node.consecutive_failures = 0
+        node.returned_at = node.ejected_until
+        node.slow_start_s = self.ejection.slow_start_s
+        log.warning(
+            "node ejected", model=self.model, node=node.address, for_s=duration, reason=reason
+        )
+        return True
+
+    def probe_result(self, node: Node, ok: bool, detail: str) -> None:
+        """Apply an active probe's answer with the route's thresholds."""
+        node.last_probe = detail
+        if ok:
+            node.probe_failures = 0
+            node.probe_successes += 1
+            if not node.probe_healthy and node.probe_successes >= self.health.healthy_threshold:
+                node.probe_healthy = True
+                node.returned_at = time.monotonic()
+                node.slow_start_s = self.ejection.slow_start_s
+                # Probes say it answers again: end a passive ejection early.
+                node.ejected_until = min(node.ejected_until, time.monotonic())
+                log.info("node healthy again", model=self.model, node=node.address)
+            return
+        node.probe_successes = 0
+        node.probe_failures += 1
+        if node.probe_healthy and node.probe_failures >= self.health.unhealthy_threshold:
+            node.probe_healthy = False
+            log.warning(
+                "node failed health probes", model=self.model, node=node.address, detail=detail
+            )
+
+
+class RetryBudget:
+    """Retries may add ``percent`` of recent requests, plus ``min_per_s`` (as Finagle does).
+
+    Bounds the extra load retries put on a struggling group of nodes: when every node
+    fails, clients see errors quickly instead of the gateway multiplying the traffic.
+    """
+
+    def __init__(self, percent: float, min_per_s: float, window_s: float = 10.0) -> None:
+        self.ratio = percent / 100
+        self.min_per_s = min_per_s
+        self.window_s = window_s
+        self._requests: deque[float] = deque()
+        self._retries: deque[float] = deque()
+
+    def _trim(self, now: float) -> None:
+        edge = now - self.window_s
+        for queue in (self._requests, self._retries):
+            while queue and queue[0] < edge:
+                queue.popleft()
+
+    def on_request(self) -> None:
+        self._requests.append(time.monotonic())
+
+    def try_retry(self) -> bool:
+        now = time.monotonic()
+        self._trim(now)
+        allowed = self.ratio * len(self._requests) + self.min_per_s * self.window_s
+        if len(self._retries) + 1 > allowed:
+            return False
+        self._retries.append(now)
+        return True

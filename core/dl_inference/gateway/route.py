@@ -1,0 +1,231 @@
+"""A route at run time: its nodes, their health, its balancer, retry budget and discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2
+
+from dl_inference.balancer import Balancer, Outcome
+from dl_inference.gateway.config import RouteConfig
+from dl_inference.gateway.discovery import Discovery, NodeList
+from dl_inference.gateway.nodes import Node, NodeHealth, RetryBudget
+
+log = structlog.get_logger("dl_inference.gateway")
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+class Route:
+    """One model's group of upstream nodes and the policy that spreads calls over them."""
+
+    def __init__(self, config: RouteConfig, balancer: Balancer) -> None:
+        self.config = config
+        self.model = config.model
+        self.balancer = balancer
+        self.protocols = set(config.protocols) if config.protocols else None
+        self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms else None
+        self.retries = config.retries
+        self.nodes: dict[str, Node] = {}
+        self.health = NodeHealth(config.ejection, config.health, config.model)
+        self.budget = RetryBudget(config.retry_budget.percent, config.retry_budget.min_per_s)
+        self.discovery = (
+            Discovery(config.model, config.discovery, self.set_nodes) if config.discovery else None
+        )
+        self._probe_task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._started = False
+        if config.nodes:
+            self.set_nodes([(n.address, n.weight) for n in config.nodes])
+
+    # -- node list -------------------------------------------------------------------------
+
+    def set_nodes(self, nodes: NodeList) -> None:
+        """Make the node list ``nodes``: add new ones (warming up), drain removed ones."""
+        wanted = dict(nodes)
+        now = time.monotonic()
+        for address, weight in wanted.items():
+            node = self.nodes.get(address)
+            if node is None:
+                node = Node(address, weight, self.config.tls)
+                if self._started:
+                    # A node added while traffic flows warms up like a returning one.
+                    node.returned_at = now
+                    node.slow_start_s = self.config.ejection.slow_start_s
+                self.nodes[address] = node
+            else:
+                node.weight = weight
+                node.draining = False
+        for address, node in self.nodes.items():
+            if address not in wanted and not node.draining:
+                node.draining = True
+                log.info(
+                    "node removed; draining",
+                    model=self.model,
+                    node=address,
+                    in_flight=node.in_flight,
+                )
+        self.reap()
+
+    def reap(self) -> None:
+        """Forget drained nodes once their last call finished."""
+        for address in [a for a, n in self.nodes.items() if n.draining and n.in_flight == 0]:
+            node = self.nodes.pop(address)
+            if not _loop_running():
+                continue
+            task = asyncio.get_running_loop().create_task(node.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    # -- choosing and learning -------------------------------------------------------------
+
+    def accepts(self, protocol: str) -> bool:
+        return self.protocols is None or protocol in self.protocols
+
+    def pick(self, exclude: set[str]) -> Node | None:
+        """The balancer's choice among eligible nodes not yet tried for this call.
+
+        When none is eligible, fail open over every live node not yet tried (Envoy's panic
+        mode): a possibly-recovered node beats a certain error.
+        """
+        now = time.monotonic()
+        candidates = [
+            n for n in self.nodes.values() if n.eligible(now) and n.address not in exclude
+        ]
+        if not candidates:
+            candidates = [
+                n for n in self.nodes.values() if not n.draining and n.address not in exclude
+            ]
+            if not candidates:
+                return None
+        if len(candidates) == 1:
+            return candidates[0]
+        try:
+            chosen = self.balancer.pick(candidates, None)
+        except Exception as exc:
+            log.error(
+                "balancer failed; picking at random",
+                model=self.model,
+                balancer=self.balancer.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return random.choice(candidates)
+        if not isinstance(chosen, Node) or chosen not in candidates:
+            log.error(
+                "balancer returned a node it was not offered",
+                model=self.model,
+                balancer=self.balancer.name,
+            )
+            return random.choice(candidates)
+        return chosen
+
+    def record(
+        self,
+        node: Node,
+        outcome: Outcome,
+        latency_s: float,
+        *,
+        gateway_failure: bool = False,
+        error: str = "",
+    ) -> None:
+        """Tell health tracking and the balancer how a call to ``node`` ended."""
+        self.health.record(
+            node,
+            outcome,
+            latency_s,
+            gateway_failure=gateway_failure,
+            error=error,
+            peers=self.nodes.values(),
+        )
+        try:
+            self.balancer.observe(node, outcome, latency_s)
+        except Exception as exc:
+            log.error(
+                "balancer observe failed",
+                model=self.model,
+                balancer=self.balancer.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    def describe_nodes(self) -> str:
+        now = time.monotonic()
+        return ", ".join(f"{n.address} ({n.state(now)})" for n in self.nodes.values()) or "none"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._started = True
+        if self.discovery is not None:
+            await self.discovery.start()
+        if self.config.health.enabled:
+            self._probe_task = asyncio.create_task(self._probe_loop(), name=f"probe:{self.model}")
+
+    async def stop(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            await asyncio.gather(self._probe_task, return_exceptions=True)
+        await asyncio.gather(
+            *(n.close() for n in self.nodes.values()), *self._closing, return_exceptions=True
+        )
+
+    # -- active health ---------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        interval = self.config.health.interval_s
+        while True:
+            nodes = [n for n in self.nodes.values() if not n.draining]
+            await asyncio.gather(*(self.probe(n) for n in nodes), return_exceptions=True)
+            self.reap()
+            await asyncio.sleep(interval)
+
+    async def probe(self, node: Node) -> bool:
+        """One grpc.health.v1 Check; an upstream without the service is live if it answers."""
+        cfg = self.config.health
+        check = node.get_channel().unary_unary(
+            HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            reply = await check(
+                health_pb2.HealthCheckRequest(service=cfg.service), timeout=cfg.timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                # TF Serving and others have no health service: answering at all is liveness.
+                ok, detail = True, "answers (no grpc.health.v1 service)"
+            else:
+                ok, detail = False, f"{exc.code().name}: {exc.details()}"
+        else:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            ok, detail = reply.status == health_pb2.HealthCheckResponse.SERVING, status
+        self.health.probe_result(node, ok, detail)
+        return ok
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        effective = getattr(self.balancer, "effective_weight", None)
+        return [
+            {
+                "model": self.model,
+                "balancer": self.balancer.name,
+                **node.snapshot(now),
+                "effective_weight": effective(node) if effective else node.weight,
+            }
+            for node in self.nodes.values()
+        ]
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -1,0 +1,283 @@
+"""Gateway parts alone: route config, routing-key readers, node health, discovery, set-up errors."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from dl_inference.balancer import Outcome
+from dl_inference.config import parse_server_config
+from dl_inference.errors import ConfigError, PluginError
+from dl_inference.gateway import Gateway, RouteConfig
+from dl_inference.gateway.config import EjectionConfig, HealthConfig
+from dl_inference.gateway.discovery import Discovery, parse_node_file, resolve
+from dl_inference.gateway.keys import builtin_routing_keys
+from dl_inference.gateway.nodes import Node, NodeHealth, RetryBudget
+from dl_inference.plugins import PluginHost
+from dl_inference.wire import len_field_header
+
+KEYS = builtin_routing_keys()
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        (
+            {"model": "m", "nodes": [{"address": "h:1", "wieght": 2}]},
+            "routes[0].nodes[0].wieght: unknown key (did you mean weight?)",
+        ),
+        ({"model": "m", "nodes": [{"address": "h"}]}, "is not host:port"),
+        ({"model": "m", "nodes": [{"address": "h:1", "weight": 0}]}, "routes[0].nodes[0].weight"),
+        ({"model": "m"}, "give nodes"),
+        (
+            {"model": "m", "nodes": [{"address": "h:1"}], "discovery": {"dns": "h:1"}},
+            "either nodes or discovery",
+        ),
+        ({"model": "m", "discovery": {"dns": "h:1", "file": "x"}}, "exactly one of dns"),
+        ({"model": "m", "nodes": [{"address": "h:1"}, {"address": "h:1"}]}, "listed twice"),
+    ],
+)
+def test_route_config_errors_name_the_path_and_the_fix(route: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_server_config({"routes": [route]})
+    assert expected in str(info.value)
+
+
+def test_two_routes_for_one_model_are_refused() -> None:
+    route = {"model": "m", "nodes": [{"address": "h:1"}]}
+    with pytest.raises(ConfigError, match="two routes"):
+        parse_server_config({"routes": [route, route]})
+
+
+def test_route_defaults() -> None:
+    route = RouteConfig.model_validate({"model": "m", "nodes": [{"address": "[::1]:8500"}]})
+    assert route.balancer == "dynamic_weighted_round_robin"
+    assert route.nodes[0].weight == 100 and route.retries == 2
+
+
+# -- routing keys read from real client messages ---------------------------------------------
+
+
+def test_tf_serving_keys_from_real_messages() -> None:
+    from tensorflow_serving.apis import (
+        get_model_status_pb2,
+        inference_pb2,
+        predict_pb2,
+    )
+
+    predict = predict_pb2.PredictRequest()
+    predict.model_spec.name = "textcnn-69"
+    predict.model_spec.signature_name = "prediction"
+    predict.inputs["x"].tensor_content = b"\x00" * 4096
+    body = predict.SerializeToString()
+    assert KEYS["/tensorflow.serving.PredictionService/Predict"](body, {}) == "textcnn-69"
+    seed = "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/Predict"
+    assert KEYS[seed](body, {}) == "textcnn-69"
+    multi = inference_pb2.MultiInferenceRequest()
+    multi.tasks.add().model_spec.name = "multi"
+    assert (
+        KEYS["/tensorflow.serving.PredictionService/MultiInference"](multi.SerializeToString(), {})
+        == "multi"
+    )
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "st"
+    assert (
+        KEYS["/tensorflow.serving.ModelService/GetModelStatus"](status.SerializeToString(), {})
+        == "st"
+    )
+
+
+def test_v2_keys_from_real_tritonclient_messages() -> None:
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="resnet", model_version="2")
+    request.raw_input_contents.append(b"\x01" * 1000)
+    body = request.SerializeToString()
+    assert KEYS["/inference.GRPCInferenceService/ModelInfer"](body, {}) == "resnet"
+    tis = "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/TisPredict"
+    assert KEYS[tis](body, {}) == "resnet"
+    ready = service_pb2.ModelReadyRequest(name="resnet").SerializeToString()
+    assert KEYS["/inference.GRPCInferenceService/ModelReady"](ready, {}) == "resnet"
+
+
+def _seldon_with_number_tag(key: str, number: float) -> bytes:
+    value = b"\x11" + struct.pack("<d", number)  # field 2, fixed64: number_value
+    entry = len_field_header(1, len(key)) + key.encode() + len_field_header(2, len(value)) + value
+    meta = len_field_header(2, len(entry)) + entry
+    return len_field_header(2, len(meta)) + meta
+
+
+def test_seldon_key_from_the_seed_task_id_or_a_header() -> None:
+    reader = KEYS["/seldon.protos.Seldon/Predict"]
+    assert reader(_seldon_with_number_tag("taskId", 39), {}) == "39"  # the seed's Java client
+    assert reader(b"", {"seldon-model": "iris"}) == "iris"
+    assert reader(_seldon_with_number_tag("other", 1), {}) is None
+
+
+def test_malformed_bytes_give_no_key_instead_of_an_error() -> None:
+    for reader in set(KEYS.values()):
+        assert reader(b"\x0a\xff\xff", {}) is None
+
+
+# -- node health ----------------------------------------------------------------------------
+
+
+def nodes(n: int) -> list[Node]:
+    return [Node(f"10.0.0.{i}:1", 100) for i in range(n)]
+
+
+def test_ejection_back_off_grows_and_is_capped() -> None:
+    health = NodeHealth(
+        EjectionConfig(consecutive_failures=2, base_s=10, max_s=25), HealthConfig(), "m"
+    )
+    group = nodes(4)
+    node = group[0]
+    durations = []
+    for _ in range(3):
+        for _ in range(2):
+            health.record(node, Outcome.FAILURE, 0.01, gateway_failure=True, error="x", peers=group)
+        assert not node.eligible(time.monotonic())
+        durations.append(round(node.ejected_until - time.monotonic()))
+        node.ejected_until = 0  # time passes
+    assert durations == [10, 20, 25]
+    assert node.times_ejected == 3
+
+
+def test_failures_below_the_threshold_or_client_errors_do_not_eject() -> None:
+    health = NodeHealth(EjectionConfig(consecutive_failures=3), HealthConfig(), "m")
+    group = nodes(2)
+    node = group[0]
+    for outcome, gateway_failure in [
+        (Outcome.FAILURE, True),
+        (Outcome.FAILURE, True),
+        (Outcome.SUCCESS, False),
+        (Outcome.FAILURE, True),
+        (Outcome.REJECTED, False),
+        (Outcome.FAILURE, True),
+    ]:
+        health.record(node, outcome, 0.01, gateway_failure=gateway_failure, error="", peers=group)
+    assert node.times_ejected == 0
+
+
+def test_at_most_max_percent_of_nodes_are_ejected() -> None:
+    health = NodeHealth(EjectionConfig(consecutive_failures=1, max_percent=50), HealthConfig(), "m")
+    group = nodes(4)
+    for node in group:
+        health.record(node, Outcome.FAILURE, 0.01, gateway_failure=True, error="", peers=group)
+    assert sum(n.times_ejected for n in group) == 2
+
+
+def test_probes_use_thresholds_and_a_returning_node_warms_up() -> None:
+    health = NodeHealth(
+        EjectionConfig(slow_start_s=30),
+        HealthConfig(unhealthy_threshold=2, healthy_threshold=2),
+        "m",
+    )
+    node = nodes(1)[0]
+    health.probe_result(node, False, "NOT_SERVING")
+    assert node.probe_healthy
+    health.probe_result(node, False, "NOT_SERVING")
+    assert not node.probe_healthy and node.state(0) == "unhealthy"
+    health.probe_result(node, True, "SERVING")
+    assert not node.probe_healthy
+    health.probe_result(node, True, "SERVING")
+    assert node.probe_healthy
+    assert 0.1 <= node.slow_start_factor < 0.2  # just returned: a tenth of its weight
+
+
+def test_retry_budget_allows_a_share_of_requests() -> None:
+    budget = RetryBudget(percent=20, min_per_s=0)
+    for _ in range(50):
+        budget.on_request()
+    assert sum(budget.try_retry() for _ in range(30)) == 10
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+
+def test_node_file_formats(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.yaml"
+    path.write_text("- {address: 'h1:1', weight: 5}\n- 'h2:2'\n")
+    assert parse_node_file(path, 7) == [("h1:1", 5), ("h2:2", 7)]
+    path.write_text("nodes: ['h3:3']\n")
+    assert parse_node_file(path) == [("h3:3", 100)]
+    path.write_text("{address: h1}\n")
+    with pytest.raises(ConfigError, match="is a list of"):
+        parse_node_file(path)
+    path.write_text("- {address: 'h1'}\n")
+    with pytest.raises(ConfigError, match=r"entry \[0\]"):
+        parse_node_file(path)
+
+
+def test_dns_resolution_gives_one_node_per_address() -> None:
+    assert "127.0.0.1:8500" in resolve("localhost", 8500) or "[::1]:8500" in resolve(
+        "localhost", 8500
+    )
+
+
+async def test_dns_discovery_applies_the_resolved_nodes() -> None:
+    from dl_inference.gateway.config import DiscoveryConfig
+
+    seen: list[list[tuple[str, int]]] = []
+    discovery = Discovery(
+        "m", DiscoveryConfig(dns="127.0.0.1:8500", refresh_s=0.05, weight=3), seen.append
+    )
+    await discovery.start()
+    await asyncio.sleep(0.2)
+    await discovery.stop()
+    assert seen == [[("127.0.0.1:8500", 3)]]  # re-resolved, applied only when it changed
+
+
+# -- gateway set-up -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def host() -> PluginHost:
+    return PluginHost().load()
+
+
+def route(**extra: object) -> RouteConfig:
+    return RouteConfig.model_validate({"model": "m", "nodes": [{"address": "h:1"}], **extra})
+
+
+def test_unknown_balancer_names_the_package_to_install(host: PluginHost) -> None:
+    with pytest.raises(PluginError) as info:
+        Gateway([route(balancer="fastest")], host)
+    assert "routes[0] (model 'm').balancer" in str(info.value)
+    assert "available: dynamic_weighted_round_robin" in str(info.value)
+
+
+def test_missing_balancers_plugin_says_pip_install_dl_inference_balancers() -> None:
+    bare = PluginHost(entry_points=[]).load()
+    with pytest.raises(PluginError, match="pip install dl-inference-balancers"):
+        Gateway([route()], bare)
+
+
+def test_unknown_protocol_and_bad_balancer_options_are_config_errors(host: PluginHost) -> None:
+    with pytest.raises(ConfigError, match="unknown protocol 'grcp'"):
+        Gateway([route(protocols=["grcp"])], host)
+    with pytest.raises(ConfigError, match="balancer_options"):
+        Gateway([route(balancer="peak_ewma", balancer_options={"decay_s": -1})], host)
+
+
+def test_snapshot_lists_every_node(host: PluginHost) -> None:
+    gateway = Gateway([route(nodes=[{"address": "h:1", "weight": 3}, {"address": "h:2"}])], host)
+    rows = gateway.snapshot()
+    assert [(r["model"], r["address"], r["weight"], r["state"]) for r in rows] == [
+        ("m", "h:1", 3, "healthy"),
+        ("m", "h:2", 100, "healthy"),
+    ]
+    assert rows[0]["balancer"] == "dynamic_weighted_round_robin"
+
+
+def test_without_routes_local_handlers_are_returned_untouched(host: PluginHost) -> None:
+    gateway = Gateway([], host)
+    handlers = [object()]
+    assert gateway.wrap_grpc_handlers(handlers, []) == handlers  # type: ignore[arg-type]
