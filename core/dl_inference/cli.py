@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -60,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--converter", help="converter name (default: chosen by file names)")
     convert.add_argument("--tolerance", type=float, default=1e-4, help="max abs output difference")
     convert.set_defaults(func=cmd_convert)
+
+    models = sub.add_parser("models", help="list, load or unload models of a running server")
+    models.add_argument("action", choices=["list", "load", "unload"])
+    models.add_argument("name", nargs="?", help="model name (load, unload)")
+    models.add_argument(
+        "--url", default="http://127.0.0.1:8511", help="the server's management HTTP address"
+    )
+    models.add_argument(
+        "--token-env", default="DLI_MANAGEMENT_TOKEN", help="environment variable with the token"
+    )
+    models.set_defaults(func=cmd_models)
 
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -228,6 +240,51 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.source, args.target, sample_inputs=samples, options=options, tolerance=args.tolerance
     )
     print(f"{args.source} -> {args.target} ({cls.name}): {report}")
+    return 0
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import os
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if args.action != "list" and not args.name:
+        raise ConfigError(f"models {args.action}: name the model")
+    token = os.environ.get(args.token_env, "")
+    if not token:
+        raise ConfigError(f"set {args.token_env} to the server's management token")
+    if args.action == "list":
+        path = "/v2/repository/index"
+    else:
+        path = f"/v2/repository/models/{urllib.parse.quote(args.name, safe='')}/{args.action}"
+    request = urllib.request.Request(
+        args.url.rstrip("/") + path,
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=600) as reply:
+            body = reply.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            detail = json.loads(detail)["error"]
+        print(f"dl-inference: error: {exc.code}: {detail}", file=sys.stderr)
+        return EXIT_FAILURE
+    except urllib.error.URLError as exc:
+        print(f"dl-inference: error: cannot reach {args.url}: {exc.reason}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.action == "list":
+        for row in json.loads(body):
+            reason = f"  ({row['reason']})" if row.get("reason") else ""
+            print(f"{row['name']:<24} {row['version'] or '-':>7}  {row['state']}{reason}")
+    else:
+        print(f"{args.name}: {args.action}ed")
     return 0
 
 

@@ -171,6 +171,7 @@ class ModelRegistry:
         self._versions: dict[str, dict[str, ModelVersion]] = {}
         self._sources: dict[str, ModelSource] = {}
         self.observer: Callable[[str, str, int, float, float], None] | None = None
+        self.unloaded: set[str] = set()
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -250,7 +251,7 @@ class ModelRegistry:
 
     # -- changes on disk -------------------------------------------------------------------
 
-    async def refresh(self, sources: list[ModelSource]) -> bool:
+    async def refresh(self, sources: list[ModelSource], root: Path | None = None) -> bool:
         """Apply what changed on disk: load new versions/models, retire old ones.
 
         A new version serves once loaded; versions that left the policy are retired only
@@ -261,8 +262,13 @@ class ModelRegistry:
         changed = False
         seen = {source.name for source in sources}
         for source in sources:
+            if source.name in self.unloaded:
+                continue  # unloaded through the management API: stays out until loaded again
             changed |= await self._refresh_model(source)
         for name in sorted(set(self._versions) - seen):
+            origin = self._sources.get(name)
+            if root is not None and origin is not None and origin.path.parent != root:
+                continue  # loaded from another root through the management API
             log.info("model folder removed; unloading", model=name)
             for model in list(self._versions[name].values()):
                 await self._retire(model)
@@ -271,7 +277,30 @@ class ModelRegistry:
             changed = True
         return changed
 
-    async def _refresh_model(self, source: ModelSource) -> bool:
+    async def load_model(self, source: ModelSource) -> None:
+        """Load (or reload) one model at run time; BackendError if no version became ready."""
+        self._backend_class(source, source.version_path(source.versions[-1]))  # fail early
+        self.unloaded.discard(source.name)
+        current = self._versions.get(source.name, {})
+        for model in list(current.values()):
+            model.signature = (-1.0, -1)  # force a fresh load of every selected version
+            if model.ready:
+                model.state = ModelState.READY
+        await self._refresh_model(source, reload=True)
+        versions = self._versions.get(source.name, {})
+        if not any(v.ready for v in versions.values()):
+            reasons = "; ".join(f"v{v.version}: {v.reason}" for v in versions.values())
+            raise BackendError(f"model {source.name!r} could not be loaded ({reasons})")
+
+    async def unload_model(self, name: str) -> None:
+        """Unload every version of ``name`` (in-flight calls finish first)."""
+        for model in self.versions(name):
+            await self._retire(model)
+        self._versions.pop(name, None)
+        self._sources.pop(name, None)
+        self.unloaded.add(name)
+
+    async def _refresh_model(self, source: ModelSource, reload: bool = False) -> bool:
         current = self._versions.setdefault(source.name, {})
         self._sources[source.name] = source
         selected = {str(n) for n in source.config.version_policy.select(source.versions)}
@@ -279,7 +308,8 @@ class ModelRegistry:
         for number in sorted(selected, key=int):
             known = current.get(number)
             path = source.version_path(int(number))
-            if known is not None and (known.ready or known.signature == _folder_signature(path)):
+            unchanged = known is not None and known.signature == _folder_signature(path)
+            if known is not None and not reload and (known.ready or unchanged):
                 continue
             try:
                 model = self._make_version(source, int(number))
@@ -324,6 +354,19 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._versions)
+
+    def index(self) -> list[dict[str, str]]:
+        """Every model version with its state, plus models unloaded at run time."""
+        rows = [
+            {"name": v.name, "version": v.version, "state": v.state.value, "reason": v.reason}
+            for name in self.names()
+            for v in self.versions(name)
+        ]
+        rows += [
+            {"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
+            for name in sorted(self.unloaded - set(self._versions))
+        ]
+        return rows
 
     def versions(self, name: str) -> list[ModelVersion]:
         """All versions of ``name``, oldest first; ModelNotFound if the model is unknown."""

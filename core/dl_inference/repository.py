@@ -46,16 +46,15 @@ def scan_repository(
         )
     sources = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
-        if not versions:
+        source = read_model_folder(folder, overrides.get(folder.name))
+        if source is None:
             log.warning(
                 "folder skipped: no numeric version folders",
                 folder=str(folder),
                 hint=f"put the model files in {folder}/1/",
             )
             continue
-        config = load_model_config_file(folder / CONFIG_FILE, overrides.get(folder.name))
-        sources.append(ModelSource(folder.name, folder, versions, config))
+        sources.append(source)
     unknown = sorted(set(overrides) - {s.name for s in sources})
     if unknown:
         raise ConfigError(
@@ -63,3 +62,12 @@ def scan_repository(
             f"{', '.join(s.name for s in sources) or 'none'})"
         )
     return sources
+
+
+def read_model_folder(folder: Path, overrides: dict[str, Any] | None = None) -> ModelSource | None:
+    """The model in ``folder``, or ``None`` when it has no numeric version folder."""
+    versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        return None
+    config = load_model_config_file(folder / CONFIG_FILE, overrides)
+    return ModelSource(folder.name, folder, versions, config)

@@ -49,6 +49,7 @@ class Server:
         self.http_address = ""
         self.gateway: Any = None
         self.reuse_port = False  # set for `serve --workers N` children
+        self.management: Any = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()
@@ -60,6 +61,10 @@ class Server:
 
     def prepare(self) -> None:
         """Scan the repository and resolve every backend; raises ConfigError / PluginError."""
+        if self.config.management.enabled:
+            from dl_inference.management.service import read_token
+
+            read_token(self.config)
         if self.config.model_repository is not None:
             sources = scan_repository(self.config.model_repository, self.config.models)
             self.models.prepare(sources)
@@ -74,7 +79,15 @@ class Server:
         await self._start_grpc()
         if self.config.server.http.enabled:
             await self._start_http()
+        if self.config.management.enabled:
+            from dl_inference.management import ManagementService
+
+            self.management = ManagementService(self.config, self.models, self._update_health)
+            await self.management.start()
         await self._update_health()
+        if self.management is not None:
+            print(f"Management gRPC listening on {self.management.grpc_address}", flush=True)
+            print(f"Management HTTP listening on {self.management.http_address}", flush=True)
         print(f"gRPC listening on {self.grpc_address}", flush=True)
         if self.http_address:
             print(f"HTTP listening on {self.http_address}", flush=True)
@@ -98,7 +111,7 @@ class Server:
             await asyncio.sleep(interval)
             try:
                 sources = await asyncio.to_thread(scan_repository, root, self.config.models)
-                if await self.models.refresh(sources):
+                if await self.models.refresh(sources, root):
                     await self._update_health()
             except DlInferenceError as exc:
                 log.error("repository scan failed; serving what is loaded", error=str(exc))
@@ -257,6 +270,8 @@ class Server:
             await self._http.cleanup()
         if self.gateway is not None:
             await self.gateway.stop()
+        if self.management is not None:
+            await self.management.stop()
         await self.models.unload_all()
         log.info("stopped")
 

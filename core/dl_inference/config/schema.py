@@ -45,6 +45,23 @@ class ServerSection(_Section):
     repository_poll_s: float = Field(default=2.0, ge=0)
 
 
+class ManagementConfig(_Section):
+    """Run-time load/unload (V2 repository extension); off unless enabled, token required.
+
+    It listens on its own ports, on 127.0.0.1 unless told otherwise. The token comes from
+    the environment variable ``token_env`` or the file ``token_file`` (never the YAML).
+    Models load only from ``roots`` (default: the model repository).
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(default=8510, ge=0, le=65535)
+    http_port: int = Field(default=8511, ge=0, le=65535)
+    token_env: str = "DLI_MANAGEMENT_TOKEN"
+    token_file: Path | None = None
+    roots: list[Path] = Field(default_factory=list)
+
+
 class PluginsConfig(_Section):
     """Which installed plugins to use. ``strict``: a plugin that fails to import is fatal."""
 
@@ -57,6 +74,7 @@ class ServerConfig(_Section):
     """The whole server configuration file."""
 
     server: ServerSection = Field(default_factory=ServerSection)
+    management: ManagementConfig = Field(default_factory=ManagementConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     model_repository: Path | None = None
     # Per-model overrides; the keys belong to ModelConfig or the model's backend Settings,

@@ -1,0 +1,253 @@
+"""The management listener: V2 repository index / load / unload over gRPC and REST.
+
+Served on its own gRPC and HTTP ports (127.0.0.1 by default) so that it can stay off
+the network that clients reach; every call needs the token (``authorization: Bearer
+<token>`` or ``x-dli-token``), compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from aiohttp import web
+
+from dl_inference._proto import kserve_v2_pb2 as pb
+from dl_inference.config.schema import ServerConfig
+from dl_inference.errors import ConfigError, DlInferenceError, InvalidInput, Unauthenticated
+from dl_inference.management.safety import resolve_model_folder
+from dl_inference.models import ModelRegistry
+from dl_inference.repository import read_model_folder
+from dl_inference.status import grpc_code, http_status, public_message
+
+log = structlog.get_logger("dl_inference.management")
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+def read_token(config: ServerConfig) -> str:
+    """The management token from ``token_file`` or the ``token_env`` variable."""
+    management = config.management
+    if management.token_file is not None:
+        try:
+            token = management.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"management.token_file: cannot read {management.token_file} ({exc.strerror})"
+            ) from None
+    else:
+        token = os.environ.get(management.token_env, "").strip()
+    if len(token) < 16:
+        raise ConfigError(
+            f"management.enabled needs a token of 16+ characters: set the environment variable "
+            f"{management.token_env} or management.token_file"
+        )
+    return token
+
+
+class ManagementService:
+    """Load, unload and list models at run time, within the configured roots only."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        models: ModelRegistry,
+        on_change: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.config = config
+        self.models = models
+        self.on_change = on_change
+        self.token = read_token(config)
+        roots = config.management.roots or (
+            [config.model_repository] if config.model_repository else []
+        )
+        if not roots:
+            raise ConfigError("management.roots: give the folders models may be loaded from")
+        self.roots = [Path(root).resolve() for root in roots]
+        self.grpc_address = ""
+        self.http_address = ""
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._lock = asyncio.Lock()  # one load/unload at a time
+
+    # -- operations ------------------------------------------------------------------------
+
+    def authorize(self, metadata: Mapping[str, str]) -> None:
+        given = metadata.get("x-dli-token", "")
+        bearer = metadata.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            given = bearer[7:].strip()
+        if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise Unauthenticated(
+                "management calls need the token: send 'authorization: Bearer <token>'"
+            )
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        rows = self.models.index()
+        return [r for r in rows if r["state"] == "READY"] if ready_only else rows
+
+    async def load(self, name: str, parameters: Mapping[str, Any]) -> None:
+        if parameters:
+            raise InvalidInput(
+                f"load parameters ({', '.join(sorted(parameters))}) are not supported: "
+                "put the model's files and config.yaml in its folder under a repository root"
+            )
+        _, folder = resolve_model_folder(name, self.roots)
+        async with self._lock:
+            source = await asyncio.to_thread(
+                read_model_folder, folder, self.config.models.get(name)
+            )
+            if source is None:
+                raise InvalidInput(f"model folder {name!r} has no numeric version folder")
+            await self.models.load_model(source)
+            log.info("model loaded through the management API", model=name)
+            await self.on_change()
+
+    async def unload(self, name: str) -> None:
+        async with self._lock:
+            await self.models.unload_model(name)
+            log.info("model unloaded through the management API", model=name)
+            await self.on_change()
+
+    # -- listeners -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        management = self.config.management
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers([self._grpc_handler()])
+        address = f"{management.host}:{management.grpc_port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address} (management gRPC): {exc}") from None
+        await server.start()
+        self._grpc = server
+        self.grpc_address = f"{management.host}:{port}"
+        app = web.Application()
+        app.add_routes(
+            [
+                web.post("/v2/repository/index", self._rest_index),
+                web.post("/v2/repository/models/{model}/load", self._rest_load),
+                web.post("/v2/repository/models/{model}/unload", self._rest_unload),
+            ]
+        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, management.host, management.http_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(
+                f"cannot listen on {management.host}:{management.http_port} "
+                f"(management HTTP): {exc.strerror}"
+            ) from None
+        self._http = runner
+        host, port = runner.addresses[0][:2]
+        self.http_address = f"{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(1)
+        if self._http is not None:
+            await self._http.cleanup()
+
+    def _grpc_handler(self) -> grpc.GenericRpcHandler:
+        async def call(
+            context: grpc.aio.ServicerContext, action: Callable[[], Awaitable[Any]]
+        ) -> Any:
+            try:
+                metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+                self.authorize(metadata)
+                return await action()
+            except Exception as exc:
+                await context.abort(grpc_code(exc), public_message(exc, "management"))
+
+        async def index(
+            request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+        ) -> pb.RepositoryIndexResponse:
+            async def run() -> pb.RepositoryIndexResponse:
+                reply = pb.RepositoryIndexResponse()
+                for row in self.index(request.ready):
+                    reply.models.add(**row)
+                return reply
+
+            return await call(context, run)
+
+        async def load(
+            request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+        ) -> pb.RepositoryModelLoadResponse:
+            async def run() -> pb.RepositoryModelLoadResponse:
+                await self.load(request.model_name, dict(request.parameters))
+                return pb.RepositoryModelLoadResponse()
+
+            return await call(context, run)
+
+        async def unload(
+            request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+        ) -> pb.RepositoryModelUnloadResponse:
+            async def run() -> pb.RepositoryModelUnloadResponse:
+                await self.unload(request.model_name)
+                return pb.RepositoryModelUnloadResponse()
+
+            return await call(context, run)
+
+        def unary(function: Any, request_type: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                function,
+                request_deserializer=request_type.FromString,
+                response_serializer=lambda reply: reply.SerializeToString(),
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "RepositoryIndex": unary(index, pb.RepositoryIndexRequest),
+                "RepositoryModelLoad": unary(load, pb.RepositoryModelLoadRequest),
+                "RepositoryModelUnload": unary(unload, pb.RepositoryModelUnloadRequest),
+            },
+        )
+
+    async def _rest(
+        self, request: web.Request, action: Callable[[dict[str, Any]], Awaitable[Any]]
+    ) -> web.Response:
+        try:
+            self.authorize({k.lower(): v for k, v in request.headers.items()})
+            body: dict[str, Any] = {}
+            if request.can_read_body:
+                try:
+                    body = await request.json()
+                except ValueError:
+                    raise InvalidInput("the body is not valid JSON") from None
+                if not isinstance(body, dict):
+                    raise InvalidInput("the body must be a JSON object")
+            result = await action(body)
+        except DlInferenceError as exc:
+            return web.json_response({"error": str(exc)}, status=http_status(exc))
+        except Exception as exc:
+            return web.json_response({"error": public_message(exc, "management")}, status=500)
+        return web.json_response(result) if result is not None else web.Response(status=200)
+
+    async def _rest_index(self, request: web.Request) -> web.Response:
+        async def run(body: dict[str, Any]) -> Any:
+            return self.index(bool(body.get("ready", False)))
+
+        return await self._rest(request, run)
+
+    async def _rest_load(self, request: web.Request) -> web.Response:
+        async def run(body: dict[str, Any]) -> None:
+            await self.load(request.match_info["model"], body.get("parameters") or {})
+
+        return await self._rest(request, run)
+
+    async def _rest_unload(self, request: web.Request) -> web.Response:
+        async def run(body: dict[str, Any]) -> None:
+            await self.unload(request.match_info["model"])
+
+        return await self._rest(request, run)
