@@ -65,7 +65,8 @@ def test_check_config_unknown_key_exits_2_with_a_suggestion(tmp_path: Path) -> N
 
 def test_missing_backend_plugin_names_the_pip_package(tmp_path: Path) -> None:
     write_python_model(tmp_path / "models", "net", ADD_ONE, "backend: onnx\n")
-    path = write_config(tmp_path, "model_repository: models\n")
+    # Blocking the plugin stands for "not installed", whatever this venv holds.
+    path = write_config(tmp_path, "model_repository: models\nplugins: {block: [onnx]}\n")
     result = run_cli("check-config", str(path))
     assert result.returncode == 2
     assert "no installed plugin provides backend 'onnx'" in result.stderr
