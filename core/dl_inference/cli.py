@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dl_inference.bench import add_bench_parser
 from dl_inference.config.loader import load_server_config
 from dl_inference.config.schema import ServerConfig
 from dl_inference.errors import ConfigError, DlInferenceError
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=cmd_plugins)
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -159,6 +162,7 @@ def _build_server(config: ServerConfig) -> Any:
     plugins = PluginHost(
         allow=config.plugins.allow, block=config.plugins.block, strict=config.plugins.strict
     ).load()
+    plugins.configure(config.plugin_settings)
     server = Server(config, plugins)
     server.prepare()
     return server

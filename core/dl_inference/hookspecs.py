@@ -9,7 +9,7 @@ contract's version: a plugin may declare the one it was built for (module attrib
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -47,6 +47,17 @@ def dli_register_protocols(registry: ProtocolRegistry) -> None:
 @hookspec
 def dli_register_converters(registry: ConverterRegistry) -> None:
     """Add Converter subclasses (``dl-inference convert``) with ``registry.add(cls)``."""
+
+
+@hookspec
+def dli_configure(settings: dict[str, Any]) -> None:
+    """Receive this plugin's ``plugin_settings.<plugin name>`` mapping from the server YAML.
+
+    Called once at start-up, before the server listens, with an empty mapping when the
+    config has no section for the plugin. Validate it (a pydantic model with
+    ``extra="forbid"`` is the norm) and raise ``dl_inference.ConfigError`` naming the
+    key; the server then exits with status 2.
+    """
 
 
 @hookspec(firstresult=True)

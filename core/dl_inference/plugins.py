@@ -17,7 +17,7 @@ import pluggy
 import structlog
 
 from dl_inference import hookspecs
-from dl_inference.errors import PluginError
+from dl_inference.errors import ConfigError, PluginError
 from dl_inference.registry import (
     BackendRegistry,
     BalancerRegistry,
@@ -214,6 +214,21 @@ class PluginHost:
         if failed:
             message += f" (installed but failed to load: {failed[0].error})"
         return message
+
+    def configure(self, settings: dict[str, dict[str, Any]]) -> None:
+        """Hand each plugin its ``plugin_settings`` section through ``dli_configure``."""
+        loaded = {info.name for info in self.plugins if info.status == "loaded"}
+        unknown = sorted(set(settings) - loaded)
+        if unknown:
+            raise ConfigError(
+                f"plugin_settings.{unknown[0]}: no loaded plugin is named {unknown[0]!r} "
+                f"(loaded: {', '.join(sorted(loaded))})"
+            )
+        for impl in self.pm.hook.dli_configure.get_hookimpls():
+            section = settings.get(impl.plugin_name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"plugin_settings.{impl.plugin_name}: give a mapping of keys")
+            impl.function(**{arg: section for arg in impl.argnames})
 
     def hook_is_used(self, hook_name: str) -> bool:
         """Whether any plugin implements ``hook_name`` (per-request hooks are skipped if not)."""

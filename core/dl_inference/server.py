@@ -27,6 +27,7 @@ from dl_inference.protocol import Protocol
 from dl_inference.repository import scan_repository
 from dl_inference.runtime import Runtime
 from dl_inference.status_page import status_routes
+from dl_inference.tls import ServerTls
 
 log = structlog.get_logger("dl_inference.server")
 
@@ -50,6 +51,7 @@ class Server:
         self.gateway: Any = None
         self.reuse_port = False  # set for `serve --workers N` children
         self.management: Any = None
+        self.tls: ServerTls | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()
@@ -65,6 +67,8 @@ class Server:
             from dl_inference.management.service import read_token
 
             read_token(self.config)
+        if self.config.server.tls is not None:
+            self.tls = ServerTls.load(self.config.server.tls)
         if self.config.model_repository is not None:
             sources = scan_repository(self.config.model_repository, self.config.models)
             self.models.prepare(sources)
@@ -146,7 +150,10 @@ class Server:
         grpc_cfg = self.config.server.grpc
         address = f"{_bracket(grpc_cfg.host)}:{grpc_cfg.port}"
         try:
-            port = server.add_insecure_port(address)
+            if self.tls is not None:
+                port = server.add_secure_port(address, self.tls.grpc_credentials())
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address} (gRPC): {exc}") from None
         await server.start()
@@ -206,7 +213,12 @@ class Server:
         await runner.setup()
         http_cfg = self.config.server.http
         site = web.TCPSite(
-            runner, http_cfg.host, http_cfg.port, reuse_address=True, reuse_port=self.reuse_port
+            runner,
+            http_cfg.host,
+            http_cfg.port,
+            reuse_address=True,
+            reuse_port=self.reuse_port,
+            ssl_context=self.tls.ssl_context() if self.tls is not None else None,
         )
         try:
             await site.start()

@@ -51,6 +51,12 @@ def load_server_config(path: str | Path) -> ServerConfig:
     config = parse_server_config(read_yaml_mapping(path), str(path))
     if config.model_repository is not None and not config.model_repository.is_absolute():
         config.model_repository = (path.parent / config.model_repository).resolve()
+    tls = config.server.tls
+    if tls is not None:
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            value = getattr(tls, key)
+            if value is not None and not value.is_absolute():
+                setattr(tls, key, (path.parent / value).resolve())
     for route in config.routes:
         # Node files, like the repository, are relative to the config file.
         discovery = route.discovery

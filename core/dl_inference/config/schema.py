@@ -30,11 +30,20 @@ class HttpConfig(_Section):
     port: int = Field(default=8501, ge=0, le=65535)
 
 
+class TlsConfig(_Section):
+    """TLS for the gRPC and HTTP listeners; ``client_ca_file`` turns on mutual TLS."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
 class ServerSection(_Section):
     """Listeners and process-wide behaviour."""
 
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    tls: TlsConfig | None = None
     drain_timeout_s: float = Field(default=30, ge=0)
     # Server processes sharing the ports (SO_REUSEPORT), for Python-bound work.
     workers: int = Field(default=1, ge=1)
@@ -77,6 +86,8 @@ class ServerConfig(_Section):
     management: ManagementConfig = Field(default_factory=ManagementConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     model_repository: Path | None = None
+    # Settings for hook plugins, by plugin (entry-point) name; each plugin validates its own.
+    plugin_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Per-model overrides; the keys belong to ModelConfig or the model's backend Settings,
     # validated once the backend is known.
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
