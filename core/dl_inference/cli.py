@@ -130,6 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_workers(args, config)
     server = _build_server(config)
     server.reuse_port = args.reuse_port
+    if args.config:
+        server.config_source = (args.config, lambda: resolve_config(args))
     try:
         asyncio.run(server.run())
     except OSError as exc:

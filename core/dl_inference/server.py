@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +22,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from dl_inference.config.schema import ServerConfig
 from dl_inference.errors import ConfigError, DlInferenceError
+from dl_inference.logs import configure_logging
 from dl_inference.metrics import UpstreamCollector
 from dl_inference.models import ModelRegistry
 from dl_inference.plugins import PluginHost
@@ -57,6 +60,10 @@ class Server:
         self._health = health.aio.HealthServicer()
         self._stopped = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        # (path, loader) when the server runs from a config file: enables SIGHUP reloads.
+        self.config_source: tuple[Path, Callable[[], ServerConfig]] | None = None
         self._health_models: set[str] = set()
 
     # -- start -----------------------------------------------------------------------------
@@ -257,8 +264,114 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
         await self.start()
+        if self.config_source is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+            self._watcher = asyncio.create_task(self._watch_config())
         await self._stopped.wait()
         await self.stop()
+
+    # -- configuration reload --------------------------------------------------------------
+
+    async def _watch_config(self) -> None:
+        """Reload when the config file changes (checked every ``server.config_poll_s``)."""
+        assert self.config_source is not None
+        path, _ = self.config_source
+        last = _mtime(path)
+        while True:
+            await asyncio.sleep(self.config.server.config_poll_s or 3600)
+            if not self.config.server.config_poll_s:
+                continue
+            current = _mtime(path)
+            if current != last:
+                last = current
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read the config; apply it whole if valid, else keep the running one.
+
+        Models (overrides, repository), routes and the log level change live; listener,
+        TLS, worker, plugin and management settings need a restart and are reported.
+        """
+        assert self.config_source is not None
+        path, load = self.config_source
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(load)
+                plan = await self._plan_reload(new)
+            except Exception as exc:
+                log.error(
+                    "config reload refused; the running config stays",
+                    file=str(path),
+                    error=str(exc),
+                )
+                return False
+            await plan()
+            return True
+
+    async def _plan_reload(self, new: ServerConfig) -> Callable[[], Awaitable[None]]:
+        """Validate everything ``new`` needs, then return the step that applies it."""
+        old = self.config
+        restart = [
+            key
+            for key in ("grpc", "http", "tls", "workers", "drain_timeout_s")
+            if getattr(old.server, key) != getattr(new.server, key)
+        ]
+        restart += [
+            k
+            for k in ("plugins", "management", "plugin_settings")
+            if getattr(old, k) != getattr(new, k)
+        ]
+        sources = None
+        if new.model_repository is not None:
+            sources = await asyncio.to_thread(scan_repository, new.model_repository, new.models)
+            staging = ModelRegistry(self.plugins)
+            staging.prepare(sources)  # backend and settings checks, nothing loads
+        routes = None
+        if new.routes != old.routes:
+            if self.gateway is None:
+                restart.append("routes (this server started without routes)")
+            else:
+                routes = self.gateway.build_routes(new.routes)
+        changed_models = {
+            name
+            for name in set(old.models) | set(new.models)
+            if old.models.get(name) != new.models.get(name)
+        }
+
+        async def apply() -> None:
+            self.config = new.model_copy(
+                update={
+                    "server": new.server.model_copy(
+                        update={
+                            key: getattr(old.server, key)
+                            for key in ("grpc", "http", "tls", "workers")
+                        }
+                    )
+                }
+            )
+            if (
+                new.server.log_level != old.server.log_level
+                or new.server.log_format != old.server.log_format
+            ):
+                configure_logging(new.server.log_format, new.server.log_level)
+            applied = []
+            if sources is not None:
+                for source in sources:
+                    if source.name in changed_models and source.name in self.models.names():
+                        await self.models.load_model(source)
+                        applied.append(f"model {source.name} reloaded")
+                if await self.models.refresh(sources, new.model_repository):
+                    applied.append("repository refreshed")
+            if routes is not None:
+                applied += [f"route {c}" for c in await self.gateway.apply(routes)]
+            await self._update_health()
+            log.info(
+                "config reloaded",
+                applied=applied or ["nothing to change"],
+                needs_restart=restart or None,
+            )
+
+        return apply
 
     def request_stop(self) -> None:
         self._stopped.set()
@@ -268,8 +381,9 @@ class Server:
         grace = self.config.server.drain_timeout_s
         log.info("draining", timeout_s=grace)
         self.runtime.draining = True
-        if self._poller is not None:
-            self._poller.cancel()
+        for task in (self._poller, self._watcher):
+            if task is not None:
+                task.cancel()
         self.plugins.pm.hook.dli_server_stopping(server=self)
         await self._health.enter_graceful_shutdown()
         stops = []
@@ -286,6 +400,13 @@ class Server:
             await self.management.stop()
         await self.models.unload_all()
         log.info("stopped")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _bracket(host: str) -> str:

@@ -52,6 +52,8 @@ class ServerSection(_Section):
     strict_model_loading: bool = False
     # Seconds between scans of the model repository for new/removed versions (0: never).
     repository_poll_s: float = Field(default=2.0, ge=0)
+    # Seconds between checks of the config file for changes (0: only SIGHUP reloads).
+    config_poll_s: float = Field(default=2.0, ge=0)
 
 
 class ManagementConfig(_Section):

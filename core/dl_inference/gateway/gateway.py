@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -33,8 +34,14 @@ class Gateway:
 
     def __init__(self, routes: Sequence[RouteConfig], plugins: Any) -> None:
         self.plugins = plugins
-        self.routes: dict[str, Route] = {}
-        known_protocols = set(BUILTIN_PROTOCOLS) | {cls.name for cls in plugins.protocols}
+        self.routes: dict[str, Route] = self.build_routes(routes)
+        self.forwarder = Forwarder()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def build_routes(self, routes: Sequence[RouteConfig]) -> dict[str, Route]:
+        """Route objects for ``routes``, every name checked; nothing starts yet."""
+        built: dict[str, Route] = {}
+        known_protocols = set(BUILTIN_PROTOCOLS) | {cls.name for cls in self.plugins.protocols}
         for index, config in enumerate(routes):
             where = f"routes[{index}] (model {config.model!r})"
             for name in config.protocols or ():
@@ -44,17 +51,47 @@ class Gateway:
                         f"{', '.join(sorted(known_protocols))}"
                     )
             try:
-                balancer_cls = plugins.balancer(config.balancer)
+                balancer_cls = self.plugins.balancer(config.balancer)
             except PluginError as exc:
                 raise PluginError(f"{where}.balancer: {exc}") from None
             try:
                 balancer = balancer_cls(**config.balancer_options)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{where}.balancer_options: {exc}") from None
-            if config.model in self.routes:
+            if config.model in built:
                 raise ConfigError(f"{where}: model {config.model!r} has two routes; merge them")
-            self.routes[config.model] = Route(config, balancer)
-        self.forwarder = Forwarder()
+            built[config.model] = Route(config, balancer)
+        return built
+
+    async def apply(self, new_routes: dict[str, Route]) -> list[str]:
+        """Switch to ``new_routes`` (from :meth:`build_routes`) without failing calls.
+
+        Unchanged routes keep their node state; a route whose only change is its static
+        node list takes the new list (removed nodes drain); other changed routes are
+        replaced, and the old ones stop once their in-flight calls end. Returns what changed.
+        """
+        changes = []
+        for model, route in new_routes.items():
+            old = self.routes.get(model)
+            if old is not None and old.config == route.config:
+                new_routes[model] = old
+                continue
+            if old is not None and _only_nodes_differ(old.config, route.config):
+                old.set_nodes([(n.address, n.weight) for n in route.config.nodes])
+                old.config = route.config
+                new_routes[model] = old
+                changes.append(f"{model}: nodes")
+                continue
+            await route.start()
+            changes.append(f"{model}: {'replaced' if old else 'added'}")
+        retired = [r for m, r in self.routes.items() if new_routes.get(m) is not r]
+        changes += [f"{r.model}: removed" for r in retired if r.model not in new_routes]
+        self.routes = new_routes
+        for route in retired:
+            task = asyncio.create_task(_stop_when_idle(route))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return changes
 
     async def start(self) -> None:
         for route in self.routes.values():
@@ -64,6 +101,7 @@ class Gateway:
     async def stop(self) -> None:
         for route in self.routes.values():
             await route.stop()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """One dict per node of every route: model, address, weight, state, counters."""
@@ -196,3 +234,18 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         if handler.response_serializer is not None:
             return handler.response_serializer(result)
         return result
+
+
+def _only_nodes_differ(old: RouteConfig, new: RouteConfig) -> bool:
+    if not old.nodes or not new.nodes:
+        return False
+    return old.model_copy(update={"nodes": new.nodes}) == new
+
+
+async def _stop_when_idle(route: Route, timeout_s: float = 60.0) -> None:
+    """Stop a route that left the config once its last in-flight call ended (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while any(n.in_flight for n in route.nodes.values()) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    await route.stop()
