@@ -119,3 +119,13 @@ def test_workers_share_the_ports(tmp_path: Path) -> None:
                 break
         assert len(pids) == 2
     assert server.process is not None and server.process.returncode == 0
+
+
+def test_model_timeout_answers_deadline_exceeded_and_keeps_serving(tmp_path: Path) -> None:
+    write_python_model(tmp_path, "slow", SLOW, CONFIG + "    timeout_ms: 300\n    instances: 2\n")
+    with ServerProcess(["--model-repository", str(tmp_path)]) as server:
+        with pytest.raises(InferenceServerException) as info:
+            infer(server.grpc_address, sleep_s=2)
+        assert "DEADLINE_EXCEEDED" in str(info.value.status())
+        assert "did not answer within the deadline" in str(info.value)
+        np.testing.assert_array_equal(infer(server.grpc_address), np.full(4, 2, np.float32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -131,10 +132,24 @@ class Runtime:
         model = self.models.resolve(request.model_name, request.model_version)
         validate_inputs(request.model_name, request.inputs, model.inputs())
         _check_requested_outputs(request, model.outputs())
+        timeout_ms = model.backend.config.timeout_ms
+        if timeout_ms is not None:
+            limit = ctx.started + timeout_ms / 1000
+            request.deadline = limit if request.deadline is None else min(limit, request.deadline)
         left = request.time_left()
         if left is not None and left <= 0:
             raise DeadlineExceeded(f"the deadline of the request to {request.model_name!r} passed")
-        outputs = await model.predict(request.inputs, request.parameters, request.deadline)
+        work = model.predict(request.inputs, request.parameters, request.deadline)
+        if left is None:
+            outputs = await work
+        else:
+            try:
+                outputs = await asyncio.wait_for(work, left)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"model {request.model_name!r} did not answer within the deadline "
+                    f"({(time.monotonic() - ctx.started) * 1000:.0f} ms)"
+                ) from None
         response = InferResponse(
             model_name=request.model_name,
             model_version=model.version,

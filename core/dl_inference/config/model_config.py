@@ -70,6 +70,7 @@ KERNEL_KEYS = frozenset(
         "max_queue_delay_ms",
         "max_queue_size",
         "dynamic_batching",
+        "timeout_ms",
         "instances",
         "inputs",
         "outputs",
@@ -90,6 +91,8 @@ class ModelConfig(BaseModel):
     max_queue_delay_ms: float = Field(default=0.0, ge=0)
     max_queue_size: int | None = Field(default=None, ge=1)
     dynamic_batching: bool = True  # merge concurrent requests (only when max_batch_size > 0)
+    # Longest a request may take when the client sets no shorter deadline.
+    timeout_ms: float | None = Field(default=None, gt=0)
     instances: int = Field(default=1, ge=1)
     inputs: list[TensorConfig] | None = None
     outputs: list[TensorConfig] | None = None
