@@ -62,6 +62,8 @@ class DiscoveryConfig(_Section):
     """
 
     dns: str | None = None
+    # host:port of the nameserver to ask instead of the system resolver (optional).
+    nameserver: str | None = None
     file: Path | None = None
     refresh_s: float = Field(default=10.0, gt=0)
     weight: int = Field(default=100, ge=1, description="weight of every DNS-discovered node")
@@ -72,6 +74,10 @@ class DiscoveryConfig(_Section):
             raise ValueError("give exactly one of dns: HOST:PORT or file: PATH")
         if self.dns is not None:
             split_address(self.dns)
+        if self.nameserver is not None:
+            if self.dns is None:
+                raise ValueError("nameserver applies to dns discovery only")
+            split_address(self.nameserver)
         return self
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from dl_inference.errors import ConfigError
 from dl_inference.gateway.config import DiscoveryConfig, NodeConfig, join_address, split_address
+from dl_inference.gateway.dns import lookup
 
 log = structlog.get_logger("dl_inference.gateway")
 
@@ -106,7 +107,12 @@ class Discovery:
     async def _read(self) -> NodeList | None:
         if self.config.dns is not None:
             host, port = split_address(self.config.dns)
-            addresses = await asyncio.to_thread(resolve, host, port)
+            if self.config.nameserver is not None:
+                server = split_address(self.config.nameserver)
+                ips = await lookup(host, server)
+                addresses = [join_address(ip, port) for ip in ips]
+            else:
+                addresses = await asyncio.to_thread(resolve, host, port)
             return [(address, self.config.weight) for address in addresses]
         assert self.config.file is not None
         path = self.config.file
