@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c requirements/constraints.txt
-PLUGINS := $(wildcard plugins/*/pyproject.toml)
+PLUGINS := $(wildcard plugins/*/pyproject.toml) $(wildcard examples/*/pyproject.toml)
 
 .PHONY: serve test lint protos setup setup-kernel clean
 
@@ -14,6 +14,7 @@ serve: $(VENV)/.kernel
 
 ## test: install everything (kernel, plugins, test tools) and run lint + the whole test suite
 test: $(VENV)/.all
+	sh scripts/install_system_deps.sh
 	$(VENV)/bin/ruff check .
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
