@@ -102,15 +102,25 @@ def test_route_timeout_applies_when_the_client_sets_none(stub: Any, tf_apis: Any
     assert 0 < remaining < 4.1  # the route's timeout_ms, not "no deadline" (-1)
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 def test_metadata_travels_both_ways(stub: Any, tf_apis: Any) -> None:
     predict_pb2, _ = tf_apis
     reply, call = stub.Predict.with_call(
         predict_request(predict_pb2, "tfmodel", np.ones(2)),
-        metadata=(("x-trace-id", "trace-42"), ("authorization", "Bearer t")),
+        metadata=(
+            ("x-trace-id", "trace-42"),
+            ("authorization", "Bearer t"),
+            # W3C trace context (what OpenTelemetry propagates) reaches the upstream as is.
+            ("traceparent", TRACEPARENT),
+            ("tracestate", "dli=1"),
+        ),
         timeout=10,
     )
     seen = json.loads(output_text(reply, "metadata"))
     assert seen["x-trace-id"] == "trace-42"
+    assert seen["traceparent"] == TRACEPARENT and seen["tracestate"] == "dli=1"
     assert seen["authorization"] == "Bearer t"
     trailers = dict(call.trailing_metadata())
     assert trailers["x-upstream-name"] == output_text(reply, "node")
