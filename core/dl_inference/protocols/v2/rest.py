@@ -35,7 +35,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def error_response(exc: BaseException) -> web.Response:
     """``{"error": message}`` with the status the error table gives."""
     plugin = "" if isinstance(exc, DlInferenceError) else "dl_inference.protocols.v2"
-    return web.json_response({"error": public_message(exc, plugin)}, status=http_status(exc))
+    status = http_status(exc)
+    # RFC 7235: a 401 names the scheme the client should use.
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response({"error": public_message(exc, plugin)}, status=status, headers=headers)
 
 
 def _guarded(handler: Handler) -> Handler:
