@@ -1,0 +1,36 @@
+"""The ceiling: a bare ``grpc.aio`` server that echoes the request bytes back.
+
+One generic handler, identity serializers, no protobuf parsing, bound at the V2 ModelInfer
+path so the same client (``dl-inference bench`` or h2load with the same request file)
+drives this server and dl-inference alike. Whatever dl-inference does per request costs
+on top of this; no Python gRPC server process can answer faster.
+
+    python bench/echo_server.py   # prints "gRPC listening on 127.0.0.1:PORT"
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+
+async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return request
+
+
+async def main() -> None:
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {"ModelInfer": grpc.unary_unary_rpc_method_handler(echo)},
+    )
+    server.add_generic_rpc_handlers([handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"gRPC listening on 127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
