@@ -175,3 +175,11 @@ async def test_queue_delay_gathers_a_fuller_batch() -> None:
     await asyncio.gather(*tasks)
     assert model.calls == [4]  # a full batch runs without waiting out the delay
     await batcher.close()
+
+
+def test_a_batcher_survives_a_new_event_loop() -> None:
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=4)
+    for _ in range(2):  # each asyncio.run() is a fresh loop, as in plain scripts and tests
+        out = asyncio.run(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
+        np.testing.assert_array_equal(out["y"], np.full((1, 2), 2, np.float32))

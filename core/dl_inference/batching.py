@@ -73,6 +73,7 @@ class Batcher:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], deadline: float | None
@@ -93,7 +94,13 @@ class Batcher:
         return await item.future
 
     def _ensure_workers(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._workers and self._loop is not loop:
+            # A new event loop (tests, an embedding app): the old loop's tasks are gone.
+            self._workers = []
+            self._queue.clear()
         if not self._workers:
+            self._loop = loop
             self._wakeup = asyncio.Event()
             self._workers = [
                 asyncio.create_task(self._work(), name=f"batcher-{self.name}-{i}")
