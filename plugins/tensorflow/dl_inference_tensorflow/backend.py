@@ -1,0 +1,338 @@
+"""The ``tensorflow`` backend: serves a SavedModel with every signature it exports.
+
+TensorFlow is imported in :meth:`TensorFlowBackend.load`, never at module import, so listing
+plugins stays fast and works without the framework.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import gc
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from pydantic import Field, field_validator
+
+from dl_inference import (
+    Backend,
+    BackendError,
+    BackendSettings,
+    InvalidInput,
+    TensorSpec,
+    from_numpy_dtype,
+)
+from dl_inference_tensorflow import codec
+from dl_inference_tensorflow._proto import tfs_pb2
+
+log = structlog.get_logger("dl_inference_tensorflow")
+
+DEFAULT_SIGNATURE = "serving_default"
+# Signatures TF writes for its own use; they take no inputs and are never served.
+_INTERNAL_SIGNATURES = frozenset({"__saved_model_init_op"})
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+# The signature a request asks for, announced by the TF Serving protocol around
+# runtime.infer() so that inputs()/outputs() - which the kernel validates a request
+# against before predict() - describe that signature rather than the default one.
+requested_signature: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "dl_inference_tensorflow_signature", default=None
+)
+
+
+@contextlib.contextmanager
+def signature_scope(name: str | None) -> Iterator[None]:
+    """Within this block, TF models describe signature ``name`` (``None``: the configured one)."""
+    token = requested_signature.set(name or None)
+    try:
+        yield
+    finally:
+        requested_signature.reset(token)
+
+
+class TensorFlowSettings(BackendSettings):
+    """The tensorflow backend's keys in a model's config.yaml.
+
+    ``device``: ``cpu``, ``gpu`` or ``gpu:N`` (``cuda`` is accepted for ``gpu``).
+    ``op_libraries``: custom-op ``.so`` files loaded before the model, relative to the
+    version folder or, failing that, to the model folder. Threads: 0 keeps TensorFlow's
+    default; they are process-wide, so the first model loaded sets them.
+    """
+
+    signature: str = DEFAULT_SIGNATURE
+    tags: list[str] = Field(default_factory=lambda: ["serve"])
+    op_libraries: list[str] = Field(default_factory=list)
+    intra_op_threads: int = Field(default=0, ge=0)
+    inter_op_threads: int = Field(default=0, ge=0)
+    gpu_memory_growth: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        parse_device(value)
+        return value
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``("CPU", 0)`` or ``("GPU", n)`` for a config device string; ValueError otherwise."""
+    kind, _, index = device.strip().lower().partition(":")
+    if kind not in ("cpu", "gpu", "cuda") or (index and not index.isdigit()):
+        raise ValueError(f"device {device!r} is not one of cpu, gpu, gpu:N (N = GPU index)")
+    return ("CPU" if kind == "cpu" else "GPU"), int(index or 0)
+
+
+_runtime_lock = threading.Lock()
+_runtime_settings: tuple[int, int, bool] | None = None
+
+
+def _configure_runtime(tf: Any, settings: TensorFlowSettings) -> None:
+    """Apply process-wide TF options once, before TF initialises its runtime."""
+    global _runtime_settings
+    wanted = (settings.intra_op_threads, settings.inter_op_threads, settings.gpu_memory_growth)
+    with _runtime_lock:
+        if _runtime_settings is not None:
+            if wanted != _runtime_settings:
+                log.warning(
+                    "TensorFlow runtime options are process-wide and already set; "
+                    "this model's differing values are ignored",
+                    applied=_runtime_settings,
+                    ignored=wanted,
+                )
+            return
+        try:
+            if settings.intra_op_threads:
+                tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)
+            if settings.inter_op_threads:
+                tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
+            if settings.gpu_memory_growth:
+                for gpu in tf.config.list_physical_devices("GPU"):
+                    tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as exc:
+            # TF was initialised by someone else first (another plugin, user code).
+            log.warning("could not apply TensorFlow runtime options", error=str(exc))
+        _runtime_settings = wanted
+
+
+class TensorFlowBackend(Backend):
+    """A SavedModel (``<version>/saved_model.pb`` + ``variables/``) with all its signatures.
+
+    ``predict(inputs, signature_name=...)`` runs the named signature (default: the
+    ``signature`` setting); inputs are keyed by the signature's input keys.
+    """
+
+    name = "tensorflow"
+    Settings = TensorFlowSettings
+    model_files = ("saved_model.pb", "saved_model.pbtxt")
+    settings: TensorFlowSettings
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.signature_defs = tfs_pb2.SignatureDefMap()
+        self._functions: dict[str, Any] = {}
+        self._model: Any = None
+        self._device = "/CPU:0"
+
+    @property
+    def platform(self) -> str:
+        return "tensorflow_savedmodel"
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        import tensorflow as tf
+
+        _configure_runtime(tf, self.settings)
+        for library in self.settings.op_libraries:
+            self._load_op_library(tf, library)
+        kind, index = parse_device(self.settings.device)
+        if kind == "GPU":
+            gpus = tf.config.list_physical_devices("GPU")
+            if index >= len(gpus):
+                raise BackendError(
+                    f"model {self.model_name!r}: device {self.settings.device!r} asked for, but "
+                    f"TensorFlow sees {len(gpus)} GPU(s); set device: cpu or fix the GPU setup"
+                )
+        self._device = f"/{kind}:{index}"
+        with tf.device(self._device):
+            self._model = tf.saved_model.load(str(self.path), tags=self.settings.tags)
+        self._functions = {
+            name: fn
+            for name, fn in self._model.signatures.items()
+            if name not in _INTERNAL_SIGNATURES
+        }
+        self.signature_defs = self._read_signature_defs(tf)
+        if not self._functions:
+            raise BackendError(
+                f"model {self.model_name!r}: the SavedModel in {self.path} exports no signatures; "
+                "save it with signatures={'serving_default': ...}"
+            )
+        if self.settings.signature not in self._functions:
+            raise BackendError(
+                f"model {self.model_name!r}: signature {self.settings.signature!r} (setting "
+                "`signature`) is not in the SavedModel; it has: "
+                f"{', '.join(sorted(self._functions))}"
+            )
+
+    def _load_op_library(self, tf: Any, library: str) -> None:
+        candidates = (
+            [Path(library)]
+            if Path(library).is_absolute()
+            else [
+                self.path / library,
+                self.path.parent / library,
+            ]
+        )
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise BackendError(
+                f"model {self.model_name!r}: op library {library!r} not found (looked at "
+                f"{', '.join(str(p) for p in candidates)}); fix op_libraries in config.yaml"
+            )
+        try:
+            tf.load_op_library(str(found))
+        except Exception as exc:
+            raise BackendError(
+                f"model {self.model_name!r}: op library {found} failed to load: {exc}"
+            ) from exc
+        log.info("op library loaded", model=self.model_name, library=str(found))
+
+    def _read_signature_defs(self, tf: Any) -> tfs_pb2.SignatureDefMap:
+        """The SignatureDefs as saved_model.pb records them (what TF Serving reports)."""
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        result = tfs_pb2.SignatureDefMap()
+        pb = self.path / "saved_model.pb"
+        if not pb.is_file():
+            return self._signature_defs_from_functions(tf)
+        saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+        tags = set(self.settings.tags)
+        for meta_graph in saved.meta_graphs:
+            if set(meta_graph.meta_info_def.tags) == tags:
+                for name, signature in meta_graph.signature_def.items():
+                    if name in self._functions:
+                        # Same field numbers, our package: a byte-level copy is exact.
+                        result.signature_def[name].ParseFromString(signature.SerializeToString())
+                break
+        return result
+
+    def _signature_defs_from_functions(self, tf: Any) -> tfs_pb2.SignatureDefMap:
+        result = tfs_pb2.SignatureDefMap()
+        for name, fn in self._functions.items():
+            signature = result.signature_def[name]
+            signature.method_name = PREDICT_METHOD
+            for key, spec in fn.structured_input_signature[1].items():
+                _tensor_info(signature.inputs[key], spec)
+            for key, spec in fn.structured_outputs.items():
+                _tensor_info(signature.outputs[key], spec)
+        return result
+
+    def unload(self) -> None:
+        self._functions = {}
+        self._model = None
+        gc.collect()
+
+    # -- metadata --------------------------------------------------------------------------
+
+    def signature_names(self) -> list[str]:
+        return sorted(self._functions)
+
+    def _current_signature(self) -> str:
+        return requested_signature.get() or self.settings.signature
+
+    def inputs(self) -> list[TensorSpec] | None:
+        if self.config.inputs is not None:
+            return super().inputs()
+        return self._specs("inputs")
+
+    def outputs(self) -> list[TensorSpec] | None:
+        if self.config.outputs is not None:
+            return super().outputs()
+        return self._specs("outputs")
+
+    def _specs(self, which: str) -> list[TensorSpec] | None:
+        name = self._current_signature()
+        if name not in self.signature_defs.signature_def:
+            # Unknown signature: skip the kernel's check, predict() names the valid ones.
+            return None
+        infos = getattr(self.signature_defs.signature_def[name], which)
+        specs = []
+        for key in sorted(infos):
+            info = infos[key]
+            datatype = codec.v2_datatype(info.dtype)
+            if datatype is None or info.tensor_shape.unknown_rank:
+                return None  # not expressible as a V2 spec: let TensorFlow check it
+            shape = tuple(int(d.size) if d.size >= 0 else -1 for d in info.tensor_shape.dim)
+            specs.append(TensorSpec(key, datatype, shape))
+        return specs
+
+    # -- inference -------------------------------------------------------------------------
+
+    def predict(self, inputs: dict[str, np.ndarray], **parameters: Any) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        signature = str(parameters.get("signature_name") or self.settings.signature)
+        function = self._functions.get(signature)
+        if function is None:
+            raise InvalidInput(
+                f"model {self.model_name!r} has no signature {signature!r}; its signatures are: "
+                f"{', '.join(self.signature_names())}"
+            )
+        expected = self.signature_defs.signature_def[signature].inputs
+        self._check_inputs(signature, inputs, expected)
+        tensors = {}
+        for key, array in inputs.items():
+            dtype = tf.dtypes.as_dtype(expected[key].dtype) if key in expected else None
+            tensors[key] = tf.convert_to_tensor(array, dtype=dtype)
+        try:
+            with tf.device(self._device):
+                result = function(**tensors)
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
+            raise InvalidInput(
+                f"model {self.model_name!r} signature {signature!r} rejected the inputs: "
+                f"{_first_line(exc)}"
+            ) from exc
+        return {key: value.numpy() for key, value in result.items()}
+
+    def _check_inputs(self, signature: str, inputs: dict[str, np.ndarray], expected: Any) -> None:
+        where = f"model {self.model_name!r} signature {signature!r}"
+        unknown = sorted(set(inputs) - set(expected))
+        if unknown:
+            raise InvalidInput(
+                f"{where} has no input {unknown[0]!r}; its inputs are: "
+                f"{', '.join(sorted(expected))}"
+            )
+        missing = sorted(set(expected) - set(inputs))
+        if missing:
+            raise InvalidInput(
+                f"{where} needs input {missing[0]!r}, which the request does not carry"
+            )
+        for key, array in inputs.items():
+            want = codec.v2_datatype(expected[key].dtype)
+            given = from_numpy_dtype(array.dtype)
+            if want is not None and want != given:
+                raise InvalidInput(
+                    f"input {key!r} of {where}: datatype {given} given, {want} "
+                    f"({codec.dtype_name(expected[key].dtype)}) expected"
+                )
+
+
+def _tensor_info(info: tfs_pb2.TensorInfo, spec: Any) -> None:
+    info.name = getattr(spec, "name", "") or ""
+    info.dtype = spec.dtype.as_datatype_enum
+    if spec.shape.rank is None:
+        info.tensor_shape.unknown_rank = True
+        return
+    for dim in spec.shape.as_list():
+        info.tensor_shape.dim.add().size = -1 if dim is None else dim
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

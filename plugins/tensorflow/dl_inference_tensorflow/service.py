@@ -1,0 +1,387 @@
+"""TF Serving semantics over the kernel's Runtime, shared by the gRPC and REST front ends.
+
+Every model is reachable: a TensorFlow model answers with its real SignatureDefs; any other
+backend is described by one ``serving_default`` predict signature built from the kernel's
+metadata, and its inputs are keyed by the model's input names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from google.protobuf import any_pb2
+
+from dl_inference import (
+    InferRequest,
+    InferResponse,
+    InvalidInput,
+    ModelNotFound,
+    RequestContext,
+    Runtime,
+    TensorSpec,
+)
+from dl_inference_tensorflow import codec
+from dl_inference_tensorflow._proto import tfs_pb2
+from dl_inference_tensorflow.backend import (
+    CLASSIFY_METHOD,
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    REGRESS_METHOD,
+    TensorFlowBackend,
+    signature_scope,
+)
+
+PROTOCOL = "tfserving"
+SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+CLASSES, SCORES, REGRESS_OUTPUT = "classes", "scores", "outputs"
+
+# Kernel model states -> TF Serving's ModelVersionStatus.State.
+_STATES = {
+    "LOADING": tfs_pb2.ModelVersionStatus.LOADING,
+    "READY": tfs_pb2.ModelVersionStatus.AVAILABLE,
+    "UNLOADING": tfs_pb2.ModelVersionStatus.UNLOADING,
+    "UNAVAILABLE": tfs_pb2.ModelVersionStatus.END,
+}
+
+
+@dataclass
+class Target:
+    """A resolved model version and the signature a request addresses."""
+
+    name: str
+    version: str
+    model: Any  # the kernel's ModelVersion
+    signature_name: str
+    signature: tfs_pb2.SignatureDef
+    is_tensorflow: bool
+
+    def model_spec(self, spec: tfs_pb2.ModelSpec) -> None:
+        spec.name = self.name
+        if self.version.isdigit():
+            spec.version.value = int(self.version)
+        spec.signature_name = self.signature_name
+
+    def parameters(self) -> dict[str, Any]:
+        # Only TF models understand signatures; other backends get no surprise parameter.
+        return {"signature_name": self.signature_name} if self.is_tensorflow else {}
+
+
+def requested_version(spec: tfs_pb2.ModelSpec) -> str:
+    """The version string the kernel resolves: a number, a label, or "" for the newest."""
+    if spec.HasField("version"):
+        return str(spec.version.value)
+    return spec.version_label
+
+
+def signature_map(model: Any) -> tfs_pb2.SignatureDefMap:
+    """The SignatureDefs of a loaded model version (synthesised for non-TF backends)."""
+    backend = model.backend
+    if isinstance(backend, TensorFlowBackend):
+        return backend.signature_defs
+    result = tfs_pb2.SignatureDefMap()
+    signature = result.signature_def[DEFAULT_SIGNATURE]
+    signature.method_name = PREDICT_METHOD
+    for specs, infos in ((model.inputs(), signature.inputs), (model.outputs(), signature.outputs)):
+        for spec in specs or ():
+            _spec_to_info(spec, infos[spec.name])
+    return result
+
+
+def _spec_to_info(spec: TensorSpec, info: tfs_pb2.TensorInfo) -> None:
+    info.name = spec.name
+    info.dtype = codec.tf_dtype_for_v2(spec.datatype)
+    for dim in spec.shape:
+        info.tensor_shape.dim.add().size = dim
+
+
+class TFServing:
+    """Predict, Classify, Regress, MultiInference, metadata and status over a Runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def served_name(self, name: str, *, task_suffix: bool = False) -> str:
+        """``name``; with ``task_suffix``, the seed's ``<name>-<taskid>`` reduced to ``<name>``."""
+        if not name:
+            raise InvalidInput("model_spec.name is empty; name the model to call")
+        served = self.runtime.models.names()
+        if name in served or not task_suffix or "-" not in name:
+            return name
+        base = name.rsplit("-", 1)[0]
+        return base if base in served else name
+
+    def target(
+        self, spec: tfs_pb2.ModelSpec, *, task_suffix: bool = False, default_signature: str = ""
+    ) -> Target:
+        """Resolve model, version and signature; errors name what exists."""
+        name = self.served_name(spec.name, task_suffix=task_suffix)
+        model = self.runtime.models.resolve(name, requested_version(spec))
+        signatures = signature_map(model)
+        is_tf = isinstance(model.backend, TensorFlowBackend)
+        wanted = spec.signature_name or default_signature
+        if not wanted:
+            wanted = model.backend.settings.signature if is_tf else DEFAULT_SIGNATURE
+        if wanted not in signatures.signature_def:
+            raise InvalidInput(
+                f"model {name!r} version {model.version} has no signature {wanted!r}; its "
+                f"signatures are: {', '.join(sorted(signatures.signature_def))}"
+            )
+        return Target(name, model.version, model, wanted, signatures.signature_def[wanted], is_tf)
+
+    # -- Predict ---------------------------------------------------------------------------
+
+    async def predict(
+        self,
+        request: tfs_pb2.PredictRequest,
+        ctx: RequestContext,
+        *,
+        deadline: float | None = None,
+        task_suffix: bool = False,
+    ) -> tfs_pb2.PredictResponse:
+        target = self.target(request.model_spec, task_suffix=task_suffix)
+        inputs = {key: codec.to_numpy(tensor, key) for key, tensor in request.inputs.items()}
+        outputs = list(request.output_filter) or None
+        if outputs is not None and len(set(outputs)) != len(outputs):
+            raise InvalidInput(f"output_filter names an output twice: {outputs}")
+        response = await self.infer(target, inputs, ctx, outputs=outputs, deadline=deadline)
+        reply = tfs_pb2.PredictResponse()
+        target.model_spec(reply.model_spec)
+        for key, array in response.outputs.items():
+            codec.from_numpy(array, reply.outputs[key])
+        return reply
+
+    async def infer(
+        self,
+        target: Target,
+        inputs: dict[str, np.ndarray],
+        ctx: RequestContext,
+        *,
+        outputs: list[str] | None = None,
+        deadline: float | None = None,
+    ) -> InferResponse:
+        """Run one request through the Runtime (hooks, validation, executor) on ``target``."""
+        request = InferRequest(
+            model_name=target.name,
+            model_version=target.version,
+            inputs=inputs,
+            parameters=target.parameters(),
+            outputs=outputs,
+            deadline=deadline,
+            id=ctx.request_id,
+        )
+        # The kernel validates against inputs()/outputs(): make them the addressed signature's.
+        with signature_scope(target.signature_name if target.is_tensorflow else None):
+            return await self.runtime.infer(request, ctx)
+
+    # -- Classify / Regress / MultiInference -----------------------------------------------
+
+    async def classify(
+        self, spec: tfs_pb2.ModelSpec, examples: Sequence[bytes], ctx: RequestContext
+    ) -> tuple[Target, tfs_pb2.ClassificationResult]:
+        target = self.target(spec)
+        key = _example_input(target, CLASSIFY_METHOD, (CLASSES, SCORES))
+        response = await self.infer(target, {key: _bytes_array(examples)}, ctx)
+        return target, classification_result(target, response.outputs, len(examples))
+
+    async def regress(
+        self, spec: tfs_pb2.ModelSpec, examples: Sequence[bytes], ctx: RequestContext
+    ) -> tuple[Target, tfs_pb2.RegressionResult]:
+        target = self.target(spec)
+        key = _example_input(target, REGRESS_METHOD, (REGRESS_OUTPUT,))
+        response = await self.infer(target, {key: _bytes_array(examples)}, ctx)
+        return target, regression_result(target, response.outputs, len(examples))
+
+    async def multi_inference(
+        self, request: tfs_pb2.MultiInferenceRequest, ctx: RequestContext
+    ) -> tfs_pb2.MultiInferenceResponse:
+        if not request.tasks:
+            raise InvalidInput("MultiInferenceRequest has no tasks; add at least one")
+        names = {task.model_spec.name for task in request.tasks}
+        if len(names) != 1:
+            raise InvalidInput(
+                f"all MultiInference tasks must address one model; got {sorted(names)}"
+            )
+        examples = serialized_examples(request.input)
+        reply = tfs_pb2.MultiInferenceResponse()
+        for task in request.tasks:
+            result = reply.results.add()
+            if task.method_name == CLASSIFY_METHOD:
+                target, classes = await self.classify(task.model_spec, examples, ctx)
+                result.classification_result.CopyFrom(classes)
+            elif task.method_name == REGRESS_METHOD:
+                target, values = await self.regress(task.model_spec, examples, ctx)
+                result.regression_result.CopyFrom(values)
+            else:
+                raise InvalidInput(
+                    f"unsupported MultiInference method_name {task.method_name!r}; use "
+                    f"{CLASSIFY_METHOD} or {REGRESS_METHOD}"
+                )
+            target.model_spec(result.model_spec)
+        return reply
+
+    # -- metadata and status ---------------------------------------------------------------
+
+    def metadata(
+        self, request: tfs_pb2.GetModelMetadataRequest
+    ) -> tfs_pb2.GetModelMetadataResponse:
+        fields = list(request.metadata_field)
+        if not fields:
+            raise InvalidInput(
+                "GetModelMetadataRequest.metadata_field is empty; ask for 'signature_def'"
+            )
+        unsupported = [f for f in fields if f != "signature_def"]
+        if unsupported:
+            raise InvalidInput(
+                f"metadata field {unsupported[0]!r} is not supported; "
+                "the only one is 'signature_def'"
+            )
+        name = self.served_name(request.model_spec.name)
+        model = self.runtime.models.resolve(name, requested_version(request.model_spec))
+        reply = tfs_pb2.GetModelMetadataResponse()
+        reply.model_spec.name = name
+        reply.model_spec.version.value = int(model.version)
+        packed = any_pb2.Any(
+            type_url=SIGNATURE_DEF_MAP_URL, value=signature_map(model).SerializeToString()
+        )
+        reply.metadata["signature_def"].CopyFrom(packed)
+        return reply
+
+    def status(self, spec: tfs_pb2.ModelSpec) -> tfs_pb2.GetModelStatusResponse:
+        name = self.served_name(spec.name)
+        versions = self.runtime.models.versions(name)
+        wanted = requested_version(spec)
+        if wanted:
+            # A label names a version only through resolve(), which needs it to be ready.
+            number = (
+                wanted if wanted.isdigit() else self.runtime.models.resolve(name, wanted).version
+            )
+            versions = [v for v in versions if v.version == number]
+            if not versions:
+                raise ModelNotFound(f"model {name!r} has no version {wanted!r}")
+        reply = tfs_pb2.GetModelStatusResponse()
+        for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+            status = reply.model_version_status.add()
+            status.version = int(version.version)
+            status.state = _STATES.get(version.state.value, tfs_pb2.ModelVersionStatus.UNKNOWN)
+            status.status.SetInParent()  # TF Serving always reports a status, OK included
+            if version.state.value == "UNAVAILABLE":
+                status.status.error_code = tfs_pb2.StatusProto.UNKNOWN
+                status.status.error_message = version.reason
+        return reply
+
+
+# -- tf.Example inputs and result shaping ----------------------------------------------------
+
+
+def serialized_examples(data: tfs_pb2.Input) -> list[bytes]:
+    """Each Example serialized, context features merged in (the example's own win)."""
+    kind = data.WhichOneof("kind")
+    if kind == "example_list":
+        examples = [e.SerializeToString() for e in data.example_list.examples]
+    elif kind == "example_list_with_context":
+        context = data.example_list_with_context.context
+        examples = []
+        for example in data.example_list_with_context.examples:
+            merged = tfs_pb2.Example()
+            merged.CopyFrom(context)
+            merged.MergeFrom(example)
+            examples.append(merged.SerializeToString())
+    else:
+        examples = []
+    if not examples:
+        raise InvalidInput("the request's input holds no examples; send at least one tf.Example")
+    return examples
+
+
+def _bytes_array(values: Sequence[bytes]) -> np.ndarray:
+    array = np.empty(len(values), dtype=np.object_)
+    array[:] = list(values)
+    return array
+
+
+def _example_input(target: Target, method: str, outputs: Sequence[str]) -> str:
+    """The signature's one serialized-Example input key, or InvalidInput saying why not.
+
+    A signature qualifies by its method_name or, for TF2 SavedModels (always "predict"),
+    by its shape: one string input, and the outputs the method produces.
+    """
+    signature = target.signature
+    verb = "Classify" if method == CLASSIFY_METHOD else "Regress"
+    keys = list(signature.inputs)
+    shaped = (
+        len(keys) == 1
+        and signature.inputs[keys[0]].dtype == codec.DT.DT_STRING
+        and any(name in signature.outputs for name in outputs)
+    )
+    if signature.method_name == method or shaped:
+        if len(keys) != 1:
+            raise InvalidInput(f"signature {target.signature_name!r} must have exactly one input")
+        return keys[0]
+    raise InvalidInput(
+        f"{verb} needs a signature with method_name {method} (or one string input of "
+        f"serialized tf.Example and output(s) {', '.join(outputs)}); signature "
+        f"{target.signature_name!r} of model {target.name!r} has method_name "
+        f"{signature.method_name or 'none'!r} and inputs {', '.join(keys) or 'none'}"
+    )
+
+
+def _rows(target: Target, outputs: Mapping[str, np.ndarray], key: str, count: int) -> np.ndarray:
+    array = np.asarray(outputs[key])
+    if array.ndim == 1:
+        array = array.reshape(-1, 1)
+    if array.ndim != 2 or array.shape[0] != count:
+        raise InvalidInput(
+            f"output {key!r} of signature {target.signature_name!r} has shape "
+            f"{list(array.shape)}; expected [{count}, N] for {count} example(s)"
+        )
+    return array
+
+
+def classification_result(
+    target: Target, outputs: Mapping[str, np.ndarray], count: int
+) -> tfs_pb2.ClassificationResult:
+    classes = _rows(target, outputs, CLASSES, count) if CLASSES in outputs else None
+    scores = _rows(target, outputs, SCORES, count) if SCORES in outputs else None
+    if classes is None and scores is None:
+        raise InvalidInput(
+            f"signature {target.signature_name!r} returned neither 'classes' nor 'scores'"
+        )
+    if classes is not None and scores is not None and classes.shape != scores.shape:
+        raise InvalidInput(
+            f"'classes' {list(classes.shape)} and 'scores' {list(scores.shape)} differ in shape"
+        )
+    width = (classes if classes is not None else scores).shape[1]  # type: ignore[union-attr]
+    result = tfs_pb2.ClassificationResult()
+    for row in range(count):
+        classifications = result.classifications.add()
+        for column in range(width):
+            entry = classifications.classes.add()
+            if classes is not None:
+                label = classes[row, column]
+                entry.label = (
+                    label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+                )
+            if scores is not None:
+                entry.score = float(scores[row, column])
+    return result
+
+
+def regression_result(
+    target: Target, outputs: Mapping[str, np.ndarray], count: int
+) -> tfs_pb2.RegressionResult:
+    if REGRESS_OUTPUT not in outputs:
+        raise InvalidInput(f"signature {target.signature_name!r} returned no 'outputs' tensor")
+    values = _rows(target, outputs, REGRESS_OUTPUT, count)
+    if values.shape[1] != 1:
+        raise InvalidInput(
+            f"regression output has shape {list(values.shape)}; expected [{count}] or [{count}, 1]"
+        )
+    result = tfs_pb2.RegressionResult()
+    for value in values[:, 0]:
+        result.regressions.add().value = float(value)
+    return result
