@@ -26,10 +26,3 @@ class TestNumpyBackendConformance(BackendConformance):
         # One element-wise layer: x * 1 + 1, which is the suite's "add one".
         np.savez(folder / "model.npz", w0=np.array(1), b0=np.array(1))
 
-    def model_options(self, spec: ModelSpec) -> dict[str, object]:
-        if spec.batched:
-            # Workaround: the suite runs each request in a fresh asyncio.run() loop, and the
-            # kernel's Batcher keeps its worker tasks on the first loop it saw, so a second
-            # batched request never completes. Remove once the suite keeps one loop.
-            return {"dynamic_batching": False}
-        return {}

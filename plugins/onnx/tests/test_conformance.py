@@ -89,10 +89,4 @@ class TestOnnxConformance(BackendConformance):
 
     def model_options(self, spec: ModelSpec) -> dict[str, object]:
         # 27 sessions on a 2-core CI runner: one thread each keeps them from oversubscribing.
-        options: dict[str, object] = {"intra_op_threads": 1}
-        if spec.batched:
-            # Workaround: the suite runs each request in a fresh asyncio.run() loop, and the
-            # kernel's Batcher keeps its worker tasks on the first loop it saw, so a second
-            # batched request never completes. Remove once the suite keeps one loop.
-            options["dynamic_batching"] = False
-        return options
+        return {"intra_op_threads": 1}
