@@ -449,6 +449,8 @@ def describe_exception(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{text} ({Path(exc.filename).name}:{exc.lineno})"
+    if isinstance(exc, DlInferenceError):
+        return text  # our own message already says where; kernel lines would mislead
     if frames:
         last = frames[-1]
         text += f" ({Path(last.filename).name}:{last.lineno})"
