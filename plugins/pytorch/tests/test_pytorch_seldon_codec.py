@@ -1,0 +1,260 @@
+"""SeldonMessage <-> named arrays, the routing-key reader, and wire compatibility with the
+messages under Seldon's real package names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _seldon_real import real_messages
+from google.protobuf import json_format
+
+from dl_inference import InvalidInput, TensorSpec
+from dl_inference_pytorch import routing
+from dl_inference_pytorch._proto import seldon_pb2 as pb
+from dl_inference_pytorch.seldon import PREDICT_PATHS, SeldonProtocol, standard_file
+from dl_inference_pytorch.seldon_codec import (
+    array_to_tftensor,
+    data_kind,
+    decode_inputs,
+    encode_reply,
+    tftensor_to_array,
+)
+
+FP32_IN = [TensorSpec("x", "FP32", (-1, 3))]
+
+
+def tensor_message(values: list[float], shape: list[int]) -> pb.SeldonMessage:
+    message = pb.SeldonMessage()
+    message.data.tensor.shape.extend(shape)
+    message.data.tensor.values.extend(values)
+    return message
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def test_tensor_is_cast_to_the_declared_datatype_and_named_after_the_input():
+    message = tensor_message([1, 2, 3, 4, 5, 6], [2, 3])
+    inputs = decode_inputs(message, data_kind(message), FP32_IN)
+    assert list(inputs) == ["x"]
+    assert inputs["x"].dtype == np.float32
+    np.testing.assert_array_equal(inputs["x"], np.arange(1, 7, dtype=np.float32).reshape(2, 3))
+
+
+def test_undeclared_inputs_get_a_default_name_and_keep_doubles():
+    message = tensor_message([0.5, 1.5], [2])
+    inputs = decode_inputs(message, "tensor", None)
+    assert list(inputs) == ["input__0"] and inputs["input__0"].dtype == np.float64
+
+
+def test_tensor_shape_and_values_must_agree():
+    with pytest.raises(
+        InvalidInput, match=r"tensor.shape \[2, 2\] needs 4 values, tensor.values holds 3"
+    ):
+        decode_inputs(tensor_message([1, 2, 3], [2, 2]), "tensor", FP32_IN)
+
+
+def test_ndarray_numbers_strings_and_ragged_rows():
+    message = pb.SeldonMessage()
+    message.data.ndarray.extend([[1, 2], [3, 4]])
+    inputs = decode_inputs(message, data_kind(message), [TensorSpec("ids", "INT64", (-1, 2))])
+    assert inputs["ids"].dtype == np.int64 and inputs["ids"].tolist() == [[1, 2], [3, 4]]
+
+    words = pb.SeldonMessage()
+    words.data.ndarray.extend(["héllo", "world"])
+    assert decode_inputs(words, "ndarray", None)["input__0"].tolist() == [
+        "héllo".encode(),
+        b"world",
+    ]
+
+    ragged = pb.SeldonMessage()
+    ragged.data.ndarray.extend([[1, 2], [3]])
+    with pytest.raises(InvalidInput, match="ragged"):
+        decode_inputs(ragged, "ndarray", None)
+
+
+def test_integer_inputs_refuse_fractions():
+    message = pb.SeldonMessage()
+    message.data.ndarray.extend([[1.5, 2]])
+    with pytest.raises(InvalidInput, match="INT64; the request holds non-integer numbers"):
+        decode_inputs(message, "ndarray", [TensorSpec("ids", "INT64", (-1, 2))])
+
+
+def test_tftensor_content_and_typed_values():
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    message = pb.SeldonMessage()
+    array_to_tftensor(array, message.data.tftensor)
+    assert message.data.tftensor.dtype == pb.DT_FLOAT
+    decoded = decode_inputs(message, data_kind(message), FP32_IN)["x"]
+    np.testing.assert_array_equal(decoded, array)
+
+    typed = pb.TensorProto(dtype=pb.DT_INT64)
+    typed.tensor_shape.dim.add(size=3)
+    typed.int64_val.extend([7, 8, 9])
+    assert tftensor_to_array("t", typed).tolist() == [7, 8, 9]
+
+    filled = pb.TensorProto(dtype=pb.DT_FLOAT)
+    filled.tensor_shape.dim.add(size=4)
+    filled.float_val.append(2.5)  # TensorFlow's rule: one value fills the tensor
+    assert tftensor_to_array("t", filled).tolist() == [2.5] * 4
+
+    half = pb.TensorProto(dtype=pb.DT_HALF)
+    half.tensor_shape.dim.add(size=2)
+    half.half_val.extend(np.array([1.5, -2.0], np.float16).view(np.uint16).tolist())
+    assert tftensor_to_array("t", half).tolist() == [1.5, -2.0]
+
+    short = pb.TensorProto(dtype=pb.DT_FLOAT, tensor_content=b"\x00" * 4)
+    short.tensor_shape.dim.add(size=2)
+    with pytest.raises(InvalidInput, match="needs 8 bytes of tensor_content, got 4"):
+        tftensor_to_array("t", short)
+
+    with pytest.raises(InvalidInput, match="DT_COMPLEX64 is not supported"):
+        tftensor_to_array("t", pb.TensorProto(dtype=pb.DT_COMPLEX64))
+
+
+def test_bin_and_str_data_become_one_bytes_element_shaped_like_the_input():
+    message = pb.SeldonMessage(binData=b"\x89PNG...")
+    inputs = decode_inputs(message, data_kind(message), [TensorSpec("image", "BYTES", (-1, 1))])
+    assert inputs["image"].shape == (1, 1) and inputs["image"][0, 0] == b"\x89PNG..."
+    text = pb.SeldonMessage(strData="bonjour")
+    assert decode_inputs(text, data_kind(text), None)["input__0"].tolist() == [b"bonjour"]
+
+
+def test_json_object_maps_several_inputs():
+    message = pb.SeldonMessage()
+    json_format.ParseDict({"a": [[1, 2]], "b": [3]}, message.jsonData)
+    specs = [TensorSpec("a", "FP32", (-1, 2)), TensorSpec("b", "INT32", (-1,))]
+    inputs = decode_inputs(message, data_kind(message), specs)
+    assert inputs["a"].dtype == np.float32 and inputs["b"].dtype == np.int32
+    assert inputs["b"].tolist() == [3]
+    tensor = tensor_message([1], [1])
+    with pytest.raises(InvalidInput, match=r"takes 2 inputs \(a, b\).*jsonData as an object"):
+        decode_inputs(tensor, "tensor", specs)
+
+
+def test_messages_without_usable_data_are_refused():
+    with pytest.raises(InvalidInput, match="carries no data"):
+        data_kind(pb.SeldonMessage())
+    empty = pb.SeldonMessage()
+    empty.data.names.append("a")
+    with pytest.raises(InvalidInput, match="holds no tensor, ndarray or tftensor"):
+        data_kind(empty)
+    custom = pb.SeldonMessage()
+    custom.customData.type_url = "type.googleapis.com/x"
+    with pytest.raises(InvalidInput, match="customData"):
+        data_kind(custom)
+
+
+# -- replies -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tensor", "ndarray", "tftensor"])
+def test_reply_uses_the_request_kind(kind):
+    array = np.array([[0.25, -1.0], [3.0, 4.5]], np.float32)
+    reply = pb.SeldonMessage()
+    encode_reply(kind, {"y": array, "z": array * 2}, reply)
+    assert reply.data.WhichOneof("data_oneof") == kind
+    back = decode_inputs(reply, kind, None)["input__0"]
+    np.testing.assert_array_equal(back, array)  # the first output only
+
+
+def test_bytes_and_json_replies():
+    one = np.empty(1, dtype=object)
+    one[0] = b"\x00\xffraw"
+    reply = pb.SeldonMessage()
+    encode_reply("binData", {"y": one}, reply)
+    assert reply.binData == b"\x00\xffraw"
+
+    text = np.array([b"ok"], dtype=object)
+    reply = pb.SeldonMessage()
+    encode_reply("strData", {"y": text}, reply)
+    assert reply.strData == "ok"
+
+    # Numbers for a binData request: Seldon answers with data.ndarray.
+    reply = pb.SeldonMessage()
+    encode_reply("binData", {"y": np.array([[0.5, 0.5]])}, reply)
+    assert json_format.MessageToDict(reply.data.ndarray) == [[0.5, 0.5]]
+
+    reply = pb.SeldonMessage()
+    encode_reply("jsonData", {"y": np.array([1, 2]), "z": text}, reply, json_object=True)
+    assert json_format.MessageToDict(reply.jsonData) == {"y": [1, 2], "z": ["ok"]}
+
+
+# -- routing -------------------------------------------------------------------------------
+
+
+def test_routing_key_reader_matches_the_worker_rule():
+    message = tensor_message(list(range(100_000)), [100_000])
+    message.meta.tags["model"].string_value = "mnist"
+    data = message.SerializeToString()
+    assert routing.seldon_routing_key(data, {}) == "mnist"
+    assert routing.seldon_routing_key(data, {"model": "other"}) == "other"
+    seed = pb.SeldonMessage()
+    seed.meta.tags["taskid"].number_value = 29
+    assert routing.seldon_routing_key(seed.SerializeToString(), {}) == "29"
+    assert routing.model_from({}, {"taskid": 29.0}) == "29"
+    assert routing.seldon_routing_key(tensor_message([1], [1]).SerializeToString(), {}) is None
+    assert routing.seldon_routing_key(b"\xff\xff\xff", {}) is None
+    keys = SeldonProtocol().routing_keys()
+    assert set(keys) == set(PREDICT_PATHS)
+
+
+# -- wire compatibility with the real names --------------------------------------------------
+
+
+def test_our_bytes_equal_seldons_for_every_data_kind():
+    real = real_messages()["seldon.protos.SeldonMessage"]
+
+    def pair(fill):
+        ours, theirs = pb.SeldonMessage(), real()
+        fill(ours)
+        fill(theirs)
+        return ours, theirs
+
+    def tensor(m):
+        m.meta.puid = "req-1"
+        m.meta.tags["model"].string_value = "mnist"
+        m.meta.tags["scale"].number_value = 2
+        m.data.names.extend(["a", "b"])
+        m.data.tensor.shape.extend([1, 2])
+        m.data.tensor.values.extend([0.5, -1])
+
+    def ndarray(m):
+        m.data.ndarray.values.add().list_value.values.add().number_value = 3
+
+    def tftensor(m):
+        m.data.tftensor.dtype = 1
+        m.data.tftensor.tensor_shape.dim.add().size = 2
+        m.data.tftensor.tensor_content = np.array([1, 2], "<f4").tobytes()
+
+    def bin_data(m):
+        m.binData = b"\x89PNG"
+
+    def str_data(m):
+        m.strData = "text"
+
+    def json_data(m):
+        m.jsonData.struct_value.fields["a"].number_value = 1
+
+    def status(m):
+        m.status.code = 400
+        m.status.info = "bad"
+        m.status.reason = "MICROSERVICE_BAD_DATA"
+        m.status.status = 1
+
+    for fill in (tensor, ndarray, tftensor, bin_data, str_data, json_data, status):
+        ours, theirs = pair(fill)
+        wire = theirs.SerializeToString(deterministic=True)
+        assert ours.SerializeToString(deterministic=True) == wire, fill.__name__
+        assert pb.SeldonMessage.FromString(wire) == ours
+        assert real.FromString(ours.SerializeToString()) == theirs
+
+
+def test_reflection_file_has_the_standard_names():
+    file = standard_file()
+    assert file.package == "seldon.protos"
+    assert [s.name for s in file.service] == ["Model", "Seldon"]
+    method = file.service[0].method[0]
+    assert (method.name, method.input_type) == ("Predict", ".seldon.protos.SeldonMessage")
+    fields = {f.name: f for m in file.message_type if m.name == "DefaultData" for f in m.field}
+    assert fields["tftensor"].type_name == ".seldon.protos.TensorProto"
