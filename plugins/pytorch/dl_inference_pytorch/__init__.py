@@ -25,3 +25,10 @@ def dli_register_protocols(registry: ProtocolRegistry) -> None:
     from dl_inference_pytorch.seldon import SeldonProtocol
 
     registry.add(SeldonProtocol)
+
+
+@dl_inference.hookimpl
+def dli_register_converters(registry: dl_inference.ConverterRegistry) -> None:
+    from dl_inference_pytorch.convert import PthConverter
+
+    registry.add(PthConverter)

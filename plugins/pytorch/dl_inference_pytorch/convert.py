@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+import dl_inference
+
 TARGETS = {"pt2": ".pt2", "torchscript": ".pt"}
 INPUT_DTYPES = ("float32", "float64", "float16", "int64", "int32", "uint8", "bool")
 
@@ -232,3 +234,63 @@ def _max_diff(got: Any, expected: Any) -> float:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+class PthConverter(dl_inference.Converter):
+    """``dl-inference convert model.pth model.pt2|model.pt --option trust_pickle=true``.
+
+    The kernel command's front for :func:`convert`: its sample inputs are written to
+    ``.npy`` files and passed as ``--sample``, its tolerance is the absolute tolerance.
+    """
+
+    name = "pytorch-pth"
+    sources = ("*.pth",)
+    targets = (".pt2", ".pt")
+
+    def convert(
+        self,
+        source: Path,
+        target: Path,
+        *,
+        sample_inputs: dict[str, np.ndarray],
+        options: dict[str, Any],
+        tolerance: float = 1e-4,
+    ) -> str:
+        import tempfile
+
+        unknown = set(options) - {"trust_pickle", "static", "script", "rtol"}
+        if unknown:
+            raise dl_inference.ConfigError(
+                f"--option {sorted(unknown)[0]}: unknown; this converter takes trust_pickle, "
+                "static, script and rtol"
+            )
+        flag = lambda key: str(options.get(key, "false")).lower() in ("1", "true", "yes")  # noqa: E731
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = []
+            for index, array in enumerate(sample_inputs.values()):
+                path = Path(tmp) / f"input{index}.npy"
+                np.save(path, array)
+                paths.append(path)
+            args = argparse.Namespace(
+                source=source,
+                to="pt2" if target.name.endswith(".pt2") else "torchscript",
+                output=target,
+                trust_pickle=flag("trust_pickle"),
+                input_shape=[],
+                input_dtype="float32",
+                sample=paths,
+                static=flag("static"),
+                script=flag("script"),
+                rtol=float(options.get("rtol", 1e-5)),
+                atol=tolerance,
+            )
+            try:
+                status = convert(args)
+            except ConvertError as exc:
+                raise dl_inference.ConfigError(str(exc)) from None
+        if status != 0:
+            raise dl_inference.BackendError(
+                f"the converted model's outputs differ from {source.name}'s; {target} was "
+                "written but should not be served"
+            )
+        return "outputs match the original"

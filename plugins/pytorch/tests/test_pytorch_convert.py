@@ -112,3 +112,31 @@ def test_sample_files_are_used(tmp_path: Path):
         np.testing.assert_allclose(
             program(torch.from_numpy(x)).numpy(), reference(module, x), rtol=1e-5, atol=1e-5
         )
+
+
+def test_the_kernel_convert_command_reaches_this_converter(tmp_path: Path, load_backend) -> None:
+    module = write_cnn(tmp_path, "cnn", "pth", {"trust_pickle": True})
+    source = tmp_path / "cnn" / "1" / "model.pth"
+    target = source.with_suffix(".pt2")
+
+    def kernel(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dl_inference", "convert", str(source), str(target), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    refused = kernel("--input", "x:FP32:1,1,28,28")
+    assert refused.returncode == 2 and "--trust-pickle" in refused.stderr
+    done = kernel("--input", "x:FP32:2,1,28,28", "--option", "trust_pickle=true")
+    assert done.returncode == 0, done.stderr
+    assert "(pytorch-pth): outputs match the original" in done.stdout
+    (tmp_path / "cnn" / "config.yaml").write_text("backend: pytorch\n")
+    x = digits(3, seed=5)
+    np.testing.assert_allclose(
+        load_backend(tmp_path, "cnn").predict({"x": x})["output__0"],
+        reference(module, x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
