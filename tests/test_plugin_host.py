@@ -310,6 +310,7 @@ PUBLIC_SURFACE = [
     "ModelMetadata",
     "ModelNotFound",
     "ModelNotReady",
+    "ModelVersionInfo",
     "NodeView",
     "Outcome",
     "PermissionDenied",

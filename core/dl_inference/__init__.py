@@ -39,6 +39,7 @@ from dl_inference.types import (
     InferRequest,
     InferResponse,
     ModelMetadata,
+    ModelVersionInfo,
     RequestContext,
     TensorSpec,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "ModelMetadata",
     "ModelNotFound",
     "ModelNotReady",
+    "ModelVersionInfo",
     "NodeView",
     "Outcome",
     "PermissionDenied",

@@ -19,7 +19,13 @@ from dl_inference.metrics import CallbackCollector, Metrics
 from dl_inference.models import ModelRegistry
 from dl_inference.plugins import PluginHost
 from dl_inference.status import grpc_code
-from dl_inference.types import InferRequest, InferResponse, ModelMetadata, RequestContext
+from dl_inference.types import (
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelVersionInfo,
+    RequestContext,
+)
 from dl_inference.validation import select_outputs, validate_inputs
 
 log = structlog.get_logger("dl_inference.access")
@@ -91,6 +97,18 @@ class Runtime:
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         return self.models.metadata(name, version)
+
+    def model_names(self) -> list[str]:
+        """Names of the models served here, sorted."""
+        return self.models.names()
+
+    def model_versions(self, name: str) -> list[ModelVersionInfo]:
+        """Every version of ``name`` with its state, oldest first; ModelNotFound if unknown."""
+        return [_info(v) for v in self.models.versions(name)]
+
+    def resolve_model(self, name: str, version: str = "") -> ModelVersionInfo:
+        """The version a request would run (``""`` = newest ready; labels resolve)."""
+        return _info(self.models.resolve(name, version))
 
     def _model_states(self) -> list[tuple[list[str], float]]:
         return [
@@ -196,6 +214,12 @@ class Runtime:
             log.info("request", **fields)
         else:
             log.warning("request failed", error=str(error), **fields)
+
+
+def _info(model: Any) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        model.name, model.version, model.state.value, model.reason, model.backend
+    )
 
 
 def _enforce(decision: Any) -> None:

@@ -34,6 +34,31 @@ class ModelMetadata:
     outputs: list[TensorSpec]
 
 
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """One version of a served model as protocols may see it (read-only).
+
+    ``state`` is READY, LOADING, UNAVAILABLE or UNLOADING; ``reason`` says why a version
+    is not ready; ``backend`` is the loaded :class:`~dl_inference.Backend` instance.
+    """
+
+    name: str
+    version: str
+    state: str
+    reason: str
+    backend: Any
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "READY"
+
+    def inputs(self) -> list[TensorSpec] | None:
+        return self.backend.inputs()
+
+    def outputs(self) -> list[TensorSpec] | None:
+        return self.backend.outputs()
+
+
 @dataclass
 class InferRequest:
     """One inference call, decoded from any wire protocol.

@@ -121,7 +121,7 @@ class SeldonService:
         name = routing.model_from(metadata, tags)
         if name:
             return name
-        names = self.runtime.models.names()
+        names = self.runtime.model_names()
         if len(names) == 1:
             return names[0]
         if not names:

@@ -109,7 +109,7 @@ class TFServing:
         """``name``; with ``task_suffix``, the seed's ``<name>-<taskid>`` reduced to ``<name>``."""
         if not name:
             raise InvalidInput("model_spec.name is empty; name the model to call")
-        served = self.runtime.models.names()
+        served = self.runtime.model_names()
         if name in served or not task_suffix or "-" not in name:
             return name
         base = name.rsplit("-", 1)[0]
@@ -120,7 +120,7 @@ class TFServing:
     ) -> Target:
         """Resolve model, version and signature; errors name what exists."""
         name = self.served_name(spec.name, task_suffix=task_suffix)
-        model = self.runtime.models.resolve(name, requested_version(spec))
+        model = self.runtime.resolve_model(name, requested_version(spec))
         signatures = signature_map(model)
         is_tf = isinstance(model.backend, TensorFlowBackend)
         wanted = spec.signature_name or default_signature
@@ -241,7 +241,7 @@ class TFServing:
                 "the only one is 'signature_def'"
             )
         name = self.served_name(request.model_spec.name)
-        model = self.runtime.models.resolve(name, requested_version(request.model_spec))
+        model = self.runtime.resolve_model(name, requested_version(request.model_spec))
         reply = tfs_pb2.GetModelMetadataResponse()
         reply.model_spec.name = name
         reply.model_spec.version.value = int(model.version)
@@ -253,12 +253,12 @@ class TFServing:
 
     def status(self, spec: tfs_pb2.ModelSpec) -> tfs_pb2.GetModelStatusResponse:
         name = self.served_name(spec.name)
-        versions = self.runtime.models.versions(name)
+        versions = self.runtime.model_versions(name)
         wanted = requested_version(spec)
         if wanted:
             # A label names a version only through resolve(), which needs it to be ready.
             number = (
-                wanted if wanted.isdigit() else self.runtime.models.resolve(name, wanted).version
+                wanted if wanted.isdigit() else self.runtime.resolve_model(name, wanted).version
             )
             versions = [v for v in versions if v.version == number]
             if not versions:
@@ -267,9 +267,9 @@ class TFServing:
         for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
             status = reply.model_version_status.add()
             status.version = int(version.version)
-            status.state = _STATES.get(version.state.value, tfs_pb2.ModelVersionStatus.UNKNOWN)
+            status.state = _STATES.get(version.state, tfs_pb2.ModelVersionStatus.UNKNOWN)
             status.status.SetInParent()  # TF Serving always reports a status, OK included
-            if version.state.value == "UNAVAILABLE":
+            if version.state == "UNAVAILABLE":
                 status.status.error_code = tfs_pb2.StatusProto.UNKNOWN
                 status.status.error_message = version.reason
         return reply
