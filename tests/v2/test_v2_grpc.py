@@ -432,3 +432,25 @@ def test_reflection_shows_the_standard_service(v2_server: ServerProcess) -> None
         assert method.input_type.full_name == "inference.ModelInferRequest"
         fields = {f.name: f.number for f in method.input_type.fields}
         assert fields["raw_input_contents"] == 7 and fields["model_name"] == 1
+
+
+def test_the_seeds_tis_predict_path_serves_v2_requests(v2_server) -> None:
+    import grpc
+    import numpy as np
+    import tritonclient.grpc.service_pb2 as triton_pb2
+
+    request = triton_pb2.ModelInferRequest(model_name="add_sub")
+    a = np.arange(4, dtype=np.float32)
+    for name in ("INPUT0", "INPUT1"):
+        tensor = request.inputs.add(name=name, datatype="FP32", shape=[1, 4])
+        tensor.contents.fp32_contents.extend(a.tolist())
+    with grpc.insecure_channel(v2_server.grpc_address) as channel:
+        call = channel.unary_unary(
+            "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/TisPredict",
+            request_serializer=triton_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=triton_pb2.ModelInferResponse.FromString,
+        )
+        reply = call(request, timeout=10)
+    names = [o.name for o in reply.outputs]
+    total = np.frombuffer(reply.raw_output_contents[names.index("OUTPUT0")], np.float32)
+    np.testing.assert_array_equal(total, a + a)

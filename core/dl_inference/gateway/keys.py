@@ -23,8 +23,8 @@ SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
 
 # Seldon carries no model field; the seed put a task id in meta.tags, so look there, and
 # let a client name the model in metadata as Seldon Core's own router does.
-SELDON_TAG_KEYS = ("model_name", "model", "taskId")
-SELDON_METADATA_KEYS = ("seldon-model", "x-model-name")
+SELDON_TAG_KEYS = ("model_name", "model", "taskId", "taskid")
+SELDON_METADATA_KEYS = ("model", "seldon-model", "x-model-name")
 
 
 def _sub_message(data: bytes | memoryview, number: int) -> memoryview | None:

@@ -163,6 +163,9 @@ async def _abort(
     await context.abort(grpc_code(exc), public_message(exc, plugin), trailing)
 
 
+SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
+
+
 def grpc_handlers(runtime: Runtime) -> list[grpc.GenericRpcHandler]:
     """One generic handler binding every V2 method path to a :class:`V2GrpcServicer`."""
     servicer = V2GrpcServicer(runtime)
@@ -186,4 +189,9 @@ def grpc_handlers(runtime: Runtime) -> list[grpc.GenericRpcHandler]:
         "ModelInfer": grpc.unary_unary_rpc_method_handler(servicer.model_infer),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(servicer.model_stream_infer),
     }
-    return [grpc.method_handlers_generic_handler(SERVICE, methods)]
+    # The seed's unified service took Triton (V2) requests on TisPredict: same bytes.
+    seed = {"TisPredict": grpc.unary_unary_rpc_method_handler(servicer.model_infer)}
+    return [
+        grpc.method_handlers_generic_handler(SERVICE, methods),
+        grpc.method_handlers_generic_handler(SEED_SERVICE, seed),
+    ]
