@@ -64,10 +64,13 @@ def scan_repository(
     return sources
 
 
-def read_model_folder(folder: Path, overrides: dict[str, Any] | None = None) -> ModelSource | None:
-    """The model in ``folder``, or ``None`` when it has no numeric version folder."""
+def read_model_folder(
+    folder: Path, overrides: dict[str, Any] | None = None, name: str | None = None
+) -> ModelSource | None:
+    """The model in ``folder`` (served as ``name``, default the folder's), or ``None``
+    when it has no numeric version folder."""
     versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         return None
     config = load_model_config_file(folder / CONFIG_FILE, overrides)
-    return ModelSource(folder.name, folder, versions, config)
+    return ModelSource(name or folder.name, folder, versions, config)

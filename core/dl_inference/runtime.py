@@ -53,6 +53,10 @@ class Runtime:
         self.max_message_bytes = max_message_bytes
         self.access_log = access_log
         self.draining = False
+        # The management service when management.enabled, else None. Protocols that carry
+        # their own model-control calls (TF Serving's HandleReloadConfigRequest) use its
+        # authorize(metadata), load_path(name, path, overrides), unload(name), served().
+        self.management: Any = None
         self.metrics = Metrics()
         models.observer = self.metrics.observe_execution
         self.metrics.add_collector(

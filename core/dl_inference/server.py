@@ -95,6 +95,7 @@ class Server:
 
             self.management = ManagementService(self.config, self.models, self._update_health)
             await self.management.start()
+            self.runtime.management = self.management
         await self._update_health()
         if self.management is not None:
             print(f"Management gRPC listening on {self.management.grpc_address}", flush=True)

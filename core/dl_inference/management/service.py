@@ -20,8 +20,18 @@ from aiohttp import web
 
 from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.config.schema import ServerConfig
-from dl_inference.errors import ConfigError, DlInferenceError, InvalidInput, Unauthenticated
-from dl_inference.management.safety import resolve_model_folder
+from dl_inference.errors import (
+    ConfigError,
+    DlInferenceError,
+    InvalidInput,
+    ModelNotFound,
+    Unauthenticated,
+)
+from dl_inference.management.safety import (
+    check_inside_roots,
+    check_model_name,
+    resolve_model_folder,
+)
 from dl_inference.models import ModelRegistry
 from dl_inference.repository import read_model_folder
 from dl_inference.status import grpc_code, http_status, public_message
@@ -108,6 +118,32 @@ class ManagementService:
             await self.models.load_model(source)
             log.info("model loaded through the management API", model=name)
             await self.on_change()
+
+    async def load_path(
+        self, name: str, path: str, overrides: dict[str, Any] | None = None
+    ) -> None:
+        """Load ``path`` (absolute, or relative to the first root) as model ``name``.
+
+        For TF Serving's HandleReloadConfigRequest, whose base_path may differ from the
+        name; the folder must still lie inside a configured root.
+        """
+        check_model_name(name)
+        folder = Path(path) if Path(path).is_absolute() else self.roots[0] / path
+        if not folder.is_dir():
+            raise ModelNotFound(f"model {name!r}: base_path {path!r} is not a folder")
+        check_inside_roots(folder, self.roots, f"model {name!r} (base_path {path!r})")
+        merged = {**(self.config.models.get(name) or {}), **(overrides or {})}
+        async with self._lock:
+            source = await asyncio.to_thread(read_model_folder, folder, merged, name)
+            if source is None:
+                raise InvalidInput(f"model {name!r}: {path!r} has no numeric version folder")
+            await self.models.load_model(source)
+            log.info("model loaded through the management API", model=name, path=str(folder))
+            await self.on_change()
+
+    def served(self) -> list[str]:
+        """Names of the models loaded now."""
+        return self.models.names()
 
     async def unload(self, name: str) -> None:
         async with self._lock:

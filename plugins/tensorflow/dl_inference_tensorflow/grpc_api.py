@@ -96,13 +96,9 @@ class TFServingServicer:
     async def reload_config(
         self, request: tfs_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> tfs_pb2.ReloadConfigResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "HandleReloadConfigRequest is not supported: dl-inference serves the models of its "
-            "--model-repository (version_policy and version_labels in each model's config.yaml); "
-            "change the repository and restart the server instead",
-        )
-        raise AssertionError("unreachable: abort raises")
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        await self.service.reload_config(request, metadata)
+        return tfs_pb2.ReloadConfigResponse()
 
 
 def _guard(method: Handler) -> Handler:

@@ -15,6 +15,7 @@ import numpy as np
 from google.protobuf import any_pb2
 
 from dl_inference import (
+    ConfigError,
     InferRequest,
     InferResponse,
     InvalidInput,
@@ -251,6 +252,40 @@ class TFServing:
         reply.metadata["signature_def"].CopyFrom(packed)
         return reply
 
+    async def reload_config(
+        self, request: tfs_pb2.ReloadConfigRequest, metadata: Mapping[str, str]
+    ) -> None:
+        """TF Serving's HandleReloadConfigRequest: serve exactly the listed models.
+
+        Needs the kernel's model management (``management.enabled``) and its token; each
+        base_path must lie inside the management roots. Listed models load (or reload),
+        served models that are not listed unload.
+        """
+        management = self.runtime.management
+        if management is None:
+            raise ConfigError(
+                "HandleReloadConfigRequest needs model management: set management.enabled "
+                "in the server config and send the management token "
+                "('authorization: Bearer <token>')"
+            )
+        management.authorize(metadata)
+        kind = request.config.WhichOneof("config")
+        if kind != "model_config_list":
+            raise InvalidInput("only config.model_config_list is supported")
+        wanted = list(request.config.model_config_list.config)
+        names = [config.name for config in wanted]
+        if len(set(names)) != len(names):
+            raise InvalidInput("model_config_list names a model twice")
+        for config in wanted:
+            if config.model_platform not in ("", "tensorflow"):
+                raise InvalidInput(
+                    f"model {config.name!r}: model_platform {config.model_platform!r} is not "
+                    "served by TF Serving's API here; leave it empty or 'tensorflow'"
+                )
+            await management.load_path(config.name, config.base_path, _overrides(config))
+        for name in set(management.served()) - set(names):
+            await management.unload(name)
+
     def status(self, spec: tfs_pb2.ModelSpec) -> tfs_pb2.GetModelStatusResponse:
         name = self.served_name(spec.name)
         versions = self.runtime.model_versions(name)
@@ -385,3 +420,19 @@ def regression_result(
     for value in values[:, 0]:
         result.regressions.add().value = float(value)
     return result
+
+
+def _overrides(config: tfs_pb2.ModelConfig) -> dict[str, Any]:
+    """TF Serving's version policy and labels as dl-inference model settings."""
+    overrides: dict[str, Any] = {}
+    policy = config.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "latest":
+        overrides["version_policy"] = {"latest": policy.latest.num_versions or 1}
+    elif choice == "all":
+        overrides["version_policy"] = {"all": True}
+    elif choice == "specific":
+        overrides["version_policy"] = {"specific": list(policy.specific.versions)}
+    if config.version_labels:
+        overrides["version_labels"] = dict(config.version_labels)
+    return overrides

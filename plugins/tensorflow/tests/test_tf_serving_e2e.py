@@ -311,11 +311,11 @@ def test_get_model_status_lists_versions(channel: grpc.Channel) -> None:
     assert rpc_error(stub.GetModelStatus, request).code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_reload_config_is_unimplemented_with_reason(channel: grpc.Channel) -> None:
+def test_reload_config_needs_model_management(channel: grpc.Channel) -> None:
     stub = model_service_pb2_grpc.ModelServiceStub(channel)
     error = rpc_error(stub.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest())
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "model-repository" in error.details()
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "management.enabled" in error.details()
 
 
 # -- bad input over gRPC ----------------------------------------------------------------------
