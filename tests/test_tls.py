@@ -161,3 +161,21 @@ def test_unreadable_certificate_is_a_config_error(pki: Path, tmp_path: Path) -> 
     )
     assert result.returncode == 2
     assert "server.tls.cert_file: cannot read" in result.stderr
+
+
+def test_gateway_reaches_a_mutual_tls_upstream(pki: Path, tmp_path: Path) -> None:
+    with serve(pki, tmp_path / "worker", mutual=True) as worker:
+        route = (
+            f"routes:\n  - model: add_one\n    balancer: round_robin\n"
+            f"    nodes: [{{address: '{worker.grpc_address}', weight: 1}}]\n"
+            f"    tls: {{ca_file: {pki / 'ca.pem'}, cert_file: {pki / 'client.pem'}, "
+            f"key_file: {pki / 'client.key'}}}\n"
+        )
+        config = tmp_path / "gateway.yaml"
+        config.write_text(route)
+        with ServerProcess(["-c", str(config)]) as gateway:
+            client = grpcclient.InferenceServerClient(gateway.grpc_address)
+            tensor = grpcclient.InferInput("x", [2], "FP32")
+            tensor.set_data_from_numpy(np.full(2, 4, np.float32))
+            out = client.infer("add_one", [tensor], client_timeout=20).as_numpy("y")
+            np.testing.assert_array_equal(out, np.full(2, 5, np.float32))
