@@ -124,6 +124,7 @@ def resolve_config(args: argparse.Namespace) -> ServerConfig:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dl_inference.logs import configure_logging
 
+    config_mtime = args.config.stat().st_mtime if args.config and args.config.exists() else 0.0
     config = resolve_config(args)
     configure_logging(config.server.log_format, config.server.log_level)
     if config.server.workers > 1 and not args.reuse_port:
@@ -132,6 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.reuse_port = args.reuse_port
     if args.config:
         server.config_source = (args.config, lambda: resolve_config(args))
+        server.config_mtime = config_mtime
     try:
         asyncio.run(server.run())
     except OSError as exc:

@@ -64,6 +64,10 @@ class Server:
         self._reload_lock = asyncio.Lock()
         # (path, loader) when the server runs from a config file: enables SIGHUP reloads.
         self.config_source: tuple[Path, Callable[[], ServerConfig]] | None = None
+        self.config_mtime = 0.0  # the file's mtime when it was read, to spot later edits
+        self._started = False
+        self._reload_pending = False
+        self._reloads: set[asyncio.Task[bool]] = set()
         self._health_models: set[str] = set()
 
     # -- start -----------------------------------------------------------------------------
@@ -264,12 +268,28 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
-        await self.start()
         if self.config_source is not None:
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+            # Installed before start: a SIGHUP during start-up must not kill the process.
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        await self.start()
+        self._started = True
+        if self.config_source is not None:
             self._watcher = asyncio.create_task(self._watch_config())
+            if self._reload_pending:
+                self._spawn_reload()
         await self._stopped.wait()
         await self.stop()
+
+    def _on_sighup(self) -> None:
+        if self._started:
+            self._spawn_reload()
+        else:
+            self._reload_pending = True  # applied once start-up completes
+
+    def _spawn_reload(self) -> None:
+        task = asyncio.create_task(self.reload())
+        self._reloads.add(task)  # a reference, so the task is not collected mid-way
+        task.add_done_callback(self._reloads.discard)
 
     # -- configuration reload --------------------------------------------------------------
 
@@ -277,7 +297,7 @@ class Server:
         """Reload when the config file changes (checked every ``server.config_poll_s``)."""
         assert self.config_source is not None
         path, _ = self.config_source
-        last = _mtime(path)
+        last = self.config_mtime
         while True:
             await asyncio.sleep(self.config.server.config_poll_s or 3600)
             if not self.config.server.config_poll_s:
