@@ -25,12 +25,13 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
     ]
     if log_format == "json":
         renderer: structlog.types.Processor = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    # Our own events render straight to stderr: the stdlib route costs a quarter of the
+    # server's per-request CPU when every request writes an access-log line.
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )

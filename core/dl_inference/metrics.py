@@ -120,20 +120,32 @@ class Metrics:
             registry=self.registry,
         )
         self.windows: dict[str, RollingWindow] = collections.defaultdict(RollingWindow)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # labels() takes a lock and builds a key on every call; per request that shows.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def in_flight_of(self, model: str) -> Any:
+        return self._child(self.in_flight, model)
 
     def observe_request(
         self, model: str, version: str, protocol: str, status: str, latency_s: float
     ) -> None:
-        self.requests.labels(model, version, protocol, status).inc()
-        self.latency.labels(model, protocol).observe(latency_s)
+        self._child(self.requests, model, version, protocol, status).inc()
+        self._child(self.latency, model, protocol).observe(latency_s)
         self.windows[model].add(latency_s, status == "OK")
 
     def observe_execution(
         self, model: str, version: str, rows: int, queue_s: float, compute_s: float
     ) -> None:
-        self.batch_size.labels(model, version).observe(rows)
-        self.queue.labels(model, version).observe(queue_s)
-        self.compute.labels(model, version).observe(compute_s)
+        self._child(self.batch_size, model, version).observe(rows)
+        self._child(self.queue, model, version).observe(queue_s)
+        self._child(self.compute, model, version).observe(compute_s)
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)

@@ -128,7 +128,7 @@ class Runtime:
         ctx.request = request
         if not request.id:
             request.id = ctx.request_id
-        gauge = self.metrics.in_flight.labels(request.model_name)
+        gauge = self.metrics.in_flight_of(request.model_name)
         gauge.inc()
         try:
             with structlog.contextvars.bound_contextvars(request_id=ctx.request_id):
@@ -162,7 +162,9 @@ class Runtime:
         if left is not None and left <= 0:
             raise DeadlineExceeded(f"the deadline of the request to {request.model_name!r} passed")
         work = model.predict(request.inputs, request.parameters, request.deadline)
-        if left is None:
+        if timeout_ms is None:
+            # A client's own deadline needs no timer here: gRPC cancels the call when it
+            # passes, and the batcher drops requests that expired in its queue.
             outputs = await work
         else:
             try:
