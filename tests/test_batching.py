@@ -23,12 +23,11 @@ class GatedModel:
         self.calls: list[int] = []
         self.started = threading.Event()
 
-    async def run(
-        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], **_: Any
-    ) -> dict:
+    def run(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], *_: Any) -> dict:
+        # Runs in a batcher thread, as a backend's predict() does.
         self.calls.append(len(inputs["x"]))
         self.started.set()
-        await asyncio.to_thread(self.gate.wait, 10)
+        self.gate.wait(10)
         return {"y": inputs["x"] * 2}
 
 
@@ -145,10 +144,10 @@ async def test_oversize_batches_and_ragged_inputs_are_refused() -> None:
 
 
 async def test_a_model_that_drops_the_batch_dimension_fails_every_caller() -> None:
-    gate = asyncio.Event()
+    gate = threading.Event()
 
-    async def bad(inputs: dict, parameters: dict, **_: Any) -> dict:
-        await gate.wait()
+    def bad(inputs: dict, parameters: dict, *_: Any) -> dict:
+        gate.wait(10)
         return {"y": inputs["x"].sum(keepdims=True)[0]}
 
     batcher = Batcher("m", bad, max_batch_size=8)

@@ -6,14 +6,21 @@ dimensions and parameters) up to ``max_batch_size`` rows, runs them once and spl
 outputs back. With ``max_queue_delay_ms`` an instance waits that long for more rows
 before running a batch that is not full. An idle model runs a request at once. Requests
 whose deadline passed are dropped before they cost compute; a full queue refuses at once.
+
+Each instance is a thread that forms its next batch itself the moment it finishes one, as
+Triton's scheduler threads do: the event loop only queues requests and receives results,
+so a busy loop never leaves the model idle between batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +28,9 @@ import numpy as np
 
 from dl_inference.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
 
-# run(inputs, parameters, queued_at=<monotonic time the oldest request was queued>)
-Runner = Callable[..., Awaitable[dict[str, np.ndarray]]]
+# run(inputs, parameters, queued_at) -> outputs, called in a batcher thread; queued_at is
+# the monotonic time the oldest request of the batch was queued.
+Runner = Callable[[dict[str, np.ndarray], dict[str, Any], float], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -32,10 +40,10 @@ class _Pending:
     deadline: float | None
     rows: int
     key: tuple[Any, ...]
+    future: asyncio.Future[dict[str, np.ndarray]]
+    loop: asyncio.AbstractEventLoop
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
     queued_at: float = field(default_factory=time.monotonic)
-    future: asyncio.Future[dict[str, np.ndarray]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
 
 
 @dataclass
@@ -51,7 +59,7 @@ class BatchStats:
 
 
 class Batcher:
-    """Per-model queue feeding ``instances`` concurrent executions of merged batches."""
+    """Per-model queue feeding ``instances`` threads that run merged batches."""
 
     def __init__(
         self,
@@ -71,86 +79,94 @@ class Batcher:
         self.instances = instances
         self.stats = BatchStats()
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._wakeup: asyncio.Event | None = None
-        self._workers: list[asyncio.Task[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
 
     async def submit(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], deadline: float | None
     ) -> dict[str, np.ndarray]:
         """Queue one request (inputs carry its batch as dimension 0) and await its outputs."""
         rows = batch_rows(self.name, inputs, self.max_batch_size)
-        if self.max_queue_size is not None and len(self._queue) >= self.max_queue_size:
-            self.stats.refused += 1
-            raise ResourceExhausted(
-                f"model {self.name!r}: queue full ({self.max_queue_size} requests waiting); "
-                "retry later, or raise max_queue_size / instances"
-            )
-        self._ensure_workers()
-        item = _Pending(inputs, parameters, deadline, rows, _batch_key(inputs, parameters))
-        self._queue.append(item)
-        assert self._wakeup is not None
-        self._wakeup.set()
+        loop = asyncio.get_running_loop()
+        item = _Pending(
+            inputs, parameters, deadline, rows, _batch_key(inputs, parameters),
+            loop.create_future(), loop,
+        )  # fmt: skip
+        with self._ready:
+            if self.max_queue_size is not None and len(self._queue) >= self.max_queue_size:
+                self.stats.refused += 1
+                raise ResourceExhausted(
+                    f"model {self.name!r}: queue full ({self.max_queue_size} requests waiting); "
+                    "retry later, or raise max_queue_size / instances"
+                )
+            if not self._threads:
+                self._start_threads()
+            self._queue.append(item)
+            self._ready.notify()
         return await item.future
 
-    def _ensure_workers(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._workers and self._loop is not loop:
-            # A new event loop (tests, an embedding app): the old loop's tasks are gone.
-            self._workers = []
-            self._queue.clear()
-        if not self._workers:
-            self._loop = loop
-            self._wakeup = asyncio.Event()
-            self._workers = [
-                asyncio.create_task(self._work(), name=f"batcher-{self.name}-{i}")
-                for i in range(self.instances)
-            ]
+    def _start_threads(self) -> None:
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"dli-batch-{self.name}-{i}", daemon=True)
+            for i in range(self.instances)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def close(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+        """Stop the threads once the running batches end; queued requests are refused."""
+        with self._ready:
+            self._closed = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._ready.notify_all()
+        for item in left:
+            _resolve(item, error=ResourceExhausted(f"model {self.name!r} is being unloaded"))
+        threads, self._threads = self._threads, []
+        await asyncio.to_thread(lambda: [t.join(30) for t in threads])
 
-    async def _work(self) -> None:
-        assert self._wakeup is not None
+    def _work(self) -> None:
         while True:
-            while not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            batch = await self._collect()
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                self._wait_for_rows()
+                batch = self._take()
             if batch:
-                await self._execute(batch)
+                self._execute(batch)
 
-    async def _collect(self) -> list[_Pending]:
-        """Take the oldest live request and the compatible ones behind it."""
-        if self.delay > 0 and self._queued_rows() < self.max_batch_size:
-            # Give concurrent clients a moment to fill the batch.
-            end = time.monotonic() + self.delay
-            while (
-                self._queued_rows() < self.max_batch_size and (left := end - time.monotonic()) > 0
-            ):
-                assert self._wakeup is not None
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), left)
-                except TimeoutError:
-                    break
+    def _wait_for_rows(self) -> None:
+        """With a queue delay, give concurrent clients a moment to fill the batch."""
+        if self.delay <= 0:
+            return
+        end = time.monotonic() + self.delay
+        while self._queued_rows() < self.max_batch_size and not self._closed:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            self._ready.wait(left)
+
+    def _take(self) -> list[_Pending]:
+        """The oldest live request and the compatible ones behind it (lock held)."""
         now = time.monotonic()
         batch: list[_Pending] = []
         rows = 0
         kept: collections.deque[_Pending] = collections.deque()
         while self._queue:
             item = self._queue.popleft()
-            if item.future.done():  # the caller went away (cancelled)
+            if item.future.done():  # the caller went away (cancelled, deadline)
                 continue
             if item.deadline is not None and item.deadline <= now:
                 self.stats.expired += 1
-                item.future.set_exception(
-                    DeadlineExceeded(
+                _resolve(
+                    item,
+                    error=DeadlineExceeded(
                         f"the deadline of the request to {self.name!r} passed in the queue"
-                    )
+                    ),
                 )
                 continue
             if not batch or (item.key == batch[0].key and rows + item.rows <= self.max_batch_size):
@@ -164,33 +180,45 @@ class Batcher:
     def _queued_rows(self) -> int:
         return sum(item.rows for item in self._queue)
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    def _execute(self, batch: list[_Pending]) -> None:
         rows = sum(item.rows for item in batch)
         self.stats.batches += 1
         self.stats.rows += rows
         self.stats.largest = max(self.stats.largest, rows)
         self.stats.sizes[rows] += 1
-        if len(batch) == 1:
-            inputs = batch[0].inputs
-        else:
-            inputs = {
-                name: np.concatenate([i.inputs[name] for i in batch]) for name in batch[0].inputs
-            }
+        first = batch[0]
         try:
-            outputs = await self._run(
-                inputs, batch[0].parameters, queued_at=min(i.queued_at for i in batch)
-            )
+            if len(batch) == 1:
+                inputs = first.inputs
+            else:
+                inputs = {n: np.concatenate([i.inputs[n] for i in batch]) for n in first.inputs}
+            queued_at = min(item.queued_at for item in batch)
+            # The first request's context carries its request id into the model's logs.
+            outputs = first.context.run(self._run, inputs, first.parameters, queued_at)
             parts = _split(self.name, outputs, [item.rows for item in batch])
-        except BaseException as exc:
+        except Exception as exc:
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+                _resolve(item, error=exc)
             return
         for item, part in zip(batch, parts, strict=True):
-            if not item.future.done():
-                item.future.set_result(part)
+            _resolve(item, result=part)
+
+
+def _resolve(
+    item: _Pending, result: dict[str, np.ndarray] | None = None, error: BaseException | None = None
+) -> None:
+    """Hand a result or error to the waiting coroutine, on its own event loop."""
+
+    def settle() -> None:
+        if item.future.done():
+            return
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)  # type: ignore[arg-type]
+
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+        item.loop.call_soon_threadsafe(settle)
 
 
 def batch_rows(name: str, inputs: dict[str, np.ndarray], max_batch_size: int) -> int:

@@ -70,7 +70,7 @@ class ModelVersion:
         if config.max_batch_size > 0 and config.dynamic_batching:
             self.batcher = Batcher(
                 self.name,
-                self._run,
+                self._execute,
                 max_batch_size=config.max_batch_size,
                 max_queue_delay_ms=config.max_queue_delay_ms,
                 max_queue_size=config.max_queue_size,
@@ -116,32 +116,29 @@ class ModelVersion:
             self.in_flight -= 1
 
     async def _run(
-        self,
-        inputs: dict[str, np.ndarray],
-        parameters: dict[str, Any],
-        queued_at: float | None = None,
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
     ) -> dict[str, np.ndarray]:
         """Call the backend in this model's executor, off the event loop."""
         loop = asyncio.get_running_loop()
-        queued_at = time.monotonic() if queued_at is None else queued_at
         # The copied context carries the request id into the worker thread's log lines.
         context = contextvars.copy_context()
-        outputs, started, finished = await loop.run_in_executor(
-            self.executor, context.run, self._timed_predict, inputs, parameters
+        return await loop.run_in_executor(
+            self.executor, context.run, self._execute, inputs, parameters, time.monotonic()
         )
+
+    def _execute(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], queued_at: float
+    ) -> dict[str, np.ndarray]:
+        """One execution (a request or a merged batch), timed for the metrics."""
+        started = time.monotonic()
+        outputs = self._predict_sync(inputs, parameters)
         if self.observer is not None:
+            finished = time.monotonic()
             first = next(iter(inputs.values()), None)
             batched = self.backend.config.max_batch_size > 0 and first is not None and first.ndim
             rows = int(first.shape[0]) if batched else 1
             self.observer(self.name, self.version, rows, started - queued_at, finished - started)
         return outputs
-
-    def _timed_predict(
-        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
-    ) -> tuple[dict[str, np.ndarray], float, float]:
-        started = time.monotonic()
-        outputs = self._predict_sync(inputs, parameters)
-        return outputs, started, time.monotonic()
 
     def _predict_sync(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
