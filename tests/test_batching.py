@@ -144,21 +144,26 @@ async def test_oversize_batches_and_ragged_inputs_are_refused() -> None:
 
 
 async def test_a_model_that_drops_the_batch_dimension_fails_every_caller() -> None:
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
 
     def bad(inputs: dict, parameters: dict, *_: Any) -> dict:
+        started.set()
         gate.wait(10)
         return {"y": inputs["x"].sum(keepdims=True)[0]}
 
     batcher = Batcher("m", bad, max_batch_size=8)
+    # A first request of another shape keeps the model busy while the three queue up.
+    busy = asyncio.create_task(batcher.submit({"x": np.ones((1, 3), np.float32)}, {}, None))
+    await asyncio.to_thread(started.wait, 10)
     tasks = [
         asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
         for _ in range(3)
     ]
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
     gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, BackendError) and "first dimension" in str(r) for r in results)
+    await busy
     await batcher.close()
 
 
