@@ -129,3 +129,26 @@ def test_model_timeout_answers_deadline_exceeded_and_keeps_serving(tmp_path: Pat
         assert "DEADLINE_EXCEEDED" in str(info.value.status())
         assert "did not answer within the deadline" in str(info.value)
         np.testing.assert_array_equal(infer(server.grpc_address), np.full(4, 2, np.float32))
+
+
+def test_a_full_model_queue_answers_resource_exhausted(tmp_path: Path) -> None:
+    write_python_model(tmp_path, "slow", SLOW, CONFIG + "    max_queue_size: 1\n")
+    with ServerProcess(["--model-repository", str(tmp_path)]) as server:
+        outcomes: list[str] = []
+
+        def call() -> None:
+            try:
+                infer(server.grpc_address, sleep_s=1.0)
+                outcomes.append("ok")
+            except InferenceServerException as exc:
+                outcomes.append(str(exc.status()))
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.1)  # one running, one queued, the rest refused at once
+        for thread in threads:
+            thread.join(30)
+        assert sorted(outcomes).count("ok") == 2
+        assert outcomes.count("StatusCode.RESOURCE_EXHAUSTED") == 2
+        np.testing.assert_array_equal(infer(server.grpc_address), np.full(4, 2, np.float32))
