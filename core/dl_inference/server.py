@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from dl_inference.config.schema import ServerConfig
 from dl_inference.errors import ConfigError, DlInferenceError
+from dl_inference.listeners import bind_grpc, start_http
 from dl_inference.logs import configure_logging
 from dl_inference.metrics import UpstreamCollector
 from dl_inference.models import ModelRegistry
@@ -160,17 +161,10 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self._add_reflection(server)
         grpc_cfg = self.config.server.grpc
-        address = f"{_bracket(grpc_cfg.host)}:{grpc_cfg.port}"
-        try:
-            if self.tls is not None:
-                port = server.add_secure_port(address, self.tls.grpc_credentials())
-            else:
-                port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {address} (gRPC): {exc}") from None
+        credentials = self.tls.grpc_credentials() if self.tls is not None else None
+        self.grpc_address = bind_grpc(server, grpc_cfg.host, grpc_cfg.port, credentials)
         await server.start()
         self._grpc = server
-        self.grpc_address = f"{_bracket(grpc_cfg.host)}:{port}"
 
     def _add_reflection(self, server: grpc.aio.Server) -> None:
         # A private pool: our files are renamed to the standard packages (inference.*, ...),
@@ -216,31 +210,15 @@ class Server:
         app.add_routes(status_routes(self.runtime, lambda: self.gateway))
         for protocol in self.protocols:
             app.add_routes(list(protocol.http_routes(self.runtime)))
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=self.config.server.drain_timeout_s,
-        )
-        await runner.setup()
         http_cfg = self.config.server.http
-        site = web.TCPSite(
-            runner,
+        self._http, self.http_address = await start_http(
+            app,
             http_cfg.host,
             http_cfg.port,
-            reuse_address=True,
-            reuse_port=self.reuse_port,
             ssl_context=self.tls.ssl_context() if self.tls is not None else None,
+            reuse_port=self.reuse_port,
+            shutdown_timeout=self.config.server.drain_timeout_s,
         )
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            address = f"{_bracket(http_cfg.host)}:{http_cfg.port}"
-            raise OSError(f"cannot listen on {address} (HTTP): {exc.strerror}") from None
-        self._http = runner
-        host, port = runner.addresses[0][:2]
-        self.http_address = f"{_bracket(host)}:{port}"
 
     async def _update_health(self) -> None:
         overall = health_pb2.HealthCheckResponse.SERVING
@@ -428,7 +406,3 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host

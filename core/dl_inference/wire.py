@@ -94,7 +94,9 @@ def read_string_field(data: bytes | memoryview, number: int) -> str | None:
 
 
 def encode_varint(value: int) -> bytes:
-    """The base-128 varint encoding of a non-negative ``value``."""
+    """The base-128 varint encoding of ``value`` (negative: 10-byte two's complement)."""
+    if value < 0:
+        value += 1 << 64
     out = bytearray()
     while True:
         byte = value & 0x7F

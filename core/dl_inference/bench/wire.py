@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from dl_inference.datatypes import from_numpy_dtype
+from dl_inference.wire import encode_varint
 
 _VARINT, _LEN = 0, 2
 
@@ -44,19 +45,7 @@ TF_DTYPES: dict[str, int] = {
 # Meta.tags = 2 (map<string, google.protobuf.Value>); Value.string_value = 3.
 
 
-def varint(value: int) -> bytes:
-    """Base-128 varint; negative numbers as 10-byte two's complement, as protobuf does."""
-    if value < 0:
-        value += 1 << 64
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
+varint = encode_varint
 
 
 def key(number: int, wire_type: int) -> bytes:

@@ -27,6 +27,7 @@ from dl_inference.errors import (
     ModelNotFound,
     Unauthenticated,
 )
+from dl_inference.listeners import bind_grpc, start_http
 from dl_inference.management.safety import (
     check_inside_roots,
     check_model_name,
@@ -157,14 +158,11 @@ class ManagementService:
         management = self.config.management
         server = grpc.aio.server()
         server.add_generic_rpc_handlers([self._grpc_handler()])
-        address = f"{management.host}:{management.grpc_port}"
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {address} (management gRPC): {exc}") from None
+        self.grpc_address = bind_grpc(
+            server, management.host, management.grpc_port, what="management gRPC"
+        )
         await server.start()
         self._grpc = server
-        self.grpc_address = f"{management.host}:{port}"
         app = web.Application()
         app.add_routes(
             [
@@ -173,20 +171,9 @@ class ManagementService:
                 web.post("/v2/repository/models/{model}/unload", self._rest_unload),
             ]
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, management.host, management.http_port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise OSError(
-                f"cannot listen on {management.host}:{management.http_port} "
-                f"(management HTTP): {exc.strerror}"
-            ) from None
-        self._http = runner
-        host, port = runner.addresses[0][:2]
-        self.http_address = f"{host}:{port}"
+        self._http, self.http_address = await start_http(
+            app, management.host, management.http_port, what="management HTTP"
+        )
 
     async def stop(self) -> None:
         if self._grpc is not None:
