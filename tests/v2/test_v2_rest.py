@@ -16,8 +16,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from dl_inference.testing import ServerProcess
-from dl_inference.testing.datatypes import EDGE_VALUES, write_python_model
+from dl_inference.testing import ServerProcess, write_python_model
+from dl_inference.testing.datatypes import EDGE_VALUES
 
 ALL_DATATYPES = EDGE_VALUES
 
