@@ -302,7 +302,9 @@ class Suite:
         for count in (1, 2):
             with self.server(repo_off, "--workers", str(count)) as srv:
                 row = self.bench(
-                    f"grpc://{srv.grpc_address}", "pyheavy", extra=("--processes", "2")
+                    f"grpc://{srv.grpc_address}",
+                    "pyheavy",
+                    extra=("--processes", "2", "--channels", "4"),
                 )["results"][0]
             rows[count] = row
             lat = row["latency_ms"]

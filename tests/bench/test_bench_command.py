@@ -364,3 +364,39 @@ def test_unreachable_url_exits_2_from_the_command_line(tmp_path: Path) -> None:
     assert f"cannot reach grpc://127.0.0.1:{port}" in result.stderr
     assert "is the server running" in result.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+PID_MODEL = """
+    import os
+    from dl_inference import PythonModel
+
+    class Pid(PythonModel):
+        def predict(self, inputs):
+            with open(self.path.parent.parent / "pids.txt", "a") as log:
+                log.write(f"{os.getpid()}\\n")
+            return {"y": inputs["x"]}
+"""
+
+
+def test_channels_spread_load_over_worker_processes(tmp_path: Path) -> None:
+    from dl_inference.testing import write_python_model
+
+    repo = tmp_path / "models"
+    write_python_model(
+        repo,
+        "pid",
+        PID_MODEL,
+        "inputs: [{name: x, datatype: FP32, shape: [2]}]\n"
+        "outputs: [{name: y, datatype: FP32, shape: [2]}]\n",
+    )
+    with ServerProcess(["--model-repository", str(repo), "--workers", "2"]) as srv:
+        code, doc = bench(
+            tmp_path,
+            "--url", f"grpc://{srv.grpc_address}", "--model", "pid",
+            "--concurrency", "16", "--channels", "16", *SHORT,
+        )  # fmt: skip
+    assert code == 0
+    check_rows(doc, 1)
+    # 16 connections, kernel-balanced between the two workers: both served requests.
+    pids = set((repo / "pids.txt").read_text().split())
+    assert len(pids) == 2

@@ -66,6 +66,12 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="NAME:DATATYPE:SHAPE",
         help="an input to synthesize, e.g. x:FP32:1,256 (repeatable; default: from metadata)",
     )
+    bench.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="gRPC connections per client process (spread load over `serve --workers N`)",
+    )
     bench.add_argument("--input-file", type=Path, help=".npz file: one array per input name")
     bench.add_argument(
         "--batch-size",

@@ -10,6 +10,7 @@ only sends bytes, so the client costs as little CPU per request as it can.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -98,34 +99,42 @@ class GrpcClient(Client):
         body: bytes,
         timeout: float,
         metadata: tuple[tuple[str, str], ...] = (),
+        channels: int = 1,
     ) -> None:
         self.target = target
         self.method = method
         self.body = body
         self.timeout = timeout
         self.metadata = metadata or None
-        self._channel: Any = None
-        self._call: Any = None
+        self.channels = max(1, channels)
+        self._channels: list[Any] = []
+        self._calls: Any = None
 
     async def open(self) -> None:
         import grpc
 
-        self._channel = grpc.aio.insecure_channel(self.target.address, options=_GRPC_OPTIONS)
+        # A local subchannel pool gives each channel its own TCP connection, so that
+        # SO_REUSEPORT can spread them over `serve --workers N` processes.
+        options = [*_GRPC_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        self._channels = [
+            grpc.aio.insecure_channel(self.target.address, options=options)
+            for _ in range(self.channels)
+        ]
         # No serializers: grpc passes bytes through untouched both ways.
-        self._call = self._channel.unary_unary(self.method)
+        self._calls = itertools.cycle([c.unary_unary(self.method) for c in self._channels])
 
     async def infer(self) -> None:
         import grpc
 
         try:
-            await self._call(self.body, timeout=self.timeout, metadata=self.metadata)
+            await next(self._calls)(self.body, timeout=self.timeout, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise grpc_failure(exc) from None
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        channels, self._channels = self._channels, []
+        for channel in channels:
+            await channel.close()
 
 
 class HttpClient(Client):
@@ -266,6 +275,7 @@ def make_client(
     *,
     timeout: float,
     connections: int,
+    channels: int = 1,
 ) -> Client:
     """The client for a protocol and a URL scheme, with its request built once."""
     if protocol not in PROTOCOLS:
@@ -277,14 +287,18 @@ def make_client(
         )
     if target.is_grpc:
         if protocol == "v2":
-            return GrpcClient(target, V2_INFER, v2_grpc_body(model, version, inputs), timeout)
+            return GrpcClient(
+                target, V2_INFER, v2_grpc_body(model, version, inputs), timeout, channels=channels
+            )
         if protocol == "tfserving":
             body = wire.tfs_predict_request(model, inputs, version=version)
-            return GrpcClient(target, TFS_PREDICT, body, timeout)
+            return GrpcClient(target, TFS_PREDICT, body, timeout, channels=channels)
         array = next(iter(inputs.values()))
         tags = (("model_version", version),) if version else ()
         body = wire.seldon_message(model, array, tags=tags)
-        return GrpcClient(target, SELDON_PREDICT, body, timeout, metadata=(("model", model),))
+        return GrpcClient(
+            target, SELDON_PREDICT, body, timeout, metadata=(("model", model),), channels=channels
+        )
     if protocol == "v2":
         body, headers = v2_rest_body(inputs)
         path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"

@@ -24,6 +24,8 @@ from dl_inference.errors import ConfigError
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Check the endpoint with one request, run every load point, report."""
+    if args.channels < 1:
+        raise ConfigError("--channels: give 1 or more")
     if args.duration <= 0 or args.warmup < 0 or args.timeout <= 0:
         raise ConfigError("--duration and --timeout must be > 0, --warmup >= 0")
     if args.processes < 1:
@@ -56,6 +58,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         timeout=args.timeout,
         processes=args.processes,
+        channels=args.channels,
     )
     batch = bench_inputs.batch_of(tensors)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

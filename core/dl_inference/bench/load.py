@@ -60,6 +60,7 @@ class Plan:
     timeout: float
     processes: int = 1
     max_outstanding: int = 10000
+    channels: int = 1
 
 
 @dataclass
@@ -181,6 +182,7 @@ async def _run_points(
         plan.inputs,
         timeout=plan.timeout,
         connections=max([p.concurrency for p in points] + [100]),
+        channels=plan.channels,
     )
     await client.open()
     wait = plan.warmup + plan.duration + plan.timeout + 120
