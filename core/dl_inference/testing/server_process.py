@@ -39,6 +39,7 @@ class ServerProcess:
         timeout: float = 120.0,
         cwd: str | Path | None = None,
         extra_flags: bool = True,
+        expect_http: bool = True,
     ) -> None:
         self.args = list(args)
         if extra_flags:
@@ -46,6 +47,7 @@ class ServerProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.timeout = timeout
         self.cwd = cwd
+        self.expect_http = expect_http  # False when the config turns the HTTP listener off
         self.grpc_port = 0
         self.http_port = 0
         self.process: subprocess.Popen[str] | None = None
@@ -81,7 +83,7 @@ class ServerProcess:
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + self.timeout
         with self._seen:
-            while not (self.grpc_port and self.http_port):
+            while not (self.grpc_port and (self.http_port or not self.expect_http)):
                 if self.process.poll() is not None and not self._reader_alive:
                     raise RuntimeError(
                         f"server exited with {self.process.returncode} before it was ready:\n"
