@@ -152,3 +152,21 @@ def test_a_full_model_queue_answers_resource_exhausted(tmp_path: Path) -> None:
         assert sorted(outcomes).count("ok") == 2
         assert outcomes.count("StatusCode.RESOURCE_EXHAUSTED") == 2
         np.testing.assert_array_equal(infer(server.grpc_address), np.full(4, 2, np.float32))
+
+
+def test_a_gateway_spreads_calls_over_an_upstreams_workers(tmp_path: Path) -> None:
+    write_python_model(
+        tmp_path / "models", "pid", PID, "outputs: [{name: pid, datatype: INT64, shape: [1]}]\n"
+    )
+    with ServerProcess(["--model-repository", str(tmp_path / "models"), "--workers", "2"]) as up:
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            "routes:\n  - model: pid\n    balancer: round_robin\n"
+            "    connections_per_node: 16\n"
+            f"    nodes: [{{address: '{up.grpc_address}', weight: 1}}]\n"
+        )
+        with ServerProcess(["-c", str(config)]) as gateway:
+            client = grpcclient.InferenceServerClient(gateway.grpc_address)
+            pids = {int(client.infer("pid", []).as_numpy("pid")[0]) for _ in range(64)}
+    # One client connection to the gateway, 16 from the gateway: both workers answer.
+    assert len(pids) == 2

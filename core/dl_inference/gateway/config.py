@@ -142,6 +142,8 @@ class RouteConfig(_Section):
     retries: int = Field(default=2, ge=0, le=10)
     retry_budget: RetryBudgetConfig = Field(default_factory=RetryBudgetConfig)
     tls: TlsConfig | None = None
+    # gRPC connections per node; > 1 spreads calls over an upstream's `--workers N`.
+    connections_per_node: int = Field(default=1, ge=1, le=64)
     health: HealthConfig = Field(default_factory=HealthConfig)
     ejection: EjectionConfig = Field(default_factory=EjectionConfig)
 

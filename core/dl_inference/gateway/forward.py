@@ -88,10 +88,9 @@ class Forwarder:
         return stub
 
     def forget(self, node: Node) -> None:
-        if node.channel is not None:
-            channel_id = id(node.channel)
-            for key in [k for k in self._callables if k[0] == channel_id]:
-                del self._callables[key]
+        channel_ids = {id(channel) for channel in node.channels}
+        for key in [k for k in self._callables if k[0] in channel_ids]:
+            del self._callables[key]
 
     async def forward(
         self, route: Route, method: str, body: bytes, context: grpc.aio.ServicerContext

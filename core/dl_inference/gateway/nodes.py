@@ -39,16 +39,23 @@ def _read(path: Any) -> bytes | None:
     return None if path is None else path.read_bytes()
 
 
-def make_channel(address: str, tls: TlsConfig | None) -> grpc.aio.Channel:
-    """A channel to ``address``: plain, or TLS with the route's optional files."""
+def make_channel(
+    address: str, tls: TlsConfig | None, *, separate: bool = False
+) -> grpc.aio.Channel:
+    """A channel to ``address``: plain, or TLS with the route's optional files.
+
+    ``separate``: its own TCP connection (channels with equal settings share one otherwise).
+    """
+    options = list(CHANNEL_OPTIONS)
+    if separate:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=options)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=_read(tls.ca_file),
         private_key=_read(tls.key_file),
         certificate_chain=_read(tls.cert_file),
     )
-    options = list(CHANNEL_OPTIONS)
     if tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     return grpc.aio.secure_channel(address, credentials, options=options)
@@ -57,12 +64,16 @@ def make_channel(address: str, tls: TlsConfig | None) -> grpc.aio.Channel:
 class Node:
     """One upstream node of a route, as the kernel tracks it (a :class:`~dl_inference.NodeView`)."""
 
-    def __init__(self, address: str, weight: int, tls: TlsConfig | None = None) -> None:
+    def __init__(
+        self, address: str, weight: int, tls: TlsConfig | None = None, connections: int = 1
+    ) -> None:
         self.address = address
         self.weight = weight
         self.tls = tls
+        self.connections = connections
         self.in_flight = 0
-        self.channel: grpc.aio.Channel | None = None
+        self._channels: list[grpc.aio.Channel] = []
+        self._next = 0
         # passive health
         self.consecutive_failures = 0
         self.ejected_until = 0.0
@@ -104,13 +115,27 @@ class Node:
         return not self.draining and self.probe_healthy and not self.ejected(now)
 
     def get_channel(self) -> grpc.aio.Channel:
-        if self.channel is None:
-            self.channel = make_channel(self.address, self.tls)
-        return self.channel
+        """A channel to the node; with ``connections > 1`` they take turns.
+
+        Several connections let an upstream running ``serve --workers N`` spread the
+        gateway's calls: SO_REUSEPORT balances connections, not calls.
+        """
+        if not self._channels:
+            self._channels = [
+                make_channel(self.address, self.tls, separate=self.connections > 1)
+                for _ in range(self.connections)
+            ]
+        self._next = (self._next + 1) % len(self._channels)
+        return self._channels[self._next]
+
+    @property
+    def channels(self) -> list[grpc.aio.Channel]:
+        """The channels opened so far (none before the first call)."""
+        return list(self._channels)
 
     async def close(self) -> None:
-        channel, self.channel = self.channel, None
-        if channel is not None:
+        channels, self._channels = self._channels, []
+        for channel in channels:
             await channel.close()
 
     def state(self, now: float) -> str:

@@ -52,7 +52,7 @@ class Route:
         for address, weight in wanted.items():
             node = self.nodes.get(address)
             if node is None:
-                node = Node(address, weight, self.config.tls)
+                node = Node(address, weight, self.config.tls, self.config.connections_per_node)
                 if self._started:
                     # A node added while traffic flows warms up like a returning one.
                     node.returned_at = now
