@@ -39,6 +39,8 @@ class Backend(abc.ABC):
     name: ClassVar[str] = ""
     Settings: ClassVar[type[BackendSettings]] = BackendSettings
     model_files: ClassVar[tuple[str, ...]] = ()
+    handles_processor: ClassVar[bool] = False
+    """True when the backend runs a model's ``processor.py`` itself; else the kernel does."""
 
     def __init__(
         self,
@@ -53,6 +55,10 @@ class Backend(abc.ABC):
         self.path = path
         self.config = config
         self.settings = settings
+        # The processor.py hooks the kernel runs around this model (set before load()).
+        # With "preprocess", config.yaml's inputs describe requests, not the model's own
+        # tensors (likewise outputs with "postprocess"): do not check them against the model.
+        self.processor_hooks: frozenset[str] = frozenset()
 
     @classmethod
     def can_load(cls, path: Path) -> bool:

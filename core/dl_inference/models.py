@@ -31,6 +31,7 @@ from dl_inference.errors import (
     ResourceExhausted,
 )
 from dl_inference.plugins import PluginHost
+from dl_inference.processor import Processor
 from dl_inference.repository import ModelSource
 from dl_inference.types import ModelMetadata, TensorSpec
 
@@ -59,6 +60,7 @@ class ModelVersion:
     # observer(model, version, rows, queue_s, compute_s), called per executed batch
     observer: Callable[[str, str, int, float, float], None] | None = None
     signature: tuple[float, int] = (0.0, 0)
+    processor: Processor | None = None
 
     def __post_init__(self) -> None:
         config = self.backend.config
@@ -82,9 +84,15 @@ class ModelVersion:
         return self.state is ModelState.READY
 
     def inputs(self) -> list[TensorSpec] | None:
+        """What requests carry: the backend's inputs, or config.yaml's when a processor's
+        preprocess() turns request data into model inputs."""
+        if self.processor is not None and "preprocess" in self.processor.hooks:
+            return Backend.inputs(self.backend)
         return self.backend.inputs()
 
     def outputs(self) -> list[TensorSpec] | None:
+        if self.processor is not None and "postprocess" in self.processor.hooks:
+            return Backend.outputs(self.backend)
         return self.backend.outputs()
 
     async def predict(
@@ -140,13 +148,25 @@ class ModelVersion:
             self.observer(self.name, self.version, rows, started - queued_at, finished - started)
         return outputs
 
+    def _call_backend(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        if self._pass_parameters:
+            return self.backend.predict(inputs, **parameters)
+        return self.backend.predict(inputs)
+
     def _predict_sync(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
     ) -> dict[str, np.ndarray]:
         try:
-            if self._pass_parameters:
-                return self.backend.predict(inputs, **parameters)
-            return self.backend.predict(inputs)
+            if self.processor is not None:
+                return self.processor.run(
+                    self.backend,
+                    lambda data: self._call_backend(data, parameters),
+                    inputs,
+                    parameters,
+                )
+            return self._call_backend(inputs, parameters)
         except DlInferenceError:
             raise
         except Exception as exc:
@@ -203,6 +223,10 @@ class ModelRegistry:
 
     async def _load(self, model: ModelVersion, strict: bool) -> None:
         try:
+            if not type(model.backend).handles_processor:
+                model.processor = await asyncio.to_thread(Processor.find, model.backend)
+                if model.processor is not None:
+                    model.backend.processor_hooks = frozenset(model.processor.hooks)
             await asyncio.to_thread(model.backend.load)
         except Exception as exc:
             model.state = ModelState.UNAVAILABLE

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import re
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +12,7 @@ from dl_inference.backend import Backend
 from dl_inference.errors import BackendError
 from dl_inference.models import accepts_var_keyword
 from dl_inference.python_model import PythonModel
+from dl_inference.user_code import import_user_file, private_module_name
 
 
 class PythonBackend(Backend):
@@ -23,6 +20,7 @@ class PythonBackend(Backend):
 
     name = "python"
     model_files = ("model.py",)
+    handles_processor = True  # model.py is the user's code already
 
     def load(self) -> None:
         model_cls = _find_model_class(self.path / "model.py", self.model_name, self.version)
@@ -53,43 +51,10 @@ class PythonBackend(Backend):
             model.unload()
 
 
-_IMPORT_LOCK = threading.Lock()
-
-
-def _local_module_names(folder: Path) -> frozenset[str]:
-    """Top-level names importable from ``folder``, except the standard library's."""
-    names = {p.stem for p in folder.glob("*.py")} | {
-        p.name for p in folder.iterdir() if p.is_dir() and p.name.isidentifier()
-    }
-    return frozenset(names - set(sys.stdlib_module_names))
-
-
-def _is_local(module_name: str, local: frozenset[str]) -> bool:
-    return module_name.partition(".")[0] in local
-
-
 def _find_model_class(path: Path, model_name: str, version: str) -> type[PythonModel]:
     """Import ``model.py`` privately and return its one PythonModel subclass."""
-    module_name = "dl_inference_models." + re.sub(r"\W", "_", f"{model_name}_v{version}")
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise BackendError(f"{path}: cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    local = _local_module_names(path.parent)
-    # Helper modules beside model.py are importable while it loads (import them at its top).
-    # Imports share sys.path and sys.modules, so one model.py runs at a time, and a helper
-    # another model imported under the same name is hidden, then ours is dropped: each model
-    # keeps its own helpers through its module's globals.
-    with _IMPORT_LOCK:
-        hidden = {n: sys.modules.pop(n) for n in list(sys.modules) if _is_local(n, local)}
-        sys.path.insert(0, str(path.parent))
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(path.parent))
-            for name in [n for n in sys.modules if _is_local(n, local)]:
-                del sys.modules[name]
-            sys.modules.update(hidden)
+    module_name = private_module_name("models", model_name, version)
+    module = import_user_file(path, module_name)
     classes = [
         obj
         for obj in vars(module).values()

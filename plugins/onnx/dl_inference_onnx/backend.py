@@ -157,8 +157,11 @@ class OnnxBackend(Backend):
         if self.config.max_batch_size > 0:
             _require_batch_axis(self.file, graph_in, graph_out, self.config.max_batch_size)
         batched = self.config.max_batch_size > 0
-        self._inputs = _merge(self.file, "input", graph_in, self.config.inputs, batched)
-        self._outputs = _merge(self.file, "output", graph_out, self.config.outputs, batched)
+        # With processor.py hooks, config.yaml describes requests, not the graph.
+        declared_in = None if "preprocess" in self.processor_hooks else self.config.inputs
+        declared_out = None if "postprocess" in self.processor_hooks else self.config.outputs
+        self._inputs = _merge(self.file, "input", graph_in, declared_in, batched)
+        self._outputs = _merge(self.file, "output", graph_out, declared_out, batched)
         self._input_types = {spec.name: spec.datatype for spec in self._inputs}
         self._output_names = [spec.name for spec in self._outputs]
         log.info(

@@ -95,6 +95,7 @@ class PyTorchBackend(Backend):
     name = "pytorch"
     Settings = PyTorchSettings
     model_files = ("*.pt2", "*.pt", "*.pth")
+    handles_processor = True  # hooks run on tensors, on the model's device
     settings: PyTorchSettings
 
     def load(self) -> None:

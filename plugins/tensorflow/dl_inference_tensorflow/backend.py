@@ -247,12 +247,13 @@ class TensorFlowBackend(Backend):
         return requested_signature.get() or self.settings.signature
 
     def inputs(self) -> list[TensorSpec] | None:
-        if self.config.inputs is not None:
+        # With a processor's preprocess(), config.yaml describes requests, not the signature.
+        if self.config.inputs is not None and "preprocess" not in self.processor_hooks:
             return super().inputs()
         return self._specs("inputs")
 
     def outputs(self) -> list[TensorSpec] | None:
-        if self.config.outputs is not None:
+        if self.config.outputs is not None and "postprocess" not in self.processor_hooks:
             return super().outputs()
         return self._specs("outputs")
 
