@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-import inspect
 import time
 import traceback
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from dl_inference.plugins import PluginHost
 from dl_inference.processor import Processor
 from dl_inference.repository import ModelSource
 from dl_inference.types import ModelMetadata, TensorSpec
+from dl_inference.user_code import accepts_var_keyword
 
 log = structlog.get_logger("dl_inference.models")
 
@@ -453,15 +453,6 @@ def _settings(cls: type[Backend], source: ModelSource) -> Any:
             f"model {source.name!r} (backend {cls.name}; from {source.path / 'config.yaml'} or "
             "the server config's models section):\n  " + "\n  ".join(lines)
         ) from None
-
-
-def accepts_var_keyword(function: Any) -> bool:
-    """Whether ``function`` takes ``**kwargs`` (request parameters are passed only then)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -13,7 +13,6 @@ A ``ValueError``, ``TypeError``, ``KeyError``, ``IndexError`` or ``OSError`` fro
 
 from __future__ import annotations
 
-import inspect
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 
 from dl_inference.backend import Backend
 from dl_inference.errors import BackendError, DlInferenceError, InvalidInput
-from dl_inference.user_code import import_user_file, private_module_name
+from dl_inference.user_code import accepts_var_keyword, import_user_file, private_module_name
 
 HOOKS = ("preprocess", "run_model", "postprocess")
 CLIENT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)
@@ -78,7 +77,7 @@ class Processor:
     def _call(self, hook: str, args: tuple[Any, ...], parameters: dict[str, Any]) -> Any:
         function = self.hooks[hook]
         try:
-            if _takes_kwargs(function):
+            if accepts_var_keyword(function, default=False):
                 return function(*args, **parameters)
             return function(*args)
         except DlInferenceError:
@@ -113,14 +112,6 @@ def _named(data: Any, specs: Any, kind: str, path: Path) -> dict[str, np.ndarray
             f"{len(names) or 'no declared'} {kind}s" + (f" ({', '.join(names)})" if names else "")
         )
     return {names[0]: np.asarray(data)}
-
-
-def _takes_kwargs(function: Callable[..., Any]) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _location(exc: BaseException, path: Path) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import re
 import sys
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from dl_inference.errors import BackendError
 
@@ -55,3 +57,15 @@ def import_user_file(path: Path, module_name: str) -> ModuleType:
                 del sys.modules[name]
             sys.modules.update(hidden)
     return module
+
+
+def accepts_var_keyword(function: Any, default: bool = True) -> bool:
+    """Whether ``function`` takes ``**kwargs`` (request parameters are passed only then).
+
+    ``default`` answers for callables whose signature cannot be read (builtins).
+    """
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return default
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)

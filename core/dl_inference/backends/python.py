@@ -10,9 +10,8 @@ import numpy as np
 
 from dl_inference.backend import Backend
 from dl_inference.errors import BackendError
-from dl_inference.models import accepts_var_keyword
 from dl_inference.python_model import PythonModel
-from dl_inference.user_code import import_user_file, private_module_name
+from dl_inference.user_code import accepts_var_keyword, import_user_file, private_module_name
 
 
 class PythonBackend(Backend):
