@@ -78,13 +78,15 @@ async def test_no_request_fails_while_a_version_is_swapped(tmp_path: Path) -> No
     await asyncio.sleep(0.05)
     write_python_model(tmp_path, "m", constant_model(2), version=2)
     await models.refresh(scan_repository(tmp_path))
-    await asyncio.sleep(0.05)
+    # Enough answers from v2 to see that v1 is gone (a failed client ends the wait).
+    while results.count(2) < 20 and not any(c.done() for c in clients):
+        await asyncio.sleep(0.01)
     stop.set()
     await asyncio.gather(*clients)  # any failed request would raise here
     assert results[0] == 1 and results[-1] == 2
     first_two = results.index(2)
     # Up to one call per other client was already running on v1 when v2 took over.
-    assert set(results[first_two + len(clients) :]) == {2}
+    assert set(results[first_two + len(clients) :]) <= {2}
 
 
 async def test_a_broken_version_leaves_the_serving_one_and_is_retried(tmp_path: Path) -> None:
