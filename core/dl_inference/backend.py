@@ -80,6 +80,7 @@ class Backend(abc.ABC):
 
         With ``max_batch_size > 0`` every input carries the batch as its first dimension.
         ``parameters`` are the request's parameters (protocol-neutral, JSON-like values).
+        Inputs may be read-only views of the request's bytes: copy before writing to them.
         """
 
     def unload(self) -> None:  # noqa: B027 - nothing to release by default

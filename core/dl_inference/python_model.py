@@ -26,7 +26,11 @@ class PythonModel:
         """Prepare the model (read weights beside ``model.py`` from ``self.path``)."""
 
     def predict(self, inputs: dict[str, np.ndarray], **parameters: Any) -> dict[str, np.ndarray]:
-        """Named arrays in, named arrays out; raise to fail the request with your message."""
+        """Named arrays in, named arrays out; raise to fail the request with your message.
+
+        Inputs may be read-only views of the request's bytes (zero-copy decoding): copy an
+        array (``x.copy()``) before changing it in place.
+        """
         raise NotImplementedError(f"{type(self).__name__} must define predict()")
 
     def unload(self) -> None:
