@@ -170,3 +170,28 @@ def test_a_gateway_spreads_calls_over_an_upstreams_workers(tmp_path: Path) -> No
             pids = {int(client.infer("pid", []).as_numpy("pid")[0]) for _ in range(64)}
     # One client connection to the gateway, 16 from the gateway: both workers answer.
     assert len(pids) == 2
+
+
+SUM = """
+    import numpy as np
+    from dl_inference import PythonModel
+
+    class Sum(PythonModel):
+        def predict(self, inputs):
+            x = inputs["x"]
+            return {"total": np.array([x.sum(dtype=np.float64)]), "size": np.array([x.size])}
+"""
+
+
+def test_a_100_mb_tensor_passes_within_the_message_limit(tmp_path: Path) -> None:
+    write_python_model(tmp_path / "models", "sum", SUM)
+    config = tmp_path / "server.yaml"
+    config.write_text("model_repository: models\nserver: {grpc: {max_message_mb: 128}}\n")
+    x = np.arange(25_000_000, dtype=np.float32)  # 100 MB as raw_input_contents
+    with ServerProcess(["-c", str(config)]) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_address)
+        tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer("sum", [tensor], client_timeout=120)
+    assert int(result.as_numpy("size")[0]) == x.size
+    assert float(result.as_numpy("total")[0]) == float(x.sum(dtype=np.float64))
