@@ -302,11 +302,6 @@ class ModelRegistry:
         """Load (or reload) one model at run time; BackendError if no version became ready."""
         self._backend_class(source, source.version_path(source.versions[-1]))  # fail early
         self.unloaded.discard(source.name)
-        current = self._versions.get(source.name, {})
-        for model in list(current.values()):
-            model.signature = (-1.0, -1)  # force a fresh load of every selected version
-            if model.ready:
-                model.state = ModelState.READY
         await self._refresh_model(source, reload=True)
         versions = self._versions.get(source.name, {})
         if not any(v.ready for v in versions.values()):
@@ -329,8 +324,12 @@ class ModelRegistry:
         for number in sorted(selected, key=int):
             known = current.get(number)
             path = source.version_path(int(number))
-            unchanged = known is not None and known.signature == _folder_signature(path)
-            if known is not None and not reload and (known.ready or unchanged):
+            # A failed version is retried only once its files change (not on every poll).
+            if (
+                known is not None
+                and not reload
+                and (known.ready or known.signature == _folder_signature(path))
+            ):
                 continue
             try:
                 model = self._make_version(source, int(number))

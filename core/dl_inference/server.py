@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import structlog
 from aiohttp import web
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
@@ -171,8 +171,6 @@ class Server:
         # which must not enter the default pool where client libraries register theirs.
         pool = descriptor_pool.DescriptorPool()
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-        from google.protobuf import descriptor_pb2
-
         health_file = descriptor_pb2.FileDescriptorProto()
         health_pb2.DESCRIPTOR.CopyToProto(health_file)
         files = [health_file]
