@@ -8,7 +8,6 @@ ready, forwards SIGTERM / SIGINT and exits with the first non-zero worker status
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -39,22 +38,26 @@ def run_workers(count: int, argv: Sequence[str], *, expect_http: bool = True) ->
     children = [
         subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) for _ in range(count)
     ]
-    ready = threading.Barrier(count + 1)
+    # One release per child: when it listens, or when it exits without doing so.
+    settled = threading.Semaphore(0)
     lines: dict[str, str] = {}
 
     def relay(child: subprocess.Popen[str]) -> None:
         assert child.stdout is not None
         seen = 0
+        released = False
         for line in child.stdout:
             match = _READY.match(line.strip())
             if match:
                 lines[match.group(1)] = line
                 seen += 1
-                if seen == (2 if expect_http else 1):
-                    _pass(ready)
+                if seen == (2 if expect_http else 1) and not released:
+                    settled.release()
+                    released = True
             else:
                 sys.stdout.write(line)
-        _pass(ready)  # a child that exits early must not hang the parent
+        if not released:
+            settled.release()
 
     for child in children:
         threading.Thread(target=relay, args=(child,), daemon=True).start()
@@ -66,7 +69,8 @@ def run_workers(count: int, argv: Sequence[str], *, expect_http: bool = True) ->
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    _pass(ready)
+    for _ in children:
+        settled.acquire()
     if all(child.poll() is None for child in children):
         for kind in ("gRPC", "HTTP"):
             if kind in lines:
@@ -74,8 +78,3 @@ def run_workers(count: int, argv: Sequence[str], *, expect_http: bool = True) ->
         sys.stdout.flush()
     codes = [child.wait() for child in children]
     return next((code for code in codes if code), 0)
-
-
-def _pass(barrier: threading.Barrier) -> None:
-    with contextlib.suppress(threading.BrokenBarrierError):
-        barrier.wait(timeout=600)
