@@ -187,3 +187,63 @@ def test_a_batcher_survives_a_new_event_loop() -> None:
     for _ in range(2):  # each asyncio.run() is a fresh loop, as in plain scripts and tests
         out = asyncio.run(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
         np.testing.assert_array_equal(out["y"], np.full((1, 2), 2, np.float32))
+
+
+async def test_without_merging_each_request_runs_alone_and_expired_ones_are_dropped() -> None:
+    # Models without dynamic batching share the queue: same limits, one request per run,
+    # any shapes (no common first dimension needed).
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=1, merge=False)
+    first = await hold_model_busy(batcher, model)
+    expired = asyncio.create_task(
+        batcher.submit({"x": np.ones((5, 2), np.float32)}, {}, time.monotonic() + 0.01)
+    )
+    queued = [
+        asyncio.create_task(batcher.submit({"x": np.full((n, 2), n, np.float32)}, {}, None))
+        for n in (2, 3)
+    ]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    with pytest.raises(DeadlineExceeded, match="passed in the queue"):
+        await expired
+    results = await asyncio.gather(*queued)
+    await first
+    assert model.calls == [1, 2, 3]  # never merged, never the expired 5-row request
+    for n, out in zip((2, 3), results, strict=True):
+        np.testing.assert_array_equal(out["y"], np.full((n, 2), 2 * n, np.float32))
+    await batcher.close()
+
+
+async def test_results_finished_together_reach_the_loop_in_one_wake_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    wakeups = []
+    real = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any) -> Any:
+        wakeups.append(callback)
+        return real(callback, *args)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=1, merge=False)
+    first = await hold_model_busy(batcher, model)
+    queued = [
+        asyncio.create_task(batcher.submit({"x": np.full((1, 2), i, np.float32)}, {}, None))
+        for i in range(20)
+    ]
+    await asyncio.sleep(0.02)
+    # Release the model and block the loop while the thread runs all 21 requests: every
+    # result lands in the delivery queue before the loop can take one.
+    model.gate.set()
+    deadline = time.monotonic() + 10
+    while batcher.stats.batches < 21 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    results = await asyncio.gather(first, *queued)
+    for i, out in enumerate(results[1:]):
+        np.testing.assert_array_equal(out["y"], np.full((1, 2), 2 * i, np.float32))
+    # The first result woke the loop; the 20 that finished while it was blocked share
+    # at most one more wake-up.
+    assert 1 <= len(wakeups) <= 2, wakeups
+    await batcher.close()

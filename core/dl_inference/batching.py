@@ -1,4 +1,4 @@
-"""Dynamic batching: concurrent requests to one model merged along dimension 0.
+"""Per-model scheduling: a queue feeding ``instances`` threads, with dynamic batching.
 
 Requests that arrive while the model is busy wait in a queue; a free instance takes the
 oldest request plus every compatible one behind it (same input names, dtypes, trailing
@@ -6,10 +6,14 @@ dimensions and parameters) up to ``max_batch_size`` rows, runs them once and spl
 outputs back. With ``max_queue_delay_ms`` an instance waits that long for more rows
 before running a batch that is not full. An idle model runs a request at once. Requests
 whose deadline passed are dropped before they cost compute; a full queue refuses at once.
+Models without dynamic batching use the same queue with ``merge=False``: one request per
+execution.
 
 Each instance is a thread that forms its next batch itself the moment it finishes one, as
 Triton's scheduler threads do: the event loop only queues requests and receives results,
-so a busy loop never leaves the model idle between batches.
+so a busy loop never leaves the model idle between batches. Results go back to the loop
+in bursts: one wake-up delivers every result finished since the last one, so a loaded
+server pays one cross-thread hand-off per burst rather than one per request.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class _Pending:
     rows: int
     key: tuple[Any, ...]
     future: asyncio.Future[dict[str, np.ndarray]]
-    loop: asyncio.AbstractEventLoop
+    delivery: _Delivery
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -58,8 +62,41 @@ class BatchStats:
     sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
+class _Delivery:
+    """Results handed back to one event loop, every finished one per wake-up."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._done: collections.deque[tuple[_Pending, Any, BaseException | None]] = (
+            collections.deque()
+        )
+        self._scheduled = False
+
+    def put(self, item: _Pending, result: Any, error: BaseException | None) -> None:
+        """From any thread. Appending before reading the flag (and the loop clearing it
+        before draining) means no result is left behind; a spare wake-up is harmless."""
+        self._done.append((item, result, error))
+        if self._scheduled:
+            return
+        self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        self._scheduled = False
+        done = self._done
+        while done:
+            item, result, error = done.popleft()
+            if item.future.done():  # cancelled meanwhile
+                continue
+            if error is not None:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(result)
+
+
 class Batcher:
-    """Per-model queue feeding ``instances`` threads that run merged batches."""
+    """Per-model queue feeding ``instances`` threads; with ``merge`` they run merged batches."""
 
     def __init__(
         self,
@@ -70,10 +107,12 @@ class Batcher:
         max_queue_delay_ms: float = 0.0,
         max_queue_size: int | None = None,
         instances: int = 1,
+        merge: bool = True,
     ) -> None:
         self.name = name
         self._run = run
         self.max_batch_size = max_batch_size
+        self.merge = merge
         self.delay = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self.instances = instances
@@ -82,17 +121,26 @@ class Batcher:
         self._ready = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._deliveries: dict[asyncio.AbstractEventLoop, _Delivery] = {}
 
     async def submit(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], deadline: float | None
     ) -> dict[str, np.ndarray]:
-        """Queue one request (inputs carry its batch as dimension 0) and await its outputs."""
-        rows = batch_rows(self.name, inputs, self.max_batch_size)
+        """Queue one request and await its outputs.
+
+        When merging, inputs carry the request's batch as dimension 0.
+        """
+        if self.merge:
+            rows, key = (
+                batch_rows(self.name, inputs, self.max_batch_size),
+                _batch_key(inputs, parameters),
+            )
+        else:
+            rows, key = 1, ()
         loop = asyncio.get_running_loop()
         item = _Pending(
-            inputs, parameters, deadline, rows, _batch_key(inputs, parameters),
-            loop.create_future(), loop,
-        )  # fmt: skip
+            inputs, parameters, deadline, rows, key, loop.create_future(), self._delivery(loop)
+        )
         with self._ready:
             if self.max_queue_size is not None and len(self._queue) >= self.max_queue_size:
                 self.stats.refused += 1
@@ -105,6 +153,14 @@ class Batcher:
             self._queue.append(item)
             self._ready.notify()
         return await item.future
+
+    def _delivery(self, loop: asyncio.AbstractEventLoop) -> _Delivery:
+        delivery = self._deliveries.get(loop)
+        if delivery is None:
+            # Tests run one loop after another; forget the closed ones.
+            self._deliveries = {k: v for k, v in self._deliveries.items() if not k.is_closed()}
+            delivery = self._deliveries[loop] = _Delivery(loop)
+        return delivery
 
     def _start_threads(self) -> None:
         self._closed = False
@@ -169,9 +225,13 @@ class Batcher:
                     ),
                 )
                 continue
-            if not batch or (item.key == batch[0].key and rows + item.rows <= self.max_batch_size):
+            if not batch or (
+                self.merge and item.key == batch[0].key and rows + item.rows <= self.max_batch_size
+            ):
                 batch.append(item)
                 rows += item.rows
+                if not self.merge:
+                    break
             else:
                 kept.append(item)
         self._queue.extendleft(reversed(kept))
@@ -208,17 +268,7 @@ def _resolve(
     item: _Pending, result: dict[str, np.ndarray] | None = None, error: BaseException | None = None
 ) -> None:
     """Hand a result or error to the waiting coroutine, on its own event loop."""
-
-    def settle() -> None:
-        if item.future.done():
-            return
-        if error is not None:
-            item.future.set_exception(error)
-        else:
-            item.future.set_result(result)  # type: ignore[arg-type]
-
-    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-        item.loop.call_soon_threadsafe(settle)
+    item.delivery.put(item, result, error)
 
 
 def batch_rows(name: str, inputs: dict[str, np.ndarray], max_batch_size: int) -> int:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import enum
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,6 @@ from dl_inference.errors import (
     DlInferenceError,
     ModelNotFound,
     ModelNotReady,
-    ResourceExhausted,
 )
 from dl_inference.plugins import PluginHost
 from dl_inference.processor import Processor
@@ -47,7 +44,7 @@ class ModelState(enum.Enum):
 
 @dataclass
 class ModelVersion:
-    """One version of one model, its backend instance, state and executor."""
+    """One version of one model, its backend instance, state and scheduler."""
 
     name: str
     version: str
@@ -55,7 +52,6 @@ class ModelVersion:
     backend: Backend
     state: ModelState = ModelState.LOADING
     reason: str = ""
-    executor: ThreadPoolExecutor = field(init=False)
     in_flight: int = 0
     # observer(model, version, rows, queue_s, compute_s), called per executed batch
     observer: Callable[[str, str, int, float, float], None] | None = None
@@ -64,20 +60,19 @@ class ModelVersion:
 
     def __post_init__(self) -> None:
         config = self.backend.config
-        self.executor = ThreadPoolExecutor(
-            max_workers=config.instances, thread_name_prefix=f"dli-{self.name}"
-        )
         self._pass_parameters = accepts_var_keyword(self.backend.predict)
-        self.batcher: Batcher | None = None
-        if config.max_batch_size > 0 and config.dynamic_batching:
-            self.batcher = Batcher(
-                self.name,
-                self._execute,
-                max_batch_size=config.max_batch_size,
-                max_queue_delay_ms=config.max_queue_delay_ms,
-                max_queue_size=config.max_queue_size,
-                instances=config.instances,
-            )
+        self.batching = config.max_batch_size > 0 and config.dynamic_batching
+        # Every model runs in its scheduler's threads, off the event loop; only batching
+        # models merge requests.
+        self.scheduler = Batcher(
+            self.name,
+            self._execute,
+            max_batch_size=max(config.max_batch_size, 1),
+            max_queue_delay_ms=config.max_queue_delay_ms if self.batching else 0.0,
+            max_queue_size=config.max_queue_size,
+            instances=config.instances,
+            merge=self.batching,
+        )
 
     @property
     def ready(self) -> bool:
@@ -101,38 +96,15 @@ class ModelVersion:
         parameters: dict[str, Any],
         deadline: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run the model on one request, through the batcher when the model batches."""
+        """Run the model on one request in its scheduler's threads (merged when it batches)."""
         config = self.backend.config
-        if self.batcher is not None:
-            self.in_flight += 1
-            try:
-                return await self.batcher.submit(inputs, parameters, deadline)
-            finally:
-                self.in_flight -= 1
-        if config.max_batch_size > 0:
+        if not self.batching and config.max_batch_size > 0:
             batch_rows(self.name, inputs, config.max_batch_size)
-        limit = config.max_queue_size
-        if limit is not None and self.in_flight >= config.instances + limit:
-            raise ResourceExhausted(
-                f"model {self.name!r}: {self.in_flight} requests in progress, queue full; "
-                "retry later, or raise max_queue_size / instances"
-            )
         self.in_flight += 1
         try:
-            return await self._run(inputs, parameters)
+            return await self.scheduler.submit(inputs, parameters, deadline)
         finally:
             self.in_flight -= 1
-
-    async def _run(
-        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
-    ) -> dict[str, np.ndarray]:
-        """Call the backend in this model's executor, off the event loop."""
-        loop = asyncio.get_running_loop()
-        # The copied context carries the request id into the worker thread's log lines.
-        context = contextvars.copy_context()
-        return await loop.run_in_executor(
-            self.executor, context.run, self._execute, inputs, parameters, time.monotonic()
-        )
 
     def _execute(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], queued_at: float
@@ -248,7 +220,7 @@ class ModelRegistry:
         log.info("model ready", model=model.name, version=model.version, backend=model.backend_name)
 
     async def unload_all(self) -> None:
-        """Unload every version (after draining), releasing executors and backend resources."""
+        """Unload every version (after draining), releasing threads and backend resources."""
         for versions in list(self._versions.values()):
             for model in list(versions.values()):
                 await self._retire(model)
@@ -261,9 +233,7 @@ class ModelRegistry:
         model.state = ModelState.UNLOADING
         while model.in_flight:
             await asyncio.sleep(0.01)
-        if model.batcher is not None:
-            await model.batcher.close()
-        model.executor.shutdown(wait=False)
+        await model.scheduler.close()
         try:
             await asyncio.to_thread(model.backend.unload)
         except Exception as exc:
