@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-SHAPES = {"mlp": (256,), "cnn": (3, 64, 64)}
+# resnet18: issue 6's compute-heavy CNN, ResNet-18's layout (7x7/2 stem, max-pool, 4 stages
+# of 2 basic blocks, 64-512 channels) on 3x64x64, about 0.15 GFLOP per sample.
+SHAPES = {"mlp": (256,), "cnn": (3, 64, 64), "resnet18": (3, 64, 64)}
 
 MODEL_PY = '''
 import os
@@ -65,6 +67,8 @@ class PythonHeavy(PythonModel):
 def build(name: str) -> Any:
     from torch import nn
 
+    if name == "resnet18":
+        return _resnet18(nn)
     if name == "mlp":
         return nn.Sequential(
             nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
@@ -75,6 +79,33 @@ def build(name: str) -> Any:
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
     )  # fmt: skip
+
+
+def _resnet18(nn: Any) -> Any:
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            )  # fmt: skip
+            project = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            keep = stride == 1 and cin == cout
+            self.skip = nn.Identity() if keep else nn.Sequential(project, nn.BatchNorm2d(cout))
+            self.relu = nn.ReLU()
+
+        def forward(self, x: Any) -> Any:
+            return self.relu(self.body(x) + self.skip(x))
+
+    layers: list[Any] = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+    ]  # fmt: skip
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)]
+    return nn.Sequential(*layers)
 
 
 def config_yaml(name: str, *, batching: bool, max_batch_size: int = 32) -> str:
@@ -89,7 +120,7 @@ def config_yaml(name: str, *, batching: bool, max_batch_size: int = 32) -> str:
 
 
 def write_repository(root: Path, models_dir: Path, *, batching: bool) -> Path:
-    """``root/<model>/1/{model.py, model.pt}`` + config.yaml for mlp, cnn and pyheavy."""
+    """``root/<model>/1/{model.py, model.pt}`` + config.yaml for each model and pyheavy."""
     for name in SHAPES:
         version = root / name / "1"
         version.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The benchmark suite of issue 6, run side by side in one go; figures are ratios.
 
-(a) in-process limit vs served samples/s at the batch size the batcher formed (MLP, CNN)
+(a) in-process limit vs served samples/s at the batch size the batcher formed (MLP, CNN,
+    ResNet-18-like)
 (b) dynamic batching off vs on at concurrency 1, 8, 32 (MLP)
 (c) served req/s vs a bare grpc.aio echo server (h2load when installed, and our client)
 (d) gateway in front of a worker vs the worker directly (MLP)
@@ -51,8 +52,11 @@ class Suite:
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "torch_threads": args.torch_threads,
         }
         self.lines: list[str] = []
+        # The served models' torch threads; the in-process limit always uses 2 (its best).
+        self.env = {**ENV, "BENCH_TORCH_THREADS": str(args.torch_threads)}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -93,7 +97,7 @@ class Suite:
 
     def server(self, repo: Path, *flags: str) -> ServerProcess:
         return ServerProcess(
-            ["--model-repository", str(repo), "--log-level", "warning", *flags], env=ENV
+            ["--model-repository", str(repo), "--log-level", "warning", *flags], env=self.env
         )
 
     @staticmethod
@@ -129,7 +133,7 @@ class Suite:
         )
         self.say("| --- | --- | --- | --- | --- | --- |")
         rows = {}
-        for name in ("mlp", "cnn"):
+        for name in ("mlp", "cnn", "resnet18"):
             with self.server(repo_on) as srv:
                 before = self.batch_stats(srv, name)
                 doc = self.bench(f"grpc://{srv.grpc_address}", name)
@@ -273,7 +277,8 @@ class Suite:
                 f'      - {{address: "{worker.grpc_address}"}}\n'
             )
             try:
-                with ServerProcess(["-c", str(config), "--log-level", "warning"], env=ENV) as gw:
+                gateway = ServerProcess(["-c", str(config), "--log-level", "warning"], env=self.env)
+                with gateway as gw:
                     via = self.bench(
                         f"grpc://{gw.grpc_address}", "mlp", extra=("--input", "input:FP32:1,256")
                     )["results"][0]
@@ -343,6 +348,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--only", default="a,b,c,d,e")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=2,
+        help="intra-op threads of the served models (the in-process limit uses 2)",
+    )
     Suite(parser.parse_args()).run()
 
 
