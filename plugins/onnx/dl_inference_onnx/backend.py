@@ -100,6 +100,9 @@ class OnnxSettings(BackendSettings):
     """Threads inside one operator (default: onnxruntime's, one per core)."""
     inter_op_threads: int | None = Field(default=None, ge=1)
     """Threads running independent operators at once; setting it enables parallel execution."""
+    allow_spinning: bool | None = None
+    """Whether idle intra-op threads spin (onnxruntime's default) or sleep. ``false`` leaves
+    the cores to the server's own request handling when a small model runs under load."""
     model_file: str | None = None
     """The file to serve when the version folder holds several ``.onnx`` files."""
 
@@ -182,6 +185,10 @@ class OnnxBackend(Backend):
             # onnxruntime ignores inter-op threads unless operators may run in parallel.
             options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
             options.inter_op_num_threads = self.settings.inter_op_threads
+        if self.settings.allow_spinning is not None:
+            spin = "1" if self.settings.allow_spinning else "0"
+            options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+            options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         return options
 
     def _engine_cache(self) -> Path | None:

@@ -196,8 +196,11 @@ def test_session_options_follow_settings(built: Any, tmp_path: Path) -> None:
         graph_optimization_level="basic",
         intra_op_threads=1,
         inter_op_threads=2,
+        allow_spinning=False,
     )
     options = backend._session.get_session_options()
+    for pool in ("intra_op", "inter_op"):
+        assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == "0"
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 2
     assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL
