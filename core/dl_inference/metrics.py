@@ -203,15 +203,9 @@ class Metrics:
         )
         self.windows: dict[str, RollingWindow] = collections.defaultdict(RollingWindow)
 
-    def _add(
-        self,
-        kind: str,
-        name: str,
-        documentation: str,
-        labels: list[str],
-        buckets: Iterable[float] = (),
-    ) -> LabelledMetric:
-        metric = LabelledMetric(kind, name, documentation, labels, buckets)
+    def _add(self, *definition: Any) -> LabelledMetric:
+        """A :class:`LabelledMetric` made from ``definition`` and registered here."""
+        metric = LabelledMetric(*definition)
         self.registry.register(metric)
         return metric
 
