@@ -108,12 +108,15 @@ def _resnet18(nn: Any) -> Any:
     return nn.Sequential(*layers)
 
 
-def config_yaml(name: str, *, batching: bool, max_batch_size: int = 32) -> str:
+def config_yaml(
+    name: str, *, batching: bool, max_batch_size: int = 32, queue_delay_ms: float = 0
+) -> str:
     shape = list(SHAPES.get(name, (256,)))
     return textwrap.dedent(f"""\
         backend: python
         max_batch_size: {max_batch_size}
         dynamic_batching: {str(batching).lower()}
+        max_queue_delay_ms: {queue_delay_ms:g}
         inputs: [{{name: input, datatype: FP32, shape: {shape}}}]
         outputs: [{{name: output, datatype: FP32, shape: [10]}}]
         """)

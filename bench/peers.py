@@ -17,7 +17,7 @@ lower". This script measures exactly that on this machine:
   in the server process itself), TorchServe one model worker, ``dl-inference serve`` without
   ``--workers``. Batching is tried off and on for each (MLServer / TorchServe: max batch 32,
   2 ms, as in the peers' ``servers.py``; dl-inference: ``dynamic_batching: true``,
-  ``max_batch_size: 32``, ``max_queue_delay_ms`` 0); the best configuration of each server
+  ``max_batch_size: 32``, ``max_queue_delay_ms`` 0 and 2); the best configuration of each server
   at the reported concurrency is kept;
 - peers are started and stopped with the peers' ``servers.py``; dl-inference with
   :class:`dl_inference.testing.ServerProcess` (``dl-inference serve --host 127.0.0.1
@@ -89,6 +89,7 @@ class Block:
     workers: int = 1  # MLServer parallel_workers / TorchServe workers (dl-inference: 1)
     targets: tuple[tuple[str, str], ...] = ()  # (loadgen --target, --client)
     threads: int = 0  # torch intra-op threads in the server (0: default, 2 on this machine)
+    delay_ms: int = 0  # dl-inference's max_queue_delay_ms (the peers' recipes batch with 2)
 
     def config(self, target: str) -> str:
         proto = {
@@ -98,7 +99,8 @@ class Block:
         }[target]
         threads = f", {self.threads} torch thread(s)" if self.threads else ""
         if self.server == "dl-inference":
-            batch = "dynamic_batching on (32, 0 ms)" if self.batching == "on" else "batching off"
+            on = f"dynamic_batching on (32, {self.delay_ms} ms)"
+            batch = on if self.batching == "on" else "batching off"
             return f"{proto}, {batch}{threads}"
         batch = "batching on (32, 2 ms)" if self.batching == "on" else "batching off"
         extra = f", parallel_workers={self.workers}" if self.server == "mlserver" else ""
@@ -112,6 +114,7 @@ def blocks(only: set[str], threads: tuple[int, ...] = (0,)) -> list[Block]:
     matrix = [
         Block("dl-inference", "off", 1, grpc_raw),
         Block("dl-inference", "on", 1, grpc_raw),
+        Block("dl-inference", "on", 1, grpc_raw, delay_ms=2),
         Block("mlserver", "off", 1, grpc_raw),
         Block("mlserver", "on", 1, grpc_raw),
         Block("mlserver", "off", 0, grpc_raw),
@@ -209,10 +212,10 @@ class Runner:
 
     # servers --------------------------------------------------------------------------------
 
-    def dli_repository(self, batching: str) -> Path:
+    def dli_repository(self, batching: str, delay_ms: int) -> Path:
         """``<out>/repo-<batching>/mlp``: bench/models.py's python-backend model.py serving
         the peers' TorchScript file (the same bytes MLServer and TorchServe load)."""
-        root = self.out / f"repo-batching-{batching}"
+        root = self.out / f"repo-batching-{batching}-{delay_ms}ms"
         version = root / MODEL / "1"
         version.mkdir(parents=True, exist_ok=True)
         (version / "model.py").write_text(models.MODEL_PY)
@@ -221,7 +224,7 @@ class Runner:
             link.unlink()
         link.symlink_to(PEERS_ROOT / "models" / MODEL / "model.pt")
         (root / MODEL / "config.yaml").write_text(
-            models.config_yaml(MODEL, batching=batching == "on")
+            models.config_yaml(MODEL, batching=batching == "on", queue_delay_ms=delay_ms)
         )
         return root
 
@@ -229,7 +232,7 @@ class Runner:
     def serve(self, block: Block) -> Iterator[tuple[int, int]]:
         """Start the block's server; yields (pid for loadgen's CPU accounting, port or 0)."""
         if block.server == "dl-inference":
-            repo = self.dli_repository(block.batching)
+            repo = self.dli_repository(block.batching, block.delay_ms)
             env = {**DLI_ENV, "BENCH_TORCH_THREADS": str(block.threads or 2)}
             argv = ["--model-repository", str(repo), "--log-level", "warning"]
             srv = ServerProcess(argv, env=env)
@@ -277,7 +280,7 @@ class Runner:
     ) -> list[dict[str, Any]]:
         """One loadgen run (all concurrencies); returns its rows."""
         tag = (
-            f"{block.server}-b{block.batching}-w{block.workers}-t{block.threads}"
+            f"{block.server}-b{block.batching}{block.delay_ms}-w{block.workers}-t{block.threads}"
             f"-{target}-{client}-r{rep}"
         )
         rows_file = self.out / "runs" / f"{tag}.jsonl"
