@@ -167,17 +167,32 @@ async def test_a_model_that_drops_the_batch_dimension_fails_every_caller() -> No
     await batcher.close()
 
 
-async def test_queue_delay_gathers_a_fuller_batch() -> None:
+async def test_queue_delay_gathers_a_fuller_batch_under_load() -> None:
     model = GatedModel()
-    batcher = Batcher("m", model.run, max_batch_size=4, max_queue_delay_ms=200)
-    tasks = []
-    for _ in range(4):
-        tasks.append(
-            asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
+    batcher = Batcher("m", model.run, max_batch_size=4, max_queue_delay_ms=10_000)
+    first = await hold_model_busy(batcher, model)
+    queued = [
+        asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
+        for _ in range(2)
+    ]
+    await asyncio.sleep(0.05)
+    model.gate.set()  # the instance finds 2 rows waiting: it waits for more, not 10 s
+    await asyncio.sleep(0.1)
+    late = batcher.submit({"x": np.ones((2, 2), np.float32)}, {}, None)
+    await asyncio.wait_for(asyncio.gather(first, late, *queued), 5)
+    assert model.calls == [1, 4]  # the late request filled the batch, which then ran
+    await batcher.close()
+
+
+async def test_an_idle_model_does_not_wait_out_the_queue_delay() -> None:
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=4, max_queue_delay_ms=10_000)
+    for _ in range(2):  # the first request, and one after the model went idle again
+        out = await asyncio.wait_for(
+            batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None), 5
         )
-        await asyncio.sleep(0)
-    await asyncio.gather(*tasks)
-    assert model.calls == [4]  # a full batch runs without waiting out the delay
+        np.testing.assert_array_equal(out["y"], np.full((1, 2), 2, np.float32))
+    assert model.calls == [1, 1]
     await batcher.close()
 
 

@@ -3,11 +3,11 @@
 Requests that arrive while the model is busy wait in a queue; a free instance takes the
 oldest request plus every compatible one behind it (same input names, dtypes, trailing
 dimensions and parameters) up to ``max_batch_size`` rows, runs them once and splits the
-outputs back. With ``max_queue_delay_ms`` an instance waits that long for more rows
-before running a batch that is not full. An idle model runs a request at once. Requests
-whose deadline passed are dropped before they cost compute; a full queue refuses at once.
-Models without dynamic batching use the same queue with ``merge=False``: one request per
-execution.
+outputs back. With ``max_queue_delay_ms`` an instance that finds requests waiting when it
+finishes a batch waits up to that long for more rows before running a batch that is not
+full. An idle model runs a request at once, delay or not. Requests whose deadline passed
+are dropped before they cost compute; a full queue refuses at once. Models without dynamic
+batching use the same queue with ``merge=False``: one request per execution.
 
 Each instance is a thread that forms its next batch itself the moment it finishes one, as
 Triton's scheduler threads do: the event loop only queues requests and receives results,
@@ -184,19 +184,24 @@ class Batcher:
         await asyncio.to_thread(lambda: [t.join(30) for t in threads])
 
     def _work(self) -> None:
+        busy = False  # requests arrived while this instance ran its last batch
         while True:
             with self._ready:
                 while not self._queue and not self._closed:
                     self._ready.wait()
                 if self._closed:
                     return
-                self._wait_for_rows()
+                if busy:
+                    self._wait_for_rows()
                 batch = self._take()
-            if batch:
-                self._execute(batch)
+            busy = self._execute(batch) if batch else False
 
     def _wait_for_rows(self) -> None:
-        """With a queue delay, give concurrent clients a moment to fill the batch."""
+        """With a queue delay, give concurrent clients a moment to fill the batch.
+
+        Only under load (requests queued while the instance ran): a request that finds the
+        model idle runs at once, so the delay adds no latency when traffic is light.
+        """
         if self.delay <= 0:
             return
         end = time.monotonic() + self.delay
@@ -240,7 +245,12 @@ class Batcher:
     def _queued_rows(self) -> int:
         return sum(item.rows for item in self._queue)
 
-    def _execute(self, batch: list[_Pending]) -> None:
+    def _execute(self, batch: list[_Pending]) -> bool:
+        """Run one batch and resolve its callers; returns whether requests queued meanwhile.
+
+        That is read before any caller gets its result, so a client's next request (sent
+        on receiving this one's) does not count as load.
+        """
         rows = sum(item.rows for item in batch)
         self.stats.batches += 1
         self.stats.rows += rows
@@ -255,13 +265,16 @@ class Batcher:
             queued_at = min(item.queued_at for item in batch)
             # The first request's context carries its request id into the model's logs.
             outputs = first.context.run(self._run, inputs, first.parameters, queued_at)
+            queued = bool(self._queue)
             parts = _split(self.name, outputs, [item.rows for item in batch])
         except Exception as exc:
+            queued = bool(self._queue)
             for item in batch:
                 _resolve(item, error=exc)
-            return
+            return queued
         for item, part in zip(batch, parts, strict=True):
             _resolve(item, result=part)
+        return queued
 
 
 def _resolve(
