@@ -124,7 +124,7 @@ class Runtime:
     # -- inference -------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
-        """Authorize, run hooks, validate, predict in the model's executor, select outputs."""
+        """Authorize, run hooks, validate, predict in the model's threads, select outputs."""
         ctx.request = request
         if not request.id:
             request.id = ctx.request_id

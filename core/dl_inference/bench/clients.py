@@ -10,9 +10,10 @@ only sends bytes, so the client costs as little CPU per request as it can.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -167,15 +168,11 @@ class HttpClient(Client):
     async def infer(self) -> None:
         import aiohttp
 
-        try:
+        with http_errors(aiohttp):
             async with self._session.post(self.url, data=self.body, headers=self.headers) as reply:
                 payload = await reply.read()
                 if reply.status >= 300:
                     raise http_failure(reply.status, payload)
-        except aiohttp.ClientConnectorError as exc:
-            raise RequestFailed(f"cannot connect: {exc}", "unreachable") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RequestFailed(f"{type(exc).__name__}: {exc}") from None
 
     async def close(self) -> None:
         if self._session is not None:
@@ -199,6 +196,20 @@ def grpc_failure(exc: Any) -> RequestFailed:
     elif code == grpc.StatusCode.UNIMPLEMENTED:
         kind = "unsupported"
     return RequestFailed(f"{code.name}: {details}", kind)
+
+
+@contextlib.contextmanager
+def http_errors(aiohttp: Any) -> Iterator[None]:
+    """aiohttp's client errors as :class:`RequestFailed` (no connection: "unreachable").
+
+    ``aiohttp`` is passed in: it is imported only when an HTTP target is used.
+    """
+    try:
+        yield
+    except aiohttp.ClientConnectorError as exc:
+        raise RequestFailed(f"cannot connect: {exc}", "unreachable") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RequestFailed(f"{type(exc).__name__}: {exc}") from None
 
 
 def http_failure(status: int, payload: bytes) -> RequestFailed:
@@ -344,7 +355,7 @@ async def fetch_v2_metadata(
     import aiohttp
 
     path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
-    try:
+    with http_errors(aiohttp):
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
             session.get(target.base + path) as reply,
@@ -352,10 +363,6 @@ async def fetch_v2_metadata(
             payload = await reply.read()
             if reply.status >= 300:
                 raise http_failure(reply.status, payload)
-    except aiohttp.ClientConnectorError as exc:
-        raise RequestFailed(f"cannot connect: {exc}", "unreachable") from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise RequestFailed(f"{type(exc).__name__}: {exc}") from None
     try:
         data = json.loads(payload)
         return [
