@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["console", "json"], help="log line format")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--workers", type=int, help="server processes sharing the ports")
+    serve.add_argument(
+        "--management-grpc-port", type=int, help="management gRPC port (0 picks a free one)"
+    )
+    serve.add_argument(
+        "--management-http-port", type=int, help="management HTTP port (0 picks a free one)"
+    )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
@@ -114,6 +120,10 @@ def resolve_config(args: argparse.Namespace) -> ServerConfig:
         config.server.log_format = args.log_format
     if args.log_level is not None:
         config.server.log_level = args.log_level
+    if args.management_grpc_port is not None:
+        config.management.grpc_port = args.management_grpc_port
+    if args.management_http_port is not None:
+        config.management.http_port = args.management_http_port
     if args.workers is not None:
         if args.workers < 1:
             raise ConfigError("--workers: give 1 or more processes")
@@ -131,6 +141,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_workers(args, config)
     server = _build_server(config)
     server.reuse_port = args.reuse_port
+    if args.reuse_port:
+        from dl_inference.worker_link import WorkerLink
+
+        server.link = WorkerLink.from_environment()
     if args.config:
         server.config_source = (args.config, lambda: resolve_config(args))
         server.config_mtime = config_mtime
@@ -149,6 +163,11 @@ def _serve_workers(args: argparse.Namespace, config: ServerConfig) -> int:
     grpc_cfg, http_cfg = config.server.grpc, config.server.http
     argv = ["--grpc-port", str(reserve_port(grpc_cfg.host, grpc_cfg.port))]
     argv += ["--http-port", str(reserve_port(http_cfg.host, http_cfg.port))]
+    management = config.management
+    if management.enabled:
+        # Every worker listens on the management ports too: fix them before any starts.
+        argv += ["--management-grpc-port", str(reserve_port(management.host, management.grpc_port))]
+        argv += ["--management-http-port", str(reserve_port(management.host, management.http_port))]
     if args.config:
         argv += ["-c", str(args.config)]
     if args.model_repository:

@@ -1,13 +1,15 @@
 """Prometheus metrics and the rolling figures the status page shows.
 
 One registry per server process (not prometheus-client's global one), exposed at
-``/metrics`` on the HTTP port. With ``--workers N`` each process exports its own figures.
+``/metrics`` on the HTTP port. With ``--workers N`` a scrape of any worker returns every
+worker's figures, each sample labelled ``worker`` (:func:`merge_worker_figures`).
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import math
 import threading
 import time
@@ -24,15 +26,21 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from dl_inference.worker_link import WorkerLink
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 WINDOW_S = 60.0
+# Below Prometheus's default scrape timeout (10 s): a stuck sibling costs its figures only.
+SIBLING_SCRAPE_TIMEOUT_S = 3.0
 
 
 class RollingWindow:
@@ -297,3 +305,51 @@ class UpstreamCollector(Collector):
                 family.add_metric(key, float(row.get(field_name) or 0))
             ejected.add_metric(key, 0.0 if row.get("state") in ("healthy", "warming") else 1.0)
         yield from (requests, failures, *gauges.values(), ejected)
+
+
+async def render_all_workers(metrics: Metrics, link: WorkerLink) -> bytes:
+    """This worker's figures and its siblings', for a scrape under ``--workers N``."""
+    replies = await link.ask_siblings("GET", "/metrics", timeout_s=SIBLING_SCRAPE_TIMEOUT_S)
+    figures: dict[int, list[Metric] | None] = {link.index: list(metrics.registry.collect())}
+    for reply in replies:
+        figures[reply.worker] = None
+        if reply.ok:
+            # Unreadable figures count as missing: dli_worker_up 0, as for no answer.
+            with contextlib.suppress(ValueError):
+                figures[reply.worker] = list(text_string_to_metric_families(reply.body.decode()))
+    return merge_worker_figures(figures)
+
+
+def merge_worker_figures(figures: dict[int, list[Metric] | None]) -> bytes:
+    """One exposition of several workers' families, each sample labelled ``worker``.
+
+    ``figures`` maps a worker's index to its families, or to None when it did not answer;
+    ``dli_worker_up`` says which did, as Prometheus's own ``up`` does for targets.
+    """
+    merged: dict[str, Metric] = {}
+    up = GaugeMetricFamily(
+        "dli_worker_up", "1 when the worker's figures are in this scrape.", labels=["worker"]
+    )
+    for worker in sorted(figures):
+        families = figures[worker]
+        up.add_metric([str(worker)], 0.0 if families is None else 1.0)
+        for family in families or ():
+            into = merged.get(family.name)
+            if into is None:
+                into = Metric(family.name, family.documentation, family.type, family.unit)
+                merged[family.name] = into
+            into.samples.extend(
+                sample._replace(labels={**sample.labels, "worker": str(worker)})
+                for sample in family.samples
+            )
+    return generate_latest(_Families([*merged.values(), up]))
+
+
+class _Families(Collector):
+    """Already collected families, as a registry for :func:`generate_latest`."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families

@@ -8,6 +8,7 @@ calls are refused, in-flight calls finish within ``server.drain_timeout_s``, mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from dl_inference.repository import scan_repository
 from dl_inference.runtime import Runtime
 from dl_inference.status_page import status_routes
 from dl_inference.tls import ServerTls
+from dl_inference.worker_link import WorkerLink
 
 log = structlog.get_logger("dl_inference.server")
 
@@ -54,6 +56,7 @@ class Server:
         self.http_address = ""
         self.gateway: Any = None
         self.reuse_port = False  # set for `serve --workers N` children
+        self.link: WorkerLink | None = None  # the siblings of a `serve --workers N` child
         self.management: Any = None
         self.tls: ServerTls | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -98,9 +101,12 @@ class Server:
         if self.config.management.enabled:
             from dl_inference.management import ManagementService
 
-            self.management = ManagementService(self.config, self.models, self._update_health)
+            self.management = ManagementService(
+                self.config, self.models, self._update_health, self.link
+            )
             await self.management.start()
             self.runtime.management = self.management
+        await self._start_link()
         await self._update_health()
         if self.management is not None:
             print(f"Management gRPC listening on {self.management.grpc_address}", flush=True)
@@ -203,9 +209,22 @@ class Server:
             ]
         )
 
+    async def _start_link(self) -> None:
+        """Answer the sibling workers: this worker's metrics, management changes."""
+        if self.link is None:
+            return
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=self.runtime.metrics.render(), content_type="text/plain")
+
+        routes = [web.get("/metrics", metrics)]
+        if self.management is not None:
+            routes += self.management.sibling_routes()
+        await self.link.start(routes)
+
     async def _start_http(self) -> None:
         app = web.Application(client_max_size=self.runtime.max_message_bytes)
-        app.add_routes(status_routes(self.runtime, lambda: self.gateway))
+        app.add_routes(status_routes(self.runtime, lambda: self.gateway, self.link))
         for protocol in self.protocols:
             app.add_routes(list(protocol.http_routes(self.runtime)))
         http_cfg = self.config.server.http
@@ -247,7 +266,11 @@ class Server:
         if self.config_source is not None:
             # Installed before start: a SIGHUP during start-up must not kill the process.
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self._abandon_start()
+            raise
         self._started = True
         if self.config_source is not None:
             self._watcher = asyncio.create_task(self._watch_config())
@@ -255,6 +278,18 @@ class Server:
                 self._spawn_reload()
         await self._stopped.wait()
         await self.stop()
+
+    async def _abandon_start(self) -> None:
+        """Close what a failed start opened, so the process exits without stray servers."""
+        for stop in (
+            self._grpc.stop(0) if self._grpc is not None else None,
+            self._http.cleanup() if self._http is not None else None,
+            self.management.stop() if self.management is not None else None,
+            self.link.stop() if self.link is not None else None,
+        ):
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    await stop
 
     def _on_sighup(self) -> None:
         if self._started:
@@ -395,6 +430,8 @@ class Server:
             await self.gateway.stop()
         if self.management is not None:
             await self.management.stop()
+        if self.link is not None:
+            await self.link.stop()
         await self.models.unload_all()
         log.info("stopped")
 

@@ -2,13 +2,16 @@
 
 Served on its own gRPC and HTTP ports (127.0.0.1 by default) so that it can stay off
 the network that clients reach; every call needs the token (``authorization: Bearer
-<token>`` or ``x-dli-token``), compared in constant time.
+<token>`` or ``x-dli-token``), compared in constant time. Under ``serve --workers N`` every
+worker listens on those ports and a load or unload is applied in every worker: first in
+the one that took the call, then in its siblings through the worker link.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -18,6 +21,7 @@ import grpc
 import structlog
 from aiohttp import web
 
+from dl_inference import errors
 from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.config.schema import ServerConfig
 from dl_inference.errors import (
@@ -36,10 +40,13 @@ from dl_inference.management.safety import (
 from dl_inference.models import ModelRegistry
 from dl_inference.repository import read_model_folder
 from dl_inference.status import grpc_code, http_status, public_message
+from dl_inference.worker_link import SiblingReply, WorkerLink
 
 log = structlog.get_logger("dl_inference.management")
 
 SERVICE = "inference.GRPCInferenceService"
+# A sibling loads the model itself: give it as long as a slow model takes to load.
+SIBLING_TIMEOUT_S = 600.0
 
 
 def read_token(config: ServerConfig) -> str:
@@ -70,10 +77,12 @@ class ManagementService:
         config: ServerConfig,
         models: ModelRegistry,
         on_change: Callable[[], Awaitable[None]],
+        link: WorkerLink | None = None,
     ) -> None:
         self.config = config
         self.models = models
         self.on_change = on_change
+        self.link = link
         self.token = read_token(config)
         roots = config.management.roots or (
             [config.model_repository] if config.model_repository else []
@@ -86,6 +95,11 @@ class ManagementService:
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._lock = asyncio.Lock()  # one load/unload at a time
+        self._here: dict[str, Callable[..., Awaitable[None]]] = {
+            "load": self._load_here,
+            "load_path": self._load_path_here,
+            "unload": self._unload_here,
+        }
 
     # -- operations ------------------------------------------------------------------------
 
@@ -104,6 +118,40 @@ class ManagementService:
         return [r for r in rows if r["state"] == "READY"] if ready_only else rows
 
     async def load(self, name: str, parameters: Mapping[str, Any]) -> None:
+        """Load model folder ``name`` from a root, in every worker."""
+        await self._everywhere("load", name=name, parameters=dict(parameters))
+
+    async def load_path(
+        self, name: str, path: str, overrides: dict[str, Any] | None = None
+    ) -> None:
+        """Load ``path`` (absolute, or relative to the first root) as model ``name``.
+
+        For TF Serving's HandleReloadConfigRequest, whose base_path may differ from the
+        name; the folder must still lie inside a configured root.
+        """
+        await self._everywhere("load_path", name=name, path=path, overrides=overrides)
+
+    async def unload(self, name: str) -> None:
+        """Unload model ``name`` in every worker."""
+        await self._everywhere("unload", name=name)
+
+    def served(self) -> list[str]:
+        """Names of the models loaded now."""
+        return self.models.names()
+
+    async def _everywhere(self, operation: str, **arguments: Any) -> None:
+        """The operation here, then (when it worked) in every sibling worker."""
+        await self._here[operation](**arguments)
+        if self.link is None or not self.link.siblings:
+            return
+        replies = await self.link.ask_siblings(
+            "POST", f"/management/{operation}", arguments, timeout_s=SIBLING_TIMEOUT_S
+        )
+        failed = [reply for reply in replies if not reply.ok]
+        if failed:
+            raise _sibling_error(operation, arguments["name"], self.link.index, failed)
+
+    async def _load_here(self, name: str, parameters: Mapping[str, Any]) -> None:
         if parameters:
             raise InvalidInput(
                 f"load parameters ({', '.join(sorted(parameters))}) are not supported: "
@@ -120,14 +168,9 @@ class ManagementService:
             log.info("model loaded through the management API", model=name)
             await self.on_change()
 
-    async def load_path(
+    async def _load_path_here(
         self, name: str, path: str, overrides: dict[str, Any] | None = None
     ) -> None:
-        """Load ``path`` (absolute, or relative to the first root) as model ``name``.
-
-        For TF Serving's HandleReloadConfigRequest, whose base_path may differ from the
-        name; the folder must still lie inside a configured root.
-        """
         check_model_name(name)
         folder = Path(path) if Path(path).is_absolute() else self.roots[0] / path
         if not folder.is_dir():
@@ -142,11 +185,7 @@ class ManagementService:
             log.info("model loaded through the management API", model=name, path=str(folder))
             await self.on_change()
 
-    def served(self) -> list[str]:
-        """Names of the models loaded now."""
-        return self.models.names()
-
-    async def unload(self, name: str) -> None:
+    async def _unload_here(self, name: str) -> None:
         async with self._lock:
             await self.models.unload_model(name)
             log.info("model unloaded through the management API", model=name)
@@ -154,9 +193,26 @@ class ManagementService:
 
     # -- listeners -------------------------------------------------------------------------
 
+    def sibling_routes(self) -> list[web.RouteDef]:
+        """What a sibling worker asks of this one: apply an operation here only."""
+
+        async def apply(request: web.Request) -> web.Response:
+            operation = self._here.get(request.match_info["operation"])
+            if operation is None:
+                return web.json_response({"error": "no such operation"}, status=404)
+            try:
+                await operation(**await request.json())
+            except Exception as exc:
+                reply = {"error": public_message(exc, "management"), "type": type(exc).__name__}
+                return web.json_response(reply, status=http_status(exc))
+            return web.json_response({})
+
+        return [web.post("/management/{operation}", apply)]
+
     async def start(self) -> None:
         management = self.config.management
-        server = grpc.aio.server()
+        shared = self.link is not None  # every worker listens on the same ports
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if shared else 0)])
         server.add_generic_rpc_handlers([self._grpc_handler()])
         self.grpc_address = bind_grpc(
             server, management.host, management.grpc_port, what="management gRPC"
@@ -172,7 +228,7 @@ class ManagementService:
             ]
         )
         self._http, self.http_address = await start_http(
-            app, management.host, management.http_port, what="management HTTP"
+            app, management.host, management.http_port, reuse_port=shared, what="management HTTP"
         )
 
     async def stop(self) -> None:
@@ -274,3 +330,28 @@ class ManagementService:
             await self.unload(request.match_info["model"])
 
         return await self._rest(request, run)
+
+
+def _sibling_error(
+    operation: str, name: str, here: int, failed: list[SiblingReply]
+) -> DlInferenceError:
+    """One error for the siblings an operation failed in, typed as the first failure."""
+    kind: type[DlInferenceError] = errors.Unavailable
+    reasons = []
+    for reply in failed:
+        if reply.failure:
+            reasons.append(f"worker {reply.worker} did not answer ({reply.failure})")
+            continue
+        try:
+            body = json.loads(reply.body)
+        except ValueError:
+            body = {}
+        found = getattr(errors, str(body.get("type", "")), None)
+        if kind is errors.Unavailable and isinstance(found, type):
+            kind = found if issubclass(found, DlInferenceError) else errors.BackendError
+        reasons.append(f"worker {reply.worker}: {body.get('error', reply.status)}")
+    verb = operation.replace("_path", "")
+    return kind(
+        f"model {name!r}: the {verb} took effect in worker {here} but not in every worker "
+        f"({'; '.join(reasons)}); the workers now differ: repeat the call, or restart the server"
+    )

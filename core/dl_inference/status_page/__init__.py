@@ -7,7 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
+from dl_inference.metrics import render_all_workers
 from dl_inference.runtime import Runtime
+from dl_inference.worker_link import WorkerLink
 
 
 def status_document(runtime: Runtime, gateway: Any = None) -> dict[str, Any]:
@@ -42,8 +44,13 @@ def status_document(runtime: Runtime, gateway: Any = None) -> dict[str, Any]:
     }
 
 
-def status_routes(runtime: Runtime, gateway_of: Any) -> list[web.RouteDef]:
-    """``/`` (HTML), ``/api/status`` (JSON) and ``/metrics`` (Prometheus text)."""
+def status_routes(
+    runtime: Runtime, gateway_of: Any, link: WorkerLink | None = None
+) -> list[web.RouteDef]:
+    """``/`` (HTML), ``/api/status`` (JSON) and ``/metrics`` (Prometheus text).
+
+    Under ``--workers N`` (``link`` given), ``/metrics`` holds every worker's figures.
+    """
     page = resources.files(__package__).joinpath("index.html").read_bytes()
 
     async def index(_: web.Request) -> web.Response:
@@ -53,8 +60,12 @@ def status_routes(runtime: Runtime, gateway_of: Any) -> list[web.RouteDef]:
         return web.json_response(status_document(runtime, gateway_of()))
 
     async def metrics(_: web.Request) -> web.Response:
+        if link is None:
+            body = runtime.metrics.render()
+        else:
+            body = await render_all_workers(runtime.metrics, link)
         return web.Response(
-            body=runtime.metrics.render(),
+            body=body,
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 

@@ -1,0 +1,237 @@
+"""``serve --workers N`` behaves as one server: metrics, management, start-up failures.
+
+Each check opens a new connection per call, so that SO_REUSEPORT spreads the calls over
+the worker processes; a call that reached only one worker would show in the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dl_inference.testing import ServerProcess, write_python_model
+
+TOKEN = "worker-test-token-0123456789"
+PID = """
+    import os
+    import numpy as np
+    from dl_inference import PythonModel
+
+    class Pid(PythonModel):
+        def predict(self, inputs, **parameters):
+            return {"pid": np.array([os.getpid()], dtype=np.int64)}
+"""
+PID_CONFIG = """
+    inputs: [{name: x, datatype: FP32, shape: [1]}]
+    outputs: [{name: pid, datatype: INT64, shape: [1]}]
+"""
+ONE_INPUT = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+# Fails to load in worker 1 only: the other worker starts as usual.
+FAILS_IN_WORKER_1 = """
+    import os
+    from dl_inference import PythonModel
+
+    class Picky(PythonModel):
+        def load(self):
+            if os.environ.get("DLI_WORKER_INDEX") == "1":
+                raise RuntimeError("refusing to load in worker 1")
+
+        def predict(self, inputs, **parameters):
+            return {"y": inputs["x"]}
+"""
+XY_CONFIG = """
+    inputs: [{name: x, datatype: FP32, shape: [-1]}]
+    outputs: [{name: y, datatype: FP32, shape: [-1]}]
+"""
+
+
+def call(url: str, body: dict | None = None, token: str = "") -> tuple[int, dict]:
+    """One HTTP call on a new connection; (status, JSON body or {})."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            text = reply.read()
+            return reply.status, json.loads(text) if text else {}
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def infer_pid(server: ServerProcess) -> tuple[int, int | None]:
+    """(status, pid of the worker that answered) for one V2 REST call to ``pid``."""
+    status, body = call(f"{server.http_url}/v2/models/pid/infer", ONE_INPUT)
+    assert status in (200, 404), body
+    return status, body["outputs"][0]["data"][0] if status == 200 else None
+
+
+def scrape(server: ServerProcess) -> dict[str, list]:
+    """Samples by name from one /metrics scrape."""
+    with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def management_url(server: ServerProcess) -> str:
+    match = re.search(r"^Management HTTP listening on (\S+)$", server.output(), re.M)
+    assert match, server.output()
+    return f"http://{match.group(1)}"
+
+
+def wait_until_dead(pid: int) -> None:
+    """Until ``pid`` is gone or a zombie (its sockets closed), at most 10 s."""
+    for _ in range(200):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still runs 10 s after SIGKILL")
+
+
+@pytest.fixture
+def pid_repository(tmp_path: Path) -> Path:
+    write_python_model(tmp_path / "models", "pid", PID, PID_CONFIG)
+    (tmp_path / "server.yaml").write_text(
+        "model_repository: models\n"
+        "server: {repository_poll_s: 0}\n"
+        "management: {enabled: true, grpc_port: 0, http_port: 0}\n"
+    )
+    return tmp_path
+
+
+def serve_two(base: Path) -> ServerProcess:
+    return ServerProcess(
+        ["-c", str(base / "server.yaml"), "--workers", "2"],
+        env={"DLI_MANAGEMENT_TOKEN": TOKEN},
+        cwd=base,
+    )
+
+
+def test_every_scrape_holds_every_workers_figures(pid_repository: Path) -> None:
+    with serve_two(pid_repository) as server:
+        pids = set()
+        for _ in range(30):
+            status, pid = infer_pid(server)
+            assert status == 200
+            pids.add(pid)
+        assert len(pids) == 2  # both workers answered some of the calls
+        for _ in range(6):  # scrapes land on either worker
+            samples = scrape(server)
+            up = {s.labels["worker"]: s.value for s in samples["dli_worker_up"]}
+            assert up == {"0": 1.0, "1": 1.0}
+            served = [
+                s
+                for s in samples["dli_requests_total"]
+                if s.labels["model"] == "pid" and s.labels["status"] == "OK"
+            ]
+            # Each worker's own series, and together every call made.
+            assert {s.labels["worker"] for s in served} == {"0", "1"}
+            assert sum(s.value for s in served) == 30
+            cpu = {s.labels["worker"] for s in samples["process_cpu_seconds_total"]}
+            assert cpu == {"0", "1"}
+
+
+def test_management_changes_reach_every_worker(pid_repository: Path) -> None:
+    with serve_two(pid_repository) as server:
+        manage = management_url(server)
+        status, _ = call(f"{manage}/v2/repository/models/pid/unload", {}, TOKEN)
+        assert status == 200
+        # Without the fan-out about half of these would still reach a worker serving pid.
+        assert {infer_pid(server)[0] for _ in range(16)} == {404}
+        status, _ = call(f"{manage}/v2/repository/models/pid/load", {}, TOKEN)
+        assert status == 200
+        answers = [infer_pid(server) for _ in range(30)]
+        assert {status for status, _ in answers} == {200}
+        assert len({pid for _, pid in answers}) == 2
+        # A refused load is refused in the worker that took it and goes no further.
+        status, body = call(f"{manage}/v2/repository/models/nothere/load", {}, TOKEN)
+        assert status == 404 and "nothere" in body["error"]
+        assert {infer_pid(server)[0] for _ in range(8)} == {200}
+
+
+def test_a_dead_sibling_is_reported_and_the_others_keep_serving(pid_repository: Path) -> None:
+    with serve_two(pid_repository) as server:
+        pids = set()
+        while len(pids) < 2:
+            pids.add(infer_pid(server)[1])
+        victim = pids.pop()
+        os.kill(victim, signal.SIGKILL)
+        wait_until_dead(victim)
+        # The survivor answers everything now (the kernel drops the dead one's sockets).
+        answers = [infer_pid(server) for _ in range(8)]
+        assert {pid for _, pid in answers} == {pids.pop()}
+        samples = scrape(server)
+        up = sorted(s.value for s in samples["dli_worker_up"])
+        assert up == [0.0, 1.0]
+        status, body = call(f"{management_url(server)}/v2/repository/models/pid/unload", {}, TOKEN)
+        assert status == 503
+        assert "did not answer" in body["error"] and "workers now differ" in body["error"]
+
+
+def test_a_worker_that_cannot_start_stops_all_workers(tmp_path: Path) -> None:
+    write_python_model(tmp_path, "picky", FAILS_IN_WORKER_1, XY_CONFIG)
+    command = [sys.executable, "-m", "dl_inference", "serve", "--model-repository"]
+    command += [str(tmp_path), "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
+    command += ["--workers", "2"]
+    config = tmp_path / "strict.yaml"
+    config.write_text("server: {strict_model_loading: true}\n")
+    result = subprocess.run(
+        [*command, "-c", str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "refusing to load in worker 1" in result.stdout + result.stderr
+    assert "a worker exited while starting; stopping all 2" in result.stderr
+    assert "gRPC listening" not in result.stdout  # never announced as ready
+
+
+def test_merged_figures_label_each_worker_and_mark_the_missing() -> None:
+    from dl_inference.metrics import Metrics, merge_worker_figures
+
+    first, second = Metrics(), Metrics()
+    for _ in range(3):
+        first.observe_request("m", "1", "v2", "OK", 0.01)
+    second.observe_request("m", "1", "v2", "OK", 0.2)
+    second.observe_execution("m", "1", 4, 0.0, 0.05)
+    text = merge_worker_figures(
+        {0: list(first.registry.collect()), 1: list(second.registry.collect()), 2: None}
+    ).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = {s.labels["worker"]: s.value for s in families["dli_requests"].samples}
+    assert requests == {"0": 3.0, "1": 1.0}
+    counts = {
+        s.labels["worker"]: s.value
+        for s in families["dli_request_duration_seconds"].samples
+        if s.name.endswith("_count")
+    }
+    assert counts == {"0": 3.0, "1": 1.0}
+    rows = [s for s in families["dli_batch_size"].samples if s.name == "dli_batch_size_sum"]
+    assert [(s.labels["worker"], s.value) for s in rows] == [("1", 4.0)]
+    up = {s.labels["worker"]: s.value for s in families["dli_worker_up"].samples}
+    assert up == {"0": 1.0, "1": 1.0, "2": 0.0}
+    assert np.isclose(
+        sum(
+            s.value
+            for s in families["dli_request_duration_seconds"].samples
+            if s.name.endswith("_sum")
+        ),
+        0.23,
+    )
