@@ -6,7 +6,8 @@ The kernel balances connections between processes, which spreads the Python-boun
 (:mod:`dl_inference.worker_link`), starts the workers, prints the listening lines once
 every worker is ready, forwards SIGTERM / SIGINT and exits with the first non-zero worker
 status. A worker that fails to start stops them all: a server with fewer workers than
-configured would pass for healthy.
+configured would pass for healthy. A worker that dies later is replaced (the same index,
+so its siblings find it again); if the replacement cannot start, all stop.
 """
 
 from __future__ import annotations
@@ -44,71 +45,96 @@ def run_workers(count: int, argv: Sequence[str], *, expect_http: bool = True) ->
     """Start ``count`` ``serve`` processes with ``argv`` (ports already fixed); wait for them."""
     folder = Path(tempfile.mkdtemp(prefix="dli-workers-"))  # mode 0700: this user only
     try:
-        return _supervise(count, argv, folder, expect_http)
+        return _Supervisor(count, argv, folder, expect_http).run()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _supervise(count: int, argv: Sequence[str], folder: Path, expect_http: bool) -> int:
-    command = [sys.executable, "-m", "dl_inference", "serve", *argv, "--reuse-port"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    children = [
-        subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**env, **WorkerLink.environment(folder, index, count)},
-        )
-        for index in range(count)
-    ]
-    # One release per child: when it listens, or when it exits without doing so.
-    settled = threading.Semaphore(0)
-    lines: dict[str, str] = {}
-    failed_to_start: list[subprocess.Popen[str]] = []
+class _Worker:
+    """One worker process, its output relayed to ours but for the listening lines."""
 
-    def relay(child: subprocess.Popen[str]) -> None:
-        assert child.stdout is not None
+    def __init__(self, index: int, command: list[str], env: dict[str, str], listens: int) -> None:
+        self.index = index
+        self.listens = listens  # listening lines that mean "ready"
+        self.lines: dict[str, str] = {}
+        self.ready = threading.Event()
+        self.settled = threading.Event()  # ready, or exited before it was
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+        threading.Thread(target=self._relay, daemon=True).start()
+
+    def _relay(self) -> None:
+        assert self.process.stdout is not None
         seen = 0
-        released = False
-        for line in child.stdout:
+        for line in self.process.stdout:
             match = _LISTENING.match(line.strip())
-            if match:
-                lines[match.group(1)] = line
-                if match.group(1).startswith("Management"):
-                    continue
-                seen += 1
-                if seen == (2 if expect_http else 1) and not released:
-                    settled.release()
-                    released = True
-            else:
+            if match is None:
                 sys.stdout.write(line)
-        if not released:
-            failed_to_start.append(child)
-            settled.release()
+                continue
+            self.lines[match.group(1)] = line
+            if not match.group(1).startswith("Management"):
+                seen += 1
+                if seen == self.listens:
+                    self.ready.set()
+                    self.settled.set()
+        self.settled.set()
 
-    for child in children:
-        threading.Thread(target=relay, args=(child,), daemon=True).start()
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+class _Supervisor:
+    """Starts the workers, announces them once all listen, replaces any that dies."""
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for _ in children:
-        settled.acquire()
-    if not failed_to_start:
+    def __init__(self, count: int, argv: Sequence[str], folder: Path, expect_http: bool) -> None:
+        self.count, self.folder = count, folder
+        self.command = [sys.executable, "-m", "dl_inference", "serve", *argv, "--reuse-port"]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.listens = 2 if expect_http else 1
+        self.workers: list[_Worker] = []
+        self.stopping = threading.Event()
+
+    def spawn(self, index: int) -> _Worker:
+        env = {**self.env, **WorkerLink.environment(self.folder, index, self.count)}
+        return _Worker(index, self.command, env, self.listens)
+
+    def forward(self, signum: int, _frame: object = None) -> None:
+        self.stopping.set()
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signum)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.forward)
+        signal.signal(signal.SIGINT, self.forward)
+        for index in range(self.count):
+            self.workers.append(self.spawn(index))  # one by one: a signal reaches each
+        for worker in self.workers:
+            worker.settled.wait()
+        if not all(worker.ready.is_set() for worker in self.workers):
+            return self.give_up(f"a worker exited while starting; stopping all {self.count}")
         for kind in _ORDER:
-            if kind in lines:
-                sys.stdout.write(lines[kind])
+            line = self.workers[0].lines.get(kind)
+            if line is not None:
+                sys.stdout.write(line)
         sys.stdout.flush()
-    else:
-        print(
-            f"dl-inference: error: a worker exited while starting; stopping all {count}",
-            file=sys.stderr,
-            flush=True,
-        )
-        forward(signal.SIGTERM, None)
-    codes = [child.wait() for child in children]
-    return next((code for code in codes if code), 0)
+        while not self.stopping.wait(0.5):
+            for index, worker in enumerate(self.workers):
+                code = worker.process.poll()
+                if code is None or self.stopping.is_set():
+                    continue
+                # As gunicorn does: the server keeps its size; the others serve meanwhile.
+                print(
+                    f"dl-inference: worker {index} (pid {worker.process.pid}) exited with "
+                    f"status {code}; starting a new one",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.workers[index] = replacement = self.spawn(index)
+                replacement.settled.wait()
+                if not replacement.ready.is_set() and not self.stopping.is_set():
+                    return self.give_up(f"worker {index} could not start again; stopping all")
+        codes = [worker.process.wait() for worker in self.workers]
+        return next((code for code in codes if code), 0)
+
+    def give_up(self, reason: str) -> int:
+        print(f"dl-inference: error: {reason}", file=sys.stderr, flush=True)
+        self.forward(signal.SIGTERM)
+        codes = [worker.process.wait() for worker in self.workers]
+        return next((code for code in codes if code), 1)
