@@ -136,6 +136,12 @@ def test_every_scrape_holds_every_workers_figures(pid_repository: Path) -> None:
             assert sum(s.value for s in served) == 30
             cpu = {s.labels["worker"] for s in samples["process_cpu_seconds_total"]}
             assert cpu == {"0", "1"}
+        for _ in range(4):  # the status feed adds the workers' windows up likewise
+            _, status = call(f"{server.http_url}/api/status")
+            assert status["server"]["workers"] == {"count": 2, "answered": [0, 1]}
+            assert status["server"]["ready"] is True
+            (model,) = [m for m in status["models"] if m["name"] == "pid"]
+            assert model["count"] == 30 and model["errors"] == 0
 
 
 def test_management_changes_reach_every_worker(pid_repository: Path) -> None:
@@ -293,3 +299,30 @@ async def test_siblings_that_do_not_answer_are_marked_down(tmp_path: Path) -> No
     }
     assert up == {"0": 1.0, "1": 0.0, "2": 0.0, "3": 0.0}
     assert 'dli_requests_total{model="m",protocol="v2",status="OK",version="1",worker="0"}' in text
+
+
+def test_status_documents_add_up_and_mark_the_missing() -> None:
+    from dl_inference.status_page import merge_status_documents
+
+    def document(qps: float, p99: float | None, count: int, ready: bool = True) -> dict:
+        model = {"name": "m", "ready": ready, "qps": qps, "p50_ms": 1.0, "p99_ms": p99,
+                 "errors": 1, "count": count, "in_flight": 2, "versions": []}  # fmt: skip
+        server = {"name": "dl-inference", "version": "x", "ready": ready, "draining": False}
+        return {"server": server, "models": [model], "routes": []}
+
+    merged = merge_status_documents({0: document(10.0, 5.0, 600), 1: document(2.5, 9.0, 150)})
+    (model,) = merged["models"]
+    assert (model["qps"], model["count"], model["errors"], model["in_flight"]) == (12.5, 750, 2, 4)
+    assert model["p99_ms"] == 9.0 and model["ready"] is True
+    assert merged["server"] == {
+        "name": "dl-inference", "version": "x", "ready": True, "draining": False,
+        "workers": {"count": 2, "answered": [0, 1]},
+    }  # fmt: skip
+    # A worker that did not answer leaves the server not ready; its figures are missing.
+    merged = merge_status_documents({0: document(10.0, None, 600), 1: None})
+    assert merged["server"]["ready"] is False
+    assert merged["server"]["workers"] == {"count": 2, "answered": [0]}
+    assert merged["models"][0]["p99_ms"] is None and merged["models"][0]["count"] == 600
+    # A model not ready in one worker is not ready.
+    merged = merge_status_documents({0: document(1.0, 1.0, 1), 1: document(1.0, 1.0, 1, False)})
+    assert merged["models"][0]["ready"] is False and merged["server"]["ready"] is False

@@ -31,7 +31,7 @@ from dl_inference.plugins import PluginHost
 from dl_inference.protocol import Protocol
 from dl_inference.repository import scan_repository
 from dl_inference.runtime import Runtime
-from dl_inference.status_page import status_routes
+from dl_inference.status_page import status_document, status_routes
 from dl_inference.tls import ServerTls
 from dl_inference.worker_link import WorkerLink
 
@@ -210,14 +210,17 @@ class Server:
         )
 
     async def _start_link(self) -> None:
-        """Answer the sibling workers: this worker's metrics, management changes."""
+        """Answer the sibling workers: this worker's metrics and status, management changes."""
         if self.link is None:
             return
 
         async def metrics(_: web.Request) -> web.Response:
             return web.Response(body=self.runtime.metrics.render(), content_type="text/plain")
 
-        routes = [web.get("/metrics", metrics)]
+        async def status(_: web.Request) -> web.Response:
+            return web.json_response(status_document(self.runtime, self.gateway))
+
+        routes = [web.get("/metrics", metrics), web.get("/status", status)]
         if self.management is not None:
             routes += self.management.sibling_routes()
         await self.link.start(routes)

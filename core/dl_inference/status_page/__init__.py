@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from typing import Any
 
@@ -44,12 +45,51 @@ def status_document(runtime: Runtime, gateway: Any = None) -> dict[str, Any]:
     }
 
 
+# Per model, what adds up over worker processes, and what is the slowest worker's.
+_SUMMED = ("qps", "errors", "count", "in_flight")
+_WORST = ("p50_ms", "p99_ms")
+SIBLING_STATUS_TIMEOUT_S = 3.0
+
+
+def merge_status_documents(documents: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
+    """One status document for ``serve --workers N`` from each worker's (None: no answer).
+
+    Rates, errors and in-flight counts add up; latency percentiles are the slowest
+    worker's (percentiles of separate windows do not combine); the server is ready when
+    every worker answered ready. ``server.workers`` says how many answered.
+    """
+    answered = {worker: doc for worker, doc in sorted(documents.items()) if doc is not None}
+    merged = json.loads(json.dumps(next(iter(answered.values()))))  # a deep copy
+    merged["server"]["ready"] = len(answered) == len(documents) and all(
+        doc["server"]["ready"] for doc in answered.values()
+    )
+    merged["server"]["draining"] = any(doc["server"]["draining"] for doc in answered.values())
+    merged["server"]["workers"] = {"count": len(documents), "answered": sorted(answered)}
+    models: dict[str, dict[str, Any]] = {}
+    for doc in answered.values():
+        for model in doc["models"]:
+            into = models.get(model["name"])
+            if into is None:
+                models[model["name"]] = dict(model)
+                continue
+            into["ready"] = into["ready"] and model["ready"]
+            for key in _SUMMED:
+                into[key] = (into.get(key) or 0) + (model.get(key) or 0)
+            for key in _WORST:
+                values = [v for v in (into.get(key), model.get(key)) if v is not None]
+                into[key] = max(values) if values else None
+    for model in models.values():
+        model["qps"] = round(model.get("qps") or 0.0, 2)
+    merged["models"] = list(models.values())
+    return merged
+
+
 def status_routes(
     runtime: Runtime, gateway_of: Any, link: WorkerLink | None = None
 ) -> list[web.RouteDef]:
     """``/`` (HTML), ``/api/status`` (JSON) and ``/metrics`` (Prometheus text).
 
-    Under ``--workers N`` (``link`` given), ``/metrics`` holds every worker's figures.
+    Under ``--workers N`` (``link`` given), both feeds hold every worker's figures.
     """
     page = resources.files(__package__).joinpath("index.html").read_bytes()
 
@@ -57,7 +97,14 @@ def status_routes(
         return web.Response(body=page, content_type="text/html", charset="utf-8")
 
     async def status(_: web.Request) -> web.Response:
-        return web.json_response(status_document(runtime, gateway_of()))
+        document = status_document(runtime, gateway_of())
+        if link is None:
+            return web.json_response(document)
+        replies = await link.ask_siblings("GET", "/status", timeout_s=SIBLING_STATUS_TIMEOUT_S)
+        documents: dict[int, dict[str, Any] | None] = {link.index: document}
+        for reply in replies:
+            documents[reply.worker] = json.loads(reply.body) if reply.ok else None
+        return web.json_response(merge_status_documents(documents))
 
     async def metrics(_: web.Request) -> web.Response:
         if link is None:
