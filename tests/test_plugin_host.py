@@ -332,6 +332,7 @@ PUBLIC_SURFACE = [
     "hookimpl",
     "http_status",
     "public_message",
+    "rename_proto_types",
     "to_numpy_dtype",
 ]
 

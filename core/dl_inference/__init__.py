@@ -24,7 +24,7 @@ from dl_inference.errors import (
     Unavailable,
 )
 from dl_inference.hookspecs import HOOKSPEC_VERSION, hookimpl
-from dl_inference.protocol import Protocol, RoutingKeyReader
+from dl_inference.protocol import Protocol, RoutingKeyReader, rename_proto_types
 from dl_inference.python_model import PythonModel
 from dl_inference.registry import (
     BackendRegistry,
@@ -90,5 +90,6 @@ __all__ = [
     "hookimpl",
     "http_status",
     "public_message",
+    "rename_proto_types",
     "to_numpy_dtype",
 ]

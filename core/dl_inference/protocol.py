@@ -16,6 +16,38 @@ RoutingKeyReader = Callable[[bytes, Mapping[str, str]], "str | None"]
 """Reads the model name from a request's serialized bytes and metadata, without decoding tensors."""
 
 
+def rename_proto_types(file: FileDescriptorProto, renames: Mapping[str, str]) -> None:
+    """Rename the type references in ``file`` in place, by package or by type.
+
+    For :meth:`Protocol.reflection_files`: a plugin compiles the standard messages under a
+    package of its own (so they never clash with a client library's in one process), and
+    hands reflection clients copies that use the standard names. ``renames`` maps a full
+    name (``.ours`` or ``.ours.Type``) to its standard one; a reference takes the longest
+    entry that is it or encloses it. Message and enum fields, nested messages and service
+    methods are renamed.
+    """
+
+    def rename(reference: str) -> str:
+        best = ""
+        for old in renames:
+            if len(old) > len(best) and (reference == old or reference.startswith(old + ".")):
+                best = old
+        return renames[best] + reference[len(best) :] if best else reference
+
+    def messages(found: Sequence[Any]) -> None:
+        for message in found:
+            for field in message.field:
+                if field.type_name:
+                    field.type_name = rename(field.type_name)
+            messages(message.nested_type)
+
+    messages(file.message_type)
+    for service in file.service:
+        for method in service.method:
+            method.input_type = rename(method.input_type)
+            method.output_type = rename(method.output_type)
+
+
 class Protocol:
     """A wire protocol: gRPC handlers and/or HTTP routes that answer over the :class:`Runtime`.
 

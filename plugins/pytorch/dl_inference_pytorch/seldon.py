@@ -45,6 +45,7 @@ from dl_inference import (
     grpc_code,
     http_status,
     public_message,
+    rename_proto_types,
 )
 from dl_inference_pytorch import routing, seldon_codec
 from dl_inference_pytorch._proto import seldon_pb2 as pb
@@ -244,20 +245,7 @@ def standard_file() -> descriptor_pb2.FileDescriptorProto:
     """``seldon.proto`` as clients know it: package ``seldon.protos``, same fields."""
     proto = descriptor_pb2.FileDescriptorProto()
     pb.DESCRIPTOR.CopyToProto(proto)
-    ours = f".{proto.package}."
+    rename_proto_types(proto, {f".{proto.package}": f".{STANDARD_PACKAGE}"})
     proto.name = "seldon/protos/prediction.proto"
     proto.package = STANDARD_PACKAGE
-
-    def rename(messages: Sequence[descriptor_pb2.DescriptorProto]) -> None:
-        for message in messages:
-            for field in message.field:
-                if field.type_name.startswith(ours):
-                    field.type_name = f".{STANDARD_PACKAGE}." + field.type_name[len(ours) :]
-            rename(message.nested_type)
-
-    rename(proto.message_type)
-    for service in proto.service:
-        for method in service.method:
-            method.input_type = f".{STANDARD_PACKAGE}." + method.input_type[len(ours) :]
-            method.output_type = f".{STANDARD_PACKAGE}." + method.output_type[len(ours) :]
     return proto

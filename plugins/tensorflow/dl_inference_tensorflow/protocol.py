@@ -10,6 +10,7 @@ from dl_inference import Protocol, RoutingKeyReader
 if TYPE_CHECKING:
     import grpc
     from aiohttp import web
+    from google.protobuf.descriptor_pb2 import FileDescriptorProto
 
     from dl_inference import Runtime
 
@@ -76,6 +77,12 @@ class TFServingProtocol(Protocol):
 
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
         return {method: _reader(path) for method, path in _NAME_PATHS.items()}
+
+    def reflection_files(self) -> Sequence[FileDescriptorProto]:
+        """PredictionService and ModelService under TF Serving's package names."""
+        from dl_inference_tensorflow.reflection import reflection_files
+
+        return reflection_files()
 
     def describe(self) -> dict[str, object]:
         return {"grpc": list(self.grpc_services), "http": ["/v1/models/..."]}

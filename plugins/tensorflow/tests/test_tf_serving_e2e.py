@@ -189,6 +189,44 @@ def test_tf_serving_client_calls_python_backend_model(predictor: Any) -> None:
     assert response.model_spec.signature_name == "serving_default"
 
 
+def test_reflection_describes_tf_serving_well_enough_to_call_it(channel: grpc.Channel) -> None:
+    """A reflection client (as grpcurl) builds a Predict call from what the server lists."""
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from google.protobuf.message_factory import GetMessageClass
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = set(database.get_services())
+    assert {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"} <= services
+    pool = DescriptorPool(database)
+    predict = pool.FindServiceByName("tensorflow.serving.PredictionService").methods_by_name[
+        "Predict"
+    ]
+    assert predict.input_type.full_name == "tensorflow.serving.PredictRequest"
+    tensor_type = predict.input_type.fields_by_name["inputs"].message_type.fields_by_name["value"]
+    assert tensor_type.message_type.full_name == "tensorflow.TensorProto"
+    status = pool.FindServiceByName("tensorflow.serving.ModelService")
+    assert set(status.methods_by_name) == {"GetModelStatus", "HandleReloadConfigRequest"}
+
+    request = GetMessageClass(predict.input_type)()
+    request.model_spec.name = "pyadd"
+    x = request.inputs["x"]
+    x.dtype = 1  # DT_FLOAT, by number as a JSON-driven client would send it
+    x.tensor_shape.dim.add(size=3)
+    x.float_val.extend([1.5, -2.0, 0.0])
+    call = channel.unary_unary(
+        "/tensorflow.serving.PredictionService/Predict",
+        request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=GetMessageClass(predict.output_type).FromString,
+    )
+    reply = call(request, timeout=30)
+    # The reflected response type reads the same bytes as TF Serving's own.
+    again = predict_pb2.PredictResponse.FromString(reply.SerializeToString())
+    np.testing.assert_array_equal(outputs_of(again)["y"], np.float32([2.5, -1.0, 1.0]))
+
+
 def test_seed_unified_service_accepts_name_with_task_id(channel: grpc.Channel, built: Any) -> None:
     call = channel.unary_unary(
         SEED_PREDICT,
