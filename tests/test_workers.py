@@ -209,6 +209,24 @@ def test_a_change_that_fails_in_one_worker_says_so(pid_repository: Path) -> None
         assert {infer_pid(server)[0] for _ in range(8)} == {200}
 
 
+def test_sighup_reloads_every_worker_and_the_server_stays(pid_repository: Path) -> None:
+    config = pid_repository / "server.yaml"
+    config.write_text(
+        "model_repository: models\nserver: {repository_poll_s: 0, config_poll_s: 0}\n"
+    )
+    with ServerProcess(["-c", str(config), "--workers", "2"], cwd=pid_repository) as server:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        for _ in range(300):  # each worker logs its reload (bounded wait)
+            if server.output().count("config reloaded") == 2:
+                break
+            time.sleep(0.1)
+        assert server.output().count("config reloaded") == 2, server.output()
+        assert server.process.poll() is None
+        assert {infer_pid(server)[0] for _ in range(4)} == {200}
+    assert server.process.returncode == 0
+
+
 def test_a_worker_that_cannot_start_stops_all_workers(tmp_path: Path) -> None:
     write_python_model(tmp_path, "picky", FAILS_IN_WORKER_1, XY_CONFIG)
     command = [sys.executable, "-m", "dl_inference", "serve", "--model-repository"]

@@ -4,10 +4,11 @@ The kernel balances connections between processes, which spreads the Python-boun
 (decoding, pre/post-processing) over cores. The parent picks the ports (a free one when
 0 was asked for), makes the private folder of the worker link
 (:mod:`dl_inference.worker_link`), starts the workers, prints the listening lines once
-every worker is ready, forwards SIGTERM / SIGINT and exits with the first non-zero worker
-status. A worker that fails to start stops them all: a server with fewer workers than
-configured would pass for healthy. A worker that dies later is replaced (the same index,
-so its siblings find it again); if the replacement cannot start, all stop.
+every worker is ready, forwards SIGTERM / SIGINT and SIGHUP (a config reload), and exits
+with the first non-zero worker status. A worker that fails to start stops them all: a
+server with fewer workers than configured would pass for healthy. A worker that dies
+later is replaced (the same index, so its siblings find it again); if the replacement
+cannot start, all stop.
 """
 
 from __future__ import annotations
@@ -100,9 +101,16 @@ class _Supervisor:
             if worker.process.poll() is None:
                 worker.process.send_signal(signum)
 
+    def relay_reload(self, _signum: int, _frame: object = None) -> None:
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGHUP)
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.forward)
         signal.signal(signal.SIGINT, self.forward)
+        # SIGHUP means "reload the config" to each worker; its default would end the parent.
+        signal.signal(signal.SIGHUP, self.relay_reload)
         for index in range(self.count):
             self.workers.append(self.spawn(index))  # one by one: a signal reaches each
         for worker in self.workers:
