@@ -226,7 +226,10 @@ class Server:
         await self.link.start(routes)
 
     async def _start_http(self) -> None:
-        app = web.Application(client_max_size=self.runtime.max_message_bytes)
+        middlewares = [self.gateway.http_middleware()] if self.gateway is not None else []
+        app = web.Application(
+            client_max_size=self.runtime.max_message_bytes, middlewares=middlewares
+        )
         app.add_routes(status_routes(self.runtime, lambda: self.gateway, self.link))
         for protocol in self.protocols:
             app.add_routes(list(protocol.http_routes(self.runtime)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,42 @@ import yaml
 from dl_inference.testing import ServerProcess, free_port
 
 FAKE = Path(__file__).with_name("fake_tfserving.py")
+
+# A model for dl-inference workers behind a gateway: doubles x, names the worker it ran on.
+REMOTE = """
+    import os
+    import numpy as np
+    from dl_inference import PythonModel
+
+    class Remote(PythonModel):
+        def predict(self, inputs, **parameters):
+            worker = os.environ["GATEWAY_TEST_WORKER"].encode()
+            return {"y": inputs["x"] * 2, "node": np.array([worker], dtype=object)}
+"""
+# A model the gateway serves itself, beside the routed ones.
+LOCAL = """
+    from dl_inference import PythonModel
+
+    class Local(PythonModel):
+        def predict(self, inputs, **parameters):
+            return {"y": inputs["x"] + 1}
+"""
+
+
+@contextlib.contextmanager
+def named_workers(repo: Path, names: tuple[str, ...]) -> Iterator[list[ServerProcess]]:
+    """One dl-inference worker per name serving ``repo``; REMOTE reports the name."""
+    procs = [
+        ServerProcess(["--model-repository", str(repo)], env={"GATEWAY_TEST_WORKER": name})
+        for name in names
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 class FakeUpstream:

@@ -17,47 +17,24 @@ from dl_inference.testing import ServerProcess, write_python_model
 from dl_inference.wire import len_field_header
 
 from .conftest import (
+    LOCAL,
+    REMOTE,
     FakeUpstream,
     gateway,
+    named_workers,
     output_floats,
     output_text,
     predict_request,
     write_config,
 )
 
-REMOTE = """
-    import os
-    import numpy as np
-    from dl_inference import PythonModel
-
-    class Remote(PythonModel):
-        def predict(self, inputs, **parameters):
-            worker = os.environ["GATEWAY_TEST_WORKER"].encode()
-            return {"y": inputs["x"] * 2, "node": np.array([worker], dtype=object)}
-"""
-
-LOCAL = """
-    from dl_inference import PythonModel
-
-    class Local(PythonModel):
-        def predict(self, inputs, **parameters):
-            return {"y": inputs["x"] + 1}
-"""
-
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
     repo = tmp_path_factory.mktemp("worker_repo")
     write_python_model(repo, "remote", REMOTE)
-    procs = [
-        ServerProcess(["--model-repository", str(repo)], env={"GATEWAY_TEST_WORKER": name})
-        for name in ("w1", "w2")
-    ]
-    for proc in procs:
-        proc.start()
-    yield procs
-    for proc in procs:
-        proc.stop()
+    with named_workers(repo, ("w1", "w2")) as procs:
+        yield procs
 
 
 @pytest.fixture(scope="module")

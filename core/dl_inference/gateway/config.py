@@ -45,10 +45,14 @@ class NodeConfig(_Section):
 
     address: str
     weight: int = Field(default=100, ge=1, le=1_000_000)
+    # host:port of the node's REST listener, when not the route's http_port on its host.
+    http_address: str | None = None
 
-    @field_validator("address")
+    @field_validator("address", "http_address")
     @classmethod
-    def _address(cls, value: str) -> str:
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         split_address(value)
         return value.strip()
 
@@ -142,6 +146,10 @@ class RouteConfig(_Section):
     retries: int = Field(default=2, ge=0, le=10)
     retry_budget: RetryBudgetConfig = Field(default_factory=RetryBudgetConfig)
     tls: TlsConfig | None = None
+    # The nodes' REST port: V2 and TF Serving REST calls for the model go there, on the
+    # host of each node's gRPC address (a node's own http_address wins). Neither set:
+    # the route forwards gRPC only.
+    http_port: int | None = Field(default=None, ge=1, le=65535)
     # gRPC connections per node; > 1 spreads calls over an upstream's `--workers N`.
     connections_per_node: int = Field(default=1, ge=1, le=64)
     health: HealthConfig = Field(default_factory=HealthConfig)

@@ -56,8 +56,6 @@ _HOP_HEADERS = frozenset(
         "grpc-status-details-bin",
     }
 )
-# Leave a little of the budget for the answer to travel back before calling again.
-_MIN_RETRY_BUDGET_S = 0.002
 
 
 def forwardable(metadata: Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
@@ -147,12 +145,7 @@ class Forwarder:
                     await _relay_metadata(context, exc.initial_metadata(), exc.trailing_metadata())
                     await context.abort(code, exc.details() or "")
                 tried.append(f"{node.address} ({detail})")
-                if retries >= route.retries:
-                    break
-                if deadline is not None and deadline - time.monotonic() < _MIN_RETRY_BUDGET_S:
-                    break
-                if not route.budget.try_retry():
-                    tried.append("retry budget exhausted")
+                if not route.retry_allowed(retries, deadline, tried):
                     break
                 retries += 1
                 continue

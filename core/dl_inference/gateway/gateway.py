@@ -9,11 +9,13 @@ from typing import Any
 
 import grpc
 import structlog
+from aiohttp import web
 
 from dl_inference.errors import ConfigError, PluginError
 from dl_inference.gateway.config import RouteConfig
 from dl_inference.gateway.forward import Forwarder
 from dl_inference.gateway.keys import builtin_protocol_of, builtin_routing_keys
+from dl_inference.gateway.rest_forward import RestForwarder, routed_model
 from dl_inference.gateway.route import Route
 from dl_inference.protocol import Protocol, RoutingKeyReader
 
@@ -27,15 +29,17 @@ class Gateway:
     """Routes calls for the configured models to their upstream nodes.
 
     ``Gateway(routes, plugins)`` checks every balancer and protocol name up front,
-    ``await start()`` begins discovery and health probes, :meth:`wrap_grpc_handlers` puts
-    the gateway in front of the server's own handlers, ``await stop()`` ends it all, and
-    :meth:`snapshot` reports every node's state.
+    ``await start()`` begins discovery and health probes, :meth:`wrap_grpc_handlers` and
+    :meth:`http_middleware` put the gateway in front of the server's own gRPC handlers and
+    REST routes, ``await stop()`` ends it all, and :meth:`snapshot` reports every node's
+    state.
     """
 
     def __init__(self, routes: Sequence[RouteConfig], plugins: Any) -> None:
         self.plugins = plugins
         self.routes: dict[str, Route] = self.build_routes(routes)
         self.forwarder = Forwarder()
+        self.rest_forwarder = RestForwarder()
         self._retiring: set[asyncio.Task[None]] = set()
 
     def build_routes(self, routes: Sequence[RouteConfig]) -> dict[str, Route]:
@@ -102,6 +106,29 @@ class Gateway:
         for route in self.routes.values():
             await route.stop()
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.rest_forwarder.close()
+
+    def http_middleware(self) -> Any:
+        """An aiohttp middleware: REST calls for routed models go upstream, others stay."""
+
+        @web.middleware
+        async def route_rest(request: web.Request, handler: Any) -> web.StreamResponse:
+            found = routed_model(request.path)
+            route = self.routes.get(found[1]) if found else None
+            if route is None or found is None or not route.accepts(found[0]):
+                return await handler(request)
+            if not route.reaches_rest:
+                return web.json_response(
+                    {
+                        "error": f"model {route.model!r} is routed to upstream nodes over gRPC "
+                        "only; call it over gRPC, or give its route http_port (or its nodes "
+                        "http_address) to forward REST calls"
+                    },
+                    status=501,
+                )
+            return await self.rest_forwarder.forward(route, request)
+
+        return route_rest
 
     def snapshot(self) -> list[dict[str, Any]]:
         """One dict per node of every route: model, address, weight, state, counters."""

@@ -12,13 +12,15 @@ import structlog
 from grpc_health.v1 import health_pb2
 
 from dl_inference.balancer import Balancer, Outcome
-from dl_inference.gateway.config import RouteConfig
+from dl_inference.gateway.config import RouteConfig, join_address, split_address
 from dl_inference.gateway.discovery import Discovery, NodeList
 from dl_inference.gateway.nodes import Node, NodeHealth, RetryBudget
 
 log = structlog.get_logger("dl_inference.gateway")
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+# Leave a little of the budget for the answer to travel back before calling again.
+MIN_RETRY_BUDGET_S = 0.002
 
 
 class Route:
@@ -83,6 +85,22 @@ class Route:
             task.add_done_callback(self._closing.discard)
 
     # -- choosing and learning -------------------------------------------------------------
+
+    @property
+    def reaches_rest(self) -> bool:
+        """Whether REST calls can go upstream: an http_port, or nodes with http_address."""
+        return self.config.http_port is not None or any(
+            node.http_address for node in self.config.nodes
+        )
+
+    def http_address(self, address: str) -> str | None:
+        """The REST ``host:port`` of the node at gRPC ``address``, or None without one."""
+        for node in self.config.nodes:
+            if node.address == address and node.http_address:
+                return node.http_address
+        if self.config.http_port is None:
+            return None
+        return join_address(split_address(address)[0], self.config.http_port)
 
     def accepts(self, protocol: str) -> bool:
         return self.protocols is None or protocol in self.protocols
@@ -151,6 +169,17 @@ class Route:
                 balancer=self.balancer.name,
                 error=f"{type(exc).__name__}: {exc}",
             )
+
+    def retry_allowed(self, retries: int, deadline: float | None, tried: list[str]) -> bool:
+        """Whether a failed call may go to another node: retries, time and budget left."""
+        if retries >= self.retries:
+            return False
+        if deadline is not None and deadline - time.monotonic() < MIN_RETRY_BUDGET_S:
+            return False
+        if not self.budget.try_retry():
+            tried.append("retry budget exhausted")
+            return False
+        return True
 
     def describe_nodes(self) -> str:
         now = time.monotonic()

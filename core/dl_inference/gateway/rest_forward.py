@@ -1,0 +1,183 @@
+"""Forwarding of REST calls for routed models to the nodes' HTTP ports, bytes unchanged.
+
+The model name comes from the path: V2 ``/v2/models/<name>/...`` and TF Serving
+``/v1/models/<name>...``. A route with ``http_port`` (or nodes with ``http_address``)
+sends them to the REST listener of the node its balancer picks, with the same node list,
+health and retry budget as gRPC. Body, status, headers and reply travel unchanged but for
+per-hop headers. Only failures where the node did no work are retried on another node:
+the connection could not be made, or the node answered 503 (draining, not ready).
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import time
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from dl_inference.balancer import Outcome
+from dl_inference.gateway.route import Route
+
+log = structlog.get_logger("dl_inference.gateway")
+
+# Path prefix -> the protocol it belongs to (for routes[].protocols) and the model's name.
+MODEL_PATH = re.compile(r"^/(v2|v1)/models/([^/:]+)")
+PROTOCOL_OF = {"v2": "v2", "v1": "tfserving"}
+# Connection-level headers (RFC 9110 7.6.1) and those aiohttp sets for each hop itself.
+_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "date",
+        "server",
+    }
+)
+NODE_FAILURES = frozenset({500, 502, 503})
+BALANCER_FAILURES = NODE_FAILURES | {429, 504}
+RETRYABLE = frozenset({503})
+
+
+def routed_model(path: str) -> tuple[str, str] | None:
+    """(protocol, model name) of a model REST path; None for other paths."""
+    match = MODEL_PATH.match(path)
+    return (PROTOCOL_OF[match.group(1)], match.group(2)) if match else None
+
+
+def forwardable_headers(headers: object) -> dict[str, str]:
+    """Headers minus per-hop ones (``headers``: a multidict of the request or reply)."""
+    return {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}  # type: ignore[attr-defined]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class RestForwarder:
+    """Sends a REST request to a route's nodes and returns the answer of the one that took it."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._tls: dict[str, ssl.SSLContext] = {}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Bodies pass as they are: compressed only if the client asked, never unpacked.
+            self._session = aiohttp.ClientSession(
+                auto_decompress=False, skip_auto_headers=("Accept-Encoding", "User-Agent")
+            )
+        return self._session
+
+    def _tls_context(self, route: Route) -> ssl.SSLContext | bool:
+        """True (default checks) without route TLS; else a context from its files."""
+        tls = route.config.tls
+        if tls is None:
+            return True
+        context = self._tls.get(route.model)
+        if context is None:
+            context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+            if tls.cert_file is not None and tls.key_file is not None:
+                context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            self._tls[route.model] = context
+        return context
+
+    async def forward(self, route: Route, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = forwardable_headers(request.headers)
+        if route.config.tls is not None and route.config.tls.server_name:
+            headers["Host"] = route.config.tls.server_name
+        started = time.monotonic()
+        deadline = None if route.timeout_s is None else started + route.timeout_s
+        route.budget.on_request()
+        tried: list[str] = []
+        # Nodes without a REST address (a discovered node on a route without http_port).
+        exclude = {address for address in route.nodes if route.http_address(address) is None}
+        retries = 0
+        scheme = "http" if route.config.tls is None else "https"
+        tls = self._tls_context(route)
+        while (node := route.pick(exclude)) is not None:
+            exclude.add(node.address)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return _error(504, f"the deadline for model {route.model!r} passed in the gateway")
+            url = f"{scheme}://{route.http_address(node.address)}{request.path_qs}"
+            node.in_flight += 1
+            sent = time.monotonic()
+            try:
+                async with self._client().request(
+                    request.method,
+                    url,
+                    data=body,
+                    headers=headers,
+                    ssl=tls,
+                    timeout=aiohttp.ClientTimeout(total=left),
+                    server_hostname=route.config.tls.server_name if route.config.tls else None,
+                ) as reply:
+                    payload = await reply.read()
+                    status, reply_headers = reply.status, forwardable_headers(reply.headers)
+            except TimeoutError:
+                route.record(node, Outcome.FAILURE, time.monotonic() - sent, error="timeout")
+                return _error(
+                    504, f"model {route.model!r}: node {node.address} did not answer in time"
+                )
+            except aiohttp.ClientConnectorError as exc:  # no connection: the node did nothing
+                detail = f"cannot connect ({exc.os_error or exc})"
+                route.record(
+                    node, Outcome.FAILURE, time.monotonic() - sent, gateway_failure=True,
+                    error=detail,
+                )  # fmt: skip
+                tried.append(f"{node.address} ({detail})")
+                if not route.retry_allowed(retries, deadline, tried):
+                    break
+                retries += 1
+                continue
+            except (aiohttp.ClientError, OSError) as exc:  # it may have run: do not repeat
+                detail = f"{type(exc).__name__}: {exc}"
+                route.record(
+                    node, Outcome.FAILURE, time.monotonic() - sent, gateway_failure=True,
+                    error=detail,
+                )  # fmt: skip
+                return _error(502, f"model {route.model!r}: node {node.address} failed: {detail}")
+            finally:
+                node.in_flight -= 1
+                if node.draining:
+                    route.reap()
+            outcome = (
+                Outcome.FAILURE
+                if status in BALANCER_FAILURES
+                else Outcome.SUCCESS
+                if status < 400
+                else Outcome.REJECTED
+            )
+            route.record(
+                node, outcome, time.monotonic() - sent,
+                gateway_failure=status in NODE_FAILURES, error=f"HTTP {status}",
+            )  # fmt: skip
+            if status in RETRYABLE:
+                tried.append(f"{node.address} (HTTP {status})")
+                if route.retry_allowed(retries, deadline, tried):
+                    retries += 1
+                    continue
+            return web.Response(status=status, body=payload, headers=reply_headers)
+        log.warning("REST forwarding failed", model=route.model, path=request.path, tried=tried)
+        return _error(
+            503,
+            f"model {route.model!r} is unavailable: no upstream node answered over REST; tried "
+            f"{'; '.join(tried) or 'nothing'}; nodes: {route.describe_nodes()}. Check that "
+            "the nodes run and listen for HTTP at the route's http_port / http_address",
+        )

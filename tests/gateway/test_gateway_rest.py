@@ -1,0 +1,158 @@
+"""REST through the gateway: V2 (tritonclient.http) and TF Serving REST (plain HTTP) calls
+for routed models reach the nodes' HTTP listeners, balanced and retried like gRPC."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
+
+from dl_inference.testing import ServerProcess, write_python_model
+
+from .conftest import LOCAL, REMOTE, gateway, named_workers, write_config
+
+REMOTE_CONFIG = """
+    inputs: [{name: x, datatype: FP32, shape: [-1]}]
+    outputs: [{name: y, datatype: FP32, shape: [-1]}, {name: node, datatype: BYTES, shape: [1]}]
+"""
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
+    repo = tmp_path_factory.mktemp("rest_workers")
+    write_python_model(repo, "remote", REMOTE, REMOTE_CONFIG)
+    with named_workers(repo, ("w1", "w2")) as procs:
+        yield procs
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, workers: list[ServerProcess]
+) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("rest_gw")
+    write_python_model(folder / "models", "local", LOCAL)
+    nodes = [{"address": w.grpc_address, "http_address": w.http_address} for w in workers]
+    config = write_config(
+        folder / "gateway.yaml",
+        [
+            {"model": "remote", "balancer": "round_robin", "nodes": nodes},
+            # Forwarded over gRPC only: REST calls for it get a clear refusal.
+            {"model": "grpconly", "nodes": [{"address": workers[0].grpc_address}]},
+        ],
+        model_repository=str(folder / "models"),
+    )
+    with gateway(config) as srv:
+        yield srv
+
+
+def http(url: str, body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def v2_infer(server: ServerProcess, x: np.ndarray) -> Any:
+    with triton_http.InferenceServerClient(server.http_address) as client:
+        tensor = triton_http.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        return client.infer("remote", [tensor])
+
+
+def test_v2_rest_calls_are_balanced_over_the_nodes(server: ServerProcess) -> None:
+    x = np.array([0.5, -1.25, 3.0], dtype=np.float32)
+    served: Counter[str] = Counter()
+    for _ in range(10):
+        result = v2_infer(server, x)  # binary tensors both ways, through the gateway
+        np.testing.assert_array_equal(result.as_numpy("y"), x * 2)
+        served[result.as_numpy("node")[0].decode()] += 1
+    assert served == {"w1": 5, "w2": 5}  # round robin
+    with triton_http.InferenceServerClient(server.http_address) as client:
+        assert client.is_model_ready("remote")
+        assert client.get_model_metadata("remote")["name"] == "remote"
+        # Local models on the gateway stay served locally.
+        assert client.is_model_ready("local")
+
+
+def test_tf_serving_rest_calls_reach_the_nodes(server: ServerProcess) -> None:
+    status, body = http(
+        f"{server.http_url}/v1/models/remote:predict", {"inputs": {"x": [1.0, 2.5]}}
+    )
+    assert status == 200, body
+    np.testing.assert_array_equal(np.float32(body["outputs"]["y"]), np.float32([2.0, 5.0]))
+    status, body = http(f"{server.http_url}/v1/models/remote")
+    assert status == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_upstream_errors_come_back_unchanged_and_the_gateway_keeps_serving(
+    server: ServerProcess, workers: list[ServerProcess]
+) -> None:
+    wrong = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}
+    status, body = http(f"{server.http_url}/v2/models/remote/infer", wrong)
+    direct_status, direct_body = http(f"{workers[0].http_url}/v2/models/remote/infer", wrong)
+    assert (status, body) == (direct_status, direct_body)
+    assert status == 400 and "'x'" in body["error"]
+    x = np.ones(2, dtype=np.float32)
+    np.testing.assert_array_equal(v2_infer(server, x).as_numpy("y"), x * 2)
+
+
+def test_a_route_without_rest_refuses_rest_calls_clearly(server: ServerProcess) -> None:
+    status, body = http(f"{server.http_url}/v2/models/grpconly/ready")
+    assert status == 501
+    assert "over gRPC only" in body["error"] and "http_port" in body["error"]
+    status, body = http(f"{server.http_url}/v2/models/missing/ready")
+    assert status == 404 and "missing" in body["error"]  # unrouted: the local answer
+
+
+def test_a_stopped_node_costs_no_failed_rest_call(
+    server: ServerProcess, workers: list[ServerProcess]
+) -> None:
+    workers[1].stop()  # refuses connections from now on: the calls go to w1 instead
+    x = np.array([1.0], dtype=np.float32)
+    for _ in range(10):
+        try:
+            result = v2_infer(server, x)
+        except InferenceServerException as exc:  # pragma: no cover - the failure reported
+            pytest.fail(f"a REST call failed after a node stopped: {exc}")
+        assert result.as_numpy("node")[0] == b"w1"
+
+
+def test_rest_addresses_come_from_the_node_or_the_routes_http_port() -> None:
+    from pydantic import ValidationError
+
+    from dl_inference.gateway.config import RouteConfig
+    from dl_inference.gateway.rest_forward import routed_model
+    from dl_inference.gateway.route import Route
+
+    config = RouteConfig(
+        model="m",
+        http_port=8501,
+        nodes=[
+            {"address": "10.0.0.5:8500"},
+            {"address": "[::1]:8500"},
+            {"address": "10.0.0.6:9000", "http_address": "10.0.0.6:9001"},
+        ],
+    )
+    route = Route(config, balancer=object())  # type: ignore[arg-type]
+    assert route.reaches_rest
+    assert route.http_address("10.0.0.5:8500") == "10.0.0.5:8501"
+    assert route.http_address("[::1]:8500") == "[::1]:8501"
+    assert route.http_address("10.0.0.6:9000") == "10.0.0.6:9001"
+    grpc_only = Route(RouteConfig(model="m", nodes=[{"address": "h:1"}]), object())  # type: ignore[arg-type]
+    assert not grpc_only.reaches_rest and grpc_only.http_address("h:1") is None
+    with pytest.raises(ValidationError, match="is not host:port"):
+        RouteConfig(model="m", nodes=[{"address": "h:1", "http_address": "nope"}])
+    assert routed_model("/v2/models/resnet/versions/2/infer") == ("v2", "resnet")
+    assert routed_model("/v1/models/resnet:predict") == ("tfserving", "resnet")
+    assert routed_model("/v1/models/resnet/labels/canary:classify") == ("tfserving", "resnet")
+    assert routed_model("/v2/health/ready") is None
