@@ -130,15 +130,18 @@ class Runtime:
             request.id = ctx.request_id
         gauge = self.metrics.in_flight_of(request.model_name)
         gauge.inc()
+        # Log lines from hooks and models carry the id (bind/reset: no context manager
+        # frame on every request).
+        tokens = structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
         try:
-            with structlog.contextvars.bound_contextvars(request_id=ctx.request_id):
-                response = await self._infer(request, ctx)
+            response = await self._infer(request, ctx)
         except BaseException as exc:
             if self._use["dli_on_error"]:
                 self._hooks.dli_on_error(ctx=ctx, error=exc)
             self._finish(ctx, request, exc)
             raise
         finally:
+            structlog.contextvars.reset_contextvars(**tokens)
             gauge.dec()
         self._finish(ctx, request, None)
         return response

@@ -181,22 +181,38 @@ def test_compressed_responses(
     a, b, inputs = add_sub_inputs(binary=True)
     result = client.infer("add_sub", inputs, response_compression_algorithm=algorithm)
     np.testing.assert_allclose(result.as_numpy("OUTPUT1"), a - b, rtol=1e-6)
+    # Eight rows of sevenths and elevenths: a JSON answer over 1 KiB, compressed as asked.
+    sevenths = [[(4 * i + j + 1) / 7 for j in range(4)] for i in range(8)]
+    elevenths = [[(4 * i + j + 1) / 11 for j in range(4)] for i in range(8)]
     document = {
         "inputs": [
-            {"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]},
-            {"name": "INPUT1", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]},
+            {"name": "INPUT0", "datatype": "FP32", "shape": [8, 4], "data": sevenths},
+            {"name": "INPUT1", "datatype": "FP32", "shape": [8, 4], "data": elevenths},
         ]
     }
-    status, headers, body = http(
+    body = json.dumps(document).encode()
+    status, headers, reply = http(
+        v2_server, "POST", "/v2/models/add_sub/infer", body, {"Accept-Encoding": algorithm}
+    )
+    assert status == 200 and headers["Content-Encoding"] == algorithm
+    plain = gzip.decompress(reply) if algorithm == "gzip" else zlib.decompress(reply)
+    assert len(plain) >= 1024
+    added = np.float32(sevenths) + np.float32(elevenths)
+    np.testing.assert_allclose(json.loads(plain)["outputs"][0]["data"], added.ravel())
+    # A small answer costs more to deflate than it saves: it goes out as it is.
+    document["inputs"] = [
+        {"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]},
+        {"name": "INPUT1", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]},
+    ]
+    status, headers, reply = http(
         v2_server,
         "POST",
         "/v2/models/add_sub/infer",
         json.dumps(document).encode(),
         {"Accept-Encoding": algorithm},
     )
-    assert status == 200 and headers["Content-Encoding"] == algorithm
-    plain = gzip.decompress(body) if algorithm == "gzip" else zlib.decompress(body)
-    assert json.loads(plain)["outputs"][0]["data"] == [2, 3, 4, 5]
+    assert status == 200 and "Content-Encoding" not in headers
+    assert json.loads(reply)["outputs"][0]["data"] == [2, 3, 4, 5]
 
 
 def test_every_datatype_binary(client: httpclient.InferenceServerClient) -> None:

@@ -29,6 +29,8 @@ from dl_inference.status import http_status, public_message
 from dl_inference.types import InferRequest, InferResponse, RequestContext
 
 PROTOCOL = "v2"
+# Responses shorter than this go out uncompressed even to clients that accept gzip.
+MIN_COMPRESSED_BYTES = 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -128,8 +130,9 @@ class V2Rest:
             return reply
         reply = encode_rest_response(response, binary_outputs)
         reply.headers["x-request-id"] = ctx.request_id
-        if request.headers.get("Accept-Encoding"):
-            # As Triton does: compress (gzip/deflate) only for clients that ask for it.
+        if request.headers.get("Accept-Encoding") and len(reply.body) >= MIN_COMPRESSED_BYTES:
+            # For clients that ask (aiohttp and requests always do): a small body costs
+            # more to deflate and inflate than it saves.
             reply.enable_compression()
         return reply
 
@@ -294,6 +297,9 @@ def http_routes(runtime: Runtime) -> list[web.RouteDef]:
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     return [
+        # The hot path first: aiohttp tries a prefix's routes in this order.
+        web.post(f"{model}/infer", _guarded(api.infer)),
+        web.post(f"{versioned}/infer", _guarded(api.infer)),
         web.get("/v2/health/live", _guarded(api.live)),
         web.get("/v2/health/ready", _guarded(api.ready)),
         web.get("/v2", _guarded(api.server_metadata)),
@@ -301,6 +307,4 @@ def http_routes(runtime: Runtime) -> list[web.RouteDef]:
         web.get(versioned, _guarded(api.model_metadata)),
         web.get(f"{model}/ready", _guarded(api.model_ready)),
         web.get(f"{versioned}/ready", _guarded(api.model_ready)),
-        web.post(f"{model}/infer", _guarded(api.infer)),
-        web.post(f"{versioned}/infer", _guarded(api.infer)),
     ]
