@@ -227,6 +227,33 @@ def test_sighup_reloads_every_worker_and_the_server_stays(pid_repository: Path) 
     assert server.process.returncode == 0
 
 
+def running(pid: str) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_workers_stop_when_their_parent_is_killed(pid_repository: Path) -> None:
+    server = serve_two(pid_repository).start()
+    assert server.process is not None
+    parent = server.process.pid
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    assert len(children) == 2
+    os.kill(parent, signal.SIGKILL)  # no chance to stop its workers itself
+    server.process.wait()
+    for _ in range(300):  # they drain and exit (bounded wait)
+        if not any(running(pid) for pid in children):
+            break
+        time.sleep(0.1)
+    alive = [pid for pid in children if running(pid)]
+    for pid in alive:  # leave nothing behind, whatever the outcome
+        os.kill(int(pid), signal.SIGKILL)
+    assert not alive, "workers kept running after their parent died"
+
+
 def test_a_worker_that_cannot_start_stops_all_workers(tmp_path: Path) -> None:
     write_python_model(tmp_path, "picky", FAILS_IN_WORKER_1, XY_CONFIG)
     command = [sys.executable, "-m", "dl_inference", "serve", "--model-repository"]

@@ -145,6 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from dl_inference.worker_link import WorkerLink
 
         server.link = WorkerLink.from_environment()
+        if server.link is not None:
+            WorkerLink.follow_parent()
     if args.config:
         server.config_source = (args.config, lambda: resolve_config(args))
         server.config_mtime = config_mtime

@@ -11,7 +11,9 @@ loaded or unloaded through any worker is loaded or unloaded in all of them.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,8 @@ from aiohttp import web
 ENV_FOLDER = "DLI_WORKER_DIR"
 ENV_INDEX = "DLI_WORKER_INDEX"
 ENV_COUNT = "DLI_WORKER_COUNT"
+ENV_PARENT = "DLI_WORKER_PARENT"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -59,7 +63,28 @@ class WorkerLink:
     @staticmethod
     def environment(folder: Path, index: int, count: int) -> dict[str, str]:
         """The variables that tell worker ``index`` of ``count`` where its siblings are."""
-        return {ENV_FOLDER: str(folder), ENV_INDEX: str(index), ENV_COUNT: str(count)}
+        return {
+            ENV_FOLDER: str(folder),
+            ENV_INDEX: str(index),
+            ENV_COUNT: str(count),
+            ENV_PARENT: str(os.getpid()),
+        }
+
+    @staticmethod
+    def follow_parent(environ: Mapping[str, str] = os.environ) -> None:
+        """Have the kernel send SIGTERM (a drain) to this worker when its parent dies.
+
+        A parent killed outright (SIGKILL, out of memory) would otherwise leave its workers
+        serving on the ports with nobody to stop them. Linux only; elsewhere nothing.
+        """
+        parent = int(environ.get(ENV_PARENT, "0"))
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if parent and os.getppid() != parent:  # it died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def socket_of(self, worker: int) -> Path:
         return self.folder / f"{worker}.sock"
