@@ -10,9 +10,13 @@ lower". This script measures exactly that on this machine:
   ``reference.npz``;
 - the load generator is the peers' ``loadgen.py`` (closed loop, one sample per request,
   run from the peers' client venv) for every server: MLServer over V2 gRPC (``--target
-  mlserver-grpc --client raw``), TorchServe over REST raw bytes (``ts-rest``) and gRPC
+  mlserver-grpc --client raw``) and V2 REST with JSON tensors (``mlserver-rest``, the only
+  REST form MLServer takes), TorchServe over REST raw bytes (``ts-rest``) and gRPC
   (``ts-grpc``), and dl-inference over V2 gRPC with the very same raw V2 client as
-  MLServer (``--target mlserver-grpc --client raw --port <our port>``);
+  MLServer (``--target mlserver-grpc --client raw --port <our port>``) and over V2 REST
+  with binary tensors (``--client binary``: ``bench/loadgen_v2_binary.py`` runs
+  loadgen.py with one more client, a bare aiohttp POST of a prebuilt body shaped like
+  loadgen's own ``ts-rest`` client);
 - each server runs one worker process: MLServer ``parallel_workers`` 1 and 0 (0 = inference
   in the server process itself), TorchServe one model worker, ``dl-inference serve`` without
   ``--workers``. Batching is tried off and on for each (MLServer / TorchServe: max batch 32,
@@ -91,9 +95,10 @@ class Block:
     threads: int = 0  # torch intra-op threads in the server (0: default, 2 on this machine)
     delay_ms: int = 0  # dl-inference's max_queue_delay_ms (the peers' recipes batch with 2)
 
-    def config(self, target: str) -> str:
+    def config(self, target: str, client: str = "") -> str:
         proto = {
             "mlserver-grpc": "V2 gRPC",
+            "mlserver-rest": "V2 REST binary tensors" if client == "binary" else "V2 REST JSON",
             "ts-grpc": "gRPC",
             "ts-rest": "REST raw bytes",
         }[target]
@@ -110,15 +115,19 @@ class Block:
 def blocks(only: set[str], threads: tuple[int, ...] = (0,)) -> list[Block]:
     """The matrix: each server, batching off and on, one worker process, per thread count."""
     grpc_raw = (("mlserver-grpc", "raw"),)
+    # V2 REST: dl-inference with binary tensors (Triton's extension; loadgen_v2_binary.py),
+    # MLServer with JSON tensors (all it accepts; loadgen's own tritonclient client).
+    dli = (*grpc_raw, ("mlserver-rest", "binary"))
+    mlserver_all = (*grpc_raw, ("mlserver-rest", "triton"))
     ts = (("ts-rest", "aiohttp"), ("ts-grpc", "raw"))
     matrix = [
-        Block("dl-inference", "off", 1, grpc_raw),
-        Block("dl-inference", "on", 1, grpc_raw),
-        Block("dl-inference", "on", 1, grpc_raw, delay_ms=2),
+        Block("dl-inference", "off", 1, dli),
+        Block("dl-inference", "on", 1, dli),
+        Block("dl-inference", "on", 1, dli, delay_ms=2),
         Block("mlserver", "off", 1, grpc_raw),
         Block("mlserver", "on", 1, grpc_raw),
-        Block("mlserver", "off", 0, grpc_raw),
-        Block("mlserver", "on", 0, grpc_raw),
+        Block("mlserver", "off", 0, mlserver_all),
+        Block("mlserver", "on", 0, mlserver_all),
         Block("torchserve", "off", 1, ts),
         Block("torchserve", "on", 1, ts),
     ]
@@ -229,8 +238,9 @@ class Runner:
         return root
 
     @contextlib.contextmanager
-    def serve(self, block: Block) -> Iterator[tuple[int, int]]:
-        """Start the block's server; yields (pid for loadgen's CPU accounting, port or 0)."""
+    def serve(self, block: Block) -> Iterator[tuple[int, dict[str, int]]]:
+        """Start the block's server; yields (pid for loadgen's CPU accounting, its ports:
+        ``{"grpc": ..., "http": ...}``, empty for peers on servers.py's fixed ports)."""
         if block.server == "dl-inference":
             repo = self.dli_repository(block.batching, block.delay_ms)
             env = {**DLI_ENV, "BENCH_TORCH_THREADS": str(block.threads or 2)}
@@ -238,7 +248,7 @@ class Runner:
             srv = ServerProcess(argv, env=env)
             with srv:
                 assert srv.process is not None
-                yield srv.process.pid, srv.grpc_port
+                yield srv.process.pid, {"grpc": srv.grpc_port, "http": srv.http_port}
             return
         taken = busy_ports(PEER_PORTS)
         if taken:
@@ -265,7 +275,7 @@ class Runner:
             )
         pid = int(done.stdout.split()[-1])
         try:
-            yield pid, 0
+            yield pid, {}
         finally:
             subprocess.run(
                 [self.client_py, str(self.recipes / "servers.py"), "stop", str(pid)],
@@ -276,7 +286,7 @@ class Runner:
     # load -----------------------------------------------------------------------------------
 
     def loadgen(
-        self, block: Block, target: str, client: str, pid: int, port: int, rep: int
+        self, block: Block, target: str, client: str, pid: int, ports: dict[str, int], rep: int
     ) -> list[dict[str, Any]]:
         """One loadgen run (all concurrencies); returns its rows."""
         tag = (
@@ -290,9 +300,13 @@ class Runner:
             f"server={block.server},batching={block.batching},workers={block.workers},"
             f"threads={block.threads}"
         )
+        # loadgen.py itself, or wrapped to add the V2 REST binary-tensor client.
+        program = [str(self.recipes / "loadgen.py")]
+        if client == "binary":
+            program = [str(HERE / "loadgen_v2_binary.py"), *program]
         command = [
             self.client_py,
-            str(self.recipes / "loadgen.py"),
+            *program,
             "--target",
             target,
             "--client",
@@ -314,6 +328,7 @@ class Runner:
             "--json",
             str(rows_file),
         ]
+        port = ports.get("http" if target == "mlserver-rest" else "grpc")
         if port:
             command += ["--port", str(port)]
         points = len(self.args.conc.split(","))
@@ -336,14 +351,14 @@ class Runner:
                 print(f"  (waited {waited:.0f} s for the lock)", flush=True)
             started = time.monotonic()
             try:
-                with self.serve(block) as (pid, port):
+                with self.serve(block) as (pid, ports):
                     start_s = time.monotonic() - started
                     for target, client in block.targets:
-                        rows = self.loadgen(block, target, client, pid, port, rep)
+                        rows = self.loadgen(block, target, client, pid, ports, rep)
                         for row in rows:
                             row.update(
                                 server=block.server,
-                                config=block.config(target),
+                                config=block.config(target, client),
                                 batching=block.batching,
                                 workers=block.workers,
                                 target=target,
