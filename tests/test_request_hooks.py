@@ -109,6 +109,36 @@ async def test_on_error_sees_the_failure(tmp_path: Path) -> None:
 
 async def test_hooks_cost_nothing_when_unimplemented(tmp_path: Path) -> None:
     runtime = await make_runtime(tmp_path)
-    assert not any(runtime._use.values())
+    hooks = (runtime._authorize, runtime._on_request, runtime._on_response, runtime._on_error)
+    assert hooks == (None, None, None, None)
     response = await call(runtime)
     assert response.id  # a request id is always assigned
+
+
+async def test_several_authorizers_answer_first_result_and_one_may_take_fewer_arguments(
+    tmp_path: Path,
+) -> None:
+    seen: list[str] = []
+
+    def allow_good(ctx: RequestContext) -> Decision | None:
+        return Decision.allow() if ctx.metadata.get("authorization") == "good" else None
+
+    def deny_the_rest(ctx: RequestContext) -> Decision | None:
+        if ctx.metadata.get("authorization") == "good":
+            return None  # no objection: the next plugin is asked
+        return Decision.deny("only good tokens")
+
+    def note_error(error: BaseException) -> None:  # takes only one of (ctx, error)
+        seen.append(type(error).__name__)
+
+    runtime = await make_runtime(
+        tmp_path,
+        plugin_module("deny_plugin", dli_authorize=deny_the_rest),
+        plugin_module("allow_plugin", dli_authorize=allow_good, dli_on_error=note_error),
+    )
+    # Each answers in either order: None lets the other decide.
+    response = await call(runtime, "good")
+    np.testing.assert_array_equal(response.outputs["y"], np.ones(2, np.float32))
+    with pytest.raises(PermissionDenied, match="only good tokens"):
+        await call(runtime, "bad")
+    assert seen == ["PermissionDenied"]

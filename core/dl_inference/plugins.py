@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -233,6 +233,29 @@ class PluginHost:
     def hook_is_used(self, hook_name: str) -> bool:
         """Whether any plugin implements ``hook_name`` (per-request hooks are skipped if not)."""
         return bool(getattr(self.pm.hook, hook_name).get_hookimpls())
+
+    def request_hook(self, hook_name: str) -> Callable[..., Any] | None:
+        """How to call a per-request hook: None when nobody implements it; the one plain
+        implementation itself (pluggy's dispatch costs microseconds per request); else the
+        hook caller. Called with keyword arguments; returns the first result or None."""
+        caller = getattr(self.pm.hook, hook_name)
+        impls = caller.get_hookimpls()
+        if not impls:
+            return None
+        if len(impls) == 1 and not (impls[0].hookwrapper or impls[0].wrapper):
+            function, names = impls[0].function, tuple(impls[0].argnames)
+
+            def call(**kwargs: Any) -> Any:
+                return function(**{name: kwargs[name] for name in names})
+
+            return call
+        firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+
+        def call_all(**kwargs: Any) -> Any:
+            result = caller(**kwargs)
+            return result if firstresult else None
+
+        return call_all
 
 
 def _implemented_hooks(pm: pluggy.PluginManager, plugin_name: str) -> list[str]:

@@ -67,11 +67,11 @@ class Runtime:
                 self._model_states,
             )
         )
-        self._hooks = plugins.pm.hook
-        self._use = {
-            name: plugins.hook_is_used(name)
-            for name in ("dli_authorize", "dli_on_request", "dli_on_response", "dli_on_error")
-        }
+        # Per-request hooks: None when no plugin implements them (checked once, here).
+        self._authorize = plugins.request_hook("dli_authorize")
+        self._on_request = plugins.request_hook("dli_on_request")
+        self._on_response = plugins.request_hook("dli_on_response")
+        self._on_error = plugins.request_hook("dli_on_error")
 
     # -- server and model state ------------------------------------------------------------
 
@@ -136,8 +136,8 @@ class Runtime:
         try:
             response = await self._infer(request, ctx)
         except BaseException as exc:
-            if self._use["dli_on_error"]:
-                self._hooks.dli_on_error(ctx=ctx, error=exc)
+            if self._on_error is not None:
+                self._on_error(ctx=ctx, error=exc)
             self._finish(ctx, request, exc)
             raise
         finally:
@@ -149,10 +149,10 @@ class Runtime:
     async def _infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another instance")
-        if self._use["dli_authorize"]:
-            _enforce(self._hooks.dli_authorize(ctx=ctx))
-        if self._use["dli_on_request"]:
-            self._hooks.dli_on_request(ctx=ctx)
+        if self._authorize is not None:
+            _enforce(self._authorize(ctx=ctx))
+        if self._on_request is not None:
+            self._on_request(ctx=ctx)
             request = ctx.request or request
         model = self.models.resolve(request.model_name, request.model_version)
         validate_inputs(request.model_name, request.inputs, model.inputs())
@@ -184,8 +184,8 @@ class Runtime:
             outputs=select_outputs(request.model_name, outputs, request.outputs),
         )
         ctx.response = response
-        if self._use["dli_on_response"]:
-            self._hooks.dli_on_response(ctx=ctx)
+        if self._on_response is not None:
+            self._on_response(ctx=ctx)
             response = ctx.response or response
         return response
 
@@ -198,8 +198,8 @@ class Runtime:
         garbage is as visible as any other failure.
         """
         request = ctx.request or InferRequest(model_name=model_name, inputs={})
-        if self._use["dli_on_error"]:
-            self._hooks.dli_on_error(ctx=ctx, error=error)
+        if self._on_error is not None:
+            self._on_error(ctx=ctx, error=error)
         self._finish(ctx, request, error)
 
     def _finish(
