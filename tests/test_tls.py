@@ -167,7 +167,8 @@ def test_gateway_reaches_a_mutual_tls_upstream(pki: Path, tmp_path: Path) -> Non
     with serve(pki, tmp_path / "worker", mutual=True) as worker:
         route = (
             f"routes:\n  - model: add_one\n    balancer: round_robin\n"
-            f"    nodes: [{{address: '{worker.grpc_address}', weight: 1}}]\n"
+            f"    nodes: [{{address: '{worker.grpc_address}', weight: 1, "
+            f"http_address: '{worker.http_address}'}}]\n"
             f"    tls: {{ca_file: {pki / 'ca.pem'}, cert_file: {pki / 'client.pem'}, "
             f"key_file: {pki / 'client.key'}}}\n"
         )
@@ -179,3 +180,10 @@ def test_gateway_reaches_a_mutual_tls_upstream(pki: Path, tmp_path: Path) -> Non
             tensor.set_data_from_numpy(np.full(2, 4, np.float32))
             out = client.infer("add_one", [tensor], client_timeout=20).as_numpy("y")
             np.testing.assert_array_equal(out, np.full(2, 5, np.float32))
+            # REST too: plain HTTP to the gateway, HTTPS with the client certificate onward.
+            body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [4, 6]}]}
+            request = urllib.request.Request(
+                gateway.http_url + "/v2/models/add_one/infer", data=json.dumps(body).encode()
+            )
+            with urllib.request.urlopen(request, timeout=20) as reply:
+                assert json.loads(reply.read())["outputs"][0]["data"] == [5, 7]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import ssl
 import time
+from collections.abc import Mapping
 
 import aiohttp
 import structlog
@@ -54,9 +55,9 @@ def routed_model(path: str) -> tuple[str, str] | None:
     return (PROTOCOL_OF[match.group(1)], match.group(2)) if match else None
 
 
-def forwardable_headers(headers: object) -> dict[str, str]:
-    """Headers minus per-hop ones (``headers``: a multidict of the request or reply)."""
-    return {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}  # type: ignore[attr-defined]
+def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers minus per-hop ones (``headers``: the request's or the reply's multidict)."""
+    return {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -68,7 +69,7 @@ class RestForwarder:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._tls: dict[str, ssl.SSLContext] = {}
+        self._tls: dict[str, ssl.SSLContext] = {}  # by the route's TLS settings
 
     async def close(self) -> None:
         if self._session is not None:
@@ -88,12 +89,14 @@ class RestForwarder:
         tls = route.config.tls
         if tls is None:
             return True
-        context = self._tls.get(route.model)
+        # Keyed by the settings: a reload naming other files builds a new context.
+        key = tls.model_dump_json()
+        context = self._tls.get(key)
         if context is None:
             context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
             if tls.cert_file is not None and tls.key_file is not None:
                 context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-            self._tls[route.model] = context
+            self._tls[key] = context
         return context
 
     async def forward(self, route: Route, request: web.Request) -> web.Response:
