@@ -69,7 +69,11 @@ class Protocol:
         return ()
 
     def reflection_files(self) -> Sequence[FileDescriptorProto]:
-        """File descriptors under the protocol's standard package names, for server reflection."""
+        """File descriptors under the protocol's standard package names, for server reflection.
+
+        Dependencies come first; :func:`rename_proto_types` turns a plugin's own package
+        names into the standard ones.
+        """
         return ()
 
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
