@@ -31,6 +31,14 @@ class GatedModel:
         return {"y": inputs["x"] * 2}
 
 
+def queue_ones(batcher: Batcher, count: int) -> list[asyncio.Task]:
+    """``count`` one-row requests of ones, submitted as tasks (they queue behind a busy model)."""
+    return [
+        asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
+        for _ in range(count)
+    ]
+
+
 async def hold_model_busy(batcher: Batcher, model: GatedModel) -> asyncio.Task:
     """Start one request and wait until the model runs it, with the gate closed."""
     model.gate.clear()
@@ -69,10 +77,7 @@ async def test_batches_stop_at_max_batch_size() -> None:
     model = GatedModel()
     batcher = Batcher("m", model.run, max_batch_size=4)
     first = await hold_model_busy(batcher, model)
-    waiting = [
-        asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
-        for _ in range(6)
-    ]
+    waiting = queue_ones(batcher, 6)
     await asyncio.sleep(0.05)
     model.gate.set()
     await asyncio.gather(first, *waiting)
@@ -121,10 +126,7 @@ async def test_a_full_queue_refuses_at_once() -> None:
     model = GatedModel()
     batcher = Batcher("m", model.run, max_batch_size=1, max_queue_size=2)
     first = await hold_model_busy(batcher, model)
-    queued = [
-        asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
-        for _ in range(2)
-    ]
+    queued = queue_ones(batcher, 2)
     await asyncio.sleep(0.01)
     with pytest.raises(ResourceExhausted, match="queue full"):
         await batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None)
@@ -155,10 +157,7 @@ async def test_a_model_that_drops_the_batch_dimension_fails_every_caller() -> No
     # A first request of another shape keeps the model busy while the three queue up.
     busy = asyncio.create_task(batcher.submit({"x": np.ones((1, 3), np.float32)}, {}, None))
     await asyncio.to_thread(started.wait, 10)
-    tasks = [
-        asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
-        for _ in range(3)
-    ]
+    tasks = queue_ones(batcher, 3)
     await asyncio.sleep(0.05)
     gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -171,10 +170,7 @@ async def test_queue_delay_gathers_a_fuller_batch_under_load() -> None:
     model = GatedModel()
     batcher = Batcher("m", model.run, max_batch_size=4, max_queue_delay_ms=10_000)
     first = await hold_model_busy(batcher, model)
-    queued = [
-        asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None))
-        for _ in range(2)
-    ]
+    queued = queue_ones(batcher, 2)
     await asyncio.sleep(0.05)
     model.gate.set()  # the instance finds 2 rows waiting: it waits for more, not 10 s
     await asyncio.sleep(0.1)

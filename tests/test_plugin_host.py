@@ -90,8 +90,8 @@ def test_good_plugins_load_and_report_what_they_register() -> None:
     }
     assert info(plugins, "other").registers == {"balancers": ["fake_first"]}
     assert info(plugins, "dl_inference").registers["backends"] == ["python"]
-    assert plugins.hook_is_used("dli_on_request")
-    assert not plugins.hook_is_used("dli_on_error")
+    assert plugins.request_hook("dli_on_request") is not None
+    assert plugins.request_hook("dli_on_error") is None
 
 
 def test_bare_entry_point_without_distribution_loads() -> None:
@@ -138,7 +138,7 @@ def test_hook_with_unknown_argument_is_rejected() -> None:
     plugins = host(plugin("bad_args", "dli_fake_bad_args"))
     failed = info(plugins, "bad_args")
     assert failed.status == "failed" and "context" in failed.error
-    assert not plugins.hook_is_used("dli_on_request")
+    assert plugins.request_hook("dli_on_request") is None
 
 
 def test_duplicate_backend_name_names_both_plugins() -> None:

@@ -307,7 +307,7 @@ def test_merged_figures_label_each_worker_and_mark_the_missing() -> None:
 async def test_siblings_that_do_not_answer_are_marked_down(tmp_path: Path) -> None:
     from aiohttp import web
 
-    from dl_inference.metrics import Metrics, render_all_workers
+    from dl_inference.metrics import Metrics, merge_worker_figures, parse_exposition
     from dl_inference.worker_link import WorkerLink
 
     async def garbage(_: web.Request) -> web.Response:
@@ -331,7 +331,8 @@ async def test_siblings_that_do_not_answer_are_marked_down(tmp_path: Path) -> No
         replies = await link.ask_siblings("GET", "/metrics", timeout_s=0.5)
         failures = {reply.worker: reply.failure for reply in replies}
         assert failures[1] == "" and failures[2] and "no answer within 0.5 s" in failures[3]
-        text = (await render_all_workers(metrics, link)).decode()
+        figures = await link.gather("/metrics", list(metrics.registry.collect()), parse_exposition)
+        text = merge_worker_figures(figures).decode()
     finally:
         release.set()
         await answering.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import contextlib
 import math
 import threading
 import time
@@ -32,15 +31,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from dl_inference.worker_link import WorkerLink
-
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 WINDOW_S = 60.0
-# Below Prometheus's default scrape timeout (10 s): a stuck sibling costs its figures only.
-SIBLING_SCRAPE_TIMEOUT_S = 3.0
 
 
 class RollingWindow:
@@ -307,17 +302,9 @@ class UpstreamCollector(Collector):
         yield from (requests, failures, *gauges.values(), ejected)
 
 
-async def render_all_workers(metrics: Metrics, link: WorkerLink) -> bytes:
-    """This worker's figures and its siblings', for a scrape under ``--workers N``."""
-    replies = await link.ask_siblings("GET", "/metrics", timeout_s=SIBLING_SCRAPE_TIMEOUT_S)
-    figures: dict[int, list[Metric] | None] = {link.index: list(metrics.registry.collect())}
-    for reply in replies:
-        figures[reply.worker] = None
-        if reply.ok:
-            # Unreadable figures count as missing: dli_worker_up 0, as for no answer.
-            with contextlib.suppress(ValueError):
-                figures[reply.worker] = list(text_string_to_metric_families(reply.body.decode()))
-    return merge_worker_figures(figures)
+def parse_exposition(text: bytes) -> list[Metric]:
+    """The families of a Prometheus text exposition; ValueError if it is not one."""
+    return list(text_string_to_metric_families(text.decode()))
 
 
 def merge_worker_figures(figures: dict[int, list[Metric] | None]) -> bytes:

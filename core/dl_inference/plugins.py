@@ -230,10 +230,6 @@ class PluginHost:
                 raise ConfigError(f"plugin_settings.{impl.plugin_name}: give a mapping of keys")
             impl.function(**{arg: section for arg in impl.argnames})
 
-    def hook_is_used(self, hook_name: str) -> bool:
-        """Whether any plugin implements ``hook_name`` (per-request hooks are skipped if not)."""
-        return bool(getattr(self.pm.hook, hook_name).get_hookimpls())
-
     def request_hook(self, hook_name: str) -> Callable[..., Any] | None:
         """How to call a per-request hook: None when nobody implements it; the one plain
         implementation itself (pluggy's dispatch costs microseconds per request); else the

@@ -11,13 +11,14 @@ loaded or unloaded through any worker is loaded or unloaded in all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,9 @@ ENV_INDEX = "DLI_WORKER_INDEX"
 ENV_COUNT = "DLI_WORKER_COUNT"
 ENV_PARENT = "DLI_WORKER_PARENT"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+T = TypeVar("T")
+# Below Prometheus's default scrape timeout (10 s): a stuck sibling costs its figures only.
+FIGURES_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -130,3 +134,18 @@ class WorkerLink:
                 return SiblingReply(worker, failure=str(exc) or type(exc).__name__)
 
         return list(await asyncio.gather(*(ask(worker) for worker in self.siblings)))
+
+    async def gather(self, path: str, own: T, read: Callable[[bytes], T]) -> dict[int, T | None]:
+        """``own`` for this worker and ``read(body)`` of each sibling's ``GET path``.
+
+        A sibling that does not answer within FIGURES_TIMEOUT_S, or whose answer ``read``
+        refuses (ValueError), maps to None.
+        """
+        replies = await self.ask_siblings("GET", path, timeout_s=FIGURES_TIMEOUT_S)
+        found: dict[int, T | None] = {self.index: own}
+        for reply in replies:
+            found[reply.worker] = None
+            if reply.ok:
+                with contextlib.suppress(ValueError):
+                    found[reply.worker] = read(reply.body)
+        return found

@@ -54,8 +54,7 @@ def run_workers(count: int, argv: Sequence[str], *, expect_http: bool = True) ->
 class _Worker:
     """One worker process, its output relayed to ours but for the listening lines."""
 
-    def __init__(self, index: int, command: list[str], env: dict[str, str], listens: int) -> None:
-        self.index = index
+    def __init__(self, command: list[str], env: dict[str, str], listens: int) -> None:
         self.listens = listens  # listening lines that mean "ready"
         self.lines: dict[str, str] = {}
         self.ready = threading.Event()
@@ -93,24 +92,28 @@ class _Supervisor:
 
     def spawn(self, index: int) -> _Worker:
         env = {**self.env, **WorkerLink.environment(self.folder, index, self.count)}
-        return _Worker(index, self.command, env, self.listens)
+        return _Worker(self.command, env, self.listens)
 
-    def forward(self, signum: int, _frame: object = None) -> None:
-        self.stopping.set()
+    def relay(self, signum: int, _frame: object = None) -> None:
+        """Pass a signal on to every live worker."""
         for worker in self.workers:
             if worker.process.poll() is None:
                 worker.process.send_signal(signum)
 
-    def relay_reload(self, _signum: int, _frame: object = None) -> None:
-        for worker in self.workers:
-            if worker.process.poll() is None:
-                worker.process.send_signal(signal.SIGHUP)
+    def stop_all(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
+        self.stopping.set()
+        self.relay(signum)
+
+    def wait_all(self, default: int) -> int:
+        """The first non-zero exit status of the workers, else ``default``."""
+        codes = [worker.process.wait() for worker in self.workers]
+        return next((code for code in codes if code), default)
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self.forward)
-        signal.signal(signal.SIGINT, self.forward)
+        signal.signal(signal.SIGTERM, self.stop_all)
+        signal.signal(signal.SIGINT, self.stop_all)
         # SIGHUP means "reload the config" to each worker; its default would end the parent.
-        signal.signal(signal.SIGHUP, self.relay_reload)
+        signal.signal(signal.SIGHUP, self.relay)
         for index in range(self.count):
             self.workers.append(self.spawn(index))  # one by one: a signal reaches each
         for worker in self.workers:
@@ -138,11 +141,9 @@ class _Supervisor:
                 replacement.settled.wait()
                 if not replacement.ready.is_set() and not self.stopping.is_set():
                     return self.give_up(f"worker {index} could not start again; stopping all")
-        codes = [worker.process.wait() for worker in self.workers]
-        return next((code for code in codes if code), 0)
+        return self.wait_all(0)
 
     def give_up(self, reason: str) -> int:
         print(f"dl-inference: error: {reason}", file=sys.stderr, flush=True)
-        self.forward(signal.SIGTERM)
-        codes = [worker.process.wait() for worker in self.workers]
-        return next((code for code in codes if code), 1)
+        self.stop_all()
+        return self.wait_all(1)

@@ -145,11 +145,11 @@ def test_rest_addresses_come_from_the_node_or_the_routes_http_port() -> None:
     )
     route = Route(config, balancer=object())  # type: ignore[arg-type]
     assert route.reaches_rest
-    assert route.http_address("10.0.0.5:8500") == "10.0.0.5:8501"
-    assert route.http_address("[::1]:8500") == "[::1]:8501"
-    assert route.http_address("10.0.0.6:9000") == "10.0.0.6:9001"
+    assert route.nodes["10.0.0.5:8500"].http_address == "10.0.0.5:8501"
+    assert route.nodes["[::1]:8500"].http_address == "[::1]:8501"
+    assert route.nodes["10.0.0.6:9000"].http_address == "10.0.0.6:9001"
     grpc_only = Route(RouteConfig(model="m", nodes=[{"address": "h:1"}]), object())  # type: ignore[arg-type]
-    assert not grpc_only.reaches_rest and grpc_only.http_address("h:1") is None
+    assert not grpc_only.reaches_rest and grpc_only.nodes["h:1"].http_address is None
     with pytest.raises(ValidationError, match="is not host:port"):
         RouteConfig(model="m", nodes=[{"address": "h:1", "http_address": "nope"}])
     assert routed_model("/v2/models/resnet/versions/2/infer") == ("v2", "resnet")

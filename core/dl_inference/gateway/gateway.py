@@ -81,8 +81,8 @@ class Gateway:
                 new_routes[model] = old
                 continue
             if old is not None and _only_nodes_differ(old.config, route.config):
+                old.config = route.config  # first: the nodes read it (REST addresses)
                 old.set_nodes([(n.address, n.weight) for n in route.config.nodes])
-                old.config = route.config
                 new_routes[model] = old
                 changes.append(f"{model}: nodes")
                 continue
@@ -115,7 +115,7 @@ class Gateway:
         async def route_rest(request: web.Request, handler: Any) -> web.StreamResponse:
             found = routed_model(request.path)
             route = self.routes.get(found[1]) if found else None
-            if route is None or found is None or not route.accepts(found[0]):
+            if route is None or not route.accepts(found[0]):
                 return await handler(request)
             if not route.reaches_rest:
                 return web.json_response(

@@ -71,6 +71,7 @@ class Node:
         self.weight = weight
         self.tls = tls
         self.connections = connections
+        self.http_address: str | None = None  # its REST listener, when the route has one
         self.in_flight = 0
         self._channels: list[grpc.aio.Channel] = []
         self._next = 0

@@ -11,7 +11,6 @@ the connection could not be made, or the node answered 503 (draining, not ready)
 from __future__ import annotations
 
 import re
-import ssl
 import time
 from collections.abc import Mapping
 
@@ -69,7 +68,6 @@ class RestForwarder:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._tls: dict[str, ssl.SSLContext] = {}  # by the route's TLS settings
 
     async def close(self) -> None:
         if self._session is not None:
@@ -84,41 +82,28 @@ class RestForwarder:
             )
         return self._session
 
-    def _tls_context(self, route: Route) -> ssl.SSLContext | bool:
-        """True (default checks) without route TLS; else a context from its files."""
-        tls = route.config.tls
-        if tls is None:
-            return True
-        # Keyed by the settings: a reload naming other files builds a new context.
-        key = tls.model_dump_json()
-        context = self._tls.get(key)
-        if context is None:
-            context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-            if tls.cert_file is not None and tls.key_file is not None:
-                context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-            self._tls[key] = context
-        return context
-
     async def forward(self, route: Route, request: web.Request) -> web.Response:
         body = await request.read()
         headers = forwardable_headers(request.headers)
-        if route.config.tls is not None and route.config.tls.server_name:
-            headers["Host"] = route.config.tls.server_name
+        tls_config = route.config.tls
+        server_name = tls_config.server_name if tls_config is not None else None
+        if server_name:
+            headers["Host"] = server_name
         started = time.monotonic()
         deadline = None if route.timeout_s is None else started + route.timeout_s
         route.budget.on_request()
         tried: list[str] = []
         # Nodes without a REST address (a discovered node on a route without http_port).
-        exclude = {address for address in route.nodes if route.http_address(address) is None}
+        exclude = {node.address for node in route.nodes.values() if node.http_address is None}
         retries = 0
-        scheme = "http" if route.config.tls is None else "https"
-        tls = self._tls_context(route)
+        scheme = "http" if tls_config is None else "https"
+        tls = route.rest_ssl()
         while (node := route.pick(exclude)) is not None:
             exclude.add(node.address)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return _error(504, f"the deadline for model {route.model!r} passed in the gateway")
-            url = f"{scheme}://{route.http_address(node.address)}{request.path_qs}"
+            url = f"{scheme}://{node.http_address}{request.path_qs}"
             node.in_flight += 1
             sent = time.monotonic()
             try:
@@ -129,7 +114,7 @@ class RestForwarder:
                     headers=headers,
                     ssl=tls,
                     timeout=aiohttp.ClientTimeout(total=left),
-                    server_hostname=route.config.tls.server_name if route.config.tls else None,
+                    server_hostname=server_name,
                 ) as reply:
                     payload = await reply.read()
                     status, reply_headers = reply.status, forwardable_headers(reply.headers)

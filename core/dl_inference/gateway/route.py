@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from typing import Any
 
@@ -42,6 +43,7 @@ class Route:
         self._probe_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._started = False
+        self._rest_ssl: ssl.SSLContext | None = None
         if config.nodes:
             self.set_nodes([(n.address, n.weight) for n in config.nodes])
 
@@ -63,6 +65,7 @@ class Route:
             else:
                 node.weight = weight
                 node.draining = False
+            node.http_address = self._http_address_of(address)
         for address, node in self.nodes.items():
             if address not in wanted and not node.draining:
                 node.draining = True
@@ -93,7 +96,7 @@ class Route:
             node.http_address for node in self.config.nodes
         )
 
-    def http_address(self, address: str) -> str | None:
+    def _http_address_of(self, address: str) -> str | None:
         """The REST ``host:port`` of the node at gRPC ``address``, or None without one."""
         for node in self.config.nodes:
             if node.address == address and node.http_address:
@@ -101,6 +104,19 @@ class Route:
         if self.config.http_port is None:
             return None
         return join_address(split_address(address)[0], self.config.http_port)
+
+    def rest_ssl(self) -> ssl.SSLContext | bool:
+        """For REST to the nodes: True (default checks) without route TLS, else a context
+        from the route's files, built once (other TLS settings make another route)."""
+        tls = self.config.tls
+        if tls is None:
+            return True
+        if self._rest_ssl is None:
+            context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+            if tls.cert_file is not None and tls.key_file is not None:
+                context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            self._rest_ssl = context
+        return self._rest_ssl
 
     def accepts(self, protocol: str) -> bool:
         return self.protocols is None or protocol in self.protocols

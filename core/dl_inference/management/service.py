@@ -335,11 +335,14 @@ class ManagementService:
 def _sibling_error(
     operation: str, name: str, here: int, failed: list[SiblingReply]
 ) -> DlInferenceError:
-    """One error for the siblings an operation failed in, typed as the first failure."""
-    kind: type[DlInferenceError] = errors.Unavailable
+    """One error for the siblings an operation failed in, typed as the first failure:
+    Unavailable when it did not answer, its own error class when it is one of ours, else
+    BackendError (an internal error)."""
+    kinds: list[type[DlInferenceError]] = []
     reasons = []
     for reply in failed:
         if reply.failure:
+            kinds.append(errors.Unavailable)
             reasons.append(f"worker {reply.worker} did not answer ({reply.failure})")
             continue
         try:
@@ -347,11 +350,11 @@ def _sibling_error(
         except ValueError:
             body = {}
         found = getattr(errors, str(body.get("type", "")), None)
-        if kind is errors.Unavailable and isinstance(found, type):
-            kind = found if issubclass(found, DlInferenceError) else errors.BackendError
+        ours = isinstance(found, type) and issubclass(found, DlInferenceError)
+        kinds.append(found if ours else errors.BackendError)
         reasons.append(f"worker {reply.worker}: {body.get('error', reply.status)}")
     verb = operation.replace("_path", "")
-    return kind(
+    return kinds[0](
         f"model {name!r}: the {verb} took effect in worker {here} but not in every worker "
         f"({'; '.join(reasons)}); the workers now differ: repeat the call, or restart the server"
     )

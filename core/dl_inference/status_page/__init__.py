@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
-from dl_inference.metrics import render_all_workers
+from dl_inference.metrics import merge_worker_figures, parse_exposition
 from dl_inference.runtime import Runtime
 from dl_inference.worker_link import WorkerLink
 
@@ -48,7 +49,6 @@ def status_document(runtime: Runtime, gateway: Any = None) -> dict[str, Any]:
 # Per model, what adds up over worker processes, and what is the slowest worker's.
 _SUMMED = ("qps", "errors", "count", "in_flight")
 _WORST = ("p50_ms", "p99_ms")
-SIBLING_STATUS_TIMEOUT_S = 3.0
 
 
 def merge_status_documents(documents: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def merge_status_documents(documents: dict[int, dict[str, Any] | None]) -> dict[
     every worker answered ready. ``server.workers`` says how many answered.
     """
     answered = {worker: doc for worker, doc in sorted(documents.items()) if doc is not None}
-    merged = json.loads(json.dumps(next(iter(answered.values()))))  # a deep copy
+    merged = copy.deepcopy(next(iter(answered.values())))
     merged["server"]["ready"] = len(answered) == len(documents) and all(
         doc["server"]["ready"] for doc in answered.values()
     )
@@ -100,17 +100,15 @@ def status_routes(
         document = status_document(runtime, gateway_of())
         if link is None:
             return web.json_response(document)
-        replies = await link.ask_siblings("GET", "/status", timeout_s=SIBLING_STATUS_TIMEOUT_S)
-        documents: dict[int, dict[str, Any] | None] = {link.index: document}
-        for reply in replies:
-            documents[reply.worker] = json.loads(reply.body) if reply.ok else None
+        documents = await link.gather("/status", document, json.loads)
         return web.json_response(merge_status_documents(documents))
 
     async def metrics(_: web.Request) -> web.Response:
         if link is None:
             body = runtime.metrics.render()
         else:
-            body = await render_all_workers(runtime.metrics, link)
+            own = list(runtime.metrics.registry.collect())
+            body = merge_worker_figures(await link.gather("/metrics", own, parse_exposition))
         return web.Response(
             body=body,
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
