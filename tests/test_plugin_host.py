@@ -331,6 +331,8 @@ PUBLIC_SURFACE = [
     "grpc_code",
     "hookimpl",
     "http_status",
+    "import_user_file",
+    "isolated_imports",
     "public_message",
     "rename_proto_types",
     "to_numpy_dtype",

@@ -43,6 +43,7 @@ from dl_inference.types import (
     RequestContext,
     TensorSpec,
 )
+from dl_inference.user_code import import_user_file, isolated_imports
 
 __version__ = "0.1.0"
 
@@ -89,6 +90,8 @@ __all__ = [
     "grpc_code",
     "hookimpl",
     "http_status",
+    "import_user_file",
+    "isolated_imports",
     "public_message",
     "rename_proto_types",
     "to_numpy_dtype",

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.machinery
 import importlib.util
 import inspect
+import os
 import re
 import sys
 import threading
+from collections.abc import Iterator
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from dl_inference.errors import BackendError
 
-_IMPORT_LOCK = threading.Lock()
+# sys.modules is process-wide and models load in parallel threads: the window in which a
+# model's helpers shadow same-named modules of another model is one model at a time.
+_IMPORT_LOCK = threading.RLock()
 
 
 def _local_module_names(folder: Path) -> frozenset[str]:
@@ -28,6 +35,69 @@ def _is_local(module_name: str, local: frozenset[str]) -> bool:
     return module_name.partition(".")[0] in local
 
 
+def _defined_in(module: ModuleType | None, prefixes: tuple[str, ...]) -> bool:
+    filename = getattr(module, "__file__", None)
+    return isinstance(filename, str) and filename.startswith(prefixes)
+
+
+class _FolderFinder:
+    """Finds ``folder``'s top-level modules, for imports made by one thread only.
+
+    Putting the folder on ``sys.path`` instead is a race: another thread's import walks
+    ``sys.path`` while it is edited, skips an entry and fails ("No module named
+    'tensorflow'" while a Python model loads beside a SavedModel).
+    """
+
+    def __init__(self, folder: Path, local: frozenset[str]) -> None:
+        self._folder = str(folder)
+        self._local = local
+        self._thread = threading.get_ident()
+
+    def find_spec(
+        self, fullname: str, path: Any = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        # Submodules are found through their package's __path__, as usual.
+        if "." in fullname or fullname not in self._local:
+            return None
+        if threading.get_ident() != self._thread:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [self._folder])
+
+    def invalidate_caches(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def isolated_imports(folder: Path, *, keep: bool = False) -> Iterator[None]:
+    """Make ``folder``'s Python modules importable, for this thread and this model only.
+
+    Inside the block, ``import helpers`` (or unpickling a class from ``net.py``) finds the
+    modules beside the model file. Same-named modules another model imported are hidden
+    meanwhile; afterwards this model's are dropped from ``sys.modules`` (the objects built
+    from them keep working: they hold their module's globals) and the others come back.
+    ``keep=True`` leaves this model's modules imported, for code that pickles with them.
+    ``sys.path`` is never edited, so imports in other threads are not disturbed.
+    """
+    local = _local_module_names(folder)
+    # String prefixes, not Path.resolve() per module: sys.modules holds thousands once a
+    # framework is imported.
+    prefixes = tuple({str(folder) + os.sep, str(folder.resolve()) + os.sep})
+    finder = _FolderFinder(folder, local)
+    with _IMPORT_LOCK:
+        hidden = {n: sys.modules.pop(n) for n in list(sys.modules) if _is_local(n, local)}
+        # Rebinding, not inserting: an import in progress elsewhere keeps the list it walks.
+        sys.meta_path = [finder, *sys.meta_path]
+        try:
+            yield
+        finally:
+            sys.meta_path = [f for f in sys.meta_path if f is not finder]
+            if not keep:
+                for name, module in list(sys.modules.items()):
+                    if _is_local(name, local) or _defined_in(module, prefixes):
+                        del sys.modules[name]
+                sys.modules.update(hidden)
+
+
 def private_module_name(kind: str, model_name: str, version: str) -> str:
     """A module name of its own for one model version's ``kind`` file."""
     return f"dl_inference_{kind}." + re.sub(r"\W", "_", f"{model_name}_v{version}")
@@ -37,25 +107,14 @@ def import_user_file(path: Path, module_name: str) -> ModuleType:
     """Execute ``path`` as module ``module_name``, with its folder's helpers importable.
 
     Helper modules beside the file are importable while it loads (import them at its
-    top). Imports share sys.path and sys.modules, so one file runs at a time, a helper
-    another model imported under the same name is hidden, then ours is dropped: each model
-    keeps its own helpers through its module's globals.
+    top); see :func:`isolated_imports`.
     """
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise BackendError(f"{path}: cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
-    local = _local_module_names(path.parent)
-    with _IMPORT_LOCK:
-        hidden = {n: sys.modules.pop(n) for n in list(sys.modules) if _is_local(n, local)}
-        sys.path.insert(0, str(path.parent))
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(path.parent))
-            for name in [n for n in sys.modules if _is_local(n, local)]:
-                del sys.modules[name]
-            sys.modules.update(hidden)
+    with isolated_imports(path.parent):
+        spec.loader.exec_module(module)
     return module
 
 

@@ -6,21 +6,17 @@ and the convert command import this module, so listing plugins never pays for to
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import re
-import sys
 import threading
 import types
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dl_inference import BackendError, ConfigError
+from dl_inference import BackendError, ConfigError, import_user_file, isolated_imports
 
 # Formats by preference: a converted, trust-free file wins over the pickle it came from.
 SUFFIX_KIND = {".pt2": "export", ".pt": "torchscript", ".pth": "pickle"}
@@ -32,9 +28,6 @@ KIND_LABEL = {
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONVERT_HINT = "dl-inference-convert {file} --trust-pickle --to pt2 --input-shape ..."
 
-# sys.path and sys.modules are process-wide; models load in parallel threads, so the
-# window in which one model's folder is importable is serialised.
-_IMPORT_LOCK = threading.RLock()
 # torch.export.load keeps its deserializer in a module global ("_CURRENT_DESERIALIZER is
 # already set" when two threads load at once): every load goes through this lock.
 _LOAD_LOCK = threading.Lock()
@@ -158,60 +151,7 @@ def _load(found: ModelFile, device: torch.device, *, trust_pickle: bool, folder:
     return loaded
 
 
-def local_module_names(folder: Path) -> set[str]:
-    """Top-level module names that ``folder`` provides (``x.py`` and package folders)."""
-    names = {p.stem for p in folder.glob("*.py")}
-    names |= {p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    return names
-
-
-@contextlib.contextmanager
-def isolated_imports(folder: Path, *, keep: bool = False) -> Iterator[None]:
-    """Make ``folder``'s modules importable for this model only.
-
-    Same-named modules of other models (two models each with a ``net.py``) are hidden
-    while this one loads, and this model's modules are taken out of ``sys.modules``
-    afterwards; the objects built from them keep working, as they hold their module's
-    globals. ``keep=True`` leaves them imported (the convert command pickles with them).
-    """
-    local = local_module_names(folder)
-    with _IMPORT_LOCK:
-        hidden = {
-            name: module
-            for name, module in list(sys.modules.items())
-            if name.split(".")[0] in local
-        }
-        for name in hidden:
-            del sys.modules[name]
-        sys.path.insert(0, str(folder))
-        try:
-            yield
-        finally:
-            sys.path.remove(str(folder))
-            if not keep:
-                for name, module in list(sys.modules.items()):
-                    if name.split(".")[0] in local or _defined_in(module, folder):
-                        del sys.modules[name]
-                sys.modules.update(hidden)
-
-
-def _defined_in(module: types.ModuleType | None, folder: Path) -> bool:
-    filename = getattr(module, "__file__", None)
-    if not filename:
-        return False
-    try:
-        return Path(filename).resolve().is_relative_to(folder.resolve())
-    except OSError:
-        return False
-
-
 def import_processor(path: Path, model_name: str, version: str) -> types.ModuleType:
     """Import ``processor.py`` under a private name, with its folder importable meanwhile."""
     module_name = "dl_inference_processors." + re.sub(r"\W", "_", f"{model_name}_v{version}")
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise BackendError(f"{path}: cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    with isolated_imports(path.parent):
-        spec.loader.exec_module(module)
-    return module
+    return import_user_file(path, module_name)
