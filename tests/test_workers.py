@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,6 +188,44 @@ def test_a_killed_worker_is_replaced(pid_repository: Path) -> None:
             assert up == {"0": 1.0, "1": 1.0}
         assert "exited with status -9; starting a new one" in server.output()
     assert server.process is not None and server.process.returncode == 0
+
+
+def test_a_replacement_worker_replays_the_management_changes(pid_repository: Path) -> None:
+    with serve_two(pid_repository) as server:
+        manage = management_url(server)
+        # Changes the disk does not show: pid unloaded, and "extra" (a folder added after
+        # start-up; the repository is not polled) loaded.
+        write_python_model(pid_repository / "models", "extra", PID, PID_CONFIG)
+        assert call(f"{manage}/v2/repository/models/pid/unload", {}, TOKEN)[0] == 200
+        assert call(f"{manage}/v2/repository/models/extra/load", {}, TOKEN)[0] == 200
+        # A change that cannot be replayed (its folder is gone) is skipped, not fatal.
+        write_python_model(pid_repository / "models", "gone", PID, PID_CONFIG)
+        assert call(f"{manage}/v2/repository/models/gone/load", {}, TOKEN)[0] == 200
+        shutil.rmtree(pid_repository / "models" / "gone")
+        pids = set()
+        while len(pids) < 2:
+            status, body = call(f"{server.http_url}/v2/models/extra/infer", ONE_INPUT)
+            assert status == 200, body
+            pids.add(body["outputs"][0]["data"][0])
+        victim = pids.pop()
+        os.kill(victim, signal.SIGKILL)
+        seen: set[int] = set()
+        for _ in range(600):  # bounded wait for the replacement to answer
+            try:
+                status, body = call(f"{server.http_url}/v2/models/extra/infer", ONE_INPUT)
+            except ConnectionResetError:
+                continue
+            assert status == 200, body
+            seen.add(body["outputs"][0]["data"][0])
+            if len(seen - {victim}) == 2:
+                break
+            time.sleep(0.1)
+        assert len(seen - {victim}) == 2, seen
+        # Without the replay the replacement would serve pid again, from disk.
+        assert {infer_pid(server)[0] for _ in range(16)} == {404}
+        output = server.output()
+        assert "management changes replayed from a sibling" in output
+        assert "could not be replayed" in output and "gone" in output
 
 
 def test_a_change_that_fails_in_one_worker_says_so(pid_repository: Path) -> None:

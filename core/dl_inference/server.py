@@ -94,16 +94,19 @@ class Server:
     async def start(self) -> None:
         """Load models, open both listeners, print their addresses, run dli_server_started."""
         await self.models.load_all(strict=self.config.server.strict_model_loading)
-        await self._start_gateway()
-        await self._start_grpc()
-        if self.config.server.http.enabled:
-            await self._start_http()
         if self.config.management.enabled:
             from dl_inference.management import ManagementService
 
             self.management = ManagementService(
                 self.config, self.models, self._update_health, self.link
             )
+            # Before the listeners: a replacement worker serves what its siblings serve.
+            await self.management.catch_up()
+        await self._start_gateway()
+        await self._start_grpc()
+        if self.config.server.http.enabled:
+            await self._start_http()
+        if self.management is not None:
             await self.management.start()
             self.runtime.management = self.management
         await self._start_link()

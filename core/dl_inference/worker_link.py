@@ -3,7 +3,8 @@
 The parent makes a folder that only its user may enter and tells each worker, through
 environment variables, that folder, the worker's index and the number of workers. Each
 worker answers its siblings on ``<folder>/<index>.sock`` (HTTP over a Unix socket, never
-on the network): its own metrics, and management changes to apply to itself. So a
+on the network): its own metrics, management changes to apply to itself, and the changes
+it has applied (a worker started in place of a dead one replays them). So a
 ``/metrics`` scrape that reaches any worker shows every worker's figures, and a model
 loaded or unloaded through any worker is loaded or unloaded in all of them.
 """

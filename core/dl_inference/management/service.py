@@ -47,6 +47,8 @@ log = structlog.get_logger("dl_inference.management")
 SERVICE = "inference.GRPCInferenceService"
 # A sibling loads the model itself: give it as long as a slow model takes to load.
 SIBLING_TIMEOUT_S = 600.0
+# A replacement worker waits this long for a sibling's journal before it serves.
+JOURNAL_TIMEOUT_S = 10.0
 
 
 def read_token(config: ServerConfig) -> str:
@@ -100,6 +102,9 @@ class ManagementService:
             "load_path": self._load_path_here,
             "unload": self._unload_here,
         }
+        # The last change applied to each model, oldest first: what a worker that replaces
+        # a dead one replays so that it serves what its siblings serve.
+        self._journal: dict[str, tuple[str, dict[str, Any]]] = {}
 
     # -- operations ------------------------------------------------------------------------
 
@@ -139,9 +144,46 @@ class ManagementService:
         """Names of the models loaded now."""
         return self.models.names()
 
+    async def catch_up(self) -> None:
+        """Replay the changes a sibling worker has applied since start-up, here.
+
+        A worker started in place of one that died loads the repository from disk; the
+        loads and unloads made through the management API since then come from a sibling.
+        A change that no longer applies (its folder is gone) is logged and skipped.
+        """
+        if self.link is None or not self.link.siblings:
+            return
+        replies = await self.link.ask_siblings(
+            "GET", "/management/journal", timeout_s=JOURNAL_TIMEOUT_S
+        )
+        journals = [json.loads(reply.body) for reply in replies if reply.ok]
+        if not journals:
+            return  # the first start: no sibling is listening yet
+        for operation, arguments in journals[0]:
+            if operation == "load" and arguments["name"] in self.models.names():
+                # This process read that folder from disk moments ago.
+                self._journal[arguments["name"]] = (operation, arguments)
+                continue
+            try:
+                await self._apply_here(operation, arguments)
+            except errors.DlInferenceError as exc:
+                log.warning(
+                    "a sibling's management change could not be replayed here",
+                    operation=operation,
+                    model=arguments.get("name"),
+                    error=public_message(exc, "management"),
+                )
+        if journals[0]:
+            log.info("management changes replayed from a sibling", changes=len(journals[0]))
+
+    async def _apply_here(self, operation: str, arguments: dict[str, Any]) -> None:
+        await self._here[operation](**arguments)
+        self._journal.pop(arguments["name"], None)
+        self._journal[arguments["name"]] = (operation, arguments)
+
     async def _everywhere(self, operation: str, **arguments: Any) -> None:
         """The operation here, then (when it worked) in every sibling worker."""
-        await self._here[operation](**arguments)
+        await self._apply_here(operation, arguments)
         if self.link is None or not self.link.siblings:
             return
         replies = await self.link.ask_siblings(
@@ -197,17 +239,20 @@ class ManagementService:
         """What a sibling worker asks of this one: apply an operation here only."""
 
         async def apply(request: web.Request) -> web.Response:
-            operation = self._here.get(request.match_info["operation"])
-            if operation is None:
+            operation = request.match_info["operation"]
+            if operation not in self._here:
                 return web.json_response({"error": "no such operation"}, status=404)
             try:
-                await operation(**await request.json())
+                await self._apply_here(operation, await request.json())
             except Exception as exc:
                 reply = {"error": public_message(exc, "management"), "type": type(exc).__name__}
                 return web.json_response(reply, status=http_status(exc))
             return web.json_response({})
 
-        return [web.post("/management/{operation}", apply)]
+        async def journal(_: web.Request) -> web.Response:
+            return web.json_response(list(self._journal.values()))
+
+        return [web.post("/management/{operation}", apply), web.get("/management/journal", journal)]
 
     async def start(self) -> None:
         management = self.config.management
