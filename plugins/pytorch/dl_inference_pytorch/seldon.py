@@ -177,11 +177,11 @@ class SeldonService:
         """``POST /api/v1.0/predictions``: JSON SeldonMessage in, JSON SeldonMessage out."""
         metadata = {key.lower(): value for key, value in request.headers.items()}
         try:
-            body = await request.text()
+            body = await request.read()
             message = pb.SeldonMessage()
             try:
                 json_format.Parse(body, message)
-            except json_format.ParseError as exc:
+            except (json_format.ParseError, UnicodeDecodeError) as exc:
                 raise InvalidInput(
                     f"the body is not a JSON SeldonMessage: {exc}; send e.g. "
                     '{"data": {"ndarray": [[1, 2]]}, "meta": {"tags": {"model": "name"}}}'

@@ -311,11 +311,12 @@ def test_server_keeps_serving_after_errors(served):
 # -- REST ----------------------------------------------------------------------------------
 
 
-def post(served: Served, body: dict[str, Any] | str) -> tuple[int, dict[str, Any]]:
-    data = body if isinstance(body, str) else json.dumps(body)
+def post(served: Served, body: dict[str, Any] | str | bytes) -> tuple[int, dict[str, Any]]:
+    text = json.dumps(body) if isinstance(body, dict) else body
+    data = text.encode() if isinstance(text, str) else text
     request = urllib.request.Request(
         served.server.http_url + "/api/v1.0/predictions",
-        data=data.encode(),
+        data=data,
         headers={"Content-Type": "application/json"},
     )
     try:
@@ -343,6 +344,8 @@ def test_rest_predictions_and_seldon_style_error_bodies(served):
     assert body["status"]["reason"] == "MICROSERVICE_BAD_DATA" and "shape" in body["status"]["info"]
 
     code, body = post(served, "{not json")
+    assert code == 400 and "not a JSON SeldonMessage" in body["status"]["info"]
+    code, body = post(served, b"\xff\xfe garbage bytes")  # not even UTF-8
     assert code == 400 and "not a JSON SeldonMessage" in body["status"]["info"]
 
 
