@@ -80,6 +80,16 @@ class Protocol:
         """gRPC method path -> reader of the model name, for the gateway's routing."""
         return {}
 
+    def rest_routing_keys(self) -> Mapping[str, RoutingKeyReader]:
+        """REST path of a POST whose path names no model -> reader of the model name.
+
+        The reader gets the body and the headers (lower-case names), as for gRPC. The
+        gateway forwards the call when the name is routed and serves it here otherwise,
+        so a reader returns None for a body it cannot read. V2 ``/v2/models/<name>`` and
+        TF Serving ``/v1/models/<name>`` paths name the model and need no reader.
+        """
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """What ``dl-inference plugins`` shows for this protocol."""
         return {"grpc": list(self.grpc_services)}

@@ -229,7 +229,9 @@ class Server:
         await self.link.start(routes)
 
     async def _start_http(self) -> None:
-        middlewares = [self.gateway.http_middleware()] if self.gateway is not None else []
+        middlewares = (
+            [self.gateway.http_middleware(self.protocols)] if self.gateway is not None else []
+        )
         app = web.Application(
             client_max_size=self.runtime.max_message_bytes, middlewares=middlewares
         )

@@ -53,10 +53,12 @@ def server(
         yield srv
 
 
-def http(url: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
+def http(url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """(status, JSON answer) of a GET, or a POST of ``body`` (JSON-encoded unless bytes)."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers or {})
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as r:
+        with urllib.request.urlopen(request, timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -104,6 +106,37 @@ def test_upstream_errors_come_back_unchanged_and_the_gateway_keeps_serving(
     assert status == 400 and "'x'" in body["error"]
     x = np.ones(2, dtype=np.float32)
     np.testing.assert_array_equal(v2_infer(server, x).as_numpy("y"), x * 2)
+
+
+def seldon(server: ServerProcess, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    return http(f"{server.http_url}/api/v1.0/predictions", body, headers)
+
+
+def test_seldon_rest_calls_reach_the_nodes_by_tag_or_header(server: ServerProcess) -> None:
+    # Seldon's REST path names no model: the gateway reads meta.tags.model or the header.
+    def tagged(**tags: str) -> bytes:
+        message = {"data": {"names": ["x"], "ndarray": [1.0, 2.5]}, "meta": {"tags": tags}}
+        return json.dumps(message).encode()
+
+    status, body = seldon(server, tagged(model="remote"))
+    assert status == 200, body
+    np.testing.assert_array_equal(np.float32(body["data"]["ndarray"]), np.float32([2.0, 5.0]))
+    served: Counter[str] = Counter()
+    for _ in range(4):  # the "output" tag picks the tensor that names the node
+        status, body = seldon(server, tagged(model="remote", output="node"))
+        assert status == 200, body
+        served[body["data"]["ndarray"][0]] += 1
+    assert served == {"w1": 2, "w2": 2}  # forwarded and balanced, not served here
+    plain = json.dumps({"data": {"names": ["x"], "ndarray": [3.0]}}).encode()
+    status, body = seldon(server, plain, {"Seldon-Model": "remote"})
+    assert status == 200 and body["data"]["ndarray"] == [6.0], body
+    # An unrouted model stays here; a body that is not JSON gets the local, clear 400.
+    status, body = seldon(server, tagged(model="nosuch"))
+    assert status == 404 and "nosuch" in body["status"]["info"], body
+    status, body = seldon(server, b"\xff not json")
+    assert status == 400 and "not a JSON SeldonMessage" in body["status"]["info"], body
+    status, body = seldon(server, tagged(model="remote"))
+    assert status == 200, body
 
 
 def test_a_route_without_rest_refuses_rest_calls_clearly(server: ServerProcess) -> None:

@@ -108,12 +108,36 @@ class Gateway:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.rest_forwarder.close()
 
-    def http_middleware(self) -> Any:
-        """An aiohttp middleware: REST calls for routed models go upstream, others stay."""
+    def http_middleware(self, protocols: Iterable[Protocol | type[Protocol]] = ()) -> Any:
+        """An aiohttp middleware: REST calls for routed models go upstream, others stay.
+
+        The model name comes from the path, or for the POST paths ``protocols`` list in
+        :meth:`~dl_inference.Protocol.rest_routing_keys`, from the body and headers.
+        """
+        readers: dict[str, tuple[str, RoutingKeyReader]] = {}
+        for protocol in protocols:
+            instance = protocol() if isinstance(protocol, type) else protocol
+            for path, reader in instance.rest_routing_keys().items():
+                readers[path] = (instance.name, reader)
+
+        async def model_of(request: web.Request) -> tuple[str, str] | None:
+            found = routed_model(request.path)
+            if found is not None or request.method != "POST" or request.path not in readers:
+                return found
+            protocol, reader = readers[request.path]
+            # aiohttp keeps the body read here for the local handler or the forwarder.
+            headers = {key.lower(): value for key, value in request.headers.items()}
+            body = await request.read()
+            try:
+                name = reader(body, headers)
+            except Exception:  # a plugin's reader: a body it chokes on is served here
+                log.warning("REST routing-key reader failed", path=request.path, exc_info=True)
+                return None
+            return (protocol, name) if name else None
 
         @web.middleware
         async def route_rest(request: web.Request, handler: Any) -> web.StreamResponse:
-            found = routed_model(request.path)
+            found = await model_of(request) if self.routes else None
             route = self.routes.get(found[1]) if found else None
             if route is None or not route.accepts(found[0]):
                 return await handler(request)

@@ -1,11 +1,13 @@
 """Forwarding of REST calls for routed models to the nodes' HTTP ports, bytes unchanged.
 
 The model name comes from the path: V2 ``/v2/models/<name>/...`` and TF Serving
-``/v1/models/<name>...``. A route with ``http_port`` (or nodes with ``http_address``)
-sends them to the REST listener of the node its balancer picks, with the same node list,
-health and retry budget as gRPC. Body, status, headers and reply travel unchanged but for
-per-hop headers. Only failures where the node did no work are retried on another node:
-the connection could not be made, or the node answered 503 (draining, not ready).
+``/v1/models/<name>...``; for paths that name none (Seldon's), from a protocol's
+``rest_routing_keys`` reader (see :meth:`Gateway.http_middleware`). A route with
+``http_port`` (or nodes with ``http_address``) sends them to the REST listener of the
+node its balancer picks, with the same node list, health and retry budget as gRPC. Body,
+status, headers and reply travel unchanged but for per-hop headers. Only failures where
+the node did no work are retried on another node: the connection could not be made, or
+the node answered 503 (draining, not ready).
 """
 
 from __future__ import annotations
