@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dl_inference.testing import ServerProcess, free_port
+from dl_inference.testing import ServerProcess, free_port, write_python_model
 
 FAKE = Path(__file__).with_name("fake_tfserving.py")
 
@@ -58,6 +58,21 @@ def named_workers(repo: Path, names: tuple[str, ...]) -> Iterator[list[ServerPro
     finally:
         for proc in procs:
             proc.stop()
+
+
+REMOTE_CONFIG = """
+    inputs: [{name: x, datatype: FP32, shape: [-1]}]
+    outputs: [{name: y, datatype: FP32, shape: [-1]}, {name: node, datatype: BYTES, shape: [1]}]
+"""
+
+
+@pytest.fixture(scope="module")
+def remote_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
+    """Workers ``w1`` and ``w2`` serving REMOTE (``y = 2x`` and the node's name), per module."""
+    repo = tmp_path_factory.mktemp("remote_workers")
+    write_python_model(repo, "remote", REMOTE, REMOTE_CONFIG)
+    with named_workers(repo, ("w1", "w2")) as procs:
+        yield procs
 
 
 class FakeUpstream:

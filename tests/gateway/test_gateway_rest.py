@@ -17,35 +17,22 @@ from tritonclient.utils import InferenceServerException
 
 from dl_inference.testing import ServerProcess, write_python_model
 
-from .conftest import LOCAL, REMOTE, gateway, named_workers, write_config
-
-REMOTE_CONFIG = """
-    inputs: [{name: x, datatype: FP32, shape: [-1]}]
-    outputs: [{name: y, datatype: FP32, shape: [-1]}, {name: node, datatype: BYTES, shape: [1]}]
-"""
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
-    repo = tmp_path_factory.mktemp("rest_workers")
-    write_python_model(repo, "remote", REMOTE, REMOTE_CONFIG)
-    with named_workers(repo, ("w1", "w2")) as procs:
-        yield procs
+from .conftest import LOCAL, gateway, write_config
 
 
 @pytest.fixture(scope="module")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, workers: list[ServerProcess]
+    tmp_path_factory: pytest.TempPathFactory, remote_workers: list[ServerProcess]
 ) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("rest_gw")
     write_python_model(folder / "models", "local", LOCAL)
-    nodes = [{"address": w.grpc_address, "http_address": w.http_address} for w in workers]
+    nodes = [{"address": w.grpc_address, "http_address": w.http_address} for w in remote_workers]
     config = write_config(
         folder / "gateway.yaml",
         [
             {"model": "remote", "balancer": "round_robin", "nodes": nodes},
             # Forwarded over gRPC only: REST calls for it get a clear refusal.
-            {"model": "grpconly", "nodes": [{"address": workers[0].grpc_address}]},
+            {"model": "grpconly", "nodes": [{"address": remote_workers[0].grpc_address}]},
         ],
         model_repository=str(folder / "models"),
     )
@@ -97,11 +84,11 @@ def test_tf_serving_rest_calls_reach_the_nodes(server: ServerProcess) -> None:
 
 
 def test_upstream_errors_come_back_unchanged_and_the_gateway_keeps_serving(
-    server: ServerProcess, workers: list[ServerProcess]
+    server: ServerProcess, remote_workers: list[ServerProcess]
 ) -> None:
     wrong = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}
     status, body = http(f"{server.http_url}/v2/models/remote/infer", wrong)
-    direct_status, direct_body = http(f"{workers[0].http_url}/v2/models/remote/infer", wrong)
+    direct_status, direct_body = http(f"{remote_workers[0].http_url}/v2/models/remote/infer", wrong)
     assert (status, body) == (direct_status, direct_body)
     assert status == 400 and "'x'" in body["error"]
     x = np.ones(2, dtype=np.float32)
@@ -148,9 +135,9 @@ def test_a_route_without_rest_refuses_rest_calls_clearly(server: ServerProcess) 
 
 
 def test_a_stopped_node_costs_no_failed_rest_call(
-    server: ServerProcess, workers: list[ServerProcess]
+    server: ServerProcess, remote_workers: list[ServerProcess]
 ) -> None:
-    workers[1].stop()  # refuses connections from now on: the calls go to w1 instead
+    remote_workers[1].stop()  # refuses connections from now on: the calls go to w1 instead
     x = np.array([1.0], dtype=np.float32)
     for _ in range(10):
         try:

@@ -159,20 +159,23 @@ class Forwarder:
                 context, await call.initial_metadata(), await call.trailing_metadata()
             )
             return reply
-        if not route.nodes:
-            message = (
-                f"model {route.model!r} has no upstream nodes (its discovery found none); "
-                "check the route's node list"
-            )
-        else:
-            message = (
-                f"model {route.model!r} is unavailable: no upstream node answered; tried "
-                f"{'; '.join(tried) or 'nothing'}; nodes: {route.describe_nodes()}. "
-                "Check that the nodes are running and reachable from the gateway"
-            )
         log.warning("forwarding failed", model=route.model, method=method, tried=tried)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, no_node_answered(route, tried))
         raise AssertionError("unreachable")  # abort raises
+
+
+def no_node_answered(route: Route, tried: list[str]) -> str:
+    """The UNAVAILABLE message when no node of ``route`` took a call (``tried``: why not)."""
+    if not route.nodes:
+        return (
+            f"model {route.model!r} has no upstream nodes (its discovery found none); "
+            "check the route's node list"
+        )
+    return (
+        f"model {route.model!r} is unavailable: no upstream node answered; tried "
+        f"{'; '.join(tried) or 'nothing'}; nodes: {route.describe_nodes()}. "
+        "Check that the nodes are running and reachable from the gateway"
+    )
 
 
 async def _relay_metadata(context: grpc.aio.ServicerContext, initial: Any, trailing: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -14,9 +14,14 @@ from aiohttp import web
 from dl_inference.errors import ConfigError, PluginError
 from dl_inference.gateway.config import RouteConfig
 from dl_inference.gateway.forward import Forwarder
-from dl_inference.gateway.keys import builtin_protocol_of, builtin_routing_keys
+from dl_inference.gateway.keys import (
+    builtin_protocol_of,
+    builtin_routing_keys,
+    builtin_stream_routing_keys,
+)
 from dl_inference.gateway.rest_forward import RestForwarder, routed_model
 from dl_inference.gateway.route import Route
+from dl_inference.gateway.stream_forward import forward_stream
 from dl_inference.protocol import Protocol, RoutingKeyReader
 
 log = structlog.get_logger("dl_inference.gateway")
@@ -181,35 +186,55 @@ class Gateway:
         if not self.routes:
             return list(local_handlers)
         table = self.routing_table(protocols)
-        return [_GatewayHandler(self, table, list(local_handlers)), *local_handlers]
+        streams = {
+            path: (builtin_protocol_of(path), reader)
+            for path, reader in builtin_stream_routing_keys().items()
+        }
+        return [_GatewayHandler(self, table, streams, list(local_handlers)), *local_handlers]
 
 
 class _GatewayHandler(grpc.GenericRpcHandler):
-    """Claims the routable unary methods as raw bytes, then forwards or serves locally.
+    """Claims the routable methods as raw bytes, then forwards or serves locally.
 
     A generic handler sees only the method path, not the body, so it must take every call
-    to a routable path; once the model name is read, calls for unrouted models run the
-    local handler's behaviour on the same bytes, deserialized as it would have.
+    to a routable path; once the model name is read (for a stream, from its first
+    message), calls for unrouted models run the local handler's behaviour on the same
+    bytes, deserialized as it would have.
     """
 
     def __init__(
         self,
         gateway: Gateway,
         table: dict[str, tuple[str, RoutingKeyReader]],
+        streams: dict[str, tuple[str, RoutingKeyReader]],
         local: list[grpc.GenericRpcHandler],
     ) -> None:
         self.gateway = gateway
         self.table = table
+        self.streams = streams
         self.local = local
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        entry = self.table.get(handler_call_details.method)
+        details = handler_call_details
+        if details.method in self.streams:
+            protocol, reader = self.streams[details.method]
+
+            # An async generator function, which grpc.aio runs in its response-iterator mode.
+            async def stream(
+                requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[bytes]:
+                async for reply in self._handle_stream(
+                    details, protocol, reader, requests, context
+                ):
+                    yield reply
+
+            return grpc.stream_stream_rpc_method_handler(stream)
+        entry = self.table.get(details.method)
         if entry is None:
             return None
         protocol, reader = entry
-        details = handler_call_details
 
         async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
             return await self._handle(details, protocol, reader, body, context)
@@ -217,14 +242,15 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         # No (de)serializers: the gateway gets and returns raw bytes.
         return grpc.unary_unary_rpc_method_handler(handle)
 
-    async def _handle(
+    def _route_for(
         self,
         details: grpc.HandlerCallDetails,
         protocol: str,
         reader: RoutingKeyReader,
         body: bytes,
         context: grpc.aio.ServicerContext,
-    ) -> bytes:
+    ) -> tuple[str | None, Route | None]:
+        """(model named by ``body``, its route when calls of ``protocol`` are routed)."""
         metadata = {
             key.lower(): value
             for key, value in (context.invocation_metadata() or ())
@@ -241,23 +267,80 @@ class _GatewayHandler(grpc.GenericRpcHandler):
             )
             model = None
         route = self.gateway.routes.get(model) if model else None
-        if route is not None and route.accepts(protocol):
-            return await self.gateway.forwarder.forward(route, details.method, body, context)
-        return await self._local(details, model, body, context)
+        return model, route if route is not None and route.accepts(protocol) else None
 
-    async def _local(
+    async def _handle(
         self,
         details: grpc.HandlerCallDetails,
-        model: str | None,
+        protocol: str,
+        reader: RoutingKeyReader,
         body: bytes,
         context: grpc.aio.ServicerContext,
     ) -> bytes:
+        model, route = self._route_for(details, protocol, reader, body, context)
+        if route is not None:
+            return await self.gateway.forwarder.forward(route, details.method, body, context)
+        return await self._local(details, model, body, context)
+
+    async def _handle_stream(
+        self,
+        details: grpc.HandlerCallDetails,
+        protocol: str,
+        reader: RoutingKeyReader,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        rest = aiter(requests)
+        try:
+            first = await anext(rest)
+        except StopAsyncIteration:
+            return  # the client closed without a message: nothing to answer
+        model, route = self._route_for(details, protocol, reader, first, context)
+        if route is not None:
+            replies = forward_stream(route, details.method, first, rest, context)
+        else:
+            replies = self._local_stream(details, model, first, rest, context)
+        async for reply in replies:
+            yield reply
+
+    async def _local_stream(
+        self,
+        details: grpc.HandlerCallDetails,
+        model: str | None,
+        first: bytes,
+        rest: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        handler = await self._local_handler(details, model, context, streaming=True)
+        decode = handler.request_deserializer or (lambda data: data)
+        encode = handler.response_serializer or (lambda reply: reply)
+
+        async def requests() -> AsyncIterator[Any]:
+            yield decode(first)
+            async for data in rest:
+                yield decode(data)
+
+        async for reply in handler.stream_stream(requests(), context):
+            yield encode(reply)
+
+    async def _local_handler(
+        self,
+        details: grpc.HandlerCallDetails,
+        model: str | None,
+        context: grpc.aio.ServicerContext,
+        *,
+        streaming: bool = False,
+    ) -> grpc.RpcMethodHandler:
+        """This server's own handler for the method, or an abort that says why none."""
         handler = None
         for candidate in self.local:
             handler = candidate.service(details)
             if handler is not None:
                 break
-        if handler is None or handler.unary_unary is None:
+        behaviour = None
+        if handler is not None:
+            behaviour = handler.stream_stream if streaming else handler.unary_unary
+        if handler is None or behaviour is None:
             routed = ", ".join(sorted(self.gateway.routes)) or "none"
             if model:
                 await context.abort(
@@ -270,6 +353,16 @@ class _GatewayHandler(grpc.GenericRpcHandler):
                 f"{details.method} is not served here and the request names no routed model "
                 f"(routed models: {routed})",
             )
+        return handler
+
+    async def _local(
+        self,
+        details: grpc.HandlerCallDetails,
+        model: str | None,
+        body: bytes,
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        handler = await self._local_handler(details, model, context)
         request: Any = body
         if handler.request_deserializer is not None:
             try:

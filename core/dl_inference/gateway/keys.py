@@ -133,6 +133,11 @@ def builtin_routing_keys() -> dict[str, RoutingKeyReader]:
     return keys
 
 
+def builtin_stream_routing_keys() -> dict[str, RoutingKeyReader]:
+    """Streaming method path -> reader of the model name in the stream's first message."""
+    return {f"/{V2_SERVICE}/ModelStreamInfer": field_string(1)}
+
+
 def builtin_protocol_of(path: str) -> str:
     """Which protocol a built-in path belongs to, by the names protocol plugins register."""
     service = path.split("/")[1] if path.count("/") >= 2 else ""

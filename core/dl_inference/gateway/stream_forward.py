@@ -1,0 +1,96 @@
+"""Forwarding of a bidirectional gRPC stream (V2 ``ModelStreamInfer``) to one node.
+
+The route is chosen by the stream's first message; the whole stream then goes to the
+node the balancer picked, messages both ways byte for byte. A stream is not retried on
+another node: once a message is sent the node may have acted on it. The client's
+deadline, metadata and cancellation travel upstream; the node's status and metadata come
+back unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from dl_inference.balancer import Outcome
+from dl_inference.gateway.forward import (
+    BALANCER_FAILURES,
+    NODE_FAILURES,
+    forwardable,
+    no_node_answered,
+)
+from dl_inference.gateway.route import Route
+
+
+async def forward_stream(
+    route: Route,
+    method: str,
+    first: bytes,
+    rest: AsyncIterator[bytes],
+    context: grpc.aio.ServicerContext,
+) -> AsyncIterator[bytes]:
+    """The node's replies to ``first`` and then to each message of ``rest``."""
+    route.budget.on_request()
+    node = route.pick(set())
+    if node is None:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, no_node_answered(route, []))
+        return
+    call = node.get_channel().stream_stream(method)(
+        timeout=context.time_remaining(), metadata=forwardable(context.invocation_metadata())
+    )
+
+    async def pump() -> None:
+        await call.write(first)
+        async for message in rest:
+            await call.write(message)
+        await call.done_writing()
+
+    node.in_flight += 1
+    sent = time.monotonic()
+    first_reply: float | None = None
+    writer = asyncio.create_task(pump())
+    try:
+        initial = forwardable(tuple(await call.initial_metadata() or ()))
+        if initial:
+            await context.send_initial_metadata(initial)
+        async for reply in call:
+            first_reply = first_reply or time.monotonic()
+            yield reply
+        trailing = forwardable(tuple(await call.trailing_metadata() or ()))
+        if trailing:
+            context.set_trailing_metadata(trailing)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        outcome = Outcome.FAILURE if code in BALANCER_FAILURES else Outcome.REJECTED
+        route.record(
+            node,
+            outcome,
+            time.monotonic() - sent,
+            gateway_failure=code in NODE_FAILURES,
+            error=f"{code.name}: {exc.details()}",
+        )
+        details = exc.details() or ""
+        if code is grpc.StatusCode.UNAVAILABLE and first_reply is None:
+            # The node's own words ("failed to connect") name neither model nor node.
+            details = (
+                f"model {route.model!r}: node {node.address} is unavailable ({details}); "
+                "a stream is not moved to another node: open it again"
+            )
+        await context.abort(code, details)
+    except (asyncio.CancelledError, GeneratorExit):
+        call.cancel()  # the client went away: stop the upstream work too
+        raise
+    else:
+        # The balancer learns the time to the first answer, not the stream's length.
+        route.record(node, Outcome.SUCCESS, (first_reply or time.monotonic()) - sent)
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer
+        node.in_flight -= 1
+        if node.draining:
+            route.reap()
