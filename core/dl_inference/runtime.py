@@ -221,6 +221,8 @@ class Runtime:
         }
         if error is None:
             log.info("request", **fields)
+        elif status == "CANCELLED":
+            log.info("request cancelled by the client", **fields)
         else:
             log.warning("request failed", error=str(error), **fields)
 

@@ -2,11 +2,12 @@
 
 Protocol layers use :func:`grpc_code` / :func:`http_status`; an error that is not a
 :class:`~dl_inference.DlInferenceError` is INTERNAL / 500 with a reference id whose
-details go to the log.
+details go to the log, except a cancelled request: CANCELLED / 499.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
@@ -35,6 +36,10 @@ def _lookup(error: BaseException) -> tuple[grpc.StatusCode, int] | None:
     for cls, code, http in _TABLE:
         if isinstance(error, cls):
             return code, http
+    if isinstance(error, asyncio.CancelledError):
+        # The client went away (or its deadline passed): not a server failure. 499 is
+        # the "client closed request" status proxies log.
+        return grpc.StatusCode.CANCELLED, 499
     return None
 
 

@@ -7,12 +7,15 @@ served locally when no route names the model.
 from __future__ import annotations
 
 import queue
+import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
 
 from dl_inference.testing import ServerProcess, free_port, write_python_model
 
@@ -24,9 +27,30 @@ LOCAL_CONFIG = """
 """
 
 
+SLOW = """
+    import time
+    from dl_inference import PythonModel
+
+    class Slow(PythonModel):
+        def predict(self, inputs, **parameters):
+            time.sleep(5)
+            return {"y": inputs["x"]}
+"""
+
+
+@pytest.fixture(scope="module")
+def slow_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = tmp_path_factory.mktemp("slow_worker")
+    write_python_model(repo, "slow", SLOW, LOCAL_CONFIG)
+    with ServerProcess(["--model-repository", str(repo)]) as worker:
+        yield worker
+
+
 @pytest.fixture(scope="module")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, remote_workers: list[ServerProcess]
+    tmp_path_factory: pytest.TempPathFactory,
+    remote_workers: list[ServerProcess],
+    slow_worker: ServerProcess,
 ) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("stream_gw")
     write_python_model(folder / "models", "local", LOCAL, LOCAL_CONFIG)
@@ -38,6 +62,7 @@ def server(
                 "balancer": "round_robin",
                 "nodes": [{"address": w.grpc_address} for w in remote_workers],
             },
+            {"model": "slow", "nodes": [{"address": slow_worker.grpc_address}]},
             # Nothing listens there: the stream's first message finds no node.
             {"model": "dead", "nodes": [{"address": f"127.0.0.1:{free_port()}"}]},
         ],
@@ -103,3 +128,50 @@ def test_a_route_with_no_live_node_ends_the_stream_with_unavailable(
     # The gateway keeps serving.
     [(result, error)] = stream(server, [("remote", np.ones(1, dtype=np.float32))])
     assert error is None, error
+
+
+def samples(server: ServerProcess, name: str, model: str) -> list[Any]:
+    with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("model") == model
+    ]
+
+
+def in_flight(server: ServerProcess, model: str) -> float:
+    return sum(s.value for s in samples(server, "dli_in_flight_requests", model))
+
+
+def requests_by_status(server: ServerProcess, model: str) -> dict[str, float]:
+    return {s.labels["status"]: s.value for s in samples(server, "dli_requests_total", model)}
+
+
+def wait_until(check: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_cancelled_stream_cancels_the_upstream(
+    server: ServerProcess, slow_worker: ServerProcess
+) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    client.start_stream(callback=lambda result, error: None)
+    tensor = grpcclient.InferInput("x", [1], "FP32")
+    tensor.set_data_from_numpy(np.ones(1, dtype=np.float32))
+    client.async_stream_infer("slow", [tensor])
+    assert wait_until(lambda: in_flight(slow_worker, "slow") == 1)
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    # The node's request ends with the cancelled stream, well before its 5 s sleep would.
+    assert wait_until(lambda: in_flight(slow_worker, "slow") == 0, timeout=3)
+    # Counted as cancelled by the client, not as a server error.
+    statuses = requests_by_status(slow_worker, "slow")
+    assert statuses.get("CANCELLED") == 1 and "INTERNAL" not in statuses, statuses
+    assert "request cancelled by the client" in slow_worker.output()
