@@ -4,7 +4,8 @@ The route is chosen by the stream's first message; the whole stream then goes to
 node the balancer picked, messages both ways byte for byte. A stream is not retried on
 another node: once a message is sent the node may have acted on it. The client's
 deadline, metadata and cancellation travel upstream; the node's status and metadata come
-back unchanged.
+back unchanged. The route's ``timeout_ms`` bounds single calls, not a stream, which may
+stay open as long as its client wants.
 """
 
 from __future__ import annotations
