@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from dl_inference.errors import ConfigError, PluginError
 from dl_inference.gateway import Gateway, RouteConfig
 from dl_inference.gateway.config import EjectionConfig, HealthConfig
 from dl_inference.gateway.discovery import Discovery, parse_node_file, resolve
-from dl_inference.gateway.keys import builtin_routing_keys
+from dl_inference.gateway.keys import builtin_rest_routing_keys, builtin_routing_keys
 from dl_inference.gateway.nodes import Node, NodeHealth, RetryBudget
 from dl_inference.plugins import PluginHost
 from dl_inference.wire import len_field_header
@@ -119,6 +120,28 @@ def test_seldon_key_from_the_seed_task_id_or_a_header() -> None:
     assert reader(_seldon_with_number_tag("taskId", 39), {}) == "39"  # the seed's Java client
     assert reader(b"", {"seldon-model": "iris"}) == "iris"
     assert reader(_seldon_with_number_tag("other", 1), {}) is None
+
+
+def test_seldon_rest_key_from_a_header_or_the_json_tags() -> None:
+    (reader,) = builtin_rest_routing_keys().values()
+    untagged = json.dumps({"data": {"ndarray": [[1.0, 2.0]]}}).encode()
+    assert reader(untagged, {}) is None  # no name: served where it arrived
+    assert reader(untagged, {"seldon-model": "by-header"}) == "by-header"
+    tagged = json.dumps({"data": {"ndarray": [1]}, "meta": {"tags": {"model": "mnist"}}})
+    assert reader(tagged.encode(), {}) == "mnist"
+    assert reader(tagged.encode(), {"model": "other"}) == "other"  # the header first
+    seed = {"strData": "x", "meta": {"tags": {"taskId": 29.0, "other": "x"}}}
+    assert reader(json.dumps(seed).encode(), {}) == "29"
+    for garbage in (
+        b"\xff\xfe",
+        b"not json",
+        b"[1, 2]",
+        b'{"meta": []}',
+        b'{"meta": {"tags": 3}}',
+        b'{"meta": {"tags": {"model": true}}}',
+        b'{"meta": {"tags": {"model": ""}}}',
+    ):
+        assert reader(garbage, {}) is None
 
 
 def test_malformed_bytes_give_no_key_instead_of_an_error() -> None:

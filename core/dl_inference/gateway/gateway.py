@@ -16,6 +16,7 @@ from dl_inference.gateway.config import RouteConfig
 from dl_inference.gateway.forward import Forwarder
 from dl_inference.gateway.keys import (
     builtin_protocol_of,
+    builtin_rest_routing_keys,
     builtin_routing_keys,
     builtin_stream_routing_keys,
 )
@@ -116,10 +117,11 @@ class Gateway:
     def http_middleware(self, protocols: Iterable[Protocol | type[Protocol]] = ()) -> Any:
         """An aiohttp middleware: REST calls for routed models go upstream, others stay.
 
-        The model name comes from the path, or for the POST paths ``protocols`` list in
-        :meth:`~dl_inference.Protocol.rest_routing_keys`, from the body and headers.
+        The model name comes from the path, or for Seldon's REST path and the POST paths
+        ``protocols`` list in :meth:`~dl_inference.Protocol.rest_routing_keys`, from the
+        body and headers.
         """
-        readers: dict[str, tuple[str, RoutingKeyReader]] = {}
+        readers = {path: ("seldon", reader) for path, reader in builtin_rest_routing_keys().items()}
         for protocol in protocols:
             instance = protocol() if isinstance(protocol, type) else protocol
             for path, reader in instance.rest_routing_keys().items():

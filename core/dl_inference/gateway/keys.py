@@ -1,14 +1,16 @@
-"""Routing-key readers for the standard gRPC methods, reading only the model name.
+"""Routing-key readers for the standard methods, reading only the model name.
 
-Protocol plugins provide their own readers through ``Protocol.routing_keys()``; these
-built-in ones cover the well-known services so that a gateway-only deployment forwards
-TF Serving, Seldon and Open Inference Protocol traffic without installing the
-tensorflow or pytorch plugins (and without TensorFlow or torch). A protocol's own
-reader wins over the built-in one for the same path.
+Protocol plugins provide their own readers through ``Protocol.routing_keys()`` (and
+``rest_routing_keys()`` for REST paths that name no model); these built-in ones cover the
+well-known services so that a gateway-only deployment forwards TF Serving, Seldon and
+Open Inference Protocol traffic without installing the tensorflow or pytorch plugins (and
+without TensorFlow or torch). A protocol's own reader wins over the built-in one for the
+same path.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Mapping
 
@@ -20,6 +22,7 @@ TFS_PREDICTION = "tensorflow.serving.PredictionService"
 TFS_MODEL = "tensorflow.serving.ModelService"
 SELDON_SERVICES = ("seldon.protos.Model", "seldon.protos.Seldon")
 SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
+SELDON_REST_PATH = "/api/v1.0/predictions"
 
 # Seldon carries no model field; the seed put a task id in meta.tags, so look there, and
 # let a client name the model in metadata as Seldon Core's own router does.
@@ -77,11 +80,17 @@ def _value_as_key(value: memoryview) -> str | None:
     return None
 
 
-def seldon_model(data: bytes, metadata: Mapping[str, str]) -> str | None:
-    """SeldonMessage: a model header, else ``meta`` (2) -> ``tags`` (2, map) by known keys."""
+def _seldon_header(metadata: Mapping[str, str]) -> str | None:
     for key in SELDON_METADATA_KEYS:
         if metadata.get(key):
             return metadata[key]
+    return None
+
+
+def seldon_model(data: bytes, metadata: Mapping[str, str]) -> str | None:
+    """SeldonMessage: a model header, else ``meta`` (2) -> ``tags`` (2, map) by known keys."""
+    if name := _seldon_header(metadata):
+        return name
     meta = _sub_message(data, 2)
     if meta is None:
         return None
@@ -103,6 +112,41 @@ def seldon_model(data: bytes, metadata: Mapping[str, str]) -> str | None:
         if key in tags:
             return tags[key]
     return None
+
+
+def _json_tag_as_key(value: object) -> str | None:
+    """A JSON tag value as a model name: strings as they are, whole numbers without ``.0``."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def seldon_rest_model(body: bytes, headers: Mapping[str, str]) -> str | None:
+    """Seldon REST (JSON SeldonMessage): a model header, else ``meta.tags`` by known keys.
+
+    With the header the body is not parsed; without it the JSON is, as the tags are in it.
+    """
+    if name := _seldon_header(headers):
+        return name
+    try:
+        message = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None  # served where it arrived, whose handler explains what is wrong
+    meta = message.get("meta") if isinstance(message, dict) else None
+    tags = meta.get("tags") if isinstance(meta, dict) else None
+    if not isinstance(tags, dict):
+        return None
+    for key in SELDON_TAG_KEYS:
+        if text := _json_tag_as_key(tags.get(key)):
+            return text
+    return None
+
+
+def builtin_rest_routing_keys() -> dict[str, RoutingKeyReader]:
+    """REST path whose path names no model -> reader of the name from body and headers."""
+    return {SELDON_REST_PATH: seldon_rest_model}
 
 
 def builtin_routing_keys() -> dict[str, RoutingKeyReader]:

@@ -9,13 +9,11 @@ Seldon's message has no model field. The name comes from, in this order:
    several.
 
 The gateway reads the name from the serialized bytes with :mod:`dl_inference.wire`,
-jumping over the data field, so tensors are never decoded; for REST, from the header, else
-from the JSON body's ``meta.tags``.
+jumping over the data field, so tensors are never decoded.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -63,23 +61,6 @@ def seldon_routing_key(data: bytes, metadata: Mapping[str, str]) -> str | None:
         return model_from({}, _wire_tags(memoryview(data)))
     except (wire.WireError, UnicodeDecodeError, struct.error):
         return None
-
-
-def seldon_rest_routing_key(body: bytes, headers: Mapping[str, str]) -> str | None:
-    """The gateway's reader for ``POST /api/v1.0/predictions``: header, else ``meta.tags``.
-
-    With the header the body is not parsed; without it the JSON is, as its tags are in it.
-    """
-    for key in METADATA_KEYS:
-        if headers.get(key):
-            return headers[key]
-    try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None  # served here, where the handler explains what is wrong
-    meta = message.get("meta") if isinstance(message, dict) else None
-    tags = meta.get("tags") if isinstance(meta, dict) else None
-    return model_from({}, tags) if isinstance(tags, dict) else None
 
 
 def _wire_tags(view: memoryview) -> dict[str, Any]:

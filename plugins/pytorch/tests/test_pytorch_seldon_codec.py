@@ -3,8 +3,6 @@ messages under Seldon's real package names."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from _seldon_real import real_messages
@@ -199,20 +197,6 @@ def test_routing_key_reader_matches_the_worker_rule():
     assert routing.seldon_routing_key(b"\xff\xff\xff", {}) is None
     keys = SeldonProtocol().routing_keys()
     assert set(keys) == set(PREDICT_PATHS)
-
-
-def test_rest_routing_key_reader_reads_the_header_then_the_json_tags():
-    body = json_format.MessageToJson(tensor_message([1.0, 2.0], [2])).encode()
-    read = SeldonProtocol().rest_routing_keys()["/api/v1.0/predictions"]
-    assert read(body, {}) is None  # no name: served where it arrived
-    assert read(body, {"seldon-model": "by-header"}) == "by-header"
-    tagged = json.dumps({"data": {"ndarray": [1]}, "meta": {"tags": {"model": "mnist"}}})
-    assert read(tagged.encode(), {}) == "mnist"
-    assert read(tagged.encode(), {"model": "other"}) == "other"
-    seed = json.dumps({"strData": "x", "meta": {"tags": {"taskid": 29}}}).encode()
-    assert read(seed, {}) == "29"
-    for garbage in (b"\xff\xfe", b"not json", b"[1, 2]", b'{"meta": []}', b'{"meta": {"tags": 3}}'):
-        assert read(garbage, {}) is None
 
 
 # -- wire compatibility with the real names --------------------------------------------------
