@@ -130,6 +130,8 @@ def test_seldon_rest_key_from_a_header_or_the_json_tags() -> None:
     tagged = json.dumps({"data": {"ndarray": [1]}, "meta": {"tags": {"model": "mnist"}}})
     assert reader(tagged.encode(), {}) == "mnist"
     assert reader(tagged.encode(), {"model": "other"}) == "other"  # the header first
+    both = {"meta": {"tags": {"model_name": "a", "model": "b"}}}
+    assert reader(json.dumps(both).encode(), {}) == "b"  # as a worker's Seldon protocol reads
     seed = {"strData": "x", "meta": {"tags": {"taskId": 29.0, "other": "x"}}}
     assert reader(json.dumps(seed).encode(), {}) == "29"
     for garbage in (

@@ -25,8 +25,9 @@ SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
 SELDON_REST_PATH = "/api/v1.0/predictions"
 
 # Seldon carries no model field; the seed put a task id in meta.tags, so look there, and
-# let a client name the model in metadata as Seldon Core's own router does.
-SELDON_TAG_KEYS = ("model_name", "model", "taskId", "taskid")
+# let a client name the model in metadata as Seldon Core's own router does. Tags are read
+# in the order a worker's Seldon protocol reads them, so both pick the same model.
+SELDON_TAG_KEYS = ("model", "model_name", "taskid", "taskId")
 SELDON_METADATA_KEYS = ("model", "seldon-model", "x-model-name")
 
 
