@@ -123,7 +123,8 @@ def test_seldon_key_from_the_seed_task_id_or_a_header() -> None:
 
 
 def test_seldon_rest_key_from_a_header_or_the_json_tags() -> None:
-    (reader,) = builtin_rest_routing_keys().values()
+    ((protocol, reader),) = builtin_rest_routing_keys().values()
+    assert protocol == "seldon"
     untagged = json.dumps({"data": {"ndarray": [[1.0, 2.0]]}}).encode()
     assert reader(untagged, {}) is None  # no name: served where it arrived
     assert reader(untagged, {"seldon-model": "by-header"}) == "by-header"

@@ -121,7 +121,7 @@ class Gateway:
         ``protocols`` list in :meth:`~dl_inference.Protocol.rest_routing_keys`, from the
         body and headers.
         """
-        readers = {path: ("seldon", reader) for path, reader in builtin_rest_routing_keys().items()}
+        readers = builtin_rest_routing_keys()
         for protocol in protocols:
             instance = protocol() if isinstance(protocol, type) else protocol
             for path, reader in instance.rest_routing_keys().items():

@@ -145,9 +145,9 @@ def seldon_rest_model(body: bytes, headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def builtin_rest_routing_keys() -> dict[str, RoutingKeyReader]:
-    """REST path whose path names no model -> reader of the name from body and headers."""
-    return {SELDON_REST_PATH: seldon_rest_model}
+def builtin_rest_routing_keys() -> dict[str, tuple[str, RoutingKeyReader]]:
+    """REST path that names no model -> (its protocol, reader of the name in the request)."""
+    return {SELDON_REST_PATH: ("seldon", seldon_rest_model)}
 
 
 def builtin_routing_keys() -> dict[str, RoutingKeyReader]:
