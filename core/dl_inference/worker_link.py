@@ -30,7 +30,8 @@ ENV_COUNT = "DLI_WORKER_COUNT"
 ENV_PARENT = "DLI_WORKER_PARENT"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 T = TypeVar("T")
-# Below Prometheus's default scrape timeout (10 s): a stuck sibling costs its figures only.
+# Below Prometheus's default scrape timeout (10 s): a stuck sibling costs its figures only
+# (or, to a worker starting in place of a dead one, its journal of management changes).
 FIGURES_TIMEOUT_S = 3.0
 
 

@@ -18,6 +18,7 @@ from dl_inference.gateway.config import EjectionConfig, HealthConfig
 from dl_inference.gateway.discovery import Discovery, parse_node_file, resolve
 from dl_inference.gateway.keys import builtin_rest_routing_keys, builtin_routing_keys
 from dl_inference.gateway.nodes import Node, NodeHealth, RetryBudget
+from dl_inference.gateway.route import Route
 from dl_inference.plugins import PluginHost
 from dl_inference.wire import len_field_header
 
@@ -157,6 +158,31 @@ def test_malformed_bytes_give_no_key_instead_of_an_error() -> None:
 
 def nodes(n: int) -> list[Node]:
     return [Node(f"10.0.0.{i}:1", 100) for i in range(n)]
+
+
+async def test_a_nodes_call_stubs_go_with_its_channels() -> None:
+    # Cached stubs belong to the node: once its channels close (drained, reaped by any
+    # forwarder), none survives to be used on a closed channel.
+    node = Node("127.0.0.1:1", 100)
+    method = "/inference.GRPCInferenceService/ModelInfer"
+    stub = node.unary_stub(method)
+    assert node.unary_stub(method) is stub
+    (channel,) = node.channels
+    await node.close()
+    assert node.channels == []
+    fresh = node.unary_stub(method)
+    assert fresh is not stub and node.channels[0] is not channel
+    await node.close()
+
+
+def test_release_counts_a_call_out_and_lets_a_drained_node_go() -> None:
+    config = RouteConfig(model="m", nodes=[{"address": "10.0.0.1:1"}])
+    route = Route(config, balancer=object())  # type: ignore[arg-type]
+    (node,) = route.nodes.values()
+    node.in_flight = 1
+    node.draining = True
+    route.release(node)
+    assert node.in_flight == 0 and route.nodes == {}
 
 
 def test_ejection_back_off_grows_and_is_capped() -> None:

@@ -19,7 +19,6 @@ import grpc
 import structlog
 
 from dl_inference.balancer import Outcome
-from dl_inference.gateway.nodes import Node
 from dl_inference.gateway.route import Route
 
 log = structlog.get_logger("dl_inference.gateway")
@@ -69,26 +68,13 @@ def forwardable(metadata: Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, 
     )
 
 
+def outcome_of(code: grpc.StatusCode) -> Outcome:
+    """What a node's status code teaches the balancer (a client's own errors: REJECTED)."""
+    return Outcome.FAILURE if code in BALANCER_FAILURES else Outcome.REJECTED
+
+
 class Forwarder:
     """Sends raw request bytes to a route's nodes and relays the outcome to the client."""
-
-    def __init__(self) -> None:
-        self._callables: dict[tuple[int, str], Any] = {}
-
-    def _stub(self, node: Node, method: str) -> Any:
-        channel = node.get_channel()
-        key = (id(channel), method)
-        stub = self._callables.get(key)
-        if stub is None:
-            # No (de)serializers: bytes in, bytes out.
-            stub = channel.unary_unary(method)
-            self._callables[key] = stub
-        return stub
-
-    def forget(self, node: Node) -> None:
-        channel_ids = {id(channel) for channel in node.channels}
-        for key in [k for k in self._callables if k[0] in channel_ids]:
-            del self._callables[key]
 
     async def forward(
         self, route: Route, method: str, body: bytes, context: grpc.aio.ServicerContext
@@ -119,7 +105,7 @@ class Forwarder:
                     f"the deadline for model {route.model!r} passed in the gateway"
                     + (f" after trying {'; '.join(tried)}" if tried else ""),
                 )
-            call = self._stub(node, method)(body, timeout=timeout, metadata=metadata)
+            call = node.unary_stub(method)(body, timeout=timeout, metadata=metadata)
             node.in_flight += 1
             sent = time.monotonic()
             try:
@@ -130,16 +116,13 @@ class Forwarder:
                 raise
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-                latency = time.monotonic() - sent
                 detail = f"{code.name}: {exc.details()}"
-                if code is grpc.StatusCode.CANCELLED:
-                    outcome = Outcome.REJECTED
-                elif code in BALANCER_FAILURES:
-                    outcome = Outcome.FAILURE
-                else:
-                    outcome = Outcome.REJECTED
                 route.record(
-                    node, outcome, latency, gateway_failure=code in NODE_FAILURES, error=detail
+                    node,
+                    outcome_of(code),
+                    time.monotonic() - sent,
+                    gateway_failure=code in NODE_FAILURES,
+                    error=detail,
                 )
                 if code not in RETRYABLE:
                     await _relay_metadata(context, exc.initial_metadata(), exc.trailing_metadata())
@@ -150,10 +133,7 @@ class Forwarder:
                 retries += 1
                 continue
             finally:
-                node.in_flight -= 1
-                if node.draining:
-                    self.forget(node)
-                    route.reap()
+                route.release(node)
             route.record(node, Outcome.SUCCESS, time.monotonic() - sent)
             await _relay_metadata(
                 context, await call.initial_metadata(), await call.trailing_metadata()
@@ -164,8 +144,12 @@ class Forwarder:
         raise AssertionError("unreachable")  # abort raises
 
 
-def no_node_answered(route: Route, tried: list[str]) -> str:
-    """The UNAVAILABLE message when no node of ``route`` took a call (``tried``: why not)."""
+def no_node_answered(
+    route: Route,
+    tried: list[str],
+    check: str = "the nodes are running and reachable from the gateway",
+) -> str:
+    """The message when no node of ``route`` took a call (``tried``: why not)."""
     if not route.nodes:
         return (
             f"model {route.model!r} has no upstream nodes (its discovery found none); "
@@ -173,8 +157,7 @@ def no_node_answered(route: Route, tried: list[str]) -> str:
         )
     return (
         f"model {route.model!r} is unavailable: no upstream node answered; tried "
-        f"{'; '.join(tried) or 'nothing'}; nodes: {route.describe_nodes()}. "
-        "Check that the nodes are running and reachable from the gateway"
+        f"{'; '.join(tried) or 'nothing'}; nodes: {route.describe_nodes()}. Check that {check}"
     )
 
 

@@ -127,26 +127,22 @@ class Gateway:
             for path, reader in instance.rest_routing_keys().items():
                 readers[path] = (instance.name, reader)
 
-        async def model_of(request: web.Request) -> tuple[str, str] | None:
+        async def rest_route(request: web.Request) -> Route | None:
             found = routed_model(request.path)
-            if found is not None or request.method != "POST" or request.path not in readers:
-                return found
+            if found is not None:
+                return self.route_of(found[1], found[0])
+            if request.method != "POST" or request.path not in readers:
+                return None
             protocol, reader = readers[request.path]
             # aiohttp keeps the body read here for the local handler or the forwarder.
             headers = {key.lower(): value for key, value in request.headers.items()}
-            body = await request.read()
-            try:
-                name = reader(body, headers)
-            except Exception:  # a plugin's reader: a body it chokes on is served here
-                log.warning("REST routing-key reader failed", path=request.path, exc_info=True)
-                return None
-            return (protocol, name) if name else None
+            model = read_routing_key(reader, await request.read(), headers, protocol, request.path)
+            return self.route_of(model, protocol)
 
         @web.middleware
         async def route_rest(request: web.Request, handler: Any) -> web.StreamResponse:
-            found = await model_of(request) if self.routes else None
-            route = self.routes.get(found[1]) if found else None
-            if route is None or not route.accepts(found[0]):
+            route = await rest_route(request) if self.routes else None
+            if route is None:
                 return await handler(request)
             if not route.reaches_rest:
                 return web.json_response(
@@ -160,6 +156,11 @@ class Gateway:
             return await self.rest_forwarder.forward(route, request)
 
         return route_rest
+
+    def route_of(self, model: str | None, protocol: str) -> Route | None:
+        """The route that forwards ``protocol`` calls for ``model``; None: serve them here."""
+        route = self.routes.get(model) if model else None
+        return route if route is not None and route.accepts(protocol) else None
 
     def snapshot(self) -> list[dict[str, Any]]:
         """One dict per node of every route: model, address, weight, state, counters."""
@@ -193,6 +194,29 @@ class Gateway:
             for path, reader in builtin_stream_routing_keys().items()
         }
         return [_GatewayHandler(self, table, streams, list(local_handlers)), *local_handlers]
+
+
+def read_routing_key(
+    reader: RoutingKeyReader,
+    body: bytes,
+    metadata: dict[str, str],
+    protocol: str,
+    where: str,
+) -> str | None:
+    """``reader``'s model name, or None (the call is served here) when the reader fails.
+
+    Readers come from plugins: one that chokes on a body must not take the method down.
+    """
+    try:
+        return reader(body, metadata)
+    except Exception as exc:
+        log.error(
+            "routing-key reader failed",
+            method=where,
+            protocol=protocol,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return None
 
 
 class _GatewayHandler(grpc.GenericRpcHandler):
@@ -258,18 +282,8 @@ class _GatewayHandler(grpc.GenericRpcHandler):
             for key, value in (context.invocation_metadata() or ())
             if isinstance(value, str)
         }
-        try:
-            model = reader(body, metadata)
-        except Exception as exc:  # a faulty reader must not take the method down
-            log.error(
-                "routing-key reader failed",
-                method=details.method,
-                protocol=protocol,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            model = None
-        route = self.gateway.routes.get(model) if model else None
-        return model, route if route is not None and route.accepts(protocol) else None
+        model = read_routing_key(reader, body, metadata, protocol, details.method)
+        return model, self.gateway.route_of(model, protocol)
 
     async def _handle(
         self,

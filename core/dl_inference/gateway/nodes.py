@@ -75,6 +75,8 @@ class Node:
         self.in_flight = 0
         self._channels: list[grpc.aio.Channel] = []
         self._next = 0
+        # (channel index, method) -> its callable; they go with the channels.
+        self._stubs: dict[tuple[int, str], grpc.aio.UnaryUnaryMultiCallable] = {}
         # passive health
         self.consecutive_failures = 0
         self.ejected_until = 0.0
@@ -129,12 +131,22 @@ class Node:
         self._next = (self._next + 1) % len(self._channels)
         return self._channels[self._next]
 
+    def unary_stub(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        """A bytes-in, bytes-out callable for ``method`` on the next channel (cached)."""
+        channel = self.get_channel()
+        key = (self._next, method)
+        stub = self._stubs.get(key)
+        if stub is None:
+            stub = self._stubs[key] = channel.unary_unary(method)
+        return stub
+
     @property
     def channels(self) -> list[grpc.aio.Channel]:
         """The channels opened so far (none before the first call)."""
         return list(self._channels)
 
     async def close(self) -> None:
+        self._stubs.clear()
         channels, self._channels = self._channels, []
         for channel in channels:
             await channel.close()

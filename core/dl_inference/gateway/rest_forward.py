@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from dl_inference.balancer import Outcome
+from dl_inference.gateway.forward import no_node_answered
 from dl_inference.gateway.route import Route
 
 log = structlog.get_logger("dl_inference.gateway")
@@ -144,9 +145,7 @@ class RestForwarder:
                 )  # fmt: skip
                 return _error(502, f"model {route.model!r}: node {node.address} failed: {detail}")
             finally:
-                node.in_flight -= 1
-                if node.draining:
-                    route.reap()
+                route.release(node)
             outcome = (
                 Outcome.FAILURE
                 if status in BALANCER_FAILURES
@@ -165,9 +164,5 @@ class RestForwarder:
                     continue
             return web.Response(status=status, body=payload, headers=reply_headers)
         log.warning("REST forwarding failed", model=route.model, path=request.path, tried=tried)
-        return _error(
-            503,
-            f"model {route.model!r} is unavailable: no upstream node answered over REST; tried "
-            f"{'; '.join(tried) or 'nothing'}; nodes: {route.describe_nodes()}. Check that "
-            "the nodes run and listen for HTTP at the route's http_port / http_address",
-        )
+        check = "the nodes run and listen for HTTP at the route's http_port / http_address"
+        return _error(503, no_node_answered(route, tried, check))

@@ -77,6 +77,12 @@ class Route:
                 )
         self.reap()
 
+    def release(self, node: Node) -> None:
+        """A call to ``node`` ended: count it out, and let the node go once drained."""
+        node.in_flight -= 1
+        if node.draining:
+            self.reap()
+
     def reap(self) -> None:
         """Forget drained nodes once their last call finished."""
         for address in [a for a, n in self.nodes.items() if n.draining and n.in_flight == 0]:

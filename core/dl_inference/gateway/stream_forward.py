@@ -19,10 +19,10 @@ import grpc
 
 from dl_inference.balancer import Outcome
 from dl_inference.gateway.forward import (
-    BALANCER_FAILURES,
     NODE_FAILURES,
     forwardable,
     no_node_answered,
+    outcome_of,
 )
 from dl_inference.gateway.route import Route
 
@@ -66,10 +66,9 @@ async def forward_stream(
             context.set_trailing_metadata(trailing)
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
-        outcome = Outcome.FAILURE if code in BALANCER_FAILURES else Outcome.REJECTED
         route.record(
             node,
-            outcome,
+            outcome_of(code),
             time.monotonic() - sent,
             gateway_failure=code in NODE_FAILURES,
             error=f"{code.name}: {exc.details()}",
@@ -92,6 +91,4 @@ async def forward_stream(
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await writer
-        node.in_flight -= 1
-        if node.draining:
-            route.reap()
+        route.release(node)

@@ -47,8 +47,6 @@ log = structlog.get_logger("dl_inference.management")
 SERVICE = "inference.GRPCInferenceService"
 # A sibling loads the model itself: give it as long as a slow model takes to load.
 SIBLING_TIMEOUT_S = 600.0
-# A replacement worker waits this long for a sibling's journal before it serves.
-JOURNAL_TIMEOUT_S = 10.0
 
 
 def read_token(config: ServerConfig) -> str:
@@ -151,18 +149,15 @@ class ManagementService:
         loads and unloads made through the management API since then come from a sibling.
         A change that no longer applies (its folder is gone) is logged and skipped.
         """
-        if self.link is None or not self.link.siblings:
+        if self.link is None:
             return
-        replies = await self.link.ask_siblings(
-            "GET", "/management/journal", timeout_s=JOURNAL_TIMEOUT_S
-        )
-        journals = [json.loads(reply.body) for reply in replies if reply.ok]
-        if not journals:
-            return  # the first start: no sibling is listening yet
-        for operation, arguments in journals[0]:
+        found = await self.link.gather("/management/journal", None, json.loads)
+        # None for this worker, and for siblings not listening yet (the first start).
+        journal = next((j for j in found.values() if j), [])
+        for operation, arguments in journal:
             if operation == "load" and arguments["name"] in self.models.names():
                 # This process read that folder from disk moments ago.
-                self._journal[arguments["name"]] = (operation, arguments)
+                self._record(operation, arguments)
                 continue
             try:
                 await self._apply_here(operation, arguments)
@@ -173,11 +168,15 @@ class ManagementService:
                     model=arguments.get("name"),
                     error=public_message(exc, "management"),
                 )
-        if journals[0]:
-            log.info("management changes replayed from a sibling", changes=len(journals[0]))
+        if journal:
+            log.info("management changes replayed from a sibling", changes=len(journal))
 
     async def _apply_here(self, operation: str, arguments: dict[str, Any]) -> None:
         await self._here[operation](**arguments)
+        self._record(operation, arguments)
+
+    def _record(self, operation: str, arguments: dict[str, Any]) -> None:
+        """Keep ``operation`` as the model's last change, newest last."""
         self._journal.pop(arguments["name"], None)
         self._journal[arguments["name"]] = (operation, arguments)
 
