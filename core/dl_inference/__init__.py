@@ -6,6 +6,7 @@ module is private and may change without notice.
 
 from dl_inference.backend import Backend, BackendSettings
 from dl_inference.balancer import Balancer, NodeView, Outcome
+from dl_inference.call_path import Call, CallPath, RuntimeView, json_error_body, read_body
 from dl_inference.config.model_config import ModelConfig, TensorConfig
 from dl_inference.converter import Converter
 from dl_inference.datatypes import DATATYPES, from_numpy_dtype, to_numpy_dtype
@@ -56,6 +57,8 @@ __all__ = [
     "BackendSettings",
     "Balancer",
     "BalancerRegistry",
+    "Call",
+    "CallPath",
     "ConfigError",
     "Converter",
     "ConverterRegistry",
@@ -81,6 +84,7 @@ __all__ = [
     "ResourceExhausted",
     "RoutingKeyReader",
     "Runtime",
+    "RuntimeView",
     "TensorConfig",
     "TensorSpec",
     "Unauthenticated",
@@ -92,7 +96,9 @@ __all__ = [
     "http_status",
     "import_user_file",
     "isolated_imports",
+    "json_error_body",
     "public_message",
+    "read_body",
     "rename_proto_types",
     "to_numpy_dtype",
 ]

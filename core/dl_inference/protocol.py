@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from google.protobuf.descriptor_pb2 import FileDescriptorProto
 
-    from dl_inference.runtime import Runtime
+    from dl_inference.call_path import RuntimeView
 
 RoutingKeyReader = Callable[[bytes, Mapping[str, str]], "str | None"]
 """Reads the model name from a request's serialized bytes and metadata, without decoding tensors."""
@@ -49,22 +49,25 @@ def rename_proto_types(file: FileDescriptorProto, renames: Mapping[str, str]) ->
 
 
 class Protocol:
-    """A wire protocol: gRPC handlers and/or HTTP routes that answer over the :class:`Runtime`.
+    """A wire protocol: gRPC handlers and/or HTTP routes over a :class:`RuntimeView`.
 
-    Decode the wire format into :class:`~dl_inference.InferRequest`, call
-    ``await runtime.infer(request, ctx)``, encode the :class:`~dl_inference.InferResponse`.
-    Map :class:`~dl_inference.DlInferenceError` subclasses with :mod:`dl_inference.status`.
+    Bind every method with :class:`~dl_inference.CallPath` (``grpc_service``,
+    ``grpc_unary``, ``http_handler``): the kernel then builds the request context, turns
+    unreadable bodies into client errors, counts every failure once and maps errors to
+    gRPC / HTTP statuses. Inside, decode the body in ``with call.parsing(...)`` into an
+    :class:`~dl_inference.InferRequest`, ``await runtime.infer(request, call.ctx)``, encode
+    the :class:`~dl_inference.InferResponse`.
     """
 
     name: ClassVar[str] = ""
     grpc_services: ClassVar[tuple[str, ...]] = ()
     """Full gRPC service names served (health and reflection list them)."""
 
-    def grpc_handlers(self, runtime: Runtime) -> Sequence[grpc.GenericRpcHandler]:
+    def grpc_handlers(self, runtime: RuntimeView) -> Sequence[grpc.GenericRpcHandler]:
         """gRPC handlers bound to the protocol's standard method paths."""
         return ()
 
-    def http_routes(self, runtime: Runtime) -> Sequence[web.RouteDef]:
+    def http_routes(self, runtime: RuntimeView) -> Sequence[web.RouteDef]:
         """aiohttp route definitions for the protocol's REST API."""
         return ()
 

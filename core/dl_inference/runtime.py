@@ -128,6 +128,8 @@ class Runtime:
         ctx.request = request
         if not request.id:
             request.id = ctx.request_id
+        if request.deadline is None:
+            request.deadline = ctx.deadline
         gauge = self.metrics.in_flight_of(request.model_name)
         gauge.inc()
         # Log lines from hooks and models carry the id (bind/reset: no context manager
@@ -205,6 +207,7 @@ class Runtime:
     def _finish(
         self, ctx: RequestContext, request: InferRequest, error: BaseException | None
     ) -> None:
+        ctx.finished = True
         latency = time.monotonic() - ctx.started
         status = "OK" if error is None else grpc_code(error).name
         version = ctx.response.model_version if ctx.response else request.model_version

@@ -108,9 +108,12 @@ def new_request_id() -> str:
 class RequestContext:
     """Per-request state handed to the per-request hooks.
 
-    ``metadata`` holds gRPC metadata / HTTP headers with lower-cased keys. Hooks may read
-    and rewrite ``request`` (in ``dli_on_request``) and ``response`` (in ``dli_on_response``),
-    and keep their own data in ``extras``.
+    ``metadata`` holds gRPC metadata / HTTP headers with lower-cased keys. ``method`` is
+    the method as the client called it (the gRPC path, or the REST route's label).
+    ``deadline`` is the client's deadline as a ``time.monotonic()`` instant, or None.
+    Hooks may read and rewrite ``request`` (in ``dli_on_request``) and ``response`` (in
+    ``dli_on_response``), and keep their own data in ``extras``. ``finished`` turns True
+    once the call was counted (metrics, access log), so the call path counts it once.
     """
 
     protocol: str
@@ -122,6 +125,8 @@ class RequestContext:
     peer: str = ""
     started: float = field(default_factory=time.monotonic)
     extras: dict[str, Any] = field(default_factory=dict)
+    deadline: float | None = None
+    finished: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.request_id:

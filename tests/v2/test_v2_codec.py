@@ -28,7 +28,8 @@ from dl_inference.protocols.v2.codec import (
     raw_to_array,
     serialize_with_raw,
 )
-from dl_inference.protocols.v2.grpc_service import request_deadline, request_metadata
+from dl_inference.call_path import grpc_deadline as request_deadline
+from dl_inference.call_path import grpc_metadata as request_metadata
 
 NUMERIC = {
     "BOOL": np.array([[True, False, True]]),

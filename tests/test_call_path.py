@@ -1,0 +1,132 @@
+"""The kernel's one call path: contexts built once, parse errors are client errors, every
+failure counted once, the method as called — shown on the V2 gRPC adapter over a real
+grpc.aio server on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from dl_inference import RequestContext
+from dl_inference._proto import kserve_v2_pb2 as pb
+from dl_inference.call_path import Call, CallPath
+from dl_inference.errors import InvalidInput
+from dl_inference.protocols.v2.grpc_service import SEED_SERVICE, SERVICE, grpc_handlers
+from tests.test_request_hooks import make_runtime, plugin_module
+
+GARBAGE = b"\x8a@\xe0"
+
+
+@pytest.fixture
+async def served(tmp_path: Path):
+    seen: dict[str, list] = {"methods": [], "errors": []}
+
+    def dli_on_request(ctx: RequestContext) -> None:
+        seen["methods"].append(ctx.method)
+
+    def dli_on_error(ctx: RequestContext, error: BaseException) -> None:
+        seen["errors"].append((ctx.method, type(error).__name__))
+
+    runtime = await make_runtime(
+        tmp_path,
+        plugin_module("call_path_probe", dli_on_request=dli_on_request, dli_on_error=dli_on_error),
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(grpc_handlers(runtime))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield channel, runtime, seen
+    await channel.close()
+    await server.stop(None)
+
+
+def raw_call(channel: grpc.aio.Channel, path: str):
+    return channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+
+
+def failures(runtime, protocol: str = "v2") -> float:
+    """Failed requests counted in the metrics for ``protocol``, every model and status."""
+    text = runtime.metrics.render().decode()
+    total = 0.0
+    for line in text.splitlines():
+        series = line.startswith("dli_requests_total{") and f'protocol="{protocol}"' in line
+        if series and 'status="OK"' not in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize(
+    "method", ["ModelMetadata", "ModelReady", "ServerMetadata", "ServerLive", "ModelInfer"]
+)
+async def test_unparsable_body_is_invalid_argument(served, method: str) -> None:
+    channel, _, _ = served
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await raw_call(channel, f"/{SERVICE}/{method}")(GARBAGE)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert "could not be" in caught.value.details()
+    trailing = dict(caught.value.trailing_metadata() or ())
+    assert len(trailing.get("x-request-id", "")) == 32
+
+
+async def test_failure_counted_once_with_the_method_as_called(served) -> None:
+    channel, runtime, seen = served
+    for path in (f"/{SERVICE}/ModelInfer", f"/{SEED_SERVICE}/TisPredict"):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await raw_call(channel, path)(GARBAGE)
+    # An unknown model fails inside the runtime: counted there, not again by the adapter.
+    request = pb.ModelInferRequest(model_name="nope")
+    request.inputs.add(name="x", datatype="FP32", shape=[2]).contents.fp32_contents.extend([1, 2])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await raw_call(channel, f"/{SEED_SERVICE}/TisPredict")(request.SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert seen["errors"] == [
+        (f"/{SERVICE}/ModelInfer", "InvalidInput"),
+        (f"/{SEED_SERVICE}/TisPredict", "InvalidInput"),
+        (f"/{SEED_SERVICE}/TisPredict", "ModelNotFound"),
+    ]
+    # A good call reports the path it came in on.
+    request.model_name = "add_one"
+    reply = await raw_call(channel, f"/{SEED_SERVICE}/TisPredict")(request.SerializeToString())
+    assert pb.ModelInferResponse.FromString(reply).model_name == "add_one"
+    assert seen["methods"] == [f"/{SEED_SERVICE}/TisPredict"] * 2
+    assert failures(runtime) == 3
+
+
+async def test_the_deadline_reaches_the_request(served) -> None:
+    channel, runtime, _ = served
+    deadlines: list[float | None] = []
+    infer = runtime.infer
+
+    async def spy(request, ctx):
+        deadlines.append(request.deadline)
+        return await infer(request, ctx)
+
+    runtime.infer = spy
+    request = pb.ModelInferRequest(model_name="add_one")
+    request.inputs.add(name="x", datatype="FP32", shape=[2]).contents.fp32_contents.extend([1, 2])
+    await raw_call(channel, f"/{SERVICE}/ModelInfer")(request.SerializeToString(), timeout=30)
+    assert deadlines and deadlines[0] is not None
+
+
+def test_parsing_turns_decoder_errors_into_invalid_input() -> None:
+    call = Call(RequestContext("t", "m"), runtime=None)  # type: ignore[arg-type]
+    for error in (ValueError("bad"), RecursionError(), OverflowError("big"), KeyError("k")):
+        with pytest.raises(InvalidInput, match="the thing could not be read"), call.parsing(
+            "the thing"
+        ):
+            raise error
+    with pytest.raises(InvalidInput, match="nested too deeply"), call.parsing("the thing"):
+        raise RecursionError("maximum recursion depth exceeded")
+    # Our own errors and server faults pass unchanged.
+    with pytest.raises(RuntimeError), call.parsing("the thing"):
+        raise RuntimeError("a bug")
+
+
+def test_call_path_names_the_protocol() -> None:
+    path = CallPath(runtime=None, protocol="myproto")  # type: ignore[arg-type]
+    assert path.plugin == "myproto"
+    assert np.dtype("float32")  # numpy is what adapters decode into
