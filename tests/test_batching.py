@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from dl_inference import InferRequest, RequestContext, Runtime
 from dl_inference.batching import Batcher
 from dl_inference.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
+from dl_inference.models import ModelRegistry
+from dl_inference.plugins import PluginHost
+from dl_inference.repository import scan_repository
+from dl_inference.testing import write_python_model
 
 
 class GatedModel:
@@ -258,3 +266,208 @@ async def test_results_finished_together_reach_the_loop_in_one_wake_up(
     # at most one more wake-up.
     assert 1 <= len(wakeups) <= 2, wakeups
     await batcher.close()
+
+
+# -- batch isolation: one bad request fails alone ----------------------------------------------
+
+
+class PoisonModel:
+    """Doubles ``x``; a batch holding a value of 1000 or more fails, as an embedding lookup
+    with an out-of-range token id does, naming the first bad value."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def run(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], *_: Any) -> dict:
+        x = inputs["x"]
+        self.calls.append(len(x))
+        bad = x[x >= 1000]
+        if bad.size:
+            raise BackendError(f"token id {int(bad[0])} is out of range")
+        return {"y": x * 2}
+
+
+async def merged(
+    batcher: Batcher, values: list[float], deadlines: list[float | None] | None = None
+) -> list:
+    """Submit one one-row request per value (with its deadline) behind a busy model, so
+    they run as one batch; returns each result or error, in order."""
+    started = threading.Event()
+    release = threading.Event()
+    run = batcher._run
+
+    def hold_first(inputs: dict, parameters: dict, *rest: Any) -> dict:
+        if not started.is_set():
+            started.set()
+            release.wait(10)
+        return run(inputs, parameters, *rest)
+
+    batcher._run = hold_first
+    busy = asyncio.create_task(batcher.submit({"x": np.zeros((1, 1), np.float32)}, {}, None))
+    await asyncio.to_thread(started.wait, 10)
+    tasks = [
+        asyncio.create_task(batcher.submit({"x": np.full((1, 1), v, np.float32)}, {}, deadline))
+        for v, deadline in zip(values, deadlines or [None] * len(values), strict=True)
+    ]
+    await asyncio.sleep(0.05)
+    release.set()
+    await busy
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_one_bad_request_fails_alone_and_bisection_keeps_the_cost_low() -> None:
+    model = PoisonModel()
+    batcher = Batcher("m", model.run, max_batch_size=32)
+    values = [float(i) for i in range(32)]
+    values[21] = 4242.0
+    results = await merged(batcher, values)
+    for value, result in zip(values, results, strict=True):
+        if value == 4242.0:
+            assert isinstance(result, BackendError) and "token id 4242" in str(result)
+        else:
+            np.testing.assert_array_equal(result["y"], [[value * 2]])
+    assert model.calls[:2] == [1, 32]  # the busy request, then all 32 merged
+    # Halves of 16, 8, 4, 2, 1 around the bad one: 10 executions, not 32.
+    assert batcher.stats.isolated == 1 and batcher.stats.reruns == 10
+    assert sorted(model.calls[2:], reverse=True) == [16, 16, 8, 8, 4, 4, 2, 2, 1, 1]
+    assert batcher.stats.batches == 2  # batches taken from the queue; reruns count apart
+    await batcher.close()
+
+
+async def test_when_every_request_is_bad_each_fails_with_its_own_error() -> None:
+    model = PoisonModel()
+    batcher = Batcher("m", model.run, max_batch_size=32)
+    values = [1000.0 + i for i in range(5)]
+    results = await merged(batcher, values)
+    for value, result in zip(values, results, strict=True):
+        assert isinstance(result, BackendError), result
+        assert f"token id {int(value)} " in str(result)
+    assert batcher.stats.reruns <= 2 * len(values) - 2
+    await batcher.close()
+
+
+async def test_a_request_that_expires_while_its_batch_is_retried_fails_with_deadline() -> None:
+    model = PoisonModel()
+
+    def slow(inputs: dict, parameters: dict, *rest: Any) -> dict:
+        if len(inputs["x"]) == 3:
+            time.sleep(0.3)  # the merged batch outlives the short deadline, then fails
+        return model.run(inputs, parameters, *rest)
+
+    batcher = Batcher("m", slow, max_batch_size=8)
+    short, poisoned, good = await merged(
+        batcher, [1.0, 5000.0, 3.0], [time.monotonic() + 0.2, None, None]
+    )
+    assert isinstance(short, DeadlineExceeded) and "ran again" in str(short)
+    assert isinstance(poisoned, BackendError) and "token id 5000" in str(poisoned)
+    np.testing.assert_array_equal(good["y"], [[6]])
+    assert batcher.stats.expired == 1
+    # The expired request is left out before the split: the two others run alone.
+    assert model.calls == [1, 3, 1, 1]
+    await batcher.close()
+
+
+async def test_a_passed_deadline_raised_by_the_model_is_not_retried() -> None:
+    calls = []
+
+    def late(inputs: dict, parameters: dict, *_: Any) -> dict:
+        calls.append(len(inputs["x"]))
+        if len(calls) > 1:
+            raise DeadlineExceeded("the model gave up: the deadline passed")
+        return {"y": inputs["x"]}
+
+    batcher = Batcher("m", late, max_batch_size=8)
+    results = await merged(batcher, [1.0, 2.0, 3.0])
+    assert all(isinstance(r, DeadlineExceeded) for r in results)
+    assert calls == [1, 3] and batcher.stats.isolated == 0
+    await batcher.close()
+
+
+POISON_MODEL = """
+    import time
+    import numpy as np
+    from dl_inference import PythonModel
+
+    class Embedding(PythonModel):
+        def predict(self, inputs):
+            x = inputs["x"]
+            if (x < 0).any():
+                time.sleep(0.5)  # keeps the model busy while the next requests queue up
+            bad = x[x >= 1000]
+            if bad.size:
+                raise ValueError(f"token id {int(bad[0])} is out of range (vocabulary of 1000)")
+            return {"y": x * 2}
+"""
+POISON_CONFIG = """
+    max_batch_size: 32
+    inputs: [{name: x, datatype: FP32, shape: [2]}]
+    outputs: [{name: y, datatype: FP32, shape: [2]}]
+"""
+
+
+@pytest.fixture
+async def poison_runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    """A runtime serving POISON_MODEL, as the server does (python backend, batching)."""
+    write_python_model(tmp_path, "embedding", POISON_MODEL, POISON_CONFIG)
+    host = PluginHost(entry_points=[]).load()
+    models = ModelRegistry(host)
+    runtime = Runtime(host, models, access_log=False)  # first: its metrics observe the models
+    models.prepare(scan_repository(tmp_path))
+    await models.load_all(strict=True)
+    yield runtime
+    await models.unload_all()
+
+
+async def infer_rows(runtime: Runtime, rows: np.ndarray) -> Any:
+    request = InferRequest("embedding", {"x": rows.astype(np.float32)})
+    return (await runtime.infer(request, RequestContext(protocol="test", method="infer"))).outputs
+
+
+def execution_rows(runtime: Runtime) -> tuple[float, float]:
+    """(executions, rows) the metrics saw for the model: dli_batch_size's count and sum."""
+    text = runtime.metrics.render().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") == "embedding" and sample.name.startswith(
+                "dli_batch_size_"
+            ):
+                found[sample.name.removeprefix("dli_batch_size_")] = sample.value
+    return found["count"], found["sum"]
+
+
+async def test_a_python_model_answers_twelve_good_requests_merged_with_a_poisoned_one(
+    poison_runtime: Runtime,
+) -> None:
+    (version,) = poison_runtime.models.versions("embedding")
+    busy = asyncio.create_task(infer_rows(poison_runtime, np.full((1, 2), -1)))
+    await asyncio.sleep(0.1)  # the busy request runs; the next 13 queue behind it
+    good = [np.array([[i, i + 0.5]]) for i in range(12)]
+    requests = [*good[:7], np.array([[3.0, 1234.0]]), *good[7:]]
+    results = await asyncio.gather(
+        *(infer_rows(poison_runtime, rows) for rows in requests), return_exceptions=True
+    )
+    await busy
+    assert version.scheduler.stats.sizes[13] == 1  # the 13 ran merged first
+    poisoned = results.pop(7)
+    assert isinstance(poisoned, BackendError), poisoned
+    assert "token id 1234 is out of range" in str(poisoned)
+    for rows, outputs in zip(good, results, strict=True):
+        np.testing.assert_array_equal(outputs["y"], rows * 2)
+    # Every answered row counted once: the busy row and the 12 good ones, whatever the
+    # bisection ran; failed executions are not counted as executed batches.
+    # Halves of 6 (good) and 7 (fails), 3 (fails) and 4 (good), 1 (good) and 2 (fails),
+    # 1 (the poisoned one) and 1 (good): five executions answered rows, with the busy one.
+    assert version.scheduler.stats.reruns == 8
+    assert execution_rows(poison_runtime) == (5, 13)
+    # Its own error (the model's ValueError, wrapped), not chained onto the batch's.
+    assert poisoned.__cause__ is not None and poisoned.__cause__.__context__ is None
+
+
+async def test_a_poisoned_request_alone_fails_with_its_error(poison_runtime: Runtime) -> None:
+    (version,) = poison_runtime.models.versions("embedding")
+    with pytest.raises(BackendError, match="token id 2000 is out of range"):
+        await infer_rows(poison_runtime, np.array([[2000.0, 1.0]]))
+    outputs = await infer_rows(poison_runtime, np.array([[1.0, 2.0]]))
+    np.testing.assert_array_equal(outputs["y"], [[2.0, 4.0]])
+    assert version.scheduler.stats.isolated == 0 and version.scheduler.stats.reruns == 0

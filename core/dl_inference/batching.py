@@ -9,6 +9,10 @@ full. An idle model runs a request at once, delay or not. Requests whose deadlin
 are dropped before they cost compute; a full queue refuses at once. Models without dynamic
 batching use the same queue with ``merge=False``: one request per execution.
 
+A merged batch whose execution fails is bisected (see :meth:`Batcher._isolate`): one
+request the model cannot take (an out-of-range token id) fails alone, with its own error,
+and the requests merged with it get their answers, as Triton's per-request responses allow.
+
 Each instance is a thread that forms its next batch itself the moment it finishes one, as
 Triton's scheduler threads do: the event loop only queues requests and receives results,
 so a busy loop never leaves the model idle between batches. Results go back to the loop
@@ -52,13 +56,19 @@ class _Pending:
 
 @dataclass
 class BatchStats:
-    """Counters for metrics and tests: batches run and rows per batch."""
+    """Counters for metrics and tests: batches run and rows per batch.
+
+    ``batches``, ``rows``, ``largest`` and ``sizes`` count batches as taken from the queue;
+    the executions spent isolating a failed merged batch count in ``reruns`` only.
+    """
 
     batches: int = 0
     rows: int = 0
     largest: int = 0
     expired: int = 0
     refused: int = 0
+    isolated: int = 0  # merged batches that failed and were bisected
+    reruns: int = 0  # executions of parts of those batches
     sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
@@ -256,25 +266,106 @@ class Batcher:
         self.stats.rows += rows
         self.stats.largest = max(self.stats.largest, rows)
         self.stats.sizes[rows] += 1
-        first = batch[0]
+        error: Exception | None = None
         try:
-            if len(batch) == 1:
-                inputs = first.inputs
-            else:
-                inputs = {n: np.concatenate([i.inputs[n] for i in batch]) for n in first.inputs}
-            queued_at = min(item.queued_at for item in batch)
-            # The first request's context carries its request id into the model's logs.
-            outputs = first.context.run(self._run, inputs, first.parameters, queued_at)
-            queued = bool(self._queue)
+            outputs = self._run_merged(batch)
+        except Exception as exc:
+            error = exc
+        queued = bool(self._queue)
+        if error is None:
+            self._deliver(batch, outputs)
+        elif self._isolable(batch, error):
+            # Outside the except block: the reruns' errors must not chain onto this one
+            # (each would hold the frames, and so the inputs, of every failure before it).
+            self._isolate(batch, error)
+        else:
+            _fail(batch, error)
+        return queued
+
+    def _run_merged(self, batch: list[_Pending]) -> dict[str, np.ndarray]:
+        """One execution of ``batch``'s requests merged along dimension 0."""
+        first = batch[0]
+        if len(batch) == 1:
+            inputs = first.inputs
+        else:
+            inputs = {n: np.concatenate([i.inputs[n] for i in batch]) for n in first.inputs}
+        queued_at = min(item.queued_at for item in batch)
+        # The first request's context carries its request id into the model's logs.
+        return first.context.run(self._run, inputs, first.parameters, queued_at)
+
+    def _deliver(self, batch: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
+        """Split a batch's outputs back to its callers (all fail if the model broke the
+        batch contract: that is the model's fault, so running parts again would not help)."""
+        try:
             parts = _split(self.name, outputs, [item.rows for item in batch])
         except Exception as exc:
-            queued = bool(self._queue)
-            for item in batch:
-                _resolve(item, error=exc)
-            return queued
+            _fail(batch, exc)
+            return
         for item, part in zip(batch, parts, strict=True):
             _resolve(item, result=part)
-        return queued
+
+    def _isolable(self, batch: list[_Pending], error: Exception) -> bool:
+        """Whether running parts of a failed batch again could spare some of its callers.
+
+        Not for a lone request, a passed deadline (the requests would only expire again)
+        or a model being unloaded.
+        """
+        return len(batch) > 1 and not isinstance(error, DeadlineExceeded) and not self._closed
+
+    def _isolate(self, batch: list[_Pending], error: Exception) -> None:
+        """Bisect a failed merged batch until each faulty request fails alone.
+
+        Each failed part is split in two halves that run on their own; a half that
+        succeeds answers its callers, a failing half of one request fails that caller with
+        its own error, a failing larger half is split again. One bad request among ``n``
+        costs about ``2 * log2(n)`` executions (a batch of 32: 10, where running each
+        request alone would cost 32), and never more than ``2n - 2`` however many are bad.
+        Callers that went away meanwhile are skipped, and those whose deadline passed fail
+        with DEADLINE_EXCEEDED, as in the queue. Only executions that succeed reach the
+        model's metrics (the runner observes them), so every answered row counts once.
+        """
+        self.stats.isolated += 1
+        failed = [(batch, error)]
+        while failed:
+            group, error = failed.pop()
+            if not self._isolable(group, error):
+                _fail(group, error)
+                continue
+            # Split only those still waiting: one left over runs alone, since the error
+            # may have been another's.
+            live = self._still_waiting(group)
+            middle = len(live) // 2
+            for half in (live[:middle], live[middle:]):
+                half = self._still_waiting(half)  # the first half's run took a while
+                if not half:
+                    continue
+                self.stats.reruns += 1
+                try:
+                    outputs = self._run_merged(half)
+                except Exception as exc:
+                    failed.append((half, exc))
+                else:
+                    self._deliver(half, outputs)
+
+    def _still_waiting(self, group: list[_Pending]) -> list[_Pending]:
+        """The requests of ``group`` still worth running; expired ones fail here."""
+        now = time.monotonic()
+        live = []
+        for item in group:
+            if item.future.done():  # the caller went away
+                continue
+            if item.deadline is not None and item.deadline <= now:
+                self.stats.expired += 1
+                _resolve(
+                    item,
+                    error=DeadlineExceeded(
+                        f"the deadline of the request to {self.name!r} passed while its "
+                        "batch ran again to set apart a request that failed it"
+                    ),
+                )
+                continue
+            live.append(item)
+        return live
 
 
 def _resolve(
@@ -282,6 +373,11 @@ def _resolve(
 ) -> None:
     """Hand a result or error to the waiting coroutine, on its own event loop."""
     item.delivery.put(item, result, error)
+
+
+def _fail(batch: list[_Pending], error: BaseException) -> None:
+    for item in batch:
+        _resolve(item, error=error)
 
 
 def batch_rows(name: str, inputs: dict[str, np.ndarray], max_batch_size: int) -> int:
