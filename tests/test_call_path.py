@@ -130,3 +130,26 @@ def test_call_path_names_the_protocol() -> None:
     path = CallPath(runtime=None, protocol="myproto")  # type: ignore[arg-type]
     assert path.plugin == "myproto"
     assert np.dtype("float32")  # numpy is what adapters decode into
+
+
+async def test_an_adapter_that_authorizes_first_is_not_asked_again(tmp_path: Path) -> None:
+    from dl_inference import Decision, InferRequest
+    from dl_inference.errors import PermissionDenied
+
+    asked: list[str] = []
+
+    def dli_authorize(ctx: RequestContext) -> Decision | None:
+        asked.append(ctx.request.model_name)
+        return None if ctx.metadata.get("key") == "good" else Decision.deny("no key")
+
+    runtime = await make_runtime(tmp_path, plugin_module("auth_once", dli_authorize=dli_authorize))
+    ctx = RequestContext("t", "m", metadata={"key": "good"})
+    ctx.request = InferRequest("add_one", {})
+    runtime.authorize(ctx)
+    request = InferRequest("add_one", {"x": np.zeros(2, np.float32)})
+    await runtime.infer(request, ctx)
+    assert asked == ["add_one"]
+    refused = RequestContext("t", "m")
+    refused.request = InferRequest("add_one", {})
+    with pytest.raises(PermissionDenied):
+        runtime.authorize(refused)

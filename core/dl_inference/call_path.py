@@ -97,7 +97,17 @@ class RuntimeView(Protocol):
 
     def resolve_model(self, name: str, version: str = "") -> ModelVersionInfo: ...
 
-    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse: ...
+    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        """Authorize (unless done), run hooks, validate, predict, select outputs."""
+        ...
+
+    def authorize(self, ctx: RequestContext) -> None:
+        """Ask ``dli_authorize`` (``ctx.request`` names the model); raise when refused.
+
+        Call it before looking a model up when decoding needs the model (``infer``
+        otherwise authorizes first itself).
+        """
+        ...
 
     def report_failure(
         self, ctx: RequestContext, error: BaseException, model_name: str = ""

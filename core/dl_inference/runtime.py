@@ -151,8 +151,8 @@ class Runtime:
     async def _infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another instance")
-        if self._authorize is not None:
-            _enforce(self._authorize(ctx=ctx))
+        if not ctx.authorized:
+            self.authorize(ctx)
         if self._on_request is not None:
             self._on_request(ctx=ctx)
             request = ctx.request or request
@@ -190,6 +190,17 @@ class Runtime:
             self._on_response(ctx=ctx)
             response = ctx.response or response
         return response
+
+    def authorize(self, ctx: RequestContext) -> None:
+        """Ask ``dli_authorize`` about ``ctx`` (``ctx.request`` names the model); raise if refused.
+
+        :meth:`infer` calls it before any model lookup. An adapter that must look a model
+        up before it can decode a request (to learn its input names) calls it first, with
+        ``ctx.request`` holding the model name; ``infer`` then does not ask again.
+        """
+        if self._authorize is not None:
+            _enforce(self._authorize(ctx=ctx))
+        ctx.authorized = True
 
     def report_failure(
         self, ctx: RequestContext, error: BaseException, model_name: str = ""

@@ -113,7 +113,8 @@ class RequestContext:
     ``deadline`` is the client's deadline as a ``time.monotonic()`` instant, or None.
     Hooks may read and rewrite ``request`` (in ``dli_on_request``) and ``response`` (in
     ``dli_on_response``), and keep their own data in ``extras``. ``finished`` turns True
-    once the call was counted (metrics, access log), so the call path counts it once.
+    once the call was counted (metrics, access log), so the call path counts it once;
+    ``authorized`` once ``dli_authorize`` allowed it.
     """
 
     protocol: str
@@ -127,6 +128,7 @@ class RequestContext:
     extras: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None
     finished: bool = field(default=False, repr=False)
+    authorized: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.request_id:
