@@ -291,6 +291,9 @@ def test_missing_capability_mentions_an_installed_plugin_that_failed() -> None:
 PUBLIC_SURFACE = [
     "DATATYPES",
     "HOOKSPEC_VERSION",
+    "MAX_JSON_DEPTH",
+    "MAX_TENSOR_ELEMENTS",
+    "MAX_TENSOR_RANK",
     "Backend",
     "BackendError",
     "BackendRegistry",
@@ -330,6 +333,9 @@ PUBLIC_SURFACE = [
     "Unauthenticated",
     "Unavailable",
     "__version__",
+    "check_raw_size",
+    "check_tensor_shape",
+    "check_value_count",
     "from_numpy_dtype",
     "grpc_code",
     "hookimpl",
@@ -339,8 +345,10 @@ PUBLIC_SURFACE = [
     "json_error_body",
     "public_message",
     "read_body",
+    "read_json",
     "rename_proto_types",
     "to_numpy_dtype",
+    "utf8_bytes",
 ]
 
 # name -> (signature, firstresult). Changing a hook is a contract change: bump

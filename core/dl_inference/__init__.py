@@ -25,6 +25,7 @@ from dl_inference.errors import (
     Unavailable,
 )
 from dl_inference.hookspecs import HOOKSPEC_VERSION, hookimpl
+from dl_inference.json_body import MAX_JSON_DEPTH, read_json, utf8_bytes
 from dl_inference.protocol import Protocol, RoutingKeyReader, rename_proto_types
 from dl_inference.python_model import PythonModel
 from dl_inference.registry import (
@@ -35,6 +36,13 @@ from dl_inference.registry import (
 )
 from dl_inference.runtime import Runtime
 from dl_inference.status import grpc_code, http_status, public_message
+from dl_inference.tensor_limits import (
+    MAX_TENSOR_ELEMENTS,
+    MAX_TENSOR_RANK,
+    check_raw_size,
+    check_tensor_shape,
+    check_value_count,
+)
 from dl_inference.types import (
     Decision,
     InferRequest,
@@ -51,6 +59,9 @@ __version__ = "0.1.0"
 __all__ = [
     "DATATYPES",
     "HOOKSPEC_VERSION",
+    "MAX_JSON_DEPTH",
+    "MAX_TENSOR_ELEMENTS",
+    "MAX_TENSOR_RANK",
     "Backend",
     "BackendError",
     "BackendRegistry",
@@ -90,6 +101,9 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "__version__",
+    "check_raw_size",
+    "check_tensor_shape",
+    "check_value_count",
     "from_numpy_dtype",
     "grpc_code",
     "hookimpl",
@@ -99,6 +113,8 @@ __all__ = [
     "json_error_body",
     "public_message",
     "read_body",
+    "read_json",
     "rename_proto_types",
     "to_numpy_dtype",
+    "utf8_bytes",
 ]
