@@ -35,7 +35,7 @@ KNOWN_PROVIDERS: dict[str, str] = {
     "pytorch": "dl-inference-pytorch",
     "tensorflow": "dl-inference-tensorflow",
     "onnx": "dl-inference-onnx",
-    "seldon": "dl-inference-pytorch",
+    "seldon": "dl-inference-seldon",
     "tfserving": "dl-inference-tensorflow",
     "dynamic_weighted_round_robin": "dl-inference-balancers",
     "round_robin": "dl-inference-balancers",

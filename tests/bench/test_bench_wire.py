@@ -16,9 +16,9 @@ needs_tf_plugin = pytest.mark.skipif(
     importlib.util.find_spec("dl_inference_tensorflow") is None,
     reason="dl-inference-tensorflow (TF Serving messages) is not installed",
 )
-needs_torch_plugin = pytest.mark.skipif(
-    importlib.util.find_spec("dl_inference_pytorch") is None,
-    reason="dl-inference-pytorch (Seldon messages) is not installed",
+needs_seldon_plugin = pytest.mark.skipif(
+    importlib.util.find_spec("dl_inference_seldon") is None,
+    reason="dl-inference-seldon (Seldon messages) is not installed",
 )
 
 
@@ -51,9 +51,9 @@ def test_tf_serving_predict_request() -> None:
     assert list(request.inputs["w"].string_val) == [b"a", b"bc"]
 
 
-@needs_torch_plugin
+@needs_seldon_plugin
 def test_seldon_message() -> None:
-    from dl_inference_pytorch._proto import seldon_pb2
+    from dl_inference_seldon._proto import seldon_pb2
 
     x = np.array([[1, -2], [3, 4]], dtype=np.int64)
     message = seldon_pb2.SeldonMessage.FromString(

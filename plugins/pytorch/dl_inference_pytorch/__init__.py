@@ -1,13 +1,14 @@
-"""dl-inference-pytorch: the ``pytorch`` backend and the ``seldon`` wire protocol.
+"""dl-inference-pytorch: the ``pytorch`` backend and the ``.pth`` converter.
 
 Registered through the ``dl_inference`` entry-point group. Importing this package does
-not import torch: the backend imports it when a model loads.
+not import torch: the backend imports it when a model loads. The Seldon protocol its
+users expect is a distribution of its own, ``dl-inference-seldon``, installed with it.
 """
 
 from __future__ import annotations
 
 import dl_inference
-from dl_inference import BackendRegistry, ProtocolRegistry
+from dl_inference import BackendRegistry
 
 __version__ = "0.1.0"
 DLI_HOOKSPEC_VERSION = "1.0"
@@ -18,13 +19,6 @@ def dli_register_backends(registry: BackendRegistry) -> None:
     from dl_inference_pytorch.backend import PyTorchBackend
 
     registry.add(PyTorchBackend)
-
-
-@dl_inference.hookimpl
-def dli_register_protocols(registry: ProtocolRegistry) -> None:
-    from dl_inference_pytorch.seldon import SeldonProtocol
-
-    registry.add(SeldonProtocol)
 
 
 @dl_inference.hookimpl

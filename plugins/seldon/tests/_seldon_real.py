@@ -2,7 +2,7 @@
 by hand from the published prediction.proto / tensor.proto field numbers and types.
 
 They live in a private descriptor pool, so they never meet the default pool where our
-generated ``dl_inference_pytorch.seldon`` messages (or a real client library) register.
+generated ``dl_inference_seldon.seldon`` messages (or a real client library) register.
 Tests encode with these and decode with ours (and the other way round) to prove that the
 two agree on the wire.
 """

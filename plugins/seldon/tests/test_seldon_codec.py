@@ -9,16 +9,16 @@ from _seldon_real import real_messages
 from google.protobuf import json_format
 
 from dl_inference import InvalidInput, TensorSpec
-from dl_inference_pytorch import routing
-from dl_inference_pytorch._proto import seldon_pb2 as pb
-from dl_inference_pytorch.seldon import PREDICT_PATHS, SeldonProtocol, standard_file
-from dl_inference_pytorch.seldon_codec import (
+from dl_inference_seldon import routing
+from dl_inference_seldon._proto import seldon_pb2 as pb
+from dl_inference_seldon.codec import (
     array_to_tftensor,
     data_kind,
     decode_inputs,
     encode_reply,
     tftensor_to_array,
 )
+from dl_inference_seldon.protocol import PREDICT_PATHS, SeldonProtocol, standard_file
 
 FP32_IN = [TensorSpec("x", "FP32", (-1, 3))]
 

@@ -30,7 +30,7 @@ import numpy as np
 from google.protobuf import json_format, struct_pb2
 
 from dl_inference import InvalidInput, TensorSpec, from_numpy_dtype, to_numpy_dtype
-from dl_inference_pytorch._proto import seldon_pb2 as pb
+from dl_inference_seldon._proto import seldon_pb2 as pb
 
 DEFAULT_INPUT = "input__0"
 

@@ -9,7 +9,7 @@ gRPC methods (request and reply are both ``SeldonMessage``):
 REST: ``POST /api/v1.0/predictions`` with the JSON form of a ``SeldonMessage``.
 
 Any model is reachable, whatever its backend. The model is chosen as
-:mod:`dl_inference_pytorch.routing` describes; ``meta.tags.model_version`` picks a
+:mod:`dl_inference_seldon.routing` describes; ``meta.tags.model_version`` picks a
 version; ``meta.tags.output`` picks the output a data reply carries. The other tags reach
 the model as request parameters (for PyTorch: the processor hooks' ``**kwargs``). The
 reply echoes ``meta.puid`` (generated when absent) and ``meta.tags``.
@@ -47,8 +47,8 @@ from dl_inference import (
     public_message,
     rename_proto_types,
 )
-from dl_inference_pytorch import routing, seldon_codec
-from dl_inference_pytorch._proto import seldon_pb2 as pb
+from dl_inference_seldon import codec, routing
+from dl_inference_seldon._proto import seldon_pb2 as pb
 
 if TYPE_CHECKING:
     from dl_inference import Runtime
@@ -63,7 +63,7 @@ PREDICT_PATHS = (
 )
 REST_PATH = "/api/v1.0/predictions"
 STATUS_TRAILER = "seldon-status-bin"
-PLUGIN = "dl-inference-pytorch"
+PLUGIN = "dl-inference-seldon"
 STANDARD_PACKAGE = "seldon.protos"
 
 
@@ -92,12 +92,12 @@ class SeldonService:
         peer: str = "",
     ) -> pb.SeldonMessage:
         """Answer one Seldon request; raises DlInferenceError subclasses on failure."""
-        tags = seldon_codec.tags_to_dict(message.meta)
+        tags = codec.tags_to_dict(message.meta)
         name = self._model_name(metadata, tags)
         version = routing.tag_text(tags.get("model_version")) or ""
-        kind = seldon_codec.data_kind(message)
+        kind = codec.data_kind(message)
         specs = self.runtime.model_metadata(name, version).inputs or None
-        inputs = seldon_codec.decode_inputs(message, kind, specs)
+        inputs = codec.decode_inputs(message, kind, specs)
         output = tags.get("output")
         request = InferRequest(
             model_name=name,
@@ -115,7 +115,7 @@ class SeldonService:
         for key, value in message.meta.tags.items():
             reply.meta.tags[key].CopyFrom(value)
         json_object = kind == "jsonData" and message.jsonData.HasField("struct_value")
-        seldon_codec.encode_reply(kind, response.outputs, reply, json_object=json_object)
+        codec.encode_reply(kind, response.outputs, reply, json_object=json_object)
         return reply
 
     def _model_name(self, metadata: Mapping[str, str], tags: Mapping[str, Any]) -> str:
@@ -157,7 +157,7 @@ class SeldonService:
                 )
             except Exception as exc:
                 info = public_message(exc, PLUGIN)
-                status = seldon_codec.status_message(http_status(exc), info, failure_reason(exc))
+                status = codec.status_message(http_status(exc), info, failure_reason(exc))
                 context.set_trailing_metadata(
                     ((STATUS_TRAILER, status.status.SerializeToString()),)
                 )
@@ -195,7 +195,7 @@ class SeldonService:
         except Exception as exc:
             info = public_message(exc, PLUGIN)
             code = http_status(exc)
-            failure = seldon_codec.status_message(code, info, failure_reason(exc))
+            failure = codec.status_message(code, info, failure_reason(exc))
             return web.Response(
                 status=code,
                 text=json_format.MessageToJson(failure, indent=None),
