@@ -124,7 +124,7 @@ def test_typed_contents_every_family() -> None:
 @pytest.mark.parametrize(
     ("datatype", "contents", "message"),
     [
-        ("FP32", pb.InferTensorContents(fp32_contents=[1.0]), "holds 1 values but shape"),
+        ("FP32", pb.InferTensorContents(fp32_contents=[1.0]), "holds 1 values but FP32 shape"),
         ("FP32", pb.InferTensorContents(int_contents=[1, 2]), "contents.int_contents is set"),
         ("INT8", pb.InferTensorContents(int_contents=[1, 300]), "300 is out of range for INT8"),
         ("FP16", pb.InferTensorContents(), "raw_input_contents"),

@@ -29,9 +29,14 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 
 
 def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.ndarray:
-    """Parse ``count`` length-prefixed elements; InvalidInput when the layout does not fit."""
+    """Parse ``count`` length-prefixed elements; InvalidInput when the layout does not fit.
+
+    Elements are collected as they are read, so memory follows the bytes present, not the
+    ``count`` claimed (callers check that first with ``check_raw_size``, for a clearer
+    message, but this parser stays bounded without it).
+    """
     view = memoryview(buffer)
-    out = np.empty(count, dtype=np.object_)
+    elements: list[bytes] = []
     pos = 0
     for index in range(count):
         if pos + 4 > len(view):
@@ -46,13 +51,15 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.n
                 f"input {name!r}: BYTES element {index} claims {length} bytes but only "
                 f"{len(view) - pos} remain"
             )
-        out[index] = bytes(view[pos : pos + length])
+        elements.append(bytes(view[pos : pos + length]))
         pos += length
     if pos != len(view):
         raise InvalidInput(
             f"input {name!r}: {len(view) - pos} bytes left over after {count} BYTES elements; "
             "the shape and the data disagree"
         )
+    out = np.empty(count, dtype=np.object_)
+    out[:] = elements
     return out
 
 

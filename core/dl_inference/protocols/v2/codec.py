@@ -17,7 +17,9 @@ import numpy as np
 from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.datatypes import DATATYPES, as_bytes_array, from_numpy_dtype, to_numpy_dtype
 from dl_inference.errors import BackendError, InvalidInput
+from dl_inference.json_body import utf8_bytes
 from dl_inference.protocols.v2.binary import deserialize_bytes, serialize_bytes
+from dl_inference.tensor_limits import check_raw_size, check_value_count
 from dl_inference.types import InferRequest, InferResponse
 from dl_inference.wire import len_field_header
 
@@ -50,19 +52,6 @@ TRANSPORT_PARAMETERS = frozenset({"binary_data_output", "binary_data", "binary_d
 
 
 # -- shapes and datatypes ------------------------------------------------------------------
-
-
-def check_shape(name: str, shape: Sequence[Any]) -> tuple[int, ...]:
-    """The shape as ints, refusing negative or non-integer dimensions."""
-    dims: list[int] = []
-    for dim in shape:
-        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 0:
-            raise InvalidInput(
-                f"input {name!r}: shape {list(shape)} is invalid; dimensions are integers >= 0 "
-                "(-1 is only for model metadata, a request states the actual size)"
-            )
-        dims.append(int(dim))
-    return tuple(dims)
 
 
 def input_dtype(name: str, datatype: str) -> np.dtype:
@@ -103,17 +92,9 @@ def raw_to_array(
 ) -> np.ndarray:
     """An array viewing ``buffer`` (no copy) after checking its length against the shape."""
     dtype = input_dtype(name, datatype)
-    dims = check_shape(name, shape)
-    count = math.prod(dims)
+    dims = check_raw_size(name, datatype, shape, memoryview(buffer).nbytes)
     if datatype == "BYTES":
-        return deserialize_bytes(buffer, count, name).reshape(dims)
-    expected = count * dtype.itemsize
-    given = memoryview(buffer).nbytes
-    if given != expected:
-        raise InvalidInput(
-            f"input {name!r}: raw data holds {given} bytes but {datatype} shape {list(dims)} "
-            f"needs {expected} bytes ({count} elements x {dtype.itemsize} bytes)"
-        )
+        return deserialize_bytes(buffer, math.prod(dims), name).reshape(dims)
     return np.frombuffer(buffer, dtype=_little_endian(dtype)).reshape(dims)
 
 
@@ -134,8 +115,6 @@ def contents_to_array(
 ) -> np.ndarray:
     """An array from ``InferTensorContents``, checking field, count and value range."""
     dtype = input_dtype(name, datatype)
-    dims = check_shape(name, shape)
-    count = math.prod(dims)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(
@@ -149,11 +128,8 @@ def contents_to_array(
                 f"but contents.{descriptor.name} is set"
             )
     values = getattr(contents, field)
-    if len(values) != count:
-        raise InvalidInput(
-            f"input {name!r}: contents.{field} holds {len(values)} values but shape "
-            f"{list(dims)} needs {count}"
-        )
+    dims = check_value_count(name, datatype, shape, len(values), field=f"contents.{field}")
+    count = len(values)
     if datatype == "BYTES":
         out = np.empty(count, dtype=np.object_)
         out[:] = list(values)
@@ -188,8 +164,6 @@ _JSON_CHECKS: dict[str, tuple[str, Any]] = {
 def json_to_array(name: str, datatype: str, shape: Sequence[Any], data: Any) -> np.ndarray:
     """An array from a REST tensor's ``data`` (flat or nested, row-major)."""
     dtype = input_dtype(name, datatype)
-    dims = check_shape(name, shape)
-    count = math.prod(dims)
     if not isinstance(data, list):
         data = [data]
     # Object arrays keep JSON's Python values exact: numpy's own inference would turn
@@ -203,14 +177,14 @@ def json_to_array(name: str, datatype: str, shape: Sequence[Any], data: Any) -> 
         raise ragged from None
     if any(isinstance(v, list) for v in flat):
         raise ragged
-    if flat.size != count:
-        raise InvalidInput(
-            f"input {name!r}: data holds {flat.size} values but shape {list(dims)} needs {count}"
-        )
+    dims = check_value_count(name, datatype, shape, flat.size, field="data")
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in flat):
             raise InvalidInput(f"input {name!r}: BYTES data must be strings")
-        return as_bytes_array(flat).reshape(dims)
+        out = np.empty(flat.size, dtype=np.object_)
+        for index, text in enumerate(flat):
+            out[index] = utf8_bytes(text, f"input {name!r}, element {index}")
+        return out.reshape(dims)
     wanted, check = _JSON_CHECKS[dtype.kind]
     if not all(check(v) for v in flat):
         raise InvalidInput(f"input {name!r}: {datatype} data must be {wanted}")

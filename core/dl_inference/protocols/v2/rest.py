@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from dl_inference.errors import DlInferenceError, InvalidInput, ModelNotFound, ResourceExhausted
+from dl_inference.json_body import read_json
 from dl_inference.protocols.v2.binary import HEADER_LENGTH, decompress, split_body
 from dl_inference.protocols.v2.codec import (
     array_to_json,
@@ -179,12 +180,8 @@ def decode_rest_request(
 ) -> tuple[InferRequest, _BinaryChoice]:
     """An InferRequest from a JSON (or JSON + binary) V2 body, and the binary-output choice."""
     header, binary = split_body(body, header_length)
-    try:
-        document = json.loads(bytes(header))
-    except (ValueError, UnicodeDecodeError) as exc:
-        hint = "" if header_length else f" (binary tensors need the {HEADER_LENGTH} header)"
-        raise InvalidInput(f"the request body is not valid JSON: {exc}{hint}") from None
-    document = _object(document, "the request body")
+    hint = "" if header_length else f" (binary tensors need the {HEADER_LENGTH} header)"
+    document = _object(read_json(header, hint=hint), "the request body")
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput('the request needs "inputs": a non-empty list of tensors')
