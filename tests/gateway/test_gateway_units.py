@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import struct
 import time
 from pathlib import Path
 
@@ -16,11 +14,10 @@ from dl_inference.errors import ConfigError, PluginError
 from dl_inference.gateway import Gateway, RouteConfig
 from dl_inference.gateway.config import EjectionConfig, HealthConfig
 from dl_inference.gateway.discovery import Discovery, parse_node_file, resolve
-from dl_inference.gateway.keys import builtin_rest_routing_keys, builtin_routing_keys
+from dl_inference.gateway.keys import builtin_routing_keys
 from dl_inference.gateway.nodes import Node, NodeHealth, RetryBudget
 from dl_inference.gateway.route import Route
 from dl_inference.plugins import PluginHost
-from dl_inference.wire import len_field_header
 
 KEYS = builtin_routing_keys()
 
@@ -107,45 +104,6 @@ def test_v2_keys_from_real_tritonclient_messages() -> None:
     assert KEYS[tis](body, {}) == "resnet"
     ready = service_pb2.ModelReadyRequest(name="resnet").SerializeToString()
     assert KEYS["/inference.GRPCInferenceService/ModelReady"](ready, {}) == "resnet"
-
-
-def _seldon_with_number_tag(key: str, number: float) -> bytes:
-    value = b"\x11" + struct.pack("<d", number)  # field 2, fixed64: number_value
-    entry = len_field_header(1, len(key)) + key.encode() + len_field_header(2, len(value)) + value
-    meta = len_field_header(2, len(entry)) + entry
-    return len_field_header(2, len(meta)) + meta
-
-
-def test_seldon_key_from_the_seed_task_id_or_a_header() -> None:
-    reader = KEYS["/seldon.protos.Seldon/Predict"]
-    assert reader(_seldon_with_number_tag("taskId", 39), {}) == "39"  # the seed's Java client
-    assert reader(b"", {"seldon-model": "iris"}) == "iris"
-    assert reader(_seldon_with_number_tag("other", 1), {}) is None
-
-
-def test_seldon_rest_key_from_a_header_or_the_json_tags() -> None:
-    ((protocol, reader),) = builtin_rest_routing_keys().values()
-    assert protocol == "seldon"
-    untagged = json.dumps({"data": {"ndarray": [[1.0, 2.0]]}}).encode()
-    assert reader(untagged, {}) is None  # no name: served where it arrived
-    assert reader(untagged, {"seldon-model": "by-header"}) == "by-header"
-    tagged = json.dumps({"data": {"ndarray": [1]}, "meta": {"tags": {"model": "mnist"}}})
-    assert reader(tagged.encode(), {}) == "mnist"
-    assert reader(tagged.encode(), {"model": "other"}) == "other"  # the header first
-    both = {"meta": {"tags": {"model_name": "a", "model": "b"}}}
-    assert reader(json.dumps(both).encode(), {}) == "b"  # as a worker's Seldon protocol reads
-    seed = {"strData": "x", "meta": {"tags": {"taskId": 29.0, "other": "x"}}}
-    assert reader(json.dumps(seed).encode(), {}) == "29"
-    for garbage in (
-        b"\xff\xfe",
-        b"not json",
-        b"[1, 2]",
-        b'{"meta": []}',
-        b'{"meta": {"tags": 3}}',
-        b'{"meta": {"tags": {"model": true}}}',
-        b'{"meta": {"tags": {"model": ""}}}',
-    ):
-        assert reader(garbage, {}) is None
 
 
 def test_malformed_bytes_give_no_key_instead_of_an_error() -> None:

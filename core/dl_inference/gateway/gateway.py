@@ -16,7 +16,6 @@ from dl_inference.gateway.config import RouteConfig
 from dl_inference.gateway.forward import Forwarder
 from dl_inference.gateway.keys import (
     builtin_protocol_of,
-    builtin_rest_routing_keys,
     builtin_routing_keys,
     builtin_stream_routing_keys,
 )
@@ -28,7 +27,7 @@ from dl_inference.protocol import Protocol, RoutingKeyReader
 log = structlog.get_logger("dl_inference.gateway")
 
 # Protocol names the built-in routing keys answer to, valid in ``routes[].protocols``.
-BUILTIN_PROTOCOLS = ("v2", "tfserving", "seldon", "seed")
+BUILTIN_PROTOCOLS = ("v2", "tfserving", "seed")
 
 
 class Gateway:
@@ -117,11 +116,11 @@ class Gateway:
     def http_middleware(self, protocols: Iterable[Protocol | type[Protocol]] = ()) -> Any:
         """An aiohttp middleware: REST calls for routed models go upstream, others stay.
 
-        The model name comes from the path, or for Seldon's REST path and the POST paths
-        ``protocols`` list in :meth:`~dl_inference.Protocol.rest_routing_keys`, from the
-        body and headers.
+        The model name comes from the path, or for the POST paths ``protocols`` list in
+        :meth:`~dl_inference.Protocol.rest_routing_keys`, from the body and headers by that
+        protocol's reader.
         """
-        readers = builtin_rest_routing_keys()
+        readers: dict[str, tuple[str, RoutingKeyReader]] = {}
         for protocol in protocols:
             instance = protocol() if isinstance(protocol, type) else protocol
             for path, reader in instance.rest_routing_keys().items():

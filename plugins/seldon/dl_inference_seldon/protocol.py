@@ -227,6 +227,9 @@ class SeldonProtocol(Protocol):
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
         return {path: routing.seldon_routing_key for path in PREDICT_PATHS}
 
+    def rest_routing_keys(self) -> Mapping[str, RoutingKeyReader]:
+        return {REST_PATH: routing.seldon_rest_routing_key}
+
     def reflection_files(self) -> Sequence[descriptor_pb2.FileDescriptorProto]:
         """Our file renamed to ``seldon.protos`` (with the well-known files it imports)."""
         files = []

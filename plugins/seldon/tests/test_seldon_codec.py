@@ -1,5 +1,5 @@
-"""SeldonMessage <-> named arrays, the routing-key reader, and wire compatibility with the
-messages under Seldon's real package names."""
+"""SeldonMessage <-> named arrays, and wire compatibility with the messages under Seldon's
+real package names. The routing readers have their own file, test_seldon_routing.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from _seldon_real import real_messages
 from google.protobuf import json_format
 
 from dl_inference import InvalidInput, TensorSpec
-from dl_inference_seldon import routing
 from dl_inference_seldon._proto import seldon_pb2 as pb
 from dl_inference_seldon.codec import (
     array_to_tftensor,
@@ -18,7 +17,7 @@ from dl_inference_seldon.codec import (
     encode_reply,
     tftensor_to_array,
 )
-from dl_inference_seldon.protocol import PREDICT_PATHS, SeldonProtocol, standard_file
+from dl_inference_seldon.protocol import standard_file
 
 FP32_IN = [TensorSpec("x", "FP32", (-1, 3))]
 
@@ -178,25 +177,6 @@ def test_bytes_and_json_replies():
     reply = pb.SeldonMessage()
     encode_reply("jsonData", {"y": np.array([1, 2]), "z": text}, reply, json_object=True)
     assert json_format.MessageToDict(reply.jsonData) == {"y": [1, 2], "z": ["ok"]}
-
-
-# -- routing -------------------------------------------------------------------------------
-
-
-def test_routing_key_reader_matches_the_worker_rule():
-    message = tensor_message(list(range(100_000)), [100_000])
-    message.meta.tags["model"].string_value = "mnist"
-    data = message.SerializeToString()
-    assert routing.seldon_routing_key(data, {}) == "mnist"
-    assert routing.seldon_routing_key(data, {"model": "other"}) == "other"
-    seed = pb.SeldonMessage()
-    seed.meta.tags["taskid"].number_value = 29
-    assert routing.seldon_routing_key(seed.SerializeToString(), {}) == "29"
-    assert routing.model_from({}, {"taskid": 29.0}) == "29"
-    assert routing.seldon_routing_key(tensor_message([1], [1]).SerializeToString(), {}) is None
-    assert routing.seldon_routing_key(b"\xff\xff\xff", {}) is None
-    keys = SeldonProtocol().routing_keys()
-    assert set(keys) == set(PREDICT_PATHS)
 
 
 # -- wire compatibility with the real names --------------------------------------------------

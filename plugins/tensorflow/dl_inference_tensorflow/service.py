@@ -1,10 +1,8 @@
 """TF Serving semantics over the kernel's Runtime, shared by the gRPC and REST front ends.
 
-Every model is reachable: a model whose backend has SignatureDefs (a
-:class:`~dl_inference_tfserving.signatures.SignatureBackend`, such as the tensorflow
-backend's) answers with them; any other backend is described by one ``serving_default``
-predict signature built from the kernel's metadata, and its inputs are keyed by the
-model's input names.
+Every model is reachable: a TensorFlow model answers with its real SignatureDefs; any other
+backend is described by one ``serving_default`` predict signature built from the kernel's
+metadata, and its inputs are keyed by the model's input names.
 """
 
 from __future__ import annotations
@@ -26,14 +24,14 @@ from dl_inference import (
     Runtime,
     TensorSpec,
 )
-from dl_inference_tfserving import codec
-from dl_inference_tfserving._proto import tfs_pb2
-from dl_inference_tfserving.signatures import (
+from dl_inference_tensorflow import codec
+from dl_inference_tensorflow._proto import tfs_pb2
+from dl_inference_tensorflow.backend import (
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
     REGRESS_METHOD,
-    SignatureBackend,
+    TensorFlowBackend,
     signature_scope,
 )
 
@@ -59,7 +57,7 @@ class Target:
     model: Any  # the kernel's ModelVersion
     signature_name: str
     signature: tfs_pb2.SignatureDef
-    has_signatures: bool  # the backend is a SignatureBackend
+    is_tensorflow: bool
 
     def model_spec(self, spec: tfs_pb2.ModelSpec) -> None:
         spec.name = self.name
@@ -68,8 +66,8 @@ class Target:
         spec.signature_name = self.signature_name
 
     def parameters(self) -> dict[str, Any]:
-        # Only SignatureBackends understand signatures; others get no surprise parameter.
-        return {"signature_name": self.signature_name} if self.has_signatures else {}
+        # Only TF models understand signatures; other backends get no surprise parameter.
+        return {"signature_name": self.signature_name} if self.is_tensorflow else {}
 
 
 def requested_version(spec: tfs_pb2.ModelSpec) -> str:
@@ -80,10 +78,10 @@ def requested_version(spec: tfs_pb2.ModelSpec) -> str:
 
 
 def signature_map(model: Any) -> tfs_pb2.SignatureDefMap:
-    """The SignatureDefs of a loaded model version (synthesised for other backends)."""
+    """The SignatureDefs of a loaded model version (synthesised for non-TF backends)."""
     backend = model.backend
-    if isinstance(backend, SignatureBackend):
-        return backend.signature_def_map()
+    if isinstance(backend, TensorFlowBackend):
+        return backend.signature_defs
     result = tfs_pb2.SignatureDefMap()
     signature = result.signature_def[DEFAULT_SIGNATURE]
     signature.method_name = PREDICT_METHOD
@@ -125,18 +123,16 @@ class TFServing:
         name = self.served_name(spec.name, task_suffix=task_suffix)
         model = self.runtime.resolve_model(name, requested_version(spec))
         signatures = signature_map(model)
-        backend = model.backend
-        has_signatures = isinstance(backend, SignatureBackend)
+        is_tf = isinstance(model.backend, TensorFlowBackend)
         wanted = spec.signature_name or default_signature
         if not wanted:
-            wanted = backend.default_signature() if has_signatures else DEFAULT_SIGNATURE
+            wanted = model.backend.settings.signature if is_tf else DEFAULT_SIGNATURE
         if wanted not in signatures.signature_def:
             raise InvalidInput(
                 f"model {name!r} version {model.version} has no signature {wanted!r}; its "
                 f"signatures are: {', '.join(sorted(signatures.signature_def))}"
             )
-        signature = signatures.signature_def[wanted]
-        return Target(name, model.version, model, wanted, signature, has_signatures)
+        return Target(name, model.version, model, wanted, signatures.signature_def[wanted], is_tf)
 
     # -- Predict ---------------------------------------------------------------------------
 
@@ -180,7 +176,7 @@ class TFServing:
             id=ctx.request_id,
         )
         # The kernel validates against inputs()/outputs(): make them the addressed signature's.
-        with signature_scope(target.signature_name if target.has_signatures else None):
+        with signature_scope(target.signature_name if target.is_tensorflow else None):
             return await self.runtime.infer(request, ctx)
 
     # -- Classify / Regress / MultiInference -----------------------------------------------
