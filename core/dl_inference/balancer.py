@@ -12,8 +12,12 @@ class Outcome(enum.Enum):
     """How a call to an upstream node ended, as a balancer sees it."""
 
     SUCCESS = "success"
-    FAILURE = "failure"  # the node failed (unavailable, reset, internal error)
-    REJECTED = "rejected"  # the node answered a client error: says nothing about its health
+    # The node failed in a way no client can provoke (Envoy's gateway failures): no
+    # connection, a reset, UNAVAILABLE / 502-504, no answer before the route's timeout.
+    FAILURE = "failure"
+    # The node answered with an error (INVALID_ARGUMENT, INTERNAL, HTTP 4xx/500...): a
+    # client's bytes can cause any of these, so it says nothing about the node's health.
+    REJECTED = "rejected"
 
 
 class NodeView(Protocol):

@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from dl_inference.balancer import Outcome
@@ -15,7 +16,15 @@ from dl_inference.gateway import Gateway, RouteConfig
 from dl_inference.gateway.config import EjectionConfig, HealthConfig
 from dl_inference.gateway.discovery import Discovery, parse_node_file, resolve
 from dl_inference.gateway.keys import builtin_routing_keys
-from dl_inference.gateway.nodes import Node, NodeHealth, RetryBudget
+from dl_inference.gateway.nodes import (
+    CONNECT_FAILED,
+    CONNECTION_LOST,
+    Node,
+    NodeHealth,
+    RetryBudget,
+    grpc_verdict,
+    http_verdict,
+)
 from dl_inference.gateway.route import Route
 from dl_inference.plugins import PluginHost
 
@@ -152,7 +161,7 @@ def test_ejection_back_off_grows_and_is_capped() -> None:
     durations = []
     for _ in range(3):
         for _ in range(2):
-            health.record(node, Outcome.FAILURE, 0.01, gateway_failure=True, error="x", peers=group)
+            health.record(node, Outcome.FAILURE, 0.01, error="x", peers=group)
         assert not node.eligible(time.monotonic())
         durations.append(round(node.ejected_until - time.monotonic()))
         node.ejected_until = 0  # time passes
@@ -164,23 +173,92 @@ def test_failures_below_the_threshold_or_client_errors_do_not_eject() -> None:
     health = NodeHealth(EjectionConfig(consecutive_failures=3), HealthConfig(), "m")
     group = nodes(2)
     node = group[0]
-    for outcome, gateway_failure in [
-        (Outcome.FAILURE, True),
-        (Outcome.FAILURE, True),
-        (Outcome.SUCCESS, False),
-        (Outcome.FAILURE, True),
-        (Outcome.REJECTED, False),
-        (Outcome.FAILURE, True),
+    # Any answer, a client error included, breaks a run of failures.
+    for outcome in [
+        Outcome.FAILURE,
+        Outcome.FAILURE,
+        Outcome.SUCCESS,
+        Outcome.FAILURE,
+        Outcome.FAILURE,
+        Outcome.REJECTED,
+        Outcome.FAILURE,
+        Outcome.FAILURE,
     ]:
-        health.record(node, outcome, 0.01, gateway_failure=gateway_failure, error="", peers=group)
+        health.record(node, outcome, 0.01, error="", peers=group)
     assert node.times_ejected == 0
+    for _ in range(30):  # a client's stream of bad calls
+        health.record(node, Outcome.REJECTED, 0.01, error="INVALID_ARGUMENT", peers=group)
+    assert node.times_ejected == 0 and node.failures == 6
+    health.record(node, Outcome.FAILURE, 0.01, error="", peers=group)
+    health.record(node, Outcome.FAILURE, 0.01, error="", peers=group)
+    health.record(node, Outcome.FAILURE, 0.01, error="", peers=group)
+    assert node.times_ejected == 1
+
+
+CLIENT_PROVOKED = [
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNKNOWN,  # an unparsable body, on older workers
+    grpc.StatusCode.INTERNAL,  # a model choking on a poisoned input
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # an oversize message
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.CANCELLED,
+]
+
+
+@pytest.mark.parametrize("code", CLIENT_PROVOKED, ids=lambda c: c.name)
+def test_a_nodes_answer_is_never_a_node_failure_nor_retried(code: grpc.StatusCode) -> None:
+    verdict = grpc_verdict(code, "details from the node", None)
+    assert verdict.outcome is Outcome.REJECTED and not verdict.retry
+
+
+def test_gateway_failures_count_against_the_node_and_only_unavailable_is_retried() -> None:
+    now = time.monotonic()
+    unavailable = grpc_verdict(grpc.StatusCode.UNAVAILABLE, "failed to connect", now + 5)
+    assert unavailable.outcome is Outcome.FAILURE and unavailable.retry
+    # A deadline that passed at the node while the client still had time: the route's
+    # timeout, or a node giving up. The client's own deadline passing is the client's.
+    assert grpc_verdict(grpc.StatusCode.DEADLINE_EXCEEDED, "", now + 5) == CONNECTION_LOST
+    assert grpc_verdict(grpc.StatusCode.DEADLINE_EXCEEDED, "", None) == CONNECTION_LOST
+    client_gave_up = grpc_verdict(grpc.StatusCode.DEADLINE_EXCEEDED, "", now - 0.001)
+    assert client_gave_up.outcome is Outcome.REJECTED and not client_gave_up.retry
+    # A stream the node reset: a transport error, whatever code gRPC gives it.
+    reset = "Received RST_STREAM with error code 2"
+    assert grpc_verdict(grpc.StatusCode.INTERNAL, reset, None) == CONNECTION_LOST
+    assert not CONNECTION_LOST.retry and CONNECT_FAILED.retry
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome", "retry"),
+    [
+        (200, Outcome.SUCCESS, False),
+        (400, Outcome.REJECTED, False),
+        (404, Outcome.REJECTED, False),
+        (413, Outcome.REJECTED, False),
+        (429, Outcome.REJECTED, False),
+        (500, Outcome.REJECTED, False),
+        (502, Outcome.FAILURE, False),
+        (503, Outcome.FAILURE, True),
+        (504, Outcome.FAILURE, False),
+    ],
+)
+def test_rest_statuses_of_the_gateway_failure_class_count_against_the_node(
+    status: int, outcome: Outcome, retry: bool
+) -> None:
+    verdict = http_verdict(status)
+    assert (verdict.outcome, verdict.retry) == (outcome, retry)
 
 
 def test_at_most_max_percent_of_nodes_are_ejected() -> None:
     health = NodeHealth(EjectionConfig(consecutive_failures=1, max_percent=50), HealthConfig(), "m")
     group = nodes(4)
     for node in group:
-        health.record(node, Outcome.FAILURE, 0.01, gateway_failure=True, error="", peers=group)
+        health.record(node, Outcome.FAILURE, 0.01, error="", peers=group)
     assert sum(n.times_ejected for n in group) == 2
 
 

@@ -5,7 +5,8 @@ as the node sent them: no tensor is decoded or re-encoded. The client's remainin
 deadline, its metadata and its cancellation travel with the call; the node's status code,
 message and metadata travel back unchanged. Only failures where the node did no work
 (UNAVAILABLE: refused, reset, draining) are retried, on another node, within the deadline,
-the route's retry count and its retry budget.
+the route's retry count and its retry budget. What counts against a node is
+:func:`~dl_inference.gateway.nodes.grpc_verdict`'s rule.
 """
 
 from __future__ import annotations
@@ -19,26 +20,10 @@ import grpc
 import structlog
 
 from dl_inference.balancer import Outcome
+from dl_inference.gateway.nodes import grpc_verdict
 from dl_inference.gateway.route import Route
 
 log = structlog.get_logger("dl_inference.gateway")
-
-# Codes that say the node itself is in trouble (count towards ejection).
-NODE_FAILURES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
-# Codes a balancer should learn from as failures (slow or overloaded nodes too).
-BALANCER_FAILURES = NODE_FAILURES | {
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-# The node did no work: safe to send the same bytes to another node.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 # Transport-level headers that gRPC sets per hop; everything else is the client's to forward.
 _HOP_HEADERS = frozenset(
@@ -68,9 +53,10 @@ def forwardable(metadata: Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, 
     )
 
 
-def outcome_of(code: grpc.StatusCode) -> Outcome:
-    """What a node's status code teaches the balancer (a client's own errors: REJECTED)."""
-    return Outcome.FAILURE if code in BALANCER_FAILURES else Outcome.REJECTED
+def client_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's own deadline as a ``time.monotonic()`` instant (None: it set none)."""
+    left = context.time_remaining()
+    return None if left is None else time.monotonic() + left
 
 
 class Forwarder:
@@ -80,10 +66,7 @@ class Forwarder:
         self, route: Route, method: str, body: bytes, context: grpc.aio.ServicerContext
     ) -> bytes:
         started = time.monotonic()
-        deadline: float | None = None
-        left = context.time_remaining()
-        if left is not None:
-            deadline = started + left
+        deadline = own_deadline = client_deadline(context)
         if route.timeout_s is not None:
             deadline = min(
                 deadline if deadline is not None else float("inf"), started + route.timeout_s
@@ -117,14 +100,9 @@ class Forwarder:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 detail = f"{code.name}: {exc.details()}"
-                route.record(
-                    node,
-                    outcome_of(code),
-                    time.monotonic() - sent,
-                    gateway_failure=code in NODE_FAILURES,
-                    error=detail,
-                )
-                if code not in RETRYABLE:
+                verdict = grpc_verdict(code, exc.details(), own_deadline)
+                route.record(node, verdict.outcome, time.monotonic() - sent, error=detail)
+                if not verdict.retry:
                     await _relay_metadata(context, exc.initial_metadata(), exc.trailing_metadata())
                     await context.abort(code, exc.details() or "")
                 tried.append(f"{node.address} ({detail})")

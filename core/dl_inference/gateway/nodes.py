@@ -3,6 +3,11 @@
 Health belongs to the kernel so every balancer benefits: a balancer only ever sees the
 nodes this module considers eligible, and reads their ``weight``, ``in_flight`` and
 ``slow_start_factor``.
+
+How a forwarded call's end counts is decided here, once, for the gRPC unary, stream and
+REST forwarders (:func:`grpc_verdict`, :func:`http_verdict`, :data:`CONNECT_FAILED`,
+:data:`CONNECTION_LOST`). Only what a client cannot provoke is a node failure: Envoy's
+"gateway failure" class. Any answer the node gives, an error included, shows it alive.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -33,6 +39,70 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
 ]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How one call to a node ended, for its health, its balancer and the retry decision.
+
+    ``outcome`` FAILURE is a node failure: it counts towards ejection and the balancer
+    learns from it (the seed's halving of the effective weight). ``retry``: the node did
+    no work, so the same bytes may go to another node.
+    """
+
+    outcome: Outcome
+    retry: bool = False
+
+
+ANSWERED = Verdict(Outcome.SUCCESS)
+# The node answered with an error of its own (INVALID_ARGUMENT, NOT_FOUND, INTERNAL,
+# HTTP 400/404/500...): a client can provoke any of these with the bytes it sends, so they
+# say nothing about the node's health; balancers ignore them (their latency too).
+ANSWERED_ERROR = Verdict(Outcome.REJECTED)
+# No connection could be made (refused, unreachable, TLS failed): nothing ran, retry.
+CONNECT_FAILED = Verdict(Outcome.FAILURE, retry=True)
+# The connection broke mid-call, or the node did not answer in time: it may have run the
+# call, so it is not repeated.
+CONNECTION_LOST = Verdict(Outcome.FAILURE)
+
+# HTTP statuses of the gateway-failure class: bad gateway, unavailable (draining, not
+# ready: nothing ran, so retried), gateway timeout.
+_HTTP_NODE_FAILURES = frozenset({502, 503, 504})
+_HTTP_RETRYABLE = frozenset({503})
+# gRPC core's words for an HTTP/2 stream the node reset (a transport error, whatever code).
+_GRPC_RESET = "Received RST_STREAM"
+# The gateway's and gRPC's clocks may differ by this much about when a deadline passed.
+_DEADLINE_SLACK_S = 0.005
+
+
+def grpc_verdict(
+    code: grpc.StatusCode, details: str | None, client_deadline: float | None
+) -> Verdict:
+    """How a gRPC call that ended with ``code`` counts; ``client_deadline`` is the
+    client's own deadline (``time.monotonic()``), None when it set none.
+
+    Node failures: UNAVAILABLE (refused, reset, draining: retried), a stream the node
+    reset, and DEADLINE_EXCEEDED while the client's own deadline had not passed (the
+    route's timeout, or the node giving up). Every other code is the node's answer.
+    """
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Verdict(Outcome.FAILURE, retry=True)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        clients = client_deadline is not None and (
+            time.monotonic() >= client_deadline - _DEADLINE_SLACK_S
+        )
+        return ANSWERED_ERROR if clients else CONNECTION_LOST
+    if (details or "").startswith(_GRPC_RESET):
+        return CONNECTION_LOST
+    return ANSWERED if code == grpc.StatusCode.OK else ANSWERED_ERROR
+
+
+def http_verdict(status: int) -> Verdict:
+    """How a REST call the node answered with ``status`` counts (502, 503, 504: node
+    failures, 503 retried; any other status is the node's answer)."""
+    if status in _HTTP_NODE_FAILURES:
+        return Verdict(Outcome.FAILURE, retry=status in _HTTP_RETRYABLE)
+    return ANSWERED if status < 400 else ANSWERED_ERROR
 
 
 def _read(path: Any) -> bytes | None:
@@ -194,11 +264,11 @@ class NodeHealth:
         outcome: Outcome,
         latency_s: float,
         *,
-        gateway_failure: bool,
         error: str,
         peers: Iterable[Node],
     ) -> None:
-        """Account for one finished call; ``gateway_failure`` marks a node-level failure."""
+        """Account for one finished call: FAILURE (see :class:`Verdict`) counts towards
+        ejection; any answer, an error included, shows the node alive."""
         node.requests += 1
         alpha = 0.2
         node.latency_ewma_s = (
@@ -206,17 +276,15 @@ class NodeHealth:
             if not node.latency_ewma_s
             else (1 - alpha) * node.latency_ewma_s + alpha * latency_s
         )
-        if outcome is Outcome.FAILURE:
-            node.failures += 1
-            node.last_error = error
-        if not gateway_failure:
-            if outcome is Outcome.SUCCESS:
-                node.consecutive_failures = 0
-                if node.ejections and not node.ejected(time.monotonic()):
-                    # A clean success after returning resets the back-off slowly: the next
-                    # ejection is shorter only after the node proved itself again.
-                    node.ejections = max(0, node.ejections - 1)
+        if outcome is not Outcome.FAILURE:
+            node.consecutive_failures = 0
+            if node.ejections and not node.ejected(time.monotonic()):
+                # An answer after returning resets the back-off slowly: the next
+                # ejection is shorter only after the node proved itself again.
+                node.ejections = max(0, node.ejections - 1)
             return
+        node.failures += 1
+        node.last_error = error
         node.consecutive_failures += 1
         if node.consecutive_failures >= self.ejection.consecutive_failures:
             self.eject(node, list(peers), reason=error)

@@ -7,7 +7,8 @@ The model name comes from the path: V2 ``/v2/models/<name>/...`` and TF Serving
 node its balancer picks, with the same node list, health and retry budget as gRPC. Body,
 status, headers and reply travel unchanged but for per-hop headers. Only failures where
 the node did no work are retried on another node: the connection could not be made, or
-the node answered 503 (draining, not ready).
+the node answered 503 (draining, not ready). What counts against a node is
+:func:`~dl_inference.gateway.nodes.http_verdict`'s rule.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from dl_inference.balancer import Outcome
 from dl_inference.gateway.forward import no_node_answered
+from dl_inference.gateway.nodes import CONNECT_FAILED, CONNECTION_LOST, http_verdict
 from dl_inference.gateway.route import Route
 
 log = structlog.get_logger("dl_inference.gateway")
@@ -46,9 +47,6 @@ _HOP_HEADERS = frozenset(
         "server",
     }
 )
-NODE_FAILURES = frozenset({500, 502, 503})
-BALANCER_FAILURES = NODE_FAILURES | {429, 504}
-RETRYABLE = frozenset({503})
 
 
 def routed_model(path: str) -> tuple[str, str] | None:
@@ -122,16 +120,15 @@ class RestForwarder:
                     payload = await reply.read()
                     status, reply_headers = reply.status, forwardable_headers(reply.headers)
             except TimeoutError:
-                route.record(node, Outcome.FAILURE, time.monotonic() - sent, error="timeout")
+                route.record(
+                    node, CONNECTION_LOST.outcome, time.monotonic() - sent, error="timeout"
+                )
                 return _error(
                     504, f"model {route.model!r}: node {node.address} did not answer in time"
                 )
             except aiohttp.ClientConnectorError as exc:  # no connection: the node did nothing
                 detail = f"cannot connect ({exc.os_error or exc})"
-                route.record(
-                    node, Outcome.FAILURE, time.monotonic() - sent, gateway_failure=True,
-                    error=detail,
-                )  # fmt: skip
+                route.record(node, CONNECT_FAILED.outcome, time.monotonic() - sent, error=detail)
                 tried.append(f"{node.address} ({detail})")
                 if not route.retry_allowed(retries, deadline, tried):
                     break
@@ -139,25 +136,13 @@ class RestForwarder:
                 continue
             except (aiohttp.ClientError, OSError) as exc:  # it may have run: do not repeat
                 detail = f"{type(exc).__name__}: {exc}"
-                route.record(
-                    node, Outcome.FAILURE, time.monotonic() - sent, gateway_failure=True,
-                    error=detail,
-                )  # fmt: skip
+                route.record(node, CONNECTION_LOST.outcome, time.monotonic() - sent, error=detail)
                 return _error(502, f"model {route.model!r}: node {node.address} failed: {detail}")
             finally:
                 route.release(node)
-            outcome = (
-                Outcome.FAILURE
-                if status in BALANCER_FAILURES
-                else Outcome.SUCCESS
-                if status < 400
-                else Outcome.REJECTED
-            )
-            route.record(
-                node, outcome, time.monotonic() - sent,
-                gateway_failure=status in NODE_FAILURES, error=f"HTTP {status}",
-            )  # fmt: skip
-            if status in RETRYABLE:
+            verdict = http_verdict(status)
+            route.record(node, verdict.outcome, time.monotonic() - sent, error=f"HTTP {status}")
+            if verdict.retry:
                 tried.append(f"{node.address} (HTTP {status})")
                 if route.retry_allowed(retries, deadline, tried):
                     retries += 1

@@ -170,18 +170,11 @@ class Route:
         outcome: Outcome,
         latency_s: float,
         *,
-        gateway_failure: bool = False,
         error: str = "",
     ) -> None:
-        """Tell health tracking and the balancer how a call to ``node`` ended."""
-        self.health.record(
-            node,
-            outcome,
-            latency_s,
-            gateway_failure=gateway_failure,
-            error=error,
-            peers=self.nodes.values(),
-        )
+        """Tell health tracking and the balancer how a call to ``node`` ended (``outcome``:
+        a :class:`~dl_inference.gateway.nodes.Verdict`'s)."""
+        self.health.record(node, outcome, latency_s, error=error, peers=self.nodes.values())
         try:
             self.balancer.observe(node, outcome, latency_s)
         except Exception as exc:

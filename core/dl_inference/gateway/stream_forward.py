@@ -18,12 +18,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from dl_inference.balancer import Outcome
-from dl_inference.gateway.forward import (
-    NODE_FAILURES,
-    forwardable,
-    no_node_answered,
-    outcome_of,
-)
+from dl_inference.gateway.forward import client_deadline, forwardable, no_node_answered
+from dl_inference.gateway.nodes import grpc_verdict
 from dl_inference.gateway.route import Route
 
 
@@ -40,8 +36,10 @@ async def forward_stream(
     if node is None:
         await context.abort(grpc.StatusCode.UNAVAILABLE, no_node_answered(route, []))
         return
+    own_deadline = client_deadline(context)
     call = node.get_channel().stream_stream(method)(
-        timeout=context.time_remaining(), metadata=forwardable(context.invocation_metadata())
+        timeout=None if own_deadline is None else own_deadline - time.monotonic(),
+        metadata=forwardable(context.invocation_metadata()),
     )
 
     async def pump() -> None:
@@ -68,9 +66,8 @@ async def forward_stream(
         code = exc.code()
         route.record(
             node,
-            outcome_of(code),
+            grpc_verdict(code, exc.details(), own_deadline).outcome,
             time.monotonic() - sent,
-            gateway_failure=code in NODE_FAILURES,
             error=f"{code.name}: {exc.details()}",
         )
         details = exc.details() or ""
