@@ -18,6 +18,7 @@ from dl_inference.errors import (
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
+    PayloadTooLarge,
     PermissionDenied,
     PluginError,
     ResourceExhausted,
@@ -26,6 +27,7 @@ from dl_inference.errors import (
 )
 from dl_inference.hookspecs import HOOKSPEC_VERSION, hookimpl
 from dl_inference.json_body import MAX_JSON_DEPTH, read_json, utf8_bytes
+from dl_inference.processor import ProcessorAdapter
 from dl_inference.protocol import Protocol, RoutingKeyReader, rename_proto_types
 from dl_inference.python_model import PythonModel
 from dl_inference.registry import (
@@ -86,8 +88,10 @@ __all__ = [
     "ModelVersionInfo",
     "NodeView",
     "Outcome",
+    "PayloadTooLarge",
     "PermissionDenied",
     "PluginError",
+    "ProcessorAdapter",
     "Protocol",
     "ProtocolRegistry",
     "PythonModel",

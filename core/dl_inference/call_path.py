@@ -8,7 +8,7 @@ with :class:`CallPath`; the kernel then does, the same way for every protocol:
 - parses the body inside :meth:`Call.parsing`, so bytes a client sent that cannot be read
   are ``InvalidInput`` (INVALID_ARGUMENT / 400), never UNKNOWN or INTERNAL;
 - reads REST bodies with the server's size limit: an oversize body is
-  ``ResourceExhausted`` (RESOURCE_EXHAUSTED / 413);
+  ``PayloadTooLarge`` (RESOURCE_EXHAUSTED / 413);
 - counts every failure once (metrics, access log, ``dli_on_error``), whether it happened
   while parsing, in :meth:`~RuntimeView.infer`, or in the adapter's encoding;
 - maps errors through the one table in :mod:`dl_inference.status`, with the request id
@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from dl_inference.errors import DlInferenceError, InvalidInput, ResourceExhausted
+from dl_inference.errors import (
+    DlInferenceError,
+    InvalidInput,
+    PayloadTooLarge,
+    ResourceExhausted,
+)
 from dl_inference.status import grpc_code, http_status, public_message
 from dl_inference.types import (
     InferRequest,
@@ -299,11 +304,7 @@ class CallPath:
                 # aiohttp's own refusals (a body over client_max_size: 413) are client
                 # errors: count them and answer in the protocol's error format.
                 error: BaseException = (
-                    ResourceExhausted(
-                        f"the request body is larger than this server accepts "
-                        f"({self.runtime.max_message_bytes} bytes; see "
-                        "server.grpc.max_message_mb)"
-                    )
+                    too_large(self.runtime)
                     if exc.status == 413
                     else InvalidInput(exc.text or exc.reason)
                 )
@@ -334,21 +335,26 @@ class CallPath:
 
 
 async def read_body(request: web.Request, call: Call) -> bytes:
-    """The request body, within the server's size limit (``ResourceExhausted`` beyond)."""
+    """The request body, within the server's size limit (``PayloadTooLarge`` beyond)."""
     from aiohttp import web
     from aiohttp.http_exceptions import HttpProcessingError
 
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ResourceExhausted(
-            f"the request body is larger than this server accepts "
-            f"({call.runtime.max_message_bytes} bytes; see server.grpc.max_message_mb)"
-        ) from None
+        raise too_large(call.runtime) from None
     except (web.RequestPayloadError, HttpProcessingError) as exc:
         # aiohttp decompresses Content-Encoding bodies itself and fails here on bad data.
         reason = " ".join(str(exc).split())
         raise InvalidInput(f"the request body could not be read: {reason}") from None
+
+
+def too_large(runtime: RuntimeView) -> PayloadTooLarge:
+    """The error for a body over the server's limit, naming the limit and its setting."""
+    return PayloadTooLarge(
+        f"the request body is larger than this server accepts "
+        f"({runtime.max_message_bytes} bytes); send less, or raise server.grpc.max_message_mb"
+    )
 
 
 def json_error_body(error: BaseException, message: str, status: int) -> web.Response:

@@ -53,3 +53,7 @@ class Unauthenticated(DlInferenceError):
 
 class PermissionDenied(DlInferenceError):
     """The caller is known but not allowed to do this."""
+
+
+class PayloadTooLarge(ResourceExhausted):
+    """The request body or message is larger than the server accepts (HTTP 413)."""

@@ -36,7 +36,7 @@ KNOWN_PROVIDERS: dict[str, str] = {
     "tensorflow": "dl-inference-tensorflow",
     "onnx": "dl-inference-onnx",
     "seldon": "dl-inference-seldon",
-    "tfserving": "dl-inference-tensorflow",
+    "tfserving": "dl-inference-tfserving",
     "dynamic_weighted_round_robin": "dl-inference-balancers",
     "round_robin": "dl-inference-balancers",
     "random": "dl-inference-balancers",

@@ -24,6 +24,7 @@ _TABLE: list[tuple[type[errors.DlInferenceError], grpc.StatusCode, int]] = [
     (errors.BackendError, grpc.StatusCode.INTERNAL, 500),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE, 503),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    (errors.PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, 401),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, 403),

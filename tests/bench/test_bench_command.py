@@ -121,7 +121,7 @@ def test_v2_rest_with_batch_size(server: ServerProcess, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("protocol", "plugin"),
-    [("tfserving", "dl_inference_tensorflow"), ("seldon", "dl_inference_seldon")],
+    [("tfserving", "dl_inference_tfserving"), ("seldon", "dl_inference_seldon")],
 )
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_other_protocols(

@@ -13,8 +13,8 @@ from dl_inference.bench.inputs import concrete_shape, parse_input_spec
 from dl_inference.errors import ConfigError
 
 needs_tf_plugin = pytest.mark.skipif(
-    importlib.util.find_spec("dl_inference_tensorflow") is None,
-    reason="dl-inference-tensorflow (TF Serving messages) is not installed",
+    importlib.util.find_spec("dl_inference_tfserving") is None,
+    reason="dl-inference-tfserving (TF Serving messages) is not installed",
 )
 needs_seldon_plugin = pytest.mark.skipif(
     importlib.util.find_spec("dl_inference_seldon") is None,
@@ -34,7 +34,7 @@ def test_varint_matches_protobuf() -> None:
 
 @needs_tf_plugin
 def test_tf_serving_predict_request() -> None:
-    from dl_inference_tensorflow._proto import tfs_pb2
+    from dl_inference_tfserving._proto import tfs_pb2
 
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     words = np.array([b"a", b"bc"], dtype=object)

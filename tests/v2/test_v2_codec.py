@@ -13,6 +13,8 @@ from tritonclient.utils import serialize_byte_tensor
 
 from dl_inference import InferResponse, InvalidInput, to_numpy_dtype
 from dl_inference._proto import kserve_v2_pb2 as pb
+from dl_inference.call_path import grpc_deadline as request_deadline
+from dl_inference.call_path import grpc_metadata as request_metadata
 from dl_inference.errors import BackendError
 from dl_inference.protocols.v2 import V2Protocol
 from dl_inference.protocols.v2.binary import decompress, deserialize_bytes, serialize_bytes
@@ -28,8 +30,6 @@ from dl_inference.protocols.v2.codec import (
     raw_to_array,
     serialize_with_raw,
 )
-from dl_inference.call_path import grpc_deadline as request_deadline
-from dl_inference.call_path import grpc_metadata as request_metadata
 
 NUMERIC = {
     "BOOL": np.array([[True, False, True]]),

@@ -1,12 +1,13 @@
-"""dl-inference-tensorflow: the ``tensorflow`` backend (SavedModel) and the ``tfserving``
-protocol (TF Serving's gRPC and REST APIs).
+"""dl-inference-tensorflow: the ``tensorflow`` backend (SavedModel, every signature).
 
-Importing this module is cheap: TensorFlow is imported only when a model loads.
+TF Serving's API comes with it from ``dl-inference-tfserving`` (a dependency), whose
+``SignatureBackend`` interface this backend implements. Importing this module is cheap:
+TensorFlow is imported only when a model loads.
 """
 
 from __future__ import annotations
 
-from dl_inference import BackendRegistry, ProtocolRegistry, hookimpl
+from dl_inference import BackendRegistry, hookimpl
 
 DLI_HOOKSPEC_VERSION = "1.0"
 
@@ -16,10 +17,3 @@ def dli_register_backends(registry: BackendRegistry) -> None:
     from dl_inference_tensorflow.backend import TensorFlowBackend
 
     registry.add(TensorFlowBackend)
-
-
-@hookimpl
-def dli_register_protocols(registry: ProtocolRegistry) -> None:
-    from dl_inference_tensorflow.protocol import TFServingProtocol
-
-    registry.add(TFServingProtocol)

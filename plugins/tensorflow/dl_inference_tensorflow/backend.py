@@ -6,11 +6,8 @@ plugins stays fast and works without the framework.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import gc
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,35 +23,19 @@ from dl_inference import (
     TensorSpec,
     from_numpy_dtype,
 )
-from dl_inference_tensorflow import codec
-from dl_inference_tensorflow._proto import tfs_pb2
+from dl_inference_tfserving import codec
+from dl_inference_tfserving.signatures import (
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    SignatureDefMap,
+    TensorInfo,
+    current_signature,
+)
 
 log = structlog.get_logger("dl_inference_tensorflow")
 
-DEFAULT_SIGNATURE = "serving_default"
 # Signatures TF writes for its own use; they take no inputs and are never served.
 _INTERNAL_SIGNATURES = frozenset({"__saved_model_init_op"})
-
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-
-# The signature a request asks for, announced by the TF Serving protocol around
-# runtime.infer() so that inputs()/outputs() - which the kernel validates a request
-# against before predict() - describe that signature rather than the default one.
-requested_signature: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "dl_inference_tensorflow_signature", default=None
-)
-
-
-@contextlib.contextmanager
-def signature_scope(name: str | None) -> Iterator[None]:
-    """Within this block, TF models describe signature ``name`` (``None``: the configured one)."""
-    token = requested_signature.set(name or None)
-    try:
-        yield
-    finally:
-        requested_signature.reset(token)
 
 
 class TensorFlowSettings(BackendSettings):
@@ -124,7 +105,9 @@ class TensorFlowBackend(Backend):
     """A SavedModel (``<version>/saved_model.pb`` + ``variables/``) with all its signatures.
 
     ``predict(inputs, signature_name=...)`` runs the named signature (default: the
-    ``signature`` setting); inputs are keyed by the signature's input keys.
+    ``signature`` setting); inputs are keyed by the signature's input keys. It is a
+    :class:`~dl_inference_tfserving.signatures.SignatureBackend`, so TF Serving clients see
+    the SignatureDefs saved_model.pb records and address each signature by name.
     """
 
     name = "tensorflow"
@@ -134,7 +117,7 @@ class TensorFlowBackend(Backend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.signature_defs = tfs_pb2.SignatureDefMap()
+        self.signature_defs = SignatureDefMap()
         self._functions: dict[str, Any] = {}
         self._model: Any = None
         self._device = "/CPU:0"
@@ -203,11 +186,11 @@ class TensorFlowBackend(Backend):
             ) from exc
         log.info("op library loaded", model=self.model_name, library=str(found))
 
-    def _read_signature_defs(self, tf: Any) -> tfs_pb2.SignatureDefMap:
+    def _read_signature_defs(self, tf: Any) -> SignatureDefMap:
         """The SignatureDefs as saved_model.pb records them (what TF Serving reports)."""
         from tensorflow.core.protobuf import saved_model_pb2
 
-        result = tfs_pb2.SignatureDefMap()
+        result = SignatureDefMap()
         pb = self.path / "saved_model.pb"
         if not pb.is_file():
             return self._signature_defs_from_functions(tf)
@@ -222,8 +205,8 @@ class TensorFlowBackend(Backend):
                 break
         return result
 
-    def _signature_defs_from_functions(self, tf: Any) -> tfs_pb2.SignatureDefMap:
-        result = tfs_pb2.SignatureDefMap()
+    def _signature_defs_from_functions(self, tf: Any) -> SignatureDefMap:
+        result = SignatureDefMap()
         for name, fn in self._functions.items():
             signature = result.signature_def[name]
             signature.method_name = PREDICT_METHOD
@@ -243,18 +226,25 @@ class TensorFlowBackend(Backend):
     def signature_names(self) -> list[str]:
         return sorted(self._functions)
 
-    def _current_signature(self) -> str:
-        return requested_signature.get() or self.settings.signature
+    def signature_def_map(self) -> SignatureDefMap:
+        """The SignatureDefs of the loaded SavedModel (SignatureBackend)."""
+        return self.signature_defs
 
-    def inputs(self) -> list[TensorSpec] | None:
-        # With a processor's preprocess(), config.yaml describes requests, not the signature.
-        if self.config.inputs is not None and "preprocess" not in self.processor_hooks:
-            return super().inputs()
+    def default_signature(self) -> str:
+        """The ``signature`` setting: what a request that names no signature runs."""
+        return self.settings.signature
+
+    def _current_signature(self) -> str:
+        return current_signature() or self.default_signature()
+
+    def model_inputs(self) -> list[TensorSpec] | None:
+        if self.declared_inputs() is not None:
+            return super().model_inputs()
         return self._specs("inputs")
 
-    def outputs(self) -> list[TensorSpec] | None:
-        if self.config.outputs is not None and "postprocess" not in self.processor_hooks:
-            return super().outputs()
+    def model_outputs(self) -> list[TensorSpec] | None:
+        if self.declared_outputs() is not None:
+            return super().model_outputs()
         return self._specs("outputs")
 
     def _specs(self, which: str) -> list[TensorSpec] | None:
@@ -275,7 +265,7 @@ class TensorFlowBackend(Backend):
 
     # -- inference -------------------------------------------------------------------------
 
-    def predict(self, inputs: dict[str, np.ndarray], **parameters: Any) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
         signature = str(parameters.get("signature_name") or self.settings.signature)
@@ -324,7 +314,7 @@ class TensorFlowBackend(Backend):
                 )
 
 
-def _tensor_info(info: tfs_pb2.TensorInfo, spec: Any) -> None:
+def _tensor_info(info: TensorInfo, spec: Any) -> None:
     info.name = getattr(spec, "name", "") or ""
     info.dtype = spec.dtype.as_datatype_enum
     if spec.shape.rank is None:

@@ -14,7 +14,8 @@ import tensorflow as tf
 from pydantic import ValidationError
 
 from dl_inference import BackendError, InvalidInput, ModelConfig
-from dl_inference_tensorflow.backend import TensorFlowBackend, TensorFlowSettings, signature_scope
+from dl_inference_tensorflow.backend import TensorFlowBackend, TensorFlowSettings
+from dl_inference_tfserving.signatures import SignatureBackend, signature_scope
 
 
 def make_backend(path: Path, **settings: Any) -> TensorFlowBackend:
@@ -60,6 +61,18 @@ def test_metadata_follows_the_addressed_signature(text: TensorFlowBackend) -> No
         assert [s.name for s in text.outputs() or []] == ["echo_bytes", "upper"]
     with signature_scope("nope"):
         assert text.inputs() is None  # predict() reports the unknown signature
+
+
+def test_it_is_a_signature_backend_for_the_tfserving_protocol(built: Any) -> None:
+    backend = make_backend(built.root / "census" / "1", signature="classify")
+    backend.load()
+    assert isinstance(backend, SignatureBackend)
+    defs = backend.signature_def_map().signature_def
+    assert set(defs) == {"serving_default", "classify", "regress"}
+    assert defs["classify"].method_name == "tensorflow/serving/classify"  # from saved_model.pb
+    assert backend.default_signature() == "classify"
+    assert [s.name for s in backend.inputs() or []] == ["inputs"]  # the default, out of scope
+    backend.unload()
 
 
 def test_bad_requests_are_invalid_input(text: TensorFlowBackend) -> None:
@@ -205,4 +218,5 @@ def test_listing_plugins_does_not_import_tensorflow() -> None:
         "print('tensorflow' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.stdout.split() == ["tensorflow", "tensorflow", "False"], result.stderr
+    # The protocol comes from dl-inference-tfserving, which this plugin depends on.
+    assert result.stdout.split() == ["tensorflow", "tfserving", "False"], result.stderr

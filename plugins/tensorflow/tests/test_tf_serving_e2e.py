@@ -1,7 +1,8 @@
 """End to end: ``dl-inference serve`` in a subprocess, called by TF Serving's own clients.
 
 gRPC through the stubs of ``tensorflow_serving.apis``; REST through plain urllib. Served
-outputs are compared with the same SavedModels run in this process.
+outputs are compared with the same SavedModels run in this process. What needs no SavedModel
+(python-backend models, reflection, errors) is tested in plugins/tfserving.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
-    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
 )
 
-from dl_inference.testing import ServerProcess, write_python_model
+from dl_inference.testing import ServerProcess
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
@@ -45,23 +45,6 @@ def server(built: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         shutil.copytree(built.root / name, repo / name)
     (repo / "text" / "config.yaml").write_text(
         "version_policy: {all: true}\nversion_labels: {stable: 1, canary: 2}\n"
-    )
-    write_python_model(
-        repo,
-        "pyadd",
-        """
-        import numpy as np
-        from dl_inference import PythonModel
-
-        class AddOne(PythonModel):
-            def predict(self, inputs):
-                return {"y": inputs["x"] + np.float32(1)}
-        """,
-        config="""
-        backend: python
-        inputs: [{name: x, datatype: FP32, shape: [-1]}]
-        outputs: [{name: y, datatype: FP32, shape: [-1]}]
-        """,
     )
     with ServerProcess(["--model-repository", str(repo)]) as srv:
         yield srv
@@ -182,51 +165,6 @@ def test_typed_value_fields_decode_like_tensor_content(predictor: Any, built: An
     np.testing.assert_allclose(got, built.keras.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
-def test_tf_serving_client_calls_python_backend_model(predictor: Any) -> None:
-    x = np.float32([1.5, -2.0, 0.0])
-    response = predictor.Predict(predict_request("pyadd", {"x": x}), timeout=30)
-    np.testing.assert_array_equal(outputs_of(response)["y"], x + 1)
-    assert response.model_spec.signature_name == "serving_default"
-
-
-def test_reflection_describes_tf_serving_well_enough_to_call_it(channel: grpc.Channel) -> None:
-    """A reflection client (as grpcurl) builds a Predict call from what the server lists."""
-    from google.protobuf.descriptor_pool import DescriptorPool
-    from google.protobuf.message_factory import GetMessageClass
-    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-        ProtoReflectionDescriptorDatabase,
-    )
-
-    database = ProtoReflectionDescriptorDatabase(channel)
-    services = set(database.get_services())
-    assert {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"} <= services
-    pool = DescriptorPool(database)
-    predict = pool.FindServiceByName("tensorflow.serving.PredictionService").methods_by_name[
-        "Predict"
-    ]
-    assert predict.input_type.full_name == "tensorflow.serving.PredictRequest"
-    tensor_type = predict.input_type.fields_by_name["inputs"].message_type.fields_by_name["value"]
-    assert tensor_type.message_type.full_name == "tensorflow.TensorProto"
-    status = pool.FindServiceByName("tensorflow.serving.ModelService")
-    assert set(status.methods_by_name) == {"GetModelStatus", "HandleReloadConfigRequest"}
-
-    request = GetMessageClass(predict.input_type)()
-    request.model_spec.name = "pyadd"
-    x = request.inputs["x"]
-    x.dtype = 1  # DT_FLOAT, by number as a JSON-driven client would send it
-    x.tensor_shape.dim.add(size=3)
-    x.float_val.extend([1.5, -2.0, 0.0])
-    call = channel.unary_unary(
-        "/tensorflow.serving.PredictionService/Predict",
-        request_serializer=lambda message: message.SerializeToString(),
-        response_deserializer=GetMessageClass(predict.output_type).FromString,
-    )
-    reply = call(request, timeout=30)
-    # The reflected response type reads the same bytes as TF Serving's own.
-    again = predict_pb2.PredictResponse.FromString(reply.SerializeToString())
-    np.testing.assert_array_equal(outputs_of(again)["y"], np.float32([2.5, -1.0, 1.0]))
-
-
 def test_seed_unified_service_accepts_name_with_task_id(channel: grpc.Channel, built: Any) -> None:
     call = channel.unary_unary(
         SEED_PREDICT,
@@ -324,16 +262,6 @@ def test_get_model_metadata_reports_every_signature(predictor: Any) -> None:
     assert response.model_spec.version.value == 1
 
 
-def test_get_model_metadata_of_python_model(predictor: Any) -> None:
-    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-    request.model_spec.name = "pyadd"
-    signatures = get_model_metadata_pb2.SignatureDefMap()
-    predictor.GetModelMetadata(request, timeout=30).metadata["signature_def"].Unpack(signatures)
-    default = signatures.signature_def["serving_default"]
-    assert default.inputs["x"].dtype == tf.float32.as_datatype_enum
-    assert set(default.outputs) == {"y"}
-
-
 def test_get_model_status_lists_versions(channel: grpc.Channel) -> None:
     stub = model_service_pb2_grpc.ModelServiceStub(channel)
     request = get_model_status_pb2.GetModelStatusRequest()
@@ -347,13 +275,6 @@ def test_get_model_status_lists_versions(channel: grpc.Channel) -> None:
     assert [s.version for s in only] == [1]
     request.model_spec.name = "nope"
     assert rpc_error(stub.GetModelStatus, request).code() == grpc.StatusCode.NOT_FOUND
-
-
-def test_reload_config_needs_model_management(channel: grpc.Channel) -> None:
-    stub = model_service_pb2_grpc.ModelServiceStub(channel)
-    error = rpc_error(stub.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest())
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "management.enabled" in error.details()
 
 
 # -- bad input over gRPC ----------------------------------------------------------------------
@@ -503,12 +424,6 @@ def test_rest_classify_and_regress(server: ServerProcess, built: Any) -> None:
     assert status == 200, body
     expected = built.census.regress(tf.constant([example(3.0, 1.0).SerializeToString()]))
     np.testing.assert_allclose(body["results"], expected["outputs"].numpy(), rtol=1e-6)
-
-
-def test_rest_python_backend_model(server: ServerProcess) -> None:
-    status, body = http(server, "/v1/models/pyadd:predict", {"instances": [1.0, 2.5]})
-    assert status == 200, body
-    assert body["predictions"] == [2.0, 3.5]
 
 
 def test_rest_errors_look_like_tf_serving(server: ServerProcess) -> None:

@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from dl_inference.errors import InvalidInput, ResourceExhausted
+from dl_inference.errors import InvalidInput, PayloadTooLarge
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH = struct.Struct("<I")
@@ -102,7 +102,7 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     except zlib.error as exc:
         raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
     if len(out) > limit:
-        raise ResourceExhausted(
+        raise PayloadTooLarge(
             f"the decompressed body exceeds the {limit}-byte message limit; send less data "
             "per request or raise server.grpc.max_message_mb"
         )

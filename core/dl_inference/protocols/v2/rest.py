@@ -9,13 +9,12 @@ takes, in order. Outputs are returned as binary when asked for (per output
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
-from dl_inference.errors import DlInferenceError, InvalidInput, ModelNotFound, ResourceExhausted
+from dl_inference.call_path import Call, CallPath, RuntimeView, json_error_body, read_body
+from dl_inference.errors import DlInferenceError, InvalidInput, ModelNotFound
 from dl_inference.json_body import read_json
 from dl_inference.protocols.v2.binary import HEADER_LENGTH, decompress, split_body
 from dl_inference.protocols.v2.codec import (
@@ -25,52 +24,29 @@ from dl_inference.protocols.v2.codec import (
     output_array,
     raw_to_array,
 )
-from dl_inference.runtime import Runtime
-from dl_inference.status import http_status, public_message
-from dl_inference.types import InferRequest, InferResponse, RequestContext
+from dl_inference.types import InferRequest, InferResponse
 
 PROTOCOL = "v2"
 # Responses shorter than this go out uncompressed even to clients that accept gzip.
 MIN_COMPRESSED_BYTES = 1024
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(exc: BaseException) -> web.Response:
-    """``{"error": message}`` with the status the error table gives."""
-    plugin = "" if isinstance(exc, DlInferenceError) else "dl_inference.protocols.v2"
-    status = http_status(exc)
-    # RFC 7235: a 401 names the scheme the client should use.
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return web.json_response({"error": public_message(exc, plugin)}, status=status, headers=headers)
-
-
-def _guarded(handler: Handler) -> Handler:
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException:
-            raise
-        except Exception as exc:
-            return error_response(exc)
-
-    return wrapper
 
 
 class V2Rest:
-    """Handlers of the V2 REST endpoints over a :class:`~dl_inference.Runtime`."""
+    """Handlers of the V2 REST endpoints, on the kernel's call path."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: RuntimeView) -> None:
         self.runtime = runtime
+        self.calls = CallPath(runtime, PROTOCOL, "dl_inference.protocols.v2")
 
-    async def live(self, request: web.Request) -> web.Response:
+    async def live(self, request: web.Request, call: Call) -> web.Response:
         live = self.runtime.live()
         return web.json_response({"live": live}, status=200 if live else 503)
 
-    async def ready(self, request: web.Request) -> web.Response:
+    async def ready(self, request: web.Request, call: Call) -> web.Response:
         ready = self.runtime.ready()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
-    async def server_metadata(self, request: web.Request) -> web.Response:
+    async def server_metadata(self, request: web.Request, call: Call) -> web.Response:
         return web.json_response(
             {
                 "name": self.runtime.server_name,
@@ -79,7 +55,7 @@ class V2Rest:
             }
         )
 
-    async def model_metadata(self, request: web.Request) -> web.Response:
+    async def model_metadata(self, request: web.Request, call: Call) -> web.Response:
         name, version = _model(request)
         meta = self.runtime.model_metadata(name, version)
         return web.json_response(
@@ -92,64 +68,37 @@ class V2Rest:
             }
         )
 
-    async def model_ready(self, request: web.Request) -> web.Response:
+    async def model_ready(self, request: web.Request, call: Call) -> web.Response:
         name, version = _model(request)
         if not self.runtime.model_ready(name, version):
             # Tell an unknown model (404, with the list of models) from one not ready (503).
             try:
                 self.runtime.model_metadata(name, version)
-            except ModelNotFound as exc:
-                return error_response(exc)
+            except ModelNotFound:
+                raise
             except DlInferenceError:
                 pass
             return web.json_response({"name": name, "ready": False}, status=503)
         return web.json_response({"name": name, "ready": True})
 
-    async def infer(self, request: web.Request) -> web.Response:
+    async def infer(self, request: web.Request, call: Call) -> web.Response:
         name, version = _model(request)
-        ctx = RequestContext(
-            protocol=PROTOCOL,
-            method="POST /v2/models/{name}/infer",
-            metadata={key.lower(): value for key, value in request.headers.items()},
-            peer=request.remote or "",
-        )
-        try:
-            infer_request, binary_outputs = await self._decode(request, name, version)
-        except web.HTTPException as exc:  # 413 for a body over max_message_mb
-            self.runtime.report_failure(ctx, ResourceExhausted(exc.text or exc.reason), name)
-            raise
-        except Exception as exc:
-            self.runtime.report_failure(ctx, exc, name)
-            reply = error_response(exc)
-            reply.headers["x-request-id"] = ctx.request_id
-            return reply
-        try:
-            response = await self.runtime.infer(infer_request, ctx)
-        except Exception as exc:
-            reply = error_response(exc)
-            reply.headers["x-request-id"] = ctx.request_id
-            return reply
+        call.ctx.request = InferRequest(model_name=name, model_version=version, inputs={})
+        body = await read_body(request, call)
+        with call.parsing("the request body"):
+            body = decompress(
+                body, request.headers.get("Content-Encoding"), self.runtime.max_message_bytes
+            )
+            infer_request, binary_outputs = decode_rest_request(
+                name, version, body, request.headers.get(HEADER_LENGTH)
+            )
+        response = await self.runtime.infer(infer_request, call.ctx)
         reply = encode_rest_response(response, binary_outputs)
-        reply.headers["x-request-id"] = ctx.request_id
         if request.headers.get("Accept-Encoding") and len(reply.body) >= MIN_COMPRESSED_BYTES:
             # For clients that ask (aiohttp and requests always do): a small body costs
             # more to deflate and inflate than it saves.
             reply.enable_compression()
         return reply
-
-    async def _decode(
-        self, request: web.Request, name: str, version: str
-    ) -> tuple[InferRequest, Any]:
-        try:
-            body = await request.read()
-        except (web.RequestPayloadError, HttpProcessingError) as exc:
-            # aiohttp decompresses Content-Encoding bodies itself and fails here on bad data.
-            reason = " ".join(str(exc).split())
-            raise InvalidInput(f"the request body could not be read: {reason}") from None
-        body = decompress(
-            body, request.headers.get("Content-Encoding"), self.runtime.max_message_bytes
-        )
-        return decode_rest_request(name, version, body, request.headers.get(HEADER_LENGTH))
 
 
 def _model(request: web.Request) -> tuple[str, str]:
@@ -288,20 +237,27 @@ def encode_rest_response(response: InferResponse, binary: _BinaryChoice) -> web.
     )
 
 
-def http_routes(runtime: Runtime) -> list[web.RouteDef]:
+def http_routes(runtime: RuntimeView) -> list[web.RouteDef]:
     """Route definitions for every V2 REST endpoint."""
     api = V2Rest(runtime)
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
+
+    def on_path(label: str, handler: Any) -> Any:
+        return api.calls.http_handler(label, handler, json_error_body)
+
+    infer = on_path("POST /v2/models/{name}/infer", api.infer)
+    metadata = on_path("GET /v2/models/{name}", api.model_metadata)
+    ready = on_path("GET /v2/models/{name}/ready", api.model_ready)
     return [
         # The hot path first: aiohttp tries a prefix's routes in this order.
-        web.post(f"{model}/infer", _guarded(api.infer)),
-        web.post(f"{versioned}/infer", _guarded(api.infer)),
-        web.get("/v2/health/live", _guarded(api.live)),
-        web.get("/v2/health/ready", _guarded(api.ready)),
-        web.get("/v2", _guarded(api.server_metadata)),
-        web.get(model, _guarded(api.model_metadata)),
-        web.get(versioned, _guarded(api.model_metadata)),
-        web.get(f"{model}/ready", _guarded(api.model_ready)),
-        web.get(f"{versioned}/ready", _guarded(api.model_ready)),
+        web.post(f"{model}/infer", infer),
+        web.post(f"{versioned}/infer", infer),
+        web.get("/v2/health/live", on_path("GET /v2/health/live", api.live)),
+        web.get("/v2/health/ready", on_path("GET /v2/health/ready", api.ready)),
+        web.get("/v2", on_path("GET /v2", api.server_metadata)),
+        web.get(model, metadata),
+        web.get(versioned, metadata),
+        web.get(f"{model}/ready", ready),
+        web.get(f"{versioned}/ready", ready),
     ]

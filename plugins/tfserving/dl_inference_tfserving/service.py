@@ -1,8 +1,10 @@
 """TF Serving semantics over the kernel's Runtime, shared by the gRPC and REST front ends.
 
-Every model is reachable: a TensorFlow model answers with its real SignatureDefs; any other
-backend is described by one ``serving_default`` predict signature built from the kernel's
-metadata, and its inputs are keyed by the model's input names.
+Every model is reachable: a model whose backend has SignatureDefs (a
+:class:`~dl_inference_tfserving.signatures.SignatureBackend`, such as the tensorflow
+backend's) answers with them; any other backend is described by one ``serving_default``
+predict signature built from the kernel's metadata, and its inputs are keyed by the
+model's input names.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ from dl_inference import (
     Runtime,
     TensorSpec,
 )
-from dl_inference_tensorflow import codec
-from dl_inference_tensorflow._proto import tfs_pb2
-from dl_inference_tensorflow.backend import (
+from dl_inference_tfserving import codec
+from dl_inference_tfserving._proto import tfs_pb2
+from dl_inference_tfserving.signatures import (
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
     REGRESS_METHOD,
-    TensorFlowBackend,
+    SignatureBackend,
     signature_scope,
 )
 
@@ -57,7 +59,7 @@ class Target:
     model: Any  # the kernel's ModelVersion
     signature_name: str
     signature: tfs_pb2.SignatureDef
-    is_tensorflow: bool
+    has_signatures: bool  # the backend is a SignatureBackend
 
     def model_spec(self, spec: tfs_pb2.ModelSpec) -> None:
         spec.name = self.name
@@ -66,8 +68,8 @@ class Target:
         spec.signature_name = self.signature_name
 
     def parameters(self) -> dict[str, Any]:
-        # Only TF models understand signatures; other backends get no surprise parameter.
-        return {"signature_name": self.signature_name} if self.is_tensorflow else {}
+        # Only SignatureBackends understand signatures; others get no surprise parameter.
+        return {"signature_name": self.signature_name} if self.has_signatures else {}
 
 
 def requested_version(spec: tfs_pb2.ModelSpec) -> str:
@@ -78,10 +80,10 @@ def requested_version(spec: tfs_pb2.ModelSpec) -> str:
 
 
 def signature_map(model: Any) -> tfs_pb2.SignatureDefMap:
-    """The SignatureDefs of a loaded model version (synthesised for non-TF backends)."""
+    """The SignatureDefs of a loaded model version (synthesised for other backends)."""
     backend = model.backend
-    if isinstance(backend, TensorFlowBackend):
-        return backend.signature_defs
+    if isinstance(backend, SignatureBackend):
+        return backend.signature_def_map()
     result = tfs_pb2.SignatureDefMap()
     signature = result.signature_def[DEFAULT_SIGNATURE]
     signature.method_name = PREDICT_METHOD
@@ -123,16 +125,18 @@ class TFServing:
         name = self.served_name(spec.name, task_suffix=task_suffix)
         model = self.runtime.resolve_model(name, requested_version(spec))
         signatures = signature_map(model)
-        is_tf = isinstance(model.backend, TensorFlowBackend)
+        backend = model.backend
+        has_signatures = isinstance(backend, SignatureBackend)
         wanted = spec.signature_name or default_signature
         if not wanted:
-            wanted = model.backend.settings.signature if is_tf else DEFAULT_SIGNATURE
+            wanted = backend.default_signature() if has_signatures else DEFAULT_SIGNATURE
         if wanted not in signatures.signature_def:
             raise InvalidInput(
                 f"model {name!r} version {model.version} has no signature {wanted!r}; its "
                 f"signatures are: {', '.join(sorted(signatures.signature_def))}"
             )
-        return Target(name, model.version, model, wanted, signatures.signature_def[wanted], is_tf)
+        signature = signatures.signature_def[wanted]
+        return Target(name, model.version, model, wanted, signature, has_signatures)
 
     # -- Predict ---------------------------------------------------------------------------
 
@@ -176,7 +180,7 @@ class TFServing:
             id=ctx.request_id,
         )
         # The kernel validates against inputs()/outputs(): make them the addressed signature's.
-        with signature_scope(target.signature_name if target.is_tensorflow else None):
+        with signature_scope(target.signature_name if target.has_signatures else None):
             return await self.runtime.infer(request, ctx)
 
     # -- Classify / Regress / MultiInference -----------------------------------------------

@@ -8,9 +8,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import inference_pb2, predict_pb2
 
 from dl_inference import InvalidInput
-from dl_inference_tensorflow import codec
-from dl_inference_tensorflow._proto import tfs_pb2
-from dl_inference_tensorflow.protocol import TFServingProtocol
+from dl_inference_tfserving import codec
+from dl_inference_tfserving._proto import tfs_pb2
+from dl_inference_tfserving.protocol import TFServingProtocol
 
 ARRAYS = [
     np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5,

@@ -1,6 +1,6 @@
 """Descriptors for gRPC server reflection under TF Serving's own names.
 
-Our copy of the TF Serving messages lives in the package ``dl_inference_tensorflow.tfs``
+Our copy of the TF Serving messages lives in the package ``dl_inference_tfserving.tfs``
 and declares no services (the servicer binds generic handlers). Reflection clients
 (grpcurl, Postman, ``grpc_reflection``'s descriptor database) need what TF Serving
 publishes: the framework messages in package ``tensorflow``, the API messages and the
@@ -13,7 +13,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 
 from dl_inference import rename_proto_types
-from dl_inference_tensorflow._proto import tfs_pb2
+from dl_inference_tfserving._proto import tfs_pb2
 
 # Messages and enums TF keeps in tensorflow/core (package ``tensorflow``).
 FRAMEWORK = frozenset(

@@ -66,12 +66,12 @@ class TFServingProtocol(Protocol):
     grpc_services = (PREDICTION_SERVICE, MODEL_SERVICE, SEED_SERVICE)
 
     def grpc_handlers(self, runtime: Runtime) -> Sequence[grpc.GenericRpcHandler]:
-        from dl_inference_tensorflow.grpc_api import grpc_handlers
+        from dl_inference_tfserving.grpc_api import grpc_handlers
 
         return grpc_handlers(runtime)
 
     def http_routes(self, runtime: Runtime) -> Sequence[web.RouteDef]:
-        from dl_inference_tensorflow.rest import http_routes
+        from dl_inference_tfserving.rest import http_routes
 
         return http_routes(runtime)
 
@@ -80,7 +80,7 @@ class TFServingProtocol(Protocol):
 
     def reflection_files(self) -> Sequence[FileDescriptorProto]:
         """PredictionService and ModelService under TF Serving's package names."""
-        from dl_inference_tensorflow.reflection import reflection_files
+        from dl_inference_tfserving.reflection import reflection_files
 
         return reflection_files()
 

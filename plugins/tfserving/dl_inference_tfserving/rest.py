@@ -27,11 +27,11 @@ from dl_inference import (
     public_message,
     to_numpy_dtype,
 )
-from dl_inference_tensorflow import codec
-from dl_inference_tensorflow._proto import tfs_pb2
-from dl_inference_tensorflow.service import PROTOCOL, Target, TFServing
+from dl_inference_tfserving import codec
+from dl_inference_tfserving._proto import tfs_pb2
+from dl_inference_tfserving.service import PROTOCOL, Target, TFServing
 
-PLUGIN = "dl_inference_tensorflow"
+PLUGIN = "dl_inference_tfserving"
 
 _PATH = re.compile(
     r"^(?P<name>[^/:]+)"

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from dl_inference import InvalidInput
-from dl_inference_tensorflow._proto import tfs_pb2
+from dl_inference_tfserving._proto import tfs_pb2
 
 DT = tfs_pb2.DataType
 

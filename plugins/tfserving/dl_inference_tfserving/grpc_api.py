@@ -13,13 +13,11 @@ from typing import Any
 import grpc
 
 from dl_inference import DlInferenceError, RequestContext, Runtime, grpc_code, public_message
-from dl_inference_tensorflow._proto import tfs_pb2
-from dl_inference_tensorflow.service import PROTOCOL, TFServing, serialized_examples
+from dl_inference_tfserving._proto import tfs_pb2
+from dl_inference_tfserving.protocol import MODEL_SERVICE, PREDICTION_SERVICE, SEED_SERVICE
+from dl_inference_tfserving.service import PROTOCOL, TFServing, serialized_examples
 
-PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
-MODEL_SERVICE = "tensorflow.serving.ModelService"
-SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
-PLUGIN = "dl_inference_tensorflow"
+PLUGIN = "dl_inference_tfserving"
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
