@@ -351,6 +351,7 @@ PUBLIC_SURFACE = [
     "rename_proto_types",
     "to_numpy_dtype",
     "utf8_bytes",
+    "wire",
 ]
 
 # name -> (signature, firstresult). Changing a hook is a contract change: bump

@@ -4,6 +4,8 @@ Everything a plugin may use is re-exported here and listed in ``__all__``; every
 module is private and may change without notice.
 """
 
+# A module, not names: routing-key readers call ``wire.iter_fields`` etc. by that prefix.
+from dl_inference import wire
 from dl_inference.backend import Backend, BackendSettings
 from dl_inference.balancer import Balancer, NodeView, Outcome
 from dl_inference.call_path import Call, CallPath, RuntimeView, json_error_body, read_body
@@ -121,4 +123,5 @@ __all__ = [
     "rename_proto_types",
     "to_numpy_dtype",
     "utf8_bytes",
+    "wire",
 ]

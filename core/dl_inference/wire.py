@@ -4,11 +4,30 @@ The gateway must learn a request's model name from its serialized bytes without 
 (and copying) megabytes of tensor data, and without knowing the message type's generated
 class. Length-delimited fields are skipped by jumping over them, so the cost depends on
 the number of top-level fields, not on the payload size.
+
+Public (``dl_inference.wire``, listed in ``dl_inference.__all__``): protocol plugins read
+their routing keys (:meth:`dl_inference.Protocol.routing_keys`) with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+
+__all__ = [
+    "END_GROUP",
+    "FIXED32",
+    "FIXED64",
+    "LEN",
+    "START_GROUP",
+    "VARINT",
+    "WireError",
+    "encode_varint",
+    "iter_fields",
+    "len_field_header",
+    "read_string_field",
+    "read_varint",
+    "split_len_field",
+]
 
 VARINT, FIXED64, LEN, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
