@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# dl-inference gateway: the kernel and the balancers plugin only (no torch, no TensorFlow).
+# dl-inference gateway: the kernel, the balancers plugin and the framework-free protocol
+# plugins whose routing readers it needs (seldon); no torch, no TensorFlow.
 # It forwards request bytes by model name and never decodes tensors, so it stays small.
 #
 #   docker build -f deploy/docker/gateway.Dockerfile -t dl-inference/gateway:0.1.0 .
@@ -17,7 +18,9 @@ COPY requirements/constraints.txt /src/requirements/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY core /src/core
 COPY plugins/balancers /src/plugins/balancers
+COPY plugins/seldon /src/plugins/seldon
 RUN pip install -c /src/requirements/constraints.txt /src /src/plugins/balancers \
+        /src/plugins/seldon \
     && pip check
 
 FROM ${PYTHON_IMAGE}

@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# dl-inference worker for CPU nodes: the kernel + the pytorch and tensorflow plugins.
+# dl-inference worker for CPU nodes: the kernel + the pytorch and tensorflow plugins, and
+# the protocol plugins they depend on (seldon for pytorch, tfserving for tensorflow).
 #
 #   docker build -f deploy/docker/worker-cpu.Dockerfile -t dl-inference/worker-cpu:0.1.0 .
 #   docker run --rm -p 8500:8500 -p 8501:8501 dl-inference/worker-cpu:0.1.0        # demo models
@@ -7,7 +8,9 @@
 #       --model-repository /models
 #
 # Build from the repository root: the context must hold pyproject.toml, core/ and plugins/.
-# Pick other in-repo plugins with --build-arg PLUGINS="pytorch tensorflow balancers".
+# Pick other in-repo plugins with --build-arg PLUGINS="seldon pytorch balancers"; list the
+# in-repo plugins a chosen one depends on too (pytorch needs seldon, tensorflow needs
+# tfserving): they are not on PyPI.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
@@ -25,7 +28,7 @@ COPY requirements/constraints.txt /src/requirements/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY core /src/core
 COPY plugins /src/plugins
-ARG PLUGINS="pytorch tensorflow"
+ARG PLUGINS="seldon tfserving pytorch tensorflow"
 # Non-editable installs: the runtime stage copies /opt/venv only, not the sources.
 # Word splitting of $targets is wanted: one argument per package folder.
 # hadolint ignore=SC2086

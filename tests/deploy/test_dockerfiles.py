@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,27 @@ def test_default_plugins_exist(name: str) -> None:
         assert (ROOT / "plugins" / plugin / "pyproject.toml").is_file(), plugin
 
 
+def in_repo_dependencies(plugin: str) -> set[str]:
+    """The in-repo plugins (folder names) that ``plugins/<plugin>`` depends on."""
+    folders = {
+        tomllib.loads(path.read_text())["project"]["name"]: path.parent.name
+        for path in (ROOT / "plugins").glob("*/pyproject.toml")
+    }
+    project = tomllib.loads((ROOT / "plugins" / plugin / "pyproject.toml").read_text())
+    dependencies = project["project"]["dependencies"]
+    names = {re.split(r"[\s<>=!~;\[]", dep, maxsplit=1)[0] for dep in dependencies}
+    return {folders[name] for name in names if name in folders}
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_default_plugins_bring_the_in_repo_plugins_they_depend_on(name: str) -> None:
+    # They are not on PyPI: the image's one pip command must get them from /src/plugins.
+    plugins = set(arg_default(name, "PLUGINS").split())
+    for plugin in plugins:
+        missing = in_repo_dependencies(plugin) - plugins
+        assert not missing, f"{name}: PLUGINS has {plugin} but not {sorted(missing)}"
+
+
 # -- gateway -------------------------------------------------------------------------------
 
 
@@ -252,6 +274,10 @@ def test_gateway_image_has_no_framework() -> None:
                       "plugins/tensorflow"):
         assert framework not in body
     assert "/src/plugins/balancers" in body
+    # The gateway routes Seldon calls with the seldon plugin's readers (it needs no framework).
+    assert "/src/plugins/seldon" in body
+    for plugin in ("balancers", "seldon"):
+        assert not in_repo_dependencies(plugin) - {"balancers", "seldon"}
     cmd = [i["value"] for i in final_stage("gateway") if i["instruction"] == "CMD"]
     assert [json.loads(c) for c in cmd] == [["-c", "/etc/dl-inference/config.yaml"]]
 
@@ -297,7 +323,7 @@ def test_build_context_builds_the_kernel_with_generated_protos_and_demo(
 def test_build_context_builds_every_installed_plugin(
     context_wheels: dict[str, zipfile.ZipFile],
 ) -> None:
-    for plugin in ("pytorch", "tensorflow", "balancers"):
+    for plugin in ("pytorch", "seldon", "tensorflow", "balancers"):
         wheel = context_wheels[f"dl_inference_{plugin}"]
         entry_points = next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))
         assert "[dl_inference]" in wheel.read(entry_points).decode()
