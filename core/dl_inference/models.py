@@ -27,10 +27,9 @@ from dl_inference.errors import (
     ModelNotReady,
 )
 from dl_inference.plugins import PluginHost
-from dl_inference.processor import Processor
+from dl_inference.processor import Processor, ProcessorAdapter, predict_call
 from dl_inference.repository import ModelSource
 from dl_inference.types import ModelMetadata, TensorSpec
-from dl_inference.user_code import accepts_var_keyword
 
 log = structlog.get_logger("dl_inference.models")
 
@@ -56,11 +55,13 @@ class ModelVersion:
     # observer(model, version, rows, queue_s, compute_s), called per executed batch
     observer: Callable[[str, str, int, float, float], None] | None = None
     signature: tuple[float, int] = (0.0, 0)
+    # The model's processor.py and the backend's adapter that runs it (set by the load).
     processor: Processor | None = None
+    adapter: ProcessorAdapter | None = None
 
     def __post_init__(self) -> None:
         config = self.backend.config
-        self._pass_parameters = accepts_var_keyword(self.backend.predict)
+        self._predict = predict_call(self.backend)
         self.batching = config.max_batch_size > 0 and config.dynamic_batching
         # Every model runs in its scheduler's threads, off the event loop; only batching
         # models merge requests.
@@ -79,15 +80,11 @@ class ModelVersion:
         return self.state is ModelState.READY
 
     def inputs(self) -> list[TensorSpec] | None:
-        """What requests carry: the backend's inputs, or config.yaml's when a processor's
-        preprocess() turns request data into model inputs."""
-        if self.processor is not None and "preprocess" in self.processor.hooks:
-            return Backend.inputs(self.backend)
+        """What requests carry (see :meth:`Backend.inputs`)."""
         return self.backend.inputs()
 
     def outputs(self) -> list[TensorSpec] | None:
-        if self.processor is not None and "postprocess" in self.processor.hooks:
-            return Backend.outputs(self.backend)
+        """What responses carry (see :meth:`Backend.outputs`)."""
         return self.backend.outputs()
 
     async def predict(
@@ -120,25 +117,13 @@ class ModelVersion:
             self.observer(self.name, self.version, rows, started - queued_at, finished - started)
         return outputs
 
-    def _call_backend(
-        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
-    ) -> dict[str, np.ndarray]:
-        if self._pass_parameters:
-            return self.backend.predict(inputs, **parameters)
-        return self.backend.predict(inputs)
-
     def _predict_sync(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
     ) -> dict[str, np.ndarray]:
         try:
-            if self.processor is not None:
-                return self.processor.run(
-                    self.backend,
-                    lambda data: self._call_backend(data, parameters),
-                    inputs,
-                    parameters,
-                )
-            return self._call_backend(inputs, parameters)
+            if self.processor is not None and self.adapter is not None:
+                return self.adapter.run(inputs, parameters, self.processor)
+            return self._predict((inputs,), parameters)
         except DlInferenceError:
             raise
         except Exception as exc:
@@ -195,11 +180,14 @@ class ModelRegistry:
 
     async def _load(self, model: ModelVersion, strict: bool) -> None:
         try:
-            if not type(model.backend).handles_processor:
-                model.processor = await asyncio.to_thread(Processor.find, model.backend)
-                if model.processor is not None:
-                    model.backend.processor_hooks = frozenset(model.processor.hooks)
+            # Found before load(): with hooks, config.yaml's tensors may describe requests
+            # rather than the model, and the backend must know that while it loads.
+            model.processor = await asyncio.to_thread(Processor.find, model.backend)
+            if model.processor is not None:
+                model.backend.processor_hooks = frozenset(model.processor.hooks)
             await asyncio.to_thread(model.backend.load)
+            if model.processor is not None:
+                model.adapter = model.backend.processor_adapter()
         except Exception as exc:
             model.state = ModelState.UNAVAILABLE
             model.reason = f"failed to load: {describe_exception(exc)}"

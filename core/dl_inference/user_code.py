@@ -10,13 +10,13 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from dl_inference.errors import BackendError
+from dl_inference.errors import BackendError, InvalidInput
 
 # sys.modules is process-wide and models load in parallel threads: the window in which a
 # model's helpers shadow same-named modules of another model is one model at a time.
@@ -128,3 +128,68 @@ def accepts_var_keyword(function: Any, default: bool = True) -> bool:
     except (TypeError, ValueError):
         return default
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+class ParameterCall:
+    """Calls one function with fixed positional arguments and a request's parameters.
+
+    The parameters are passed as keyword arguments when ``function`` takes ``**kwargs``
+    (``takes_kwargs`` answers for signatures that cannot be read), else dropped. A
+    parameter named like an argument the call fills positionally (``inputs``, ``self``,
+    ``x``, ``model``) would make Python raise TypeError, a server error for a name the
+    client chose: such a parameter is refused with InvalidInput naming it instead.
+    Functions whose core arguments are positional-only (``def predict(self, inputs, /,
+    **parameters)``) take every name. The signature is read once, here, not per call.
+    """
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        positional: int,
+        what: str,
+        *,
+        takes_kwargs: bool = True,
+    ) -> None:
+        self.function = function
+        self.what = what
+        self.passes = accepts_var_keyword(function, default=takes_kwargs)
+        self.reserved, self._hint = _reserved_names(function, positional)
+
+    def __call__(self, args: tuple[Any, ...], parameters: dict[str, Any]) -> Any:
+        if not self.passes or not parameters:
+            return self.function(*args)
+        clash = self.reserved.intersection(parameters) if self.reserved else ()
+        if clash:
+            name = sorted(clash)[0]
+            raise InvalidInput(
+                f"request parameter {name!r} has the name of an argument of {self.what}, "
+                "so it cannot be passed on; send it under another name (or the model's "
+                f"author can accept it by making that argument positional-only: {self._hint})"
+            )
+        return self.function(*args, **parameters)
+
+
+def _reserved_names(function: Any, positional: int) -> tuple[frozenset[str], str]:
+    """Names that ``positional`` arguments bind by position and a keyword may not repeat
+    (``self`` of a bound method included), and the signature made positional-only."""
+    target, bound = function, 0
+    if inspect.ismethod(target):
+        target, bound = target.__func__, 1
+    elif not inspect.isfunction(target) and not inspect.isclass(target):
+        call = inspect.getattr_static(type(target), "__call__", None)
+        if inspect.isfunction(call):
+            target, bound = call, 1  # a callable object: its class's __call__ takes self
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return frozenset(), ""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ordered = [p for p in signature.parameters.values() if p.kind in kinds]
+    taken = ordered[: positional + bound]
+    reserved = frozenset(p.name for p in taken if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    plain = inspect.Parameter.empty
+    rest = [
+        str(p.replace(annotation=plain)) for p in signature.parameters.values() if p not in taken
+    ]
+    names = ", ".join([p.name for p in taken] + ["/"] + rest)
+    return reserved, f"def {getattr(target, '__name__', 'function')}({names})"

@@ -11,7 +11,7 @@ import numpy as np
 from dl_inference.backend import Backend
 from dl_inference.errors import BackendError
 from dl_inference.python_model import PythonModel
-from dl_inference.user_code import accepts_var_keyword, import_user_file, private_module_name
+from dl_inference.user_code import ParameterCall, import_user_file, private_module_name
 
 
 class PythonBackend(Backend):
@@ -19,7 +19,6 @@ class PythonBackend(Backend):
 
     name = "python"
     model_files = ("model.py",)
-    handles_processor = True  # model.py is the user's code already
 
     def load(self) -> None:
         model_cls = _find_model_class(self.path / "model.py", self.model_name, self.version)
@@ -29,14 +28,10 @@ class PythonBackend(Backend):
         self.model.path = self.path
         self.model.config = self.config.model_dump() | self.settings.model_dump()
         self.model.load()
-        self._pass_parameters = accepts_var_keyword(self.model.predict)
+        self._predict = ParameterCall(self.model.predict, 1, "model.py predict()")
 
-    def predict(self, inputs: dict[str, np.ndarray], **parameters: Any) -> dict[str, np.ndarray]:
-        result = (
-            self.model.predict(inputs, **parameters)
-            if self._pass_parameters
-            else self.model.predict(inputs)
-        )
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
+        result = self._predict((inputs,), parameters)
         if not isinstance(result, dict):
             raise BackendError(
                 f"{self.model_name}: predict() returned {type(result).__name__}; "

@@ -68,7 +68,7 @@ from dl_inference.repository import scan_repository
 from dl_inference.runtime import Runtime
 from dl_inference.types import InferRequest, InferResponse, RequestContext, TensorSpec
 
-__all__ = ["BackendConformance", "ConformanceEnv", "ModelSpec"]
+__all__ = ["BackendConformance", "ConformanceEnv", "ModelSpec", "load_repository"]
 
 T = TypeVar("T")
 
@@ -210,8 +210,14 @@ class ConformanceEnv:
         return self.run(self.runtime.infer(request, ctx))
 
 
-def load_repository(root: Path, host: PluginHost) -> ConformanceEnv:
-    """Scan ``root``, choose backends, load every model (failures stay UNAVAILABLE)."""
+def load_repository(root: Path, host: PluginHost | None = None) -> ConformanceEnv:
+    """Scan ``root``, choose backends, load every model (failures stay UNAVAILABLE).
+
+    ``host``: the installed plugins, as the server loads them, when not given. The
+    models then answer :meth:`ConformanceEnv.infer` as a server would after decoding,
+    processor.py hooks included; call :meth:`ConformanceEnv.close` when done.
+    """
+    host = host if host is not None else PluginHost().load()
     loop = asyncio.Runner()
     models = ModelRegistry(host)
     models.prepare(scan_repository(root))

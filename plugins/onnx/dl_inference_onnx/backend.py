@@ -160,11 +160,8 @@ class OnnxBackend(Backend):
         if self.config.max_batch_size > 0:
             _require_batch_axis(self.file, graph_in, graph_out, self.config.max_batch_size)
         batched = self.config.max_batch_size > 0
-        # With processor.py hooks, config.yaml describes requests, not the graph.
-        declared_in = None if "preprocess" in self.processor_hooks else self.config.inputs
-        declared_out = None if "postprocess" in self.processor_hooks else self.config.outputs
-        self._inputs = _merge(self.file, "input", graph_in, declared_in, batched)
-        self._outputs = _merge(self.file, "output", graph_out, declared_out, batched)
+        self._inputs = _merge(self.file, "input", graph_in, self.declared_inputs(), batched)
+        self._outputs = _merge(self.file, "output", graph_out, self.declared_outputs(), batched)
         self._input_types = {spec.name: spec.datatype for spec in self._inputs}
         self._output_names = [spec.name for spec in self._outputs]
         log.info(
@@ -258,13 +255,13 @@ class OnnxBackend(Backend):
     def platform(self) -> str:
         return "onnxruntime_onnx"
 
-    def inputs(self) -> list[TensorSpec] | None:
-        return getattr(self, "_inputs", None) or super().inputs()
+    def model_inputs(self) -> list[TensorSpec] | None:
+        return getattr(self, "_inputs", None) or super().model_inputs()
 
-    def outputs(self) -> list[TensorSpec] | None:
-        return getattr(self, "_outputs", None) or super().outputs()
+    def model_outputs(self) -> list[TensorSpec] | None:
+        return getattr(self, "_outputs", None) or super().model_outputs()
 
-    def predict(self, inputs: dict[str, np.ndarray], **parameters: Any) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
         session = getattr(self, "_session", None)
         if session is None:
             raise BackendError(f"model {self.model_name!r} version {self.version} is not loaded")

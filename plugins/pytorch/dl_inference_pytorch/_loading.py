@@ -6,9 +6,7 @@ and the convert command import this module, so listing plugins never pays for to
 
 from __future__ import annotations
 
-import re
 import threading
-import types
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dl_inference import BackendError, ConfigError, import_user_file, isolated_imports
+from dl_inference import BackendError, ConfigError, isolated_imports
 
 # Formats by preference: a converted, trust-free file wins over the pickle it came from.
 SUFFIX_KIND = {".pt2": "export", ".pt": "torchscript", ".pth": "pickle"}
@@ -149,9 +147,3 @@ def _load(found: ModelFile, device: torch.device, *, trust_pickle: bool, folder:
             "(torch.save(model)), or a TorchScript / torch.export file"
         )
     return loaded
-
-
-def import_processor(path: Path, model_name: str, version: str) -> types.ModuleType:
-    """Import ``processor.py`` under a private name, with its folder importable meanwhile."""
-    module_name = "dl_inference_processors." + re.sub(r"\W", "_", f"{model_name}_v{version}")
-    return import_user_file(path, module_name)

@@ -1,41 +1,32 @@
 """The ``pytorch`` backend: whole-module pickles (trusted only), TorchScript, torch.export.
 
-A version folder holds one model file (``model.pt2``, ``model.pt`` or ``model.pth``) and,
-optionally, ``processor.py`` with the seed's hooks::
+A version folder holds one model file (``model.pt2``, ``model.pt`` or ``model.pth``).
+A model's ``processor.py`` (the seed's ``preprocess`` / ``run_model`` / ``postprocess``) is
+the kernel's, with the rules every backend shares (:mod:`dl_inference.processor`); this
+backend's :class:`TorchAdapter` keeps the hooks in torch terms:
 
-    def preprocess(x, **kwargs): ...         # request data -> model input
-    def run_model(model, x, **kwargs): ...   # replaces model(x)
-    def postprocess(y, **kwargs): ...        # model output -> response data
+- data for the model (the request's arrays, or what ``preprocess`` returned: arrays,
+  tensors, dicts/tuples/lists of them) becomes tensors on the model's device; floating
+  inputs whose datatype config.yaml does not declare are cast to the model's ``dtype`` (so
+  Seldon's float64 reaches a float32 model as float32);
+- ``run_model(model, x)`` receives the module itself; without it the model is called as
+  ``model(x)`` (``model(*x)`` for a dict or tuple of inputs);
+- results (tensor, array, list, dict of them, tuple of them, bytes, str) become numpy
+  arrays named as the kernel names them: config.yaml's outputs, else ``output__0``, ...
+- the whole run (hooks included) happens under ``torch.inference_mode()`` (or
+  ``no_grad()``) with the model's ``threads``.
 
-``kwargs`` are the request's parameters (Seldon: ``meta.tags``). A hook that does not take
-``**kwargs`` is called without them. What the hooks receive:
-
-- one input: its numpy array, except a BYTES input holding one element (Seldon's
-  ``binData``/``strData``), which arrives as the ``bytes`` itself, as the seed passed it;
-- several inputs: a dict name -> array, in the order config.yaml declares them.
-
-Without ``preprocess``, numpy arrays become tensors on the model's device, and floating
-inputs whose datatype config.yaml does not declare are cast to the model's ``dtype`` (so
-Seldon's float64 reaches a float32 model as float32). Without ``run_model`` the model is
-called as ``model(x)`` (``model(*x)`` for several inputs). Without ``postprocess`` tensors
-become numpy arrays. Whatever comes out (tensor, array, list, dict of them, tuple of
-them, bytes, str) becomes named outputs: the names config.yaml declares, else
-``output__0``, ``output__1``, ... (a dict keeps its own names).
-
-Errors: an exception raised by ``preprocess`` that is a ``ValueError``, ``TypeError``,
-``KeyError``, ``IndexError`` or ``OSError`` (e.g. PIL's "cannot identify image file") is
-the client's bad input: :class:`dl_inference.InvalidInput`. Any other exception from user
-code is :class:`dl_inference.BackendError`. Both carry the user's message and the
-``file:line`` in the model's folder where it was raised. Hooks may also raise
-``dl_inference.InvalidInput`` themselves.
+BYTES data that reaches the model itself (no ``preprocess`` turned it into tensors) is
+the client's error: :class:`dl_inference.InvalidInput`.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import re
 import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,6 +39,7 @@ from dl_inference import (
     BackendSettings,
     DlInferenceError,
     InvalidInput,
+    ProcessorAdapter,
     TensorSpec,
     from_numpy_dtype,
 )
@@ -58,9 +50,6 @@ if TYPE_CHECKING:
     from dl_inference_pytorch._loading import ModelFile
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-# Exceptions from preprocess() that mean "this request's data is not what the model takes".
-CLIENT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)
-HOOKS = ("preprocess", "run_model", "postprocess")
 
 
 class PyTorchSettings(BackendSettings):
@@ -78,8 +67,6 @@ class PyTorchSettings(BackendSettings):
     """Allow a pickled whole module (``model.pth``): unpickling runs code from the file."""
     model_file: str | None = None
     """The file to serve when the folder holds several (default: the one .pt2/.pt/.pth)."""
-    processor: str = "processor.py"
-    """The optional hooks file beside the model."""
 
     @field_validator("device")
     @classmethod
@@ -90,12 +77,11 @@ class PyTorchSettings(BackendSettings):
 
 
 class PyTorchBackend(Backend):
-    """Serves one PyTorch model version, with the seed's optional ``processor.py`` hooks."""
+    """Serves one PyTorch model version; ``processor.py`` hooks see torch tensors."""
 
     name = "pytorch"
     Settings = PyTorchSettings
     model_files = ("*.pt2", "*.pt", "*.pth")
-    handles_processor = True  # hooks run on tensors, on the model's device
     settings: PyTorchSettings
 
     def load(self) -> None:
@@ -119,100 +105,35 @@ class PyTorchBackend(Backend):
         if self.dtype != torch.float32:
             model = model.to(self.dtype)
         self.model = model
-        self.hooks = self._load_hooks()
         self._local = threading.local()
-
-    def _load_hooks(self) -> dict[str, Any]:
-        from dl_inference_pytorch._loading import import_processor
-
-        path = self.path / self.settings.processor
-        if not path.is_file():
-            return {}
-        module = import_processor(path, self.model_name, self.version)
-        hooks = {
-            name: getattr(module, name) for name in HOOKS if callable(getattr(module, name, None))
-        }
-        if not hooks:
-            raise BackendError(
-                f"{path} defines none of {', '.join(HOOKS)}; define at least one or remove it"
-            )
-        return hooks
+        self._adapter = TorchAdapter(self)
 
     @property
     def platform(self) -> str:
         return "pytorch"
 
-    def inputs(self) -> list[TensorSpec] | None:
-        declared = super().inputs()
+    def model_inputs(self) -> list[TensorSpec] | None:
+        declared = super().model_inputs()
         inferred = getattr(self, "_inferred", None)
         return inferred[0] if declared is None and inferred is not None else declared
 
-    def outputs(self) -> list[TensorSpec] | None:
-        declared = super().outputs()
+    def model_outputs(self) -> list[TensorSpec] | None:
+        declared = super().model_outputs()
         inferred = getattr(self, "_inferred", None)
         return inferred[1] if declared is None and inferred is not None else declared
 
+    def processor_adapter(self) -> ProcessorAdapter:
+        return self._adapter
+
     # -- prediction ------------------------------------------------------------------------
 
-    def predict(self, inputs: dict[str, np.ndarray], **parameters: Any) -> dict[str, np.ndarray]:
-        torch = self._torch
-        if self.settings.threads and getattr(self._local, "threads", None) != self.settings.threads:
-            # With OpenMP the thread count is per calling thread, so set it in each worker.
-            torch.set_num_threads(self.settings.threads)
-            self._local.threads = self.settings.threads
-        x = self._model_input(inputs)
-        mode = torch.inference_mode() if self.settings.inference_mode else torch.no_grad()
-        with mode:
-            if "preprocess" in self.hooks:
-                x = self._call("preprocess", x, parameters)
-            elif _holds_bytes(x):
-                raise InvalidInput(
-                    f"model {self.model_name!r} received BYTES data but has no preprocess() "
-                    f"in {self.settings.processor} to turn it into tensors; send numbers, or "
-                    "add a processor that decodes the bytes"
-                )
-            x = self._to_torch(x, cast=self._cast_floats())
-            if "run_model" in self.hooks:
-                y = self._call("run_model", x, parameters, model=self.model)
-            else:
-                y = self._run_module(x)
-            if "postprocess" in self.hooks:
-                y = self._call("postprocess", y, parameters)
-            return self._outputs(y)
-
-    def _model_input(self, inputs: dict[str, np.ndarray]) -> Any:
-        if len(inputs) == 1:
-            array = next(iter(inputs.values()))
-            if array.dtype == np.object_ and array.size == 1 and array.ndim <= 1:
-                return array.reshape(-1)[0]
-            return array
-        declared = [spec.name for spec in self.inputs() or []]
-        order = [n for n in declared if n in inputs] + [n for n in inputs if n not in declared]
-        return {name: inputs[name] for name in order}
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
+        # The kernel's request path with no hooks: one path with and without processor.py.
+        return self._adapter.run(inputs, parameters)
 
     def _cast_floats(self) -> bool:
-        # A declared datatype is a contract with the client; only guessed ones are converted.
-        return self.config.inputs is None and self._inferred is None
-
-    def _call(self, hook: str, x: Any, parameters: dict[str, Any], model: Any = None) -> Any:
-        function = self.hooks[hook]
-        args = (x,) if model is None else (model, x)
-        try:
-            if _takes_kwargs(function):
-                return function(*args, **parameters)
-            return function(*args)
-        except DlInferenceError:
-            raise
-        except Exception as exc:
-            where = self._where(exc)
-            if hook == "preprocess" and isinstance(exc, CLIENT_ERRORS):
-                raise InvalidInput(
-                    f"model {self.model_name!r} could not use the request's data: "
-                    f"{self.settings.processor} preprocess() raised {where}"
-                ) from exc
-            raise BackendError(
-                f"model {self.model_name!r}: {self.settings.processor} {hook}() raised {where}"
-            ) from exc
+        # A declared datatype is a contract; only guessed ones are converted.
+        return self.declared_inputs() is None and self._inferred is None
 
     def _run_module(self, x: Any) -> Any:
         try:
@@ -257,56 +178,19 @@ class PyTorchBackend(Backend):
             return type(x)(self._to_torch(v, cast=cast) for v in x)
         return x
 
-    def _outputs(self, y: Any) -> dict[str, np.ndarray]:
-        torch = self._torch
-        if isinstance(y, dict):
-            named = {str(k): v for k, v in y.items()}
-        else:
-            if isinstance(y, tuple) or (
-                isinstance(y, list) and y and all(isinstance(v, torch.Tensor) for v in y)
-            ):
-                values = list(y)
-            else:
-                values = [y]
-            names = [spec.name for spec in self.outputs() or []]
-            if names and len(names) != len(values):
-                raise BackendError(
-                    f"model {self.model_name!r} returned {len(values)} output(s), but its "
-                    f"config.yaml declares {len(names)} ({', '.join(names)})"
-                )
-            names = names or [f"output__{i}" for i in range(len(values))]
-            named = dict(zip(names, values, strict=True))
-        return {name: self._to_numpy(name, value) for name, value in named.items()}
-
-    def _to_numpy(self, name: str, value: Any) -> np.ndarray:
-        torch = self._torch
-        if isinstance(value, torch.Tensor):
+    def _to_numpy(self, value: Any) -> Any:
+        if isinstance(value, self._torch.Tensor):
             value = value.detach()
-            if value.dtype == torch.bfloat16:
+            if value.dtype == self._torch.bfloat16:
                 value = value.float()  # numpy has no bfloat16
             return value.cpu().numpy()
-        if isinstance(value, bytes | str):
-            out = np.empty(1, dtype=np.object_)
-            out[0] = value.encode() if isinstance(value, str) else value
-            return out
-        try:
-            array = np.asarray(value)
-            from_numpy_dtype(array.dtype)
-        except (ValueError, DlInferenceError) as exc:
-            raise BackendError(
-                f"model {self.model_name!r}: output {name!r} ({type(value).__name__}) is not "
-                f"a tensor, array or list of numbers: {exc}"
-            ) from exc
-        if array.dtype.kind == "U":
-            array = np.vectorize(lambda s: s.encode(), otypes=[np.object_])(array)
-        return array
+        return value
 
     def unload(self) -> None:
         model = getattr(self, "model", None)
         if model is None:
             return
         self.model = None
-        self.hooks = {}
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()
 
@@ -318,22 +202,52 @@ def _holds_bytes(x: Any) -> bool:
         return x.dtype == np.object_
     if isinstance(x, dict):
         return any(_holds_bytes(v) for v in x.values())
+    if isinstance(x, tuple | list):
+        return any(_holds_bytes(v) for v in x)
     return False
+
+
+class TorchAdapter(ProcessorAdapter):
+    """The kernel's processor path in torch terms: tensors on the model's device in,
+    the module itself for ``run_model``, tensors back to numpy out."""
+
+    backend: PyTorchBackend
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        backend = self.backend
+        torch = backend._torch
+        threads = backend.settings.threads
+        if threads and getattr(backend._local, "threads", None) != threads:
+            # With OpenMP the thread count is per calling thread, so set it in each worker.
+            torch.set_num_threads(threads)
+            backend._local.threads = threads
+        with torch.inference_mode() if backend.settings.inference_mode else torch.no_grad():
+            yield
+
+    def to_model(self, x: Any) -> Any:
+        return self.backend._to_torch(x, cast=self.backend._cast_floats())
+
+    def model(self, parameters: dict[str, Any]) -> Any:
+        return self.backend.model
+
+    def call(self, x: Any, parameters: dict[str, Any]) -> Any:
+        if _holds_bytes(x):
+            raise InvalidInput(
+                f"model {self.backend.model_name!r} received BYTES data, which a torch model "
+                "cannot take; send numbers, or add a processor.py whose preprocess() turns "
+                "the bytes into tensors"
+            )
+        return self.backend._run_module(x)
+
+    def to_numpy(self, value: Any) -> Any:
+        return self.backend._to_numpy(value)
 
 
 def _numpy_of(dtype: torch.dtype) -> np.dtype | None:
     import torch
 
     return {torch.float32: np.dtype(np.float32), torch.float16: np.dtype(np.float16)}.get(dtype)
-
-
-def _takes_kwargs(function: Any) -> bool:
-    """Whether a hook takes ``**kwargs`` (request parameters are passed only then)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _export_specs(program: Any) -> tuple[list[TensorSpec], list[TensorSpec]] | None:

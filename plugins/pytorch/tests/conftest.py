@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from dl_inference import ModelConfig
+from dl_inference.testing import ConformanceEnv, load_repository
 from dl_inference_pytorch.backend import PyTorchBackend, PyTorchSettings
 
 # The suite runs with --import-mode=importlib, so the model helpers (_torch_models.py,
@@ -36,3 +37,19 @@ def load_backend() -> Iterator[Callable[..., PyTorchBackend]]:
     yield load
     for backend in loaded:
         backend.unload()
+
+
+@pytest.fixture
+def serve_models() -> Iterator[Callable[[Path], ConformanceEnv]]:
+    """``serve_models(root)``: every model under ``root`` loaded by the kernel, as the
+    server does (processor.py included); ``env.infer(name, inputs, parameters=...)``."""
+    envs: list[ConformanceEnv] = []
+
+    def serve(root: Path) -> ConformanceEnv:
+        env = load_repository(root)
+        envs.append(env)
+        return env
+
+    yield serve
+    for env in envs:
+        env.close()

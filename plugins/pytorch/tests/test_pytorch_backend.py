@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -116,53 +117,67 @@ def test_each_model_imports_its_own_net_py(tmp_path, load_backend):
     assert "net" not in sys.modules, "a model's net.py leaked into the process's imports"
 
 
-def test_run_model_calls_the_model_twice_with_request_parameters(tmp_path, load_backend):
+# processor.py is the kernel's: these tests load models as the server does (serve_models).
+
+
+def test_run_model_calls_the_model_twice_with_request_parameters(tmp_path, serve_models):
     layer = write_twice(tmp_path)
-    backend = load_backend(tmp_path, "twice")
+    env = serve_models(tmp_path)
     x = np.arange(8, dtype=np.float64).reshape(2, 4)  # float64 in: cast to the model's float32
     with torch.inference_mode():
         expected = (layer(layer(torch.from_numpy(x).float())) * 3.0).numpy()
-    out = backend.predict({"input__0": x}, scale=3.0)
+    out = env.infer("twice", {"input__0": x}, parameters={"scale": 3.0}).outputs
     np.testing.assert_allclose(out["output__0"], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_error_in_user_code_names_message_and_line(tmp_path, load_backend):
+def test_error_in_user_code_names_message_and_line(tmp_path, serve_models):
     write_twice(tmp_path)
-    backend = load_backend(tmp_path, "twice")
+    env = serve_models(tmp_path)
     x = np.ones((1, 4), np.float32)
     with pytest.raises(BackendError) as caught:
-        backend.predict({"input__0": x}, fail=True)
+        env.infer("twice", {"input__0": x}, parameters={"fail": True})
     message = str(caught.value)
     assert "failure requested by the fail tag" in message
     assert "run_model()" in message and "processor.py:7" in message
-    assert backend.predict({"input__0": x})["output__0"].shape == (1, 4)  # still serves
+    assert env.infer("twice", {"input__0": x}).outputs["output__0"].shape == (1, 4)  # serves
 
 
-def test_png_processor_decodes_image_bytes(tmp_path, load_backend):
-    module = write_cnn(tmp_path, "png", "pt", processor=PNG_PROCESSOR)
-    backend = load_backend(tmp_path, "png")
-    image = (np.arange(784).reshape(28, 28) % 251).astype(np.uint8)
+def png_request(image: np.ndarray | bytes) -> dict[str, np.ndarray]:
     data = np.empty(1, dtype=object)
-    data[0] = png_bytes(image)
-    out = backend.predict({"image": data})
+    data[0] = image if isinstance(image, bytes) else png_bytes(image)
+    return {"image": data}
+
+
+def test_png_processor_decodes_image_bytes(tmp_path, serve_models):
+    module = write_cnn(tmp_path, "png", "pt", processor=PNG_PROCESSOR)
+    env = serve_models(tmp_path)
+    image = (np.arange(784).reshape(28, 28) % 251).astype(np.uint8)
+    out = env.infer("png", png_request(image)).outputs
     np.testing.assert_allclose(out["output__0"], png_reference(module, image), rtol=1e-5, atol=1e-7)
     assert out["output__0"].sum() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_non_image_bytes_are_invalid_input_with_the_processor_line(tmp_path, load_backend):
+def test_processor_beside_the_model_config_is_honoured(tmp_path, serve_models):
+    """``<model>/processor.py`` (beside config.yaml), as the README documents."""
+    module = write_cnn(tmp_path, "png", "pt")
+    (tmp_path / "png" / "processor.py").write_text(textwrap.dedent(PNG_PROCESSOR))
+    env = serve_models(tmp_path)
+    assert env.models.resolve("png").ready
+    image = (np.arange(784).reshape(28, 28) % 7 * 30).astype(np.uint8)
+    out = env.infer("png", png_request(image)).outputs
+    np.testing.assert_allclose(out["output__0"], png_reference(module, image), rtol=1e-5, atol=1e-7)
+
+
+def test_non_image_bytes_are_invalid_input_with_the_processor_line(tmp_path, serve_models):
     write_cnn(tmp_path, "png", "pt", processor=PNG_PROCESSOR)
-    backend = load_backend(tmp_path, "png")
-    data = np.empty(1, dtype=object)
-    data[0] = b"this is not a picture"
+    env = serve_models(tmp_path)
     with pytest.raises(InvalidInput) as caught:
-        backend.predict({"image": data})
+        env.infer("png", png_request(b"this is not a picture"))
     message = str(caught.value)
     assert "preprocess()" in message and "processor.py:" in message
     assert "cannot identify image file" in message
-    small = np.empty(1, dtype=object)
-    small[0] = png_bytes(np.zeros((5, 5), np.uint8))
     with pytest.raises(InvalidInput, match="expected a 28x28 image, got 5x5"):
-        backend.predict({"image": small})
+        env.infer("png", png_request(np.zeros((5, 5), np.uint8)))
 
 
 def test_bytes_without_a_preprocess_are_refused(tmp_path, load_backend):
@@ -170,7 +185,7 @@ def test_bytes_without_a_preprocess_are_refused(tmp_path, load_backend):
     backend = load_backend(tmp_path, "cnn")
     data = np.empty(1, dtype=object)
     data[0] = b"\x89PNG"
-    with pytest.raises(InvalidInput, match="no preprocess"):
+    with pytest.raises(InvalidInput, match=r"BYTES data.*preprocess\(\) turns the bytes"):
         backend.predict({"x": data})
 
 
@@ -185,7 +200,7 @@ def test_reduced_precision_dtype(tmp_path, load_backend, dtype, rtol):
     np.testing.assert_allclose(out.astype(np.float32), reference(module, x), rtol=rtol, atol=rtol)
 
 
-def test_threads_and_inference_mode_reach_the_model(tmp_path, load_backend):
+def test_threads_and_inference_mode_reach_the_model(tmp_path, serve_models):
     probe = """
     import torch
 
@@ -194,13 +209,10 @@ def test_threads_and_inference_mode_reach_the_model(tmp_path, load_backend):
         return torch.tensor([torch.get_num_threads(), int(torch.is_inference_mode_enabled())])
     """
     write_cnn(tmp_path, "probe", "pt", {"threads": 1, "inference_mode": False}, processor=probe)
-    backend = load_backend(tmp_path, "probe")
-    assert backend.predict({"x": digits(1)})["output__0"].tolist() == [1, 0]
     write_cnn(tmp_path, "probe2", "pt", {"threads": 2}, processor=probe)
-    assert load_backend(tmp_path, "probe2").predict({"x": digits(1)})["output__0"].tolist() == [
-        2,
-        1,
-    ]
+    env = serve_models(tmp_path)
+    assert env.infer("probe", {"x": digits(1)}).outputs["output__0"].tolist() == [1, 0]
+    assert env.infer("probe2", {"x": digits(1)}).outputs["output__0"].tolist() == [2, 1]
 
 
 def test_settings_validation():
