@@ -88,10 +88,20 @@ class Protocol:
 
         The reader gets the body and the headers (lower-case names), as for gRPC. The
         gateway forwards the call when the name is routed and serves it here otherwise,
-        so a reader returns None for a body it cannot read. V2 ``/v2/models/<name>`` and
-        TF Serving ``/v1/models/<name>`` paths name the model and need no reader.
+        so a reader returns None for a body it cannot read. Paths that name the model
+        need no reader: see :meth:`rest_model_paths`.
         """
         return {}
+
+    def rest_model_paths(self) -> Sequence[str]:
+        """REST path prefixes whose next path segment names the model, for the gateway.
+
+        A prefix such as ``"/v1/models/"`` means ``/v1/models/<name>``, followed by
+        ``/...``, ``:verb`` or nothing, addresses model ``<name>``: the gateway forwards
+        such calls (any method) when ``<name>`` is routed for this protocol. The kernel's
+        own V2 ``/v2/models/`` needs no entry.
+        """
+        return ()
 
     def describe(self) -> dict[str, Any]:
         """What ``dl-inference plugins`` shows for this protocol."""

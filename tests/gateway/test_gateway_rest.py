@@ -173,6 +173,10 @@ def test_rest_addresses_come_from_the_node_or_the_routes_http_port() -> None:
     with pytest.raises(ValidationError, match="is not host:port"):
         RouteConfig(model="m", nodes=[{"address": "h:1", "http_address": "nope"}])
     assert routed_model("/v2/models/resnet/versions/2/infer") == ("v2", "resnet")
-    assert routed_model("/v1/models/resnet:predict") == ("tfserving", "resnet")
-    assert routed_model("/v1/models/resnet/labels/canary:classify") == ("tfserving", "resnet")
+    # TF Serving's /v1/models/<name> is the tfserving plugin's rule (rest_model_paths).
+    assert routed_model("/v1/models/resnet:predict") is None
+    assert routed_model("/v1/models/resnet:predict", {"/v1/models/": "tfserving"}) == (
+        "tfserving",
+        "resnet",
+    )
     assert routed_model("/v2/health/ready") is None

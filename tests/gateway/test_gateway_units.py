@@ -73,35 +73,6 @@ def test_route_defaults() -> None:
 # -- routing keys read from real client messages ---------------------------------------------
 
 
-def test_tf_serving_keys_from_real_messages() -> None:
-    from tensorflow_serving.apis import (
-        get_model_status_pb2,
-        inference_pb2,
-        predict_pb2,
-    )
-
-    predict = predict_pb2.PredictRequest()
-    predict.model_spec.name = "textcnn-69"
-    predict.model_spec.signature_name = "prediction"
-    predict.inputs["x"].tensor_content = b"\x00" * 4096
-    body = predict.SerializeToString()
-    assert KEYS["/tensorflow.serving.PredictionService/Predict"](body, {}) == "textcnn-69"
-    seed = "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/Predict"
-    assert KEYS[seed](body, {}) == "textcnn-69"
-    multi = inference_pb2.MultiInferenceRequest()
-    multi.tasks.add().model_spec.name = "multi"
-    assert (
-        KEYS["/tensorflow.serving.PredictionService/MultiInference"](multi.SerializeToString(), {})
-        == "multi"
-    )
-    status = get_model_status_pb2.GetModelStatusRequest()
-    status.model_spec.name = "st"
-    assert (
-        KEYS["/tensorflow.serving.ModelService/GetModelStatus"](status.SerializeToString(), {})
-        == "st"
-    )
-
-
 def test_v2_keys_from_real_tritonclient_messages() -> None:
     from tritonclient.grpc import service_pb2
 

@@ -19,15 +19,16 @@ from dl_inference.gateway.keys import (
     builtin_routing_keys,
     builtin_stream_routing_keys,
 )
-from dl_inference.gateway.rest_forward import RestForwarder, routed_model
+from dl_inference.gateway.rest_forward import BUILTIN_MODEL_PATHS, RestForwarder, routed_model
 from dl_inference.gateway.route import Route
 from dl_inference.gateway.stream_forward import forward_stream
+from dl_inference.plugins import KNOWN_PROVIDERS
 from dl_inference.protocol import Protocol, RoutingKeyReader
 
 log = structlog.get_logger("dl_inference.gateway")
 
 # Protocol names the built-in routing keys answer to, valid in ``routes[].protocols``.
-BUILTIN_PROTOCOLS = ("v2", "tfserving", "seed")
+BUILTIN_PROTOCOLS = ("v2", "seed")
 
 
 class Gateway:
@@ -55,9 +56,11 @@ class Gateway:
             where = f"routes[{index}] (model {config.model!r})"
             for name in config.protocols or ():
                 if name not in known_protocols:
+                    package = KNOWN_PROVIDERS.get(name)  # tfserving, seldon: plugins of ours
                     raise ConfigError(
                         f"{where}.protocols: unknown protocol {name!r}; known: "
                         f"{', '.join(sorted(known_protocols))}"
+                        + (f"; install it: pip install {package}" if package else "")
                     )
             try:
                 balancer_cls = self.plugins.balancer(config.balancer)
@@ -116,18 +119,22 @@ class Gateway:
     def http_middleware(self, protocols: Iterable[Protocol | type[Protocol]] = ()) -> Any:
         """An aiohttp middleware: REST calls for routed models go upstream, others stay.
 
-        The model name comes from the path, or for the POST paths ``protocols`` list in
-        :meth:`~dl_inference.Protocol.rest_routing_keys`, from the body and headers by that
-        protocol's reader.
+        The model name comes from the path (V2's ``/v2/models/<name>``, and the prefixes
+        ``protocols`` list in :meth:`~dl_inference.Protocol.rest_model_paths`), or for the
+        POST paths they list in :meth:`~dl_inference.Protocol.rest_routing_keys`, from the
+        body and headers by that protocol's reader.
         """
+        model_paths = dict(BUILTIN_MODEL_PATHS)
         readers: dict[str, tuple[str, RoutingKeyReader]] = {}
         for protocol in protocols:
             instance = protocol() if isinstance(protocol, type) else protocol
+            for prefix in instance.rest_model_paths():
+                model_paths[prefix] = instance.name
             for path, reader in instance.rest_routing_keys().items():
                 readers[path] = (instance.name, reader)
 
         async def rest_route(request: web.Request) -> Route | None:
-            found = routed_model(request.path)
+            found = routed_model(request.path, model_paths)
             if found is not None:
                 return self.route_of(found[1], found[0])
             if request.method != "POST" or request.path not in readers:

@@ -1,8 +1,9 @@
 """Forwarding of REST calls for routed models to the nodes' HTTP ports, bytes unchanged.
 
-The model name comes from the path: V2 ``/v2/models/<name>/...`` and TF Serving
-``/v1/models/<name>...``; for paths that name none (Seldon's), from a protocol's
-``rest_routing_keys`` reader (see :meth:`Gateway.http_middleware`). A route with
+The model name comes from the path: V2 ``/v2/models/<name>/...``, and the prefixes
+protocols list in ``rest_model_paths`` (TF Serving's ``/v1/models/<name>...``); for paths
+that name none (Seldon's), from a protocol's ``rest_routing_keys`` reader (see
+:meth:`Gateway.http_middleware`). A route with
 ``http_port`` (or nodes with ``http_address``) sends them to the REST listener of the
 node its balancer picks, with the same node list, health and retry budget as gRPC. Body,
 status, headers and reply travel unchanged but for per-hop headers. Only failures where
@@ -27,9 +28,11 @@ from dl_inference.gateway.route import Route
 
 log = structlog.get_logger("dl_inference.gateway")
 
-# Path prefix -> the protocol it belongs to (for routes[].protocols) and the model's name.
-MODEL_PATH = re.compile(r"^/(v2|v1)/models/([^/:]+)")
-PROTOCOL_OF = {"v2": "v2", "v1": "tfserving"}
+# The kernel's own model path prefix -> its protocol (for routes[].protocols); protocol
+# plugins add theirs with Protocol.rest_model_paths().
+BUILTIN_MODEL_PATHS: dict[str, str] = {"/v2/models/": "v2"}
+# The model's name: the path segment after the prefix, up to "/" or ":" (as in ":predict").
+MODEL_NAME = re.compile(r"[^/:]+")
 # Connection-level headers (RFC 9110 7.6.1) and those aiohttp sets for each hop itself.
 _HOP_HEADERS = frozenset(
     {
@@ -49,10 +52,17 @@ _HOP_HEADERS = frozenset(
 )
 
 
-def routed_model(path: str) -> tuple[str, str] | None:
-    """(protocol, model name) of a model REST path; None for other paths."""
-    match = MODEL_PATH.match(path)
-    return (PROTOCOL_OF[match.group(1)], match.group(2)) if match else None
+def routed_model(
+    path: str, prefixes: Mapping[str, str] = BUILTIN_MODEL_PATHS
+) -> tuple[str, str] | None:
+    """(protocol, model name) of a REST path under one of ``prefixes`` (prefix -> protocol);
+    None for other paths."""
+    for prefix, protocol in prefixes.items():
+        if path.startswith(prefix):
+            match = MODEL_NAME.match(path, len(prefix))
+            if match:
+                return protocol, match.group()
+    return None
 
 
 def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from dl_inference import Protocol, RoutingKeyReader
+from dl_inference import Protocol, RoutingKeyReader, wire
 
 if TYPE_CHECKING:
     import grpc
@@ -17,45 +17,69 @@ if TYPE_CHECKING:
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
+# REST: /v1/models/<name>[/versions/<v>|/labels/<l>][:verb|/metadata] names the model.
+REST_MODEL_PATH = "/v1/models/"
 
-# Where each request message keeps the model name: the field-number path to
-# ModelSpec.name (MultiInference: the first task's model_spec).
-_NAME_PATHS: dict[str, tuple[int, ...]] = {
-    f"/{PREDICTION_SERVICE}/Predict": (1, 1),
-    f"/{PREDICTION_SERVICE}/Classify": (1, 1),
-    f"/{PREDICTION_SERVICE}/Regress": (1, 1),
-    f"/{PREDICTION_SERVICE}/GetModelMetadata": (1, 1),
-    f"/{PREDICTION_SERVICE}/MultiInference": (1, 1, 1),
-    f"/{MODEL_SERVICE}/GetModelStatus": (1, 1),
-    f"/{SEED_SERVICE}/Predict": (1, 1),
-}
+# Every TF Serving request keeps its ModelSpec in field 1, and ModelSpec its name in field 1.
+_MODEL_SPEC, _NAME = 1, 1
+# MultiInferenceRequest.tasks (repeated, field 1): InferenceTask.model_spec is field 1 too.
+_TASKS = 1
 
 
-def read_nested_string(data: bytes, path: tuple[int, ...]) -> str | None:
-    """The string at a path of length-delimited field numbers (first occurrence of each
-    message on the way, the last of the final string, as protobuf parses); ``None`` if absent
-    or malformed. Tensor payloads are skipped, never copied."""
-    from dl_inference.wire import LEN, WireError, iter_fields, read_string_field
+def _occurrences(messages: list[memoryview], number: int) -> list[memoryview]:
+    """Payloads of every length-delimited field ``number`` in ``messages``, in order."""
+    return [
+        message[start:end]
+        for message in messages
+        for field, wire_type, start, end in wire.iter_fields(message)
+        if field == number and wire_type == wire.LEN
+    ]
 
-    view = memoryview(data)
+
+def _string_at(messages: list[memoryview], path: tuple[int, ...]) -> str | None:
+    """The string at ``path`` in the message whose serialized occurrences are ``messages``.
+
+    As protobuf parses it: the occurrences of a singular message field merge, so every
+    occurrence is read and the last string met wins. Tensor payloads are jumped over.
+    """
+    for number in path[:-1]:
+        messages = _occurrences(messages, number)
+    strings = _occurrences(messages, path[-1])
+    return (bytes(strings[-1]).decode("utf-8") or None) if strings else None
+
+
+def model_spec_name(data: bytes, metadata: Mapping[str, str]) -> str | None:
+    """The gateway's reader for every TF Serving request: ``model_spec.name``.
+
+    ``None`` (the call is served where it arrived, which explains what is wrong) when the
+    name is absent, empty or not UTF-8, or the bytes are malformed.
+    """
     try:
-        for number in path[:-1]:
-            found = next(
-                (view[s:e] for n, w, s, e in iter_fields(view) if n == number and w == LEN), None
-            )
-            if found is None:
-                return None
-            view = found
-    except WireError:
+        return _string_at([memoryview(data)], (_MODEL_SPEC, _NAME))
+    except (wire.WireError, UnicodeDecodeError):
         return None
-    return read_string_field(view, path[-1])
 
 
-def _reader(path: tuple[int, ...]) -> RoutingKeyReader:
-    def read(data: bytes, metadata: Mapping[str, str]) -> str | None:
-        return read_nested_string(data, path)
+def multi_inference_name(data: bytes, metadata: Mapping[str, str]) -> str | None:
+    """MultiInferenceRequest: the first task's ``model_spec.name`` (all must name one model)."""
+    try:
+        tasks = _occurrences([memoryview(data)], _TASKS)
+        return _string_at(tasks[:1], (_MODEL_SPEC, _NAME)) if tasks else None
+    except (wire.WireError, UnicodeDecodeError):
+        return None
 
-    return read
+
+# gRPC method path -> reader of the model name (the worker's handlers take the same paths).
+ROUTING_KEYS: dict[str, RoutingKeyReader] = {
+    f"/{PREDICTION_SERVICE}/Predict": model_spec_name,
+    f"/{PREDICTION_SERVICE}/Classify": model_spec_name,
+    f"/{PREDICTION_SERVICE}/Regress": model_spec_name,
+    f"/{PREDICTION_SERVICE}/GetModelMetadata": model_spec_name,
+    f"/{PREDICTION_SERVICE}/MultiInference": multi_inference_name,
+    f"/{MODEL_SERVICE}/GetModelStatus": model_spec_name,
+    # The seed's unified service takes TF Serving's PredictRequest under its own path.
+    f"/{SEED_SERVICE}/Predict": model_spec_name,
+}
 
 
 class TFServingProtocol(Protocol):
@@ -76,7 +100,10 @@ class TFServingProtocol(Protocol):
         return http_routes(runtime)
 
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
-        return {method: _reader(path) for method, path in _NAME_PATHS.items()}
+        return dict(ROUTING_KEYS)
+
+    def rest_model_paths(self) -> Sequence[str]:
+        return (REST_MODEL_PATH,)
 
     def reflection_files(self) -> Sequence[FileDescriptorProto]:
         """PredictionService and ModelService under TF Serving's package names."""

@@ -1,16 +1,14 @@
-"""Our TF Serving messages against the official ones: same bytes, same tensors, routing keys."""
+"""Our TF Serving messages against the official ones: same bytes, same tensors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import inference_pb2, predict_pb2
 
 from dl_inference import InvalidInput
 from dl_inference_tfserving import codec
 from dl_inference_tfserving._proto import tfs_pb2
-from dl_inference_tfserving.protocol import TFServingProtocol
 
 ARRAYS = [
     np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5,
@@ -79,22 +77,3 @@ def test_malformed_tensors_say_what_is_wrong() -> None:
     too_many.tensor_shape.dim.add().size = 2
     with pytest.raises(InvalidInput, match="3 values in int64_val do not fit shape"):
         codec.to_numpy(too_many, "x")
-
-
-def test_routing_keys_read_the_model_name_without_decoding_tensors() -> None:
-    readers = TFServingProtocol().routing_keys()
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "textcnn"
-    request.model_spec.signature_name = "sig"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((256, 256), np.float32)))
-    data = request.SerializeToString()
-    assert readers["/tensorflow.serving.PredictionService/Predict"](data, {}) == "textcnn"
-    seed = "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/Predict"
-    assert readers[seed](data, {}) == "textcnn"
-    multi = inference_pb2.MultiInferenceRequest()
-    multi.tasks.add().model_spec.name = "census"
-    multi.tasks.add().model_spec.name = "census"
-    read_multi = readers["/tensorflow.serving.PredictionService/MultiInference"]
-    assert read_multi(multi.SerializeToString(), {}) == "census"
-    assert readers["/tensorflow.serving.PredictionService/Predict"](b"\x0a\xff", {}) is None
-    assert readers["/tensorflow.serving.PredictionService/Predict"](b"", {}) is None

@@ -17,7 +17,7 @@ from dl_inference_tfserving import codec, grpc_api, reflection, rest, service, s
 from dl_inference_tfserving.protocol import TFServingProtocol
 
 protocol = TFServingProtocol()
-assert protocol.routing_keys()
+assert protocol.routing_keys() and protocol.rest_model_paths()
 assert protocol.reflection_files()
 assert codec.to_numpy(codec.from_numpy(np.zeros(2, np.float32))).tolist() == [0.0, 0.0]
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {
