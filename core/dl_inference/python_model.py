@@ -25,11 +25,14 @@ class PythonModel:
     def load(self) -> None:
         """Prepare the model (read weights beside ``model.py`` from ``self.path``)."""
 
-    def predict(self, inputs: dict[str, np.ndarray], **parameters: Any) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
         """Named arrays in, named arrays out; raise to fail the request with your message.
 
-        Inputs may be read-only views of the request's bytes (zero-copy decoding): copy an
-        array (``x.copy()``) before changing it in place.
+        ``parameters`` (the request's) are passed when you take ``**parameters``; keep the
+        ``/`` so that a parameter named ``inputs`` reaches you too (without it, such a
+        parameter is refused as the client's error). Inputs may be read-only views of the
+        request's bytes (zero-copy decoding): copy an array (``x.copy()``) before changing
+        it in place.
         """
         raise NotImplementedError(f"{type(self).__name__} must define predict()")
 

@@ -70,13 +70,14 @@ class NumpyBackend(Backend):
         # allow_pickle=False: an .npz from elsewhere cannot run code when it is loaded.
         with np.load(path, allow_pickle=False) as data:
             self.layers = _layers(path, {key: data[key] for key in data.files})
-        self.input_name = self.config.inputs[0].name if self.config.inputs else None
-        self.input_name = self.input_name or self.settings.input_name
-        self.output_name = self.config.outputs[0].name if self.config.outputs else None
-        self.output_name = self.output_name or self.settings.output_name
+        # declared_*(), not config.inputs: with a processor.py in front, those describe
+        # requests, not this model.
+        declared_in, declared_out = self.declared_inputs(), self.declared_outputs()
+        self.input_name = declared_in[0].name if declared_in else self.settings.input_name
+        self.output_name = declared_out[0].name if declared_out else self.settings.output_name
 
-    def inputs(self) -> list[TensorSpec] | None:
-        declared = super().inputs()
+    def model_inputs(self) -> list[TensorSpec] | None:
+        declared = super().model_inputs()
         if declared is not None or not getattr(self, "layers", None):
             return declared
         first = self.layers[0][0]
@@ -84,8 +85,8 @@ class NumpyBackend(Backend):
             return None  # an element-wise first layer takes any shape: nothing to check
         return [TensorSpec(self.input_name, from_numpy_dtype(first.dtype), (-1, first.shape[0]))]
 
-    def outputs(self) -> list[TensorSpec] | None:
-        declared = super().outputs()
+    def model_outputs(self) -> list[TensorSpec] | None:
+        declared = super().model_outputs()
         if declared is not None or not getattr(self, "layers", None):
             return declared
         dense = [w for w, _ in self.layers if w.ndim == 2]
@@ -94,7 +95,7 @@ class NumpyBackend(Backend):
         width = dense[-1].shape[1]
         return [TensorSpec(self.output_name, from_numpy_dtype(dense[-1].dtype), (-1, width))]
 
-    def predict(self, inputs: dict[str, np.ndarray], **parameters: Any) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
         if self.input_name not in inputs:
             raise InvalidInput(
                 f"model {self.model_name!r} takes input {self.input_name!r}; "
