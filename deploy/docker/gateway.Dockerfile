@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # dl-inference gateway: the kernel, the balancers plugin and the framework-free protocol
-# plugins whose routing readers it needs (seldon); no torch, no TensorFlow.
+# plugins whose routing readers it needs (seldon, tfserving); no torch, no TensorFlow.
 # It forwards request bytes by model name and never decodes tensors, so it stays small.
 #
 #   docker build -f deploy/docker/gateway.Dockerfile -t dl-inference/gateway:0.1.0 .
@@ -19,8 +19,9 @@ COPY pyproject.toml README.md /src/
 COPY core /src/core
 COPY plugins/balancers /src/plugins/balancers
 COPY plugins/seldon /src/plugins/seldon
+COPY plugins/tfserving /src/plugins/tfserving
 RUN pip install -c /src/requirements/constraints.txt /src /src/plugins/balancers \
-        /src/plugins/seldon \
+        /src/plugins/seldon /src/plugins/tfserving \
     && pip check
 
 FROM ${PYTHON_IMAGE}

@@ -10,7 +10,7 @@
 # major; the host needs an NVIDIA driver new enough for CUDA 13 (R580 or later).
 # onnxruntime-gpu is installed for the onnx plugin: once plugins/onnx exists, build with
 # --build-arg PLUGINS="seldon pytorch onnx" (or add it to the default below); the pytorch
-# plugin needs the seldon plugin, which is not on PyPI.
+# plugin needs the seldon plugin, which is not on PyPI (and tensorflow needs tfserving).
 
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 

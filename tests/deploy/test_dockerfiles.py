@@ -274,10 +274,12 @@ def test_gateway_image_has_no_framework() -> None:
                       "plugins/tensorflow"):
         assert framework not in body
     assert "/src/plugins/balancers" in body
-    # The gateway routes Seldon calls with the seldon plugin's readers (it needs no framework).
-    assert "/src/plugins/seldon" in body
-    for plugin in ("balancers", "seldon"):
-        assert not in_repo_dependencies(plugin) - {"balancers", "seldon"}
+    # The gateway routes Seldon and TF Serving calls with those protocol plugins' readers
+    # (they need no framework).
+    installed = {"balancers", "seldon", "tfserving"}
+    for plugin in installed:
+        assert f"/src/plugins/{plugin}" in body
+        assert not in_repo_dependencies(plugin) - installed
     cmd = [i["value"] for i in final_stage("gateway") if i["instruction"] == "CMD"]
     assert [json.loads(c) for c in cmd] == [["-c", "/etc/dl-inference/config.yaml"]]
 
@@ -323,7 +325,7 @@ def test_build_context_builds_the_kernel_with_generated_protos_and_demo(
 def test_build_context_builds_every_installed_plugin(
     context_wheels: dict[str, zipfile.ZipFile],
 ) -> None:
-    for plugin in ("pytorch", "seldon", "tensorflow", "balancers"):
+    for plugin in ("pytorch", "seldon", "tensorflow", "tfserving", "balancers"):
         wheel = context_wheels[f"dl_inference_{plugin}"]
         entry_points = next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))
         assert "[dl_inference]" in wheel.read(entry_points).decode()
