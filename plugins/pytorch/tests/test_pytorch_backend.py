@@ -180,6 +180,37 @@ def test_non_image_bytes_are_invalid_input_with_the_processor_line(tmp_path, ser
         env.infer("png", png_request(np.zeros((5, 5), np.uint8)))
 
 
+DEVICE_PROBE = """
+import torch
+
+
+def preprocess(x, **kwargs):
+    return x * 1  # numpy: the backend moves what preprocess returns to the model's device
+
+
+def run_model(model, x, **kwargs):
+    weight = next(model.parameters())
+    assert isinstance(x, torch.Tensor) and x.device == weight.device, repr(x)[:80]
+    return model(x)
+
+
+def postprocess(y, **kwargs):
+    assert isinstance(y, torch.Tensor), type(y)
+    return {"device": y.device.type, "logits": y}
+"""
+DEVICES = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hooks_see_tensors_on_the_models_device(tmp_path, serve_models, device):
+    module = write_cnn(tmp_path, "cnn", "pt", {"device": device}, processor=DEVICE_PROBE)
+    env = serve_models(tmp_path)
+    x = digits(2)
+    out = env.infer("cnn", {"x": x}).outputs
+    assert out["device"].tolist() == [device.split(":")[0].encode()]
+    np.testing.assert_allclose(out["logits"], reference(module, x), rtol=1e-3, atol=1e-4)
+
+
 def test_bytes_without_a_preprocess_are_refused(tmp_path, load_backend):
     write_cnn(tmp_path, "cnn", "pt")
     backend = load_backend(tmp_path, "cnn")
