@@ -186,7 +186,7 @@ class ProcessorAdapter:
         arrays, with the hooks ``processor`` has (none: the model alone)."""
         hooks = processor.hooks if processor is not None else {}
         with self.scope():
-            x: Any = _ordered(inputs, self.backend.inputs())
+            x: Any = inputs if len(inputs) < 2 else _ordered(inputs, self.backend.inputs())
             if processor is not None and ("preprocess" in hooks or "run_model" in hooks):
                 x = _view(x, self._batched)  # a hook sees it; else the model takes the dict
             if processor is not None and "preprocess" in hooks:
@@ -215,7 +215,7 @@ def _ordered(
     inputs: dict[str, np.ndarray], specs: list[TensorSpec] | None
 ) -> dict[str, np.ndarray]:
     """Several inputs in the declared order (then any others), as hooks receive them."""
-    if len(inputs) < 2 or not specs:
+    if not specs:
         return inputs
     declared = [spec.name for spec in specs if spec.name in inputs]
     return {name: inputs[name] for name in declared + [n for n in inputs if n not in declared]}
