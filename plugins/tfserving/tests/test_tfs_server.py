@@ -1,5 +1,6 @@
 """End to end without TensorFlow on the server: ``dl-inference serve`` with only the kernel and
-this plugin (``plugins.allow: [tfserving]``), python-backend models, TF Serving's own clients.
+this plugin (``plugins.allow: [tfserving]``), python-backend models, TF Serving's own clients;
+and a gateway with only this plugin and the balancers in front of it.
 
 gRPC through the stubs of ``tensorflow_serving.apis`` (the client may import TensorFlow; the
 server must not, which a model reports from inside the server process); REST through urllib.
@@ -84,6 +85,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     )
     config = root / "server.yaml"
     config.write_text(f"model_repository: {repo}\nplugins: {{allow: [tfserving]}}\n")
+    with ServerProcess(["-c", str(config)]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A gateway-only server (no models of its own) routing ``pyadd`` to ``server``."""
+    config = tmp_path_factory.mktemp("tfs_gateway") / "gateway.yaml"
+    route = {
+        "model": "pyadd",
+        "nodes": [{"address": server.grpc_address, "http_address": server.http_address}],
+    }
+    document = {"routes": [route], "plugins": {"allow": ["tfserving", "balancers"]}}
+    config.write_text(json.dumps(document))  # JSON is YAML
     with ServerProcess(["-c", str(config)]) as srv:
         yield srv
 
@@ -331,6 +348,26 @@ def test_rest_errors_look_like_tf_serving(server: ServerProcess) -> None:
         assert set(reply) == {"error"} and word in reply["error"], reply
     status, reply = http(server, "/v1/models/pyadd:predict", {"instances": [1.0]})
     assert status == 200 and reply["predictions"][0]["y"] == 2.0
+
+
+# -- through a gateway that has only this plugin ---------------------------------------------
+
+
+def test_a_gateway_routes_tf_serving_calls_with_this_plugins_readers(
+    gateway: ServerProcess,
+) -> None:
+    with grpc.insecure_channel(gateway.grpc_address) as chan:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(chan)
+        x = np.float32([4.0, 5.0])
+        response = stub.Predict(predict_request("pyadd", {"x": x}), timeout=30)
+        np.testing.assert_array_equal(ndarray(response.outputs["y"]), x + 1)
+        # Not a model of the gateway's: a name it does not route is answered there.
+        error = rpc_error(stub.Predict, predict_request("elsewhere", {"x": x}))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+    status, body = http(gateway, "/v1/models/pyadd:predict", {"inputs": {"x": [1.0]}})
+    assert status == 200 and body["outputs"]["y"] == [2.0], body
+    status, body = http(gateway, "/v1/models/pyadd")
+    assert status == 200 and body["model_version_status"][0]["state"] == "AVAILABLE", body
 
 
 def test_server_output_mentions_no_internal_errors(server: ServerProcess) -> None:
