@@ -229,16 +229,7 @@ class Batcher:
         kept: collections.deque[_Pending] = collections.deque()
         while self._queue:
             item = self._queue.popleft()
-            if item.future.done():  # the caller went away (cancelled, deadline)
-                continue
-            if item.deadline is not None and item.deadline <= now:
-                self.stats.expired += 1
-                _resolve(
-                    item,
-                    error=DeadlineExceeded(
-                        f"the deadline of the request to {self.name!r} passed in the queue"
-                    ),
-                )
+            if self._gone(item, now, "in the queue"):
                 continue
             if not batch or (
                 self.merge and item.key == batch[0].key and rows + item.rows <= self.max_batch_size
@@ -350,22 +341,19 @@ class Batcher:
     def _still_waiting(self, group: list[_Pending]) -> list[_Pending]:
         """The requests of ``group`` still worth running; expired ones fail here."""
         now = time.monotonic()
-        live = []
-        for item in group:
-            if item.future.done():  # the caller went away
-                continue
-            if item.deadline is not None and item.deadline <= now:
-                self.stats.expired += 1
-                _resolve(
-                    item,
-                    error=DeadlineExceeded(
-                        f"the deadline of the request to {self.name!r} passed while its "
-                        "batch ran again to set apart a request that failed it"
-                    ),
-                )
-                continue
-            live.append(item)
-        return live
+        where = "while its batch ran again to set apart a request that failed it"
+        return [item for item in group if not self._gone(item, now, where)]
+
+    def _gone(self, item: _Pending, now: float, where: str) -> bool:
+        """Whether ``item`` needs no run: its caller left, or its deadline passed (failed here)."""
+        if item.future.done():  # the caller went away (cancelled, deadline)
+            return True
+        if item.deadline is not None and item.deadline <= now:
+            self.stats.expired += 1
+            message = f"the deadline of the request to {self.name!r} passed {where}"
+            _resolve(item, error=DeadlineExceeded(message))
+            return True
+        return False
 
 
 def _resolve(
