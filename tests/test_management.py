@@ -8,15 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.testing import ServerProcess, write_python_model
 
 TOKEN = "s3cret-token-for-tests"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+GARBAGE = b"\x8a@\xe0"  # a length-delimited field that runs past the end
+SERVICE = "inference.GRPCInferenceService"
 CONSTANT = """
     from dl_inference import PythonModel
 
@@ -167,3 +173,153 @@ def test_management_is_off_by_default_and_needs_a_token(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "DLI_MANAGEMENT_TOKEN" in result.stderr
+
+
+# -- hostile input: client errors, on the kernel's call path ---------------------------------
+
+
+def grpc_call(server: ServerProcess, method: str, body: bytes, metadata=()) -> grpc.RpcError:
+    """The error a raw management gRPC call of ``body`` ends with (it must fail)."""
+    with grpc.insecure_channel(management_address(server, "gRPC")) as channel:
+        call = channel.unary_unary(f"/{SERVICE}/{method}")
+        with pytest.raises(grpc.RpcError) as info:
+            call(body, metadata=metadata, timeout=30)
+    return info.value
+
+
+def management_failures(server: ServerProcess, status: str) -> float:
+    """Management calls that ended with ``status``, as the public /metrics counts them."""
+    text = requests.get(f"{server.http_url}/metrics", timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("dli_requests_total{")
+        and 'protocol="management"' in line
+        and f'status="{status}"' in line
+    )
+
+
+@pytest.mark.parametrize(
+    "method", ["RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"]
+)
+def test_unparsable_grpc_bodies_are_invalid_argument_after_the_token(
+    server: ServerProcess, method: str
+) -> None:
+    before = management_failures(server, "INVALID_ARGUMENT")
+    error = grpc_call(server, method, GARBAGE, [("authorization", f"Bearer {TOKEN}")])
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "could not be read" in error.details()
+    assert len(dict(error.trailing_metadata() or ()).get("x-request-id", "")) == 32
+    assert management_failures(server, "INVALID_ARGUMENT") == before + 1
+    # Without the token the body is not even parsed.
+    for metadata in ((), [("authorization", "Bearer nope")]):
+        error = grpc_call(server, method, GARBAGE, metadata)
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
+        assert "need the token" in error.details()
+
+
+def grpc_load(**parameters: dict[str, object]) -> pb.RepositoryModelLoadRequest:
+    request = pb.RepositoryModelLoadRequest(model_name="a")
+    for name, value in parameters.items():
+        request.parameters[name].MergeFrom(pb.ModelRepositoryParameter(**value))
+    return request
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message", "message"),
+    [
+        ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(), "model_name is empty"),
+        ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(), "model_name is empty"),
+        ("RepositoryModelLoad", grpc_load(config={"int64_param": 1}), "'config' must be a string"),
+        ("RepositoryModelLoad", grpc_load(config={}), "'config' has no value"),
+        (
+            "RepositoryModelLoad",
+            grpc_load(**{"file:1/model.py": {"bool_param": True}}),
+            "'file:1/model.py' must be the file's content",
+        ),
+        (
+            "RepositoryModelUnload",
+            pb.RepositoryModelUnloadRequest(
+                model_name="a",
+                parameters={"unload_dependents": pb.ModelRepositoryParameter(string_param="yes")},
+            ),
+            "'unload_dependents' must be true or false",
+        ),
+    ],
+)
+def test_grpc_fields_are_type_checked(
+    server: ServerProcess, method: str, request_message, message: str
+) -> None:
+    error = grpc_call(server, method, request_message.SerializeToString(), list(AUTH.items()))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert message in error.details()
+    assert infer(server.grpc_address, "a") == 1  # neither loaded nor unloaded
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("index", b"not json", "is not valid JSON"),
+        ("index", b"[]", "must be a JSON object, got an array"),
+        ("index", b'{"ready": "false"}', '"ready" must be true or false, got a string'),
+        ("models/a/load", DEEP, "nests arrays or objects more than"),
+        ("models/a/load", b'{"parameters": ' + DEEP + b"}", "nests arrays or objects"),
+        ("models/a/load", b"\xff\xfe{}", "is not UTF-8"),
+        ("models/a/load", b'{"parameters": ["config"]}', '"parameters" must be a JSON object'),
+        ("models/a/load", b'{"parameters": 5}', "got a number"),
+        ("models/a/load", b'{"parameters": {"config": {}}}', "'config' must be a string"),
+        ("models/a/load", b'{"parameters": {"x": null}}', "must be a string, number or boolean"),
+        ("models/a/unload", b'{"parameters": [1]}', '"parameters" must be a JSON object'),
+        (
+            "models/a/unload",
+            b'{"parameters": {"unload_dependents": 1}}',
+            "'unload_dependents' must be true or false",
+        ),
+        ("models/a/unload", b'"a"', "must be a JSON object, got a string"),
+    ],
+)
+def test_bad_rest_bodies_are_400_and_a_wrong_token_401(
+    server: ServerProcess, path: str, body: bytes, message: str
+) -> None:
+    url = f"http://{management_address(server, 'HTTP')}/v2/repository/{path}"
+    before = management_failures(server, "INVALID_ARGUMENT")
+    reply = requests.post(url, data=body, headers=AUTH, timeout=30)
+    assert reply.status_code == 400, reply.text
+    assert message in reply.json()["error"]
+    assert reply.headers["x-request-id"]
+    assert management_failures(server, "INVALID_ARGUMENT") == before + 1
+    for headers in ({}, {"authorization": "Bearer nope"}):
+        refused = requests.post(url, data=body, headers=headers, timeout=30)
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["WWW-Authenticate"] == "Bearer"
+        assert "need the token" in refused.json()["error"]
+    assert infer(server.grpc_address, "a") == 1  # neither loaded nor unloaded
+
+
+def test_load_and_unload_work_after_hostile_calls(server: ServerProcess) -> None:
+    base = f"http://{management_address(server, 'HTTP')}/v2/repository"
+    for body in (b"\x00garbage", DEEP):
+        refused = requests.post(f"{base}/models/a/load", data=body, headers=AUTH, timeout=30)
+        assert refused.status_code == 400
+        assert grpc_call(server, "RepositoryModelLoad", GARBAGE, list(AUTH.items())).code() == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+    unload = {"parameters": {"unload_dependents": False}}
+    done = requests.post(f"{base}/models/a/unload", json=unload, headers=AUTH, timeout=30)
+    assert done.status_code == 200
+    ready = requests.post(f"{base}/index", json={"ready": True}, headers=AUTH, timeout=30)
+    assert "a" not in [row["name"] for row in ready.json()]
+    with pytest.raises(InferenceServerException, match="unknown model 'a'"):
+        infer(server.grpc_address, "a")
+    done = requests.post(f"{base}/models/a/load", json={}, headers=AUTH, timeout=30)
+    assert done.status_code == 200
+    assert infer(server.grpc_address, "a") == 1
+    admin = grpcclient.InferenceServerClient(management_address(server, "gRPC"))
+    admin.unload_model("a", headers=AUTH, unload_dependents=True)
+    admin.load_model("a", headers=AUTH)
+    assert infer(server.grpc_address, "a") == 1
+    index = admin.get_model_repository_index(headers=AUTH, as_json=True)
+    assert "a" in [row["name"] for row in index["models"]]

@@ -98,7 +98,7 @@ class Server:
             from dl_inference.management import ManagementService
 
             self.management = ManagementService(
-                self.config, self.models, self._update_health, self.link
+                self.config, self.models, self.runtime, self._update_health, self.link
             )
             # Before the listeners: a replacement worker serves what its siblings serve.
             await self.management.catch_up()

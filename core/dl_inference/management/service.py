@@ -5,6 +5,11 @@ the network that clients reach; every call needs the token (``authorization: Bea
 <token>`` or ``x-dli-token``), compared in constant time. Under ``serve --workers N`` every
 worker listens on those ports and a load or unload is applied in every worker: first in
 the one that took the call, then in its siblings through the worker link.
+
+Both transports go through the kernel's call path (protocol ``management``): the token is
+checked first in every handler, before the body is read; a body that cannot be read is
+INVALID_ARGUMENT / 400; every failure is counted once (metrics, access log,
+``dli_on_error``) and answered through the one error table.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from aiohttp import web
 
 from dl_inference import errors
 from dl_inference._proto import kserve_v2_pb2 as pb
+from dl_inference.call_path import Call, CallPath, RuntimeView, json_error_body, read_body
 from dl_inference.config.schema import ServerConfig
 from dl_inference.errors import (
     ConfigError,
@@ -31,6 +37,7 @@ from dl_inference.errors import (
     ModelNotFound,
     Unauthenticated,
 )
+from dl_inference.json_body import read_json
 from dl_inference.listeners import bind_grpc, start_http
 from dl_inference.management.safety import (
     check_inside_roots,
@@ -39,12 +46,14 @@ from dl_inference.management.safety import (
 )
 from dl_inference.models import ModelRegistry
 from dl_inference.repository import read_model_folder
-from dl_inference.status import grpc_code, http_status, public_message
+from dl_inference.status import http_status, public_message
+from dl_inference.types import InferRequest
 from dl_inference.worker_link import SiblingReply, WorkerLink
 
 log = structlog.get_logger("dl_inference.management")
 
 SERVICE = "inference.GRPCInferenceService"
+PROTOCOL = "management"  # the name metrics and the access log carry
 # A sibling loads the model itself: give it as long as a slow model takes to load.
 SIBLING_TIMEOUT_S = 600.0
 
@@ -76,11 +85,14 @@ class ManagementService:
         self,
         config: ServerConfig,
         models: ModelRegistry,
+        runtime: RuntimeView,
         on_change: Callable[[], Awaitable[None]],
         link: WorkerLink | None = None,
     ) -> None:
         self.config = config
         self.models = models
+        self.runtime = runtime
+        self.calls = CallPath(runtime, PROTOCOL, "management")
         self.on_change = on_change
         self.link = link
         self.token = read_token(config)
@@ -263,12 +275,17 @@ class ManagementService:
         )
         await server.start()
         self._grpc = server
-        app = web.Application()
+        # The server's one body limit, which too_large() names when a body exceeds it.
+        app = web.Application(client_max_size=self.runtime.max_message_bytes)
+        routes = {
+            "/v2/repository/index": self._rest_index,
+            "/v2/repository/models/{model}/load": self._rest_load,
+            "/v2/repository/models/{model}/unload": self._rest_unload,
+        }
         app.add_routes(
             [
-                web.post("/v2/repository/index", self._rest_index),
-                web.post("/v2/repository/models/{model}/load", self._rest_load),
-                web.post("/v2/repository/models/{model}/unload", self._rest_unload),
+                web.post(path, self.calls.http_handler(f"POST {path}", handler, json_error_body))
+                for path, handler in routes.items()
             ]
         )
         self._http, self.http_address = await start_http(
@@ -281,99 +298,169 @@ class ManagementService:
         if self._http is not None:
             await self._http.cleanup()
 
+    # -- gRPC ------------------------------------------------------------------------------
+
     def _grpc_handler(self) -> grpc.GenericRpcHandler:
-        async def call(
-            context: grpc.aio.ServicerContext, action: Callable[[], Awaitable[Any]]
-        ) -> Any:
-            try:
-                metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-                self.authorize(metadata)
-                return await action()
-            except Exception as exc:
-                await context.abort(grpc_code(exc), public_message(exc, "management"))
-
-        async def index(
-            request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
-        ) -> pb.RepositoryIndexResponse:
-            async def run() -> pb.RepositoryIndexResponse:
-                reply = pb.RepositoryIndexResponse()
-                for row in self.index(request.ready):
-                    reply.models.add(**row)
-                return reply
-
-            return await call(context, run)
-
-        async def load(
-            request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
-        ) -> pb.RepositoryModelLoadResponse:
-            async def run() -> pb.RepositoryModelLoadResponse:
-                await self.load(request.model_name, dict(request.parameters))
-                return pb.RepositoryModelLoadResponse()
-
-            return await call(context, run)
-
-        async def unload(
-            request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
-        ) -> pb.RepositoryModelUnloadResponse:
-            async def run() -> pb.RepositoryModelUnloadResponse:
-                await self.unload(request.model_name)
-                return pb.RepositoryModelUnloadResponse()
-
-            return await call(context, run)
-
-        def unary(function: Any, request_type: Any) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                function,
-                request_deserializer=request_type.FromString,
-                response_serializer=lambda reply: reply.SerializeToString(),
-            )
-
-        return grpc.method_handlers_generic_handler(
+        # Raw bytes in (request type None): the token is checked before the body is parsed.
+        return self.calls.grpc_service(
             SERVICE,
             {
-                "RepositoryIndex": unary(index, pb.RepositoryIndexRequest),
-                "RepositoryModelLoad": unary(load, pb.RepositoryModelLoadRequest),
-                "RepositoryModelUnload": unary(unload, pb.RepositoryModelUnloadRequest),
+                "RepositoryIndex": (self._grpc_index, None),
+                "RepositoryModelLoad": (self._grpc_load, None),
+                "RepositoryModelUnload": (self._grpc_unload, None),
             },
         )
 
-    async def _rest(
-        self, request: web.Request, action: Callable[[dict[str, Any]], Awaitable[Any]]
-    ) -> web.Response:
-        try:
-            self.authorize({k.lower(): v for k, v in request.headers.items()})
-            body: dict[str, Any] = {}
-            if request.can_read_body:
-                try:
-                    body = await request.json()
-                except ValueError:
-                    raise InvalidInput("the body is not valid JSON") from None
-                if not isinstance(body, dict):
-                    raise InvalidInput("the body must be a JSON object")
-            result = await action(body)
-        except DlInferenceError as exc:
-            return web.json_response({"error": str(exc)}, status=http_status(exc))
-        except Exception as exc:
-            return web.json_response({"error": public_message(exc, "management")}, status=500)
-        return web.json_response(result) if result is not None else web.Response(status=200)
+    def _grpc_request(self, data: bytes, call: Call, message_type: Any) -> Any:
+        """The token first, then ``data`` parsed as ``message_type``."""
+        self.authorize(call.ctx.metadata)
+        with call.parsing(f"the {message_type.DESCRIPTOR.name}"):
+            return message_type.FromString(data)
 
-    async def _rest_index(self, request: web.Request) -> web.Response:
-        async def run(body: dict[str, Any]) -> Any:
-            return self.index(bool(body.get("ready", False)))
+    async def _grpc_index(self, data: bytes, call: Call) -> bytes:
+        request = self._grpc_request(data, call, pb.RepositoryIndexRequest)
+        reply = pb.RepositoryIndexResponse()
+        for row in self.index(request.ready):
+            reply.models.add(**row)
+        return reply.SerializeToString()
 
-        return await self._rest(request, run)
+    async def _grpc_load(self, data: bytes, call: Call) -> bytes:
+        request = self._grpc_request(data, call, pb.RepositoryModelLoadRequest)
+        name = _model_name(request.model_name, "load", call)
+        await self.load(name, _grpc_parameters("load", request.parameters))
+        return pb.RepositoryModelLoadResponse().SerializeToString()
 
-    async def _rest_load(self, request: web.Request) -> web.Response:
-        async def run(body: dict[str, Any]) -> None:
-            await self.load(request.match_info["model"], body.get("parameters") or {})
+    async def _grpc_unload(self, data: bytes, call: Call) -> bytes:
+        request = self._grpc_request(data, call, pb.RepositoryModelUnloadRequest)
+        name = _model_name(request.model_name, "unload", call)
+        # unload_dependents is checked but has nothing to act on: no model depends on another.
+        _grpc_parameters("unload", request.parameters)
+        await self.unload(name)
+        return pb.RepositoryModelUnloadResponse().SerializeToString()
 
-        return await self._rest(request, run)
+    # -- REST ------------------------------------------------------------------------------
 
-    async def _rest_unload(self, request: web.Request) -> web.Response:
-        async def run(body: dict[str, Any]) -> None:
-            await self.unload(request.match_info["model"])
+    async def _rest_body(self, request: web.Request, call: Call, operation: str) -> dict[str, Any]:
+        """The token first, then the JSON object of the body (``{}`` for an empty body)."""
+        self.authorize(call.ctx.metadata)
+        if "model" in request.match_info:
+            _model_name(request.match_info["model"], operation, call)
+        body = await read_body(request, call)
+        if not body:  # the extension's bodies are optional (tritonclient sends none)
+            return {}
+        document = read_json(body)
+        if not isinstance(document, dict):
+            raise InvalidInput(
+                f"the request body must be a JSON object, got {_json_kind(document)}; "
+                'e.g. {"parameters": {}}'
+            )
+        return document
 
-        return await self._rest(request, run)
+    async def _rest_index(self, request: web.Request, call: Call) -> web.Response:
+        body = await self._rest_body(request, call, "index")
+        ready = body.get("ready")
+        if ready is not None and not isinstance(ready, bool):
+            raise InvalidInput(f'"ready" must be true or false, got {_json_kind(ready)}')
+        return web.json_response(self.index(bool(ready)))
+
+    async def _rest_load(self, request: web.Request, call: Call) -> web.Response:
+        body = await self._rest_body(request, call, "load")
+        await self.load(request.match_info["model"], _rest_parameters("load", body))
+        return web.Response(status=200)
+
+    async def _rest_unload(self, request: web.Request, call: Call) -> web.Response:
+        body = await self._rest_body(request, call, "unload")
+        _rest_parameters("unload", body)  # as over gRPC: checked, nothing to act on
+        await self.unload(request.match_info["model"])
+        return web.Response(status=200)
+
+
+# -- what clients send -----------------------------------------------------------------------
+
+Parameter = bool | int | float | str | bytes
+"""A repository parameter's value: V2 REST's string, number or boolean; gRPC's bytes too."""
+
+
+def _model_name(name: str, operation: str, call: Call) -> str:
+    """``name``, non-empty; the access log and metrics of this call then name the model."""
+    if not name:
+        raise InvalidInput(f"model_name is empty; name the model to {operation}")
+    call.ctx.request = InferRequest(model_name=name, inputs={})
+    return name
+
+
+def _grpc_parameters(operation: str, parameters: Mapping[str, Any]) -> dict[str, Parameter]:
+    """A ``map<string, ModelRepositoryParameter>`` as plain values, each type checked."""
+    values: dict[str, Parameter] = {}
+    for name, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is None:
+            raise InvalidInput(
+                f"{operation} parameter {name!r} has no value; set one of bool_param, "
+                "int64_param, string_param or bytes_param"
+            )
+        values[name] = getattr(parameter, choice)
+        _check_parameter(operation, name, values[name])
+    return values
+
+
+def _rest_parameters(operation: str, body: Mapping[str, Any]) -> dict[str, Parameter]:
+    """The body's ``parameters``: an object of strings, numbers and booleans, type checked."""
+    parameters = body.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(
+            f'"parameters" must be a JSON object of names to values, got '
+            f"{_json_kind(parameters)}; e.g. "
+            '{"parameters": {"unload_dependents": false}}'
+        )
+    for name, value in parameters.items():
+        if value is None or isinstance(value, list | dict):
+            raise InvalidInput(
+                f"{operation} parameter {name!r} must be a string, number or boolean, "
+                f"got {_json_kind(value)}"
+            )
+        _check_parameter(operation, name, value)
+    return parameters
+
+
+def _check_parameter(operation: str, name: str, value: Parameter) -> None:
+    """InvalidInput when a parameter the V2 repository extension defines has the wrong type.
+
+    Load: ``config`` is the model configuration as JSON text, ``file:<version>/<name>`` a
+    file's content (base64 text over REST, bytes over gRPC). Unload: ``unload_dependents``
+    is a boolean. Other names are not the extension's; they pass here (and load refuses
+    every parameter: a model's files and config.yaml live in its folder).
+    """
+    wanted: tuple[type, ...]
+    if operation == "load" and name == "config":
+        wanted, what = (str,), "a string holding the model configuration as JSON"
+    elif operation == "load" and name.startswith("file:"):
+        wanted, what = (str, bytes), "the file's content (base64 text over REST, bytes over gRPC)"
+    elif operation == "unload" and name == "unload_dependents":
+        wanted, what = (bool,), "true or false"
+    else:
+        return
+    if not isinstance(value, wanted):
+        raise InvalidInput(
+            f"{operation} parameter {name!r} must be {what}, got {_json_kind(value)}"
+        )
+
+
+def _json_kind(value: object) -> str:
+    """How a client would name ``value``'s type: JSON's words (gRPC's bytes too)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bytes):
+        return "bytes"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _sibling_error(
