@@ -29,6 +29,8 @@ class ServerProcess:
     Waits until the server prints its listening addresses; ``grpc_address`` and
     ``http_url`` then point at it. Leaving the ``with`` block sends SIGTERM and waits.
     ``output()`` returns everything the process printed so far (stdout and stderr).
+    ``python`` runs the server with another interpreter (another venv's ``bin/python``)
+    instead of the one running the test.
     """
 
     def __init__(
@@ -40,8 +42,10 @@ class ServerProcess:
         cwd: str | Path | None = None,
         extra_flags: bool = True,
         expect_http: bool = True,
+        python: str | Path | None = None,
     ) -> None:
         self.args = list(args)
+        self.python = str(python) if python is not None else sys.executable
         if extra_flags:
             self.args += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -71,7 +75,7 @@ class ServerProcess:
             return "".join(self._lines)
 
     def start(self) -> ServerProcess:
-        command = [sys.executable, "-m", "dl_inference", "serve", *self.args]
+        command = [self.python, "-m", "dl_inference", "serve", *self.args]
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
