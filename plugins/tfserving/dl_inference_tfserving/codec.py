@@ -1,16 +1,18 @@
 """TensorProto <-> numpy, and TF DataType <-> V2 datatype names, without importing TensorFlow.
 
 Decoding reads ``tensor_content`` with ``np.frombuffer`` (no copy); typed ``*_val`` fields
-follow TensorFlow's rule that a shorter list is padded with its last value.
+follow TensorFlow's rule that a shorter list is padded with its last value, within a byte
+budget. Declared shapes are checked against the bytes present before any allocation.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from dl_inference import InvalidInput
+from dl_inference import InvalidInput, check_raw_size, check_value_count
 from dl_inference_tfserving._proto import tfs_pb2
 
 DT = tfs_pb2.DataType
@@ -74,50 +76,94 @@ def tf_dtype_for_numpy(dtype: np.dtype) -> int:
     return found
 
 
-def to_numpy(proto: tfs_pb2.TensorProto, name: str = "") -> np.ndarray:
-    """Decode one TensorProto; InvalidInput says which tensor and what is wrong with it."""
-    label = f"input {name!r}" if name else "tensor"
+def to_numpy(
+    proto: tfs_pb2.TensorProto, name: str = "", *, fill_limit_bytes: int | None = None
+) -> np.ndarray:
+    """Decode one TensorProto; InvalidInput says which tensor and what is wrong with it.
+
+    Sizes are checked against the bytes the message carries before anything is allocated
+    (the kernel's :func:`~dl_inference.check_raw_size` / :func:`~dl_inference.check_value_count`).
+    TensorFlow fills a short ``*_val`` list out with its last value (one value for a whole
+    tensor): allowed up to ``fill_limit_bytes`` bytes of filled tensor (tie it to the
+    server's message limit), refused when it is None.
+    """
+    label = name or "tensor"
     entry = _TABLE.get(proto.dtype)
     if entry is None:
         supported = ", ".join(dtype_name(dt) for dt in _TABLE)
         raise InvalidInput(
-            f"{label}: dtype {dtype_name(proto.dtype)} is not supported; use one of {supported}"
+            f"input {label!r}: dtype {dtype_name(proto.dtype)} is not supported; use one of "
+            f"{supported}"
         )
-    np_dtype, _, field = entry
+    np_dtype, datatype, field = entry
     if proto.tensor_shape.unknown_rank:
-        raise InvalidInput(f"{label}: tensor_shape has unknown_rank; send a concrete shape")
-    shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{label}: tensor_shape {list(shape)} has a negative dimension")
-    count = int(np.prod(shape, dtype=np.int64))
+        raise InvalidInput(f"input {label!r}: tensor_shape has unknown_rank; send a concrete shape")
+    shape = [dim.size for dim in proto.tensor_shape.dim]
     if proto.tensor_content and proto.dtype != DT.DT_STRING:
         content = proto.tensor_content
-        if len(content) != count * np_dtype.itemsize:
+        try:
+            dims = check_raw_size(label, datatype, shape, len(content))
+        except InvalidInput as exc:
+            # The kernel's rule and message; TF Serving's clients know the field by its name.
             raise InvalidInput(
-                f"{label}: tensor_content holds {len(content)} bytes but shape {list(shape)} of "
-                f"{dtype_name(proto.dtype)} needs {count * np_dtype.itemsize}"
-            )
+                f"{exc} (the raw data is the TensorProto's tensor_content)"
+            ) from None
         # Zero-copy: the array views the request's bytes (read-only).
-        return np.frombuffer(content, dtype=np_dtype).reshape(shape)
+        return np.frombuffer(content, dtype=np_dtype).reshape(dims)
     values: Any = getattr(proto, field)
+    dims = check_value_count(
+        label, datatype, shape, len(values), field=field, fill_limit_bytes=fill_limit_bytes
+    )
     if proto.dtype == DT.DT_STRING:
         array = np.empty(len(values), dtype=np.object_)
         array[:] = list(values)
-    elif proto.dtype == DT.DT_HALF:
-        array = np.asarray(values, dtype=np.uint16).view(np.float16)
     else:
-        array = np.asarray(values, dtype=np_dtype)
-    if len(array) == count:
-        return array.reshape(shape)
-    if 0 < len(array) < count:
-        # TensorFlow pads a short value list with its last element (e.g. one value = fill).
+        array = _typed_values(label, proto.dtype, field, values)
+    count = math.prod(dims)
+    if len(array) < count:
+        # TensorFlow's rule; check_value_count has bounded the size of the filled tensor.
         padded = np.empty(count, dtype=array.dtype)
         padded[: len(array)] = array
         padded[len(array) :] = array[-1]
-        return padded.reshape(shape)
-    raise InvalidInput(
-        f"{label}: {len(array)} values in {field} do not fit shape {list(shape)} ({count} elements)"
-    )
+        array = padded
+    return array.reshape(dims)
+
+
+# Typed value fields as protobuf holds them: numpy reads them at this width, then narrows.
+_WIDE: dict[str, np.dtype] = {
+    "float_val": np.dtype(np.float32),
+    "double_val": np.dtype(np.float64),
+    "half_val": np.dtype(np.int32),
+    "int_val": np.dtype(np.int32),
+    "int64_val": np.dtype(np.int64),
+    "uint32_val": np.dtype(np.uint32),
+    "uint64_val": np.dtype(np.uint64),
+    "bool_val": np.dtype(np.bool_),
+}
+
+
+def _typed_values(label: str, dtype: int, field: str, values: Any) -> np.ndarray:
+    """``values`` of ``field`` as the dtype's array, refusing values the dtype cannot hold.
+
+    ``int_val`` carries int8...uint16 as int32 and ``half_val`` carries float16 bit
+    patterns as int32: a value outside the narrower type is the client's mistake, never
+    silently wrapped.
+    """
+    wide = np.fromiter(values, dtype=_WIDE[field], count=len(values))
+    # DT_HALF travels as its 16 bits: range-check as uint16, then reinterpret.
+    target = np.dtype(np.uint16) if dtype == DT.DT_HALF else _TABLE[dtype][0]
+    if target.kind in "iu" and target != wide.dtype and wide.size:
+        info = np.iinfo(target)
+        low, high = int(wide.min()), int(wide.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            kind = "16-bit patterns of" if dtype == DT.DT_HALF else "values of"
+            raise InvalidInput(
+                f"input {label!r}: {field} holds {bad}, out of range for the {kind} "
+                f"{dtype_name(dtype)} ({info.min}..{info.max}); send values that fit the dtype"
+            )
+    array = wide.astype(target, copy=False)
+    return array.view(np.float16) if dtype == DT.DT_HALF else array
 
 
 def from_numpy(array: np.ndarray, proto: tfs_pb2.TensorProto | None = None) -> tfs_pb2.TensorProto:

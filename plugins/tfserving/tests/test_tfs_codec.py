@@ -53,7 +53,9 @@ def test_encoded_tensors_read_back_with_tensorflow(array: np.ndarray) -> None:
 def test_typed_values_follow_tensorflow_padding_and_half_bits() -> None:
     tensor = tfs_pb2.TensorProto(dtype=tfs_pb2.DT_FLOAT, float_val=[4.0])
     tensor.tensor_shape.dim.add().size = 3
-    np.testing.assert_array_equal(codec.to_numpy(tensor), [4.0, 4.0, 4.0])
+    filled = codec.to_numpy(tensor, fill_limit_bytes=12)
+    np.testing.assert_array_equal(filled, [4.0, 4.0, 4.0])
+    assert filled.dtype == np.float32
     half = tfs_pb2.TensorProto(dtype=tfs_pb2.DT_HALF)
     half.half_val.extend(np.float16([1.5, -2]).view(np.uint16).tolist())
     half.tensor_shape.dim.add().size = 2
@@ -69,11 +71,89 @@ def test_tensor_content_is_viewed_not_copied() -> None:
 def test_malformed_tensors_say_what_is_wrong() -> None:
     bad_size = tfs_pb2.TensorProto(dtype=tfs_pb2.DT_FLOAT, tensor_content=b"\x00" * 5)
     bad_size.tensor_shape.dim.add().size = 2
-    with pytest.raises(InvalidInput, match=r"input 'x': tensor_content holds 5 bytes.*needs 8"):
+    with pytest.raises(
+        InvalidInput, match=r"input 'x': raw data holds 5 bytes.*needs 8.*tensor_content"
+    ):
         codec.to_numpy(bad_size, "x")
     with pytest.raises(InvalidInput, match="DT_COMPLEX64 is not supported"):
         codec.to_numpy(tfs_pb2.TensorProto(dtype=tfs_pb2.DT_COMPLEX64), "x")
     too_many = tfs_pb2.TensorProto(dtype=tfs_pb2.DT_INT64, int64_val=[1, 2, 3])
     too_many.tensor_shape.dim.add().size = 2
-    with pytest.raises(InvalidInput, match="3 values in int64_val do not fit shape"):
-        codec.to_numpy(too_many, "x")
+    with pytest.raises(
+        InvalidInput, match=r"int64_val holds 3 values but INT64 shape \[2\] needs 2"
+    ):
+        codec.to_numpy(too_many, "x", fill_limit_bytes=1024)
+
+
+def tensor_proto(dtype: int, shape: list[int], **values: object) -> tfs_pb2.TensorProto:
+    tensor = tfs_pb2.TensorProto(dtype=dtype, **values)
+    for size in shape:
+        tensor.tensor_shape.dim.add().size = size
+    return tensor
+
+
+@pytest.mark.parametrize(
+    ("tensor", "words"),
+    [
+        # A huge declared shape with tiny data: refused before numpy sees it.
+        (tensor_proto(tfs_pb2.DT_FLOAT, [2**31, 2**31], float_val=[1.0]), "over the"),
+        (tensor_proto(tfs_pb2.DT_FLOAT, [2**31, 2**31], tensor_content=b"\0" * 4), "needs"),
+        (tensor_proto(tfs_pb2.DT_FLOAT, [0, 2**62]), "too large"),
+        (tensor_proto(tfs_pb2.DT_STRING, [2**31, 2**31], string_val=[b"a"]), "over the"),
+        (tensor_proto(tfs_pb2.DT_FLOAT, [-1], float_val=[1.0]), "invalid"),
+        (tensor_proto(tfs_pb2.DT_FLOAT, [1] * 40, float_val=[1.0]), "40 dimensions"),
+    ],
+    ids=["2^31x2^31 fill", "2^31x2^31 content", "0x2^62", "strings 2^31x2^31", "-1", "rank 40"],
+)
+def test_declared_shapes_are_checked_against_the_data(tensor: object, words: str) -> None:
+    with pytest.raises(InvalidInput, match=words) as caught:
+        codec.to_numpy(tensor, "x", fill_limit_bytes=64 * 1024 * 1024)
+    assert "input 'x'" in str(caught.value)
+
+
+def test_filling_out_a_short_list_is_capped_before_allocating() -> None:
+    """21 bytes on the wire may not make the server allocate 128 MiB."""
+    tensor = tensor_proto(tfs_pb2.DT_FLOAT, [2**25], float_val=[1.0])
+    assert len(tensor.SerializeToString()) < 24
+    with pytest.raises(InvalidInput, match=r"134217728 bytes, over the 2097152-byte limit"):
+        codec.to_numpy(tensor, "x", fill_limit_bytes=2 * 1024 * 1024)
+    # Within the limit TensorFlow's fill still works; without a limit there is no fill.
+    assert (
+        codec.to_numpy(
+            tensor_proto(tfs_pb2.DT_FLOAT, [4], float_val=[2.0]), "x", fill_limit_bytes=16
+        ).tolist()
+        == [2.0] * 4
+    )
+    with pytest.raises(InvalidInput, match="holds 1 values but FP32 shape"):
+        codec.to_numpy(tensor_proto(tfs_pb2.DT_FLOAT, [4], float_val=[2.0]), "x")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "field", "value", "bounds"),
+    [
+        (tfs_pb2.DT_UINT8, "int_val", -1, "0..255"),
+        (tfs_pb2.DT_UINT8, "int_val", 256, "0..255"),
+        (tfs_pb2.DT_INT8, "int_val", 300, "-128..127"),
+        (tfs_pb2.DT_INT16, "int_val", -40000, "-32768..32767"),
+        (tfs_pb2.DT_UINT16, "int_val", 70000, "0..65535"),
+        (tfs_pb2.DT_HALF, "half_val", 70000, "0..65535"),
+        (tfs_pb2.DT_HALF, "half_val", -1, "0..65535"),
+    ],
+)
+def test_typed_values_out_of_range_for_the_dtype(
+    dtype: int, field: str, value: int, bounds: str
+) -> None:
+    tensor = tensor_proto(dtype, [2], **{field: [0, value]})
+    with pytest.raises(
+        InvalidInput, match=rf"input 'x': {field} holds {value}, out of range.*{bounds}"
+    ):
+        codec.to_numpy(tensor, "x")
+    # The same field in range decodes to the dtype.
+    good = tensor_proto(dtype, [2], **{field: [0, 1]})
+    assert codec.to_numpy(good, "x").dtype == codec.numpy_dtype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [0, tfs_pb2.DT_BFLOAT16, 99, 2**20])
+def test_unknown_dtypes_are_invalid_input(dtype: int) -> None:
+    with pytest.raises(InvalidInput, match="is not supported; use one of DT_FLOAT"):
+        codec.to_numpy(tensor_proto(dtype, [1], float_val=[1.0]), "x")
