@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from google.protobuf.descriptor_pb2 import FileDescriptorProto
 
-    from dl_inference import Runtime
+    from dl_inference import RuntimeView
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
@@ -89,12 +89,12 @@ class TFServingProtocol(Protocol):
     name = "tfserving"
     grpc_services = (PREDICTION_SERVICE, MODEL_SERVICE, SEED_SERVICE)
 
-    def grpc_handlers(self, runtime: Runtime) -> Sequence[grpc.GenericRpcHandler]:
+    def grpc_handlers(self, runtime: RuntimeView) -> Sequence[grpc.GenericRpcHandler]:
         from dl_inference_tfserving.grpc_api import grpc_handlers
 
         return grpc_handlers(runtime)
 
-    def http_routes(self, runtime: Runtime) -> Sequence[web.RouteDef]:
+    def http_routes(self, runtime: RuntimeView) -> Sequence[web.RouteDef]:
         from dl_inference_tfserving.rest import http_routes
 
         return http_routes(runtime)

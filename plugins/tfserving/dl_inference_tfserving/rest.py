@@ -12,6 +12,8 @@ import binascii
 import json
 import math
 import re
+from collections.abc import Awaitable, Callable
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -19,13 +21,16 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from dl_inference import (
-    DlInferenceError,
+    Call,
+    CallPath,
+    InferRequest,
     InvalidInput,
-    RequestContext,
-    Runtime,
-    http_status,
-    public_message,
+    RuntimeView,
+    json_error_body,
+    read_body,
+    read_json,
     to_numpy_dtype,
+    utf8_bytes,
 )
 from dl_inference_tfserving import codec
 from dl_inference_tfserving._proto import tfs_pb2
@@ -33,25 +38,41 @@ from dl_inference_tfserving.service import PROTOCOL, Target, TFServing
 
 PLUGIN = "dl_inference_tfserving"
 
+# ASCII digits only, as TF Serving's RE2 pattern (Python's \d also takes other scripts' digits).
 _PATH = re.compile(
     r"^(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
     r"(?::(?P<verb>predict|classify|regress)|(?P<metadata>/metadata))?$"
 )
+_INT64_MAX = 2**63 - 1
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(exc: BaseException) -> web.Response:
-    plugin = "" if isinstance(exc, DlInferenceError) else PLUGIN
-    return web.json_response({"error": public_message(exc, plugin)}, status=http_status(exc))
-
-
-def _spec(match: re.Match[str]) -> tfs_pb2.ModelSpec:
+def _spec(request: web.Request) -> tfs_pb2.ModelSpec:
+    """The ModelSpec a path the dispatcher matched names; InvalidInput for a bad version."""
+    match = _PATH.match(request.match_info["tail"])
+    if match is None:  # the dispatcher sends only matching paths here
+        raise _malformed(request)
     spec = tfs_pb2.ModelSpec(name=match["name"])
     if match["version"]:
-        spec.version.value = int(match["version"])
+        digits = match["version"]
+        # Length first: int() of thousands of digits is slow, and refused past 4300.
+        if len(digits) > len(str(_INT64_MAX)) or int(digits) > _INT64_MAX:
+            shown = digits if len(digits) <= 40 else f"{digits[:20]}...({len(digits)} digits)"
+            raise InvalidInput(
+                f"Failed to convert version: {shown} to numeric: a model version is an "
+                f"integer from 0 to {_INT64_MAX}"
+            )
+        spec.version.value = int(digits)
     elif match["label"]:
         spec.version_label = match["label"]
     return spec
+
+
+def _malformed(request: web.Request) -> web.HTTPNotFound:
+    # TF Serving's answer to a path it has no API for (the call path renders it as JSON).
+    return web.HTTPNotFound(text=f"Malformed request: {request.method} {request.path}")
 
 
 def _json(message: Any) -> dict[str, Any]:
@@ -61,99 +82,122 @@ def _json(message: Any) -> dict[str, Any]:
 
 
 class TFServingRest:
-    """aiohttp handlers for the ``/v1/models`` tree."""
+    """aiohttp handlers for the ``/v1/models`` tree, on the kernel's call path.
 
-    def __init__(self, runtime: Runtime) -> None:
+    One route per HTTP method takes the whole tree (its paths contain ``:``); it picks the
+    handler by the path's form, and each handler is bound with its own label, which is what
+    ``ctx.method`` reads (``"POST /v1/models/{name}:predict"``, ...).
+    """
+
+    def __init__(self, runtime: RuntimeView) -> None:
+        self.runtime = runtime
         self.service = TFServing(runtime)
+        self.calls = CallPath(runtime, PROTOCOL, PLUGIN)
+        handlers = {
+            "status": ("GET /v1/models/{name}", self.status),
+            "metadata": ("GET /v1/models/{name}/metadata", self.metadata),
+            "predict": ("POST /v1/models/{name}:predict", self.predict),
+            "classify": ("POST /v1/models/{name}:classify", self.classify),
+            "regress": ("POST /v1/models/{name}:regress", self.regress),
+            "GET": ("GET /v1/models/...", self.malformed),
+            "POST": ("POST /v1/models/...", self.malformed),
+        }
+        self.handlers: dict[str, Handler] = {
+            kind: self.calls.http_handler(label, handler, json_error_body)
+            for kind, (label, handler) in handlers.items()
+        }
 
-    async def get(self, request: web.Request) -> web.Response:
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """The handler for this path's form, or the malformed-request answer."""
         match = _PATH.match(request.match_info["tail"])
-        if match is None or match["verb"]:
-            return _malformed(request)
-        try:
-            spec = _spec(match)
-            if match["metadata"]:
-                reply = self.service.metadata(
-                    tfs_pb2.GetModelMetadataRequest(
-                        model_spec=spec, metadata_field=["signature_def"]
-                    )
-                )
-                signatures = tfs_pb2.SignatureDefMap.FromString(
-                    reply.metadata["signature_def"].value
-                )
-                body = {
-                    "model_spec": {
-                        "name": reply.model_spec.name,
-                        "signature_name": "",
-                        "version": str(reply.model_spec.version.value),
-                    },
-                    "metadata": {"signature_def": _json(signatures)},
-                }
-                return web.json_response(body)
-            return web.json_response(_json(self.service.status(spec)))
-        except Exception as exc:
-            return error_response(exc)
+        kind = request.method
+        if match is not None:
+            if request.method == "POST" and match["verb"]:
+                kind = match["verb"]
+            elif request.method == "GET" and not match["verb"]:
+                kind = "metadata" if match["metadata"] else "status"
+        return await self.handlers[kind](request)
 
-    async def post(self, request: web.Request) -> web.Response:
-        match = _PATH.match(request.match_info["tail"])
-        if match is None or not match["verb"]:
-            return _malformed(request)
-        ctx = RequestContext(
-            protocol=PROTOCOL,
-            method=f"REST {match['verb']}",
-            metadata={k.lower(): v for k, v in request.headers.items()},
-            peer=request.remote or "",
+    async def malformed(self, request: web.Request, call: Call) -> web.Response:
+        raise _malformed(request)
+
+    async def status(self, request: web.Request, call: Call) -> web.Response:
+        spec = _spec(request)
+        return web.json_response(_json(self.service.status(spec)))
+
+    async def metadata(self, request: web.Request, call: Call) -> web.Response:
+        spec = _spec(request)
+        reply = self.service.metadata(
+            tfs_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
         )
-        try:
-            body = _parse_body(await request.read())
-            spec = _spec(match)
-            if "signature_name" in body:
-                spec.signature_name = str(body["signature_name"])
-            if match["verb"] == "predict":
-                return web.json_response(await self._predict(spec, body, ctx), dumps=_dumps)
-            examples = _examples(body)
-            if match["verb"] == "classify":
-                _, result = await self.service.classify(spec, examples, ctx)
-                rows = [
-                    [[c.label, c.score] for c in classifications.classes]
-                    for classifications in result.classifications
-                ]
-                return web.json_response({"results": rows}, dumps=_dumps)
-            _, values = await self.service.regress(spec, examples, ctx)
-            return web.json_response(
-                {"results": [r.value for r in values.regressions]}, dumps=_dumps
-            )
-        except Exception as exc:
-            return error_response(exc)
+        signatures = tfs_pb2.SignatureDefMap.FromString(reply.metadata["signature_def"].value)
+        body = {
+            "model_spec": {
+                "name": reply.model_spec.name,
+                "signature_name": "",
+                "version": str(reply.model_spec.version.value),
+            },
+            "metadata": {"signature_def": _json(signatures)},
+        }
+        return web.json_response(body)
 
-    async def _predict(
-        self, spec: tfs_pb2.ModelSpec, body: dict[str, Any], ctx: RequestContext
-    ) -> dict[str, Any]:
+    async def predict(self, request: web.Request, call: Call) -> web.Response:
+        spec, body = await self._request(request, call)
         if ("instances" in body) == ("inputs" in body):
             raise InvalidInput(
                 'the body needs exactly one of "instances" (row format) or "inputs" '
                 "(columnar format)"
             )
-        target = self.service.target(spec)
-        specs = {key: info for key, info in target.signature.inputs.items()}
+        target = self.service.target(spec, call)
+        specs = dict(target.signature.inputs.items())
+        with call.parsing("the request body"):
+            if "instances" in body:
+                inputs = _row_inputs(body["instances"], specs)
+            else:
+                inputs = _columnar_inputs(body["inputs"], specs)
+        outputs = (await self.service.infer(target, inputs, call)).outputs
         if "instances" in body:
-            inputs = _row_inputs(body["instances"], specs)
-        else:
-            inputs = _columnar_inputs(body["inputs"], specs)
-        response = await self.service.infer(target, inputs, ctx)
-        outputs = response.outputs
-        if "instances" in body:
-            return {"predictions": _row_outputs(target, outputs)}
-        if len(outputs) == 1:
+            reply: dict[str, Any] = {"predictions": _row_outputs(target, outputs)}
+        elif len(outputs) == 1:
             key, array = next(iter(outputs.items()))
-            return {"outputs": _to_json(key, array)}
-        return {"outputs": {key: _to_json(key, array) for key, array in outputs.items()}}
+            reply = {"outputs": _to_json(key, array)}
+        else:
+            reply = {"outputs": {key: _to_json(key, array) for key, array in outputs.items()}}
+        return web.json_response(reply, dumps=_dumps)
 
+    async def classify(self, request: web.Request, call: Call) -> web.Response:
+        spec, body = await self._request(request, call)
+        with call.parsing("the request body"):
+            examples = _examples(body)
+        _, result = await self.service.classify(spec, examples, call)
+        rows = [
+            [[c.label, c.score] for c in classifications.classes]
+            for classifications in result.classifications
+        ]
+        return web.json_response({"results": rows}, dumps=_dumps)
 
-def _malformed(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"error": f"Malformed request: {request.method} {request.path}"}, status=404
-    )
+    async def regress(self, request: web.Request, call: Call) -> web.Response:
+        spec, body = await self._request(request, call)
+        with call.parsing("the request body"):
+            examples = _examples(body)
+        _, values = await self.service.regress(spec, examples, call)
+        return web.json_response({"results": [r.value for r in values.regressions]}, dumps=_dumps)
+
+    async def _request(
+        self, request: web.Request, call: Call
+    ) -> tuple[tfs_pb2.ModelSpec, dict[str, Any]]:
+        """The addressed ModelSpec and the JSON body (within the server's size limit)."""
+        spec = _spec(request)
+        # Failures from here on are counted against the model the path names.
+        call.ctx.request = InferRequest(model_name=spec.name, inputs={})
+        body = read_json(await read_body(request, call))
+        if not isinstance(body, dict):
+            raise InvalidInput(f"the request body must be a JSON object, not {type(body).__name__}")
+        if "signature_name" in body:
+            if not isinstance(body["signature_name"], str):
+                raise InvalidInput('"signature_name" must be a string')
+            spec.signature_name = body["signature_name"]
+        return spec, body
 
 
 def _dumps(value: Any) -> str:
@@ -161,71 +205,109 @@ def _dumps(value: Any) -> str:
     return json.dumps(value)
 
 
-def _parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"JSON Parse error: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidInput(f"the request body must be a JSON object, not {type(body).__name__}")
-    return body
-
-
 # -- JSON values -> arrays ---------------------------------------------------------------------
+# read_json has bounded the nesting (MAX_JSON_DEPTH), and the walks below go level by level
+# rather than recursing: no JSON document reaches Python's recursion limit.
 
 
-def _decode_b64(value: Any) -> Any:
-    """Replace ``{"b64": "..."}`` objects by their bytes, recursively."""
-    if isinstance(value, dict):
-        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+def _b64(value: dict[str, Any], where: str) -> bytes:
+    """The bytes of a ``{"b64": "..."}`` object; InvalidInput for any other object."""
+    if set(value) != {"b64"} or not isinstance(value["b64"], str):
+        raise InvalidInput(
+            f'{where}: a JSON object inside a tensor value must be {{"b64": "<base64>"}}; '
+            f"got keys {sorted(value)[:8]}"
+        )
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f'{where}: "b64" value is not valid base64: {exc}') from None
+
+
+def _flatten(key: str, value: Any) -> tuple[list[int], list[Any]]:
+    """The shape of a nested JSON list and its leaves in row-major order (b64 decoded)."""
+    shape: list[int] = []
+    level = [value]
+    while level and type(level[0]) is list:
+        width = len(level[0])
+        if any(type(item) is not list or len(item) != width for item in level):
             raise InvalidInput(
-                'a JSON object inside a tensor value must be {"b64": "<base64>"}; '
-                f"got keys {sorted(value)}"
+                f"input {key!r}: the JSON value is not a rectangular array (lists at one "
+                "depth must all have the same length, and hold lists or values alike)"
             )
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidInput(f'"b64" value is not valid base64: {exc}') from None
-    if isinstance(value, list):
-        return [_decode_b64(v) for v in value]
-    return value
+        shape.append(width)
+        level = list(chain.from_iterable(level))
+    kinds = set(map(type, level))  # one pass in C: most tensors hold one or two kinds
+    if list in kinds:
+        raise InvalidInput(f"input {key!r}: the JSON value is not a rectangular array")
+    if dict in kinds:
+        where = f"input {key!r}"
+        level = [_b64(leaf, where) if type(leaf) is dict else leaf for leaf in level]
+    return shape, level
+
+
+# The JSON value types each numpy kind accepts (bool is an int in Python: told apart by type).
+_KINDS: dict[str, tuple[str, frozenset[type]]] = {
+    "b": ("true/false", frozenset({bool})),
+    "i": ("integers", frozenset({int})),
+    "u": ("integers", frozenset({int})),
+    "f": ("numbers", frozenset({int, float})),
+}
 
 
 def _to_array(key: str, value: Any, info: tfs_pb2.TensorInfo | None) -> np.ndarray:
-    value = _decode_b64(value)
+    """A tensor from its JSON value, typed by the signature's input (inferred without one)."""
+    shape, leaves = _flatten(key, value)
+    kinds = set(map(type, leaves))
     datatype = codec.v2_datatype(info.dtype) if info is not None else None
-    try:
-        if datatype == "BYTES" or (datatype is None and _is_text(value)):
-            raw = np.array(value, dtype=np.object_)
-            array = np.empty(raw.shape, dtype=np.object_)
-            for index, item in np.ndenumerate(raw):
-                if not isinstance(item, bytes | str):
-                    raise ValueError(f"{item!r} is not a string")
-                array[index] = item.encode("utf-8") if isinstance(item, str) else item
-            return array
-        if datatype is None:
-            return np.asarray(value)
-        dtype = to_numpy_dtype(datatype)
-        if _has_text(value):
-            raise ValueError("strings given for a numeric tensor")
-        return np.array(value, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        want = datatype or "a uniform type"
+    if datatype is None:
+        datatype = _inferred_datatype(key, kinds)
+    if datatype == "BYTES":
+        if not kinds <= {str, bytes}:
+            index = next(i for i, leaf in enumerate(leaves) if type(leaf) not in (str, bytes))
+            raise InvalidInput(
+                f"input {key!r} is a string tensor: element {index} ({leaves[index]!r:.40}) "
+                'must be a string or {"b64": "<base64>"}'
+            )
+        array = np.empty(len(leaves), dtype=np.object_)
+        array[:] = [
+            utf8_bytes(leaf, f"input {key!r}, element {index}") if type(leaf) is str else leaf
+            for index, leaf in enumerate(leaves)
+        ]
+        return array.reshape(shape)
+    dtype = to_numpy_dtype(datatype)
+    wanted, accepted = _KINDS[dtype.kind]
+    if not kinds <= accepted:
+        index = next(i for i, leaf in enumerate(leaves) if type(leaf) not in accepted)
         raise InvalidInput(
-            f"input {key!r}: the JSON value is not a rectangular array of {want} ({exc})"
-        ) from None
+            f"input {key!r} is {datatype}: element {index} ({leaves[index]!r:.40}) is not one "
+            f"of the {wanted} it takes"
+        )
+    if dtype.kind in "iu" and leaves:
+        limits = np.iinfo(dtype)
+        low, high = min(leaves), max(leaves)
+        if low < limits.min or high > limits.max:
+            raise InvalidInput(
+                f"input {key!r}: value {low if low < limits.min else high} is out of range for "
+                f"{datatype} ({limits.min}..{limits.max})"
+            )
+    return np.array(leaves, dtype=dtype).reshape(shape)
 
 
-def _is_text(value: Any) -> bool:
-    while isinstance(value, list) and value:
-        value = value[0]
-    return isinstance(value, str | bytes)
-
-
-def _has_text(value: Any) -> bool:
-    if isinstance(value, list):
-        return any(_has_text(v) for v in value)
-    return isinstance(value, str | bytes)
+def _inferred_datatype(key: str, kinds: set[type]) -> str:
+    """For an input the signature does not describe: what the JSON values are."""
+    if not kinds:
+        return "FP64"
+    for datatype, accepted in (
+        ("BYTES", {str, bytes}),
+        ("BOOL", {bool}),
+        ("INT64", {int}),
+        ("FP64", {int, float}),
+    ):
+        if kinds <= accepted:
+            return datatype
+    raise InvalidInput(
+        f"input {key!r}: the JSON values are not all numbers, all true/false or all strings"
+    )
 
 
 def _row_inputs(instances: Any, specs: dict[str, tfs_pb2.TensorInfo]) -> dict[str, np.ndarray]:
@@ -340,25 +422,31 @@ def _example(features: Any, where: str) -> tfs_pb2.Example:
         raise InvalidInput(f"{where} must be an object mapping feature names to values")
     example = tfs_pb2.Example()
     for name, value in features.items():
-        values = _decode_b64(value if isinstance(value, list) else [value])
+        at = f"{where}.{name}"
+        values = [
+            _b64(v, at) if isinstance(v, dict) else v
+            for v in (value if isinstance(value, list) else [value])
+        ]
         feature = example.features.feature[name]
         if all(isinstance(v, bytes | str) for v in values):
-            feature.bytes_list.value.extend(v.encode() if isinstance(v, str) else v for v in values)
-        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            feature.bytes_list.value.extend(
+                utf8_bytes(v, at) if isinstance(v, str) else v for v in values
+            )
+        elif all(type(v) is int for v in values):
+            if values and not -(2**63) <= min(values) <= max(values) <= _INT64_MAX:
+                raise InvalidInput(f"{at}: integer features are int64; a value is out of range")
             feature.int64_list.value.extend(values)
-        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        elif all(type(v) in (int, float) for v in values):
             feature.float_list.value.extend(float(v) for v in values)
         else:
-            raise InvalidInput(
-                f"{where}.{name}: values must be all numbers or all strings / b64 objects"
-            )
+            raise InvalidInput(f"{at}: values must be all numbers or all strings / b64 objects")
     return example
 
 
-def http_routes(runtime: Runtime) -> list[web.RouteDef]:
-    """The ``/v1/models/...`` routes (one regex route: paths contain ``:``)."""
+def http_routes(runtime: RuntimeView) -> list[web.RouteDef]:
+    """The ``/v1/models/...`` routes (one route per method: the paths contain ``:``)."""
     api = TFServingRest(runtime)
     return [
-        web.get("/v1/models/{tail:.+}", api.get),
-        web.post("/v1/models/{tail:.+}", api.post),
+        web.get("/v1/models/{tail:.+}", api.dispatch),
+        web.post("/v1/models/{tail:.+}", api.dispatch),
     ]

@@ -1,4 +1,4 @@
-"""TF Serving semantics over the kernel's Runtime, shared by the gRPC and REST front ends.
+"""TF Serving semantics over the kernel's RuntimeView, shared by the gRPC and REST front ends.
 
 Every model is reachable: a model whose backend has SignatureDefs (a
 :class:`~dl_inference_tfserving.signatures.SignatureBackend`, such as the tensorflow
@@ -17,13 +17,14 @@ import numpy as np
 from google.protobuf import any_pb2
 
 from dl_inference import (
+    Call,
     ConfigError,
     InferRequest,
     InferResponse,
     InvalidInput,
     ModelNotFound,
-    RequestContext,
-    Runtime,
+    ModelVersionInfo,
+    RuntimeView,
     TensorSpec,
 )
 from dl_inference_tfserving import codec
@@ -56,7 +57,7 @@ class Target:
 
     name: str
     version: str
-    model: Any  # the kernel's ModelVersion
+    model: ModelVersionInfo
     signature_name: str
     signature: tfs_pb2.SignatureDef
     has_signatures: bool  # the backend is a SignatureBackend
@@ -79,7 +80,7 @@ def requested_version(spec: tfs_pb2.ModelSpec) -> str:
     return spec.version_label
 
 
-def signature_map(model: Any) -> tfs_pb2.SignatureDefMap:
+def signature_map(model: ModelVersionInfo) -> tfs_pb2.SignatureDefMap:
     """The SignatureDefs of a loaded model version (synthesised for other backends)."""
     backend = model.backend
     if isinstance(backend, SignatureBackend):
@@ -101,9 +102,13 @@ def _spec_to_info(spec: TensorSpec, info: tfs_pb2.TensorInfo) -> None:
 
 
 class TFServing:
-    """Predict, Classify, Regress, MultiInference, metadata and status over a Runtime."""
+    """Predict, Classify, Regress, MultiInference, metadata and status over a RuntimeView.
 
-    def __init__(self, runtime: Runtime) -> None:
+    Inference methods take the :class:`~dl_inference.Call` the kernel's call path made for
+    the client's call: its context, deadline and failure accounting.
+    """
+
+    def __init__(self, runtime: RuntimeView) -> None:
         self.runtime = runtime
 
     # -- lookup ----------------------------------------------------------------------------
@@ -119,11 +124,24 @@ class TFServing:
         return base if base in served else name
 
     def target(
-        self, spec: tfs_pb2.ModelSpec, *, task_suffix: bool = False, default_signature: str = ""
+        self,
+        spec: tfs_pb2.ModelSpec,
+        call: Call,
+        *,
+        task_suffix: bool = False,
+        default_signature: str = "",
     ) -> Target:
-        """Resolve model, version and signature; errors name what exists."""
+        """Authorize, then resolve model, version and signature; errors name what exists.
+
+        The signature is needed to decode a request, so the model is looked up before the
+        runtime's ``infer``: authorization comes first, here, as ``infer`` would do it.
+        """
         name = self.served_name(spec.name, task_suffix=task_suffix)
-        model = self.runtime.resolve_model(name, requested_version(spec))
+        version = requested_version(spec)
+        call.ctx.request = InferRequest(model_name=name, model_version=version, inputs={})
+        if not call.ctx.authorized:
+            self.runtime.authorize(call.ctx)
+        model = self.runtime.resolve_model(name, version)
         signatures = signature_map(model)
         backend = model.backend
         has_signatures = isinstance(backend, SignatureBackend)
@@ -141,19 +159,18 @@ class TFServing:
     # -- Predict ---------------------------------------------------------------------------
 
     async def predict(
-        self,
-        request: tfs_pb2.PredictRequest,
-        ctx: RequestContext,
-        *,
-        deadline: float | None = None,
-        task_suffix: bool = False,
+        self, request: tfs_pb2.PredictRequest, call: Call, *, task_suffix: bool = False
     ) -> tfs_pb2.PredictResponse:
-        target = self.target(request.model_spec, task_suffix=task_suffix)
-        inputs = {key: codec.to_numpy(tensor, key) for key, tensor in request.inputs.items()}
+        target = self.target(request.model_spec, call, task_suffix=task_suffix)
+        with call.parsing("the PredictRequest's inputs"):
+            inputs = {
+                key: codec.to_numpy(tensor, key, fill_limit_bytes=self.runtime.max_message_bytes)
+                for key, tensor in request.inputs.items()
+            }
         outputs = list(request.output_filter) or None
         if outputs is not None and len(set(outputs)) != len(outputs):
             raise InvalidInput(f"output_filter names an output twice: {outputs}")
-        response = await self.infer(target, inputs, ctx, outputs=outputs, deadline=deadline)
+        response = await self.infer(target, inputs, call, outputs=outputs)
         reply = tfs_pb2.PredictResponse()
         target.model_spec(reply.model_spec)
         for key, array in response.outputs.items():
@@ -164,45 +181,44 @@ class TFServing:
         self,
         target: Target,
         inputs: dict[str, np.ndarray],
-        ctx: RequestContext,
+        call: Call,
         *,
         outputs: list[str] | None = None,
-        deadline: float | None = None,
     ) -> InferResponse:
-        """Run one request through the Runtime (hooks, validation, executor) on ``target``."""
+        """Run one request through the runtime (hooks, validation, executor) on ``target``."""
         request = InferRequest(
             model_name=target.name,
             model_version=target.version,
             inputs=inputs,
             parameters=target.parameters(),
             outputs=outputs,
-            deadline=deadline,
-            id=ctx.request_id,
+            deadline=call.deadline,
+            id=call.ctx.request_id,
         )
         # The kernel validates against inputs()/outputs(): make them the addressed signature's.
         with signature_scope(target.signature_name if target.has_signatures else None):
-            return await self.runtime.infer(request, ctx)
+            return await self.runtime.infer(request, call.ctx)
 
     # -- Classify / Regress / MultiInference -----------------------------------------------
 
     async def classify(
-        self, spec: tfs_pb2.ModelSpec, examples: Sequence[bytes], ctx: RequestContext
+        self, spec: tfs_pb2.ModelSpec, examples: Sequence[bytes], call: Call
     ) -> tuple[Target, tfs_pb2.ClassificationResult]:
-        target = self.target(spec)
+        target = self.target(spec, call)
         key = _example_input(target, CLASSIFY_METHOD, (CLASSES, SCORES))
-        response = await self.infer(target, {key: _bytes_array(examples)}, ctx)
+        response = await self.infer(target, {key: _bytes_array(examples)}, call)
         return target, classification_result(target, response.outputs, len(examples))
 
     async def regress(
-        self, spec: tfs_pb2.ModelSpec, examples: Sequence[bytes], ctx: RequestContext
+        self, spec: tfs_pb2.ModelSpec, examples: Sequence[bytes], call: Call
     ) -> tuple[Target, tfs_pb2.RegressionResult]:
-        target = self.target(spec)
+        target = self.target(spec, call)
         key = _example_input(target, REGRESS_METHOD, (REGRESS_OUTPUT,))
-        response = await self.infer(target, {key: _bytes_array(examples)}, ctx)
+        response = await self.infer(target, {key: _bytes_array(examples)}, call)
         return target, regression_result(target, response.outputs, len(examples))
 
     async def multi_inference(
-        self, request: tfs_pb2.MultiInferenceRequest, ctx: RequestContext
+        self, request: tfs_pb2.MultiInferenceRequest, call: Call
     ) -> tfs_pb2.MultiInferenceResponse:
         if not request.tasks:
             raise InvalidInput("MultiInferenceRequest has no tasks; add at least one")
@@ -216,10 +232,10 @@ class TFServing:
         for task in request.tasks:
             result = reply.results.add()
             if task.method_name == CLASSIFY_METHOD:
-                target, classes = await self.classify(task.model_spec, examples, ctx)
+                target, classes = await self.classify(task.model_spec, examples, call)
                 result.classification_result.CopyFrom(classes)
             elif task.method_name == REGRESS_METHOD:
-                target, values = await self.regress(task.model_spec, examples, ctx)
+                target, values = await self.regress(task.model_spec, examples, call)
                 result.regression_result.CopyFrom(values)
             else:
                 raise InvalidInput(
@@ -256,9 +272,7 @@ class TFServing:
         reply.metadata["signature_def"].CopyFrom(packed)
         return reply
 
-    async def reload_config(
-        self, request: tfs_pb2.ReloadConfigRequest, metadata: Mapping[str, str]
-    ) -> None:
+    async def reload_config(self, request: tfs_pb2.ReloadConfigRequest, call: Call) -> None:
         """TF Serving's HandleReloadConfigRequest: serve exactly the listed models.
 
         Needs the kernel's model management (``management.enabled``) and its token; each
@@ -272,7 +286,7 @@ class TFServing:
                 "in the server config and send the management token "
                 "('authorization: Bearer <token>')"
             )
-        management.authorize(metadata)
+        management.authorize(call.ctx.metadata)
         kind = request.config.WhichOneof("config")
         if kind != "model_config_list":
             raise InvalidInput("only config.model_config_list is supported")

@@ -1,0 +1,219 @@
+"""TF Serving on the kernel's call path, in process: a real Runtime with a probe plugin,
+this plugin's gRPC handlers on a grpc.aio server and its REST routes on an aiohttp server,
+both on loopback.
+
+What the probe sees is what every plugin's ``dli_on_request`` / ``dli_on_error`` sees: the
+method as called, and each failure exactly once.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import AsyncIterator
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+
+from dl_inference import Decision, RequestContext, hookimpl
+from dl_inference.models import ModelRegistry
+from dl_inference.plugins import PluginHost
+from dl_inference.repository import scan_repository
+from dl_inference.runtime import Runtime
+from dl_inference.testing import write_python_model
+from dl_inference_tfserving._proto import tfs_pb2
+from dl_inference_tfserving.grpc_api import grpc_handlers
+from dl_inference_tfserving.protocol import MODEL_SERVICE, PREDICTION_SERVICE, SEED_SERVICE
+from dl_inference_tfserving.rest import http_routes
+
+GARBAGE = b"\x8a@\xe0"
+PREDICT = f"/{PREDICTION_SERVICE}/Predict"
+SEED_PREDICT = f"/{SEED_SERVICE}/Predict"
+GRPC_METHODS = [
+    PREDICT,
+    f"/{PREDICTION_SERVICE}/Classify",
+    f"/{PREDICTION_SERVICE}/Regress",
+    f"/{PREDICTION_SERVICE}/MultiInference",
+    f"/{PREDICTION_SERVICE}/GetModelMetadata",
+    f"/{MODEL_SERVICE}/GetModelStatus",
+    f"/{MODEL_SERVICE}/HandleReloadConfigRequest",
+    SEED_PREDICT,
+]
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+def probe_plugin(seen: dict[str, list[Any]]) -> EntryPoint:
+    """A plugin module made on the fly that records what the per-request hooks see."""
+
+    def dli_on_request(ctx: RequestContext) -> None:
+        seen["methods"].append(ctx.method)
+
+    def dli_on_error(ctx: RequestContext, error: BaseException) -> None:
+        seen["errors"].append((ctx.method, type(error).__name__))
+
+    def dli_authorize(ctx: RequestContext) -> Decision | None:
+        seen["authorized"].append(ctx.request.model_name if ctx.request else None)
+        if ctx.metadata.get("x-deny"):
+            return Decision.deny("this caller may not use the model")
+        return None
+
+    module = types.ModuleType("tfs_call_path_probe")
+    for hook in (dli_on_request, dli_on_error, dli_authorize):
+        setattr(module, hook.__name__, hookimpl(hook))
+    sys.modules[module.__name__] = module
+    return EntryPoint(name=module.__name__, value=module.__name__, group="dl_inference")
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Any, ...]]:
+    write_python_model(
+        tmp_path,
+        "add_one",
+        """
+        from dl_inference import PythonModel
+
+        class AddOne(PythonModel):
+            def predict(self, inputs):
+                return {"y": inputs["x"] + 1}
+        """,
+        config="""
+        inputs: [{name: x, datatype: FP32, shape: [-1]}]
+        outputs: [{name: y, datatype: FP32, shape: [-1]}]
+        """,
+    )
+    seen: dict[str, list[Any]] = {"methods": [], "errors": [], "authorized": []}
+    plugins = PluginHost(entry_points=[probe_plugin(seen)]).load()
+    models = ModelRegistry(plugins)
+    models.prepare(scan_repository(tmp_path))
+    await models.load_all()
+    runtime = Runtime(plugins, models, max_message_bytes=MAX_MESSAGE_BYTES, access_log=False)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(grpc_handlers(runtime))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
+    app.add_routes(http_routes(runtime))
+    rest = TestServer(app, host="127.0.0.1")
+    await rest.start_server()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    async with ClientSession(base_url=str(rest.make_url("/"))) as session:
+        yield channel, session, runtime, seen
+    await channel.close()
+    await rest.close()
+    await server.stop(None)
+    await models.unload_all()
+
+
+def raw_call(channel: grpc.aio.Channel, path: str) -> Any:
+    return channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+
+
+def requests_counted(runtime: Runtime, ok: bool) -> float:
+    """Requests counted in the metrics for protocol tfserving, OK or not."""
+    total = 0.0
+    for line in runtime.metrics.render().decode().splitlines():
+        series = line.startswith("dli_requests_total{") and 'protocol="tfserving"' in line
+        if series and ('status="OK"' in line) == ok:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def predict_request(name: str, values: list[float]) -> bytes:
+    request = tfs_pb2.PredictRequest()
+    request.model_spec.name = name
+    tensor = request.inputs["x"]
+    tensor.dtype = tfs_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.add(size=len(values))
+    tensor.float_val.extend(values)
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize("path", GRPC_METHODS, ids=lambda path: path.rsplit("/", 1)[1])
+async def test_an_unparsable_body_is_invalid_argument_counted_once(served, path: str) -> None:
+    channel, _, runtime, seen = served
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await raw_call(channel, path)(GARBAGE)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert "could not be read" in caught.value.details()
+    trailing = dict(caught.value.trailing_metadata() or ())
+    assert len(trailing.get("x-request-id", "")) == 32
+    assert seen["errors"] == [(path, "InvalidInput")]
+    assert requests_counted(runtime, ok=False) == 1
+
+
+async def test_grpc_failures_and_successes_carry_the_method_as_called(served) -> None:
+    channel, _, runtime, seen = served
+    # An unknown model fails before the runtime's infer: the adapter counts it, once.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await raw_call(channel, PREDICT)(predict_request("nope", [1.0]))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # A tensor that cannot be decoded, on the seed's path.
+    hostile = tfs_pb2.PredictRequest.FromString(predict_request("add_one", [1.0]))
+    hostile.inputs["x"].tensor_shape.dim[0].size = 2**25
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await raw_call(channel, SEED_PREDICT)(hostile.SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"over the {MAX_MESSAGE_BYTES}-byte limit" in caught.value.details()
+    assert seen["errors"] == [(PREDICT, "ModelNotFound"), (SEED_PREDICT, "InvalidInput")]
+    assert requests_counted(runtime, ok=False) == 2
+
+    reply = await raw_call(channel, SEED_PREDICT)(predict_request("add_one-42", [1.0, 2.0]))
+    outputs = tfs_pb2.PredictResponse.FromString(reply).outputs["y"]
+    assert np.frombuffer(outputs.tensor_content, np.float32).tolist() == [2.0, 3.0]
+    assert seen["methods"] == [SEED_PREDICT]
+    assert requests_counted(runtime, ok=True) == 1
+
+
+async def test_authorization_comes_before_the_model_lookup(served) -> None:
+    channel, _, _, seen = served
+    deny = (("x-deny", "1"),)
+    for name in ("add_one", "no_such_model"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await raw_call(channel, PREDICT)(predict_request(name, [1.0]), metadata=deny)
+        # Refused alike: a caller who may not call learns nothing about which models exist.
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert seen["authorized"] == ["add_one", "no_such_model"]
+    assert seen["errors"] == [(PREDICT, "PermissionDenied")] * 2
+    # Allowed: asked once per call, not again by the runtime's infer.
+    await raw_call(channel, PREDICT)(predict_request("add_one", [1.0]))
+    assert seen["authorized"][2:] == ["add_one"]
+
+
+async def test_rest_failures_counted_once_with_the_route_label(served) -> None:
+    _, session, runtime, seen = served
+    cases = [
+        ("/v1/models/add_one:predict", b"\xff\xfe{}", 400, "not UTF-8"),
+        ("/v1/models/add_one:predict", b"[" * 100_000, 400, "nests"),
+        ("/v1/models/add_one:predict", b"[" + b"1," * MAX_MESSAGE_BYTES + b"1]", 413, "larger"),
+        (f"/v1/models/add_one/versions/{2**70}:predict", b"{}", 400, "Failed to convert"),
+        ("/v1/models/add_one:explode", b"{}", 404, "Malformed request"),
+    ]
+    for path, body, status, words in cases:
+        async with session.post(path, data=body) as reply:
+            document = await reply.json()
+            assert reply.status == status, (path, document)
+            assert set(document) == {"error"} and words in document["error"], document
+            assert len(reply.headers["x-request-id"]) == 32
+    label = "POST /v1/models/{name}:predict"
+    assert seen["errors"] == [
+        (label, "InvalidInput"),
+        (label, "InvalidInput"),
+        (label, "PayloadTooLarge"),
+        (label, "InvalidInput"),
+        ("POST /v1/models/...", "InvalidInput"),
+    ]
+    assert requests_counted(runtime, ok=False) == len(cases)
+    async with session.get(f"/v1/models/add_one/versions/{2**64}") as reply:
+        assert reply.status == 400 and "Failed to convert" in (await reply.json())["error"]
+    assert seen["errors"][-1] == ("GET /v1/models/{name}", "InvalidInput")
+
+    async with session.post("/v1/models/add_one:predict", json={"instances": [1.5]}) as reply:
+        assert reply.status == 200 and (await reply.json())["predictions"] == [2.5]
+    assert seen["methods"] == [label]
