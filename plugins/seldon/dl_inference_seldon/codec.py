@@ -18,10 +18,18 @@ answered in kind when the model returns one string (BYTES with one element) and 
 ``data.ndarray`` otherwise; a BYTES output asked for as a tensor comes back as ndarray
 too. Data replies carry one output: the one named by ``meta.tags.output``, else the first;
 an object ``jsonData`` request gets every output.
+
+Hostile input is refused before it costs memory: declared shapes are checked against the
+values or bytes present with the kernel's :mod:`~dl_inference.tensor_limits` checks before
+anything is allocated; ``google.protobuf.Value`` trees (ndarray, jsonData, tags) are read
+to at most :data:`~dl_inference.MAX_JSON_DEPTH` levels; typed ``tftensor`` values must fit
+their dtype. NaN and infinities are numbers, as in Seldon Core's Python wrapper: they reach
+the model and come back (over REST as the bare ``NaN`` / ``Infinity`` Python's json writes).
 """
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,7 +37,16 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format, struct_pb2
 
-from dl_inference import InvalidInput, TensorSpec, from_numpy_dtype, to_numpy_dtype
+from dl_inference import (
+    MAX_JSON_DEPTH,
+    InvalidInput,
+    TensorSpec,
+    check_raw_size,
+    check_value_count,
+    from_numpy_dtype,
+    read_json,
+    to_numpy_dtype,
+)
 from dl_inference_seldon._proto import seldon_pb2 as pb
 
 DEFAULT_INPUT = "input__0"
@@ -92,26 +109,77 @@ def data_kind(message: pb.SeldonMessage) -> str:
     )
 
 
-def value_to_python(value: struct_pb2.Value) -> Any:
-    """A ``google.protobuf.Value`` as plain Python (numbers are floats)."""
-    return json_format.MessageToDict(value)
+def value_to_python(value: struct_pb2.Value, what: str = "a value") -> Any:
+    """A ``google.protobuf.Value`` as plain Python: numbers are floats, NaN and infinities too.
+
+    protobuf's own ``MessageToDict`` refuses NaN and infinities (they have no proto3 JSON
+    form in a Value), and recurses without a bound. Here a tree nested more than
+    :data:`~dl_inference.MAX_JSON_DEPTH` levels is :class:`~dl_inference.InvalidInput`
+    naming ``what``.
+    """
+    return _plain(value, what, 0)
+
+
+def list_to_python(values: struct_pb2.ListValue, what: str = "a list") -> list[Any]:
+    """A ``google.protobuf.ListValue`` (Seldon's ``data.ndarray``) as a plain Python list."""
+    return _plain_list(values, what, 1)
+
+
+def _plain(value: struct_pb2.Value, what: str, depth: int) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "list_value":
+        return _plain_list(value.list_value, what, depth + 1)
+    if kind == "struct_value":
+        _check_depth(what, depth + 1)
+        return {
+            key: _plain(item, what, depth + 1) for key, item in value.struct_value.fields.items()
+        }
+    return None  # null_value, or no kind set (protobuf writes both as null)
+
+
+def _plain_list(values: struct_pb2.ListValue, what: str, depth: int) -> list[Any]:
+    _check_depth(what, depth)
+    return [_plain(item, what, depth) for item in values.values]
+
+
+def _check_depth(what: str, depth: int) -> None:
+    # Bounds the recursion of _plain (Python's stack), whatever protobuf let through.
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidInput(
+            f"{what} nests lists or objects more than {MAX_JSON_DEPTH} levels deep; send a "
+            "flatter value"
+        )
 
 
 def tags_to_dict(meta: pb.Meta) -> dict[str, Any]:
     """``meta.tags`` as plain Python values."""
-    return {key: value_to_python(value) for key, value in meta.tags.items()}
+    return {key: value_to_python(value, f"meta.tags.{key}") for key, value in meta.tags.items()}
 
 
 # -- requests ------------------------------------------------------------------------------
 
 
 def decode_inputs(
-    message: pb.SeldonMessage, kind: str, specs: Sequence[TensorSpec] | None
+    message: pb.SeldonMessage,
+    kind: str,
+    specs: Sequence[TensorSpec] | None,
+    *,
+    fill_limit_bytes: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """The request's data as named arrays for a model with input ``specs`` (None: unknown)."""
+    """The request's data as named arrays for a model with input ``specs`` (None: unknown).
+
+    ``fill_limit_bytes``: how large a ``tftensor`` filled out from a short ``*_val`` list
+    may grow (see :func:`tftensor_to_array`); tie it to the server's message limit.
+    """
     specs = list(specs or [])
     if kind == "jsonData":
-        value = value_to_python(message.jsonData)
+        value = value_to_python(message.jsonData, "jsonData")
         if isinstance(value, dict) and (len(specs) != 1 or specs[0].name in value):
             by_name = {spec.name: spec for spec in specs}
             return {
@@ -128,11 +196,14 @@ def decode_inputs(
     if kind == "tensor":
         return _single(specs, lambda name: _tensor_array(name, message.data.tensor), typed=False)
     if kind == "ndarray":
-        lists = json_format.MessageToDict(message.data.ndarray)
+        lists = list_to_python(message.data.ndarray, "data.ndarray")
         return _single(specs, lambda name: _json_array(name, lists), typed=False)
     if kind == "tftensor":
+        tensor = message.data.tftensor
         return _single(
-            specs, lambda name: tftensor_to_array(name, message.data.tftensor), typed=True
+            specs,
+            lambda name: tftensor_to_array(name, tensor, fill_limit_bytes=fill_limit_bytes),
+            typed=True,
         )
     raw = message.binData if kind == "binData" else message.strData.encode("utf-8")
     return _single(specs, lambda name: _scalar_bytes(raw, specs), typed=True)
@@ -158,18 +229,11 @@ def _scalar_bytes(raw: bytes, specs: list[TensorSpec]) -> np.ndarray:
 
 
 def _tensor_array(name: str, tensor: pb.Tensor) -> np.ndarray:
-    shape = tuple(tensor.shape)
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input {name!r}: tensor.shape {list(shape)} has a negative dimension")
-    values = np.asarray(tensor.values, dtype=np.float64)
-    if not shape:
-        shape = values.shape
-    if math.prod(shape) != values.size:
-        raise InvalidInput(
-            f"input {name!r}: tensor.shape {list(shape)} needs {math.prod(shape)} values, "
-            f"tensor.values holds {values.size}"
-        )
-    return values.reshape(shape)
+    values = tensor.values
+    # No shape: a flat list of the values, as Seldon's wrapper reads it.
+    shape = list(tensor.shape) or [len(values)]
+    dims = check_value_count(name, "FP64", shape, len(values), field="tensor.values")
+    return np.asarray(values, dtype=np.float64).reshape(dims)
 
 
 def _json_array(name: str, value: Any) -> np.ndarray:
@@ -221,56 +285,90 @@ def _cast(name: str, array: np.ndarray, spec: TensorSpec | None) -> np.ndarray:
     return array.astype(target)
 
 
-def tftensor_to_array(name: str, tensor: pb.TensorProto) -> np.ndarray:
-    """A TensorFlow TensorProto (tensor_content or typed values) as a numpy array."""
+def tftensor_to_array(
+    name: str, tensor: pb.TensorProto, *, fill_limit_bytes: int | None = None
+) -> np.ndarray:
+    """A TensorFlow TensorProto (tensor_content or typed values) as a numpy array.
+
+    As TensorFlow's ``make_ndarray`` (which Seldon's wrapper calls) does, a ``*_val`` list
+    shorter than the shape is filled out with its last value; the filled tensor may take
+    at most ``fill_limit_bytes`` bytes (None: no filling). Sizes are checked before
+    anything is allocated; typed values that do not fit the dtype are refused.
+    """
     dtype = TF_TO_NUMPY.get(tensor.dtype)
     if dtype is None:
-        type_name = (
-            pb.DataType.Name(tensor.dtype)
-            if tensor.dtype in pb.DataType.values()
-            else str(tensor.dtype)
-        )
         supported = ", ".join(pb.DataType.Name(d) for d in TF_TO_NUMPY)
         raise InvalidInput(
-            f"input {name!r}: tftensor dtype {type_name} is not supported; use {supported}"
+            f"input {name!r}: tftensor dtype {_dtype_name(tensor.dtype)} is not supported; "
+            f"use {supported}"
         )
     if tensor.tensor_shape.unknown_rank:
         raise InvalidInput(f"input {name!r}: tftensor has unknown rank; give its dimensions")
-    shape = tuple(dim.size for dim in tensor.tensor_shape.dim)
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input {name!r}: tftensor shape {list(shape)} has a negative dimension")
-    count = math.prod(shape)
+    shape = [dim.size for dim in tensor.tensor_shape.dim]
+    datatype = from_numpy_dtype(dtype)
     if tensor.tensor_content and dtype != np.object_:
+        dims = check_raw_size(name, datatype, shape, len(tensor.tensor_content))
         wire = dtype.newbyteorder("<")
-        if len(tensor.tensor_content) != count * wire.itemsize:
-            raise InvalidInput(
-                f"input {name!r}: tftensor shape {list(shape)} of {pb.DataType.Name(tensor.dtype)} "
-                f"needs {count * wire.itemsize} bytes of tensor_content, got "
-                f"{len(tensor.tensor_content)}"
-            )
         return (
-            np.frombuffer(tensor.tensor_content, dtype=wire)
-            .astype(dtype, copy=False)
-            .reshape(shape)
+            np.frombuffer(tensor.tensor_content, dtype=wire).astype(dtype, copy=False).reshape(dims)
         )
     field = TF_VALUE_FIELD[tensor.dtype]
     values = getattr(tensor, field)
+    dims = check_value_count(
+        name, datatype, shape, len(values), field=field, fill_limit_bytes=fill_limit_bytes
+    )
     if dtype == np.object_:
         array = np.empty(len(values), dtype=np.object_)
         array[:] = list(values)
-    elif tensor.dtype == pb.DT_HALF:
-        array = np.asarray(values, dtype=np.uint16).view(np.float16)
     else:
-        array = np.asarray(values).astype(dtype)
-    if array.size == count:
-        return array.reshape(shape)
-    if array.size == 1 and count > 1:
-        # TensorFlow's rule: a single value fills the whole tensor.
-        return np.full(shape, array[0], dtype=dtype)
-    raise InvalidInput(
-        f"input {name!r}: tftensor shape {list(shape)} needs {count} values, {field} holds "
-        f"{array.size}"
-    )
+        array = _typed_values(name, tensor.dtype, field, values)
+    count = math.prod(dims)
+    if array.size < count:
+        # TensorFlow's rule; check_value_count has bounded the filled tensor's size.
+        filled = np.empty(count, dtype=array.dtype)
+        filled[: array.size] = array
+        filled[array.size :] = array[-1]
+        array = filled
+    return array.reshape(dims)
+
+
+# The width protobuf holds each typed field at: numpy reads it so, then narrows it.
+_WIDE: dict[str, np.dtype] = {
+    "float_val": np.dtype(np.float32),
+    "double_val": np.dtype(np.float64),
+    "half_val": np.dtype(np.int32),
+    "int_val": np.dtype(np.int32),
+    "int64_val": np.dtype(np.int64),
+    "uint32_val": np.dtype(np.uint32),
+    "uint64_val": np.dtype(np.uint64),
+    "bool_val": np.dtype(np.bool_),
+}
+
+
+def _typed_values(name: str, dtype: int, field: str, values: Any) -> np.ndarray:
+    """``values`` as the dtype's array; a value the dtype cannot hold is the client's error.
+
+    ``int_val`` carries int8 ... uint16 as int32 and ``half_val`` float16 bit patterns as
+    int32: a value outside the narrower type is refused, never silently wrapped.
+    """
+    wide = np.fromiter(values, dtype=_WIDE[field], count=len(values))
+    # DT_HALF travels as its 16 bits: range-checked as uint16, then reinterpreted.
+    target = np.dtype(np.uint16) if dtype == pb.DT_HALF else TF_TO_NUMPY[dtype]
+    if target.kind in "iu" and target != wide.dtype and wide.size:
+        info = np.iinfo(target)
+        low, high = int(wide.min()), int(wide.max())
+        if low < info.min or high > info.max:
+            what = "float16 bit patterns" if dtype == pb.DT_HALF else f"{_dtype_name(dtype)}"
+            raise InvalidInput(
+                f"input {name!r}: {field} holds {low if low < info.min else high}, out of the "
+                f"range of {what} ({info.min}..{info.max}); send values that fit the dtype"
+            )
+    array = wide.astype(target, copy=False)
+    return array.view(np.float16) if dtype == pb.DT_HALF else array
+
+
+def _dtype_name(dtype: int) -> str:
+    return pb.DataType.Name(dtype) if dtype in pb.DataType.values() else str(dtype)
 
 
 def array_to_tftensor(array: np.ndarray, out: pb.TensorProto) -> None:
@@ -348,6 +446,94 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="backslashreplace")
     return str(value)
+
+
+# -- the JSON form (REST) ---------------------------------------------------------------------
+
+# A SeldonMessage in JSON, for messages that tell a client what to send.
+EXAMPLE = '{"data": {"ndarray": [[1, 2]]}, "meta": {"tags": {"model": "name"}}}'
+# protobuf's JSON spelling of the numbers Python's json reads from NaN / Infinity / -Infinity.
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def message_from_body(body: bytes) -> pb.SeldonMessage:
+    """A SeldonMessage from a REST body: UTF-8 JSON, nested at most ``MAX_JSON_DEPTH`` deep."""
+    try:
+        document = read_json(body, what="it")
+    except InvalidInput as exc:
+        raise InvalidInput(_not_a_message(exc)) from None
+    return message_from_json(document)
+
+
+def message_from_json(document: Any) -> pb.SeldonMessage:
+    """A SeldonMessage from a parsed JSON body.
+
+    Seldon's wrapper reads ``data.tensor.values`` with numpy, so a bare ``NaN`` or
+    ``Infinity`` there is a number; protobuf's JSON mapping wants them quoted in a double
+    field: they are quoted before parsing. (In ``ndarray``, ``jsonData`` and tags protobuf
+    takes them as they are.)
+    """
+    if not isinstance(document, dict):
+        raise InvalidInput(_not_a_message(f"it is a JSON {type(document).__name__}, not an object"))
+    data = document.get("data")
+    tensor = data.get("tensor") if isinstance(data, dict) else None
+    values = tensor.get("values") if isinstance(tensor, dict) else None
+    if isinstance(values, list):
+        tensor["values"] = [
+            _NON_FINITE[str(v)] if isinstance(v, float) and not math.isfinite(v) else v
+            for v in values
+        ]
+    message = pb.SeldonMessage()
+    try:
+        json_format.ParseDict(document, message)
+    except json_format.ParseError as exc:
+        raise InvalidInput(_not_a_message(exc)) from None
+    return message
+
+
+def _not_a_message(reason: object) -> str:
+    return f"the body is not a JSON SeldonMessage: {reason}. A SeldonMessage looks like {EXAMPLE}"
+
+
+def message_to_json(message: pb.SeldonMessage) -> dict[str, Any]:
+    """A reply's JSON form as Seldon Core's Python wrapper writes it (``json.dumps`` it).
+
+    protobuf's JSON mapping refuses NaN and infinities in a Value (ndarray, jsonData, tags)
+    and quotes them in a double (``"NaN"``); the wrapper (Flask's ``jsonify``) writes the
+    bare ``NaN`` / ``Infinity`` / ``-Infinity`` of Python's json: so here numbers stay
+    numbers.
+    """
+    out: dict[str, Any] = {}
+    if message.HasField("status"):
+        out["status"] = json_format.MessageToDict(message.status)
+    if message.HasField("meta"):
+        meta = pb.Meta()
+        meta.CopyFrom(message.meta)
+        meta.ClearField("tags")
+        out["meta"] = json_format.MessageToDict(meta)
+        if message.meta.tags:
+            out["meta"]["tags"] = tags_to_dict(message.meta)
+    which = message.WhichOneof("data_oneof")
+    if which == "data":
+        data = message.data
+        body: dict[str, Any] = {"names": list(data.names)} if data.names else {}
+        inner = data.WhichOneof("data_oneof")
+        if inner == "tensor":
+            body["tensor"] = {"shape": list(data.tensor.shape), "values": list(data.tensor.values)}
+        elif inner == "ndarray":
+            body["ndarray"] = list_to_python(data.ndarray, "data.ndarray")
+        elif inner == "tftensor":
+            body["tftensor"] = json_format.MessageToDict(data.tftensor)
+        out["data"] = body
+    elif which == "binData":
+        out["binData"] = base64.b64encode(message.binData).decode("ascii")
+    elif which == "strData":
+        out["strData"] = message.strData
+    elif which == "jsonData":
+        out["jsonData"] = value_to_python(message.jsonData, "jsonData")
+    elif which == "customData":
+        out["customData"] = json_format.MessageToDict(message.customData)
+    return out
 
 
 def status_message(code: int, info: str, reason: str) -> pb.SeldonMessage:

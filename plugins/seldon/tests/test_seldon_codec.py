@@ -3,19 +3,25 @@ real package names. The routing readers have their own file, test_seldon_routing
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 from _seldon_real import real_messages
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
-from dl_inference import InvalidInput, TensorSpec
+from dl_inference import MAX_JSON_DEPTH, InvalidInput, TensorSpec
 from dl_inference_seldon._proto import seldon_pb2 as pb
 from dl_inference_seldon.codec import (
     array_to_tftensor,
     data_kind,
     decode_inputs,
     encode_reply,
+    message_from_json,
+    message_to_json,
     tftensor_to_array,
+    value_to_python,
 )
 from dl_inference_seldon.protocol import standard_file
 
@@ -48,7 +54,7 @@ def test_undeclared_inputs_get_a_default_name_and_keep_doubles():
 
 def test_tensor_shape_and_values_must_agree():
     with pytest.raises(
-        InvalidInput, match=r"tensor.shape \[2, 2\] needs 4 values, tensor.values holds 3"
+        InvalidInput, match=r"tensor.values holds 3 values but FP64 shape \[2, 2\] needs 4"
     ):
         decode_inputs(tensor_message([1, 2, 3], [2, 2]), "tensor", FP32_IN)
 
@@ -95,7 +101,7 @@ def test_tftensor_content_and_typed_values():
     filled = pb.TensorProto(dtype=pb.DT_FLOAT)
     filled.tensor_shape.dim.add(size=4)
     filled.float_val.append(2.5)  # TensorFlow's rule: one value fills the tensor
-    assert tftensor_to_array("t", filled).tolist() == [2.5] * 4
+    assert tftensor_to_array("t", filled, fill_limit_bytes=16).tolist() == [2.5] * 4
 
     half = pb.TensorProto(dtype=pb.DT_HALF)
     half.tensor_shape.dim.add(size=2)
@@ -104,7 +110,7 @@ def test_tftensor_content_and_typed_values():
 
     short = pb.TensorProto(dtype=pb.DT_FLOAT, tensor_content=b"\x00" * 4)
     short.tensor_shape.dim.add(size=2)
-    with pytest.raises(InvalidInput, match="needs 8 bytes of tensor_content, got 4"):
+    with pytest.raises(InvalidInput, match="holds 4 bytes but FP32 shape \\[2\\] needs 8 bytes"):
         tftensor_to_array("t", short)
 
     with pytest.raises(InvalidInput, match="DT_COMPLEX64 is not supported"):
@@ -142,6 +148,51 @@ def test_messages_without_usable_data_are_refused():
     custom.customData.type_url = "type.googleapis.com/x"
     with pytest.raises(InvalidInput, match="customData"):
         data_kind(custom)
+
+
+def test_values_keep_nan_and_infinity_and_refuse_deep_nesting():
+    value = struct_pb2.Value()
+    json_format.ParseDict([math.inf, {"a": -math.inf}, "s", None, True], value)
+    value.list_value.values.add().number_value = math.nan
+    plain = value_to_python(value)
+    assert plain[:5] == [math.inf, {"a": -math.inf}, "s", None, True] and math.isnan(plain[5])
+
+    deep = struct_pb2.Value(number_value=1)
+    for _ in range(MAX_JSON_DEPTH):
+        outer = struct_pb2.Value()
+        outer.list_value.values.add().CopyFrom(deep)
+        deep = outer
+    assert np.asarray(value_to_python(deep)).ndim == MAX_JSON_DEPTH
+    too_deep = struct_pb2.Value()
+    too_deep.struct_value.fields["a"].CopyFrom(deep)
+    with pytest.raises(InvalidInput, match=f"jsonData nests .* more than {MAX_JSON_DEPTH} levels"):
+        value_to_python(too_deep, "jsonData")
+
+
+def test_tftensor_short_value_lists_fill_only_within_the_limit():
+    short = pb.TensorProto(dtype=pb.DT_INT32)
+    short.tensor_shape.dim.add(size=4)
+    short.int_val.extend([1, 2])
+    assert tftensor_to_array("t", short, fill_limit_bytes=16).tolist() == [1, 2, 2, 2]
+    with pytest.raises(InvalidInput, match="would take 16 bytes, over the 15-byte limit"):
+        tftensor_to_array("t", short, fill_limit_bytes=15)
+    with pytest.raises(InvalidInput, match="int_val holds 2 values but INT32 shape"):
+        tftensor_to_array("t", short)
+
+
+def test_json_form_reads_and_writes_nan_and_infinity_as_seldons_wrapper_does():
+    document = json.loads('{"data": {"tensor": {"shape": [2], "values": [NaN, -Infinity]}}}')
+    message = message_from_json(document)
+    assert math.isnan(message.data.tensor.values[0]) and message.data.tensor.values[1] == -math.inf
+
+    reply = pb.SeldonMessage()
+    reply.meta.puid = "p"
+    reply.meta.tags["t"].number_value = math.inf
+    encode_reply("ndarray", {"y": np.array([math.nan, 1.0], np.float32)}, reply)
+    text = json.dumps(message_to_json(reply), separators=(",", ":"))
+    assert text == '{"meta":{"puid":"p","tags":{"t":Infinity}},"data":{"ndarray":[NaN,1.0]}}'
+    with pytest.raises(InvalidInput, match="it is a JSON list, not an object"):
+        message_from_json([1])
 
 
 # -- replies -------------------------------------------------------------------------------
