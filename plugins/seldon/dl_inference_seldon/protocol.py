@@ -21,14 +21,18 @@ the failure. The Seldon-style ``Status`` (code = HTTP status, info = message, re
 status = FAILURE) rides along, serialized, in the trailing metadata key
 ``seldon-status-bin``. REST answers with the HTTP status and a body ``{"status": {...}}``
 like Seldon's microservices do.
+
+Every method runs on the kernel's call path: a body that cannot be read is
+INVALID_ARGUMENT / 400 (an oversize REST body 413), ``dli_authorize`` is asked before any
+model is looked up, and each failure is counted once in metrics, the access log and
+``dli_on_error``.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
+import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from aiohttp import web
@@ -36,22 +40,24 @@ from google.protobuf import any_pb2, descriptor_pb2, json_format, struct_pb2
 
 from dl_inference import (
     BackendError,
+    Call,
+    CallPath,
     InferRequest,
     InvalidInput,
     ModelNotFound,
     Protocol,
-    RequestContext,
     RoutingKeyReader,
+    RuntimeView,
     grpc_code,
     http_status,
-    public_message,
+    read_body,
     rename_proto_types,
 )
 from dl_inference_seldon import codec, routing
 from dl_inference_seldon._proto import seldon_pb2 as pb
 
 if TYPE_CHECKING:
-    from dl_inference import Runtime
+    from grpc.aio import ServicerContext
 
 MODEL_SERVICE = "seldon.protos.Model"
 SELDON_SERVICE = "seldon.protos.Seldon"
@@ -63,6 +69,7 @@ PREDICT_PATHS = (
 )
 REST_PATH = "/api/v1.0/predictions"
 STATUS_TRAILER = "seldon-status-bin"
+PROTOCOL = "seldon"
 PLUGIN = "dl-inference-seldon"
 STANDARD_PACKAGE = "seldon.protos"
 
@@ -77,39 +84,47 @@ def failure_reason(error: BaseException) -> str:
 
 
 class SeldonService:
-    """Decodes SeldonMessages, runs them through the runtime and encodes the replies."""
+    """Decodes SeldonMessages, runs them through the runtime and encodes the replies.
 
-    def __init__(self, runtime: Runtime) -> None:
+    Every method is bound on the kernel's call path (:class:`SeldonCalls`), which builds
+    the request context, turns unreadable bytes into INVALID_ARGUMENT / 400 and counts
+    each failure once.
+    """
+
+    def __init__(self, runtime: RuntimeView) -> None:
         self.runtime = runtime
+        self.calls = SeldonCalls(runtime, PROTOCOL, PLUGIN)
 
-    async def predict(
-        self,
-        message: pb.SeldonMessage,
-        *,
-        method: str,
-        metadata: Mapping[str, str],
-        deadline: float | None = None,
-        peer: str = "",
-    ) -> pb.SeldonMessage:
+    async def predict(self, message: pb.SeldonMessage, call: Call) -> pb.SeldonMessage:
         """Answer one Seldon request; raises DlInferenceError subclasses on failure."""
         tags = codec.tags_to_dict(message.meta)
-        name = self._model_name(metadata, tags)
         version = routing.tag_text(tags.get("model_version")) or ""
+        named = routing.model_from(call.ctx.metadata, tags)
+        served = [] if named else self.runtime.model_names()
+        name = named or (served[0] if len(served) == 1 else "")
+        # Authorize before any model is looked up (decoding needs the model's inputs), so a
+        # caller who may not call a model cannot learn whether it exists.
+        call.ctx.request = InferRequest(model_name=name, model_version=version, inputs={})
+        self.runtime.authorize(call.ctx)
+        if not name:
+            raise _no_model_named(served)
         kind = codec.data_kind(message)
         specs = self.runtime.model_metadata(name, version).inputs or None
-        inputs = codec.decode_inputs(message, kind, specs)
+        with call.parsing("the SeldonMessage's data"):
+            inputs = codec.decode_inputs(
+                message, kind, specs, fill_limit_bytes=self.runtime.max_message_bytes
+            )
         output = tags.get("output")
         request = InferRequest(
             model_name=name,
             model_version=version,
             inputs=inputs,
-            id=message.meta.puid or uuid.uuid4().hex,
+            id=message.meta.puid or call.ctx.request_id,
             parameters={k: v for k, v in tags.items() if k not in routing.CONTROL_TAGS},
             outputs=[output] if isinstance(output, str) and output else None,
-            deadline=deadline,
+            deadline=call.deadline,
         )
-        ctx = RequestContext(protocol="seldon", method=method, metadata=metadata, peer=peer)
-        response = await self.runtime.infer(request, ctx)
+        response = await self.runtime.infer(request, call.ctx)
         reply = pb.SeldonMessage()
         reply.meta.puid = request.id
         for key, value in message.meta.tags.items():
@@ -118,89 +133,69 @@ class SeldonService:
         codec.encode_reply(kind, response.outputs, reply, json_object=json_object)
         return reply
 
-    def _model_name(self, metadata: Mapping[str, str], tags: Mapping[str, Any]) -> str:
-        name = routing.model_from(metadata, tags)
-        if name:
-            return name
-        names = self.runtime.model_names()
-        if len(names) == 1:
-            return names[0]
-        if not names:
-            raise ModelNotFound("no models are served here")
-        raise InvalidInput(
-            f"this server serves several models ({', '.join(names)}); name one with "
-            "meta.tags.model or the gRPC metadata key / HTTP header `model`"
-        )
-
-    # -- gRPC ------------------------------------------------------------------------------
-
-    def grpc_method(self, method: str) -> Any:
-        """An aio unary handler for ``method`` (its full path, for logs and hooks)."""
-
-        async def handle(
-            message: pb.SeldonMessage, context: grpc.aio.ServicerContext
-        ) -> pb.SeldonMessage:
-            metadata = {
-                key.lower(): value
-                for key, value in (context.invocation_metadata() or ())
-                if isinstance(value, str)
-            }
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining
-            try:
-                return await self.predict(
-                    message,
-                    method=method,
-                    metadata=metadata,
-                    deadline=deadline,
-                    peer=context.peer(),
-                )
-            except Exception as exc:
-                info = public_message(exc, PLUGIN)
-                status = codec.status_message(http_status(exc), info, failure_reason(exc))
-                context.set_trailing_metadata(
-                    ((STATUS_TRAILER, status.status.SerializeToString()),)
-                )
-                code, details = grpc_code(exc), info
-            await context.abort(code, details)
-            raise AssertionError("unreachable: abort() raises")
-
-        return grpc.unary_unary_rpc_method_handler(
-            handle,
-            request_deserializer=pb.SeldonMessage.FromString,
-            response_serializer=pb.SeldonMessage.SerializeToString,
-        )
-
-    # -- REST ------------------------------------------------------------------------------
-
-    async def rest_predictions(self, request: web.Request) -> web.Response:
+    async def rest_predictions(self, request: web.Request, call: Call) -> web.Response:
         """``POST /api/v1.0/predictions``: JSON SeldonMessage in, JSON SeldonMessage out."""
-        metadata = {key.lower(): value for key, value in request.headers.items()}
-        try:
-            body = await request.read()
-            message = pb.SeldonMessage()
-            try:
-                json_format.Parse(body, message)
-            except (json_format.ParseError, UnicodeDecodeError) as exc:
-                raise InvalidInput(
-                    f"the body is not a JSON SeldonMessage: {exc}; send e.g. "
-                    '{"data": {"ndarray": [[1, 2]]}, "meta": {"tags": {"model": "name"}}}'
-                ) from None
-            reply = await self.predict(
-                message, method=f"POST {REST_PATH}", metadata=metadata, peer=request.remote or ""
-            )
-            return web.Response(
-                text=json_format.MessageToJson(reply, indent=None), content_type="application/json"
-            )
-        except Exception as exc:
-            info = public_message(exc, PLUGIN)
-            code = http_status(exc)
-            failure = codec.status_message(code, info, failure_reason(exc))
-            return web.Response(
-                status=code,
-                text=json_format.MessageToJson(failure, indent=None),
-                content_type="application/json",
-            )
+        body = await read_body(request, call)
+        with call.parsing("the request body"):
+            message = codec.message_from_body(body)
+        reply = await self.predict(message, call)
+        # Python's json, as Seldon's wrapper (Flask's jsonify): NaN and Infinity stay bare.
+        text = json.dumps(codec.message_to_json(reply), separators=(",", ":"))
+        return web.Response(text=text, content_type="application/json")
+
+
+def _no_model_named(served: Sequence[str]) -> Exception:
+    if not served:
+        return ModelNotFound("no models are served here")
+    return InvalidInput(
+        f"this server serves several models ({', '.join(served)}); name one with "
+        "meta.tags.model or the gRPC metadata key / HTTP header `model`"
+    )
+
+
+class SeldonCalls(CallPath):
+    """The kernel's call path, with Seldon's ``Status`` beside a failed gRPC call's status.
+
+    The status (code = HTTP status, info = the gRPC details, reason, FAILURE) rides in the
+    trailing metadata key ``seldon-status-bin``, next to the kernel's ``x-request-id``.
+    """
+
+    async def grpc_abort(self, call: Call, context: ServicerContext, error: BaseException) -> None:
+        await super().grpc_abort(
+            call, cast("ServicerContext", _StatusTrailer(context, error)), error
+        )
+
+
+class _StatusTrailer:
+    """A servicer context whose ``abort`` adds the Seldon status for ``error`` to the trailers.
+
+    The status's info is the very message the kernel sends as the call's details.
+    """
+
+    def __init__(self, context: ServicerContext, error: BaseException) -> None:
+        self._context = context
+        self._error = error
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> None:
+        error = self._error
+        status = codec.status_message(http_status(error), details, failure_reason(error)).status
+        trailers = (*(trailing_metadata or ()), (STATUS_TRAILER, status.SerializeToString()))
+        await self._context.abort(code, details, trailers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def rest_error_body(error: BaseException, message: str, status: int) -> web.Response:
+    """A failure as Seldon's microservices answer one: ``{"status": {...}}``."""
+    failure = codec.status_message(status, message, failure_reason(error))
+    return web.Response(
+        status=status,
+        text=json_format.MessageToJson(failure, indent=None),
+        content_type="application/json",
+    )
 
 
 class SeldonProtocol(Protocol):
@@ -209,20 +204,19 @@ class SeldonProtocol(Protocol):
     name = "seldon"
     grpc_services = (MODEL_SERVICE, SELDON_SERVICE, SEED_SERVICE)
 
-    def grpc_handlers(self, runtime: Runtime) -> Sequence[grpc.GenericRpcHandler]:
+    def grpc_handlers(self, runtime: RuntimeView) -> Sequence[grpc.GenericRpcHandler]:
         service = SeldonService(runtime)
-        handlers = []
+        methods: dict[str, dict[str, Any]] = {}
         for path in PREDICT_PATHS:
             _, service_name, method = path.split("/")
-            handlers.append(
-                grpc.method_handlers_generic_handler(
-                    service_name, {method: service.grpc_method(path)}
-                )
-            )
-        return handlers
+            methods.setdefault(service_name, {})[method] = (service.predict, pb.SeldonMessage)
+        return [service.calls.grpc_service(name, table) for name, table in methods.items()]
 
-    def http_routes(self, runtime: Runtime) -> Sequence[web.RouteDef]:
-        return [web.post(REST_PATH, SeldonService(runtime).rest_predictions)]
+    def http_routes(self, runtime: RuntimeView) -> Sequence[web.RouteDef]:
+        service = SeldonService(runtime)
+        label = f"POST {REST_PATH}"
+        handler = service.calls.http_handler(label, service.rest_predictions, rest_error_body)
+        return [web.post(REST_PATH, handler)]
 
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
         return {path: routing.seldon_routing_key for path in PREDICT_PATHS}
