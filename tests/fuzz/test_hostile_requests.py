@@ -125,7 +125,7 @@ def peak_rss(server: ServerProcess) -> int:
 
 def v2_infer() -> bytes:
     request = v2.ModelInferRequest(model_name="add_one", id="fuzz")
-    tensor = request.inputs.add(name="x", datatype="FP32", shape=[3])
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
     tensor.contents.fp32_contents.extend([1, 2, 3])
     return request.SerializeToString()
 
@@ -142,6 +142,7 @@ def tf_predict(name: str = "add_one") -> bytes:
     request.model_spec.name = name
     tensor = request.inputs["x"]
     tensor.dtype = 1  # DT_FLOAT
+    tensor.tensor_shape.dim.add(size=1)
     tensor.tensor_shape.dim.add(size=3)
     tensor.float_val.extend([1, 2, 3])
     return request.SerializeToString()
@@ -179,6 +180,7 @@ def seldon_tftensor() -> bytes:
     message.meta.tags["model"].string_value = "add_one"
     tensor = message.data.tftensor
     tensor.dtype = 1
+    tensor.tensor_shape.dim.add(size=1)
     tensor.tensor_shape.dim.add(size=3)
     tensor.float_val.extend([1, 2, 3])
     return message.SerializeToString()
@@ -357,13 +359,13 @@ JSON = st.recursive(
 REST_TARGETS: list[tuple[str, dict]] = [
     (
         "/v2/models/add_one/infer",
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}]},
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]},
     ),
     (
         "/v2/models/upper/infer",
         {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]},
     ),
-    ("/v1/models/add_one:predict", {"instances": [1.0, 2.0]}),
+    ("/v1/models/add_one:predict", {"instances": [[1.0, 2.0]]}),
     ("/v1/models/add_one:predict", {"inputs": {"x": [1.0, 2.0]}}),
     (
         "/v1/models/add_one/versions/1:predict",
@@ -412,7 +414,7 @@ def rest_body(draw: st.DrawFn, valid: dict) -> bytes:
     if kind == "huge":
         text = json.dumps(valid)
         return (
-            text.replace("[2]", "[4294967296, 4294967296]")
+            text.replace("[1, 2]", "[4294967296, 4294967296]")
             .replace("[1, 3]", "[0, 4611686018427387904]")
             .encode()
         )
@@ -453,7 +455,7 @@ def test_zz_server_alive_correct_and_memory_flat(
         f"/{V2}/ModelInfer", request_serializer=None, response_deserializer=None
     )
     reply = v2.ModelInferResponse.FromString(call(v2_infer(), timeout=30))
-    assert list(reply.outputs[0].contents.fp32_contents) == [2, 3, 4]
+    assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2, 3, 4]
     predict = channel.unary_unary(
         f"/{TFS}/Predict", request_serializer=None, response_deserializer=None
     )
@@ -468,7 +470,7 @@ def test_zz_server_alive_correct_and_memory_flat(
     assert list(message.data.tensor.values) == [2, 3, 4]
     reply = requests.post(
         server.http_url + "/v2/models/add_one/infer",
-        json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}]},
+        json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]},
         timeout=30,
     )
     assert reply.json()["outputs"][0]["data"] == [2, 3]
