@@ -115,8 +115,9 @@ async def test_the_deadline_reaches_the_request(served) -> None:
 def test_parsing_turns_decoder_errors_into_invalid_input() -> None:
     call = Call(RequestContext("t", "m"), runtime=None)  # type: ignore[arg-type]
     for error in (ValueError("bad"), RecursionError(), OverflowError("big"), KeyError("k")):
-        with pytest.raises(InvalidInput, match="the thing could not be read"), call.parsing(
-            "the thing"
+        with (
+            pytest.raises(InvalidInput, match="the thing could not be read"),
+            call.parsing("the thing"),
         ):
             raise error
     with pytest.raises(InvalidInput, match="nested too deeply"), call.parsing("the thing"):
@@ -153,3 +154,51 @@ async def test_an_adapter_that_authorizes_first_is_not_asked_again(tmp_path: Pat
     refused.request = InferRequest("add_one", {})
     with pytest.raises(PermissionDenied):
         runtime.authorize(refused)
+
+
+BAD_UTF8 = """
+    import numpy as np
+    from dl_inference import PythonModel
+
+    class Latin1(PythonModel):
+        def predict(self, inputs, **parameters):
+            return {"text": np.array([b"caf\\xe9"], dtype=object)}
+"""
+
+
+async def test_a_reply_that_cannot_be_encoded_counts_as_a_failure(tmp_path: Path) -> None:
+    """Success is counted once the reply is encoded: a JSON reply of non-UTF-8 BYTES fails."""
+    from aiohttp import ClientSession, web
+
+    from dl_inference.protocols.v2.rest import http_routes
+    from dl_inference.testing import write_python_model
+
+    write_python_model(
+        tmp_path, "latin1", BAD_UTF8, "outputs: [{name: text, datatype: BYTES, shape: [1]}]\n"
+    )
+    runtime = await make_runtime(tmp_path)
+    app = web.Application()
+    app.add_routes(http_routes(runtime))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with ClientSession() as session:
+            body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}
+            url = f"http://127.0.0.1:{port}/v2/models/latin1/infer"
+            async with session.post(url, json=body) as reply:
+                assert reply.status == 400, await reply.text()
+            url = f"http://127.0.0.1:{port}/v2/models/add_one/infer"
+            async with session.post(url, json=body) as reply:
+                assert reply.status == 200, await reply.text()
+    finally:
+        await runner.cleanup()
+    text = runtime.metrics.render().decode()
+    assert (
+        'dli_requests_total{model="latin1",protocol="v2",status="INVALID_ARGUMENT",version="1"} 1.0'
+        in text
+    )
+    assert 'model="latin1",protocol="v2",status="OK"' not in text
+    assert 'dli_requests_total{model="add_one",protocol="v2",status="OK",version="1"} 1.0' in text

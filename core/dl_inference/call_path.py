@@ -9,7 +9,8 @@ with :class:`CallPath`; the kernel then does, the same way for every protocol:
   are ``InvalidInput`` (INVALID_ARGUMENT / 400), never UNKNOWN or INTERNAL;
 - reads REST bodies with the server's size limit: an oversize body is
   ``PayloadTooLarge`` (RESOURCE_EXHAUSTED / 413);
-- counts every failure once (metrics, access log, ``dli_on_error``), whether it happened
+- counts every call that reached a model once (metrics, access log): as a success only
+  once its reply is encoded, and every failure (``dli_on_error`` too), whether it happened
   while parsing, in :meth:`~RuntimeView.infer`, or in the adapter's encoding;
 - maps errors through the one table in :mod:`dl_inference.status`, with the request id
   sent back (gRPC trailing metadata / HTTP header ``x-request-id``).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -118,6 +119,8 @@ class RuntimeView(Protocol):
         self, ctx: RequestContext, error: BaseException, model_name: str = ""
     ) -> None: ...
 
+    def report_success(self, ctx: RequestContext) -> None: ...
+
 
 @dataclass
 class Call:
@@ -152,6 +155,11 @@ class Call:
                 reason = "it is nested too deeply"
             raise InvalidInput(f"{what} could not be read: {reason}") from None
 
+    def succeed(self) -> None:
+        """Count the call as answered once its reply is encoded (only calls that inferred)."""
+        if not self.ctx.finished and self.ctx.response is not None:
+            self.runtime.report_success(self.ctx)
+
     def fail(self, error: BaseException) -> None:
         """Count ``error`` unless :meth:`RuntimeView.infer` already did."""
         if not self.ctx.finished:
@@ -162,6 +170,7 @@ class Call:
 GrpcHandler = Callable[[Any, Call], Awaitable[Any]]
 HttpHandler = Callable[["web.Request", Call], Awaitable["web.StreamResponse"]]
 ErrorBody = Callable[[BaseException, str, int], "web.Response"]
+ErrorTrailers = Callable[[BaseException, str], Sequence[tuple[str, "str | bytes"]]]
 
 
 def grpc_metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -184,13 +193,23 @@ class CallPath:
     """Binds a protocol's methods to the kernel's call path.
 
     ``protocol`` is the name metrics and the access log carry; ``plugin`` is named in the
-    server log next to an unexpected error's reference id.
+    server log next to an unexpected error's reference id. ``error_trailers(error,
+    message)`` adds a protocol's own trailing metadata to a failed gRPC call (Seldon's
+    ``seldon-status-bin``), the gRPC counterpart of an HTTP ``error_body``.
     """
 
-    def __init__(self, runtime: RuntimeView, protocol: str, plugin: str = "") -> None:
+    def __init__(
+        self,
+        runtime: RuntimeView,
+        protocol: str,
+        plugin: str = "",
+        *,
+        error_trailers: ErrorTrailers | None = None,
+    ) -> None:
         self.runtime = runtime
         self.protocol = protocol
         self.plugin = plugin or protocol
+        self.error_trailers = error_trailers
 
     # -- gRPC ------------------------------------------------------------------------------
 
@@ -202,6 +221,7 @@ class CallPath:
             metadata=grpc_metadata(context),
             peer=context.peer() or "",
             deadline=grpc_deadline(context),
+            deferred=True,
         )
         return Call(ctx, self.runtime)
 
@@ -237,6 +257,7 @@ class CallPath:
             except Exception as exc:
                 await self.grpc_abort(call, context, exc)
                 raise  # unreachable: abort raises
+            call.succeed()
             context.set_trailing_metadata((("x-request-id", call.ctx.request_id),))
             return reply
 
@@ -252,11 +273,11 @@ class CallPath:
             raise error
         call.fail(error)
         plugin = "" if isinstance(error, DlInferenceError) else self.plugin
-        await context.abort(
-            grpc_code(error),
-            public_message(error, plugin),
-            (("x-request-id", call.ctx.request_id),),
-        )
+        message = public_message(error, plugin)
+        trailers: tuple[tuple[str, str | bytes], ...] = (("x-request-id", call.ctx.request_id),)
+        if self.error_trailers is not None:
+            trailers += tuple(self.error_trailers(error, message))
+        await context.abort(grpc_code(error), message, trailers)
 
     def grpc_service(
         self, service: str, methods: Mapping[str, tuple[GrpcHandler, Any]]
@@ -281,6 +302,7 @@ class CallPath:
             method=method,
             metadata={key.lower(): value for key, value in request.headers.items()},
             peer=request.remote or "",
+            deferred=True,
         )
         return Call(ctx, self.runtime)
 
@@ -311,6 +333,8 @@ class CallPath:
                 reply = self.http_error(call, error, error_body, status=exc.status)
             except Exception as exc:
                 reply = self.http_error(call, exc, error_body)
+            else:
+                call.succeed()
             reply.headers["x-request-id"] = call.ctx.request_id
             return reply
 

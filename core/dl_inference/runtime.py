@@ -145,7 +145,8 @@ class Runtime:
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
             gauge.dec()
-        self._finish(ctx, request, None)
+        if not ctx.deferred:
+            self._finish(ctx, request, None)
         return response
 
     async def _infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
@@ -214,6 +215,15 @@ class Runtime:
         if self._on_error is not None:
             self._on_error(ctx=ctx, error=error)
         self._finish(ctx, request, error)
+
+    def report_success(self, ctx: RequestContext) -> None:
+        """Count a call whose :meth:`infer` succeeded and whose reply is now encoded.
+
+        For contexts with ``deferred`` set (the call path sets it), so a reply that fails
+        to encode is counted as the failure it is, not as a success.
+        """
+        if ctx.request is not None:
+            self._finish(ctx, ctx.request, None)
 
     def _finish(
         self, ctx: RequestContext, request: InferRequest, error: BaseException | None

@@ -114,7 +114,8 @@ class RequestContext:
     Hooks may read and rewrite ``request`` (in ``dli_on_request``) and ``response`` (in
     ``dli_on_response``), and keep their own data in ``extras``. ``finished`` turns True
     once the call was counted (metrics, access log), so the call path counts it once;
-    ``authorized`` once ``dli_authorize`` allowed it.
+    ``authorized`` once ``dli_authorize`` allowed it. With ``deferred`` (set by the call
+    path) a successful ``infer`` is counted only when the adapter has encoded the reply.
     """
 
     protocol: str
@@ -129,6 +130,7 @@ class RequestContext:
     deadline: float | None = None
     finished: bool = field(default=False, repr=False)
     authorized: bool = field(default=False, repr=False)
+    deferred: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.request_id:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -55,9 +55,6 @@ from dl_inference import (
 )
 from dl_inference_seldon import codec, routing
 from dl_inference_seldon._proto import seldon_pb2 as pb
-
-if TYPE_CHECKING:
-    from grpc.aio import ServicerContext
 
 MODEL_SERVICE = "seldon.protos.Model"
 SELDON_SERVICE = "seldon.protos.Seldon"
@@ -86,14 +83,14 @@ def failure_reason(error: BaseException) -> str:
 class SeldonService:
     """Decodes SeldonMessages, runs them through the runtime and encodes the replies.
 
-    Every method is bound on the kernel's call path (:class:`SeldonCalls`), which builds
-    the request context, turns unreadable bytes into INVALID_ARGUMENT / 400 and counts
-    each failure once.
+    Every method is bound on the kernel's call path (:class:`~dl_inference.CallPath`, with
+    :func:`status_trailers` for failed gRPC calls), which builds the request context, turns
+    unreadable bytes into INVALID_ARGUMENT / 400 and counts each failure once.
     """
 
     def __init__(self, runtime: RuntimeView) -> None:
         self.runtime = runtime
-        self.calls = SeldonCalls(runtime, PROTOCOL, PLUGIN)
+        self.calls = CallPath(runtime, PROTOCOL, PLUGIN, error_trailers=status_trailers)
 
     async def predict(self, message: pb.SeldonMessage, call: Call) -> pb.SeldonMessage:
         """Answer one Seldon request; raises DlInferenceError subclasses on failure."""
@@ -153,39 +150,11 @@ def _no_model_named(served: Sequence[str]) -> Exception:
     )
 
 
-class SeldonCalls(CallPath):
-    """The kernel's call path, with Seldon's ``Status`` beside a failed gRPC call's status.
-
-    The status (code = HTTP status, info = the gRPC details, reason, FAILURE) rides in the
-    trailing metadata key ``seldon-status-bin``, next to the kernel's ``x-request-id``.
-    """
-
-    async def grpc_abort(self, call: Call, context: ServicerContext, error: BaseException) -> None:
-        await super().grpc_abort(
-            call, cast("ServicerContext", _StatusTrailer(context, error)), error
-        )
-
-
-class _StatusTrailer:
-    """A servicer context whose ``abort`` adds the Seldon status for ``error`` to the trailers.
-
-    The status's info is the very message the kernel sends as the call's details.
-    """
-
-    def __init__(self, context: ServicerContext, error: BaseException) -> None:
-        self._context = context
-        self._error = error
-
-    async def abort(
-        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
-    ) -> None:
-        error = self._error
-        status = codec.status_message(http_status(error), details, failure_reason(error)).status
-        trailers = (*(trailing_metadata or ()), (STATUS_TRAILER, status.SerializeToString()))
-        await self._context.abort(code, details, trailers)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
+def status_trailers(error: BaseException, message: str) -> list[tuple[str, bytes]]:
+    """Seldon's ``Status`` for a failed gRPC call, in the trailing metadata key
+    ``seldon-status-bin`` (code = HTTP status, info = the call's details, reason, FAILURE)."""
+    status = codec.status_message(http_status(error), message, failure_reason(error)).status
+    return [(STATUS_TRAILER, status.SerializeToString())]
 
 
 def rest_error_body(error: BaseException, message: str, status: int) -> web.Response:

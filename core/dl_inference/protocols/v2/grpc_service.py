@@ -90,6 +90,7 @@ class V2GrpcServicer:
                 message = public_message(exc, self.calls.plugin).encode("utf-8")
                 yield len_field_header(_STREAM_ERROR_MESSAGE, len(message)) + message
                 continue
+            call.succeed()
             yield len_field_header(_STREAM_INFER_RESPONSE, len(reply)) + reply
 
     async def _infer(self, data: bytes, call: Call) -> bytes:
