@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from dl_inference._proto import kserve_v2_pb2 as pb
-from dl_inference.config.schema import ServerConfig
-from dl_inference.logs import configure_logging
-from dl_inference.plugins import PluginHost
-from dl_inference.protocols.v2.grpc_service import V2GrpcServicer
-from dl_inference.server import Server
+from dl_inference.builtin.v2.grpc_service import V2GrpcServicer
+from dl_inference.kernel.config.schema import ServerConfig
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.server.composition import Server
+from dl_inference.server.logs import configure_logging
 
 CONCURRENCY = 32
 

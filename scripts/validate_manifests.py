@@ -281,8 +281,8 @@ def mounted_config(obj: Obj, objects: list[Obj], container: Obj) -> tuple[Obj, P
 
 def project_errors(objects: list[Obj]) -> list[str]:
     """dl-inference's deployment rules over a rendered overlay; one line per fault."""
-    from dl_inference.config import parse_server_config
-    from dl_inference.errors import ConfigError
+    from dl_inference.kernel.config import parse_server_config
+    from dl_inference.spi.errors import ConfigError
 
     errors: list[str] = []
     workloads = [o for o in objects if pod_spec(o) is not None]

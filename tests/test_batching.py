@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dl_inference import InferRequest, RequestContext, Runtime
-from dl_inference.batching import Batcher
-from dl_inference.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
-from dl_inference.models import ModelRegistry
-from dl_inference.plugins import PluginHost
-from dl_inference.repository import scan_repository
+from dl_inference import InferRequest, RequestContext
+from dl_inference.kernel.batching import Batcher
+from dl_inference.kernel.models import ModelRegistry
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.repository import scan_repository
+from dl_inference.kernel.runtime import Runtime
+from dl_inference.spi.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
 from dl_inference.testing import write_python_model
 
 

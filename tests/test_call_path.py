@@ -12,9 +12,9 @@ import pytest
 
 from dl_inference import RequestContext
 from dl_inference._proto import kserve_v2_pb2 as pb
-from dl_inference.call_path import Call, CallPath
-from dl_inference.errors import InvalidInput
-from dl_inference.protocols.v2.grpc_service import SEED_SERVICE, SERVICE, grpc_handlers
+from dl_inference.builtin.v2.grpc_service import SEED_SERVICE, SERVICE, grpc_handlers
+from dl_inference.spi.call_path import Call, CallPath
+from dl_inference.spi.errors import InvalidInput
 from tests.test_request_hooks import make_runtime, plugin_module
 
 GARBAGE = b"\x8a@\xe0"
@@ -135,7 +135,7 @@ def test_call_path_names_the_protocol() -> None:
 
 async def test_an_adapter_that_authorizes_first_is_not_asked_again(tmp_path: Path) -> None:
     from dl_inference import Decision, InferRequest
-    from dl_inference.errors import PermissionDenied
+    from dl_inference.spi.errors import PermissionDenied
 
     asked: list[str] = []
 
@@ -170,7 +170,7 @@ async def test_a_reply_that_cannot_be_encoded_counts_as_a_failure(tmp_path: Path
     """Success is counted once the reply is encoded: a JSON reply of non-UTF-8 BYTES fails."""
     from aiohttp import ClientSession, web
 
-    from dl_inference.protocols.v2.rest import http_routes
+    from dl_inference.builtin.v2.rest import http_routes
     from dl_inference.testing import write_python_model
 
     write_python_model(

@@ -166,7 +166,7 @@ def test_convert_without_a_matching_converter_names_the_plugins(tmp_path: Path) 
 
 def test_convert_sample_input_syntax_is_explained(tmp_path: Path) -> None:
     from dl_inference.cli import parse_sample_input
-    from dl_inference.errors import ConfigError
+    from dl_inference.spi.errors import ConfigError
 
     name, array = parse_sample_input("x:FP32:2,3")
     assert name == "x" and array.shape == (2, 3) and array.dtype.name == "float32"

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from dl_inference.config import load_server_config, parse_server_config
-from dl_inference.config.model_config import VersionPolicy
-from dl_inference.errors import ConfigError
-from dl_inference.models import ModelRegistry
-from dl_inference.plugins import PluginHost
-from dl_inference.repository import scan_repository
+from dl_inference.kernel.config import load_server_config, parse_server_config
+from dl_inference.kernel.config.model_config import VersionPolicy
+from dl_inference.kernel.models import ModelRegistry
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.repository import scan_repository
+from dl_inference.spi.errors import ConfigError
 from dl_inference.testing import write_python_model
 
 ADD_ONE = """

@@ -13,9 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dl_inference import ConfigError, hookimpl
-from dl_inference.config import parse_server_config
-from dl_inference.plugins import PluginHost
-from dl_inference.server import Server
+from dl_inference.kernel.config import parse_server_config
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.server.composition import Server
 from dl_inference.testing import write_python_model
 
 ADD_ONE = """

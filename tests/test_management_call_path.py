@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from dl_inference import RequestContext
-from dl_inference.config.schema import ServerConfig
-from dl_inference.management import ManagementService
+from dl_inference.kernel.config.schema import ServerConfig
+from dl_inference.server.management import ManagementService
 from tests.test_call_path import GARBAGE, failures, raw_call
 from tests.test_request_hooks import make_runtime, plugin_module
 

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 import dl_inference
-from dl_inference import Backend, BackendRegistry, PluginError, hookspecs
-from dl_inference.plugins import PluginHost, PluginInfo
+from dl_inference import Backend, BackendRegistry, PluginError
+from dl_inference.kernel.plugins import PluginHost, PluginInfo
+from dl_inference.spi import hookspecs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "plugins"
 
@@ -312,6 +313,7 @@ PUBLIC_SURFACE = [
     "InferResponse",
     "InvalidInput",
     "ModelConfig",
+    "ModelControl",
     "ModelMetadata",
     "ModelNotFound",
     "ModelNotReady",
@@ -328,7 +330,6 @@ PUBLIC_SURFACE = [
     "RequestContext",
     "ResourceExhausted",
     "RoutingKeyReader",
-    "Runtime",
     "RuntimeView",
     "TensorConfig",
     "TensorSpec",

@@ -16,10 +16,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from dl_inference import BackendError, InferRequest, ModelNotReady, RequestContext, Runtime
-from dl_inference.models import ModelRegistry, ModelState
-from dl_inference.plugins import PluginHost
-from dl_inference.repository import scan_repository
+from dl_inference import BackendError, InferRequest, ModelNotReady, RequestContext
+from dl_inference.kernel.models import ModelRegistry, ModelState
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.repository import scan_repository
+from dl_inference.kernel.runtime import Runtime
 from dl_inference.testing import ServerProcess, write_python_model
 
 FP32_IO = """

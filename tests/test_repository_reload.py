@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dl_inference.errors import ModelNotFound
-from dl_inference.models import ModelRegistry
-from dl_inference.plugins import PluginHost
-from dl_inference.repository import scan_repository
-from dl_inference.runtime import Runtime
+from dl_inference.kernel.models import ModelRegistry
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.repository import scan_repository
+from dl_inference.kernel.runtime import Runtime
+from dl_inference.spi.errors import ModelNotFound
+from dl_inference.spi.types import InferRequest, RequestContext
 from dl_inference.testing import write_python_model
-from dl_inference.types import InferRequest, RequestContext
 
 CONFIG = """
     inputs: [{name: x, datatype: FP32, shape: [-1]}]

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from dl_inference import Decision, RequestContext, hookimpl
-from dl_inference.errors import InvalidInput, PermissionDenied, Unauthenticated
-from dl_inference.models import ModelRegistry
-from dl_inference.plugins import PluginHost
-from dl_inference.repository import scan_repository
-from dl_inference.runtime import Runtime
+from dl_inference.kernel.models import ModelRegistry
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.repository import scan_repository
+from dl_inference.kernel.runtime import Runtime
+from dl_inference.spi.errors import InvalidInput, PermissionDenied, Unauthenticated
+from dl_inference.spi.types import InferRequest
 from dl_inference.testing import write_python_model
-from dl_inference.types import InferRequest
 
 ADD_ONE = """
     from dl_inference import PythonModel

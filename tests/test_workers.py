@@ -310,7 +310,7 @@ def test_a_worker_that_cannot_start_stops_all_workers(tmp_path: Path) -> None:
 
 
 def test_merged_figures_label_each_worker_and_mark_the_missing() -> None:
-    from dl_inference.metrics import Metrics, merge_worker_figures
+    from dl_inference.server.metrics import Metrics, merge_worker_figures
 
     first, second = Metrics(), Metrics()
     for _ in range(3):
@@ -346,8 +346,8 @@ def test_merged_figures_label_each_worker_and_mark_the_missing() -> None:
 async def test_siblings_that_do_not_answer_are_marked_down(tmp_path: Path) -> None:
     from aiohttp import web
 
-    from dl_inference.metrics import Metrics, merge_worker_figures, parse_exposition
-    from dl_inference.worker_link import WorkerLink
+    from dl_inference.server.metrics import Metrics, merge_worker_figures, parse_exposition
+    from dl_inference.server.worker_link import WorkerLink
 
     async def garbage(_: web.Request) -> web.Response:
         return web.Response(body=b"\xff\xfe not prometheus {{{")
@@ -387,7 +387,7 @@ async def test_siblings_that_do_not_answer_are_marked_down(tmp_path: Path) -> No
 
 
 def test_status_documents_add_up_and_mark_the_missing() -> None:
-    from dl_inference.status_page import merge_status_documents
+    from dl_inference.server.status_page import merge_status_documents
 
     def document(qps: float, p99: float | None, count: int, ready: bool = True) -> dict:
         model = {"name": "m", "ready": ready, "qps": qps, "p50_ms": 1.0, "p99_ms": p99,

@@ -5,14 +5,22 @@ module is private and may change without notice.
 """
 
 # A module, not names: routing-key readers call ``wire.iter_fields`` etc. by that prefix.
-from dl_inference import wire
-from dl_inference.backend import Backend, BackendSettings
-from dl_inference.balancer import Balancer, NodeView, Outcome
-from dl_inference.call_path import Call, CallPath, RuntimeView, json_error_body, read_body
-from dl_inference.config.model_config import ModelConfig, TensorConfig
-from dl_inference.converter import Converter
-from dl_inference.datatypes import DATATYPES, from_numpy_dtype, to_numpy_dtype
-from dl_inference.errors import (
+from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
+from dl_inference.kernel.processor import ProcessorAdapter
+from dl_inference.spi import wire
+from dl_inference.spi.backend import Backend, BackendSettings
+from dl_inference.spi.balancer import Balancer, NodeView, Outcome
+from dl_inference.spi.call_path import (
+    Call,
+    CallPath,
+    ModelControl,
+    RuntimeView,
+    json_error_body,
+    read_body,
+)
+from dl_inference.spi.converter import Converter
+from dl_inference.spi.datatypes import DATATYPES, from_numpy_dtype, to_numpy_dtype
+from dl_inference.spi.errors import (
     BackendError,
     ConfigError,
     DeadlineExceeded,
@@ -27,27 +35,25 @@ from dl_inference.errors import (
     Unauthenticated,
     Unavailable,
 )
-from dl_inference.hookspecs import HOOKSPEC_VERSION, hookimpl
-from dl_inference.json_body import MAX_JSON_DEPTH, read_json, utf8_bytes
-from dl_inference.processor import ProcessorAdapter
-from dl_inference.protocol import Protocol, RoutingKeyReader, rename_proto_types
-from dl_inference.python_model import PythonModel
-from dl_inference.registry import (
+from dl_inference.spi.hookspecs import HOOKSPEC_VERSION, hookimpl
+from dl_inference.spi.json_body import MAX_JSON_DEPTH, read_json, utf8_bytes
+from dl_inference.spi.protocol import Protocol, RoutingKeyReader, rename_proto_types
+from dl_inference.spi.python_model import PythonModel
+from dl_inference.spi.registry import (
     BackendRegistry,
     BalancerRegistry,
     ConverterRegistry,
     ProtocolRegistry,
 )
-from dl_inference.runtime import Runtime
-from dl_inference.status import grpc_code, http_status, public_message
-from dl_inference.tensor_limits import (
+from dl_inference.spi.status import grpc_code, http_status, public_message
+from dl_inference.spi.tensor_limits import (
     MAX_TENSOR_ELEMENTS,
     MAX_TENSOR_RANK,
     check_raw_size,
     check_tensor_shape,
     check_value_count,
 )
-from dl_inference.types import (
+from dl_inference.spi.types import (
     Decision,
     InferRequest,
     InferResponse,
@@ -56,7 +62,7 @@ from dl_inference.types import (
     RequestContext,
     TensorSpec,
 )
-from dl_inference.user_code import import_user_file, isolated_imports
+from dl_inference.spi.user_code import import_user_file, isolated_imports
 
 __version__ = "0.1.0"
 
@@ -84,6 +90,7 @@ __all__ = [
     "InferResponse",
     "InvalidInput",
     "ModelConfig",
+    "ModelControl",
     "ModelMetadata",
     "ModelNotFound",
     "ModelNotReady",
@@ -100,7 +107,6 @@ __all__ = [
     "RequestContext",
     "ResourceExhausted",
     "RoutingKeyReader",
-    "Runtime",
     "RuntimeView",
     "TensorConfig",
     "TensorSpec",

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from dl_inference.bench import add_bench_parser
-from dl_inference.config.loader import load_server_config
-from dl_inference.config.schema import ServerConfig
-from dl_inference.errors import ConfigError, DlInferenceError
+from dl_inference.kernel.config.loader import load_server_config
+from dl_inference.kernel.config.schema import ServerConfig
+from dl_inference.spi.errors import ConfigError, DlInferenceError
 
 EXIT_CONFIG = 2  # bad configuration / missing plugin: fix and rerun
 EXIT_FAILURE = 1
@@ -132,7 +132,7 @@ def resolve_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dl_inference.logs import configure_logging
+    from dl_inference.server.logs import configure_logging
 
     config_mtime = args.config.stat().st_mtime if args.config and args.config.exists() else 0.0
     config = resolve_config(args)
@@ -142,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = _build_server(config)
     server.reuse_port = args.reuse_port
     if args.reuse_port:
-        from dl_inference.worker_link import WorkerLink
+        from dl_inference.server.worker_link import WorkerLink
 
         server.link = WorkerLink.from_environment()
         if server.link is not None:
@@ -159,7 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_workers(args: argparse.Namespace, config: ServerConfig) -> int:
-    from dl_inference.workers import reserve_port, run_workers
+    from dl_inference.server.workers import reserve_port, run_workers
 
     _build_server(config)  # refuse a bad config once, before starting any worker
     grpc_cfg, http_cfg = config.server.grpc, config.server.http
@@ -181,8 +181,8 @@ def _serve_workers(args: argparse.Namespace, config: ServerConfig) -> int:
 
 
 def _build_server(config: ServerConfig) -> Any:
-    from dl_inference.plugins import PluginHost
-    from dl_inference.server import Server
+    from dl_inference.kernel.plugins import PluginHost
+    from dl_inference.server.composition import Server
 
     plugins = PluginHost(
         allow=config.plugins.allow, block=config.plugins.block, strict=config.plugins.strict
@@ -197,7 +197,7 @@ def _build_server(config: ServerConfig) -> Any:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from dl_inference.logs import configure_logging
+    from dl_inference.server.logs import configure_logging
 
     configure_logging("console", "warning")
     config = load_server_config(args.file)
@@ -214,7 +214,7 @@ def parse_sample_input(text: str) -> tuple[str, Any]:
     """``x:FP32:1,3,8,8`` -> ("x", seeded random array of that datatype and shape)."""
     import numpy as np
 
-    from dl_inference.datatypes import to_numpy_dtype
+    from dl_inference.spi.datatypes import to_numpy_dtype
 
     try:
         name, datatype, shape_text = text.split(":")
@@ -235,8 +235,8 @@ def parse_sample_input(text: str) -> tuple[str, Any]:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from dl_inference.logs import configure_logging
-    from dl_inference.plugins import PluginHost
+    from dl_inference.kernel.plugins import PluginHost
+    from dl_inference.server.logs import configure_logging
 
     configure_logging("console", "warning")
     host = PluginHost().load()
@@ -321,8 +321,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from dl_inference.logs import configure_logging
-    from dl_inference.plugins import PluginHost
+    from dl_inference.kernel.plugins import PluginHost
+    from dl_inference.server.logs import configure_logging
 
     configure_logging("console", "error")
     host = PluginHost().load()

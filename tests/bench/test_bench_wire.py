@@ -10,7 +10,7 @@ import pytest
 from dl_inference.bench import wire
 from dl_inference.bench.clients import v2_grpc_body, v2_rest_body
 from dl_inference.bench.inputs import concrete_shape, parse_input_spec
-from dl_inference.errors import ConfigError
+from dl_inference.spi.errors import ConfigError
 
 needs_tf_plugin = pytest.mark.skipif(
     importlib.util.find_spec("dl_inference_tfserving") is None,

@@ -111,7 +111,7 @@ def context_files(name: str) -> list[str]:
 
 def test_dockerignore_rules() -> None:
     rules = dockerignore("worker-cpu")
-    assert in_context(rules, "core/dl_inference/server.py")
+    assert in_context(rules, "core/dl_inference/server/composition.py")
     assert in_context(rules, "requirements/constraints.txt")
     assert not in_context(rules, ".venv/bin/python")
     assert not in_context(rules, "tests/test_cli.py")
@@ -319,7 +319,7 @@ def test_build_context_builds_the_kernel_with_generated_protos_and_demo(
     names = set(context_wheels["dl_inference"].namelist())
     assert "dl_inference/_proto/kserve_v2_pb2.py" in names
     assert "dl_inference/demo/models/simple/1/model.py" in names
-    assert "dl_inference/server.py" in names
+    assert "dl_inference/server/composition.py" in names
 
 
 def test_build_context_builds_every_installed_plugin(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dl_inference.config import parse_server_config
+from dl_inference.kernel.config import parse_server_config
 
 ROOT = Path(__file__).resolve().parents[2]
 Obj = dict[str, Any]

@@ -34,7 +34,7 @@ seldon = pytest.importorskip(
     "dl_inference_seldon._proto.seldon_pb2", reason="needs the dl-inference-seldon plugin"
 )
 
-EXAMPLES = int(os.environ.get("DLI_FUZZ_EXAMPLES", "400"))
+EXAMPLES = int(os.environ.get("DLI_FUZZ_EXAMPLES", "1000"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     derandomize=True,

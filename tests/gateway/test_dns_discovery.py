@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from dl_inference.config import parse_server_config
 from dl_inference.gateway import Gateway
 from dl_inference.gateway.dns import DnsError, lookup
-from dl_inference.plugins import PluginHost
+from dl_inference.kernel.config import parse_server_config
+from dl_inference.kernel.plugins import PluginHost
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 pytestmark = pytest.mark.skipif(

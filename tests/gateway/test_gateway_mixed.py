@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from dl_inference.spi.wire import len_field_header
 from dl_inference.testing import ServerProcess, write_python_model
-from dl_inference.wire import len_field_header
 
 from .conftest import (
     LOCAL,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dl_inference.config import parse_server_config
 from dl_inference.gateway import Gateway
-from dl_inference.plugins import PluginHost
+from dl_inference.kernel.config import parse_server_config
+from dl_inference.kernel.plugins import PluginHost
 
 
 def routes(text: list[dict]) -> list:

@@ -9,9 +9,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dl_inference.balancer import Outcome
-from dl_inference.config import parse_server_config
-from dl_inference.errors import ConfigError, PluginError
 from dl_inference.gateway import Gateway, RouteConfig
 from dl_inference.gateway.config import EjectionConfig, HealthConfig
 from dl_inference.gateway.discovery import Discovery, parse_node_file, resolve
@@ -26,7 +23,10 @@ from dl_inference.gateway.nodes import (
     http_verdict,
 )
 from dl_inference.gateway.route import Route
-from dl_inference.plugins import PluginHost
+from dl_inference.kernel.config import parse_server_config
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.spi.balancer import Outcome
+from dl_inference.spi.errors import ConfigError, PluginError
 
 KEYS = builtin_routing_keys()
 

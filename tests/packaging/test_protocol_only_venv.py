@@ -69,7 +69,7 @@ REQUIRED_DATA = {
         "dl_inference/_proto/*.pyi",
         "dl_inference/demo/models/*/config.yaml",
         "dl_inference/demo/models/*/1/model.py",
-        "dl_inference/status_page/*.html",
+        "dl_inference/server/status_page/*.html",
     ),
     "plugins/tfserving": ("dl_inference_tfserving/py.typed", "dl_inference_tfserving/_proto/*.pyi"),
     "plugins/seldon": ("dl_inference_seldon/py.typed", "dl_inference_seldon/_proto/*.pyi"),

@@ -20,9 +20,9 @@ from tritonclient.grpc import service_pb2 as triton
 from tritonclient.grpc import service_pb2_grpc as triton_grpc
 
 from dl_inference import InvalidInput
-from dl_inference.protocols.v2.binary import deserialize_bytes
-from dl_inference.protocols.v2.codec import json_to_array, raw_to_array
-from dl_inference.protocols.v2.rest import decode_rest_request
+from dl_inference.builtin.v2.binary import deserialize_bytes
+from dl_inference.builtin.v2.codec import json_to_array, raw_to_array
+from dl_inference.builtin.v2.rest import decode_rest_request
 from dl_inference.testing import ServerProcess
 
 from .conftest import write_repository

@@ -13,12 +13,9 @@ from tritonclient.utils import serialize_byte_tensor
 
 from dl_inference import InferResponse, InvalidInput, to_numpy_dtype
 from dl_inference._proto import kserve_v2_pb2 as pb
-from dl_inference.call_path import grpc_deadline as request_deadline
-from dl_inference.call_path import grpc_metadata as request_metadata
-from dl_inference.errors import BackendError
-from dl_inference.protocols.v2 import V2Protocol
-from dl_inference.protocols.v2.binary import decompress, deserialize_bytes, serialize_bytes
-from dl_inference.protocols.v2.codec import (
+from dl_inference.builtin.v2 import V2Protocol
+from dl_inference.builtin.v2.binary import decompress, deserialize_bytes, serialize_bytes
+from dl_inference.builtin.v2.codec import (
     array_to_json,
     array_to_raw,
     contents_to_array,
@@ -30,6 +27,9 @@ from dl_inference.protocols.v2.codec import (
     raw_to_array,
     serialize_with_raw,
 )
+from dl_inference.spi.call_path import grpc_deadline as request_deadline
+from dl_inference.spi.call_path import grpc_metadata as request_metadata
+from dl_inference.spi.errors import BackendError
 
 NUMERIC = {
     "BOOL": np.array([[True, False, True]]),
@@ -243,7 +243,7 @@ def test_decompress_gzip_deflate_and_already_decoded() -> None:
     assert decompress(body, "gzip", 1000) == body  # aiohttp already decoded it
     with pytest.raises(InvalidInput, match="not valid gzip"):
         decompress(b"\x1f\x8bnot gzip", "gzip", 1000)
-    from dl_inference.errors import ResourceExhausted
+    from dl_inference.spi.errors import ResourceExhausted
 
     with pytest.raises(ResourceExhausted):
         decompress(gzip.compress(b"0" * 10_000), "gzip", 1000)

@@ -1,4 +1,4 @@
-"""The minimal protobuf wire reader the gateway routes with (core/dl_inference/wire.py)."""
+"""The minimal protobuf wire reader the gateway routes with (core/dl_inference/spi/wire.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as triton
 
-from dl_inference.protocols.v2 import V2Protocol
-from dl_inference.wire import (
+from dl_inference.builtin.v2 import V2Protocol
+from dl_inference.spi.wire import (
     WireError,
     encode_varint,
     iter_fields,

@@ -23,8 +23,8 @@ import numpy as np
 from dl_inference.bench import wire
 from dl_inference.bench.cli import PROTOCOLS
 from dl_inference.bench.inputs import InputSpec
-from dl_inference.datatypes import from_numpy_dtype
-from dl_inference.errors import ConfigError
+from dl_inference.spi.datatypes import from_numpy_dtype
+from dl_inference.spi.errors import ConfigError
 
 V2_INFER = "/inference.GRPCInferenceService/ModelInfer"
 V2_METADATA = "/inference.GRPCInferenceService/ModelMetadata"

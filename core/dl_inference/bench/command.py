@@ -19,7 +19,7 @@ from dl_inference.bench.clients import (
     make_client,
     parse_url,
 )
-from dl_inference.errors import ConfigError
+from dl_inference.spi.errors import ConfigError
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from dl_inference.datatypes import DATATYPES, from_numpy_dtype, to_numpy_dtype
-from dl_inference.errors import ConfigError, InvalidInput
+from dl_inference.spi.datatypes import DATATYPES, from_numpy_dtype, to_numpy_dtype
+from dl_inference.spi.errors import ConfigError, InvalidInput
 
 
 @dataclass(frozen=True)

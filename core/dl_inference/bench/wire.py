@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from dl_inference.datatypes import from_numpy_dtype
-from dl_inference.wire import encode_varint
+from dl_inference.spi.datatypes import from_numpy_dtype
+from dl_inference.spi.wire import encode_varint
 
 _VARINT, _LEN = 0, 2
 

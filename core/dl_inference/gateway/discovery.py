@@ -15,9 +15,9 @@ from typing import Any
 import structlog
 import yaml
 
-from dl_inference.errors import ConfigError
 from dl_inference.gateway.config import DiscoveryConfig, NodeConfig, join_address, split_address
 from dl_inference.gateway.dns import lookup
+from dl_inference.spi.errors import ConfigError
 
 log = structlog.get_logger("dl_inference.gateway")
 

@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 import structlog
 
-from dl_inference.balancer import Outcome
 from dl_inference.gateway.nodes import grpc_verdict
 from dl_inference.gateway.route import Route
+from dl_inference.spi.balancer import Outcome
 
 log = structlog.get_logger("dl_inference.gateway")
 

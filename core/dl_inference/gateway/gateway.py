@@ -11,7 +11,6 @@ import grpc
 import structlog
 from aiohttp import web
 
-from dl_inference.errors import ConfigError, PluginError
 from dl_inference.gateway.config import RouteConfig
 from dl_inference.gateway.forward import Forwarder
 from dl_inference.gateway.keys import (
@@ -22,8 +21,9 @@ from dl_inference.gateway.keys import (
 from dl_inference.gateway.rest_forward import BUILTIN_MODEL_PATHS, RestForwarder, routed_model
 from dl_inference.gateway.route import Route
 from dl_inference.gateway.stream_forward import forward_stream
-from dl_inference.plugins import KNOWN_PROVIDERS
-from dl_inference.protocol import Protocol, RoutingKeyReader
+from dl_inference.kernel.plugins import KNOWN_PROVIDERS
+from dl_inference.spi.errors import ConfigError, PluginError
+from dl_inference.spi.protocol import Protocol, RoutingKeyReader
 
 log = structlog.get_logger("dl_inference.gateway")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dl_inference.protocol import RoutingKeyReader
-from dl_inference.wire import read_string_field
+from dl_inference.spi.protocol import RoutingKeyReader
+from dl_inference.spi.wire import read_string_field
 
 V2_SERVICE = "inference.GRPCInferenceService"
 SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"

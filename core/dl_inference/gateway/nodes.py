@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 import structlog
 
-from dl_inference.balancer import Outcome
 from dl_inference.gateway.config import EjectionConfig, HealthConfig, TlsConfig
+from dl_inference.spi.balancer import Outcome
 
 log = structlog.get_logger("dl_inference.gateway")
 

@@ -12,10 +12,10 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2
 
-from dl_inference.balancer import Balancer, Outcome
 from dl_inference.gateway.config import RouteConfig, join_address, split_address
 from dl_inference.gateway.discovery import Discovery, NodeList
 from dl_inference.gateway.nodes import Node, NodeHealth, RetryBudget
+from dl_inference.spi.balancer import Balancer, Outcome
 
 log = structlog.get_logger("dl_inference.gateway")
 

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from dl_inference.balancer import Outcome
 from dl_inference.gateway.forward import client_deadline, forwardable, no_node_answered
 from dl_inference.gateway.nodes import grpc_verdict
 from dl_inference.gateway.route import Route
+from dl_inference.spi.balancer import Outcome
 
 
 async def forward_stream(

@@ -3,8 +3,8 @@
 A backend plugin proves it fits the kernel by subclassing :class:`BackendConformance` in
 one of its test modules and saying how to write a model of its kind. The suite then
 finds the backend through the plugin registry (entry points, as the server does), loads
-a repository of generated models through :class:`~dl_inference.models.ModelRegistry`,
-and calls them through :meth:`dl_inference.Runtime.infer`, exactly the path a request
+a repository of generated models through :class:`~dl_inference.kernel.models.ModelRegistry`,
+and calls them through :meth:`dl_inference.RuntimeView.infer`, exactly the path a request
 takes after a wire protocol decoded it. It checks:
 
 - the backend is registered under its name by a plugin that loaded cleanly;
@@ -59,14 +59,14 @@ import numpy as np
 import pytest
 import yaml
 
-from dl_inference.backend import Backend, BackendSettings
-from dl_inference.datatypes import DATATYPES, from_numpy_dtype, to_numpy_dtype
-from dl_inference.errors import BackendError, ConfigError, DlInferenceError, InvalidInput
-from dl_inference.models import ModelRegistry, ModelState
-from dl_inference.plugins import PluginHost
-from dl_inference.repository import scan_repository
-from dl_inference.runtime import Runtime
-from dl_inference.types import InferRequest, InferResponse, RequestContext, TensorSpec
+from dl_inference.kernel.models import ModelRegistry, ModelState
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.repository import scan_repository
+from dl_inference.kernel.runtime import Runtime
+from dl_inference.spi.backend import Backend, BackendSettings
+from dl_inference.spi.datatypes import DATATYPES, from_numpy_dtype, to_numpy_dtype
+from dl_inference.spi.errors import BackendError, ConfigError, DlInferenceError, InvalidInput
+from dl_inference.spi.types import InferRequest, InferResponse, RequestContext, TensorSpec
 
 __all__ = ["BackendConformance", "ConformanceEnv", "ModelSpec", "load_repository"]
 

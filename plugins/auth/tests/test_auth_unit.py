@@ -12,7 +12,7 @@ import pytest
 import dl_inference
 import dl_inference_auth
 from dl_inference import ConfigError, Decision, InferRequest, RequestContext
-from dl_inference.plugins import PluginHost
+from dl_inference.kernel.plugins import PluginHost
 from dl_inference_auth import EXTRAS_KEY, build_authenticator, presented_key
 
 READER_KEY = "reader-key-0123456789abcdef"

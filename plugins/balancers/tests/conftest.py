@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dl_inference.plugins import PluginHost
+from dl_inference.kernel.plugins import PluginHost
 
 
 @pytest.fixture

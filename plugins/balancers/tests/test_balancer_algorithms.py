@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 import dl_inference
-from dl_inference.plugins import PluginHost
+from dl_inference.kernel.plugins import PluginHost
 from dl_inference_balancers import (
     DynamicWeightedRoundRobin,
     LeastRequest,

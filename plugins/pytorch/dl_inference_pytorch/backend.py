@@ -2,7 +2,7 @@
 
 A version folder holds one model file (``model.pt2``, ``model.pt`` or ``model.pth``).
 A model's ``processor.py`` (the seed's ``preprocess`` / ``run_model`` / ``postprocess``) is
-the kernel's, with the rules every backend shares (:mod:`dl_inference.processor`); this
+the kernel's, with the rules every backend shares (:mod:`dl_inference.kernel.processor`); this
 backend's :class:`TorchAdapter` keeps the hooks in torch terms:
 
 - data for the model (the request's arrays, or what ``preprocess`` returned: arrays,

@@ -20,11 +20,12 @@ too. Data replies carry one output: the one named by ``meta.tags.output``, else 
 an object ``jsonData`` request gets every output.
 
 Hostile input is refused before it costs memory: declared shapes are checked against the
-values or bytes present with the kernel's :mod:`~dl_inference.tensor_limits` checks before
-anything is allocated; ``google.protobuf.Value`` trees (ndarray, jsonData, tags) are read
-to at most :data:`~dl_inference.MAX_JSON_DEPTH` levels; typed ``tftensor`` values must fit
-their dtype. NaN and infinities are numbers, as in Seldon Core's Python wrapper: they reach
-the model and come back (over REST as the bare ``NaN`` / ``Infinity`` Python's json writes).
+values or bytes present with the kernel's ``dl_inference.check_value_count`` and
+``check_raw_size`` before anything is allocated; ``google.protobuf.Value`` trees (ndarray,
+jsonData, tags) are read to at most :data:`~dl_inference.MAX_JSON_DEPTH` levels; typed
+``tftensor`` values must fit their dtype. NaN and infinities are numbers, as in Seldon
+Core's Python wrapper: they reach the model and come back (over REST as the bare ``NaN`` /
+``Infinity`` Python's json writes).
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ import pytest
 from google.protobuf import json_format
 
 from dl_inference.gateway import Gateway
-from dl_inference.plugins import PluginHost
-from dl_inference.wire import encode_varint, len_field_header
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.spi.wire import encode_varint, len_field_header
 from dl_inference_seldon import codec, routing
 from dl_inference_seldon._proto import seldon_pb2 as pb
 from dl_inference_seldon.protocol import PREDICT_PATHS, REST_PATH, SeldonProtocol

@@ -193,7 +193,7 @@ def test_the_plugin_imports_no_framework_nor_the_pytorch_plugin() -> None:
     code = textwrap.dedent(
         """
         import sys
-        from dl_inference.plugins import PluginHost
+        from dl_inference.kernel.plugins import PluginHost
 
         import dl_inference_seldon
         from dl_inference_seldon.protocol import SeldonProtocol

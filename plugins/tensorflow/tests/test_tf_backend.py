@@ -212,7 +212,7 @@ def test_thread_settings_apply_to_a_fresh_process(built: Any) -> None:
 def test_listing_plugins_does_not_import_tensorflow() -> None:
     script = (
         "import sys\n"
-        "from dl_inference.plugins import PluginHost\n"
+        "from dl_inference.kernel.plugins import PluginHost\n"
         "host = PluginHost().load()\n"
         "print(host.backends.owner('tensorflow'), host.protocols.owner('tfserving'))\n"
         "print('tensorflow' in sys.modules)\n"

@@ -22,10 +22,10 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from dl_inference import Decision, RequestContext, hookimpl
-from dl_inference.models import ModelRegistry
-from dl_inference.plugins import PluginHost
-from dl_inference.repository import scan_repository
-from dl_inference.runtime import Runtime
+from dl_inference.kernel.models import ModelRegistry
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.repository import scan_repository
+from dl_inference.kernel.runtime import Runtime
 from dl_inference.testing import write_python_model
 from dl_inference_tfserving._proto import tfs_pb2
 from dl_inference_tfserving.grpc_api import grpc_handlers

@@ -13,12 +13,12 @@ import random
 import numpy as np
 import pytest
 
-from dl_inference.errors import ConfigError
 from dl_inference.gateway import Gateway, RouteConfig
 from dl_inference.gateway.keys import builtin_routing_keys
 from dl_inference.gateway.rest_forward import BUILTIN_MODEL_PATHS, routed_model
-from dl_inference.plugins import PluginHost
-from dl_inference.wire import encode_varint, len_field_header
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.spi.errors import ConfigError
+from dl_inference.spi.wire import encode_varint, len_field_header
 from dl_inference_tfserving import codec
 from dl_inference_tfserving._proto import tfs_pb2
 from dl_inference_tfserving.protocol import (

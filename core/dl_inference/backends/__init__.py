@@ -1,1 +1,0 @@
-"""Backends built into the kernel (registered through the same hook as plugins)."""

@@ -1,0 +1,65 @@
+"""The built-in ``python`` backend: a ``model.py`` with one :class:`PythonModel` subclass."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dl_inference.spi.backend import Backend
+from dl_inference.spi.errors import BackendError
+from dl_inference.spi.python_model import PythonModel
+from dl_inference.spi.user_code import ParameterCall, import_user_file, private_module_name
+
+
+class PythonBackend(Backend):
+    """Serves ``model.py`` files; the user's class does the work."""
+
+    name = "python"
+    model_files = ("model.py",)
+
+    def load(self) -> None:
+        model_cls = _find_model_class(self.path / "model.py", self.model_name, self.version)
+        self.model = model_cls()
+        self.model.name = self.model_name
+        self.model.version = self.version
+        self.model.path = self.path
+        self.model.config = self.config.model_dump() | self.settings.model_dump()
+        self.model.load()
+        self._predict = ParameterCall(self.model.predict, 1, "model.py predict()")
+
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
+        result = self._predict((inputs,), parameters)
+        if not isinstance(result, dict):
+            raise BackendError(
+                f"{self.model_name}: predict() returned {type(result).__name__}; "
+                "return a dict of output name -> numpy array"
+            )
+        return {str(name): np.asarray(value) for name, value in result.items()}
+
+    def unload(self) -> None:
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.unload()
+
+
+def _find_model_class(path: Path, model_name: str, version: str) -> type[PythonModel]:
+    """Import ``model.py`` privately and return its one PythonModel subclass."""
+    module_name = private_module_name("models", model_name, version)
+    module = import_user_file(path, module_name)
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj)
+        and issubclass(obj, PythonModel)
+        and obj is not PythonModel
+        and obj.__module__ == module_name
+    ]
+    if len(classes) != 1:
+        found = ", ".join(c.__name__ for c in classes) or "none"
+        raise BackendError(
+            f"{path}: define exactly one subclass of dl_inference.PythonModel (found {found})"
+        )
+    return classes[0]

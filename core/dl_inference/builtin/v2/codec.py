@@ -1,0 +1,327 @@
+"""Conversions between V2 wire tensors (raw bytes, typed contents, JSON) and numpy arrays,
+and between ``ModelInferRequest``/``ModelInferResponse`` and the kernel's types.
+
+Raw tensor bytes become arrays with ``np.frombuffer`` (no copy; such arrays are
+read-only). Every decoding error is an :class:`InvalidInput` naming the tensor and saying
+what was expected, so the client can fix the request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from dl_inference._proto import kserve_v2_pb2 as pb
+from dl_inference.builtin.v2.binary import deserialize_bytes, serialize_bytes
+from dl_inference.spi.datatypes import DATATYPES, as_bytes_array, from_numpy_dtype, to_numpy_dtype
+from dl_inference.spi.errors import BackendError, InvalidInput
+from dl_inference.spi.json_body import utf8_bytes
+from dl_inference.spi.tensor_limits import check_raw_size, check_value_count
+from dl_inference.spi.types import InferRequest, InferResponse
+from dl_inference.spi.wire import len_field_header
+
+# The InferTensorContents field that carries each datatype, and the numpy type to read it as.
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_WIDE: dict[str, np.dtype] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+# Parameters that steer the HTTP binary extension; they are transport, not model, parameters.
+TRANSPORT_PARAMETERS = frozenset({"binary_data_output", "binary_data", "binary_data_size"})
+
+
+# -- shapes and datatypes ------------------------------------------------------------------
+
+
+def input_dtype(name: str, datatype: str) -> np.dtype:
+    """The numpy dtype for an input's datatype, with the tensor's name in the error."""
+    try:
+        return to_numpy_dtype(datatype)
+    except InvalidInput:
+        raise InvalidInput(
+            f"input {name!r}: unsupported datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
+        ) from None
+
+
+def _little_endian(dtype: np.dtype) -> np.dtype:
+    return dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
+
+
+def output_array(model: str, name: str, value: Any) -> tuple[np.ndarray, str]:
+    """A model's output as an array with a V2 datatype; BackendError if it has none."""
+    array = np.asarray(value)
+    if array.dtype.kind in ("U", "S", "O"):
+        return as_bytes_array(array), "BYTES"
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("="))
+    try:
+        return array, from_numpy_dtype(array.dtype)
+    except InvalidInput:
+        raise BackendError(
+            f"model {model!r} returned output {name!r} with numpy dtype {array.dtype}, which has "
+            f"no Open Inference Protocol datatype; return one of {', '.join(DATATYPES)}"
+        ) from None
+
+
+# -- raw bytes -----------------------------------------------------------------------------
+
+
+def raw_to_array(
+    name: str, datatype: str, shape: Sequence[Any], buffer: bytes | memoryview
+) -> np.ndarray:
+    """An array viewing ``buffer`` (no copy) after checking its length against the shape."""
+    dtype = input_dtype(name, datatype)
+    dims = check_raw_size(name, datatype, shape, memoryview(buffer).nbytes)
+    if datatype == "BYTES":
+        return deserialize_bytes(buffer, math.prod(dims), name).reshape(dims)
+    return np.frombuffer(buffer, dtype=_little_endian(dtype)).reshape(dims)
+
+
+def array_to_raw(array: np.ndarray, datatype: str) -> bytes | memoryview:
+    """The row-major little-endian bytes of ``array`` (a view when it is already laid out so)."""
+    if datatype == "BYTES":
+        return serialize_bytes(array)
+    flat = np.ascontiguousarray(array).reshape(-1)
+    flat = flat.astype(_little_endian(flat.dtype), copy=False)
+    return memoryview(flat.view(np.uint8))
+
+
+# -- typed contents ------------------------------------------------------------------------
+
+
+def contents_to_array(
+    name: str, datatype: str, shape: Sequence[Any], contents: pb.InferTensorContents
+) -> np.ndarray:
+    """An array from ``InferTensorContents``, checking field, count and value range."""
+    dtype = input_dtype(name, datatype)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(
+            f"input {name!r}: {datatype} has no typed contents field; send it in "
+            "raw_input_contents (little-endian bytes, one entry per input)"
+        )
+    for descriptor, _ in contents.ListFields():
+        if descriptor.name != field:
+            raise InvalidInput(
+                f"input {name!r}: datatype {datatype} carries its values in contents.{field}, "
+                f"but contents.{descriptor.name} is set"
+            )
+    values = getattr(contents, field)
+    dims = check_value_count(name, datatype, shape, len(values), field=f"contents.{field}")
+    count = len(values)
+    if datatype == "BYTES":
+        out = np.empty(count, dtype=np.object_)
+        out[:] = list(values)
+        return out.reshape(dims)
+    wide = np.fromiter(values, dtype=_WIDE[field], count=count)
+    return narrow(name, wide, dtype).reshape(dims)
+
+
+def narrow(name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast to ``dtype``, refusing integers that do not fit rather than wrapping them."""
+    if dtype.kind in "iu" and values.size and values.dtype != dtype:
+        info = np.iinfo(dtype)
+        low, high = values.min(), values.max()
+        if low < info.min or high > info.max:
+            raise InvalidInput(
+                f"input {name!r}: value {low if low < info.min else high} is out of range for "
+                f"{from_numpy_dtype(dtype)} ({info.min}..{info.max})"
+            )
+    return values.astype(dtype, copy=False)
+
+
+# -- JSON ----------------------------------------------------------------------------------
+
+_JSON_CHECKS: dict[str, tuple[str, Any]] = {
+    "b": ("true/false", lambda v: type(v) is bool),
+    "i": ("integers", lambda v: type(v) is int),
+    "u": ("integers", lambda v: type(v) is int),
+    "f": ("numbers", lambda v: type(v) in (int, float)),
+}
+
+
+def json_to_array(name: str, datatype: str, shape: Sequence[Any], data: Any) -> np.ndarray:
+    """An array from a REST tensor's ``data`` (flat or nested, row-major)."""
+    dtype = input_dtype(name, datatype)
+    if not isinstance(data, list):
+        data = [data]
+    # Object arrays keep JSON's Python values exact: numpy's own inference would turn
+    # [0, 2**64 - 1] into float64 and silently truncate 1.5 into an integer type.
+    ragged = InvalidInput(
+        f"input {name!r}: data is a ragged nested list; give a flat list or equal-length rows"
+    )
+    try:
+        flat = np.array(data, dtype=np.object_).reshape(-1)
+    except ValueError:
+        raise ragged from None
+    if any(isinstance(v, list) for v in flat):
+        raise ragged
+    dims = check_value_count(name, datatype, shape, flat.size, field="data")
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in flat):
+            raise InvalidInput(f"input {name!r}: BYTES data must be strings")
+        out = np.empty(flat.size, dtype=np.object_)
+        for index, text in enumerate(flat):
+            out[index] = utf8_bytes(text, f"input {name!r}, element {index}")
+        return out.reshape(dims)
+    wanted, check = _JSON_CHECKS[dtype.kind]
+    if not all(check(v) for v in flat):
+        raise InvalidInput(f"input {name!r}: {datatype} data must be {wanted}")
+    values = flat.tolist()
+    if dtype.kind in "iu" and values:
+        info = np.iinfo(dtype)
+        low, high = min(values), max(values)
+        if low < info.min or high > info.max:
+            raise InvalidInput(
+                f"input {name!r}: value {low if low < info.min else high} is out of range for "
+                f"{datatype} ({info.min}..{info.max})"
+            )
+    return np.array(values, dtype=dtype).reshape(dims)
+
+
+def array_to_json(name: str, array: np.ndarray, datatype: str) -> list[Any]:
+    """Flat row-major JSON values; BYTES must be UTF-8 (else ask for binary_data)."""
+    flat = array.reshape(-1)
+    if datatype != "BYTES":
+        return flat.tolist()
+    try:
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat]
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"output {name!r} holds bytes that are not UTF-8 text; request it with "
+            'parameters {"binary_data": true}'
+        ) from None
+
+
+# -- parameters ----------------------------------------------------------------------------
+
+
+def params_from_proto(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """Python values of a ``map<string, InferParameter>``."""
+    out: dict[str, Any] = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        out[key] = getattr(param, choice) if choice else None
+    return out
+
+
+def params_to_proto(values: Mapping[str, Any], target: MutableMapping[str, Any]) -> None:
+    """Fill a ``map<string, InferParameter>`` from python values (others as strings)."""
+    for key, value in values.items():
+        param = target[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int | np.integer):
+            if value > np.iinfo(np.int64).max:
+                param.uint64_param = int(value)
+            else:
+                param.int64_param = int(value)
+        elif isinstance(value, float | np.floating):
+            param.double_param = float(value)
+        else:
+            param.string_param = value if isinstance(value, str) else str(value)
+
+
+# -- whole messages ------------------------------------------------------------------------
+
+
+def decode_infer_request(
+    message: pb.ModelInferRequest,
+    raw: Sequence[bytes | memoryview],
+    *,
+    deadline: float | None = None,
+) -> InferRequest:
+    """An InferRequest from a ModelInferRequest whose raw contents were cut out into ``raw``."""
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput(
+            f"the request has {len(message.inputs)} inputs but {len(raw)} raw_input_contents "
+            "entries; give exactly one raw entry per input, in the order of inputs, or none"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(message.inputs):
+        name = tensor.name
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} appears more than once in the request")
+        has_contents = tensor.HasField("contents") and bool(tensor.contents.ListFields())
+        if raw:
+            if has_contents:
+                raise InvalidInput(
+                    f"input {name!r} has typed contents while the request uses "
+                    "raw_input_contents; use one or the other for all inputs"
+                )
+            inputs[name] = raw_to_array(name, tensor.datatype, tensor.shape, raw[index])
+        else:
+            inputs[name] = contents_to_array(name, tensor.datatype, tensor.shape, tensor.contents)
+    outputs: list[str] | None = None
+    if message.outputs:
+        outputs = []
+        for requested in message.outputs:
+            if "classification" in requested.parameters:
+                raise InvalidInput(
+                    f"output {requested.name!r}: the classification extension is not supported; "
+                    "request the output without the classification parameter"
+                )
+            outputs.append(requested.name)
+    return InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        id=message.id,
+        inputs=inputs,
+        parameters=params_from_proto(message.parameters),
+        outputs=outputs,
+        deadline=deadline,
+    )
+
+
+def encode_infer_response(
+    response: InferResponse,
+) -> tuple[pb.ModelInferResponse, list[bytes | memoryview]]:
+    """The response message (without raw contents) and each output's raw bytes, in order.
+
+    The raw bytes are appended to the serialized message by :func:`serialize_with_raw`,
+    so each output is copied once, not three times through the protobuf runtime.
+    """
+    message = pb.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+    )
+    params_to_proto(response.parameters, message.parameters)
+    raw: list[bytes | memoryview] = []
+    for name, value in response.outputs.items():
+        array, datatype = output_array(response.model_name, name, value)
+        tensor = message.outputs.add(name=name, datatype=datatype)
+        tensor.shape.extend(array.shape)
+        raw.append(array_to_raw(array, datatype))
+    return message, raw
+
+
+def serialize_with_raw(head: bytes, field: int, raw: Iterable[bytes | memoryview]) -> bytes:
+    """``head`` plus one length-delimited field entry per buffer (repeated bytes field)."""
+    parts: list[bytes | memoryview] = [head]
+    for buffer in raw:
+        size = buffer.nbytes if isinstance(buffer, memoryview) else len(buffer)
+        parts.append(len_field_header(field, size))
+        parts.append(buffer)
+    return b"".join(parts)

@@ -1,0 +1,135 @@
+"""The ``inference.GRPCInferenceService`` servicer, bound with grpc.aio generic handlers.
+
+ModelInfer and ModelStreamInfer take and return serialized bytes: the raw tensor fields
+are cut out of (and appended to) the message around the protobuf runtime, so tensor data
+is viewed in place on the way in and copied once on the way out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from dl_inference._proto import kserve_v2_pb2 as pb
+from dl_inference.builtin.v2.codec import (
+    decode_infer_request,
+    encode_infer_response,
+    serialize_with_raw,
+)
+from dl_inference.spi.call_path import Call, CallPath, RuntimeView
+from dl_inference.spi.errors import InvalidInput
+from dl_inference.spi.status import public_message
+from dl_inference.spi.types import InferRequest
+from dl_inference.spi.wire import WireError, len_field_header, split_len_field
+
+SERVICE = "inference.GRPCInferenceService"
+PROTOCOL = "v2"
+
+# Field numbers in ModelInferRequest / ModelInferResponse / ModelStreamInferResponse.
+_RAW_INPUT_CONTENTS = 7
+_RAW_OUTPUT_CONTENTS = 6
+_STREAM_ERROR_MESSAGE = 1
+_STREAM_INFER_RESPONSE = 2
+
+
+class V2GrpcServicer:
+    """Answers the V2 gRPC methods over the runtime, through the kernel's call path."""
+
+    def __init__(self, runtime: RuntimeView) -> None:
+        self.runtime = runtime
+        self.calls = CallPath(runtime, PROTOCOL, "dl_inference.builtin.v2")
+        # ModelInfer on the call path, callable as ``model_infer(data, context)``.
+        self.model_infer = self.calls.grpc_unary(SERVICE, "ModelInfer", self._infer).unary_unary
+
+    async def server_live(self, request: pb.ServerLiveRequest, call: Call) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.runtime.live())
+
+    async def server_ready(
+        self, request: pb.ServerReadyRequest, call: Call
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.runtime.ready())
+
+    async def model_ready(self, request: pb.ModelReadyRequest, call: Call) -> pb.ModelReadyResponse:
+        # As Triton does: an unknown model is simply not ready (no error status).
+        return pb.ModelReadyResponse(ready=self.runtime.model_ready(request.name, request.version))
+
+    async def server_metadata(
+        self, request: pb.ServerMetadataRequest, call: Call
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=self.runtime.server_name,
+            version=self.runtime.server_version,
+            extensions=self.runtime.extensions(),
+        )
+
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest, call: Call
+    ) -> pb.ModelMetadataResponse:
+        meta = self.runtime.model_metadata(request.name, request.version)
+        reply = pb.ModelMetadataResponse(
+            name=meta.name, versions=meta.versions, platform=meta.platform
+        )
+        for specs, target in ((meta.inputs, reply.inputs), (meta.outputs, reply.outputs)):
+            for spec in specs:
+                target.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        return reply
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        # As Triton does, a failed request is reported in the stream and the stream goes on.
+        method = f"/{SERVICE}/ModelStreamInfer"
+        async for data in requests:
+            call = self.calls.grpc_call(method, context)
+            try:
+                reply = await self._infer(data, call)
+            except Exception as exc:
+                call.fail(exc)
+                message = public_message(exc, self.calls.plugin).encode("utf-8")
+                yield len_field_header(_STREAM_ERROR_MESSAGE, len(message)) + message
+                continue
+            call.succeed()
+            yield len_field_header(_STREAM_INFER_RESPONSE, len(reply)) + reply
+
+    async def _infer(self, data: bytes, call: Call) -> bytes:
+        with call.parsing("the ModelInferRequest"):
+            try:
+                rest, raw = split_len_field(data, _RAW_INPUT_CONTENTS)
+                message = pb.ModelInferRequest.FromString(rest)
+            except (WireError, DecodeError) as exc:
+                raise InvalidInput(f"the ModelInferRequest could not be parsed: {exc}") from None
+            if not message.model_name:
+                raise InvalidInput("model_name is empty; name the model to run")
+            call.ctx.request = InferRequest(model_name=message.model_name, inputs={})
+            request = decode_infer_request(message, raw, deadline=call.deadline)
+        response = await self.runtime.infer(request, call.ctx)
+        reply, outputs = encode_infer_response(response)
+        return serialize_with_raw(reply.SerializeToString(), _RAW_OUTPUT_CONTENTS, outputs)
+
+
+SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
+
+
+def grpc_handlers(runtime: RuntimeView) -> list[grpc.GenericRpcHandler]:
+    """Generic handlers binding every V2 method path (and the seed's TisPredict)."""
+    servicer = V2GrpcServicer(runtime)
+    calls = servicer.calls
+    unary = {
+        "ServerLive": (servicer.server_live, pb.ServerLiveRequest),
+        "ServerReady": (servicer.server_ready, pb.ServerReadyRequest),
+        "ModelReady": (servicer.model_ready, pb.ModelReadyRequest),
+        "ServerMetadata": (servicer.server_metadata, pb.ServerMetadataRequest),
+        "ModelMetadata": (servicer.model_metadata, pb.ModelMetadataRequest),
+    }
+    methods = {name: calls.grpc_unary(SERVICE, name, *pair) for name, pair in unary.items()}
+    # Bytes in, bytes out: the codec handles (de)serialization around raw contents.
+    methods["ModelInfer"] = calls.grpc_unary(SERVICE, "ModelInfer", servicer._infer)
+    methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(servicer.model_stream_infer)
+    # The seed's unified service took Triton (V2) requests on TisPredict: same bytes.
+    seed = {"TisPredict": calls.grpc_unary(SEED_SERVICE, "TisPredict", servicer._infer)}
+    return [
+        grpc.method_handlers_generic_handler(SERVICE, methods),
+        grpc.method_handlers_generic_handler(SEED_SERVICE, seed),
+    ]

@@ -1,0 +1,412 @@
+"""Per-model scheduling: a queue feeding ``instances`` threads, with dynamic batching.
+
+Requests that arrive while the model is busy wait in a queue; a free instance takes the
+oldest request plus every compatible one behind it (same input names, dtypes, trailing
+dimensions and parameters) up to ``max_batch_size`` rows, runs them once and splits the
+outputs back. With ``max_queue_delay_ms`` an instance that finds requests waiting when it
+finishes a batch waits up to that long for more rows before running a batch that is not
+full. An idle model runs a request at once, delay or not. Requests whose deadline passed
+are dropped before they cost compute; a full queue refuses at once. Models without dynamic
+batching use the same queue with ``merge=False``: one request per execution.
+
+A merged batch whose execution fails is bisected (see :meth:`Batcher._isolate`): one
+request the model cannot take (an out-of-range token id) fails alone, with its own error,
+and the requests merged with it get their answers, as Triton's per-request responses allow.
+
+Each instance is a thread that forms its next batch itself the moment it finishes one, as
+Triton's scheduler threads do: the event loop only queues requests and receives results,
+so a busy loop never leaves the model idle between batches. Results go back to the loop
+in bursts: one wake-up delivers every result finished since the last one, so a loaded
+server pays one cross-thread hand-off per burst rather than one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dl_inference.spi.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
+
+# run(inputs, parameters, queued_at) -> outputs, called in a batcher thread; queued_at is
+# the monotonic time the oldest request of the batch was queued.
+Runner = Callable[[dict[str, np.ndarray], dict[str, Any], float], dict[str, np.ndarray]]
+
+
+@dataclass
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    parameters: dict[str, Any]
+    deadline: float | None
+    rows: int
+    key: tuple[Any, ...]
+    future: asyncio.Future[dict[str, np.ndarray]]
+    delivery: _Delivery
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BatchStats:
+    """Counters for metrics and tests: batches run and rows per batch.
+
+    ``batches``, ``rows``, ``largest`` and ``sizes`` count batches as taken from the queue;
+    the executions spent isolating a failed merged batch count in ``reruns`` only.
+    """
+
+    batches: int = 0
+    rows: int = 0
+    largest: int = 0
+    expired: int = 0
+    refused: int = 0
+    isolated: int = 0  # merged batches that failed and were bisected
+    reruns: int = 0  # executions of parts of those batches
+    sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+class _Delivery:
+    """Results handed back to one event loop, every finished one per wake-up."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._done: collections.deque[tuple[_Pending, Any, BaseException | None]] = (
+            collections.deque()
+        )
+        self._scheduled = False
+
+    def put(self, item: _Pending, result: Any, error: BaseException | None) -> None:
+        """From any thread. Appending before reading the flag (and the loop clearing it
+        before draining) means no result is left behind; a spare wake-up is harmless."""
+        self._done.append((item, result, error))
+        if self._scheduled:
+            return
+        self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        self._scheduled = False
+        done = self._done
+        while done:
+            item, result, error = done.popleft()
+            if item.future.done():  # cancelled meanwhile
+                continue
+            if error is not None:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(result)
+
+
+class Batcher:
+    """Per-model queue feeding ``instances`` threads; with ``merge`` they run merged batches."""
+
+    def __init__(
+        self,
+        name: str,
+        run: Runner,
+        *,
+        max_batch_size: int,
+        max_queue_delay_ms: float = 0.0,
+        max_queue_size: int | None = None,
+        instances: int = 1,
+        merge: bool = True,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.merge = merge
+        self.delay = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.instances = instances
+        self.stats = BatchStats()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._ready = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._deliveries: dict[asyncio.AbstractEventLoop, _Delivery] = {}
+
+    async def submit(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        """Queue one request and await its outputs.
+
+        When merging, inputs carry the request's batch as dimension 0.
+        """
+        if self.merge:
+            rows, key = (
+                batch_rows(self.name, inputs, self.max_batch_size),
+                _batch_key(inputs, parameters),
+            )
+        else:
+            rows, key = 1, ()
+        loop = asyncio.get_running_loop()
+        item = _Pending(
+            inputs, parameters, deadline, rows, key, loop.create_future(), self._delivery(loop)
+        )
+        with self._ready:
+            if self.max_queue_size is not None and len(self._queue) >= self.max_queue_size:
+                self.stats.refused += 1
+                raise ResourceExhausted(
+                    f"model {self.name!r}: queue full ({self.max_queue_size} requests waiting); "
+                    "retry later, or raise max_queue_size / instances"
+                )
+            if not self._threads:
+                self._start_threads()
+            self._queue.append(item)
+            self._ready.notify()
+        return await item.future
+
+    def _delivery(self, loop: asyncio.AbstractEventLoop) -> _Delivery:
+        delivery = self._deliveries.get(loop)
+        if delivery is None:
+            # Tests run one loop after another; forget the closed ones.
+            self._deliveries = {k: v for k, v in self._deliveries.items() if not k.is_closed()}
+            delivery = self._deliveries[loop] = _Delivery(loop)
+        return delivery
+
+    def _start_threads(self) -> None:
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"dli-batch-{self.name}-{i}", daemon=True)
+            for i in range(self.instances)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def close(self) -> None:
+        """Stop the threads once the running batches end; queued requests are refused."""
+        with self._ready:
+            self._closed = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._ready.notify_all()
+        for item in left:
+            _resolve(item, error=ResourceExhausted(f"model {self.name!r} is being unloaded"))
+        threads, self._threads = self._threads, []
+        await asyncio.to_thread(lambda: [t.join(30) for t in threads])
+
+    def _work(self) -> None:
+        busy = False  # requests arrived while this instance ran its last batch
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                if busy:
+                    self._wait_for_rows()
+                batch = self._take()
+            busy = self._execute(batch) if batch else False
+
+    def _wait_for_rows(self) -> None:
+        """With a queue delay, give concurrent clients a moment to fill the batch.
+
+        Only under load (requests queued while the instance ran): a request that finds the
+        model idle runs at once, so the delay adds no latency when traffic is light.
+        """
+        if self.delay <= 0:
+            return
+        end = time.monotonic() + self.delay
+        while self._queued_rows() < self.max_batch_size and not self._closed:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            self._ready.wait(left)
+
+    def _take(self) -> list[_Pending]:
+        """The oldest live request and the compatible ones behind it (lock held)."""
+        now = time.monotonic()
+        batch: list[_Pending] = []
+        rows = 0
+        kept: collections.deque[_Pending] = collections.deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if self._gone(item, now, "in the queue"):
+                continue
+            if not batch or (
+                self.merge and item.key == batch[0].key and rows + item.rows <= self.max_batch_size
+            ):
+                batch.append(item)
+                rows += item.rows
+                if not self.merge:
+                    break
+            else:
+                kept.append(item)
+        self._queue.extendleft(reversed(kept))
+        return batch
+
+    def _queued_rows(self) -> int:
+        return sum(item.rows for item in self._queue)
+
+    def _execute(self, batch: list[_Pending]) -> bool:
+        """Run one batch and resolve its callers; returns whether requests queued meanwhile.
+
+        That is read before any caller gets its result, so a client's next request (sent
+        on receiving this one's) does not count as load.
+        """
+        rows = sum(item.rows for item in batch)
+        self.stats.batches += 1
+        self.stats.rows += rows
+        self.stats.largest = max(self.stats.largest, rows)
+        self.stats.sizes[rows] += 1
+        error: Exception | None = None
+        try:
+            outputs = self._run_merged(batch)
+        except Exception as exc:
+            error = exc
+        queued = bool(self._queue)
+        if error is None:
+            self._deliver(batch, outputs)
+        elif self._isolable(batch, error):
+            # Outside the except block: the reruns' errors must not chain onto this one
+            # (each would hold the frames, and so the inputs, of every failure before it).
+            self._isolate(batch, error)
+        else:
+            _fail(batch, error)
+        return queued
+
+    def _run_merged(self, batch: list[_Pending]) -> dict[str, np.ndarray]:
+        """One execution of ``batch``'s requests merged along dimension 0."""
+        first = batch[0]
+        if len(batch) == 1:
+            inputs = first.inputs
+        else:
+            inputs = {n: np.concatenate([i.inputs[n] for i in batch]) for n in first.inputs}
+        queued_at = min(item.queued_at for item in batch)
+        # The first request's context carries its request id into the model's logs.
+        return first.context.run(self._run, inputs, first.parameters, queued_at)
+
+    def _deliver(self, batch: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
+        """Split a batch's outputs back to its callers (all fail if the model broke the
+        batch contract: that is the model's fault, so running parts again would not help)."""
+        try:
+            parts = _split(self.name, outputs, [item.rows for item in batch])
+        except Exception as exc:
+            _fail(batch, exc)
+            return
+        for item, part in zip(batch, parts, strict=True):
+            _resolve(item, result=part)
+
+    def _isolable(self, batch: list[_Pending], error: Exception) -> bool:
+        """Whether running parts of a failed batch again could spare some of its callers.
+
+        Not for a lone request, a passed deadline (the requests would only expire again)
+        or a model being unloaded.
+        """
+        return len(batch) > 1 and not isinstance(error, DeadlineExceeded) and not self._closed
+
+    def _isolate(self, batch: list[_Pending], error: Exception) -> None:
+        """Bisect a failed merged batch until each faulty request fails alone.
+
+        Each failed part is split in two halves that run on their own; a half that
+        succeeds answers its callers, a failing half of one request fails that caller with
+        its own error, a failing larger half is split again. One bad request among ``n``
+        costs about ``2 * log2(n)`` executions (a batch of 32: 10, where running each
+        request alone would cost 32), and never more than ``2n - 2`` however many are bad.
+        Callers that went away meanwhile are skipped, and those whose deadline passed fail
+        with DEADLINE_EXCEEDED, as in the queue. Only executions that succeed reach the
+        model's metrics (the runner observes them), so every answered row counts once.
+        """
+        self.stats.isolated += 1
+        failed = [(batch, error)]
+        while failed:
+            group, error = failed.pop()
+            if not self._isolable(group, error):
+                _fail(group, error)
+                continue
+            # Split only those still waiting: one left over runs alone, since the error
+            # may have been another's.
+            live = self._still_waiting(group)
+            middle = len(live) // 2
+            for half in (live[:middle], live[middle:]):
+                half = self._still_waiting(half)  # the first half's run took a while
+                if not half:
+                    continue
+                self.stats.reruns += 1
+                try:
+                    outputs = self._run_merged(half)
+                except Exception as exc:
+                    failed.append((half, exc))
+                else:
+                    self._deliver(half, outputs)
+
+    def _still_waiting(self, group: list[_Pending]) -> list[_Pending]:
+        """The requests of ``group`` still worth running; expired ones fail here."""
+        now = time.monotonic()
+        where = "while its batch ran again to set apart a request that failed it"
+        return [item for item in group if not self._gone(item, now, where)]
+
+    def _gone(self, item: _Pending, now: float, where: str) -> bool:
+        """Whether ``item`` needs no run: its caller left, or its deadline passed (failed here)."""
+        if item.future.done():  # the caller went away (cancelled, deadline)
+            return True
+        if item.deadline is not None and item.deadline <= now:
+            self.stats.expired += 1
+            message = f"the deadline of the request to {self.name!r} passed {where}"
+            _resolve(item, error=DeadlineExceeded(message))
+            return True
+        return False
+
+
+def _resolve(
+    item: _Pending, result: dict[str, np.ndarray] | None = None, error: BaseException | None = None
+) -> None:
+    """Hand a result or error to the waiting coroutine, on its own event loop."""
+    item.delivery.put(item, result, error)
+
+
+def _fail(batch: list[_Pending], error: BaseException) -> None:
+    for item in batch:
+        _resolve(item, error=error)
+
+
+def batch_rows(name: str, inputs: dict[str, np.ndarray], max_batch_size: int) -> int:
+    """The request's batch size (its common first dimension), checked against the maximum."""
+    sizes = {array.shape[0] if array.ndim else -1 for array in inputs.values()}
+    if len(sizes) != 1 or -1 in sizes:
+        raise InvalidInput(
+            f"model {name!r} batches along the first dimension: every input needs the same "
+            f"first dimension (got {sorted(sizes)})"
+        )
+    rows = sizes.pop()
+    if rows > max_batch_size:
+        raise InvalidInput(
+            f"model {name!r}: batch of {rows} exceeds its max_batch_size {max_batch_size}; "
+            "split the request"
+        )
+    return rows
+
+
+def _batch_key(inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> tuple[Any, ...]:
+    """Requests merge only when everything but the batch dimension agrees."""
+    tensors = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items()))
+    try:
+        params = tuple(sorted((k, repr(v)) for k, v in parameters.items()))
+    except TypeError:
+        params = (id(parameters),)
+    return tensors, params
+
+
+def _split(
+    name: str, outputs: dict[str, np.ndarray], rows: list[int]
+) -> list[dict[str, np.ndarray]]:
+    total = sum(rows)
+    if len(rows) == 1:
+        return [outputs]
+    for key, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise BackendError(
+                f"model {name!r} returned output {key!r} with shape {list(array.shape)}; a "
+                f"batching model must return the batch ({total} rows) as the first dimension"
+            )
+    bounds = np.cumsum(rows)[:-1]
+    pieces = {key: np.split(array, bounds) for key, array in outputs.items()}
+    return [{key: pieces[key][i] for key in outputs} for i in range(len(rows))]

@@ -1,0 +1,438 @@
+"""Loaded models: choosing a backend per version, loading off the loop, lookup, prediction."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from pydantic import ValidationError
+
+from dl_inference.kernel.batching import Batcher, batch_rows
+from dl_inference.kernel.config.errors import describe_errors
+from dl_inference.kernel.config.model_config import KERNEL_KEYS
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.processor import Processor, ProcessorAdapter, predict_call
+from dl_inference.kernel.repository import ModelSource
+from dl_inference.spi.backend import Backend
+from dl_inference.spi.errors import (
+    BackendError,
+    ConfigError,
+    DlInferenceError,
+    ModelNotFound,
+    ModelNotReady,
+)
+from dl_inference.spi.types import ModelMetadata, TensorSpec
+
+log = structlog.get_logger("dl_inference.models")
+
+
+class ModelState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass
+class ModelVersion:
+    """One version of one model, its backend instance, state and scheduler."""
+
+    name: str
+    version: str
+    backend_name: str
+    backend: Backend
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    in_flight: int = 0
+    # observer(model, version, rows, queue_s, compute_s), called per executed batch
+    observer: Callable[[str, str, int, float, float], None] | None = None
+    signature: tuple[float, int] = (0.0, 0)
+    # The model's processor.py and the backend's adapter that runs it (set by the load).
+    processor: Processor | None = None
+    adapter: ProcessorAdapter | None = None
+
+    def __post_init__(self) -> None:
+        config = self.backend.config
+        self._predict = predict_call(self.backend)
+        self.batching = config.max_batch_size > 0 and config.dynamic_batching
+        # Every model runs in its scheduler's threads, off the event loop; only batching
+        # models merge requests.
+        self.scheduler = Batcher(
+            self.name,
+            self._execute,
+            max_batch_size=max(config.max_batch_size, 1),
+            max_queue_delay_ms=config.max_queue_delay_ms if self.batching else 0.0,
+            max_queue_size=config.max_queue_size,
+            instances=config.instances,
+            merge=self.batching,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    def inputs(self) -> list[TensorSpec] | None:
+        """What requests carry (see :meth:`Backend.inputs`)."""
+        return self.backend.inputs()
+
+    def outputs(self) -> list[TensorSpec] | None:
+        """What responses carry (see :meth:`Backend.outputs`)."""
+        return self.backend.outputs()
+
+    async def predict(
+        self,
+        inputs: dict[str, np.ndarray],
+        parameters: dict[str, Any],
+        deadline: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the model on one request in its scheduler's threads (merged when it batches)."""
+        config = self.backend.config
+        if not self.batching and config.max_batch_size > 0:
+            batch_rows(self.name, inputs, config.max_batch_size)
+        self.in_flight += 1
+        try:
+            return await self.scheduler.submit(inputs, parameters, deadline)
+        finally:
+            self.in_flight -= 1
+
+    def _execute(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], queued_at: float
+    ) -> dict[str, np.ndarray]:
+        """One execution (a request or a merged batch), timed for the metrics."""
+        started = time.monotonic()
+        outputs = self._predict_sync(inputs, parameters)
+        if self.observer is not None:
+            finished = time.monotonic()
+            first = next(iter(inputs.values()), None)
+            batched = self.backend.config.max_batch_size > 0 and first is not None and first.ndim
+            rows = int(first.shape[0]) if batched else 1
+            self.observer(self.name, self.version, rows, started - queued_at, finished - started)
+        return outputs
+
+    def _predict_sync(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        try:
+            if self.processor is not None and self.adapter is not None:
+                return self.adapter.run(inputs, parameters, self.processor)
+            return self._predict((inputs,), parameters)
+        except DlInferenceError:
+            raise
+        except Exception as exc:
+            log.error(
+                "model raised",
+                model=self.name,
+                version=self.version,
+                backend=self.backend_name,
+                traceback="".join(traceback.format_exception(exc)),
+            )
+            raise BackendError(f"model {self.name!r} failed: {describe_exception(exc)}") from exc
+
+
+class ModelRegistry:
+    """Every model version this worker hosts, by name and version."""
+
+    def __init__(self, plugins: PluginHost) -> None:
+        self.plugins = plugins
+        self._versions: dict[str, dict[str, ModelVersion]] = {}
+        self._sources: dict[str, ModelSource] = {}
+        self.observer: Callable[[str, str, int, float, float], None] | None = None
+        self.unloaded: set[str] = set()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def prepare(self, sources: list[ModelSource]) -> None:
+        """Choose and configure the backend of every version; config errors surface here."""
+        for source in sources:
+            selected = source.config.version_policy.select(source.versions)
+            self._versions[source.name] = {
+                str(number): self._make_version(source, number) for number in selected
+            }
+            self._sources[source.name] = source
+
+    def _make_version(self, source: ModelSource, number: int) -> ModelVersion:
+        path = source.version_path(number)
+        cls = self._backend_class(source, path)
+        settings = _settings(cls, source)
+        backend = cls(source.name, str(number), path, source.config, settings)
+        model = ModelVersion(source.name, str(number), cls.name, backend)
+        model.signature = _folder_signature(path)
+        model.observer = self.observer
+        return model
+
+    async def load_all(self, *, strict: bool = False) -> None:
+        """Load every prepared version in worker threads; failures leave it UNAVAILABLE."""
+        await asyncio.gather(
+            *(
+                self._load(v, strict)
+                for versions in self._versions.values()
+                for v in versions.values()
+            )
+        )
+
+    async def _load(self, model: ModelVersion, strict: bool) -> None:
+        try:
+            # Found before load(): with hooks, config.yaml's tensors may describe requests
+            # rather than the model, and the backend must know that while it loads.
+            model.processor = await asyncio.to_thread(Processor.find, model.backend)
+            if model.processor is not None:
+                model.backend.processor_hooks = frozenset(model.processor.hooks)
+            await asyncio.to_thread(model.backend.load)
+            if model.processor is not None:
+                model.adapter = model.backend.processor_adapter()
+        except Exception as exc:
+            model.state = ModelState.UNAVAILABLE
+            model.reason = f"failed to load: {describe_exception(exc)}"
+            log.error(
+                "model failed to load",
+                model=model.name,
+                version=model.version,
+                backend=model.backend_name,
+                error=model.reason,
+                traceback="".join(traceback.format_exception(exc)),
+            )
+            if strict:
+                raise BackendError(
+                    f"model {model.name!r} version {model.version} {model.reason}"
+                ) from exc
+            return
+        model.state = ModelState.READY
+        log.info("model ready", model=model.name, version=model.version, backend=model.backend_name)
+
+    async def unload_all(self) -> None:
+        """Unload every version (after draining), releasing threads and backend resources."""
+        for versions in list(self._versions.values()):
+            for model in list(versions.values()):
+                await self._retire(model)
+
+    async def _retire(self, model: ModelVersion) -> None:
+        """Stop routing to ``model``, let its in-flight calls finish, then unload it."""
+        versions = self._versions.get(model.name, {})
+        if versions.get(model.version) is model:
+            del versions[model.version]
+        model.state = ModelState.UNLOADING
+        while model.in_flight:
+            await asyncio.sleep(0.01)
+        await model.scheduler.close()
+        try:
+            await asyncio.to_thread(model.backend.unload)
+        except Exception as exc:
+            log.warning("model failed to unload", model=model.name, error=str(exc))
+        log.info("model unloaded", model=model.name, version=model.version)
+
+    # -- changes on disk -------------------------------------------------------------------
+
+    async def refresh(self, sources: list[ModelSource], root: Path | None = None) -> bool:
+        """Apply what changed on disk: load new versions/models, retire old ones.
+
+        A new version serves once loaded; versions that left the policy are retired only
+        after a newer one is ready, so requests never find the model without a version. A
+        version that fails to load stays UNAVAILABLE beside the serving one and is retried
+        when its files change. Returns whether anything changed.
+        """
+        changed = False
+        seen = {source.name for source in sources}
+        for source in sources:
+            if source.name in self.unloaded:
+                continue  # unloaded through the management API: stays out until loaded again
+            changed |= await self._refresh_model(source)
+        for name in sorted(set(self._versions) - seen):
+            origin = self._sources.get(name)
+            if root is not None and origin is not None and origin.path.parent != root:
+                continue  # loaded from another root through the management API
+            log.info("model folder removed; unloading", model=name)
+            for model in list(self._versions[name].values()):
+                await self._retire(model)
+            del self._versions[name]
+            self._sources.pop(name, None)
+            changed = True
+        return changed
+
+    async def load_model(self, source: ModelSource) -> None:
+        """Load (or reload) one model at run time; BackendError if no version became ready."""
+        self._backend_class(source, source.version_path(source.versions[-1]))  # fail early
+        self.unloaded.discard(source.name)
+        await self._refresh_model(source, reload=True)
+        versions = self._versions.get(source.name, {})
+        if not any(v.ready for v in versions.values()):
+            reasons = "; ".join(f"v{v.version}: {v.reason}" for v in versions.values())
+            raise BackendError(f"model {source.name!r} could not be loaded ({reasons})")
+
+    async def unload_model(self, name: str) -> None:
+        """Unload every version of ``name`` (in-flight calls finish first)."""
+        for model in self.versions(name):
+            await self._retire(model)
+        self._versions.pop(name, None)
+        self._sources.pop(name, None)
+        self.unloaded.add(name)
+
+    async def _refresh_model(self, source: ModelSource, reload: bool = False) -> bool:
+        current = self._versions.setdefault(source.name, {})
+        self._sources[source.name] = source
+        selected = {str(n) for n in source.config.version_policy.select(source.versions)}
+        changed = False
+        for number in sorted(selected, key=int):
+            known = current.get(number)
+            path = source.version_path(int(number))
+            # A failed version is retried only once its files change (not on every poll).
+            if (
+                known is not None
+                and not reload
+                and (known.ready or known.signature == _folder_signature(path))
+            ):
+                continue
+            try:
+                model = self._make_version(source, int(number))
+            except DlInferenceError as exc:
+                log.error(
+                    "new model version refused", model=source.name, version=number, error=str(exc)
+                )
+                continue
+            await self._load(model, strict=False)
+            if known is not None:
+                await self._retire(known)
+            current[number] = model
+            changed = True
+        if any(current[v].ready for v in selected if v in current):
+            for number in sorted(set(current) - selected, key=int):
+                await self._retire(current[number])
+                changed = True
+        return changed
+
+    def _backend_class(self, source: ModelSource, path: Path) -> type[Backend]:
+        if source.config.backend:
+            return self.plugins.backend(source.config.backend)
+        candidates = [cls for cls in self.plugins.backends if cls.can_load(path)]
+        if len(candidates) == 1:
+            return candidates[0]
+        files = ", ".join(sorted(p.name for p in path.iterdir())) or "no files"
+        if not candidates:
+            installed = ", ".join(self.plugins.backends.names())
+            raise ConfigError(
+                f"model {source.name!r} version {path.name}: no installed backend recognises "
+                f"its files ({files}); installed backends: {installed}. "
+                f"Name one with `backend:` in {source.path / 'config.yaml'} or install the plugin "
+                "(e.g. pip install dl-inference-pytorch)"
+            )
+        names = ", ".join(sorted(cls.name for cls in candidates))
+        raise ConfigError(
+            f"model {source.name!r} version {path.name}: several backends can serve {files} "
+            f"({names}); choose one with `backend:` in {source.path / 'config.yaml'}"
+        )
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._versions)
+
+    def index(self) -> list[dict[str, str]]:
+        """Every model version with its state, plus models unloaded at run time."""
+        rows = [
+            {"name": v.name, "version": v.version, "state": v.state.value, "reason": v.reason}
+            for name in self.names()
+            for v in self.versions(name)
+        ]
+        rows += [
+            {"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
+            for name in sorted(self.unloaded - set(self._versions))
+        ]
+        return rows
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """All versions of ``name``, oldest first; ModelNotFound if the model is unknown."""
+        if name not in self._versions:
+            raise ModelNotFound(
+                f"unknown model {name!r}; models served here: {', '.join(self.names()) or 'none'}"
+            )
+        return sorted(self._versions[name].values(), key=lambda v: int(v.version))
+
+    def resolve(self, name: str, version: str = "") -> ModelVersion:
+        """The version to serve: ``""`` = newest ready one; a label maps through version_labels."""
+        versions = self.versions(name)
+        if not version:
+            ready = [v for v in versions if v.ready]
+            if not ready:
+                reasons = "; ".join(f"v{v.version}: {v.reason or v.state.value}" for v in versions)
+                raise ModelNotReady(f"model {name!r} has no ready version ({reasons})")
+            return ready[-1]
+        labels = self._sources[name].config.version_labels
+        number = str(labels[version]) if version in labels else version
+        for model in versions:
+            if model.version == number:
+                if not model.ready:
+                    raise ModelNotReady(
+                        f"model {name!r} version {number} is {model.state.value}"
+                        + (f": {model.reason}" if model.reason else "")
+                    )
+                return model
+        known = ", ".join(v.version for v in versions)
+        raise ModelNotFound(f"model {name!r} has no version {version!r} (versions: {known})")
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.resolve(name, version)
+        except DlInferenceError:
+            return False
+        return True
+
+    def all_ready(self) -> bool:
+        """Whether every model has a version ready to serve."""
+        return all(any(v.ready for v in versions.values()) for versions in self._versions.values())
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        """Metadata of the resolved version (names every version of the model)."""
+        model = self.resolve(name, version)
+        return ModelMetadata(
+            name=name,
+            versions=[v.version for v in self.versions(name)],
+            platform=model.backend.platform,
+            inputs=model.inputs() or [],
+            outputs=model.outputs() or [],
+        )
+
+
+def _settings(cls: type[Backend], source: ModelSource) -> Any:
+    try:
+        return cls.Settings.model_validate(source.config.backend_options)
+    except ValidationError as exc:
+        lines = describe_errors(
+            exc, cls.Settings, prefix=f"models.{source.name}", also_known=KERNEL_KEYS
+        )
+        raise ConfigError(
+            f"model {source.name!r} (backend {cls.name}; from {source.path / 'config.yaml'} or "
+            "the server config's models section):\n  " + "\n  ".join(lines)
+        ) from None
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message (file.py:line)`` pointing at the innermost frame, for user code errors."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{text} ({Path(exc.filename).name}:{exc.lineno})"
+    if isinstance(exc, DlInferenceError):
+        return text  # our own message already says where; kernel lines would mislead
+    if frames:
+        last = frames[-1]
+        text += f" ({Path(last.filename).name}:{last.lineno})"
+    return text
+
+
+def _folder_signature(path: Path) -> tuple[float, int]:
+    """Newest mtime and file count under ``path``: changes when a version is rewritten."""
+    newest, count = 0.0, 0
+    for file in path.rglob("*"):
+        try:
+            newest = max(newest, file.stat().st_mtime)
+        except OSError:
+            continue
+        count += 1
+    return newest, count

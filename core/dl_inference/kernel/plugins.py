@@ -1,0 +1,294 @@
+"""Plugin discovery: entry points of group ``dl_inference``, each loaded on its own.
+
+A plugin that fails to import or to register is rolled back and reported; the server
+still starts unless ``plugins.strict`` is set or something it needs is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+import structlog
+
+from dl_inference.spi import hookspecs
+from dl_inference.spi.errors import ConfigError, PluginError
+from dl_inference.spi.registry import (
+    BackendRegistry,
+    BalancerRegistry,
+    ConverterRegistry,
+    ProtocolRegistry,
+    Registry,
+)
+
+log = structlog.get_logger("dl_inference.plugins")
+
+BUILTIN = "dl_inference"
+
+# Which distribution provides a well-known name, for "pip install ..." hints.
+KNOWN_PROVIDERS: dict[str, str] = {
+    "pytorch": "dl-inference-pytorch",
+    "tensorflow": "dl-inference-tensorflow",
+    "onnx": "dl-inference-onnx",
+    "seldon": "dl-inference-seldon",
+    "tfserving": "dl-inference-tfserving",
+    "dynamic_weighted_round_robin": "dl-inference-balancers",
+    "round_robin": "dl-inference-balancers",
+    "random": "dl-inference-balancers",
+    "least_request": "dl-inference-balancers",
+    "peak_ewma": "dl-inference-balancers",
+}
+
+_REGISTRATION_HOOKS = (
+    ("dli_register_backends", "backends"),
+    ("dli_register_balancers", "balancers"),
+    ("dli_register_protocols", "protocols"),
+    ("dli_register_converters", "converters"),
+)
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as ``dl-inference plugins`` reports it."""
+
+    name: str
+    distribution: str
+    version: str
+    status: str  # loaded | failed | blocked
+    error: str = ""
+    registers: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "status": self.status,
+            "error": self.error,
+            "registers": self.registers,
+            "hooks": self.hooks,
+        }
+
+
+class PluginHost:
+    """The plugin manager, its registries, and what became of every plugin."""
+
+    def __init__(
+        self,
+        *,
+        allow: Iterable[str] | None = None,
+        block: Iterable[str] = (),
+        strict: bool = False,
+        entry_points: Iterable[md.EntryPoint] | None = None,
+    ) -> None:
+        self.allow = set(allow) if allow is not None else None
+        self.block = set(block)
+        self.strict = strict
+        self._entry_points = entry_points
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.backends = BackendRegistry()
+        self.balancers = BalancerRegistry()
+        self.protocols = ProtocolRegistry()
+        self.converters = ConverterRegistry()
+        self.plugins: list[PluginInfo] = []
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self) -> PluginHost:
+        """Register the kernel's built-ins, then every allowed entry point, one by one."""
+        from dl_inference import builtin as builtins
+
+        self._add(
+            BUILTIN,
+            builtins,
+            PluginInfo(BUILTIN, "dl-inference", _version("dl-inference"), "loaded"),
+        )
+        eps = self._entry_points
+        if eps is None:
+            eps = md.entry_points(group=hookspecs.PROJECT)
+        for ep in sorted(eps, key=lambda e: e.name):
+            self._load_entry_point(ep)
+        return self
+
+    def _load_entry_point(self, ep: md.EntryPoint) -> None:
+        dist = ep.dist.name if ep.dist else "?"
+        info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else "?", "loaded")
+        if ep.name in self.block or (self.allow is not None and ep.name not in self.allow):
+            info.status = "blocked"
+            info.error = "blocked by the plugins section of the config"
+            self.plugins.append(info)
+            return
+        try:
+            module = ep.load()
+            _check_contract_version(ep.name, dist, module)
+        except Exception as exc:
+            self._failed(info, exc)
+            return
+        self._add(ep.name, module, info)
+
+    def _add(self, name: str, module: ModuleType, info: PluginInfo) -> None:
+        snapshots = [(reg, reg._entries.copy(), reg._owners.copy()) for reg in self._registries()]
+        try:
+            self.pm.register(module, name=name)
+            self.pm.check_pending()
+            for hook_name, kind in _REGISTRATION_HOOKS:
+                registry = getattr(self, kind)
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin_name == name:
+                        registry.current_plugin = name
+                        impl.function(**{arg: registry for arg in impl.argnames})
+                added = registry.by_plugin(name)
+                if added:
+                    info.registers[kind] = added
+        except Exception as exc:
+            for registry, entries, owners in snapshots:
+                registry._entries, registry._owners = entries, owners
+            if self.pm.is_registered(module):
+                self.pm.unregister(module)
+            if name == BUILTIN:
+                raise
+            self._failed(info, exc)
+            return
+        info.hooks = sorted(
+            impl_hook
+            for impl_hook in _implemented_hooks(self.pm, name)
+            if not impl_hook.startswith("dli_register_")
+        )
+        self.plugins.append(info)
+
+    def _failed(self, info: PluginInfo, exc: BaseException) -> None:
+        info.status = "failed"
+        info.error = f"{type(exc).__name__}: {exc}"
+        self.plugins.append(info)
+        log.warning(
+            "plugin failed to load and was skipped",
+            plugin=info.name,
+            distribution=info.distribution,
+            error=info.error,
+            traceback="".join(traceback.format_exception(exc)),
+        )
+        if self.strict:
+            raise PluginError(
+                f"plugin {info.name!r} (pip package {info.distribution}) failed to load: "
+                f"{info.error}; fix or uninstall it, or set plugins.strict: false"
+            ) from exc
+
+    def _registries(self) -> list[Registry[Any]]:
+        return [self.backends, self.balancers, self.protocols, self.converters]
+
+    # -- lookups with helpful errors -------------------------------------------------------
+
+    def backend(self, name: str) -> type:
+        """The backend class registered as ``name``, or PluginError naming what to install."""
+        cls = self.backends.get(name)
+        if cls is None:
+            raise PluginError(self.missing_message("backend", name, self.backends.names()))
+        return cls
+
+    def balancer(self, name: str) -> type:
+        """The balancer class registered as ``name``, or PluginError naming what to install."""
+        cls = self.balancers.get(name)
+        if cls is None:
+            raise PluginError(self.missing_message("balancer", name, self.balancers.names()))
+        return cls
+
+    def missing_message(self, kind: str, name: str, available: list[str]) -> str:
+        package = KNOWN_PROVIDERS.get(name)
+        failed = [p for p in self.plugins if p.status == "failed" and p.distribution == package]
+        install = (
+            f"install it: pip install {package}"
+            if package
+            else f"install a plugin that registers {kind} {name!r}, or check the spelling"
+        )
+        message = (
+            f"no installed plugin provides {kind} {name!r} "
+            f"(available: {', '.join(available) or 'none'}); {install}"
+        )
+        if failed:
+            message += f" (installed but failed to load: {failed[0].error})"
+        return message
+
+    def configure(self, settings: dict[str, dict[str, Any]]) -> None:
+        """Hand each plugin its ``plugin_settings`` section through ``dli_configure``."""
+        loaded = {info.name for info in self.plugins if info.status == "loaded"}
+        unknown = sorted(set(settings) - loaded)
+        if unknown:
+            raise ConfigError(
+                f"plugin_settings.{unknown[0]}: no loaded plugin is named {unknown[0]!r} "
+                f"(loaded: {', '.join(sorted(loaded))})"
+            )
+        for impl in self.pm.hook.dli_configure.get_hookimpls():
+            section = settings.get(impl.plugin_name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"plugin_settings.{impl.plugin_name}: give a mapping of keys")
+            impl.function(**{arg: section for arg in impl.argnames})
+
+    def request_hook(self, hook_name: str) -> Callable[..., Any] | None:
+        """How to call a per-request hook: None when nobody implements it; the one plain
+        implementation itself (pluggy's dispatch costs microseconds per request); else the
+        hook caller. Called with keyword arguments; returns the first result or None."""
+        caller = getattr(self.pm.hook, hook_name)
+        impls = caller.get_hookimpls()
+        if not impls:
+            return None
+        if len(impls) == 1 and not (impls[0].hookwrapper or impls[0].wrapper):
+            function, names = impls[0].function, tuple(impls[0].argnames)
+
+            def call(**kwargs: Any) -> Any:
+                return function(**{name: kwargs[name] for name in names})
+
+            return call
+        firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+
+        def call_all(**kwargs: Any) -> Any:
+            result = caller(**kwargs)
+            return result if firstresult else None
+
+        return call_all
+
+
+def _implemented_hooks(pm: pluggy.PluginManager, plugin_name: str) -> list[str]:
+    plugin = pm.get_plugin(plugin_name)
+    return [caller.name for caller in pm.get_hookcallers(plugin) or []]
+
+
+def _check_contract_version(name: str, dist: str, module: ModuleType) -> None:
+    wanted = getattr(module, "DLI_HOOKSPEC_VERSION", None)
+    if wanted is None:
+        return
+    try:
+        major = int(str(wanted).split(".")[0])
+    except ValueError:
+        raise PluginError(
+            f"plugin {name!r} declares DLI_HOOKSPEC_VERSION = {wanted!r}; expected a version "
+            f"such as {hookspecs.HOOKSPEC_VERSION!r}. Report this to the maintainers of {dist}"
+        ) from None
+    kernel_major = int(hookspecs.HOOKSPEC_VERSION.split(".")[0])
+    if major == kernel_major:
+        return
+    # Whichever side is older is the one to upgrade.
+    if major > kernel_major:
+        hint = (
+            "upgrade the kernel: pip install -U dl-inference (or install a release of "
+            f"{dist} built for hook contract {kernel_major}.x)"
+        )
+    else:
+        hint = f"upgrade it: pip install -U {dist}"
+    raise PluginError(
+        f"plugin {name!r} was built for hook contract {wanted}, this kernel speaks "
+        f"{hookspecs.HOOKSPEC_VERSION}; {hint}"
+    )
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "unknown"

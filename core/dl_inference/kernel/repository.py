@@ -1,0 +1,76 @@
+"""The model repository on disk: ``<repo>/<model>/<version>/<files>`` + optional config.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from dl_inference.kernel.config.loader import load_model_config_file
+from dl_inference.kernel.config.model_config import ModelConfig
+from dl_inference.spi.errors import ConfigError
+
+log = structlog.get_logger("dl_inference.repository")
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class ModelSource:
+    """One model folder: its name, numeric version folders found and its configuration."""
+
+    name: str
+    path: Path
+    versions: list[int]
+    config: ModelConfig
+
+    def version_path(self, version: int) -> Path:
+        return self.path / str(version)
+
+
+def scan_repository(
+    root: Path, overrides: dict[str, dict[str, Any]] | None = None
+) -> list[ModelSource]:
+    """Every model folder under ``root``. Folders without numeric versions are skipped (logged).
+
+    ``overrides`` are the server config's ``models.<name>`` mappings; an override for a
+    model that is not in the repository is a ConfigError.
+    """
+    overrides = overrides or {}
+    if not root.is_dir():
+        raise ConfigError(
+            f"model_repository {str(root)!r} is not a directory; give a folder laid out as "
+            "<repo>/<model>/<version>/<files>"
+        )
+    sources = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        source = read_model_folder(folder, overrides.get(folder.name))
+        if source is None:
+            log.warning(
+                "folder skipped: no numeric version folders",
+                folder=str(folder),
+                hint=f"put the model files in {folder}/1/",
+            )
+            continue
+        sources.append(source)
+    unknown = sorted(set(overrides) - {s.name for s in sources})
+    if unknown:
+        raise ConfigError(
+            f"models.{unknown[0]}: no such model in {root} (models found: "
+            f"{', '.join(s.name for s in sources) or 'none'})"
+        )
+    return sources
+
+
+def read_model_folder(
+    folder: Path, overrides: dict[str, Any] | None = None, name: str | None = None
+) -> ModelSource | None:
+    """The model in ``folder`` (served as ``name``, default the folder's), or ``None``
+    when it has no numeric version folder."""
+    versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        return None
+    config = load_model_config_file(folder / CONFIG_FILE, overrides)
+    return ModelSource(name or folder.name, folder, versions, config)

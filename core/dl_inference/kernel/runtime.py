@@ -1,0 +1,276 @@
+"""The Runtime: what every protocol calls to inspect and run models, with per-request hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+
+from dl_inference.kernel.models import ModelRegistry
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.validation import select_outputs, validate_inputs
+from dl_inference.server.metrics import CallbackCollector, Metrics
+from dl_inference.spi.call_path import ModelControl
+from dl_inference.spi.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from dl_inference.spi.status import grpc_code
+from dl_inference.spi.types import (
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelVersionInfo,
+    RequestContext,
+)
+
+log = structlog.get_logger("dl_inference.access")
+
+SERVER_NAME = "dl-inference"
+
+
+class Runtime:
+    """Models, plugins and server state as seen by wire protocols.
+
+    Protocols decode a request, then ``await runtime.infer(request, ctx)``; metadata and
+    readiness come from :meth:`model_metadata`, :meth:`model_ready`, :meth:`ready`.
+    """
+
+    def __init__(
+        self,
+        plugins: PluginHost,
+        models: ModelRegistry,
+        *,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        access_log: bool = True,
+    ) -> None:
+        self.plugins = plugins
+        self.models = models
+        self.max_message_bytes = max_message_bytes
+        self.access_log = access_log
+        self.draining = False
+        # The management service when management.enabled, else None (see ModelControl).
+        self.management: ModelControl | None = None
+        self.metrics = Metrics()
+        models.observer = self.metrics.observe_execution
+        self.metrics.add_collector(
+            CallbackCollector(
+                "dli_model_ready",
+                "1 for each loaded model version that is ready to serve, else 0.",
+                ["model", "version", "backend"],
+                self._model_states,
+            )
+        )
+        # Per-request hooks: None when no plugin implements them (checked once, here).
+        self._authorize = plugins.request_hook("dli_authorize")
+        self._on_request = plugins.request_hook("dli_on_request")
+        self._on_response = plugins.request_hook("dli_on_response")
+        self._on_error = plugins.request_hook("dli_on_error")
+
+    # -- server and model state ------------------------------------------------------------
+
+    @property
+    def server_name(self) -> str:
+        return SERVER_NAME
+
+    @property
+    def server_version(self) -> str:
+        from dl_inference import __version__
+
+        return __version__
+
+    def extensions(self) -> list[str]:
+        """Open Inference Protocol extensions this server supports."""
+        return ["binary_tensor_data", "model_metadata"]
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready when not draining and every model version loaded (Triton's rule)."""
+        return not self.draining and self.models.all_ready()
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return not self.draining and self.models.is_ready(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        return self.models.metadata(name, version)
+
+    def model_names(self) -> list[str]:
+        """Names of the models served here, sorted."""
+        return self.models.names()
+
+    def model_versions(self, name: str) -> list[ModelVersionInfo]:
+        """Every version of ``name`` with its state, oldest first; ModelNotFound if unknown."""
+        return [_info(v) for v in self.models.versions(name)]
+
+    def resolve_model(self, name: str, version: str = "") -> ModelVersionInfo:
+        """The version a request would run (``""`` = newest ready; labels resolve)."""
+        return _info(self.models.resolve(name, version))
+
+    def _model_states(self) -> list[tuple[list[str], float]]:
+        return [
+            ([v.name, v.version, v.backend_name], 1.0 if v.ready else 0.0)
+            for name in self.models.names()
+            for v in self.models.versions(name)
+        ]
+
+    # -- inference -------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        """Authorize, run hooks, validate, predict in the model's threads, select outputs."""
+        ctx.request = request
+        if not request.id:
+            request.id = ctx.request_id
+        if request.deadline is None:
+            request.deadline = ctx.deadline
+        gauge = self.metrics.in_flight_of(request.model_name)
+        gauge.inc()
+        # Log lines from hooks and models carry the id (bind/reset: no context manager
+        # frame on every request).
+        tokens = structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
+        try:
+            response = await self._infer(request, ctx)
+        except BaseException as exc:
+            if self._on_error is not None:
+                self._on_error(ctx=ctx, error=exc)
+            self._finish(ctx, request, exc)
+            raise
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
+            gauge.dec()
+        if not ctx.deferred:
+            self._finish(ctx, request, None)
+        return response
+
+    async def _infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another instance")
+        if not ctx.authorized:
+            self.authorize(ctx)
+        if self._on_request is not None:
+            self._on_request(ctx=ctx)
+            request = ctx.request or request
+        model = self.models.resolve(request.model_name, request.model_version)
+        validate_inputs(request.model_name, request.inputs, model.inputs())
+        _check_requested_outputs(request, model.outputs())
+        timeout_ms = model.backend.config.timeout_ms
+        if timeout_ms is not None:
+            limit = ctx.started + timeout_ms / 1000
+            request.deadline = limit if request.deadline is None else min(limit, request.deadline)
+        left = request.time_left()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded(f"the deadline of the request to {request.model_name!r} passed")
+        work = model.predict(request.inputs, request.parameters, request.deadline)
+        if timeout_ms is None:
+            # A client's own deadline needs no timer here: gRPC cancels the call when it
+            # passes, and the batcher drops requests that expired in its queue.
+            outputs = await work
+        else:
+            try:
+                outputs = await asyncio.wait_for(work, left)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"model {request.model_name!r} did not answer within the deadline "
+                    f"({(time.monotonic() - ctx.started) * 1000:.0f} ms)"
+                ) from None
+        response = InferResponse(
+            model_name=request.model_name,
+            model_version=model.version,
+            id=request.id,
+            outputs=select_outputs(request.model_name, outputs, request.outputs),
+        )
+        ctx.response = response
+        if self._on_response is not None:
+            self._on_response(ctx=ctx)
+            response = ctx.response or response
+        return response
+
+    def authorize(self, ctx: RequestContext) -> None:
+        """Ask ``dli_authorize`` about ``ctx`` (``ctx.request`` names the model); raise if refused.
+
+        :meth:`infer` calls it before any model lookup. An adapter that must look a model
+        up before it can decode a request (to learn its input names) calls it first, with
+        ``ctx.request`` holding the model name; ``infer`` then does not ask again.
+        """
+        if self._authorize is not None:
+            _enforce(self._authorize(ctx=ctx))
+        ctx.authorized = True
+
+    def report_failure(
+        self, ctx: RequestContext, error: BaseException, model_name: str = ""
+    ) -> None:
+        """Record a request that failed before reaching :meth:`infer` (it could not be decoded).
+
+        Runs ``dli_on_error``, counts it in the metrics and writes the access-log line, so
+        garbage is as visible as any other failure.
+        """
+        request = ctx.request or InferRequest(model_name=model_name, inputs={})
+        if self._on_error is not None:
+            self._on_error(ctx=ctx, error=error)
+        self._finish(ctx, request, error)
+
+    def report_success(self, ctx: RequestContext) -> None:
+        """Count a call whose :meth:`infer` succeeded and whose reply is now encoded.
+
+        For contexts with ``deferred`` set (the call path sets it), so a reply that fails
+        to encode is counted as the failure it is, not as a success.
+        """
+        if ctx.request is not None:
+            self._finish(ctx, ctx.request, None)
+
+    def _finish(
+        self, ctx: RequestContext, request: InferRequest, error: BaseException | None
+    ) -> None:
+        ctx.finished = True
+        latency = time.monotonic() - ctx.started
+        status = "OK" if error is None else grpc_code(error).name
+        version = ctx.response.model_version if ctx.response else request.model_version
+        self.metrics.observe_request(request.model_name, version, ctx.protocol, status, latency)
+        if not self.access_log:
+            return
+        fields: dict[str, Any] = {
+            "request_id": ctx.request_id,
+            "protocol": ctx.protocol,
+            "model": request.model_name,
+            "version": version or None,
+            "latency_ms": round(latency * 1000, 3),
+            "status": status,
+        }
+        if error is None:
+            log.info("request", **fields)
+        elif status == "CANCELLED":
+            log.info("request cancelled by the client", **fields)
+        else:
+            log.warning("request failed", error=str(error), **fields)
+
+
+def _info(model: Any) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        model.name, model.version, model.state.value, model.reason, model.backend
+    )
+
+
+def _enforce(decision: Any) -> None:
+    if decision is None or decision.allowed:
+        return
+    if not decision.authenticated:
+        raise Unauthenticated(decision.reason or "credentials are missing or invalid")
+    raise PermissionDenied(decision.reason or "not allowed")
+
+
+def _check_requested_outputs(request: InferRequest, specs: Any) -> None:
+    if request.outputs is None or specs is None:
+        return
+    names = {spec.name for spec in specs}
+    for name in request.outputs:
+        if name not in names:
+            raise InvalidInput(
+                f"model {request.model_name!r} has no output named {name!r}; its outputs are: "
+                f"{', '.join(sorted(names))}"
+            )

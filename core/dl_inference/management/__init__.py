@@ -1,5 +1,0 @@
-"""Run-time model management: the V2 repository extension on a separate, guarded listener."""
-
-from dl_inference.management.service import ManagementService
-
-__all__ = ["ManagementService"]

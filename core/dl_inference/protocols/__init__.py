@@ -1,1 +1,0 @@
-"""Wire protocols built into the kernel."""

@@ -1,0 +1,2 @@
+"""Process plumbing: composition, listeners, TLS, workers, metrics, logs, status page,
+management."""

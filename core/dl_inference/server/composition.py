@@ -1,0 +1,454 @@
+"""The server process: one grpc.aio server and one aiohttp app over a shared Runtime.
+
+Start-up order: plugins -> repository scan and config checks -> model loads -> listeners
+-> "listening" lines on stdout. SIGTERM / SIGINT drain: health turns NOT_SERVING, new
+calls are refused, in-flight calls finish within ``server.drain_timeout_s``, models unload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from aiohttp import web
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+from dl_inference.kernel.config.schema import ServerConfig
+from dl_inference.kernel.models import ModelRegistry
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.repository import scan_repository
+from dl_inference.kernel.runtime import Runtime
+from dl_inference.server.listeners import bind_grpc, start_http
+from dl_inference.server.logs import configure_logging
+from dl_inference.server.metrics import UpstreamCollector
+from dl_inference.server.status_page import status_document, status_routes
+from dl_inference.server.tls import ServerTls
+from dl_inference.server.worker_link import WorkerLink
+from dl_inference.spi.errors import ConfigError, DlInferenceError
+from dl_inference.spi.protocol import Protocol
+
+log = structlog.get_logger("dl_inference.server")
+
+_MB = 1024 * 1024
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+class Server:
+    """A configured dl-inference server; :meth:`run` serves until SIGTERM."""
+
+    def __init__(self, config: ServerConfig, plugins: PluginHost) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.models = ModelRegistry(plugins)
+        self.runtime = Runtime(
+            plugins, self.models, max_message_bytes=int(config.server.grpc.max_message_mb * _MB)
+        )
+        self.protocols: list[Protocol] = [cls() for cls in plugins.protocols]
+        self.grpc_address = ""
+        self.http_address = ""
+        self.gateway: Any = None
+        self.reuse_port = False  # set for `serve --workers N` children
+        self.link: WorkerLink | None = None  # the siblings of a `serve --workers N` child
+        self.management: Any = None
+        self.tls: ServerTls | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopped = asyncio.Event()
+        self._poller: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        # (path, loader) when the server runs from a config file: enables SIGHUP reloads.
+        self.config_source: tuple[Path, Callable[[], ServerConfig]] | None = None
+        self.config_mtime = 0.0  # the file's mtime when it was read, to spot later edits
+        self._started = False
+        self._reload_pending = False
+        self._reloads: set[asyncio.Task[bool]] = set()
+        self._health_models: set[str] = set()
+
+    # -- start -----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Scan the repository and resolve every backend; raises ConfigError / PluginError."""
+        if self.config.management.enabled:
+            from dl_inference.server.management.service import read_token
+
+            read_token(self.config)
+        if self.config.server.tls is not None:
+            self.tls = ServerTls.load(self.config.server.tls)
+        if self.config.model_repository is not None:
+            sources = scan_repository(self.config.model_repository, self.config.models)
+            self.models.prepare(sources)
+        elif self.config.models:
+            name = next(iter(self.config.models))
+            raise ConfigError(f"models.{name}: overrides need a model_repository to apply to")
+
+    async def start(self) -> None:
+        """Load models, open both listeners, print their addresses, run dli_server_started."""
+        await self.models.load_all(strict=self.config.server.strict_model_loading)
+        if self.config.management.enabled:
+            from dl_inference.server.management import ManagementService
+
+            self.management = ManagementService(
+                self.config, self.models, self.runtime, self._update_health, self.link
+            )
+            # Before the listeners: a replacement worker serves what its siblings serve.
+            await self.management.catch_up()
+        await self._start_gateway()
+        await self._start_grpc()
+        if self.config.server.http.enabled:
+            await self._start_http()
+        if self.management is not None:
+            await self.management.start()
+            self.runtime.management = self.management
+        await self._start_link()
+        await self._update_health()
+        if self.management is not None:
+            print(f"Management gRPC listening on {self.management.grpc_address}", flush=True)
+            print(f"Management HTTP listening on {self.management.http_address}", flush=True)
+        print(f"gRPC listening on {self.grpc_address}", flush=True)
+        if self.http_address:
+            print(f"HTTP listening on {self.http_address}", flush=True)
+        log.info(
+            "server ready",
+            grpc=self.grpc_address,
+            http=self.http_address or None,
+            models=self.models.names(),
+            protocols=[p.name for p in self.protocols],
+        )
+        self.plugins.pm.hook.dli_server_started(server=self)
+        poll = self.config.server.repository_poll_s
+        if self.config.model_repository is not None and poll > 0:
+            self._poller = asyncio.create_task(self._poll_repository(poll))
+
+    async def _poll_repository(self, interval: float) -> None:
+        """Load versions and models that appear on disk, retire those that leave."""
+        root = self.config.model_repository
+        assert root is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                sources = await asyncio.to_thread(scan_repository, root, self.config.models)
+                if await self.models.refresh(sources, root):
+                    await self._update_health()
+            except DlInferenceError as exc:
+                log.error("repository scan failed; serving what is loaded", error=str(exc))
+            except Exception:
+                log.exception("repository scan crashed; serving what is loaded")
+
+    async def _start_gateway(self) -> None:
+        routes = getattr(self.config, "routes", None)
+        if not routes:
+            return
+        from dl_inference.gateway import Gateway
+
+        self.gateway = Gateway(routes, self.plugins)
+        await self.gateway.start()
+        self.runtime.metrics.add_collector(UpstreamCollector(self.gateway.snapshot))
+
+    async def _start_grpc(self) -> None:
+        limit = self.runtime.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
+            ]
+        )
+        handlers = [h for p in self.protocols for h in p.grpc_handlers(self.runtime)]
+        if self.gateway is not None:
+            handlers = self.gateway.wrap_grpc_handlers(handlers, self.protocols)
+        server.add_generic_rpc_handlers(handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._add_reflection(server)
+        grpc_cfg = self.config.server.grpc
+        credentials = self.tls.grpc_credentials() if self.tls is not None else None
+        self.grpc_address = bind_grpc(server, grpc_cfg.host, grpc_cfg.port, credentials)
+        await server.start()
+        self._grpc = server
+
+    def _add_reflection(self, server: grpc.aio.Server) -> None:
+        # A private pool: our files are renamed to the standard packages (inference.*, ...),
+        # which must not enter the default pool where client libraries register theirs.
+        pool = descriptor_pool.DescriptorPool()
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        health_file = descriptor_pb2.FileDescriptorProto()
+        health_pb2.DESCRIPTOR.CopyToProto(health_file)
+        files = [health_file]
+        for protocol in self.protocols:
+            files.extend(protocol.reflection_files())
+        added: set[str] = set()
+        for file in files:
+            if file.name not in added:
+                pool.Add(file)
+                added.add(file.name)
+                names += [
+                    f"{file.package}.{s.name}" if file.package else s.name for s in file.service
+                ]
+        names += [reflection.SERVICE_NAME, _REFLECTION_V1]
+        servicer = reflection.aio.ReflectionServicer(sorted(set(names)), pool=pool)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+        # grpc.reflection.v1 has the same messages as v1alpha; newer tools ask for v1 first.
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    _REFLECTION_V1,
+                    {
+                        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                            servicer.ServerReflectionInfo,
+                            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                        )
+                    },
+                )
+            ]
+        )
+
+    async def _start_link(self) -> None:
+        """Answer the sibling workers: this worker's metrics and status, management changes."""
+        if self.link is None:
+            return
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=self.runtime.metrics.render(), content_type="text/plain")
+
+        async def status(_: web.Request) -> web.Response:
+            return web.json_response(status_document(self.runtime, self.gateway))
+
+        routes = [web.get("/metrics", metrics), web.get("/status", status)]
+        if self.management is not None:
+            routes += self.management.sibling_routes()
+        await self.link.start(routes)
+
+    async def _start_http(self) -> None:
+        middlewares = (
+            [self.gateway.http_middleware(self.protocols)] if self.gateway is not None else []
+        )
+        app = web.Application(
+            client_max_size=self.runtime.max_message_bytes, middlewares=middlewares
+        )
+        app.add_routes(status_routes(self.runtime, lambda: self.gateway, self.link))
+        for protocol in self.protocols:
+            app.add_routes(list(protocol.http_routes(self.runtime)))
+        http_cfg = self.config.server.http
+        self._http, self.http_address = await start_http(
+            app,
+            http_cfg.host,
+            http_cfg.port,
+            ssl_context=self.tls.ssl_context() if self.tls is not None else None,
+            reuse_port=self.reuse_port,
+            shutdown_timeout=self.config.server.drain_timeout_s,
+        )
+
+    async def _update_health(self) -> None:
+        overall = health_pb2.HealthCheckResponse.SERVING
+        if not self.runtime.ready():
+            overall = health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set("", overall)
+        for protocol in self.protocols:
+            for service in protocol.grpc_services:
+                await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        for name in self._health_models - set(self.models.names()):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        self._health_models = set(self.models.names())
+        for name in self.models.names():
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if self.runtime.model_ready(name)
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await self._health.set(name, status)
+
+    # -- run and stop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start, then serve until SIGTERM/SIGINT, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopped.set)
+        if self.config_source is not None:
+            # Installed before start: a SIGHUP during start-up must not kill the process.
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        try:
+            await self.start()
+        except BaseException:
+            await self._abandon_start()
+            raise
+        self._started = True
+        if self.config_source is not None:
+            self._watcher = asyncio.create_task(self._watch_config())
+            if self._reload_pending:
+                self._spawn_reload()
+        await self._stopped.wait()
+        await self.stop()
+
+    async def _abandon_start(self) -> None:
+        """Close what a failed start opened, so the process exits without stray servers."""
+        for stop in (
+            self._grpc.stop(0) if self._grpc is not None else None,
+            self._http.cleanup() if self._http is not None else None,
+            self.management.stop() if self.management is not None else None,
+            self.link.stop() if self.link is not None else None,
+        ):
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    await stop
+
+    def _on_sighup(self) -> None:
+        if self._started:
+            self._spawn_reload()
+        else:
+            self._reload_pending = True  # applied once start-up completes
+
+    def _spawn_reload(self) -> None:
+        task = asyncio.create_task(self.reload())
+        self._reloads.add(task)  # a reference, so the task is not collected mid-way
+        task.add_done_callback(self._reloads.discard)
+
+    # -- configuration reload --------------------------------------------------------------
+
+    async def _watch_config(self) -> None:
+        """Reload when the config file changes (checked every ``server.config_poll_s``)."""
+        assert self.config_source is not None
+        path, _ = self.config_source
+        last = self.config_mtime
+        while True:
+            await asyncio.sleep(self.config.server.config_poll_s or 3600)
+            if not self.config.server.config_poll_s:
+                continue
+            current = _mtime(path)
+            if current != last:
+                last = current
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read the config; apply it whole if valid, else keep the running one.
+
+        Models (overrides, repository), routes and the log level change live; listener,
+        TLS, worker, plugin and management settings need a restart and are reported.
+        """
+        assert self.config_source is not None
+        path, load = self.config_source
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(load)
+                plan = await self._plan_reload(new)
+            except Exception as exc:
+                log.error(
+                    "config reload refused; the running config stays",
+                    file=str(path),
+                    error=str(exc),
+                )
+                return False
+            await plan()
+            return True
+
+    async def _plan_reload(self, new: ServerConfig) -> Callable[[], Awaitable[None]]:
+        """Validate everything ``new`` needs, then return the step that applies it."""
+        old = self.config
+        restart = [
+            key
+            for key in ("grpc", "http", "tls", "workers", "drain_timeout_s")
+            if getattr(old.server, key) != getattr(new.server, key)
+        ]
+        restart += [
+            k
+            for k in ("plugins", "management", "plugin_settings")
+            if getattr(old, k) != getattr(new, k)
+        ]
+        sources = None
+        if new.model_repository is not None:
+            sources = await asyncio.to_thread(scan_repository, new.model_repository, new.models)
+            staging = ModelRegistry(self.plugins)
+            staging.prepare(sources)  # backend and settings checks, nothing loads
+        routes = None
+        if new.routes != old.routes:
+            if self.gateway is None:
+                restart.append("routes (this server started without routes)")
+            else:
+                routes = self.gateway.build_routes(new.routes)
+        changed_models = {
+            name
+            for name in set(old.models) | set(new.models)
+            if old.models.get(name) != new.models.get(name)
+        }
+
+        async def apply() -> None:
+            self.config = new.model_copy(
+                update={
+                    "server": new.server.model_copy(
+                        update={
+                            key: getattr(old.server, key)
+                            for key in ("grpc", "http", "tls", "workers")
+                        }
+                    )
+                }
+            )
+            if (
+                new.server.log_level != old.server.log_level
+                or new.server.log_format != old.server.log_format
+            ):
+                configure_logging(new.server.log_format, new.server.log_level)
+            applied = []
+            if sources is not None:
+                for source in sources:
+                    if source.name in changed_models and source.name in self.models.names():
+                        await self.models.load_model(source)
+                        applied.append(f"model {source.name} reloaded")
+                if await self.models.refresh(sources, new.model_repository):
+                    applied.append("repository refreshed")
+            if routes is not None:
+                applied += [f"route {c}" for c in await self.gateway.apply(routes)]
+            await self._update_health()
+            log.info(
+                "config reloaded",
+                applied=applied or ["nothing to change"],
+                needs_restart=restart or None,
+            )
+
+        return apply
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        """Drain: refuse new calls, let in-flight ones finish (bounded), then unload models."""
+        grace = self.config.server.drain_timeout_s
+        log.info("draining", timeout_s=grace)
+        self.runtime.draining = True
+        for task in (self._poller, self._watcher):
+            if task is not None:
+                task.cancel()
+        self.plugins.pm.hook.dli_server_stopping(server=self)
+        await self._health.enter_graceful_shutdown()
+        stops = []
+        if self._grpc is not None:
+            stops.append(self._grpc.stop(grace))
+        if self._http is not None:
+            stops.append(self._http.shutdown())
+        await asyncio.gather(*stops)
+        if self._http is not None:
+            await self._http.cleanup()
+        if self.gateway is not None:
+            await self.gateway.stop()
+        if self.management is not None:
+            await self.management.stop()
+        if self.link is not None:
+            await self.link.stop()
+        await self.models.unload_all()
+        log.info("stopped")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

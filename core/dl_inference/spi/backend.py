@@ -1,0 +1,157 @@
+"""The base classes backend plugins subclass: :class:`Backend` and :class:`BackendSettings`."""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from dl_inference.spi.types import TensorSpec
+
+if TYPE_CHECKING:
+    from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
+    from dl_inference.kernel.processor import ProcessorAdapter
+
+
+class BackendSettings(BaseModel):
+    """Backend-specific keys of a model's config; subclass it to add yours.
+
+    Unknown keys are errors, so a typo in config.yaml never passes silently.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str = "cpu"
+
+
+class Backend(abc.ABC):
+    """One loaded model version, served by a backend plugin.
+
+    Subclasses set ``name`` (what config.yaml's ``backend:`` names), optionally ``Settings``
+    and ``model_files`` (glob patterns that identify their model files for auto-detection),
+    and implement :meth:`load` and :meth:`predict`. Both run in a worker thread, never on
+    the event loop, so they may block. Import your framework inside :meth:`load`.
+
+    A backend reports what its model takes (:meth:`model_inputs`, :meth:`model_outputs`);
+    the kernel decides what clients send and get (:meth:`inputs`, :meth:`outputs`), and
+    runs a model's ``processor.py`` for every backend (:mod:`dl_inference.kernel.processor`). A
+    backend whose framework has tensors of its own returns a
+    :class:`~dl_inference.ProcessorAdapter` from :meth:`processor_adapter` so the hooks
+    see those tensors (torch tensors on the model's device).
+    """
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type[BackendSettings]] = BackendSettings
+    model_files: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        model_name: str,
+        version: str,
+        path: Path,
+        config: ModelConfig,
+        settings: BackendSettings,
+    ) -> None:
+        self.model_name = model_name
+        self.version = version
+        self.path = path
+        self.config = config
+        self.settings = settings
+        # The processor.py hooks the kernel runs around this model, set before load().
+        self.processor_hooks: frozenset[str] = frozenset()
+
+    @classmethod
+    def can_load(cls, path: Path) -> bool:
+        """Whether the version folder ``path`` holds files this backend serves."""
+        names = [p.name for p in path.iterdir()] if path.is_dir() else []
+        return any(fnmatch.fnmatch(n, pattern) for pattern in cls.model_files for n in names)
+
+    @property
+    def platform(self) -> str:
+        """The ``platform`` string metadata reports (Triton style, e.g. ``pytorch_libtorch``)."""
+        return self.name
+
+    def load(self) -> None:  # noqa: B027 - loading is optional for trivial backends
+        """Load the model from ``self.path``. Raise to report a failed load."""
+
+    @abc.abstractmethod
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
+        """Run the model on named arrays; return named arrays.
+
+        With ``max_batch_size > 0`` every input carries the batch as its first dimension.
+        ``parameters`` are the request's parameters (protocol-neutral, JSON-like values),
+        passed only when ``predict`` takes ``**parameters``; keep ``inputs`` positional-only
+        (the ``/``) so that a parameter of any name, ``inputs`` included, reaches you.
+        Inputs may be read-only views of the request's bytes: copy before writing to them.
+        """
+
+    def unload(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release what :meth:`load` took (GPU memory, sessions)."""
+
+    # -- what the model takes (a backend overrides these) ----------------------------------
+
+    def declared_inputs(self) -> list[TensorConfig] | None:
+        """config.yaml's ``inputs`` where they describe the model's own tensors.
+
+        ``None`` when absent, or when processor.py's ``preprocess()`` sits in front of the
+        model: then they describe what clients send, not what the model takes.
+        """
+        return None if "preprocess" in self.processor_hooks else self.config.inputs
+
+    def declared_outputs(self) -> list[TensorConfig] | None:
+        """config.yaml's ``outputs`` where they describe the model's own tensors (``None``
+        when absent, or when processor.py's ``postprocess()`` makes the responses)."""
+        return None if "postprocess" in self.processor_hooks else self.config.outputs
+
+    def model_inputs(self) -> list[TensorSpec] | None:
+        """What the model takes; ``None`` when unknown. Override it when the model file
+        knows (read it in :meth:`load`, return the stored list: it is called per request).
+        The default is :meth:`declared_inputs` as specs."""
+        return tensor_specs(self.declared_inputs(), self.config.max_batch_size)
+
+    def model_outputs(self) -> list[TensorSpec] | None:
+        """What the model returns; ``None`` when unknown (see :meth:`model_inputs`)."""
+        return tensor_specs(self.declared_outputs(), self.config.max_batch_size)
+
+    # -- what clients send and get (the kernel's rule: do not override) --------------------
+
+    def inputs(self) -> list[TensorSpec] | None:
+        """What requests carry, for metadata and validation; ``None``: unknown (no checks).
+
+        The model's inputs, or config.yaml's ``inputs`` when processor.py's
+        ``preprocess()`` turns request data into model inputs.
+        """
+        if "preprocess" in self.processor_hooks:
+            return tensor_specs(self.config.inputs, self.config.max_batch_size)
+        return self.model_inputs()
+
+    def outputs(self) -> list[TensorSpec] | None:
+        """What responses carry: the model's outputs, or config.yaml's ``outputs`` when
+        processor.py's ``postprocess()`` makes the responses; ``None`` when unknown."""
+        if "postprocess" in self.processor_hooks:
+            return tensor_specs(self.config.outputs, self.config.max_batch_size)
+        return self.model_outputs()
+
+    def processor_adapter(self) -> ProcessorAdapter:
+        """How processor.py's hooks meet this backend's tensors; called once after
+        :meth:`load`. The default hands the hooks numpy arrays and calls :meth:`predict`;
+        return a :class:`~dl_inference.ProcessorAdapter` subclass to keep your own tensors."""
+        # The adapter is the kernel's request path: imported here, so the types plugins
+        # build on never import the kernel at module level.
+        from dl_inference.kernel.processor import ProcessorAdapter
+
+        return ProcessorAdapter(self)
+
+
+def tensor_specs(
+    tensors: list[TensorConfig] | None, max_batch_size: int
+) -> list[TensorSpec] | None:
+    """config.yaml's tensors as specs, with the batch dimension (-1) when batching."""
+    if tensors is None:
+        return None
+    batch = (-1,) if max_batch_size > 0 else ()
+    return [TensorSpec(t.name, t.datatype, batch + tuple(t.shape)) for t in tensors]

@@ -1,0 +1,415 @@
+"""The one call path every wire-protocol adapter goes through.
+
+An adapter (V2, TF Serving, Seldon, the seed's service, a third party's) binds its methods
+with :class:`CallPath`; the kernel then does, the same way for every protocol:
+
+- builds the :class:`~dl_inference.RequestContext` once: metadata with lower-cased keys,
+  peer, deadline, and the method as actually called (the gRPC path, or the REST label);
+- parses the body inside :meth:`Call.parsing`, so bytes a client sent that cannot be read
+  are ``InvalidInput`` (INVALID_ARGUMENT / 400), never UNKNOWN or INTERNAL;
+- reads REST bodies with the server's size limit: an oversize body is
+  ``PayloadTooLarge`` (RESOURCE_EXHAUSTED / 413);
+- counts every call that reached a model once (metrics, access log): as a success only
+  once its reply is encoded, and every failure (``dli_on_error`` too), whether it happened
+  while parsing, in :meth:`~RuntimeView.infer`, or in the adapter's encoding;
+- maps errors through the one table in :mod:`dl_inference.spi.status`, with the request id
+  sent back (gRPC trailing metadata / HTTP header ``x-request-id``).
+
+Authorization happens in :meth:`RuntimeView.infer`, after the body is parsed (the
+``dli_authorize`` hook may decide by model name) and before any model is looked up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from google.protobuf.message import DecodeError
+
+from dl_inference.spi.errors import (
+    DlInferenceError,
+    InvalidInput,
+    PayloadTooLarge,
+    ResourceExhausted,
+)
+from dl_inference.spi.status import grpc_code, http_status, public_message
+from dl_inference.spi.types import (
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelVersionInfo,
+    RequestContext,
+)
+
+if TYPE_CHECKING:
+    import grpc
+    from aiohttp import web
+
+T = TypeVar("T")
+
+# What a parser raises on bytes it cannot read: the client's doing, not the server's.
+# RecursionError: nesting deeper than the parser can walk; OverflowError: a number out of
+# range for its type; MemoryError: a declared size the process cannot hold.
+_UNREADABLE = (
+    DecodeError,
+    ValueError,  # includes json's JSONDecodeError and UnicodeError
+    TypeError,
+    KeyError,
+    IndexError,
+    RecursionError,
+    OverflowError,
+    struct.error,
+)
+
+
+class ModelControl(Protocol):
+    """Model management as protocols may drive it (TF Serving's HandleReloadConfigRequest).
+
+    Present on :attr:`RuntimeView.management` when ``management.enabled``; every call
+    applies in all of the server's workers.
+    """
+
+    def authorize(self, metadata: Mapping[str, str]) -> None:
+        """Raise ``Unauthenticated`` unless ``metadata`` carries the management token."""
+        ...
+
+    async def load_path(
+        self, name: str, path: str, overrides: dict[str, Any] | None = None
+    ) -> None:
+        """Load ``path`` (inside the configured roots) as model ``name``."""
+        ...
+
+    async def unload(self, name: str) -> None:
+        """Unload model ``name``."""
+        ...
+
+    def served(self) -> list[str]:
+        """Names of the models loaded now."""
+        ...
+
+
+class RuntimeView(Protocol):
+    """What a wire protocol may ask of the server: models, state, inference.
+
+    This is the typed surface :meth:`Protocol.grpc_handlers` and
+    :meth:`Protocol.http_routes` receive; the concrete runtime behind it is private.
+    """
+
+    max_message_bytes: int
+    """The largest request body or message the server accepts, in bytes."""
+
+    @property
+    def server_name(self) -> str: ...
+
+    @property
+    def server_version(self) -> str: ...
+
+    @property
+    def management(self) -> ModelControl | None:
+        """The model-control service when ``management.enabled``, else None."""
+        ...
+
+    def extensions(self) -> list[str]: ...
+
+    def live(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+    def model_ready(self, name: str, version: str = "") -> bool: ...
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata: ...
+
+    def model_names(self) -> list[str]: ...
+
+    def model_versions(self, name: str) -> list[ModelVersionInfo]: ...
+
+    def resolve_model(self, name: str, version: str = "") -> ModelVersionInfo: ...
+
+    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        """Authorize (unless done), run hooks, validate, predict, select outputs."""
+        ...
+
+    def authorize(self, ctx: RequestContext) -> None:
+        """Ask ``dli_authorize`` (``ctx.request`` names the model); raise when refused.
+
+        Call it before looking a model up when decoding needs the model (``infer``
+        otherwise authorizes first itself).
+        """
+        ...
+
+    def report_failure(
+        self, ctx: RequestContext, error: BaseException, model_name: str = ""
+    ) -> None: ...
+
+    def report_success(self, ctx: RequestContext) -> None: ...
+
+
+@dataclass
+class Call:
+    """One client call on its way through the call path; adapters receive it."""
+
+    ctx: RequestContext
+    runtime: RuntimeView
+
+    @property
+    def deadline(self) -> float | None:
+        """The client's deadline as a ``time.monotonic()`` instant, or None."""
+        return self.ctx.deadline
+
+    @contextlib.contextmanager
+    def parsing(self, what: str) -> Iterator[None]:
+        """Decode client bytes inside this block: what cannot be read is ``InvalidInput``.
+
+        ``what`` names the thing being read in the message (``"the PredictRequest"``).
+        Errors of ours pass unchanged; a ``MemoryError`` is ``ResourceExhausted``.
+        """
+        try:
+            yield
+        except DlInferenceError:
+            raise
+        except MemoryError:
+            raise ResourceExhausted(
+                f"{what} declares more data than this server can hold; send less"
+            ) from None
+        except _UNREADABLE as exc:
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            if isinstance(exc, RecursionError):
+                reason = "it is nested too deeply"
+            raise InvalidInput(f"{what} could not be read: {reason}") from None
+
+    def succeed(self) -> None:
+        """Count the call as answered once its reply is encoded (only calls that inferred)."""
+        if not self.ctx.finished and self.ctx.response is not None:
+            self.runtime.report_success(self.ctx)
+
+    def fail(self, error: BaseException) -> None:
+        """Count ``error`` unless :meth:`RuntimeView.infer` already did."""
+        if not self.ctx.finished:
+            model = self.ctx.request.model_name if self.ctx.request is not None else ""
+            self.runtime.report_failure(self.ctx, error, model)
+
+
+GrpcHandler = Callable[[Any, Call], Awaitable[Any]]
+HttpHandler = Callable[["web.Request", Call], Awaitable["web.StreamResponse"]]
+ErrorBody = Callable[[BaseException, str, int], "web.Response"]
+ErrorTrailers = Callable[[BaseException, str], Sequence[tuple[str, "str | bytes"]]]
+
+
+def grpc_metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """Invocation metadata with lower-cased keys (binary ``-bin`` entries left out)."""
+    metadata: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        # `-bin` values are bytes; RequestContext.metadata promises strings.
+        if isinstance(value, str):
+            metadata[key.lower()] = value
+    return metadata
+
+
+def grpc_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` instant, or None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class CallPath:
+    """Binds a protocol's methods to the kernel's call path.
+
+    ``protocol`` is the name metrics and the access log carry; ``plugin`` is named in the
+    server log next to an unexpected error's reference id. ``error_trailers(error,
+    message)`` adds a protocol's own trailing metadata to a failed gRPC call (Seldon's
+    ``seldon-status-bin``), the gRPC counterpart of an HTTP ``error_body``.
+    """
+
+    def __init__(
+        self,
+        runtime: RuntimeView,
+        protocol: str,
+        plugin: str = "",
+        *,
+        error_trailers: ErrorTrailers | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.protocol = protocol
+        self.plugin = plugin or protocol
+        self.error_trailers = error_trailers
+
+    # -- gRPC ------------------------------------------------------------------------------
+
+    def grpc_call(self, method: str, context: grpc.aio.ServicerContext) -> Call:
+        """A :class:`Call` for a gRPC invocation of ``method`` (the full path)."""
+        ctx = RequestContext(
+            protocol=self.protocol,
+            method=method,
+            metadata=grpc_metadata(context),
+            peer=context.peer() or "",
+            deadline=grpc_deadline(context),
+            deferred=True,
+        )
+        return Call(ctx, self.runtime)
+
+    def grpc_unary(
+        self,
+        service: str,
+        method: str,
+        handler: GrpcHandler,
+        request_type: Any = None,
+    ) -> grpc.RpcMethodHandler:
+        """A unary handler for ``/service/method``.
+
+        With ``request_type`` (a protobuf message class) the body is parsed into it and
+        ``handler(message, call)`` answers with a message; without, ``handler`` gets the
+        raw bytes and answers with bytes (for adapters that cut tensor data out of the
+        message themselves).
+        """
+        import grpc
+
+        path = f"/{service}/{method}"
+        what = f"the {request_type.DESCRIPTOR.name}" if request_type is not None else "the body"
+
+        async def unary(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            call = self.grpc_call(path, context)
+            try:
+                if request_type is None:
+                    reply = await handler(data, call)
+                else:
+                    with call.parsing(what):
+                        message = request_type.FromString(data)
+                    reply = await handler(message, call)
+                    reply = reply if isinstance(reply, bytes) else reply.SerializeToString()
+            except Exception as exc:
+                await self.grpc_abort(call, context, exc)
+                raise  # unreachable: abort raises
+            call.succeed()
+            context.set_trailing_metadata((("x-request-id", call.ctx.request_id),))
+            return reply
+
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+    async def grpc_abort(
+        self, call: Call, context: grpc.aio.ServicerContext, error: BaseException
+    ) -> None:
+        """Count ``error`` once and end the call with its status and public message."""
+        import grpc
+
+        if isinstance(error, grpc.aio.AbortError):
+            raise error
+        call.fail(error)
+        plugin = "" if isinstance(error, DlInferenceError) else self.plugin
+        message = public_message(error, plugin)
+        trailers: tuple[tuple[str, str | bytes], ...] = (("x-request-id", call.ctx.request_id),)
+        if self.error_trailers is not None:
+            trailers += tuple(self.error_trailers(error, message))
+        await context.abort(grpc_code(error), message, trailers)
+
+    def grpc_service(
+        self, service: str, methods: Mapping[str, tuple[GrpcHandler, Any]]
+    ) -> grpc.GenericRpcHandler:
+        """A generic handler for ``service``: method name -> (handler, request type)."""
+        import grpc
+
+        return grpc.method_handlers_generic_handler(
+            service,
+            {
+                name: self.grpc_unary(service, name, handler, request_type)
+                for name, (handler, request_type) in methods.items()
+            },
+        )
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def http_call(self, method: str, request: web.Request) -> Call:
+        """A :class:`Call` for an HTTP request; ``method`` is the route's label."""
+        ctx = RequestContext(
+            protocol=self.protocol,
+            method=method,
+            metadata={key.lower(): value for key, value in request.headers.items()},
+            peer=request.remote or "",
+            deferred=True,
+        )
+        return Call(ctx, self.runtime)
+
+    def http_handler(
+        self, method: str, handler: HttpHandler, error_body: ErrorBody
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """An aiohttp handler running ``handler(request, call)`` on the call path.
+
+        ``error_body(error, message, status)`` renders a failure the way the protocol's
+        clients expect (V2 and TF Serving: ``{"error": message}``).
+        """
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            call = self.http_call(method, request)
+            try:
+                reply = await handler(request, call)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                # aiohttp's own refusals (a body over client_max_size: 413) are client
+                # errors: count them and answer in the protocol's error format.
+                error: BaseException = (
+                    too_large(self.runtime)
+                    if exc.status == 413
+                    else InvalidInput(exc.text or exc.reason)
+                )
+                reply = self.http_error(call, error, error_body, status=exc.status)
+            except Exception as exc:
+                reply = self.http_error(call, exc, error_body)
+            else:
+                call.succeed()
+            reply.headers["x-request-id"] = call.ctx.request_id
+            return reply
+
+        return handle
+
+    def http_error(
+        self,
+        call: Call,
+        error: BaseException,
+        error_body: ErrorBody,
+        status: int | None = None,
+    ) -> web.Response:
+        """Count ``error`` once and render it with the table's HTTP status."""
+        call.fail(error)
+        plugin = "" if isinstance(error, DlInferenceError) else self.plugin
+        status = status or http_status(error)
+        reply = error_body(error, public_message(error, plugin), status)
+        if status == 401:
+            # RFC 7235: a 401 names the scheme the client should use.
+            reply.headers["WWW-Authenticate"] = "Bearer"
+        return reply
+
+
+async def read_body(request: web.Request, call: Call) -> bytes:
+    """The request body, within the server's size limit (``PayloadTooLarge`` beyond)."""
+    from aiohttp import web
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large(call.runtime) from None
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        # aiohttp decompresses Content-Encoding bodies itself and fails here on bad data.
+        reason = " ".join(str(exc).split())
+        raise InvalidInput(f"the request body could not be read: {reason}") from None
+
+
+def too_large(runtime: RuntimeView) -> PayloadTooLarge:
+    """The error for a body over the server's limit, naming the limit and its setting."""
+    return PayloadTooLarge(
+        f"the request body is larger than this server accepts "
+        f"({runtime.max_message_bytes} bytes); send less, or raise server.grpc.max_message_mb"
+    )
+
+
+def json_error_body(error: BaseException, message: str, status: int) -> web.Response:
+    """``{"error": message}``: the error body of V2 REST and TF Serving REST."""
+    from aiohttp import web
+
+    return web.json_response({"error": message}, status=status)
+

@@ -1,0 +1,94 @@
+"""Every extension point of dl-inference, in one module.
+
+Registration hooks run once at start-up and receive a registrar. Per-request hooks run
+for every inference call and cost nothing when no plugin implements them. An
+implementation may take fewer arguments than its spec. ``HOOKSPEC_VERSION`` is the
+contract's version: a plugin may declare the one it was built for (module attribute
+``DLI_HOOKSPEC_VERSION``) and is refused with an upgrade hint when the major differs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from dl_inference.spi.registry import (
+        BackendRegistry,
+        BalancerRegistry,
+        ConverterRegistry,
+        ProtocolRegistry,
+    )
+    from dl_inference.spi.types import Decision, RequestContext
+
+PROJECT = "dl_inference"
+HOOKSPEC_VERSION = "1.0"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def dli_register_backends(registry: BackendRegistry) -> None:
+    """Add Backend subclasses with ``registry.add(cls)``. Called once at start-up."""
+
+
+@hookspec
+def dli_register_balancers(registry: BalancerRegistry) -> None:
+    """Add Balancer subclasses with ``registry.add(cls)``. Called once at start-up."""
+
+
+@hookspec
+def dli_register_protocols(registry: ProtocolRegistry) -> None:
+    """Add Protocol subclasses (wire protocols) with ``registry.add(cls)``. Called once."""
+
+
+@hookspec
+def dli_register_converters(registry: ConverterRegistry) -> None:
+    """Add Converter subclasses (``dl-inference convert``) with ``registry.add(cls)``."""
+
+
+@hookspec
+def dli_configure(settings: dict[str, Any]) -> None:
+    """Receive this plugin's ``plugin_settings.<plugin name>`` mapping from the server YAML.
+
+    Called once at start-up, before the server listens, with an empty mapping when the
+    config has no section for the plugin. Validate it (a pydantic model with
+    ``extra="forbid"`` is the norm) and raise ``dl_inference.ConfigError`` naming the
+    key; the server then exits with status 2.
+    """
+
+
+@hookspec(firstresult=True)
+def dli_authorize(ctx: RequestContext) -> Decision | None:
+    """Allow or refuse a request before it reaches a model; the first non-None answer wins.
+
+    Return ``Decision.deny(reason)`` to refuse, ``Decision.allow()`` to accept and stop
+    asking other plugins, or ``None`` to leave the choice to others (no answer = allowed).
+    """
+
+
+@hookspec
+def dli_on_request(ctx: RequestContext) -> None:
+    """A decoded request is about to be run; ``ctx.request`` may be read or rewritten."""
+
+
+@hookspec
+def dli_on_response(ctx: RequestContext) -> None:
+    """A response is about to be encoded; ``ctx.response`` may be read or rewritten."""
+
+
+@hookspec
+def dli_on_error(ctx: RequestContext, error: BaseException) -> None:
+    """A request failed with ``error``; for audit and metrics. Its return value is ignored."""
+
+
+@hookspec
+def dli_server_started(server: object) -> None:
+    """The server listens; ``server`` exposes ``grpc_address``, ``http_address``, ``runtime``."""
+
+
+@hookspec
+def dli_server_stopping(server: object) -> None:
+    """The server has begun to drain and will stop; release what plugins hold."""

@@ -1,0 +1,108 @@
+"""The base class wire-protocol plugins subclass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import grpc
+    from aiohttp import web
+    from google.protobuf.descriptor_pb2 import FileDescriptorProto
+
+    from dl_inference.spi.call_path import RuntimeView
+
+RoutingKeyReader = Callable[[bytes, Mapping[str, str]], "str | None"]
+"""Reads the model name from a request's serialized bytes and metadata, without decoding tensors."""
+
+
+def rename_proto_types(file: FileDescriptorProto, renames: Mapping[str, str]) -> None:
+    """Rename the type references in ``file`` in place, by package or by type.
+
+    For :meth:`Protocol.reflection_files`: a plugin compiles the standard messages under a
+    package of its own (so they never clash with a client library's in one process), and
+    hands reflection clients copies that use the standard names. ``renames`` maps a full
+    name (``.ours`` or ``.ours.Type``) to its standard one; a reference takes the longest
+    entry that is it or encloses it. Message and enum fields, nested messages and service
+    methods are renamed.
+    """
+
+    def rename(reference: str) -> str:
+        best = ""
+        for old in renames:
+            if len(old) > len(best) and (reference == old or reference.startswith(old + ".")):
+                best = old
+        return renames[best] + reference[len(best) :] if best else reference
+
+    def messages(found: Sequence[Any]) -> None:
+        for message in found:
+            for field in message.field:
+                if field.type_name:
+                    field.type_name = rename(field.type_name)
+            messages(message.nested_type)
+
+    messages(file.message_type)
+    for service in file.service:
+        for method in service.method:
+            method.input_type = rename(method.input_type)
+            method.output_type = rename(method.output_type)
+
+
+class Protocol:
+    """A wire protocol: gRPC handlers and/or HTTP routes over a :class:`RuntimeView`.
+
+    Bind every method with :class:`~dl_inference.CallPath` (``grpc_service``,
+    ``grpc_unary``, ``http_handler``): the kernel then builds the request context, turns
+    unreadable bodies into client errors, counts every failure once and maps errors to
+    gRPC / HTTP statuses. Inside, decode the body in ``with call.parsing(...)`` into an
+    :class:`~dl_inference.InferRequest`, ``await runtime.infer(request, call.ctx)``, encode
+    the :class:`~dl_inference.InferResponse`.
+    """
+
+    name: ClassVar[str] = ""
+    grpc_services: ClassVar[tuple[str, ...]] = ()
+    """Full gRPC service names served (health and reflection list them)."""
+
+    def grpc_handlers(self, runtime: RuntimeView) -> Sequence[grpc.GenericRpcHandler]:
+        """gRPC handlers bound to the protocol's standard method paths."""
+        return ()
+
+    def http_routes(self, runtime: RuntimeView) -> Sequence[web.RouteDef]:
+        """aiohttp route definitions for the protocol's REST API."""
+        return ()
+
+    def reflection_files(self) -> Sequence[FileDescriptorProto]:
+        """File descriptors under the protocol's standard package names, for server reflection.
+
+        Dependencies come first; :func:`rename_proto_types` turns a plugin's own package
+        names into the standard ones.
+        """
+        return ()
+
+    def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
+        """gRPC method path -> reader of the model name, for the gateway's routing."""
+        return {}
+
+    def rest_routing_keys(self) -> Mapping[str, RoutingKeyReader]:
+        """REST path of a POST whose path names no model -> reader of the model name.
+
+        The reader gets the body and the headers (lower-case names), as for gRPC. The
+        gateway forwards the call when the name is routed and serves it here otherwise,
+        so a reader returns None for a body it cannot read. Paths that name the model
+        need no reader: see :meth:`rest_model_paths`.
+        """
+        return {}
+
+    def rest_model_paths(self) -> Sequence[str]:
+        """REST path prefixes whose next path segment names the model, for the gateway.
+
+        A prefix such as ``"/v1/models/"`` means ``/v1/models/<name>``, followed by
+        ``/...``, ``:verb`` or nothing, addresses model ``<name>``: the gateway forwards
+        such calls (any method) when ``<name>`` is routed for this protocol. The kernel's
+        own V2 ``/v2/models/`` needs no entry.
+        """
+        return ()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``dl-inference plugins`` shows for this protocol."""
+        return {"grpc": list(self.grpc_services)}
