@@ -5,7 +5,7 @@ The gateway must learn a request's model name from its serialized bytes without 
 class. Length-delimited fields are skipped by jumping over them, so the cost depends on
 the number of top-level fields, not on the payload size.
 
-Public (``dl_inference.spi.wire``, listed in ``dl_inference.__all__``): protocol plugins read
+Public as ``dl_inference.wire`` (listed in ``dl_inference.__all__``): protocol plugins read
 their routing keys (:meth:`dl_inference.Protocol.routing_keys`) with it.
 """
 
