@@ -53,6 +53,12 @@ from dl_inference.spi.tensor_limits import (
     check_tensor_shape,
     check_value_count,
 )
+from dl_inference.spi.typed_values import (
+    array_from_json,
+    json_datatype,
+    json_leaves,
+    narrow_array,
+)
 from dl_inference.spi.types import (
     Decision,
     InferRequest,
@@ -113,6 +119,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "__version__",
+    "array_from_json",
     "check_raw_size",
     "check_tensor_shape",
     "check_value_count",
@@ -122,7 +129,10 @@ __all__ = [
     "http_status",
     "import_user_file",
     "isolated_imports",
+    "json_datatype",
     "json_error_body",
+    "json_leaves",
+    "narrow_array",
     "public_message",
     "read_body",
     "read_json",

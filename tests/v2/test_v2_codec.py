@@ -126,7 +126,7 @@ def test_typed_contents_every_family() -> None:
     [
         ("FP32", pb.InferTensorContents(fp32_contents=[1.0]), "holds 1 values but FP32 shape"),
         ("FP32", pb.InferTensorContents(int_contents=[1, 2]), "contents.int_contents is set"),
-        ("INT8", pb.InferTensorContents(int_contents=[1, 300]), "300 is out of range for INT8"),
+        ("INT8", pb.InferTensorContents(int_contents=[1, 300]), "holds 300, out of range for INT8"),
         ("FP16", pb.InferTensorContents(), "raw_input_contents"),
     ],
 )
@@ -149,13 +149,14 @@ def test_json_flat_and_nested() -> None:
 @pytest.mark.parametrize(
     ("datatype", "data", "message"),
     [
-        ("INT32", [1.5, 2], "must be integers"),
-        ("FP32", ["a", "b"], "must be numbers"),
-        ("BOOL", [1, 0], "must be true/false"),
-        ("UINT8", [1, 256], "out of range"),
+        ("INT32", [1.5, 2], "element 0 is 1.5, but INT32 takes integers"),
+        ("FP32", ["a", "b"], "FP32 takes numbers"),
+        ("BOOL", [1, 0], "BOOL takes true/false"),
+        ("UINT8", [1, 256], r"data holds 256, out of range for UINT8 \(0\.\.255\)"),
         ("FP32", [[1], [2, 3]], "ragged"),
         ("FP32", [1, 2, 3], "holds 3 values"),
-        ("BYTES", [1, 2], "must be strings"),
+        ("BYTES", [1, 2], "BYTES takes strings"),
+        ("FP32", [1, 10**400], "an integer of 1329 bits, beyond the range of any FP32"),
     ],
 )
 def test_json_errors(datatype: str, data: Any, message: str) -> None:

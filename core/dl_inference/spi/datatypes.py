@@ -38,6 +38,16 @@ def to_numpy_dtype(datatype: str) -> np.dtype:
         ) from None
 
 
+def input_dtype(name: str, datatype: str) -> np.dtype:
+    """:func:`to_numpy_dtype` for a request tensor: the InvalidInput names the input."""
+    try:
+        return _V2_TO_NUMPY[datatype]
+    except KeyError:
+        raise InvalidInput(
+            f"input {name!r}: unsupported datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
+        ) from None
+
+
 def from_numpy_dtype(dtype: np.dtype) -> str:
     """The V2 datatype name for a numpy dtype (strings and object arrays are BYTES)."""
     dtype = np.dtype(dtype)

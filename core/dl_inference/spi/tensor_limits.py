@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dl_inference.spi.datatypes import DATATYPES, to_numpy_dtype
+from dl_inference.spi.datatypes import input_dtype
 from dl_inference.spi.errors import InvalidInput
 
 MAX_TENSOR_RANK = 32
@@ -77,15 +77,6 @@ def _check_cap(name: str, dims: tuple[int, ...]) -> None:
         )
 
 
-def _itemsize(name: str, datatype: str) -> int:
-    try:
-        return to_numpy_dtype(datatype).itemsize
-    except InvalidInput:
-        raise InvalidInput(
-            f"input {name!r}: unsupported datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
-        ) from None
-
-
 def check_tensor_shape(name: str, shape: Sequence[Any]) -> tuple[int, ...]:
     """Validate a request tensor's declared shape; return its dimensions as ints.
 
@@ -99,17 +90,20 @@ def check_tensor_shape(name: str, shape: Sequence[Any]) -> tuple[int, ...]:
     return dims
 
 
-def check_raw_size(name: str, datatype: str, shape: Sequence[Any], nbytes: int) -> tuple[int, ...]:
+def check_raw_size(
+    name: str, datatype: str, shape: Sequence[Any], nbytes: int, *, field: str = "raw data"
+) -> tuple[int, ...]:
     """Check raw tensor bytes (``nbytes`` of them) against the declared shape, before decoding.
 
     ``datatype`` is a V2 datatype name (``FP32``, ``BYTES``, ...). A fixed-size datatype
     needs exactly ``elements x itemsize`` bytes; BYTES needs at least
     :data:`BYTES_LENGTH_PREFIX` bytes per element (the exact layout is the parser's job,
     which can then size its output by the element count safely). Returns the dimensions;
-    raises :class:`~dl_inference.InvalidInput` naming the tensor, the shape, the bytes
-    needed and the bytes present.
+    raises :class:`~dl_inference.InvalidInput` naming the tensor, the field holding the
+    bytes (``field``, as the protocol's clients know it: ``tensor_content``, ...), the
+    shape, the bytes needed and the bytes present.
     """
-    itemsize = _itemsize(name, datatype)
+    itemsize = input_dtype(name, datatype).itemsize
     dims = _dims(name, shape)
     count = math.prod(dims)
     if datatype == "BYTES":
@@ -118,12 +112,12 @@ def check_raw_size(name: str, datatype: str, shape: Sequence[Any], nbytes: int) 
             raise InvalidInput(
                 f"input {name!r}: BYTES shape {list(dims)} has {count} elements, each with a "
                 f"{BYTES_LENGTH_PREFIX}-byte length prefix, so it needs at least {needed} bytes, "
-                f"but the request carries {nbytes}; send a shape whose element count matches "
-                "the elements in the data"
+                f"but the request carries {nbytes} in {field}; send a shape whose element count "
+                "matches the elements in the data"
             )
     elif nbytes != count * itemsize:
         raise InvalidInput(
-            f"input {name!r}: raw data holds {nbytes} bytes but {datatype} shape {list(dims)} "
+            f"input {name!r}: {field} holds {nbytes} bytes but {datatype} shape {list(dims)} "
             f"needs {count * itemsize} bytes ({count} elements x {itemsize} bytes); send a "
             "shape that matches the data"
         )
@@ -150,7 +144,7 @@ def check_value_count(
     only: call it before allocating the filled array. Returns the dimensions; raises
     :class:`~dl_inference.InvalidInput` otherwise.
     """
-    itemsize = _itemsize(name, datatype)
+    itemsize = input_dtype(name, datatype).itemsize
     dims = _dims(name, shape)
     count = math.prod(dims)
     if present != count:

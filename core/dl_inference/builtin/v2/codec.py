@@ -16,10 +16,15 @@ import numpy as np
 
 from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.builtin.v2.binary import deserialize_bytes, serialize_bytes
-from dl_inference.spi.datatypes import DATATYPES, as_bytes_array, from_numpy_dtype, to_numpy_dtype
+from dl_inference.spi.datatypes import (
+    DATATYPES,
+    as_bytes_array,
+    from_numpy_dtype,
+    input_dtype,
+)
 from dl_inference.spi.errors import BackendError, InvalidInput
-from dl_inference.spi.json_body import utf8_bytes
 from dl_inference.spi.tensor_limits import check_raw_size, check_value_count
+from dl_inference.spi.typed_values import array_from_json, json_leaves, narrow_array
 from dl_inference.spi.types import InferRequest, InferResponse
 from dl_inference.spi.wire import len_field_header
 
@@ -52,16 +57,6 @@ TRANSPORT_PARAMETERS = frozenset({"binary_data_output", "binary_data", "binary_d
 
 
 # -- shapes and datatypes ------------------------------------------------------------------
-
-
-def input_dtype(name: str, datatype: str) -> np.dtype:
-    """The numpy dtype for an input's datatype, with the tensor's name in the error."""
-    try:
-        return to_numpy_dtype(datatype)
-    except InvalidInput:
-        raise InvalidInput(
-            f"input {name!r}: unsupported datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
-        ) from None
 
 
 def _little_endian(dtype: np.dtype) -> np.dtype:
@@ -135,69 +130,19 @@ def contents_to_array(
         out[:] = list(values)
         return out.reshape(dims)
     wide = np.fromiter(values, dtype=_WIDE[field], count=count)
-    return narrow(name, wide, dtype).reshape(dims)
-
-
-def narrow(name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast to ``dtype``, refusing integers that do not fit rather than wrapping them."""
-    if dtype.kind in "iu" and values.size and values.dtype != dtype:
-        info = np.iinfo(dtype)
-        low, high = values.min(), values.max()
-        if low < info.min or high > info.max:
-            raise InvalidInput(
-                f"input {name!r}: value {low if low < info.min else high} is out of range for "
-                f"{from_numpy_dtype(dtype)} ({info.min}..{info.max})"
-            )
-    return values.astype(dtype, copy=False)
+    return narrow_array(name, wide, dtype, field=f"contents.{field}").reshape(dims)
 
 
 # -- JSON ----------------------------------------------------------------------------------
 
-_JSON_CHECKS: dict[str, tuple[str, Any]] = {
-    "b": ("true/false", lambda v: type(v) is bool),
-    "i": ("integers", lambda v: type(v) is int),
-    "u": ("integers", lambda v: type(v) is int),
-    "f": ("numbers", lambda v: type(v) in (int, float)),
-}
-
 
 def json_to_array(name: str, datatype: str, shape: Sequence[Any], data: Any) -> np.ndarray:
-    """An array from a REST tensor's ``data`` (flat or nested, row-major)."""
-    dtype = input_dtype(name, datatype)
-    if not isinstance(data, list):
-        data = [data]
-    # Object arrays keep JSON's Python values exact: numpy's own inference would turn
-    # [0, 2**64 - 1] into float64 and silently truncate 1.5 into an integer type.
-    ragged = InvalidInput(
-        f"input {name!r}: data is a ragged nested list; give a flat list or equal-length rows"
-    )
-    try:
-        flat = np.array(data, dtype=np.object_).reshape(-1)
-    except ValueError:
-        raise ragged from None
-    if any(isinstance(v, list) for v in flat):
-        raise ragged
-    dims = check_value_count(name, datatype, shape, flat.size, field="data")
-    if datatype == "BYTES":
-        if not all(isinstance(v, str) for v in flat):
-            raise InvalidInput(f"input {name!r}: BYTES data must be strings")
-        out = np.empty(flat.size, dtype=np.object_)
-        for index, text in enumerate(flat):
-            out[index] = utf8_bytes(text, f"input {name!r}, element {index}")
-        return out.reshape(dims)
-    wanted, check = _JSON_CHECKS[dtype.kind]
-    if not all(check(v) for v in flat):
-        raise InvalidInput(f"input {name!r}: {datatype} data must be {wanted}")
-    values = flat.tolist()
-    if dtype.kind in "iu" and values:
-        info = np.iinfo(dtype)
-        low, high = min(values), max(values)
-        if low < info.min or high > info.max:
-            raise InvalidInput(
-                f"input {name!r}: value {low if low < info.min else high} is out of range for "
-                f"{datatype} ({info.min}..{info.max})"
-            )
-    return np.array(values, dtype=dtype).reshape(dims)
+    """An array from a REST tensor's ``data`` (flat or nested, row-major) and its shape."""
+    input_dtype(name, datatype)  # an unknown datatype is the first thing to say
+    # Nested lists only order the values: the declared shape is the tensor's.
+    _, leaves = json_leaves(name, data if isinstance(data, list) else [data])
+    dims = check_value_count(name, datatype, shape, len(leaves), field="data")
+    return array_from_json(name, datatype, leaves, dims)
 
 
 def array_to_json(name: str, array: np.ndarray, datatype: str) -> list[Any]:
