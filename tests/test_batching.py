@@ -335,15 +335,49 @@ async def test_one_bad_request_fails_alone_and_bisection_keeps_the_cost_low() ->
     await batcher.close()
 
 
-async def test_when_every_request_is_bad_each_fails_with_its_own_error() -> None:
+async def test_a_model_that_fails_everything_is_rerun_2_log2_n_times_not_2n() -> None:
     model = PoisonModel()
     batcher = Batcher("m", model.run, max_batch_size=32)
-    values = [1000.0 + i for i in range(5)]
+    values = [1000.0 + i for i in range(32)]
     results = await merged(batcher, values)
-    for value, result in zip(values, results, strict=True):
-        assert isinstance(result, BackendError), result
-        assert f"token id {int(value)} " in str(result)
-    assert batcher.stats.reruns <= 2 * len(values) - 2
+    assert all(isinstance(r, BackendError) and "token id 10" in str(r) for r in results)
+    # Level by level: 16 16, 8 8 8 8, then four of the eight 4s; then the reruns are spent.
+    assert model.calls[1:] == [32, 16, 16, 8, 8, 8, 8, 4, 4, 4, 4]
+    assert batcher.stats.reruns == 10  # 2 * log2(32); without the bound: 62
+    # Each caller fails with the error of the last part it ran in.
+    assert "token id 1000 " in str(results[0]) and "token id 1016 " in str(results[16])
+    await batcher.close()
+
+
+async def test_reruns_stop_at_2_log2_n_however_many_are_bad() -> None:
+    """The first half is good, the second all bad: the good half is answered, and the bad
+    one is bisected only as far as 2 * log2(32) = 10 reruns allow (not 30)."""
+    model = PoisonModel()
+    batcher = Batcher("m", model.run, max_batch_size=32)
+    values = [float(i) for i in range(16)] + [1000.0 + i for i in range(16)]
+    results = await merged(batcher, values)
+    for value, result in zip(values[:16], results[:16], strict=True):
+        np.testing.assert_array_equal(result["y"], [[value * 2]])
+    assert all(isinstance(r, BackendError) for r in results[16:])
+    assert model.calls[1:] == [32, 16, 16, 8, 8, 4, 4, 4, 4, 2, 2]
+    assert batcher.stats.reruns == 10
+    await batcher.close()
+
+
+async def test_two_bad_requests_are_set_apart_within_the_bound_where_it_allows() -> None:
+    """The bound (2 * log2(8) = 6) sets apart one bad request per split path; with two in
+    one half, the last part still failing fails whole."""
+    model = PoisonModel()
+    batcher = Batcher("m", model.run, max_batch_size=8)
+    values = [0.0, 1.0, 2.0, 3.0, 1004.0, 5.0, 1006.0, 7.0]
+    results = await merged(batcher, values)
+    for value, result in zip(values[:4], results[:4], strict=True):
+        np.testing.assert_array_equal(result["y"], [[value * 2]])
+    # 4|4 (the second fails), 2|2 (both fail), then 1|1 of [1004, 5]: 6 reruns.
+    assert batcher.stats.reruns == 6
+    assert "token id 1004 " in str(results[4])
+    np.testing.assert_array_equal(results[5]["y"], [[10.0]])
+    assert all("token id 1006 " in str(r) for r in results[6:])  # [1006, 7] failed whole
     await batcher.close()
 
 

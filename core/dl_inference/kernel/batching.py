@@ -12,6 +12,8 @@ batching use the same queue with ``merge=False``: one request per execution.
 A merged batch whose execution fails is bisected (see :meth:`Batcher._isolate`): one
 request the model cannot take (an out-of-range token id) fails alone, with its own error,
 and the requests merged with it get their answers, as Triton's per-request responses allow.
+The reruns are bounded by ``2 * ceil(log2(n))`` for a batch of ``n``: enough to set one
+bad request apart, and all a model that fails everything (it crashed) is made to repeat.
 
 Each instance is a thread that forms its next batch itself the moment it finishes one, as
 Triton's scheduler threads do: the event loop only queues requests and receives results,
@@ -309,17 +311,23 @@ class Batcher:
         Each failed part is split in two halves that run on their own; a half that
         succeeds answers its callers, a failing half of one request fails that caller with
         its own error, a failing larger half is split again. One bad request among ``n``
-        costs about ``2 * log2(n)`` executions (a batch of 32: 10, where running each
-        request alone would cost 32), and never more than ``2n - 2`` however many are bad.
-        Callers that went away meanwhile are skipped, and those whose deadline passed fail
-        with DEADLINE_EXCEEDED, as in the queue. Only executions that succeed reach the
-        model's metrics (the runner observes them), so every answered row counts once.
+        costs ``2 * ceil(log2(n))`` executions (a batch of 32: 10, where running each
+        request alone would cost 32).
+
+        That is also the most a batch may cost: a model that fails everything (it
+        crashed) would otherwise be run ``2n - 2`` more times. Parts still failing when
+        the reruns are spent fail with their own last error; the parts are split level
+        by level, so that with several bad requests those parts stay small. Callers that
+        went away meanwhile are skipped, and those whose deadline passed fail with
+        DEADLINE_EXCEEDED, as in the queue. Only executions that succeed reach the model's
+        metrics (the runner observes them), so every answered row counts once.
         """
         self.stats.isolated += 1
-        failed = [(batch, error)]
+        budget = 2 * (len(batch) - 1).bit_length()  # 2 * ceil(log2(n)), n >= 2
+        failed = collections.deque([(batch, error)])
         while failed:
-            group, error = failed.pop()
-            if not self._isolable(group, error):
+            group, error = failed.popleft()
+            if not self._isolable(group, error) or budget <= 0:
                 _fail(group, error)
                 continue
             # Split only those still waiting: one left over runs alone, since the error
@@ -330,6 +338,10 @@ class Batcher:
                 half = self._still_waiting(half)  # the first half's run took a while
                 if not half:
                     continue
+                if budget <= 0:
+                    _fail(half, error)
+                    continue
+                budget -= 1
                 self.stats.reruns += 1
                 try:
                     outputs = self._run_merged(half)
