@@ -3,6 +3,10 @@
 Decoding reads ``tensor_content`` with ``np.frombuffer`` (no copy); typed ``*_val`` fields
 follow TensorFlow's rule that a shorter list is padded with its last value, within a byte
 budget. Declared shapes are checked against the bytes present before any allocation.
+
+Public for other plugins: :func:`to_numpy` and :func:`from_numpy` read and write any
+protobuf message with TensorProto's fields, whatever package compiled it (the seldon
+plugin's ``tftensor`` is one), so TensorProto's rules live here only.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dl_inference import InvalidInput, check_raw_size, check_value_count
+from dl_inference import InvalidInput, check_raw_size, check_value_count, narrow_array
 from dl_inference_tfserving._proto import tfs_pb2
 
 DT = tfs_pb2.DataType
@@ -76,16 +80,21 @@ def tf_dtype_for_numpy(dtype: np.dtype) -> int:
     return found
 
 
-def to_numpy(
-    proto: tfs_pb2.TensorProto, name: str = "", *, fill_limit_bytes: int | None = None
-) -> np.ndarray:
+def to_numpy(proto: Any, name: str = "", *, fill_limit_bytes: int | None = None) -> np.ndarray:
     """Decode one TensorProto; InvalidInput says which tensor and what is wrong with it.
 
+    ``proto`` is any protobuf message with TensorProto's fields (``dtype``,
+    ``tensor_shape``, ``tensor_content``, the ``*_val`` fields): this plugin's
+    ``tfs_pb2.TensorProto``, TensorFlow's own, or another plugin's copy such as Seldon's
+    ``tftensor``; it is read in place, not converted. ``name`` names the tensor in messages.
     Sizes are checked against the bytes the message carries before anything is allocated
     (the kernel's :func:`~dl_inference.check_raw_size` / :func:`~dl_inference.check_value_count`).
     TensorFlow fills a short ``*_val`` list out with its last value (one value for a whole
     tensor): allowed up to ``fill_limit_bytes`` bytes of filled tensor (tie it to the
-    server's message limit), refused when it is None.
+    server's message limit), refused when it is None. Typed values that do not fit the
+    dtype (``DT_UINT8`` ``int_val`` -1) are refused (the kernel's
+    :func:`~dl_inference.narrow_array`). ``tensor_content`` is viewed, not copied: the
+    array is read-only.
     """
     label = name or "tensor"
     entry = _TABLE.get(proto.dtype)
@@ -101,15 +110,11 @@ def to_numpy(
     shape = [dim.size for dim in proto.tensor_shape.dim]
     if proto.tensor_content and proto.dtype != DT.DT_STRING:
         content = proto.tensor_content
-        try:
-            dims = check_raw_size(label, datatype, shape, len(content))
-        except InvalidInput as exc:
-            # The kernel's rule and message; TF Serving's clients know the field by its name.
-            raise InvalidInput(
-                f"{exc} (the raw data is the TensorProto's tensor_content)"
-            ) from None
-        # Zero-copy: the array views the request's bytes (read-only).
-        return np.frombuffer(content, dtype=np_dtype).reshape(dims)
+        dims = check_raw_size(label, datatype, shape, len(content), field="tensor_content")
+        # Zero-copy (the array views the request's bytes, read-only): tensor_content is
+        # little-endian, which is also the host's order wherever astype has nothing to do.
+        wire = np_dtype.newbyteorder("<")
+        return np.frombuffer(content, dtype=wire).astype(np_dtype, copy=False).reshape(dims)
     values: Any = getattr(proto, field)
     dims = check_value_count(
         label, datatype, shape, len(values), field=field, fill_limit_bytes=fill_limit_bytes
@@ -150,33 +155,34 @@ def _typed_values(label: str, dtype: int, field: str, values: Any) -> np.ndarray
     silently wrapped.
     """
     wide = np.fromiter(values, dtype=_WIDE[field], count=len(values))
-    # DT_HALF travels as its 16 bits: range-check as uint16, then reinterpret.
-    target = np.dtype(np.uint16) if dtype == DT.DT_HALF else _TABLE[dtype][0]
-    if target.kind in "iu" and target != wide.dtype and wide.size:
-        info = np.iinfo(target)
-        low, high = int(wide.min()), int(wide.max())
-        if low < info.min or high > info.max:
-            bad = low if low < info.min else high
-            kind = "16-bit patterns of" if dtype == DT.DT_HALF else "values of"
-            raise InvalidInput(
-                f"input {label!r}: {field} holds {bad}, out of range for the {kind} "
-                f"{dtype_name(dtype)} ({info.min}..{info.max}); send values that fit the dtype"
-            )
-    array = wide.astype(target, copy=False)
-    return array.view(np.float16) if dtype == DT.DT_HALF else array
+    if dtype == DT.DT_HALF:
+        # DT_HALF travels as its 16 bits: range-checked as uint16, then reinterpreted.
+        bits = narrow_array(
+            label, wide, np.uint16, field=field, type_name="DT_HALF's float16 bit patterns"
+        )
+        return bits.view(np.float16)
+    return narrow_array(label, wide, _TABLE[dtype][0], field=field, type_name=dtype_name(dtype))
 
 
-def from_numpy(array: np.ndarray, proto: tfs_pb2.TensorProto | None = None) -> tfs_pb2.TensorProto:
-    """Encode an array; numbers go to ``tensor_content`` (one copy), strings to ``string_val``."""
+def from_numpy(array: np.ndarray, proto: Any = None) -> Any:
+    """Encode an array; numbers go to ``tensor_content`` (one copy), strings to ``string_val``.
+
+    Fills ``proto`` (any empty message with TensorProto's fields, e.g. Seldon's
+    ``tftensor`` in a reply) or a new ``tfs_pb2.TensorProto``, and returns it.
+    ``tensor_content`` is written little-endian, as TensorFlow reads it.
+    """
     proto = proto if proto is not None else tfs_pb2.TensorProto()
     array = np.asarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
     proto.dtype = tf_dtype_for_numpy(array.dtype)
     for dim in array.shape:
         proto.tensor_shape.dim.add().size = dim
     if proto.dtype == DT.DT_STRING:
         proto.string_val.extend(_as_bytes(v) for v in array.reshape(-1))
     else:
-        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+        wire = array.dtype.newbyteorder("<")
+        proto.tensor_content = np.ascontiguousarray(array, dtype=wire).tobytes()
     return proto
 
 

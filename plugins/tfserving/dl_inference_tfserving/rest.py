@@ -13,7 +13,6 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -26,10 +25,12 @@ from dl_inference import (
     InferRequest,
     InvalidInput,
     RuntimeView,
+    array_from_json,
+    json_datatype,
     json_error_body,
+    json_leaves,
     read_body,
     read_json,
-    to_numpy_dtype,
     utf8_bytes,
 )
 from dl_inference_tfserving import codec
@@ -206,8 +207,11 @@ def _dumps(value: Any) -> str:
 
 
 # -- JSON values -> arrays ---------------------------------------------------------------------
-# read_json has bounded the nesting (MAX_JSON_DEPTH), and the walks below go level by level
-# rather than recursing: no JSON document reaches Python's recursion limit.
+# read_json has bounded the nesting (MAX_JSON_DEPTH), and the kernel's json_leaves walks level
+# by level rather than recursing: no JSON document reaches Python's recursion limit.
+
+# What a string tensor takes, for messages.
+_STRINGS = 'strings or {"b64": "<base64>"} objects'
 
 
 def _b64(value: dict[str, Any], where: str) -> bytes:
@@ -223,91 +227,20 @@ def _b64(value: dict[str, Any], where: str) -> bytes:
         raise InvalidInput(f'{where}: "b64" value is not valid base64: {exc}') from None
 
 
-def _flatten(key: str, value: Any) -> tuple[list[int], list[Any]]:
-    """The shape of a nested JSON list and its leaves in row-major order (b64 decoded)."""
-    shape: list[int] = []
-    level = [value]
-    while level and type(level[0]) is list:
-        width = len(level[0])
-        if any(type(item) is not list or len(item) != width for item in level):
-            raise InvalidInput(
-                f"input {key!r}: the JSON value is not a rectangular array (lists at one "
-                "depth must all have the same length, and hold lists or values alike)"
-            )
-        shape.append(width)
-        level = list(chain.from_iterable(level))
-    kinds = set(map(type, level))  # one pass in C: most tensors hold one or two kinds
-    if list in kinds:
-        raise InvalidInput(f"input {key!r}: the JSON value is not a rectangular array")
-    if dict in kinds:
+def _to_array(key: str, value: Any, info: tfs_pb2.TensorInfo | None, field: str) -> np.ndarray:
+    """A tensor from its JSON value, typed by the signature's input (inferred without one).
+
+    The kernel's rules type the values (:func:`~dl_inference.array_from_json`); this
+    protocol adds ``{"b64": ...}`` objects for binary values.
+    """
+    shape, leaves = json_leaves(key, value, field=field)
+    if dict in set(map(type, leaves)):
         where = f"input {key!r}"
-        level = [_b64(leaf, where) if type(leaf) is dict else leaf for leaf in level]
-    return shape, level
-
-
-# The JSON value types each numpy kind accepts (bool is an int in Python: told apart by type).
-_KINDS: dict[str, tuple[str, frozenset[type]]] = {
-    "b": ("true/false", frozenset({bool})),
-    "i": ("integers", frozenset({int})),
-    "u": ("integers", frozenset({int})),
-    "f": ("numbers", frozenset({int, float})),
-}
-
-
-def _to_array(key: str, value: Any, info: tfs_pb2.TensorInfo | None) -> np.ndarray:
-    """A tensor from its JSON value, typed by the signature's input (inferred without one)."""
-    shape, leaves = _flatten(key, value)
-    kinds = set(map(type, leaves))
+        leaves = [_b64(leaf, where) if type(leaf) is dict else leaf for leaf in leaves]
     datatype = codec.v2_datatype(info.dtype) if info is not None else None
     if datatype is None:
-        datatype = _inferred_datatype(key, kinds)
-    if datatype == "BYTES":
-        if not kinds <= {str, bytes}:
-            index = next(i for i, leaf in enumerate(leaves) if type(leaf) not in (str, bytes))
-            raise InvalidInput(
-                f"input {key!r} is a string tensor: element {index} ({leaves[index]!r:.40}) "
-                'must be a string or {"b64": "<base64>"}'
-            )
-        array = np.empty(len(leaves), dtype=np.object_)
-        array[:] = [
-            utf8_bytes(leaf, f"input {key!r}, element {index}") if type(leaf) is str else leaf
-            for index, leaf in enumerate(leaves)
-        ]
-        return array.reshape(shape)
-    dtype = to_numpy_dtype(datatype)
-    wanted, accepted = _KINDS[dtype.kind]
-    if not kinds <= accepted:
-        index = next(i for i, leaf in enumerate(leaves) if type(leaf) not in accepted)
-        raise InvalidInput(
-            f"input {key!r} is {datatype}: element {index} ({leaves[index]!r:.40}) is not one "
-            f"of the {wanted} it takes"
-        )
-    if dtype.kind in "iu" and leaves:
-        limits = np.iinfo(dtype)
-        low, high = min(leaves), max(leaves)
-        if low < limits.min or high > limits.max:
-            raise InvalidInput(
-                f"input {key!r}: value {low if low < limits.min else high} is out of range for "
-                f"{datatype} ({limits.min}..{limits.max})"
-            )
-    return np.array(leaves, dtype=dtype).reshape(shape)
-
-
-def _inferred_datatype(key: str, kinds: set[type]) -> str:
-    """For an input the signature does not describe: what the JSON values are."""
-    if not kinds:
-        return "FP64"
-    for datatype, accepted in (
-        ("BYTES", {str, bytes}),
-        ("BOOL", {bool}),
-        ("INT64", {int}),
-        ("FP64", {int, float}),
-    ):
-        if kinds <= accepted:
-            return datatype
-    raise InvalidInput(
-        f"input {key!r}: the JSON values are not all numbers, all true/false or all strings"
-    )
+        datatype = json_datatype(key, leaves, field=field)
+    return array_from_json(key, datatype, leaves, shape, field=field, strings=_STRINGS)
 
 
 def _row_inputs(instances: Any, specs: dict[str, tfs_pb2.TensorInfo]) -> dict[str, np.ndarray]:
@@ -321,7 +254,7 @@ def _row_inputs(instances: Any, specs: dict[str, tfs_pb2.TensorInfo]) -> dict[st
                 "instance must be an object naming them"
             )
         key = next(iter(specs)) if specs else "inputs"
-        return {key: _to_array(key, instances, specs.get(key))}
+        return {key: _to_array(key, instances, specs.get(key), "instances")}
     keys = set(instances[0])
     for index, instance in enumerate(instances):
         if set(instance) != keys:
@@ -329,19 +262,24 @@ def _row_inputs(instances: Any, specs: dict[str, tfs_pb2.TensorInfo]) -> dict[st
                 f"instance {index} has keys {sorted(instance)}, instance 0 has {sorted(keys)}; "
                 "every instance needs the same input names"
             )
-    return {key: _to_array(key, [i[key] for i in instances], specs.get(key)) for key in keys}
+    return {
+        key: _to_array(key, [i[key] for i in instances], specs.get(key), "instances")
+        for key in keys
+    }
 
 
 def _columnar_inputs(inputs: Any, specs: dict[str, tfs_pb2.TensorInfo]) -> dict[str, np.ndarray]:
     if isinstance(inputs, dict) and "b64" not in inputs:
-        return {key: _to_array(key, value, specs.get(key)) for key, value in inputs.items()}
+        return {
+            key: _to_array(key, value, specs.get(key), "inputs") for key, value in inputs.items()
+        }
     if len(specs) > 1:
         raise InvalidInput(
             f'the signature has {len(specs)} inputs ({", ".join(sorted(specs))}); "inputs" must '
             "be an object naming them"
         )
     key = next(iter(specs)) if specs else "inputs"
-    return {key: _to_array(key, inputs, specs.get(key))}
+    return {key: _to_array(key, inputs, specs.get(key), "inputs")}
 
 
 # -- arrays -> JSON ----------------------------------------------------------------------------

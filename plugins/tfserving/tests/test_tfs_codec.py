@@ -71,9 +71,7 @@ def test_tensor_content_is_viewed_not_copied() -> None:
 def test_malformed_tensors_say_what_is_wrong() -> None:
     bad_size = tfs_pb2.TensorProto(dtype=tfs_pb2.DT_FLOAT, tensor_content=b"\x00" * 5)
     bad_size.tensor_shape.dim.add().size = 2
-    with pytest.raises(
-        InvalidInput, match=r"input 'x': raw data holds 5 bytes.*needs 8.*tensor_content"
-    ):
+    with pytest.raises(InvalidInput, match=r"input 'x': tensor_content holds 5 bytes.*needs 8"):
         codec.to_numpy(bad_size, "x")
     with pytest.raises(InvalidInput, match="DT_COMPLEX64 is not supported"):
         codec.to_numpy(tfs_pb2.TensorProto(dtype=tfs_pb2.DT_COMPLEX64), "x")

@@ -334,7 +334,13 @@ HOSTILE_BODIES = {
         "/v1/models/pyadd:predict",
         '{"instances": [1.0, "a"]}',
         400,
-        ["element 1", "not one of the numbers"],
+        ["instances element 1", "takes numbers"],
+    ),
+    "integer beyond any float": (
+        "/v1/models/pyadd:predict",
+        '{"instances": [1.0, 1' + "0" * 400 + "]}",
+        400,
+        ["instances holds an integer of 1329 bits"],
     ),
     "int64 example feature": (
         "/v1/models/pyadd:regress",
