@@ -8,9 +8,9 @@
 #       --model-repository /models
 #
 # Build from the repository root: the context must hold pyproject.toml, core/ and plugins/.
-# Pick other in-repo plugins with --build-arg PLUGINS="seldon pytorch balancers"; list the
-# in-repo plugins a chosen one depends on too (pytorch needs seldon, tensorflow needs
-# tfserving): they are not on PyPI.
+# Pick other in-repo plugins with --build-arg PLUGINS="seldon tfserving pytorch balancers";
+# list the in-repo plugins a chosen one depends on too (pytorch needs seldon, seldon and
+# tensorflow need tfserving): they are not on PyPI.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 

@@ -8,9 +8,8 @@
 # Models choose the GPU in their config.yaml (`device: cuda`). torch 2.13.0 on PyPI and
 # onnxruntime-gpu 1.31 are both CUDA 13 / cuDNN 9 builds, so they share this base's CUDA
 # major; the host needs an NVIDIA driver new enough for CUDA 13 (R580 or later).
-# onnxruntime-gpu is installed for the onnx plugin: once plugins/onnx exists, build with
-# --build-arg PLUGINS="seldon pytorch onnx" (or add it to the default below); the pytorch
-# plugin needs the seldon plugin, which is not on PyPI (and tensorflow needs tfserving).
+# onnxruntime-gpu is installed for the onnx plugin. The pytorch plugin needs the seldon
+# plugin, which needs tfserving (neither is on PyPI); both protocols need no framework.
 
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
@@ -34,7 +33,7 @@ COPY requirements/constraints.txt /src/requirements/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY core /src/core
 COPY plugins /src/plugins
-ARG PLUGINS="seldon pytorch"
+ARG PLUGINS="seldon tfserving pytorch onnx"
 # Word splitting of $targets is wanted: one argument per package folder.
 # hadolint ignore=SC2086
 RUN set -eu; \

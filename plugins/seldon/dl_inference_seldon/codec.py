@@ -19,13 +19,20 @@ answered in kind when the model returns one string (BYTES with one element) and 
 too. Data replies carry one output: the one named by ``meta.tags.output``, else the first;
 an object ``jsonData`` request gets every output.
 
+A ``tftensor`` is TensorFlow's TensorProto: the tfserving plugin owns its rules, and
+:func:`dl_inference_tfserving.codec.to_numpy` / ``from_numpy`` read and write Seldon's copy
+of the message in place. JSON values are typed by the kernel's rules
+(:func:`dl_inference.json_leaves`, ``json_datatype``, ``array_from_json``) and untyped
+numbers cast to a declared datatype by :func:`dl_inference.narrow_array`, as on every
+protocol.
+
 Hostile input is refused before it costs memory: declared shapes are checked against the
-values or bytes present with the kernel's ``dl_inference.check_value_count`` and
-``check_raw_size`` before anything is allocated; ``google.protobuf.Value`` trees (ndarray,
-jsonData, tags) are read to at most :data:`~dl_inference.MAX_JSON_DEPTH` levels; typed
-``tftensor`` values must fit their dtype. NaN and infinities are numbers, as in Seldon
-Core's Python wrapper: they reach the model and come back (over REST as the bare ``NaN`` /
-``Infinity`` Python's json writes).
+values or bytes present with the kernel's ``dl_inference.check_value_count`` (and, for a
+``tftensor``, ``check_raw_size``) before anything is allocated; ``google.protobuf.Value``
+trees (ndarray, jsonData, tags) are read to at most :data:`~dl_inference.MAX_JSON_DEPTH`
+levels; typed ``tftensor`` values must fit their dtype. NaN and infinities are numbers, as
+in Seldon Core's Python wrapper: they reach the model and come back (over REST as the bare
+``NaN`` / ``Infinity`` Python's json writes).
 """
 
 from __future__ import annotations
@@ -42,49 +49,18 @@ from dl_inference import (
     MAX_JSON_DEPTH,
     InvalidInput,
     TensorSpec,
-    check_raw_size,
+    array_from_json,
     check_value_count,
     from_numpy_dtype,
+    json_datatype,
+    json_leaves,
+    narrow_array,
     read_json,
-    to_numpy_dtype,
 )
 from dl_inference_seldon._proto import seldon_pb2 as pb
+from dl_inference_tfserving import codec as tensor_proto
 
 DEFAULT_INPUT = "input__0"
-
-# TensorFlow DataType number -> numpy dtype, for the types a model tensor can have here.
-TF_TO_NUMPY: dict[int, np.dtype] = {
-    pb.DT_FLOAT: np.dtype(np.float32),
-    pb.DT_DOUBLE: np.dtype(np.float64),
-    pb.DT_INT32: np.dtype(np.int32),
-    pb.DT_UINT8: np.dtype(np.uint8),
-    pb.DT_INT16: np.dtype(np.int16),
-    pb.DT_INT8: np.dtype(np.int8),
-    pb.DT_STRING: np.dtype(np.object_),
-    pb.DT_INT64: np.dtype(np.int64),
-    pb.DT_BOOL: np.dtype(np.bool_),
-    pb.DT_UINT16: np.dtype(np.uint16),
-    pb.DT_HALF: np.dtype(np.float16),
-    pb.DT_UINT32: np.dtype(np.uint32),
-    pb.DT_UINT64: np.dtype(np.uint64),
-}
-NUMPY_TO_TF: dict[np.dtype, int] = {dtype: number for number, dtype in TF_TO_NUMPY.items()}
-# The typed repeated field that carries each TensorFlow type when tensor_content is empty.
-TF_VALUE_FIELD: dict[int, str] = {
-    pb.DT_FLOAT: "float_val",
-    pb.DT_DOUBLE: "double_val",
-    pb.DT_INT32: "int_val",
-    pb.DT_UINT8: "int_val",
-    pb.DT_INT16: "int_val",
-    pb.DT_INT8: "int_val",
-    pb.DT_UINT16: "int_val",
-    pb.DT_STRING: "string_val",
-    pb.DT_INT64: "int64_val",
-    pb.DT_BOOL: "bool_val",
-    pb.DT_HALF: "half_val",
-    pb.DT_UINT32: "uint32_val",
-    pb.DT_UINT64: "uint64_val",
-}
 
 
 def data_kind(message: pb.SeldonMessage) -> str:
@@ -176,18 +152,20 @@ def decode_inputs(
     """The request's data as named arrays for a model with input ``specs`` (None: unknown).
 
     ``fill_limit_bytes``: how large a ``tftensor`` filled out from a short ``*_val`` list
-    may grow (see :func:`tftensor_to_array`); tie it to the server's message limit.
+    may grow (TensorFlow's rule, see :func:`dl_inference_tfserving.codec.to_numpy`); tie it
+    to the server's message limit.
     """
     specs = list(specs or [])
     if kind == "jsonData":
         value = value_to_python(message.jsonData, "jsonData")
         if isinstance(value, dict) and (len(specs) != 1 or specs[0].name in value):
             by_name = {spec.name: spec for spec in specs}
-            return {
-                name: _cast(name, _json_array(name, item), by_name.get(name))
-                for name, item in value.items()
-            }
-        return _single(specs, lambda name: _json_array(name, value), typed=False)
+            arrays = {}
+            for name, item in value.items():
+                field = f"jsonData.{name}"
+                arrays[name] = _cast(name, _json_array(name, item, field), by_name.get(name), field)
+            return arrays
+        return _single(specs, lambda name: _json_array(name, value, "jsonData"), "jsonData")
     if len(specs) > 1:
         names = ", ".join(spec.name for spec in specs)
         raise InvalidInput(
@@ -195,26 +173,29 @@ def decode_inputs(
             "tensor; send jsonData as an object {input name: value, ...}"
         )
     if kind == "tensor":
-        return _single(specs, lambda name: _tensor_array(name, message.data.tensor), typed=False)
+        tensor = message.data.tensor
+        return _single(specs, lambda name: _tensor_array(name, tensor), "tensor.values")
     if kind == "ndarray":
         lists = list_to_python(message.data.ndarray, "data.ndarray")
-        return _single(specs, lambda name: _json_array(name, lists), typed=False)
+        return _single(specs, lambda name: _json_array(name, lists, "data.ndarray"), "data.ndarray")
     if kind == "tftensor":
         tensor = message.data.tftensor
         return _single(
             specs,
-            lambda name: tftensor_to_array(name, tensor, fill_limit_bytes=fill_limit_bytes),
-            typed=True,
+            lambda name: tensor_proto.to_numpy(tensor, name, fill_limit_bytes=fill_limit_bytes),
         )
     raw = message.binData if kind == "binData" else message.strData.encode("utf-8")
-    return _single(specs, lambda name: _scalar_bytes(raw, specs), typed=True)
+    return _single(specs, lambda name: _scalar_bytes(raw, specs))
 
 
-def _single(specs: list[TensorSpec], make: Any, *, typed: bool) -> dict[str, np.ndarray]:
+def _single(
+    specs: list[TensorSpec], make: Any, untyped: str | None = None
+) -> dict[str, np.ndarray]:
+    """The one input's array; ``untyped`` names the field when its numbers need a cast."""
     spec = specs[0] if specs else None
     name = spec.name if spec else DEFAULT_INPUT
     array = make(name)
-    return {name: array if typed else _cast(name, array, spec)}
+    return {name: array if untyped is None else _cast(name, array, spec, untyped)}
 
 
 def _scalar_bytes(raw: bytes, specs: list[TensorSpec]) -> np.ndarray:
@@ -237,31 +218,17 @@ def _tensor_array(name: str, tensor: pb.Tensor) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(dims)
 
 
-def _json_array(name: str, value: Any) -> np.ndarray:
-    """Nested JSON lists (numbers, booleans or strings) as an array; strings become BYTES."""
-    try:
-        array = np.asarray(value)
-    except ValueError as exc:
-        raise InvalidInput(
-            f"input {name!r}: the nested lists are ragged (rows of different lengths): {exc}"
-        ) from None
-    if array.dtype.kind in "US":
-        return (
-            np.vectorize(_utf8, otypes=[np.object_])(array) if array.size else array.astype(object)
-        )
-    if array.dtype.kind not in "biuf":
-        raise InvalidInput(
-            f"input {name!r}: values must be all numbers, all booleans or all strings, in "
-            "rectangular nested lists (no nulls, no objects, no ragged rows)"
-        )
-    return array
+def _json_array(name: str, value: Any, field: str) -> np.ndarray:
+    """Nested JSON lists (numbers, booleans or strings) as an array; strings become BYTES.
+
+    Typed by what the values are (numbers are doubles on this wire): FP64, BOOL or BYTES.
+    """
+    shape, leaves = json_leaves(name, value, field=field)
+    datatype = json_datatype(name, leaves, field=field)
+    return array_from_json(name, datatype, leaves, shape, field=field)
 
 
-def _utf8(value: str | bytes) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else value
-
-
-def _cast(name: str, array: np.ndarray, spec: TensorSpec | None) -> np.ndarray:
+def _cast(name: str, array: np.ndarray, spec: TensorSpec | None, field: str) -> np.ndarray:
     """Untyped wire numbers -> the declared datatype (refusing what would change values)."""
     if spec is None or from_numpy_dtype(array.dtype) == spec.datatype:
         return array
@@ -270,123 +237,11 @@ def _cast(name: str, array: np.ndarray, spec: TensorSpec | None) -> np.ndarray:
             f"input {name!r} is {spec.datatype}; the request sent "
             f"{'strings' if array.dtype == np.object_ else 'numbers'}"
         )
-    target = to_numpy_dtype(spec.datatype)
-    if target.kind in "iub" and array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-            raise InvalidInput(
-                f"input {name!r} is {spec.datatype}; the request holds non-integer numbers"
-            )
-        if target.kind in "iu":
-            info = np.iinfo(target)
-            if array.size and (array.min() < info.min or array.max() > info.max):
-                raise InvalidInput(
-                    f"input {name!r} is {spec.datatype}; a value is out of its range "
-                    f"[{info.min}, {info.max}]"
-                )
-    return array.astype(target)
+    return narrow_array(name, array, spec.datatype, field=field)
 
 
-def tftensor_to_array(
-    name: str, tensor: pb.TensorProto, *, fill_limit_bytes: int | None = None
-) -> np.ndarray:
-    """A TensorFlow TensorProto (tensor_content or typed values) as a numpy array.
-
-    As TensorFlow's ``make_ndarray`` (which Seldon's wrapper calls) does, a ``*_val`` list
-    shorter than the shape is filled out with its last value; the filled tensor may take
-    at most ``fill_limit_bytes`` bytes (None: no filling). Sizes are checked before
-    anything is allocated; typed values that do not fit the dtype are refused.
-    """
-    dtype = TF_TO_NUMPY.get(tensor.dtype)
-    if dtype is None:
-        supported = ", ".join(pb.DataType.Name(d) for d in TF_TO_NUMPY)
-        raise InvalidInput(
-            f"input {name!r}: tftensor dtype {_dtype_name(tensor.dtype)} is not supported; "
-            f"use {supported}"
-        )
-    if tensor.tensor_shape.unknown_rank:
-        raise InvalidInput(f"input {name!r}: tftensor has unknown rank; give its dimensions")
-    shape = [dim.size for dim in tensor.tensor_shape.dim]
-    datatype = from_numpy_dtype(dtype)
-    if tensor.tensor_content and dtype != np.object_:
-        dims = check_raw_size(name, datatype, shape, len(tensor.tensor_content))
-        wire = dtype.newbyteorder("<")
-        return (
-            np.frombuffer(tensor.tensor_content, dtype=wire).astype(dtype, copy=False).reshape(dims)
-        )
-    field = TF_VALUE_FIELD[tensor.dtype]
-    values = getattr(tensor, field)
-    dims = check_value_count(
-        name, datatype, shape, len(values), field=field, fill_limit_bytes=fill_limit_bytes
-    )
-    if dtype == np.object_:
-        array = np.empty(len(values), dtype=np.object_)
-        array[:] = list(values)
-    else:
-        array = _typed_values(name, tensor.dtype, field, values)
-    count = math.prod(dims)
-    if array.size < count:
-        # TensorFlow's rule; check_value_count has bounded the filled tensor's size.
-        filled = np.empty(count, dtype=array.dtype)
-        filled[: array.size] = array
-        filled[array.size :] = array[-1]
-        array = filled
-    return array.reshape(dims)
-
-
-# The width protobuf holds each typed field at: numpy reads it so, then narrows it.
-_WIDE: dict[str, np.dtype] = {
-    "float_val": np.dtype(np.float32),
-    "double_val": np.dtype(np.float64),
-    "half_val": np.dtype(np.int32),
-    "int_val": np.dtype(np.int32),
-    "int64_val": np.dtype(np.int64),
-    "uint32_val": np.dtype(np.uint32),
-    "uint64_val": np.dtype(np.uint64),
-    "bool_val": np.dtype(np.bool_),
-}
-
-
-def _typed_values(name: str, dtype: int, field: str, values: Any) -> np.ndarray:
-    """``values`` as the dtype's array; a value the dtype cannot hold is the client's error.
-
-    ``int_val`` carries int8 ... uint16 as int32 and ``half_val`` float16 bit patterns as
-    int32: a value outside the narrower type is refused, never silently wrapped.
-    """
-    wide = np.fromiter(values, dtype=_WIDE[field], count=len(values))
-    # DT_HALF travels as its 16 bits: range-checked as uint16, then reinterpreted.
-    target = np.dtype(np.uint16) if dtype == pb.DT_HALF else TF_TO_NUMPY[dtype]
-    if target.kind in "iu" and target != wide.dtype and wide.size:
-        info = np.iinfo(target)
-        low, high = int(wide.min()), int(wide.max())
-        if low < info.min or high > info.max:
-            what = "float16 bit patterns" if dtype == pb.DT_HALF else f"{_dtype_name(dtype)}"
-            raise InvalidInput(
-                f"input {name!r}: {field} holds {low if low < info.min else high}, out of the "
-                f"range of {what} ({info.min}..{info.max}); send values that fit the dtype"
-            )
-    array = wide.astype(target, copy=False)
-    return array.view(np.float16) if dtype == pb.DT_HALF else array
-
-
-def _dtype_name(dtype: int) -> str:
-    return pb.DataType.Name(dtype) if dtype in pb.DataType.values() else str(dtype)
-
-
-def array_to_tftensor(array: np.ndarray, out: pb.TensorProto) -> None:
-    """Fill ``out`` with ``array``: raw little-endian tensor_content, string_val for BYTES."""
-    array = np.asarray(array)
-    if array.dtype.kind in "OSU":
-        out.dtype = pb.DT_STRING
-        out.string_val.extend(_utf8(v) if isinstance(v, str) else bytes(v) for v in array.flat)
-    else:
-        number = NUMPY_TO_TF.get(array.dtype)
-        if number is None:
-            raise InvalidInput(f"numpy dtype {array.dtype} has no TensorFlow DataType here")
-        out.dtype = number
-        out.tensor_content = np.ascontiguousarray(
-            array, dtype=array.dtype.newbyteorder("<")
-        ).tobytes()
-    out.tensor_shape.dim.extend(pb.TensorShapeProto.Dim(size=d) for d in array.shape)
+def _utf8(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
 
 
 # -- replies -------------------------------------------------------------------------------
@@ -429,7 +284,7 @@ def encode_reply(
         reply.data.tensor.shape.extend(array.shape)
         reply.data.tensor.values.extend(array.astype(np.float64, copy=False).ravel().tolist())
     elif kind == "tftensor":
-        array_to_tftensor(array, reply.data.tftensor)
+        tensor_proto.from_numpy(array, reply.data.tftensor)
     else:
         data = _to_json(array)
         reply.data.ndarray.extend(data if isinstance(data, list) else [data])

@@ -14,16 +14,15 @@ from google.protobuf import json_format, struct_pb2
 from dl_inference import MAX_JSON_DEPTH, InvalidInput, TensorSpec
 from dl_inference_seldon._proto import seldon_pb2 as pb
 from dl_inference_seldon.codec import (
-    array_to_tftensor,
     data_kind,
     decode_inputs,
     encode_reply,
     message_from_json,
     message_to_json,
-    tftensor_to_array,
     value_to_python,
 )
 from dl_inference_seldon.protocol import standard_file
+from dl_inference_tfserving.codec import from_numpy, to_numpy
 
 FP32_IN = [TensorSpec("x", "FP32", (-1, 3))]
 
@@ -81,14 +80,17 @@ def test_ndarray_numbers_strings_and_ragged_rows():
 def test_integer_inputs_refuse_fractions():
     message = pb.SeldonMessage()
     message.data.ndarray.extend([[1.5, 2]])
-    with pytest.raises(InvalidInput, match="INT64; the request holds non-integer numbers"):
+    with pytest.raises(
+        InvalidInput, match=r"data\.ndarray holds the non-integer number 1\.5, but INT64 takes"
+    ):
         decode_inputs(message, "ndarray", [TensorSpec("ids", "INT64", (-1, 2))])
 
 
 def test_tftensor_content_and_typed_values():
+    """A tftensor is TF's TensorProto: the tfserving plugin's codec reads Seldon's copy."""
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     message = pb.SeldonMessage()
-    array_to_tftensor(array, message.data.tftensor)
+    from_numpy(array, message.data.tftensor)
     assert message.data.tftensor.dtype == pb.DT_FLOAT
     decoded = decode_inputs(message, data_kind(message), FP32_IN)["x"]
     np.testing.assert_array_equal(decoded, array)
@@ -96,25 +98,25 @@ def test_tftensor_content_and_typed_values():
     typed = pb.TensorProto(dtype=pb.DT_INT64)
     typed.tensor_shape.dim.add(size=3)
     typed.int64_val.extend([7, 8, 9])
-    assert tftensor_to_array("t", typed).tolist() == [7, 8, 9]
+    assert to_numpy(typed, "t").tolist() == [7, 8, 9]
 
     filled = pb.TensorProto(dtype=pb.DT_FLOAT)
     filled.tensor_shape.dim.add(size=4)
     filled.float_val.append(2.5)  # TensorFlow's rule: one value fills the tensor
-    assert tftensor_to_array("t", filled, fill_limit_bytes=16).tolist() == [2.5] * 4
+    assert to_numpy(filled, "t", fill_limit_bytes=16).tolist() == [2.5] * 4
 
     half = pb.TensorProto(dtype=pb.DT_HALF)
     half.tensor_shape.dim.add(size=2)
     half.half_val.extend(np.array([1.5, -2.0], np.float16).view(np.uint16).tolist())
-    assert tftensor_to_array("t", half).tolist() == [1.5, -2.0]
+    assert to_numpy(half, "t").tolist() == [1.5, -2.0]
 
     short = pb.TensorProto(dtype=pb.DT_FLOAT, tensor_content=b"\x00" * 4)
     short.tensor_shape.dim.add(size=2)
     with pytest.raises(InvalidInput, match="holds 4 bytes but FP32 shape \\[2\\] needs 8 bytes"):
-        tftensor_to_array("t", short)
+        to_numpy(short, "t")
 
     with pytest.raises(InvalidInput, match="DT_COMPLEX64 is not supported"):
-        tftensor_to_array("t", pb.TensorProto(dtype=pb.DT_COMPLEX64))
+        to_numpy(pb.TensorProto(dtype=pb.DT_COMPLEX64), "t")
 
 
 def test_bin_and_str_data_become_one_bytes_element_shaped_like_the_input():
@@ -173,11 +175,11 @@ def test_tftensor_short_value_lists_fill_only_within_the_limit():
     short = pb.TensorProto(dtype=pb.DT_INT32)
     short.tensor_shape.dim.add(size=4)
     short.int_val.extend([1, 2])
-    assert tftensor_to_array("t", short, fill_limit_bytes=16).tolist() == [1, 2, 2, 2]
+    assert to_numpy(short, "t", fill_limit_bytes=16).tolist() == [1, 2, 2, 2]
     with pytest.raises(InvalidInput, match="would take 16 bytes, over the 15-byte limit"):
-        tftensor_to_array("t", short, fill_limit_bytes=15)
+        to_numpy(short, "t", fill_limit_bytes=15)
     with pytest.raises(InvalidInput, match="int_val holds 2 values but INT32 shape"):
-        tftensor_to_array("t", short)
+        to_numpy(short, "t")
 
 
 def test_json_form_reads_and_writes_nan_and_infinity_as_seldons_wrapper_does():
