@@ -5,9 +5,9 @@ module is private and may change without notice.
 """
 
 # A module, not names: routing-key readers call ``wire.iter_fields`` etc. by that prefix.
+from dl_inference import wire
 from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
 from dl_inference.kernel.processor import ProcessorAdapter
-from dl_inference.spi import wire
 from dl_inference.spi.backend import Backend, BackendSettings
 from dl_inference.spi.balancer import Balancer, NodeView, Outcome
 from dl_inference.spi.call_path import (
