@@ -1,5 +1,6 @@
-"""The management transports on the kernel's call path, in process: every failure reaches
-``dli_on_error`` and the metrics once, with the method as called and the model it named."""
+"""The management transports on the kernel's call path, in process: failures are answered
+with their codes and logged at debug level with the method as called and the model named,
+but they are not inference requests: not in ``dli_on_error`` nor ``dli_requests_total``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+import structlog.testing
 
 from dl_inference import RequestContext
 from dl_inference.kernel.config.schema import ServerConfig
@@ -47,8 +49,28 @@ async def management(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     await service.stop()
 
 
-async def test_failures_reach_dli_on_error_and_metrics_once(management) -> None:
+async def test_failures_are_answered_and_logged_but_not_counted_as_inference(management) -> None:
     service, runtime, seen = management
+    with structlog.testing.capture_logs() as logs:
+        await call_management_badly(service)
+    assert runtime.model_ready("add_one")
+    logged = [
+        (e["protocol"], e["method"], e["model"], e["error"].split(":")[0])
+        for e in logs
+        if e["event"] == "call failed" and e["log_level"] == "debug"
+    ]
+    assert logged == [
+        ("management", f"/{SERVICE}/RepositoryModelLoad", None, "InvalidInput"),
+        ("management", f"/{SERVICE}/RepositoryIndex", None, "Unauthenticated"),
+        ("management", "POST /v2/repository/models/{model}/load", "add_one", "InvalidInput"),
+    ]
+    assert seen == []
+    assert failures(runtime, "management") == 0
+    assert "dli_requests_total{" not in runtime.metrics.render().decode()
+
+
+async def call_management_badly(service: ManagementService) -> None:
+    """Three failing management calls (gRPC and HTTP) and two good ones."""
     token = (("authorization", f"Bearer {TOKEN}"),)
     async with grpc.aio.insecure_channel(service.grpc_address) as channel:
         load = raw_call(channel, f"/{SERVICE}/RepositoryModelLoad")
@@ -64,15 +86,8 @@ async def test_failures_reach_dli_on_error_and_metrics_once(management) -> None:
         async with session.post(f"{base}/load", data=b"{", headers=headers) as reply:
             assert reply.status == 400
             assert "not valid JSON" in (await reply.json())["error"]
-        # Good calls are not failures.
+        # Good calls, not failures.
         async with session.post(f"{base}/unload", json={}, headers=headers) as reply:
             assert reply.status == 200, await reply.text()
         async with session.post(f"{base}/load", headers=headers) as reply:
             assert reply.status == 200, await reply.text()
-    assert runtime.model_ready("add_one")
-    assert seen == [
-        ("management", f"/{SERVICE}/RepositoryModelLoad", "", "InvalidInput"),
-        ("management", f"/{SERVICE}/RepositoryIndex", "", "Unauthenticated"),
-        ("management", "POST /v2/repository/models/{model}/load", "add_one", "InvalidInput"),
-    ]
-    assert failures(runtime, "management") == 3

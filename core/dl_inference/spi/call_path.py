@@ -9,14 +9,22 @@ with :class:`CallPath`; the kernel then does, the same way for every protocol:
   are ``InvalidInput`` (INVALID_ARGUMENT / 400), never UNKNOWN or INTERNAL;
 - reads REST bodies with the server's size limit: an oversize body is
   ``PayloadTooLarge`` (RESOURCE_EXHAUSTED / 413);
-- counts every call that reached a model once (metrics, access log): as a success only
-  once its reply is encoded, and every failure (``dli_on_error`` too), whether it happened
-  while parsing, in :meth:`~RuntimeView.infer`, or in the adapter's encoding;
+- counts every inference call once (metrics ``dli_requests_total``, the access log,
+  ``dli_on_error``): as a success only once its reply is encoded, as a failure wherever it
+  failed, while parsing, in :meth:`~RuntimeView.infer`, or in the adapter's encoding;
 - maps errors through the one table in :mod:`dl_inference.spi.status`, with the request id
   sent back (gRPC trailing metadata / HTTP header ``x-request-id``).
 
 Authorization happens in :meth:`RuntimeView.infer`, after the body is parsed (the
 ``dli_authorize`` hook may decide by model name) and before any model is looked up.
+
+What counts as an inference call: one that reached :meth:`RuntimeView.infer` (it named a
+model to run), or one on a method bound as inference (``counted=True``, the default) that
+failed before the adapter could tell (an unparsable body, a refusal, an unknown model).
+Calls of methods bound with ``counted=False`` (health, readiness, server and model
+metadata, model status, management) are answered with the same table's codes, but their
+failures are only logged at debug level: they are not inference requests, so they are not
+in ``dli_requests_total``, the access log or ``dli_on_error``.
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ from __future__ import annotations
 import contextlib
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import structlog
 from google.protobuf.message import DecodeError
 
 from dl_inference.spi.errors import (
@@ -51,6 +60,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+log = structlog.get_logger("dl_inference.call_path")
+
 # What a parser raises on bytes it cannot read: the client's doing, not the server's.
 # RecursionError: nesting deeper than the parser can walk; OverflowError: a number out of
 # range for its type; MemoryError: a declared size the process cannot hold.
@@ -64,6 +75,9 @@ _UNREADABLE = (
     OverflowError,
     struct.error,
 )
+# Also what a decoder's own bug raises: still the client's answer (decoders walk client
+# JSON), but logged with its traceback so that a bug is seen.
+_SUSPECT = (TypeError, KeyError, IndexError)
 
 
 class ModelControl(Protocol):
@@ -143,17 +157,28 @@ class RuntimeView(Protocol):
 
     def report_failure(
         self, ctx: RequestContext, error: BaseException, model_name: str = ""
-    ) -> None: ...
+    ) -> None:
+        """Count an inference call that failed outside ``infer``, once (``dli_on_error``,
+        metrics, access log); without ``ctx.request`` the hook gets one naming
+        ``model_name`` (``""`` when unknown). :meth:`Call.fail` calls it for adapters."""
+        ...
 
-    def report_success(self, ctx: RequestContext) -> None: ...
+    def report_success(self, ctx: RequestContext) -> None:
+        """Count a call whose ``infer`` succeeded, once its reply is encoded."""
+        ...
 
 
 @dataclass
 class Call:
-    """One client call on its way through the call path; adapters receive it."""
+    """One client call on its way through the call path; adapters receive it.
+
+    ``counted`` says whether the method is an inference method, whose failures count even
+    before :meth:`RuntimeView.infer` is reached (see the module's docstring).
+    """
 
     ctx: RequestContext
     runtime: RuntimeView
+    counted: bool = True
 
     @property
     def deadline(self) -> float | None:
@@ -176,6 +201,16 @@ class Call:
                 f"{what} declares more data than this server can hold; send less"
             ) from None
         except _UNREADABLE as exc:
+            if isinstance(exc, _SUSPECT):
+                log.warning(
+                    "a decoder raised a Python error on client bytes; answered as invalid "
+                    "input, but it may be a bug in the decoder",
+                    protocol=self.ctx.protocol,
+                    method=self.ctx.method,
+                    what=what,
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=exc,
+                )
             reason = " ".join(str(exc).split())[:300] or type(exc).__name__
             if isinstance(exc, RecursionError):
                 reason = "it is nested too deeply"
@@ -187,10 +222,25 @@ class Call:
             self.runtime.report_success(self.ctx)
 
     def fail(self, error: BaseException) -> None:
-        """Count ``error`` unless :meth:`RuntimeView.infer` already did."""
-        if not self.ctx.finished:
-            model = self.ctx.request.model_name if self.ctx.request is not None else ""
-            self.runtime.report_failure(self.ctx, error, model)
+        """Count ``error`` unless :meth:`RuntimeView.infer` already did.
+
+        A call of a method bound with ``counted=False`` that never reached ``infer`` is
+        not an inference request: its failure is logged at debug level only.
+        """
+        if self.ctx.finished:
+            return
+        if not self.counted and self.ctx.response is None:
+            log.debug(
+                "call failed",
+                protocol=self.ctx.protocol,
+                method=self.ctx.method,
+                model=self.ctx.request.model_name if self.ctx.request is not None else None,
+                request_id=self.ctx.request_id,
+                error=f"{type(error).__name__}: {error}",
+            )
+            return
+        model = self.ctx.request.model_name if self.ctx.request is not None else ""
+        self.runtime.report_failure(self.ctx, error, model)
 
 
 GrpcHandler = Callable[[Any, Call], Awaitable[Any]]
@@ -239,7 +289,9 @@ class CallPath:
 
     # -- gRPC ------------------------------------------------------------------------------
 
-    def grpc_call(self, method: str, context: grpc.aio.ServicerContext) -> Call:
+    def grpc_call(
+        self, method: str, context: grpc.aio.ServicerContext, *, counted: bool = True
+    ) -> Call:
         """A :class:`Call` for a gRPC invocation of ``method`` (the full path)."""
         ctx = RequestContext(
             protocol=self.protocol,
@@ -249,7 +301,7 @@ class CallPath:
             deadline=grpc_deadline(context),
             deferred=True,
         )
-        return Call(ctx, self.runtime)
+        return Call(ctx, self.runtime, counted)
 
     def grpc_unary(
         self,
@@ -257,13 +309,16 @@ class CallPath:
         method: str,
         handler: GrpcHandler,
         request_type: Any = None,
+        *,
+        counted: bool = True,
     ) -> grpc.RpcMethodHandler:
         """A unary handler for ``/service/method``.
 
         With ``request_type`` (a protobuf message class) the body is parsed into it and
         ``handler(message, call)`` answers with a message; without, ``handler`` gets the
         raw bytes and answers with bytes (for adapters that cut tensor data out of the
-        message themselves).
+        message themselves). ``counted=False`` for methods that are not inference (health,
+        metadata, status, management): see the module's docstring.
         """
         import grpc
 
@@ -271,7 +326,7 @@ class CallPath:
         what = f"the {request_type.DESCRIPTOR.name}" if request_type is not None else "the body"
 
         async def unary(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            call = self.grpc_call(path, context)
+            call = self.grpc_call(path, context, counted=counted)
             try:
                 if request_type is None:
                     reply = await handler(data, call)
@@ -306,22 +361,35 @@ class CallPath:
         await context.abort(grpc_code(error), message, trailers)
 
     def grpc_service(
-        self, service: str, methods: Mapping[str, tuple[GrpcHandler, Any]]
+        self,
+        service: str,
+        methods: Mapping[str, tuple[GrpcHandler, Any]],
+        *,
+        counted: bool | Collection[str] = True,
     ) -> grpc.GenericRpcHandler:
-        """A generic handler for ``service``: method name -> (handler, request type)."""
+        """A generic handler for ``service``: method name -> (handler, request type).
+
+        ``counted``: True when every method is an inference method, False when none is,
+        or the names of those that are (``{"Predict"}`` beside ``"GetModelMetadata"``).
+        """
         import grpc
+
+        def is_counted(name: str) -> bool:
+            return counted if isinstance(counted, bool) else name in counted
 
         return grpc.method_handlers_generic_handler(
             service,
             {
-                name: self.grpc_unary(service, name, handler, request_type)
+                name: self.grpc_unary(
+                    service, name, handler, request_type, counted=is_counted(name)
+                )
                 for name, (handler, request_type) in methods.items()
             },
         )
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def http_call(self, method: str, request: web.Request) -> Call:
+    def http_call(self, method: str, request: web.Request, *, counted: bool = True) -> Call:
         """A :class:`Call` for an HTTP request; ``method`` is the route's label."""
         ctx = RequestContext(
             protocol=self.protocol,
@@ -330,20 +398,26 @@ class CallPath:
             peer=request.remote or "",
             deferred=True,
         )
-        return Call(ctx, self.runtime)
+        return Call(ctx, self.runtime, counted)
 
     def http_handler(
-        self, method: str, handler: HttpHandler, error_body: ErrorBody
+        self,
+        method: str,
+        handler: HttpHandler,
+        error_body: ErrorBody,
+        *,
+        counted: bool = True,
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """An aiohttp handler running ``handler(request, call)`` on the call path.
 
         ``error_body(error, message, status)`` renders a failure the way the protocol's
-        clients expect (V2 and TF Serving: ``{"error": message}``).
+        clients expect (V2 and TF Serving: ``{"error": message}``). ``counted=False`` for
+        routes that are not inference (health, metadata, status, management).
         """
         from aiohttp import web
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            call = self.http_call(method, request)
+            call = self.http_call(method, request, counted=counted)
             try:
                 reply = await handler(request, call)
             except web.HTTPException as exc:
@@ -412,4 +486,3 @@ def json_error_body(error: BaseException, message: str, status: int) -> web.Resp
     from aiohttp import web
 
     return web.json_response({"error": message}, status=status)
-

@@ -123,7 +123,10 @@ def grpc_handlers(runtime: RuntimeView) -> list[grpc.GenericRpcHandler]:
         "ServerMetadata": (servicer.server_metadata, pb.ServerMetadataRequest),
         "ModelMetadata": (servicer.model_metadata, pb.ModelMetadataRequest),
     }
-    methods = {name: calls.grpc_unary(SERVICE, name, *pair) for name, pair in unary.items()}
+    # Not inference: their failures are answered but not counted as requests.
+    methods = {
+        name: calls.grpc_unary(SERVICE, name, *pair, counted=False) for name, pair in unary.items()
+    }
     # Bytes in, bytes out: the codec handles (de)serialization around raw contents.
     methods["ModelInfer"] = calls.grpc_unary(SERVICE, "ModelInfer", servicer._infer)
     methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(servicer.model_stream_infer)

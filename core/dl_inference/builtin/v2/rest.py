@@ -243,10 +243,11 @@ def http_routes(runtime: RuntimeView) -> list[web.RouteDef]:
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
 
-    def on_path(label: str, handler: Any) -> Any:
-        return api.calls.http_handler(label, handler, json_error_body)
+    def on_path(label: str, handler: Any, counted: bool = False) -> Any:
+        # Only inference is counted as a request (see dl_inference.spi.call_path).
+        return api.calls.http_handler(label, handler, json_error_body, counted=counted)
 
-    infer = on_path("POST /v2/models/{name}/infer", api.infer)
+    infer = on_path("POST /v2/models/{name}/infer", api.infer, counted=True)
     metadata = on_path("GET /v2/models/{name}", api.model_metadata)
     ready = on_path("GET /v2/models/{name}/ready", api.model_ready)
     return [

@@ -282,9 +282,15 @@ class ManagementService:
             "/v2/repository/models/{model}/load": self._rest_load,
             "/v2/repository/models/{model}/unload": self._rest_unload,
         }
+        # Not inference: failures are answered with their codes and logged, not counted.
         app.add_routes(
             [
-                web.post(path, self.calls.http_handler(f"POST {path}", handler, json_error_body))
+                web.post(
+                    path,
+                    self.calls.http_handler(
+                        f"POST {path}", handler, json_error_body, counted=False
+                    ),
+                )
                 for path, handler in routes.items()
             ]
         )
@@ -309,6 +315,7 @@ class ManagementService:
                 "RepositoryModelLoad": (self._grpc_load, None),
                 "RepositoryModelUnload": (self._grpc_unload, None),
             },
+            counted=False,  # not inference, as over HTTP
         )
 
     def _grpc_request(self, data: bytes, call: Call, message_type: Any) -> Any:
@@ -382,7 +389,7 @@ Parameter = bool | int | float | str | bytes
 
 
 def _model_name(name: str, operation: str, call: Call) -> str:
-    """``name``, non-empty; the access log and metrics of this call then name the model."""
+    """``name``, non-empty; the log line of this call, should it fail, names the model."""
     if not name:
         raise InvalidInput(f"model_name is empty; name the model to {operation}")
     call.ctx.request = InferRequest(model_name=name, inputs={})
