@@ -70,7 +70,7 @@ from dl_inference.spi.types import (
 )
 from dl_inference.spi.user_code import import_user_file, isolated_imports
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DATATYPES",

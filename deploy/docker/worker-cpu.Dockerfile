@@ -2,9 +2,9 @@
 # dl-inference worker for CPU nodes: the kernel + the pytorch and tensorflow plugins, and
 # the protocol plugins they depend on (seldon for pytorch, tfserving for tensorflow).
 #
-#   docker build -f deploy/docker/worker-cpu.Dockerfile -t dl-inference/worker-cpu:0.1.0 .
-#   docker run --rm -p 8500:8500 -p 8501:8501 dl-inference/worker-cpu:0.1.0        # demo models
-#   docker run --rm -p 8500:8500 -v $PWD/models:/models:ro dl-inference/worker-cpu:0.1.0 \
+#   docker build -f deploy/docker/worker-cpu.Dockerfile -t dl-inference/worker-cpu:0.2.0 .
+#   docker run --rm -p 8500:8500 -p 8501:8501 dl-inference/worker-cpu:0.2.0        # demo models
+#   docker run --rm -p 8500:8500 -v $PWD/models:/models:ro dl-inference/worker-cpu:0.2.0 \
 #       --model-repository /models
 #
 # Build from the repository root: the context must hold pyproject.toml, core/ and plugins/.

@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
 # dl-inference worker for NVIDIA GPU nodes: CUDA torch and onnxruntime-gpu.
 #
-#   docker build -f deploy/docker/worker-gpu.Dockerfile -t dl-inference/worker-gpu:0.1.0 .
+#   docker build -f deploy/docker/worker-gpu.Dockerfile -t dl-inference/worker-gpu:0.2.0 .
 #   docker run --rm --gpus all -p 8500:8500 -v $PWD/models:/models:ro \
-#       dl-inference/worker-gpu:0.1.0 --model-repository /models
+#       dl-inference/worker-gpu:0.2.0 --model-repository /models
 #
 # Models choose the GPU in their config.yaml (`device: cuda`). torch 2.13.0 on PyPI and
 # onnxruntime-gpu 1.31 are both CUDA 13 / cuDNN 9 builds, so they share this base's CUDA

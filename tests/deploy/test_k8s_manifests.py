@@ -206,7 +206,7 @@ def test_gpu_overlay_puts_workers_on_gpu_nodes(rendered: dict[str, list[Obj]]) -
     gpu = rendered["gpu"]
     pod = find(gpu, "Deployment", "workers-cv")["spec"]["template"]["spec"]
     worker = pod["containers"][0]
-    assert worker["image"] == "dl-inference/worker-gpu:0.1.0"
+    assert worker["image"] == "dl-inference/worker-gpu:0.2.0"
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
@@ -218,13 +218,13 @@ def test_gpu_overlay_puts_workers_on_gpu_nodes(rendered: dict[str, list[Obj]]) -
     assert worker["startupProbe"]["failureThreshold"] == 180
     # The gateway needs no GPU and keeps its image.
     gateway = container(gpu, "gateway")
-    assert gateway["image"] == "dl-inference/gateway:0.1.0"
+    assert gateway["image"] == "dl-inference/gateway:0.2.0"
     assert "nvidia.com/gpu" not in json.dumps(gateway)
 
 
 def test_cpu_overlay_asks_for_no_gpu(rendered: dict[str, list[Obj]]) -> None:
     cpu = rendered["cpu"]
-    assert container(cpu, "workers-cv")["image"] == "dl-inference/worker-cpu:0.1.0"
+    assert container(cpu, "workers-cv")["image"] == "dl-inference/worker-cpu:0.2.0"
     assert "nvidia.com" not in json.dumps(cpu)
 
 

@@ -1,7 +1,8 @@
 """Every extension point of dl-inference, in one module.
 
 Registration hooks run once at start-up and receive a registrar. Per-request hooks run
-for every inference call and cost nothing when no plugin implements them. An
+for every inference call (not for health, metadata or management calls) and cost nothing
+when no plugin implements them; ``ctx.request`` is always set when they run. An
 implementation may take fewer arguments than its spec. ``HOOKSPEC_VERSION`` is the
 contract's version: a plugin may declare the one it was built for (module attribute
 ``DLI_HOOKSPEC_VERSION``) and is refused with an upgrade hint when the major differs.
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
     from dl_inference.spi.types import Decision, RequestContext
 
 PROJECT = "dl_inference"
-HOOKSPEC_VERSION = "1.0"
+# 1.1: protocols get a RuntimeView and bind methods on the kernel call path (CallPath);
+# backends say what their model takes (model_inputs / model_outputs, ProcessorAdapter).
+HOOKSPEC_VERSION = "1.1"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -66,22 +69,38 @@ def dli_authorize(ctx: RequestContext) -> Decision | None:
 
     Return ``Decision.deny(reason)`` to refuse, ``Decision.allow()`` to accept and stop
     asking other plugins, or ``None`` to leave the choice to others (no answer = allowed).
+    ``ctx.request.model_name`` names the model; its inputs may not be decoded yet. An
+    exception raised here fails the call: a ``DlInferenceError`` with its own code and
+    message, any other as INTERNAL.
     """
 
 
 @hookspec
 def dli_on_request(ctx: RequestContext) -> None:
-    """A decoded request is about to be run; ``ctx.request`` may be read or rewritten."""
+    """A decoded request is about to be run; ``ctx.request`` may be read or rewritten.
+
+    An exception raised here fails the call (``InvalidInput`` to refuse a request).
+    """
 
 
 @hookspec
 def dli_on_response(ctx: RequestContext) -> None:
-    """A response is about to be encoded; ``ctx.response`` may be read or rewritten."""
+    """A response is about to be encoded; ``ctx.response`` may be read or rewritten.
+
+    An exception raised here fails the call.
+    """
 
 
 @hookspec
 def dli_on_error(ctx: RequestContext, error: BaseException) -> None:
-    """A request failed with ``error``; for audit and metrics. Its return value is ignored."""
+    """An inference call failed with ``error``; for audit and metrics. Called once per call.
+
+    That includes calls whose body could not be decoded: ``ctx.request`` is then a request
+    with no inputs naming the model the protocol could read (``""`` when none), so
+    ``ctx.request.model_name`` is always safe to read. An exception raised here is logged
+    with the plugin's name and changes nothing: the client gets the original error and the
+    other plugins' implementations still run. The return value is ignored.
+    """
 
 
 @hookspec

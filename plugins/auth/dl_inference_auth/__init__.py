@@ -26,7 +26,7 @@ import dl_inference
 from dl_inference_auth.authenticator import EXTRAS_KEY, Authenticator, presented_key
 from dl_inference_auth.settings import AuthSettings, Key, KeyConfig, load_keys, parse_settings
 
-DLI_HOOKSPEC_VERSION = "1.0"
+DLI_HOOKSPEC_VERSION = "1.1"
 
 __all__ = [
     "EXTRAS_KEY",

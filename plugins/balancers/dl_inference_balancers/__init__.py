@@ -13,7 +13,7 @@ from dl_inference_balancers.dwrr import DynamicWeightedRoundRobin
 from dl_inference_balancers.p2c import LeastRequest, PeakEwma
 from dl_inference_balancers.simple import RandomBalancer, RoundRobin
 
-DLI_HOOKSPEC_VERSION = "1.0"
+DLI_HOOKSPEC_VERSION = "1.1"
 
 BALANCERS = (DynamicWeightedRoundRobin, RoundRobin, RandomBalancer, LeastRequest, PeakEwma)
 

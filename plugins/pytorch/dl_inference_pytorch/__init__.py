@@ -10,8 +10,8 @@ from __future__ import annotations
 import dl_inference
 from dl_inference import BackendRegistry
 
-__version__ = "0.1.0"
-DLI_HOOKSPEC_VERSION = "1.0"
+__version__ = "0.2.0"
+DLI_HOOKSPEC_VERSION = "1.1"
 
 
 @dl_inference.hookimpl

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dl_inference import BackendRegistry, hookimpl
 
-DLI_HOOKSPEC_VERSION = "1.0"
+DLI_HOOKSPEC_VERSION = "1.1"
 
 
 @hookimpl

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dl_inference import ProtocolRegistry, hookimpl
 
-DLI_HOOKSPEC_VERSION = "1.0"
+DLI_HOOKSPEC_VERSION = "1.1"
 
 
 @hookimpl
