@@ -9,6 +9,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import structlog.testing
+from prometheus_client.parser import text_string_to_metric_families
 
 from dl_inference import RequestContext
 from dl_inference._proto import kserve_v2_pb2 as pb
@@ -202,3 +204,152 @@ async def test_a_reply_that_cannot_be_encoded_counts_as_a_failure(tmp_path: Path
     )
     assert 'model="latin1",protocol="v2",status="OK"' not in text
     assert 'dli_requests_total{model="add_one",protocol="v2",status="OK",version="1"} 1.0' in text
+
+
+# -- dli_on_error: always a ctx.request, once per call, and a broken plugin changes nothing --
+
+
+@pytest.fixture
+async def audited(tmp_path: Path):
+    """The V2 gRPC adapter with two audit plugins: one reads ``ctx.request.model_name`` as
+    docs/hook-plugins.md shows, the other raises on every call."""
+    seen: list[tuple[str, str, str]] = []
+
+    def read_model(ctx: RequestContext, error: BaseException) -> None:
+        seen.append((ctx.method.rsplit("/", 1)[-1], ctx.request.model_name, type(error).__name__))
+
+    def broken(ctx: RequestContext, error: BaseException) -> None:
+        raise RuntimeError("the audit sink is down")
+
+    runtime = await make_runtime(
+        tmp_path,
+        plugin_module("audit_reader", dli_on_error=read_model),
+        plugin_module("audit_broken", dli_on_error=broken),
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(grpc_handlers(runtime))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield channel, runtime, seen
+    await channel.close()
+    await server.stop(None)
+
+
+def infer_request(model: str, version: str = "", datatype: str = "FP32") -> bytes:
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=[2])
+    if datatype == "FP32":
+        tensor.contents.fp32_contents.extend([1, 2])
+    else:
+        tensor.contents.int_contents.extend([1, 2])
+    return request.SerializeToString()
+
+
+async def test_on_error_hooks_always_get_a_request_and_a_raising_one_changes_nothing(
+    audited,
+) -> None:
+    channel, runtime, seen = audited
+    infer = raw_call(channel, f"/{SERVICE}/ModelInfer")
+    cases = [
+        (GARBAGE, grpc.StatusCode.INVALID_ARGUMENT),  # fails before any model is known
+        (infer_request("nope"), grpc.StatusCode.NOT_FOUND),  # fails inside Runtime.infer
+        (infer_request("add_one", datatype="INT32"), grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    with structlog.testing.capture_logs() as logs:
+        for body, code in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await infer(body)
+            assert caught.value.code() == code, caught.value.details()
+        reply = await infer(infer_request("add_one"))
+    assert pb.ModelInferResponse.FromString(reply).model_name == "add_one"
+    # Each failure reached each plugin once: the reader first, and the broken plugin
+    # before it did not stop it (pluggy calls the last registered first).
+    assert seen == [
+        ("ModelInfer", "", "InvalidInput"),
+        ("ModelInfer", "nope", "ModelNotFound"),
+        ("ModelInfer", "add_one", "InvalidInput"),
+    ]
+    raised = [e for e in logs if e["event"] == "a plugin's hook raised; ignored"]
+    assert [(e["plugin"], e["hook"], e["log_level"]) for e in raised] == [
+        ("audit_broken", "dli_on_error", "error")
+    ] * 3
+    assert "the audit sink is down" in raised[0]["error"]
+    assert failures(runtime) == 3  # each counted once
+
+
+async def test_failures_of_calls_that_are_not_inference_are_not_counted(audited) -> None:
+    channel, runtime, seen = audited
+    for method in ("ModelMetadata", "ModelReady", "ServerMetadata", "ServerLive"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await raw_call(channel, f"/{SERVICE}/{method}")(GARBAGE)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        request = pb.ModelMetadataRequest(name="nope").SerializeToString()
+        await raw_call(channel, f"/{SERVICE}/ModelMetadata")(request)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert seen == [] and failures(runtime) == 0
+
+
+# -- metric labels name only the models this server holds ----------------------------------
+
+
+def series(runtime) -> dict[str, int]:
+    """How many labelled series each per-request family holds now."""
+    text = runtime.metrics.render().decode()
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name.startswith(("dli_requests", "dli_request_duration", "dli_in_flight")):
+            labels = {
+                tuple(sorted(s.labels.items())) for s in family.samples if "le" not in s.labels
+            }
+            counts[family.name] = len(labels)
+    return counts
+
+
+async def test_invented_model_names_add_at_most_one_series_per_metric(served) -> None:
+    channel, runtime, _ = served
+    infer = raw_call(channel, f"/{SERVICE}/ModelInfer")
+    await infer(infer_request("add_one"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await infer(infer_request("add_one", version="77"))  # a version it does not have
+    with pytest.raises(grpc.aio.AioRpcError):
+        await infer(infer_request("nope-0"))
+    before = series(runtime)
+    for i in range(500):
+        body = infer_request(f"nope-{i}", version=str(i % 7)) if i % 2 else GARBAGE
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await infer(body)
+        assert caught.value.code() in (
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+    after = series(runtime)
+    assert set(after) == set(before) and all(after[k] - before[k] <= 1 for k in after), (
+        before,
+        after,
+    )
+    assert failures(runtime) == 502
+    text = runtime.metrics.render().decode()
+    assert 'model="nope' not in text and 'version="77"' not in text
+    assert 'dli_requests_total{model="",protocol="v2",status="NOT_FOUND",version=""} 251.0' in text
+    assert set(runtime.metrics.windows) <= {"", "add_one"}
+
+
+# -- decoder errors that may be bugs are logged ----------------------------------------------
+
+
+def test_python_errors_in_decoders_are_invalid_input_and_logged_with_a_traceback() -> None:
+    call = Call(RequestContext("myproto", "/svc/Method"), runtime=None)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        for error in (TypeError("unhashable"), KeyError("inputs"), IndexError("out")):
+            with pytest.raises(InvalidInput), call.parsing("the thing"):
+                raise error
+        with pytest.raises(InvalidInput), call.parsing("the thing"):
+            raise ValueError("not a number")  # a reader's ordinary refusal: not logged
+    warned = [e for e in logs if e["log_level"] == "warning"]
+    assert [(e["protocol"], e["method"], e["exc_info"].__class__) for e in warned] == [
+        ("myproto", "/svc/Method", TypeError),
+        ("myproto", "/svc/Method", KeyError),
+        ("myproto", "/svc/Method", IndexError),
+    ]

@@ -9,13 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog.testing
 
 from dl_inference import Decision, RequestContext, hookimpl
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.repository import scan_repository
 from dl_inference.kernel.runtime import Runtime
-from dl_inference.spi.errors import InvalidInput, PermissionDenied, Unauthenticated
+from dl_inference.spi.call_path import Call
+from dl_inference.spi.errors import (
+    InvalidInput,
+    ModelNotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from dl_inference.spi.types import InferRequest
 from dl_inference.testing import write_python_model
 
@@ -142,3 +149,75 @@ async def test_several_authorizers_answer_first_result_and_one_may_take_fewer_ar
     with pytest.raises(PermissionDenied, match="only good tokens"):
         await call(runtime, "bad")
     assert seen == ["PermissionDenied"]
+
+
+async def test_a_raising_on_error_hook_neither_replaces_the_error_nor_runs_twice(
+    tmp_path: Path,
+) -> None:
+    calls: list[str] = []
+
+    def dli_on_error(ctx: RequestContext, error: BaseException) -> None:
+        calls.append(type(error).__name__)
+        raise RuntimeError("audit sink down")
+
+    runtime = await make_runtime(
+        tmp_path, plugin_module("raising_audit", dli_on_error=dli_on_error)
+    )
+    ctx = RequestContext("test", "infer", deferred=True)
+    with structlog.testing.capture_logs() as logs, pytest.raises(ModelNotFound):
+        await runtime.infer(InferRequest("nope", {"x": np.zeros(2, np.float32)}), ctx)
+    # The call path reports what infer raised: infer counted it already.
+    Call(ctx, runtime).fail(ModelNotFound("again"))
+    runtime.report_failure(ctx, ModelNotFound("and again"))
+    assert calls == ["ModelNotFound"]
+    assert [(e["plugin"], e["log_level"]) for e in logs if e.get("hook") == "dli_on_error"] == [
+        ("raising_audit", "error")
+    ]
+    text = runtime.metrics.render().decode()
+    assert 'dli_requests_total{model="",protocol="test",status="NOT_FOUND",version=""} 1.0' in text
+
+
+async def test_on_request_and_authorize_may_still_refuse_by_raising(tmp_path: Path) -> None:
+    def dli_on_request(ctx: RequestContext) -> None:
+        if ctx.metadata.get("authorization") == "odd":
+            raise InvalidInput("odd requests are refused here")
+
+    def dli_authorize(ctx: RequestContext) -> Decision | None:
+        if ctx.metadata.get("authorization") == "banned":
+            raise PermissionDenied("banned")
+        return None
+
+    runtime = await make_runtime(
+        tmp_path,
+        plugin_module("refusing", dli_on_request=dli_on_request, dli_authorize=dli_authorize),
+    )
+    with pytest.raises(InvalidInput, match="odd requests"):
+        await call(runtime, "odd")
+    with pytest.raises(PermissionDenied, match="banned"):
+        await call(runtime, "banned")
+
+
+async def test_on_error_wrappers_are_called_through_pluggy_and_their_failure_logged(
+    tmp_path: Path,
+) -> None:
+    seen: list[str] = []
+
+    def wrap(ctx: RequestContext, error: BaseException):  # type: ignore[no-untyped-def]
+        seen.append("before")
+        yield
+        raise RuntimeError("the wrapper broke")
+
+    module = types.ModuleType("wrapping_audit")
+    module.dli_on_error = hookimpl(wrapper=True)(wrap)  # type: ignore[attr-defined]
+    sys.modules["wrapping_audit"] = module
+    entry = EntryPoint(name="wrapping_audit", value="wrapping_audit", group="dl_inference")
+    runtime = await make_runtime(
+        tmp_path,
+        entry,
+        plugin_module("plain_audit", dli_on_error=lambda error: seen.append("plain")),
+    )
+    with structlog.testing.capture_logs() as logs, pytest.raises(ModelNotFound):
+        await call(runtime, model="nope")
+    assert seen == ["before", "plain"]
+    (logged,) = [e for e in logs if e.get("hook") == "dli_on_error"]
+    assert "wrapping_audit" in logged["plugin"] and "the wrapper broke" in logged["error"]

@@ -346,6 +346,12 @@ class ModelRegistry:
         ]
         return rows
 
+    def serves(self, name: str, version: str = "") -> bool:
+        """Whether ``name`` is a model held here (in any state) and, when ``version`` is
+        given, whether it has that version number. Cheap: a lookup, for every request."""
+        held = self._versions.get(name)
+        return held is not None and (not version or version in held)
+
     def versions(self, name: str) -> list[ModelVersion]:
         """All versions of ``name``, oldest first; ModelNotFound if the model is unknown."""
         if name not in self._versions:

@@ -253,6 +253,47 @@ class PluginHost:
 
         return call_all
 
+    def observer_hook(self, hook_name: str) -> Callable[..., None] | None:
+        """How to call a per-request hook whose implementations only watch (``dli_on_error``).
+
+        None when nobody implements it; else a function that calls every implementation in
+        pluggy's order. One that raises is logged with its plugin's name and the others
+        still run: a broken audit plugin must not change the answer a client gets.
+        """
+        caller = getattr(self.pm.hook, hook_name)
+        impls = caller.get_hookimpls()
+        if not impls:
+            return None
+        # (plugin name, function, its argument names; None: pass every keyword argument)
+        steps: list[tuple[str, Callable[..., Any], tuple[str, ...] | None]]
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            # Wrappers need pluggy's own dispatch; a failure then names every candidate.
+            owners = ", ".join(impl.plugin_name for impl in impls)
+            steps = [(owners, lambda **kwargs: caller(**kwargs), None)]
+        else:
+            steps = [
+                (impl.plugin_name, impl.function, tuple(impl.argnames))
+                for impl in reversed(impls)  # pluggy calls the last registered first
+            ]
+
+        def call(**kwargs: Any) -> None:
+            for plugin, function, names in steps:
+                try:
+                    if names is None:
+                        function(**kwargs)
+                    else:
+                        function(**{name: kwargs[name] for name in names})
+                except Exception as exc:
+                    log.error(
+                        "a plugin's hook raised; ignored",
+                        hook=hook_name,
+                        plugin=plugin,
+                        error=f"{type(exc).__name__}: {exc}",
+                        exc_info=exc,
+                    )
+
+        return call
+
 
 def _implemented_hooks(pm: pluggy.PluginManager, plugin_name: str) -> list[str]:
     plugin = pm.get_plugin(plugin_name)

@@ -70,7 +70,8 @@ class Runtime:
         self._authorize = plugins.request_hook("dli_authorize")
         self._on_request = plugins.request_hook("dli_on_request")
         self._on_response = plugins.request_hook("dli_on_response")
-        self._on_error = plugins.request_hook("dli_on_error")
+        # An observer: what its plugins raise is logged, never the client's answer.
+        self._on_error = plugins.observer_hook("dli_on_error")
 
     # -- server and model state ------------------------------------------------------------
 
@@ -129,7 +130,7 @@ class Runtime:
             request.id = ctx.request_id
         if request.deadline is None:
             request.deadline = ctx.deadline
-        gauge = self.metrics.in_flight_of(request.model_name)
+        gauge = self.metrics.in_flight_of(self.model_label(request.model_name))
         gauge.inc()
         # Log lines from hooks and models carry the id (bind/reset: no context manager
         # frame on every request).
@@ -137,15 +138,13 @@ class Runtime:
         try:
             response = await self._infer(request, ctx)
         except BaseException as exc:
-            if self._on_error is not None:
-                self._on_error(ctx=ctx, error=exc)
-            self._finish(ctx, request, exc)
+            self._fail(ctx, ctx.request or request, exc)
             raise
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
             gauge.dec()
         if not ctx.deferred:
-            self._finish(ctx, request, None)
+            self._finish(ctx, ctx.request or request, None)
         return response
 
     async def _infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
@@ -205,15 +204,17 @@ class Runtime:
     def report_failure(
         self, ctx: RequestContext, error: BaseException, model_name: str = ""
     ) -> None:
-        """Record a request that failed before reaching :meth:`infer` (it could not be decoded).
+        """Record an inference call that failed outside :meth:`infer` (before it: the body
+        could not be decoded; after it: the reply could not be encoded).
 
         Runs ``dli_on_error``, counts it in the metrics and writes the access-log line, so
-        garbage is as visible as any other failure.
+        garbage is as visible as any other failure. Hooks always get a ``ctx.request``:
+        without a decoded one, a request with no inputs naming ``model_name`` (the model
+        the adapter could read, else ``""``). Once per call: a second report is ignored.
         """
-        request = ctx.request or InferRequest(model_name=model_name, inputs={})
-        if self._on_error is not None:
-            self._on_error(ctx=ctx, error=error)
-        self._finish(ctx, request, error)
+        if ctx.request is None:
+            ctx.request = InferRequest(model_name=model_name, inputs={})
+        self._fail(ctx, ctx.request, error)
 
     def report_success(self, ctx: RequestContext) -> None:
         """Count a call whose :meth:`infer` succeeded and whose reply is now encoded.
@@ -224,14 +225,35 @@ class Runtime:
         if ctx.request is not None:
             self._finish(ctx, ctx.request, None)
 
+    def model_label(self, name: str) -> str:
+        """The ``model`` label of per-request metrics: ``name`` when this server holds that
+        model, else ``""``, so names a client invents cannot grow the metrics."""
+        return name if self.models.serves(name) else ""
+
+    def _fail(self, ctx: RequestContext, request: InferRequest, error: BaseException) -> None:
+        """``dli_on_error`` (its plugins' exceptions are logged, not raised), then count."""
+        if ctx.finished:
+            return
+        try:
+            if self._on_error is not None:
+                self._on_error(ctx=ctx, error=error)
+        finally:
+            self._finish(ctx, request, error)
+
     def _finish(
         self, ctx: RequestContext, request: InferRequest, error: BaseException | None
     ) -> None:
+        """Metrics and the access-log line of a call, once however many paths report it."""
+        if ctx.finished:
+            return
         ctx.finished = True
         latency = time.monotonic() - ctx.started
         status = "OK" if error is None else grpc_code(error).name
         version = ctx.response.model_version if ctx.response else request.model_version
-        self.metrics.observe_request(request.model_name, version, ctx.protocol, status, latency)
+        # Labels only name what this server holds: a version the client made up is "".
+        model_label = self.model_label(request.model_name)
+        version_label = version if model_label and self.models.serves(model_label, version) else ""
+        self.metrics.observe_request(model_label, version_label, ctx.protocol, status, latency)
         if not self.access_log:
             return
         fields: dict[str, Any] = {

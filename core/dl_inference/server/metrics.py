@@ -164,7 +164,12 @@ class LabelledMetric(Collector):
 
 
 class Metrics:
-    """Every metric the kernel records, in one private registry."""
+    """Every metric the kernel records, in one private registry.
+
+    Label values come from the runtime, which names only models it holds (a name a client
+    invents is ``""``): series, and the status page's windows, are bounded by the
+    configuration, not by what clients send.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -174,13 +179,16 @@ class Metrics:
         self.requests = self._add(
             "counter",
             "dli_requests",
-            "Inference requests by model, version, protocol and outcome.",
+            "Inference calls by model, version, protocol and outcome (status: a gRPC code "
+            "name); model and version are empty for ones this server does not hold. "
+            "Health, metadata and management calls are not counted.",
             ["model", "version", "protocol", "status"],
         )
         self.latency = self._add(
             "histogram",
             "dli_request_duration_seconds",
-            "Time from decoded request to response, by model and protocol.",
+            "Time from a call's arrival to its answer, by model (empty: not held here) and "
+            "protocol.",
             ["model", "protocol"],
             LATENCY_BUCKETS,
         )
@@ -202,7 +210,10 @@ class Metrics:
             "histogram", "dli_batch_size", "Rows per executed batch.", model_version, BATCH_BUCKETS
         )
         self.in_flight = self._add(
-            "gauge", "dli_in_flight_requests", "Requests in progress, by model.", ["model"]
+            "gauge",
+            "dli_in_flight_requests",
+            "Inference requests in progress, by model (empty: not held here).",
+            ["model"],
         )
         self.windows: dict[str, RollingWindow] = collections.defaultdict(RollingWindow)
 
