@@ -7,9 +7,12 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dl_inference.spi.backend import Backend
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class ModelVersionInfo:
     version: str
     state: str
     reason: str
-    backend: Any
+    backend: Backend
 
     @property
     def ready(self) -> bool:
