@@ -12,7 +12,6 @@ import pytest
 from dl_inference.gateway import Gateway, RouteConfig
 from dl_inference.gateway.config import EjectionConfig, HealthConfig
 from dl_inference.gateway.discovery import Discovery, parse_node_file, resolve
-from dl_inference.gateway.keys import builtin_routing_keys
 from dl_inference.gateway.nodes import (
     CONNECT_FAILED,
     CONNECTION_LOST,
@@ -28,7 +27,13 @@ from dl_inference.kernel.plugins import PluginHost
 from dl_inference.spi.balancer import Outcome
 from dl_inference.spi.errors import ConfigError, PluginError
 
-KEYS = builtin_routing_keys()
+V2 = "/inference.GRPCInferenceService/"
+TIS_PREDICT = "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/TisPredict"
+KERNEL_ONLY = PluginHost(entry_points=[]).load()
+# The gateway's table with the kernel alone: its V2 protocol's readers, reached as any
+# protocol's are.
+TABLE = Gateway([], KERNEL_ONLY).routing_table(KERNEL_ONLY.protocols)
+KEYS = {path: reader for path, (_, reader) in TABLE.items()}
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -79,16 +84,37 @@ def test_v2_keys_from_real_tritonclient_messages() -> None:
     request = service_pb2.ModelInferRequest(model_name="resnet", model_version="2")
     request.raw_input_contents.append(b"\x01" * 1000)
     body = request.SerializeToString()
-    assert KEYS["/inference.GRPCInferenceService/ModelInfer"](body, {}) == "resnet"
-    tis = "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/TisPredict"
-    assert KEYS[tis](body, {}) == "resnet"
+    assert KEYS[V2 + "ModelInfer"](body, {}) == "resnet"
+    assert KEYS[V2 + "ModelStreamInfer"](body, {}) == "resnet"  # a stream's first message
+    assert KEYS[TIS_PREDICT](body, {}) == "resnet"
     ready = service_pb2.ModelReadyRequest(name="resnet").SerializeToString()
-    assert KEYS["/inference.GRPCInferenceService/ModelReady"](ready, {}) == "resnet"
+    assert KEYS[V2 + "ModelReady"](ready, {}) == "resnet"
+    metadata = service_pb2.ModelMetadataRequest(name="resnet").SerializeToString()
+    assert KEYS[V2 + "ModelMetadata"](metadata, {}) == "resnet"
+    config = service_pb2.ModelConfigRequest(name="resnet").SerializeToString()
+    assert KEYS[V2 + "ModelConfig"](config, {}) == "resnet"
+    load = service_pb2.RepositoryModelLoadRequest(repository_name="r", model_name="resnet")
+    assert KEYS[V2 + "RepositoryModelLoad"](load.SerializeToString(), {}) == "resnet"
+    # No name (ModelStatistics for every model): served where it arrived.
+    every = service_pb2.ModelStatisticsRequest(name="").SerializeToString()
+    assert KEYS[V2 + "ModelStatistics"](every, {}) is None
+
+
+def test_the_gateway_takes_the_v2_readers_from_the_v2_protocol_alone() -> None:
+    from dl_inference.builtin.v2 import V2Protocol
+
+    # Every V2 path (TisPredict too) is the v2 protocol's, read by its own readers.
+    v2 = {path: ("v2", reader) for path, reader in V2Protocol().routing_keys().items()}
+    assert v2 == TABLE
+    assert TABLE[TIS_PREDICT][0] == "v2"
+    # No second copy in the gateway: without protocols, it routes nothing.
+    assert Gateway([], KERNEL_ONLY).routing_table([]) == {}
 
 
 def test_malformed_bytes_give_no_key_instead_of_an_error() -> None:
     for reader in set(KEYS.values()):
         assert reader(b"\x0a\xff\xff", {}) is None
+        assert reader(b"\x0a\x00\x12\x00", {}) is None  # empty names: no model
 
 
 # -- node health ----------------------------------------------------------------------------

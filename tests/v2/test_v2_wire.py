@@ -107,7 +107,9 @@ def test_split_len_field_refuses_wrong_wire_type() -> None:
 def test_routing_keys_read_model_name_of_each_routed_method() -> None:
     keys = V2Protocol().routing_keys()
     service = "/inference.GRPCInferenceService/"
-    assert set(keys) == {service + m for m in ("ModelInfer", "ModelMetadata", "ModelReady")}
+    named = ("ModelInfer", "ModelStreamInfer", "ModelMetadata", "ModelReady", "ModelConfig")
+    assert {service + m for m in named} <= set(keys)
+    assert "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/TisPredict" in keys
     assert keys[service + "ModelInfer"](big_request("bert"), {}) == "bert"
     metadata = triton.ModelMetadataRequest(name="gpt", version="2").SerializeToString()
     assert keys[service + "ModelMetadata"](metadata, {}) == "gpt"

@@ -13,11 +13,6 @@ from aiohttp import web
 
 from dl_inference.gateway.config import RouteConfig
 from dl_inference.gateway.forward import Forwarder
-from dl_inference.gateway.keys import (
-    builtin_protocol_of,
-    builtin_routing_keys,
-    builtin_stream_routing_keys,
-)
 from dl_inference.gateway.rest_forward import BUILTIN_MODEL_PATHS, RestForwarder, routed_model
 from dl_inference.gateway.route import Route
 from dl_inference.gateway.stream_forward import forward_stream
@@ -26,9 +21,6 @@ from dl_inference.spi.errors import ConfigError, PluginError
 from dl_inference.spi.protocol import Protocol, RoutingKeyReader
 
 log = structlog.get_logger("dl_inference.gateway")
-
-# Protocol names the built-in routing keys answer to, valid in ``routes[].protocols``.
-BUILTIN_PROTOCOLS = ("v2", "seed")
 
 
 class Gateway:
@@ -51,7 +43,8 @@ class Gateway:
     def build_routes(self, routes: Sequence[RouteConfig]) -> dict[str, Route]:
         """Route objects for ``routes``, every name checked; nothing starts yet."""
         built: dict[str, Route] = {}
-        known_protocols = set(BUILTIN_PROTOCOLS) | {cls.name for cls in self.plugins.protocols}
+        # The kernel's V2 protocol registers through the same hook as the plugins' ones.
+        known_protocols = {cls.name for cls in self.plugins.protocols}
         for index, config in enumerate(routes):
             where = f"routes[{index}] (model {config.model!r})"
             for name in config.protocols or ():
@@ -175,11 +168,9 @@ class Gateway:
     def routing_table(
         self, protocols: Iterable[Protocol | type[Protocol]]
     ) -> dict[str, tuple[str, RoutingKeyReader]]:
-        """gRPC method path -> (protocol name, routing-key reader); protocols' own win."""
-        table = {
-            path: (builtin_protocol_of(path), reader)
-            for path, reader in builtin_routing_keys().items()
-        }
+        """gRPC method path -> (protocol name, routing-key reader), from each protocol's
+        :meth:`~dl_inference.Protocol.routing_keys` (the kernel's V2 protocol's too)."""
+        table: dict[str, tuple[str, RoutingKeyReader]] = {}
         for protocol in protocols:
             instance = protocol() if isinstance(protocol, type) else protocol
             for path, reader in instance.routing_keys().items():
@@ -191,15 +182,16 @@ class Gateway:
         local_handlers: Sequence[grpc.GenericRpcHandler],
         protocols: Iterable[Protocol | type[Protocol]] = (),
     ) -> list[grpc.GenericRpcHandler]:
-        """Handlers that forward routed models and pass everything else to ``local_handlers``."""
+        """Handlers that forward routed models and pass everything else to ``local_handlers``.
+
+        A routed method is forwarded as the kind of call its protocol binds it locally:
+        unary, or a bidirectional stream routed by its first message (V2's
+        ``ModelStreamInfer``); a method not bound here is forwarded as unary.
+        """
         if not self.routes:
             return list(local_handlers)
         table = self.routing_table(protocols)
-        streams = {
-            path: (builtin_protocol_of(path), reader)
-            for path, reader in builtin_stream_routing_keys().items()
-        }
-        return [_GatewayHandler(self, table, streams, list(local_handlers)), *local_handlers]
+        return [_GatewayHandler(self, table, list(local_handlers)), *local_handlers]
 
 
 def read_routing_key(
@@ -238,21 +230,44 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         self,
         gateway: Gateway,
         table: dict[str, tuple[str, RoutingKeyReader]],
-        streams: dict[str, tuple[str, RoutingKeyReader]],
         local: list[grpc.GenericRpcHandler],
     ) -> None:
         self.gateway = gateway
         self.table = table
-        self.streams = streams
         self.local = local
+        # Method path -> how the local handler takes it: "unary", "stream" (both ways),
+        # or "other" (one-way streams: not forwarded, served here).
+        self._kinds: dict[str, str] = {}
+
+    def _kind(self, details: grpc.HandlerCallDetails) -> str:
+        if details.method not in self._kinds:
+            local = self._local_service(details)
+            kind = "unary"
+            if local is not None and (local.request_streaming or local.response_streaming):
+                both = local.request_streaming and local.response_streaming
+                kind = "stream" if both else "other"
+            self._kinds[details.method] = kind
+        return self._kinds[details.method]
+
+    def _local_service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        for candidate in self.local:
+            handler = candidate.service(details)
+            if handler is not None:
+                return handler
+        return None
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         details = handler_call_details
-        if details.method in self.streams:
-            protocol, reader = self.streams[details.method]
-
+        entry = self.table.get(details.method)
+        if entry is None:
+            return None
+        protocol, reader = entry
+        kind = self._kind(details)
+        if kind == "other":
+            return None
+        if kind == "stream":
             # An async generator function, which grpc.aio runs in its response-iterator mode.
             async def stream(
                 requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -263,10 +278,6 @@ class _GatewayHandler(grpc.GenericRpcHandler):
                     yield reply
 
             return grpc.stream_stream_rpc_method_handler(stream)
-        entry = self.table.get(details.method)
-        if entry is None:
-            return None
-        protocol, reader = entry
 
         async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
             return await self._handle(details, protocol, reader, body, context)
@@ -354,11 +365,7 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         streaming: bool = False,
     ) -> grpc.RpcMethodHandler:
         """This server's own handler for the method, or an abort that says why none."""
-        handler = None
-        for candidate in self.local:
-            handler = candidate.service(details)
-            if handler is not None:
-                break
+        handler = self._local_service(details)
         behaviour = None
         if handler is not None:
             behaviour = handler.stream_stream if streaming else handler.unary_unary

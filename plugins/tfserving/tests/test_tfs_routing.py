@@ -13,8 +13,8 @@ import random
 import numpy as np
 import pytest
 
+from dl_inference.builtin.v2 import V2Protocol
 from dl_inference.gateway import Gateway, RouteConfig
-from dl_inference.gateway.keys import builtin_routing_keys
 from dl_inference.gateway.rest_forward import BUILTIN_MODEL_PATHS, routed_model
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.spi.errors import ConfigError
@@ -181,7 +181,7 @@ def test_seeded_random_requests_agree_with_protobuf() -> None:
 
 
 def test_the_gateway_routes_tf_serving_by_the_plugins_readers_only() -> None:
-    kernel = builtin_routing_keys()
+    kernel = V2Protocol().routing_keys()  # the kernel's only protocol
     assert not set(ROUTING_KEYS) & set(kernel), "the kernel must name no TF Serving path"
     gateway = Gateway([], PluginHost())
     assert not set(ROUTING_KEYS) & set(gateway.routing_table([]))

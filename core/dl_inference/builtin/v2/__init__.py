@@ -18,9 +18,28 @@ if TYPE_CHECKING:
 SERVICE = "inference.GRPCInferenceService"
 
 
+# Requests whose field 1 is the model name (``model_name`` or ``name``).
+_NAMED_BY_FIELD_1 = (
+    "ModelInfer",
+    "ModelStreamInfer",  # read from the stream's first message
+    "ModelMetadata",
+    "ModelReady",
+    "ModelConfig",
+    "ModelStatistics",
+)
+# Repository requests: field 1 is the repository, field 2 the model.
+_NAMED_BY_FIELD_2 = ("RepositoryModelLoad", "RepositoryModelUnload")
+
+
 def read_model_name(data: bytes, metadata: Mapping[str, str]) -> str | None:
-    """Field 1 of ModelInfer/ModelMetadata/ModelReady requests is the model name."""
-    return read_string_field(data, 1)
+    """The model name in field 1 (ModelInfer, ModelMetadata, ModelReady, ...); None when
+    the field is absent, empty or unreadable (the call is then served where it arrived)."""
+    return read_string_field(data, 1) or None
+
+
+def read_repository_model_name(data: bytes, metadata: Mapping[str, str]) -> str | None:
+    """The model name in field 2 of RepositoryModelLoad / RepositoryModelUnload requests."""
+    return read_string_field(data, 2) or None
 
 
 class V2Protocol(Protocol):
@@ -45,10 +64,21 @@ class V2Protocol(Protocol):
         return reflection_files()
 
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
-        return {
-            f"/{SERVICE}/{method}": read_model_name
-            for method in ("ModelInfer", "ModelMetadata", "ModelReady")
+        """Every V2 method that names a model, ``ModelStreamInfer`` (by its first message)
+        and the seed's ``TisPredict`` (V2's own ModelInferRequest under the seed's path).
+
+        Methods this server does not serve itself (``ModelConfig``, ``ModelStatistics``,
+        the repository methods) are listed too: the gateway forwards them to upstream
+        nodes that do, such as Triton.
+        """
+        from dl_inference.builtin.v2.grpc_service import SEED_SERVICE
+
+        keys: dict[str, RoutingKeyReader] = {
+            f"/{SERVICE}/{method}": read_model_name for method in _NAMED_BY_FIELD_1
         }
+        keys.update({f"/{SERVICE}/{m}": read_repository_model_name for m in _NAMED_BY_FIELD_2})
+        keys[f"/{SEED_SERVICE}/TisPredict"] = read_model_name
+        return keys
 
     def describe(self) -> dict[str, object]:
         return {"grpc": list(self.grpc_services), "http": ["/v2"]}
