@@ -18,6 +18,7 @@ from dl_inference.gateway.nodes import (
     Node,
     NodeHealth,
     RetryBudget,
+    app_answered,
     grpc_verdict,
     http_verdict,
 )
@@ -212,6 +213,33 @@ CLIENT_PROVOKED = [
 def test_a_nodes_answer_is_never_a_node_failure_nor_retried(code: grpc.StatusCode) -> None:
     verdict = grpc_verdict(code, "details from the node", None)
     assert verdict.outcome is Outcome.REJECTED and not verdict.retry
+
+
+@pytest.mark.parametrize(
+    "code", [*CLIENT_PROVOKED, grpc.StatusCode.DEADLINE_EXCEEDED], ids=lambda c: c.name
+)
+def test_what_a_nodes_application_answers_is_never_a_node_failure(code: grpc.StatusCode) -> None:
+    # The answer carries the worker's x-request-id: its call path answered, not gRPC core.
+    assert app_answered((("x-request-id", "abc"),))
+    verdict = grpc_verdict(code, "details from the node", time.monotonic() + 5, answered=True)
+    assert verdict.outcome is Outcome.REJECTED and not verdict.retry
+
+
+def test_unavailable_from_a_nodes_application_is_retried_but_not_a_failure() -> None:
+    # A model version loading or failed to load: ModelNotReady -> UNAVAILABLE.
+    trailers = (("x-request-id", "abc"),)
+    verdict = grpc_verdict(grpc.StatusCode.UNAVAILABLE, "not ready", None, app_answered(trailers))
+    assert verdict.outcome is Outcome.REJECTED and verdict.retry
+    # The same code from gRPC core (no connection, reset) names no request id.
+    assert not app_answered(()) and not app_answered(None)
+    assert not app_answered((("content-type", "application/grpc"),))
+    core = grpc_verdict(grpc.StatusCode.UNAVAILABLE, "failed to connect", None, False)
+    assert core.outcome is Outcome.FAILURE and core.retry
+    # HTTP headers, any case.
+    assert app_answered({"X-Request-Id": "abc"})
+    assert http_verdict(503, answered=True) == verdict
+    assert http_verdict(502, answered=True).outcome is Outcome.REJECTED
+    assert not http_verdict(502, answered=True).retry
 
 
 def test_gateway_failures_count_against_the_node_and_only_unavailable_is_retried() -> None:

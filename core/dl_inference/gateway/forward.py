@@ -4,8 +4,10 @@ The request bytes go upstream exactly as they came and the reply bytes come back
 as the node sent them: no tensor is decoded or re-encoded. The client's remaining
 deadline, its metadata and its cancellation travel with the call; the node's status code,
 message and metadata travel back unchanged. Only failures where the node did no work
-(UNAVAILABLE: refused, reset, draining) are retried, on another node, within the deadline,
-the route's retry count and its retry budget. What counts against a node is
+(UNAVAILABLE: refused, reset, draining, a model version not ready) are retried, on another
+node, within the deadline, the route's retry count and its retry budget. When no retry is
+left, the last answer a node gave comes back as it was; "no upstream node answered" only
+when none answered at all. What counts against a node is
 :func:`~dl_inference.gateway.nodes.grpc_verdict`'s rule.
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 import grpc
 import structlog
 
-from dl_inference.gateway.nodes import grpc_verdict
+from dl_inference.gateway.nodes import app_answered, grpc_verdict
 from dl_inference.gateway.route import Route
 from dl_inference.spi.balancer import Outcome
 
@@ -76,6 +78,7 @@ class Forwarder:
         tried: list[str] = []
         exclude: set[str] = set()
         retries = 0
+        answer: grpc.aio.AioRpcError | None = None  # the last one a node's application gave
         while True:
             node = route.pick(exclude)
             if node is None:
@@ -100,11 +103,13 @@ class Forwarder:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 detail = f"{code.name}: {exc.details()}"
-                verdict = grpc_verdict(code, exc.details(), own_deadline)
+                answered = app_answered(exc.trailing_metadata())
+                verdict = grpc_verdict(code, exc.details(), own_deadline, answered)
                 route.record(node, verdict.outcome, time.monotonic() - sent, error=detail)
                 if not verdict.retry:
-                    await _relay_metadata(context, exc.initial_metadata(), exc.trailing_metadata())
-                    await context.abort(code, exc.details() or "")
+                    await _relay(context, exc)
+                if answered:
+                    answer = exc
                 tried.append(f"{node.address} ({detail})")
                 if not route.retry_allowed(retries, deadline, tried):
                     break
@@ -118,6 +123,8 @@ class Forwarder:
             )
             return reply
         log.warning("forwarding failed", model=route.model, method=method, tried=tried)
+        if answer is not None:
+            await _relay(context, answer)
         await context.abort(grpc.StatusCode.UNAVAILABLE, no_node_answered(route, tried))
         raise AssertionError("unreachable")  # abort raises
 
@@ -137,6 +144,12 @@ def no_node_answered(
         f"model {route.model!r} is unavailable: no upstream node answered; tried "
         f"{'; '.join(tried) or 'nothing'}; nodes: {route.describe_nodes()}. Check that {check}"
     )
+
+
+async def _relay(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError) -> None:
+    """End the call with a node's error: its status, message and metadata, unchanged."""
+    await _relay_metadata(context, error.initial_metadata(), error.trailing_metadata())
+    await context.abort(error.code(), error.details() or "")
 
 
 async def _relay_metadata(context: grpc.aio.ServicerContext, initial: Any, trailing: Any) -> None:

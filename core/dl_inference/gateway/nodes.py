@@ -7,7 +7,10 @@ nodes this module considers eligible, and reads their ``weight``, ``in_flight`` 
 How a forwarded call's end counts is decided here, once, for the gRPC unary, stream and
 REST forwarders (:func:`grpc_verdict`, :func:`http_verdict`, :data:`CONNECT_FAILED`,
 :data:`CONNECTION_LOST`). Only what a client cannot provoke is a node failure: Envoy's
-"gateway failure" class. Any answer the node gives, an error included, shows it alive.
+"gateway failure" class. Any answer the node gives, an error included, shows it alive;
+an UNAVAILABLE / 503 that the node's application answered itself (:func:`app_answered`:
+a model version still loading or failed to load, a server draining) too, and is still
+retried on another node.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +67,13 @@ CONNECT_FAILED = Verdict(Outcome.FAILURE, retry=True)
 # The connection broke mid-call, or the node did not answer in time: it may have run the
 # call, so it is not repeated.
 CONNECTION_LOST = Verdict(Outcome.FAILURE)
+# The node's application answered UNAVAILABLE / 503 (a client can name a version that is
+# loading or failed to load): the node is alive, but nothing ran, so another node may serve.
+ANSWERED_UNAVAILABLE = Verdict(Outcome.REJECTED, retry=True)
+
+# What a dl-inference worker's call path puts on every answer, errors included (gRPC
+# trailing metadata, HTTP header): gRPC core, a proxy or a dead node never send it.
+REQUEST_ID = "x-request-id"
 
 # HTTP statuses of the gateway-failure class: bad gateway, unavailable (draining, not
 # ready: nothing ran, so retried), gateway timeout.
@@ -75,16 +85,34 @@ _GRPC_RESET = "Received RST_STREAM"
 _DEADLINE_SLACK_S = 0.005
 
 
+def app_answered(metadata: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> bool:
+    """Whether a reply's trailing metadata (gRPC) or headers (HTTP) say the node's
+    application answered: they carry its :data:`REQUEST_ID`."""
+    if metadata is None:
+        return False
+    keys = metadata.keys() if isinstance(metadata, Mapping) else (key for key, _ in metadata)
+    return any(key.lower() == REQUEST_ID for key in keys)
+
+
 def grpc_verdict(
-    code: grpc.StatusCode, details: str | None, client_deadline: float | None
+    code: grpc.StatusCode,
+    details: str | None,
+    client_deadline: float | None,
+    answered: bool = False,
 ) -> Verdict:
     """How a gRPC call that ended with ``code`` counts; ``client_deadline`` is the
-    client's own deadline (``time.monotonic()``), None when it set none.
+    client's own deadline (``time.monotonic()``), None when it set none; ``answered``:
+    the node's application answered (:func:`app_answered` of the trailing metadata).
 
     Node failures: UNAVAILABLE (refused, reset, draining: retried), a stream the node
     reset, and DEADLINE_EXCEEDED while the client's own deadline had not passed (the
-    route's timeout, or the node giving up). Every other code is the node's answer.
+    route's timeout, or the node giving up). Every other code is the node's answer, and
+    so is every code its application answered, UNAVAILABLE included (still retried).
     """
+    if answered:
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return ANSWERED_UNAVAILABLE
+        return ANSWERED if code == grpc.StatusCode.OK else ANSWERED_ERROR
     if code == grpc.StatusCode.UNAVAILABLE:
         return Verdict(Outcome.FAILURE, retry=True)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -97,9 +125,13 @@ def grpc_verdict(
     return ANSWERED if code == grpc.StatusCode.OK else ANSWERED_ERROR
 
 
-def http_verdict(status: int) -> Verdict:
+def http_verdict(status: int, answered: bool = False) -> Verdict:
     """How a REST call the node answered with ``status`` counts (502, 503, 504: node
-    failures, 503 retried; any other status is the node's answer)."""
+    failures, 503 retried; any other status is the node's answer). ``answered``: the
+    node's application answered (:func:`app_answered` of the headers): no status is then a
+    node failure, and 503 is still retried."""
+    if answered and status in _HTTP_NODE_FAILURES:
+        return ANSWERED_UNAVAILABLE if status in _HTTP_RETRYABLE else ANSWERED_ERROR
     if status in _HTTP_NODE_FAILURES:
         return Verdict(Outcome.FAILURE, retry=status in _HTTP_RETRYABLE)
     return ANSWERED if status < 400 else ANSWERED_ERROR

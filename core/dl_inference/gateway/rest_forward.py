@@ -8,7 +8,8 @@ that name none (Seldon's), from a protocol's ``rest_routing_keys`` reader (see
 node its balancer picks, with the same node list, health and retry budget as gRPC. Body,
 status, headers and reply travel unchanged but for per-hop headers. Only failures where
 the node did no work are retried on another node: the connection could not be made, or
-the node answered 503 (draining, not ready). What counts against a node is
+the node answered 503 (draining, not ready); when no retry is left, the last node's own
+answer comes back. What counts against a node is
 :func:`~dl_inference.gateway.nodes.http_verdict`'s rule.
 """
 
@@ -23,7 +24,12 @@ import structlog
 from aiohttp import web
 
 from dl_inference.gateway.forward import no_node_answered
-from dl_inference.gateway.nodes import CONNECT_FAILED, CONNECTION_LOST, http_verdict
+from dl_inference.gateway.nodes import (
+    CONNECT_FAILED,
+    CONNECTION_LOST,
+    app_answered,
+    http_verdict,
+)
 from dl_inference.gateway.route import Route
 
 log = structlog.get_logger("dl_inference.gateway")
@@ -107,6 +113,7 @@ class RestForwarder:
         # Nodes without a REST address (a discovered node on a route without http_port).
         exclude = {node.address for node in route.nodes.values() if node.http_address is None}
         retries = 0
+        answer: web.Response | None = None  # the last one a node gave (retried)
         scheme = "http" if tls_config is None else "https"
         tls = route.rest_ssl()
         while (node := route.pick(exclude)) is not None:
@@ -129,6 +136,7 @@ class RestForwarder:
                 ) as reply:
                     payload = await reply.read()
                     status, reply_headers = reply.status, forwardable_headers(reply.headers)
+                    answered = app_answered(reply.headers)
             except TimeoutError:
                 route.record(
                     node, CONNECTION_LOST.outcome, time.monotonic() - sent, error="timeout"
@@ -150,14 +158,18 @@ class RestForwarder:
                 return _error(502, f"model {route.model!r}: node {node.address} failed: {detail}")
             finally:
                 route.release(node)
-            verdict = http_verdict(status)
+            verdict = http_verdict(status, answered)
             route.record(node, verdict.outcome, time.monotonic() - sent, error=f"HTTP {status}")
-            if verdict.retry:
-                tried.append(f"{node.address} (HTTP {status})")
-                if route.retry_allowed(retries, deadline, tried):
-                    retries += 1
-                    continue
-            return web.Response(status=status, body=payload, headers=reply_headers)
+            relayed = web.Response(status=status, body=payload, headers=reply_headers)
+            if not verdict.retry:
+                return relayed
+            answer = relayed  # an HTTP answer, if not the application's: it says more
+            tried.append(f"{node.address} (HTTP {status})")
+            if not route.retry_allowed(retries, deadline, tried):
+                break
+            retries += 1
         log.warning("REST forwarding failed", model=route.model, path=request.path, tried=tried)
+        if answer is not None:
+            return answer
         check = "the nodes run and listen for HTTP at the route's http_port / http_address"
         return _error(503, no_node_answered(route, tried, check))

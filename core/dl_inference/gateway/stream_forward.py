@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from dl_inference.gateway.forward import client_deadline, forwardable, no_node_answered
-from dl_inference.gateway.nodes import grpc_verdict
+from dl_inference.gateway.nodes import app_answered, grpc_verdict
 from dl_inference.gateway.route import Route
 from dl_inference.spi.balancer import Outcome
 
@@ -64,14 +64,15 @@ async def forward_stream(
             context.set_trailing_metadata(trailing)
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
+        answered = app_answered(exc.trailing_metadata())
         route.record(
             node,
-            grpc_verdict(code, exc.details(), own_deadline).outcome,
+            grpc_verdict(code, exc.details(), own_deadline, answered).outcome,
             time.monotonic() - sent,
             error=f"{code.name}: {exc.details()}",
         )
         details = exc.details() or ""
-        if code is grpc.StatusCode.UNAVAILABLE and first_reply is None:
+        if code is grpc.StatusCode.UNAVAILABLE and first_reply is None and not answered:
             # The node's own words ("failed to connect") name neither model nor node.
             details = (
                 f"model {route.model!r}: node {node.address} is unavailable ({details}); "
