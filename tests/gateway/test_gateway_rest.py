@@ -3,9 +3,11 @@ for routed models reach the nodes' HTTP listeners, balanced and retried like gRP
 
 from __future__ import annotations
 
+import gzip
 import json
 import urllib.error
 import urllib.request
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +27,12 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, remote_workers: list[ServerProcess]
 ) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("rest_gw")
-    write_python_model(folder / "models", "local", LOCAL)
+    # Declared inputs, so that Seldon's ndarray reaches it as x.
+    local_config = """
+        inputs: [{name: x, datatype: FP32, shape: [-1]}]
+        outputs: [{name: y, datatype: FP32, shape: [-1]}]
+    """
+    write_python_model(folder / "models", "local", LOCAL, local_config)
     nodes = [{"address": w.grpc_address, "http_address": w.http_address} for w in remote_workers]
     config = write_config(
         folder / "gateway.yaml",
@@ -35,6 +42,8 @@ def server(
             {"model": "grpconly", "nodes": [{"address": remote_workers[0].grpc_address}]},
         ],
         model_repository=str(folder / "models"),
+        # Bodies over 1 MB (once decoded) are refused, by the gateway as by a worker.
+        server={"grpc": {"max_message_mb": 1}},
     )
     with gateway(config) as srv:
         yield srv
@@ -123,6 +132,50 @@ def test_seldon_rest_calls_reach_the_nodes_by_tag_or_header(server: ServerProces
     status, body = seldon(server, b"\xff not json")
     assert status == 400 and "not a JSON SeldonMessage" in body["status"]["info"], body
     status, body = seldon(server, tagged(model="remote"))
+    assert status == 200, body
+
+
+V2_BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0, 2.5]}]}
+SELDON_BODY = {"data": {"names": ["x"], "ndarray": [1.0, 2.5]}, "meta": {"tags": {}}}
+
+
+def seldon_body(model: str) -> bytes:
+    return json.dumps({**SELDON_BODY, "meta": {"tags": {"model": model}}}).encode()
+
+
+def test_compressed_bodies_reach_the_nodes_decoded(server: ServerProcess) -> None:
+    # aiohttp decodes a request body as it reads it: the gateway forwards it decoded,
+    # without the Content-Encoding the node would try to decode again.
+    v2 = f"{server.http_url}/v2/models/remote/infer"
+    for coding, compress in (("gzip", gzip.compress), ("deflate", zlib.compress)):
+        headers = {"Content-Encoding": coding, "Content-Type": "application/json"}
+        status, body = http(v2, compress(json.dumps(V2_BODY).encode()), headers)
+        assert status == 200, body
+        assert body["outputs"][0]["data"] == [2.0, 5.0], body
+        status, body = seldon(server, compress(seldon_body("remote")), headers)
+        assert status == 200 and body["data"]["ndarray"] == [2.0, 5.0], body
+    # A Seldon body read for its routing tag still reaches a local model whole.
+    status, body = seldon(server, gzip.compress(seldon_body("local")), {"Content-Encoding": "gzip"})
+    assert status == 200 and body["data"]["ndarray"] == [2.0, 3.5], body
+
+
+@pytest.mark.parametrize("path", ["/v2/models/remote/infer", "/api/v1.0/predictions"])
+def test_bodies_the_gateway_cannot_read_are_client_errors(server: ServerProcess, path: str) -> None:
+    url = server.http_url + path
+    status, body = http(url, b"\x1f\x8b\x08\x00 not gzip at all", {"Content-Encoding": "gzip"})
+    assert status == 400, body
+    assert "the request body could not be read" in body["error"], body
+    too_big = b"[" + b"0," * 600_000 + b"0]"  # 1.2 MB
+    for data, headers in (
+        (too_big, {}),
+        (gzip.compress(too_big), {"Content-Encoding": "gzip"}),  # 1.2 MB once decoded
+    ):
+        status, body = http(url, data, {"Content-Type": "application/json", **headers})
+        assert status == 413, body
+        assert "larger than this server accepts" in body["error"], body
+        assert "max_message_mb" in body["error"], body
+    # The gateway keeps serving.
+    status, body = http(server.http_url + "/v2/models/remote/infer", V2_BODY)
     assert status == 200, body
 
 

@@ -17,7 +17,8 @@ from dl_inference.gateway.rest_forward import BUILTIN_MODEL_PATHS, RestForwarder
 from dl_inference.gateway.route import Route
 from dl_inference.gateway.stream_forward import forward_stream
 from dl_inference.kernel.plugins import KNOWN_PROVIDERS
-from dl_inference.spi.errors import ConfigError, PluginError
+from dl_inference.spi.call_path import CallPath, RuntimeView, json_error_body, read_body
+from dl_inference.spi.errors import ConfigError, DlInferenceError, PluginError
 from dl_inference.spi.protocol import Protocol, RoutingKeyReader
 
 log = structlog.get_logger("dl_inference.gateway")
@@ -109,13 +110,18 @@ class Gateway:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.rest_forwarder.close()
 
-    def http_middleware(self, protocols: Iterable[Protocol | type[Protocol]] = ()) -> Any:
+    def http_middleware(
+        self, protocols: Iterable[Protocol | type[Protocol]], runtime: RuntimeView
+    ) -> Any:
         """An aiohttp middleware: REST calls for routed models go upstream, others stay.
 
         The model name comes from the path (V2's ``/v2/models/<name>``, and the prefixes
         ``protocols`` list in :meth:`~dl_inference.Protocol.rest_model_paths`), or for the
         POST paths they list in :meth:`~dl_inference.Protocol.rest_routing_keys`, from the
-        body and headers by that protocol's reader.
+        body and headers by that protocol's reader. The gateway reads a body with the
+        kernel's :func:`~dl_inference.read_body` (``runtime``'s size limit): one it cannot
+        read (a corrupt compressed body) is answered 400, one over the limit 413, as
+        ``{"error": ...}`` and counted like any failed call.
         """
         model_paths = dict(BUILTIN_MODEL_PATHS)
         readers: dict[str, tuple[str, RoutingKeyReader]] = {}
@@ -125,22 +131,44 @@ class Gateway:
                 model_paths[prefix] = instance.name
             for path, reader in instance.rest_routing_keys().items():
                 readers[path] = (instance.name, reader)
+        call_paths: dict[str, CallPath] = {}
 
-        async def rest_route(request: web.Request) -> Route | None:
-            found = routed_model(request.path, model_paths)
-            if found is not None:
-                return self.route_of(found[1], found[0])
-            if request.method != "POST" or request.path not in readers:
-                return None
-            protocol, reader = readers[request.path]
-            # aiohttp keeps the body read here for the local handler or the forwarder.
-            headers = {key.lower(): value for key, value in request.headers.items()}
-            model = read_routing_key(reader, await request.read(), headers, protocol, request.path)
-            return self.route_of(model, protocol)
+        async def body_of(request: web.Request, protocol: str) -> bytes | web.Response:
+            """The body (aiohttp keeps it for the local handler too), or the refusal."""
+            if protocol not in call_paths:
+                call_paths[protocol] = CallPath(runtime, protocol, "dl_inference.gateway")
+            calls = call_paths[protocol]
+            call = calls.http_call(f"{request.method} {request.path}", request)
+            try:
+                return await read_body(request, call)
+            except DlInferenceError as exc:
+                reply = calls.http_error(call, exc, json_error_body)
+                reply.headers["x-request-id"] = call.ctx.request_id
+                return reply
 
         @web.middleware
         async def route_rest(request: web.Request, handler: Any) -> web.StreamResponse:
-            route = await rest_route(request) if self.routes else None
+            if not self.routes:
+                return await handler(request)
+            found = routed_model(request.path, model_paths)
+            body: bytes | web.Response | None = None
+            if found is not None:
+                protocol, model = found
+                route = self.route_of(model, protocol)
+            elif request.method == "POST" and request.path in readers:
+                protocol, reader = readers[request.path]
+                # Read once here: the local handler gets the same body if it is not routed.
+                body = await body_of(request, protocol)
+                if isinstance(body, web.Response):
+                    # Not for the local handler: after a refused read, aiohttp would hand
+                    # it the rest of the stream as if it were the body.
+                    return body
+                headers = {key.lower(): value for key, value in request.headers.items()}
+                route = self.route_of(
+                    read_routing_key(reader, body, headers, protocol, request.path), protocol
+                )
+            else:
+                route = None
             if route is None:
                 return await handler(request)
             if not route.reaches_rest:
@@ -152,7 +180,11 @@ class Gateway:
                     },
                     status=501,
                 )
-            return await self.rest_forwarder.forward(route, request)
+            if body is None:
+                body = await body_of(request, protocol)
+                if isinstance(body, web.Response):
+                    return body
+            return await self.rest_forwarder.forward(route, request, body)
 
         return route_rest
 

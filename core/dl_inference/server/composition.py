@@ -230,7 +230,9 @@ class Server:
 
     async def _start_http(self) -> None:
         middlewares = (
-            [self.gateway.http_middleware(self.protocols)] if self.gateway is not None else []
+            [self.gateway.http_middleware(self.protocols, self.runtime)]
+            if self.gateway is not None
+            else []
         )
         app = web.Application(
             client_max_size=self.runtime.max_message_bytes, middlewares=middlewares
