@@ -3,9 +3,9 @@
 # plugins whose routing readers it needs (seldon, tfserving); no torch, no TensorFlow.
 # It forwards request bytes by model name and never decodes tensors, so it stays small.
 #
-#   docker build -f deploy/docker/gateway.Dockerfile -t dl-inference/gateway:0.1.0 .
+#   docker build -f deploy/docker/gateway.Dockerfile -t dl-inference/gateway:0.2.0 .
 #   docker run --rm -p 8500:8500 -v $PWD/gateway.yaml:/etc/dl-inference/config.yaml:ro \
-#       dl-inference/gateway:0.1.0
+#       dl-inference/gateway:0.2.0
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
