@@ -8,7 +8,7 @@ import threading
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 
-from dl_inference.server.metrics import LabelledMetric
+from dl_inference.kernel.metrics import LabelledMetric
 
 BOUNDS = (0.001, 0.01, 0.1, 1.0)
 

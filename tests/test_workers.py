@@ -310,7 +310,7 @@ def test_a_worker_that_cannot_start_stops_all_workers(tmp_path: Path) -> None:
 
 
 def test_merged_figures_label_each_worker_and_mark_the_missing() -> None:
-    from dl_inference.server.metrics import Metrics, merge_worker_figures
+    from dl_inference.kernel.metrics import Metrics, merge_worker_figures
 
     first, second = Metrics(), Metrics()
     for _ in range(3):
@@ -346,7 +346,7 @@ def test_merged_figures_label_each_worker_and_mark_the_missing() -> None:
 async def test_siblings_that_do_not_answer_are_marked_down(tmp_path: Path) -> None:
     from aiohttp import web
 
-    from dl_inference.server.metrics import Metrics, merge_worker_figures, parse_exposition
+    from dl_inference.kernel.metrics import Metrics, merge_worker_figures, parse_exposition
     from dl_inference.server.worker_link import WorkerLink
 
     async def garbage(_: web.Request) -> web.Response:

@@ -8,10 +8,10 @@ from typing import Any
 
 import structlog
 
+from dl_inference.kernel.metrics import CallbackCollector, Metrics
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.validation import select_outputs, validate_inputs
-from dl_inference.server.metrics import CallbackCollector, Metrics
 from dl_inference.spi.call_path import ModelControl
 from dl_inference.spi.errors import (
     DeadlineExceeded,

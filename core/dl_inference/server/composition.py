@@ -22,13 +22,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from dl_inference.kernel.config.schema import ServerConfig
+from dl_inference.kernel.metrics import UpstreamCollector
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.repository import scan_repository
 from dl_inference.kernel.runtime import Runtime
 from dl_inference.server.listeners import bind_grpc, start_http
 from dl_inference.server.logs import configure_logging
-from dl_inference.server.metrics import UpstreamCollector
 from dl_inference.server.status_page import status_document, status_routes
 from dl_inference.server.tls import ServerTls
 from dl_inference.server.worker_link import WorkerLink

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from dl_inference.kernel.metrics import merge_worker_figures, parse_exposition
 from dl_inference.kernel.runtime import Runtime
-from dl_inference.server.metrics import merge_worker_figures, parse_exposition
 from dl_inference.server.worker_link import WorkerLink
 
 
