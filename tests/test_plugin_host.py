@@ -301,6 +301,8 @@ PUBLIC_SURFACE = [
     "BackendSettings",
     "Balancer",
     "BalancerRegistry",
+    "BenchRequest",
+    "BenchTransport",
     "Call",
     "CallPath",
     "ConfigError",

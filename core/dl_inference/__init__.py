@@ -37,7 +37,13 @@ from dl_inference.spi.errors import (
 )
 from dl_inference.spi.hookspecs import HOOKSPEC_VERSION, hookimpl
 from dl_inference.spi.json_body import MAX_JSON_DEPTH, read_json, utf8_bytes
-from dl_inference.spi.protocol import Protocol, RoutingKeyReader, rename_proto_types
+from dl_inference.spi.protocol import (
+    BenchRequest,
+    BenchTransport,
+    Protocol,
+    RoutingKeyReader,
+    rename_proto_types,
+)
 from dl_inference.spi.python_model import PythonModel
 from dl_inference.spi.registry import (
     BackendRegistry,
@@ -84,6 +90,8 @@ __all__ = [
     "BackendSettings",
     "Balancer",
     "BalancerRegistry",
+    "BenchRequest",
+    "BenchTransport",
     "Call",
     "CallPath",
     "ConfigError",

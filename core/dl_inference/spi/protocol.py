@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     import grpc
+    import numpy as np
     from aiohttp import web
     from google.protobuf.descriptor_pb2 import FileDescriptorProto
 
@@ -14,6 +16,28 @@ if TYPE_CHECKING:
 
 RoutingKeyReader = Callable[[bytes, Mapping[str, str]], "str | None"]
 """Reads the model name from a request's serialized bytes and metadata, without decoding tensors."""
+
+BenchTransport = Literal["grpc", "http"]
+"""How ``dl-inference bench`` reaches the server: ``grpc://`` or ``http(s)://`` URLs."""
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """One request, built once, that ``dl-inference bench`` sends unchanged many times.
+
+    The bench sends ``body`` as it is and reads only the reply's status, so a protocol
+    describes a request with plain bytes and names, and the kernel needs none of its
+    message classes. Instances cross to the bench's client processes (they pickle).
+    """
+
+    transport: BenchTransport
+    path: str
+    """gRPC: the full method path (``/package.Service/Method``). HTTP: the path of a POST,
+    after the ``--url`` base (``/v1/models/mlp:predict``)."""
+    body: bytes
+    """The serialized request message (gRPC) or the HTTP body."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """gRPC metadata (lower-case keys) or HTTP headers (``Content-Type`` included)."""
 
 
 def rename_proto_types(file: FileDescriptorProto, renames: Mapping[str, str]) -> None:
@@ -102,6 +126,26 @@ class Protocol:
         own V2 ``/v2/models/`` needs no entry.
         """
         return ()
+
+    def bench_request(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        transport: BenchTransport,
+        *,
+        version: str = "",
+        **options: str,
+    ) -> BenchRequest | None:
+        """The request ``dl-inference bench --protocol <name>`` sends, or None for none.
+
+        ``inputs`` are named arrays (BYTES as object arrays of ``bytes``); ``version`` is
+        ``""`` for the server's choice; ``options`` come from ``bench --option KEY=VALUE``.
+        Return None when the protocol has no request over ``transport``. Raise
+        :class:`~dl_inference.ConfigError` for inputs, a version or options this protocol
+        cannot send, saying what would work (the bench exits 2 with that message).
+        Build the body with the protocol's own messages and encoders, as a client would.
+        """
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What ``dl-inference plugins`` shows for this protocol."""
