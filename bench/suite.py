@@ -150,7 +150,7 @@ class Suite:
     # -- (a) -------------------------------------------------------------------------------
 
     def limit_vs_served(self, repo_on: Path) -> None:
-        from dl_inference.bench.clients import v2_grpc_body
+        from dl_inference.builtin.v2.bench import v2_grpc_body
 
         client = "h2load -c1 -m32" if shutil.which("h2load") else "dl-inference bench C=32"
         self.say(f"## (a) In-process limit vs served, batching on, concurrency 32 ({client})\n")
@@ -265,7 +265,7 @@ class Suite:
         }
 
     def echo_ceiling(self, repo_on: Path) -> None:
-        from dl_inference.bench.clients import v2_grpc_body
+        from dl_inference.builtin.v2.bench import v2_grpc_body
 
         self.say("## (c) Served req/s vs the bare grpc.aio echo ceiling (MLP, 1 sample, 1 KiB)\n")
         x = np.load(self.out / "models" / "mlp" / "reference.npz")["input"]

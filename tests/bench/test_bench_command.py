@@ -286,6 +286,8 @@ def test_plot(server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixtu
         (["--url", "ftp://127.0.0.1:1"], "unknown scheme 'ftp'"),
         (["--url", "grpc://127.0.0.1"], "give a host and a port"),
         (["--input", "x:FP99:1,16"], "unknown datatype 'FP99'"),
+        (["--protocol", "nope"], "no installed plugin provides protocol 'nope' (available: "),
+        (["--option", "signature_name"], "--option 'signature_name': write KEY=VALUE"),
         (
             [
                 "--input",
@@ -400,3 +402,29 @@ def test_channels_spread_load_over_worker_processes(tmp_path: Path) -> None:
     # 16 connections, kernel-balanced between the two workers: both served requests.
     pids = set((repo / "pids.txt").read_text().split())
     assert len(pids) == 2
+
+
+def test_protocol_options_and_refusals(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for plugin in ("dl_inference_tfserving", "dl_inference_seldon"):
+        if importlib.util.find_spec(plugin) is None:
+            pytest.skip(f"{plugin} is not installed")
+    url = f"grpc://{server.grpc_address}"
+    # The protocol's own option reaches the server: an unknown signature is refused there.
+    args = ["--url", url, "--protocol", "tfserving", "--model", "dense", "--concurrency", "1"]
+    code, doc = bench(tmp_path, *args, "--option", "signature_name=serving_default", *SHORT)
+    assert code == 0
+    check_rows(doc, 1)
+    assert main(["bench", *args, "--option", "signature_name=nope", *SHORT]) == 2
+    assert "the first request for model 'dense'" in capsys.readouterr().err
+    # Refused by the protocol before any load: an option it does not know, two tensors.
+    assert main(["bench", *args, "--option", "colour=red", *SHORT]) == 2
+    assert "--option colour: the tfserving protocol takes signature_name" in (
+        capsys.readouterr().err
+    )
+    seldon = ["--url", url, "--protocol", "seldon", "--model", "pair", *SHORT]
+    assert main(["bench", *seldon]) == 2
+    assert "carries one tensor per request; this model takes 2 inputs (a, b)" in (
+        capsys.readouterr().err
+    )

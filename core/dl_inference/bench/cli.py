@@ -7,14 +7,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-PROTOCOLS = ("v2", "tfserving", "seldon")
-
 EPILOG = """\
 examples:
   dl-inference bench --url grpc://127.0.0.1:8500 --model mlp --concurrency 1,8,32
   dl-inference bench --url http://127.0.0.1:8501 --model mlp --rate 500 --duration 20
   dl-inference bench --url grpc://127.0.0.1:8500 --protocol tfserving --model mlp \\
       --input x:FP32:1,256 --processes 2 --json out.json
+
+--protocol names a registered protocol: v2 (built in), tfserving (pip install
+./plugins/tfserving), seldon (pip install ./plugins/seldon), or another plugin's; the
+protocol builds the request (`dl-inference plugins` lists what is installed).
 
 JSON output (--json): {tool, version, started_at, url, protocol, model, model_version,
 inputs: [{name, datatype, shape}], batch_size, duration_s, warmup_s, processes,
@@ -29,7 +31,7 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on the ``dl-inference`` sub-command parser."""
     bench = sub.add_parser(
         "bench",
-        help="load-test a V2 / TF Serving / Seldon endpoint: req/s and latency percentiles",
+        help="load-test an endpoint over any installed protocol: req/s and latency percentiles",
         description=(
             "Closed loop at each concurrency (or open loop at a rate) against a running "
             "server; prints req/s, p50/p90/p99 and errors per load point."
@@ -38,7 +40,18 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--url", required=True, help="grpc://HOST:PORT or http://HOST:PORT")
-    bench.add_argument("--protocol", choices=PROTOCOLS, default="v2", help="wire protocol")
+    bench.add_argument(
+        "--protocol",
+        default="v2",
+        help="wire protocol: a registered protocol's name (v2, tfserving, seldon, ...)",
+    )
+    bench.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a protocol's request option, e.g. signature_name=serving_default for tfserving",
+    )
     bench.add_argument("--model", required=True, help="model name")
     bench.add_argument("--model-version", default="", help="model version (default: latest)")
     bench.add_argument(

@@ -1,11 +1,11 @@
-"""Fast clients, one per protocol and transport: each builds its request once and then
-only sends bytes, so the client costs as little CPU per request as it can.
+"""Fast clients, one per transport: each sends a request built once, so that the client
+costs as little CPU per request as it can.
 
-- V2 gRPC: a ``ModelInferRequest`` (kernel's generated module) serialized once, sent as
-  raw bytes on a ``grpc.aio`` channel with identity serializers; replies are not parsed.
-- V2 REST: Triton's binary-tensor extension (JSON header + raw bytes) with aiohttp.
-- TF Serving / Seldon gRPC: request bytes encoded by hand (:mod:`dl_inference.bench.wire`).
-- TF Serving / Seldon REST: their JSON bodies, built once.
+The protocol builds the request (:meth:`dl_inference.Protocol.bench_request`, a
+:class:`~dl_inference.BenchRequest`: a method path or REST path, bytes and headers): this
+module names no protocol's messages. gRPC: the bytes on a ``grpc.aio`` channel with
+identity serializers, replies not parsed. HTTP: a POST of the body on a keep-alive aiohttp
+session. The model's inputs are read over V2, the kernel's own protocol.
 """
 
 from __future__ import annotations
@@ -18,19 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-
-from dl_inference.bench import wire
-from dl_inference.bench.cli import PROTOCOLS
 from dl_inference.bench.inputs import InputSpec
-from dl_inference.spi.datatypes import from_numpy_dtype
 from dl_inference.spi.errors import ConfigError
-
-V2_INFER = "/inference.GRPCInferenceService/ModelInfer"
-V2_METADATA = "/inference.GRPCInferenceService/ModelMetadata"
-TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
-SELDON_PREDICT = "/seldon.protos.Seldon/Predict"
-SELDON_REST = "/api/v1.0/predictions"
+from dl_inference.spi.protocol import BenchRequest
 
 # Unlimited both ways: a benchmark must not fail on a large tensor the server accepts.
 _GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -223,107 +213,27 @@ def http_failure(status: int, payload: bytes) -> RequestFailed:
     return RequestFailed(f"HTTP {status}: {text}", "not_found" if status == 404 else "error")
 
 
-# -- request bodies ------------------------------------------------------------------------
-
-
-def v2_grpc_body(model: str, version: str, inputs: Mapping[str, np.ndarray]) -> bytes:
-    """A serialized ModelInferRequest with every tensor in ``raw_input_contents``."""
-    from dl_inference._proto import kserve_v2_pb2 as pb
-
-    request = pb.ModelInferRequest(model_name=model, model_version=version)
-    for name, array in inputs.items():
-        datatype = from_numpy_dtype(array.dtype)
-        request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        request.raw_input_contents.append(_v2_raw(array, datatype))
-    return request.SerializeToString()
-
-
-def v2_rest_body(inputs: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
-    """Triton's binary extension: a JSON header followed by each tensor's raw bytes."""
-    header: dict[str, Any] = {"inputs": [], "parameters": {"binary_data_output": True}}
-    blobs = []
-    for name, array in inputs.items():
-        datatype = from_numpy_dtype(array.dtype)
-        raw = _v2_raw(array, datatype)
-        blobs.append(raw)
-        header["inputs"].append(
-            {
-                "name": name,
-                "datatype": datatype,
-                "shape": list(array.shape),
-                "parameters": {"binary_data_size": len(raw)},
-            }
-        )
-    head = json.dumps(header).encode()
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(len(head)),
-    }
-    return head + b"".join(blobs), headers
-
-
-def _v2_raw(array: np.ndarray, datatype: str) -> bytes:
-    if datatype == "BYTES":
-        return wire.v2_bytes_raw(array)
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-
-
-def _json_values(array: np.ndarray) -> Any:
-    if array.dtype.kind in "OSU":
-        return np.vectorize(
-            lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v),
-            otypes=[object],
-        )(array).tolist()
-    return array.tolist()
-
-
 def make_client(
     target: Target,
-    protocol: str,
-    model: str,
-    version: str,
-    inputs: Mapping[str, np.ndarray],
+    request: BenchRequest,
     *,
     timeout: float,
     connections: int,
     channels: int = 1,
 ) -> Client:
-    """The client for a protocol and a URL scheme, with its request built once."""
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"--protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
-    if protocol == "seldon" and len(inputs) != 1:
-        raise ConfigError(
-            f"the Seldon protocol carries one tensor per request; this model takes "
-            f"{len(inputs)} inputs ({', '.join(inputs)}); benchmark it over --protocol v2"
-        )
+    """The client that sends ``request`` (built by the protocol for the URL's transport)."""
     if target.is_grpc:
-        if protocol == "v2":
-            return GrpcClient(
-                target, V2_INFER, v2_grpc_body(model, version, inputs), timeout, channels=channels
-            )
-        if protocol == "tfserving":
-            body = wire.tfs_predict_request(model, inputs, version=version)
-            return GrpcClient(target, TFS_PREDICT, body, timeout, channels=channels)
-        array = next(iter(inputs.values()))
-        tags = (("model_version", version),) if version else ()
-        body = wire.seldon_message(model, array, tags=tags)
         return GrpcClient(
-            target, SELDON_PREDICT, body, timeout, metadata=(("model", model),), channels=channels
+            target,
+            request.path,
+            request.body,
+            timeout,
+            metadata=request.headers,
+            channels=channels,
         )
-    if protocol == "v2":
-        body, headers = v2_rest_body(inputs)
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-        return HttpClient(target, path, body, headers, timeout, connections)
-    if protocol == "tfserving":
-        payload = {"inputs": {name: _json_values(array) for name, array in inputs.items()}}
-        path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
-    else:
-        array = next(iter(inputs.values()))
-        tags = {"model": model, **({"model_version": version} if version else {})}
-        payload = {"data": {"ndarray": _json_values(array)}, "meta": {"tags": tags}}
-        path = SELDON_REST
-    headers = {"Content-Type": "application/json", "model": model}
-    return HttpClient(target, path, json.dumps(payload).encode(), headers, timeout, connections)
+    return HttpClient(
+        target, request.path, request.body, dict(request.headers), timeout, connections
+    )
 
 
 # -- model metadata --------------------------------------------------------------------------
@@ -337,10 +247,11 @@ async def fetch_v2_metadata(
         import grpc
 
         from dl_inference._proto import kserve_v2_pb2 as pb
+        from dl_inference.builtin.v2 import SERVICE
 
         async with grpc.aio.insecure_channel(target.address, options=_GRPC_OPTIONS) as channel:
             call = channel.unary_unary(
-                V2_METADATA,
+                f"/{SERVICE}/ModelMetadata",
                 request_serializer=pb.ModelMetadataRequest.SerializeToString,
                 response_deserializer=pb.ModelMetadataResponse.FromString,
             )

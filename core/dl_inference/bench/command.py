@@ -1,4 +1,10 @@
-"""``dl-inference bench``: load-test any V2, TF Serving or Seldon endpoint."""
+"""``dl-inference bench``: load-test an endpoint over any registered protocol.
+
+The protocol is looked up by name among the registered ones (the kernel's ``v2``, and those
+of installed plugins such as ``dl-inference-tfserving`` and ``dl-inference-seldon``) and
+builds the request itself (:meth:`dl_inference.Protocol.bench_request`): the kernel keeps
+no copy of any protocol's format.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,9 @@ from dl_inference.bench.clients import (
     make_client,
     parse_url,
 )
+from dl_inference.kernel.plugins import KNOWN_PROVIDERS, PluginHost
 from dl_inference.spi.errors import ConfigError
+from dl_inference.spi.protocol import BenchRequest, BenchTransport, Protocol
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -35,6 +43,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.input and args.input_file:
         raise ConfigError("give --input or --input-file, not both")
     target = parse_url(args.url)
+    protocol = find_protocol(args.protocol)
+    options = parse_options(args.option)
     if args.plot and not report.matplotlib_available():
         print(
             "dl-inference bench: note: --plot needs matplotlib, which is not installed "
@@ -42,7 +52,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     tensors = asyncio.run(_resolve_inputs(args, target))
-    asyncio.run(_preflight(args, target, tensors))
+    request = build_request(protocol, target, args.model, args.model_version, tensors, options)
+    asyncio.run(_preflight(args, target, request))
 
     points = [load.LoadPoint("closed", concurrency=c) for c in (args.concurrency or [])]
     points += [load.LoadPoint("open", rate=r) for r in (args.rate or [])]
@@ -50,10 +61,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         points = [load.LoadPoint("closed", concurrency=c) for c in (1, 8, 32)]
     plan = load.Plan(
         target=target,
-        protocol=args.protocol,
-        model=args.model,
-        version=args.model_version,
-        inputs=tensors,
+        request=request,
         duration=args.duration,
         warmup=args.warmup,
         timeout=args.timeout,
@@ -99,6 +107,57 @@ def build_document(
     }
 
 
+def find_protocol(name: str, host: PluginHost | None = None) -> Protocol:
+    """The registered protocol ``name``; the error names the plugin that adds it."""
+    host = host if host is not None else PluginHost().load()
+    cls = host.protocols.get(name)
+    if cls is None:
+        message = host.missing_message("protocol", name, sorted(host.protocols.names()))
+        package = KNOWN_PROVIDERS.get(name)
+        if package:
+            # The plugins ship in dl-inference's repository, one folder each.
+            folder = package.removeprefix("dl-inference-")
+            message += f"; from a dl-inference checkout: pip install ./plugins/{folder}"
+        raise ConfigError(f"--protocol {name}: {message}")
+    return cls()
+
+
+def parse_options(items: list[str]) -> dict[str, str]:
+    """``--option KEY=VALUE`` items as a mapping for :meth:`Protocol.bench_request`."""
+    options: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {item!r}: write KEY=VALUE, e.g. signature_name=serve")
+        options[key] = value
+    return options
+
+
+def build_request(
+    protocol: Protocol,
+    target: Target,
+    model: str,
+    version: str,
+    tensors: dict[str, np.ndarray],
+    options: dict[str, str],
+) -> BenchRequest:
+    """The protocol's request for this model and these inputs, over the URL's transport."""
+    transport: BenchTransport = "grpc" if target.is_grpc else "http"
+    request = protocol.bench_request(model, tensors, transport, version=version, **options)
+    if request is None:
+        other = "http://" if target.is_grpc else "grpc://"
+        raise ConfigError(
+            f"--protocol {protocol.name}: the protocol has no benchmark request over "
+            f"{transport}; try an {other} URL or another --protocol"
+        )
+    if request.transport != transport:
+        raise ConfigError(
+            f"--protocol {protocol.name}: the protocol built a {request.transport} request "
+            f"for a {transport} URL (a bug in the plugin that provides it)"
+        )
+    return request
+
+
 async def _resolve_inputs(args: argparse.Namespace, target: Target) -> dict[str, np.ndarray]:
     if args.input_file:
         return bench_inputs.load_input_file(args.input_file)
@@ -123,19 +182,9 @@ async def _resolve_inputs(args: argparse.Namespace, target: Target) -> dict[str,
     return bench_inputs.from_specs(specs, args.batch_size)
 
 
-async def _preflight(
-    args: argparse.Namespace, target: Target, tensors: dict[str, np.ndarray]
-) -> None:
+async def _preflight(args: argparse.Namespace, target: Target, request: BenchRequest) -> None:
     """One request before the run, so a wrong URL, model or input fails fast and clearly."""
-    client = make_client(
-        target,
-        args.protocol,
-        args.model,
-        args.model_version,
-        tensors,
-        timeout=args.timeout,
-        connections=1,
-    )
+    client = make_client(target, request, timeout=args.timeout, connections=1)
     await client.open()
     try:
         await client.infer()

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from dl_inference.bench.clients import Client, RequestFailed, Target, make_client
+from dl_inference.spi.protocol import BenchRequest
 
 _MAX_ERROR_KINDS = 20
 
@@ -51,10 +52,7 @@ class Plan:
     """Everything a client process needs (picklable: it crosses to spawned processes)."""
 
     target: Target
-    protocol: str
-    model: str
-    version: str
-    inputs: dict[str, np.ndarray]
+    request: BenchRequest
     duration: float
     warmup: float
     timeout: float
@@ -176,10 +174,7 @@ async def _run_points(
 ) -> None:
     client = make_client(
         plan.target,
-        plan.protocol,
-        plan.model,
-        plan.version,
-        plan.inputs,
+        plan.request,
         timeout=plan.timeout,
         connections=max([p.concurrency for p in points] + [100]),
         channels=plan.channels,

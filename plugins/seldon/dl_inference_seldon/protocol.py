@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
@@ -40,6 +40,8 @@ from google.protobuf import any_pb2, descriptor_pb2, json_format, struct_pb2
 
 from dl_inference import (
     BackendError,
+    BenchRequest,
+    BenchTransport,
     Call,
     CallPath,
     InferRequest,
@@ -55,6 +57,9 @@ from dl_inference import (
 )
 from dl_inference_seldon import codec, routing
 from dl_inference_seldon._proto import seldon_pb2 as pb
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODEL_SERVICE = "seldon.protos.Model"
 SELDON_SERVICE = "seldon.protos.Seldon"
@@ -202,6 +207,20 @@ class SeldonProtocol(Protocol):
             files.append(proto)
         files.append(standard_file())
         return files
+
+    def bench_request(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        transport: BenchTransport,
+        *,
+        version: str = "",
+        **options: str,
+    ) -> BenchRequest:
+        """A one-tensor SeldonMessage over gRPC or REST (see :mod:`dl_inference_seldon.bench`)."""
+        from dl_inference_seldon.bench import bench_request
+
+        return bench_request(model, inputs, transport, version=version, **options)
 
     def describe(self) -> dict[str, Any]:
         return {"grpc": list(PREDICT_PATHS), "http": [f"POST {REST_PATH}"]}

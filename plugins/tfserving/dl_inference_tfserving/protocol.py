@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from dl_inference import Protocol, RoutingKeyReader, wire
+from dl_inference import BenchRequest, BenchTransport, Protocol, RoutingKeyReader, wire
 
 if TYPE_CHECKING:
     import grpc
+    import numpy as np
     from aiohttp import web
     from google.protobuf.descriptor_pb2 import FileDescriptorProto
 
@@ -110,6 +111,20 @@ class TFServingProtocol(Protocol):
         from dl_inference_tfserving.reflection import reflection_files
 
         return reflection_files()
+
+    def bench_request(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        transport: BenchTransport,
+        *,
+        version: str = "",
+        **options: str,
+    ) -> BenchRequest:
+        """``Predict`` over gRPC, ``:predict`` over REST (:mod:`dl_inference_tfserving.bench`)."""
+        from dl_inference_tfserving.bench import bench_request
+
+        return bench_request(model, inputs, transport, version=version, **options)
 
     def describe(self) -> dict[str, object]:
         return {"grpc": list(self.grpc_services), "http": ["/v1/models/..."]}

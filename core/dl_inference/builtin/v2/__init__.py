@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from dl_inference.spi.protocol import Protocol, RoutingKeyReader
+from dl_inference.spi.protocol import BenchRequest, BenchTransport, Protocol, RoutingKeyReader
 from dl_inference.spi.wire import read_string_field
 
 if TYPE_CHECKING:
     import grpc
+    import numpy as np
     from aiohttp import web
     from google.protobuf.descriptor_pb2 import FileDescriptorProto
 
@@ -79,6 +80,20 @@ class V2Protocol(Protocol):
         keys.update({f"/{SERVICE}/{m}": read_repository_model_name for m in _NAMED_BY_FIELD_2})
         keys[f"/{SEED_SERVICE}/TisPredict"] = read_model_name
         return keys
+
+    def bench_request(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        transport: BenchTransport,
+        *,
+        version: str = "",
+        **options: str,
+    ) -> BenchRequest:
+        """ModelInfer with raw tensors (gRPC), or Triton's binary-tensor extension (REST)."""
+        from dl_inference.builtin.v2.bench import bench_request
+
+        return bench_request(model, inputs, transport, version=version, **options)
 
     def describe(self) -> dict[str, object]:
         return {"grpc": list(self.grpc_services), "http": ["/v2"]}
