@@ -4,14 +4,17 @@ Decoding reads ``tensor_content`` with ``np.frombuffer`` (no copy); typed ``*_va
 follow TensorFlow's rule that a shorter list is padded with its last value, within a byte
 budget. Declared shapes are checked against the bytes present before any allocation.
 
-Public for other plugins: :func:`to_numpy` and :func:`from_numpy` read and write any
-protobuf message with TensorProto's fields, whatever package compiled it (the seldon
-plugin's ``tftensor`` is one), so TensorProto's rules live here only.
+Public for other plugins: :func:`to_numpy` (:func:`tensors_to_numpy` for a message's
+several tensors) and :func:`from_numpy` read and write any protobuf message with
+TensorProto's fields, whatever package compiled it (the seldon plugin's ``tftensor`` is
+one), so TensorProto's rules live here only.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -94,8 +97,50 @@ def to_numpy(proto: Any, name: str = "", *, fill_limit_bytes: int | None = None)
     server's message limit), refused when it is None. Typed values that do not fit the
     dtype (``DT_UINT8`` ``int_val`` -1) are refused (the kernel's
     :func:`~dl_inference.narrow_array`). ``tensor_content`` is viewed, not copied: the
-    array is read-only.
+    array is read-only. A message that carries several tensors decodes them with
+    :func:`tensors_to_numpy`, whose fill limit holds for all of them together.
     """
+    return _decode(_check(proto, name, fill_limit_bytes))
+
+
+def tensors_to_numpy(
+    tensors: Mapping[str, Any], *, fill_limit_bytes: int | None = None
+) -> dict[str, np.ndarray]:
+    """Decode a request's TensorProtos by name, with one fill budget for all of them.
+
+    Each tensor is checked as :func:`to_numpy` checks it, on counts only; then the bytes
+    that filling out short ``*_val`` lists would take, summed over every tensor, must fit
+    ``fill_limit_bytes``; only then is anything allocated. So a request of many tiny
+    tensors, each filled up to the limit, costs no more than one such tensor would.
+    """
+    checked = [(key, _check(proto, key, fill_limit_bytes)) for key, proto in tensors.items()]
+    if fill_limit_bytes is not None:
+        filled = [(key, plan.filled) for key, plan in checked if plan.filled]
+        total = sum(size for _, size in filled)
+        if total > fill_limit_bytes:
+            shown = ", ".join(f"{key!r}: {size}" for key, size in filled[:8])
+            more = f", and {len(filled) - 8} more" if len(filled) > 8 else ""
+            raise InvalidInput(
+                f"filling out the short value lists of {len(filled)} inputs with their last "
+                f"value would take {total} bytes in all ({shown}{more}), over the "
+                f"{fill_limit_bytes}-byte limit for one request; send shapes that match "
+                "the values"
+            )
+    return {key: _decode(plan) for key, plan in checked}
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A TensorProto whose sizes are checked: what decoding it will allocate, and how."""
+
+    proto: Any
+    label: str
+    dims: tuple[int, ...]
+    filled: int  # bytes of the tensor filled out from a short *_val list; 0 when not filled
+
+
+def _check(proto: Any, name: str, fill_limit_bytes: int | None) -> _Checked:
+    """Everything :func:`to_numpy` refuses, on counts only: nothing is allocated here."""
     label = name or "tensor"
     entry = _TABLE.get(proto.dtype)
     if entry is None:
@@ -109,16 +154,33 @@ def to_numpy(proto: Any, name: str = "", *, fill_limit_bytes: int | None = None)
         raise InvalidInput(f"input {label!r}: tensor_shape has unknown_rank; send a concrete shape")
     shape = [dim.size for dim in proto.tensor_shape.dim]
     if proto.tensor_content and proto.dtype != DT.DT_STRING:
-        content = proto.tensor_content
-        dims = check_raw_size(label, datatype, shape, len(content), field="tensor_content")
+        dims = check_raw_size(
+            label, datatype, shape, len(proto.tensor_content), field="tensor_content"
+        )
+        return _Checked(proto, label, dims, 0)
+    present = len(getattr(proto, field))
+    dims = check_value_count(
+        label, datatype, shape, present, field=field, fill_limit_bytes=fill_limit_bytes
+    )
+    count = math.prod(dims)
+    # The filled tensor's size as check_value_count bounds it (8 bytes an element for strings).
+    return _Checked(proto, label, dims, count * np_dtype.itemsize if present < count else 0)
+
+
+def _decode(plan: _Checked) -> np.ndarray:
+    """The array of a checked TensorProto (allocations bounded by :func:`_check`)."""
+    proto, label, dims = plan.proto, plan.label, plan.dims
+    np_dtype, _, field = _TABLE[proto.dtype]
+    if proto.tensor_content and proto.dtype != DT.DT_STRING:
         # Zero-copy (the array views the request's bytes, read-only): tensor_content is
         # little-endian, which is also the host's order wherever astype has nothing to do.
         wire = np_dtype.newbyteorder("<")
-        return np.frombuffer(content, dtype=wire).astype(np_dtype, copy=False).reshape(dims)
+        return (
+            np.frombuffer(proto.tensor_content, dtype=wire)
+            .astype(np_dtype, copy=False)
+            .reshape(dims)
+        )
     values: Any = getattr(proto, field)
-    dims = check_value_count(
-        label, datatype, shape, len(values), field=field, fill_limit_bytes=fill_limit_bytes
-    )
     if proto.dtype == DT.DT_STRING:
         array = np.empty(len(values), dtype=np.object_)
         array[:] = list(values)

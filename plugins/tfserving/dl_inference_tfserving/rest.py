@@ -156,6 +156,7 @@ class TFServingRest:
                 inputs = _row_inputs(body["instances"], specs)
             else:
                 inputs = _columnar_inputs(body["inputs"], specs)
+        self.service.check_input_names(target, inputs)
         outputs = (await self.service.infer(target, inputs, call)).outputs
         if "instances" in body:
             reply: dict[str, Any] = {"predictions": _row_outputs(target, outputs)}

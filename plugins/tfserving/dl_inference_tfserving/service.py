@@ -9,7 +9,7 @@ model's input names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,11 +162,13 @@ class TFServing:
         self, request: tfs_pb2.PredictRequest, call: Call, *, task_suffix: bool = False
     ) -> tfs_pb2.PredictResponse:
         target = self.target(request.model_spec, call, task_suffix=task_suffix)
+        # Names first, as TF Serving does: a tensor the signature does not take is never
+        # decoded (nor filled out to its declared shape).
+        self.check_input_names(target, request.inputs)
         with call.parsing("the PredictRequest's inputs"):
-            inputs = {
-                key: codec.to_numpy(tensor, key, fill_limit_bytes=self.runtime.max_message_bytes)
-                for key, tensor in request.inputs.items()
-            }
+            inputs = codec.tensors_to_numpy(
+                request.inputs, fill_limit_bytes=self.runtime.max_message_bytes
+            )
         outputs = list(request.output_filter) or None
         if outputs is not None and len(set(outputs)) != len(outputs):
             raise InvalidInput(f"output_filter names an output twice: {outputs}")
@@ -176,6 +178,25 @@ class TFServing:
         for key, array in response.outputs.items():
             codec.from_numpy(array, reply.outputs[key])
         return reply
+
+    def check_input_names(self, target: Target, names: Iterable[str]) -> None:
+        """Refuse input names the addressed signature does not take (before decoding them).
+
+        The names are the ones the kernel will validate the request against: the model's
+        ``inputs()`` for this signature. When those are unknown (``None``), nothing is
+        checked here, as the kernel checks nothing either.
+        """
+        with signature_scope(target.signature_name if target.has_signatures else None):
+            specs = target.model.inputs()
+        if specs is None:
+            return
+        expected = {spec.name for spec in specs}
+        unknown = sorted(set(names) - expected)
+        if unknown:
+            raise InvalidInput(
+                f"model {target.name!r} signature {target.signature_name!r} has no input named "
+                f"{unknown[0]!r}; its inputs are: {', '.join(sorted(expected)) or 'none'}"
+            )
 
     async def infer(
         self,

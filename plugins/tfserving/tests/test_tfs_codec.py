@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -124,6 +126,46 @@ def test_filling_out_a_short_list_is_capped_before_allocating() -> None:
     )
     with pytest.raises(InvalidInput, match="holds 1 values but FP32 shape"):
         codec.to_numpy(tensor_proto(tfs_pb2.DT_FLOAT, [4], float_val=[2.0]), "x")
+
+
+def test_one_fill_budget_for_all_the_tensors_of_a_request() -> None:
+    """Twelve tensors each filled to the limit may not cost twelve times the limit."""
+    limit = 4 * 1024 * 1024
+    tensors = {
+        f"in{i}": tensor_proto(tfs_pb2.DT_FLOAT, [limit // 4], float_val=[1.0]) for i in range(12)
+    }
+    codec.to_numpy(tensors["in0"], "in0", fill_limit_bytes=limit)  # one alone fits
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            InvalidInput,
+            match=(
+                r"short value lists of 12 inputs .* 50331648 bytes in all \('in0': 4194304, "
+                r".*, and 4 more\), over the 4194304-byte limit for one request"
+            ),
+        ):
+            codec.tensors_to_numpy(tensors, fill_limit_bytes=limit)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < limit // 4, peak  # refused on counts, before any tensor was allocated
+
+
+def test_the_fill_budget_counts_only_filled_tensors() -> None:
+    sent = codec.from_numpy(np.arange(64, dtype=np.float32))  # 256 bytes, sent in full
+    three = tensor_proto(tfs_pb2.DT_FLOAT, [3], float_val=[1.0, 2.0])  # 12 bytes filled
+    five = tensor_proto(tfs_pb2.DT_STRING, [5], string_val=[b"a"])  # 5 x 8 bytes filled
+    arrays = codec.tensors_to_numpy(
+        {"sent": sent, "three": three, "five": five}, fill_limit_bytes=52
+    )
+    assert arrays["sent"].tolist() == list(range(64))
+    assert arrays["three"].tolist() == [1.0, 2.0, 2.0]
+    assert arrays["five"].tolist() == [b"a"] * 5
+    with pytest.raises(InvalidInput, match=r"52 bytes in all.*over the 51-byte limit"):
+        codec.tensors_to_numpy({"three": three, "five": five}, fill_limit_bytes=51)
+    # Without a limit there is no fill, as with to_numpy.
+    with pytest.raises(InvalidInput, match="holds 2 values but FP32 shape"):
+        codec.tensors_to_numpy({"three": three})
 
 
 @pytest.mark.parametrize(
