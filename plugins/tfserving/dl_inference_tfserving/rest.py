@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-from aiohttp import web
+from aiohttp import hdrs, web
 from google.protobuf import json_format
 
 from dl_inference import (
@@ -46,6 +46,8 @@ _PATH = re.compile(
     r"(?::(?P<verb>predict|classify|regress)|(?P<metadata>/metadata))?$"
 )
 _INT64_MAX = 2**63 - 1
+# The label of a request whose method is none of HTTP's own (aiohttp accepts any token).
+_OTHER_METHOD = "OTHER"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -85,9 +87,12 @@ def _json(message: Any) -> dict[str, Any]:
 class TFServingRest:
     """aiohttp handlers for the ``/v1/models`` tree, on the kernel's call path.
 
-    One route per HTTP method takes the whole tree (its paths contain ``:``); it picks the
-    handler by the path's form, and each handler is bound with its own label, which is what
-    ``ctx.method`` reads (``"POST /v1/models/{name}:predict"``, ...).
+    One route takes the whole tree, every HTTP method (its paths contain ``:``); it picks
+    the handler by the method and the path's form, and each handler is bound with its own
+    label, which is what ``ctx.method`` reads (``"POST /v1/models/{name}:predict"``, ...).
+    As in TF Serving, only ``POST`` of ``:predict|:classify|:regress`` and ``GET`` of a
+    model's status or metadata are an API; any other method or path (``HEAD`` included)
+    is a malformed request, answered through the call path like every failure.
     """
 
     def __init__(self, runtime: RuntimeView) -> None:
@@ -100,18 +105,20 @@ class TFServingRest:
             "predict": ("POST /v1/models/{name}:predict", self.predict),
             "classify": ("POST /v1/models/{name}:classify", self.classify),
             "regress": ("POST /v1/models/{name}:regress", self.regress),
-            "GET": ("GET /v1/models/...", self.malformed),
-            "POST": ("POST /v1/models/...", self.malformed),
         }
+        # Malformed requests, labelled by their method: HTTP's own methods, and one label
+        # for any other token a client sends, so that clients cannot invent labels.
+        for method in (*sorted(hdrs.METH_ALL), _OTHER_METHOD):
+            handlers[method] = (f"{method} /v1/models/...", self.malformed)
         self.handlers: dict[str, Handler] = {
             kind: self.calls.http_handler(label, handler, json_error_body)
             for kind, (label, handler) in handlers.items()
         }
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        """The handler for this path's form, or the malformed-request answer."""
+        """The handler for this method and path's form, or the malformed-request answer."""
         match = _PATH.match(request.match_info["tail"])
-        kind = request.method
+        kind = request.method if request.method in hdrs.METH_ALL else _OTHER_METHOD
         if match is not None:
             if request.method == "POST" and match["verb"]:
                 kind = match["verb"]
@@ -383,9 +390,7 @@ def _example(features: Any, where: str) -> tfs_pb2.Example:
 
 
 def http_routes(runtime: RuntimeView) -> list[web.RouteDef]:
-    """The ``/v1/models/...`` routes (one route per method: the paths contain ``:``)."""
+    """The ``/v1/models/...`` route (one route for the tree: the paths contain ``:``)."""
     api = TFServingRest(runtime)
-    return [
-        web.get("/v1/models/{tail:.+}", api.dispatch),
-        web.post("/v1/models/{tail:.+}", api.dispatch),
-    ]
+    # Every method: aiohttp would answer the others (HEAD, PUT, ...) itself, off the call path.
+    return [web.route(hdrs.METH_ANY, "/v1/models/{tail:.+}", api.dispatch)]

@@ -217,3 +217,42 @@ async def test_rest_failures_counted_once_with_the_route_label(served) -> None:
     async with session.post("/v1/models/add_one:predict", json={"instances": [1.5]}) as reply:
         assert reply.status == 200 and (await reply.json())["predictions"] == [2.5]
     assert seen["methods"] == [label]
+
+
+# HTTP's methods, and one of WebDAV's (aiohttp's parser refuses tokens it does not know).
+OTHER_METHODS = ["HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND"]
+
+
+async def test_every_other_http_method_is_a_malformed_request_on_the_call_path(served) -> None:
+    """As TF Serving: only POST :predict|:classify|:regress and GET status / metadata exist.
+
+    HEAD used to reach a handler table without it (HTTP 500), and PUT / DELETE / ... were
+    answered by aiohttp itself, off the call path (uncounted, in aiohttp's format).
+    """
+    _, session, runtime, seen = served
+    paths = [
+        "/v1/models/add_one",
+        "/v1/models/add_one/metadata",
+        "/v1/models/add_one:predict",
+        "/v1/models/add_one/versions/1:classify",
+        "/v1/models/no_such_model",
+    ]
+    for method in OTHER_METHODS:
+        for path in paths:
+            async with session.request(method, path, data=b"{}") as reply:
+                assert reply.status == 404, (method, path, reply.status)
+                assert len(reply.headers["x-request-id"]) == 32
+                if method != "HEAD":  # HEAD has no body, by HTTP's rules
+                    document = await reply.json()
+                    assert document == {"error": f"Malformed request: {method} {path}"}
+    labels = [m if m != "PROPFIND" else "OTHER" for m in OTHER_METHODS]
+    assert seen["errors"] == [
+        (f"{label} /v1/models/...", "InvalidInput") for label in labels for _ in paths
+    ]
+    assert requests_counted(runtime, ok=False) == len(OTHER_METHODS) * len(paths)
+    assert seen["methods"] == []
+    # GET and POST still reach the API.
+    async with session.get("/v1/models/add_one") as reply:
+        assert reply.status == 200, await reply.text()
+    async with session.post("/v1/models/add_one:predict", json={"instances": [1.0]}) as reply:
+        assert reply.status == 200 and (await reply.json())["predictions"] == [2.0]
