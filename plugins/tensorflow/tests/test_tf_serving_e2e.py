@@ -243,6 +243,18 @@ def test_multi_inference_runs_each_task(predictor: Any, built: Any) -> None:
     assert values.model_spec.signature_name == "regress"
 
 
+def test_multi_inference_refuses_a_signature_named_twice(predictor: Any) -> None:
+    request = inference_pb2.MultiInferenceRequest()
+    for _ in range(2):
+        task = request.tasks.add(method_name=REGRESS)
+        task.model_spec.name = "census"
+        task.model_spec.signature_name = "regress"
+    request.input.example_list.examples.extend(example(a, h) for a, h in ROWS)
+    error = rpc_error(predictor.MultiInference, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Duplicate evaluation of signature: regress" in error.details()
+
+
 # -- metadata and status --------------------------------------------------------------------
 
 

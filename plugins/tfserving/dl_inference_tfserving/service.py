@@ -226,21 +226,37 @@ class TFServing:
         self, spec: tfs_pb2.ModelSpec, examples: Sequence[bytes], call: Call
     ) -> tuple[Target, tfs_pb2.ClassificationResult]:
         target = self.target(spec, call)
-        key = _example_input(target, CLASSIFY_METHOD, (CLASSES, SCORES))
-        response = await self.infer(target, {key: _bytes_array(examples)}, call)
-        return target, classification_result(target, response.outputs, len(examples))
+        key = _example_input(target, CLASSIFY_METHOD)
+        return target, await self._classify(target, key, examples, call)
 
     async def regress(
         self, spec: tfs_pb2.ModelSpec, examples: Sequence[bytes], call: Call
     ) -> tuple[Target, tfs_pb2.RegressionResult]:
         target = self.target(spec, call)
-        key = _example_input(target, REGRESS_METHOD, (REGRESS_OUTPUT,))
+        key = _example_input(target, REGRESS_METHOD)
+        return target, await self._regress(target, key, examples, call)
+
+    async def _classify(
+        self, target: Target, key: str, examples: Sequence[bytes], call: Call
+    ) -> tfs_pb2.ClassificationResult:
         response = await self.infer(target, {key: _bytes_array(examples)}, call)
-        return target, regression_result(target, response.outputs, len(examples))
+        return classification_result(target, response.outputs, len(examples))
+
+    async def _regress(
+        self, target: Target, key: str, examples: Sequence[bytes], call: Call
+    ) -> tfs_pb2.RegressionResult:
+        response = await self.infer(target, {key: _bytes_array(examples)}, call)
+        return regression_result(target, response.outputs, len(examples))
 
     async def multi_inference(
         self, request: tfs_pb2.MultiInferenceRequest, call: Call
     ) -> tfs_pb2.MultiInferenceResponse:
+        """TF Serving's RunMultiInference: every task is checked before any of them runs.
+
+        The tasks address one model and each signature at most once (TF Serving refuses
+        a repeated one: "Duplicate evaluation of signature"), each with a Classify or
+        Regress signature; then each runs once.
+        """
         if not request.tasks:
             raise InvalidInput("MultiInferenceRequest has no tasks; add at least one")
         names = {task.model_spec.name for task in request.tasks}
@@ -249,20 +265,29 @@ class TFServing:
                 f"all MultiInference tasks must address one model; got {sorted(names)}"
             )
         examples = serialized_examples(request.input)
-        reply = tfs_pb2.MultiInferenceResponse()
+        tasks: list[tuple[str, Target, str]] = []
         for task in request.tasks:
-            result = reply.results.add()
-            if task.method_name == CLASSIFY_METHOD:
-                target, classes = await self.classify(task.model_spec, examples, call)
-                result.classification_result.CopyFrom(classes)
-            elif task.method_name == REGRESS_METHOD:
-                target, values = await self.regress(task.model_spec, examples, call)
-                result.regression_result.CopyFrom(values)
-            else:
+            if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
                 raise InvalidInput(
                     f"unsupported MultiInference method_name {task.method_name!r}; use "
                     f"{CLASSIFY_METHOD} or {REGRESS_METHOD}"
                 )
+            target = self.target(task.model_spec, call)
+            if any(target.signature_name == seen.signature_name for _, seen, _ in tasks):
+                raise InvalidInput(
+                    f"Duplicate evaluation of signature: {target.signature_name}; name each "
+                    "signature in one task only"
+                )
+            tasks.append((task.method_name, target, _example_input(target, task.method_name)))
+        reply = tfs_pb2.MultiInferenceResponse()
+        for method, target, key in tasks:
+            result = reply.results.add()
+            if method == CLASSIFY_METHOD:
+                classes = await self._classify(target, key, examples, call)
+                result.classification_result.CopyFrom(classes)
+            else:
+                values = await self._regress(target, key, examples, call)
+                result.regression_result.CopyFrom(values)
             target.model_spec(result.model_spec)
         return reply
 
@@ -378,12 +403,13 @@ def _bytes_array(values: Sequence[bytes]) -> np.ndarray:
     return array
 
 
-def _example_input(target: Target, method: str, outputs: Sequence[str]) -> str:
+def _example_input(target: Target, method: str) -> str:
     """The signature's one serialized-Example input key, or InvalidInput saying why not.
 
     A signature qualifies by its method_name or, for TF2 SavedModels (always "predict"),
     by its shape: one string input, and the outputs the method produces.
     """
+    outputs = (CLASSES, SCORES) if method == CLASSIFY_METHOD else (REGRESS_OUTPUT,)
     signature = target.signature
     verb = "Classify" if method == CLASSIFY_METHOD else "Regress"
     keys = list(signature.inputs)

@@ -31,9 +31,11 @@ from dl_inference_tfserving._proto import tfs_pb2
 from dl_inference_tfserving.grpc_api import grpc_handlers
 from dl_inference_tfserving.protocol import MODEL_SERVICE, PREDICTION_SERVICE, SEED_SERVICE
 from dl_inference_tfserving.rest import http_routes
+from dl_inference_tfserving.signatures import CLASSIFY_METHOD, REGRESS_METHOD
 
 GARBAGE = b"\x8a@\xe0"
 PREDICT = f"/{PREDICTION_SERVICE}/Predict"
+MULTI_INFERENCE = f"/{PREDICTION_SERVICE}/MultiInference"
 SEED_PREDICT = f"/{SEED_SERVICE}/Predict"
 GRPC_METHODS = [
     PREDICT,
@@ -85,6 +87,28 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Any, ...]]:
         config="""
         inputs: [{name: x, datatype: FP32, shape: [-1]}]
         outputs: [{name: y, datatype: FP32, shape: [-1]}]
+        """,
+    )
+    # Classify and Regress both fit its synthesized serving_default signature (one string
+    # input; scores, and regression outputs).
+    write_python_model(
+        tmp_path,
+        "scorer",
+        """
+        import numpy as np
+        from dl_inference import PythonModel
+
+        class Scorer(PythonModel):
+            def predict(self, inputs):
+                count = len(inputs["inputs"])
+                scores = np.full((count, 2), 0.5, dtype=np.float32)
+                return {"scores": scores, "outputs": np.arange(count, dtype=np.float32)}
+        """,
+        config="""
+        inputs: [{name: inputs, datatype: BYTES, shape: [-1]}]
+        outputs:
+          - {name: scores, datatype: FP32, shape: [-1, 2]}
+          - {name: outputs, datatype: FP32, shape: [-1]}
         """,
     )
     seen: dict[str, list[Any]] = {"methods": [], "errors": [], "authorized": []}
@@ -217,6 +241,43 @@ async def test_rest_failures_counted_once_with_the_route_label(served) -> None:
     async with session.post("/v1/models/add_one:predict", json={"instances": [1.5]}) as reply:
         assert reply.status == 200 and (await reply.json())["predictions"] == [2.5]
     assert seen["methods"] == [label]
+
+
+def multi_inference_request(*tasks: tuple[str, str]) -> bytes:
+    """A MultiInferenceRequest to ``scorer``: one (signature_name, method_name) per task."""
+    request = tfs_pb2.MultiInferenceRequest()
+    for signature, method in tasks:
+        task = request.tasks.add(method_name=method)
+        task.model_spec.name = "scorer"
+        task.model_spec.signature_name = signature
+    example = request.input.example_list.examples.add()
+    example.features.feature["f"].float_list.value.append(1.0)
+    return request.SerializeToString()
+
+
+async def test_multi_inference_refuses_a_signature_named_twice(served) -> None:
+    """TF Serving: "Duplicate evaluation of signature", before any task runs."""
+    channel, _, runtime, seen = served
+    duplicates = [
+        ((("", CLASSIFY_METHOD), ("", REGRESS_METHOD))),  # the default signature, twice
+        ((("serving_default", REGRESS_METHOD), ("", REGRESS_METHOD))),
+        ((("", CLASSIFY_METHOD), ("", CLASSIFY_METHOD))),
+    ]
+    for tasks in duplicates:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await raw_call(channel, MULTI_INFERENCE)(multi_inference_request(*tasks))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        details = caught.value.details()
+        assert "Duplicate evaluation of signature: serving_default" in details, details
+    assert seen["methods"] == []  # the model never ran
+    assert seen["errors"] == [(MULTI_INFERENCE, "InvalidInput")] * len(duplicates)
+    assert requests_counted(runtime, ok=False) == len(duplicates)
+    # Each signature once: each task runs once.
+    reply = await raw_call(channel, MULTI_INFERENCE)(multi_inference_request(("", REGRESS_METHOD)))
+    (result,) = tfs_pb2.MultiInferenceResponse.FromString(reply).results
+    assert [r.value for r in result.regression_result.regressions] == [0.0]
+    assert result.model_spec.signature_name == "serving_default"
+    assert seen["methods"] == [MULTI_INFERENCE]
 
 
 # HTTP's methods, and one of WebDAV's (aiohttp's parser refuses tokens it does not know).
