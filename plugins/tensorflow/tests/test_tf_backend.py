@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import shutil
 import subprocess
 import sys
@@ -76,15 +77,40 @@ def test_it_is_a_signature_backend_for_the_tfserving_protocol(built: Any) -> Non
 
 
 def test_bad_requests_are_invalid_input(text: TensorFlowBackend) -> None:
+    """Served, the kernel checks inputs first (against inputs()); alone, TensorFlow does."""
     words = np.array([b"a"], dtype=object)
     with pytest.raises(InvalidInput, match=r"no signature 'nope'.*serving_default, shout"):
         text.predict({"text": words}, signature_name="nope")
-    with pytest.raises(InvalidInput, match="needs input 'scale'"):
+    with pytest.raises(InvalidInput, match=r"must be a string.*serving_default, shout"):
+        text.predict({"text": words}, signature_name=5)
+    with pytest.raises(InvalidInput, match="missing a required argument: 'scale'"):
         text.predict({"text": words})
-    with pytest.raises(InvalidInput, match="FP64 given, FP32"):
+    # Never cast: 1.5 would silently become 1 in an integer input.
+    with pytest.raises(InvalidInput, match="expected to be a float tensor but is a double"):
         text.predict({"text": words, "scale": np.float64([1.0])})
-    with pytest.raises(InvalidInput, match="no input 'other'"):
+    with pytest.raises(InvalidInput, match="unexpected keyword argument 'other'"):
         text.predict({"text": words, "other": words}, signature_name="shout")
+
+
+def test_a_signature_name_parameter_selects_the_signature_on_every_protocol(
+    text: TensorFlowBackend,
+) -> None:
+    """The plugin's dli_on_request hook: the kernel validates against inputs() next."""
+    import dl_inference_tensorflow
+    from dl_inference import InferRequest, RequestContext
+
+    def on_request(parameters: dict[str, Any]) -> list[str]:
+        request = InferRequest(model_name="text", inputs={}, parameters=parameters)
+        dl_inference_tensorflow.dli_on_request(
+            RequestContext(protocol="v2", method="ModelInfer", request=request)
+        )
+        return [spec.name for spec in text.inputs() or []]
+
+    context = contextvars.copy_context()  # what the hook selects stays in this context
+    assert context.run(on_request, {"signature_name": "shout"}) == ["text"]
+    assert context.run(on_request, {}) == ["scale", "text"]  # no parameter: the default
+    assert context.run(on_request, {"signature_name": 7}) == ["scale", "text"]
+    assert context.run(on_request, {"signature_name": "nope"}) == []  # predict() names them
 
 
 def test_configured_default_signature(built: Any) -> None:

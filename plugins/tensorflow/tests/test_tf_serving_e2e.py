@@ -463,6 +463,41 @@ def test_rest_errors_look_like_tf_serving(server: ServerProcess) -> None:
     assert status == 200 and len(reply["predictions"]) == 1
 
 
+# -- other protocols ---------------------------------------------------------------------------
+
+
+def test_v2_and_seldon_requests_select_a_signature_by_parameter(
+    server: ServerProcess, built: Any
+) -> None:
+    """``parameters.signature_name`` selects the signature the kernel validates and runs."""
+    words = ["hi", "yo"]
+    text = {"name": "text", "datatype": "BYTES", "shape": [2], "data": words}
+    shout = {"signature_name": "shout"}
+    status, body = http(server, "/v2/models/text/infer", {"parameters": shout, "inputs": [text]})
+    assert status == 200, body
+    outputs = {output["name"]: output for output in body["outputs"]}
+    expected = built.text_v2.shout(tf.constant([w.encode() for w in words]))["upper"].numpy()
+    assert outputs["upper"]["data"] == [v.decode() for v in expected]
+    # Validated against that signature's inputs, not the default one's (text, scale).
+    scale = {"name": "scale", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]}
+    cases = [
+        ({"parameters": shout, "inputs": [text, scale]}, "has no input named 'scale'"),
+        ({"inputs": [text]}, "needs input 'scale'"),
+        ({"parameters": {"signature_name": "nope"}, "inputs": [text]}, "no signature 'nope'"),
+    ]
+    for document, words_in_error in cases:
+        status, body = http(server, "/v2/models/text/infer", document)
+        assert status == 400 and words_in_error in body["error"], (document, body)
+    status, body = http(server, "/v2/models/text/infer", {"inputs": [text, scale]})
+    assert status == 200, body
+    assert {output["name"] for output in body["outputs"]} == {"length", "scaled"}
+    # Seldon carries parameters as tags.
+    seldon = {"jsonData": {"text": words}, "meta": {"tags": {"model": "text", **shout}}}
+    status, body = http(server, "/api/v1.0/predictions", seldon)
+    assert status == 200, body
+    assert body["jsonData"]["upper"] == [v.decode() for v in expected], body
+
+
 def test_server_output_mentions_no_internal_errors(server: ServerProcess) -> None:
     # Every failure above was the client's: none may have become an INTERNAL error.
     assert "unexpected error" not in server.output(), textwrap.shorten(server.output(), 4000)

@@ -24,6 +24,7 @@ __all__ = [
     "SignatureDefMap",
     "TensorInfo",
     "current_signature",
+    "select_signature",
     "signature_scope",
 ]
 
@@ -55,6 +56,17 @@ def signature_scope(name: str | None) -> Iterator[None]:
         _requested.reset(token)
 
 
+def select_signature(name: str | None) -> None:
+    """Make :func:`current_signature` ``name`` for the rest of the running task.
+
+    For a per-request hook (``dli_on_request``), which has no block to scope it to; the
+    tensorflow plugin selects a request's ``signature_name`` parameter this way, on every
+    protocol. gRPC and aiohttp run each call in its own task, so the value ends with the
+    call, and a :func:`signature_scope` around the call restores what was there before.
+    """
+    _requested.set(name or None)
+
+
 def current_signature() -> str | None:
     """The signature the request being served addresses; ``None`` outside a TF Serving call."""
     return _requested.get()
@@ -68,7 +80,10 @@ class SignatureBackend(Protocol):
     GetModelMetadata, resolves ``model_spec.signature_name`` against it (an empty one means
     :meth:`default_signature`), passes ``signature_name=<name>`` to ``predict()``, and calls
     the runtime inside :func:`signature_scope`, so that ``inputs()`` / ``outputs()`` can
-    describe the addressed signature (read it with :func:`current_signature`).
+    describe the addressed signature (read it with :func:`current_signature`). Other
+    protocols carry a ``signature_name`` request parameter: a backend that honours it
+    selects it for ``inputs()`` with :func:`select_signature` from a ``dli_on_request``
+    hook, as the tensorflow plugin does.
     """
 
     def signature_def_map(self) -> tfs_pb2.SignatureDefMap:
