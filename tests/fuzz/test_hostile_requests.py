@@ -284,6 +284,35 @@ def hostile_tf(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
+def hostile_tf_inputs(draw: st.DrawFn) -> bytes:
+    """A PredictRequest of several inputs, named or not as the model's, many of them filled.
+
+    TensorFlow fills a short ``*_val`` list out with its last value: a few hundred bytes
+    naming twelve inputs, each one value for a tensor at the message limit, would cost twelve
+    times the limit if anything were decoded before the names and the request's fill budget
+    were checked.
+    """
+    request = tfs.PredictRequest()
+    request.model_spec.name = draw(st.sampled_from(["add_one", "upper"]))
+    names = st.sampled_from(["x", "text", ""] + [f"in{i}" for i in range(12)])
+    for name in draw(st.lists(names, min_size=2, max_size=12, unique=True)):
+        tensor = request.inputs[name]
+        if draw(st.booleans()):
+            draw(hostile_tensor_proto(tensor))
+            continue
+        tensor.dtype = draw(st.sampled_from([1, 2, 7, 9]))  # FLOAT, DOUBLE, STRING, INT64
+        # One value for up to the whole 2 MiB limit (and past it).
+        tensor.tensor_shape.dim.add(size=draw(st.sampled_from([2, 2**17, 2**18, 2**19, 2**20])))
+        if tensor.dtype == 7:
+            tensor.string_val.append(b"a")
+        elif tensor.dtype == 9:
+            tensor.int64_val.append(1)
+        else:
+            tensor.float_val.append(1.0)
+    return request.SerializeToString()
+
+
+@st.composite
 def hostile_seldon(draw: st.DrawFn) -> bytes:
     message = seldon.SeldonMessage()
     tag = draw(st.sampled_from(["model", "self", "inputs", "x"]))
@@ -339,6 +368,7 @@ def test_grpc_hostile_tensors(channel: grpc.Channel, data: st.DataObject) -> Non
                 (f"/{SEED}/TisPredict", hostile_v2()),
                 (f"/{TFS}/Predict", hostile_tf()),
                 (f"/{SEED}/Predict", hostile_tf()),
+                (f"/{TFS}/Predict", hostile_tf_inputs()),
                 ("/seldon.protos.Model/Predict", hostile_seldon()),
                 (f"/{SEED}/PytorchPredict", hostile_seldon()),
             ]
@@ -428,6 +458,24 @@ def test_rest_documents(server: ServerProcess, data: st.DataObject) -> None:
     body = data.draw(rest_body(valid))
     reply = requests.post(server.http_url + path, data=body, timeout=30)
     assert reply.status_code < 500, (path, body[:300], reply.status_code, reply.text[:300])
+
+
+REST_PATHS = sorted(
+    {path for path, _ in REST_TARGETS}
+    | {"/v1/models/add_one", "/v1/models/add_one/metadata", "/v1/models/nope", "/v2/models/add_one"}
+)
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+def test_rest_paths_under_other_methods(server: ServerProcess, method: str) -> None:
+    """No method answers 5xx; TF Serving's tree answers each as a malformed request."""
+    for path in REST_PATHS:
+        reply = requests.request(method, server.http_url + path, data=b"{}", timeout=30)
+        assert reply.status_code < 500, (method, path, reply.status_code, reply.text[:300])
+        if path.startswith("/v1/"):
+            assert 400 <= reply.status_code < 500, (method, path, reply.status_code)
+            if method != "HEAD":
+                assert reply.json() == {"error": f"Malformed request: {method} {path}"}
 
 
 def test_oversize_bodies_are_413(server: ServerProcess) -> None:
