@@ -2,9 +2,9 @@
 
 Every method is bound to its standard path through the kernel's call path
 (:class:`~dl_inference.CallPath`), over our own message classes (same wire format as
-``tensorflow_serving.apis``): a body that does not parse is INVALID_ARGUMENT, every failure
-is counted once (metrics, access log, ``dli_on_error``) and ``ctx.method`` is the path
-as called.
+``tensorflow_serving.apis``): a body that does not parse is INVALID_ARGUMENT, every failed
+inference call is counted once (metrics, access log, ``dli_on_error``) and ``ctx.method``
+is the path as called.
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ class TFServingServicer:
         return tfs_pb2.ReloadConfigResponse()
 
 
+# What metrics, the access log and dli_on_error count: calls that run a model.
+INFERENCE_METHODS = frozenset({"Predict", "Classify", "Regress", "MultiInference"})
+
+
 def grpc_handlers(runtime: RuntimeView) -> list[grpc.GenericRpcHandler]:
     """Generic handlers for the three services' standard method paths, on the call path."""
     s = TFServingServicer(runtime)
@@ -88,6 +92,7 @@ def grpc_handlers(runtime: RuntimeView) -> list[grpc.GenericRpcHandler]:
                 "MultiInference": (s.multi_inference, tfs_pb2.MultiInferenceRequest),
                 "GetModelMetadata": (s.get_model_metadata, tfs_pb2.GetModelMetadataRequest),
             },
+            counted=INFERENCE_METHODS,
         ),
         calls.grpc_service(
             MODEL_SERVICE,
@@ -95,6 +100,7 @@ def grpc_handlers(runtime: RuntimeView) -> list[grpc.GenericRpcHandler]:
                 "GetModelStatus": (s.get_model_status, tfs_pb2.GetModelStatusRequest),
                 "HandleReloadConfigRequest": (s.reload_config, tfs_pb2.ReloadConfigRequest),
             },
+            counted=False,
         ),
         calls.grpc_service(SEED_SERVICE, {"Predict": (s.seed_predict, tfs_pb2.PredictRequest)}),
     ]

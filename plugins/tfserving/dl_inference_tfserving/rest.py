@@ -110,8 +110,14 @@ class TFServingRest:
         # for any other token a client sends, so that clients cannot invent labels.
         for method in (*sorted(hdrs.METH_ALL), _OTHER_METHOD):
             handlers[method] = (f"{method} /v1/models/...", self.malformed)
+        # Only calls that may run a model count as inference (a malformed POST failed
+        # before we could tell which verb it meant); status, metadata and other methods
+        # are answered with the right code and not counted.
+        inference = {"predict", "classify", "regress", "POST"}
         self.handlers: dict[str, Handler] = {
-            kind: self.calls.http_handler(label, handler, json_error_body)
+            kind: self.calls.http_handler(
+                label, handler, json_error_body, counted=kind in inference
+            )
             for kind, (label, handler) in handlers.items()
         }
 
