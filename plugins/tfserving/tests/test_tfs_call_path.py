@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from _tfs_shared import GRPC_METHODS, PREDICT, SEED_PREDICT
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
@@ -29,24 +30,12 @@ from dl_inference.kernel.runtime import Runtime
 from dl_inference.testing import write_python_model
 from dl_inference_tfserving._proto import tfs_pb2
 from dl_inference_tfserving.grpc_api import INFERENCE_METHODS, grpc_handlers
-from dl_inference_tfserving.protocol import MODEL_SERVICE, PREDICTION_SERVICE, SEED_SERVICE
+from dl_inference_tfserving.protocol import PREDICTION_SERVICE
 from dl_inference_tfserving.rest import http_routes
 from dl_inference_tfserving.signatures import CLASSIFY_METHOD, REGRESS_METHOD
 
 GARBAGE = b"\x8a@\xe0"
-PREDICT = f"/{PREDICTION_SERVICE}/Predict"
 MULTI_INFERENCE = f"/{PREDICTION_SERVICE}/MultiInference"
-SEED_PREDICT = f"/{SEED_SERVICE}/Predict"
-GRPC_METHODS = [
-    PREDICT,
-    f"/{PREDICTION_SERVICE}/Classify",
-    f"/{PREDICTION_SERVICE}/Regress",
-    f"/{PREDICTION_SERVICE}/MultiInference",
-    f"/{PREDICTION_SERVICE}/GetModelMetadata",
-    f"/{MODEL_SERVICE}/GetModelStatus",
-    f"/{MODEL_SERVICE}/HandleReloadConfigRequest",
-    SEED_PREDICT,
-]
 MAX_MESSAGE_BYTES = 256 * 1024
 
 

@@ -17,14 +17,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from _tfs_shared import PREDICT, write_add_one
 
 from dl_inference.testing import ServerProcess, write_python_model
 from dl_inference_tfserving._proto import tfs_pb2
-from dl_inference_tfserving.protocol import PREDICTION_SERVICE
 
 MAX_MESSAGE_MB = 16
 LIMIT = MAX_MESSAGE_MB * 1024 * 1024
-PREDICT = f"/{PREDICTION_SERVICE}/Predict"
 NAMES = [f"in{i}" for i in range(12)]
 # What one refused request may add to the server's peak memory (12 fills would be 192 MiB).
 GROWTH = 32 * 1024 * 1024
@@ -34,22 +33,7 @@ GROWTH = 32 * 1024 * 1024
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("tfs_fill_budget")
     repo = root / "models"
-    write_python_model(
-        repo,
-        "pyadd",
-        """
-        import numpy as np
-        from dl_inference import PythonModel
-
-        class AddOne(PythonModel):
-            def predict(self, inputs):
-                return {"y": inputs["x"] + np.float32(1)}
-        """,
-        config="""
-        inputs: [{name: x, datatype: FP32, shape: [-1]}]
-        outputs: [{name: y, datatype: FP32, shape: [-1]}]
-        """,
-    )
+    write_add_one(repo)
     specs = ", ".join(f"{{name: {name}, datatype: FP32, shape: [-1]}}" for name in NAMES)
     write_python_model(
         repo,

@@ -20,48 +20,20 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from _tfs_shared import GRPC_METHODS, PREDICT, SEED_PREDICT, write_add_one
 
 from dl_inference.testing import ServerProcess, write_python_model
 from dl_inference_tfserving._proto import tfs_pb2
-from dl_inference_tfserving.protocol import MODEL_SERVICE, PREDICTION_SERVICE, SEED_SERVICE
 
 MAX_MESSAGE_MB = 2
 GARBAGE = b"\x8a@\xe0"
-PREDICT = f"/{PREDICTION_SERVICE}/Predict"
-SEED_PREDICT = f"/{SEED_SERVICE}/Predict"
-GRPC_METHODS = [
-    PREDICT,
-    f"/{PREDICTION_SERVICE}/Classify",
-    f"/{PREDICTION_SERVICE}/Regress",
-    f"/{PREDICTION_SERVICE}/MultiInference",
-    f"/{PREDICTION_SERVICE}/GetModelMetadata",
-    f"/{MODEL_SERVICE}/GetModelStatus",
-    f"/{MODEL_SERVICE}/HandleReloadConfigRequest",
-    SEED_PREDICT,
-]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("tfs_hostile")
     repo = root / "models"
-    write_python_model(
-        repo,
-        "pyadd",
-        """
-        import numpy as np
-        from dl_inference import PythonModel
-
-        class AddOne(PythonModel):
-            def predict(self, inputs):
-                return {"y": inputs["x"] + np.float32(1)}
-        """,
-        config="""
-        backend: python
-        inputs: [{name: x, datatype: FP32, shape: [-1]}]
-        outputs: [{name: y, datatype: FP32, shape: [-1]}]
-        """,
-    )
+    write_add_one(repo)
     write_python_model(
         repo,
         "words",
