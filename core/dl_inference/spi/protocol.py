@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from dl_inference.spi.errors import ConfigError
+
 if TYPE_CHECKING:
     import grpc
     import numpy as np
@@ -38,6 +40,21 @@ class BenchRequest:
     """The serialized request message (gRPC) or the HTTP body."""
     headers: tuple[tuple[str, str], ...] = ()
     """gRPC metadata (lower-case keys) or HTTP headers (``Content-Type`` included)."""
+
+    @staticmethod
+    def check_options(
+        protocol: str, options: Mapping[str, str], allowed: Sequence[str] = ()
+    ) -> None:
+        """Refuse ``--option`` keys ``protocol`` does not take, naming the ones it does."""
+        unknown = sorted(set(options) - set(allowed))
+        if not unknown:
+            return
+        takes = (
+            f"takes {', '.join(allowed)} (e.g. --option {allowed[0]}=...)"
+            if allowed
+            else "takes no request options"
+        )
+        raise ConfigError(f"--option {', '.join(unknown)}: the {protocol} protocol {takes}")
 
 
 def rename_proto_types(file: FileDescriptorProto, renames: Mapping[str, str]) -> None:

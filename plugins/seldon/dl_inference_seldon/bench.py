@@ -34,10 +34,7 @@ def bench_request(
     **options: str,
 ) -> BenchRequest:
     """The SeldonMessage for the one tensor in ``inputs``; ConfigError when it cannot be."""
-    if options:
-        raise ConfigError(
-            f"--option {', '.join(options)}: the seldon protocol takes no request options"
-        )
+    BenchRequest.check_options("seldon", options)
     if len(inputs) != 1:
         raise ConfigError(
             f"the Seldon protocol carries one tensor per request; this model takes "

@@ -35,12 +35,7 @@ def bench_request(
     **options: str,
 ) -> BenchRequest:
     """The Predict request for ``inputs``; ConfigError says what cannot be sent and why."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(
-            f"--option {', '.join(unknown)}: the tfserving protocol takes "
-            f"{', '.join(OPTIONS)} (e.g. --option signature_name=serving_default)"
-        )
+    BenchRequest.check_options("tfserving", options, OPTIONS)
     signature = options.get("signature_name", "")
     if version and not (re.fullmatch("[0-9]+", version) and int(version) <= _INT64_MAX):
         raise ConfigError(

@@ -17,7 +17,6 @@ from dl_inference.builtin.v2 import SERVICE
 from dl_inference.builtin.v2.binary import HEADER_LENGTH
 from dl_inference.builtin.v2.codec import array_to_raw
 from dl_inference.spi.datatypes import from_numpy_dtype
-from dl_inference.spi.errors import ConfigError
 from dl_inference.spi.protocol import BenchRequest, BenchTransport
 
 INFER_METHOD = f"/{SERVICE}/ModelInfer"
@@ -32,10 +31,7 @@ def bench_request(
     **options: str,
 ) -> BenchRequest:
     """:meth:`V2Protocol.bench_request <dl_inference.Protocol.bench_request>`: no options."""
-    if options:
-        raise ConfigError(
-            f"--option {', '.join(options)}: the v2 protocol takes no request options"
-        )
+    BenchRequest.check_options("v2", options)
     if transport == "grpc":
         return BenchRequest("grpc", INFER_METHOD, v2_grpc_body(model, version, inputs))
     body, headers = v2_rest_body(inputs)
