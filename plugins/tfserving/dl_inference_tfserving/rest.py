@@ -262,13 +262,7 @@ def _row_inputs(instances: Any, specs: dict[str, tfs_pb2.TensorInfo]) -> dict[st
         raise InvalidInput('"instances" must be a non-empty list (one entry per example)')
     named = all(isinstance(i, dict) and "b64" not in i for i in instances)
     if not named:
-        if len(specs) > 1:
-            raise InvalidInput(
-                f"the signature has {len(specs)} inputs ({', '.join(sorted(specs))}); each "
-                "instance must be an object naming them"
-            )
-        key = next(iter(specs)) if specs else "inputs"
-        return {key: _to_array(key, instances, specs.get(key), "instances")}
+        return _sole_input(instances, specs, "instances", "each instance must be an object")
     keys = set(instances[0])
     for index, instance in enumerate(instances):
         if set(instance) != keys:
@@ -287,13 +281,20 @@ def _columnar_inputs(inputs: Any, specs: dict[str, tfs_pb2.TensorInfo]) -> dict[
         return {
             key: _to_array(key, value, specs.get(key), "inputs") for key, value in inputs.items()
         }
+    return _sole_input(inputs, specs, "inputs", '"inputs" must be an object')
+
+
+def _sole_input(
+    value: Any, specs: dict[str, tfs_pb2.TensorInfo], field: str, needs: str
+) -> dict[str, np.ndarray]:
+    """Unnamed data: the signature's one input (``"inputs"`` when it names none)."""
     if len(specs) > 1:
         raise InvalidInput(
-            f'the signature has {len(specs)} inputs ({", ".join(sorted(specs))}); "inputs" must '
-            "be an object naming them"
+            f"the signature has {len(specs)} inputs ({', '.join(sorted(specs))}); {needs} "
+            "naming them"
         )
     key = next(iter(specs)) if specs else "inputs"
-    return {key: _to_array(key, inputs, specs.get(key), "inputs")}
+    return {key: _to_array(key, value, specs.get(key), field)}
 
 
 # -- arrays -> JSON ----------------------------------------------------------------------------
