@@ -129,10 +129,9 @@ def test_parsing_turns_decoder_errors_into_invalid_input() -> None:
         raise RuntimeError("a bug")
 
 
-def test_call_path_names_the_protocol() -> None:
-    path = CallPath(runtime=None, protocol="myproto")  # type: ignore[arg-type]
-    assert path.plugin == "myproto"
-    assert np.dtype("float32")  # numpy is what adapters decode into
+def test_call_path_names_the_protocol_as_its_plugin_by_default() -> None:
+    assert CallPath(runtime=None, protocol="myproto").plugin == "myproto"  # type: ignore[arg-type]
+    assert CallPath(runtime=None, protocol="p", plugin="pkg").plugin == "pkg"  # type: ignore[arg-type]
 
 
 async def test_an_adapter_that_authorizes_first_is_not_asked_again(tmp_path: Path) -> None:

@@ -246,14 +246,9 @@ def test_v2_client_reaches_the_pytorch_model(served):
     x = digits(2, seed=23)
     infer_input = tritonclient.InferInput("x", list(x.shape), "FP32")
     infer_input.set_data_from_numpy(x)
-    try:
-        result = client.infer(
-            "cnn_pth", [infer_input], outputs=[tritonclient.InferRequestedOutput("logits")]
-        )
-    except tritonclient.InferenceServerException as exc:
-        if "UNIMPLEMENTED" in str(exc.status()):
-            pytest.skip("the kernel's V2 gRPC protocol is not served yet")
-        raise
+    result = client.infer(
+        "cnn_pth", [infer_input], outputs=[tritonclient.InferRequestedOutput("logits")]
+    )
     np.testing.assert_allclose(
         result.as_numpy("logits"), reference(served.modules["cnn_pth"], x), rtol=1e-5, atol=1e-5
     )
