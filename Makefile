@@ -15,6 +15,7 @@ serve: $(VENV)/.kernel
 ## test: install everything (kernel, plugins, test tools) and run lint + the whole test suite
 test: $(VENV)/.all
 	sh scripts/install_system_deps.sh
+	sh scripts/install_reference_servers.sh
 	$(VENV)/bin/ruff check .
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

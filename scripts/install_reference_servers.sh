@@ -1,0 +1,34 @@
+#!/bin/sh
+# The reference servers the side-by-side tests compare dl-inference with, each in a venv of
+# its own under $DLI_REFERENCE_DIR (default .reference/): Seldon Core's Python wrapper
+# (seldon-core 1.18.2 pins protobuf<4, so it cannot share our venv) and a real Triton 2.51
+# (the C++ server and its python backend, bundled by nvidia-pytriton). A venv that fails to
+# install is left out with a note; the tests that need it skip and say why.
+set -e
+cd "$(dirname "$0")/.."
+DIR=${DLI_REFERENCE_DIR:-.reference}
+PY=${PYTHON:-python3}
+mkdir -p "$DIR"
+
+install() {
+    name=$1; shift
+    [ -f "$DIR/$name/.installed" ] && return 0
+    rm -rf "$DIR/$name"
+    if "$PY" -m venv "$DIR/$name" && "$DIR/$name/bin/pip" install -q "$@" >"$DIR/$name.log" 2>&1; then
+        touch "$DIR/$name/.installed"
+    else
+        echo "note: could not install the $name reference server (see $DIR/$name.log); the tests comparing with it skip"
+    fi
+}
+
+install seldon seldon-core==1.18.2 &
+install triton nvidia-pytriton==0.7.0 numpy &
+wait
+# Triton's python backend looks for its stub next to the backend; the wheel ships one per
+# Python version.
+T=$(echo "$DIR"/triton/lib/python3.*/site-packages/pytriton/tritonserver)
+if [ -d "$T" ] && [ ! -e "$T/backends/python/triton_python_backend_stub" ]; then
+    V=$("$DIR/triton/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    cp "$T/python_backend_stubs/$V/triton_python_backend_stub" "$T/backends/python/"
+fi
+exit 0
