@@ -146,6 +146,25 @@ def test_other_prediction_methods_are_routed_too(stub: Any, tf_apis: Any) -> Non
     assert reply.model_spec.name == "tfmodel"
 
 
+def test_the_seeds_predict_goes_upstream_as_tf_servings_own(
+    server: ServerProcess, tf_apis: Any
+) -> None:
+    # TF Serving has no seed service: the seed's gateway sent Predict on under TF Serving's
+    # own path, the same bytes.
+    predict_pb2, _ = tf_apis
+    x = np.arange(4, dtype=np.float32)
+    request = predict_request(predict_pb2, "tfmodel", x)
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        call = channel.unary_unary(
+            "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/Predict",
+            request_serializer=predict_pb2.PredictRequest.SerializeToString,
+            response_deserializer=predict_pb2.PredictResponse.FromString,
+        )
+        reply = call(request, timeout=10)
+    assert output_text(reply, "sha256") == hashlib.sha256(request.SerializeToString()).hexdigest()
+    np.testing.assert_array_equal(output_floats(reply, "y"), x * 2)
+
+
 def test_unavailable_names_the_model_and_every_node_tried(
     stub: Any, tf_apis: Any, dead_ports: list[int], server: ServerProcess
 ) -> None:

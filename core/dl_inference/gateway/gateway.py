@@ -209,6 +209,15 @@ class Gateway:
                 table[path] = (instance.name, reader)
         return table
 
+    def upstream_table(self, protocols: Iterable[Protocol | type[Protocol]]) -> dict[str, str]:
+        """gRPC method path -> the path calls to it are forwarded under, from each
+        protocol's :meth:`~dl_inference.Protocol.upstream_paths`."""
+        table: dict[str, str] = {}
+        for protocol in protocols:
+            instance = protocol() if isinstance(protocol, type) else protocol
+            table.update(instance.upstream_paths())
+        return table
+
     def wrap_grpc_handlers(
         self,
         local_handlers: Sequence[grpc.GenericRpcHandler],
@@ -222,8 +231,10 @@ class Gateway:
         """
         if not self.routes:
             return list(local_handlers)
+        protocols = list(protocols)
         table = self.routing_table(protocols)
-        return [_GatewayHandler(self, table, list(local_handlers)), *local_handlers]
+        upstream = self.upstream_table(protocols)
+        return [_GatewayHandler(self, table, upstream, list(local_handlers)), *local_handlers]
 
 
 def read_routing_key(
@@ -262,10 +273,12 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         self,
         gateway: Gateway,
         table: dict[str, tuple[str, RoutingKeyReader]],
+        upstream: dict[str, str],
         local: list[grpc.GenericRpcHandler],
     ) -> None:
         self.gateway = gateway
         self.table = table
+        self.upstream = upstream
         self.local = local
         # Method path -> how the local handler takes it: "unary", "stream" (both ways),
         # or "other" (one-way streams: not forwarded, served here).
@@ -344,7 +357,8 @@ class _GatewayHandler(grpc.GenericRpcHandler):
     ) -> bytes:
         model, route = self._route_for(details, protocol, reader, body, context)
         if route is not None:
-            return await self.gateway.forwarder.forward(route, details.method, body, context)
+            method = self.upstream.get(details.method, details.method)
+            return await self.gateway.forwarder.forward(route, method, body, context)
         return await self._local(details, model, body, context)
 
     async def _handle_stream(
@@ -362,7 +376,8 @@ class _GatewayHandler(grpc.GenericRpcHandler):
             return  # the client closed without a message: nothing to answer
         model, route = self._route_for(details, protocol, reader, first, context)
         if route is not None:
-            replies = forward_stream(route, details.method, first, rest, context)
+            method = self.upstream.get(details.method, details.method)
+            replies = forward_stream(route, method, first, rest, context)
         else:
             replies = self._local_stream(details, model, first, rest, context)
         async for reply in replies:

@@ -124,6 +124,17 @@ class Protocol:
         """gRPC method path -> reader of the model name, for the gateway's routing."""
         return {}
 
+    def upstream_paths(self) -> Mapping[str, str]:
+        """gRPC method path the gateway takes -> the path it forwards the same bytes under.
+
+        For services that live only in the gateway, such as the seed's unified
+        ``WpaiDLPredictOnlineService``: the seed's gateway sent ``TisPredict`` upstream as
+        V2's ``ModelInfer`` and ``PytorchPredict`` as Seldon's ``Model/Predict``, so real
+        Triton, TF Serving and Seldon nodes answer them. Paths not listed go upstream as
+        called.
+        """
+        return {}
+
     def rest_routing_keys(self) -> Mapping[str, RoutingKeyReader]:
         """REST path of a POST whose path names no model -> reader of the model name.
 

@@ -195,6 +195,10 @@ class SeldonProtocol(Protocol):
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
         return {path: routing.seldon_routing_key for path in PREDICT_PATHS}
 
+    def upstream_paths(self) -> Mapping[str, str]:
+        """The seed's ``PytorchPredict`` goes upstream as Seldon's ``Model/Predict``."""
+        return {f"/{SEED_SERVICE}/PytorchPredict": f"/{MODEL_SERVICE}/Predict"}
+
     def rest_routing_keys(self) -> Mapping[str, RoutingKeyReader]:
         return {REST_PATH: routing.seldon_rest_routing_key}
 

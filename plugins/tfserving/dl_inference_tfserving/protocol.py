@@ -103,6 +103,10 @@ class TFServingProtocol(Protocol):
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
         return dict(ROUTING_KEYS)
 
+    def upstream_paths(self) -> Mapping[str, str]:
+        """The seed's ``Predict`` goes upstream as TF Serving's own ``Predict``."""
+        return {f"/{SEED_SERVICE}/Predict": f"/{PREDICTION_SERVICE}/Predict"}
+
     def rest_model_paths(self) -> Sequence[str]:
         return (REST_MODEL_PATH,)
 

@@ -81,6 +81,13 @@ class V2Protocol(Protocol):
         keys[f"/{SEED_SERVICE}/TisPredict"] = read_model_name
         return keys
 
+    def upstream_paths(self) -> Mapping[str, str]:
+        """The seed's ``TisPredict`` goes upstream as ``ModelInfer`` (the same bytes), as
+        the seed's gateway sent it to Triton."""
+        from dl_inference.builtin.v2.grpc_service import SEED_SERVICE
+
+        return {f"/{SEED_SERVICE}/TisPredict": f"/{SERVICE}/ModelInfer"}
+
     def bench_request(
         self,
         model: str,
