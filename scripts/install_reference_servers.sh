@@ -21,7 +21,8 @@ install() {
     fi
 }
 
-install seldon seldon-core==1.18.2 &
+# The wrapper's gunicorn imports pkg_resources, which setuptools 81 and later no longer ship.
+install seldon seldon-core==1.18.2 "setuptools<81" &
 install triton nvidia-pytriton==0.7.0 numpy &
 wait
 # Triton's python backend looks for its stub next to the backend; the wheel ships one per
