@@ -1,8 +1,8 @@
 """TF Serving's requests for ``dl-inference bench --protocol tfserving``.
 
 gRPC: a ``PredictionService/Predict`` ``PredictRequest``, each tensor encoded by
-:func:`dl_inference_tfserving.codec.from_numpy` (numbers in ``tensor_content``, strings in
-``string_val``), as TF Serving's own clients send them. REST: ``POST
+:func:`dl_inference_tfserving.codec.from_numpy` with ``tensor_content=True`` (numbers in
+``tensor_content``, strings in ``string_val``), as ``tf.make_tensor_proto`` sends them. REST: ``POST
 /v1/models/<name>[/versions/<v>]:predict`` with the columnar ``{"inputs": {...}}`` body,
 values written as this plugin's REST API writes them (text, or ``{"b64": ...}`` for bytes
 that are not UTF-8). Options: ``signature_name``.
@@ -60,7 +60,7 @@ def _predict_request(
     if signature:
         request.model_spec.signature_name = signature
     for name, array in inputs.items():
-        codec.from_numpy(array, request.inputs[name])
+        codec.from_numpy(array, request.inputs[name], tensor_content=True)
     return request.SerializeToString()
 
 

@@ -3,6 +3,8 @@
 Decoding reads ``tensor_content`` with ``np.frombuffer`` (no copy); typed ``*_val`` fields
 follow TensorFlow's rule that a shorter list is padded with its last value, within a byte
 budget. Declared shapes are checked against the bytes present before any allocation.
+Encoding fills the typed ``*_val`` fields, as TF Serving answers, or ``tensor_content``
+on request.
 
 Public for other plugins: :func:`to_numpy` (:func:`tensors_to_numpy` for a message's
 several tensors) and :func:`from_numpy` read and write any protobuf message with
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from dl_inference import InvalidInput, check_raw_size, check_value_count, narrow_array
+from dl_inference import InvalidInput, check_raw_size, check_value_count, narrow_array, wire
 from dl_inference_tfserving._proto import tfs_pb2
 
 DT = tfs_pb2.DataType
@@ -226,12 +228,19 @@ def _typed_values(label: str, dtype: int, field: str, values: Any) -> np.ndarray
     return narrow_array(label, wide, _TABLE[dtype][0], field=field, type_name=dtype_name(dtype))
 
 
-def from_numpy(array: np.ndarray, proto: Any = None) -> Any:
-    """Encode an array; numbers go to ``tensor_content`` (one copy), strings to ``string_val``.
+def from_numpy(array: np.ndarray, proto: Any = None, *, tensor_content: bool = False) -> Any:
+    """Encode an array as TensorFlow's ``Tensor::AsProtoField`` does, or in ``tensor_content``.
+
+    By default numbers go to the dtype's typed field, as TF Serving answers ``Predict``
+    (``float_val``, ``double_val``, ``int_val`` for int8...uint16 and int32, ``int64_val``,
+    ``uint32_val``, ``uint64_val``, ``bool_val``, and ``half_val`` holding float16's 16-bit
+    patterns), one value per element. ``tensor_content=True`` writes numbers as
+    ``Tensor::AsProtoTensorContent`` does: their little-endian bytes in ``tensor_content``
+    (one copy). Strings always go to ``string_val``. Both read back the same with
+    ``tf.make_ndarray``.
 
     Fills ``proto`` (any empty message with TensorProto's fields, e.g. Seldon's
     ``tftensor`` in a reply) or a new ``tfs_pb2.TensorProto``, and returns it.
-    ``tensor_content`` is written little-endian, as TensorFlow reads it.
     """
     proto = proto if proto is not None else tfs_pb2.TensorProto()
     array = np.asarray(array)
@@ -242,10 +251,38 @@ def from_numpy(array: np.ndarray, proto: Any = None) -> Any:
         proto.tensor_shape.dim.add().size = dim
     if proto.dtype == DT.DT_STRING:
         proto.string_val.extend(_as_bytes(v) for v in array.reshape(-1))
-    else:
-        wire = array.dtype.newbyteorder("<")
-        proto.tensor_content = np.ascontiguousarray(array, dtype=wire).tobytes()
+    elif tensor_content:
+        wire_dtype = array.dtype.newbyteorder("<")
+        proto.tensor_content = np.ascontiguousarray(array, dtype=wire_dtype).tobytes()
+    elif array.size:
+        _fill_typed(proto, proto.dtype, array.reshape(-1))
     return proto
+
+
+# Typed fields whose packed wire form is the values' own little-endian bytes (fixed32,
+# fixed64, and bool's one-byte varints): written as those bytes, numpy's copy, and parsed
+# by protobuf in C, some 20 times faster than appending Python numbers one by one.
+_PACKED_BYTES: dict[int, tuple[int, np.dtype]] = {
+    DT.DT_FLOAT: (tfs_pb2.TensorProto.FLOAT_VAL_FIELD_NUMBER, np.dtype("<f4")),
+    DT.DT_DOUBLE: (tfs_pb2.TensorProto.DOUBLE_VAL_FIELD_NUMBER, np.dtype("<f8")),
+    DT.DT_BOOL: (tfs_pb2.TensorProto.BOOL_VAL_FIELD_NUMBER, np.dtype(np.uint8)),
+}
+
+
+def _fill_typed(proto: Any, dtype: int, flat: np.ndarray) -> None:
+    """Append ``flat``'s values to the typed field of ``dtype`` (``Tensor::AsProtoField``)."""
+    packed = _PACKED_BYTES.get(dtype)
+    if packed is not None:
+        number, wire_dtype = packed
+        raw = np.ascontiguousarray(flat, dtype=wire_dtype).tobytes()
+        # Merging appends to the repeated field, as extend() would: same message, any package.
+        proto.MergeFromString(wire.len_field_header(number, len(raw)) + raw)
+    elif dtype == DT.DT_HALF:
+        # TensorFlow keeps float16 as its bit patterns in half_val (an int32 field).
+        proto.half_val.extend(flat.view(np.uint16).tolist())
+    else:
+        # Varint fields: tolist() hands protobuf Python ints, far faster than numpy scalars.
+        getattr(proto, _TABLE[dtype][2]).extend(flat.tolist())
 
 
 def _as_bytes(value: object) -> bytes:

@@ -65,7 +65,7 @@ def test_typed_values_follow_tensorflow_padding_and_half_bits() -> None:
 
 
 def test_tensor_content_is_viewed_not_copied() -> None:
-    tensor = codec.from_numpy(np.arange(4, dtype=np.int32))
+    tensor = codec.from_numpy(np.arange(4, dtype=np.int32), tensor_content=True)
     array = codec.to_numpy(tensor)
     assert not array.flags.writeable  # a view of the message's bytes
 
@@ -152,7 +152,7 @@ def test_one_fill_budget_for_all_the_tensors_of_a_request() -> None:
 
 
 def test_the_fill_budget_counts_only_filled_tensors() -> None:
-    sent = codec.from_numpy(np.arange(64, dtype=np.float32))  # 256 bytes, sent in full
+    sent = codec.from_numpy(np.arange(64, dtype=np.float32), tensor_content=True)  # 256 bytes
     three = tensor_proto(tfs_pb2.DT_FLOAT, [3], float_val=[1.0, 2.0])  # 12 bytes filled
     five = tensor_proto(tfs_pb2.DT_STRING, [5], string_val=[b"a"])  # 5 x 8 bytes filled
     arrays = codec.tensors_to_numpy(
