@@ -47,7 +47,7 @@ def bench_request(
         for key, value in tags.items():
             message.meta.tags[key].string_value = value
         try:
-            tensor_proto.from_numpy(array, message.data.tftensor)
+            tensor_proto.from_numpy(array, message.data.tftensor, tensor_content=True)
         except InvalidInput as exc:
             raise ConfigError(f"the seldon protocol cannot carry this input: {exc}") from None
         body = message.SerializeToString()

@@ -12,12 +12,21 @@ Seldon's message carries one tensor, with no tensor name, so:
 - a model declaring several inputs needs ``jsonData`` as an object ``{input: value}``;
 - a model declaring none gets it as ``input__0``, untouched (float64 for numbers).
 
-Replies use the request's kind: tensor -> tensor, ndarray -> ndarray, tftensor -> tftensor,
-jsonData -> jsonData. As Seldon's own wrapper does, a ``binData`` / ``strData`` request is
-answered in kind when the model returns one string (BYTES with one element) and with
-``data.ndarray`` otherwise; a BYTES output asked for as a tensor comes back as ndarray
-too. Data replies carry one output: the one named by ``meta.tags.output``, else the first;
-an object ``jsonData`` request gets every output.
+Replies take the shapes Seldon Core's Python wrapper (seldon-core 1.18) gives the value a
+wrapper model would return, the outputs being that value:
+
+- an object ``jsonData`` request gets ``jsonData``, an object holding every output (a
+  wrapper model returning a dict);
+- a ``binData`` / ``strData`` request whose output is one string (BYTES with one element)
+  gets it back in kind (a model returning bytes / str); not UTF-8 text, as ``binData``;
+- otherwise the output is an array: numbers (integers, floats; not booleans, as numpy's
+  ``np.number`` says) answer a ``data`` request in the request's kind (tensor, ndarray,
+  tftensor) and any other request (binData, strData, a non-object jsonData) as
+  ``data.tensor``; strings and booleans answer as ``data.ndarray``. An output of two or more
+  dimensions names its columns ``t:0``, ``t:1``, ... in ``data.names``, as the wrapper
+  does for a model without ``class_names``.
+
+Data replies carry one output: the one named by ``meta.tags.output``, else the first.
 
 A ``tftensor`` is TensorFlow's TensorProto: the tfserving plugin owns its rules, and
 :func:`dl_inference_tfserving.codec.to_numpy` / ``from_numpy`` read and write Seldon's copy
@@ -254,40 +263,50 @@ def encode_reply(
     *,
     json_object: bool = False,
 ) -> None:
-    """Write ``outputs`` into ``reply`` in the request's ``kind`` (see the module docstring)."""
+    """Write ``outputs`` into ``reply`` for a request of ``kind`` (see the module docstring).
+
+    ``json_object``: the request was an object ``jsonData``, answered with every output.
+    """
     if not outputs:
         raise InvalidInput("the model returned no outputs")
-    if kind == "jsonData":
-        if json_object:
-            value: Any = {name: _to_json(array) for name, array in outputs.items()}
-        else:
-            value = _to_json(next(iter(outputs.values())))
+    if json_object:
+        value = {name: _to_json(array) for name, array in outputs.items()}
         json_format.ParseDict(value, reply.jsonData)
         return
     array = np.asarray(next(iter(outputs.values())))
-    is_bytes = array.dtype.kind in "OSU"
-    if kind in ("binData", "strData"):
-        if is_bytes and array.size == 1:
-            raw = _utf8(array.reshape(-1)[0])
-            if kind == "strData":
-                try:
-                    reply.strData = bytes(raw).decode("utf-8")
-                    return
-                except UnicodeDecodeError:
-                    pass  # not text: the bytes as they are
-            reply.binData = bytes(raw)
-            return
+    if kind in ("binData", "strData") and array.dtype.kind in "OSU" and array.size == 1:
+        raw = _utf8(array.reshape(-1)[0])
+        if kind == "strData":
+            try:
+                reply.strData = bytes(raw).decode("utf-8")
+                return
+            except UnicodeDecodeError:
+                pass  # not text: the bytes as they are
+        reply.binData = bytes(raw)
+        return
+    encode_array(array, reply.data, kind if kind in DATA_KINDS else "tensor")
+
+
+# The kinds of ``DefaultData``; a numeric reply to a data request keeps the request's.
+DATA_KINDS = ("tensor", "ndarray", "tftensor")
+
+
+def encode_array(array: np.ndarray, data: pb.DefaultData, kind: str) -> None:
+    """One array as ``DefaultData`` of ``kind``, as the wrapper writes it: non-numbers (strings,
+    booleans) as ``ndarray`` whatever ``kind`` says, and columns named ``t:0``, ``t:1``, ...
+    """
+    if not np.issubdtype(array.dtype, np.number):
         kind = "ndarray"
-    if kind == "tensor" and is_bytes:
-        kind = "ndarray"
+    if array.ndim > 1:
+        data.names.extend(f"t:{column}" for column in range(array.shape[1]))
     if kind == "tensor":
-        reply.data.tensor.shape.extend(array.shape)
-        reply.data.tensor.values.extend(array.astype(np.float64, copy=False).ravel().tolist())
+        data.tensor.shape.extend(array.shape)
+        data.tensor.values.extend(array.astype(np.float64, copy=False).ravel().tolist())
     elif kind == "tftensor":
-        tensor_proto.from_numpy(array, reply.data.tftensor)
+        tensor_proto.from_numpy(array, data.tftensor)
     else:
-        data = _to_json(array)
-        reply.data.ndarray.extend(data if isinstance(data, list) else [data])
+        value = _to_json(array)
+        data.ndarray.extend(value if isinstance(value, list) else [value])
 
 
 def _to_json(array: np.ndarray) -> Any:
@@ -372,7 +391,8 @@ def message_to_json(message: pb.SeldonMessage) -> dict[str, Any]:
     which = message.WhichOneof("data_oneof")
     if which == "data":
         data = message.data
-        body: dict[str, Any] = {"names": list(data.names)} if data.names else {}
+        # The wrapper writes "names" in every data reply, an empty list when there are none.
+        body: dict[str, Any] = {"names": list(data.names)}
         inner = data.WhichOneof("data_oneof")
         if inner == "tensor":
             body["tensor"] = {"shape": list(data.tensor.shape), "values": list(data.tensor.values)}
