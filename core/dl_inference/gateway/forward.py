@@ -3,12 +3,13 @@
 The request bytes go upstream exactly as they came and the reply bytes come back exactly
 as the node sent them: no tensor is decoded or re-encoded. The client's remaining
 deadline, its metadata and its cancellation travel with the call; the node's status code,
-message and metadata travel back unchanged. Only failures where the node did no work
-(UNAVAILABLE: refused, reset, draining, a model version not ready) are retried, on another
-node, within the deadline, the route's retry count and its retry budget. When no retry is
-left, the last answer a node gave comes back as it was; "no upstream node answered" only
-when none answered at all. What counts against a node is
-:func:`~dl_inference.gateway.nodes.grpc_verdict`'s rule.
+message and metadata travel back unchanged. Only calls that provably reached no model are
+retried (no connection could be made; a dl-inference node's own UNAVAILABLE: draining, a
+model version not ready), on another node, within the deadline, the route's retry count
+and its retry budget; a call whose connection broke after it was sent ("Stream removed")
+may have run and is not. When no retry is left, the last answer a node gave comes back as
+it was; "no upstream node answered" only when none answered at all. What counts against a
+node is :func:`~dl_inference.gateway.nodes.grpc_verdict`'s rule.
 """
 
 from __future__ import annotations

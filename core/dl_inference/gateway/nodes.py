@@ -7,10 +7,19 @@ nodes this module considers eligible, and reads their ``weight``, ``in_flight`` 
 How a forwarded call's end counts is decided here, once, for the gRPC unary, stream and
 REST forwarders (:func:`grpc_verdict`, :func:`http_verdict`, :data:`CONNECT_FAILED`,
 :data:`CONNECTION_LOST`). Only what a client cannot provoke is a node failure: Envoy's
-"gateway failure" class. Any answer the node gives, an error included, shows it alive;
-an UNAVAILABLE / 503 that the node's application answered itself (:func:`app_answered`:
-a model version still loading or failed to load, a server draining) too, and is still
-retried on another node.
+"gateway failure" class (no connection, a connection lost mid-call, no answer in time,
+UNAVAILABLE / 502 / 503 / 504 that no application of ours vouched for). Any other answer
+the node gives, an error included, shows it alive: INVALID_ARGUMENT, NOT_FOUND, INTERNAL
+from a model's exception, HTTP 4xx, Triton's 500 for malformed JSON. An UNAVAILABLE / 503
+that the node's application answered itself (:func:`app_answered`: a model version still
+loading or failed to load, a server draining) is no failure either, and is still retried
+on another node.
+
+Only a call that provably reached no model is repeated on another node: no connection
+could be made (gRPC core's "failed to connect to all addresses", a refused TCP connect),
+or a dl-inference node's application refused it (UNAVAILABLE / 503 with its request id).
+A call whose connection broke after it was sent ("Stream removed", "Socket closed",
+a reset) may have run, and is not.
 """
 
 from __future__ import annotations
@@ -81,6 +90,10 @@ _HTTP_NODE_FAILURES = frozenset({502, 503, 504})
 _HTTP_RETRYABLE = frozenset({503})
 # gRPC core's words for an HTTP/2 stream the node reset (a transport error, whatever code).
 _GRPC_RESET = "Received RST_STREAM"
+# gRPC core's words when it found no connection to send a call on (the call never left the
+# gateway): every connect attempt failed ("failed to connect to all addresses; last error:
+# ... Connection refused"), or the name resolved to nothing.
+_GRPC_NOT_SENT = ("failed to connect", "DNS resolution failed", "empty address list")
 # The gateway's and gRPC's clocks may differ by this much about when a deadline passed.
 _DEADLINE_SLACK_S = 0.005
 
@@ -104,17 +117,19 @@ def grpc_verdict(
     client's own deadline (``time.monotonic()``), None when it set none; ``answered``:
     the node's application answered (:func:`app_answered` of the trailing metadata).
 
-    Node failures: UNAVAILABLE (refused, reset, draining: retried), a stream the node
-    reset, and DEADLINE_EXCEEDED while the client's own deadline had not passed (the
-    route's timeout, or the node giving up). Every other code is the node's answer, and
-    so is every code its application answered, UNAVAILABLE included (still retried).
+    Node failures: UNAVAILABLE, a stream the node reset, and DEADLINE_EXCEEDED while the
+    client's own deadline had not passed (the route's timeout, or the node giving up).
+    Of these only an UNAVAILABLE in gRPC core's words for a call it never sent (no
+    connection) is retried: "Stream removed" and the like mean the node may have run it.
+    Every other code is the node's answer, and so is every code its application answered,
+    UNAVAILABLE included (retried: a dl-inference node refused it before any model ran).
     """
     if answered:
         if code == grpc.StatusCode.UNAVAILABLE:
             return ANSWERED_UNAVAILABLE
         return ANSWERED if code == grpc.StatusCode.OK else ANSWERED_ERROR
     if code == grpc.StatusCode.UNAVAILABLE:
-        return Verdict(Outcome.FAILURE, retry=True)
+        return CONNECT_FAILED if (details or "").startswith(_GRPC_NOT_SENT) else CONNECTION_LOST
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         clients = client_deadline is not None and (
             time.monotonic() >= client_deadline - _DEADLINE_SLACK_S
