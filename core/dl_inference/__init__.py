@@ -6,6 +6,7 @@ module is private and may change without notice.
 
 # A module, not names: routing-key readers call ``wire.iter_fields`` etc. by that prefix.
 from dl_inference import wire
+from dl_inference.kernel.config.errors import describe_errors
 from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
 from dl_inference.kernel.processor import ProcessorAdapter
 from dl_inference.spi.backend import Backend, BackendSettings
@@ -131,6 +132,7 @@ __all__ = [
     "check_raw_size",
     "check_tensor_shape",
     "check_value_count",
+    "describe_errors",
     "from_numpy_dtype",
     "grpc_code",
     "hookimpl",
