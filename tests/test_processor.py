@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from dl_inference import BackendError, InvalidInput, TensorSpec
-from dl_inference.testing import load_repository, write_python_model
+from dl_inference.testing import ServerProcess, load_repository, write_python_model
 
 # torch 2.10+ deprecates TorchScript; the pytorch backend still serves it.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -296,3 +296,176 @@ def test_errors_in_later_hooks_are_the_models_naming_the_line(tmp_path: Path) ->
             env.infer("m", {"x": np.array([1.0], np.float32)})
     finally:
         env.close()
+
+
+# -- the seed's meta={"tags": ...} and model(x, **tags) ----------------------------------------
+
+META_PROBE = """
+    import numpy as np
+
+    def preprocess(x, **kwargs):
+        # Written to the seed's docs: the request's tags under kwargs["meta"]["tags"].
+        tags = kwargs["meta"]["tags"]
+        return x * float(tags.get("scale", 1))
+
+    def postprocess(y, **kwargs):
+        names = ",".join(sorted(kwargs["meta"]["tags"]))
+        return {"y": y, "tags": np.array([names.encode()], dtype=object)}
+"""
+
+
+def test_hooks_get_the_request_tags_as_meta_tags(tmp_path: Path) -> None:
+    env = serve(tmp_path, "m", META_PROBE)
+    try:
+        x = {"x": np.array([2.0], np.float32)}
+        out = env.infer("m", x, parameters={"taskId": 39.0, "scale": 3}).outputs
+        np.testing.assert_allclose(out["y"], [6.0])
+        assert out["tags"].tolist() == [b"scale,taskId"]
+        # No parameters at all: meta["tags"] is there, empty.
+        out = env.infer("m", x).outputs
+        np.testing.assert_allclose(out["y"], [2.0])
+        assert out["tags"].tolist() == [b""]
+        # A parameter named meta would be shadowed: the client's error, named.
+        with pytest.raises(InvalidInput, match="request parameter 'meta' is reserved"):
+            env.infer("m", x, parameters={"meta": 1})
+    finally:
+        env.close()
+
+
+TAG_NET = """
+    import torch
+
+    class TagNet(torch.nn.Module):
+        # The seed's model(x, **tags): every tag arrives as a keyword.
+        def forward(self, x, taskId=None, scale=1.0):
+            return x * scale + (0.0 if taskId is None else 1000.0)
+"""
+
+# No run_model: the seed's predictor then calls model(x, **tags) when there are two or more.
+TAG_PROCESSOR = """
+    import numpy as np
+
+    def preprocess(x, **kwargs):
+        return x
+
+    def postprocess(y, **kwargs):
+        return y
+"""
+
+
+def write_tag_net(
+    root: Path, name: str = "tagnet", processor: str | None = TAG_PROCESSOR, net: str = TAG_NET
+) -> None:
+    """``<root>/<name>/1/`` with tag_net.py and a whole-module ``model.pth`` of TagNet."""
+    torch = pytest.importorskip("torch")
+    import importlib.util
+    import sys
+
+    folder = root / name / "1"
+    folder.mkdir(parents=True)
+    (folder / "tag_net.py").write_text(textwrap.dedent(net))
+    spec = importlib.util.spec_from_file_location("tag_net", folder / "tag_net.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tag_net"] = module  # pickle saves the class as tag_net.TagNet
+    try:
+        spec.loader.exec_module(module)
+        torch.save(module.TagNet(), folder / "model.pth")
+    finally:
+        del sys.modules["tag_net"]
+    config = {
+        "backend": "pytorch",
+        "trust_pickle": True,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
+    }
+    (root / name / "config.yaml").write_text(yaml.safe_dump(config))
+    if processor is not None:
+        (folder / "processor.py").write_text(textwrap.dedent(processor))
+
+
+def test_without_run_model_more_than_one_tag_calls_the_model_with_them(tmp_path: Path) -> None:
+    write_tag_net(tmp_path)
+    write_tag_net(tmp_path, "plain", processor=None)
+    env = load_repository(tmp_path)
+    try:
+        x = {"x": np.array([1.0, 2.0], np.float32)}
+        out = env.infer("tagnet", x, parameters={"taskId": 39.0, "scale": 3.0}).outputs
+        np.testing.assert_allclose(out["y"], [1003.0, 1006.0])
+        # One tag (the seed's clients' taskId alone): model(x), as the seed does.
+        out = env.infer("tagnet", x, parameters={"taskId": 39.0}).outputs
+        np.testing.assert_allclose(out["y"], [1.0, 2.0])
+        # A tag forward() cannot take is the client's error, naming the rule.
+        with pytest.raises(InvalidInput, match=r"model\(x, \*\*tags\).*unexpected keyword"):
+            env.infer("tagnet", x, parameters={"taskId": 39.0, "colour": "red"})
+        # Without processor.py the model is called as model(x), as the seed's default
+        # processor.py's run_model does.
+        out = env.infer("plain", x, parameters={"taskId": 39.0, "scale": 3.0}).outputs
+        np.testing.assert_allclose(out["y"], [1.0, 2.0])
+    finally:
+        env.close()
+
+
+# -- end to end: a real server, the seed's PytorchPredict (Seldon) and V2 ----------------------
+
+SEED_TAG_NET = """
+    import torch
+
+    class TagNet(torch.nn.Module):
+        def forward(self, x, taskId=None, scale=1.0, **others):
+            return x * scale + (0.0 if taskId is None else 1000.0)
+"""
+
+SEED_PROCESSOR = """
+    import torch
+
+    def preprocess(x, **kwargs):
+        # The seed's docs' way to read the request's tags.
+        return torch.as_tensor(x) + float(kwargs["meta"]["tags"].get("shift", 0))
+
+    def postprocess(y, **kwargs):
+        return y.numpy()
+"""
+
+
+def test_seed_processor_sees_meta_tags_over_seldon_and_v2(tmp_path: Path) -> None:
+    """The seed's PyTorch path (PytorchPredict with meta.tags taskId) and V2 parameters
+    reach a real PyTorch model's processor.py as meta["tags"] and model(x, **tags)."""
+    grpc = pytest.importorskip("grpc")
+    pytest.importorskip("dl_inference_seldon")
+    pytest.importorskip("dl_inference_pytorch")
+    tritonclient = pytest.importorskip("tritonclient.grpc")
+    from dl_inference_seldon._proto import seldon_pb2 as pb
+
+    # The seed names models by task id.
+    write_tag_net(tmp_path, "39", processor=SEED_PROCESSOR, net=SEED_TAG_NET)
+    config = yaml.safe_load((tmp_path / "39" / "config.yaml").read_text())
+    config["inputs"] = [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
+    config["outputs"] = [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]
+    (tmp_path / "39" / "config.yaml").write_text(yaml.safe_dump(config))
+    x = [1.0, 2.0]
+    expected = [(v + 1.0) * 2.0 + 1000.0 for v in x]  # shift 1, scale 2, a taskId
+
+    with ServerProcess(["--model-repository", str(tmp_path)]) as server:
+        # As PyTorchMmoe.java builds it: data.tensor, meta.tags taskId (a number).
+        request = pb.SeldonMessage()
+        request.data.tensor.shape.extend([1, 2])
+        request.data.tensor.values.extend(x)
+        request.meta.tags["taskId"].number_value = 39
+        request.meta.tags["scale"].number_value = 2
+        request.meta.tags["shift"].number_value = 1
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            predict = channel.unary_unary(
+                "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/PytorchPredict",
+                request_serializer=pb.SeldonMessage.SerializeToString,
+                response_deserializer=pb.SeldonMessage.FromString,
+            )
+            reply = predict(request, timeout=60)
+        np.testing.assert_allclose(reply.data.tensor.values, expected, rtol=1e-6)
+
+        client = tritonclient.InferenceServerClient(server.grpc_address)
+        tensor = tritonclient.InferInput("x", [1, 2], "FP32")
+        tensor.set_data_from_numpy(np.array([x], np.float32))
+        result = client.infer("39", [tensor], parameters={"taskId": 39, "scale": 2.0, "shift": 1.0})
+        np.testing.assert_allclose(result.as_numpy("y"), [expected], rtol=1e-6)
+        client.close()

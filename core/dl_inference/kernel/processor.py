@@ -8,10 +8,18 @@ version's own file wins). It defines any of::
     def postprocess(y, **kwargs): ...         # model output -> response data
 
 and a file that defines none of them fails the model's load (a misspelt hook is not
-silently skipped). ``kwargs`` are the request's parameters, passed when the hook takes
-``**kwargs``; a parameter named like the argument a hook takes by position (``x``,
-``model``, ``y``) is refused as the client's error (see
+silently skipped). ``kwargs`` are the request's parameters (V2 ``parameters``, Seldon
+``meta.tags``, ...), passed when the hook takes ``**kwargs``, and ``meta={"tags": {...}}``
+holding them all again, as the seed's Seldon wrapper passes it (so ``kwargs["meta"]["tags"]``
+works for every protocol). A parameter named like the argument a hook takes by position
+(``x``, ``model``, ``y``), or named ``meta``, is refused as the client's error (see
 :class:`~dl_inference.spi.user_code.ParameterCall`).
+
+Without ``run_model``, a request carrying more than one parameter calls the model with
+them as keywords, ``model(x, **tags)``, as the seed's predictor does (its clients always
+send ``taskId``, so "more than one" means "tags besides the task id"); see
+:meth:`ProcessorAdapter.call_with_tags`. Without a ``processor.py`` the model is called as
+``model(x)``, as the seed's default ``processor.py`` (whose ``run_model`` does just that).
 
 What the hooks see, on every backend alike:
 
@@ -67,6 +75,8 @@ HOOK_ARGUMENTS = {"preprocess": 1, "run_model": 2, "postprocess": 1}
 # (PIL's "cannot identify image file" is an OSError).
 CLIENT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)
 FILE = "processor.py"
+# The keyword under which the seed's wrapper hands hooks the request's tags.
+META = "meta"
 
 
 @dataclass
@@ -106,8 +116,9 @@ class Processor:
     def call(self, hook: str, args: tuple[Any, ...], parameters: dict[str, Any]) -> Any:
         """Run one hook; its errors become InvalidInput (preprocess's client errors) or
         BackendError, naming the hook and ``processor.py:LINE``."""
+        call = self.hooks[hook]
         try:
-            return self.hooks[hook](args, parameters)
+            return call(args, hook_keywords(parameters) if call.passes else parameters)
         except DlInferenceError:
             raise
         except Exception as exc:
@@ -128,7 +139,8 @@ class ProcessorAdapter:
     own subclasses it and returns an instance from
     :meth:`~dl_inference.Backend.processor_adapter`, overriding what it needs:
     :meth:`scope` (around one run), :meth:`to_model` (hook data -> its tensors),
-    :meth:`model` (what ``run_model`` receives), :meth:`call` (running the model) and
+    :meth:`model` (what ``run_model`` receives), :meth:`call` (running the model),
+    :meth:`call_with_tags` (running it with the request's tags as keywords) and
     :meth:`to_numpy` (its tensors -> numpy). Such a backend may serve its own
     :meth:`~dl_inference.Backend.predict` with ``adapter.run(inputs, parameters)``, so
     requests with and without a processor follow one path.
@@ -166,6 +178,15 @@ class ProcessorAdapter:
             x = {n: _array(n, v, "input") for n, v in _names(x, specs, "input", self.backend)}
         return self._predict((x,), parameters)
 
+    def call_with_tags(self, x: Any, tags: dict[str, Any]) -> Any:
+        """Run the model on ``x`` once as ``model(x, **tags)``: what the kernel does instead
+        of :meth:`call` when ``processor.py`` has no ``run_model`` and the request carries
+        more than one parameter (the seed's predictor). The default is :meth:`call`, whose
+        :meth:`~dl_inference.Backend.predict` already receives the parameters as keywords;
+        a backend whose framework calls a model object (the ``pytorch`` backend's module)
+        passes them to it."""
+        return self.call(x, tags)
+
     def to_numpy(self, value: Any) -> Any:
         """One response value in numpy terms (array, bytes, str, list); default as is."""
         return value
@@ -192,8 +213,11 @@ class ProcessorAdapter:
             if processor is not None and "preprocess" in hooks:
                 x = processor.call("preprocess", (x,), parameters)
             x = self.to_model(x)
+            tags = tags_for_model(parameters) if processor is not None else None
             if processor is not None and "run_model" in hooks:
                 y = processor.call("run_model", (self.model(parameters), x), parameters)
+            elif tags is not None:
+                y = self.call_with_tags(x, tags)
             else:
                 y = self.call(x, parameters)
             if processor is not None and "postprocess" in hooks:
@@ -204,6 +228,25 @@ class ProcessorAdapter:
         """The run's result as named arrays (the module docstring's rule)."""
         pairs = _names(y, self.backend.outputs(), "output", self.backend)
         return {name: _array(name, self.to_numpy(value), "output") for name, value in pairs}
+
+
+def hook_keywords(parameters: dict[str, Any]) -> dict[str, Any]:
+    """What a hook's ``**kwargs`` receive: the parameters, and ``meta={"tags": ...}`` holding
+    them as the seed's Seldon wrapper passes them. A parameter named ``meta`` would be
+    lost, so it is refused as the client's error."""
+    if META in parameters:
+        raise InvalidInput(
+            f"request parameter {META!r} is reserved: {FILE}'s hooks receive the request's "
+            f"parameters as {META}['tags']; send it under another name"
+        )
+    return {**parameters, META: {"tags": dict(parameters)}}
+
+
+def tags_for_model(parameters: dict[str, Any]) -> dict[str, Any] | None:
+    """The keywords the model is called with when ``processor.py`` has no ``run_model``:
+    the parameters when there is more than one (the seed's rule: its clients always send
+    ``taskId``), else ``None`` (the model is called as ``model(x)``)."""
+    return parameters if len(parameters) > 1 else None
 
 
 def predict_call(backend: Backend) -> ParameterCall:

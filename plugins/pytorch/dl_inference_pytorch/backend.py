@@ -10,7 +10,9 @@ backend's :class:`TorchAdapter` keeps the hooks in torch terms:
   inputs whose datatype config.yaml does not declare are cast to the model's ``dtype`` (so
   Seldon's float64 reaches a float32 model as float32);
 - ``run_model(model, x)`` receives the module itself; without it the model is called as
-  ``model(x)`` (``model(*x)`` for a dict or tuple of inputs);
+  ``model(x)`` (``model(*x)`` for a dict or tuple of inputs), or ``model(x, **tags)``
+  when the kernel says so (:meth:`~dl_inference.ProcessorAdapter.call_with_tags`); tags
+  ``forward()`` cannot take are the client's error;
 - results (tensor, array, list, dict of them, tuple of them, bytes, str) become numpy
   arrays named as the kernel names them: config.yaml's outputs, else ``output__0``, ...
 - the whole run (hooks included) happens under ``torch.inference_mode()`` (or
@@ -23,6 +25,7 @@ the client's error: :class:`dl_inference.InvalidInput`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 import threading
 import traceback
@@ -135,16 +138,35 @@ class PyTorchBackend(Backend):
         # A declared datatype is a contract; only guessed ones are converted.
         return self.declared_inputs() is None and self._inferred is None
 
-    def _run_module(self, x: Any) -> Any:
+    def _run_module(self, x: Any, tags: dict[str, Any] | None = None) -> Any:
+        # A dict or tuple of inputs is several positional arguments.
+        if isinstance(x, dict):
+            args = tuple(x.values())
+        else:
+            args = tuple(x) if isinstance(x, tuple | list) else (x,)
+        keywords = tags or {}
+        if keywords:
+            self._check_keywords(args, keywords)
         try:
-            if isinstance(x, dict):
-                return self.model(*x.values())
-            if isinstance(x, tuple | list):
-                return self.model(*x)
-            return self.model(x)
+            return self.model(*args, **keywords)
         except Exception as exc:
             raise BackendError(
                 f"model {self.model_name!r} ({self.file.path.name}) raised {self._where(exc)}"
+            ) from exc
+
+    def _check_keywords(self, args: tuple[Any, ...], tags: dict[str, Any]) -> None:
+        """Request tags the module's ``forward()`` cannot take are the client's error."""
+        try:
+            signature = inspect.signature(self.model.forward)
+        except (TypeError, ValueError):
+            return  # unreadable (a compiled forward): the call itself decides
+        try:
+            signature.bind(*args, **tags)
+        except TypeError as exc:
+            raise InvalidInput(
+                f"model {self.model_name!r} is called as model(x, **tags) (processor.py has no "
+                f"run_model() and the request carries more than one tag), but its forward() "
+                f"cannot take them: {exc}; send only the tags it takes, or add a run_model()"
             ) from exc
 
     def _where(self, exc: BaseException) -> str:
@@ -195,6 +217,15 @@ class PyTorchBackend(Backend):
             self._torch.cuda.empty_cache()
 
 
+def _refuse_bytes(backend: PyTorchBackend, x: Any) -> None:
+    if _holds_bytes(x):
+        raise InvalidInput(
+            f"model {backend.model_name!r} received BYTES data, which a torch model "
+            "cannot take; send numbers, or add a processor.py whose preprocess() turns "
+            "the bytes into tensors"
+        )
+
+
 def _holds_bytes(x: Any) -> bool:
     if isinstance(x, bytes | str):
         return True
@@ -232,13 +263,12 @@ class TorchAdapter(ProcessorAdapter):
         return self.backend.model
 
     def call(self, x: Any, parameters: dict[str, Any]) -> Any:
-        if _holds_bytes(x):
-            raise InvalidInput(
-                f"model {self.backend.model_name!r} received BYTES data, which a torch model "
-                "cannot take; send numbers, or add a processor.py whose preprocess() turns "
-                "the bytes into tensors"
-            )
+        _refuse_bytes(self.backend, x)
         return self.backend._run_module(x)
+
+    def call_with_tags(self, x: Any, tags: dict[str, Any]) -> Any:
+        _refuse_bytes(self.backend, x)
+        return self.backend._run_module(x, tags)
 
     def to_numpy(self, value: Any) -> Any:
         return self.backend._to_numpy(value)
