@@ -58,24 +58,33 @@ class NodeConfig(_Section):
 
 
 class DiscoveryConfig(_Section):
-    """Where the node list comes from when it changes: a DNS name or a watched YAML file.
+    """Where the node list comes from when it changes: a DNS name or a watched file.
 
     ``dns: host:port`` is re-resolved every ``refresh_s``; each A/AAAA record is a node
     (a Kubernetes headless Service). ``file`` holds a YAML list of ``{address, weight}``
-    (or of ``host:port`` strings), re-read when it changes.
+    (or of ``host:port`` strings), re-read when it changes. ``nodefile`` is the seed's
+    ``nodefile.txt`` (one ``taskid=timeout_ms,ip:port,...`` line per task), checked every
+    ``refresh_s``: it gives the nodes and the timeout of the route's ``task_id``, or, for a
+    route that names neither ``model`` nor ``task_id``, one route per line.
     """
 
     dns: str | None = None
     # host:port of the nameserver to ask instead of the system resolver (optional).
     nameserver: str | None = None
     file: Path | None = None
+    nodefile: Path | None = None
     refresh_s: float = Field(default=10.0, gt=0)
-    weight: int = Field(default=100, ge=1, description="weight of every DNS-discovered node")
+    weight: int = Field(
+        default=100,
+        ge=1,
+        description="weight of every node found by DNS or in a nodefile (which has none)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DiscoveryConfig:
-        if (self.dns is None) == (self.file is None):
-            raise ValueError("give exactly one of dns: HOST:PORT or file: PATH")
+        given = [v for v in (self.dns, self.file, self.nodefile) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of dns: HOST:PORT, file: PATH or nodefile: PATH")
         if self.dns is not None:
             split_address(self.dns)
         if self.nameserver is not None:
@@ -132,9 +141,17 @@ class TlsConfig(_Section):
 
 
 class RouteConfig(_Section):
-    """A model served by a group of upstream nodes."""
+    """A model (or a seed task id) served by a group of upstream nodes.
 
-    model: str = Field(min_length=1)
+    ``model`` routes calls that name it exactly. ``task_id: N`` routes, as the seed's
+    gateway did, every call whose model name ends in ``-N`` (``textcnn-69``) or is ``N``
+    (a Seldon ``taskId`` tag), for each protocol the route accepts. A route may give both.
+    """
+
+    model: str | None = Field(default=None, min_length=1)
+    task_id: int | None = Field(
+        default=None, ge=1, description="the seed's task id: names ending in -N, or N"
+    )
     protocols: list[str] | None = Field(
         default=None, description="protocol names forwarded for this model (default: all)"
     )
@@ -155,12 +172,49 @@ class RouteConfig(_Section):
     health: HealthConfig = Field(default_factory=HealthConfig)
     ejection: EjectionConfig = Field(default_factory=EjectionConfig)
 
+    @property
+    def name(self) -> str:
+        """How logs, metrics and the status page call the route: its model, else ``task-N``."""
+        if self.model is not None:
+            return self.model
+        if self.task_id is not None:
+            return f"task-{self.task_id}"
+        return f"every task of {self.nodefile}"
+
+    @property
+    def nodefile(self) -> Path | None:
+        """The seed node file this route's nodes (and timeout) come from, if any."""
+        return self.discovery.nodefile if self.discovery is not None else None
+
+    @property
+    def is_nodefile_template(self) -> bool:
+        """Whether this entry stands for one route per line of its node file."""
+        return self.nodefile is not None and self.model is None and self.task_id is None
+
     @model_validator(mode="after")
     def _node_source(self) -> RouteConfig:
         if not self.nodes and self.discovery is None:
-            raise ValueError("give nodes: [{address, weight}] or discovery: {dns | file}")
+            raise ValueError(
+                "give nodes: [{address, weight}] or discovery: {dns | file | nodefile}"
+            )
         if self.nodes and self.discovery is not None:
             raise ValueError("give either nodes or discovery, not both")
+        if self.model is None and self.task_id is None and self.nodefile is None:
+            raise ValueError(
+                "give model: NAME or task_id: N (or only discovery: {nodefile: PATH}, "
+                "for one route per line of a seed node file)"
+            )
+        if self.nodefile is not None:
+            if self.task_id is None and self.model is not None:
+                raise ValueError(
+                    "a route whose nodes come from a nodefile names its line with task_id: N "
+                    "(or names neither model nor task_id, to stand for every line)"
+                )
+            if self.timeout_ms is not None:
+                raise ValueError(
+                    "timeout_ms comes from the nodefile (taskid=timeout_ms,ip:port,...); "
+                    "remove it here"
+                )
         seen: set[str] = set()
         for node in self.nodes:
             if node.address in seen:
@@ -170,13 +224,27 @@ class RouteConfig(_Section):
 
 
 def _unique_models(routes: list[RouteConfig]) -> list[RouteConfig]:
-    seen: set[str] = set()
+    models: set[str] = set()
+    tasks: set[int] = set()
+    templates: set[Path] = set()
     for route in routes:
-        if route.model in seen:
-            raise ValueError(f"model {route.model!r} has two routes; merge their nodes into one")
-        seen.add(route.model)
+        if route.model is not None:
+            if route.model in models:
+                raise ValueError(
+                    f"model {route.model!r} has two routes; merge their nodes into one"
+                )
+            models.add(route.model)
+        if route.task_id is not None:
+            if route.task_id in tasks:
+                raise ValueError(f"task_id {route.task_id} has two routes; merge them into one")
+            tasks.add(route.task_id)
+        if route.is_nodefile_template:
+            assert route.nodefile is not None
+            if route.nodefile in templates:
+                raise ValueError(f"two routes stand for every line of {route.nodefile}; keep one")
+            templates.add(route.nodefile)
     return routes
 
 
 Routes = Annotated[list[RouteConfig], AfterValidator(_unique_models)]
-"""The type of ``ServerConfig.routes``: a list with one route per model."""
+"""The type of ``ServerConfig.routes``: one route per model and per task id."""

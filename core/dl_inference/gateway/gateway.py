@@ -4,107 +4,225 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Iterable, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 import structlog
 from aiohttp import web
 
-from dl_inference.gateway.config import RouteConfig
+from dl_inference.gateway.config import NodeConfig, RouteConfig
+from dl_inference.gateway.discovery import (
+    NodeFileWatch,
+    SeedTask,
+    SeedTasks,
+    parse_seed_node_file,
+)
 from dl_inference.gateway.forward import Forwarder
 from dl_inference.gateway.rest_forward import BUILTIN_MODEL_PATHS, RestForwarder, routed_model
 from dl_inference.gateway.route import Route
 from dl_inference.gateway.stream_forward import forward_stream
 from dl_inference.kernel.plugins import KNOWN_PROVIDERS
+from dl_inference.spi.balancer import Balancer
 from dl_inference.spi.call_path import CallPath, RuntimeView, json_error_body, read_body
 from dl_inference.spi.errors import ConfigError, DlInferenceError, PluginError
 from dl_inference.spi.protocol import Protocol, RoutingKeyReader
 
 log = structlog.get_logger("dl_inference.gateway")
 
+_TASK_ID = re.compile(r"[0-9]+")
+
+
+def task_id_of(model: str) -> int | None:
+    """The seed's task id in a model name: its last ``-`` field when that is a positive
+    whole number (``textcnn-69`` -> 69, ``69`` -> 69), else None."""
+    last = model.rpartition("-")[2]
+    if not _TASK_ID.fullmatch(last) or int(last) == 0:
+        return None
+    return int(last)
+
+
+class RouteTable(dict[str, Route]):
+    """:meth:`Gateway.build_routes`' result: routes by name, with the ``routes:`` entries
+    and the node-file versions they were built from (to rebuild them when a file changes)."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        configs: Sequence[RouteConfig],
+        node_files: Mapping[Path, SeedTasks],
+    ) -> None:
+        super().__init__(routes)
+        self.configs = tuple(configs)
+        self.node_files = dict(node_files)
+
 
 class Gateway:
     """Routes calls for the configured models to their upstream nodes.
 
-    ``Gateway(routes, plugins)`` checks every balancer and protocol name up front,
-    ``await start()`` begins discovery and health probes, :meth:`wrap_grpc_handlers` and
-    :meth:`http_middleware` put the gateway in front of the server's own gRPC handlers and
-    REST routes, ``await stop()`` ends it all, and :meth:`snapshot` reports every node's
-    state.
+    ``Gateway(routes, plugins)`` checks every balancer and protocol name (and reads the
+    seed node files) up front, ``await start()`` begins discovery, node-file watches and
+    health probes, :meth:`wrap_grpc_handlers` and :meth:`http_middleware` put the gateway
+    in front of the server's own gRPC handlers and REST routes, ``await stop()`` ends it
+    all, and :meth:`snapshot` reports every node's state.
+
+    A call goes to the route of its model name, else (the seed's rule) to the route of
+    the task id the name ends in (:func:`task_id_of`), for the protocols the route takes.
     """
 
     def __init__(self, routes: Sequence[RouteConfig], plugins: Any) -> None:
         self.plugins = plugins
-        self.routes: dict[str, Route] = self.build_routes(routes)
+        table = self.build_routes(routes)
+        self.routes: dict[str, Route] = table
+        self._configs = table.configs
+        self._node_files = table.node_files
+        self._by_model, self._by_task = _indexes(table)
         self.forwarder = Forwarder()
         self.rest_forwarder = RestForwarder()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._watches: dict[Path, NodeFileWatch] = {}
+        self._started = False
+        # One change at a time: a config reload and a node-file edit both rebuild routes.
+        self._changing = asyncio.Lock()
 
-    def build_routes(self, routes: Sequence[RouteConfig]) -> dict[str, Route]:
-        """Route objects for ``routes``, every name checked; nothing starts yet."""
+    def build_routes(
+        self,
+        routes: Sequence[RouteConfig],
+        node_files: Mapping[Path, SeedTasks] | None = None,
+    ) -> RouteTable:
+        """Route objects for ``routes``, every name checked; nothing starts yet.
+
+        A route with ``discovery: {nodefile}`` takes its task's nodes and timeout from the
+        file (``node_files``' version of it, else the file read now); one that names
+        neither model nor task id becomes one route per line, except for tasks another
+        route names.
+        """
+        files: dict[Path, SeedTasks] = dict(node_files or {})
+        named_tasks = {config.task_id for config in routes if config.task_id is not None}
         built: dict[str, Route] = {}
+        for index, config in enumerate(routes):
+            where = f"routes[{index}] ({_what(config)})"
+            make_balancer = self._balancer_factory(where, config)
+            path = config.nodefile
+            if path is None:
+                concrete = [(where, config)]
+            else:
+                if path not in files:
+                    try:
+                        files[path] = parse_seed_node_file(path)
+                    except ConfigError as exc:
+                        raise ConfigError(f"{where}.discovery.nodefile: {exc}") from None
+                concrete = _from_node_file(where, config, files[path], named_tasks)
+            for place, route_config in concrete:
+                if route_config.name in built:
+                    raise ConfigError(
+                        f"{place}: a route named {route_config.name!r} is already given"
+                    )
+                built[route_config.name] = Route(route_config, make_balancer())
+        _indexes(built, check=True)
+        wanted = {c.nodefile for c in routes if c.nodefile is not None}
+        return RouteTable(built, routes, {p: t for p, t in files.items() if p in wanted})
+
+    def _balancer_factory(self, where: str, config: RouteConfig) -> Callable[[], Balancer]:
+        """Checks ``config``'s protocol and balancer names and options; returns a maker of
+        its balancer (one per route a node-file entry stands for)."""
         # The kernel's V2 protocol registers through the same hook as the plugins' ones.
         known_protocols = {cls.name for cls in self.plugins.protocols}
-        for index, config in enumerate(routes):
-            where = f"routes[{index}] (model {config.model!r})"
-            for name in config.protocols or ():
-                if name not in known_protocols:
-                    package = KNOWN_PROVIDERS.get(name)  # tfserving, seldon: plugins of ours
-                    raise ConfigError(
-                        f"{where}.protocols: unknown protocol {name!r}; known: "
-                        f"{', '.join(sorted(known_protocols))}"
-                        + (f"; install it: pip install {package}" if package else "")
-                    )
-            try:
-                balancer_cls = self.plugins.balancer(config.balancer)
-            except PluginError as exc:
-                raise PluginError(f"{where}.balancer: {exc}") from None
-            try:
-                balancer = balancer_cls(**config.balancer_options)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{where}.balancer_options: {exc}") from None
-            if config.model in built:
-                raise ConfigError(f"{where}: model {config.model!r} has two routes; merge them")
-            built[config.model] = Route(config, balancer)
-        return built
+        for name in config.protocols or ():
+            if name not in known_protocols:
+                package = KNOWN_PROVIDERS.get(name)  # tfserving, seldon: plugins of ours
+                raise ConfigError(
+                    f"{where}.protocols: unknown protocol {name!r}; known: "
+                    f"{', '.join(sorted(known_protocols))}"
+                    + (f"; install it: pip install {package}" if package else "")
+                )
+        try:
+            balancer_cls = self.plugins.balancer(config.balancer)
+        except PluginError as exc:
+            raise PluginError(f"{where}.balancer: {exc}") from None
+        try:
+            balancer_cls(**config.balancer_options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}.balancer_options: {exc}") from None
+        return lambda: balancer_cls(**config.balancer_options)
 
     async def apply(self, new_routes: dict[str, Route]) -> list[str]:
         """Switch to ``new_routes`` (from :meth:`build_routes`) without failing calls.
 
-        Unchanged routes keep their node state; a route whose only change is its static
-        node list takes the new list (removed nodes drain); other changed routes are
+        Unchanged routes keep their node state; a route whose only changes are its static
+        node list and timeout takes them (removed nodes drain); other changed routes are
         replaced, and the old ones stop once their in-flight calls end. Returns what changed.
         """
+        async with self._changing:
+            return await self._apply(new_routes)
+
+    async def _apply(self, new_routes: dict[str, Route]) -> list[str]:
         changes = []
-        for model, route in new_routes.items():
-            old = self.routes.get(model)
+        for name, route in new_routes.items():
+            old = self.routes.get(name)
             if old is not None and old.config == route.config:
-                new_routes[model] = old
+                new_routes[name] = old
                 continue
-            if old is not None and _only_nodes_differ(old.config, route.config):
-                old.config = route.config  # first: the nodes read it (REST addresses)
-                old.set_nodes([(n.address, n.weight) for n in route.config.nodes])
-                new_routes[model] = old
-                changes.append(f"{model}: nodes")
+            changed = _live_changes(old.config, route.config) if old is not None else None
+            if old is not None and changed:
+                old.update(route.config)
+                new_routes[name] = old
+                changes.append(f"{name}: {changed}")
                 continue
             await route.start()
-            changes.append(f"{model}: {'replaced' if old else 'added'}")
+            changes.append(f"{name}: {'replaced' if old else 'added'}")
         retired = [r for m, r in self.routes.items() if new_routes.get(m) is not r]
         changes += [f"{r.model}: removed" for r in retired if r.model not in new_routes]
-        self.routes = new_routes
+        by_model, by_task = _indexes(new_routes)
+        # No await from here to the last assignment: calls see the old or the new table.
+        self.routes, self._by_model, self._by_task = new_routes, by_model, by_task
+        if isinstance(new_routes, RouteTable):
+            self._configs, self._node_files = new_routes.configs, new_routes.node_files
         for route in retired:
             task = asyncio.create_task(_stop_when_idle(route))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
+        if self._started:
+            await self._watch_node_files()
         return changes
+
+    async def _watch_node_files(self) -> None:
+        """One watch per node file the ``routes:`` entries name, at their shortest refresh."""
+        wanted: dict[Path, float] = {}
+        for config in self._configs:
+            if config.nodefile is not None and config.discovery is not None:
+                refresh = config.discovery.refresh_s
+                wanted[config.nodefile] = min(wanted.get(config.nodefile, refresh), refresh)
+        for path, watch in list(self._watches.items()):
+            if wanted.get(path) != watch.refresh_s:
+                await self._watches.pop(path).stop()
+        for path, refresh in wanted.items():
+            if path not in self._watches:
+                watch = NodeFileWatch(path, refresh, self._node_files[path], self._file_changed)
+                self._watches[path] = watch
+                watch.start()
+            self._watches[path].last = self._node_files[path]
+
+    async def _file_changed(self, path: Path, tasks: SeedTasks) -> None:
+        """A node file's new version: rebuild the routes from it (ConfigError: refused)."""
+        async with self._changing:
+            table = self.build_routes(self._configs, {**self._node_files, path: tasks})
+            changes = await self._apply(table)
+        log.info("nodefile applied", nodefile=str(path), changes=changes or ["nothing"])
 
     async def start(self) -> None:
         for route in self.routes.values():
             await route.start()
+        self._started = True
+        await self._watch_node_files()
         log.info("gateway started", routes={m: r.describe_nodes() for m, r in self.routes.items()})
 
     async def stop(self) -> None:
+        for watch in self._watches.values():
+            await watch.stop()
+        self._watches.clear()
         for route in self.routes.values():
             await route.stop()
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -189,8 +307,17 @@ class Gateway:
         return route_rest
 
     def route_of(self, model: str | None, protocol: str) -> Route | None:
-        """The route that forwards ``protocol`` calls for ``model``; None: serve them here."""
-        route = self.routes.get(model) if model else None
+        """The route that forwards ``protocol`` calls for ``model``; None: serve them here.
+
+        The route naming ``model`` first; else the route of its task id (:func:`task_id_of`).
+        """
+        if not model:
+            return None
+        route = self._by_model.get(model)
+        if route is not None and route.accepts(protocol):
+            return route
+        task = task_id_of(model)
+        route = self._by_task.get(task) if task is not None else None
         return route if route is not None and route.accepts(protocol) else None
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -229,7 +356,7 @@ class Gateway:
         unary, or a bidirectional stream routed by its first message (V2's
         ``ModelStreamInfer``); a method not bound here is forwarded as unary.
         """
-        if not self.routes:
+        if not self.routes and not self._configs:
             return list(local_handlers)
         protocols = list(protocols)
         table = self.routing_table(protocols)
@@ -456,10 +583,86 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         return result
 
 
-def _only_nodes_differ(old: RouteConfig, new: RouteConfig) -> bool:
-    if not old.nodes or not new.nodes:
-        return False
-    return old.model_copy(update={"nodes": new.nodes}) == new
+def _live_changes(old: RouteConfig, new: RouteConfig) -> str | None:
+    """What :meth:`Route.update` can take in place: ``"nodes"``, ``"timeout"`` or both
+    for routes with static nodes that differ in nothing else; None otherwise."""
+    if old.discovery is not None or new.discovery is not None:
+        return None
+    if old.model_copy(update={"nodes": new.nodes, "timeout_ms": new.timeout_ms}) != new:
+        return None
+    changed = [
+        what
+        for what, differs in (
+            ("nodes", old.nodes != new.nodes),
+            ("timeout", old.timeout_ms != new.timeout_ms),
+        )
+        if differs
+    ]
+    return " and ".join(changed) or None
+
+
+def _what(config: RouteConfig) -> str:
+    """How an error names a ``routes:`` entry besides its index."""
+    if config.model is not None:
+        return f"model {config.model!r}"
+    if config.task_id is not None:
+        return f"task {config.task_id}"
+    return f"every task of {config.nodefile}"
+
+
+def _from_node_file(
+    where: str, config: RouteConfig, tasks: SeedTasks, named_tasks: set[int]
+) -> list[tuple[str, RouteConfig]]:
+    """The routes a node-file entry stands for, each with where an error would point."""
+    if config.task_id is not None:
+        task = tasks.get(config.task_id)
+        if task is None:
+            log.warning(
+                "task not in the nodefile: its route has no nodes until it is",
+                route=config.name,
+                nodefile=str(config.nodefile),
+            )
+        return [(where, _from_line(config, task))]
+    return [
+        (f"{where} (line {task.line}, task {task.task_id})", _from_line(config, task))
+        for task in tasks.values()
+        if task.task_id not in named_tasks  # a route naming the task wins over its line
+    ]
+
+
+def _from_line(template: RouteConfig, task: SeedTask | None) -> RouteConfig:
+    """``template`` as a route with static nodes: task ``task``'s nodes and timeout (none
+    of either while the task is missing from the node file)."""
+    assert template.discovery is not None
+    weight = template.discovery.weight
+    update: dict[str, Any] = {"discovery": None, "nodes": [], "timeout_ms": None}
+    if task is not None:
+        update["task_id"] = task.task_id
+        update["timeout_ms"] = task.timeout_ms
+        update["nodes"] = [NodeConfig(address=a, weight=weight) for a in task.nodes]
+    return template.model_copy(update=update)
+
+
+def _indexes(
+    routes: Mapping[str, Route], *, check: bool = False
+) -> tuple[dict[str, Route], dict[int, Route]]:
+    """The routes by the model they name and by their task id (``check``: a duplicate is a
+    ConfigError)."""
+    by_model: dict[str, Route] = {}
+    by_task: dict[int, Route] = {}
+    for route in routes.values():
+        model, task = route.config.model, route.config.task_id
+        if check and model is not None and model in by_model:
+            raise ConfigError(f"model {model!r} has two routes; merge them")
+        if check and task is not None and task in by_task:
+            raise ConfigError(
+                f"task {task} has two routes ({by_task[task].model} and {route.model}); give it one"
+            )
+        if model is not None:
+            by_model[model] = route
+        if task is not None:
+            by_task[task] = route
+    return by_model, by_task
 
 
 async def _stop_when_idle(route: Route, timeout_s: float = 60.0) -> None:

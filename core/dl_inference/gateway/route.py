@@ -25,20 +25,23 @@ MIN_RETRY_BUDGET_S = 0.002
 
 
 class Route:
-    """One model's group of upstream nodes and the policy that spreads calls over them."""
+    """One model's (or seed task's) group of upstream nodes and the policy that spreads
+    calls over them. ``model`` is the route's name (:attr:`RouteConfig.name`)."""
 
     def __init__(self, config: RouteConfig, balancer: Balancer) -> None:
         self.config = config
-        self.model = config.model
+        self.model = config.name
         self.balancer = balancer
         self.protocols = set(config.protocols) if config.protocols else None
-        self.timeout_s = config.timeout_ms / 1000 if config.timeout_ms else None
         self.retries = config.retries
         self.nodes: dict[str, Node] = {}
-        self.health = NodeHealth(config.ejection, config.health, config.model)
+        self.health = NodeHealth(config.ejection, config.health, self.model)
         self.budget = RetryBudget(config.retry_budget.percent, config.retry_budget.min_per_s)
+        # A nodefile names whole routes: the gateway reads it and gives routes static nodes.
         self.discovery = (
-            Discovery(config.model, config.discovery, self.set_nodes) if config.discovery else None
+            Discovery(self.model, config.discovery, self.set_nodes)
+            if config.discovery is not None and config.nodefile is None
+            else None
         )
         self._probe_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -46,6 +49,17 @@ class Route:
         self._rest_ssl: ssl.SSLContext | None = None
         if config.nodes:
             self.set_nodes([(n.address, n.weight) for n in config.nodes])
+
+    @property
+    def timeout_s(self) -> float | None:
+        """The route's per-call time limit (``timeout_ms``), or None for none."""
+        return self.config.timeout_ms / 1000 if self.config.timeout_ms else None
+
+    def update(self, config: RouteConfig) -> None:
+        """Take ``config``, which differs from the current one in static nodes and timeout
+        only: nodes and their state stay where the address stays, removed ones drain."""
+        self.config = config  # first: the nodes read it (REST addresses)
+        self.set_nodes([(n.address, n.weight) for n in config.nodes])
 
     # -- node list -------------------------------------------------------------------------
 

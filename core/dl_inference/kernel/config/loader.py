@@ -60,8 +60,10 @@ def load_server_config(path: str | Path) -> ServerConfig:
     for route in config.routes:
         # Node files, like the repository, are relative to the config file.
         discovery = route.discovery
-        if discovery is not None and discovery.file and not discovery.file.is_absolute():
-            discovery.file = (path.parent / discovery.file).resolve()
+        for key in ("file", "nodefile"):
+            value = getattr(discovery, key, None)
+            if value is not None and not value.is_absolute():
+                setattr(discovery, key, (path.parent / value).resolve())
     return config
 
 
