@@ -27,7 +27,7 @@ from dl_inference import (
     RuntimeView,
     TensorSpec,
 )
-from dl_inference_tfserving import codec
+from dl_inference_tfserving import codec, settings
 from dl_inference_tfserving._proto import tfs_pb2
 from dl_inference_tfserving.signatures import (
     CLASSIFY_METHOD,
@@ -108,8 +108,12 @@ class TFServing:
     the client's call: its context, deadline and failure accounting.
     """
 
-    def __init__(self, runtime: RuntimeView) -> None:
+    def __init__(
+        self, runtime: RuntimeView, config: settings.TFServingSettings | None = None
+    ) -> None:
         self.runtime = runtime
+        # plugin_settings.tfserving, read once: dli_configure runs before handlers are built.
+        self.settings = config if config is not None else settings.current()
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -175,8 +179,11 @@ class TFServing:
         response = await self.infer(target, inputs, call, outputs=outputs)
         reply = tfs_pb2.PredictResponse()
         target.model_spec(reply.model_spec)
+        # Typed *_val fields unless the model or server opts into tensor_content, as in
+        # TF Serving (predict_response_tensor_serialization_option).
+        content = self.settings.tensor_content(target.name)
         for key, array in response.outputs.items():
-            codec.from_numpy(array, reply.outputs[key])
+            codec.from_numpy(array, reply.outputs[key], tensor_content=content)
         return reply
 
     def check_input_names(self, target: Target, names: Iterable[str]) -> None:
