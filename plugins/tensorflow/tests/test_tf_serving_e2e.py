@@ -115,6 +115,10 @@ def test_predict_keras_matches_in_process(predictor: Any, built: Any) -> None:
     response = predictor.Predict(predict_request("keras", {"x": x}), timeout=30)
     expected = built.keras.predict(x, verbose=0)
     np.testing.assert_allclose(outputs_of(response)["output_0"], expected, rtol=1e-5, atol=1e-6)
+    # In the typed field, as TF Serving answers (Java clients read getFloatValList()).
+    output = response.outputs["output_0"]
+    assert output.tensor_content == b""
+    np.testing.assert_allclose(list(output.float_val), expected.ravel(), rtol=1e-5, atol=1e-6)
     assert response.model_spec.name == "keras"
     assert response.model_spec.version.value == 1
     assert response.model_spec.signature_name == "serving_default"
