@@ -1,4 +1,5 @@
-"""Weights, kill -9 and restart, a changing node file, a slow node: bounded load, zero errors."""
+"""Weights, kill -9 and restart, a changing node file, a slow node: bounded load, and no
+error but the calls a killed node held (they may have run: not repeated elsewhere)."""
 
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def test_traffic_split_follows_the_weights(stub: Any, tf_apis: Any) -> None:
     assert served == {"A": 100, "B": 50, "C": 50}
 
 
-def test_kill_9_under_load_gives_no_errors_and_restart_brings_traffic_back(
+def test_kill_9_under_load_fails_only_the_calls_in_flight_and_restart_brings_traffic_back(
     stub: Any, tf_apis: Any, upstreams: dict[str, FakeUpstream], server: ServerProcess
 ) -> None:
     b = upstreams["B"]
@@ -162,7 +163,12 @@ def test_kill_9_under_load_gives_no_errors_and_restart_brings_traffic_back(
         restarted = load.count()
         assert wait_until(lambda: "B" in load.since(restarted))
         assert wait_until(lambda: load.count() > restarted + 20)
-    assert load.errors == []
+    # Only the calls B held when it died fail (one per client thread at most): they may
+    # have run there, so they are not repeated elsewhere. Every later one went elsewhere.
+    assert len(load.errors) <= 3, load.errors
+    for error in load.errors:
+        assert error.startswith(f"UNAVAILABLE: model 'weighted': node {b.address} failed"), error
+        assert "not retried on another node" in error, error
     assert set(load.served) == {"A", "B", "C"}
 
 

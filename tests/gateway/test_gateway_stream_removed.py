@@ -117,6 +117,8 @@ def test_a_call_whose_node_died_after_receiving_it_is_not_sent_to_another(
     ):
         channel.unary_unary(MODEL_INFER)(infer_body(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = caught.value.details()
+    assert "model 'm'" in details and "not retried" in details, details
     # The first node died holding the call; the second never got it (it would have died
     # too). Give a retry every chance to show up before looking.
     assert wait_until(lambda: any(u.process.poll() is not None for u in upstreams), 5)

@@ -107,6 +107,13 @@ class Forwarder:
                 answered = app_answered(exc.trailing_metadata())
                 verdict = grpc_verdict(code, exc.details(), own_deadline, answered)
                 route.record(node, verdict.outcome, time.monotonic() - sent, error=detail)
+                if not verdict.retry and verdict.outcome is Outcome.FAILURE and not answered:
+                    # gRPC core's words ("Stream removed") name neither model nor node.
+                    await context.abort(
+                        code,
+                        f"model {route.model!r}: node {node.address} failed: {detail}; not "
+                        "retried on another node, as the call may have run there",
+                    )
                 if not verdict.retry:
                     await _relay(context, exc)
                 if answered:
