@@ -258,6 +258,26 @@ async def test_edits_apply_and_a_bad_edit_keeps_the_last_good_routes(tmp_path: P
         await gateway.stop()
 
 
+async def test_a_config_reload_rebuilds_node_file_routes_and_their_watches(
+    tmp_path: Path,
+) -> None:
+    # An empty node file still puts the gateway in front: lines may come later.
+    gateway, path = node_file_gateway(tmp_path, "# no task yet\n")
+    assert gateway.routes == {}
+    assert len(gateway.wrap_grpc_handlers([], PluginHost().load().protocols)) == 1
+    await gateway.start()
+    try:
+        assert list(gateway._watches) == [path] and gateway._watches[path].refresh_s == 10
+        other = tmp_path / "other.txt"
+        other.write_text("70=100,h:2\n")
+        entry = {"discovery": {"nodefile": str(other), "refresh_s": 0.5}, **NO_HEALTH}
+        changes = await gateway.apply(gateway.build_routes(routes([entry])))
+        assert changes == ["task-70: added"]
+        assert list(gateway._watches) == [other] and gateway._watches[other].refresh_s == 0.5
+    finally:
+        await gateway.stop()
+
+
 # -- end to end: workers behind a gateway configured by a seed node file -------------------
 
 # Answers with the number of the worker it runs on, in the shape of its input.
