@@ -260,8 +260,9 @@ def from_numpy(array: np.ndarray, proto: Any = None, *, tensor_content: bool = F
 
 
 # Typed fields whose packed wire form is the values' own little-endian bytes (fixed32,
-# fixed64, and bool's one-byte varints): written as those bytes, numpy's copy, and parsed
-# by protobuf in C, some 20 times faster than appending Python numbers one by one.
+# fixed64, and bool's one-byte varints): written as those bytes (numpy's one copy) and
+# parsed by protobuf in C, several times faster than appending Python numbers one by one.
+# A message of another package gets the same field numbers: it has TensorProto's fields.
 _PACKED_BYTES: dict[int, tuple[int, np.dtype]] = {
     DT.DT_FLOAT: (tfs_pb2.TensorProto.FLOAT_VAL_FIELD_NUMBER, np.dtype("<f4")),
     DT.DT_DOUBLE: (tfs_pb2.TensorProto.DOUBLE_VAL_FIELD_NUMBER, np.dtype("<f8")),
