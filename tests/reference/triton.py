@@ -1,0 +1,138 @@
+"""A real Triton 2.51 server for side-by-side tests: the C++ server and its python backend
+as the ``nvidia-pytriton`` wheel bundles them, installed by
+``scripts/install_reference_servers.sh`` in a venv of its own
+(``$DLI_REFERENCE_DIR/triton``, default ``<repo>/.reference/triton``).
+
+:func:`triton_home` finds the bundled server (or says why it cannot be used, for a
+``pytest.skip``); :class:`TritonServer` runs it on free ports of 127.0.0.1 in a
+subprocess and waits until it answers ready.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from dl_inference.testing import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def reference_venv(name: str) -> Path:
+    """The venv of reference server ``name`` (``seldon``, ``triton``)."""
+    return Path(os.environ.get("DLI_REFERENCE_DIR", REPO_ROOT / ".reference")) / name
+
+
+def triton_home() -> tuple[Path, Path] | str:
+    """``(venv, tritonserver folder)``, or the reason Triton cannot run here."""
+    venv = reference_venv("triton")
+    found = sorted(venv.glob("lib/python3.*/site-packages/pytriton/tritonserver"))
+    if not found:
+        return f"no Triton reference server in {venv} (scripts/install_reference_servers.sh)"
+    home = found[-1]
+    if not (home / "bin" / "tritonserver").is_file():
+        return f"{home}/bin/tritonserver is missing"
+    if not (home / "backends" / "python" / "triton_python_backend_stub").is_file():
+        return f"Triton's python backend stub is missing in {home}/backends/python"
+    return venv, home
+
+
+class TritonServer:
+    """``tritonserver`` serving ``repository`` (config.pbtxt + python-backend model.py).
+
+    ``http_url``, ``grpc_address`` and ``http_address`` point at it once started; leaving
+    the ``with`` block ends its process group. ``output()`` is what it printed.
+    """
+
+    def __init__(self, repository: Path, log_path: Path, timeout: float = 90.0) -> None:
+        found = triton_home()
+        if isinstance(found, str):
+            raise RuntimeError(found)
+        self.venv, self.home = found
+        self.repository = repository
+        self.log_path = log_path
+        self.timeout = timeout
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.metrics_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> TritonServer:
+        home = self.home
+        env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": f"{home}/external_libs:{home}/lib",
+            # The python backend's stub runs the models with the venv's python and numpy.
+            "PATH": f"{self.venv}/bin:{os.environ.get('PATH', '')}",
+        }
+        command = [
+            str(home / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={home / 'backends'}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--log-verbose=0",
+        ]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"tritonserver exited with {self.process.returncode}:\n{self.output()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise TimeoutError(f"tritonserver not ready in {self.timeout} s:\n{self.output()}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to Triton's process group (it and its python stubs), then SIGKILL."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
