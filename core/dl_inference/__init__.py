@@ -52,6 +52,7 @@ from dl_inference.spi.registry import (
     ConverterRegistry,
     ProtocolRegistry,
 )
+from dl_inference.spi.statistics import BatchStatistics, StatisticDuration, VersionStatistics
 from dl_inference.spi.status import grpc_code, http_status, public_message
 from dl_inference.spi.tensor_limits import (
     MAX_TENSOR_ELEMENTS,
@@ -91,6 +92,7 @@ __all__ = [
     "BackendSettings",
     "Balancer",
     "BalancerRegistry",
+    "BatchStatistics",
     "BenchRequest",
     "BenchTransport",
     "Call",
@@ -123,10 +125,12 @@ __all__ = [
     "ResourceExhausted",
     "RoutingKeyReader",
     "RuntimeView",
+    "StatisticDuration",
     "TensorConfig",
     "TensorSpec",
     "Unauthenticated",
     "Unavailable",
+    "VersionStatistics",
     "__version__",
     "array_from_json",
     "check_raw_size",

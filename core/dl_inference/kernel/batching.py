@@ -38,9 +38,10 @@ import numpy as np
 
 from dl_inference.spi.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
 
-# run(inputs, parameters, queued_at) -> outputs, called in a batcher thread; queued_at is
-# the monotonic time the oldest request of the batch was queued.
-Runner = Callable[[dict[str, np.ndarray], dict[str, Any], float], dict[str, np.ndarray]]
+# run(inputs, parameters, queued) -> outputs, called in a batcher thread; queued holds the
+# monotonic time each request of the batch was queued, oldest first (for the queue time
+# that metrics and statistics report).
+Runner = Callable[[dict[str, np.ndarray], dict[str, Any], list[float]], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -282,9 +283,9 @@ class Batcher:
             inputs = first.inputs
         else:
             inputs = {n: np.concatenate([i.inputs[n] for i in batch]) for n in first.inputs}
-        queued_at = min(item.queued_at for item in batch)
+        queued = [item.queued_at for item in batch]  # in queue order: oldest first
         # The first request's context carries its request id into the model's logs.
-        return first.context.run(self._run, inputs, first.parameters, queued_at)
+        return first.context.run(self._run, inputs, first.parameters, queued)
 
     def _deliver(self, batch: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
         """Split a batch's outputs back to its callers (all fail if the model broke the

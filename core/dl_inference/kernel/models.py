@@ -52,8 +52,9 @@ class ModelVersion:
     state: ModelState = ModelState.LOADING
     reason: str = ""
     in_flight: int = 0
-    # observer(model, version, rows, queue_s, compute_s), called per executed batch
-    observer: Callable[[str, str, int, float, float], None] | None = None
+    # observer(model, version, rows, queued, started, finished), called per executed batch:
+    # the monotonic times each of its requests was queued, and it ran
+    observer: Callable[[str, str, int, list[float], float, float], None] | None = None
     signature: tuple[float, int] = (0.0, 0)
     # The model's processor.py and the backend's adapter that runs it (set by the load).
     processor: Processor | None = None
@@ -104,9 +105,9 @@ class ModelVersion:
             self.in_flight -= 1
 
     def _execute(
-        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], queued_at: float
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], queued: list[float]
     ) -> dict[str, np.ndarray]:
-        """One execution (a request or a merged batch), timed for the metrics."""
+        """One execution (a request or a merged batch), timed for metrics and statistics."""
         started = time.monotonic()
         outputs = self._predict_sync(inputs, parameters)
         if self.observer is not None:
@@ -114,7 +115,7 @@ class ModelVersion:
             first = next(iter(inputs.values()), None)
             batched = self.backend.config.max_batch_size > 0 and first is not None and first.ndim
             rows = int(first.shape[0]) if batched else 1
-            self.observer(self.name, self.version, rows, started - queued_at, finished - started)
+            self.observer(self.name, self.version, rows, queued, started, finished)
         return outputs
 
     def _predict_sync(
@@ -144,7 +145,7 @@ class ModelRegistry:
         self.plugins = plugins
         self._versions: dict[str, dict[str, ModelVersion]] = {}
         self._sources: dict[str, ModelSource] = {}
-        self.observer: Callable[[str, str, int, float, float], None] | None = None
+        self.observer: Callable[[str, str, int, list[float], float, float], None] | None = None
         self.unloaded: set[str] = set()
 
     # -- loading ---------------------------------------------------------------------------

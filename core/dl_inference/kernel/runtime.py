@@ -11,6 +11,7 @@ import structlog
 from dl_inference.kernel.metrics import CallbackCollector, Metrics
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.statistics import Statistics
 from dl_inference.kernel.validation import select_outputs, validate_inputs
 from dl_inference.spi.call_path import ModelControl
 from dl_inference.spi.errors import (
@@ -20,6 +21,7 @@ from dl_inference.spi.errors import (
     Unauthenticated,
     Unavailable,
 )
+from dl_inference.spi.statistics import VersionStatistics
 from dl_inference.spi.status import grpc_code
 from dl_inference.spi.types import (
     InferRequest,
@@ -57,7 +59,8 @@ class Runtime:
         # The management service when management.enabled, else None (see ModelControl).
         self.management: ModelControl | None = None
         self.metrics = Metrics()
-        models.observer = self.metrics.observe_execution
+        self.statistics = Statistics()
+        models.observer = self._observe_execution
         self.metrics.add_collector(
             CallbackCollector(
                 "dli_model_ready",
@@ -87,7 +90,7 @@ class Runtime:
 
     def extensions(self) -> list[str]:
         """Open Inference Protocol extensions this server supports."""
-        return ["binary_tensor_data", "model_metadata"]
+        return ["binary_tensor_data", "model_metadata", "model_configuration", "statistics"]
 
     def live(self) -> bool:
         return True
@@ -113,6 +116,47 @@ class Runtime:
     def resolve_model(self, name: str, version: str = "") -> ModelVersionInfo:
         """The version a request would run (``""`` = newest ready; labels resolve)."""
         return _info(self.models.resolve(name, version))
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
+        """Statistics of every version of ``name`` (``""``: of every model) held here, or of
+        one ``version`` (a number). As Triton answers, a model or version not held here is
+        ``InvalidInput``, with the list of what is."""
+        if not name:
+            return [
+                self.statistics.snapshot(v.name, v.version)
+                for model in self.models.names()
+                for v in self.models.versions(model)
+            ]
+        if not self.models.serves(name):
+            raise InvalidInput(
+                f"no statistics for model {name!r}: it is not served here; models served: "
+                f"{', '.join(self.models.names()) or 'none'}"
+            )
+        versions = self.models.versions(name)
+        if version:
+            versions = [v for v in versions if v.version == version]
+            if not versions:
+                known = ", ".join(v.version for v in self.models.versions(name))
+                raise InvalidInput(
+                    f"no statistics for model {name!r} version {version!r}: versions served: "
+                    f"{known}"
+                )
+        return [self.statistics.snapshot(v.name, v.version) for v in versions]
+
+    def _observe_execution(
+        self,
+        model: str,
+        version: str,
+        rows: int,
+        queued: list[float],
+        started: float,
+        finished: float,
+    ) -> None:
+        """One execution's timing (in its scheduler's thread): metrics and statistics."""
+        self.metrics.observe_execution(
+            model, version, rows, started - queued[0], finished - started
+        )
+        self.statistics.of(model, version).executed(rows, queued, started, finished)
 
     def _model_states(self) -> list[tuple[list[str], float]]:
         return [
@@ -166,18 +210,23 @@ class Runtime:
         if left is not None and left <= 0:
             raise DeadlineExceeded(f"the deadline of the request to {request.model_name!r} passed")
         work = model.predict(request.inputs, request.parameters, request.deadline)
-        if timeout_ms is None:
-            # A client's own deadline needs no timer here: gRPC cancels the call when it
-            # passes, and the batcher drops requests that expired in its queue.
-            outputs = await work
-        else:
-            try:
-                outputs = await asyncio.wait_for(work, left)
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"model {request.model_name!r} did not answer within the deadline "
-                    f"({(time.monotonic() - ctx.started) * 1000:.0f} ms)"
-                ) from None
+        try:
+            if timeout_ms is None:
+                # A client's own deadline needs no timer here: gRPC cancels the call when it
+                # passes, and the batcher drops requests that expired in its queue.
+                outputs = await work
+            else:
+                try:
+                    outputs = await asyncio.wait_for(work, left)
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"model {request.model_name!r} did not answer within the deadline "
+                        f"({(time.monotonic() - ctx.started) * 1000:.0f} ms)"
+                    ) from None
+        except Exception:
+            # The model's scheduler took it: a failure of this version (statistics' "fail").
+            self.statistics.of(model.name, model.version).failed(time.monotonic() - ctx.started)
+            raise
         response = InferResponse(
             model_name=request.model_name,
             model_version=model.version,
@@ -254,6 +303,8 @@ class Runtime:
         model_label = self.model_label(request.model_name)
         version_label = version if model_label and self.models.serves(model_label, version) else ""
         self.metrics.observe_request(model_label, version_label, ctx.protocol, status, latency)
+        if error is None and ctx.response is not None:
+            self.statistics.of(request.model_name, version).succeeded(latency)
         if not self.access_log:
             return
         fields: dict[str, Any] = {

@@ -45,6 +45,7 @@ from dl_inference.spi.errors import (
     PayloadTooLarge,
     ResourceExhausted,
 )
+from dl_inference.spi.statistics import VersionStatistics
 from dl_inference.spi.status import grpc_code, http_status, public_message
 from dl_inference.spi.types import (
     InferRequest,
@@ -86,6 +87,12 @@ class ModelControl(Protocol):
     Present on :attr:`RuntimeView.management` when ``management.enabled``; every call
     applies in all of the server's workers.
     """
+
+    grpc_address: str
+    """``host:port`` of the management listener's gRPC port (once started)."""
+
+    http_address: str
+    """``host:port`` of the management listener's HTTP port (once started)."""
 
     def authorize(self, metadata: Mapping[str, str]) -> None:
         """Raise ``Unauthenticated`` unless ``metadata`` carries the management token."""
@@ -142,6 +149,12 @@ class RuntimeView(Protocol):
     def model_versions(self, name: str) -> list[ModelVersionInfo]: ...
 
     def resolve_model(self, name: str, version: str = "") -> ModelVersionInfo: ...
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
+        """Statistics of every version of ``name`` held here (``""``: every model's), or of
+        one ``version`` number; ``InvalidInput`` when that model or version is not held
+        (see :mod:`dl_inference.spi.statistics` for what each figure counts)."""
+        ...
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         """Authorize (unless done), run hooks, validate, predict, select outputs."""
