@@ -27,6 +27,7 @@ from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.repository import scan_repository
 from dl_inference.kernel.runtime import Runtime
+from dl_inference.server.http_errors import json_errors
 from dl_inference.server.listeners import bind_grpc, start_http
 from dl_inference.server.logs import configure_logging
 from dl_inference.server.status_page import status_document, status_routes
@@ -234,6 +235,8 @@ class Server:
             if self.gateway is not None
             else []
         )
+        # Innermost: only this app's own refusals become JSON; forwarded answers pass as is.
+        middlewares.append(json_errors)
         app = web.Application(
             client_max_size=self.runtime.max_message_bytes, middlewares=middlewares
         )

@@ -30,6 +30,7 @@ from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.kernel.config.schema import ServerConfig
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.repository import read_model_folder
+from dl_inference.server.http_errors import json_errors
 from dl_inference.server.listeners import bind_grpc, start_http
 from dl_inference.server.management.safety import (
     check_inside_roots,
@@ -276,7 +277,9 @@ class ManagementService:
         await server.start()
         self._grpc = server
         # The server's one body limit, which too_large() names when a body exceeds it.
-        app = web.Application(client_max_size=self.runtime.max_message_bytes)
+        app = web.Application(
+            client_max_size=self.runtime.max_message_bytes, middlewares=[json_errors]
+        )
         routes = {
             "/v2/repository/index": self._rest_index,
             "/v2/repository/models/{model}/load": self._rest_load,
