@@ -226,6 +226,19 @@ def test_the_seeds_tis_predict_reaches_triton_as_model_infer(setup: Setup) -> No
     )
 
 
+def test_a_stream_through_the_gateway_is_tritons_byte_for_byte(setup: Setup) -> None:
+    # Triton puts a model's exception in the stream's reply and keeps the stream open.
+    bodies = [infer_request([1.0], "a"), infer_request([-1.0], "b"), infer_request([2.0], "c")]
+    replies = []
+    for address in (setup.triton.grpc_address, setup.gateway.grpc_address):
+        with grpc.insecure_channel(address) as channel:
+            call = channel.stream_stream(f"{V2}/ModelStreamInfer")(iter(bodies), timeout=30)
+            replies.append(list(call))
+    assert len(replies[0]) == 3 and replies[1] == replies[0]
+    failed = service_pb2.ModelStreamInferResponse.FromString(replies[0][1])
+    assert "negative input" in failed.error_message
+
+
 REST_CASES: dict[str, tuple[str, bytes | None, dict[str, str]]] = {
     "json infer": ("/v2/models/addone/infer", json_infer([1.0, 2.0]), {}),
     "binary infer": ("/v2/models/addone/infer", *binary_infer([0.25, 7.0])),
@@ -297,6 +310,7 @@ def test_a_clients_bad_calls_do_not_take_triton_out(setup: Setup) -> None:
     row = node_row(setup)
     assert row["requests"] - before["requests"] == 40  # none retried
     assert row["state"] == "healthy", row
+    assert row["probe"] == "SERVING", row  # Triton answers grpc.health.v1 itself
     assert row["times_ejected"] == before["times_ejected"] and row["failures"] == 0, row
     assert grpc_call(gateway.grpc_address, *GRPC_CASES["infer"])[0] == "OK"
 
