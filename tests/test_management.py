@@ -86,7 +86,9 @@ def test_management_binds_loopback_and_not_the_public_ports(server: ServerProces
     public = grpcclient.InferenceServerClient(server.grpc_address)
     with pytest.raises(InferenceServerException) as info:
         public.unload_model("a", headers={"authorization": f"Bearer {TOKEN}"})
-    assert "UNIMPLEMENTED" in str(info.value.status())
+    # Refused, naming where the repository extension is served.
+    assert "UNAVAILABLE" in str(info.value.status())
+    assert management_address(server, "gRPC") in info.value.message()
 
 
 def test_load_unload_and_index_with_tritonclient(server: ServerProcess, layout: Path) -> None:

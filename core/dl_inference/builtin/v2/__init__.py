@@ -68,9 +68,9 @@ class V2Protocol(Protocol):
         """Every V2 method that names a model, ``ModelStreamInfer`` (by its first message)
         and the seed's ``TisPredict`` (V2's own ModelInferRequest under the seed's path).
 
-        Methods this server does not serve itself (``ModelConfig``, ``ModelStatistics``,
-        the repository methods) are listed too: the gateway forwards them to upstream
-        nodes that do, such as Triton.
+        The repository methods are listed too (served here only on the management
+        listener): the gateway forwards them to upstream nodes that serve them on their
+        main port, such as Triton.
         """
         from dl_inference.builtin.v2.grpc_service import SEED_SERVICE
 

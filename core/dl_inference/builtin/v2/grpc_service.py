@@ -18,8 +18,15 @@ from dl_inference.builtin.v2.codec import (
     encode_infer_response,
     serialize_with_raw,
 )
+from dl_inference.builtin.v2.model_config import (
+    config_document,
+    config_message,
+    repository_elsewhere,
+    statistics_document,
+    statistics_message,
+)
 from dl_inference.spi.call_path import Call, CallPath, RuntimeView
-from dl_inference.spi.errors import InvalidInput
+from dl_inference.spi.errors import InvalidInput, Unavailable
 from dl_inference.spi.status import public_message
 from dl_inference.spi.types import InferRequest
 from dl_inference.spi.wire import WireError, len_field_header, split_len_field
@@ -76,6 +83,21 @@ class V2GrpcServicer:
                 target.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return reply
 
+    async def model_config(
+        self, request: pb.ModelConfigRequest, call: Call
+    ) -> pb.ModelConfigResponse:
+        info = self.runtime.resolve_model(request.name, request.version)
+        return config_message(config_document(info))
+
+    async def model_statistics(
+        self, request: pb.ModelStatisticsRequest, call: Call
+    ) -> pb.ModelStatisticsResponse:
+        stats = self.runtime.model_statistics(request.name, request.version)
+        return statistics_message(statistics_document(stats))
+
+    async def repository(self, request: object, call: Call) -> bytes:
+        raise Unavailable(repository_elsewhere(self.runtime.management))
+
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
@@ -122,6 +144,12 @@ def grpc_handlers(runtime: RuntimeView) -> list[grpc.GenericRpcHandler]:
         "ModelReady": (servicer.model_ready, pb.ModelReadyRequest),
         "ServerMetadata": (servicer.server_metadata, pb.ServerMetadataRequest),
         "ModelMetadata": (servicer.model_metadata, pb.ModelMetadataRequest),
+        "ModelConfig": (servicer.model_config, pb.ModelConfigRequest),
+        "ModelStatistics": (servicer.model_statistics, pb.ModelStatisticsRequest),
+        # The repository extension is the management listener's: say so, not UNIMPLEMENTED.
+        "RepositoryIndex": (servicer.repository, pb.RepositoryIndexRequest),
+        "RepositoryModelLoad": (servicer.repository, pb.RepositoryModelLoadRequest),
+        "RepositoryModelUnload": (servicer.repository, pb.RepositoryModelUnloadRequest),
     }
     # Not inference: their failures are answered but not counted as requests.
     methods = {

@@ -21,8 +21,13 @@ from dl_inference.builtin.v2.codec import (
     output_array,
     raw_to_array,
 )
+from dl_inference.builtin.v2.model_config import (
+    config_document,
+    repository_elsewhere,
+    statistics_document,
+)
 from dl_inference.spi.call_path import Call, CallPath, RuntimeView, json_error_body, read_body
-from dl_inference.spi.errors import DlInferenceError, InvalidInput, ModelNotFound
+from dl_inference.spi.errors import DlInferenceError, InvalidInput, ModelNotFound, Unavailable
 from dl_inference.spi.json_body import read_json
 from dl_inference.spi.types import InferRequest, InferResponse
 
@@ -80,6 +85,18 @@ class V2Rest:
                 pass
             return web.json_response({"name": name, "ready": False}, status=503)
         return web.json_response({"name": name, "ready": True})
+
+    async def model_config(self, request: web.Request, call: Call) -> web.Response:
+        name, version = _model(request)
+        return web.json_response(config_document(self.runtime.resolve_model(name, version)))
+
+    async def model_statistics(self, request: web.Request, call: Call) -> web.Response:
+        name = request.match_info.get("model", "")
+        version = request.match_info.get("version", "")
+        return web.json_response(statistics_document(self.runtime.model_statistics(name, version)))
+
+    async def repository(self, request: web.Request, call: Call) -> web.Response:
+        raise Unavailable(repository_elsewhere(self.runtime.management))
 
     async def infer(self, request: web.Request, call: Call) -> web.Response:
         name, version = _model(request)
@@ -250,6 +267,9 @@ def http_routes(runtime: RuntimeView) -> list[web.RouteDef]:
     infer = on_path("POST /v2/models/{name}/infer", api.infer, counted=True)
     metadata = on_path("GET /v2/models/{name}", api.model_metadata)
     ready = on_path("GET /v2/models/{name}/ready", api.model_ready)
+    config = on_path("GET /v2/models/{name}/config", api.model_config)
+    stats = on_path("GET /v2/models/{name}/stats", api.model_statistics)
+    repository = on_path("POST /v2/repository", api.repository)
     return [
         # The hot path first: aiohttp tries a prefix's routes in this order.
         web.post(f"{model}/infer", infer),
@@ -257,8 +277,18 @@ def http_routes(runtime: RuntimeView) -> list[web.RouteDef]:
         web.get("/v2/health/live", on_path("GET /v2/health/live", api.live)),
         web.get("/v2/health/ready", on_path("GET /v2/health/ready", api.ready)),
         web.get("/v2", on_path("GET /v2", api.server_metadata)),
+        # Before {model}: "stats" is not a model's name here, as in Triton.
+        web.get("/v2/models/stats", on_path("GET /v2/models/stats", api.model_statistics)),
         web.get(model, metadata),
         web.get(versioned, metadata),
         web.get(f"{model}/ready", ready),
         web.get(f"{versioned}/ready", ready),
+        web.get(f"{model}/config", config),
+        web.get(f"{versioned}/config", config),
+        web.get(f"{model}/stats", stats),
+        web.get(f"{versioned}/stats", stats),
+        # The repository extension is the management listener's: say so, not 404.
+        web.post("/v2/repository/index", repository),
+        web.post("/v2/repository/models/{model}/load", repository),
+        web.post("/v2/repository/models/{model}/unload", repository),
     ]
