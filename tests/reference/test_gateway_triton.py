@@ -268,6 +268,17 @@ def test_rest_answers_through_the_gateway_are_tritons(setup: Setup, case: str) -
     assert http_call(setup.gateway.http_address, path, body, headers) == direct
 
 
+def test_a_body_labelled_gzip_that_is_not_gets_the_gateways_400(setup: Setup) -> None:
+    """The one known difference (docs/scaling.md): the gateway's HTTP server decodes a gzip
+    body before the gateway sees it, so it refuses one that does not decode itself."""
+    path, body, _ = REST_CASES["json infer"]
+    headers = {"Content-Encoding": "gzip"}
+    status, found, payload = http_call(setup.gateway.http_address, path, body, headers)
+    assert status == 400 and found["content-type"].startswith("application/json"), payload
+    assert b"could not be read" in payload
+    assert http_call(setup.triton.http_address, path, body, headers)[0] != 400
+
+
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
 def test_tritonclients_request_compression_passes_the_gateway(setup: Setup, algorithm: str) -> None:
     x = np.array([1.5, -0.5, 9.0], dtype=np.float32)
