@@ -17,8 +17,9 @@ wrapper model would return, the outputs being that value:
 
 - an object ``jsonData`` request gets ``jsonData``, an object holding every output (a
   wrapper model returning a dict);
-- a ``binData`` / ``strData`` request whose output is one string (BYTES with one element)
-  gets it back in kind (a model returning bytes / str); not UTF-8 text, as ``binData``;
+- a ``binData`` request whose output is one string (BYTES with one element) gets it as
+  ``binData`` (a model returning bytes), a ``strData`` or non-object ``jsonData`` request
+  as ``strData`` (a model returning str; ``binData`` when it is not UTF-8 text);
 - otherwise the output is an array: numbers (integers, floats; not booleans, as numpy's
   ``np.number`` says) answer a ``data`` request in the request's kind (tensor, ndarray,
   tftensor) and any other request (binData, strData, a non-object jsonData) as
@@ -274,9 +275,9 @@ def encode_reply(
         json_format.ParseDict(value, reply.jsonData)
         return
     array = np.asarray(next(iter(outputs.values())))
-    if kind in ("binData", "strData") and array.dtype.kind in "OSU" and array.size == 1:
+    if kind in ("binData", "strData", "jsonData") and array.dtype.kind in "OSU" and array.size == 1:
         raw = _utf8(array.reshape(-1)[0])
-        if kind == "strData":
+        if kind != "binData":
             try:
                 reply.strData = bytes(raw).decode("utf-8")
                 return
@@ -303,10 +304,15 @@ def encode_array(array: np.ndarray, data: pb.DefaultData, kind: str) -> None:
         data.tensor.shape.extend(array.shape)
         data.tensor.values.extend(array.astype(np.float64, copy=False).ravel().tolist())
     elif kind == "tftensor":
-        tensor_proto.from_numpy(array, data.tftensor)
+        # tf.make_tensor_proto, which the wrapper calls, writes numbers to tensor_content.
+        tensor_proto.from_numpy(array, data.tftensor, tensor_content=True)
     else:
-        value = _to_json(array)
-        data.ndarray.extend(value if isinstance(value, list) else [value])
+        data.ndarray.extend(_ndarray_value(array))
+
+
+def _ndarray_value(array: np.ndarray) -> list[Any]:
+    value = _to_json(array)
+    return value if isinstance(value, list) else [value]
 
 
 def _to_json(array: np.ndarray) -> Any:
@@ -333,11 +339,15 @@ _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 def message_from_body(body: bytes) -> pb.SeldonMessage:
     """A SeldonMessage from a REST body: UTF-8 JSON, nested at most ``MAX_JSON_DEPTH`` deep."""
+    return message_from_json(document_from_body(body))
+
+
+def document_from_body(body: bytes) -> Any:
+    """A REST body's JSON (UTF-8, nested at most ``MAX_JSON_DEPTH`` deep), not yet a message."""
     try:
-        document = read_json(body, what="it")
+        return read_json(body, what="it")
     except InvalidInput as exc:
         raise InvalidInput(_not_a_message(exc)) from None
-    return message_from_json(document)
 
 
 def message_from_json(document: Any) -> pb.SeldonMessage:
@@ -410,6 +420,37 @@ def message_to_json(message: pb.SeldonMessage) -> dict[str, Any]:
     elif which == "customData":
         out["customData"] = json_format.MessageToDict(message.customData)
     return out
+
+
+def rest_reply(
+    reply: pb.SeldonMessage, outputs: Mapping[str, np.ndarray], request: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The JSON answering a REST request (``request``, its parsed body) as the wrapper writes it.
+
+    Beyond :func:`message_to_json`, whose numbers are the message's doubles: integer outputs
+    (``outputs``, the arrays ``reply`` was encoded from) stay JSON integers, as numpy's
+    ``tolist()`` writes them in the wrapper, and ``meta.tags`` come back as the client wrote
+    them (the wrapper echoes the request's JSON: a tag ``1`` stays ``1``, not ``1.0``).
+    """
+    document = message_to_json(reply)
+    meta = request.get("meta")
+    tags = meta.get("tags") if isinstance(meta, dict) else None  # "meta": null is no meta
+    if isinstance(tags, dict) and tags and "meta" in document:
+        document["meta"]["tags"] = tags
+    arrays = {name: np.asarray(array) for name, array in outputs.items()}
+    integral = {name: array for name, array in arrays.items() if array.dtype.kind in "iu"}
+    if not integral:
+        return document
+    data = document.get("data", {})
+    first = next(iter(arrays))
+    if first in integral and "tensor" in data:
+        data["tensor"]["values"] = integral[first].ravel().tolist()
+    elif first in integral and "ndarray" in data:
+        data["ndarray"] = _ndarray_value(integral[first])
+    elif isinstance(document.get("jsonData"), dict):
+        for name, array in integral.items():
+            document["jsonData"][name] = _to_json(array)
+    return document
 
 
 def status_message(code: int, info: str, reason: str) -> pb.SeldonMessage:

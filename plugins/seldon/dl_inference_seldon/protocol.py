@@ -20,7 +20,7 @@ message as details, so that clients, retries and the gateway's health tracking a
 the failure. The Seldon-style ``Status`` (code = HTTP status, info = message, reason,
 status = FAILURE) rides along, serialized, in the trailing metadata key
 ``seldon-status-bin``. REST answers with the HTTP status and a body ``{"status": {...}}``
-like Seldon's microservices do.
+like Seldon's microservices do (``"status": 1``, as the wrapper writes the flag).
 
 Every method runs on the kernel's call path: a body that cannot be read is
 INVALID_ARGUMENT / 400 (an oversize REST body 413), ``dli_authorize`` is asked before any
@@ -99,6 +99,13 @@ class SeldonService:
 
     async def predict(self, message: pb.SeldonMessage, call: Call) -> pb.SeldonMessage:
         """Answer one Seldon request; raises DlInferenceError subclasses on failure."""
+        reply, _ = await self._answer(message, call)
+        return reply
+
+    async def _answer(
+        self, message: pb.SeldonMessage, call: Call
+    ) -> tuple[pb.SeldonMessage, Mapping[str, np.ndarray]]:
+        """The reply and the outputs it was encoded from."""
         tags = codec.tags_to_dict(message.meta)
         version = routing.tag_text(tags.get("model_version")) or ""
         named = routing.model_from(call.ctx.metadata, tags)
@@ -133,16 +140,17 @@ class SeldonService:
             reply.meta.tags[key].CopyFrom(value)
         json_object = kind == "jsonData" and message.jsonData.HasField("struct_value")
         codec.encode_reply(kind, response.outputs, reply, json_object=json_object)
-        return reply
+        return reply, response.outputs
 
     async def rest_predictions(self, request: web.Request, call: Call) -> web.Response:
         """``POST /api/v1.0/predictions``: JSON SeldonMessage in, JSON SeldonMessage out."""
         body = await read_body(request, call)
         with call.parsing("the request body"):
-            message = codec.message_from_body(body)
-        reply = await self.predict(message, call)
+            document = codec.document_from_body(body)
+            message = codec.message_from_json(document)
+        reply, outputs = await self._answer(message, call)
         # Python's json, as Seldon's wrapper (Flask's jsonify): NaN and Infinity stay bare.
-        text = json.dumps(codec.message_to_json(reply), separators=(",", ":"))
+        text = json.dumps(codec.rest_reply(reply, outputs, document), separators=(",", ":"))
         return web.Response(text=text, content_type="application/json")
 
 
@@ -163,11 +171,12 @@ def status_trailers(error: BaseException, message: str) -> list[tuple[str, bytes
 
 
 def rest_error_body(error: BaseException, message: str, status: int) -> web.Response:
-    """A failure as Seldon's microservices answer one: ``{"status": {...}}``."""
+    """A failure as Seldon's microservices answer one: ``{"status": {...}}``, the flag as the
+    number the wrapper writes (``"status": 1``)."""
     failure = codec.status_message(status, message, failure_reason(error))
     return web.Response(
         status=status,
-        text=json_format.MessageToJson(failure, indent=None),
+        text=json_format.MessageToJson(failure, indent=None, use_integers_for_enums=True),
         content_type="application/json",
     )
 

@@ -19,6 +19,7 @@ from dl_inference_seldon.codec import (
     encode_reply,
     message_from_json,
     message_to_json,
+    rest_reply,
     value_to_python,
 )
 from dl_inference_seldon.protocol import standard_file
@@ -192,7 +193,8 @@ def test_json_form_reads_and_writes_nan_and_infinity_as_seldons_wrapper_does():
     reply.meta.tags["t"].number_value = math.inf
     encode_reply("ndarray", {"y": np.array([math.nan, 1.0], np.float32)}, reply)
     text = json.dumps(message_to_json(reply), separators=(",", ":"))
-    assert text == '{"meta":{"puid":"p","tags":{"t":Infinity}},"data":{"ndarray":[NaN,1.0]}}'
+    expected = '{"meta":{"puid":"p","tags":{"t":Infinity}},"data":{"names":[],"ndarray":[NaN,1.0]}}'
+    assert text == expected
     with pytest.raises(InvalidInput, match="it is a JSON list, not an object"):
         message_from_json([1])
 
@@ -201,35 +203,102 @@ def test_json_form_reads_and_writes_nan_and_infinity_as_seldons_wrapper_does():
 
 
 @pytest.mark.parametrize("kind", ["tensor", "ndarray", "tftensor"])
-def test_reply_uses_the_request_kind(kind):
+def test_numbers_answer_a_data_request_in_its_kind(kind):
     array = np.array([[0.25, -1.0], [3.0, 4.5]], np.float32)
     reply = pb.SeldonMessage()
     encode_reply(kind, {"y": array, "z": array * 2}, reply)
     assert reply.data.WhichOneof("data_oneof") == kind
+    assert list(reply.data.names) == ["t:0", "t:1"]  # the wrapper's names for the columns
     back = decode_inputs(reply, kind, None)["input__0"]
     np.testing.assert_array_equal(back, array)  # the first output only
 
 
-def test_bytes_and_json_replies():
-    one = np.empty(1, dtype=object)
-    one[0] = b"\x00\xffraw"
+def one_string(value: bytes) -> np.ndarray:
+    out = np.empty(1, dtype=object)
+    out[0] = value
+    return out
+
+
+# (request kind, output) -> (reply oneof, DefaultData oneof or None): the wrapper's choices.
+REPLY_SHAPES = [
+    ("binData", np.array([1, 2], np.int64), "data", "tensor"),
+    ("strData", np.array([[0.5, 0.5]]), "data", "tensor"),
+    ("jsonData", np.array([1.5], np.float32), "data", "tensor"),
+    ("ndarray", np.array([1, 2], np.uint8), "data", "ndarray"),
+    ("tensor", np.array([True, False]), "data", "ndarray"),  # booleans are no np.number
+    ("tftensor", np.array(["a", "b"], dtype=object), "data", "ndarray"),
+    ("binData", np.array([b"a", b"b"], dtype=object), "data", "ndarray"),
+    ("jsonData", one_string(b"text"), "strData", None),
+    ("binData", one_string(b"\x00\xffraw"), "binData", None),
+    ("strData", one_string(b"ok"), "strData", None),
+    ("strData", one_string(b"\xff"), "binData", None),  # not UTF-8: bytes as they are
+]
+
+
+@pytest.mark.parametrize(("kind", "array", "which", "inner"), REPLY_SHAPES)
+def test_reply_shapes_are_the_wrappers(kind, array, which, inner):
     reply = pb.SeldonMessage()
-    encode_reply("binData", {"y": one}, reply)
+    encode_reply(kind, {"y": array}, reply)
+    assert reply.WhichOneof("data_oneof") == which
+    if inner is not None:
+        assert reply.data.WhichOneof("data_oneof") == inner
+        assert list(reply.data.names) == ([f"t:{i}" for i in range(2)] if array.ndim > 1 else [])
+
+
+def test_bytes_and_json_replies():
+    reply = pb.SeldonMessage()
+    encode_reply("binData", {"y": one_string(b"\x00\xffraw")}, reply)
     assert reply.binData == b"\x00\xffraw"
 
-    text = np.array([b"ok"], dtype=object)
     reply = pb.SeldonMessage()
-    encode_reply("strData", {"y": text}, reply)
+    encode_reply("strData", {"y": one_string(b"ok")}, reply)
     assert reply.strData == "ok"
 
-    # Numbers for a binData request: Seldon answers with data.ndarray.
+    # Numbers for a binData request: Seldon's wrapper answers with data.tensor.
     reply = pb.SeldonMessage()
-    encode_reply("binData", {"y": np.array([[0.5, 0.5]])}, reply)
-    assert json_format.MessageToDict(reply.data.ndarray) == [[0.5, 0.5]]
+    encode_reply("binData", {"y": np.array([[0.5, 0.25]])}, reply)
+    assert (list(reply.data.tensor.shape), list(reply.data.tensor.values)) == ([1, 2], [0.5, 0.25])
 
     reply = pb.SeldonMessage()
+    text = np.array([b"ok"], dtype=object)
     encode_reply("jsonData", {"y": np.array([1, 2]), "z": text}, reply, json_object=True)
     assert json_format.MessageToDict(reply.jsonData) == {"y": [1, 2], "z": ["ok"]}
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "expected"),
+    [
+        ("tensor", "tensor", {"shape": [2, 1], "values": [1, -2]}),
+        ("ndarray", "ndarray", [[1], [-2]]),
+        ("strData", "tensor", {"shape": [2, 1], "values": [1, -2]}),
+    ],
+)
+def test_rest_replies_keep_integers_and_the_tags_as_sent(kind, field, expected):
+    ints = np.array([[1], [-2]], np.int64)
+    reply = pb.SeldonMessage()
+    reply.meta.tags["taskId"].number_value = 69
+    encode_reply(kind, {"y": ints, "z": ints * 0.5}, reply)
+    document = rest_reply(reply, {"y": ints, "z": ints * 0.5}, {"meta": {"tags": {"taskId": 69}}})
+    text = json.dumps(document, separators=(",", ":"))
+    assert text == json.dumps(
+        {"meta": {"tags": {"taskId": 69}}, "data": {"names": ["t:0"], field: expected}},
+        separators=(",", ":"),
+    )
+    # Floats stay floats; "meta": null is no meta.
+    floats = {"y": np.array([1.0, 2.0])}
+    reply = pb.SeldonMessage()
+    encode_reply(kind, floats, reply)
+    values = rest_reply(reply, floats, {"meta": None})["data"][field]
+    assert (values["values"] if field == "tensor" else values) == [1.0, 2.0]
+
+
+def test_rest_json_data_replies_keep_integer_outputs():
+    outputs = {"ids": np.array([3, 4], np.uint8), "score": np.array([0.5], np.float32)}
+    reply = pb.SeldonMessage()
+    encode_reply("jsonData", outputs, reply, json_object=True)
+    document = rest_reply(reply, outputs, {})
+    assert document["jsonData"] == {"ids": [3, 4], "score": [0.5]}
+    assert [type(v) for v in document["jsonData"]["ids"]] == [int, int]
 
 
 # -- wire compatibility with the real names --------------------------------------------------

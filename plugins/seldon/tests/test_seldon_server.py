@@ -371,7 +371,7 @@ def test_rest_predictions_by_tag_or_header(served: Served) -> None:
 def test_rest_errors_are_seldon_status_bodies(served: Served) -> None:
     code, body = served.post({"meta": {"tags": {"model": "affine"}}, "data": {"ndarray": [[1, 2]]}})
     assert code == 400
-    assert body["status"]["status"] == "FAILURE" and body["status"]["code"] == 400
+    assert body["status"]["status"] == 1 and body["status"]["code"] == 400
     assert body["status"]["reason"] == "MICROSERVICE_BAD_DATA"
     assert "[1, 2]" in body["status"]["info"]
 
