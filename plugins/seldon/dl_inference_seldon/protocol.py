@@ -3,8 +3,9 @@
 gRPC methods (request and reply are both ``SeldonMessage``):
 
 - ``/seldon.protos.Model/Predict`` and ``/seldon.protos.Seldon/Predict`` (Seldon Core);
-- ``/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/PytorchPredict`` (the
-  seed's unified service, so existing dl_inference clients keep working).
+- ``/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/PytorchPredict`` and
+  ``.../CaffePredict`` (the seed's unified service, so existing dl_inference clients keep
+  working; the seed forwarded both to Seldon's ``Model/Predict``).
 
 REST: ``POST /api/v1.0/predictions`` with the JSON form of a ``SeldonMessage``.
 
@@ -64,10 +65,12 @@ if TYPE_CHECKING:
 MODEL_SERVICE = "seldon.protos.Model"
 SELDON_SERVICE = "seldon.protos.Seldon"
 SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
+# The seed's methods that carry a SeldonMessage; a gateway sends them upstream as Seldon's own.
+SEED_METHODS = ("PytorchPredict", "CaffePredict")
 PREDICT_PATHS = (
     f"/{MODEL_SERVICE}/Predict",
     f"/{SELDON_SERVICE}/Predict",
-    f"/{SEED_SERVICE}/PytorchPredict",
+    *(f"/{SEED_SERVICE}/{method}" for method in SEED_METHODS),
 )
 REST_PATH = "/api/v1.0/predictions"
 STATUS_TRAILER = "seldon-status-bin"
@@ -182,7 +185,8 @@ def rest_error_body(error: BaseException, message: str, status: int) -> web.Resp
 
 
 class SeldonProtocol(Protocol):
-    """Seldon Core's prediction protocol (and the seed's ``PytorchPredict``) for any model."""
+    """Seldon Core's prediction protocol (and the seed's ``PytorchPredict`` and
+    ``CaffePredict``) for any model."""
 
     name = "seldon"
     grpc_services = (MODEL_SERVICE, SELDON_SERVICE, SEED_SERVICE)
@@ -205,8 +209,9 @@ class SeldonProtocol(Protocol):
         return {path: routing.seldon_routing_key for path in PREDICT_PATHS}
 
     def upstream_paths(self) -> Mapping[str, str]:
-        """The seed's ``PytorchPredict`` goes upstream as Seldon's ``Model/Predict``."""
-        return {f"/{SEED_SERVICE}/PytorchPredict": f"/{MODEL_SERVICE}/Predict"}
+        """The seed's ``PytorchPredict`` and ``CaffePredict`` go upstream as Seldon's
+        ``Model/Predict``, as the seed's gateway sent them."""
+        return {f"/{SEED_SERVICE}/{method}": f"/{MODEL_SERVICE}/Predict" for method in SEED_METHODS}
 
     def rest_routing_keys(self) -> Mapping[str, RoutingKeyReader]:
         return {REST_PATH: routing.seldon_rest_routing_key}

@@ -103,14 +103,14 @@ def test_tag_keys_in_the_workers_order() -> None:
         (meta(entry("model", string_value("a")), entry("model", bool_value(True))), None),
         (meta(entry("model", string_value("a")), entry("model")), None),
         (
-            meta(entry("model", string_value("a")))
-            + DATA
-            + meta(entry("model", number_value(7))),
+            meta(entry("model", string_value("a"))) + DATA + meta(entry("model", number_value(7))),
             "7",
         ),
         # Two meta fields merge: tags from both, the later entry winning per key.
-        (meta(entry("model_name", string_value("a"))) + meta(entry("taskid", number_value(3))),
-         "a"),
+        (
+            meta(entry("model_name", string_value("a"))) + meta(entry("taskid", number_value(3))),
+            "a",
+        ),
         (meta(entry("taskid", number_value(3))) + meta(entry("model", string_value("m"))), "m"),
         # A value field twice in one entry merges: the last kind set wins.
         (meta(entry("model", string_value("a"), b"")), "a"),
@@ -168,9 +168,7 @@ def test_reader_matches_the_worker_on_seeded_random_messages() -> None:
     ]
     rng = random.Random(13)
     for _ in range(500):
-        metas = [
-            meta(*rng.choices(pieces, k=rng.randint(0, 4))) for _ in range(rng.randint(0, 3))
-        ]
+        metas = [meta(*rng.choices(pieces, k=rng.randint(0, 4))) for _ in range(rng.randint(0, 3))]
         body = b"".join(metas)
         if rng.random() < 0.5:
             body = DATA + body if rng.random() < 0.5 else body + DATA
@@ -243,3 +241,10 @@ def test_the_gateway_routes_seldon_by_the_plugins_readers_only() -> None:
     for path in PREDICT_PATHS:
         assert table[path] == ("seldon", routing.seldon_routing_key)
     assert SeldonProtocol().rest_routing_keys() == {REST_PATH: routing.seldon_rest_routing_key}
+    # The seed's Seldon methods are routed too, and go upstream under Seldon's own path.
+    seed = "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/"
+    assert gateway.upstream_table([SeldonProtocol]) == {
+        seed + "PytorchPredict": "/seldon.protos.Model/Predict",
+        seed + "CaffePredict": "/seldon.protos.Model/Predict",
+    }
+    assert {seed + "PytorchPredict", seed + "CaffePredict"} <= set(table)

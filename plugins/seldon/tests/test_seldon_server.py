@@ -27,7 +27,9 @@ from dl_inference_seldon._proto import seldon_pb2 as pb
 from dl_inference_seldon.protocol import PREDICT_PATHS, REST_PATH, STATUS_TRAILER
 
 MODEL_PREDICT = "/seldon.protos.Model/Predict"
-SEED_PREDICT = "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/PytorchPredict"
+SEED_SERVICE = "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
+SEED_PREDICT = f"{SEED_SERVICE}/PytorchPredict"
+CAFFE_PREDICT = f"{SEED_SERVICE}/CaffePredict"
 FRAMEWORKS = ("torch", "tensorflow")
 
 AFFINE = """
@@ -155,6 +157,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             channel.close()
 
 
+@pytest.fixture(scope="module")
+def gateway(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A gateway with no models of its own, routing ``affine`` to the ``served`` worker."""
+    config = tmp_path_factory.mktemp("gateway") / "gateway.yaml"
+    routes = [{"model": "affine", "nodes": [{"address": served.server.grpc_address}]}]
+    config.write_text(json.dumps({"routes": routes}))  # JSON is YAML
+    env = block_frameworks(tmp_path_factory.mktemp("blocked-gateway"))
+    with ServerProcess(["-c", str(config)], env=env) as server:
+        channel = grpc.insecure_channel(server.grpc_address)
+        try:
+            yield Served(server, channel)
+        finally:
+            channel.close()
+
+
 def tensor_request(model: str | None, array: np.ndarray, **tags: Any) -> pb.SeldonMessage:
     message = pb.SeldonMessage()
     message.meta.puid = "puid-42"
@@ -242,6 +259,29 @@ def test_every_seldon_path_reaches_a_python_model(served: Served, path: str) -> 
     assert reply.meta.puid == "puid-42"
     assert reply.meta.tags["model"].string_value == "affine"
     assert not reply.HasField("status")
+
+
+def test_caffe_predict_answers_as_pytorch_predict(served: Served) -> None:
+    text = pb.SeldonMessage(strData="bonjour")
+    text.meta.puid = "p-1"
+    text.meta.tags["model"].string_value = "reverse"
+    for message in (tensor_request("affine", X, scale=2.0), text):
+        caffe = served.call(message, path=CAFFE_PREDICT)
+        assert caffe == served.call(message, path=SEED_PREDICT)
+        assert caffe.WhichOneof("data_oneof") in ("data", "strData")
+    assert caffe.strData == "ruojnob"
+
+
+@pytest.mark.parametrize("path", [SEED_PREDICT, CAFFE_PREDICT])
+def test_the_seeds_methods_are_routed_through_a_gateway_to_a_worker(
+    served: Served, gateway: Served, path: str
+) -> None:
+    message = tensor_request("affine", X)
+    reply = gateway.call(message, path=path)  # the gateway serves no model itself
+    np.testing.assert_allclose(tensor_of(reply), X + 1)
+    assert reply == served.call(message, path=path)
+    error = failure(gateway, tensor_request("unrouted", X), path=path)
+    assert error.code() is grpc.StatusCode.NOT_FOUND and "unrouted" in error.details()
 
 
 def test_tags_reach_the_model_as_parameters_and_pick_the_output(served: Served) -> None:

@@ -32,11 +32,12 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from google.protobuf import json_format
 
 from dl_inference.testing import ServerProcess, free_port, write_python_model
 from dl_inference_seldon._proto import seldon_pb2 as pb
-from dl_inference_seldon.protocol import REST_PATH
+from dl_inference_seldon.protocol import REST_PATH, SEED_SERVICE
 
 ROOT = Path(__file__).resolve().parents[3]
 REFERENCE = Path(os.environ.get("DLI_REFERENCE_DIR", ROOT / ".reference")) / "seldon"
@@ -432,3 +433,31 @@ def test_grpc_client_errors_are_invalid_argument_here(
     mine = ours.failure(request_bytes)
     assert mine.code() is grpc.StatusCode.INVALID_ARGUMENT, mine.details()
     assert "seldon-status-bin" in dict(mine.trailing_metadata() or ())
+
+
+# -- the seed's methods through a gateway, to the wrapper -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway_to_wrapper(wrapper: Side, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Side]:
+    config = tmp_path_factory.mktemp("gateway") / "gateway.yaml"
+    routes = [{"model": "wrapped", "nodes": [{"address": wrapper.grpc_address}]}]
+    config.write_text(yaml.safe_dump({"routes": routes}))
+    with ServerProcess(["-c", str(config)]) as server:
+        yield Side(server.grpc_address, server.http_url)
+
+
+@pytest.mark.parametrize("method", ["PytorchPredict", "CaffePredict"])
+def test_the_seeds_methods_reach_a_real_seldon_node_through_a_gateway(
+    wrapper: Side, gateway_to_wrapper: Side, method: str
+) -> None:
+    """The wrapper serves only Seldon's own services: the gateway sends PytorchPredict and
+    CaffePredict on as ``/seldon.protos.Model/Predict``, the same bytes, as the seed did."""
+    message = message_of(FORMS["binData"], {"tags": {"model": "wrapped"}, "puid": "p"})
+    direct = wrapper.call(message)
+    routed = gateway_to_wrapper.call(message, path=f"/{SEED_SERVICE}/{method}")
+    assert routed == direct and routed.data.WhichOneof("data_oneof") == "tensor"
+    # The path as called does not exist on the wrapper: only the rewrite reaches it.
+    with pytest.raises(grpc.RpcError) as caught:
+        wrapper.call(message, path=f"/{SEED_SERVICE}/{method}")
+    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
