@@ -3,7 +3,8 @@
 A request may be plain JSON, or a JSON header of ``Inference-Header-Content-Length`` bytes
 followed by the inputs whose ``parameters.binary_data_size`` says how many bytes each
 takes, in order. Outputs are returned as binary when asked for (per output
-``parameters.binary_data``, or request-wide ``parameters.binary_data_output``).
+``parameters.binary_data``; request-wide ``parameters.binary_data_output`` only when the
+request lists no outputs, as Triton does: a listed output without ``binary_data`` is JSON).
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def decode_rest_request(
         parameters=parameters,
         outputs=outputs,
     )
-    return request, _BinaryChoice(default_binary, per_output)
+    return request, _BinaryChoice(default_binary and outputs is None, per_output)
 
 
 def encode_rest_response(response: InferResponse, binary: _BinaryChoice) -> web.Response:
