@@ -86,7 +86,7 @@ def _instance_group(name: str, count: int, device: str) -> dict[str, Any]:
 
 
 def _parameter(value: Any) -> dict[str, str]:
-    return {"string_value": value if isinstance(value, str) else json.dumps(value)}
+    return {"string_value": value if isinstance(value, str) else json.dumps(value, default=str)}
 
 
 def config_document(info: ModelVersionInfo) -> dict[str, Any]:
