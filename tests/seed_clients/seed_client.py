@@ -30,6 +30,9 @@ SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"
 TASK_ID_KEY = "taskId"
 # Task ids and model names as the seed's demo clients use them (<name>-<taskid>).
 WIDE_AND_DEEP = "wideAndDeep-2390"
+TEXT_CNN = "textcnn-69"
+TEXT_CNN_SENTENCE = "不用了谢谢"
+SEQ_LEN = 72
 MNIST_TASK = 39
 MMOE_TASK = 38
 CAFFE_TASK = 89
@@ -92,6 +95,12 @@ def photo_jpeg() -> bytes:
     return out.getvalue()
 
 
+def text_cnn_words() -> list[str]:
+    """TensorflowTextCnn.java's tokens: the sentence's characters, <eos>, then <pad>s."""
+    words = list(TEXT_CNN_SENTENCE)
+    return words + ["<eos>"] + ["<pad>"] * (SEQ_LEN - len(words) - 1)
+
+
 def tis_image() -> np.ndarray:
     """The FP32 NHWC image TisClient.java sends in contents.fp32_contents."""
     rng = np.random.default_rng(9)
@@ -143,6 +152,31 @@ def wide_and_deep(stubs: Any, stub: Any) -> dict[str, Any]:
         "classes_tensor_content": len(classes.tensor_content),
         "example_sizes": [len(e) for e in examples],
     }
+
+
+def text_cnn(stubs: Any, stub: Any) -> dict[str, Any]:
+    """TensorflowTextCnn.java: DT_STRING sentence and label, signature ``prediction``;
+    reads ``output`` string_val and ``score`` float_val."""
+    predict_pb2, tensor_pb2, types_pb2 = stubs["predict"], stubs["tensor"], stubs["types"]
+    sentence = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING, string_val=[w.encode() for w in text_cnn_words()]
+    )
+    sentence.tensor_shape.dim.add(size=1)
+    sentence.tensor_shape.dim.add(size=SEQ_LEN)
+    label = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[b"__label__unknown"])
+    label.tensor_shape.dim.add(size=1)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = TEXT_CNN
+    request.model_spec.signature_name = "prediction"
+    request.inputs["sentence"].CopyFrom(sentence)
+    request.inputs["label"].CopyFrom(label)
+    response = stub.Predict(request, timeout=DEADLINE_S)
+    outputs = response.outputs
+    if "output" not in outputs or "score" not in outputs:
+        return {"keys": sorted(outputs)}  # "response not containsKey output and score"
+    labels = [b.decode("utf-8") for b in outputs["output"].string_val]
+    scores = list(outputs["score"].float_val)
+    return {"keys": sorted(outputs), "pairs": [[k, scores[i]] for i, k in enumerate(labels)]}
 
 
 def seldon_request(stubs: Any, task_id: int) -> Any:
@@ -220,6 +254,7 @@ def tis(stubs: Any, stub: Any) -> dict[str, Any]:
 
 CLIENTS = {
     "Predict": wide_and_deep,
+    "Predict/textcnn": text_cnn,
     "PytorchPredict": pytorch_mnist,
     "PytorchPredict/mmoe": pytorch_mmoe,
     "CaffePredict": caffe,

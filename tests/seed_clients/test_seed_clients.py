@@ -10,7 +10,9 @@ subprocess: their full names (``tensorflow.serving.PredictRequest``, ...) are th
 
 The worker serves small real models made here: TorchScript modules behind the seed's
 ``processor.py`` hooks for ``PytorchPredict`` / ``CaffePredict``, python models for
-``Predict`` / ``TisPredict``. Expected answers are computed here from the same modules.
+``Predict`` / ``TisPredict``, and (with TensorFlow installed) a small SavedModel with the
+TextCnn client's ``prediction`` signature. Expected answers are computed here from the same
+modules.
 """
 
 from __future__ import annotations
@@ -176,6 +178,38 @@ CAFFE_PROCESSOR = """
 """
 
 
+def write_text_cnn(root: Path) -> bool:
+    """A SavedModel with TensorflowTextCnn.java's signature ``prediction``; False without
+    TensorFlow (the TextCnn test then skips)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
+
+    class TextCnn(tf.Module):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, seed.SEQ_LEN], tf.string, name="sentence"),
+                tf.TensorSpec([None], tf.string, name="label"),
+            ]
+        )
+        def predict(self, sentence: Any, label: Any) -> dict[str, Any]:
+            real = tf.logical_and(sentence != "<pad>", sentence != "<eos>")
+            share = tf.reduce_sum(tf.cast(real, tf.float32), axis=1) / seed.SEQ_LEN
+            labels = tf.constant([["__label__yes", "__label__no"]])
+            return {
+                "output": tf.tile(labels, [tf.shape(sentence)[0], 1]),
+                "score": tf.stack([share, 1.0 - share], axis=1),
+            }
+
+    module = TextCnn()
+    path = root / seed.TEXT_CNN / "1"
+    tf.saved_model.save(module, str(path), signatures={"prediction": module.predict})
+    # Its only signature is the one requests run by default.
+    (root / seed.TEXT_CNN / "config.yaml").write_text("signature: prediction\n")
+    return True
+
+
 def torch_modules() -> dict[str, Any]:
     torch = pytest.importorskip("torch")
     pytest.importorskip("dl_inference_pytorch")
@@ -259,10 +293,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     modules = torch_modules()
     root = tmp_path_factory.mktemp("seed_models")
     write_repository(root, modules)
+    text_cnn = write_text_cnn(root)
     with ServerProcess(["--model-repository", str(root)]) as worker:
         folder = tmp_path_factory.mktemp("seed_gateway")
         # The seed's format: taskid=timeout_ms,ip:port,... (one line per task).
-        tasks = [2390, seed.MNIST_TASK, seed.MMOE_TASK, seed.CAFFE_TASK, 888]
+        tasks = [2390, 69, seed.MNIST_TASK, seed.MMOE_TASK, seed.CAFFE_TASK, 888]
         lines = [f"{task}=10000,{worker.grpc_address}" for task in tasks]
         (folder / "nodefile.txt").write_text("\n".join(lines) + "\n")
         config = {"routes": [{"discovery": {"nodefile": str(folder / "nodefile.txt")}}]}
@@ -270,7 +305,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         with ServerProcess(["-c", str(folder / "gateway.yaml")]) as gateway:
             yield {
                 "targets": {"direct": worker.grpc_address, "gateway": gateway.grpc_address},
-                "expected": expected_answers(modules),
+                "expected": {**expected_answers(modules), "text_cnn": text_cnn},
                 "logs": {"worker": worker.output, "gateway": gateway.output},
             }
 
@@ -299,6 +334,17 @@ def test_predict_answers_typed_float_val_and_int_val(answers: Any) -> None:
     np.testing.assert_allclose(read["scores"], np.stack([1 - p, p], axis=1), rtol=1e-6)
     assert read["classes"] == (p > 0.5).astype(int).tolist()
     assert read["scores_tensor_content"] == 0 and read["classes_tensor_content"] == 0
+
+
+def test_predict_on_a_named_signature_answers_string_val_and_float_val(answers: Any) -> None:
+    if not answers[1]["text_cnn"]:
+        pytest.skip("needs TensorFlow for the TextCnn SavedModel")
+    read, _ = ok(answers, "Predict/textcnn")
+    assert read["keys"] == ["output", "score"]
+    share = len(seed.TEXT_CNN_SENTENCE) / seed.SEQ_LEN
+    labels = [label for label, _ in read["pairs"]]
+    assert labels == ["__label__yes", "__label__no"]
+    np.testing.assert_allclose([s for _, s in read["pairs"]], [share, 1 - share], rtol=1e-6)
 
 
 def test_pytorch_predict_answers_data_tensor_values(answers: Any) -> None:
