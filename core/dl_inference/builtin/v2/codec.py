@@ -54,6 +54,12 @@ _WIDE: dict[str, np.dtype] = {
 }
 # Parameters that steer the HTTP binary extension; they are transport, not model, parameters.
 TRANSPORT_PARAMETERS = frozenset({"binary_data_output", "binary_data", "binary_data_size"})
+# Triton's scheduling options (tritonclient's infer(priority=, timeout=, sequence_id=...)).
+# Triton takes them out of what a model sees, and acts on them only in its priority and
+# sequence batchers, which dl-inference does not have: they are dropped here too.
+SCHEDULING_PARAMETERS = frozenset(
+    {"priority", "timeout", "sequence_id", "sequence_start", "sequence_end"}
+)
 
 
 # -- shapes and datatypes ------------------------------------------------------------------
@@ -162,6 +168,11 @@ def array_to_json(name: str, array: np.ndarray, datatype: str) -> list[Any]:
 # -- parameters ----------------------------------------------------------------------------
 
 
+def model_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's parameters as the model gets them: without Triton's scheduling options."""
+    return {k: v for k, v in parameters.items() if k not in SCHEDULING_PARAMETERS}
+
+
 def params_from_proto(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
     """Python values of a ``map<string, InferParameter>``."""
     out: dict[str, Any] = {}
@@ -233,7 +244,7 @@ def decode_infer_request(
         model_version=message.model_version,
         id=message.id,
         inputs=inputs,
-        parameters=params_from_proto(message.parameters),
+        parameters=model_parameters(params_from_proto(message.parameters)),
         outputs=outputs,
         deadline=deadline,
     )

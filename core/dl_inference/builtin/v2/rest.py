@@ -19,6 +19,7 @@ from dl_inference.builtin.v2.codec import (
     array_to_json,
     array_to_raw,
     json_to_array,
+    model_parameters,
     output_array,
     raw_to_array,
 )
@@ -216,7 +217,7 @@ def decode_rest_request(
         model_version=version,
         id=request_id if isinstance(request_id, str) else str(request_id),
         inputs=inputs,
-        parameters=parameters,
+        parameters=model_parameters(parameters),
         outputs=outputs,
     )
     return request, _BinaryChoice(default_binary and outputs is None, per_output)
