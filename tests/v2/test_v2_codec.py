@@ -273,10 +273,14 @@ def test_deadline_and_metadata_from_grpc_context() -> None:
 
 def test_reflection_files_use_the_standard_package() -> None:
     files = V2Protocol().reflection_files()
-    assert [f.package for f in files] == ["inference"]
+    # Triton's two files, the imported one first: names, package and imports renamed.
+    assert [(f.name, f.package) for f in files] == [
+        ("model_config.proto", "inference"),
+        ("grpc_service.proto", "inference"),
+    ]
+    assert list(files[1].dependency) == ["model_config.proto"]
     assert files[0] is not V2Protocol().reflection_files()[0]  # a copy each time
-    text = str(files[0])
-    assert "dl_inference" not in text
+    assert not any("dl_inference" in str(file) for file in files)
     pool = descriptor_pool.DescriptorPool()
     for file in files:
         pool.Add(file)
