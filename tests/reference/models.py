@@ -129,23 +129,23 @@ def add_one(datatype, x):
 OUR_BODIES = {
     "types": """
 class Types(PythonModel):
-    def predict(self, inputs, **parameters):
+    def predict(self, inputs, /, **parameters):
         return {"OUTPUT_" + t: add_one(t, inputs["INPUT_" + t]) for t in DATATYPES}
 """,
     "params": """
 class Params(PythonModel):
-    def predict(self, inputs, **parameters):
+    def predict(self, inputs, /, **parameters):
         params = json.dumps(parameters, sort_keys=True).encode()
         return {"y": inputs["x"], "PARAMS": np.array([params], dtype=np.object_)}
 """,
     "failing": f"""
 class Failing(PythonModel):
-    def predict(self, inputs, **parameters):
+    def predict(self, inputs, /, **parameters):
         raise ValueError({FAIL_MESSAGE!r})
 """,
     "failing_error": f"""
 class FailingError(PythonModel):
-    def predict(self, inputs, **parameters):
+    def predict(self, inputs, /, **parameters):
         raise BackendError({ERROR_MESSAGE!r})
 """,
 }

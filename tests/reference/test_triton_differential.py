@@ -14,9 +14,11 @@ never sent to it; dl-inference's answer to those is tested elsewhere (tests/fuzz
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +297,24 @@ CASES["grpc.params"] = tc_grpc(
     {"x": np.array([1.5, 2.5], dtype=np.float32)},
     parameters={"temperature": 0.5, "count": 3, "flag": True, "label": "abc"},
 )
+CASES["grpc.scheduling-parameters"] = tc_grpc(
+    "params",
+    {"x": np.array([1.5], dtype=np.float32)},
+    parameters={"label": "kept"},
+    priority=1,
+    timeout=5_000_000,
+    sequence_id=7,
+    sequence_start=True,
+)
+CASES["http.scheduling-parameters"] = tc_http(
+    "params",
+    {"x": np.array([1.5], dtype=np.float32)},
+    binary_inputs=False,
+    outputs={"PARAMS": False},
+    parameters={"label": "kept"},
+    priority=1,
+    timeout=5_000_000,
+)
 CASES["grpc.batched.too-big"] = tc_grpc("types_batched", types_inputs((MAX_BATCH_SIZE + 1, 1)))
 CASES["http.batched.too-big"] = tc_http(
     "types_batched", types_inputs((MAX_BATCH_SIZE + 1, 1)), binary_inputs=True
@@ -438,6 +458,7 @@ CASES["http.parameters-not-object"] = infer(
 )
 CASES["http.id-not-string"] = infer("params", json.dumps({"id": 5, "inputs": X1}).encode())
 CASES["http.id-echoed"] = infer("params", json.dumps({"id": "abc-1", "inputs": X1}).encode())
+CASES["http.outputs-null"] = infer("params", json.dumps({"inputs": X1, "outputs": None}).encode())
 CASES["http.outputs-not-list"] = infer("params", json.dumps({"inputs": X1, "outputs": 3}).encode())
 CASES["http.output-without-name"] = infer(
     "params", json.dumps({"inputs": X1, "outputs": [{}]}).encode()
@@ -507,6 +528,60 @@ CASES["http.content-length-good"] = framed(GOOD, str(len(GOOD)))
 CASES["http.chunked"] = framed(
     f"{len(GOOD):x}\r\n".encode() + GOOD + b"\r\n0\r\n\r\n", None, "Transfer-Encoding: chunked\r\n"
 )
+
+
+def compressed(encoding: str) -> Case:
+    body = infer_body(X1, outputs=[{"name": "y"}])
+    if encoding == "gzip":
+        data = gzip.compress(body)
+    elif encoding == "deflate":
+        data = zlib.compress(body)
+    else:
+        data = body
+    return infer("params", data, {"Content-Encoding": encoding})
+
+
+CASES["http.gzip-body"] = compressed("gzip")
+CASES["http.deflate-body"] = compressed("deflate")
+CASES["http.unknown-content-encoding"] = compressed("br")
+CASES["http.ragged-data"] = types_case(
+    INPUT_FP32=tensor("INPUT_FP32", "FP32", [2, 3], [[1, 2], [3, 4, 5, 6]])
+)
+CASES["http.binary-data-output-overridden"] = types_case(
+    extra={
+        "parameters": {"binary_data_output": True},
+        "outputs": [
+            {"name": "OUTPUT_INT32", "parameters": {"binary_data": False}},
+            {"name": "OUTPUT_BYTES"},
+        ],
+    }
+)
+CASES["http.reserved-parameters"] = infer(
+    "params",
+    infer_body(X1, parameters={"priority": 1, "timeout": 5000000}, outputs=[{"name": "PARAMS"}]),
+)
+CASES["http.sequence-parameters"] = infer(
+    "params",
+    infer_body(
+        X1, parameters={"sequence_id": 3, "sequence_start": True}, outputs=[{"name": "PARAMS"}]
+    ),
+)
+CASES["http.binary-data-size-on-json-tensor"] = infer(
+    "params",
+    infer_body(
+        [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": [1],
+                "data": [1.0],
+                "parameters": {"binary_data_size": 4},
+            }
+        ]
+    ),
+)
+CASES["http.ready.version-1"] = get("/v2/models/types/versions/1/ready")
+CASES["http.ready.unknown-version"] = get("/v2/models/types/versions/7/ready")
 
 # Health, metadata and routing.
 CASES["http.server-live"] = get("/v2/health/live")
@@ -691,10 +766,24 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         _each("http.json.fp16 http.json.fp16-output http.json.default-outputs", *ANY),
     ),
     Accepted(
+        "Nested data must be regular",
+        'Triton flattens any nesting of "data" ([[1, 2], [3, 4, 5, 6]] for shape [2, 3] '
+        "included). dl-inference takes flat data or nesting that matches the shape, and "
+        "refuses ragged nesting with 400: it cannot mean the declared shape.",
+        _each("http.ragged-data", *ANY),
+    ),
+    Accepted(
+        "An unknown Content-Encoding is 400",
+        "Triton answers 501 to a request body in an encoding it does not know (br); "
+        "dl-inference answers 400 naming the encodings it takes (gzip, deflate).",
+        _each("http.unknown-content-encoding", "status"),
+    ),
+    Accepted(
         "More lenient JSON",
         'A numeric request "id" (Triton: 500) is taken and answered as a string; a bare '
-        'number as "data" of a one-element tensor (Triton: 500) is taken as that element.',
-        _each("http.id-not-string http.scalar-data", *ANY),
+        'number as "data" of a one-element tensor (Triton: 500) is taken as that element; '
+        '"outputs": null (Triton: 500) is taken as no outputs listed.',
+        _each("http.id-not-string http.scalar-data http.outputs-null", *ANY),
     ),
     Accepted(
         "Numbers beyond the double range read as infinity",
@@ -753,15 +842,6 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         },
     ),
     Accepted(
-        "A request parameter named inputs",
-        "Request parameters reach a python-backend model as keyword arguments of "
-        "predict(self, inputs, **parameters), so a parameter named like an argument of "
-        "predict cannot be passed and is refused with 400 / INVALID_ARGUMENT saying so. "
-        "A model that takes such parameters declares predict(self, inputs, /, "
-        "**parameters); Triton hands python models the parameters as one JSON document.",
-        _each("http.parameter-named-inputs grpc.parameter-named-inputs", *ANY),
-    ),
-    Accepted(
         "Health and readiness bodies",
         "Same status codes; Triton sends an empty body, dl-inference a JSON document such as "
         '{"ready": true} (KServe V2 defines these bodies; clients read the status).',
@@ -769,7 +849,8 @@ KNOWN_DIFFERENCES: list[Accepted] = [
             "http.server-live": ("document", "form"),
             "http.server-ready": ("document", "form"),
             **_each(
-                "http.ready.types http.ready.types_batched http.ready.params http.ready.failing",
+                "http.ready.types http.ready.types_batched http.ready.params http.ready.failing "
+                "http.ready.version-1",
                 "document",
                 "form",
             ),
@@ -780,7 +861,7 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         "Triton answers 400 to GET /v2/models/<unknown>/ready, dl-inference 404 with the "
         "list of models, as for every other request naming an unknown model (tritonclient's "
         "is_model_ready is False either way).",
-        _each("http.ready.unknown-model", "status"),
+        _each("http.ready.unknown-model http.ready.unknown-version", "status"),
     ),
     Accepted(
         "HEAD is answered on GET routes",
