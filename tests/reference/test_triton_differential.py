@@ -590,6 +590,45 @@ CASES["http.server-metadata"] = get("/v2")
 for _model in ("types", "types_batched", "params", "failing"):
     CASES[f"http.metadata.{_model}"] = get(f"/v2/models/{_model}")
     CASES[f"http.ready.{_model}"] = get(f"/v2/models/{_model}/ready")
+for _model in ("types", "types_batched", "params"):
+    CASES[f"http.config.{_model}"] = get(f"/v2/models/{_model}/config")
+    CASES[f"grpc.config.{_model}"] = lambda target, m=_model: grpc_message_outcome(
+        target, "ModelConfig", pb.ModelConfigRequest(name=m), pb.ModelConfigResponse
+    )
+CASES["http.config.unknown-model"] = get("/v2/models/nope/config")
+CASES["grpc.config.unknown-model"] = lambda target: grpc_message_outcome(
+    target, "ModelConfig", pb.ModelConfigRequest(name="nope"), pb.ModelConfigResponse
+)
+
+
+def structure(value: Any) -> Any:
+    """The shape of a document: keys kept, numbers and strings replaced by their type, a
+    list by its first element (statistics differ in their figures, not their form)."""
+    if isinstance(value, dict):
+        return {key: structure(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [structure(value[0])] if value else []
+    return type(value).__name__
+
+
+def stats_structure(outcome: Outcome) -> Outcome:
+    if "document" in outcome:
+        outcome["document"] = structure(outcome["document"])
+    return outcome
+
+
+CASES["http.stats.params"] = lambda target: stats_structure(
+    http_request(target, "GET", "/v2/models/params/stats")
+)
+CASES["grpc.stats.params"] = lambda target: stats_structure(
+    grpc_message_outcome(
+        target,
+        "ModelStatistics",
+        pb.ModelStatisticsRequest(name="params"),
+        pb.ModelStatisticsResponse,
+    )
+)
+CASES["http.stats.unknown-model"] = get("/v2/models/nope/stats")
 CASES["http.metadata.version-1"] = get("/v2/models/types/versions/1")
 CASES["http.metadata.unknown-version"] = get("/v2/models/types/versions/7")
 CASES["http.metadata.unknown-model"] = get("/v2/models/nope")
@@ -868,6 +907,35 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         "HTTP (RFC 9110) expects a server to answer HEAD wherever it answers GET; "
         "dl-inference's HTTP layer does (200 without a body), Triton answers 405.",
         _each("http.head-model", "status"),
+    ),
+    Accepted(
+        "Model configuration",
+        "default_model_filename: Triton fills in its python backend's model.py; "
+        "dl-inference's backends find their files themselves and leave it empty. "
+        "optimization.input/output_pinned_memory: Triton's default (staging through pinned "
+        "GPU memory) is true; dl-inference does no such staging and says false. "
+        "dynamic_batching: dl-inference merges concurrent requests for every model with "
+        "max_batch_size > 0 and says so; Triton batches only when config.pbtxt asks.",
+        {
+            **{
+                f"http.config.{model}": (
+                    "document.default_model_filename",
+                    "document.optimization.input_pinned_memory.enable",
+                    "document.optimization.output_pinned_memory.enable",
+                )
+                + (("document.dynamic_batching",) if model == "types_batched" else ())
+                for model in ("types", "types_batched", "params")
+            },
+            **{
+                f"grpc.config.{model}": (
+                    "document.config.defaultModelFilename",
+                    "document.config.optimization.inputPinnedMemory.enable",
+                    "document.config.optimization.outputPinnedMemory.enable",
+                )
+                + (("document.config.dynamicBatching",) if model == "types_batched" else ())
+                for model in ("types", "types_batched", "params")
+            },
+        },
     ),
     Accepted(
         "Server metadata",

@@ -218,7 +218,10 @@ def grpc_message_outcome(target: Target, method: str, request: Any, reply_type: 
         return {"code": code}
     from google.protobuf.json_format import MessageToDict
 
-    return {"code": code, "document": MessageToDict(reply_type.FromString(reply))}
+    document = MessageToDict(
+        reply_type.FromString(reply), always_print_fields_with_no_presence=True
+    )
+    return {"code": code, "document": document}
 
 
 # -- comparison ----------------------------------------------------------------------------
