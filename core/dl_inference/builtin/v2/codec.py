@@ -62,6 +62,14 @@ SCHEDULING_PARAMETERS = frozenset(
 )
 
 
+# Triton marks each ModelStreamInfer response as the last one for its request, the
+# parameter clients of decoupled streams (perf_analyzer --streaming) wait for. Appended to
+# a serialized ModelInferResponse, this map entry adds it.
+FINAL_RESPONSE_PARAMETER: bytes = pb.ModelInferResponse(
+    parameters={"triton_final_response": pb.InferParameter(bool_param=True)}
+).SerializeToString()
+
+
 # -- shapes and datatypes ------------------------------------------------------------------
 
 

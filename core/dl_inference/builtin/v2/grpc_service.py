@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 
 from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.builtin.v2.codec import (
+    FINAL_RESPONSE_PARAMETER,
     decode_infer_request,
     encode_infer_response,
     serialize_with_raw,
@@ -113,6 +114,7 @@ class V2GrpcServicer:
                 yield len_field_header(_STREAM_ERROR_MESSAGE, len(message)) + message
                 continue
             call.succeed()
+            reply += FINAL_RESPONSE_PARAMETER
             yield len_field_header(_STREAM_INFER_RESPONSE, len(reply)) + reply
 
     async def _infer(self, data: bytes, call: Call) -> bytes:
