@@ -6,6 +6,8 @@
   ``INPUT_<T>`` and one output ``OUTPUT_<T>`` per V2 datatype; ``OUTPUT = INPUT + 1``,
   the identity for BOOL and BYTES. Shapes ``[2, -1]`` and ``[-1]`` (plus the batch
   dimension).
+- ``typed``: as ``types`` without FP16 (every datatype with a gRPC typed contents
+  field), shape ``[-1]``.
 - ``params``: ``y = x`` (FP32 ``[-1]``) and ``PARAMS``, the request's parameters as
   sorted JSON (BYTES ``[1]``), so both servers show what reaches a model.
 - ``failing``: its execute / predict raises ``ValueError(FAIL_MESSAGE)``.
@@ -35,6 +37,8 @@ DATATYPES = (
     "BYTES",
 )
 IDENTITY = ("BOOL", "BYTES")
+# Every datatype that has a typed contents field in gRPC's InferTensorContents (not FP16).
+TYPED = tuple(t for t in DATATYPES if t != "FP16")
 FAIL_MESSAGE = "differential-model-failure: the model raised on purpose"
 ERROR_MESSAGE = "differential-model-error: the model answered with an error"
 MAX_BATCH_SIZE = 8
@@ -51,6 +55,11 @@ SIGNATURES: dict[str, tuple[int, Tensors, Tensors]] = {
         MAX_BATCH_SIZE,
         [(f"INPUT_{t}", t, [-1]) for t in DATATYPES],
         [(f"OUTPUT_{t}", t, [-1]) for t in DATATYPES],
+    ),
+    "typed": (
+        0,
+        [(f"INPUT_{t}", t, [-1]) for t in TYPED],
+        [(f"OUTPUT_{t}", t, [-1]) for t in TYPED],
     ),
     "params": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1]), ("PARAMS", "BYTES", [1])]),
     "failing": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1])]),
@@ -110,7 +119,7 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
 """,
 }
-TRITON_BODIES["types_batched"] = TRITON_BODIES["types"]
+TRITON_BODIES["types_batched"] = TRITON_BODIES["typed"] = TRITON_BODIES["types"]
 
 _OURS_HEAD = """
 import json
@@ -149,7 +158,11 @@ class FailingError(PythonModel):
         raise BackendError({ERROR_MESSAGE!r})
 """,
 }
-OUR_BODIES["types_batched"] = OUR_BODIES["types"]
+OUR_BODIES["types_batched"] = OUR_BODIES["typed"] = OUR_BODIES["types"]
+
+
+def _datatypes(model: str) -> tuple[str, ...]:
+    return TYPED if model == "typed" else DATATYPES
 
 
 def _pbtxt_type(datatype: str) -> str:
@@ -158,8 +171,8 @@ def _pbtxt_type(datatype: str) -> str:
 
 def write_triton_repository(root: Path) -> Path:
     """``<root>/<model>/config.pbtxt`` and ``<root>/<model>/1/model.py`` for every model."""
-    head = _TRITON_HEAD.format(datatypes=DATATYPES, identity=IDENTITY)
     for name, (max_batch, inputs, outputs) in SIGNATURES.items():
+        head = _TRITON_HEAD.format(datatypes=_datatypes(name), identity=IDENTITY)
         folder = root / name / "1"
         folder.mkdir(parents=True)
         (folder / "model.py").write_text(head + TRITON_BODIES[name])
@@ -181,8 +194,8 @@ def write_triton_repository(root: Path) -> Path:
 
 def write_our_repository(root: Path) -> Path:
     """The same models as dl-inference python-backend models."""
-    head = _OURS_HEAD.format(datatypes=DATATYPES, identity=IDENTITY)
     for name, (max_batch, inputs, outputs) in SIGNATURES.items():
+        head = _OURS_HEAD.format(datatypes=_datatypes(name), identity=IDENTITY)
 
         def block(tensors: Tensors) -> str:
             return "".join(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import queue
 import re
 import zlib
 from collections.abc import Callable
@@ -31,7 +32,7 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
-from .models import DATATYPES, ERROR_MESSAGE, FAIL_MESSAGE, MAX_BATCH_SIZE
+from .models import DATATYPES, ERROR_MESSAGE, FAIL_MESSAGE, MAX_BATCH_SIZE, TYPED
 from .wire import (
     HEADER_LENGTH,
     Outcome,
@@ -714,6 +715,40 @@ def typed(datatype: str, **contents: Any) -> Case:
     return run
 
 
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def typed_all(**values: list[Any]) -> Case:
+    """``typed`` with every input in its typed contents field; ``values`` replaces some."""
+
+    def run(target: Target) -> Outcome:
+        request = pb.ModelInferRequest(model_name="typed")
+        for datatype in TYPED:
+            data = values.get(datatype, sample(datatype, (4,), utf8=False).tolist())
+            tensor = request.inputs.add(name=f"INPUT_{datatype}", datatype=datatype, shape=[4])
+            getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(data)
+        return grpc_infer_outcome(target, request)
+
+    return run
+
+
+CASES["grpc.typed.all"] = typed_all()
+CASES["grpc.typed.int8-out-of-range"] = typed_all(INT8=[300, 1, 2, 3])
+CASES["grpc.typed.uint16-out-of-range"] = typed_all(UINT16=[70000, 1, 2, 3])
+CASES["grpc.typed.bool-count-short"] = typed_all(BOOL=[True])
 CASES["grpc.typed.fp32"] = typed("FP32", fp32_contents=[1.5, 2.5])
 CASES["grpc.typed.wrong-field"] = typed("FP32", int_contents=[1, 2])
 CASES["grpc.typed.count-mismatch"] = typed("FP32", fp32_contents=[1.5])
@@ -742,6 +777,51 @@ for _model in ("types", "types_batched", "params", "nope"):
     CASES[f"grpc.ready.{_model}"] = lambda target, m=_model: grpc_message_outcome(
         target, "ModelReady", pb.ModelReadyRequest(name=m), pb.ModelReadyResponse
     )
+
+
+def stream(requests: list[tuple[str, dict[str, np.ndarray]]]) -> Case:
+    """ModelStreamInfer through tritonclient: one request at a time, each answer awaited;
+    a failed request is reported in the stream, which goes on."""
+
+    def run(target: Target) -> Outcome:
+        answers: queue.Queue[Any] = queue.Queue()
+        outcomes = []
+        with grpcclient.InferenceServerClient(target.grpc_address) as client:
+            client.start_stream(callback=lambda result, error: answers.put((result, error)))
+            try:
+                for index, (model, inputs) in enumerate(requests):
+                    tensors = []
+                    for name, array in inputs.items():
+                        datatype = (
+                            name.removeprefix("INPUT_") if name.startswith("INPUT_") else "FP32"
+                        )
+                        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+                        tensor.set_data_from_numpy(array)
+                        tensors.append(tensor)
+                    client.async_stream_infer(model, tensors, request_id=f"s{index}")
+                    result, error = answers.get(timeout=20)
+                    if error is not None:
+                        outcomes.append({"error": "reported in the stream"})
+                    else:
+                        outcomes.append(infer_response_outcome(result.get_response()))
+            finally:
+                client.stop_stream()
+        return {f"answer {i}": outcome for i, outcome in enumerate(outcomes)}
+
+    return run
+
+
+X_FP32 = {"x": np.array([1.5, -2.0], dtype=np.float32)}
+CASES["grpc.stream"] = stream(
+    [
+        ("types_batched", types_inputs((2, 3))),
+        ("nope", X_FP32),
+        ("params", X_FP32),
+        ("failing", X_FP32),
+        ("types", {**TYPES_2x3, "INPUT_FP32": np.zeros((3, 3), dtype=np.float32)}),
+        ("types", TYPES_2x3),
+    ]
+)
 CASES["grpc.server-metadata"] = lambda target: grpc_message_outcome(
     target, "ServerMetadata", pb.ServerMetadataRequest(), pb.ServerMetadataResponse
 )
@@ -791,10 +871,14 @@ KNOWN_DIFFERENCES: list[Accepted] = [
     ),
     Accepted(
         "Out-of-range integers are refused, not wrapped",
-        "Triton stores a JSON integer that does not fit the datatype modulo 2**bits (300 as "
-        "INT8 reaches the model as 44). dl-inference refuses it with 400, naming the input "
-        "and the range: silently changed data is worse than an error.",
-        _each("http.int8-out-of-range", *ANY),
+        "Triton stores an integer that does not fit the datatype modulo 2**bits, from JSON "
+        "and from gRPC's typed contents alike (300 as INT8 reaches the model as 44). "
+        "dl-inference refuses it with 400 / INVALID_ARGUMENT, naming the input and the "
+        "range: silently changed data is worse than an error.",
+        _each(
+            "http.int8-out-of-range grpc.typed.int8-out-of-range grpc.typed.uint16-out-of-range",
+            *ANY,
+        ),
     ),
     Accepted(
         "FP16 in JSON",
