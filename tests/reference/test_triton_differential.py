@@ -581,6 +581,35 @@ CASES["http.binary-data-size-on-json-tensor"] = infer(
         ]
     ),
 )
+CASES["http.zero-size"] = types_case(
+    shape=(2, 0), extra={"outputs": [{"name": n} for n in ("OUTPUT_FP32", "OUTPUT_BYTES")]}
+)
+CASES["http.batched.zero-rows"] = tc_http(
+    "types_batched", types_inputs((0, 2)), binary_inputs=True, outputs={"OUTPUT_INT32": True}
+)
+CASES["http.bytes-with-nul-and-escapes"] = types_case(
+    INPUT_BYTES=tensor(
+        "INPUT_BYTES", "BYTES", [2, 3], ["a\u0000b", "\u00e9", "\ud83d\ude00", "", " ", "\n"]
+    ),
+    extra={"outputs": [{"name": "OUTPUT_BYTES"}]},
+)
+CASES["http.classification"] = types_case(
+    extra={"outputs": [{"name": "OUTPUT_FP32", "parameters": {"classification": 2}}]}
+)
+CASES["http.duplicate-key"] = infer(
+    "params",
+    b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], '
+    b'"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}]}',
+)
+CASES["http.large-gzip-response"] = lambda target: http_request(
+    target,
+    "POST",
+    "/v2/models/params/infer",
+    infer_body(
+        [tensor("x", "FP32", [5000], [float(i) for i in range(5000)])], outputs=[{"name": "y"}]
+    ),
+    {"Accept-Encoding": "gzip"},
+)
 CASES["http.ready.version-1"] = get("/v2/models/types/versions/1/ready")
 CASES["http.ready.unknown-version"] = get("/v2/models/types/versions/7/ready")
 
@@ -699,6 +728,16 @@ CASES["grpc.duplicate-input"] = edit(
     )
 )
 CASES["grpc.unknown-output"] = edit(lambda r: r.outputs.add(name="NOPE"))
+CASES["grpc.bool-byte-2"] = edit(
+    lambda r: r.raw_input_contents.__setitem__(0, bytes([2, 0, 1, 0, 1, 255]))
+)
+
+
+def ask_classification(request: pb.ModelInferRequest) -> None:
+    request.outputs.add(name="OUTPUT_FP32").parameters["classification"].int64_param = 2
+
+
+CASES["grpc.classification"] = edit(ask_classification)
 CASES["grpc.bad-bytes-element"] = edit(
     lambda r: r.raw_input_contents.__setitem__(len(DATATYPES) - 1, b"\xff\0\0\0abc")
 )
@@ -900,6 +939,27 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         "Triton answers 501 to a request body in an encoding it does not know (br); "
         "dl-inference answers 400 naming the encodings it takes (gzip, deflate).",
         _each("http.unknown-content-encoding", "status"),
+    ),
+    Accepted(
+        "A batch of zero rows is served",
+        "Triton refuses a batched request of zero rows (400, 'input byte size mismatch'); "
+        "dl-inference answers outputs of zero rows, as both do for a zero-size dimension "
+        "that is not the batch.",
+        _each("http.batched.zero-rows", *ANY),
+    ),
+    Accepted(
+        "A JSON name given twice: the last one counts",
+        "RFC 8259 leaves an object with a name given twice undefined. Triton reads the first "
+        '"inputs"; dl-inference reads the last, as Python\'s and most JSON parsers do.',
+        _each("http.duplicate-key", "outputs.y.shape", "outputs.y.values"),
+    ),
+    Accepted(
+        "No classification extension",
+        "Triton answers an output requested with the classification parameter as the "
+        'top-k classes (BYTES "value:index"). dl-inference does not implement the '
+        "extension and refuses such a request with 400 / INVALID_ARGUMENT naming it, "
+        "rather than return something other than what was asked for.",
+        _each("http.classification grpc.classification", *ANY),
     ),
     Accepted(
         "More lenient JSON",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +120,10 @@ def http_request(
         connection.request(method, path, body=body, headers=headers or {})
         reply = connection.getresponse()
         data = reply.read()
+        encoding = reply.headers.get("Content-Encoding", "")
+        if encoding in ("gzip", "deflate"):
+            # A client that asked for compression reads the body inflated.
+            data = zlib.decompress(data, 16 + zlib.MAX_WBITS if encoding == "gzip" else 15)
         return http_outcome(reply.status, reply.headers, data)
     finally:
         connection.close()
