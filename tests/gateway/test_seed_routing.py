@@ -363,7 +363,7 @@ def tis_predict(channel: grpc.Channel, model: str) -> float:
     return float(np.frombuffer(reply.raw_output_contents[0], dtype=np.float32)[0])
 
 
-def pytorch_predict(channel: grpc.Channel, task_id: int) -> float:
+def pytorch_predict(channel: grpc.Channel, task_id: int, method: str = "PytorchPredict") -> float:
     pb = pytest.importorskip(
         "dl_inference_seldon._proto.seldon_pb2", reason="needs the dl-inference-seldon plugin"
     )
@@ -372,7 +372,7 @@ def pytorch_predict(channel: grpc.Channel, task_id: int) -> float:
     request.data.tensor.shape.extend([1, 2])
     request.data.tensor.values.extend([1.0, 1.0])
     call = channel.unary_unary(
-        f"{SEED_SERVICE}/PytorchPredict",
+        f"{SEED_SERVICE}/{method}",
         request_serializer=pb.SeldonMessage.SerializeToString,
         response_deserializer=pb.SeldonMessage.FromString,
     )
@@ -388,6 +388,7 @@ def test_seed_methods_reach_the_nodes_of_the_task(
             "Predict": {tf_predict(channel, "m-69") for _ in range(4)},
             "TisPredict": {tis_predict(channel, "m-69") for _ in range(4)},
             "PytorchPredict": {pytorch_predict(channel, 69) for _ in range(4)},
+            "CaffePredict": {pytorch_predict(channel, 69, "CaffePredict") for _ in range(4)},
         }
         # Task 69's nodes are workers 1 and 2; the balancer spreads calls over both.
         assert answered == {method: {1.0, 2.0} for method in answered}
