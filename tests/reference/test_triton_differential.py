@@ -794,20 +794,30 @@ CASES["grpc.typed.count-mismatch"] = typed("FP32", fp32_contents=[1.5])
 CASES["grpc.typed.fp16"] = typed("FP16", fp32_contents=[1.5, 2.5])
 
 
-def grpc_params(parameters: dict[str, Any]) -> Case:
+def grpc_params(parameters: dict[str, pb.InferParameter]) -> Case:
     def run(target: Target) -> Outcome:
         request = pb.ModelInferRequest(model_name="params")
         request.inputs.add(name="x", datatype="FP32", shape=[1])
         request.raw_input_contents.append(np.array([1], dtype=np.float32).tobytes())
         request.outputs.add(name="PARAMS")
         for key, value in parameters.items():
-            request.parameters[key].string_param = value
+            request.parameters[key].CopyFrom(value)
         return grpc_infer_outcome(target, request)
 
     return run
 
 
-CASES["grpc.parameter-named-inputs"] = grpc_params({"inputs": "x"})
+CASES["grpc.parameter-named-inputs"] = grpc_params({"inputs": pb.InferParameter(string_param="x")})
+CASES["grpc.parameter-types"] = grpc_params(
+    {
+        "b": pb.InferParameter(bool_param=True),
+        "i": pb.InferParameter(int64_param=-(2**40)),
+        "s": pb.InferParameter(string_param="text \u00e9"),
+        "d": pb.InferParameter(double_param=0.1),
+    }
+)
+CASES["grpc.parameter-uint64"] = grpc_params({"u": pb.InferParameter(uint64_param=2**63 + 5)})
+CASES["grpc.parameter-unset"] = grpc_params({"unset": pb.InferParameter()})
 
 for _model in ("types", "types_batched", "params", "nope"):
     CASES[f"grpc.metadata.{_model}"] = lambda target, m=_model: grpc_message_outcome(
@@ -962,11 +972,17 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         _each("http.classification grpc.classification", *ANY),
     ),
     Accepted(
-        "More lenient JSON",
+        "More lenient requests",
         'A numeric request "id" (Triton: 500) is taken and answered as a string; a bare '
         'number as "data" of a one-element tensor (Triton: 500) is taken as that element; '
-        '"outputs": null (Triton: 500) is taken as no outputs listed.',
-        _each("http.id-not-string http.scalar-data http.outputs-null", *ANY),
+        '"outputs": null (Triton: 500) is taken as no outputs listed. Over gRPC a '
+        "uint64_param parameter and one with no value set (Triton: INVALID_ARGUMENT) reach "
+        "the model as an integer and as None.",
+        _each(
+            "http.id-not-string http.scalar-data http.outputs-null grpc.parameter-uint64 "
+            "grpc.parameter-unset",
+            *ANY,
+        ),
     ),
     Accepted(
         "Numbers beyond the double range read as infinity",
