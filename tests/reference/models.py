@@ -12,7 +12,9 @@
   sorted JSON (BYTES ``[1]``), so both servers show what reaches a model.
 - ``failing``: its execute / predict raises ``ValueError(FAIL_MESSAGE)``.
 - ``failing_error``: Triton's execute returns a ``TritonError`` response; dl-inference's
-  predict raises the error class a model uses to refuse a request (``BackendError``).
+  predict raises ``BackendError``, its error for a model that failed.
+- ``refusing``: Triton's execute returns a ``TritonError`` with code ``INVALID_ARG``;
+  dl-inference's predict raises ``InvalidInput``, its error for a refused input.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ IDENTITY = ("BOOL", "BYTES")
 TYPED = tuple(t for t in DATATYPES if t != "FP16")
 FAIL_MESSAGE = "differential-model-failure: the model raised on purpose"
 ERROR_MESSAGE = "differential-model-error: the model answered with an error"
+REFUSE_MESSAGE = "differential-model-refusal: the model refused the input"
 MAX_BATCH_SIZE = 8
 
 # model name -> (max_batch_size, [(name, datatype, dims)] inputs, outputs)
@@ -64,6 +67,7 @@ SIGNATURES: dict[str, tuple[int, Tensors, Tensors]] = {
     "params": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1]), ("PARAMS", "BYTES", [1])]),
     "failing": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1])]),
     "failing_error": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1])]),
+    "refusing": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1])]),
 }
 
 _TRITON_HEAD = """\
@@ -119,13 +123,19 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
 """,
 }
+TRITON_BODIES["refusing"] = f"""
+class TritonPythonModel:
+    def execute(self, requests):
+        error = pb_utils.TritonError({REFUSE_MESSAGE!r}, pb_utils.TritonError.INVALID_ARG)
+        return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+"""
 TRITON_BODIES["types_batched"] = TRITON_BODIES["typed"] = TRITON_BODIES["types"]
 
 _OURS_HEAD = """
 import json
 
 import numpy as np
-from dl_inference import BackendError, PythonModel
+from dl_inference import BackendError, InvalidInput, PythonModel
 
 DATATYPES = {datatypes!r}
 IDENTITY = {identity!r}
@@ -158,6 +168,11 @@ class FailingError(PythonModel):
         raise BackendError({ERROR_MESSAGE!r})
 """,
 }
+OUR_BODIES["refusing"] = f"""
+class Refusing(PythonModel):
+    def predict(self, inputs, /, **parameters):
+        raise InvalidInput({REFUSE_MESSAGE!r})
+"""
 OUR_BODIES["types_batched"] = OUR_BODIES["typed"] = OUR_BODIES["types"]
 
 

@@ -32,7 +32,14 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
-from .models import DATATYPES, ERROR_MESSAGE, FAIL_MESSAGE, MAX_BATCH_SIZE, TYPED
+from .models import (
+    DATATYPES,
+    ERROR_MESSAGE,
+    FAIL_MESSAGE,
+    MAX_BATCH_SIZE,
+    REFUSE_MESSAGE,
+    TYPED,
+)
 from .wire import (
     HEADER_LENGTH,
     Outcome,
@@ -322,6 +329,7 @@ CASES["http.batched.too-big"] = tc_http(
 )
 CASES["grpc.failing"] = tc_grpc("failing", {"x": np.array([1.0], dtype=np.float32)})
 CASES["grpc.failing-error"] = tc_grpc("failing_error", {"x": np.array([1.0], dtype=np.float32)})
+CASES["grpc.refusing"] = tc_grpc("refusing", {"x": np.array([1.0], dtype=np.float32)})
 
 
 # -- plain HTTP: good and bad --------------------------------------------------------------
@@ -362,6 +370,7 @@ def x_case(data: str, datatype: str = "FP32", shape: str = "[2]") -> Case:
 
 CASES["http.failing"] = infer("failing", infer_body(X1))
 CASES["http.failing-error"] = infer("failing_error", infer_body(X1))
+CASES["http.refusing"] = infer("refusing", infer_body(X1))
 CASES["http.versioned-infer"] = types_case(
     "/v2/models/types/versions/1/infer", extra={"outputs": [{"name": "OUTPUT_INT8"}]}
 )
@@ -1185,18 +1194,24 @@ def test_docs_list_every_known_difference() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "message"), [("failing", FAIL_MESSAGE), ("failing_error", ERROR_MESSAGE)]
+    ("model", "message", "status", "code"),
+    [
+        ("failing", FAIL_MESSAGE, 500, "INTERNAL"),
+        ("failing_error", ERROR_MESSAGE, 500, "INTERNAL"),
+        ("refusing", REFUSE_MESSAGE, 400, "INVALID_ARGUMENT"),
+    ],
 )
 def test_model_errors_carry_the_models_message(
-    model: str, message: str, targets: tuple[Target, Target]
+    model: str, message: str, status: int, code: str, targets: tuple[Target, Target]
 ) -> None:
     """A model's exception (Triton: also a TritonError response) is 500 / INTERNAL on both,
-    and the client reads the model's own message in the error."""
+    a model's refusal of its input 400 / INVALID_ARGUMENT, and the client reads the model's
+    own message in the error."""
     for target in targets:
         connection = http.client.HTTPConnection(target.http_address, timeout=20)
         connection.request("POST", f"/v2/models/{model}/infer", body=infer_body(X1))
         reply = connection.getresponse()
-        assert reply.status == 500, target.name
+        assert reply.status == status, target.name
         assert message in json.loads(reply.read())["error"], target.name
         connection.close()
         with grpcclient.InferenceServerClient(target.grpc_address) as client:
@@ -1204,5 +1219,5 @@ def test_model_errors_carry_the_models_message(
             tensor.set_data_from_numpy(np.array([1.0], dtype=np.float32))
             with pytest.raises(InferenceServerException) as error:
                 client.infer(model, [tensor])
-        assert error.value.status() == "StatusCode.INTERNAL", target.name
+        assert error.value.status() == f"StatusCode.{code}", target.name
         assert message in error.value.message(), target.name
