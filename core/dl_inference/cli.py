@@ -202,6 +202,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     configure_logging("console", "warning")
     config = load_server_config(args.file)
     server = _build_server(config)
+    if config.routes:
+        from dl_inference.gateway import Gateway
+
+        # As `serve` builds them: balancer and protocol names, seed nodefiles read.
+        Gateway(config.routes, server.plugins)
     models = server.models.names()
     print(f"{args.file}: OK ({len(models)} model(s): {', '.join(models) or 'none'})")
     return 0

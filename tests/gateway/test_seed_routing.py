@@ -433,3 +433,23 @@ def test_a_gateway_with_a_bad_node_file_does_not_start(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError) as info:
         ServerProcess(["-c", str(config)]).start()
     assert "nodefile.txt line 9: task id '7x' is not a positive whole number" in str(info.value)
+
+
+def test_check_config_reads_the_node_file_as_serve_does(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    node_file = tmp_path / "nodefile.txt"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"routes": [{"discovery": {"nodefile": "nodefile.txt"}}]}))
+
+    def check() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "dl_inference", "check-config", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    node_file.write_text(SEED_EXAMPLE)
+    assert check().returncode == 0
+    node_file.write_text(SEED_EXAMPLE + "\n7x=1,h:1\n")
+    result = check()
+    assert result.returncode == 2
+    assert "task id '7x' is not a positive whole number" in result.stderr
