@@ -361,9 +361,6 @@ def test_pytorch_predict_with_a_tensor_answers_a_tensor(answers: Any) -> None:
     assert read["tags"] == {"taskId": seed.MMOE_TASK}  # the request's tags come back
 
 
-@pytest.mark.xfail(
-    strict=True, reason="waits for the seldon plugin's CaffePredict (engineer B's change)"
-)
 def test_caffe_predict_answers_label_and_score_in_data(answers: Any) -> None:
     read, expected = ok(answers, "CaffePredict")
     assert read["has_data"] and read["kind"] == "tensor"  # CaffeClient.java prints getData()
