@@ -46,6 +46,7 @@ from .wire import (
     Target,
     array_outcome,
     differences,
+    grpc_call,
     grpc_infer_outcome,
     grpc_message_outcome,
     http_raw,
@@ -668,6 +669,31 @@ CASES["grpc.stats.params"] = lambda target: stats_structure(
     )
 )
 CASES["http.stats.unknown-model"] = get("/v2/models/nope/stats")
+
+
+def counts(value: Any) -> Any:
+    """A statistics document without its timings (``ns``, ``last_inference``): both servers
+    saw the same requests, so the counts must agree."""
+    if isinstance(value, dict):
+        return {k: counts(v) for k, v in value.items() if k not in ("ns", "last_inference")}
+    if isinstance(value, list):
+        return [counts(item) for item in value]
+    return value
+
+
+# Only the failing model's requests are the same set on both servers (others meet accepted
+# differences: a request one server takes and the other refuses counts on one side only).
+CASES["http.stats.counts.failing"] = lambda target: {
+    key: counts(value)
+    for key, value in http_request(target, "GET", "/v2/models/failing/stats").items()
+}
+CASES["http.repository-index"] = post("/v2/repository/index", b"{}")
+CASES["grpc.repository-index"] = lambda target: grpc_message_outcome(
+    target, "RepositoryIndex", pb.RepositoryIndexRequest(), pb.RepositoryIndexResponse
+)
+CASES["http.trace-setting"] = get("/v2/trace/setting")
+CASES["http.logging"] = get("/v2/logging")
+CASES["grpc.unknown-method"] = lambda target: {"code": grpc_call(target, "NoSuchMethod", b"")[0]}
 CASES["http.metadata.version-1"] = get("/v2/models/types/versions/1")
 CASES["http.metadata.unknown-version"] = get("/v2/models/types/versions/7")
 CASES["http.metadata.unknown-model"] = get("/v2/models/nope")
@@ -1104,6 +1130,35 @@ KNOWN_DIFFERENCES: list[Accepted] = [
                 + (("document.config.dynamicBatching",) if model == "types_batched" else ())
                 for model in ("types", "types_batched", "params")
             },
+        },
+    ),
+    Accepted(
+        "Failed executions in statistics",
+        "Both count a request whose model raised in inference_stats.fail. Triton also "
+        "counts the failed execution in execution_count and batch_stats; dl-inference "
+        "counts there only executions that produced outputs.",
+        _each(
+            "http.stats.counts.failing",
+            "document.model_stats",
+        ),
+    ),
+    Accepted(
+        "The repository extension is on the management listener",
+        "Triton answers repository index, load and unload on its main ports. dl-inference "
+        "serves them on its management listener (off by default, loopback, with a token) "
+        "and refuses them on the main ports with 503 / UNAVAILABLE naming that listener.",
+        {
+            "http.repository-index": ("status", "form", "document"),
+            "grpc.repository-index": ("code", "document"),
+        },
+    ),
+    Accepted(
+        "No trace or logging extension",
+        "Triton serves /v2/trace/setting and /v2/logging; dl-inference has neither (404 with "
+        "a JSON error body): its logs and metrics are configured at start-up.",
+        {
+            "http.trace-setting": ("status", "form", "document"),
+            "http.logging": ("status", "form", "document"),
         },
     ),
     Accepted(
