@@ -1080,13 +1080,14 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         "Same status codes; Triton sends an empty body, dl-inference a JSON document such as "
         '{"ready": true} (KServe V2 defines these bodies; clients read the status).',
         {
-            "http.server-live": ("document", "form"),
-            "http.server-ready": ("document", "form"),
+            "http.server-live": ("document", "form", "content_type"),
+            "http.server-ready": ("document", "form", "content_type"),
             **_each(
                 "http.ready.types http.ready.types_batched http.ready.params http.ready.failing "
                 "http.ready.version-1",
                 "document",
                 "form",
+                "content_type",
             ),
         },
     ),
@@ -1148,7 +1149,7 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         "serves them on its management listener (off by default, loopback, with a token) "
         "and refuses them on the main ports with 503 / UNAVAILABLE naming that listener.",
         {
-            "http.repository-index": ("status", "form", "document"),
+            "http.repository-index": ("status", "form", "document", "content_type"),
             "grpc.repository-index": ("code", "document"),
         },
     ),
@@ -1157,8 +1158,8 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         "Triton serves /v2/trace/setting and /v2/logging; dl-inference has neither (404 with "
         "a JSON error body): its logs and metrics are configured at start-up.",
         {
-            "http.trace-setting": ("status", "form", "document"),
-            "http.logging": ("status", "form", "document"),
+            "http.trace-setting": ("status", "form", "document", "content_type"),
+            "http.logging": ("status", "form", "document", "content_type"),
         },
     ),
     Accepted(

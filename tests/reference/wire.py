@@ -78,7 +78,9 @@ def http_outcome(status: int, headers: http.client.HTTPMessage, body: bytes) -> 
     size = headers.get(HEADER_LENGTH)
     head, binary = (body, b"") if size is None else (body[: int(size)], body[int(size) :])
     document = json.loads(head)
-    outcome: Outcome = {"status": status}
+    # The media type of a success (error bodies: Triton sends some JSON as text/plain).
+    media_type = (headers.get("Content-Type") or "").split(";")[0].strip()
+    outcome: Outcome = {"status": status, "content_type": media_type}
     if not isinstance(document, dict) or "model_name" not in document:
         outcome["document"] = document
         return outcome
