@@ -395,11 +395,12 @@ class ModelRegistry:
         return all(any(v.ready for v in versions.values()) for versions in self._versions.values())
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
-        """Metadata of the resolved version (names every version of the model)."""
+        """Metadata of the resolved version; ``versions`` names the version asked for, or
+        every version of the model when none is (as Triton answers)."""
         model = self.resolve(name, version)
         return ModelMetadata(
             name=name,
-            versions=[v.version for v in self.versions(name)],
+            versions=[model.version] if version else [v.version for v in self.versions(name)],
             platform=model.backend.platform,
             inputs=model.inputs() or [],
             outputs=model.outputs() or [],
