@@ -13,6 +13,8 @@
 - ``failing``: its execute / predict raises ``ValueError(FAIL_MESSAGE)``.
 - ``failing_error``: Triton's execute returns a ``TritonError`` response; dl-inference's
   predict raises ``BackendError``, its error for a model that failed.
+- ``versioned`` (newest version served) and ``versioned_all`` (every version): versions 1
+  and 2, ``y = x * version``.
 - ``refusing``: Triton's execute returns a ``TritonError`` with code ``INVALID_ARG``;
   dl-inference's predict raises ``InvalidInput``, its error for a refused input.
 """
@@ -45,6 +47,11 @@ FAIL_MESSAGE = "differential-model-failure: the model raised on purpose"
 ERROR_MESSAGE = "differential-model-error: the model answered with an error"
 REFUSE_MESSAGE = "differential-model-refusal: the model refused the input"
 MAX_BATCH_SIZE = 8
+# Models with more than one version: y = x * version. The default policy serves the newest
+# only (Triton's and dl-inference's default, latest 1); versioned_all serves every one.
+VERSIONS = {"versioned": (1, 2), "versioned_all": (1, 2)}
+TRITON_POLICY = {"versioned_all": "version_policy: { all { } }\n"}
+OUR_POLICY = {"versioned_all": "version_policy: {all: true}\n"}
 
 # model name -> (max_batch_size, [(name, datatype, dims)] inputs, outputs)
 Tensors = list[tuple[str, str, list[int]]]
@@ -68,6 +75,8 @@ SIGNATURES: dict[str, tuple[int, Tensors, Tensors]] = {
     "failing": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1])]),
     "failing_error": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1])]),
     "refusing": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1])]),
+    "versioned": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1])]),
+    "versioned_all": (0, [("x", "FP32", [-1])], [("y", "FP32", [-1])]),
 }
 
 _TRITON_HEAD = """\
@@ -129,6 +138,17 @@ class TritonPythonModel:
         error = pb_utils.TritonError({REFUSE_MESSAGE!r}, pb_utils.TritonError.INVALID_ARG)
         return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
 """
+TRITON_BODIES["versioned"] = TRITON_BODIES["versioned_all"] = """
+VERSION = int(__file__.split("/")[-2])
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("y", get(r, "x") * np.float32(VERSION))])
+            for r in requests
+        ]
+"""
 TRITON_BODIES["types_batched"] = TRITON_BODIES["typed"] = TRITON_BODIES["types"]
 
 _OURS_HEAD = """
@@ -173,6 +193,14 @@ class Refusing(PythonModel):
     def predict(self, inputs, /, **parameters):
         raise InvalidInput({REFUSE_MESSAGE!r})
 """
+OUR_BODIES["versioned"] = OUR_BODIES["versioned_all"] = """
+VERSION = int(__file__.split("/")[-2])
+
+
+class Versioned(PythonModel):
+    def predict(self, inputs, /, **parameters):
+        return {"y": inputs["x"] * np.float32(VERSION)}
+"""
 OUR_BODIES["types_batched"] = OUR_BODIES["typed"] = OUR_BODIES["types"]
 
 
@@ -185,12 +213,13 @@ def _pbtxt_type(datatype: str) -> str:
 
 
 def write_triton_repository(root: Path) -> Path:
-    """``<root>/<model>/config.pbtxt`` and ``<root>/<model>/1/model.py`` for every model."""
+    """``<root>/<model>/config.pbtxt`` and ``<root>/<model>/<version>/model.py``."""
     for name, (max_batch, inputs, outputs) in SIGNATURES.items():
         head = _TRITON_HEAD.format(datatypes=_datatypes(name), identity=IDENTITY)
-        folder = root / name / "1"
-        folder.mkdir(parents=True)
-        (folder / "model.py").write_text(head + TRITON_BODIES[name])
+        for version in VERSIONS.get(name, (1,)):
+            folder = root / name / str(version)
+            folder.mkdir(parents=True)
+            (folder / "model.py").write_text(head + TRITON_BODIES[name])
 
         def block(tensors: Tensors) -> str:
             return ",\n".join(
@@ -202,7 +231,7 @@ def write_triton_repository(root: Path) -> Path:
             f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
             f"input [\n{block(inputs)}\n]\noutput [\n{block(outputs)}\n]\n"
             # One stub process per model is enough and keeps start-up short.
-            "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+            "instance_group [ { count: 1 kind: KIND_CPU } ]\n" + TRITON_POLICY.get(name, "")
         )
     return root
 
@@ -217,6 +246,10 @@ def write_our_repository(root: Path) -> Path:
                 f"  - {{name: {n}, datatype: {t}, shape: {dims}}}\n" for n, t, dims in tensors
             )
 
-        config = f"max_batch_size: {max_batch}\ninputs:\n{block(inputs)}outputs:\n{block(outputs)}"
-        write_python_model(root, name, head + OUR_BODIES[name], config)
+        config = (
+            f"max_batch_size: {max_batch}\ninputs:\n{block(inputs)}outputs:\n{block(outputs)}"
+            + OUR_POLICY.get(name, "")
+        )
+        for version in VERSIONS.get(name, (1,)):
+            write_python_model(root, name, head + OUR_BODIES[name], config, version=version)
     return root

@@ -620,6 +620,21 @@ CASES["http.large-gzip-response"] = lambda target: http_request(
     ),
     {"Accept-Encoding": "gzip"},
 )
+for _model in ("versioned", "versioned_all"):
+    for _version in ("", "1", "2", "3"):
+        _path = f"/v2/models/{_model}" + (f"/versions/{_version}" if _version else "")
+        _label = f"{_model}.{_version or 'default'}"
+        CASES[f"http.version.infer.{_label}"] = post(f"{_path}/infer", infer_body(X1))
+        CASES[f"http.version.metadata.{_label}"] = get(_path)
+        CASES[f"http.version.ready.{_label}"] = get(f"{_path}/ready")
+        CASES[f"grpc.version.infer.{_label}"] = tc_grpc(
+            _model, {"x": np.array([1.5], dtype=np.float32)}, model_version=_version
+        )
+        CASES[f"grpc.version.ready.{_label}"] = lambda target, m=_model, v=_version: (
+            grpc_message_outcome(
+                target, "ModelReady", pb.ModelReadyRequest(name=m, version=v), pb.ModelReadyResponse
+            )
+        )
 CASES["http.ready.version-1"] = get("/v2/models/types/versions/1/ready")
 CASES["http.ready.unknown-version"] = get("/v2/models/types/versions/7/ready")
 
@@ -1084,7 +1099,9 @@ KNOWN_DIFFERENCES: list[Accepted] = [
             "http.server-ready": ("document", "form", "content_type"),
             **_each(
                 "http.ready.types http.ready.types_batched http.ready.params http.ready.failing "
-                "http.ready.version-1",
+                "http.ready.version-1 http.version.ready.versioned.default "
+                "http.version.ready.versioned.2 http.version.ready.versioned_all.default "
+                "http.version.ready.versioned_all.1 http.version.ready.versioned_all.2",
                 "document",
                 "form",
                 "content_type",
@@ -1093,10 +1110,15 @@ KNOWN_DIFFERENCES: list[Accepted] = [
     ),
     Accepted(
         "Readiness of an unknown model is 404",
-        "Triton answers 400 to GET /v2/models/<unknown>/ready, dl-inference 404 with the "
-        "list of models, as for every other request naming an unknown model (tritonclient's "
-        "is_model_ready is False either way).",
-        _each("http.ready.unknown-model http.ready.unknown-version", "status"),
+        "Triton answers 400 to GET /v2/models/<unknown>/ready (and to a version it does not "
+        "serve), dl-inference 404 with the list of models or versions, as for every other "
+        "request naming an unknown model or version (tritonclient's is_model_ready is False "
+        "either way).",
+        _each(
+            "http.ready.unknown-model http.ready.unknown-version http.version.ready.versioned.1 "
+            "http.version.ready.versioned.3 http.version.ready.versioned_all.3",
+            "status",
+        ),
     ),
     Accepted(
         "HEAD is answered on GET routes",
