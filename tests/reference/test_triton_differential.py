@@ -1082,9 +1082,11 @@ KNOWN_DIFFERENCES: list[Accepted] = [
     ),
     Accepted(
         "A malformed request for an unknown model reports the malformed body",
-        "Triton looks the model up before it reads the body (404 / NOT_FOUND); dl-inference "
-        "reads the body first and reports what is wrong with it (400 / INVALID_ARGUMENT). A "
-        "well-formed request for an unknown model gets 404 / NOT_FOUND on both.",
+        "Triton looks the model up before it reads the body (404 / NOT_FOUND). dl-inference "
+        "reads the body, then authorizes the request, and only then looks the model up (so "
+        "a client without rights learns nothing of which models exist); a malformed body is "
+        "reported first (400 / INVALID_ARGUMENT). A well-formed request for an unknown model "
+        "gets 404 / NOT_FOUND on both.",
         {
             "grpc.unknown-model-bad-data": ("code",),
             "http.unknown-model-bad-data": ("status",),
