@@ -778,6 +778,18 @@ CASES["grpc.duplicate-input"] = edit(
     )
 )
 CASES["grpc.unknown-output"] = edit(lambda r: r.outputs.add(name="NOPE"))
+
+
+def typed_and_raw(request: pb.ModelInferRequest) -> None:
+    request.inputs[FP32].contents.fp32_contents.extend([1.0] * 6)
+
+
+def output_binary_parameter(request: pb.ModelInferRequest) -> None:
+    request.outputs.add(name="OUTPUT_INT16").parameters["binary_data"].bool_param = False
+
+
+CASES["grpc.typed-and-raw"] = edit(typed_and_raw)
+CASES["grpc.output-binary-parameter"] = edit(output_binary_parameter)
 CASES["grpc.bool-byte-2"] = edit(
     lambda r: r.raw_input_contents.__setitem__(0, bytes([2, 0, 1, 0, 1, 255]))
 )
