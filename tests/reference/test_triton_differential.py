@@ -137,16 +137,13 @@ Case = Callable[[Target], Outcome]
 CASES: dict[str, Case] = {}
 
 
-def case(name: str) -> Callable[[Case], Case]:
-    def register(function: Case) -> Case:
-        assert name not in CASES, name
-        CASES[name] = function
-        return function
-
-    return register
+def datatype_of(name: str) -> str:
+    """The datatype of a models.py input: ``INPUT_<T>`` is ``T``, ``x`` is FP32."""
+    return name.removeprefix("INPUT_") if name.startswith("INPUT_") else "FP32"
 
 
 def tc_http_outcome(result: httpclient.InferResult) -> Outcome:
+    """What a tritonclient.http user reads from a result (outputs as as_numpy gives them)."""
     response = result.get_response()
     outputs = {}
     for entry in response["outputs"]:
@@ -179,12 +176,7 @@ def tc_http(
         client = httpclient.InferenceServerClient(target.http_address)
         request = []
         for name, array in inputs.items():
-            datatype = (
-                DATATYPES[[f"INPUT_{t}" for t in DATATYPES].index(name)]
-                if (name.startswith("INPUT_"))
-                else "FP32"
-            )
-            tensor = httpclient.InferInput(name, list(array.shape), datatype)
+            tensor = httpclient.InferInput(name, list(array.shape), datatype_of(name))
             binary = binary_inputs(name) if callable(binary_inputs) else binary_inputs
             tensor.set_data_from_numpy(array, binary_data=binary)
             request.append(tensor)
@@ -207,12 +199,13 @@ def tc_http(
 def tc_grpc(
     model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, **options: Any
 ) -> Case:
+    """A tritonclient.grpc call (raw contents), ``outputs`` the names requested."""
+
     def run(target: Target) -> Outcome:
         client = grpcclient.InferenceServerClient(target.grpc_address)
         request = []
         for name, array in inputs.items():
-            datatype = name.removeprefix("INPUT_") if name.startswith("INPUT_") else "FP32"
-            tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+            tensor = grpcclient.InferInput(name, list(array.shape), datatype_of(name))
             tensor.set_data_from_numpy(array)
             request.append(tensor)
         requested = [grpcclient.InferRequestedOutput(n) for n in outputs] if outputs else None
@@ -903,10 +896,7 @@ def stream(requests: list[tuple[str, dict[str, np.ndarray]]]) -> Case:
                 for index, (model, inputs) in enumerate(requests):
                     tensors = []
                     for name, array in inputs.items():
-                        datatype = (
-                            name.removeprefix("INPUT_") if name.startswith("INPUT_") else "FP32"
-                        )
-                        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+                        tensor = grpcclient.InferInput(name, list(array.shape), datatype_of(name))
                         tensor.set_data_from_numpy(array)
                         tensors.append(tensor)
                     client.async_stream_infer(model, tensors, request_id=f"s{index}")
