@@ -564,6 +564,9 @@ CASES["http.reserved-parameters"] = infer(
     "params",
     infer_body(X1, parameters={"priority": 1, "timeout": 5000000}, outputs=[{"name": "PARAMS"}]),
 )
+CASES["http.parameter-triton-reserved"] = infer(
+    "params", infer_body(X1, parameters={"triton_foo": 1}, outputs=[{"name": "PARAMS"}])
+)
 CASES["http.sequence-parameters"] = infer(
     "params",
     infer_body(
@@ -869,6 +872,15 @@ CASES["grpc.parameter-types"] = grpc_params(
         "i": pb.InferParameter(int64_param=-(2**40)),
         "s": pb.InferParameter(string_param="text \u00e9"),
         "d": pb.InferParameter(double_param=0.1),
+    }
+)
+CASES["grpc.parameter-triton-reserved"] = grpc_params(
+    {"triton_foo": pb.InferParameter(bool_param=True)}
+)
+CASES["grpc.parameter-empty-final-response"] = grpc_params(
+    {
+        "triton_enable_empty_final_response": pb.InferParameter(bool_param=True),
+        "headers": pb.InferParameter(string_param="kept"),
     }
 )
 CASES["grpc.parameter-uint64"] = grpc_params({"u": pb.InferParameter(uint64_param=2**63 + 5)})

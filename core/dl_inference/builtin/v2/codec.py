@@ -54,12 +54,22 @@ _WIDE: dict[str, np.dtype] = {
 }
 # Parameters that steer the HTTP binary extension; they are transport, not model, parameters.
 TRANSPORT_PARAMETERS = frozenset({"binary_data_output", "binary_data", "binary_data_size"})
-# Triton's scheduling options (tritonclient's infer(priority=, timeout=, sequence_id=...)).
-# Triton takes them out of what a model sees, and acts on them only in its priority and
-# sequence batchers, which dl-inference does not have: they are dropped here too.
+# Triton's scheduling options (tritonclient's infer(priority=, timeout=, sequence_id=...))
+# and its stream option. Triton takes them out of what a model sees, and acts on them only
+# in its priority and sequence batchers and decoupled streams, which dl-inference does not
+# have: they are dropped here too.
 SCHEDULING_PARAMETERS = frozenset(
-    {"priority", "timeout", "sequence_id", "sequence_start", "sequence_end"}
+    {
+        "priority",
+        "timeout",
+        "sequence_id",
+        "sequence_start",
+        "sequence_end",
+        "triton_enable_empty_final_response",
+    }
 )
+# Triton reserves parameter names with this prefix and refuses the others it does not know.
+RESERVED_PREFIX = "triton_"
 
 
 # Triton marks each ModelStreamInfer response as the last one for its request, the
@@ -177,8 +187,19 @@ def array_to_json(name: str, array: np.ndarray, datatype: str) -> list[Any]:
 
 
 def model_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """A request's parameters as the model gets them: without Triton's scheduling options."""
-    return {k: v for k, v in parameters.items() if k not in SCHEDULING_PARAMETERS}
+    """A request's parameters as the model gets them: without Triton's scheduling options;
+    InvalidInput for another name in Triton's reserved ``triton_`` namespace."""
+    out = {}
+    for key, value in parameters.items():
+        if key in SCHEDULING_PARAMETERS:
+            continue
+        if key.startswith(RESERVED_PREFIX):
+            raise InvalidInput(
+                f"request parameter {key!r}: names starting with {RESERVED_PREFIX!r} are "
+                "reserved for Triton's own options (as Triton answers); choose another name"
+            )
+        out[key] = value
+    return out
 
 
 def params_from_proto(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
