@@ -704,6 +704,17 @@ CASES["grpc.repository-index"] = lambda target: grpc_message_outcome(
 )
 CASES["http.trace-setting"] = get("/v2/trace/setting")
 CASES["http.logging"] = get("/v2/logging")
+CASES["http.shared-memory-status"] = get("/v2/systemsharedmemory/status")
+CASES["http.cuda-shared-memory-status"] = get("/v2/cudasharedmemory/status")
+CASES["grpc.shared-memory-status"] = lambda target: grpc_message_outcome(
+    target,
+    "SystemSharedMemoryStatus",
+    pb.SystemSharedMemoryStatusRequest(),
+    pb.SystemSharedMemoryStatusResponse,
+)
+CASES["grpc.trace-setting"] = lambda target: grpc_message_outcome(
+    target, "TraceSetting", pb.TraceSettingRequest(), pb.TraceSettingResponse
+)
 CASES["grpc.unknown-method"] = lambda target: {"code": grpc_call(target, "NoSuchMethod", b"")[0]}
 CASES["http.metadata.version-1"] = get("/v2/models/types/versions/1")
 CASES["http.metadata.unknown-version"] = get("/v2/models/types/versions/7")
@@ -1192,12 +1203,23 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         },
     ),
     Accepted(
-        "No trace or logging extension",
-        "Triton serves /v2/trace/setting and /v2/logging; dl-inference has neither (404 with "
-        "a JSON error body): its logs and metrics are configured at start-up.",
+        "No shared-memory, trace or logging extension",
+        "Triton serves shared-memory registration (system and CUDA), trace settings and "
+        "log settings; dl-inference has none of them: REST answers 404 with a JSON error "
+        "body, gRPC UNIMPLEMENTED. Its logs and metrics are configured at start-up; "
+        "tensors travel in the request.",
         {
-            "http.trace-setting": ("status", "form", "document", "content_type"),
-            "http.logging": ("status", "form", "document", "content_type"),
+            **{
+                f"http.{name}": ("status", "form", "document", "content_type")
+                for name in (
+                    "trace-setting",
+                    "logging",
+                    "shared-memory-status",
+                    "cuda-shared-memory-status",
+                )
+            },
+            "grpc.shared-memory-status": ("code", "document"),
+            "grpc.trace-setting": ("code", "document"),
         },
     ),
     Accepted(
