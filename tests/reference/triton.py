@@ -3,8 +3,8 @@ as the ``nvidia-pytriton`` wheel bundles them, installed by
 ``scripts/install_reference_servers.sh`` in a venv of its own
 (``$DLI_REFERENCE_DIR/triton``, default ``<repo>/.reference/triton``).
 
-:func:`triton_home` finds the bundled server (or says why it cannot be used, for a
-``pytest.skip``); :class:`TritonServer` runs it on free ports of 127.0.0.1 in a
+:func:`triton_home` finds the bundled server and checks that it runs on this machine (or
+says why not, for a ``pytest.skip``); :class:`TritonServer` runs it on free ports of 127.0.0.1 in a
 subprocess and waits until it answers ready.
 """
 
@@ -39,7 +39,24 @@ def triton_home() -> tuple[Path, Path] | str:
         return f"{home}/bin/tritonserver is missing"
     if not (home / "backends" / "python" / "triton_python_backend_stub").is_file():
         return f"Triton's python backend stub is missing in {home}/backends/python"
+    # The binary needs this machine's loader and libraries: ask it for its usage text.
+    try:
+        probe = subprocess.run(
+            [str(home / "bin" / "tritonserver"), "--help"],
+            env={**os.environ, "LD_LIBRARY_PATH": _library_path(home)},
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{home}/bin/tritonserver does not run here: {exc}"
+    if b"Usage: tritonserver" not in probe.stdout + probe.stderr:
+        output = (probe.stdout + probe.stderr).decode(errors="replace").strip()
+        return f"{home}/bin/tritonserver does not run here: {output[-500:]}"
     return venv, home
+
+
+def _library_path(home: Path) -> str:
+    return f"{home}/external_libs:{home}/lib"
 
 
 class TritonServer:
@@ -81,7 +98,7 @@ class TritonServer:
         home = self.home
         env = {
             **os.environ,
-            "LD_LIBRARY_PATH": f"{home}/external_libs:{home}/lib",
+            "LD_LIBRARY_PATH": _library_path(home),
             # The python backend's stub runs the models with the venv's python and numpy.
             "PATH": f"{self.venv}/bin:{os.environ.get('PATH', '')}",
         }
