@@ -404,6 +404,12 @@ CASES["http.duplicate-input"] = infer(
     "params", infer_body([tensor("x", "FP32", [1], [1]), tensor("x", "FP32", [1], [2])])
 )
 CASES["http.unknown-output"] = types_case(extra={"outputs": [{"name": "NOPE"}]})
+CASES["http.output-order"] = lambda target: output_order(
+    CASES["http.json.reversed-outputs"](target)
+)
+CASES["http.json.reversed-outputs"] = types_case(
+    extra={"outputs": [{"name": n} for n in ("OUTPUT_BYTES", "OUTPUT_FP32", "OUTPUT_INT8")]}
+)
 CASES["http.int8-out-of-range"] = types_case(
     INPUT_INT8=tensor("INPUT_INT8", "INT8", [2, 3], [300] * 6)
 )
@@ -743,13 +749,14 @@ def grpc_request(model: str = "types", version: str = "", **fields: Any) -> pb.M
     return request
 
 
-def edit(function: Callable[[pb.ModelInferRequest], Any]) -> Case:
-    def run(target: Target) -> Outcome:
-        request = grpc_request()
-        function(request)
-        return grpc_infer_outcome(target, request)
+def edit_request(function: Callable[[pb.ModelInferRequest], Any]) -> pb.ModelInferRequest:
+    request = grpc_request()
+    function(request)
+    return request
 
-    return run
+
+def edit(function: Callable[[pb.ModelInferRequest], Any]) -> Case:
+    return lambda target: grpc_infer_outcome(target, edit_request(function))
 
 
 def set_datatype(request: pb.ModelInferRequest, index: int, datatype: str) -> None:
@@ -785,6 +792,21 @@ CASES["grpc.duplicate-input"] = edit(
     )
 )
 CASES["grpc.unknown-output"] = edit(lambda r: r.outputs.add(name="NOPE"))
+
+
+def output_order(outcome: Outcome) -> Outcome:
+    """Only the order of the outputs (the outcome's dicts compare regardless of order)."""
+    return {"order": list(outcome.get("outputs", {}))} if "outputs" in outcome else outcome
+
+
+def reversed_outputs(request: pb.ModelInferRequest) -> None:
+    for name in ("OUTPUT_BYTES", "OUTPUT_FP32", "OUTPUT_INT8"):
+        request.outputs.add(name=name)
+
+
+CASES["grpc.output-order"] = lambda target: output_order(
+    grpc_infer_outcome(target, edit_request(reversed_outputs))
+)
 
 
 def typed_and_raw(request: pb.ModelInferRequest) -> None:
@@ -1020,9 +1042,10 @@ KNOWN_DIFFERENCES: list[Accepted] = [
         _each("http.ragged-data", *ANY),
     ),
     Accepted(
-        "An unknown Content-Encoding is 400",
-        "Triton answers 501 to a request body in an encoding it does not know (br); "
-        "dl-inference answers 400 naming the encodings it takes (gzip, deflate).",
+        "An unknown Content-Encoding is 415",
+        "Triton answers 501, a server error, to a request body in an encoding it does not "
+        "know (br); dl-inference answers 415, the client error RFC 9110 gives it, naming the "
+        "encodings it takes (gzip, deflate).",
         _each("http.unknown-content-encoding", "status"),
     ),
     Accepted(

@@ -56,7 +56,9 @@ def validate_inputs(
 def select_outputs(
     model: str, outputs: dict[str, np.ndarray], requested: list[str] | None
 ) -> dict[str, np.ndarray]:
-    """The requested outputs in request order (all when ``requested`` is None)."""
+    """The requested outputs (all when ``requested`` is None), in the order the model gave
+    them, as Triton answers: a client reading outputs by position sees the same order
+    whichever order it asked in."""
     if requested is None:
         return outputs
     missing = [name for name in requested if name not in outputs]
@@ -65,4 +67,5 @@ def select_outputs(
             f"model {model!r} has no output named {missing[0]!r}; its outputs are: "
             f"{', '.join(sorted(outputs))}"
         )
-    return {name: outputs[name] for name in requested}
+    wanted = set(requested)
+    return {name: value for name, value in outputs.items() if name in wanted}
