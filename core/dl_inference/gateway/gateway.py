@@ -236,10 +236,13 @@ class Gateway:
         The model name comes from the path (V2's ``/v2/models/<name>``, and the prefixes
         ``protocols`` list in :meth:`~dl_inference.Protocol.rest_model_paths`), or for the
         POST paths they list in :meth:`~dl_inference.Protocol.rest_routing_keys`, from the
-        body and headers by that protocol's reader. The gateway reads a body with the
-        kernel's :func:`~dl_inference.read_body` (``runtime``'s size limit): one it cannot
-        read (a corrupt compressed body) is answered 400, one over the limit 413, as
-        ``{"error": ...}`` and counted like any failed call.
+        body and headers by that protocol's reader. A routed call's body goes upstream as
+        it came, ``Content-Encoding`` included: the node decodes it and answers for it.
+        The gateway reads it with the kernel's :func:`~dl_inference.read_body`
+        (``runtime``'s size limit on the bytes received: 413 beyond, as ``{"error": ...}``
+        and counted like any failed call); a reader gets the body decoded, or an empty
+        one when it does not decode (then headers alone can route the call, and an
+        unrouted call's handler explains what is wrong with the body).
         """
         model_paths = dict(BUILTIN_MODEL_PATHS)
         readers: dict[str, tuple[str, RoutingKeyReader]] = {}
@@ -251,18 +254,30 @@ class Gateway:
                 readers[path] = (instance.name, reader)
         call_paths: dict[str, CallPath] = {}
 
-        async def body_of(request: web.Request, protocol: str) -> bytes | web.Response:
-            """The body (aiohttp keeps it for the local handler too), or the refusal."""
+        def calls_of(protocol: str) -> CallPath:
             if protocol not in call_paths:
                 call_paths[protocol] = CallPath(runtime, protocol, "dl_inference.gateway")
-            calls = call_paths[protocol]
+            return call_paths[protocol]
+
+        async def body_of(request: web.Request, protocol: str) -> bytes | web.Response:
+            """The body as it came (aiohttp keeps it for the local handler too), or the
+            refusal."""
+            calls = calls_of(protocol)
             call = calls.http_call(f"{request.method} {request.path}", request)
             try:
-                return await read_body(request, call)
+                return await read_body(request, call, decoded=False)
             except DlInferenceError as exc:
                 reply = calls.http_error(call, exc, json_error_body)
                 reply.headers["x-request-id"] = call.ctx.request_id
                 return reply
+
+        async def decoded_body(request: web.Request, protocol: str) -> bytes:
+            """The body for a routing-key reader: decoded, or empty when it does not decode."""
+            call = calls_of(protocol).http_call(f"{request.method} {request.path}", request)
+            try:
+                return await read_body(request, call)
+            except DlInferenceError:
+                return b""  # not counted here: whoever serves the call answers for it
 
         @web.middleware
         async def route_rest(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -282,8 +297,10 @@ class Gateway:
                     # it the rest of the stream as if it were the body.
                     return body
                 headers = {key.lower(): value for key, value in request.headers.items()}
+                key_body = await decoded_body(request, protocol)
                 route = self.route_of(
-                    read_routing_key(reader, body, headers, protocol, request.path), protocol
+                    read_routing_key(reader, key_body, headers, protocol, request.path),
+                    protocol,
                 )
             else:
                 route = None

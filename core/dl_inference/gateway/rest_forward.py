@@ -6,13 +6,12 @@ that name none (Seldon's), from a protocol's ``rest_routing_keys`` reader (see
 :meth:`Gateway.http_middleware`). A route with
 ``http_port`` (or nodes with ``http_address``) sends them to the REST listener of the
 node its balancer picks, with the same node list, health and retry budget as gRPC. Body,
-status, headers and reply travel unchanged but for per-hop headers, with one exception:
-a body the server decoded while reading it (``Content-Encoding: gzip`` and the other
-codings aiohttp decodes, see :func:`forwarded_request_headers`) goes on decoded, without
-that header. Only failures where the node did no work are retried on another node: the
-connection could not be made, or the node answered 503 (draining, not ready); when no
-retry is left, the last node's own answer comes back. What counts against a node is
-:func:`~dl_inference.gateway.nodes.http_verdict`'s rule.
+status, headers and reply travel unchanged but for per-hop headers: a compressed body
+goes on compressed, with its ``Content-Encoding`` (the HTTP listeners keep bodies as they
+came), and the node decodes it and answers for it. Only failures where the node did no
+work are retried on another node: the connection could not be made, or the node answered
+503 (draining, not ready); when no retry is left, the last node's own answer comes back.
+What counts against a node is :func:`~dl_inference.gateway.nodes.http_verdict`'s rule.
 """
 
 from __future__ import annotations
@@ -73,30 +72,9 @@ def routed_model(
     return None
 
 
-# The content codings aiohttp's server decodes itself while a request body is read
-# (aiohttp.http_parser; "zstd" since 3.12): the gateway never sees such a body's bytes as
-# they came, only decoded, and a codings list ("gzip, br") is not decoded at all.
-SERVER_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
-
-
 def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Headers minus per-hop ones (``headers``: the request's or the reply's multidict)."""
     return {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
-
-
-def forwarded_request_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The request headers to send with the body the server read (``headers``: the
-    request's multidict).
-
-    The body the server decoded goes on decoded, so its ``Content-Encoding`` is dropped:
-    the node would otherwise try to decode it again (and answer 400). Its length is
-    the decoded body's: the client sets ``Content-Length`` from the bytes it sends.
-    """
-    forwarded = forwardable_headers(headers)
-    coding = headers.get("Content-Encoding", "")
-    if coding.isascii() and coding.strip().lower() in SERVER_DECODED:
-        forwarded = {k: v for k, v in forwarded.items() if k.lower() != "content-encoding"}
-    return forwarded
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -123,8 +101,9 @@ class RestForwarder:
         return self._session
 
     async def forward(self, route: Route, request: web.Request, body: bytes) -> web.Response:
-        """The answer of the node that took ``request``, whose ``body`` the server read."""
-        headers = forwarded_request_headers(request.headers)
+        """The answer of the node that took ``request``, whose ``body`` (as it came) the
+        server read."""
+        headers = forwardable_headers(request.headers)
         tls_config = route.config.tls
         server_name = tls_config.server_name if tls_config is not None else None
         if server_name:

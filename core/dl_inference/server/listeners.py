@@ -42,9 +42,18 @@ async def start_http(
     shutdown_timeout: float = 60.0,
     what: str = "HTTP",
 ) -> tuple[web.AppRunner, str]:
-    """Serve ``app`` on ``host:port``; returns the runner and the bound ``host:port``."""
+    """Serve ``app`` on ``host:port``; returns the runner and the bound ``host:port``.
+
+    Request bodies reach the handlers as they came, ``Content-Encoding`` and all: the
+    kernel's :func:`~dl_inference.read_body` decodes them (within the size limit, with
+    errors in the protocol's format), and the gateway forwards them undecoded.
+    """
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+        auto_decompress=False,
     )
     await runner.setup()
     site = web.TCPSite(

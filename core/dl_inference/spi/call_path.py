@@ -44,6 +44,7 @@ from dl_inference.spi.errors import (
     InvalidInput,
     PayloadTooLarge,
     ResourceExhausted,
+    UnsupportedEncoding,
 )
 from dl_inference.spi.statistics import VersionStatistics
 from dl_inference.spi.status import grpc_code, http_status, public_message
@@ -468,22 +469,124 @@ class CallPath:
         if status == 401:
             # RFC 7235: a 401 names the scheme the client should use.
             reply.headers["WWW-Authenticate"] = "Bearer"
+        elif isinstance(error, UnsupportedEncoding):
+            # RFC 9110 12.5.3: a 415 for a content coding names the codings accepted.
+            reply.headers["Accept-Encoding"] = ", ".join(BODY_CODINGS)
         return reply
 
 
-async def read_body(request: web.Request, call: Call) -> bytes:
-    """The request body, within the server's size limit (``PayloadTooLarge`` beyond)."""
+# The content codings a request body may arrive in (RFC 9110 8.4), as Triton decodes them;
+# "x-gzip" is gzip's old name, "identity" no coding at all.
+BODY_CODINGS = ("gzip", "deflate")
+# Bodies this large are decoded off the event loop (zlib releases the GIL while it works).
+_INFLATE_IN_THREAD_BYTES = 256 * 1024
+
+
+async def read_body(request: web.Request, call: Call, *, decoded: bool = True) -> bytes:
+    """The request body, decoded from its ``Content-Encoding``, within the size limit.
+
+    The HTTP listeners keep bodies as they came (aiohttp's own decoding is off), so this
+    is the one place a coding is undone: ``gzip`` (``x-gzip``) and ``deflate`` (zlib, or
+    raw deflate as some clients send it; either label takes gzip or zlib data, as Triton
+    does), a list of codings in reverse order. The server's limit applies to the bytes as
+    received and again to the decoded body, which is inflated at most one byte past it:
+    a small body cannot expand without bound. A body over the limit is
+    ``PayloadTooLarge`` (413), one that does not decode ``InvalidInput`` (400), a coding
+    not in :data:`BODY_CODINGS` ``UnsupportedEncoding`` (415). ``decoded=False``: the
+    bytes as they came, with their coding (the gateway forwards those).
+    """
+    import asyncio
+
     from aiohttp import web
     from aiohttp.http_exceptions import HttpProcessingError
 
     try:
-        return await request.read()
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large(call.runtime) from None
     except (web.RequestPayloadError, HttpProcessingError) as exc:
-        # aiohttp decompresses Content-Encoding bodies itself and fails here on bad data.
         reason = " ".join(str(exc).split())
         raise InvalidInput(f"the request body could not be read: {reason}") from None
+    if not decoded:
+        return raw
+    codings = content_codings(request.headers.getall("Content-Encoding", []))
+    body = raw
+    limit = call.runtime.max_message_bytes
+    for coding in reversed(codings):
+        if not body:
+            break  # nothing was sent: an empty body, whatever its label
+        if len(body) > _INFLATE_IN_THREAD_BYTES:
+            body = await asyncio.to_thread(inflate, body, coding, limit, call.runtime)
+        else:
+            body = inflate(body, coding, limit, call.runtime)
+    return body
+
+
+def content_codings(headers: Sequence[str]) -> list[str]:
+    """The codings of ``Content-Encoding`` header values, in the order they were applied.
+
+    Case does not matter and ``identity`` is left out; a coding not in
+    :data:`BODY_CODINGS` is ``UnsupportedEncoding``, naming those that are.
+    """
+    codings = []
+    for value in headers:
+        for token in value.split(","):
+            coding = token.strip().lower()
+            if coding in ("", "identity"):
+                continue
+            coding = "gzip" if coding == "x-gzip" else coding
+            if coding not in BODY_CODINGS:
+                raise UnsupportedEncoding(
+                    f"the request body's Content-Encoding {', '.join(headers)!r} is not one "
+                    f"this server decodes; send the body as {' or '.join(BODY_CODINGS)}, "
+                    "or uncompressed"
+                )
+            codings.append(coding)
+    return codings
+
+
+def inflate(data: bytes, coding: str, limit: int, runtime: RuntimeView) -> bytes:
+    """``data`` decoded from ``coding`` (one of :data:`BODY_CODINGS`), at most ``limit``
+    bytes of it (``PayloadTooLarge`` beyond); ``InvalidInput`` when it does not decode.
+
+    Concatenated gzip members are one body (RFC 1952), as ``gunzip`` reads them.
+    """
+    import zlib
+
+    def unreadable(what: str) -> InvalidInput:
+        return InvalidInput(
+            f"the request body could not be read: it is labelled Content-Encoding: {coding} "
+            f"but {what}; send it {coding}-compressed, or without that header"
+        )
+
+    pieces: list[bytes] = []
+    size = 0
+    rest = data
+    while rest:
+        if rest[:2] == b"\x1f\x8b":
+            wbits = 16 + zlib.MAX_WBITS  # gzip
+        elif pieces:
+            raise unreadable(f"{len(rest)} bytes follow the end of its compressed data")
+        elif len(rest) > 1 and rest[0] & 0x0F == 8 and (rest[0] << 8 | rest[1]) % 31 == 0:
+            wbits = zlib.MAX_WBITS  # zlib (RFC 1950), HTTP's "deflate"
+        elif coding == "deflate":
+            wbits = -zlib.MAX_WBITS  # raw deflate (RFC 1951), as aiohttp accepts it
+        else:
+            raise unreadable(f"is not {coding} data (it starts with {bytes(rest[:4])!r})")
+        decoder = zlib.decompressobj(wbits)
+        try:
+            # Never more than one byte past the limit: the rest of the input is left alone.
+            piece = decoder.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise unreadable(f"its compressed data is corrupt ({exc})") from None
+        size += len(piece)
+        if size > limit:
+            raise too_large(runtime)
+        if not decoder.eof:
+            raise unreadable("it ends before its compressed data does (truncated)")
+        pieces.append(piece)
+        rest = decoder.unused_data
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def too_large(runtime: RuntimeView) -> PayloadTooLarge:

@@ -57,3 +57,8 @@ class PermissionDenied(DlInferenceError):
 
 class PayloadTooLarge(ResourceExhausted):
     """The request body or message is larger than the server accepts (HTTP 413)."""
+
+
+class UnsupportedEncoding(InvalidInput):
+    """The request body arrived in a ``Content-Encoding`` the server does not decode (HTTP
+    415, INVALID_ARGUMENT); an ``InvalidInput``, so handlers of bad input catch it too."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dl_inference.builtin.v2.binary import HEADER_LENGTH, decompress, split_body
+from dl_inference.builtin.v2.binary import HEADER_LENGTH, split_body
 from dl_inference.builtin.v2.codec import (
     array_to_json,
     array_to_raw,
@@ -105,9 +105,6 @@ class V2Rest:
         call.ctx.request = InferRequest(model_name=name, model_version=version, inputs={})
         body = await read_body(request, call)
         with call.parsing("the request body"):
-            body = decompress(
-                body, request.headers.get("Content-Encoding"), self.runtime.max_message_bytes
-            )
             infer_request, binary_outputs = decode_rest_request(
                 name, version, body, request.headers.get(HEADER_LENGTH)
             )
