@@ -14,7 +14,7 @@ from tritonclient.utils import serialize_byte_tensor
 from dl_inference import InferResponse, InvalidInput, to_numpy_dtype
 from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.builtin.v2 import V2Protocol
-from dl_inference.builtin.v2.binary import decompress, deserialize_bytes, serialize_bytes
+from dl_inference.builtin.v2.binary import deserialize_bytes, serialize_bytes
 from dl_inference.builtin.v2.codec import (
     array_to_json,
     array_to_raw,
@@ -232,22 +232,6 @@ def test_output_without_v2_datatype_is_a_backend_error() -> None:
     response = InferResponse(model_name="m", outputs={"c": np.array([1 + 2j])})
     with pytest.raises(BackendError, match=r"'c'.*complex128"):
         encode_infer_response(response)
-
-
-def test_decompress_gzip_deflate_and_already_decoded() -> None:
-    import gzip
-    import zlib
-
-    body = b'{"inputs": []}'
-    assert decompress(gzip.compress(body), "gzip", 1000) == body
-    assert decompress(zlib.compress(body), "deflate", 1000) == body
-    assert decompress(body, "gzip", 1000) == body  # aiohttp already decoded it
-    with pytest.raises(InvalidInput, match="not valid gzip"):
-        decompress(b"\x1f\x8bnot gzip", "gzip", 1000)
-    from dl_inference.spi.errors import ResourceExhausted
-
-    with pytest.raises(ResourceExhausted):
-        decompress(gzip.compress(b"0" * 10_000), "gzip", 1000)
 
 
 class FakeContext:

@@ -8,11 +8,10 @@ JSON header of ``Inference-Header-Content-Length`` bytes followed by the tensors
 from __future__ import annotations
 
 import struct
-import zlib
 
 import numpy as np
 
-from dl_inference.spi.errors import InvalidInput, PayloadTooLarge
+from dl_inference.spi.errors import InvalidInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH = struct.Struct("<I")
@@ -78,32 +77,3 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryvi
             "be the byte length of the JSON header that starts the body"
         )
     return view[:size], view[size:]
-
-
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo ``Content-Encoding: gzip|deflate`` unless the HTTP layer already did.
-
-    aiohttp decompresses request bodies itself by default but keeps the header, so the
-    magic bytes decide: JSON starts with ``{`` (or whitespace), compressed data never does.
-    ``limit`` bounds the decompressed size so a small body cannot expand without bound.
-    """
-    encoding = (encoding or "").strip().lower()
-    if encoding in ("", "identity") or body[:1] in (b"{", b"[", b" ", b"\n", b"\r", b"\t"):
-        return body
-    if encoding == "gzip":
-        wbits = 16 + zlib.MAX_WBITS
-    elif encoding == "deflate":
-        wbits = zlib.MAX_WBITS  # HTTP "deflate" is the zlib format
-    else:
-        raise InvalidInput(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
-    decoder = zlib.decompressobj(wbits)
-    try:
-        out = decoder.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(
-            f"the decompressed body exceeds the {limit}-byte message limit; send less data "
-            "per request or raise server.grpc.max_message_mb"
-        )
-    return out
