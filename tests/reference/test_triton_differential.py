@@ -404,6 +404,51 @@ CASES["http.duplicate-input"] = infer(
     "params", infer_body([tensor("x", "FP32", [1], [1]), tensor("x", "FP32", [1], [2])])
 )
 CASES["http.unknown-output"] = types_case(extra={"outputs": [{"name": "NOPE"}]})
+CASES["http.duplicate-output"] = infer(
+    "params", infer_body(X1, outputs=[{"name": "y"}, {"name": "y"}])
+)
+CASES["http.string-dim"] = infer(
+    "params", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": ["1"], "data": [1]}]}'
+)
+CASES["http.float-dim"] = infer(
+    "params", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1.0], "data": [1]}]}'
+)
+CASES["http.lowercase-datatype"] = infer(
+    "params", b'{"inputs": [{"name": "x", "datatype": "fp32", "shape": [1], "data": [1]}]}'
+)
+CASES["http.datatype-not-string"] = infer(
+    "params", b'{"inputs": [{"name": "x", "datatype": 11, "shape": [1], "data": [1]}]}'
+)
+CASES["http.name-not-string"] = infer(
+    "params", b'{"inputs": [{"name": 5, "datatype": "FP32", "shape": [1], "data": [1]}]}'
+)
+CASES["http.output-name-unknown-type"] = infer(
+    "params", json.dumps({"inputs": X1, "outputs": [{"name": 5}]}).encode()
+)
+CASES["http.binary-data-not-bool"] = infer(
+    "params",
+    json.dumps(
+        {"inputs": X1, "outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]}
+    ).encode(),
+)
+CASES["http.binary-data-output-not-bool"] = infer(
+    "params", json.dumps({"inputs": X1, "parameters": {"binary_data_output": "false"}}).encode()
+)
+CASES["http.binary-data-size-negative"] = infer(
+    "params",
+    json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": -4},
+                }
+            ]
+        }
+    ).encode(),
+)
 CASES["http.output-order"] = lambda target: output_order(
     CASES["http.json.reversed-outputs"](target)
 )
@@ -1011,7 +1056,10 @@ KNOWN_DIFFERENCES: list[Accepted] = [
             "http.input-without-name http.negative-dim http.null-value http.number-for-bool "
             "http.number-for-bytes http.output-without-name http.outputs-not-list "
             "http.parameters-not-object http.shape-not-list http.string-for-number "
-            "http.uint8-negative http.binary.header-length-short",
+            "http.uint8-negative http.binary.header-length-short http.binary-data-not-bool "
+            "http.binary-data-output-not-bool http.binary-data-size-negative "
+            "http.datatype-not-string http.float-dim http.name-not-string "
+            "http.output-name-unknown-type http.string-dim",
             "status",
         ),
     ),

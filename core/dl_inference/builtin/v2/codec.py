@@ -8,6 +8,7 @@ what was expected, so the client can fix the request.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -184,6 +185,13 @@ def array_to_json(name: str, array: np.ndarray, datatype: str) -> list[Any]:
 
 
 # -- parameters ----------------------------------------------------------------------------
+
+
+def flag(value: Any, what: str) -> bool:
+    """A JSON true / false; InvalidInput for anything else (a string "false" is not false)."""
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{what} must be true or false, got {json.dumps(value)[:40]}")
+    return value
 
 
 def model_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dl_inference.builtin.v2.binary import HEADER_LENGTH, split_body
 from dl_inference.builtin.v2.codec import (
     array_to_json,
     array_to_raw,
+    flag,
     json_to_array,
     model_parameters,
     output_array,
@@ -187,7 +188,7 @@ def decode_rest_request(
             "binary_data_size accounts for them"
         )
     parameters = dict(_object(document.get("parameters"), "parameters"))
-    default_binary = bool(parameters.pop("binary_data_output", False))
+    default_binary = flag(parameters.pop("binary_data_output", False), "binary_data_output")
     outputs: list[str] | None = None
     per_output: dict[str, bool] = {}
     if document.get("outputs") is not None:
@@ -205,7 +206,7 @@ def decode_rest_request(
                     f"output {name!r}: the classification extension is not supported"
                 )
             if "binary_data" in options:
-                per_output[name] = bool(options["binary_data"])
+                per_output[name] = flag(options["binary_data"], f"output {name!r}: binary_data")
             outputs.append(name)
         outputs = outputs or None
     request_id = document.get("id", "")
