@@ -5,7 +5,8 @@ body upstream byte for byte with its ``Content-Encoding`` (checked against an up
 that reports what it received); a locally served call's body is decoded by the kernel's
 ``read_body`` for every protocol: gzip and deflate (zlib or raw) decode, a body that does
 not is 400 saying why, a coding the server does not decode 415 with ``Accept-Encoding``,
-and a body over the limit once decoded 413 without being inflated in full.
+and a body over the limit once decoded 413 without being inflated in full; the
+management listener's bodies too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -282,3 +284,45 @@ def test_a_body_past_the_limit_once_decoded_is_413_and_never_inflated_whole(
         server, "/v2/models/local/infer", zeros_gzip(LIMIT), {"Content-Encoding": "gzip"}
     )
     assert status == 400 and "larger than" not in answer["error"], answer
+
+
+# -- the management listener shares the reader ------------------------------------------------
+
+TOKEN = "compressed-test-token"
+
+
+@pytest.fixture(scope="module")
+def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The management HTTP address of a worker serving ``local``."""
+    folder = tmp_path_factory.mktemp("compressed_mgmt")
+    write_python_model(folder / "models", "local", LOCAL)
+    config = folder / "server.yaml"
+    config.write_text(
+        f"model_repository: {folder / 'models'}\n"
+        "management: {enabled: true, grpc_port: 0, http_port: 0}\n"
+    )
+    with ServerProcess(["-c", str(config)], env={"DLI_MANAGEMENT_TOKEN": TOKEN}) as srv:
+        match = re.search(r"^Management HTTP listening on (\S+)$", srv.output(), re.M)
+        assert match, srv.output()
+        yield match.group(1)
+
+
+def test_management_bodies_are_decoded_by_the_same_reader(managed: str) -> None:
+    def index(body: bytes, coding: str) -> tuple[int, dict[str, str], Any]:
+        request = urllib.request.Request(
+            f"http://{managed}/v2/repository/index",
+            data=body,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Encoding": coding},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, dict(reply.headers), json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read())
+
+    status, _, answer = index(gzip.compress(b'{"ready": true}'), "gzip")
+    assert status == 200 and [m["name"] for m in answer] == ["local"], answer
+    status, _, answer = index(b'{"ready": true}', "gzip")
+    assert status == 400 and "is not gzip data" in answer["error"], answer
+    status, headers, answer = index(b"{}", "br")
+    assert status == 415 and headers["Accept-Encoding"] == "gzip, deflate", answer
