@@ -449,6 +449,31 @@ CASES["http.binary-data-size-negative"] = infer(
         }
     ).encode(),
 )
+CASES["http.int64-beyond-range"] = types_case(
+    INPUT_INT64=tensor("INPUT_INT64", "INT64", [2, 3], [2**63] * 6)
+)
+CASES["http.uint64-beyond-range"] = types_case(
+    INPUT_UINT64=tensor("INPUT_UINT64", "UINT64", [2, 3], [2**64] * 6)
+)
+CASES["http.string-for-bool"] = types_case(
+    INPUT_BOOL=tensor("INPUT_BOOL", "BOOL", [2, 3], ["true"] * 6)
+)
+CASES["http.scalar-shape"] = infer(
+    "params", b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [], "data": [1]}]}'
+)
+CASES["http.fp32-beyond-fp32"] = x_case("[3.5e38, 1]")
+CASES["grpc.scalar-shape"] = lambda target: grpc_infer_outcome(
+    target,
+    pb.ModelInferRequest(
+        model_name="params",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[])],
+        raw_input_contents=[np.float32(1).tobytes()],
+    ),
+)
+CASES["grpc.version-latest"] = tc_grpc(
+    "types", TYPES_2x3, outputs=["OUTPUT_FP32"], model_version="latest"
+)
+CASES["http.version-latest"] = types_case("/v2/models/types/versions/latest/infer")
 CASES["http.output-order"] = lambda target: output_order(
     CASES["http.json.reversed-outputs"](target)
 )
@@ -1059,7 +1084,8 @@ KNOWN_DIFFERENCES: list[Accepted] = [
             "http.uint8-negative http.binary.header-length-short http.binary-data-not-bool "
             "http.binary-data-output-not-bool http.binary-data-size-negative "
             "http.datatype-not-string http.float-dim http.name-not-string "
-            "http.output-name-unknown-type http.string-dim",
+            "http.output-name-unknown-type http.string-dim http.int64-beyond-range "
+            "http.uint64-beyond-range http.string-for-bool",
             "status",
         ),
     ),
@@ -1187,6 +1213,14 @@ KNOWN_DIFFERENCES: list[Accepted] = [
             "grpc.unknown-model-bad-data": ("code",),
             "http.unknown-model-bad-data": ("status",),
         },
+    ),
+    Accepted(
+        "A version that is not a number is an unknown version",
+        "dl-inference resolves version labels (version_labels in config.yaml), so a version "
+        "that is not a number and not a label is an unknown version: NOT_FOUND. Triton has "
+        "no labels over V2 and refuses it over gRPC as INVALID_ARGUMENT (over REST both "
+        "answer 404).",
+        _each("grpc.version-latest", "code"),
     ),
     Accepted(
         "Health and readiness bodies",
