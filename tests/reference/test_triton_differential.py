@@ -702,6 +702,14 @@ for _model in ("versioned", "versioned_all"):
         CASES[f"grpc.version.infer.{_label}"] = tc_grpc(
             _model, {"x": np.array([1.5], dtype=np.float32)}, model_version=_version
         )
+        CASES[f"grpc.version.metadata.{_label}"] = lambda target, m=_model, v=_version: (
+            grpc_message_outcome(
+                target,
+                "ModelMetadata",
+                pb.ModelMetadataRequest(name=m, version=v),
+                pb.ModelMetadataResponse,
+            )
+        )
         CASES[f"grpc.version.ready.{_label}"] = lambda target, m=_model, v=_version: (
             grpc_message_outcome(
                 target, "ModelReady", pb.ModelReadyRequest(name=m, version=v), pb.ModelReadyResponse
