@@ -141,8 +141,8 @@ class Protocol:
         The reader gets the body, decoded from its ``Content-Encoding`` (empty when it
         does not decode; the call goes on as it came), and the headers (lower-case names),
         as for gRPC. The gateway forwards the call when the name is routed and serves it
-        here otherwise, so a reader returns None for a body it cannot read. Paths that name the model
-        need no reader: see :meth:`rest_model_paths`.
+        here otherwise, so a reader returns None for a body it cannot read. Paths that
+        name the model need no reader: see :meth:`rest_model_paths`.
         """
         return {}
 
