@@ -269,6 +269,10 @@ def test_failures_are_counted_as_fail(http: httpclient.InferenceServerClient) ->
     for _ in range(2):
         with pytest.raises(InferenceServerException):
             infer(http, "failing", np.zeros((1, 3), np.float32))
+    # A batch over max_batch_size (4) is the client's error, refused before the model: as
+    # on Triton, it is counted nowhere.
+    with pytest.raises(InferenceServerException, match="exceeds its max_batch_size"):
+        infer(http, "failing", np.zeros((5, 3), np.float32))
     [version] = http.get_inference_statistics("failing")["model_stats"]
     inference = version["inference_stats"]
     assert inference["fail"]["count"] == 2 and inference["fail"]["ns"] > 0

@@ -88,16 +88,27 @@ class ModelVersion:
         """What responses carry (see :meth:`Backend.outputs`)."""
         return self.backend.outputs()
 
+    def admit(self, inputs: dict[str, np.ndarray]) -> None:
+        """Refuse (InvalidInput) a request whose batch exceeds ``max_batch_size``.
+
+        Checked before the request reaches the scheduler: a refused request is the
+        client's, not a failed execution of the model (Triton's statistics count it
+        nowhere).
+        """
+        config = self.backend.config
+        if config.max_batch_size > 0:
+            batch_rows(self.name, inputs, config.max_batch_size)
+
     async def predict(
         self,
         inputs: dict[str, np.ndarray],
         parameters: dict[str, Any],
         deadline: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run the model on one request in its scheduler's threads (merged when it batches)."""
-        config = self.backend.config
-        if not self.batching and config.max_batch_size > 0:
-            batch_rows(self.name, inputs, config.max_batch_size)
+        """Run the model on one request in its scheduler's threads (merged when it batches).
+
+        Callers check the batch with :meth:`admit` first.
+        """
         self.in_flight += 1
         try:
             return await self.scheduler.submit(inputs, parameters, deadline)

@@ -209,6 +209,7 @@ class Runtime:
         left = request.time_left()
         if left is not None and left <= 0:
             raise DeadlineExceeded(f"the deadline of the request to {request.model_name!r} passed")
+        model.admit(request.inputs)
         work = model.predict(request.inputs, request.parameters, request.deadline)
         try:
             if timeout_ms is None:
