@@ -60,15 +60,21 @@ seed = load_client()
 @pytest.fixture(scope="module")
 def stubs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The seed's protos compiled for Python, as importable packages, in a temporary folder."""
-    protoc = pytest.importorskip("grpc_tools.protoc")
-    import grpc_tools
+    grpc_tools = pytest.importorskip("grpc_tools")
 
     out = tmp_path_factory.mktemp("seed_stubs")
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/*.proto
-    args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out}"]
-    code = protoc.main([*args, f"--grpc_python_out={out}", *sources])
-    assert code == 0, f"protoc failed on {sources}"
+    args = [f"-I{PROTOS}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
+    # protoc in a process of its own: run in this one, after the suite has loaded
+    # protobuf and grpc, it crashed the test process.
+    done = subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", *args, *sources],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"protoc failed on {sources}: {done.stderr}"
     # Regular packages (with __init__.py) first on sys.path win over the installed
     # tensorflow / tensorflow_serving in the client's process.
     for folder in [p for p in out.rglob("*") if p.is_dir()]:
