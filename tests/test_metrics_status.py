@@ -99,6 +99,22 @@ def test_status_feed_shows_recent_figures(server: ServerProcess) -> None:
     assert doc["routes"] == []
 
 
+def test_status_feed_keeps_its_form(server: ServerProcess) -> None:
+    """The fields and types the page (and anyone polling the feed) reads, per model."""
+    infer(server, 3.0)
+    doc = json.loads(get(server.http_url + "/api/status"))
+    (model,) = [m for m in doc["models"] if m["name"] == "add_one"]
+    assert set(model) == {
+        "name", "ready", "backend", "device", "versions", "in_flight",
+        "qps", "p50_ms", "p99_ms", "errors", "count",
+    }  # fmt: skip
+    assert set(model["versions"][0]) == {"version", "state", "reason"}
+    assert isinstance(model["qps"], float) and model["qps"] > 0
+    assert isinstance(model["p50_ms"], float) and isinstance(model["p99_ms"], float)
+    assert isinstance(model["count"], int) and isinstance(model["errors"], int)
+    assert set(doc["server"]) >= {"name", "version", "ready", "draining"}
+
+
 def test_status_page_is_served(server: ServerProcess) -> None:
     page = get(server.http_url + "/").decode()
     assert "<title>dl-inference status</title>" in page

@@ -36,47 +36,103 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 WINDOW_S = 60.0
+# The status window's latency histogram: bucket i holds (B[i-1], B[i]] seconds, B being
+# powers of GAMMA, and reports 2 * B[i] / (GAMMA + 1), within WINDOW_RELATIVE_ERROR of any
+# value in it (the log-spaced buckets of DDSketch). Latencies outside [WINDOW_MIN_S,
+# WINDOW_MAX_S] fall in the first or last bucket, so a window holds at most about 1,200
+# buckets per second of it, whatever the rate.
+WINDOW_RELATIVE_ERROR = 0.01
+WINDOW_MIN_S, WINDOW_MAX_S = 1e-6, 1e4
+_GAMMA = (1 + WINDOW_RELATIVE_ERROR) / (1 - WINDOW_RELATIVE_ERROR)
+# Upper bounds of the buckets; bisect (in C) finds a bucket faster than math.log would.
+_WINDOW_BOUNDS = tuple(
+    _GAMMA**i
+    for i in range(
+        math.floor(math.log(WINDOW_MIN_S, _GAMMA)), math.ceil(math.log(WINDOW_MAX_S, _GAMMA)) + 1
+    )
+)
+
+
+class _Second:
+    """One second of a :class:`RollingWindow`: its calls, errors and latency buckets."""
+
+    __slots__ = ("buckets", "count", "errors", "second")
+
+    def __init__(self, second: int) -> None:
+        self.second = second
+        self.count = 0
+        self.errors = 0
+        self.buckets: dict[int, int] = {}
 
 
 class RollingWindow:
-    """Latencies of the last ``WINDOW_S`` seconds: recent QPS, p50 and p99 for the status page."""
+    """Recent QPS, p50, p99 and errors of the last ``WINDOW_S`` seconds, for the status page.
 
-    def __init__(self, window_s: float = WINDOW_S) -> None:
+    Bounded whatever the request rate: one slot per second of the window, each a sparse
+    log-spaced histogram, so the size depends on the window and the bucket width, not on the
+    number of calls, and a summary walks buckets instead of sorting every latency. The
+    percentiles are those of the same ranks over the exact latencies within
+    ``WINDOW_RELATIVE_ERROR`` (1%); the window ends now and starts at the beginning of the
+    oldest second held (between ``window_s - 1`` and ``window_s`` seconds ago).
+    """
+
+    def __init__(
+        self, window_s: float = WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.window_s = window_s
-        self._items: collections.deque[tuple[float, float, bool]] = collections.deque()
+        self.clock = clock
+        self._slots = [_Second(-1) for _ in range(max(1, math.ceil(window_s)))]
         self._lock = threading.Lock()
 
     def add(self, latency_s: float, ok: bool) -> None:
-        now = time.monotonic()
+        second = int(self.clock())
+        index = bisect.bisect_left(_WINDOW_BOUNDS, latency_s)  # value <= bound
         with self._lock:
-            self._items.append((now, latency_s, ok))
-            self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        while self._items and self._items[0][0] < now - self.window_s:
-            self._items.popleft()
+            slot = self._slots[second % len(self._slots)]
+            if slot.second != second:  # a second that left the window: start it afresh
+                slot.second, slot.count, slot.errors = second, 0, 0
+                slot.buckets.clear()
+            slot.count += 1
+            slot.errors += not ok
+            slot.buckets[index] = slot.buckets.get(index, 0) + 1
 
     def summary(self) -> dict[str, float | int | None]:
-        now = time.monotonic()
+        now = self.clock()
+        oldest = int(now) - len(self._slots) + 1
+        buckets: collections.Counter[int] = collections.Counter()
+        count = errors = 0
+        first = None
         with self._lock:
-            self._trim(now)
-            items = list(self._items)
-        if not items:
+            for slot in self._slots:
+                if slot.second < oldest or not slot.count:
+                    continue
+                count += slot.count
+                errors += slot.errors
+                buckets.update(slot.buckets)
+                first = slot.second if first is None else min(first, slot.second)
+        if first is None:
             return {"qps": 0.0, "p50_ms": None, "p99_ms": None, "errors": 0, "count": 0}
-        latencies = sorted(latency for _, latency, _ in items)
-        span = max(min(self.window_s, now - items[0][0]), 1.0)
+        ordered = sorted(buckets.items())
+        span = max(min(self.window_s, now - first), 1.0)
         return {
-            "qps": round(len(items) / span, 2),
-            "p50_ms": round(_percentile(latencies, 0.50) * 1000, 3),
-            "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
-            "errors": sum(1 for *_, ok in items if not ok),
-            "count": len(items),
+            "qps": round(count / span, 2),
+            "p50_ms": round(_percentile(ordered, count, 0.50) * 1000, 3),
+            "p99_ms": round(_percentile(ordered, count, 0.99) * 1000, 3),
+            "errors": errors,
+            "count": count,
         }
 
 
-def _percentile(ordered: list[float], q: float) -> float:
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+def _percentile(ordered: list[tuple[int, int]], count: int, q: float) -> float:
+    """The value of rank ``round(q * (count - 1))`` (numpy's "nearest"), within the error."""
+    rank = min(count - 1, max(0, round(q * (count - 1))))
+    seen = 0
+    for index, n in ordered:
+        seen += n
+        if seen > rank:
+            bound = _WINDOW_BOUNDS[min(index, len(_WINDOW_BOUNDS) - 1)]  # over the top: clamped
+            return 2 * bound / (_GAMMA + 1)
+    raise AssertionError("rank beyond the window's count")  # count is the buckets' sum
 
 
 class _Series:
