@@ -15,8 +15,9 @@ examples:
       --input x:FP32:1,256 --processes 2 --json out.json
 
 --protocol names a registered protocol: v2 (built in), tfserving (pip install
-./plugins/tfserving), seldon (pip install ./plugins/seldon), or another plugin's; the
-protocol builds the request (`dl-inference plugins` lists what is installed).
+./plugins/tfserving), seldon (pip install ./plugins/tfserving ./plugins/seldon; both from
+the root of a source checkout), or another plugin's; the protocol builds the request
+(`dl-inference plugins` lists what is installed).
 
 JSON output (--json): {tool, version, started_at, url, protocol, model, model_version,
 inputs: [{name, datatype, shape}], batch_size, duration_s, warmup_s, processes,

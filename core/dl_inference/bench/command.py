@@ -25,7 +25,7 @@ from dl_inference.bench.clients import (
     make_client,
     parse_url,
 )
-from dl_inference.kernel.plugins import KNOWN_PROVIDERS, PluginHost
+from dl_inference.kernel.plugins import PluginHost
 from dl_inference.spi.errors import ConfigError
 from dl_inference.spi.protocol import BenchRequest, BenchTransport, Protocol
 
@@ -113,11 +113,6 @@ def find_protocol(name: str, host: PluginHost | None = None) -> Protocol:
     cls = host.protocols.get(name)
     if cls is None:
         message = host.missing_message("protocol", name, sorted(host.protocols.names()))
-        package = KNOWN_PROVIDERS.get(name)
-        if package:
-            # The plugins ship in dl-inference's repository, one folder each.
-            folder = package.removeprefix("dl-inference-")
-            message += f"; from a dl-inference checkout: pip install ./plugins/{folder}"
         raise ConfigError(f"--protocol {name}: {message}")
     return cls()
 

@@ -24,7 +24,7 @@ from dl_inference.gateway.forward import Forwarder
 from dl_inference.gateway.rest_forward import BUILTIN_MODEL_PATHS, RestForwarder, routed_model
 from dl_inference.gateway.route import Route
 from dl_inference.gateway.stream_forward import forward_stream
-from dl_inference.kernel.plugins import KNOWN_PROVIDERS
+from dl_inference.kernel.plugins import KNOWN_PROVIDERS, install_hint
 from dl_inference.spi.balancer import Balancer
 from dl_inference.spi.call_path import CallPath, RuntimeView, json_error_body, read_body
 from dl_inference.spi.errors import ConfigError, DlInferenceError, PluginError
@@ -136,7 +136,7 @@ class Gateway:
                 raise ConfigError(
                     f"{where}.protocols: unknown protocol {name!r}; known: "
                     f"{', '.join(sorted(known_protocols))}"
-                    + (f"; install it: pip install {package}" if package else "")
+                    + (f"; install it: {install_hint(package)}" if package else "")
                 )
         try:
             balancer_cls = self.plugins.balancer(config.balancer)

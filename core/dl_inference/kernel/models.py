@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from dl_inference.kernel.batching import Batcher, batch_rows
 from dl_inference.kernel.config.errors import describe_errors
 from dl_inference.kernel.config.model_config import KERNEL_KEYS
-from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.plugins import PluginHost, install_hint
 from dl_inference.kernel.processor import Processor, ProcessorAdapter, predict_call
 from dl_inference.kernel.repository import ModelSource
 from dl_inference.spi.backend import Backend
@@ -332,7 +332,7 @@ class ModelRegistry:
                 f"model {source.name!r} version {path.name}: no installed backend recognises "
                 f"its files ({files}); installed backends: {installed}. "
                 f"Name one with `backend:` in {source.path / 'config.yaml'} or install the plugin "
-                "(e.g. pip install dl-inference-pytorch)"
+                f"(e.g. {install_hint('dl-inference-pytorch')})"
             )
         names = ", ".join(sorted(cls.name for cls in candidates))
         raise ConfigError(

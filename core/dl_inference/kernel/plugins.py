@@ -44,6 +44,45 @@ KNOWN_PROVIDERS: dict[str, str] = {
     "peak_ewma": "dl-inference-balancers",
 }
 
+# The in-repo plugins each one needs, which a package index cannot supply until they are
+# published; tests/test_install_hints.py checks this against every plugins/*/pyproject.toml.
+IN_REPO_REQUIRES: dict[str, tuple[str, ...]] = {
+    "dl-inference-seldon": ("dl-inference-tfserving",),
+    "dl-inference-tensorflow": ("dl-inference-tfserving",),
+    "dl-inference-pytorch": ("dl-inference-seldon",),
+}
+_PREFIX = "dl-inference-"
+
+
+def install_hint(*distributions: str) -> str:
+    """How to install plugin distributions, as a message tells a user.
+
+    The in-repo plugins (``dl-inference-<x>``, kept in ``plugins/<x>``) are not on a package
+    index yet, so the command that works is ``pip install ./plugins/<x>`` from the root of a
+    source checkout, with the in-repo plugins each one needs; the published names follow,
+    ready for the day they are uploaded. Any other name is a plain ``pip install <name>``.
+    """
+    ours = [d for d in distributions if d.startswith(_PREFIX)]
+    if not ours:
+        return f"pip install {' '.join(distributions)}"
+    folders: list[str] = []
+
+    def add(dist: str) -> None:
+        for needed in IN_REPO_REQUIRES.get(dist, ()):
+            add(needed)
+        folder = f"./plugins/{dist.removeprefix(_PREFIX)}"
+        if folder not in folders:
+            folders.append(folder)
+
+    for dist in ours:
+        add(dist)
+    others = [d for d in distributions if d not in ours]
+    return (
+        f"pip install {' '.join([*folders, *others])} from the root of a dl-inference "
+        f"source checkout (pip install {' '.join(distributions)} once published)"
+    )
+
+
 _REGISTRATION_HOOKS = (
     ("dli_register_backends", "backends"),
     ("dli_register_balancers", "balancers"),
@@ -203,7 +242,7 @@ class PluginHost:
         package = KNOWN_PROVIDERS.get(name)
         failed = [p for p in self.plugins if p.status == "failed" and p.distribution == package]
         install = (
-            f"install it: pip install {package}"
+            f"install it: {install_hint(package)}"
             if package
             else f"install a plugin that registers {kind} {name!r}, or check the spelling"
         )

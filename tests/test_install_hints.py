@@ -1,0 +1,140 @@
+"""Every message that tells a user to install one of our plugins gives a command that works.
+
+Nothing is published on a package index yet, so the command must be ``pip install
+./plugins/<x>`` from the root of a source checkout, naming every in-repo plugin the one
+asked for depends on (pip cannot fetch those either); the published name follows. The
+checks read the real ``plugins/*/pyproject.toml`` files, so a renamed folder, a renamed
+distribution or a new in-repo dependency fails here.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dl_inference.bench.command import find_protocol
+from dl_inference.cli import main
+from dl_inference.gateway import Gateway, RouteConfig
+from dl_inference.kernel.models import ModelRegistry
+from dl_inference.kernel.plugins import (
+    IN_REPO_REQUIRES,
+    KNOWN_PROVIDERS,
+    PluginHost,
+    install_hint,
+)
+from dl_inference.kernel.repository import scan_repository
+from dl_inference.spi.errors import ConfigError, PluginError
+from dl_inference.testing import write_python_model
+
+REPO = Path(__file__).resolve().parents[1]
+COMMAND = re.compile(
+    r"pip install (?P<paths>(?:\./plugins/\S+ )+)from the root of a dl-inference source "
+    r"checkout \(pip install (?P<names>[^()]+) once published\)"
+)
+
+
+def project(folder: Path) -> dict:
+    with open(folder / "pyproject.toml", "rb") as file:
+        return tomllib.load(file)["project"]
+
+
+def in_repo_needs(dist: str) -> set[str]:
+    """The plugin distributions of ours that ``dist`` depends on (not the kernel)."""
+    (folder,) = (p.parent for p in REPO.glob("plugins/*/pyproject.toml") if name_of(p) == dist)
+    return {
+        needed
+        for requirement in project(folder).get("dependencies", [])
+        if (needed := re.split(r"[<>=!~;\[ ]", requirement)[0]).startswith("dl-inference-")
+    }
+
+
+def name_of(pyproject: Path) -> str:
+    return project(pyproject.parent)["name"]
+
+
+def assert_works_from_a_checkout(message: str) -> None:
+    """The message's install command names existing plugin folders, holding the plugins it
+    names and every in-repo plugin they need, in an order pip can install them."""
+    found = COMMAND.search(message)
+    assert found, f"no source-checkout install command in: {message}"
+    installed: list[str] = []
+    for path in found["paths"].split():
+        folder = REPO / path
+        assert (folder / "pyproject.toml").is_file(), f"{path} is no distribution: {message}"
+        dist = name_of(folder / "pyproject.toml")
+        assert in_repo_needs(dist) <= set(installed), f"{dist} needs more first: {message}"
+        installed.append(dist)
+    assert set(found["names"].split()) <= set(installed), message
+    assert "dl-inference-" not in message.replace(found[0], ""), message
+
+
+def test_the_in_repo_requirements_match_the_pyproject_files() -> None:
+    declared = {
+        name_of(p): in_repo_needs(name_of(p)) for p in REPO.glob("plugins/*/pyproject.toml")
+    }
+    assert {dist: set(needs) for dist, needs in IN_REPO_REQUIRES.items()} == {
+        dist: needs for dist, needs in declared.items() if needs
+    }
+
+
+@pytest.mark.parametrize("dist", sorted({*KNOWN_PROVIDERS.values(), "dl-inference-auth"}))
+def test_each_plugin_hint_works_from_a_checkout(dist: str) -> None:
+    assert_works_from_a_checkout(f"install it: {install_hint(dist)}")
+
+
+def test_a_hint_for_several_plugins_installs_each_once() -> None:
+    hint = install_hint("dl-inference-pytorch", "dl-inference-onnx")
+    assert_works_from_a_checkout(hint)
+    assert hint.count("./plugins/seldon") == 1 and hint.count("./plugins/tfserving") == 1
+
+
+def test_a_name_not_ours_is_a_plain_pip_install() -> None:
+    assert install_hint("onnxscript") == "pip install onnxscript"
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [("backend", "onnx"), ("backend", "tensorflow"), ("balancer", "peak_ewma")],
+)
+def test_missing_capability(kind: str, name: str) -> None:
+    with pytest.raises(PluginError) as caught:
+        getattr(PluginHost(entry_points=[]).load(), kind)(name)
+    assert_works_from_a_checkout(str(caught.value))
+
+
+def test_missing_protocol_in_a_route_and_in_bench() -> None:
+    bare = PluginHost(entry_points=[]).load()
+    route = RouteConfig.model_validate(
+        {"model": "m", "nodes": [{"address": "h:1"}], "protocols": ["seldon"]}
+    )
+    with pytest.raises(ConfigError) as caught:
+        Gateway([route], bare)
+    assert_works_from_a_checkout(str(caught.value))
+    with pytest.raises(ConfigError) as caught:
+        find_protocol("tfserving", bare)
+    assert_works_from_a_checkout(str(caught.value))
+
+
+def test_files_no_backend_recognises(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.pt").write_bytes(b"\0")
+    with pytest.raises(ConfigError) as caught:
+        ModelRegistry(PluginHost(entry_points=[]).load()).prepare(scan_repository(tmp_path))
+    assert_works_from_a_checkout(str(caught.value))
+
+
+def test_missing_backend_named_by_a_model(tmp_path: Path) -> None:
+    write_python_model(tmp_path, "m", "x = 1\n", "backend: pytorch\n")
+    with pytest.raises(PluginError) as caught:
+        ModelRegistry(PluginHost(entry_points=[]).load()).prepare(scan_repository(tmp_path))
+    assert_works_from_a_checkout(str(caught.value))
+
+
+def test_convert_without_a_converter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "model.bin"
+    source.write_bytes(b"\0")
+    assert main(["convert", str(source), str(tmp_path / "model.xyz")]) == 2
+    assert_works_from_a_checkout(capsys.readouterr().err)
