@@ -240,7 +240,7 @@ def parse_sample_input(text: str) -> tuple[str, Any]:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from dl_inference.kernel.plugins import PluginHost
+    from dl_inference.kernel.plugins import PluginHost, install_hint
     from dl_inference.server.logs import configure_logging
 
     configure_logging("console", "warning")
@@ -260,7 +260,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"no installed converter turns {args.source.name} into {args.target.name}; "
                 f"installed: {', '.join(host.converters.names()) or 'none'} (the pytorch and onnx "
-                "plugins provide converters: pip install dl-inference-pytorch dl-inference-onnx)"
+                "plugins provide converters: "
+                f"{install_hint('dl-inference-pytorch', 'dl-inference-onnx')})"
             )
         cls = found[0]
     options = {}
