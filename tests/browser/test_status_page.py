@@ -195,6 +195,37 @@ def test_model_row_shows_qps_and_latency_after_requests(
     )
 
 
+BROKEN = """
+    from dl_inference import PythonModel
+
+    class Broken(PythonModel):
+        def load(self):
+            raise RuntimeError("weights.bin is missing")
+
+        def predict(self, inputs, **parameters):
+            return inputs
+"""
+
+
+def test_unavailable_model_shows_why(browser: WebDriver, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_python_model(root, "add_one", ADD_ONE, CONFIG)
+    write_python_model(root, "broken", BROKEN, CONFIG)
+    with ServerProcess(["--model-repository", str(root)]) as srv:
+        browser.get(srv.http_url + "/")
+        broken = 'tr[data-model="broken"]'
+        text = wait_for(
+            browser,
+            lambda d: "weights.bin" in cell(d, broken, "state") and cell(d, broken, "state"),
+            "why 'broken' is unavailable",
+        )
+        assert text.startswith("UNAVAILABLE")
+        assert "v1: failed to load" in text and "weights.bin is missing" in text
+        assert browser.find_element(By.CSS_SELECTOR, f"{broken} td.state .why").is_displayed()
+        # A READY model shows no reason.
+        assert cell(browser, 'tr[data-model="add_one"]', "state") == "READY"
+
+
 def gateway_config(tmp: Path, nodes: list[str]) -> Path:
     listed = "\n".join(f"      - {{address: '{node}', weight: 100}}" for node in nodes)
     path = tmp / "gateway.yaml"
@@ -258,6 +289,12 @@ def test_gateway_node_turns_unhealthy_when_its_worker_is_killed(
             )
             assert text in {"EJECTED", "UNHEALTHY"}
             assert "bad" in classes
+            # ... and why: the failed probe's or call's answer, as /api/status has it.
+            why = wait_for(browser, lambda d: cell(d, dead, "health .why"), "why it is out")
+            assert "UNAVAILABLE" in why
+            assert not browser.find_elements(
+                By.CSS_SELECTOR, f'#routes tr[data-node="{first.grpc_address}"] .why'
+            )
             assert wait_for(browser, states, "the node table")[first.grpc_address] == "healthy"
             # Requests keep flowing through the surviving node.
             infer(gateway.grpc_address, 4)
