@@ -12,7 +12,7 @@ from typing import Any
 
 from dl_inference.bench import add_bench_parser
 from dl_inference.kernel.config.loader import load_server_config
-from dl_inference.kernel.config.schema import ServerConfig
+from dl_inference.kernel.config.schema import ManagementConfig, ServerConfig
 from dl_inference.spi.errors import ConfigError, DlInferenceError
 
 EXIT_CONFIG = 2  # bad configuration / missing plugin: fix and rerun
@@ -46,8 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate a server YAML file without serving")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a server YAML file without serving (no secrets needed)",
+        description="Resolve plugins, models and routes as `serve` does and list them; "
+        "exit 2 on the first problem. The management token is not read.",
+    )
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--load",
+        action="store_true",
+        help="also load every model with its backend (then unload it); exit 2 if any fails",
+    )
     check.set_defaults(func=cmd_check_config)
 
     convert = sub.add_parser(
@@ -73,10 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=["list", "load", "unload"])
     models.add_argument("name", nargs="?", help="model name (load, unload)")
     models.add_argument(
-        "--url", default="http://127.0.0.1:8511", help="the server's management HTTP address"
+        "-c",
+        "--config",
+        type=Path,
+        help="the server's YAML file: its management section gives the address and token",
     )
     models.add_argument(
-        "--token-env", default="DLI_MANAGEMENT_TOKEN", help="environment variable with the token"
+        "--url", help="the server's management HTTP address (default http://127.0.0.1:8511)"
+    )
+    models.add_argument(
+        "--token-env",
+        help="environment variable with the token (default DLI_MANAGEMENT_TOKEN, or -c's)",
     )
     models.set_defaults(func=cmd_models)
 
@@ -201,15 +218,104 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     configure_logging("console", "warning")
     config = load_server_config(args.file)
-    server = _build_server(config)
+    management = config.management
+    # The token is a secret of the serving machine: a check (in CI, on a laptop) must not
+    # need it, so everything is built as `serve` builds it except the token read.
+    checked = config.model_copy(
+        update={"management": management.model_copy(update={"enabled": False})}
+    )
+    server = _build_server(checked)
+    gateway = None
     if config.routes:
         from dl_inference.gateway import Gateway
 
         # As `serve` builds them: balancer and protocol names, seed nodefiles read.
-        Gateway(config.routes, server.plugins)
+        gateway = Gateway(config.routes, server.plugins)
+    for line in _describe_setup(config, server, gateway):
+        print(line)
     models = server.models.names()
+    failed = asyncio.run(_load_each_model(server)) if args.load else 0
+    if failed:
+        print(f"{args.file}: {failed} of {len(models)} model(s) failed to load")
+        return EXIT_CONFIG
     print(f"{args.file}: OK ({len(models)} model(s): {', '.join(models) or 'none'})")
     return 0
+
+
+def _describe_setup(config: ServerConfig, server: Any, gateway: Any) -> list[str]:
+    """What ``check-config`` found: plugins, listeners, management, models and routes."""
+    lines = []
+    plugins = server.plugins.plugins
+    for status in ("loaded", "blocked", "failed"):
+        names = [p.name for p in plugins if p.status == status]
+        if names:
+            lines.append(f"plugins {status}: {', '.join(names)}")
+    lines += [f"  {p.name}: {p.error}" for p in plugins if p.status == "failed"]
+    grpc_cfg, http_cfg = config.server.grpc, config.server.http
+    listeners = f"listeners: gRPC {grpc_cfg.host}:{grpc_cfg.port}"
+    listeners += f", HTTP {http_cfg.host}:{http_cfg.port}" if http_cfg.enabled else ", HTTP off"
+    lines.append(listeners + (", TLS" if config.server.tls is not None else ""))
+    management = config.management
+    if management.enabled:
+        source = (
+            f"the file {management.token_file}"
+            if management.token_file is not None
+            else f"${management.token_env}"
+        )
+        lines.append(
+            f"management: on {management.host}, gRPC port {management.grpc_port}, HTTP port "
+            f"{management.http_port}; token from {source} when serving (not read here)"
+        )
+    else:
+        lines.append("management: off")
+    if config.model_repository is not None:
+        lines.append(f"model repository: {config.model_repository}")
+    for name in server.models.names():
+        versions = server.models.versions(name)
+        backends = ", ".join(sorted({v.backend_name for v in versions}))
+        numbers = ", ".join(v.version for v in versions)
+        lines.append(f"model {name}: backend {backends}, version(s) {numbers or 'none'}")
+    for name, route in (gateway.routes if gateway is not None else {}).items():
+        route_cfg = route.config
+        if route.nodes:
+            where = "nodes " + ", ".join(
+                f"{address} (weight {node.weight})" for address, node in route.nodes.items()
+            )
+        elif route_cfg.discovery is not None and route_cfg.nodefile is None:
+            found = route_cfg.discovery
+            source = f"dns {found.dns}" if found.dns else f"file {found.file}"
+            where = f"nodes from {source} (every {found.refresh_s:g} s)"
+        else:
+            where = "no nodes"
+        protocols = ", ".join(route_cfg.protocols) if route_cfg.protocols else "all protocols"
+        lines.append(
+            f"route {name}: balancer {route_cfg.balancer}, {protocols}, {where}, "
+            f"retries {route_cfg.retries}"
+            + (f", timeout {route_cfg.timeout_ms} ms" if route_cfg.timeout_ms else "")
+        )
+    return lines
+
+
+async def _load_each_model(server: Any) -> int:
+    """Load every model as ``serve`` does (the kernel's loading), print one line per model,
+    unload them all; returns how many models have a version that failed to load."""
+    registry = server.models
+    try:
+        await registry.load_all(strict=False)
+        failed = 0
+        for name in registry.names():
+            versions = registry.versions(name)
+            broken = [v for v in versions if not v.ready]
+            numbers = ", ".join(v.version for v in versions)
+            if broken:
+                failed += 1
+                reasons = "; ".join(f"version {v.version}: {v.reason}" for v in broken)
+                print(f"load {name}: FAILED ({reasons})", flush=True)
+            else:
+                print(f"load {name}: OK (version(s) {numbers})", flush=True)
+    finally:
+        await registry.unload_all()
+    return failed
 
 
 # -- convert -------------------------------------------------------------------------------
@@ -282,22 +388,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    import os
     import urllib.error
     import urllib.parse
     import urllib.request
 
     if args.action != "list" and not args.name:
         raise ConfigError(f"models {args.action}: name the model")
-    token = os.environ.get(args.token_env, "")
-    if not token:
-        raise ConfigError(f"set {args.token_env} to the server's management token")
+    url, token = management_client_settings(args.config, args.url, args.token_env)
     if args.action == "list":
         path = "/v2/repository/index"
     else:
         path = f"/v2/repository/models/{urllib.parse.quote(args.name, safe='')}/{args.action}"
     request = urllib.request.Request(
-        args.url.rstrip("/") + path,
+        url.rstrip("/") + path,
         data=b"{}",
         method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
@@ -312,7 +415,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"dl-inference: error: {exc.code}: {detail}", file=sys.stderr)
         return EXIT_FAILURE
     except urllib.error.URLError as exc:
-        print(f"dl-inference: error: cannot reach {args.url}: {exc.reason}", file=sys.stderr)
+        message = f"cannot reach {url}: {exc.reason}"
+        if isinstance(exc.reason, ConnectionRefusedError):
+            # Nothing listens there: most often a server whose management is off.
+            message = (
+                f"nothing answers at {url} ({exc.reason.strerror or exc.reason}): management "
+                f"may be disabled on this server; {ENABLE_MANAGEMENT}. Give a server's "
+                "config with -c, or its management HTTP address with --url"
+            )
+        print(f"dl-inference: error: {message}", file=sys.stderr)
         return EXIT_FAILURE
     if args.action == "list":
         for row in json.loads(body):
@@ -321,6 +432,54 @@ def cmd_models(args: argparse.Namespace) -> int:
     else:
         print(f"{args.name}: {args.action}ed")
     return 0
+
+
+_MANAGEMENT_DEFAULTS = ManagementConfig()
+ENABLE_MANAGEMENT = (
+    "enable it in the server's config with `management: {enabled: true}` and a token of 16+ "
+    f"characters in ${_MANAGEMENT_DEFAULTS.token_env} (or management.token_env / "
+    f"management.token_file); it then listens on management.host:management.http_port "
+    f"(default {_MANAGEMENT_DEFAULTS.host}:{_MANAGEMENT_DEFAULTS.http_port})"
+)
+
+
+def management_client_settings(
+    config_file: Path | None, url: str | None = None, token_env: str | None = None
+) -> tuple[str, str]:
+    """The management HTTP URL and token a client uses: from ``config_file``'s management
+    section, read as the server reads it, else the defaults; ``url`` and ``token_env`` win."""
+    import os
+
+    from dl_inference.server.listeners import bracket
+    from dl_inference.server.management.service import read_token
+
+    management = _MANAGEMENT_DEFAULTS
+    config = None
+    if config_file is not None:
+        config = load_server_config(config_file)
+        management = config.management
+        if not management.enabled:
+            raise ConfigError(
+                f"{config_file}: management is disabled in this config; {ENABLE_MANAGEMENT}"
+            )
+    if url is None:
+        if management.http_port == 0:
+            raise ConfigError(
+                f"{config_file}: management.http_port is 0 (the server picks one as it starts):"
+                " pass --url with the address of its 'Management HTTP listening on' line"
+            )
+        # A server listening on every address is reached on this machine's loopback.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+            management.host, management.host
+        )
+        url = f"http://{bracket(host)}:{management.http_port}"
+    if token_env is None and config is not None:
+        return url, read_token(config)
+    name = token_env or management.token_env
+    token = os.environ.get(name, "").strip()
+    if not token:
+        raise ConfigError(f"set {name} to the server's management token")
+    return url, token
 
 
 # -- plugins -------------------------------------------------------------------------------
