@@ -138,3 +138,31 @@ def test_convert_without_a_converter(tmp_path: Path, capsys: pytest.CaptureFixtu
     source.write_bytes(b"\0")
     assert main(["convert", str(source), str(tmp_path / "model.xyz")]) == 2
     assert_works_from_a_checkout(capsys.readouterr().err)
+
+
+DOCS = sorted(
+    [REPO / "README.md", *REPO.glob("plugins/*/README.md"), *REPO.glob("docs/*.md")],
+)
+OURS = {name_of(p) for p in REPO.glob("plugins/*/pyproject.toml")}
+PLUGIN_PATH = re.compile(r"^(?:\./)?plugins/([\w-]+)/?$")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_install_commands_in_the_docs_work_from_a_checkout(doc: Path) -> None:
+    """A ``pip install`` in a README or doc installs plugins by folder, with the plugins of
+    ours they need; a bare published name appears only beside the words "once published"."""
+    text = doc.read_text()
+    for found in re.finditer(r"pip install [^`\n#()]*", text):
+        words = found[0].split()[2:]
+        near = text[max(0, found.start() - 80) : found.end() + 80]
+        bare = sorted(set(words) & OURS)
+        assert not bare or "published" in near, f"{doc.relative_to(REPO)}: {found[0]!r} is not published"
+        dists = []
+        for word in words:
+            if match := PLUGIN_PATH.match(word):
+                folder = REPO / "plugins" / match[1]
+                assert (folder / "pyproject.toml").is_file(), f"{doc.relative_to(REPO)}: {found[0]!r}"
+                dists.append(name_of(folder / "pyproject.toml"))
+        for dist in dists:
+            missing = in_repo_needs(dist) - set(dists)
+            assert not missing, f"{doc.relative_to(REPO)}: {found[0]!r} also needs {sorted(missing)}"
