@@ -151,18 +151,18 @@ PLUGIN_PATH = re.compile(r"^(?:\./)?plugins/([\w-]+)/?$")
 def test_install_commands_in_the_docs_work_from_a_checkout(doc: Path) -> None:
     """A ``pip install`` in a README or doc installs plugins by folder, with the plugins of
     ours they need; a bare published name appears only beside the words "once published"."""
-    text = doc.read_text()
+    text, where = doc.read_text(), doc.relative_to(REPO)
     for found in re.finditer(r"pip install [^`\n#()]*", text):
         words = found[0].split()[2:]
         near = text[max(0, found.start() - 80) : found.end() + 80]
         bare = sorted(set(words) & OURS)
-        assert not bare or "published" in near, f"{doc.relative_to(REPO)}: {found[0]!r} is not published"
+        assert not bare or "published" in near, f"{where}: {found[0]!r} is not published"
         dists = []
         for word in words:
             if match := PLUGIN_PATH.match(word):
                 folder = REPO / "plugins" / match[1]
-                assert (folder / "pyproject.toml").is_file(), f"{doc.relative_to(REPO)}: {found[0]!r}"
+                assert (folder / "pyproject.toml").is_file(), f"{where}: {found[0]!r}"
                 dists.append(name_of(folder / "pyproject.toml"))
         for dist in dists:
             missing = in_repo_needs(dist) - set(dists)
-            assert not missing, f"{doc.relative_to(REPO)}: {found[0]!r} also needs {sorted(missing)}"
+            assert not missing, f"{where}: {found[0]!r} also needs {sorted(missing)}"
