@@ -105,6 +105,17 @@ def test_check_config_lists_plugins_models_and_routes(tmp_path: Path) -> None:
     assert not (tmp_path / "loaded.log").exists()
 
 
+def test_check_config_resolves_the_file_as_serve_does(tmp_path: Path) -> None:
+    # Neither a repository nor routes: serve serves the demo repository, so that is checked.
+    path = write_config(tmp_path, "server: {http: {port: 9601}}\n")
+    result = run_cli("check-config", "--load", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "model repository: the built-in demo (the file names neither one nor routes)" in lines
+    assert "load simple: OK (version(s) 1)" in lines
+    assert lines[-1] == f"{path}: OK (2 model(s): simple, text_upper)"
+
+
 def test_check_config_load_loads_and_unloads_every_model(tmp_path: Path) -> None:
     write_python_model(tmp_path / "models", "good", GOOD, CONFIG)
     write_python_model(tmp_path / "models", "other", GOOD, CONFIG)

@@ -217,7 +217,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from dl_inference.server.logs import configure_logging
 
     configure_logging("console", "warning")
-    config = load_server_config(args.file)
+    # The file as `serve -c FILE` reads it, defaults included (the demo repository when it
+    # names neither a model repository nor routes).
+    config = resolve_config(build_parser().parse_args(["serve", "-c", str(args.file)]))
     management = config.management
     # The token is a secret of the serving machine: a check (in CI, on a laptop) must not
     # need it, so everything is built as `serve` builds it except the token read.
@@ -268,7 +270,9 @@ def _describe_setup(config: ServerConfig, server: Any, gateway: Any) -> list[str
         )
     else:
         lines.append("management: off")
-    if config.model_repository is not None:
+    if config.model_repository == DEMO_REPOSITORY:
+        lines.append("model repository: the built-in demo (the file names neither one nor routes)")
+    elif config.model_repository is not None:
         lines.append(f"model repository: {config.model_repository}")
     for name in server.models.names():
         versions = server.models.versions(name)
