@@ -161,6 +161,10 @@ def test_models_finds_a_non_default_management_port_in_the_config(tmp_path: Path
         # The token is read as the server reads it: a wrong one is refused by the server.
         refused = run_cli("models", "list", "-c", str(path), token="another-token-of-16+")
         assert refused.returncode == 1 and "401" in refused.stderr
+    stopped = run_cli("models", "list", "-c", str(path), token=TOKEN)
+    assert stopped.returncode == 1
+    assert f"nothing answers at http://127.0.0.1:{port}" in stopped.stderr
+    assert f"the management address {path} gives: is a server running" in stopped.stderr
 
 
 def test_models_against_a_server_without_management_says_how_to_enable_it(

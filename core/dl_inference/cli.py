@@ -420,7 +420,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except urllib.error.URLError as exc:
         message = f"cannot reach {url}: {exc.reason}"
-        if isinstance(exc.reason, ConnectionRefusedError):
+        if isinstance(exc.reason, ConnectionRefusedError) and args.config and not args.url:
+            message = (
+                f"nothing answers at {url} ({exc.reason.strerror or exc.reason}), the "
+                f"management address {args.config} gives: is a server running with this file?"
+            )
+        elif isinstance(exc.reason, ConnectionRefusedError):
             # Nothing listens there: most often a server whose management is off.
             message = (
                 f"nothing answers at {url} ({exc.reason.strerror or exc.reason}): management "
