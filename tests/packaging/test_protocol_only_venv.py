@@ -15,6 +15,11 @@ a gateway both run by that venv's interpreter. The clients run here, in the dev 
 The kernel ships no balancer, so a gateway also needs ``dl-inference-balancers`` (as the
 gateway image installs it): the venv gets that wheel only after the three-wheel checks.
 
+Last, every wheel goes into one more fresh venv, ``--no-deps`` from no index (third-party
+dependencies from the dev venv's site-packages): each plugin's entry point loads from its
+wheel (``dl-inference plugins``), every package reads its data files where pip put them,
+and the kernel serves its demo repository and status page from its wheel.
+
 Wheels build without build isolation where the dev venv has setuptools (it meets every
 ``build-system.requires``), which keeps the module under a minute; the only skip is an
 unreachable package index, read from pip's own report.
@@ -475,3 +480,114 @@ def test_seldon_rest_predictions(endpoint: Endpoint) -> None:
     by_header = {"meta": {"tags": {"output": "sign"}}, "data": {"ndarray": X.tolist()}}
     reply = post_json(url, by_header, {"Seldon-Model": "affine"})
     assert reply["data"]["ndarray"] == SIGNS
+
+
+# -- every wheel at once, without a package index ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def every_wheel(wheels: dict[str, Path]) -> Iterator[Venv]:
+    """A fresh venv holding every wheel of the repository, installed ``--no-deps``.
+
+    Their third-party dependencies (torch, TensorFlow, grpcio...) come from the dev venv's
+    site-packages, named by a ``.pth`` line after the venv's own: a folder named that way is
+    only added to ``sys.path`` (the ``.pth`` files inside it, which activate the dev venv's
+    editable installs, are not read), and the venv's own dist-info comes first, so each
+    ``dl-inference*`` distribution and its entry points are the wheel's. No index is asked.
+    """
+    with tempfile.TemporaryDirectory(prefix="dli-every-wheel-") as folder:
+        root = Path(folder) / "venv"
+        created = subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert created.returncode == 0, created.stderr
+        env = {
+            **os.environ,
+            "VIRTUAL_ENV": str(root),
+            "PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": "",
+            "PYTHONHOME": "",
+        }
+        made = Venv(root, env)
+        install = [sys.executable, "-m", "pip", "--python", made.python, "install", "-q"]
+        result = made.run(*install, "--no-deps", "--no-index", *wheels.values(), timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        (own_site,) = root.glob("lib/python*/site-packages")
+        dev_site = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+        (own_site / "zz_dev_venv_dependencies.pth").write_text("\n".join(dev_site) + "\n")
+        yield made
+
+
+def test_every_wheel_loads_its_entry_points_from_the_venv(
+    every_wheel: Venv, wheels: dict[str, Path]
+) -> None:
+    expected: dict[str, str] = {}  # entry-point name -> distribution
+    for dist, wheel_path in wheels.items():
+        with zipfile.ZipFile(wheel_path) as wheel:
+            points = entry_points(wheel)
+        if points.has_section("dl_inference"):
+            name = project_table(dist)["project"]["name"]
+            expected.update(dict.fromkeys(points["dl_inference"], name))
+    assert len(expected) == len(DISTRIBUTIONS) - 1, expected  # one per plugin distribution
+    listed = every_wheel.run(every_wheel.root / "bin" / "dl-inference", "plugins", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    plugins = {row["name"]: row for row in json.loads(listed.stdout)}
+    for name, dist in expected.items():
+        assert name in plugins, f"{dist}'s entry point {name} not listed: {sorted(plugins)}"
+        row = plugins[name]
+        assert (row["distribution"], row["status"]) == (dist, "loaded"), row
+        assert row["registers"] or row["hooks"], f"{name} registers nothing: {row}"
+
+    # Each package is imported from the venv (its wheel), not from the checkout.
+    packages = [package_of(dist) for dist in DISTRIBUTIONS]
+    code = "import importlib, json, sys; print(json.dumps([importlib.import_module(p).__file__ "
+    code += "for p in sys.argv[1:]]))"
+    imported = every_wheel.run(every_wheel.python, "-c", code, *packages)
+    assert imported.returncode == 0, imported.stderr
+    for path in json.loads(imported.stdout):
+        assert path.startswith(str(every_wheel.root)), path
+
+
+def test_every_wheel_reads_its_package_data_from_the_venv(every_wheel: Venv) -> None:
+    """Each package's data files, read with importlib.resources where they were installed;
+    then the kernel serves its demo repository and its status page from them."""
+    code = textwrap.dedent(
+        """
+        import importlib.resources, json, sys
+        found = {}
+        for package in sys.argv[1:]:
+            stack, count = [importlib.resources.files(package)], 0
+            while stack:
+                for item in stack.pop().iterdir():
+                    if item.is_dir():
+                        stack.append(item)
+                    elif item.suffix not in (".py", ".pyc"):
+                        item.read_bytes()
+                        count += 1
+            found[package] = count
+        print(json.dumps(found))
+        """
+    )
+    packages = {package_of(dist): dist for dist in DISTRIBUTIONS}
+    result = every_wheel.run(every_wheel.python, "-c", code, *packages)
+    assert result.returncode == 0, result.stderr
+    for package, count in json.loads(result.stdout).items():
+        where = package_root(packages[package]) / package
+        in_source = [
+            p
+            for p in where.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+        ]
+        assert count == len(in_source), f"{package}: {count} data files read, {len(in_source)}"
+
+    server = ServerProcess([], python=every_wheel.python, env=every_wheel.env, cwd=every_wheel.root)
+    with server:  # no repository named: the demo, from the kernel wheel's package data
+        for model in ("simple", "text_upper"):
+            with urllib.request.urlopen(f"{server.http_url}/v2/models/{model}/ready") as reply:
+                assert reply.status == 200
+        with urllib.request.urlopen(f"{server.http_url}/") as reply:
+            assert reply.status == 200 and b"<html" in reply.read().lower()
