@@ -44,33 +44,38 @@ KNOWN_PROVIDERS: dict[str, str] = {
     "peak_ewma": "dl-inference-balancers",
 }
 
-# The in-repo plugins each one needs, which a package index cannot supply until they are
-# published; tests/test_install_hints.py checks this against every plugins/*/pyproject.toml.
+# The distributions of dl-inference's own repository: the kernel (its root) and each plugin
+# (``plugins/<name without the prefix>``), with the in-repo plugins each one needs, which a
+# package index cannot supply until they are published. tests/test_install_hints.py checks
+# both against every plugins/*/pyproject.toml.
+IN_REPO_PLUGINS = frozenset({*KNOWN_PROVIDERS.values(), "dl-inference-auth"})
 IN_REPO_REQUIRES: dict[str, tuple[str, ...]] = {
     "dl-inference-seldon": ("dl-inference-tfserving",),
     "dl-inference-tensorflow": ("dl-inference-tfserving",),
     "dl-inference-pytorch": ("dl-inference-seldon",),
 }
-_PREFIX = "dl-inference-"
+KERNEL = "dl-inference"
 
 
-def install_hint(*distributions: str) -> str:
-    """How to install plugin distributions, as a message tells a user.
+def install_hint(*distributions: str, upgrade: bool = False) -> str:
+    """How to install (``upgrade``: upgrade) distributions, as a message tells a user.
 
-    The in-repo plugins (``dl-inference-<x>``, kept in ``plugins/<x>``) are not on a package
-    index yet, so the command that works is ``pip install ./plugins/<x>`` from the root of a
-    source checkout, with the in-repo plugins each one needs; the published names follow,
-    ready for the day they are uploaded. Any other name is a plain ``pip install <name>``.
+    The kernel and the in-repo plugins (``dl-inference-<x>``, kept in ``plugins/<x>``) are
+    not on a package index yet, so the command that works is ``pip install ./plugins/<x>``
+    (``.`` for the kernel) from the root of a source checkout, with the in-repo plugins each
+    one needs; the published names follow, ready for the day they are uploaded. Any other
+    name (a third party's plugin) is a plain ``pip install <name>``.
     """
-    ours = [d for d in distributions if d.startswith(_PREFIX)]
+    pip = "pip install -U" if upgrade else "pip install"
+    ours = [d for d in distributions if d in IN_REPO_PLUGINS or d == KERNEL]
     if not ours:
-        return f"pip install {' '.join(distributions)}"
+        return f"{pip} {' '.join(distributions)}"
     folders: list[str] = []
 
     def add(dist: str) -> None:
         for needed in IN_REPO_REQUIRES.get(dist, ()):
             add(needed)
-        folder = f"./plugins/{dist.removeprefix(_PREFIX)}"
+        folder = "." if dist == KERNEL else f"./plugins/{dist.removeprefix(KERNEL + '-')}"
         if folder not in folders:
             folders.append(folder)
 
@@ -78,8 +83,8 @@ def install_hint(*distributions: str) -> str:
         add(dist)
     others = [d for d in distributions if d not in ours]
     return (
-        f"pip install {' '.join([*folders, *others])} from the root of a dl-inference "
-        f"source checkout (pip install {' '.join(distributions)} once published)"
+        f"{pip} {' '.join([*folders, *others])} from the root of a dl-inference "
+        f"source checkout ({pip} {' '.join(distributions)} once published)"
     )
 
 
@@ -356,11 +361,11 @@ def _check_contract_version(name: str, dist: str, module: ModuleType) -> None:
     # Whichever side is older is the one to upgrade.
     if major > kernel_major:
         hint = (
-            "upgrade the kernel: pip install -U dl-inference (or install a release of "
-            f"{dist} built for hook contract {kernel_major}.x)"
+            f"upgrade the kernel: {install_hint(KERNEL, upgrade=True)}; or install a "
+            f"release of {dist} built for hook contract {kernel_major}.x"
         )
     else:
-        hint = f"upgrade it: pip install -U {dist}"
+        hint = f"upgrade it: {install_hint(dist, upgrade=True)}"
     raise PluginError(
         f"plugin {name!r} was built for hook contract {wanted}, this kernel speaks "
         f"{hookspecs.HOOKSPEC_VERSION}; {hint}"
