@@ -3,6 +3,7 @@
 Start-up order: plugins -> repository scan and config checks -> model loads -> listeners
 -> "listening" lines on stdout. SIGTERM / SIGINT drain: health turns NOT_SERVING, new
 calls are refused, in-flight calls finish within ``server.drain_timeout_s``, models unload.
+SIGHUP reloads the config file, or without one rescans the model repository.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class Server:
         self._poller: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
-        # (path, loader) when the server runs from a config file: enables SIGHUP reloads.
+        # (path, loader) when the server runs from a config file: SIGHUP and edits reload
+        # it. Without one, SIGHUP rescans the model repository.
         self.config_source: tuple[Path, Callable[[], ServerConfig]] | None = None
         self.config_mtime = 0.0  # the file's mtime when it was read, to spot later edits
         self._started = False
@@ -279,9 +281,9 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
-        if self.config_source is not None:
-            # Installed before start: a SIGHUP during start-up must not kill the process.
-            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        # Always, and before start: SIGHUP's default action would end the process, also
+        # while it starts.
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.start()
         except BaseException:
@@ -290,8 +292,8 @@ class Server:
         self._started = True
         if self.config_source is not None:
             self._watcher = asyncio.create_task(self._watch_config())
-            if self._reload_pending:
-                self._spawn_reload()
+        if self._reload_pending:
+            self._spawn_reload()
         await self._stopped.wait()
         await self.stop()
 
@@ -339,24 +341,30 @@ class Server:
 
         Models (overrides, repository), routes and the log level change live; listener,
         TLS, worker, plugin and management settings need a restart and are reported.
+        A server without a config file rescans its model repository the same way.
         """
-        assert self.config_source is not None
-        path, load = self.config_source
+        if self.config_source is None:
+            path, load = None, lambda: self.config
+            event, refused = (
+                "repository rescanned",
+                "repository rescan refused; serving what is loaded",
+            )
+        else:
+            path, load = self.config_source
+            event, refused = "config reloaded", "config reload refused; the running config stays"
         async with self._reload_lock:
             try:
                 new = await asyncio.to_thread(load)
-                plan = await self._plan_reload(new)
+                plan = await self._plan_reload(new, event)
             except Exception as exc:
-                log.error(
-                    "config reload refused; the running config stays",
-                    file=str(path),
-                    error=str(exc),
-                )
+                log.error(refused, file=str(path) if path else None, error=str(exc))
                 return False
             await plan()
             return True
 
-    async def _plan_reload(self, new: ServerConfig) -> Callable[[], Awaitable[None]]:
+    async def _plan_reload(
+        self, new: ServerConfig, event: str = "config reloaded"
+    ) -> Callable[[], Awaitable[None]]:
         """Validate everything ``new`` needs, then return the step that applies it."""
         old = self.config
         restart = [
@@ -414,8 +422,9 @@ class Server:
                 applied += [f"route {c}" for c in await self.gateway.apply(routes)]
             await self._update_health()
             log.info(
-                "config reloaded",
+                event,
                 applied=applied or ["nothing to change"],
+                models=self.models.names(),
                 needs_restart=restart or None,
             )
 
