@@ -97,7 +97,7 @@ def test_serve_reports_a_port_in_use(repo: Path) -> None:
             "--http-port",
             "0",
         )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 

@@ -176,14 +176,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_workers(args: argparse.Namespace, config: ServerConfig) -> int:
+    from dl_inference.server.listeners import check_port
     from dl_inference.server.workers import reserve_port, run_workers
 
     _build_server(config)  # refuse a bad config once, before starting any worker
     grpc_cfg, http_cfg = config.server.grpc, config.server.http
+    # Workers load their models before they bind (see Server.start): a port in use is
+    # found here, before that wait.
+    check_port(grpc_cfg.host, grpc_cfg.port, "gRPC")
+    if http_cfg.enabled:
+        check_port(http_cfg.host, http_cfg.port, "HTTP")
     argv = ["--grpc-port", str(reserve_port(grpc_cfg.host, grpc_cfg.port))]
     argv += ["--http-port", str(reserve_port(http_cfg.host, http_cfg.port))]
     management = config.management
     if management.enabled:
+        check_port(management.host, management.grpc_port, "management gRPC")
+        check_port(management.host, management.http_port, "management HTTP")
         # Every worker listens on the management ports too: fix them before any starts.
         argv += ["--management-grpc-port", str(reserve_port(management.host, management.grpc_port))]
         argv += ["--management-http-port", str(reserve_port(management.host, management.http_port))]

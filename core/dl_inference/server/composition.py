@@ -1,9 +1,10 @@
 """The server process: one grpc.aio server and one aiohttp app over a shared Runtime.
 
-Start-up order: plugins -> repository scan and config checks -> model loads -> listeners
--> "listening" lines on stdout. SIGTERM / SIGINT drain: health turns NOT_SERVING, new
-calls are refused, in-flight calls finish within ``server.drain_timeout_s``, models unload.
-SIGHUP reloads the config file, or without one rescans the model repository.
+Start-up order: plugins -> repository scan and config checks -> listeners (live, NOT
+READY) -> model loads -> ready, "listening" lines on stdout. Binding first reports a port in
+use at once, not after minutes of loading. SIGTERM / SIGINT drain: health turns NOT_SERVING,
+new calls are refused, in-flight calls finish within ``server.drain_timeout_s``, models
+unload. SIGHUP reloads the config file, or without one rescans the model repository.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.repository import scan_repository
 from dl_inference.kernel.runtime import Runtime
 from dl_inference.server.http_errors import json_errors
-from dl_inference.server.listeners import bind_grpc, start_http
+from dl_inference.server.listeners import bind_grpc, check_port, start_http
 from dl_inference.server.logs import configure_logging
 from dl_inference.server.status_page import status_document, status_routes
 from dl_inference.server.tls import ServerTls
@@ -95,7 +96,26 @@ class Server:
             raise ConfigError(f"models.{name}: overrides need a model_repository to apply to")
 
     async def start(self) -> None:
-        """Load models, open both listeners, print their addresses, run dli_server_started."""
+        """Open the listeners, load models, print the addresses, run dli_server_started.
+
+        The listeners open before the models load, so that a port in use is reported at
+        once; meanwhile the server is live but NOT READY (every model is LOADING). A
+        ``--workers`` child loads first: with SO_REUSEPORT the kernel would hand it new
+        connections while its siblings serve (the parent checked the ports already).
+        """
+        bind_first = not self.reuse_port
+        if bind_first:
+            if self.config.management.enabled:
+                management = self.config.management
+                check_port(management.host, management.grpc_port, "management gRPC")
+                check_port(management.host, management.http_port, "management HTTP")
+            await self._open_listeners()
+            log.info(
+                "listeners open; loading models",
+                grpc=self.grpc_address,
+                http=self.http_address or None,
+                models=self.models.names(),
+            )
         await self.models.load_all(strict=self.config.server.strict_model_loading)
         if self.config.management.enabled:
             from dl_inference.server.management import ManagementService
@@ -105,10 +125,8 @@ class Server:
             )
             # Before the listeners: a replacement worker serves what its siblings serve.
             await self.management.catch_up()
-        await self._start_gateway()
-        await self._start_grpc()
-        if self.config.server.http.enabled:
-            await self._start_http()
+        if not bind_first:
+            await self._open_listeners()
         if self.management is not None:
             await self.management.start()
             self.runtime.management = self.management
@@ -131,6 +149,14 @@ class Server:
         poll = self.config.server.repository_poll_s
         if self.config.model_repository is not None and poll > 0:
             self._poller = asyncio.create_task(self._poll_repository(poll))
+
+    async def _open_listeners(self) -> None:
+        """Gateway, gRPC and HTTP listeners; health first, so no probe sees SERVING early."""
+        await self._update_health()
+        await self._start_gateway()
+        await self._start_grpc()
+        if self.config.server.http.enabled:
+            await self._start_http()
 
     async def _poll_repository(self, interval: float) -> None:
         """Load versions and models that appear on disk, retire those that leave."""
@@ -304,6 +330,7 @@ class Server:
             self._http.cleanup() if self._http is not None else None,
             self.management.stop() if self.management is not None else None,
             self.link.stop() if self.link is not None else None,
+            self.gateway.stop() if self.gateway is not None else None,
         ):
             if stop is not None:
                 with contextlib.suppress(Exception):

@@ -1,16 +1,58 @@
-"""Opening the gRPC and HTTP listeners, with one clear error when a port cannot be bound."""
+"""Opening the gRPC and HTTP listeners, with one clear error when a port cannot be bound.
+
+A listener that cannot open is a configuration problem (exit status 2): the error names the
+address, the reason and the flag and config key that change it.
+"""
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import grpc
 from aiohttp import web
 
+from dl_inference.spi.errors import ConfigError
+
+# Where each listener's port and address are set, so that an error says what to change.
+_SETTINGS = {
+    "gRPC": ("--grpc-port or server.grpc.port", "--host or server.grpc.host"),
+    "HTTP": ("--http-port or server.http.port", "--host or server.http.host"),
+    "management gRPC": ("--management-grpc-port or management.grpc_port", "management.host"),
+    "management HTTP": ("--management-http-port or management.http_port", "management.host"),
+}
+
 
 def bracket(host: str) -> str:
     """``::1`` -> ``[::1]``, so that ``host:port`` stays unambiguous."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def cannot_listen(host: str, port: int, what: str, reason: str) -> ConfigError:
+    """The error for a listener that cannot open, naming the settings that move it."""
+    text = f"cannot listen on {bracket(host)}:{port} ({what}): {reason}"
+    if what in _SETTINGS:
+        port_setting, host_setting = _SETTINGS[what]
+        text += f"; choose another port with {port_setting} (the address: {host_setting})"
+    return ConfigError(text)
+
+
+def check_port(host: str, port: int, what: str) -> None:
+    """Raise :func:`cannot_listen`'s error unless ``host:port`` can be bound right now.
+
+    A quick look before slow work (model loads, starting workers); the listener itself
+    still binds later. Port 0 always passes.
+    """
+    if not port:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # As both listeners do: a port left in TIME_WAIT by a previous run is usable.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        raise cannot_listen(host, port, what, exc.strerror or str(exc)) from None
 
 
 def bind_grpc(
@@ -28,7 +70,9 @@ def bind_grpc(
         else:
             bound = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise OSError(f"cannot listen on {address} ({what}): {exc}") from None
+        # gRPC's message does not say why; a plain socket on the same address does.
+        check_port(host, port, what)
+        raise cannot_listen(host, port, what, str(exc)) from None
     return f"{bracket(host)}:{bound}"
 
 
@@ -63,6 +107,6 @@ async def start_http(
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise OSError(f"cannot listen on {bracket(host)}:{port} ({what}): {exc.strerror}") from None
+        raise cannot_listen(host, port, what, exc.strerror or str(exc)) from None
     bound_host, bound_port = runner.addresses[0][:2]
     return runner, f"{bracket(bound_host)}:{bound_port}"
