@@ -360,9 +360,11 @@ PUBLIC_SURFACE = [
     "read_body",
     "read_json",
     "rename_proto_types",
+    "task_id_of",
     "to_numpy_dtype",
     "utf8_bytes",
     "wire",
+    "without_task_id",
 ]
 
 # name -> (signature, firstresult). Changing a hook is a contract change: bump

@@ -52,6 +52,7 @@ from dl_inference.spi.registry import (
     ConverterRegistry,
     ProtocolRegistry,
 )
+from dl_inference.spi.seed_names import task_id_of, without_task_id
 from dl_inference.spi.statistics import BatchStatistics, StatisticDuration, VersionStatistics
 from dl_inference.spi.status import grpc_code, http_status, public_message
 from dl_inference.spi.tensor_limits import (
@@ -151,7 +152,9 @@ __all__ = [
     "read_body",
     "read_json",
     "rename_proto_types",
+    "task_id_of",
     "to_numpy_dtype",
     "utf8_bytes",
     "wire",
+    "without_task_id",
 ]

@@ -20,6 +20,7 @@ import pytest
 import structlog
 import yaml
 
+from dl_inference import task_id_of, without_task_id
 from dl_inference.gateway import Gateway
 from dl_inference.gateway.discovery import (
     NodeFileWatch,
@@ -27,7 +28,6 @@ from dl_inference.gateway.discovery import (
     parse_seed_node_file,
     parse_seed_node_text,
 )
-from dl_inference.gateway.gateway import task_id_of
 from dl_inference.kernel.config import parse_server_config
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.spi.errors import ConfigError
@@ -120,6 +120,11 @@ def test_a_missing_node_file_is_a_config_error(tmp_path: Path) -> None:
 )
 def test_task_id_is_the_last_dash_field(model: str, task: int | None) -> None:
     assert task_id_of(model) == task
+    # The worker's side of the same rule: the name without its task id.
+    if task is None:
+        assert without_task_id(model) == model
+    elif model != str(task):
+        assert without_task_id(model) == model.rpartition("-")[0]
 
 
 def routes(entries: list[dict[str, Any]]) -> list[Any]:

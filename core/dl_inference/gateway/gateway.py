@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,9 @@ from dl_inference.spi.balancer import Balancer
 from dl_inference.spi.call_path import CallPath, RuntimeView, json_error_body, read_body
 from dl_inference.spi.errors import ConfigError, DlInferenceError, PluginError
 from dl_inference.spi.protocol import Protocol, RoutingKeyReader
+from dl_inference.spi.seed_names import task_id_of
 
 log = structlog.get_logger("dl_inference.gateway")
-
-_TASK_ID = re.compile(r"[0-9]+")
-
-
-def task_id_of(model: str) -> int | None:
-    """The seed's task id in a model name: its last ``-`` field when that is a positive
-    whole number (``textcnn-69`` -> 69, ``69`` -> 69), else None."""
-    last = model.rpartition("-")[2]
-    if not _TASK_ID.fullmatch(last) or int(last) == 0:
-        return None
-    return int(last)
 
 
 class RouteTable(dict[str, Route]):

@@ -26,6 +26,7 @@ from dl_inference import (
     ModelVersionInfo,
     RuntimeView,
     TensorSpec,
+    without_task_id,
 )
 from dl_inference_tfserving import codec, settings
 from dl_inference_tfserving._proto import tfs_pb2
@@ -122,9 +123,9 @@ class TFServing:
         if not name:
             raise InvalidInput("model_spec.name is empty; name the model to call")
         served = self.runtime.model_names()
-        if name in served or not task_suffix or "-" not in name:
+        if name in served or not task_suffix:
             return name
-        base = name.rsplit("-", 1)[0]
+        base = without_task_id(name)
         return base if base in served else name
 
     def target(
