@@ -40,6 +40,20 @@ def resolve(host: str, port: int) -> list[str]:
     return sorted({join_address(info[4][0], port) for info in infos})
 
 
+def file_stamp(path: Path) -> tuple[int, int, int]:
+    """What tells a watched file changed: modification time, size and inode (editors and
+    Kubernetes ConfigMap updates replace a file by renaming another over it)."""
+    stat = path.stat()
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+async def cancel_task(task: asyncio.Task[None] | None) -> None:
+    """Stop a background loop and wait for it to end."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def parse_node_file(path: Path, default_weight: int = 100) -> NodeList:
     """A node file: YAML list (or ``nodes:`` list) of ``{address, weight}`` or ``host:port``."""
     try:
@@ -77,7 +91,7 @@ class Discovery:
         self.apply = apply
         self._task: asyncio.Task[None] | None = None
         self._last: NodeList | None = None
-        self._file_stamp: tuple[float, int] | None = None
+        self._file_stamp: tuple[int, int, int] | None = None
 
     async def start(self) -> None:
         try:
@@ -88,10 +102,8 @@ class Discovery:
         self._task = asyncio.create_task(self._loop(), name=f"discovery:{self.model}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:
@@ -125,8 +137,7 @@ class Discovery:
             return [(address, self.config.weight) for address in addresses]
         assert self.config.file is not None
         path = self.config.file
-        stat = await asyncio.to_thread(path.stat)
-        stamp = (stat.st_mtime, stat.st_size)
+        stamp = await asyncio.to_thread(file_stamp, path)
         if stamp == self._file_stamp:
             return None
         nodes = await asyncio.to_thread(parse_node_file, path, self.config.weight)
@@ -235,10 +246,8 @@ class NodeFileWatch:
         self._task = asyncio.create_task(self._loop(), name=f"nodefile:{self.path}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:
@@ -254,9 +263,7 @@ class NodeFileWatch:
     async def check(self) -> None:
         """Read the file if it changed since the last check; hand it on if it parses."""
         try:
-            stat = await asyncio.to_thread(self.path.stat)
-            # The inode too: editors and ConfigMap updates replace the file by renaming.
-            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            stamp = await asyncio.to_thread(file_stamp, self.path)
             if stamp == self._stamp:
                 return
             self._stamp = stamp
