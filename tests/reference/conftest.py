@@ -11,7 +11,7 @@ import pytest
 from dl_inference.testing import ServerProcess
 
 from .models import write_our_repository, write_triton_repository
-from .triton import TritonServer, triton_home
+from .triton import TritonServer, skip_without_triton
 
 
 @dataclass
@@ -25,9 +25,7 @@ class Pair:
 @pytest.fixture(scope="session")
 def triton_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     """Triton (python backend) and dl-inference (python backend) with models.py's models."""
-    found = triton_home()
-    if isinstance(found, str):
-        pytest.skip(f"the Triton reference server cannot run here: {found}")
+    skip_without_triton()
     root = tmp_path_factory.mktemp("triton-differential")
     triton_repo = write_triton_repository(root / "triton")
     our_repo = write_our_repository(root / "ours")

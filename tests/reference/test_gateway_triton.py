@@ -34,7 +34,7 @@ from tritonclient.grpc import service_pb2
 
 from dl_inference.testing import ServerProcess
 
-from .triton import TritonServer, triton_home
+from .triton import TritonServer, skip_without_triton
 
 V2 = "/inference.GRPCInferenceService"
 TIS_PREDICT = "/com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService/TisPredict"
@@ -75,9 +75,7 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """Triton serving ``addone``, and a gateway routing ``addone`` to it (gRPC and REST)."""
-    found = triton_home()
-    if isinstance(found, str):
-        pytest.skip(f"the Triton reference server cannot run here: {found}")
+    skip_without_triton()
     root = tmp_path_factory.mktemp("gateway-triton")
     (root / "repo" / "addone" / "1").mkdir(parents=True)
     (root / "repo" / "addone" / "config.pbtxt").write_text(TRITON_CONFIG)

@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from dl_inference.testing import ServerProcess, write_python_model
 
-from .triton import TritonServer, triton_home
+from .triton import TritonServer, skip_without_triton
 
 TRITON_MODEL = """
 import numpy as np
@@ -95,9 +95,7 @@ class Servers:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    found = triton_home()
-    if isinstance(found, str):
-        pytest.skip(f"the Triton reference server cannot run here: {found}")
+    skip_without_triton()
     root = tmp_path_factory.mktemp("config-stats")
     for name, config in TRITON_CONFIGS.items():
         folder = root / "triton" / name

@@ -32,6 +32,8 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
+from dl_inference.builtin.v2.codec import CONTENTS_FIELD as V2_CONTENTS_FIELD
+
 from .models import (
     DATATYPES,
     ERROR_MESSAGE,
@@ -923,20 +925,8 @@ def typed(datatype: str, **contents: Any) -> Case:
     return run
 
 
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+# The same typed fields go to both servers, so Triton judges the table too.
+CONTENTS_FIELD = V2_CONTENTS_FIELD
 
 
 def typed_all(**values: list[Any]) -> Case:

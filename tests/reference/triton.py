@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from dl_inference.testing import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +59,13 @@ def triton_home() -> tuple[Path, Path] | str:
 
 def _library_path(home: Path) -> str:
     return f"{home}/external_libs:{home}/lib"
+
+
+def skip_without_triton() -> None:
+    """Skip the calling test or fixture, saying why, when Triton cannot run here."""
+    found = triton_home()
+    if isinstance(found, str):
+        pytest.skip(f"the Triton reference server cannot run here: {found}")
 
 
 class TritonServer:
