@@ -144,7 +144,7 @@ class ModelVersion:
                 model=self.name,
                 version=self.version,
                 backend=self.backend_name,
-                traceback="".join(traceback.format_exception(exc)),
+                exc_info=exc,
             )
             raise BackendError(f"model {self.name!r} failed: {describe_exception(exc)}") from exc
 
@@ -209,7 +209,7 @@ class ModelRegistry:
                 version=model.version,
                 backend=model.backend_name,
                 error=model.reason,
-                traceback="".join(traceback.format_exception(exc)),
+                exc_info=exc,
             )
             if strict:
                 raise BackendError(

@@ -7,7 +7,6 @@ still starts unless ``plugins.strict`` is set or something it needs is missing.
 from __future__ import annotations
 
 import importlib.metadata as md
-import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -216,7 +215,7 @@ class PluginHost:
             plugin=info.name,
             distribution=info.distribution,
             error=info.error,
-            traceback="".join(traceback.format_exception(exc)),
+            exc_info=exc,
         )
         if self.strict:
             raise PluginError(

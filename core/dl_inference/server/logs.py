@@ -1,4 +1,11 @@
-"""Logging through structlog: readable in a terminal, JSON lines with ``--log-format json``."""
+"""Logging through structlog: readable in a terminal, JSON lines with ``--log-format json``.
+
+An event logged with ``exc_info`` (``log.exception(...)``, or ``exc_info=exc``) shows its
+traceback the way each format's reader wants it: in console format the event line with its
+key=value fields, then the plain multi-line Python traceback; in JSON format an
+``exception`` list (``exc_type``, ``exc_value``, ``frames``) inside the one JSON line. Never
+pass a formatted traceback as a field: it renders as one quoted string full of ``\\n``.
+"""
 
 from __future__ import annotations
 
@@ -23,22 +30,41 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    exceptions: list[structlog.types.Processor]
     if log_format == "json":
+        # Frames without their locals: those may hold request tensors or secrets, and
+        # rendering them costs more than the failure they describe.
+        exceptions = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        ]
         renderer: structlog.types.Processor = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # The renderer prints exc_info itself, below the event line. Plain, not rich's
+        # boxes (rich is often installed): the same text in a terminal, a file or a test.
+        exceptions = []
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     # Our own events render straight to stderr: the stdlib route costs a quarter of the
     # server's per-request CPU when every request writes an access-log line.
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, *exceptions, renderer],
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
+    # Third-party libraries log through the stdlib; their records (exc_info included) go
+    # through the same processors, so every line on stderr has one format.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *exceptions,
+                renderer,
+            ],
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         )
     )
