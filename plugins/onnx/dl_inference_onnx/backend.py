@@ -19,12 +19,12 @@ Reshape, Equal, ...) return unchanged; string outputs are encoded back the same 
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import structlog
 from pydantic import Field, field_validator
 
 from dl_inference import (
@@ -39,7 +39,7 @@ from dl_inference import (
 )
 from dl_inference_onnx import _providers
 
-log = logging.getLogger("dl_inference_onnx")
+log = structlog.get_logger("dl_inference.onnx")
 
 _DEVICE = re.compile(r"^(cpu|cuda(:(\d+))?)$")
 
@@ -165,11 +165,11 @@ class OnnxBackend(Backend):
         self._input_types = {spec.name: spec.datatype for spec in self._inputs}
         self._output_names = [spec.name for spec in self._outputs]
         log.info(
-            "onnx model loaded: model=%s version=%s file=%s providers=%s",
-            self.model_name,
-            self.version,
-            self.file.name,
-            ",".join(self.running_providers),
+            "onnx model loaded",
+            model=self.model_name,
+            version=self.version,
+            file=self.file.name,
+            providers=",".join(self.running_providers),
         )
 
     def _session_options(self, ort: Any) -> Any:
@@ -243,12 +243,12 @@ class OnnxBackend(Backend):
             self._refuse_fallback(dropped)
         for name, reason in dropped.items():
             log.warning(
-                "onnx provider fallback: model=%s version=%s asked for %s, running on %s: %s",
-                self.model_name,
-                self.version,
-                name,
-                self.running_providers[0],
-                reason,
+                "onnx provider fallback",
+                model=self.model_name,
+                version=self.version,
+                asked_for=name,
+                running_on=self.running_providers[0],
+                reason=reason,
             )
 
     @property

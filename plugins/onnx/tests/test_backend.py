@@ -3,13 +3,13 @@ string tensors, execution-provider fallback, settings, and the errors users see.
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import structlog.testing
 from pydantic import ValidationError
 
 from dl_inference import BackendError, ConfigError, InvalidInput, ModelConfig, TensorSpec
@@ -234,19 +234,18 @@ def test_device_is_shorthand_for_providers() -> None:
 
 
 def test_cuda_falls_back_to_cpu_with_a_logged_reason(
-    built: Any, tmp_path: Path, cpu_only: None, caplog: pytest.LogCaptureFixture, ort_run: Any
+    built: Any, tmp_path: Path, cpu_only: None, ort_run: Any
 ) -> None:
     """onnxruntime-gpu lists CUDA here but cannot start it: the model runs on CPU and says why."""
-    caplog.set_level(logging.WARNING, logger="dl_inference_onnx")
-    backend = loaded(tmp_path / "mlp", [built.mlp_file], providers=["cuda"], max_batch_size=4)
+    with structlog.testing.capture_logs() as logs:
+        backend = loaded(tmp_path / "mlp", [built.mlp_file], providers=["cuda"], max_batch_size=4)
     assert backend.running_providers == ["CPUExecutionProvider"]
     reason = backend.dropped_providers["CUDAExecutionProvider"]
     assert "could not start CUDAExecutionProvider" in reason
-    logged = [r.getMessage() for r in caplog.records if r.name == "dl_inference_onnx"]
-    assert any(
-        "asked for CUDAExecutionProvider, running on CPUExecutionProvider" in m and reason in m
-        for m in logged
-    ), logged
+    fallbacks = [e for e in logs if e["event"] == "onnx provider fallback"]
+    assert [(e["log_level"], e["asked_for"], e["running_on"], e["reason"]) for e in fallbacks] == [
+        ("warning", "CUDAExecutionProvider", "CPUExecutionProvider", reason)
+    ], logs
     x = np.ones((2, 4), np.float32)
     np.testing.assert_array_equal(
         backend.predict({"x": x})["probs"], ort_run(built.mlp_file, {"x": x})[0]
@@ -254,19 +253,19 @@ def test_cuda_falls_back_to_cpu_with_a_logged_reason(
 
 
 def test_provider_missing_from_the_build_falls_back(
-    built: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    built: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the CPU-only onnxruntime package, GPU providers are dropped before the session."""
     import onnxruntime as ort
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    caplog.set_level(logging.WARNING, logger="dl_inference_onnx")
-    backend = loaded(tmp_path / "m", [built.mlp_file], providers=["tensorrt", "cuda", "cpu"])
+    with structlog.testing.capture_logs() as logs:
+        backend = loaded(tmp_path / "m", [built.mlp_file], providers=["tensorrt", "cuda", "cpu"])
     assert backend.running_providers == ["CPUExecutionProvider"]
     assert set(backend.dropped_providers) == {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
     for reason in backend.dropped_providers.values():
         assert "not part of this onnxruntime build" in reason and "onnxruntime-gpu" in reason
-    assert sum("running on CPUExecutionProvider" in r.getMessage() for r in caplog.records) == 2
+    assert sum(e.get("running_on") == "CPUExecutionProvider" for e in logs) == 2
 
 
 def test_fallback_can_be_refused(

@@ -164,9 +164,15 @@ def test_asking_for_cuda_without_a_gpu_serves_on_cpu_and_logs_why(
     tensor.set_data_from_numpy(x)
     probs = grpc_client.infer("fallback", [tensor]).as_numpy("probs")
     np.testing.assert_allclose(probs, torch_run(built.mlp, x), rtol=1e-5, atol=1e-6)
-    log = server.output()
-    assert "model=fallback version=1 asked for CUDAExecutionProvider" in log
-    assert "running on CPUExecutionProvider: onnxruntime could not start" in log
+    # One key=value line, as the kernel logs.
+    [line] = [
+        line
+        for line in server.output().splitlines()
+        if "onnx provider fallback" in line and "model=fallback" in line
+    ]
+    assert "asked_for=CUDAExecutionProvider" in line and "version=1" in line
+    assert "running_on=CPUExecutionProvider" in line
+    assert "reason=" in line and "onnxruntime could not start CUDAExecutionProvider" in line
 
 
 def test_model_without_a_batch_axis_is_refused_and_others_serve(
