@@ -65,11 +65,24 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
                 *exceptions,
                 renderer,
             ],
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, _strip_message, *shared],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # Python warnings (a framework's deprecations) as records too: printed raw, they would be
+    # the only lines of a JSON log that are not JSON.
+    logging.captureWarnings(True)
     # aiohttp's own access log duplicates ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _strip_message(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """A stdlib message without its trailing newline (a captured warning ends with one)."""
+    event = event_dict.get("event")
+    if isinstance(event, str):
+        event_dict["event"] = event.rstrip()
+    return event_dict
