@@ -358,6 +358,7 @@ PUBLIC_SURFACE = [
     "narrow_array",
     "public_message",
     "read_body",
+    "read_config_pbtxt",
     "read_json",
     "rename_proto_types",
     "task_id_of",

@@ -8,6 +8,7 @@ module is private and may change without notice.
 from dl_inference import wire
 from dl_inference.kernel.config.errors import describe_errors
 from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
+from dl_inference.kernel.config.triton_config import read_config_pbtxt
 from dl_inference.kernel.processor import ProcessorAdapter
 from dl_inference.spi.backend import Backend, BackendSettings
 from dl_inference.spi.balancer import Balancer, NodeView, Outcome
@@ -150,6 +151,7 @@ __all__ = [
     "narrow_array",
     "public_message",
     "read_body",
+    "read_config_pbtxt",
     "read_json",
     "rename_proto_types",
     "task_id_of",

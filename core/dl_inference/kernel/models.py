@@ -63,7 +63,9 @@ class ModelVersion:
     def __post_init__(self) -> None:
         config = self.backend.config
         self._predict = predict_call(self.backend)
-        self.batching = config.max_batch_size > 0 and config.dynamic_batching
+        self.batching = (
+            config.max_batch_size > 0 and config.dynamic_batching and self.backend.merges_requests
+        )
         # Every model runs in its scheduler's threads, off the event loop; only batching
         # models merge requests.
         self.scheduler = Batcher(
@@ -322,6 +324,9 @@ class ModelRegistry:
     def _backend_class(self, source: ModelSource, path: Path) -> type[Backend]:
         if source.config.backend:
             return self.plugins.backend(source.config.backend)
+        if source.triton_names:
+            where = str(source.path / "config.pbtxt")
+            return self.plugins.triton_backend(source.triton_names, where)
         candidates = [cls for cls in self.plugins.backends if cls.can_load(path)]
         if len(candidates) == 1:
             return candidates[0]

@@ -41,7 +41,12 @@ KNOWN_PROVIDERS: dict[str, str] = {
     "random": "dl-inference-balancers",
     "least_request": "dl-inference-balancers",
     "peak_ewma": "dl-inference-balancers",
+    "triton_python": "dl-inference-triton",
 }
+# Triton backend / platform names (config.pbtxt's ``backend`` / ``platform``) -> the in-repo
+# distribution whose backend claims them, for install hints only: the choice itself is the
+# installed backends' ``triton_platforms``.
+TRITON_PROVIDERS: dict[str, str] = {"python": "dl-inference-triton"}
 
 # The distributions of dl-inference's own repository: the kernel (its root) and each plugin
 # (``plugins/<name without the prefix>``), with the in-repo plugins each one needs, which a
@@ -234,6 +239,33 @@ class PluginHost:
         if cls is None:
             raise PluginError(self.missing_message("backend", name, self.backends.names()))
         return cls
+
+    def triton_backend(self, names: tuple[str, ...], where: str) -> type:
+        """The installed backend claiming (``triton_platforms``) the Triton backend or
+        platform ``names`` that config.pbtxt ``where`` gives, or PluginError saying what
+        to install (none) or to choose (several)."""
+        wanted = set(names)
+        found = [cls for cls in self.backends if wanted & set(cls.triton_platforms)]
+        if len(found) == 1:
+            return found[0]
+        asked = " / ".join(repr(n) for n in names)
+        if found:
+            choices = ", ".join(sorted(cls.name for cls in found))
+            raise PluginError(
+                f"{where}: several installed backends serve Triton's {asked} ({choices}); "
+                "choose one with models.<name>.backend in the server config"
+            )
+        package = next((TRITON_PROVIDERS[n] for n in names if n in TRITON_PROVIDERS), None)
+        install = (
+            f"install it: {install_hint(package)}"
+            if package
+            else "install a plugin whose backend claims it (Backend.triton_platforms)"
+        )
+        claimed = sorted({p for cls in self.backends for p in cls.triton_platforms})
+        raise PluginError(
+            f"{where}: no installed backend serves Triton's {asked} (installed backends "
+            f"serve: {', '.join(claimed) or 'none'}); {install}"
+        )
 
     def balancer(self, name: str) -> type:
         """The balancer class registered as ``name``, or PluginError naming what to install."""

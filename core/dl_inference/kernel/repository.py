@@ -1,4 +1,5 @@
-"""The model repository on disk: ``<repo>/<model>/<version>/<files>`` + optional config.yaml."""
+"""The model repository on disk: ``<repo>/<model>/<version>/<files>`` + optional config.yaml
+(a Triton model folder: its config.pbtxt, see :mod:`dl_inference.kernel.config.triton_config`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import structlog
 
 from dl_inference.kernel.config.loader import load_model_config_file
 from dl_inference.kernel.config.model_config import ModelConfig
+from dl_inference.kernel.config.triton_config import CONFIG_PBTXT, load_config_pbtxt
 from dl_inference.spi.errors import ConfigError
 
 log = structlog.get_logger("dl_inference.repository")
@@ -19,12 +21,17 @@ CONFIG_FILE = "config.yaml"
 
 @dataclass
 class ModelSource:
-    """One model folder: its name, numeric version folders found and its configuration."""
+    """One model folder: its name, numeric version folders found and its configuration.
+
+    ``triton_names``: the Triton backend and platform of a folder configured by config.pbtxt
+    (the installed backend that claims one of them serves it; empty for config.yaml).
+    """
 
     name: str
     path: Path
     versions: list[int]
     config: ModelConfig
+    triton_names: tuple[str, ...] = ()
 
     def version_path(self, version: int) -> Path:
         return self.path / str(version)
@@ -68,9 +75,13 @@ def read_model_folder(
     folder: Path, overrides: dict[str, Any] | None = None, name: str | None = None
 ) -> ModelSource | None:
     """The model in ``folder`` (served as ``name``, default the folder's), or ``None``
-    when it has no numeric version folder."""
+    when it has no numeric version folder. Its config.yaml configures it; without one, a
+    Triton config.pbtxt does."""
     versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         return None
+    if not (folder / CONFIG_FILE).is_file() and (folder / CONFIG_PBTXT).is_file():
+        config, triton = load_config_pbtxt(folder, overrides)
+        return ModelSource(name or folder.name, folder, versions, config, triton)
     config = load_model_config_file(folder / CONFIG_FILE, overrides)
     return ModelSource(name or folder.name, folder, versions, config)

@@ -47,6 +47,14 @@ class Backend(abc.ABC):
     name: ClassVar[str] = ""
     Settings: ClassVar[type[BackendSettings]] = BackendSettings
     model_files: ClassVar[tuple[str, ...]] = ()
+    # Triton ``backend`` / ``platform`` names this backend serves: a model folder configured
+    # by a Triton config.pbtxt is served by the installed backend that claims its backend or
+    # platform (e.g. ``("python",)``, ``("onnxruntime", "onnxruntime_onnx")``).
+    triton_platforms: ClassVar[tuple[str, ...]] = ()
+    # False: the kernel never merges requests into one predict() call, even with dynamic
+    # batching (for models that answer each request on its own, e.g. Triton's python
+    # backend: each predict() gets one request, as the client sent it).
+    merges_requests: ClassVar[bool] = True
 
     def __init__(
         self,
