@@ -21,6 +21,7 @@ from dl_inference.kernel.config.model_config import KERNEL_KEYS
 from dl_inference.kernel.plugins import PluginHost, install_hint
 from dl_inference.kernel.processor import Processor, ProcessorAdapter, predict_call
 from dl_inference.kernel.repository import ModelSource
+from dl_inference.kernel.warmup import WarmupFailed, warm_up
 from dl_inference.spi.backend import Backend
 from dl_inference.spi.errors import (
     BackendError,
@@ -202,16 +203,19 @@ class ModelRegistry:
             await asyncio.to_thread(model.backend.load)
             if model.processor is not None:
                 model.adapter = model.backend.processor_adapter()
+            await warm_up(model)  # config.yaml's warmup: and the backend's samples
         except Exception as exc:
             model.state = ModelState.UNAVAILABLE
-            model.reason = f"failed to load: {describe_exception(exc)}"
+            warm = isinstance(exc, WarmupFailed)
+            model.reason = str(exc) if warm else f"failed to load: {describe_exception(exc)}"
             log.error(
                 "model failed to load",
                 model=model.name,
                 version=model.version,
                 backend=model.backend_name,
                 error=model.reason,
-                exc_info=exc,
+                # A failed warm-up's model error was logged with its traceback already.
+                exc_info=None if warm else exc,
             )
             if strict:
                 raise BackendError(

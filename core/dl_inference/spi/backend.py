@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from dl_inference.spi.types import TensorSpec
+from dl_inference.spi.types import InferRequest, TensorSpec
 
 if TYPE_CHECKING:
     from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
@@ -99,6 +99,19 @@ class Backend(abc.ABC):
 
     def unload(self) -> None:  # noqa: B027 - nothing to release by default
         """Release what :meth:`load` took (GPU memory, sessions)."""
+
+    def warmup_samples(self) -> list[InferRequest]:
+        """Warm-up requests the model files carry (TF Serving's
+        ``assets.extra/tf_serving_warmup_requests``, for one), read after :meth:`load`.
+
+        The kernel runs each once, after config.yaml's ``warmup:`` samples and before the
+        version turns ready, through the model's scheduler and :meth:`predict` with the
+        request's ``inputs`` and ``parameters`` (``id``, when set, names it in logs and
+        errors). Inputs are not checked against :meth:`inputs`: the backend knows what its
+        samples address (a signature, say) and refuses what does not fit. Raise to fail the
+        load. The default: none.
+        """
+        return []
 
     # -- what the model takes (a backend overrides these) ----------------------------------
 

@@ -62,6 +62,68 @@ class VersionPolicy(BaseModel):
         return ordered[-(self.latest or 1) :]
 
 
+class WarmupInput(BaseModel):
+    """One input of a warm-up sample: its datatype and shape (without the batch dimension
+    when the model batches) and exactly one source of data, as Triton's ``model_warmup``.
+
+    ``zero_data``: zeros (empty strings for BYTES); ``random_data``: random values;
+    ``input_data_file``: a ``.npy`` file (``numpy.save``), relative to the version folder or,
+    failing that, the model folder; its array carries its own datatype and shape, which
+    ``datatype`` / ``shape``, when given, must match.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    datatype: str | None = None
+    shape: list[int] | None = None
+    zero_data: bool = False
+    random_data: bool = False
+    input_data_file: str | None = None
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str | None) -> str | None:
+        if value is not None and value not in DATATYPES:
+            raise ValueError(f"unknown datatype {value!r}; use one of {', '.join(DATATYPES)}")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _fixed_dims(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(dim < 0 for dim in value):
+            raise ValueError("a warm-up sample has fixed dimensions (>= 0); -1 is not allowed")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WarmupInput:
+        sources = [self.zero_data, self.random_data, self.input_data_file is not None]
+        if sum(sources) != 1:
+            raise ValueError(
+                "give exactly one of zero_data: true, random_data: true, input_data_file"
+            )
+        if self.input_data_file is None and (self.datatype is None or self.shape is None):
+            raise ValueError("zero_data and random_data need a datatype and a shape")
+        return self
+
+
+class WarmupSample(BaseModel):
+    """One warm-up sample set (Triton's ``model_warmup`` entry), run ``count`` times after
+    the model loads and before it turns ready.
+
+    ``batch_size``: rows of the request when the model batches (``max_batch_size > 0``;
+    at most that), else 1. ``inputs`` omitted: zeros for every input the model declares
+    (config.yaml's ``inputs`` or what the backend reads from the model file), each variable
+    dimension 1.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = ""
+    batch_size: int = Field(default=1, ge=1)
+    count: int = Field(default=1, ge=1)
+    inputs: dict[str, WarmupInput] | None = None
+
+
 # Keys the kernel owns; every other key of a model's config belongs to its backend's Settings.
 KERNEL_KEYS = frozenset(
     {
@@ -77,6 +139,7 @@ KERNEL_KEYS = frozenset(
         "version_policy",
         "version_labels",
         "parameters",
+        "warmup",
     }
 )
 
@@ -99,7 +162,26 @@ class ModelConfig(BaseModel):
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     version_labels: dict[str, int] = Field(default_factory=dict)
     parameters: dict[str, Any] = Field(default_factory=dict)
+    # Samples run through the model before it turns ready (kernel/warmup.py).
+    warmup: list[WarmupSample] = Field(default_factory=list)
     backend_options: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="after")
+    def _warmup_batches(self) -> ModelConfig:
+        for index, sample in enumerate(self.warmup):
+            if not sample.name:
+                sample.name = f"warmup[{index}]"
+            if self.max_batch_size == 0 and sample.batch_size != 1:
+                raise ValueError(
+                    f"warmup[{index}].batch_size is {sample.batch_size}, but the model does not "
+                    "batch (max_batch_size: 0): leave batch_size out or set it to 1"
+                )
+            if sample.batch_size > max(self.max_batch_size, 1):
+                raise ValueError(
+                    f"warmup[{index}].batch_size is {sample.batch_size}, over max_batch_size "
+                    f"{self.max_batch_size}"
+                )
+        return self
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> ModelConfig:
