@@ -1,0 +1,57 @@
+"""The fenced code blocks of a Markdown page, for tests that run its examples as written."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_FENCE = re.compile(r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<code>.*?)^```", re.DOTALL | re.MULTILINE)
+_HEADING = re.compile(r"^(?P<marks>#{1,6}) +(?P<title>.+?) *#*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class CodeBlock:
+    """One fenced block: its language tag (``""`` when none), its text, where it starts."""
+
+    lang: str
+    code: str
+    start: int
+
+    @property
+    def first_line(self) -> str:
+        return self.code.split("\n", 1)[0]
+
+
+def code_blocks(text: str) -> list[CodeBlock]:
+    """Every fenced (`````) code block of ``text``, in order."""
+    return [CodeBlock(m["lang"], m["code"], m.start()) for m in _FENCE.finditer(text)]
+
+
+def code_block(text: str, lang: str, needle: str) -> CodeBlock:
+    """The one ``lang`` block of ``text`` that contains ``needle`` (an error if not exactly one)."""
+    found = [b for b in code_blocks(text) if b.lang == lang and needle in b.code]
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} {lang!r} code blocks contain {needle!r}, not one")
+    return found[0]
+
+
+def sections(text: str, level: int = 2) -> dict[str, str]:
+    """The text under each heading of ``level`` (``##`` by default), up to the next heading of
+    that level or above, by title; headings inside code blocks do not count."""
+    fenced = [(m.start(), m.end()) for m in _FENCE.finditer(text)]
+    cuts = [
+        (m.start(), len(m["marks"]), m["title"])
+        for m in _HEADING.finditer(text)
+        if len(m["marks"]) <= level and not any(a <= m.start() < b for a, b in fenced)
+    ]
+    found: dict[str, str] = {}
+    for i, (start, marks, title) in enumerate(cuts):
+        if marks == level:
+            end = cuts[i + 1][0] if i + 1 < len(cuts) else len(text)
+            found[title] = text[start:end]
+    return found
+
+
+def heading_anchor(title: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as ``-``."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
