@@ -24,7 +24,7 @@ KIND_LABEL = {
     "pickle": "pickled whole module",
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-CONVERT_HINT = "dl-inference-convert {file} --trust-pickle --to pt2 --input-shape ..."
+CONVERT_HINT = "dl-inference convert {file} {file.parent}/model.pt2 --trust-pickle --input ..."
 
 # torch.export.load keeps its deserializer in a module global ("_CURRENT_DESERIALIZER is
 # already set" when two threads load at once): every load goes through this lock.

@@ -69,7 +69,7 @@ def test_untrusted_pickle_is_refused_with_how_to_opt_in_or_convert(tmp_path, loa
         load_backend(tmp_path, "cnn")
     message = str(caught.value)
     assert "trust_pickle: true" in message and "config.yaml" in message
-    assert "dl-inference-convert" in message and "model.pth" in message
+    assert "dl-inference convert" in message and "--trust-pickle" in message
 
 
 def test_pt_file_that_is_a_pickle_needs_trust_too(tmp_path, load_backend):

@@ -188,7 +188,7 @@ def test_error_in_user_code_is_internal_with_message_and_line(served):
 def test_untrusted_pickle_is_unavailable_and_says_how_to_fix_it(served):
     error = failure(served, tensor_request("untrusted", digits(1)))
     assert error.code() is grpc.StatusCode.UNAVAILABLE
-    assert "trust_pickle: true" in error.details() and "dl-inference-convert" in error.details()
+    assert "trust_pickle: true" in error.details() and "dl-inference convert" in error.details()
 
 
 def test_server_keeps_serving_after_errors(served):
