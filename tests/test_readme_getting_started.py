@@ -8,7 +8,6 @@ address changes: the server listens on free ports of 127.0.0.1.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -18,19 +17,16 @@ from pathlib import Path
 import pytest
 
 from dl_inference.testing import ServerProcess
+from dl_inference.testing.markdown import code_block
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-BLOCK = re.compile(r"```(?P<lang>\w*)\n(?P<code>.*?)```", re.DOTALL)
 A = list(range(16))
 B = [1] * 16
 
 
 def block(lang: str, needle: str) -> str:
     """The one ``lang`` code block of the README that contains ``needle``."""
-    (code,) = [
-        m["code"] for m in BLOCK.finditer(README) if m["lang"] == lang and needle in m["code"]
-    ]
-    return code
+    return code_block(README, lang, needle).code
 
 
 @pytest.fixture(scope="module")
