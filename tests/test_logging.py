@@ -199,3 +199,31 @@ def test_python_warnings_are_log_lines_too() -> None:
     record = json.loads(line)
     assert record["logger"] == "py.warnings" and record["level"] == "warning"
     assert "FutureWarning: this API is going away" in record["event"]
+
+
+def test_a_reload_changes_format_and_level_of_loggers_already_used(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A config reload calls configure_logging again; every module's ``log`` has been used."""
+    log = structlog.get_logger("dl_inference.test")
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        configure_logging("console", "info")
+        log.info("request", model="m")
+        log.debug("not shown at info")
+        configure_logging("json", "warning")
+        log.info("not shown at warning")
+        log.warning("slow", model="m")
+        configure_logging("console", "debug")
+        log.debug("shown at debug")
+        lines = capsys.readouterr().err.splitlines()
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.captureWarnings(False)
+        structlog.reset_defaults()
+    assert len(lines) == 3, lines
+    assert "[info     ] request" in lines[0] and "model=m" in lines[0]
+    assert json.loads(lines[1])["event"] == "slow"
+    assert "[debug    ] shown at debug" in lines[2]

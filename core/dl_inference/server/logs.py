@@ -22,8 +22,43 @@ _LEVELS = {
 }
 
 
+# The method a structlog event was logged with -> its level, for _DropBelow.
+_METHOD_LEVELS = {
+    **_LEVELS,
+    "exception": logging.ERROR,
+    "warn": logging.WARNING,
+    "msg": logging.INFO,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+# One list for the life of the process, changed in place: each logger structlog has cached
+# (every module's ``log``, on its first use) holds this very list, so a reload's new format
+# and level reach them too; a new list would reach only loggers not used yet.
+_PROCESSORS: list[structlog.types.Processor] = []
+
+
+class _DropBelow:
+    """Drops events under a level. The level is checked here rather than by the wrapper
+    class because cached loggers keep the wrapper class they were made with."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def __call__(
+        self, _logger: object, method: str, event_dict: structlog.types.EventDict
+    ) -> structlog.types.EventDict:
+        if _METHOD_LEVELS.get(method, logging.CRITICAL) < self.level:
+            raise structlog.DropEvent
+        return event_dict
+
+
 def configure_logging(log_format: str = "console", level: str = "info") -> None:
-    """Send structlog and stdlib logs (grpc, aiohttp) to stderr in one format."""
+    """Send structlog and stdlib logs (grpc, aiohttp) to stderr in one format.
+
+    Called again (a config reload), it changes the format and level of every logger,
+    those already used included.
+    """
     numeric = _LEVELS[level]
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -49,10 +84,15 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
         )
     # Our own events render straight to stderr: the stdlib route costs a quarter of the
     # server's per-request CPU when every request writes an access-log line.
+    # Debug events pass the wrapper class and _DropBelow drops them (about a microsecond
+    # each; the kernel logs debug on no request's success path), so that lowering the level
+    # on a reload reaches cached loggers too.
+    drop = [_DropBelow(numeric)] if numeric > logging.DEBUG else []
+    _PROCESSORS[:] = [*drop, *shared, *exceptions, renderer]
     structlog.configure(
-        processors=[*shared, *exceptions, renderer],
+        processors=_PROCESSORS,
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=True,
     )
     # Third-party libraries log through the stdlib; their records (exc_info included) go
