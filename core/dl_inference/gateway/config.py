@@ -43,10 +43,14 @@ def join_address(host: str, port: int) -> str:
 class NodeConfig(_Section):
     """One upstream node: a dl-inference worker, TF Serving, Triton or Seldon instance."""
 
-    address: str
-    weight: int = Field(default=100, ge=1, le=1_000_000)
-    # host:port of the node's REST listener, when not the route's http_port on its host.
-    http_address: str | None = None
+    address: str = Field(description="host:port of the node's gRPC listener")
+    weight: int = Field(
+        default=100, ge=1, le=1_000_000, description="its share of calls, for the balancer"
+    )
+    http_address: str | None = Field(
+        default=None,
+        description="host:port of its REST listener, when not the route's http_port on its host",
+    )
 
     @field_validator("address", "http_address")
     @classmethod
@@ -68,12 +72,22 @@ class DiscoveryConfig(_Section):
     route that names neither ``model`` nor ``task_id``, one route per line.
     """
 
-    dns: str | None = None
-    # host:port of the nameserver to ask instead of the system resolver (optional).
-    nameserver: str | None = None
-    file: Path | None = None
-    nodefile: Path | None = None
-    refresh_s: float = Field(default=10.0, gt=0)
+    dns: str | None = Field(
+        default=None, description="host:port whose A/AAAA records are the nodes"
+    )
+    nameserver: str | None = Field(
+        default=None,
+        description="host:port of the nameserver to ask instead of the system resolver",
+    )
+    file: Path | None = Field(
+        default=None, description="YAML list of {address, weight} or host:port strings"
+    )
+    nodefile: Path | None = Field(
+        default=None, description="the seed's nodefile.txt (taskid=timeout_ms,ip:port,...)"
+    )
+    refresh_s: float = Field(
+        default=10.0, gt=0, description="seconds between DNS look-ups and file checks"
+    )
     weight: int = Field(
         default=100,
         ge=1,
@@ -97,41 +111,71 @@ class DiscoveryConfig(_Section):
 class HealthConfig(_Section):
     """Active probes with grpc.health.v1 Check.
 
+    By default a route that names one model (``model``, no ``task_id``) asks for that
+    model, so a node whose other models failed stays in this route; a node whose health
+    service does not know the name (NOT_FOUND: it answers for the whole server only) is
+    then asked for ``""``. Other routes, and ``service: ""``, ask for the whole server.
     An upstream without the health service (TF Serving) counts as live when it answers.
     """
 
-    enabled: bool = True
-    interval_s: float = Field(default=5.0, gt=0)
-    timeout_s: float = Field(default=1.0, gt=0)
-    service: str = ""
-    unhealthy_threshold: int = Field(default=2, ge=1)
-    healthy_threshold: int = Field(default=1, ge=1)
+    enabled: bool = Field(default=True, description="probe the nodes at all")
+    interval_s: float = Field(default=5.0, gt=0, description="seconds between probes of a node")
+    timeout_s: float = Field(default=1.0, gt=0, description="seconds a probe may take")
+    service: str | None = Field(
+        default=None,
+        description="the service name a probe asks for (default: the route's model, else "
+        '""; "" is the whole server)',
+    )
+    unhealthy_threshold: int = Field(
+        default=2, ge=1, description="failed probes in a row that take a node out"
+    )
+    healthy_threshold: int = Field(
+        default=1, ge=1, description="passed probes in a row that bring it back"
+    )
 
 
 class EjectionConfig(_Section):
     """Passive outlier ejection: consecutive failures take a node out for a growing time."""
 
-    consecutive_failures: int = Field(default=5, ge=1)
-    base_s: float = Field(default=10.0, gt=0)
-    max_s: float = Field(default=300.0, gt=0)
-    max_percent: float = Field(default=50.0, ge=0, le=100)
-    slow_start_s: float = Field(default=10.0, ge=0)
+    consecutive_failures: int = Field(
+        default=5, ge=1, description="node failures in a row that eject a node"
+    )
+    base_s: float = Field(
+        default=10.0, gt=0, description="first ejection's length; each next one adds as much"
+    )
+    max_s: float = Field(default=300.0, gt=0, description="longest ejection")
+    max_percent: float = Field(
+        default=50.0, ge=0, le=100, description="most of a route's nodes ejected at once (%)"
+    )
+    slow_start_s: float = Field(
+        default=10.0, ge=0, description="seconds a returning or new node ramps up its share"
+    )
 
 
 class RetryBudgetConfig(_Section):
     """Retries allowed on top of requests: ``percent`` of recent requests plus ``min_per_s``."""
 
-    percent: float = Field(default=20.0, ge=0)
-    min_per_s: float = Field(default=10.0, ge=0)
+    percent: float = Field(
+        default=20.0, ge=0, description="retries allowed, in % of the last 10 s of requests"
+    )
+    min_per_s: float = Field(
+        default=10.0, ge=0, description="retries per second allowed on top, however few calls"
+    )
 
 
 class TlsConfig(_Section):
     """TLS to the upstream nodes; every file is optional (system roots by default)."""
 
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    server_name: str | None = None
+    ca_file: Path | None = Field(
+        default=None, description="CA bundle the nodes' certificates must chain to"
+    )
+    cert_file: Path | None = Field(
+        default=None, description="client certificate, for nodes asking mutual TLS"
+    )
+    key_file: Path | None = Field(default=None, description="the client certificate's key")
+    server_name: str | None = Field(
+        default=None, description="name to check the nodes' certificates against"
+    )
 
     @model_validator(mode="after")
     def _pair(self) -> TlsConfig:
@@ -148,29 +192,51 @@ class RouteConfig(_Section):
     (a Seldon ``taskId`` tag), for each protocol the route accepts. A route may give both.
     """
 
-    model: str | None = Field(default=None, min_length=1)
+    model: str | None = Field(
+        default=None, min_length=1, description="the model name routed (exact match)"
+    )
     task_id: int | None = Field(
         default=None, ge=1, description="the seed's task id: names ending in -N, or N"
     )
     protocols: list[str] | None = Field(
         default=None, description="protocol names forwarded for this model (default: all)"
     )
-    nodes: list[NodeConfig] = Field(default_factory=list)
-    discovery: DiscoveryConfig | None = None
-    balancer: str = DEFAULT_BALANCER
-    balancer_options: dict[str, object] = Field(default_factory=dict)
-    timeout_ms: int | None = Field(default=None, gt=0)
-    retries: int = Field(default=2, ge=0, le=10)
-    retry_budget: RetryBudgetConfig = Field(default_factory=RetryBudgetConfig)
-    tls: TlsConfig | None = None
-    # The nodes' REST port: V2 and TF Serving REST calls for the model go there, on the
-    # host of each node's gRPC address (a node's own http_address wins). Neither set:
-    # the route forwards gRPC only.
-    http_port: int | None = Field(default=None, ge=1, le=65535)
-    # gRPC connections per node; > 1 spreads calls over an upstream's `--workers N`.
-    connections_per_node: int = Field(default=1, ge=1, le=64)
-    health: HealthConfig = Field(default_factory=HealthConfig)
-    ejection: EjectionConfig = Field(default_factory=EjectionConfig)
+    nodes: list[NodeConfig] = Field(
+        default_factory=list, description="the upstream nodes (or discovery)"
+    )
+    discovery: DiscoveryConfig | None = Field(
+        default=None, description="where the nodes come from instead of nodes"
+    )
+    balancer: str = Field(
+        default=DEFAULT_BALANCER, description="the balancer plugin choosing among nodes"
+    )
+    balancer_options: dict[str, object] = Field(
+        default_factory=dict, description="settings handed to the balancer"
+    )
+    timeout_ms: int | None = Field(
+        default=None, gt=0, description="limit for the whole call, retries included"
+    )
+    retries: int = Field(
+        default=2, ge=0, le=10, description="other nodes a call may go to when nothing ran"
+    )
+    retry_budget: RetryBudgetConfig = Field(
+        default_factory=RetryBudgetConfig, description="a cap on retries over all calls"
+    )
+    tls: TlsConfig | None = Field(default=None, description="TLS to the nodes (off: plain)")
+    # V2 and TF Serving REST calls for the model go there, on the host of each node's
+    # gRPC address (a node's own http_address wins). Neither set: gRPC only.
+    http_port: int | None = Field(
+        default=None, ge=1, le=65535, description="the nodes' REST port, to forward REST calls"
+    )
+    connections_per_node: int = Field(
+        default=1, ge=1, le=64, description="gRPC connections per node (reach --workers N)"
+    )
+    health: HealthConfig = Field(
+        default_factory=HealthConfig, description="active grpc.health probes"
+    )
+    ejection: EjectionConfig = Field(
+        default_factory=EjectionConfig, description="passive ejection of failing nodes"
+    )
 
     @property
     def name(self) -> str:
@@ -180,6 +246,17 @@ class RouteConfig(_Section):
         if self.task_id is not None:
             return f"task-{self.task_id}"
         return f"every task of {self.nodefile}"
+
+    @property
+    def probe_service(self) -> str:
+        """What the route's health probes ask for: ``health.service`` when given, else the
+        route's one model; ``""`` (the whole server) for a route of a task id, whose calls
+        name many models."""
+        if self.health.service is not None:
+            return self.health.service
+        if self.model is not None and self.task_id is None:
+            return self.model
+        return ""
 
     @property
     def nodefile(self) -> Path | None:

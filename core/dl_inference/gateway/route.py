@@ -244,8 +244,26 @@ class Route:
             await asyncio.sleep(interval)
 
     async def probe(self, node: Node) -> bool:
-        """One grpc.health.v1 Check; an upstream without the service is live if it answers."""
-        cfg = self.config.health
+        """One grpc.health.v1 Check for :attr:`RouteConfig.probe_service`; an upstream
+        without the service is live if it answers.
+
+        By default a route asks for its model (:attr:`RouteConfig.probe_service`): a node
+        whose other models failed to load is not taken out of this route. A node whose
+        health service does not know the name (NOT_FOUND: it answers for the whole server
+        only, as the grpc.health examples do) is asked for ``""`` instead; a name the
+        user gave is not replaced.
+        """
+        service = self.config.probe_service
+        ok, detail = await self._check(node, service)
+        unknown = detail.startswith(grpc.StatusCode.NOT_FOUND.name)
+        if unknown and service and self.config.health.service is None:
+            ok, detail = await self._check(node, "")
+            detail = f"{detail} (the whole server's: no health status for {service!r})"
+        self.health.probe_result(node, ok, detail)
+        return ok
+
+    async def _check(self, node: Node, service: str) -> tuple[bool, str]:
+        """(passed, what the node answered) of one Check of ``service``."""
         check = node.get_channel().unary_unary(
             HEALTH_CHECK,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -253,19 +271,16 @@ class Route:
         )
         try:
             reply = await check(
-                health_pb2.HealthCheckRequest(service=cfg.service), timeout=cfg.timeout_s
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=self.config.health.timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 # TF Serving and others have no health service: answering at all is liveness.
-                ok, detail = True, "answers (no grpc.health.v1 service)"
-            else:
-                ok, detail = False, f"{exc.code().name}: {exc.details()}"
-        else:
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            ok, detail = reply.status == health_pb2.HealthCheckResponse.SERVING, status
-        self.health.probe_result(node, ok, detail)
-        return ok
+                return True, "answers (no grpc.health.v1 service)"
+            return False, f"{exc.code().name}: {exc.details()}"
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING, status
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = time.monotonic()
