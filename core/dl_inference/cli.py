@@ -231,8 +231,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     management = config.management
     # The token is a secret of the serving machine: a check (in CI, on a laptop) must not
     # need it, so everything is built as `serve` builds it except the token read.
+    # A model folder that cannot be prepared, which `serve` holds UNAVAILABLE, is an error
+    # here: the check is for before production.
     checked = config.model_copy(
-        update={"management": management.model_copy(update={"enabled": False})}
+        update={
+            "management": management.model_copy(update={"enabled": False}),
+            "server": config.server.model_copy(update={"strict_model_loading": True}),
+        }
     )
     server = _build_server(checked)
     gateway = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 import traceback
@@ -20,9 +21,8 @@ from dl_inference.kernel.config.errors import describe_errors
 from dl_inference.kernel.config.model_config import KERNEL_KEYS
 from dl_inference.kernel.plugins import PluginHost, install_hint
 from dl_inference.kernel.processor import Processor, ProcessorAdapter, predict_call
-from dl_inference.kernel.repository import ModelSource
-from dl_inference.kernel.warmup import WarmupFailed, warm_up
-from dl_inference.spi.backend import Backend
+from dl_inference.kernel.repository import ModelSource, read_model_folder
+from dl_inference.spi.backend import Backend, BackendSettings
 from dl_inference.spi.errors import (
     BackendError,
     ConfigError,
@@ -34,12 +34,43 @@ from dl_inference.spi.types import ModelMetadata, TensorSpec
 
 log = structlog.get_logger("dl_inference.models")
 
+# A version that failed to load (or could not be prepared) is tried again after
+# RETRY_FIRST_S, then after twice the previous wait, at most RETRY_MAX_S apart (the
+# repository poll drives it), and at once when its files or its model's config.yaml change:
+# a GPU that appears, a file copied in halfway, a package installed afterwards.
+RETRY_FIRST_S = 2.0
+RETRY_MAX_S = 300.0
+
+# What a version was loaded from, compared to spot changes: its files, the model folder's.
+Signature = tuple[Any, ...]
+
 
 class ModelState(enum.Enum):
     LOADING = "LOADING"
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
     UNLOADING = "UNLOADING"
+
+
+@dataclass
+class LoadRetry:
+    """When a version whose load failed (with the files of ``signature``) is tried again."""
+
+    attempts: int  # failed attempts with these files
+    due: float  # time.monotonic() of the next attempt
+    signature: Signature
+    reason: str  # the last failure, without the retry note
+
+    @classmethod
+    def after(cls, attempts: int, signature: Signature, reason: str) -> LoadRetry:
+        delay = min(RETRY_FIRST_S * 2 ** (attempts - 1), RETRY_MAX_S)
+        return cls(attempts, time.monotonic() + delay, signature, reason)
+
+    def note(self) -> str:
+        """``failed 2 times; next try at 10:31:05 UTC``: for the reason users see."""
+        wall = time.time() + self.due - time.monotonic()
+        times = "once" if self.attempts == 1 else f"{self.attempts} times"
+        return f"failed {times}; next try at {time.strftime('%H:%M:%S', time.gmtime(wall))} UTC"
 
 
 @dataclass
@@ -56,7 +87,10 @@ class ModelVersion:
     # observer(model, version, rows, queued, started, finished), called per executed batch:
     # the monotonic times each of its requests was queued, and it ran
     observer: Callable[[str, str, int, list[float], float, float], None] | None = None
-    signature: tuple[float, int] = (0.0, 0)
+    signature: Signature = ()
+    # Set while a failed load waits for its next attempt: on an UNAVAILABLE version, its
+    # own; on a READY one, a replacement's (new files or config) that failed to load.
+    retry: LoadRetry | None = None
     # The model's processor.py and the backend's adapter that runs it (set by the load).
     processor: Processor | None = None
     adapter: ProcessorAdapter | None = None
@@ -64,9 +98,7 @@ class ModelVersion:
     def __post_init__(self) -> None:
         config = self.backend.config
         self._predict = predict_call(self.backend)
-        self.batching = (
-            config.max_batch_size > 0 and config.dynamic_batching and self.backend.merges_requests
-        )
+        self.batching = config.max_batch_size > 0 and config.dynamic_batching
         # Every model runs in its scheduler's threads, off the event loop; only batching
         # models merge requests.
         self.scheduler = Batcher(
@@ -164,23 +196,68 @@ class ModelRegistry:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def prepare(self, sources: list[ModelSource]) -> None:
-        """Choose and configure the backend of every version; config errors surface here."""
+    def prepare(self, sources: list[ModelSource], *, strict: bool = True) -> None:
+        """Choose and configure the backend of every version; config errors surface here.
+
+        With ``strict`` the first ConfigError / PluginError is raised. Without, a version
+        that cannot be prepared (config.yaml invalid, files no backend recognises, invalid
+        backend settings) is held UNAVAILABLE with that error as its reason, and retried
+        like a failed load; the other models serve.
+        """
         for source in sources:
-            selected = source.config.version_policy.select(source.versions)
-            self._versions[source.name] = {
-                str(number): self._make_version(source, number) for number in selected
-            }
+            versions = {}
+            for number in source.config.version_policy.select(source.versions):
+                try:
+                    versions[str(number)] = self._make_version(source, number)
+                except DlInferenceError as exc:
+                    if strict or self._blames_overrides(source, number):
+                        raise
+                    versions[str(number)] = self._unprepared(source, number, exc)
+            self._versions[source.name] = versions
             self._sources[source.name] = source
 
     def _make_version(self, source: ModelSource, number: int) -> ModelVersion:
+        if source.error:
+            raise ConfigError(source.error)
         path = source.version_path(number)
         cls = self._backend_class(source, path)
         settings = _settings(cls, source)
         backend = cls(source.name, str(number), path, source.config, settings)
         model = ModelVersion(source.name, str(number), cls.name, backend)
-        model.signature = _folder_signature(path)
+        model.signature = _signature(source, number)
         model.observer = self.observer
+        return model
+
+    def _blames_overrides(self, source: ModelSource, number: int) -> bool:
+        """Whether only the server config's ``models.<name>`` keeps this version from being
+        prepared (the folder alone prepares): the server config's error, never held as a
+        broken folder."""
+        if not source.overrides or source.error:
+            return False
+        bare = read_model_folder(source.path, None, source.name, strict=False)
+        if bare is None or bare.error:
+            return False
+        try:
+            self._make_version(bare, number)
+        except DlInferenceError:
+            return False
+        return True
+
+    def _unprepared(self, source: ModelSource, number: int, error: Exception) -> ModelVersion:
+        """An UNAVAILABLE stand-in for a version whose backend could not be prepared."""
+        log.error(
+            "model cannot be prepared; serving the others",
+            model=source.name,
+            version=number,
+            error=str(error),
+        )
+        backend = _Unprepared(
+            source.name, str(number), source.version_path(number), source.config, BackendSettings()
+        )
+        model = ModelVersion(source.name, str(number), source.config.backend or "none", backend)
+        model.state = ModelState.UNAVAILABLE
+        model.reason = str(error)
+        model.signature = _signature(source, number)
         return model
 
     async def load_all(self, *, strict: bool = False) -> None:
@@ -190,6 +267,7 @@ class ModelRegistry:
                 self._load(v, strict)
                 for versions in self._versions.values()
                 for v in versions.values()
+                if v.state is ModelState.LOADING  # not the versions that could not be prepared
             )
         )
 
@@ -203,19 +281,16 @@ class ModelRegistry:
             await asyncio.to_thread(model.backend.load)
             if model.processor is not None:
                 model.adapter = model.backend.processor_adapter()
-            await warm_up(model)  # config.yaml's warmup: and the backend's samples
         except Exception as exc:
             model.state = ModelState.UNAVAILABLE
-            warm = isinstance(exc, WarmupFailed)
-            model.reason = str(exc) if warm else f"failed to load: {describe_exception(exc)}"
+            model.reason = f"failed to load: {describe_exception(exc)}"
             log.error(
                 "model failed to load",
                 model=model.name,
                 version=model.version,
                 backend=model.backend_name,
                 error=model.reason,
-                # A failed warm-up's model error was logged with its traceback already.
-                exc_info=None if warm else exc,
+                exc_info=exc,
             )
             if strict:
                 raise BackendError(
@@ -252,9 +327,12 @@ class ModelRegistry:
         """Apply what changed on disk: load new versions/models, retire old ones.
 
         A new version serves once loaded; versions that left the policy are retired only
-        after a newer one is ready, so requests never find the model without a version. A
-        version that fails to load stays UNAVAILABLE beside the serving one and is retried
-        when its files change. Returns whether anything changed.
+        after a newer one is ready, so requests never find the model without a version.
+        A version whose files or model config.yaml changed is loaded again, and replaces
+        the serving one once READY. A load that fails (or a folder that cannot be
+        prepared) stays UNAVAILABLE beside the serving version, or leaves the serving
+        version in place, and is retried with back-off (RETRY_FIRST_S doubling to
+        RETRY_MAX_S) and at once when its files change. Returns whether anything changed.
         """
         changed = False
         seen = {source.name for source in sources}
@@ -276,6 +354,8 @@ class ModelRegistry:
 
     async def load_model(self, source: ModelSource) -> None:
         """Load (or reload) one model at run time; BackendError if no version became ready."""
+        if source.error:
+            raise ConfigError(source.error)
         self._backend_class(source, source.version_path(source.versions[-1]))  # fail early
         self.unloaded.discard(source.name)
         await self._refresh_model(source, reload=True)
@@ -294,43 +374,97 @@ class ModelRegistry:
 
     async def _refresh_model(self, source: ModelSource, reload: bool = False) -> bool:
         current = self._versions.setdefault(source.name, {})
-        self._sources[source.name] = source
-        selected = {str(n) for n in source.config.version_policy.select(source.versions)}
+        if source.error and current:
+            # Without a readable config.yaml the version policy and labels are unknown:
+            # keep the versions held (and the config they were loaded with).
+            selected = set(current)
+        else:
+            self._sources[source.name] = source
+            selected = {str(n) for n in source.config.version_policy.select(source.versions)}
         changed = False
         for number in sorted(selected, key=int):
             known = current.get(number)
-            path = source.version_path(int(number))
-            # A failed version is retried only once its files change (not on every poll).
-            if (
-                known is not None
-                and not reload
-                and (known.ready or known.signature == _folder_signature(path))
-            ):
+            signature = _signature(source, int(number))
+            if known is not None and not reload and not self._due(known, signature):
                 continue
-            try:
-                model = self._make_version(source, int(number))
-            except DlInferenceError as exc:
-                log.error(
-                    "new model version refused", model=source.name, version=number, error=str(exc)
+            model = await self._attempt(source, int(number), signature, known)
+            changed = True
+            if known is not None and known.ready and not model.ready and not reload:
+                # The serving version stays until a replacement loads.
+                assert model.retry is not None
+                known.retry = model.retry
+                known.reason = (
+                    f"serving the files and config.yaml loaded before; loading the new ones "
+                    f"failed: {model.reason}"
                 )
+                await self._discard(model)
                 continue
-            await self._load(model, strict=False)
+            current[number] = model  # before the old one drains: requests find this one
             if known is not None:
                 await self._retire(known)
-            current[number] = model
-            changed = True
         if any(current[v].ready for v in selected if v in current):
             for number in sorted(set(current) - selected, key=int):
                 await self._retire(current[number])
                 changed = True
         return changed
 
+    def _due(self, known: ModelVersion, signature: Signature) -> bool:
+        """Whether ``known`` should be loaded again from the files of ``signature``."""
+        if known.state not in (ModelState.READY, ModelState.UNAVAILABLE):
+            return False  # a load or unload in progress
+        if known.ready and known.signature == signature:
+            if known.retry is not None:  # the files went back to those that serve
+                known.retry, known.reason = None, ""
+            return False
+        if known.retry is None and not known.ready:
+            # Failed at start-up or through a run-time load: its back-off starts now.
+            self._schedule_retry(known, 1)
+        if known.retry is None or known.retry.signature != signature:
+            return True  # new files or config: at once
+        return time.monotonic() >= known.retry.due
+
+    async def _attempt(
+        self,
+        source: ModelSource,
+        number: int,
+        signature: Signature,
+        known: ModelVersion | None,
+    ) -> ModelVersion:
+        """Prepare and load one version; on failure its next attempt is scheduled."""
+        before = known.retry if known is not None else None
+        # The back-off grows while the files stay the same, and starts over when they change.
+        attempts = before.attempts if before is not None and before.signature == signature else 0
+        try:
+            model = self._make_version(source, number)
+        except DlInferenceError as exc:
+            model = self._unprepared(source, number, exc)
+        else:
+            await self._load(model, strict=False)
+        model.signature = signature
+        if not model.ready:
+            self._schedule_retry(model, attempts + 1)
+        return model
+
+    def _schedule_retry(self, model: ModelVersion, attempts: int) -> None:
+        model.retry = LoadRetry.after(attempts, model.signature, model.reason)
+        model.reason = f"{model.reason} ({model.retry.note()})"
+        log.info(
+            "model load will be retried",
+            model=model.name,
+            version=model.version,
+            attempts=attempts,
+            in_s=round(model.retry.due - time.monotonic(), 1),
+        )
+
+    async def _discard(self, model: ModelVersion) -> None:
+        """Release a version that never served (a failed replacement)."""
+        await model.scheduler.close()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(model.backend.unload)
+
     def _backend_class(self, source: ModelSource, path: Path) -> type[Backend]:
         if source.config.backend:
             return self.plugins.backend(source.config.backend)
-        if source.triton_names:
-            where = str(source.path / "config.pbtxt")
-            return self.plugins.triton_backend(source.triton_names, where)
         candidates = [cls for cls in self.plugins.backends if cls.can_load(path)]
         if len(candidates) == 1:
             return candidates[0]
@@ -454,13 +588,42 @@ def describe_exception(exc: BaseException) -> str:
     return text
 
 
-def _folder_signature(path: Path) -> tuple[float, int]:
-    """Newest mtime and file count under ``path``: changes when a version is rewritten."""
-    newest, count = 0.0, 0
-    for file in path.rglob("*"):
+class _Unprepared(Backend):
+    """Stands in for a version no backend could be prepared for (never loaded or called)."""
+
+    name = "none"
+
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
+        raise ModelNotReady(f"model {self.model_name!r} version {self.version} is not loaded")
+
+
+def _signature(source: ModelSource, number: int) -> Signature:
+    """What version ``number`` of ``source`` is loaded from, to spot changes: its folder's
+    files and the model folder's own (config.yaml, processor.py)."""
+    own = []
+    try:
+        files = sorted(p for p in source.path.iterdir() if p.is_file())
+    except OSError:
+        files = []
+    for file in files:
         try:
-            newest = max(newest, file.stat().st_mtime)
+            stat = file.stat()
         except OSError:
             continue
+        own.append((file.name, stat.st_mtime_ns, stat.st_size))
+    return (_folder_signature(source.version_path(number)), tuple(own))
+
+
+def _folder_signature(path: Path) -> tuple[int, int, int]:
+    """Newest mtime, file count and total size under ``path``: changes when a version is
+    rewritten (also by a copy that keeps the files' times)."""
+    newest, count, size = 0, 0, 0
+    for file in path.rglob("*"):
+        try:
+            stat = file.stat()
+        except OSError:
+            continue
+        newest = max(newest, stat.st_mtime_ns)
         count += 1
-    return newest, count
+        size += stat.st_size
+    return newest, count, size

@@ -1,9 +1,8 @@
-"""The model repository on disk: ``<repo>/<model>/<version>/<files>`` + optional config.yaml
-(a Triton model folder: its config.pbtxt, see :mod:`dl_inference.kernel.config.triton_config`)."""
+"""The model repository on disk: ``<repo>/<model>/<version>/<files>`` + optional config.yaml."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ import structlog
 
 from dl_inference.kernel.config.loader import load_model_config_file
 from dl_inference.kernel.config.model_config import ModelConfig
-from dl_inference.kernel.config.triton_config import CONFIG_PBTXT, load_config_pbtxt
 from dl_inference.spi.errors import ConfigError
 
 log = structlog.get_logger("dl_inference.repository")
@@ -21,29 +19,30 @@ CONFIG_FILE = "config.yaml"
 
 @dataclass
 class ModelSource:
-    """One model folder: its name, numeric version folders found and its configuration.
-
-    ``triton_names``: the Triton backend and platform of a folder configured by config.pbtxt
-    (the installed backend that claims one of them serves it; empty for config.yaml).
-    """
+    """One model folder: its name, numeric version folders found and its configuration."""
 
     name: str
     path: Path
     versions: list[int]
     config: ModelConfig
-    triton_names: tuple[str, ...] = ()
+    # Why the folder's configuration could not be read ("" when it could); the model is
+    # then listed UNAVAILABLE with this reason, its ``config`` being the defaults.
+    error: str = ""
+    # The server config's ``models.<name>`` mapping merged into ``config``.
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def version_path(self, version: int) -> Path:
         return self.path / str(version)
 
 
 def scan_repository(
-    root: Path, overrides: dict[str, dict[str, Any]] | None = None
+    root: Path, overrides: dict[str, dict[str, Any]] | None = None, *, strict: bool = True
 ) -> list[ModelSource]:
     """Every model folder under ``root``. Folders without numeric versions are skipped (logged).
 
     ``overrides`` are the server config's ``models.<name>`` mappings; an override for a
-    model that is not in the repository is a ConfigError.
+    model that is not in the repository is a ConfigError. A folder whose config.yaml is
+    invalid raises ConfigError when ``strict``, else comes back with ``error`` set.
     """
     overrides = overrides or {}
     if not root.is_dir():
@@ -53,7 +52,7 @@ def scan_repository(
         )
     sources = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        source = read_model_folder(folder, overrides.get(folder.name))
+        source = read_model_folder(folder, overrides.get(folder.name), strict=strict)
         if source is None:
             log.warning(
                 "folder skipped: no numeric version folders",
@@ -72,16 +71,34 @@ def scan_repository(
 
 
 def read_model_folder(
-    folder: Path, overrides: dict[str, Any] | None = None, name: str | None = None
+    folder: Path,
+    overrides: dict[str, Any] | None = None,
+    name: str | None = None,
+    *,
+    strict: bool = True,
 ) -> ModelSource | None:
     """The model in ``folder`` (served as ``name``, default the folder's), or ``None``
-    when it has no numeric version folder. Its config.yaml configures it; without one, a
-    Triton config.pbtxt does."""
+    when it has no numeric version folder. An invalid config.yaml raises ConfigError when
+    ``strict``, else sets the source's ``error``."""
     versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         return None
-    if not (folder / CONFIG_FILE).is_file() and (folder / CONFIG_PBTXT).is_file():
-        config, triton = load_config_pbtxt(folder, overrides)
-        return ModelSource(name or folder.name, folder, versions, config, triton)
-    config = load_model_config_file(folder / CONFIG_FILE, overrides)
-    return ModelSource(name or folder.name, folder, versions, config)
+    try:
+        config = load_model_config_file(folder / CONFIG_FILE, overrides)
+    except ConfigError as exc:
+        # A folder that reads well without the server config's models.<name> is fine: the
+        # server config is at fault, which is never held as a broken folder.
+        bare = read_model_folder(folder, None, name, strict=False) if overrides else None
+        if strict or (bare is not None and not bare.error):
+            raise
+        return ModelSource(
+            name or folder.name,
+            folder,
+            versions,
+            ModelConfig(),
+            error=str(exc),
+            overrides=dict(overrides or {}),
+        )
+    return ModelSource(
+        name or folder.name, folder, versions, config, overrides=dict(overrides or {})
+    )

@@ -81,7 +81,12 @@ class Server:
     # -- start -----------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Scan the repository and resolve every backend; raises ConfigError / PluginError."""
+        """Scan the repository and resolve every backend; raises ConfigError / PluginError.
+
+        A model folder that cannot be prepared (invalid config.yaml, files no backend
+        recognises) is held UNAVAILABLE with the reason and retried, unless
+        ``server.strict_model_loading`` makes it fatal.
+        """
         if self.config.management.enabled:
             from dl_inference.server.management.service import read_token
 
@@ -89,8 +94,11 @@ class Server:
         if self.config.server.tls is not None:
             self.tls = ServerTls.load(self.config.server.tls)
         if self.config.model_repository is not None:
-            sources = scan_repository(self.config.model_repository, self.config.models)
-            self.models.prepare(sources)
+            strict = self.config.server.strict_model_loading
+            sources = scan_repository(
+                self.config.model_repository, self.config.models, strict=strict
+            )
+            self.models.prepare(sources, strict=strict)
         elif self.config.models:
             name = next(iter(self.config.models))
             raise ConfigError(f"models.{name}: overrides need a model_repository to apply to")
@@ -159,13 +167,17 @@ class Server:
             await self._start_http()
 
     async def _poll_repository(self, interval: float) -> None:
-        """Load versions and models that appear on disk, retire those that leave."""
+        """Load versions and models that appear on disk, retire those that leave, reload
+        those whose files or config.yaml changed, and retry failed loads when due."""
         root = self.config.model_repository
         assert root is not None
         while True:
             await asyncio.sleep(interval)
             try:
-                sources = await asyncio.to_thread(scan_repository, root, self.config.models)
+                # Never strict here: one folder broken while serving must not stop the rest.
+                sources = await asyncio.to_thread(
+                    scan_repository, root, self.config.models, strict=False
+                )
                 if await self.models.refresh(sources, root):
                     await self._update_health()
             except DlInferenceError as exc:
@@ -406,9 +418,13 @@ class Server:
         ]
         sources = None
         if new.model_repository is not None:
-            sources = await asyncio.to_thread(scan_repository, new.model_repository, new.models)
+            # As at start-up: a broken model folder is refused only under strict loading.
+            strict = new.server.strict_model_loading
+            sources = await asyncio.to_thread(
+                scan_repository, new.model_repository, new.models, strict=strict
+            )
             staging = ModelRegistry(self.plugins)
-            staging.prepare(sources)  # backend and settings checks, nothing loads
+            staging.prepare(sources, strict=strict)  # backend and settings checks, no load
         routes = None
         if new.routes != old.routes:
             if self.gateway is None:
@@ -441,8 +457,12 @@ class Server:
             if sources is not None:
                 for source in sources:
                     if source.name in changed_models and source.name in self.models.names():
-                        await self.models.load_model(source)
-                        applied.append(f"model {source.name} reloaded")
+                        try:
+                            await self.models.load_model(source)
+                        except DlInferenceError as exc:
+                            applied.append(f"model {source.name} failed to reload: {exc}")
+                        else:
+                            applied.append(f"model {source.name} reloaded")
                 if await self.models.refresh(sources, new.model_repository):
                     applied.append("repository refreshed")
             if routes is not None:
