@@ -78,6 +78,8 @@ REQUIRED_DATA = {
     ),
     "plugins/tfserving": ("dl_inference_tfserving/py.typed", "dl_inference_tfserving/_proto/*.pyi"),
     "plugins/seldon": ("dl_inference_seldon/py.typed", "dl_inference_seldon/_proto/*.pyi"),
+    # Triton python models import the top-level module by this name.
+    "plugins/triton": ("dl_inference_triton/py.typed", "triton_python_backend_utils.py"),
 }
 # Frameworks and their kin (torchvision, tensorflow-cpu, onnxruntime-gpu, jaxlib...).
 FRAMEWORKS = re.compile(r"^(torch|tensorflow|onnxruntime|tf[-_]keras|keras|jax)")
