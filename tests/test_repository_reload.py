@@ -14,7 +14,7 @@ from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.repository import scan_repository
 from dl_inference.kernel.runtime import Runtime
-from dl_inference.spi.errors import ModelNotFound
+from dl_inference.spi.errors import ConfigError, ModelNotFound, ModelNotReady
 from dl_inference.spi.types import InferRequest, RequestContext
 from dl_inference.testing import write_python_model
 
@@ -118,3 +118,98 @@ async def test_models_added_and_removed(tmp_path: Path) -> None:
     assert models.names() == ["m"]
     with pytest.raises(ModelNotFound):
         await infer(runtime, "n")
+
+
+COUNTS_ITS_LOADS = """
+    from pathlib import Path
+    from dl_inference import PythonModel
+
+    class Late(PythonModel):
+        def load(self):
+            with open(%r, "a") as attempts:
+                attempts.write("x")
+            if not Path(%r).exists():
+                raise RuntimeError("not yet")
+
+        def predict(self, inputs):
+            return {"y": inputs["x"] * 0 + 7}
+"""
+
+
+async def test_a_failed_load_backs_off_and_retries_at_once_when_its_files_change(
+    tmp_path: Path,
+) -> None:
+    repo, attempts, flag = tmp_path / "repo", tmp_path / "attempts", tmp_path / "flag"
+    folder = write_python_model(repo, "m", COUNTS_ITS_LOADS % (str(attempts), str(flag)), CONFIG)
+    models, runtime = await start(repo)
+    [late] = models.versions("m")
+    assert late.state.value == "UNAVAILABLE" and attempts.read_text() == "x"
+    # Polls before the back-off is due load nothing: no busy loop.
+    for _ in range(3):
+        await models.refresh(scan_repository(repo))
+    assert attempts.read_text() == "x"
+    assert "not yet" in late.reason and "failed once; next try at" in late.reason
+    assert late.retry is not None and late.retry.due - time.monotonic() > 1.5
+
+    late.retry.due = 0.0  # as if the 2 s had passed
+    await models.refresh(scan_repository(repo))
+    assert attempts.read_text() == "xx"
+    [late] = models.versions("m")
+    assert "failed 2 times" in late.reason
+    assert late.retry is not None and late.retry.due - time.monotonic() > 3.5  # doubled
+
+    # A change to config.yaml is tried at once, and the back-off starts over.
+    (folder / "config.yaml").write_text((folder / "config.yaml").read_text() + "\n")
+    await models.refresh(scan_repository(repo))
+    assert attempts.read_text() == "xxx"
+    [late] = models.versions("m")
+    assert "failed once" in late.reason
+
+    flag.touch()
+    assert late.retry is not None
+    late.retry.due = 0.0
+    await models.refresh(scan_repository(repo))
+    assert await infer(runtime) == 7
+    assert models.versions("m")[0].reason == ""
+
+
+def test_the_back_off_is_capped() -> None:
+    from dl_inference.kernel.models import RETRY_FIRST_S, RETRY_MAX_S, LoadRetry
+
+    delays = [LoadRetry.after(n, (), "").due - time.monotonic() for n in (1, 2, 3, 30)]
+    assert abs(delays[0] - RETRY_FIRST_S) < 0.5 and abs(delays[1] - 2 * RETRY_FIRST_S) < 0.5
+    assert abs(delays[2] - 4 * RETRY_FIRST_S) < 0.5 and abs(delays[3] - RETRY_MAX_S) < 0.5
+
+
+async def test_an_unusable_folder_is_held_unavailable_unless_strict(tmp_path: Path) -> None:
+    write_python_model(tmp_path, "m", constant_model(1), CONFIG)
+    (tmp_path / "keras" / "1").mkdir(parents=True)
+    (tmp_path / "keras" / "1" / "model.keras").write_bytes(b"\0")
+    write_python_model(tmp_path, "typo", constant_model(2), "max_batch_sise: 4\n")
+    plugins = PluginHost(entry_points=[]).load()
+    with pytest.raises(ConfigError, match=r"model\.keras"):
+        ModelRegistry(plugins).prepare(scan_repository(tmp_path))
+    models = ModelRegistry(plugins)
+    models.prepare(scan_repository(tmp_path, strict=False), strict=False)
+    await models.load_all()
+    runtime = Runtime(plugins, models, access_log=False)
+    assert await infer(runtime) == 1
+    rows = {row["name"]: row for row in models.index()}
+    assert rows["keras"]["state"] == "UNAVAILABLE"
+    assert "no installed backend recognises its files (model.keras)" in rows["keras"]["reason"]
+    assert rows["typo"]["state"] == "UNAVAILABLE"
+    assert "did you mean max_batch_size" in rows["typo"]["reason"]
+    with pytest.raises(ModelNotReady, match=r"model\.keras"):
+        await infer(runtime, "keras")
+    assert not models.all_ready()
+
+
+def test_an_invalid_override_in_the_server_config_stays_a_config_error(tmp_path: Path) -> None:
+    # The server config's models.<name> is at fault, not the folder: never held as broken.
+    write_python_model(tmp_path, "m", constant_model(1), CONFIG)
+    models = ModelRegistry(PluginHost(entry_points=[]).load())
+    sources = scan_repository(tmp_path, {"m": {"max_batch_sise": 4}}, strict=False)
+    with pytest.raises(ConfigError, match=r"models\.m\.max_batch_sise"):
+        models.prepare(sources, strict=False)
+    with pytest.raises(ConfigError, match="max_queue_size"):
+        scan_repository(tmp_path, {"m": {"max_queue_size": 0}}, strict=False)
