@@ -50,12 +50,17 @@ class Runtime:
         *,
         max_message_bytes: int = 64 * 1024 * 1024,
         access_log: bool = True,
+        strict_readiness: bool = True,
     ) -> None:
         self.plugins = plugins
         self.models = models
         self.max_message_bytes = max_message_bytes
         self.access_log = access_log
         self.draining = False
+        # server.strict_readiness: see ready().
+        self.strict_readiness = strict_readiness
+        # True while the server starts: the models it starts with are still loading.
+        self.starting = False
         # The management service when management.enabled, else None (see ModelControl).
         self.management: ModelControl | None = None
         self.metrics = Metrics()
@@ -96,8 +101,16 @@ class Runtime:
         return True
 
     def ready(self) -> bool:
-        """Ready when not draining and every model version loaded (Triton's rule)."""
-        return not self.draining and self.models.all_ready()
+        """Whether the server is ready, as Triton decides it.
+
+        Never while it starts or drains. With ``strict_readiness`` (the default, Triton's
+        ``--strict-readiness=true``) only when every model has a version ready to serve;
+        without, whatever failed to load (Triton's ``--strict-readiness=false``: a client
+        asks a model's own readiness).
+        """
+        if self.draining or self.starting:
+            return False
+        return not self.strict_readiness or self.models.all_ready()
 
     def model_ready(self, name: str, version: str = "") -> bool:
         return not self.draining and self.models.is_ready(name, version)

@@ -20,7 +20,7 @@ import grpc
 import structlog
 from aiohttp import web
 from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from dl_inference.kernel.config.schema import ServerConfig
@@ -29,6 +29,7 @@ from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.repository import scan_repository
 from dl_inference.kernel.runtime import Runtime
+from dl_inference.server.health import ServerHealth
 from dl_inference.server.http_errors import json_errors
 from dl_inference.server.listeners import bind_grpc, check_port, start_http
 from dl_inference.server.logs import configure_logging
@@ -52,7 +53,10 @@ class Server:
         self.plugins = plugins
         self.models = ModelRegistry(plugins)
         self.runtime = Runtime(
-            plugins, self.models, max_message_bytes=int(config.server.grpc.max_message_mb * _MB)
+            plugins,
+            self.models,
+            max_message_bytes=int(config.server.grpc.max_message_mb * _MB),
+            strict_readiness=config.server.strict_readiness,
         )
         self.protocols: list[Protocol] = [cls() for cls in plugins.protocols]
         self.grpc_address = ""
@@ -64,7 +68,9 @@ class Server:
         self.tls: ServerTls | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = ServerHealth(
+            self.runtime, lambda: [s for p in self.protocols for s in p.grpc_services]
+        )
         self._stopped = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -76,7 +82,6 @@ class Server:
         self._started = False
         self._reload_pending = False
         self._reloads: set[asyncio.Task[bool]] = set()
-        self._health_models: set[str] = set()
 
     # -- start -----------------------------------------------------------------------------
 
@@ -112,6 +117,7 @@ class Server:
         connections while its siblings serve (the parent checked the ports already).
         """
         bind_first = not self.reuse_port
+        self.runtime.starting = True  # NOT READY until the models it starts with loaded
         if bind_first:
             if self.config.management.enabled:
                 management = self.config.management
@@ -139,6 +145,7 @@ class Server:
             await self.management.start()
             self.runtime.management = self.management
         await self._start_link()
+        self.runtime.starting = False
         await self._update_health()
         if self.management is not None:
             print(f"Management gRPC listening on {self.management.grpc_address}", flush=True)
@@ -294,23 +301,7 @@ class Server:
         )
 
     async def _update_health(self) -> None:
-        overall = health_pb2.HealthCheckResponse.SERVING
-        if not self.runtime.ready():
-            overall = health_pb2.HealthCheckResponse.NOT_SERVING
-        await self._health.set("", overall)
-        for protocol in self.protocols:
-            for service in protocol.grpc_services:
-                await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        for name in self._health_models - set(self.models.names()):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
-        self._health_models = set(self.models.names())
-        for name in self.models.names():
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if self.runtime.model_ready(name)
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            await self._health.set(name, status)
+        await self._health.update()  # for grpc.health Watch streams; Check asks the runtime
 
     # -- run and stop ----------------------------------------------------------------------
 
@@ -454,6 +445,9 @@ class Server:
             ):
                 configure_logging(new.server.log_format, new.server.log_level)
             applied = []
+            if new.server.strict_readiness != old.server.strict_readiness:
+                self.runtime.strict_readiness = new.server.strict_readiness
+                applied.append(f"server.strict_readiness: {new.server.strict_readiness}")
             if sources is not None:
                 for source in sources:
                     if source.name in changed_models and source.name in self.models.names():

@@ -50,6 +50,9 @@ class ServerSection(_Section):
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     strict_model_loading: bool = False
+    # Ready only when every model has a version ready (Triton's --strict-readiness, the
+    # default); false: ready once start-up loading is over, whatever failed to load.
+    strict_readiness: bool = True
     # Seconds between scans of the model repository for new/removed versions (0: never).
     repository_poll_s: float = Field(default=2.0, ge=0)
     # Seconds between checks of the config file for changes (0: only SIGHUP reloads).
