@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,32 @@ from dl_inference.spi.errors import BackendError
 from dl_inference.spi.python_model import PythonModel
 from dl_inference.spi.user_code import ParameterCall, import_user_file, private_module_name
 
+# A word of its own: a longer class name ending in it may be another backend's.
+_NAMES_PYTHON_MODEL = re.compile(rb"\bPythonModel\b")
+
 
 class PythonBackend(Backend):
     """Serves ``model.py`` files; the user's class does the work."""
 
     name = "python"
     model_files = ("model.py",)
+
+    @classmethod
+    def can_load(cls, path: Path) -> bool:
+        """A folder with ``model.py``, unless that file never names ``PythonModel`` and
+        other files sit beside it: then it belongs to the backend those files are for (a
+        framework's module class in ``model.py`` beside the weights it is built with).
+        ``model.py`` with only other ``.py`` files is always this backend's, so one that
+        lacks its class is told so when it loads."""
+        if not super().can_load(path):
+            return False
+        source = path / "model.py"
+        try:
+            if _NAMES_PYTHON_MODEL.search(source.read_bytes()):
+                return True
+        except OSError:
+            return True  # unreadable: load() reports it
+        return all(p.suffix == ".py" or not p.is_file() for p in path.iterdir())
 
     def load(self) -> None:
         model_cls = _find_model_class(self.path / "model.py", self.model_name, self.version)

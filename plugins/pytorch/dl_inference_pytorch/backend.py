@@ -1,6 +1,9 @@
-"""The ``pytorch`` backend: whole-module pickles (trusted only), TorchScript, torch.export.
+"""The ``pytorch`` backend: TorchScript, torch.export, state_dicts with ``model.py`` (TorchServe's
+eager pattern) and whole-module pickles (trusted only).
 
-A version folder holds one model file (``model.pt2``, ``model.pt`` or ``model.pth``).
+A version folder holds one model file (``model.pt2``, ``model.pt`` or ``model.pth``), or
+``model.py`` defining the module's class beside its state_dict (``model.pth``, ``.pt`` or
+``.bin``; built with config.yaml's ``model_args`` and loaded with ``load_state_dict``).
 A model's ``processor.py`` (the seed's ``preprocess`` / ``run_model`` / ``postprocess``) is
 the kernel's, with the rules every backend shares (:mod:`dl_inference.kernel.processor`); this
 backend's :class:`TorchAdapter` keeps the hooks in torch terms:
@@ -19,7 +22,11 @@ backend's :class:`TorchAdapter` keeps the hooks in torch terms:
   ``no_grad()``) with the model's ``threads``.
 
 BYTES data that reaches the model itself (no ``preprocess`` turned it into tensors) is
-the client's error: :class:`dl_inference.InvalidInput`.
+the client's error: :class:`dl_inference.InvalidInput`. So is an error torch raises about
+the sizes or types of what it was given ("mat1 and mat2 shapes cannot be multiplied"): the
+client reads one line (torch's message without its TorchScript traceback or any server
+path), the log keeps the whole traceback. Other errors of the model are
+:class:`dl_inference.BackendError`, named by torch's message and the model's own line.
 """
 
 from __future__ import annotations
@@ -34,12 +41,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import structlog
 from pydantic import Field, field_validator
 
 from dl_inference import (
     Backend,
     BackendError,
     BackendSettings,
+    ConfigError,
     DlInferenceError,
     InvalidInput,
     ProcessorAdapter,
@@ -53,6 +62,41 @@ if TYPE_CHECKING:
     from dl_inference_pytorch._loading import ModelFile
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+log = structlog.get_logger("dl_inference_pytorch")
+
+# What torch says when the data it was given does not fit the model (sizes, ranks, dtypes,
+# how many inputs): the request's fault, once the kernel let it through.
+# Types by name: TorchScript re-raises as torch.jit.Error, naming the original type.
+_INPUT_ERROR_TYPES = frozenset({"RuntimeError", "ValueError", "IndexError", "TypeError"})
+_INPUT_ERROR = re.compile(
+    "|".join(
+        (
+            r"shapes cannot be multiplied",
+            r"size mismatch",
+            r"must match the size of tensor",
+            r"sizes of tensors must match",
+            r"non-singleton dimension",
+            r"is invalid for input of size",
+            r"the expanded size of the tensor",
+            r"kernel size can't be greater than actual input size",
+            r"must have the same dtype",
+            r"type \(.*\) (and|should be) .*(should be the same|same)",
+            r"expected scalar type",
+            r"not implemented for '",
+            r"dimension out of range",
+            r"index out of range",
+            r"\bexpected\b.*\b(got|found|received)\b",
+            r"positional argument",
+            r"missing value for argument",
+            r"unexpected keyword argument",
+        )
+    ),
+    re.IGNORECASE,
+)
+# An absolute path (a server's file) in a message: never shown to clients.
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[\w.+-]+[/\\])+[\w.+-]*")
+# A message's part for clients is one line of at most this many characters.
+_MESSAGE_CHARS = 240
 
 
 class PyTorchSettings(BackendSettings):
@@ -70,6 +114,11 @@ class PyTorchSettings(BackendSettings):
     """Allow a pickled whole module (``model.pth``): unpickling runs code from the file."""
     model_file: str | None = None
     """The file to serve when the folder holds several (default: the one .pt2/.pt/.pth)."""
+    model_class: str | None = None
+    """For a state_dict: the ``torch.nn.Module`` subclass of ``model.py`` to build (needed
+    when ``model.py`` defines several)."""
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    """For a state_dict: keyword arguments of that class's constructor."""
 
     @field_validator("device")
     @classmethod
@@ -87,6 +136,13 @@ class PyTorchBackend(Backend):
     model_files = ("*.pt2", "*.pt", "*.pth")
     settings: PyTorchSettings
 
+    @classmethod
+    def can_load(cls, path: Path) -> bool:
+        """A .pt2 / .pt / .pth file, or ``model.py`` beside a state_dict saved as .bin."""
+        if super().can_load(path):
+            return True
+        return (path / "model.py").is_file() and any(path.glob("*.bin"))
+
     def load(self) -> None:
         import torch
 
@@ -95,9 +151,17 @@ class PyTorchBackend(Backend):
         self._torch = torch
         self.device = _loading.resolve_device(self.settings.device)
         self.dtype = _loading.DTYPES[self.settings.dtype]
-        self.file: ModelFile = _loading.find_model_file(self.path, self.settings.model_file)
-        model = _loading.load_module(
-            self.file, self.device, trust_pickle=self.settings.trust_pickle, folder=self.path
+        found = _loading.find_model_file(self.path, self.settings.model_file)
+        self.file: ModelFile = found
+        model, self.file = _loading.load_module(
+            found,
+            self.device,
+            trust_pickle=self.settings.trust_pickle,
+            folder=self.path,
+            model_class=self.settings.model_class,
+            model_args=self.settings.model_args,
+            module_name="dl_inference_pytorch_models."
+            + re.sub(r"\W", "_", f"{self.model_name}_v{self.version}"),
         )
         self._inferred: tuple[list[TensorSpec], list[TensorSpec]] | None = None
         if self.file.kind == "export":
@@ -108,8 +172,29 @@ class PyTorchBackend(Backend):
         if self.dtype != torch.float32:
             model = model.to(self.dtype)
         self.model = model
+        self._check_declared_inputs()
         self._local = threading.local()
         self._adapter = TorchAdapter(self)
+
+    def _check_declared_inputs(self) -> None:
+        """config.yaml's inputs are passed to ``forward()`` by position, in their order: a
+        count ``forward()`` cannot take fails the load, not every request."""
+        declared = self.declared_inputs()
+        if not declared or "run_model" in self.processor_hooks:
+            return
+        bounds = _forward_arity(self.model)
+        if bounds is None:
+            return
+        least, most, names = bounds
+        if least <= len(declared) and (most is None or len(declared) <= most):
+            return
+        takes = f"{least}" if least == most else f"{least} to {most if most is not None else 'any'}"
+        raise ConfigError(
+            f"config.yaml declares {len(declared)} input(s) "
+            f"({', '.join(t.name for t in declared)}), passed to forward() in that order, but "
+            f"{self.file.path.name}'s forward({', '.join(names)}) takes {takes}; declare "
+            "one input per argument of forward()"
+        )
 
     @property
     def platform(self) -> str:
@@ -150,9 +235,27 @@ class PyTorchBackend(Backend):
         try:
             return self.model(*args, **keywords)
         except Exception as exc:
-            raise BackendError(
-                f"model {self.model_name!r} ({self.file.path.name}) raised {self._where(exc)}"
-            ) from exc
+            raise self._call_error(exc, x) from exc
+
+    def _call_error(self, exc: Exception, x: Any) -> DlInferenceError:
+        """InvalidInput when torch refused the data it was given, else BackendError; both
+        one short line without server paths (the log keeps the traceback)."""
+        kind, message = torch_message(exc)
+        if is_input_error(kind, message):
+            log.info(
+                "model rejected the request's inputs",
+                model=self.model_name,
+                version=self.version,
+                exc_info=exc,
+            )
+            return InvalidInput(
+                f"model {self.model_name!r} rejected the input {_describe(x)}: {message}"
+            )
+        log.error("model raised", model=self.model_name, version=self.version, exc_info=exc)
+        return BackendError(
+            f"model {self.model_name!r} ({self.file.path.name}) raised "
+            f"{kind}: {message}{self._where(exc)}"
+        )
 
     def _check_keywords(self, args: tuple[Any, ...], tags: dict[str, Any]) -> None:
         """Request tags the module's ``forward()`` cannot take are the client's error."""
@@ -170,15 +273,12 @@ class PyTorchBackend(Backend):
             ) from exc
 
     def _where(self, exc: BaseException) -> str:
-        """``Type: message (file.py:line)``, the line in the model's own files if any."""
-        text = f"{type(exc).__name__}: {exc}".strip()
-        frames = traceback.extract_tb(exc.__traceback__)
+        """`` (model.py:LINE)``: the innermost line in the model's own files, if any."""
         folder = str(self.path.resolve())
-        own = [f for f in frames if str(Path(f.filename).resolve()).startswith(folder)]
-        frame = (own or frames or [None])[-1]
-        if frame is not None:
-            text += f" ({Path(frame.filename).name}:{frame.lineno})"
-        return text
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            if str(Path(frame.filename).resolve()).startswith(folder):
+                return f" ({Path(frame.filename).name}:{frame.lineno})"
+        return ""
 
     def _to_torch(self, x: Any, *, cast: bool) -> Any:
         torch = self._torch
@@ -272,6 +372,77 @@ class TorchAdapter(ProcessorAdapter):
 
     def to_numpy(self, value: Any) -> Any:
         return self.backend._to_numpy(value)
+
+
+def torch_message(exc: BaseException) -> tuple[str, str]:
+    """The error's type name and torch's message in one line, for clients.
+
+    A TorchScript error's message is a traceback naming the server's files; its last line
+    is the original error (``builtins.ValueError: ...``), whose type is the one returned.
+    Server paths become ``<path>``; the line is cut short.
+    """
+    kind = type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return kind, kind
+    line = lines[0]
+    if any(text.startswith("Traceback of TorchScript") for text in lines):
+        line = lines[-1]
+        named = re.match(r"^(?:[\w]+\.)*(\w+(?:Error|Exception)):\s*", line)
+        if named:
+            kind, line = named.group(1), line[named.end() :]
+    # TorchScript's argument errors append the compiled signature (qualified class names).
+    line = line.split(". Declaration: ", 1)[0]
+    line = _PATH.sub("<path>", line)
+    return kind, line if len(line) <= _MESSAGE_CHARS else line[: _MESSAGE_CHARS - 3] + "..."
+
+
+def is_input_error(kind: str, message: str) -> bool:
+    """Whether torch's error (type name and message, see :func:`torch_message`) is about
+    the sizes, types or number of the data it was given. Device mix-ups ("Expected all
+    tensors to be on the same device, but found ...") are the model's, never the client's."""
+    return (
+        kind in _INPUT_ERROR_TYPES
+        and _INPUT_ERROR.search(message) is not None
+        and "device" not in message.lower()
+    )
+
+
+def _describe(x: Any) -> str:
+    """The data the model was given, for a message: ``[1, 7] (float32)``, or named."""
+
+    def one(value: Any) -> str:
+        shape = getattr(value, "shape", None)
+        dtype = getattr(value, "dtype", None)
+        if shape is None:
+            return type(value).__name__
+        return f"{list(shape)} ({str(dtype).removeprefix('torch.')})"
+
+    if isinstance(x, dict):
+        return ", ".join(f"{name} {one(value)}" for name, value in x.items())
+    if isinstance(x, tuple | list):
+        return ", ".join(one(value) for value in x)
+    return one(x)
+
+
+def _forward_arity(model: Any) -> tuple[int, int | None, list[str]] | None:
+    """How many positional arguments ``forward()`` takes (least, most or ``None`` for
+    any) and their names; ``None`` when its signature cannot be read."""
+    schema = getattr(getattr(model, "forward", None), "schema", None)
+    if schema is not None:  # TorchScript: the compiled signature, self first
+        arguments = [a for a in schema.arguments[1:] if not a.kwarg_only]
+        required = [a for a in arguments if not a.has_default_value()]
+        return len(required), len(arguments), [a.name for a in arguments]
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError, AttributeError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p for p in parameters if p.kind in kinds]
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return len(required), None, [p.name for p in positional] + ["*args"]
+    return len(required), len(positional), [p.name for p in positional]
 
 
 def _numpy_of(dtype: torch.dtype) -> np.dtype | None:

@@ -197,3 +197,64 @@ def png_reference(module: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     x = (image.astype(np.float32) / 255.0).reshape(1, 1, 28, 28)
     with torch.inference_mode():
         return torch.softmax(module(torch.from_numpy(x)), dim=1).numpy()
+
+
+# -- TorchServe's eager pattern: model.py (the class) + a state_dict ---------------------------
+
+EAGER_SOURCE = '''
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """4 features -> ``hidden`` -> 3 scores."""
+
+    def __init__(self, hidden: int = 8):
+        super().__init__()
+        self.fc1 = nn.Linear(4, hidden)
+        self.fc2 = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+'''
+
+
+def import_source(folder: Path, source: str, module: str = "model") -> Any:
+    """Write ``source`` as ``folder/<module>.py`` and import it (afresh) in this process."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    sys.modules.pop(module, None)
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(module, None)
+
+
+def write_eager(
+    root: Path,
+    name: str,
+    config: dict[str, Any] | None = None,
+    *,
+    weights: str = "model.pth",
+    source: str = EAGER_SOURCE,
+    hidden: int = 8,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """``<root>/<name>/1/`` with model.py (TinyNet) and its state_dict saved as ``weights``,
+    as TorchServe's ``--model-file model.py --serialized-file model.pth``; returns the
+    module built in-process (what the server must answer)."""
+    version = root / name / "1"
+    module = import_source(version, source)
+    torch.manual_seed(seed)
+    net = module.TinyNet(hidden).eval()
+    torch.save(net.state_dict(), version / weights)
+    if config is not None:  # none: the server must recognise the folder by itself
+        write_config(root, name, config)
+    return net
+
+
+def features(batch: int, seed: int = 0) -> np.ndarray:
+    """Deterministic float32 rows shaped (batch, 4)."""
+    return np.random.default_rng(seed).standard_normal((batch, 4), dtype=np.float32)

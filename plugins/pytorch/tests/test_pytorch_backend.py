@@ -87,10 +87,11 @@ def test_pt_file_that_is_a_pickle_needs_trust_too(tmp_path, load_backend):
     )
 
 
-def test_state_dict_pth_is_refused(tmp_path, load_backend):
+def test_state_dict_pth_without_model_py_is_refused(tmp_path, load_backend):
+    """net.py is not model.py: only model.py's class is built for a state_dict."""
     module = write_cnn(tmp_path, "cnn", "pth", TRUSTED)
     torch.save(module.state_dict(), tmp_path / "cnn" / "1" / "model.pth")
-    with pytest.raises(BackendError, match="state_dict, not a module"):
+    with pytest.raises(BackendError, match=r"model\.pth is a state_dict .*put model\.py beside"):
         load_backend(tmp_path, "cnn")
 
 
