@@ -20,6 +20,7 @@ stays UNAVAILABLE with the reason ``warm-up 'NAME' failed: ...``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +49,8 @@ async def warm_up(model: ModelVersion) -> None:
     first that fails. Logs one line per sample set, with its duration."""
     samples = model.backend.config.warmup
     try:
-        supplied = model.backend.warmup_samples()
+        # Off the loop: a backend reads its samples from disk.
+        supplied = await asyncio.to_thread(model.backend.warmup_samples)
     except Exception as exc:
         raise WarmupFailed(f"warm-up samples could not be read: {_describe(exc)}") from exc
     if not samples and not supplied:

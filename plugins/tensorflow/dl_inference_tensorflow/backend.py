@@ -19,8 +19,10 @@ from dl_inference import (
     Backend,
     BackendError,
     BackendSettings,
+    InferRequest,
     InvalidInput,
     TensorSpec,
+    wire,
 )
 from dl_inference_tfserving import codec
 from dl_inference_tfserving.signatures import (
@@ -32,6 +34,10 @@ from dl_inference_tfserving.signatures import (
 )
 
 log = structlog.get_logger("dl_inference_tensorflow")
+
+# TF Serving's warm-up file in a version folder, and the most records it reads from it.
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000
 
 # Signatures TF writes for its own use; they take no inputs and are never served.
 _INTERNAL_SIGNATURES = frozenset({"__saved_model_init_op"})
@@ -215,6 +221,45 @@ class TensorFlowBackend(Backend):
                 _tensor_info(signature.outputs[key], spec)
         return result
 
+    def warmup_samples(self) -> list[InferRequest]:
+        """TF Serving's warm-up file, ``<version>/assets.extra/tf_serving_warmup_requests``.
+
+        A TFRecord file of ``tensorflow.serving.PredictionLog`` records, at most
+        :data:`MAX_WARMUP_RECORDS`, as TF Serving reads it; each ``predict_log`` request
+        becomes one warm-up request for the signature its ``model_spec`` names (the
+        ``signature`` setting when it names none), replayed once by the kernel before the
+        version turns ready. Classify, Regress and MultiInference records are skipped
+        (logged). A file that cannot be read fails the load, as on TF Serving.
+        """
+        path = self.path / WARMUP_FILE
+        if not path.is_file():
+            return []
+        import tensorflow as tf
+
+        records: list[bytes] = []
+        try:
+            for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+                if len(records) == MAX_WARMUP_RECORDS:
+                    raise BackendError(
+                        f"{path} holds more than {MAX_WARMUP_RECORDS} warm-up records, the most "
+                        "TF Serving reads; keep the first ones"
+                    )
+                records.append(record)
+        except tf.errors.OpError as exc:
+            raise BackendError(
+                f"{path} is not a readable TFRecord file: {_first_line(exc)}"
+            ) from exc
+        requests, skipped = warmup_requests(records, label=WARMUP_FILE.name)
+        log.info(
+            "TF Serving warm-up file read",
+            model=self.model_name,
+            version=self.version,
+            records=len(records),
+            predict_requests=len(requests),
+            **({"skipped": skipped} if skipped else {}),
+        )
+        return requests
+
     def unload(self) -> None:
         self._functions = {}
         self._model = None
@@ -298,6 +343,71 @@ class TensorFlowBackend(Backend):
                 f"{_first_line(exc)}"
             ) from exc
         return {key: value.numpy() for key, value in result.items()}
+
+
+# PredictionLog's field numbers (tensorflow_serving/apis/prediction_log.proto and the
+# messages it holds), read with the kernel's wire reader: the plugin needs no copy of
+# TF Serving's Python package for a file it only reads.
+_LOG_TYPES = {2: "classify_log", 3: "regress_log", 4: "multi_inference_log", 5: "session_run_log",
+              6: "predict_log", 7: "predict_streamed_log"}  # fmt: skip
+_PREDICT_LOG = 6
+_PREDICT_LOG_REQUEST = 1
+_REQUEST_MODEL_SPEC, _REQUEST_INPUTS = 1, 2
+_MODEL_SPEC_SIGNATURE = 3
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
+# A short *_val list TensorFlow fills out with its last value: allowed up to this many bytes.
+_WARMUP_FILL_LIMIT = 64 * 1024 * 1024
+
+
+def warmup_requests(records: list[bytes], label: str) -> tuple[list[InferRequest], list[str]]:
+    """The predict requests of serialized ``PredictionLog`` records, and what was skipped.
+
+    Each request's inputs are decoded with the tfserving plugin's TensorProto codec; its
+    ``id`` names the record (``<label> record N``), and its ``signature_name`` parameter
+    the signature its ``model_spec`` names, when it names one. BackendError names the
+    record that is not a valid PredictionLog.
+    """
+    from tensorflow.core.framework import tensor_pb2
+
+    requests: list[InferRequest] = []
+    skipped: list[str] = []
+    for index, record in enumerate(records):
+        name = f"{label} record {index}"
+        try:
+            kinds = {number: (start, end) for number, _, start, end in wire.iter_fields(record)}
+            log_types = [_LOG_TYPES[n] for n in kinds if n in _LOG_TYPES]
+            if _PREDICT_LOG not in kinds:
+                skipped.append(f"{name}: {', '.join(log_types) or 'no log'}")
+                continue
+            start, end = kinds[_PREDICT_LOG]
+            request = _field(record[start:end], _PREDICT_LOG_REQUEST)
+            tensors: dict[str, Any] = {}
+            signature = ""
+            for number, wire_type, begin, finish in wire.iter_fields(request):
+                if wire_type != wire.LEN:
+                    continue
+                payload = request[begin:finish]
+                if number == _REQUEST_MODEL_SPEC:
+                    signature = wire.read_string_field(payload, _MODEL_SPEC_SIGNATURE) or ""
+                elif number == _REQUEST_INPUTS:
+                    key = wire.read_string_field(payload, _ENTRY_KEY) or ""
+                    value = _field(payload, _ENTRY_VALUE)
+                    tensors[key] = tensor_pb2.TensorProto.FromString(value)
+            inputs = codec.tensors_to_numpy(tensors, fill_limit_bytes=_WARMUP_FILL_LIMIT)
+        except (wire.WireError, InvalidInput, ValueError) as exc:
+            raise BackendError(f"{name} is not a valid PredictionLog: {exc}") from exc
+        parameters = {"signature_name": signature} if signature else {}
+        requests.append(InferRequest("", inputs, id=name, parameters=parameters))
+    return requests, skipped
+
+
+def _field(message: bytes, number: int) -> bytes:
+    """The payload of length-delimited field ``number`` (empty when absent; the last wins)."""
+    found = b""
+    for field, wire_type, start, end in wire.iter_fields(message):
+        if field == number and wire_type == wire.LEN:
+            found = message[start:end]
+    return found
 
 
 def _tensor_info(info: TensorInfo, spec: Any) -> None:
