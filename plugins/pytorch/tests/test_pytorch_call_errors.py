@@ -101,6 +101,12 @@ def test_eager_model_errors(tmp_path, load_backend):
         ("RuntimeError", "CUDA out of memory. Tried to allocate 2.00 GiB", False),
         ("KeyError", "'expected key', got none", False),
         ("RuntimeError", "the model's lookup table is empty", False),
+        ("IndexError", "list index out of range", False),
+        ("TypeError", "TinyNet.forward() takes 2 positional arguments but 3 were given", True),
+        ("RuntimeError", "forward() is missing value for argument 'y'", True),
+        ("TypeError", "helper() missing 1 required positional argument: 'scale'", False),
+        ("RuntimeError", "Input type (double) and bias type (float) should be the same", True),
+        ("IndexError", "index 7 is out of bounds for dimension 0 with size 3", True),
     ],
 )
 def test_which_errors_are_the_clients(kind, message, client):

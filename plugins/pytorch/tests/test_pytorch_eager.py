@@ -263,3 +263,15 @@ def test_the_readme_example_is_served_as_written(tmp_path, serve_models, monkeyp
     np.testing.assert_allclose(
         env.infer("tiny", {"x": x}).outputs["output__0"], reference(net, x), rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+)
+def test_eager_model_on_cuda_matches_the_cpu_module(tmp_path, load_backend):
+    net = write_eager(tmp_path, "tiny", {**PYTORCH, "device": "cuda:0"})
+    backend = load_backend(tmp_path, "tiny")
+    assert next(backend.model.parameters()).device.type == "cuda"
+    x = features(4)
+    out = backend.predict({"x": x})["output__0"]
+    np.testing.assert_allclose(out, reference(net, x), rtol=1e-3, atol=1e-4)
