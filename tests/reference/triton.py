@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -72,10 +73,20 @@ class TritonServer:
     """``tritonserver`` serving ``repository`` (config.pbtxt + python-backend model.py).
 
     ``http_url``, ``grpc_address`` and ``http_address`` point at it once started; leaving
-    the ``with`` block ends its process group. ``output()`` is what it printed.
+    the ``with`` block ends its process group. ``output()`` is what it printed. ``args``
+    are more ``tritonserver`` flags; ``wait_for`` is the path that must answer 200 before
+    ``start`` returns (``/v2/health/live`` for a server that may never be ready).
     """
 
-    def __init__(self, repository: Path, log_path: Path, timeout: float = 90.0) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        log_path: Path,
+        timeout: float = 90.0,
+        *,
+        args: Sequence[str] = (),
+        wait_for: str = "/v2/health/ready",
+    ) -> None:
         found = triton_home()
         if isinstance(found, str):
             raise RuntimeError(found)
@@ -83,6 +94,8 @@ class TritonServer:
         self.repository = repository
         self.log_path = log_path
         self.timeout = timeout
+        self.args = list(args)
+        self.wait_for = wait_for
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.metrics_port = free_port()
@@ -122,6 +135,7 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             "--log-verbose=0",
+            *self.args,
         ]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -134,7 +148,7 @@ class TritonServer:
                     f"tritonserver exited with {self.process.returncode}:\n{self.output()}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
+                with urllib.request.urlopen(f"{self.http_url}{self.wait_for}", timeout=2) as r:
                     if r.status == 200:
                         return self
             except (OSError, urllib.error.URLError):
