@@ -94,6 +94,8 @@ _INPUT_ERROR = re.compile(
     ),
     re.IGNORECASE,
 )
+# "class Net(nn.Module):", "class Net(torch.nn.Module, Mixin):" in a model.py.
+_DEFINES_MODULE = re.compile(rb"^class\s+\w+\s*\([^)]*\bModule\b", re.MULTILINE)
 # An absolute path (a server's file) in a message: never shown to clients.
 _PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[\w.+-]+[/\\])+[\w.+-]*")
 # A message's part for clients is one line of at most this many characters.
@@ -139,10 +141,18 @@ class PyTorchBackend(Backend):
 
     @classmethod
     def can_load(cls, path: Path) -> bool:
-        """A .pt2 / .pt / .pth file, or ``model.py`` beside a state_dict saved as .bin."""
+        """A .pt2 / .pt / .pth file, or a ``model.py`` defining a ``Module`` subclass
+        beside a state_dict saved as .bin (a ``.bin`` is not torch's alone: a python
+        model's own data, ONNX weights)."""
         if super().can_load(path):
             return True
-        return (path / "model.py").is_file() and any(path.glob("*.bin"))
+        source = path / "model.py"
+        if not source.is_file() or not any(path.glob("*.bin")):
+            return False
+        try:
+            return _DEFINES_MODULE.search(source.read_bytes()) is not None
+        except OSError:
+            return False
 
     def load(self) -> None:
         import torch

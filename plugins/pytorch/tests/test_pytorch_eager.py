@@ -181,6 +181,9 @@ def test_whole_module_pickle_beside_its_model_py_still_needs_trust(tmp_path, loa
 def test_can_load_claims_model_py_with_bin_weights_but_not_bin_alone(tmp_path):
     write_eager(tmp_path, "hf", None, weights="pytorch_model.bin")
     assert PyTorchBackend.can_load(tmp_path / "hf" / "1")
+    # A python model's data file is not a state_dict: its model.py defines no Module.
+    (tmp_path / "hf" / "1" / "model.py").write_text(textwrap.dedent(PYTHON_MODEL))
+    assert not PyTorchBackend.can_load(tmp_path / "hf" / "1")
     (tmp_path / "hf" / "1" / "model.py").unlink()
     assert not PyTorchBackend.can_load(tmp_path / "hf" / "1")  # e.g. ONNX external data
 
@@ -208,6 +211,7 @@ def test_folders_go_to_the_backend_their_files_are_for(tmp_path, serve_models):
     data.mkdir(parents=True)
     (data / "model.py").write_text(textwrap.dedent(PYTHON_MODEL))
     (data / "labels.txt").write_text("cat\ndog\n")
+    (data / "weights.bin").write_bytes(b"\x00" * 8)  # its own data, not a state_dict
     env = serve_models(tmp_path)
     backends = {
         name: env.models.resolve(name).backend.name
