@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,9 +154,23 @@ def test_wrong_datatype_is_invalid_argument_and_server_keeps_serving(
     np.testing.assert_array_equal(infer(client, np.array([2.0], np.float32)), [6.0])
 
 
-def test_a_typo_in_the_plugins_settings_stops_start_up(site: Path, tmp_path: Path) -> None:
-    # The plugin's Settings validate its keys, so `factr` is caught before serving.
+def test_a_typo_in_the_plugins_settings_is_the_models_reason(site: Path, tmp_path: Path) -> None:
+    # The plugin's Settings validate its keys, so `factr` is caught before the model loads:
+    # that model is UNAVAILABLE with the reason, and the server keeps serving the others.
     write_model(tmp_path, "scaled", SCALED_CONFIG.replace("factor", "factr"))
+    args = ["--model-repository", str(tmp_path)]
+    with ServerProcess(args, env=with_site(site)) as server:
+        status = json.loads(urllib.request.urlopen(f"{server.http_url}/api/status").read())
+    (model,) = [m for m in status["models"] if m["name"] == "scaled"]
+    (version,) = model["versions"]
+    assert version["state"] == "UNAVAILABLE"
+    assert "factr: unknown key (did you mean factor?)" in version["reason"]
+
+
+def test_a_typo_in_the_plugins_settings_stops_a_strict_start_up(site: Path, tmp_path: Path) -> None:
+    write_model(tmp_path / "models", "scaled", SCALED_CONFIG.replace("factor", "factr"))
+    config = tmp_path / "server.yaml"
+    config.write_text("server: {strict_model_loading: true}\nmodel_repository: models\n")
     with pytest.raises(RuntimeError) as caught:
-        ServerProcess(["--model-repository", str(tmp_path)], env=with_site(site)).start()
+        ServerProcess(["-c", str(config)], env=with_site(site)).start()
     assert "factr: unknown key (did you mean factor?)" in str(caught.value)
