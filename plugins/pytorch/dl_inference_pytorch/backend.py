@@ -138,6 +138,7 @@ class PyTorchBackend(Backend):
     Settings = PyTorchSettings
     model_files = ("*.pt2", "*.pt", "*.pth")
     settings: PyTorchSettings
+    file: ModelFile  # what load() served, as it turned out to be (a .pth may be a state_dict)
 
     @classmethod
     def can_load(cls, path: Path) -> bool:
@@ -163,7 +164,6 @@ class PyTorchBackend(Backend):
         self.device = _loading.resolve_device(self.settings.device)
         self.dtype = _loading.DTYPES[self.settings.dtype]
         found = _loading.find_model_file(self.path, self.settings.model_file)
-        self.file: ModelFile = found
         model, self.file = _loading.load_module(
             found,
             self.device,
