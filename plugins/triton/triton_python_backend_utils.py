@@ -115,7 +115,7 @@ def deserialize_bytes_tensor(encoded_tensor: bytes | np.ndarray) -> np.ndarray:
 class TritonError:
     """An error a model returns in an :class:`InferenceResponse` (``error=``) for one
     request; ``code`` chooses what the client sees (INVALID_ARG: 400 / INVALID_ARGUMENT,
-    the default INTERNAL: 500 / INTERNAL)."""
+    the default INTERNAL: 500 / INTERNAL; the plugin's README lists them all)."""
 
     UNKNOWN = 0
     INTERNAL = 1

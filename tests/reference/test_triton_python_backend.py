@@ -115,6 +115,10 @@ MODELS: dict[str, tuple[str, str]] = {
         """
         class TritonPythonModel:
             def execute(self, requests):
+                # Triton binds TritonError & co. after model.py's import: read them here.
+                E = pb_utils.TritonError
+                codes = (E.UNKNOWN, E.NOT_FOUND, E.UNAVAILABLE, E.UNSUPPORTED, E.ALREADY_EXISTS)
+                CODES = {1000 + int(c): c for c in codes}
                 responses = []
                 for request in requests:
                     x = get(request, "X")
@@ -124,6 +128,9 @@ MODELS: dict[str, tuple[str, str]] = {
                         code = pb_utils.TritonError.INVALID_ARG
                         error = pb_utils.TritonError("negative input", code)
                         responses.append(pb_utils.InferenceResponse([], error=error))
+                    elif x.reshape(-1)[0] in CODES:
+                        error = pb_utils.TritonError("coded", CODES[x.reshape(-1)[0]])
+                        responses.append(pb_utils.InferenceResponse(error=error))
                     elif x.reshape(-1)[0] == 999:
                         error = pb_utils.TritonError("999 is not served")
                         responses.append(pb_utils.InferenceResponse(error=error))
@@ -360,6 +367,26 @@ def test_bytes_upper(servers: Servers, transport: str) -> None:
         "shape": [3],
         "values": ["HELLO", "\u00e9T\u00e9", ""],  # bytes.upper: ASCII only
     }
+
+
+def test_error_codes_seen_by_clients(servers: Servers) -> None:
+    """The other TritonError codes: NOT_FOUND and UNAVAILABLE as Triton answers them;
+    UNKNOWN, UNSUPPORTED and ALREADY_EXISTS differ (no such kernel error: 500 / INTERNAL
+    here), a known difference the plugin's README lists."""
+    matching = {1002.0: ("404", "StatusCode.NOT_FOUND"), 1004.0: ("503", "StatusCode.UNAVAILABLE")}
+    differing = {
+        1000.0: ("400", "StatusCode.UNKNOWN"),
+        1005.0: ("501", "StatusCode.UNIMPLEMENTED"),
+        1006.0: ("400", "StatusCode.ALREADY_EXISTS"),
+    }
+    for index, transport in enumerate(("http", "grpc")):
+        for value, expected in matching.items():
+            answers = both(servers, transport, "picky", [("X", fp32([value]))], ["Y"])
+            assert same(answers) == {"error": expected[index]}, (transport, value)
+        for value, expected in differing.items():
+            answers = both(servers, transport, "picky", [("X", fp32([value]))], ["Y"])
+            assert answers["triton"] == {"error": expected[index]}, (transport, value)
+            assert answers["ours"] == {"error": ("500", "StatusCode.INTERNAL")[index]}
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])

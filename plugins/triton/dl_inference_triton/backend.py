@@ -9,8 +9,8 @@ Triton's life cycle, as its python backend runs it:
 - one ``TritonPythonModel`` object per instance (``instance_group`` count), each
   ``initialize(args)`` with Triton's arguments (all strings, ``model_config`` JSON);
 - ``execute(requests)`` returns one ``InferenceResponse`` per request; a response whose
-  ``error`` is set fails its request alone (``TritonError.INVALID_ARG``: 400 /
-  INVALID_ARGUMENT, other codes as Triton maps them, 500 / INTERNAL by default);
+  ``error`` is set fails its request alone, with the status Triton gives its code
+  (``TritonError.INVALID_ARG``: 400 / INVALID_ARGUMENT, the default INTERNAL: 500);
 - ``finalize()`` when the version unloads.
 
 Batching: the kernel never merges requests for this backend (``merges_requests`` False):
@@ -45,7 +45,11 @@ from dl_inference import (
 
 log = structlog.get_logger("dl_inference_triton")
 
-# TritonError code -> the kernel error the client gets (status and code as Triton's).
+# TritonError code -> the kernel error the client gets, as Triton 2.51 answers a model's
+# error (tests/reference/test_triton_python_backend.py): INVALID_ARG 400 / INVALID_ARGUMENT,
+# NOT_FOUND 404 / NOT_FOUND, UNAVAILABLE 503 / UNAVAILABLE, INTERNAL 500 / INTERNAL. The
+# kernel has no error for Triton's UNKNOWN (400 / UNKNOWN), UNSUPPORTED (501 /
+# UNIMPLEMENTED) or ALREADY_EXISTS (400 / ALREADY_EXISTS): those are 500 / INTERNAL here.
 _ERRORS: dict[int, type[dl_inference.DlInferenceError]] = {
     pb_utils.TritonError.INVALID_ARG: InvalidInput,
     pb_utils.TritonError.NOT_FOUND: ModelNotFound,
