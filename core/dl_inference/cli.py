@@ -60,24 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_check_config)
 
-    convert = sub.add_parser(
-        "convert", help="convert a model file to another format and check outputs still match"
-    )
-    convert.add_argument("source", type=Path, help="model file to read (e.g. model.pth)")
-    convert.add_argument("target", type=Path, help="file to write; its suffix picks the format")
-    convert.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="NAME:DATATYPE:SHAPE",
-        help="a sample input to compare outputs on, e.g. x:FP32:1,1,28,28 (repeatable)",
-    )
-    convert.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="converter option"
-    )
-    convert.add_argument("--converter", help="converter name (default: chosen by file names)")
-    convert.add_argument("--tolerance", type=float, default=1e-4, help="max abs output difference")
-    convert.set_defaults(func=cmd_convert)
+    add_convert_parser(sub)
 
     models = sub.add_parser("models", help="list, load or unload models of a running server")
     models.add_argument("action", choices=["list", "load", "unload"])
@@ -337,6 +320,100 @@ async def _load_each_model(server: Any) -> int:
 
 # -- convert -------------------------------------------------------------------------------
 
+CONVERT_DESCRIPTION = """\
+Convert a model file into another format (its suffix picks the format and the installed
+converter plugin), load the written file back and check that its outputs match the
+original's on the sample inputs and on the samples resized along every dynamic axis.
+
+  dl-inference convert model.pth model.pt2 --trust-pickle --input x:FP32:1,1,28,28
+  dl-inference convert model.pt model.onnx --input input_ids:INT64:1,16 --dynamic input_ids:0,1
+
+Axis 0 (the batch) of every input is dynamic unless --static; --dynamic NAME:AXES sets
+one input's dynamic axes exactly (a sequence axis, or 1 alone to fix the batch). Every
+other axis keeps the sample's size in the converted model.
+Exit status: 0 outputs match, 1 the conversion or the comparison failed, 2 usage error."""
+
+
+class _ConvertHelp(argparse.Action):
+    """``-h``: the help, then every installed converter with its formats and options (the
+    plugins are loaded only for this, so parsing other commands stays fast)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: Any):
+        super().__init__(option_strings, dest, nargs=0, help="show this help and exit", **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from dl_inference.kernel.plugins import PluginHost
+
+        converters = [cls.describe() for cls in PluginHost().load().converters]
+        parser.epilog = "installed converters:\n  " + (
+            "\n  ".join(converters) or "none (the pytorch and onnx plugins provide converters)"
+        )
+        parser.print_help()
+        parser.exit()
+
+
+class _InOrder(argparse.Action):
+    """Appends ``(flag, value)``: --input and --sample share one list, in command-line order
+    (the order the model takes its arguments in)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, flag: str | None = None) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), (flag, values)])
+
+
+def add_convert_parser(sub: Any) -> None:
+    """The ``convert`` subcommand's flags."""
+    convert = sub.add_parser(
+        "convert",
+        help="convert a model file to another format and check outputs still match",
+        description=CONVERT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    convert.add_argument("-h", "--help", action=_ConvertHelp)
+    convert.add_argument("source", type=Path, help="model file to read (e.g. model.pth)")
+    convert.add_argument("target", type=Path, help="file to write; its suffix picks the format")
+    convert.add_argument(
+        "--input",
+        dest="samples",
+        action=_InOrder,
+        metavar="NAME:DATATYPE:SHAPE",
+        help="a seeded random sample input, e.g. x:FP32:1,1,28,28 (repeat per model input, "
+        "in the order the model takes them)",
+    )
+    convert.add_argument(
+        "--sample",
+        dest="samples",
+        action=_InOrder,
+        metavar="NAME=FILE.npy",
+        help="a sample input read from a .npy file (mixes with --input, in order)",
+    )
+    convert.add_argument(
+        "--dynamic",
+        action="append",
+        default=[],
+        metavar="NAME:AXIS[,AXIS...]",
+        help="the axes of input NAME the converted model accepts at any size, e.g. "
+        "input_ids:0,1 for batch and sequence (default: 0)",
+    )
+    convert.add_argument(
+        "--static", action="store_true", help="no dynamic batch axis (inputs not in --dynamic)"
+    )
+    convert.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a pickled source (torch.save(model)): unpickling runs code from the file",
+    )
+    convert.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a converter's own option (listed below)",
+    )
+    convert.add_argument("--converter", help="converter name (default: chosen by file names)")
+    convert.add_argument("--tolerance", type=float, default=1e-4, help="max abs output difference")
+    convert.set_defaults(func=cmd_convert)
+
 
 def parse_sample_input(text: str) -> tuple[str, Any]:
     """``x:FP32:1,3,8,8`` -> ("x", seeded random array of that datatype and shape)."""
@@ -362,9 +439,38 @@ def parse_sample_input(text: str) -> tuple[str, Any]:
     raise ConfigError(f"--input {text!r}: sample inputs must be numeric or BOOL")
 
 
+def parse_sample_file(text: str) -> tuple[str, Any]:
+    """``input_ids=ids.npy`` -> ("input_ids", the array in that file)."""
+    import numpy as np
+
+    name, sep, file = text.partition("=")
+    if not sep or not name or not file:
+        raise ConfigError(f"--sample {text!r}: write NAME=FILE.npy, e.g. x=sample.npy")
+    try:
+        return name, np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--sample {text!r}: cannot read {file}: {exc}") from None
+
+
+def parse_dynamic_axes(text: str) -> tuple[str, tuple[int, ...]]:
+    """``input_ids:0,1`` -> ("input_ids", (0, 1))."""
+    name, sep, axes = text.rpartition(":")
+    try:
+        numbers = tuple(int(a) for a in axes.split(","))
+    except ValueError:
+        numbers = ()
+    if not sep or not name or not numbers:
+        raise ConfigError(
+            f"--dynamic {text!r}: write NAME:AXIS[,AXIS...], e.g. input_ids:0,1 (batch and "
+            "sequence)"
+        )
+    return name, numbers
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from dl_inference.kernel.plugins import PluginHost, install_hint
     from dl_inference.server.logs import configure_logging
+    from dl_inference.spi.errors import BackendError
 
     configure_logging("console", "warning")
     host = PluginHost().load()
@@ -392,11 +498,39 @@ def cmd_convert(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--option {item!r}: write KEY=VALUE")
+        if key not in cls.options:
+            known = ", ".join(cls.options) or "none"
+            raise ConfigError(
+                f"--option {key}: {cls.name} has no such option; its options: {known}"
+            )
         options[key] = value
-    samples = dict(parse_sample_input(text) for text in args.input)
-    report = cls().convert(
-        args.source, args.target, sample_inputs=samples, options=options, tolerance=args.tolerance
-    )
+    samples: dict[str, Any] = {}
+    for flag, text in args.samples or []:
+        name, array = (parse_sample_input if flag == "--input" else parse_sample_file)(text)
+        if name in samples:
+            raise ConfigError(f"{flag} {text!r}: another sample input is named {name!r} already")
+        samples[name] = array
+    named: dict[str, tuple[int, ...]] = {}
+    for text in args.dynamic:
+        name, numbers = parse_dynamic_axes(text)
+        if name in named:
+            raise ConfigError(f"--dynamic {text!r}: give all of {name}'s axes in one --dynamic")
+        named[name] = numbers
+    axes = cls.dynamic_axes(samples, named, static=args.static)
+    try:
+        report = cls().convert(
+            args.source,
+            args.target,
+            sample_inputs=samples,
+            options=options,
+            tolerance=args.tolerance,
+            trust_pickle=args.trust_pickle,
+            dynamic_axes=axes,
+        )
+    except BackendError as exc:
+        # Usage was fine; the conversion itself failed or its outputs differ.
+        print(f"dl-inference: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"{args.source} -> {args.target} ({cls.name}): {report}")
     return 0
 

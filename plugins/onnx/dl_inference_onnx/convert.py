@@ -1,40 +1,36 @@
 """``pytorch-to-onnx``: a TorchScript ``.pt`` or a trusted whole-module ``.pth`` to ``.onnx``.
 
 ``dl-inference convert model.pt model.onnx --input x:FP32:1,3,32,32`` exports with
-``torch.onnx.export``, the batch axis (dimension 0 of every input and output) dynamic,
-then runs the torch original and the ONNX file (onnxruntime, CPU) on the sample inputs
-and on the same inputs doubled along the batch axis, and refuses to write the file when
-any output differs by more than the tolerance. The ``--input`` names become the ONNX
-input names, in the order given.
+``torch.onnx.export`` (the dynamic axes named: ``batch`` for axis 0, ``<input>_<axis>``
+for the others), then runs the torch original and the ONNX file (onnxruntime, CPU) on the
+sample inputs and on the samples resized along every dynamic axis, and refuses to write
+the file when any output differs by more than the tolerance. The ``--input`` names become
+the ONNX input names, in the order given. ``--trust-pickle`` allows a pickled whole
+module (``torch.save(model)``); unpickling runs code from the file.
 
-Options (``--option KEY=VALUE``):
-
-- ``trust_pickle=true``: allow a pickled whole module (``torch.save(model)``); unpickling
-  runs code from the file, so only for files you trust.
-- ``opset=N``: the ONNX opset (default 17).
-- ``dynamic_batch=false``: keep every dimension as in the sample inputs.
-- ``output_names=a,b``: names of the outputs (default: a dict's keys, else ``output`` or
-  ``output_0``, ``output_1``, ...).
-- ``exporter=torchscript|dynamo``: torch's exporter (default ``torchscript``, which also
-  takes TorchScript files; ``dynamo`` needs the ``onnxscript`` package).
+Options (``--option KEY=VALUE``): ``opset`` (default 17; 18 with dynamo),
+``output_names=a,b`` (default: a dict's keys, else ``output`` or ``output_0``, ...) and
+``exporter=torchscript|dynamo``: torch's exporter. ``torchscript`` (default) also takes
+TorchScript files; ``dynamo`` (torch.export, what torch recommends for eager modules)
+writes through the ``onnxscript`` package, a dependency of this plugin.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import logging
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dl_inference import BackendError, ConfigError, Converter
+from dl_inference import BackendError, ConfigError, Converter, isolated_imports
 
 DEFAULT_OPSET = 17
-OPTIONS = ("trust_pickle", "opset", "dynamic_batch", "output_names", "exporter")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+DEFAULT_DYNAMO_OPSET = 18  # the lowest the dynamo exporter writes without a version conversion
+INSTALL = "pip install ./plugins/onnx (from the root of a checkout; it depends on onnxscript)"
 
 
 class PyTorchToOnnx(Converter):
@@ -43,6 +39,12 @@ class PyTorchToOnnx(Converter):
     name = "pytorch-to-onnx"
     sources = ("*.pt", "*.pth")
     targets = (".onnx",)
+    options = {
+        "opset": f"the ONNX opset (default {DEFAULT_OPSET}, dynamo {DEFAULT_DYNAMO_OPSET})",
+        "output_names": "a,b: names of the outputs (default: a dict's keys, else output_N)",
+        "exporter": "torchscript (default; takes TorchScript files too) or dynamo "
+        "(torch.export; eager modules)",
+    }
 
     def convert(
         self,
@@ -52,60 +54,52 @@ class PyTorchToOnnx(Converter):
         sample_inputs: dict[str, np.ndarray],
         options: dict[str, Any],
         tolerance: float = 1e-4,
+        trust_pickle: bool = False,
+        dynamic_axes: Mapping[str, Sequence[int]] | None = None,
     ) -> str:
-        settings = _Options.parse(options)
+        settings = _Options(options)
         if not sample_inputs:
             raise ConfigError(
                 "pytorch-to-onnx needs sample inputs: give --input NAME:DATATYPE:SHAPE once per "
                 "model argument, e.g. --input x:FP32:1,3,224,224 (the names become the ONNX "
                 "input names)"
             )
+        axes = self.dynamic_axes(sample_inputs) if dynamic_axes is None else dynamic_axes
         import torch
 
-        module = load_module(torch, source, trust_pickle=settings.trust_pickle)
+        module = load_module(torch, source, trust_pickle=trust_pickle)
         names = list(sample_inputs)
-        expected = _run_torch(torch, module, sample_inputs)
-        output_names = _output_names(settings.output_names, expected)
-        axes = None
-        if settings.dynamic_batch:
-            axes = {name: {0: "batch"} for name in [*names, *output_names]}
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        try:
-            _export(torch, module, sample_inputs, partial, names, output_names, axes, settings)
-            checks = [sample_inputs]
-            if settings.dynamic_batch:
-                checks.append({k: np.concatenate([v, v]) for k, v in sample_inputs.items()})
+        checks = self.check_inputs(sample_inputs, axes)
+        expected = [
+            _run_torch(torch, module, inputs, resized=i > 0) for i, inputs in enumerate(checks)
+        ]
+        output_names = _output_names(settings.output_names, expected[0])
+        example = self.export_inputs(sample_inputs, axes)
+        with self.staged(target) as staged:
+            _export(torch, module, example, staged, names, output_names, axes, settings)
             worst = 0.0
-            for inputs in checks:
-                reference = (
-                    expected
-                    if inputs is sample_inputs
-                    else _run_torch(torch, module, inputs, batch_check=True)
-                )
-                got = _run_onnx(partial, inputs, output_names, dynamic=settings.dynamic_batch)
+            for inputs, reference in zip(checks, expected, strict=True):
+                # Sizes other than the export sample's are what the dynamic axes must take.
+                resized = any(a.shape != example[n].shape for n, a in inputs.items())
+                got = _run_onnx(staged, inputs, output_names, resized=resized)
                 worst = max(worst, _compare(reference, got, output_names, tolerance))
-            os.replace(partial, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-        batches = " and ".join(str(len(next(iter(c.values())))) for c in checks)
+        dynamic = ", ".join(f"{n}:{','.join(map(str, a))}" for n, a in axes.items() if a)
         return (
-            f"outputs match (max |difference| {worst:.3g}, tolerance {tolerance:g}, batch "
-            f"{batches}); opset {settings.opset}, inputs {', '.join(names)}, outputs "
-            f"{', '.join(output_names)}"
-            + (", dynamic batch axis" if settings.dynamic_batch else "")
+            f"outputs match (max |difference| {worst:.3g}, tolerance {tolerance:g}) on inputs "
+            f"{' and '.join(_shapes(c) for c in checks)}; {settings.exporter} exporter, opset "
+            f"{settings.opset}, inputs {', '.join(names)}, outputs {', '.join(output_names)}; "
+            f"dynamic axes: {dynamic or 'none'}"
         )
 
 
 class _Options:
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.trust_pickle = _flag(values, "trust_pickle", False)
-        self.dynamic_batch = _flag(values, "dynamic_batch", True)
-        try:
-            self.opset = int(values.get("opset", DEFAULT_OPSET))
-        except ValueError:
-            raise ConfigError(f"--option opset={values['opset']}: give a number, e.g. 17") from None
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        unknown = sorted(set(values) - set(PyTorchToOnnx.options))
+        if unknown:
+            raise ConfigError(
+                f"pytorch-to-onnx has no option {unknown[0]!r}; its options are: "
+                f"{', '.join(PyTorchToOnnx.options)}"
+            )
         raw_names = values.get("output_names")
         self.output_names = [n for n in str(raw_names).split(",") if n] if raw_names else None
         self.exporter = str(values.get("exporter", "torchscript"))
@@ -113,28 +107,15 @@ class _Options:
             raise ConfigError(
                 f"--option exporter={self.exporter}: use torchscript (default) or dynamo"
             )
-
-    @classmethod
-    def parse(cls, values: dict[str, Any]) -> _Options:
-        unknown = sorted(set(values) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"pytorch-to-onnx has no option {unknown[0]!r}; its options are: "
-                f"{', '.join(OPTIONS)}"
-            )
-        return cls(values)
+        default = DEFAULT_OPSET if self.exporter == "torchscript" else DEFAULT_DYNAMO_OPSET
+        try:
+            self.opset = int(values.get("opset", default))
+        except ValueError:
+            raise ConfigError(f"--option opset={values['opset']}: give a number, e.g. 17") from None
 
 
-def _flag(values: dict[str, Any], key: str, default: bool) -> bool:
-    if key not in values:
-        return default
-    value = values[key]
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in _TRUE | _FALSE:
-        return text in _TRUE
-    raise ConfigError(f"--option {key}={value}: give true or false")
+def _shapes(inputs: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{name} {list(array.shape)}" for name, array in inputs.items())
 
 
 def load_module(torch: Any, source: Path, *, trust_pickle: bool) -> Any:
@@ -150,15 +131,17 @@ def load_module(torch: Any, source: Path, *, trust_pickle: bool) -> Any:
         raise ConfigError(
             f"{source.name} is not a TorchScript file ({_first_line(script_error)}). If it is a "
             "whole module saved with torch.save(model) and you trust it (unpickling runs code "
-            "from the file), pass --option trust_pickle=true; otherwise save it with "
+            "from the file), pass --trust-pickle; otherwise save it with "
             "torch.jit.script(model).save('model.pt')"
         )
     try:
-        module = torch.load(str(source), map_location="cpu", weights_only=False)
+        # The module's class may live in a .py file beside it, as the server finds it.
+        with isolated_imports(source.parent.resolve(), keep=True):
+            module = torch.load(str(source), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise ConfigError(
-            f"{source.name}: neither TorchScript nor a torch.save() pickle: {exc} (for a pickled "
-            "module, its class must be importable here, as when it was saved)"
+            f"{source.name}: neither TorchScript nor a torch.save() pickle: {exc} (a pickled "
+            "module's class must be importable: keep its .py file beside the .pth, as for serving)"
         ) from exc
     if isinstance(module, dict):
         raise ConfigError(
@@ -171,25 +154,26 @@ def load_module(torch: Any, source: Path, *, trust_pickle: bool) -> Any:
 
 
 def _run_torch(
-    torch: Any, module: Any, inputs: dict[str, np.ndarray], *, batch_check: bool = False
+    torch: Any, module: Any, inputs: Mapping[str, np.ndarray], *, resized: bool = False
 ) -> dict[str, np.ndarray]:
     arguments = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs.values()]
     try:
         with torch.no_grad():
             result = module(*arguments)
     except Exception as exc:
-        if batch_check:
-            batch = len(next(iter(inputs.values())))
+        if resized:
             raise ConfigError(
-                f"the torch model itself does not run with batch {batch} ({type(exc).__name__}: "
-                f"{_first_line(exc)}); a traced module keeps the batch size it was traced with. "
-                "Script it (torch.jit.script) or trace it without int(x.shape[0]), or pass "
-                "--option dynamic_batch=false to keep the sample's batch"
+                "the torch model itself does not run on the samples resized along their "
+                f"dynamic axes ({_shapes(inputs)}): {type(exc).__name__}: {_first_line(exc)}; "
+                "a traced module keeps the sizes it was traced with. Script it "
+                "(torch.jit.script) or trace it without int(x.shape[0]), or keep those axes "
+                "static (--static, or --dynamic NAME:AXES with fewer axes)"
             ) from exc
         shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
         raise ConfigError(
-            f"the torch model raised on the sample inputs ({shapes}): {type(exc).__name__}: "
-            f"{exc}; give --input values that match what its forward() takes"
+            f"the torch model raised on the sample inputs ({shapes}): "
+            f"{type(exc).__name__}: {exc}; give --input values that match what its forward() "
+            "takes"
         ) from exc
     if isinstance(result, dict):
         items = list(result.items())
@@ -229,7 +213,7 @@ def _export(
     path: Path,
     names: list[str],
     output_names: list[str],
-    axes: dict[str, dict[int, str]] | None,
+    axes: Mapping[str, Sequence[int]],
     settings: _Options,
 ) -> None:
     arguments = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs.values())
@@ -239,18 +223,40 @@ def _export(
         "opset_version": settings.opset,
         "dynamo": settings.exporter == "dynamo",
     }
-    if axes is not None:
-        kwargs["dynamic_axes"] = axes
     if settings.exporter == "dynamo":
         try:
             import onnxscript  # noqa: F401 - torch's dynamo exporter imports it itself
         except ImportError:
             raise ConfigError(
-                "--option exporter=dynamo needs the onnxscript package: pip install onnxscript"
+                f"--option exporter=dynamo needs the onnxscript package: {INSTALL}, or "
+                "pip install onnxscript"
             ) from None
+        if isinstance(module, torch.jit.ScriptModule):
+            raise ConfigError(
+                "--option exporter=dynamo exports eager modules (a pickled .pth), not "
+                "TorchScript files: leave the exporter at torchscript for this file"
+            )
+        # Dim.DYNAMIC lets torch.export find which axes are equal (input_ids' and
+        # attention_mask's sequence) instead of the user naming every relation.
+        kwargs["dynamic_shapes"] = tuple(
+            {a: torch.export.Dim.DYNAMIC for a in axes.get(name, ())} for name in names
+        )
+    elif any(axes.values()):
+        batch = any(0 in axes.get(name, ()) for name in names)
+        kwargs["dynamic_axes"] = {
+            **{
+                name: {a: "batch" if a == 0 else f"{name}_{a}" for a in axes.get(name, ())}
+                for name in names
+                if axes.get(name)
+            },
+            # Outputs' other axes follow from the inputs' symbols; a batch-first output
+            # must say so, or a computed shape may pin it.
+            **({name: {0: "batch"} for name in output_names} if batch else {}),
+        }
     try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter warns that it is deprecated on every call.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(None), _quiet("torch.onnx"):
+            # The TorchScript exporter warns that it is deprecated on every call; the dynamo
+            # one prints its progress.
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=UserWarning)
@@ -262,8 +268,21 @@ def _export(
         ) from exc
 
 
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Logger ``name`` says only errors meanwhile (the exporter logs what it skips, e.g.
+    torchvision's operators when torchvision is not installed)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _run_onnx(
-    path: Path, inputs: dict[str, np.ndarray], output_names: list[str], *, dynamic: bool
+    path: Path, inputs: dict[str, np.ndarray], output_names: list[str], *, resized: bool
 ) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
@@ -271,16 +290,18 @@ def _run_onnx(
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         results = session.run(output_names, inputs)
     except Exception as exc:
-        batch = len(next(iter(inputs.values())))
         hint = ""
-        if dynamic and batch > 1:
+        if resized:
             hint = (
-                f". The exported graph does not run with batch {batch}: the model probably "
-                "builds a shape from the sample's batch size (x.view(1, -1), x.reshape(n, ...)); "
-                "use x.flatten(1) / x.reshape(x.shape[0], ...), or pass "
-                "--option dynamic_batch=false"
+                ". The exported graph does not run with other sizes on the dynamic axes: the "
+                "model probably builds a shape from the sample's sizes (x.view(1, -1), "
+                "x.reshape(n, ...)); use x.flatten(1) / x.reshape(x.shape[0], ...), or keep "
+                "those axes static (--static, or --dynamic NAME:AXES with fewer axes)"
             )
-        raise BackendError(f"onnxruntime cannot run the exported model: {exc}{hint}") from exc
+        raise BackendError(
+            f"onnxruntime cannot run the exported model on inputs {_shapes(inputs)}: "
+            f"{_first_line(exc)}{hint}"
+        ) from exc
     return dict(zip(output_names, results, strict=True))
 
 
