@@ -121,16 +121,42 @@ def test_the_kernel_and_client_install_lines() -> None:
     assert re.search(r"^setup-kernel:", (REPO / "Makefile").read_text(), re.MULTILINE)
 
 
-def test_every_link_of_the_page_resolves() -> None:
-    links = re.findall(r"\]\(([^)\s]+)\)", TEXT)
+def assert_links_resolve(text: str, page: Path) -> None:
+    """Every relative link of ``text`` (on ``page``) names a file, and its anchor a heading."""
+    links = [link for link in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in link]
     assert links
     for link in links:
         target, _, anchor = link.partition("#")
-        path = (DOC.parent / target).resolve() if target else DOC
+        path = (page.parent / target).resolve() if target else page
         assert path.is_file(), link
         if anchor:
             titles = re.findall(r"^#+ +(.+?) *$", path.read_text(), re.MULTILINE)
             assert anchor in {heading_anchor(title) for title in titles}, link
+
+
+def test_every_link_of_the_page_resolves() -> None:
+    assert_links_resolve(TEXT, DOC)
+
+
+def test_the_readme_points_here_with_the_same_install_lines() -> None:
+    """README's "Serve your own model" links each section and gives its install lines."""
+    readme = REPO / "README.md"
+    pointer = sections(readme.read_text(), level=3)["Serve your own model"]
+    assert_links_resolve(pointer, readme)
+    for section in FRAMEWORKS:
+        assert f"(docs/quickstart.md#{heading_anchor(section)})" in pointer, section
+    (block,) = [b for b in code_blocks(pointer) if b.lang == "sh"]
+    shown: dict[str, list[str]] = {}
+    for line in block.code.splitlines():
+        if line.startswith("# "):
+            shown[line.removeprefix("# ").split(":")[0]] = lines = []
+        else:
+            lines.append(line)
+    assert shown == {
+        section: install_lines(SECTIONS[section])
+        for section, framework in FRAMEWORKS.items()
+        if framework.plugin is not None
+    }
 
 
 @dataclass
