@@ -210,3 +210,20 @@ def test_more_records_than_tf_serving_reads_fail(tmp_path: Path) -> None:
     backend = TensorFlowBackend("m", "1", tmp_path, ModelConfig(), TensorFlowSettings())
     with pytest.raises(BackendError, match="more than 1000 warm-up records"):
         backend.warmup_samples()
+
+
+def test_config_samples_without_inputs_take_the_signatures_inputs(
+    counting_saved_model: Path, tmp_path: Path
+) -> None:
+    # No config.yaml inputs: the zeros follow what the SavedModel's default signature takes
+    # (x: float [-1] -> [1]); they run before the file's records.
+    repo = make_repository(
+        tmp_path / "models",
+        counting_saved_model,
+        [predict_log({"text": np.array([b"a"], dtype=object)}, signature="other")],
+    )
+    (repo / "counting" / "config.yaml").write_text("warmup: [{name: zeros, count: 2}]\n")
+    models = asyncio.run(load(repo))
+    model = models.resolve("counting")
+    counts = model.backend.predict({"unused": np.zeros(1, np.float32)}, signature_name="counts")
+    assert (int(counts["default_calls"]), int(counts["other_calls"])) == (2, 1)
