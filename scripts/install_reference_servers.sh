@@ -2,7 +2,9 @@
 # The reference servers the side-by-side tests compare dl-inference with, each in a venv of
 # its own under $DLI_REFERENCE_DIR (default .reference/): Seldon Core's Python wrapper
 # (seldon-core 1.18.2 pins protobuf<4, so it cannot share our venv) and a real Triton 2.51
-# (the C++ server and its python backend, bundled by nvidia-pytriton). A venv that fails to
+# (the C++ server and its python backend, bundled by nvidia-pytriton) and TorchServe 0.12
+# with its torch-model-archiver (a Java server: needs a JRE, see install_system_deps.sh;
+# torch pinned first so pip takes the local CPU wheel, not a multi-GB CUDA build). A venv that fails to
 # install is left out with a note; the tests that need it skip and say why.
 set -e
 cd "$(dirname "$0")/.."
@@ -24,6 +26,7 @@ install() {
 # The wrapper's gunicorn imports pkg_resources, which setuptools 81 and later no longer ship.
 install seldon seldon-core==1.18.2 "setuptools<81" &
 install triton nvidia-pytriton==0.7.0 numpy &
+install torchserve torch==2.13.0 torchserve==0.12.0 torch-model-archiver==0.12.0 pyyaml numpy &
 wait
 # Triton's python backend looks for its stub next to the backend; the wheel ships one per
 # Python version.

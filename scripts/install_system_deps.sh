@@ -1,12 +1,14 @@
 #!/bin/sh
 # Debian packages some tests use: dnsmasq (a real DNS server for DNS discovery),
-# chromium + chromium-driver (the status page in a real browser). Installed when missing
+# chromium + chromium-driver (the status page in a real browser), a Java runtime (the
+# reference TorchServe is a Java server). Installed when missing
 # and we are root; otherwise those tests skip and say why.
 set -e
 missing=""
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$missing dnsmasq"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
+command -v java >/dev/null 2>&1 || missing="$missing openjdk-17-jre-headless"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "note: not installing$missing (needs root and apt-get); the tests that use them skip"
