@@ -144,7 +144,9 @@ class TritonPythonBackend(Backend):
 
     def _outputs_of(self, responses: Any) -> dict[str, np.ndarray]:
         if not isinstance(responses, list | tuple) or len(responses) != 1:
-            count = len(responses) if isinstance(responses, list | tuple) else type(responses)
+            count = (
+                len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
+            )
             raise BackendError(
                 f"{self.model_name}: execute() must return a list of one InferenceResponse "
                 f"per request (1 request, got {count})"
