@@ -22,6 +22,7 @@ from dl_inference.kernel.config.model_config import KERNEL_KEYS
 from dl_inference.kernel.plugins import PluginHost, install_hint
 from dl_inference.kernel.processor import Processor, ProcessorAdapter, predict_call
 from dl_inference.kernel.repository import ModelSource, read_model_folder
+from dl_inference.kernel.warmup import WarmupFailed, warm_up
 from dl_inference.spi.backend import Backend, BackendSettings
 from dl_inference.spi.errors import (
     BackendError,
@@ -98,7 +99,9 @@ class ModelVersion:
     def __post_init__(self) -> None:
         config = self.backend.config
         self._predict = predict_call(self.backend)
-        self.batching = config.max_batch_size > 0 and config.dynamic_batching
+        self.batching = (
+            config.max_batch_size > 0 and config.dynamic_batching and self.backend.merges_requests
+        )
         # Every model runs in its scheduler's threads, off the event loop; only batching
         # models merge requests.
         self.scheduler = Batcher(
@@ -281,16 +284,19 @@ class ModelRegistry:
             await asyncio.to_thread(model.backend.load)
             if model.processor is not None:
                 model.adapter = model.backend.processor_adapter()
+            await warm_up(model)  # config.yaml's warmup: and the backend's samples
         except Exception as exc:
             model.state = ModelState.UNAVAILABLE
-            model.reason = f"failed to load: {describe_exception(exc)}"
+            warm = isinstance(exc, WarmupFailed)
+            model.reason = str(exc) if warm else f"failed to load: {describe_exception(exc)}"
             log.error(
                 "model failed to load",
                 model=model.name,
                 version=model.version,
                 backend=model.backend_name,
                 error=model.reason,
-                exc_info=exc,
+                # A failed warm-up's model error was logged with its traceback already.
+                exc_info=None if warm else exc,
             )
             if strict:
                 raise BackendError(
@@ -465,6 +471,9 @@ class ModelRegistry:
     def _backend_class(self, source: ModelSource, path: Path) -> type[Backend]:
         if source.config.backend:
             return self.plugins.backend(source.config.backend)
+        if source.triton_names:
+            where = str(source.path / "config.pbtxt")
+            return self.plugins.triton_backend(source.triton_names, where)
         candidates = [cls for cls in self.plugins.backends if cls.can_load(path)]
         if len(candidates) == 1:
             return candidates[0]

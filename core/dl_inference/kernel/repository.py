@@ -1,4 +1,5 @@
-"""The model repository on disk: ``<repo>/<model>/<version>/<files>`` + optional config.yaml."""
+"""The model repository on disk: ``<repo>/<model>/<version>/<files>`` + optional config.yaml
+(a Triton model folder: its config.pbtxt, see :mod:`dl_inference.kernel.config.triton_config`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import structlog
 
 from dl_inference.kernel.config.loader import load_model_config_file
 from dl_inference.kernel.config.model_config import ModelConfig
+from dl_inference.kernel.config.triton_config import CONFIG_PBTXT, load_config_pbtxt
 from dl_inference.spi.errors import ConfigError
 
 log = structlog.get_logger("dl_inference.repository")
@@ -19,12 +21,17 @@ CONFIG_FILE = "config.yaml"
 
 @dataclass
 class ModelSource:
-    """One model folder: its name, numeric version folders found and its configuration."""
+    """One model folder: its name, numeric version folders found and its configuration.
+
+    ``triton_names``: the Triton backend and platform of a folder configured by config.pbtxt
+    (the installed backend that claims one of them serves it; empty for config.yaml).
+    """
 
     name: str
     path: Path
     versions: list[int]
     config: ModelConfig
+    triton_names: tuple[str, ...] = ()
     # Why the folder's configuration could not be read ("" when it could); the model is
     # then listed UNAVAILABLE with this reason, its ``config`` being the defaults.
     error: str = ""
@@ -78,13 +85,18 @@ def read_model_folder(
     strict: bool = True,
 ) -> ModelSource | None:
     """The model in ``folder`` (served as ``name``, default the folder's), or ``None``
-    when it has no numeric version folder. An invalid config.yaml raises ConfigError when
-    ``strict``, else sets the source's ``error``."""
+    when it has no numeric version folder. Its config.yaml configures it; without one, a
+    Triton config.pbtxt does. An invalid configuration raises ConfigError when ``strict``,
+    else sets the source's ``error``."""
     versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         return None
+    triton: tuple[str, ...] = ()
     try:
-        config = load_model_config_file(folder / CONFIG_FILE, overrides)
+        if not (folder / CONFIG_FILE).is_file() and (folder / CONFIG_PBTXT).is_file():
+            config, triton = load_config_pbtxt(folder, overrides)
+        else:
+            config = load_model_config_file(folder / CONFIG_FILE, overrides)
     except ConfigError as exc:
         # A folder that reads well without the server config's models.<name> is fine: the
         # server config is at fault, which is never held as a broken folder.
@@ -100,5 +112,5 @@ def read_model_folder(
             overrides=dict(overrides or {}),
         )
     return ModelSource(
-        name or folder.name, folder, versions, config, overrides=dict(overrides or {})
+        name or folder.name, folder, versions, config, triton, overrides=dict(overrides or {})
     )
