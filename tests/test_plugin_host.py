@@ -380,6 +380,7 @@ HOOKSPECS = {
     "dli_register_balancers": ("(registry: 'BalancerRegistry') -> 'None'", False),
     "dli_register_converters": ("(registry: 'ConverterRegistry') -> 'None'", False),
     "dli_register_protocols": ("(registry: 'ProtocolRegistry') -> 'None'", False),
+    "dli_repository_models": ("(root: 'Path') -> 'list[tuple[str, Path]] | None'", False),
     "dli_server_started": ("(server: 'object') -> 'None'", False),
     "dli_server_stopping": ("(server: 'object') -> 'None'", False),
 }
@@ -389,7 +390,7 @@ def test_public_surface_matches_its_snapshot() -> None:
     assert dl_inference.__all__ == PUBLIC_SURFACE
     for name in PUBLIC_SURFACE:
         assert hasattr(dl_inference, name), name
-    assert dl_inference.HOOKSPEC_VERSION == "1.1"
+    assert dl_inference.HOOKSPEC_VERSION == "1.2"
 
 
 def test_hookspecs_are_documented_and_match_their_snapshot() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata as md
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -266,6 +267,23 @@ class PluginHost:
             f"{where}: no installed backend serves Triton's {asked} (installed backends "
             f"serve: {', '.join(claimed) or 'none'}); {install}"
         )
+
+    def repository_models(self, root: Path) -> list[tuple[str, Path]]:
+        """Every plugin's ``dli_repository_models(root)``, flattened; a name two plugins
+        give is kept once (the first) and the other is logged."""
+        found: dict[str, Path] = {}
+        for answer in self.pm.hook.dli_repository_models(root=root):
+            for name, folder in answer or ():
+                if name in found:
+                    log.warning(
+                        "model name given twice by plugins; the first kept",
+                        model=name,
+                        kept=str(found[name]),
+                        skipped=str(folder),
+                    )
+                    continue
+                found[name] = Path(folder)
+        return sorted(found.items())
 
     def balancer(self, name: str) -> type:
         """The balancer class registered as ``name``, or PluginError naming what to install."""

@@ -27,7 +27,7 @@ from dl_inference.kernel.config.schema import ServerConfig
 from dl_inference.kernel.metrics import UpstreamCollector
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
-from dl_inference.kernel.repository import scan_repository
+from dl_inference.kernel.repository import ModelSource, read_model_folder, scan_repository
 from dl_inference.kernel.runtime import Runtime
 from dl_inference.server.health import ServerHealth
 from dl_inference.server.http_errors import json_errors
@@ -100,13 +100,38 @@ class Server:
             self.tls = ServerTls.load(self.config.server.tls)
         if self.config.model_repository is not None:
             strict = self.config.server.strict_model_loading
-            sources = scan_repository(
-                self.config.model_repository, self.config.models, strict=strict
-            )
+            sources = self._scan(self.config.model_repository, self.config.models, strict)
             self.models.prepare(sources, strict=strict)
         elif self.config.models:
             name = next(iter(self.config.models))
             raise ConfigError(f"models.{name}: overrides need a model_repository to apply to")
+
+    def _scan(
+        self, root: Path, overrides: dict[str, dict[str, Any]], strict: bool
+    ) -> list[ModelSource]:
+        """The repository's model folders, then the models plugins find as files in it
+        (``dli_repository_models``: archives, say); a folder's name wins over a file's."""
+        found = self.plugins.repository_models(root)
+        # An override naming a contributed model is not "a model not in the repository".
+        contributed = {name for name, _ in found if not (root / name).is_dir()}
+        own = {name: value for name, value in overrides.items() if name not in contributed}
+        sources = scan_repository(root, own, strict=strict)
+        taken = {source.name for source in sources}
+        for name, folder in found:
+            if name in taken:
+                log.warning(
+                    "model found by a plugin skipped: a folder has that name",
+                    model=name,
+                    folder=str(root / name),
+                    skipped=str(folder),
+                )
+                continue
+            source = read_model_folder(folder, overrides.get(name), name, strict=strict)
+            if source is None:
+                log.warning("model found by a plugin has no numeric version folder", model=name)
+                continue
+            sources.append(source)
+        return sources
 
     async def start(self) -> None:
         """Open the listeners, load models, print the addresses, run dli_server_started.
@@ -182,9 +207,7 @@ class Server:
             await asyncio.sleep(interval)
             try:
                 # Never strict here: one folder broken while serving must not stop the rest.
-                sources = await asyncio.to_thread(
-                    scan_repository, root, self.config.models, strict=False
-                )
+                sources = await asyncio.to_thread(self._scan, root, self.config.models, False)
                 if await self.models.refresh(sources, root):
                     await self._update_health()
             except DlInferenceError as exc:
@@ -411,9 +434,7 @@ class Server:
         if new.model_repository is not None:
             # As at start-up: a broken model folder is refused only under strict loading.
             strict = new.server.strict_model_loading
-            sources = await asyncio.to_thread(
-                scan_repository, new.model_repository, new.models, strict=strict
-            )
+            sources = await asyncio.to_thread(self._scan, new.model_repository, new.models, strict)
             staging = ModelRegistry(self.plugins)
             staging.prepare(sources, strict=strict)  # backend and settings checks, no load
         routes = None

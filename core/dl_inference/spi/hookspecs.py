@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from dl_inference.spi.registry import (
         BackendRegistry,
         BalancerRegistry,
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
 PROJECT = "dl_inference"
 # 1.1: protocols get a RuntimeView and bind methods on the kernel call path (CallPath);
 # backends say what their model takes (model_inputs / model_outputs, ProcessorAdapter).
-HOOKSPEC_VERSION = "1.1"
+# 1.2: dli_repository_models (models a plugin finds as files in the repository folder).
+HOOKSPEC_VERSION = "1.2"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -50,6 +53,23 @@ def dli_register_protocols(registry: ProtocolRegistry) -> None:
 @hookspec
 def dli_register_converters(registry: ConverterRegistry) -> None:
     """Add Converter subclasses (``dl-inference convert``) with ``registry.add(cls)``."""
+
+
+@hookspec
+def dli_repository_models(root: Path) -> list[tuple[str, Path]] | None:
+    """Models this plugin finds as files in the model repository folder ``root`` (archives
+    of a format it knows, for one), as ``(model name, folder)`` pairs.
+
+    Each folder is laid out as a model folder, ``<folder>/<version>/<files>`` plus an
+    optional config.yaml, and may live anywhere (a cache the plugin unpacks into); the
+    backend that claims its files serves it. Called at every repository scan (start-up,
+    each ``server.repository_poll_s`` poll, config reloads), in a worker thread: return the
+    same folder, untouched, while the file is unchanged, so the poll sees no change. A name
+    that a folder of ``root`` (or another plugin) gives too is skipped with a warning;
+    ``models.<name>`` overrides in the server config apply as to folders. Raise
+    ``ConfigError`` for a file that cannot be read only when it makes the whole repository
+    unusable; rather leave a broken file out and log why.
+    """
 
 
 @hookspec
