@@ -145,7 +145,6 @@ def test_empty_name_is_the_folder(tmp_path: Path) -> None:
             'ensemble_scheduling { step [ { model_name: "a" model_version: -1 } ] }',
             "ensemble_scheduling",
         ),
-        ('model_warmup [ { name: "w" batch_size: 1 } ]', "model_warmup"),
         ("model_transaction_policy { decoupled: true }", "model_transaction_policy"),
         ("optimization { priority: PRIORITY_MAX }", "optimization"),
         ("response_cache { enable: true }", "response_cache"),
@@ -177,6 +176,46 @@ def test_unsupported_tensor_fields_are_named(
     tmp_path: Path, old: str, new: str, field: str
 ) -> None:
     assert f"{field} is not supported" in error(tmp_path, ADD_SUB.replace(old, new, 1))
+
+
+def test_model_warmup(tmp_path: Path) -> None:
+    text = (
+        ADD_SUB
+        + """
+    model_warmup [
+      { name: "zeros" batch_size: 2 count: 3
+        inputs { key: "INPUT0" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } }
+        inputs { key: "INPUT1" value: { data_type: TYPE_STRING dims: [ 1, 2 ] random_data: true } }
+      },
+      { name: "defaults" }
+    ]
+    """
+    )
+    warmup = source(tmp_path, text).config.warmup
+    assert [(w.name, w.batch_size, w.count) for w in warmup] == [
+        ("zeros", 2, 3),
+        ("defaults", 1, 1),  # Triton's count 0 / batch_size 0: once, one row
+    ]
+    inputs = warmup[0].inputs or {}
+    assert (inputs["INPUT0"].datatype, inputs["INPUT0"].shape, inputs["INPUT0"].zero_data) == (
+        "FP32",
+        [4],
+        True,
+    )
+    assert (inputs["INPUT1"].datatype, inputs["INPUT1"].random_data) == ("BYTES", True)
+    assert warmup[1].inputs is None  # zeros for every declared input
+
+
+def test_model_warmup_files_are_refused(tmp_path: Path) -> None:
+    text = (
+        ADD_SUB
+        + """
+    model_warmup [ { name: "w" batch_size: 1 inputs {
+      key: "INPUT0" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: "raw" } } } ]
+    """
+    )
+    message = error(tmp_path, text)
+    assert "model_warmup[0].inputs[INPUT0]: input_data_file is not supported" in message
 
 
 def test_decoupled_false_spelled_out_is_fine(tmp_path: Path) -> None:

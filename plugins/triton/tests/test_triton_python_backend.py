@@ -294,3 +294,26 @@ def test_config_helpers() -> None:
     completed.set_max_batch_size(4)
     assert completed.as_dict()["max_batch_size"] == 4
     assert completed.as_dict()["input"][0]["data_type"] == "TYPE_FP32"
+
+
+async def test_model_warmup_runs_before_ready(tmp_path: Path) -> None:
+    code = """
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.log = args["model_repository"] + "/executed"
+
+        def execute(self, requests):
+            x = pb_utils.get_input_tensor_by_name(requests[0], "X").as_numpy()
+            with open(self.log, "a") as f:
+                f.write(f"{list(x.shape)} {float(x.sum())}\\n")
+            return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", x)])]
+    """
+    warmup = """
+    model_warmup [ { name: "zeros" batch_size: 2 count: 3
+      inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 5 ] zero_data: true } } } ]
+    """
+    folder = write(tmp_path, "warm", code, CONFIG + warmup)
+    runtime = await serve(tmp_path)
+    assert runtime.models.versions("warm")[0].state is ModelState.READY
+    assert (folder / "executed").read_text().splitlines() == ["[2, 5] 0.0"] * 3
+    await runtime.models.unload_all()

@@ -19,6 +19,8 @@ repository reads it here. What maps where:
 - ``instance_group``: the groups' ``count`` summed -> ``instances``; ``KIND_GPU`` -> the
   ``device`` backend option (``cuda:<first of gpus>``), ``KIND_CPU`` -> ``cpu``;
 - ``parameters`` (``string_value`` map) -> ``parameters``;
+- ``model_warmup`` -> ``warmup`` (``zero_data`` / ``random_data`` inputs; Triton's raw
+  ``input_data_file`` is refused);
 - ``default_model_filename`` and ``runtime`` are left to the backend (read from the
   document, :func:`read_config_pbtxt`).
 
@@ -59,6 +61,7 @@ _TOP_LEVEL = frozenset(
         "parameters",
         "default_model_filename",
         "runtime",
+        "model_warmup",
     }
 )
 # Fields of an input / output read or harmless (FORMAT_* only describes the layout;
@@ -168,6 +171,11 @@ def config_mapping(message: mc.ModelConfig, folder: Path) -> dict[str, Any]:
         data.update(_instance_groups(message, where))
     if message.parameters:
         data["parameters"] = {k: v.string_value for k, v in message.parameters.items()}
+    if message.model_warmup:
+        data["warmup"] = [
+            _warmup(sample, f"model_warmup[{i}]", where)
+            for i, sample in enumerate(message.model_warmup)
+        ]
     return data
 
 
@@ -217,13 +225,41 @@ def _tensor(tensor: Any, label: str, where: Path) -> dict[str, Any]:
         log.info("label_filename ignored (no classification extension)", config=str(where))
     if not tensor.name:
         raise ConfigError(f"{where}: {label}.name is empty")
-    data_type = mc.DataType.Name(tensor.data_type)
-    if data_type == "TYPE_INVALID":
-        raise ConfigError(f"{where}: {label} ({tensor.name}): data_type is missing")
-    datatype = "BYTES" if data_type == "TYPE_STRING" else data_type.removeprefix("TYPE_")
-    if datatype == "BF16":
-        raise ConfigError(f"{where}: {label} ({tensor.name}): TYPE_BF16 is not supported")
+    datatype = _datatype(tensor.data_type, f"{label} ({tensor.name})", where)
     return {"name": tensor.name, "datatype": datatype, "shape": [int(d) for d in tensor.dims]}
+
+
+def _datatype(value: int, label: str, where: Path) -> str:
+    """The V2 datatype of a config ``DataType`` (``TYPE_STRING`` is ``BYTES``)."""
+    data_type = mc.DataType.Name(value)
+    if data_type == "TYPE_INVALID":
+        raise ConfigError(f"{where}: {label}: data_type is missing")
+    if data_type == "TYPE_BF16":
+        raise ConfigError(f"{where}: {label}: TYPE_BF16 is not supported")
+    return "BYTES" if data_type == "TYPE_STRING" else data_type.removeprefix("TYPE_")
+
+
+def _warmup(sample: Any, label: str, where: Path) -> dict[str, Any]:
+    # Triton's input_data_file is raw tensor bytes in <model>/warmup/; the kernel's warm-up
+    # reads .npy files: refused rather than read wrongly.
+    inputs = {}
+    for name, tensor in sample.inputs.items():
+        choice = tensor.WhichOneof("input_data_type")
+        if choice not in ("zero_data", "random_data"):
+            raise ConfigError(
+                f"{where}: {label}.inputs[{name}]: "
+                + ("input_data_file" if choice else "a data source")
+                + " is not supported by dl-inference; use zero_data or random_data"
+            )
+        datatype = _datatype(tensor.data_type, f"{label}.inputs[{name}]", where)
+        inputs[name] = {"datatype": datatype, "shape": [int(d) for d in tensor.dims], choice: True}
+    return {
+        "name": sample.name,
+        # Triton's defaults: a count of 0 runs the sample once; batch_size 0 is one row.
+        "batch_size": sample.batch_size or 1,
+        "count": sample.count or 1,
+        **({"inputs": inputs} if inputs else {}),
+    }
 
 
 def _version_policy(policy: Any) -> dict[str, Any]:
