@@ -47,18 +47,23 @@ EXPECTED = X @ W + B
 
 @dataclass(frozen=True)
 class Framework:
-    """A section of the page: its model, the plugin folder that serves it, what it imports."""
+    """A section of the page: its models, the plugin folder that serves them, what it imports."""
 
-    model: str
+    models: tuple[str, ...]
     plugin: str | None  # the plugins/<folder> the section installs (None: the kernel's own)
     imports: tuple[str, ...]  # modules the make-model script and the backend need
 
 
 FRAMEWORKS = {
-    "PyTorch": Framework("torch_linear", "pytorch", ("torch", "dl_inference_pytorch")),
-    "TensorFlow": Framework("tf_linear", "tensorflow", ("tensorflow", "dl_inference_tensorflow")),
-    "ONNX": Framework("onnx_linear", "onnx", ("onnx", "onnxruntime", "dl_inference_onnx")),
-    "python": Framework("py_linear", None, ()),
+    # TorchScript + config.yaml, and TorchServe's eager mode (state_dict + model.py)
+    "PyTorch": Framework(
+        ("torch_linear", "torch_eager"), "pytorch", ("torch", "dl_inference_pytorch")
+    ),
+    "TensorFlow": Framework(
+        ("tf_linear",), "tensorflow", ("tensorflow", "dl_inference_tensorflow")
+    ),
+    "ONNX": Framework(("onnx_linear",), "onnx", ("onnx", "onnxruntime", "dl_inference_onnx")),
+    "python": Framework(("py_linear",), None, ()),
 }
 FILE_HEADER = re.compile(r"^# (?P<path>[\w./-]+\.(?:py|yaml))$")
 
@@ -180,7 +185,7 @@ def served(
     absent = [name for name in framework.imports if importlib.util.find_spec(name) is None]
     if absent:
         pytest.skip(f"{section} quickstart: {', '.join(absent)} not installed in this venv")
-    root = tmp_path_factory.mktemp(framework.model)
+    root = tmp_path_factory.mktemp(framework.models[0])
     blocks = blocks_of(section)
     written = []
     for block in blocks:
@@ -200,50 +205,56 @@ def served(
     args = shlex.split(serve.code)
     assert args[:2] == [".venv/bin/dl-inference", "serve"], serve.code
     with ServerProcess(args[2:], cwd=root) as server:
-        ready = f"{server.http_url}/v2/models/{framework.model}/ready"
-        try:
-            urllib.request.urlopen(ready, timeout=30).close()
-        except urllib.error.HTTPError as error:
-            pytest.fail(f"{framework.model} is not ready ({error.code}):\n{server.output()}")
+        for model in framework.models:
+            try:
+                urllib.request.urlopen(f"{server.http_url}/v2/models/{model}/ready", timeout=30)
+            except urllib.error.HTTPError as error:
+                pytest.fail(f"{model} is not ready ({error.code}):\n{server.output()}")
         yield Served(section, framework, root, server)
 
 
 def test_the_repository_holds_the_files_shown(served: Served) -> None:
-    (tree,) = [b for b in blocks_of(served.section) if b.lang == "text"]
+    shown = [line for b in blocks_of(served.section) if b.lang == "text" for line in b.code.split()]
     made = sorted(
         p.relative_to(served.root).as_posix()
         for p in (served.root / "models").rglob("*")
-        if p.is_file()
+        if p.is_file() and "__pycache__" not in p.parts
     )
-    assert sorted(tree.code.split()) == made
+    assert sorted(shown) == made
 
 
 def test_the_metadata_names_the_inputs_and_outputs(served: Served) -> None:
-    url = f"{served.server.http_url}/v2/models/{served.framework.model}"
-    with urllib.request.urlopen(url, timeout=30) as answer:
-        metadata = json.load(answer)
-    assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
-    assert metadata["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]
+    for model in served.framework.models:
+        url = f"{served.server.http_url}/v2/models/{model}"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            metadata = json.load(answer)
+        assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+        assert metadata["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]
 
 
-def test_a_wrong_shape_is_the_clients_error(served: Served) -> None:
-    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1] * 6}]}
-    call = urllib.request.Request(
-        f"{served.server.http_url}/v2/models/{served.framework.model}/infer",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(call, timeout=30)
-    assert refused.value.code == 400
-    assert "'x'" in json.load(refused.value)["error"]
+@pytest.mark.parametrize("shape", [[2, 3], [2, 4, 1]])
+def test_a_wrong_shape_is_the_clients_error(served: Served, shape: list[int]) -> None:
+    """What the page's 'When something is wrong' promises: 400 naming the input."""
+    data = [1] * int(np.prod(shape))
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": data}]}
+    for model in served.framework.models:
+        call = urllib.request.Request(
+            f"{served.server.http_url}/v2/models/{model}/infer",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(call, timeout=30)
+        assert refused.value.code == 400, model
+        assert "'x'" in json.load(refused.value)["error"], model
 
 
 def test_the_curl_calls(served: Served) -> None:
     curls = [
         b.code for b in blocks_of(served.section) if b.lang == "sh" and b.code.startswith("curl")
     ]
-    assert any("/v2/models/" in code for code in curls)
+    called = {m for code in curls for m in re.findall(r"/v2/models/(\w+)/infer", code)}
+    assert called == set(served.framework.models)
     for code in curls:
         assert "localhost:8501" in code, code
         result = run(
@@ -252,7 +263,7 @@ def test_the_curl_calls(served: Served) -> None:
         assert result.returncode == 0, result.stderr
         reply = json.loads(result.stdout)
         if "/v2/models/" in code:
-            assert reply["model_name"] == served.framework.model, reply
+            assert f"/v2/models/{reply['model_name']}/infer" in code, reply
             (output,) = reply["outputs"]
             assert output["name"] == "y" and output["shape"] == [2, 2], output
             assert output["data"] == EXPECTED.flatten().tolist()
@@ -262,17 +273,19 @@ def test_the_curl_calls(served: Served) -> None:
             assert json.loads(shown_answer(code)) == reply
 
 
-def test_the_tritonclient_call(served: Served) -> None:
+def test_the_tritonclient_calls(served: Served) -> None:
     if importlib.util.find_spec("tritonclient") is None:
         pytest.skip("tritonclient is not installed ('tritonclient[http]', a test dependency)")
-    (client,) = [
+    clients = [
         b.code for b in blocks_of(served.section) if b.lang == "python" and "tritonclient" in b.code
     ]
-    assert f'infer("{served.framework.model}"' in client
-    code = client.replace("localhost:8501", served.server.http_address)
-    result = run([sys.executable, "-c", code], served.root)
-    assert result.returncode == 0, result.stderr
-    got = np.array([float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", result.stdout)])
-    assert got.reshape(EXPECTED.shape).tolist() == EXPECTED.tolist(), result.stdout
-    shown = [line.removeprefix("# ") for line in client.splitlines() if line.startswith("# ")]
-    assert result.stdout.split() == " ".join(shown).split()
+    called = {m for code in clients for m in re.findall(r'infer\("(\w+)"', code)}
+    assert called == set(served.framework.models)
+    for client in clients:
+        code = client.replace("localhost:8501", served.server.http_address)
+        result = run([sys.executable, "-c", code], served.root)
+        assert result.returncode == 0, result.stderr
+        got = np.array([float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", result.stdout)])
+        assert got.reshape(EXPECTED.shape).tolist() == EXPECTED.tolist(), result.stdout
+        shown = [line.removeprefix("# ") for line in client.splitlines() if line.startswith("# ")]
+        assert result.stdout.split() == " ".join(shown).split()
