@@ -10,7 +10,10 @@ dl-inference counts only clients' requests.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import textwrap
 import time
 import urllib.error
@@ -177,11 +180,12 @@ def test_a_failed_warmup_fails_the_load_as_on_triton(tmp_path: Path) -> None:
         calls = tmp_path / f"triton_calls_{attempt}"
         calls.mkdir()
         repo = triton_repository(tmp_path / f"triton_{attempt}", calls, ["cold_break", "warm"])
+        triton = TritonServer(
+            repo, tmp_path / f"triton_{attempt}.log", args=["--exit-on-error=false"],
+            wait_for="/v2/models/warm/ready",
+        )  # fmt: skip
         try:
-            with TritonServer(
-                repo, tmp_path / f"triton_{attempt}.log", args=["--exit-on-error=false"],
-                wait_for="/v2/models/warm/ready",
-            ) as triton:  # fmt: skip
+            with triton:
                 wait_unavailable(triton.http_url, "cold_break")
                 theirs = {
                     "calls": lines(calls / "cold_break"),
@@ -191,6 +195,10 @@ def test_a_failed_warmup_fails_the_load_as_on_triton(tmp_path: Path) -> None:
         except RuntimeError as exc:
             if "exited with -11" not in str(exc):
                 raise
+            # The crashed server leaves its python stubs behind, in its process group.
+            assert triton.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(triton.process.pid, signal.SIGKILL)
     if theirs is None:
         pytest.skip("Triton 2.51 crashed (SIGSEGV) after the failing warm-up, three times")
     our_calls = tmp_path / "our_calls"
