@@ -172,8 +172,8 @@ def _run_torch(
         shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
         raise ConfigError(
             f"the torch model raised on the sample inputs ({shapes}): "
-            f"{type(exc).__name__}: {exc}; give --input values that match what its forward() "
-            "takes"
+            f"{type(exc).__name__}: {_first_line(exc)}; give --input values that match what its "
+            "forward() takes"
         ) from exc
     if isinstance(result, dict):
         items = list(result.items())
@@ -342,5 +342,13 @@ def _compare(
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The line of ``exc``'s message that says what went wrong."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if "TorchScript interpreter" in lines[0]:
+        # A TorchScript error starts with two tracebacks; its reason is the last line
+        # ("RuntimeError: Expected ..."), without the type the caller names anyway.
+        name, sep, reason = lines[-1].partition(": ")
+        return reason if sep and name.endswith("Error") else lines[-1]
+    return lines[0]
