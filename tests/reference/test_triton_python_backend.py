@@ -15,7 +15,8 @@ Models (written by :func:`write_repository`):
   raises for 666: concurrent requests, some bad, fail alone;
 - ``params``: the request's parameters (``parameters()``, JSON) and its ``request_id()``
   (which differs: see the test);
-- ``args``: what ``initialize(args)`` received, as JSON (a subset both servers define);
+- ``args``: what ``initialize(args)`` received, as JSON (``model_config`` whole, as
+  Triton completes it);
 - ``completed``: config.pbtxt without inputs / outputs; ``auto_complete_config`` adds them.
 """
 
@@ -169,7 +170,8 @@ MODELS: dict[str, tuple[str, str]] = {
         max_batch_size: 2
         input [ { name: "X" data_type: TYPE_FP32 dims: [ 3 ] } ]
         output [ { name: "ARGS" data_type: TYPE_STRING dims: [ 1 ] } ]
-        instance_group [ { count: 1 kind: KIND_CPU } ]
+        dynamic_batching { max_queue_delay_microseconds: 100 }
+        instance_group [ { kind: KIND_CPU } ]
         parameters [ { key: "threshold" value: { string_value: "0.5" } } ]
         """,
         """
@@ -177,15 +179,8 @@ MODELS: dict[str, tuple[str, str]] = {
             def initialize(self, args):
                 config = json.loads(args["model_config"])
                 seen = {k: v for k, v in args.items() if k != "model_config"}
-                seen["config"] = {
-                    "name": config["name"],
-                    "backend": config["backend"],
-                    "max_batch_size": config["max_batch_size"],
-                    "input": [[t["name"], t["data_type"], t["dims"]] for t in config["input"]],
-                    "output": [[t["name"], t["data_type"], t["dims"]] for t in config["output"]],
-                    "parameters": config["parameters"],
-                    "input_config": pb_utils.get_input_config_by_name(config, "X")["dims"],
-                }
+                seen["config"] = config  # the whole document, as completed
+                seen["input_config"] = pb_utils.get_input_config_by_name(config, "X")["dims"]
                 self.seen = json.dumps(seen, sort_keys=True).encode()
 
             def execute(self, requests):
@@ -462,8 +457,9 @@ def test_initialize_args(servers: Servers) -> None:
     assert seen["model_name"] == "args"
     assert seen["model_version"] == "1"
     assert seen["model_instance_kind"] == "CPU"
-    assert seen["config"]["input"] == [["X", "TYPE_FP32", [3]]]
+    assert [t["dims"] for t in seen["config"]["input"]] == [[3]] == [seen["input_config"]]
     assert seen["config"]["parameters"] == {"threshold": {"string_value": "0.5"}}
+    assert seen["config"]["instance_group"][0]["name"] == "args_0"
 
 
 def test_auto_complete_config(servers: Servers) -> None:

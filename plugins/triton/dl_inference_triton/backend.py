@@ -73,7 +73,10 @@ class TritonPythonBackend(Backend):
     def load(self) -> None:
         folder = self.path.parent
         document = dl_inference.read_config_pbtxt(folder)
-        filename = document.get("default_model_filename") or "model.py"
+        # Triton's python backend fills the file name in before the model sees its config.
+        filename = document["default_model_filename"] = (
+            document.get("default_model_filename") or "model.py"
+        )
         module_name = "dl_inference_triton_models." + re.sub(
             r"\W", "_", f"{self.model_name}_v{self.version}"
         )

@@ -182,11 +182,34 @@ def config_mapping(message: mc.ModelConfig, folder: Path) -> dict[str, Any]:
 def read_config_pbtxt(folder: Path) -> dict[str, Any]:
     """The model folder's ``config.pbtxt`` as Triton hands it to a model (its JSON form, the
     ``model_config`` argument of a python-backend model's ``initialize``): Triton's field
-    names, every field present, numbers as numbers, ``name`` filled from the folder."""
+    names, every field present, numbers as numbers, completed as Triton completes it
+    (the name from the folder, default version policy, instance groups, ...)."""
     message = parse_config_pbtxt(folder / CONFIG_PBTXT)
-    if not message.name:
-        message.name = folder.name
+    _complete(message, folder.name)
     return config_document(message)
+
+
+def _complete(message: mc.ModelConfig, name: str) -> None:
+    """Fill in what Triton 2.51 fills in before a model sees its configuration: the name,
+    the default version policy, ``preferred_batch_size`` (the maximum), instance group
+    names and counts (a CPU group when there is none; ``KIND_AUTO`` is ``KIND_CPU``, the
+    kernel knowing no GPU) and the default optimization (pinned memory on)."""
+    message.name = message.name or name
+    if not message.HasField("version_policy"):
+        message.version_policy.latest.num_versions = 1
+    sizes = message.dynamic_batching.preferred_batch_size  # reading sets no presence
+    if message.HasField("dynamic_batching") and not sizes and message.max_batch_size > 0:
+        sizes.append(message.max_batch_size)
+    if not message.instance_group:
+        message.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU)
+    for index, group in enumerate(message.instance_group):
+        group.name = group.name or f"{message.name}_{index}"
+        group.count = group.count or 1
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU
+    if not message.HasField("optimization"):
+        message.optimization.input_pinned_memory.enable = True
+        message.optimization.output_pinned_memory.enable = True
 
 
 def config_document(message: mc.ModelConfig) -> dict[str, Any]:
