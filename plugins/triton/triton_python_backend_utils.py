@@ -40,7 +40,7 @@ TRITON_STRING_TO_NUMPY: dict[str, Any] = {
 # TRITONSERVER_DataType numbers, as triton_to_numpy_type / numpy_to_triton_type use them.
 TRITONSERVER_TYPE_INVALID = 0
 _TRITON_NUMBERS: dict[int, Any] = {
-    1: bool,
+    1: np.bool_,
     2: np.uint8,
     3: np.uint16,
     4: np.uint32,
