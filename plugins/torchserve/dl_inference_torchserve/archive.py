@@ -1,0 +1,146 @@
+"""``.mar`` archives in the model repository, unpacked into a cache as model folders.
+
+``torch-model-archiver`` writes a zip holding ``MAR-INF/MANIFEST.json`` (the model's name,
+version, handler and files) beside the model files. Each ``<repo>/<file>.mar`` becomes the
+model folder ``<cache>/<key>/<modelName>/1/`` holding the archive's files as they are,
+served by the ``torchserve`` backend (the folder's config.yaml names it). An archive is
+unpacked again only when its size or modification time changes; an unchanged one keeps its
+folder untouched, so the repository poll sees no change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("dl_inference_torchserve")
+
+MANIFEST = "MAR-INF/MANIFEST.json"
+SUFFIX = ".mar"
+# The model folder's one version: TorchServe's versions are strings ("1.0"); the manifest's
+# is what clients name in /predictions/<model>/<version>.
+VERSION = "1"
+_STAMP = ".dli-archive-stamp"
+_CONFIG = "backend: torchserve\n"
+
+
+def cache_root() -> Path:
+    """Where archives are unpacked: ``$DLI_TORCHSERVE_CACHE``, else a per-user folder in
+    the system's temporary directory."""
+    configured = os.environ.get("DLI_TORCHSERVE_CACHE")
+    if configured:
+        return Path(configured)
+    return Path(tempfile.gettempdir()) / f"dl-inference-torchserve-{os.getuid()}"
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A version folder's MAR-INF/MANIFEST.json."""
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
+        raise ValueError(f'{folder / MANIFEST}: no "model" object')
+    return manifest
+
+
+class ArchiveCache:
+    """The archives of a repository folder as ``(model name, model folder)`` pairs."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        # archive path -> (stamp, model name, model folder); skips re-reading the zip.
+        self._known: dict[Path, tuple[str, str, Path]] = {}
+
+    def models(self, repository: Path) -> list[tuple[str, Path]]:
+        """Every readable ``*.mar`` file of ``repository``; an unreadable one is logged and
+        left out, a second archive of one model name too (the first by file name wins)."""
+        found: dict[str, Path] = {}
+        with self._lock:
+            for archive in sorted(repository.glob(f"*{SUFFIX}")):
+                if not archive.is_file():
+                    continue
+                try:
+                    name, folder = self._unpacked(archive)
+                except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                    log.warning(
+                        "model archive skipped: it cannot be read",
+                        archive=str(archive),
+                        error=f"{type(exc).__name__}: {exc}",
+                        hint="make it with torch-model-archiver (the default zip format)",
+                    )
+                    continue
+                if name in found:
+                    log.warning(
+                        "model archive skipped: another archive has that model name",
+                        archive=str(archive),
+                        model=name,
+                    )
+                    continue
+                found[name] = folder
+        return list(found.items())
+
+    def _unpacked(self, archive: Path) -> tuple[str, Path]:
+        info = archive.stat()
+        stamp = f"{info.st_mtime_ns} {info.st_size}"
+        known = self._known.get(archive)
+        if known is not None and known[0] == stamp and (known[2] / VERSION).is_dir():
+            return known[1], known[2]
+        root = self.root or cache_root()
+        key = hashlib.sha256(str(archive.resolve()).encode()).hexdigest()[:16]
+        with zipfile.ZipFile(archive) as zipped:
+            manifest = json.loads(zipped.read(MANIFEST))
+            model = manifest.get("model") if isinstance(manifest, dict) else None
+            if not isinstance(model, dict):
+                raise ValueError(f'{MANIFEST} has no "model" object')
+            name = str(model.get("modelName") or archive.stem)
+            folder = root / key / name
+            version = folder / VERSION
+            # The archive's files may look like another backend's (model.py beside a .pth
+            # is the pytorch backend's eager pattern): the folder names its backend.
+            if _read(folder / "config.yaml") != _CONFIG:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "config.yaml").write_text(_CONFIG)
+            if _read(version / _STAMP) != stamp:
+                self._extract(zipped, folder, stamp)
+                if model.get("requirementsFile"):
+                    log.warning(
+                        "the archive's requirementsFile is not installed; install what it "
+                        "lists into the server's environment",
+                        archive=str(archive),
+                        requirements=model["requirementsFile"],
+                    )
+        self._known[archive] = (stamp, name, folder)
+        return name, folder
+
+    @staticmethod
+    def _extract(zipped: zipfile.ZipFile, folder: Path, stamp: str) -> None:
+        """Unpack beside the version folder, then swap it in (another process serving the
+        same repository may be doing the same: the last one's copy stays)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=folder))
+        try:
+            zipped.extractall(staging)  # zipfile drops absolute paths and ".." parts
+            (staging / _STAMP).write_text(stamp)
+            version = folder / VERSION
+            if version.exists():
+                retired = Path(tempfile.mkdtemp(prefix=".retired-", dir=folder))
+                os.replace(version, retired / VERSION)
+                shutil.rmtree(retired, ignore_errors=True)
+            os.replace(staging, version)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

@@ -1,0 +1,217 @@
+"""The ``torchserve`` backend: a ``.mar`` archive's handler, run as TorchServe 0.12 runs it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import structlog
+
+from dl_inference import Backend, BackendError, InvalidInput, TensorSpec, isolated_imports
+from dl_inference_torchserve.archive import MANIFEST, read_manifest
+from dl_inference_torchserve.requests import BODY, HEADERS, STATUS, decoded, fields
+
+log = structlog.get_logger("dl_inference_torchserve")
+
+
+class HandlerFailed(BackendError):
+    """The handler failed a batch; ``status`` and ``message`` are TorchServe's answer."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class TorchServeBackend(Backend):
+    """A TorchServe model archive (unpacked): MAR-INF/MANIFEST.json names the handler
+    (``handler.py``, ``handler.py:function``), loaded as TorchServe does: a module-level
+    function (``handle`` by default) called once with ``(None, context)`` to initialize,
+    else the module's one class, instantiated, ``initialize(context)``, then ``handle``.
+    """
+
+    name = "torchserve"
+    # Each request is one element of body/headers: merged requests are a handler's batch.
+    merges_requests: ClassVar[bool] = True
+
+    @classmethod
+    def can_load(cls, path: Path) -> bool:
+        return (path / MANIFEST).is_file()
+
+    def load(self) -> None:
+        import ts
+        from ts.context import Context
+        from ts.utils.util import list_classes_from_module
+
+        self.manifest = read_manifest(self.path)
+        model = self.manifest["model"]
+        self.manifest_version = str(model.get("modelVersion", ""))
+        handler = str(model.get("handler") or "")
+        if not handler:
+            raise BackendError(f"{self.path / MANIFEST}: names no handler")
+        module_name, _, function_name = handler.partition(":")
+        module_name = module_name.removesuffix(".py").split("/")[-1]
+        device = self.settings.device
+        gpu_id = int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
+        self.context = Context(
+            self.model_name,
+            str(self.path),
+            self.manifest,
+            max(1, self.config.max_batch_size),
+            gpu_id,
+            ts.__version__,
+        )
+        # The handler imports its archive's modules (model.py, helpers) by name, and
+        # BaseHandler imports the model file while it initializes: all inside.
+        with isolated_imports(self.path, keep=True):
+            module = self._import_handler(module_name, handler)
+            function_name = function_name or "handle"
+            if hasattr(module, function_name):
+                self._entry = getattr(module, function_name)
+                self._entry(None, self.context)
+            else:
+                classes = list_classes_from_module(module)
+                if len(classes) != 1:
+                    raise BackendError(
+                        f"handler {handler!r}: expected one class or a function "
+                        f"{function_name}() in {module_name}, found classes "
+                        f"{[c.__name__ for c in classes]}"
+                    )
+                service = classes[0]()
+                if not hasattr(service, "handle"):
+                    raise BackendError(f"handler class {classes[0].__name__} has no handle()")
+                service.initialize(self.context)
+                self._entry = service.handle
+        # TorchServe runs a handler in one worker process at a time; here one call at a
+        # time per loaded archive (the context is per batch).
+        self._lock = threading.Lock()
+
+    def _import_handler(self, module_name: str, handler: str) -> Any:
+        if (self.path / f"{module_name}.py").is_file() or (self.path / module_name).is_dir():
+            return importlib.import_module(module_name)
+        try:
+            return importlib.import_module(f"ts.torch_handler.{module_name}")
+        except ModuleNotFoundError:
+            raise BackendError(
+                f"handler {handler!r}: the archive has no {module_name}.py, and TorchServe's "
+                "default handlers by name (image_classifier, ...) are not provided yet; "
+                "archive your handler file with --handler"
+            ) from None
+
+    def model_inputs(self) -> list[TensorSpec]:
+        batch = (-1,) if self.config.max_batch_size > 0 else ()
+        shape = batch or (-1,)
+        return [TensorSpec(BODY, "BYTES", shape), TensorSpec(HEADERS, "BYTES", shape)]
+
+    def model_outputs(self) -> list[TensorSpec]:
+        batch = (-1,) if self.config.max_batch_size > 0 else ()
+        shape = batch or (-1,)
+        return [
+            TensorSpec(BODY, "BYTES", shape),
+            TensorSpec(STATUS, "INT32", shape),
+            TensorSpec(HEADERS, "BYTES", shape),
+        ]
+
+    def predict(self, inputs: dict[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        from ts.context import RequestProcessor
+
+        bodies = inputs[BODY].reshape(-1)
+        metas = inputs[HEADERS].reshape(-1) if HEADERS in inputs else [b"{}"] * len(bodies)
+        if len(metas) != len(bodies):
+            raise InvalidInput(f"{len(bodies)} bodies but {len(metas)} headers: send one each")
+        batch, processors, ids = [], [], {}
+        for index, (body, meta) in enumerate(zip(bodies, metas, strict=True)):
+            headers, request_id = _meta(meta)
+            row: dict[str, Any] = {}
+            request_headers: dict[str, Any] = {}
+            for name, content_type, value in fields(bytes(body), headers):
+                row[name] = decoded(content_type, value)
+                request_headers[name] = {"content-type": content_type}
+            request_headers.update(headers)
+            batch.append(row)
+            processors.append(RequestProcessor(request_headers))
+            ids[index] = request_id
+        with self._lock:
+            self.context.request_ids = ids
+            self.context.request_processor = processors
+            self.context.metrics.request_ids = ids
+            answers = self._handle(batch)
+            return _outputs(answers, processors)
+
+    def _handle(self, batch: list[dict[str, Any]]) -> list[Any]:
+        from ts.utils.util import PredictionException
+
+        try:
+            answers = self._entry(batch, self.context)
+        except MemoryError:
+            log.error("handler ran out of memory", model=self.model_name, exc_info=True)
+            raise HandlerFailed("Out of resources", 507) from None
+        except PredictionException as exc:
+            log.error("handler raised PredictionException", model=self.model_name, exc_info=True)
+            raise HandlerFailed(exc.message, exc.error_code) from None
+        except Exception as exc:
+            if "CUDA" in str(exc):
+                log.error("handler: CUDA out of memory", model=self.model_name, exc_info=True)
+                raise HandlerFailed("Out of resources", 507) from None
+            log.warning("handler failed", model=self.model_name, exc_info=True)
+            raise HandlerFailed("Prediction failed", 503) from None
+        if not isinstance(answers, list):
+            log.warning(
+                "handler returned no list", model=self.model_name, got=type(answers).__name__
+            )
+            raise HandlerFailed("Invalid model predict output", 503)
+        if len(answers) != len(batch):
+            log.warning(
+                "handler answered a different number of requests",
+                model=self.model_name,
+                expected=len(batch),
+                got=len(answers),
+            )
+            raise HandlerFailed("number of batch response mismatched", 503)
+        return answers
+
+
+def _meta(meta: Any) -> tuple[dict[str, str], str]:
+    """The ``headers`` input of one request: its HTTP headers and request id."""
+    try:
+        value = json.loads(bytes(meta)) if meta is not None else {}
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"the headers input is not JSON: {exc}") from None
+    headers = value.get("headers", {}) if isinstance(value, dict) else None
+    if not isinstance(headers, dict):
+        raise InvalidInput('the headers input must be a JSON object {"headers": {...}, "id": ...}')
+    return {str(k): str(v) for k, v in headers.items()}, str(value.get("id", ""))
+
+
+def _outputs(answers: list[Any], processors: list[Any]) -> dict[str, np.ndarray]:
+    """Each answer's bytes as TorchServe's worker writes them: bytes as they are, str as
+    UTF-8, a tensor with torch.save, anything else as JSON indented by 2."""
+    bodies = np.empty(len(answers), dtype=object)
+    for index, answer in enumerate(answers):
+        if isinstance(answer, (bytes, bytearray)):
+            bodies[index] = bytes(answer)
+        elif isinstance(answer, str):
+            bodies[index] = answer.encode("utf-8")
+        elif type(answer).__module__.startswith("torch") and hasattr(answer, "detach"):
+            import io
+
+            import torch
+
+            buffer = io.BytesIO()
+            torch.save(answer, buffer)
+            bodies[index] = buffer.getvalue()
+        else:
+            try:
+                bodies[index] = json.dumps(answer, indent=2).encode("utf-8")
+            except (TypeError, ValueError):
+                log.warning("handler output cannot be serialized", exc_info=True)
+                raise HandlerFailed("Unsupported model output data type.", 503) from None
+    statuses = np.array([p.get_response_status_code() or 200 for p in processors], np.int32)
+    headers = np.array(
+        [json.dumps(p.get_response_headers()).encode() for p in processors], dtype=object
+    )
+    return {BODY: bodies, STATUS: statuses, HEADERS: headers}

@@ -1,0 +1,187 @@
+"""TorchServe's inference REST API: ``/predictions/{model}[/{version}]`` and ``/ping``.
+
+Answers are TorchServe 0.12's: the handler's bytes with its status and headers; errors as
+``{"code": N, "type": "...Exception", "message": "..."}`` (JSON indented by 2).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from aiohttp import hdrs, web
+
+from dl_inference import (
+    Call,
+    CallPath,
+    DlInferenceError,
+    InferRequest,
+    ModelNotFound,
+    ModelNotReady,
+    RuntimeView,
+    http_status,
+    read_body,
+)
+from dl_inference_torchserve.backend import HandlerFailed
+from dl_inference_torchserve.requests import BODY, HEADERS, STATUS
+
+PLUGIN = "dl_inference_torchserve"
+PROTOCOL = "torchserve"
+
+# TorchServe's exception names by HTTP status, for errors of the server itself.
+_TYPES = {
+    400: "BadRequestException",
+    401: "InvalidKeyException",
+    403: "InvalidKeyException",
+    404: "ResourceNotFoundException",
+    405: "MethodNotAllowedException",
+    413: "RequestEntityTooLargeException",
+    503: "ServiceUnavailableException",
+    504: "RequestTimeoutException",
+}
+
+
+# The headers TorchServe 0.12 sends with every prediction.
+_NO_CACHE = {
+    "Pragma": "no-cache",
+    "Cache-Control": "no-cache; no-store, must-revalidate, private",
+    "Expires": "Thu, 01 Jan 1970 00:00:00 UTC",
+}
+
+
+class TorchServeError(DlInferenceError):
+    """An error answered with TorchServe's own type and message."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+class _ModelNotFound(TorchServeError, ModelNotFound):
+    pass
+
+
+class _ModelNotReady(TorchServeError, ModelNotReady):
+    pass
+
+
+def error_response(status: int, kind: str, message: str) -> web.Response:
+    body = {"code": status, "type": kind, "message": message}
+    return web.Response(
+        body=json.dumps(body, indent=2).encode(), status=status, content_type="application/json"
+    )
+
+
+def error_body(error: BaseException, message: str, status: int) -> web.Response:
+    """Every failure in TorchServe's error format."""
+    if isinstance(error, TorchServeError):
+        return error_response(error.status, error.kind, error.message)
+    if isinstance(error, HandlerFailed):
+        return error_response(error.status, "InternalServerException", error.message)
+    status = status or http_status(error)
+    return error_response(status, _TYPES.get(status, "InternalServerException"), message)
+
+
+class TorchServeRest:
+    """The handlers, on the kernel's call path."""
+
+    def __init__(self, runtime: RuntimeView) -> None:
+        self.runtime = runtime
+        calls = CallPath(runtime, PROTOCOL, PLUGIN)
+        self.predict = calls.http_handler("POST /predictions/{model}", self._predict, error_body)
+        self.ping = calls.http_handler("GET /ping", self._ping, error_body, counted=False)
+        self.unknown = calls.http_handler(
+            "POST /predictions", self._unknown, error_body, counted=False
+        )
+
+    async def _unknown(self, request: web.Request, call: Call) -> web.Response:
+        raise TorchServeError(
+            404,
+            "ResourceNotFoundException",
+            "Requested resource is not found, please refer to API document.",
+        )
+
+    async def _ping(self, request: web.Request, call: Call) -> web.Response:
+        healthy = self.runtime.ready()
+        body = json.dumps({"status": "Healthy" if healthy else "Unhealthy"}, indent=2)
+        return web.Response(
+            body=body.encode(), status=200 if healthy else 500, content_type="application/json"
+        )
+
+    async def _predict(self, request: web.Request, call: Call) -> web.StreamResponse:
+        name = request.match_info["model"]
+        version = request.match_info.get("version", "")
+        call.ctx.request = InferRequest(model_name=name, inputs={})
+        self.runtime.authorize(call.ctx)  # before the model lookup
+        served = self._version(name, version)
+        body = await read_body(request, call)
+        # The headers a handler sees, in TorchServe's order: "explain", the request's own
+        # (names as sent), the path after the version.
+        headers: dict[str, str] = {"explain": "False"}
+        headers.update(request.headers.items())
+        headers["url_path"] = request.match_info.get("tail", "")
+        meta = json.dumps({"headers": headers, "id": call.ctx.request_id}).encode()
+        inputs = {BODY: _one(body), HEADERS: _one(meta)}
+        infer = InferRequest(model_name=name, inputs=inputs, model_version=served)
+        response = await self.runtime.infer(infer, call.ctx)
+        outputs = response.outputs
+        status = int(np.asarray(outputs[STATUS]).reshape(-1)[0])
+        reply_headers = json.loads(bytes(np.asarray(outputs[HEADERS]).reshape(-1)[0]))
+        reply = web.Response(body=bytes(np.asarray(outputs[BODY]).reshape(-1)[0]), status=status)
+        # TorchServe sends no Content-Type unless the handler set one; aiohttp labels a
+        # body without one application/octet-stream (RFC 9110 8.3), a known difference.
+        reply.headers.update(_NO_CACHE)
+        for key, value in reply_headers.items():
+            reply.headers[str(key)] = str(value)
+        return reply
+
+    def _version(self, name: str, version: str) -> str:
+        """The kernel version to run: the newest, or the one whose archive's modelVersion
+        (or, for other models, version number) is ``version``."""
+        try:
+            versions = self.runtime.model_versions(name)
+        except ModelNotFound:
+            raise _ModelNotFound(
+                404, "ModelNotFoundException", f"Model not found: {name}"
+            ) from None
+        if not version:
+            ready = [v for v in versions if v.ready]
+            if not ready:
+                raise _ModelNotReady(
+                    503,
+                    "ServiceUnavailableException",
+                    f'Model "{name}" has no worker to serve inference request. Please use '
+                    "scale workers API to add workers.",
+                )
+            return ready[-1].version
+        for info in versions:
+            if getattr(info.backend, "manifest_version", info.version) == version:
+                return info.version
+        raise _ModelNotFound(
+            404,
+            "ModelVersionNotFoundException",
+            f"Model version: {version} does not exist for model: {name}",
+        )
+
+
+def _one(value: bytes) -> np.ndarray:
+    array = np.empty(1, dtype=object)
+    array[0] = value
+    return array
+
+
+def http_routes(runtime: RuntimeView) -> list[web.RouteDef]:
+    """``/predictions/{model}[/{version}[/{tail}]]`` (any method, as TorchServe takes them)
+    and ``GET /ping``."""
+    api = TorchServeRest(runtime)
+    any_method: Any = hdrs.METH_ANY
+    return [
+        web.route(any_method, "/predictions/{model}", api.predict),
+        web.route(any_method, "/predictions/{model}/{version}", api.predict),
+        web.route(any_method, "/predictions/{model}/{version}/{tail:.*}", api.predict),
+        web.route(any_method, "/predictions", api.unknown),
+        web.route(any_method, "/predictions/", api.unknown),
+        web.get("/ping", api.ping),
+        web.post("/ping", api.ping),
+    ]
