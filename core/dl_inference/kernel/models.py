@@ -177,6 +177,16 @@ class ModelVersion:
         except DlInferenceError:
             raise
         except Exception as exc:
+            error = self.backend.client_error(exc)
+            if error is not None:  # the framework refused the request's data
+                log.info(
+                    "model rejected the request's inputs",
+                    model=self.name,
+                    version=self.version,
+                    backend=self.backend_name,
+                    exc_info=exc,
+                )
+                raise error from exc
             log.error(
                 "model raised",
                 model=self.name,

@@ -43,7 +43,13 @@ checked against them (:meth:`~dl_inference.Backend.inputs`); with ``postprocess`
 ``outputs`` describe responses. A ``ValueError``, ``TypeError``, ``KeyError``,
 ``IndexError`` or ``OSError`` from ``preprocess`` is the client's bad input
 (:class:`~dl_inference.InvalidInput`); other errors are the model's
-(:class:`~dl_inference.BackendError`). Both name ``processor.py:LINE``.
+(:class:`~dl_inference.BackendError`). Both name ``processor.py:LINE``. Before either, a
+framework's error from ``preprocess`` or ``run_model`` (which may call the model itself:
+``model(x)`` on a torch module) goes to :meth:`~dl_inference.Backend.client_error`: when
+the backend says the request's data did not fit (a shape the model cannot take), the
+client gets the backend's short :class:`~dl_inference.InvalidInput` instead, and the log
+the traceback. ``postprocess`` sees the model's results, not the request: its errors are
+always the model's.
 
 A backend keeps its own tensor type by returning a :class:`ProcessorAdapter` subclass
 from :meth:`~dl_inference.Backend.processor_adapter` (the pytorch backend: torch tensors
@@ -59,6 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import structlog
 
 from dl_inference.spi.datatypes import from_numpy_dtype
 from dl_inference.spi.errors import BackendError, DlInferenceError, InvalidInput
@@ -77,6 +84,10 @@ CLIENT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)
 FILE = "processor.py"
 # The keyword under which the seed's wrapper hands hooks the request's tags.
 META = "meta"
+# Hooks that handle the request's data, so a framework error in them may be the client's.
+REQUEST_HOOKS = frozenset({"preprocess", "run_model"})
+
+log = structlog.get_logger("dl_inference.processor")
 
 
 @dataclass
@@ -113,15 +124,33 @@ class Processor:
             )
         return cls(path, hooks)
 
-    def call(self, hook: str, args: tuple[Any, ...], parameters: dict[str, Any]) -> Any:
-        """Run one hook; its errors become InvalidInput (preprocess's client errors) or
-        BackendError, naming the hook and ``processor.py:LINE``."""
+    def call(
+        self,
+        hook: str,
+        args: tuple[Any, ...],
+        parameters: dict[str, Any],
+        backend: Backend | None = None,
+    ) -> Any:
+        """Run one hook; its errors become InvalidInput (what ``backend`` calls the client's
+        fault, preprocess's client errors) or BackendError, naming the hook and
+        ``processor.py:LINE``."""
         call = self.hooks[hook]
         try:
             return call(args, hook_keywords(parameters) if call.passes else parameters)
         except DlInferenceError:
             raise
         except Exception as exc:
+            if backend is not None and hook in REQUEST_HOOKS:
+                error = backend.client_error(exc)
+                if error is not None:
+                    log.info(
+                        "model rejected the request's inputs",
+                        model=backend.model_name,
+                        version=backend.version,
+                        hook=f"{FILE} {hook}()",
+                        exc_info=exc,
+                    )
+                    raise error from exc
             where = f"{type(exc).__name__}: {exc}{_location(exc, self.path)}"
             if hook == "preprocess" and isinstance(exc, CLIENT_ERRORS):
                 raise InvalidInput(
@@ -211,11 +240,12 @@ class ProcessorAdapter:
             if processor is not None and ("preprocess" in hooks or "run_model" in hooks):
                 x = _view(x, self._batched)  # a hook sees it; else the model takes the dict
             if processor is not None and "preprocess" in hooks:
-                x = processor.call("preprocess", (x,), parameters)
+                x = processor.call("preprocess", (x,), parameters, self.backend)
             x = self.to_model(x)
             tags = tags_for_model(parameters) if processor is not None else None
             if processor is not None and "run_model" in hooks:
-                y = processor.call("run_model", (self.model(parameters), x), parameters)
+                model = self.model(parameters)
+                y = processor.call("run_model", (model, x), parameters, self.backend)
             elif tags is not None:
                 y = self.call_with_tags(x, tags)
             else:

@@ -15,6 +15,7 @@ from dl_inference.spi.types import InferRequest, TensorSpec
 if TYPE_CHECKING:
     from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
     from dl_inference.kernel.processor import ProcessorAdapter
+    from dl_inference.spi.errors import DlInferenceError
 
 
 class BackendSettings(BaseModel):
@@ -166,6 +167,20 @@ class Backend(abc.ABC):
         from dl_inference.kernel.processor import ProcessorAdapter
 
         return ProcessorAdapter(self)
+
+    def client_error(self, exc: BaseException) -> DlInferenceError | None:
+        """The error a client gets for ``exc``, an exception your framework raised while
+        running a request, when it says the request's data does not fit the model (sizes,
+        ranks, dtypes, how many inputs); ``None`` (the default): the model failed.
+
+        The kernel asks wherever code it does not own raises: :meth:`predict`, and
+        processor.py's ``preprocess()`` and ``run_model()`` (which may call the model itself,
+        e.g. a torch module). Return a :class:`~dl_inference.InvalidInput` whose message is
+        one short line without server paths or tracebacks (the kernel logs the traceback);
+        what returns ``None`` becomes :class:`~dl_inference.BackendError` (INTERNAL / 500)
+        naming the ``file:line`` it came from. Called in a worker thread; never raise.
+        """
+        return None
 
 
 def tensor_specs(
