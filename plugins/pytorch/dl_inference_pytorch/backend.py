@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from dl_inference_pytorch._loading import ModelFile
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-log = structlog.get_logger("dl_inference_pytorch")
+log = structlog.get_logger("dl_inference.pytorch")
 
 # What torch says when the data it was given does not fit the model (sizes, ranks, dtypes,
 # how many inputs): the request's fault, once the kernel let it through.
@@ -248,20 +248,33 @@ class PyTorchBackend(Backend):
         except Exception as exc:
             raise self._call_error(exc, x) from exc
 
+    def client_error(self, exc: BaseException) -> DlInferenceError | None:
+        """InvalidInput when torch refused the data it was given (:func:`is_input_error`),
+        in one line without server paths; the kernel asks it for errors raised in
+        processor.py's ``preprocess()`` / ``run_model()`` (which may call the module)."""
+        return self._input_error(exc, None)
+
+    def _input_error(self, exc: BaseException, x: Any) -> InvalidInput | None:
+        """:meth:`client_error`'s rule; the message describes ``x`` when it is known."""
+        kind, message = torch_message(exc)
+        if not is_input_error(kind, message):
+            return None
+        given = "" if x is None else f" {_describe(x)}"
+        return InvalidInput(f"model {self.model_name!r} rejected the input{given}: {message}")
+
     def _call_error(self, exc: Exception, x: Any) -> DlInferenceError:
         """InvalidInput when torch refused the data it was given, else BackendError; both
         one short line without server paths (the log keeps the traceback)."""
-        kind, message = torch_message(exc)
-        if is_input_error(kind, message):
+        error = self._input_error(exc, x)
+        if error is not None:
             log.info(
                 "model rejected the request's inputs",
                 model=self.model_name,
                 version=self.version,
                 exc_info=exc,
             )
-            return InvalidInput(
-                f"model {self.model_name!r} rejected the input {_describe(x)}: {message}"
-            )
+            return error
+        kind, message = torch_message(exc)
         log.error("model raised", model=self.model_name, version=self.version, exc_info=exc)
         return BackendError(
             f"model {self.model_name!r} ({self.file.path.name}) raised "
