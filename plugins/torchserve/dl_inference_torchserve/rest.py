@@ -69,7 +69,9 @@ class _ModelNotReady(TorchServeError, ModelNotReady):
 def error_response(status: int, kind: str, message: str) -> web.Response:
     body = {"code": status, "type": kind, "message": message}
     return web.Response(
-        body=json.dumps(body, indent=2).encode(), status=status, content_type="application/json"
+        body=json.dumps(body, indent=2).encode() + b"\n",
+        status=status,
+        content_type="application/json",
     )
 
 
@@ -104,7 +106,7 @@ class TorchServeRest:
 
     async def _ping(self, request: web.Request, call: Call) -> web.Response:
         healthy = self.runtime.ready()
-        body = json.dumps({"status": "Healthy" if healthy else "Unhealthy"}, indent=2)
+        body = json.dumps({"status": "Healthy" if healthy else "Unhealthy"}, indent=2) + "\n"
         return web.Response(
             body=body.encode(), status=200 if healthy else 500, content_type="application/json"
         )

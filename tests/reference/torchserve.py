@@ -1,0 +1,197 @@
+"""A real TorchServe 0.12 for side-by-side tests, installed by
+``scripts/install_reference_servers.sh`` in a venv of its own
+(``$DLI_REFERENCE_DIR/torchserve``, default ``<repo>/.reference/torchserve``); it is a Java
+server, so a Java runtime must be on PATH.
+
+:func:`archive` makes a ``.mar`` with that venv's own ``torch-model-archiver``;
+:class:`TorchServeServer` runs ``torchserve`` on free ports of 127.0.0.1 serving a model
+store (``load_models=all``) and waits until every archive has a ready worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from dl_inference.testing import free_port
+
+from .triton import reference_venv
+
+
+def torchserve_home() -> Path | str:
+    """The venv, or the reason TorchServe cannot run here."""
+    venv = reference_venv("torchserve")
+    for tool in ("torchserve", "torch-model-archiver"):
+        if not (venv / "bin" / tool).is_file():
+            return f"{venv}/bin/{tool} is missing (scripts/install_reference_servers.sh)"
+    if shutil.which("java") is None:
+        return "TorchServe needs a Java runtime and none is on PATH (install_system_deps.sh)"
+    return venv
+
+
+def skip_without_torchserve() -> Path:
+    """The venv; skips the calling test or fixture, saying why, when TorchServe cannot run."""
+    found = torchserve_home()
+    if isinstance(found, str):
+        pytest.skip(f"the TorchServe reference server cannot run here: {found}")
+    return found
+
+
+def archive(
+    store: Path,
+    name: str,
+    handler: Path,
+    *,
+    version: str = "1.0",
+    serialized_file: Path | None = None,
+    model_file: Path | None = None,
+    extra_files: Sequence[Path] = (),
+) -> Path:
+    """``torch-model-archiver`` writing ``<store>/<name>.mar``; returns its path."""
+    venv = skip_without_torchserve()
+    command = [
+        str(venv / "bin" / "torch-model-archiver"),
+        "--model-name",
+        name,
+        "--version",
+        version,
+        "--handler",
+        str(handler),
+        "--export-path",
+        str(store),
+        "--force",
+    ]
+    if serialized_file is not None:
+        command += ["--serialized-file", str(serialized_file)]
+    if model_file is not None:
+        command += ["--model-file", str(model_file)]
+    if extra_files:
+        command += ["--extra-files", ",".join(str(p) for p in extra_files)]
+    store.mkdir(parents=True, exist_ok=True)
+    subprocess.run(command, check=True, timeout=120, capture_output=True)
+    return store / f"{name}.mar"
+
+
+class TorchServeServer:
+    """``torchserve --foreground`` serving every archive of ``store``; ``http_url`` is its
+    inference listener once started. Leaving the ``with`` block ends its process group."""
+
+    def __init__(self, store: Path, work: Path, timeout: float = 180.0) -> None:
+        self.venv = skip_without_torchserve()
+        self.store = store
+        self.work = work
+        self.timeout = timeout
+        self.ports = {
+            key: free_port() for key in ("inference", "management", "metrics", "grpc", "grpcm")
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['inference']}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['management']}"
+
+    def output(self) -> str:
+        log = self.work / "torchserve.out"
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    def start(self) -> TorchServeServer:
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / "tmp").mkdir(exist_ok=True)
+        properties = {
+            "inference_address": self.http_url,
+            "management_address": self.management_url,
+            "metrics_address": f"http://127.0.0.1:{self.ports['metrics']}",
+            "grpc_inference_address": "127.0.0.1",
+            "grpc_inference_port": self.ports["grpc"],
+            "grpc_management_address": "127.0.0.1",
+            "grpc_management_port": self.ports["grpcm"],
+            "disable_system_metrics": "true",
+            "model_store": self.store,
+            "load_models": "all",
+        }
+        config = self.work / "config.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+        env = {
+            **os.environ,
+            "PATH": f"{self.venv}/bin:{os.environ.get('PATH', '')}",
+            "TMPDIR": str(self.work / "tmp"),  # its pid file and unpacked models
+            "LOG_LOCATION": str(self.work / "logs"),
+            "METRICS_LOCATION": str(self.work / "logs"),
+        }
+        command = [
+            str(self.venv / "bin" / "torchserve"),
+            "--start",
+            "--foreground",
+            "--ncs",
+            "--ts-config",
+            str(config),
+            "--model-store",
+            str(self.store),
+            "--disable-token-auth",
+            "--enable-model-api",
+        ]
+        with (self.work / "torchserve.out").open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        expected = len(list(self.store.glob("*.mar")))
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"torchserve exited with {self.process.returncode}:\n{self.output()}"
+                )
+            if self._ready() >= expected:
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"torchserve not ready in {self.timeout} s:\n{self.output()}")
+
+    def _get(self, path: str) -> object:
+        with urllib.request.urlopen(f"{self.management_url}{path}", timeout=5) as reply:
+            return json.loads(reply.read())
+
+    def _ready(self) -> int:
+        """How many registered models have a READY worker."""
+        try:
+            listing = self._get("/models")
+            ready = 0
+            for model in listing["models"]:  # type: ignore[index]
+                for version in self._get(f"/models/{model['modelName']}"):  # type: ignore[union-attr]
+                    if any(w.get("status") == "READY" for w in version.get("workers", [])):
+                        ready += 1
+                        break
+            return ready
+        except (OSError, urllib.error.URLError, ValueError, KeyError, TypeError):
+            return 0
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to TorchServe's process group (the Java frontend and its Python workers)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> TorchServeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
