@@ -1,0 +1,67 @@
+"""Request rows as TorchServe's frontend makes them, and archives unpacked into the cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from _ts_archives import write_mar
+from dl_inference_torchserve.archive import ArchiveCache
+from dl_inference_torchserve.requests import decoded, fields
+
+
+def test_raw_json_and_text_bodies() -> None:
+    assert fields(b"\x00\x01", {"Content-Type": "application/octet-stream"}) == [
+        ("body", "application/octet-stream", b"\x00\x01")
+    ]
+    assert fields(b"", {}) == [("body", "", b"")]
+    assert decoded("application/json", b'{"a": 1}') == {"a": 1}
+    assert decoded("application/json", b"{bad") == bytearray(b"{bad")  # forwarded as is
+    assert decoded("text/plain", b"hi") == "hi"
+    assert decoded("", b"x") == bytearray(b"x")
+
+
+def test_multipart_parts_keep_their_bytes() -> None:
+    payload = b"line\r\n--not-the-boundary\r\n\x00\xff"
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="data"; filename="a.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + payload + b"\r\n"
+        b'--XyZ\r\nContent-Disposition: form-data; name="k"\r\n\r\nv\r\n--XyZ--\r\n'
+    )
+    found = fields(body, {"content-type": 'multipart/form-data; boundary="XyZ"'})
+    assert found == [("data", "application/octet-stream", payload), ("k", "", b"v")]
+
+
+def test_urlencoded_fields() -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert fields(b"a=1&b=x%20y+z&flag", form) == [("a", "", b"1"), ("b", "", b"x y z")]
+
+
+HANDLER = {"h.py": "def handle(data, context):\n    return data\n"}
+
+
+def test_an_archive_is_unpacked_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    store, cache = tmp_path / "store", ArchiveCache(tmp_path / "cache")
+    archive = write_mar(store, "m", HANDLER, "h.py")
+    [(name, folder)] = cache.models(store)
+    assert name == "m" and (folder / "1" / "MAR-INF" / "MANIFEST.json").is_file()
+    assert (folder / "config.yaml").read_text() == "backend: torchserve\n"
+    handler = folder / "1" / "h.py"
+    first = handler.stat().st_mtime_ns
+    assert ArchiveCache(tmp_path / "cache").models(store) == [(name, folder)]  # a restart
+    assert handler.stat().st_mtime_ns == first  # not unpacked again
+    write_mar(store, "m", {"h.py": "def handle(data, context):\n    return [1]\n"}, "h.py")
+    os.utime(archive, ns=(first + 10**9, first + 10**9))
+    assert cache.models(store) == [(name, folder)]
+    assert "return [1]" in handler.read_text()
+
+
+def test_unreadable_and_duplicate_archives_are_left_out(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    write_mar(store, "m", HANDLER, "h.py", file_name="a")
+    write_mar(store, "m", HANDLER, "h.py", file_name="b")  # the same model name again
+    write_mar(store, "", HANDLER, "h.py", file_name="unnamed")  # no modelName: the file's
+    (store / "broken.mar").write_bytes(b"not a zip")
+    found = ArchiveCache(tmp_path / "cache").models(store)
+    assert [name for name, _ in found] == ["m", "unnamed"]
+    assert found[0][1].parent != found[1][1].parent
