@@ -77,6 +77,12 @@ def scan_repository(
     return sources
 
 
+def configured_by_config_pbtxt(folder: Path) -> bool:
+    """Whether the model folder ``folder`` is a Triton model: a ``config.pbtxt`` and no
+    ``config.yaml`` (which would win)."""
+    return not (folder / CONFIG_FILE).is_file() and (folder / CONFIG_PBTXT).is_file()
+
+
 def read_model_folder(
     folder: Path,
     overrides: dict[str, Any] | None = None,
@@ -93,7 +99,7 @@ def read_model_folder(
         return None
     triton: tuple[str, ...] = ()
     try:
-        if not (folder / CONFIG_FILE).is_file() and (folder / CONFIG_PBTXT).is_file():
+        if configured_by_config_pbtxt(folder):
             config, triton = load_config_pbtxt(folder, overrides)
         else:
             config = load_model_config_file(folder / CONFIG_FILE, overrides)

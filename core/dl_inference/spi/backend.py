@@ -114,6 +114,19 @@ class Backend(abc.ABC):
         """
         return []
 
+    def triton_config(self) -> dict[str, Any] | None:
+        """The model's Triton ``config.pbtxt`` in Triton's JSON form (as
+        :func:`dl_inference.read_config_pbtxt` gives it) when that file configures this
+        model (its folder has no config.yaml), else ``None``. A backend claiming Triton
+        platforms (``triton_platforms``) reads Triton's own rules from it: the
+        ``default_model_filename``, the ``platform``, the backend's ``parameters``."""
+        # Kernel modules imported here: the types plugins build on import no kernel module.
+        from dl_inference.kernel.config.triton_config import read_config_pbtxt
+        from dl_inference.kernel.repository import configured_by_config_pbtxt
+
+        folder = self.path.parent
+        return read_config_pbtxt(folder) if configured_by_config_pbtxt(folder) else None
+
     # -- what the model takes (a backend overrides these) ----------------------------------
 
     def declared_inputs(self) -> list[TensorConfig] | None:

@@ -132,12 +132,22 @@ class OnnxBackend(Backend):
     name = "onnx"
     Settings = OnnxSettings
     model_files = ("*.onnx",)
+    # Triton's onnxruntime backend: a config.pbtxt naming it (or the platform) is served
+    # here, its version folder laid out as Triton's (see triton_model_file).
+    triton_platforms = ("onnxruntime", "onnxruntime_onnx")
     settings: OnnxSettings
 
     def load(self) -> None:
         import onnxruntime as ort
 
-        self.file = find_model_file(self.path, self.settings.model_file)
+        triton = self.triton_config()
+        # Where inputs / outputs were declared, for messages.
+        self._declared_in = "config.pbtxt" if triton is not None else "config.yaml"
+        self.file = (
+            triton_model_file(self.path, triton)
+            if triton is not None
+            else find_model_file(self.path, self.settings.model_file)
+        )
         options = self._session_options(ort)
         cache = self._engine_cache()
         plan = _providers.plan(
@@ -160,8 +170,13 @@ class OnnxBackend(Backend):
         if self.config.max_batch_size > 0:
             _require_batch_axis(self.file, graph_in, graph_out, self.config.max_batch_size)
         batched = self.config.max_batch_size > 0
-        self._inputs = _merge(self.file, "input", graph_in, self.declared_inputs(), batched)
-        self._outputs = _merge(self.file, "output", graph_out, self.declared_outputs(), batched)
+        declared_in = self._declared_in
+        self._inputs = _merge(
+            self.file, "input", graph_in, self.declared_inputs(), batched, declared_in
+        )
+        self._outputs = _merge(
+            self.file, "output", graph_out, self.declared_outputs(), batched, declared_in
+        )
         self._input_types = {spec.name: spec.datatype for spec in self._inputs}
         self._output_names = [spec.name for spec in self._outputs]
         log.info(
@@ -321,6 +336,23 @@ def find_model_file(folder: Path, chosen: str | None) -> Path:
     )
 
 
+def triton_model_file(folder: Path, triton: dict[str, Any]) -> Path:
+    """The model Triton's onnxruntime backend serves from the version folder ``folder``:
+    config.pbtxt's ``default_model_filename``, else ``model.onnx``; a folder of that name
+    (a model with external data) holds its ``model.onnx``."""
+    name = triton.get("default_model_filename") or "model.onnx"
+    path = folder / name
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} does not exist: a Triton onnxruntime model is <version>/model.onnx "
+            "(a file, or a folder holding model.onnx and its external data), or the file "
+            "config.pbtxt's default_model_filename names"
+        )
+    return path
+
+
 def _graph_spec(file: Path, kind: str, arg: Any) -> TensorSpec:
     datatype = ORT_TYPES.get(arg.type)
     if datatype is None:
@@ -361,8 +393,10 @@ def _merge(
     graph: list[TensorSpec],
     declared: list[TensorConfig] | None,
     batched: bool,
+    source: str = "config.yaml",
 ) -> list[TensorSpec]:
-    """The graph's tensors, narrowed by config.yaml's declarations where it has any.
+    """The graph's tensors, narrowed by the declarations of ``source`` (config.yaml or
+    Triton's config.pbtxt) where it has any.
 
     Every declared tensor must exist in the graph with the same datatype and rank; a
     dimension the graph fixes must agree. Inputs must be declared all or none (the graph
@@ -380,11 +414,11 @@ def _merge(
         spec = by_name.get(tensor.name)
         if spec is None:
             raise ConfigError(
-                f"config.yaml declares {kind} {tensor.name!r}, which {file.name} does not have; "
+                f"{source} declares {kind} {tensor.name!r}, which {file.name} does not have; "
                 f"its {kind}s are: {describe(graph)}"
             )
         shape = ((-1,) if batched else ()) + tuple(tensor.shape)
-        where = f"config.yaml declares {kind} {tensor.name!r} as {tensor.datatype} {list(shape)}"
+        where = f"{source} declares {kind} {tensor.name!r} as {tensor.datatype} {list(shape)}"
         if tensor.datatype != spec.datatype:
             raise ConfigError(f"{where}, but {file.name} has {spec.datatype} {list(spec.shape)}")
         if len(shape) != len(spec.shape) and spec.shape != ():
@@ -404,9 +438,10 @@ def _merge(
     if kind == "input":
         left_out = [spec for spec in graph if spec.name not in {t.name for t in declared}]
         if left_out:
+            section = "input [...]" if source == "config.pbtxt" else "`inputs:`"
             raise ConfigError(
-                f"config.yaml leaves out input(s) {describe(left_out)} that {file.name} needs; "
-                "declare every input, or remove `inputs:` to read them from the graph"
+                f"{source} leaves out input(s) {describe(left_out)} that {file.name} needs; "
+                f"declare every input, or remove {section} to read them from the graph"
             )
     return result
 

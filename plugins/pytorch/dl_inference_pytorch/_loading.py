@@ -121,6 +121,27 @@ def find_model_file(folder: Path, model_file: str | None) -> ModelFile:
     )
 
 
+def triton_model_file(folder: Path, triton: Mapping[str, Any]) -> ModelFile:
+    """The TorchScript file Triton's libtorch backend serves from the version folder
+    ``folder``: config.pbtxt's ``default_model_filename``, else ``model.pt``."""
+    name = triton.get("default_model_filename") or "model.pt"
+    path = folder / name
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} does not exist: a Triton pytorch_libtorch model is <version>/model.pt "
+            "(TorchScript, torch.jit.save), or the file config.pbtxt's "
+            "default_model_filename names"
+        )
+    if not is_torchscript_archive(path):
+        raise BackendError(
+            f"{path.name} is not a TorchScript archive, which is all Triton's "
+            "pytorch_libtorch platform serves: save the model with "
+            "torch.jit.save(torch.jit.script(model), ...), or serve it with a config.yaml "
+            "instead of config.pbtxt"
+        )
+    return ModelFile(path, "torchscript")
+
+
 def _refine(found: ModelFile) -> ModelFile:
     # ".pt" is used for TorchScript archives and for torch.save pickles alike; only the
     # archive's contents tell them apart (TorchScript stores compiled code under code/).

@@ -37,6 +37,7 @@ import re
 import threading
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -137,6 +138,9 @@ class PyTorchBackend(Backend):
     name = "pytorch"
     Settings = PyTorchSettings
     model_files = ("*.pt2", "*.pt", "*.pth")
+    # Triton's libtorch backend: a config.pbtxt naming it (or the platform) is served here
+    # with Triton's rules (<version>/model.pt, tensors named as TritonIO describes).
+    triton_platforms = ("pytorch", "pytorch_libtorch")
     settings: PyTorchSettings
     file: ModelFile  # what load() served, as it turned out to be (a .pth may be a state_dict)
 
@@ -161,9 +165,16 @@ class PyTorchBackend(Backend):
         from dl_inference_pytorch import _loading
 
         self._torch = torch
-        self.device = _loading.resolve_device(self.settings.device)
+        triton = self.triton_config()
+        self._triton: TritonIO | None = None
+        self._platform = "pytorch" if triton is None else "pytorch_libtorch"
+        self.device = _loading.resolve_device(self._device_setting(torch, triton))
         self.dtype = _loading.DTYPES[self.settings.dtype]
-        found = _loading.find_model_file(self.path, self.settings.model_file)
+        found = (
+            _loading.find_model_file(self.path, self.settings.model_file)
+            if triton is None
+            else _loading.triton_model_file(self.path, triton)
+        )
         model, self.file = _loading.load_module(
             found,
             self.device,
@@ -183,9 +194,29 @@ class PyTorchBackend(Backend):
         if self.dtype != torch.float32:
             model = model.to(self.dtype)
         self.model = model
-        self._check_declared_inputs()
+        if triton is not None:
+            self._triton = TritonIO.of(model, self.config, self.file.path.name)
+        else:
+            self._check_declared_inputs()
         self._local = threading.local()
         self._adapter = TorchAdapter(self)
+
+    def _device_setting(self, torch: Any, triton: dict[str, Any] | None) -> str:
+        """The ``device`` setting; a Triton model whose ``instance_group`` asks for
+        ``KIND_GPU`` runs on the CPU, with a warning, where no GPU is visible (as the onnx
+        backend falls back, and the triton_python backend loads): the same repository
+        serves on a machine without one (Triton refuses to load it there)."""
+        device = self.settings.device
+        if triton is not None and device != "cpu" and not torch.cuda.is_available():
+            log.warning(
+                "instance_group asks for KIND_GPU and no GPU is visible; the model runs on "
+                "the CPU (Triton would refuse to load it)",
+                model=self.model_name,
+                version=self.version,
+                device=device,
+            )
+            return "cpu"
+        return device
 
     def _check_declared_inputs(self) -> None:
         """config.yaml's inputs are passed to ``forward()`` by position, in their order: a
@@ -209,7 +240,8 @@ class PyTorchBackend(Backend):
 
     @property
     def platform(self) -> str:
-        return "pytorch"
+        """``pytorch``; ``pytorch_libtorch`` (Triton's) for a model configured by config.pbtxt."""
+        return getattr(self, "_platform", "pytorch")
 
     def model_inputs(self) -> list[TensorSpec] | None:
         declared = super().model_inputs()
@@ -228,15 +260,21 @@ class PyTorchBackend(Backend):
 
     def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
         # The kernel's request path with no hooks: one path with and without processor.py.
-        return self._adapter.run(inputs, parameters)
+        outputs = self._adapter.run(inputs, parameters)
+        if self._triton is not None:
+            self._triton.check_types(self.model_name, outputs)
+        return outputs
 
     def _cast_floats(self) -> bool:
         # A declared datatype is a contract; only guessed ones are converted.
         return self.declared_inputs() is None and self._inferred is None
 
     def _run_module(self, x: Any, tags: dict[str, Any] | None = None) -> Any:
-        # A dict or tuple of inputs is several positional arguments.
-        if isinstance(x, dict):
+        triton = self._triton
+        # A dict or tuple of inputs is several positional arguments (Triton's: by name).
+        if triton is not None and isinstance(x, dict):
+            args = triton.arguments(x)
+        elif isinstance(x, dict):
             args = tuple(x.values())
         else:
             args = tuple(x) if isinstance(x, tuple | list) else (x,)
@@ -244,9 +282,10 @@ class PyTorchBackend(Backend):
         if keywords:
             self._check_keywords(args, keywords)
         try:
-            return self.model(*args, **keywords)
+            result = self.model(*args, **keywords)
         except Exception as exc:
             raise self._call_error(exc, x) from exc
+        return triton.results(self.model_name, result) if triton is not None else result
 
     def client_error(self, exc: BaseException) -> DlInferenceError | None:
         """InvalidInput when torch refused the data it was given (:func:`is_input_error`),
@@ -503,3 +542,127 @@ def _export_specs(program: Any) -> tuple[list[TensorSpec], list[TensorSpec]] | N
     if not inputs or any(s is None for s in inputs + outputs):
         return None
     return [s for s in inputs if s], [s for s in outputs if s]
+
+
+# -- Triton's libtorch rules -----------------------------------------------------------------
+
+# Triton's ``<name>__<index>`` tensor names (INPUT__0, OUTPUT__1): the index after the "__".
+_NAMED_INDEX = re.compile(r"^.*?__(\d+)$")
+
+
+@dataclass(frozen=True)
+class TritonIO:
+    """How Triton 2.51's libtorch backend (``pytorch_libtorch``) maps config.pbtxt's tensors
+    onto a TorchScript ``forward()``, for a model served from a Triton repository.
+
+    Inputs, by the first rule that fits all of them: the names of ``forward()``'s arguments;
+    else ``<name>__<index>`` (``INPUT__0`` is the first argument); else config.pbtxt's
+    order. A ``forward()`` taking one ``Dict[str, Tensor]`` gets the inputs by their names.
+    Outputs: ``<name>__<index>`` picks that item of the returned tuple (or the lone
+    tensor), else config.pbtxt's order does; results config.pbtxt does not name are
+    dropped, and an output of another datatype than config.pbtxt's fails the request.
+    """
+
+    positions: dict[str, int]  # config input name -> forward() argument index
+    as_dict: bool  # forward(self, inputs: Dict[str, Tensor])
+    outputs: tuple[tuple[str, int], ...]  # config output name -> index in the result
+    datatypes: dict[str, str]  # config output name -> V2 datatype
+
+    @classmethod
+    def of(cls, model: Any, config: Any, file: str) -> TritonIO:
+        """The mapping for ``model`` (a ScriptModule) and config.pbtxt's tensors, or
+        ConfigError saying what does not fit, as Triton refuses such a model."""
+        if not config.inputs or not config.outputs:
+            raise ConfigError(
+                "config.pbtxt: a pytorch_libtorch model needs its input [...] and output "
+                "[...]: TorchScript does not record its tensors' names, types and shapes "
+                "(Triton does not auto-complete them either)"
+            )
+        inputs = [t.name for t in config.inputs]
+        schema = getattr(getattr(model, "forward", None), "schema", None)
+        arguments = [a for a in schema.arguments[1:]] if schema is not None else None
+        as_dict = (
+            arguments is not None
+            and len(arguments) == 1
+            and str(arguments[0].type).startswith("Dict")
+        )
+        if as_dict:
+            positions = {name: 0 for name in inputs}
+        else:
+            names = [a.name for a in arguments] if arguments is not None else None
+            if names is not None and len(names) != len(inputs):
+                raise ConfigError(
+                    f"config.pbtxt declares {len(inputs)} input(s) ({', '.join(inputs)}), but "
+                    f"{file}'s forward({', '.join(names)}) takes {len(names)}; Triton "
+                    "passes one input per argument of forward()"
+                )
+            positions = _input_positions(inputs, names or [], file)
+        outputs = [t.name for t in config.outputs]
+        indices = _named_indices(outputs)
+        return cls(
+            positions=positions,
+            as_dict=as_dict,
+            outputs=tuple(zip(outputs, indices or range(len(outputs)), strict=True)),
+            datatypes={t.name: t.datatype for t in config.outputs},
+        )
+
+    def arguments(self, named: dict[str, Any]) -> tuple[Any, ...]:
+        """forward()'s positional arguments for the request's named tensors."""
+        if self.as_dict:
+            return (dict(named),)
+        args: list[Any] = [None] * len(self.positions)
+        for name, value in named.items():
+            if name not in self.positions:
+                raise InvalidInput(
+                    f"unknown input {name!r}; the model takes {', '.join(self.positions)}"
+                )
+            args[self.positions[name]] = value
+        return tuple(args)
+
+    def results(self, model_name: str, result: Any) -> dict[str, Any]:
+        """The returned tensor or tuple / list of tensors as config.pbtxt's named outputs."""
+        values = list(result) if isinstance(result, tuple | list) else [result]
+        named = {}
+        for name, index in self.outputs:
+            if index >= len(values):
+                raise BackendError(
+                    f"model {model_name!r} returned {len(values)} output(s), but config.pbtxt's "
+                    f"output {name!r} is number {index} (counting from 0)"
+                )
+            named[name] = values[index]
+        return named
+
+    def check_types(self, model_name: str, outputs: dict[str, np.ndarray]) -> None:
+        """BackendError when an output's datatype is not config.pbtxt's (Triton's check)."""
+        for name, array in outputs.items():
+            expected = self.datatypes.get(name)
+            if expected is None or array.dtype == np.object_:
+                continue
+            got = from_numpy_dtype(array.dtype)
+            if got != expected:
+                raise BackendError(
+                    f"model {model_name!r}: output {name!r} is {got}, but config.pbtxt "
+                    f"declares {expected}; make the model return {expected} or fix data_type"
+                )
+
+
+def _named_indices(names: list[str]) -> list[int] | None:
+    """Each name's ``__<index>``, when every name has one; else ``None``."""
+    matches = [_NAMED_INDEX.match(name) for name in names]
+    if not all(matches):
+        return None
+    return [int(m.group(1)) for m in matches if m]
+
+
+def _input_positions(inputs: list[str], arguments: list[str], file: str) -> dict[str, int]:
+    """Triton's rule for inputs (:class:`TritonIO`): forward()'s argument names, else
+    ``<name>__<index>``, else config.pbtxt's order; each argument exactly once."""
+    if arguments and all(name in arguments for name in inputs):
+        return {name: arguments.index(name) for name in inputs}
+    indices = _named_indices(inputs) or list(range(len(inputs)))
+    if sorted(indices) != list(range(len(inputs))):
+        raise ConfigError(
+            f"config.pbtxt's inputs {', '.join(inputs)} name argument indices {indices} of "
+            f"{file}'s forward(); each of 0..{len(inputs) - 1} must be named once"
+        )
+    return dict(zip(inputs, indices, strict=True))

@@ -19,6 +19,7 @@ from dl_inference import (
     Backend,
     BackendError,
     BackendSettings,
+    ConfigError,
     InferRequest,
     InvalidInput,
     TensorSpec,
@@ -118,6 +119,9 @@ class TensorFlowBackend(Backend):
     name = "tensorflow"
     Settings = TensorFlowSettings
     model_files = ("saved_model.pb", "saved_model.pbtxt")
+    # Triton's tensorflow backend: a config.pbtxt naming it (or tensorflow_savedmodel) is
+    # served here with Triton's rules (<version>/model.savedmodel/, see _load_triton).
+    triton_platforms = ("tensorflow", "tensorflow_savedmodel")
     settings: TensorFlowSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -126,6 +130,9 @@ class TensorFlowBackend(Backend):
         self._functions: dict[str, Any] = {}
         self._model: Any = None
         self._device = "/CPU:0"
+        # The SavedModel's folder: the version folder, or Triton's <version>/model.savedmodel.
+        self.model_dir = self.path
+        self._triton = False
 
     @property
     def platform(self) -> str:
@@ -136,6 +143,9 @@ class TensorFlowBackend(Backend):
     def load(self) -> None:
         import tensorflow as tf
 
+        triton = self.triton_config()
+        if triton is not None:
+            self._triton_settings(tf, triton)
         _configure_runtime(tf, self.settings)
         for library in self.settings.op_libraries:
             self._load_op_library(tf, library)
@@ -149,7 +159,7 @@ class TensorFlowBackend(Backend):
                 )
         self._device = f"/{kind}:{index}"
         with tf.device(self._device):
-            self._model = tf.saved_model.load(str(self.path), tags=self.settings.tags)
+            self._model = tf.saved_model.load(str(self.model_dir), tags=self.settings.tags)
         self._functions = {
             name: fn
             for name, fn in self._model.signatures.items()
@@ -158,8 +168,8 @@ class TensorFlowBackend(Backend):
         self.signature_defs = self._read_signature_defs(tf)
         if not self._functions:
             raise BackendError(
-                f"model {self.model_name!r}: the SavedModel in {self.path} exports no signatures; "
-                "save it with signatures={'serving_default': ...}"
+                f"model {self.model_name!r}: the SavedModel in {self.model_dir} exports no "
+                "signatures; save it with signatures={'serving_default': ...}"
             )
         if self.settings.signature not in self._functions:
             raise BackendError(
@@ -167,6 +177,97 @@ class TensorFlowBackend(Backend):
                 "`signature`) is not in the SavedModel; it has: "
                 f"{', '.join(sorted(self._functions))}"
             )
+        if self._triton:
+            self._check_triton_tensors()
+
+    # -- Triton repositories ---------------------------------------------------------------
+
+    def _triton_settings(self, tf: Any, triton: dict[str, Any]) -> None:
+        """Triton's tensorflow backend rules for a model configured by config.pbtxt: the
+        SavedModel is ``<version>/model.savedmodel/`` (or ``default_model_filename``); its
+        ``TF_SIGNATURE_DEF``, ``TF_GRAPH_TAG``, ``TF_NUM_INTRA_THREADS`` and
+        ``TF_NUM_INTER_THREADS`` parameters choose the signature, tag and threads; a
+        ``KIND_GPU`` instance group runs on the CPU, with a warning, where no GPU is visible
+        (as the onnx backend falls back; Triton refuses to load it there)."""
+        self._triton = True
+        self.model_dir = self.path / (triton.get("default_model_filename") or "model.savedmodel")
+        if not (self.model_dir / "saved_model.pb").is_file():
+            raise ConfigError(
+                f"{self.model_dir / 'saved_model.pb'} does not exist: a Triton "
+                "tensorflow_savedmodel model is the folder <version>/model.savedmodel/ (what "
+                "tf.saved_model.save writes), or the folder config.pbtxt's "
+                "default_model_filename names"
+            )
+        parameters = self.config.parameters
+        update: dict[str, Any] = {}
+        if parameters.get("TF_SIGNATURE_DEF"):
+            update["signature"] = parameters["TF_SIGNATURE_DEF"]
+        if parameters.get("TF_GRAPH_TAG"):
+            update["tags"] = [parameters["TF_GRAPH_TAG"]]
+        for key, setting in (
+            ("TF_NUM_INTRA_THREADS", "intra_op_threads"),
+            ("TF_NUM_INTER_THREADS", "inter_op_threads"),
+        ):
+            value = str(parameters.get(key, "")).strip()
+            if value:
+                if not value.isdigit():
+                    raise ConfigError(f"config.pbtxt: parameter {key} must be a number >= 0")
+                update[setting] = int(value)
+        kind, _ = parse_device(self.settings.device)
+        if kind == "GPU" and not tf.config.list_physical_devices("GPU"):
+            log.warning(
+                "instance_group asks for KIND_GPU and no GPU is visible; the model runs on "
+                "the CPU (Triton would refuse to load it)",
+                model=self.model_name,
+                version=self.version,
+            )
+            update["device"] = "cpu"
+        self.settings = self.settings.model_copy(update=update)
+
+    def _check_triton_tensors(self) -> None:
+        """config.pbtxt's tensors against the signature, as Triton checks them at load:
+        inputs are the signature's input keys, all of them; outputs some of its output keys;
+        each of the signature's datatype and rank, with no fixed dimension differing (the
+        batch dimension, with max_batch_size > 0, must be variable in the signature)."""
+        batched = self.config.max_batch_size > 0
+        for which, declared in (("inputs", self.config.inputs), ("outputs", self.config.outputs)):
+            if declared is None:
+                continue  # auto-complete: the signature's own
+            kind = which[:-1]
+            model = {spec.name: spec for spec in self._specs(which) or []}
+            if not model:
+                continue  # not describable as V2 specs: TensorFlow checks each request
+            described = ", ".join(
+                f"{s.name} ({s.datatype} {list(s.shape)})" for s in model.values()
+            )
+            signature = self.settings.signature
+            if kind == "input" and {t.name for t in declared} != set(model):
+                raise ConfigError(
+                    f"config.pbtxt declares inputs {', '.join(t.name for t in declared)}, but "
+                    f"signature {signature!r} takes {described}; declare each of its input "
+                    "keys (or no input [...] to take them from the signature)"
+                )
+            for tensor in declared:
+                spec = model.get(tensor.name)
+                if spec is None:
+                    raise ConfigError(
+                        f"config.pbtxt declares {kind} {tensor.name!r}, which signature "
+                        f"{signature!r} does not have; its {which} are: {described}"
+                    )
+                shape = ((-1,) if batched else ()) + tuple(tensor.shape)
+                where = (
+                    f"config.pbtxt declares {kind} {tensor.name!r} as {tensor.datatype} "
+                    f"{list(shape)}, but signature {signature!r} has {spec.datatype} "
+                    f"{list(spec.shape)}"
+                )
+                if tensor.datatype != spec.datatype or len(shape) != len(spec.shape):
+                    raise ConfigError(where)
+                if batched and spec.shape[0] != -1:
+                    raise ConfigError(f"{where}: max_batch_size needs a variable first dimension")
+                if any(
+                    a != -1 and b != -1 and a != b for a, b in zip(shape, spec.shape, strict=True)
+                ):
+                    raise ConfigError(where)
 
     def _load_op_library(self, tf: Any, library: str) -> None:
         candidates = (
@@ -196,7 +297,7 @@ class TensorFlowBackend(Backend):
         from tensorflow.core.protobuf import saved_model_pb2
 
         result = SignatureDefMap()
-        pb = self.path / "saved_model.pb"
+        pb = self.model_dir / "saved_model.pb"
         if not pb.is_file():
             return self._signature_defs_from_functions(tf)
         saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
@@ -231,7 +332,7 @@ class TensorFlowBackend(Backend):
         version turns ready. Classify, Regress and MultiInference records are skipped
         (logged). A file that cannot be read fails the load, as on TF Serving.
         """
-        path = self.path / WARMUP_FILE
+        path = self.model_dir / WARMUP_FILE
         if not path.is_file():
             return []
         import tensorflow as tf
@@ -342,7 +443,10 @@ class TensorFlowBackend(Backend):
                 f"model {self.model_name!r} signature {signature!r} rejected the inputs: "
                 f"{_first_line(exc)}"
             ) from exc
-        return {key: value.numpy() for key, value in result.items()}
+        wanted = self.config.outputs if self._triton else None
+        # A Triton model answers the outputs config.pbtxt declares (all when it names none).
+        keys = [t.name for t in wanted] if wanted else list(result)
+        return {key: result[key].numpy() for key in keys}
 
 
 # PredictionLog's field numbers (tensorflow_serving/apis/prediction_log.proto and the
