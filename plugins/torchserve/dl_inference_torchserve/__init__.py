@@ -9,6 +9,7 @@ runs it, with the ``ts`` API this distribution ships), the ``torchserve`` protoc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dl_inference
 from dl_inference import BackendRegistry, ProtocolRegistry
@@ -17,6 +18,17 @@ __version__ = "0.2.0"
 DLI_HOOKSPEC_VERSION = "1.2"
 
 _archives = None
+_properties = None
+
+
+@dl_inference.hookimpl
+def dli_configure(settings: dict[str, Any]) -> None:
+    """``plugin_settings.torchserve``: an optional TorchServe config.properties."""
+    global _properties, _archives
+    from dl_inference_torchserve.settings import parse_settings
+
+    _properties = parse_settings(settings)
+    _archives = None
 
 
 @dl_inference.hookimpl
@@ -39,5 +51,5 @@ def dli_repository_models(root: Path) -> list[tuple[str, Path]]:
     from dl_inference_torchserve.archive import ArchiveCache
 
     if _archives is None:
-        _archives = ArchiveCache()
+        _archives = ArchiveCache(properties=_properties)
     return _archives.models(root)

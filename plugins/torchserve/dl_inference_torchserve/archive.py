@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import yaml
+
+from dl_inference_torchserve.settings import Properties, model_config
 
 log = structlog.get_logger("dl_inference_torchserve")
 
@@ -30,7 +33,6 @@ SUFFIX = ".mar"
 # is what clients name in /predictions/<model>/<version>.
 VERSION = "1"
 _STAMP = ".dli-archive-stamp"
-_CONFIG = "backend: torchserve\n"
 
 
 def cache_root() -> Path:
@@ -53,8 +55,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 class ArchiveCache:
     """The archives of a repository folder as ``(model name, model folder)`` pairs."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, properties: Properties | None = None) -> None:
         self.root = root
+        self.properties = properties or Properties()
         self._lock = threading.Lock()
         # archive path -> (stamp, model name, model folder); skips re-reading the zip.
         self._known: dict[Path, tuple[str, str, Path]] = {}
@@ -69,6 +72,8 @@ class ArchiveCache:
                     continue
                 try:
                     name, folder = self._unpacked(archive)
+                    if not self.properties.selects(archive, name):
+                        continue
                 except (OSError, ValueError, zipfile.BadZipFile) as exc:
                     log.warning(
                         "model archive skipped: it cannot be read",
@@ -103,11 +108,6 @@ class ArchiveCache:
             name = str(model.get("modelName") or archive.stem)
             folder = root / key / name
             version = folder / VERSION
-            # The archive's files may look like another backend's (model.py beside a .pth
-            # is the pytorch backend's eager pattern): the folder names its backend.
-            if _read(folder / "config.yaml") != _CONFIG:
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "config.yaml").write_text(_CONFIG)
             if _read(version / _STAMP) != stamp:
                 self._extract(zipped, folder, stamp)
                 if model.get("requirementsFile"):
@@ -117,8 +117,31 @@ class ArchiveCache:
                         archive=str(archive),
                         requirements=model["requirementsFile"],
                     )
+            self._write_config(zipped, model, name, folder)
         self._known[archive] = (stamp, name, folder)
         return name, folder
+
+    def _write_config(
+        self, zipped: zipfile.ZipFile, model: dict[str, Any], name: str, folder: Path
+    ) -> None:
+        """The model folder's config.yaml: the backend (the archive's files may look like
+        another backend's: model.py beside a .pth is the pytorch backend's eager pattern),
+        and batching from the archive's model-config.yaml, then config.properties."""
+        settings: dict[str, Any] = {}
+        config_file = model.get("configFile")
+        if config_file:
+            try:
+                loaded = yaml.safe_load(zipped.read(str(config_file)))
+            except (KeyError, yaml.YAMLError) as exc:
+                raise ValueError(f"its configFile {config_file!r} cannot be read: {exc}") from None
+            if isinstance(loaded, dict):
+                settings.update(loaded)
+        settings.update(self.properties.model_settings(name, str(model.get("modelVersion", ""))))
+        config = {"backend": "torchserve", **model_config(settings)}
+        text = yaml.safe_dump(config, sort_keys=False)
+        if _read(folder / "config.yaml") != text:  # unchanged: no reload
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.yaml").write_text(text)
 
     @staticmethod
     def _extract(zipped: zipfile.ZipFile, folder: Path, stamp: str) -> None:

@@ -64,6 +64,7 @@ class TorchServeBackend(Backend):
             max(1, self.config.max_batch_size),
             gpu_id,
             ts.__version__,
+            model_yaml_config=self._yaml_config(model),
         )
         # The handler imports its archive's modules (model.py, helpers) by name, and
         # BaseHandler imports the model file while it initializes: all inside.
@@ -89,6 +90,16 @@ class TorchServeBackend(Backend):
         # TorchServe runs a handler in one worker process at a time; here one call at a
         # time per loaded archive (the context is per batch).
         self._lock = threading.Lock()
+
+    def _yaml_config(self, model: dict[str, Any]) -> dict[str, Any]:
+        """The archive's model-config.yaml (``--config-file``), as ``context.model_yaml_config``."""
+        from ts.utils.util import get_yaml_config
+
+        config_file = model.get("configFile")
+        if not config_file:
+            return {}
+        loaded = get_yaml_config(str(self.path / str(config_file)))
+        return loaded if isinstance(loaded, dict) else {}
 
     def _import_handler(self, module_name: str, handler: str) -> Any:
         if (self.path / f"{module_name}.py").is_file() or (self.path / module_name).is_dir():

@@ -1,0 +1,133 @@
+"""``plugin_settings.torchserve`` of the server YAML, and TorchServe's config.properties.
+
+::
+
+    plugin_settings:
+      torchserve:
+        config_properties: /etc/torchserve/config.properties   # optional
+
+From a TorchServe ``config.properties`` (Java properties: ``key=value``, ``#`` comments,
+``\\`` continuing a line) this plugin reads ``load_models`` (``all``, or a comma-separated
+list of archive files / model names / ``name=file.mar``: only those archives are served)
+and ``models`` (JSON: ``{"<name>": {"<version>": {"batchSize": 8, "maxBatchDelay": 50,
+...}}}``): ``batchSize`` -> ``max_batch_size``, ``maxBatchDelay`` (ms) ->
+``max_queue_delay_ms``. Other keys (addresses, ports, ``model_store``) are logged as not
+used: dl-inference takes those from its own flags and config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dl_inference import ConfigError, describe_errors
+
+log = structlog.get_logger("dl_inference_torchserve")
+PREFIX = "plugin_settings.torchserve"
+# config.properties keys this plugin applies; the others are reported once.
+APPLIED = ("load_models", "models")
+
+
+class TorchServeSettings(BaseModel):
+    """The whole ``plugin_settings.torchserve`` section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config_properties: Path | None = None
+
+
+class Properties:
+    """What a config.properties says about the archives to serve."""
+
+    def __init__(self, load_models: str = "all", models: dict[str, Any] | None = None) -> None:
+        self.load_models = load_models
+        self.models = models or {}
+
+    def selects(self, archive: Path, model_name: str) -> bool:
+        """Whether ``load_models`` asks for this archive."""
+        wanted = [item.strip() for item in self.load_models.split(",") if item.strip()]
+        if not wanted or any(item.lower() == "all" for item in wanted):
+            return True
+        for item in wanted:
+            name, _, file = item.rpartition("=")
+            if file in (archive.name, archive.stem, model_name) and name in ("", model_name):
+                return True
+        return False
+
+    def model_settings(self, model_name: str, version: str) -> dict[str, Any]:
+        """The ``models`` entry of this model and version (or its only / default one)."""
+        versions = self.models.get(model_name)
+        if not isinstance(versions, dict) or not versions:
+            return {}
+        chosen = versions.get(version)
+        if chosen is None:
+            defaults = [
+                v for v in versions.values() if isinstance(v, dict) and v.get("defaultVersion")
+            ]
+            chosen = defaults[0] if defaults else next(iter(versions.values()))
+        return chosen if isinstance(chosen, dict) else {}
+
+
+def parse_settings(settings: Mapping[str, Any]) -> Properties:
+    """Validate the section and read its config.properties; ConfigError naming what is wrong."""
+    try:
+        parsed = TorchServeSettings.model_validate(dict(settings))
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, TorchServeSettings, PREFIX)) from None
+    if parsed.config_properties is None:
+        return Properties()
+    return read_properties(parsed.config_properties)
+
+
+def read_properties(path: Path) -> Properties:
+    """A TorchServe config.properties file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{PREFIX}.config_properties: {path} cannot be read ({exc})") from None
+    values: dict[str, str] = {}
+    pending = ""
+    for raw in text.splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1]
+            continue
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    models: dict[str, Any] = {}
+    if values.get("models"):
+        try:
+            models = json.loads(values["models"])
+        except ValueError as exc:
+            raise ConfigError(f"{path}: models= is not JSON ({exc})") from None
+        if not isinstance(models, dict):
+            raise ConfigError(f'{path}: models= must be a JSON object {{"<name>": {{...}}}}')
+    ignored = sorted(set(values) - set(APPLIED))
+    if ignored:
+        log.info(
+            "config.properties keys not used (dl-inference's own flags and config set them)",
+            file=str(path),
+            keys=ignored,
+        )
+    return Properties(values.get("load_models", "all"), models)
+
+
+def model_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """A model's TorchServe settings (``models=`` entry or model-config.yaml) as model
+    config.yaml keys; ``batchSize`` 1 (TorchServe's default) is no batching."""
+    config: dict[str, Any] = {}
+    batch = settings.get("batchSize", settings.get("batch_size"))
+    if batch is not None and int(batch) > 1:
+        config["max_batch_size"] = int(batch)
+        delay = settings.get("maxBatchDelay", settings.get("max_batch_delay"))
+        if delay is not None:
+            config["max_queue_delay_ms"] = float(delay)
+    return config

@@ -1,0 +1,118 @@
+"""``dl-inference serve`` on a store of .mar archives, end to end over HTTP: batching from the
+archive's model-config.yaml and from config.properties ``models=``, ``load_models``, and a
+model whose handler cannot load."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from _ts_archives import write_mar
+
+from dl_inference.testing import ServerProcess
+
+BATCHER = """
+    import threading
+    import time
+
+    _held = threading.Event()
+
+
+    def handle(data, context):
+        if data is None:
+            return None
+        if not _held.is_set():
+            _held.set()
+            time.sleep(1.0)  # hold the model: the requests sent meanwhile queue up
+        return [
+            {
+                "batch": len(data),
+                "echo": row["body"].decode(),
+                "batch_size": context.system_properties["batch_size"],
+                "id": context.get_request_id(index),
+            }
+            for index, row in enumerate(data)
+        ]
+"""
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method="POST")
+    request.add_header("Content-Type", "application/octet-stream")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+    work = tmp_path_factory.mktemp("torchserve-serve")
+    store = work / "store"
+    write_mar(
+        store,
+        "batcher",
+        {"batcher.py": BATCHER, "model-config.yaml": "batchSize: 8\nmaxBatchDelay: 200\n"},
+        "batcher.py",
+        configFile="model-config.yaml",
+    )
+    write_mar(store, "tuned", {"tuned.py": BATCHER}, "tuned.py")
+    write_mar(store, "skipped", {"tuned.py": BATCHER}, "tuned.py")
+    write_mar(store, "broken", {"other.py": "x = 1\n"}, "missing_handler.py")
+    properties = work / "config.properties"
+    properties.write_text(
+        "inference_address=http://127.0.0.1:8080\n"
+        "load_models=batcher.mar,tuned,broken=broken.mar\n"
+        'models={"tuned": {"1.0": {"batchSize": 4, \\\n'
+        '    "maxBatchDelay": 5}}}\n'
+    )
+    config = work / "server.yaml"
+    config.write_text(
+        f"model_repository: {store}\n"
+        f"plugin_settings:\n  torchserve:\n    config_properties: {properties}\n"
+    )
+    env = {"DLI_TORCHSERVE_CACHE": str(work / "cache")}
+    with ServerProcess(["-c", str(config)], env=env) as server:
+        deadline = time.monotonic() + 60
+        while post(f"{server.http_url}/predictions/batcher", b"warm")[0] != 200:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.2)
+        yield server
+
+
+def test_concurrent_requests_reach_the_handler_as_one_batch(served: ServerProcess) -> None:
+    # The handler holds its first call for a second: the requests sent meanwhile queue up.
+    url = f"{served.http_url}/predictions/tuned"
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(post, url, b"first")
+        time.sleep(0.3)  # the first call holds the model for a second
+        rest = [pool.submit(post, url, f"r{i}".encode()) for i in range(5)]
+        answers = [first.result()] + [f.result() for f in rest]
+    assert all(status == 200 for status, _ in answers)
+    assert [a["echo"] for _, a in answers] == ["first"] + [f"r{i}" for i in range(5)]
+    assert answers[0][1]["batch"] == 1
+    assert max(a["batch"] for _, a in answers[1:]) > 1  # merged while the model was held
+    assert all(a["batch"] <= 4 for _, a in answers)  # config.properties' batchSize
+    assert {a["batch_size"] for _, a in answers} == {4}
+    assert len({a["id"] for _, a in answers}) == 6  # each request its own id
+
+
+def test_model_config_yaml_sets_the_batch_size(served: ServerProcess) -> None:
+    status, answer = post(f"{served.http_url}/predictions/batcher", b"x")
+    assert status == 200 and answer["batch_size"] == 8 and answer["echo"] == "x"
+
+
+def test_load_models_leaves_other_archives_out(served: ServerProcess) -> None:
+    status, error = post(f"{served.http_url}/predictions/skipped", b"x")
+    assert (status, error["type"]) == (404, "ModelNotFoundException")
+
+
+def test_a_handler_that_cannot_load_is_unavailable(served: ServerProcess) -> None:
+    status, error = post(f"{served.http_url}/predictions/broken", b"x")
+    assert (status, error["code"], error["type"]) == (503, 503, "ServiceUnavailableException")
+    assert "missing_handler.py" in served.output()
