@@ -7,6 +7,7 @@ plugins stays fast and works without the framework.
 from __future__ import annotations
 
 import gc
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from dl_inference_tfserving.signatures import (
     current_signature,
 )
 
-log = structlog.get_logger("dl_inference_tensorflow")
+log = structlog.get_logger("dl_inference.tensorflow")
 
 # TF Serving's warm-up file in a version folder, and the most records it reads from it.
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
@@ -441,12 +442,22 @@ class TensorFlowBackend(Backend):
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
             raise InvalidInput(
                 f"model {self.model_name!r} signature {signature!r} rejected the inputs: "
-                f"{_first_line(exc)}"
+                f"{tf_message(exc)}"
             ) from exc
         wanted = self.config.outputs if self._triton else None
         # A Triton model answers the outputs config.pbtxt declares (all when it names none).
         keys = [t.name for t in wanted] if wanted else list(result)
         return {key: result[key].numpy() for key in keys}
+
+    def client_error(self, exc: BaseException) -> InvalidInput | None:
+        """InvalidInput for TensorFlow's ``InvalidArgumentError`` (an op given a shape, size
+        or dtype it cannot take) raised in processor.py's ``preprocess()`` or ``run_model()``,
+        in one line (:func:`tf_message`); other errors are the model's."""
+        import tensorflow as tf
+
+        if not isinstance(exc, tf.errors.InvalidArgumentError):
+            return None
+        return InvalidInput(f"model {self.model_name!r} rejected the input: {tf_message(exc)}")
 
 
 # PredictionLog's field numbers (tensorflow_serving/apis/prediction_log.proto and the
@@ -522,6 +533,31 @@ def _tensor_info(info: TensorInfo, spec: Any) -> None:
         return
     for dim in spec.shape.as_list():
         info.tensor_shape.dim.add().size = -1 if dim is None else dim
+
+
+# Lines of a TensorFlow message that are not its reason: the graph error's head, where the
+# failing node was defined (a stack naming server files), the node marker under the reason.
+_TF_CONTEXT = re.compile(
+    r"^(Graph execution error:|Detected at node .*|<stack traces unavailable>|File \".*)$"
+)
+_TF_FUNCTION_NODE = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
+_TF_OP = re.compile(r"\s*\[Op:[^\]]*\](\s*name:.*)?$")
+# A message's part for clients is at most this many characters.
+_MESSAGE_CHARS = 240
+
+
+def tf_message(exc: BaseException) -> str:
+    """TensorFlow's reason in one line, for clients: ``Matrix size-incompatible: In[0]:
+    [1,5], In[1]: [4,3]``, without the "Graph execution error:" head, the stack of where the
+    node was defined (server paths), the ``{{function_node ...}}`` and ``[Op:...]`` marks."""
+    text = getattr(exc, "message", None) or str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last_context = max((i for i, line in enumerate(lines) if _TF_CONTEXT.match(line)), default=-1)
+    reasons = [line for line in lines[last_context + 1 :] if not line.startswith("[[")]
+    if not reasons:
+        return _first_line(exc)
+    line = _TF_OP.sub("", _TF_FUNCTION_NODE.sub("", reasons[0]))
+    return line if len(line) <= _MESSAGE_CHARS else line[: _MESSAGE_CHARS - 3] + "..."
 
 
 def _first_line(exc: BaseException) -> str:
