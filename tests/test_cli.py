@@ -110,7 +110,7 @@ def test_plugins_lists_the_builtins() -> None:
     assert "python" in kernel["registers"]["backends"]
     assert "v2" in kernel["registers"]["protocols"]
     text = run_cli("plugins").stdout
-    assert "backends: python" in text
+    assert "backends: ensemble, python" in text
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def info(plugins: PluginHost, name: str) -> PluginInfo:
 
 def test_good_plugins_load_and_report_what_they_register() -> None:
     plugins = host(GOOD, OTHER)
-    assert plugins.backends.names() == ["fake_good", "python"]
+    assert plugins.backends.names() == ["ensemble", "fake_good", "python"]
     assert plugins.balancers.names() == ["fake_first"]
     assert plugins.backends.owner("fake_good") == "good"
     assert info(plugins, "good").as_dict() == {
@@ -90,7 +90,7 @@ def test_good_plugins_load_and_report_what_they_register() -> None:
         "hooks": ["dli_on_request"],
     }
     assert info(plugins, "other").registers == {"balancers": ["fake_first"]}
-    assert info(plugins, "dl_inference").registers["backends"] == ["python"]
+    assert info(plugins, "dl_inference").registers["backends"] == ["ensemble", "python"]
     assert plugins.request_hook("dli_on_request") is not None
     assert plugins.request_hook("dli_on_error") is None
 
@@ -112,7 +112,7 @@ def test_plugin_that_fails_to_import_is_skipped_and_reported() -> None:
     assert broken.registers == {}
     # The others still load.
     assert info(plugins, "good").status == "loaded"
-    assert plugins.backends.names() == ["fake_good", "python"]
+    assert plugins.backends.names() == ["ensemble", "fake_good", "python"]
 
 
 def test_strict_mode_raises_naming_plugin_and_pip_package() -> None:
@@ -198,7 +198,7 @@ def test_block_list_skips_a_plugin_without_importing_it() -> None:
         blocked = info(plugins, name)
         assert blocked.status == "blocked", blocked
         assert "blocked" in blocked.error
-    assert plugins.backends.names() == ["python"]
+    assert plugins.backends.names() == ["ensemble", "python"]
 
 
 def test_allow_list_loads_only_the_named_plugins() -> None:
@@ -207,7 +207,7 @@ def test_allow_list_loads_only_the_named_plugins() -> None:
     assert info(plugins, "good").status == "blocked"
     assert info(plugins, "broken").status == "blocked"
     assert plugins.balancers.names() == ["fake_first"]
-    assert plugins.backends.names() == ["python"]  # built-ins are never blocked
+    assert plugins.backends.names() == ["ensemble", "python"]  # built-ins are never blocked
 
 
 def test_plugin_built_for_a_newer_contract_is_refused_with_upgrade_hint() -> None:
@@ -240,7 +240,7 @@ def test_partial_registrations_are_rolled_back() -> None:
     assert failed.status == "failed"
     assert "RuntimeError: protocol setup failed: port table missing" in failed.error
     assert "partial" not in plugins.backends
-    assert plugins.backends.names() == ["fake_good", "python"]
+    assert plugins.backends.names() == ["ensemble", "fake_good", "python"]
     assert plugins.protocols.names() == ["v2"]
     # Its per-request hook is gone with it; the good plugin's stays.
     impls = plugins.pm.hook.dli_on_request.get_hookimpls()
@@ -267,7 +267,7 @@ def test_missing_capability_names_the_pip_package(kind: str, name: str, package:
     message = str(caught.value)
     assert f"{kind} {name!r}" in message and f"pip install {package}" in message
     if kind == "backend":
-        assert "available: fake_good, python" in message
+        assert "available: ensemble, fake_good, python" in message
 
 
 def test_missing_unknown_backend_suggests_checking_the_name() -> None:
@@ -320,6 +320,7 @@ PUBLIC_SURFACE = [
     "ModelMetadata",
     "ModelNotFound",
     "ModelNotReady",
+    "ModelRunner",
     "ModelVersionInfo",
     "NodeView",
     "Outcome",

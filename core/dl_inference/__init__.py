@@ -10,7 +10,7 @@ from dl_inference.kernel.config.errors import describe_errors
 from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
 from dl_inference.kernel.config.triton_config import read_config_pbtxt
 from dl_inference.kernel.processor import ProcessorAdapter
-from dl_inference.spi.backend import Backend, BackendSettings
+from dl_inference.spi.backend import Backend, BackendSettings, ModelRunner
 from dl_inference.spi.balancer import Balancer, NodeView, Outcome
 from dl_inference.spi.call_path import (
     Call,
@@ -113,6 +113,7 @@ __all__ = [
     "ModelMetadata",
     "ModelNotFound",
     "ModelNotReady",
+    "ModelRunner",
     "ModelVersionInfo",
     "NodeView",
     "Outcome",

@@ -8,9 +8,11 @@ from dl_inference.spi.registry import BackendRegistry, ProtocolRegistry
 
 @hookimpl
 def dli_register_backends(registry: BackendRegistry) -> None:
+    from dl_inference.builtin.ensemble import EnsembleBackend
     from dl_inference.builtin.python_backend import PythonBackend
 
     registry.add(PythonBackend)
+    registry.add(EnsembleBackend)
 
 
 @hookimpl

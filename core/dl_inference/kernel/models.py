@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import inspect
 import time
 import traceback
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from dl_inference.kernel.plugins import PluginHost, install_hint
 from dl_inference.kernel.processor import Processor, ProcessorAdapter, predict_call
 from dl_inference.kernel.repository import ModelSource, read_model_folder
 from dl_inference.kernel.warmup import WarmupFailed, warm_up
-from dl_inference.spi.backend import Backend, BackendSettings
+from dl_inference.spi.backend import Backend, BackendSettings, ModelRunner
 from dl_inference.spi.errors import (
     BackendError,
     ConfigError,
@@ -99,6 +100,8 @@ class ModelVersion:
     def __post_init__(self) -> None:
         config = self.backend.config
         self._predict = predict_call(self.backend)
+        # An async predict (a backend composing other models) runs on the event loop.
+        self.on_loop = inspect.iscoroutinefunction(self.backend.predict)
         self.batching = (
             config.max_batch_size > 0 and config.dynamic_batching and self.backend.merges_requests
         )
@@ -149,9 +152,26 @@ class ModelVersion:
         """
         self.in_flight += 1
         try:
+            if self.on_loop:
+                return await self._run_on_loop(inputs, parameters)
             return await self.scheduler.submit(inputs, parameters, deadline)
         finally:
             self.in_flight -= 1
+
+    async def _run_on_loop(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """One execution of an async predict, timed as the scheduler's are."""
+        started = time.monotonic()
+        try:
+            outputs = await self._predict((inputs,), parameters)
+        except DlInferenceError:
+            raise
+        except Exception as exc:
+            log.error("model raised", model=self.name, version=self.version, exc_info=exc)
+            raise BackendError(f"model {self.name!r} failed: {describe_exception(exc)}") from exc
+        self._observe(inputs, [started], started)
+        return outputs
 
     def _execute(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], queued: list[float]
@@ -159,13 +179,16 @@ class ModelVersion:
         """One execution (a request or a merged batch), timed for metrics and statistics."""
         started = time.monotonic()
         outputs = self._predict_sync(inputs, parameters)
+        self._observe(inputs, queued, started)
+        return outputs
+
+    def _observe(self, inputs: dict[str, np.ndarray], queued: list[float], started: float) -> None:
         if self.observer is not None:
             finished = time.monotonic()
             first = next(iter(inputs.values()), None)
             batched = self.backend.config.max_batch_size > 0 and first is not None and first.ndim
             rows = int(first.shape[0]) if batched else 1
             self.observer(self.name, self.version, rows, queued, started, finished)
-        return outputs
 
     def _predict_sync(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
@@ -205,6 +228,8 @@ class ModelRegistry:
         self._versions: dict[str, dict[str, ModelVersion]] = {}
         self._sources: dict[str, ModelSource] = {}
         self.observer: Callable[[str, str, int, list[float], float, float], None] | None = None
+        # What backends composing models call them through (Backend.models; the runtime's).
+        self.runner: ModelRunner | None = None
         self.unloaded: set[str] = set()
 
     # -- loading ---------------------------------------------------------------------------
@@ -291,6 +316,7 @@ class ModelRegistry:
             model.processor = await asyncio.to_thread(Processor.find, model.backend)
             if model.processor is not None:
                 model.backend.processor_hooks = frozenset(model.processor.hooks)
+            model.backend.models = self.runner
             await asyncio.to_thread(model.backend.load)
             if model.processor is not None:
                 model.adapter = model.backend.processor_adapter()

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
 import structlog
 
 from dl_inference.kernel.metrics import CallbackCollector, Metrics
@@ -66,6 +67,7 @@ class Runtime:
         self.metrics = Metrics()
         self.statistics = Statistics()
         models.observer = self._observe_execution
+        models.runner = _ModelRunner(self)
         self.metrics.add_collector(
             CallbackCollector(
                 "dli_model_ready",
@@ -335,6 +337,38 @@ class Runtime:
             log.info("request cancelled by the client", **fields)
         else:
             log.warning("request failed", error=str(error), **fields)
+
+
+class _ModelRunner:
+    """The runtime's models as composing backends call them (spi ``ModelRunner``): one
+    model's call as :meth:`Runtime.infer` makes it (validated, admitted, counted in the
+    model's statistics), without a client call's hooks, metrics or access-log line."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def versions(self, name: str) -> list[ModelVersionInfo]:
+        return self._runtime.model_versions(name)
+
+    def resolve(self, name: str, version: str = "") -> ModelVersionInfo:
+        return self._runtime.resolve_model(name, version)
+
+    async def infer(
+        self, name: str, version: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        runtime = self._runtime
+        model = runtime.models.resolve(name, version)
+        validate_inputs(name, inputs, model.inputs())
+        model.admit(inputs)
+        started = time.monotonic()
+        counters = runtime.statistics.of(model.name, model.version)
+        try:
+            outputs = await model.predict(inputs, parameters)
+        except Exception:
+            counters.failed(time.monotonic() - started)
+            raise
+        counters.succeeded(time.monotonic() - started)
+        return outputs
 
 
 def _info(model: Any) -> ModelVersionInfo:

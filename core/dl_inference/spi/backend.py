@@ -5,12 +5,12 @@ from __future__ import annotations
 import abc
 import fnmatch
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from dl_inference.spi.types import InferRequest, TensorSpec
+from dl_inference.spi.types import InferRequest, ModelVersionInfo, TensorSpec
 
 if TYPE_CHECKING:
     from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
@@ -27,6 +27,32 @@ class BackendSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device: str = "cpu"
+
+
+class ModelRunner(Protocol):
+    """The server's models as a backend that composes them sees them (``Backend.models``):
+    Triton's ensembles run their steps through it, in process.
+
+    Calls go to a model's scheduler as a client's request does (its inputs validated, its
+    batch admitted, its statistics counted), without the per-request hooks, authorization,
+    metrics or access log of a client's call.
+    """
+
+    def versions(self, name: str) -> list[ModelVersionInfo]:
+        """Every version of ``name`` with its state, oldest first; ModelNotFound if unknown."""
+        ...
+
+    def resolve(self, name: str, version: str = "") -> ModelVersionInfo:
+        """The version a call would run (``""``: the newest ready one); ModelNotFound /
+        ModelNotReady otherwise."""
+        ...
+
+    async def infer(
+        self, name: str, version: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Run ``name`` (``version`` ``""``: the newest ready one) on ``inputs``; every output
+        it returns. Must be awaited on the server's event loop."""
+        ...
 
 
 class Backend(abc.ABC):
@@ -56,6 +82,10 @@ class Backend(abc.ABC):
     # batching (for models that answer each request on its own, e.g. Triton's python
     # backend: each predict() gets one request, as the client sent it).
     merges_requests: ClassVar[bool] = True
+    # The server's other models (see ModelRunner), set by the kernel before load(); None
+    # outside a server. A backend that composes models (an ensemble) calls them through it,
+    # from an ``async def predict``.
+    models: ModelRunner | None = None
 
     def __init__(
         self,
@@ -90,6 +120,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
         """Run the model on named arrays; return named arrays.
+
+        An ``async def predict`` runs on the server's event loop instead of the model's
+        threads (it must not block: it awaits, e.g. other models through :attr:`models`);
+        its requests are never merged and processor.py does not apply to it.
 
         With ``max_batch_size > 0`` every input carries the batch as its first dimension.
         ``parameters`` are the request's parameters (protocol-neutral, JSON-like values),

@@ -141,10 +141,6 @@ def test_empty_name_is_the_folder(tmp_path: Path) -> None:
     ("extra", "field"),
     [
         ("sequence_batching { }", "sequence_batching"),
-        (
-            'ensemble_scheduling { step [ { model_name: "a" model_version: -1 } ] }',
-            "ensemble_scheduling",
-        ),
         ("model_transaction_policy { decoupled: true }", "model_transaction_policy"),
         ("optimization { priority: PRIORITY_MAX }", "optimization"),
         ("response_cache { enable: true }", "response_cache"),

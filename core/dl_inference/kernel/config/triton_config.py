@@ -21,8 +21,9 @@ repository reads it here. What maps where:
 - ``parameters`` (``string_value`` map) -> ``parameters``;
 - ``model_warmup`` -> ``warmup`` (``zero_data`` / ``random_data`` inputs; Triton's raw
   ``input_data_file`` is refused);
-- ``default_model_filename`` and ``runtime`` are left to the backend (read from the
-  document, :func:`read_config_pbtxt`).
+- ``default_model_filename``, ``runtime`` and ``ensemble_scheduling`` (with ``platform:
+  "ensemble"`` only) are left to the backend (read from the document,
+  :func:`read_config_pbtxt`).
 
 Any other field set is a load error naming it (``config.pbtxt: sequence_batching is not
 supported``), and text protobuf cannot parse is an error with its line and column.
@@ -62,6 +63,8 @@ _TOP_LEVEL = frozenset(
         "default_model_filename",
         "runtime",
         "model_warmup",
+        # platform "ensemble": read by the kernel's ensemble backend (builtin/ensemble.py)
+        "ensemble_scheduling",
     }
 )
 # Fields of an input / output read or harmless (FORMAT_* only describes the layout;
@@ -90,6 +93,7 @@ _INT64_KEYS = frozenset(
         "priority_levels",
         "default_priority_level",
         "device_id",
+        "model_version",
     }
 )
 
@@ -150,6 +154,13 @@ def config_mapping(message: mc.ModelConfig, folder: Path) -> dict[str, Any]:
     if not triton_names(message):
         raise ConfigError(
             f'{where}: neither backend nor platform is set; name one, e.g. backend: "python"'
+        )
+    ensemble = message.platform == "ensemble"
+    if ensemble != message.HasField("ensemble_scheduling"):
+        raise ConfigError(
+            f'{where}: platform "ensemble" and ensemble_scheduling go together (Triton\'s '
+            "rule): "
+            + ("add the ensemble_scheduling steps" if ensemble else 'set platform: "ensemble"')
         )
     data: dict[str, Any] = {
         "max_batch_size": message.max_batch_size,
