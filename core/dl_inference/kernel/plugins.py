@@ -43,6 +43,7 @@ KNOWN_PROVIDERS: dict[str, str] = {
     "least_request": "dl-inference-balancers",
     "peak_ewma": "dl-inference-balancers",
     "triton_python": "dl-inference-triton",
+    "torchserve": "dl-inference-torchserve",
 }
 # Triton backend / platform names (config.pbtxt's ``backend`` / ``platform``) -> the in-repo
 # distribution whose backend claims them, for install hints only: the choice itself is the

@@ -116,3 +116,21 @@ def test_a_handler_that_cannot_load_is_unavailable(served: ServerProcess) -> Non
     status, error = post(f"{served.http_url}/predictions/broken", b"x")
     assert (status, error["code"], error["type"]) == (503, 503, "ServiceUnavailableException")
     assert "missing_handler.py" in served.output()
+
+
+def test_a_v2_client_reaches_the_handler(served: ServerProcess) -> None:
+    meta = json.dumps({"headers": {"Content-Type": "application/octet-stream"}, "id": "v2-1"})
+    body = {
+        "inputs": [
+            {"name": "body", "datatype": "BYTES", "shape": [1], "data": ["via-v2"]},
+            {"name": "headers", "datatype": "BYTES", "shape": [1], "data": [meta]},
+        ]
+    }
+    request = urllib.request.Request(
+        f"{served.http_url}/v2/models/tuned/infer", data=json.dumps(body).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        outputs = {o["name"]: o["data"] for o in json.loads(reply.read())["outputs"]}
+    assert outputs["status"] == [200]
+    answer = json.loads(outputs["body"][0])
+    assert (answer["echo"], answer["id"], answer["batch"]) == ("via-v2", "v2-1", 1)
