@@ -70,7 +70,8 @@ OPTIMIZATION_LEVELS = {
 
 # Fragments of onnxruntime's messages that mean "the request does not fit the graph" rather
 # than "the model failed"; the kernel validates first, so these reach us only when a backend
-# is used directly or config.yaml declared looser shapes than the graph enforces.
+# is used directly, config.yaml declared looser shapes than the graph enforces, or
+# processor.py's preprocess() made the model's inputs.
 _CLIENT_MESSAGES = (
     "Got invalid dimensions for input",
     "Unexpected input data type",
@@ -297,18 +298,26 @@ class OnnxBackend(Backend):
         try:
             results = session.run(self._output_names, feed)
         except Exception as exc:
-            message = _ort_message(exc)
-            if any(fragment in message for fragment in _CLIENT_MESSAGES):
-                raise InvalidInput(f"model {self.model_name!r}: {message}") from exc
+            error = self.client_error(exc)
+            if error is not None:
+                raise error from exc
             raise BackendError(
                 f"model {self.model_name!r} version {self.version} ({self.file.name}): "
-                f"onnxruntime failed: {message}"
+                f"onnxruntime failed: {_ort_message(exc)}"
             ) from exc
         outputs = {}
         for name, value in zip(self._output_names, results, strict=True):
             value = np.asarray(value)
             outputs[name] = decode_strings(value, latin1) if value.dtype == np.object_ else value
         return outputs
+
+    def client_error(self, exc: BaseException) -> InvalidInput | None:
+        """InvalidInput, in one line, when onnxruntime says the data does not fit the graph
+        (:data:`_CLIENT_MESSAGES`: dimensions, rank, datatype, input names)."""
+        message = " ".join(_ort_message(exc).split())
+        if not any(fragment in message for fragment in _CLIENT_MESSAGES):
+            return None
+        return InvalidInput(f"model {self.model_name!r}: {message}")
 
     def unload(self) -> None:
         # Dropping the last reference frees the session's memory (GPU arenas included).
