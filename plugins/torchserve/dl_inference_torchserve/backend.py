@@ -139,7 +139,11 @@ class TorchServeBackend(Backend):
             headers, request_id = _meta(meta)
             row: dict[str, Any] = {}
             request_headers: dict[str, Any] = {}
-            for name, content_type, value in fields(bytes(body), headers):
+            try:
+                found = fields(bytes(body), headers)
+            except ValueError as exc:
+                raise InvalidInput(f"the request body could not be read: {exc}") from None
+            for name, content_type, value in found:
                 row[name] = decoded(content_type, value)
                 request_headers[name] = {"content-type": content_type}
             request_headers.update(headers)

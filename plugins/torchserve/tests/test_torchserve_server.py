@@ -134,3 +134,16 @@ def test_a_v2_client_reaches_the_handler(served: ServerProcess) -> None:
     assert outputs["status"] == [200]
     answer = json.loads(outputs["body"][0])
     assert (answer["echo"], answer["id"], answer["batch"]) == ("via-v2", "v2-1", 1)
+
+
+def test_a_form_without_its_boundary_is_a_client_error(served: ServerProcess) -> None:
+    request = urllib.request.Request(
+        f"{served.http_url}/predictions/batcher", data=b"--x\r\n\r\n", method="POST"
+    )
+    request.add_header("Content-Type", "multipart/form-data")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    error = json.loads(caught.value.read())
+    assert (caught.value.code, error["type"]) == (400, "BadRequestException")
+    assert "boundary" in error["message"]
+    assert post(f"{served.http_url}/predictions/batcher", b"after")[0] == 200
