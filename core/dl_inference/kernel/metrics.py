@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     PlatformCollector,
@@ -30,6 +32,10 @@ from prometheus_client.core import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from dl_inference.spi.statistics import VersionStatistics
+
+log = structlog.get_logger("dl_inference.metrics")
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -243,9 +249,9 @@ class Metrics:
         self.latency = self._add(
             "histogram",
             "dli_request_duration_seconds",
-            "Time from a call's arrival to its answer, by model (empty: not held here) and "
-            "protocol.",
-            ["model", "protocol"],
+            "Time from a call's arrival to its answer, by model and version (empty: not held "
+            "here) and protocol.",
+            ["model", "version", "protocol"],
             LATENCY_BUCKETS,
         )
         self.queue = self._add(
@@ -286,7 +292,7 @@ class Metrics:
         self, model: str, version: str, protocol: str, status: str, latency_s: float
     ) -> None:
         self.requests.of(model, version, protocol, status).inc()
-        self.latency.of(model, protocol).observe(latency_s)
+        self.latency.of(model, version, protocol).observe(latency_s)
         self.windows[model].add(latency_s, status == "OK")
 
     def observe_execution(
@@ -298,6 +304,21 @@ class Metrics:
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
+
+    def export_triton_names(self, read: Callable[[], Iterable[VersionStatistics]]) -> None:
+        """Also export Triton's ``nv_inference_*`` families, read from ``read()`` (the
+        statistics of every model version held) at each scrape (``server.metrics.triton_names``)."""
+        self.add_collector(TritonCollector(read))
+
+    def export_gpu(self) -> str | None:
+        """Export NVML's figures of every GPU as Triton names them (``nv_gpu_*``); the reason
+        there are none here (logged once), or None when they are exported."""
+        collector, reason = GpuCollector.open()
+        if collector is None:
+            log.info("GPU metrics off", reason=reason)
+            return reason
+        self.add_collector(collector)
+        return None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -328,7 +349,9 @@ class CallbackCollector(Collector):
 class UpstreamCollector(Collector):
     """Per upstream node of the gateway: requests, failures, in-flight, weight, state."""
 
-    _LABELS = ("model", "node")
+    # group: the route's split or shadow group ("" for a route without); one node may
+    # serve several groups (another version each).
+    _LABELS = ("model", "group", "node")
 
     def __init__(self, snapshot: Callable[[], list[dict[str, Any]]]) -> None:
         self.snapshot = snapshot
@@ -360,13 +383,182 @@ class UpstreamCollector(Collector):
             "dli_upstream_ejected", "1 while the node is ejected or unhealthy.", labels=labels
         )
         for row in rows:
-            key = [row["model"], row["address"]]
+            key = [row["model"], row.get("group", ""), row["address"]]
             requests.add_metric(key, row.get("requests", 0))
             failures.add_metric(key, row.get("failures", 0))
             for field_name, family in gauges.items():
                 family.add_metric(key, float(row.get(field_name) or 0))
             ejected.add_metric(key, 0.0 if row.get("state") in ("healthy", "warming") else 1.0)
         yield from (requests, failures, *gauges.values(), ejected)
+
+
+class TritonCollector(Collector):
+    """Triton's per-model families (``nv_inference_*``), so its dashboards and alerts work.
+
+    Names, help, label names and types as Triton 2.51 exports them: counters by ``model``
+    and ``version`` for every version held (zeros until it runs), durations in whole
+    microseconds. Read from the same counters as the statistics extension, as Triton's
+    are: successes, failures of requests the model's scheduler took, rows (inferences),
+    executions, and the request (successes), queue and compute times. dl-inference does
+    not tell failure reasons apart yet: every failure counts as ``BACKEND``, the other
+    reasons Triton labels are exported at 0 so its queries find their series.
+    """
+
+    FAILURE_REASONS = ("BACKEND", "CANCELED", "REJECTED", "OTHER")
+
+    def __init__(self, read: Callable[[], Iterable[VersionStatistics]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Any]:
+        labels = ["model", "version"]
+
+        def counter(name: str, documentation: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, documentation, labels=labels)
+
+        success = counter(
+            "nv_inference_request_success",
+            "Number of successful inference requests, all batch sizes",
+        )
+        failure = CounterMetricFamily(
+            "nv_inference_request_failure",
+            "Number of failed inference requests, all batch sizes",
+            labels=["model", "reason", "version"],
+        )
+        count = counter(
+            "nv_inference_count",
+            "Number of inferences performed (does not include cached requests)",
+        )
+        executions = counter(
+            "nv_inference_exec_count",
+            "Number of model executions performed (does not include cached requests)",
+        )
+        durations = {
+            "success": counter(
+                "nv_inference_request_duration_us",
+                "Cumulative inference request duration in microseconds (includes cached requests)",
+            ),
+            "queue": counter(
+                "nv_inference_queue_duration_us",
+                "Cumulative inference queuing duration in microseconds (includes cached requests)",
+            ),
+            "compute_input": counter(
+                "nv_inference_compute_input_duration_us",
+                "Cumulative compute input duration in microseconds (does not include cached "
+                "requests)",
+            ),
+            "compute_infer": counter(
+                "nv_inference_compute_infer_duration_us",
+                "Cumulative compute inference duration in microseconds (does not include "
+                "cached requests)",
+            ),
+            "compute_output": counter(
+                "nv_inference_compute_output_duration_us",
+                "Cumulative inference compute output duration in microseconds (does not "
+                "include cached requests)",
+            ),
+        }
+        for stats in self.read():
+            key = [stats.name, stats.version]
+            success.add_metric(key, stats.success.count)
+            for reason in self.FAILURE_REASONS:
+                failed = stats.fail.count if reason == "BACKEND" else 0
+                failure.add_metric([stats.name, reason, stats.version], failed)
+            count.add_metric(key, stats.inference_count)
+            executions.add_metric(key, stats.execution_count)
+            for field_name, family in durations.items():
+                family.add_metric(key, getattr(stats, field_name).ns // 1000)
+        yield from (success, failure, count, executions, *durations.values())
+
+
+class GpuCollector(Collector):
+    """Each GPU's utilization, memory, power and energy from NVML, as Triton names them
+    (``nv_gpu_*``, labelled ``gpu_uuid``); made by :meth:`open` where NVML finds a GPU."""
+
+    def __init__(self, nvml: Any, handles: list[Any]) -> None:
+        self.nvml, self.handles = nvml, handles
+        # NVML counts energy since the driver loaded; Triton's counter starts with the server.
+        self._energy_at_start: dict[int, float] = {}
+        for index, handle in enumerate(handles):
+            with contextlib.suppress(nvml.NVMLError):
+                self._energy_at_start[index] = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+
+    @classmethod
+    def open(cls) -> tuple[GpuCollector | None, str]:
+        """(collector, "") where NVML finds a GPU, else (None, the reason there is none)."""
+        try:
+            import pynvml  # optional (nvidia-ml-py): only GPU machines need it
+        except ImportError:
+            return None, "pynvml is not installed (pip install nvidia-ml-py)"
+        try:
+            pynvml.nvmlInit()
+            handles = [
+                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
+            ]
+        except pynvml.NVMLError as exc:
+            return None, f"NVML cannot start here (no NVIDIA driver?): {exc}"
+        if not handles:
+            return None, "NVML found no GPU"
+        return cls(pynvml, handles), ""
+
+    def collect(self) -> Iterable[Any]:
+        nvml = self.nvml
+        labels = ["gpu_uuid"]
+        # (family, NVML reading -> value); a reading the device does not support is left out.
+        readings: list[tuple[Any, Callable[[Any], float]]] = [
+            (
+                GaugeMetricFamily(
+                    "nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0)", labels=labels
+                ),
+                lambda h: nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100,
+            ),
+            (
+                GaugeMetricFamily(
+                    "nv_gpu_memory_total_bytes", "GPU total memory, in bytes", labels=labels
+                ),
+                lambda h: nvml.nvmlDeviceGetMemoryInfo(h).total,
+            ),
+            (
+                GaugeMetricFamily(
+                    "nv_gpu_memory_used_bytes", "GPU used memory, in bytes", labels=labels
+                ),
+                lambda h: nvml.nvmlDeviceGetMemoryInfo(h).used,
+            ),
+            (
+                GaugeMetricFamily("nv_gpu_power_usage", "GPU power usage in watts", labels=labels),
+                lambda h: nvml.nvmlDeviceGetPowerUsage(h) / 1000,  # milliwatts
+            ),
+            (
+                GaugeMetricFamily(
+                    "nv_gpu_power_limit", "GPU power management limit in watts", labels=labels
+                ),
+                lambda h: nvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000,
+            ),
+            (
+                CounterMetricFamily(
+                    "nv_energy_consumption",
+                    "GPU energy consumption in joules since the server started",
+                    labels=labels,
+                ),
+                lambda h: (
+                    (
+                        nvml.nvmlDeviceGetTotalEnergyConsumption(h)
+                        - self._energy_at_start[self.handles.index(h)]
+                    )
+                    / 1000
+                ),  # millijoules; a GPU without a start reading raises KeyError
+            ),
+        ]
+        for handle in self.handles:
+            try:
+                uuid = nvml.nvmlDeviceGetUUID(handle)
+            except nvml.NVMLError:
+                continue
+            uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+            for family, read in readings:
+                with contextlib.suppress(nvml.NVMLError, KeyError):
+                    family.add_metric([uuid], read(handle))
+        for family, _ in readings:
+            yield family
 
 
 def parse_exposition(text: bytes) -> list[Metric]:

@@ -58,6 +58,9 @@ class Server:
             max_message_bytes=int(config.server.grpc.max_message_mb * _MB),
             strict_readiness=config.server.strict_readiness,
         )
+        if config.server.metrics.triton_names:
+            self.runtime.metrics.export_triton_names(self.runtime.model_statistics)
+        self.runtime.metrics.export_gpu()
         self.protocols: list[Protocol] = [cls() for cls in plugins.protocols]
         self.grpc_address = ""
         self.http_address = ""
@@ -224,6 +227,7 @@ class Server:
         self.gateway = Gateway(routes, self.plugins)
         await self.gateway.start()
         self.runtime.metrics.add_collector(UpstreamCollector(self.gateway.snapshot))
+        self.runtime.metrics.add_collector(self.gateway.group_collector())
 
     async def _start_grpc(self) -> None:
         limit = self.runtime.max_message_bytes

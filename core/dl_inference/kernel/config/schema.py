@@ -38,6 +38,13 @@ class TlsConfig(_Section):
     client_ca_file: Path | None = None
 
 
+class MetricsConfig(_Section):
+    """What ``/metrics`` exports besides dl-inference's own ``dli_*`` families."""
+
+    # Also Triton's nv_inference_* families, so Triton dashboards and alerts work unchanged.
+    triton_names: bool = False
+
+
 class ServerSection(_Section):
     """Listeners and process-wide behaviour."""
 
@@ -57,6 +64,7 @@ class ServerSection(_Section):
     repository_poll_s: float = Field(default=2.0, ge=0)
     # Seconds between checks of the config file for changes (0: only SIGHUP reloads).
     config_poll_s: float = Field(default=2.0, ge=0)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
 
 class ManagementConfig(_Section):
