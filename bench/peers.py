@@ -668,7 +668,8 @@ def _model_report(
     keys = sorted(by_proto, key=lambda k: (order.get(k[0], 9), k[1]))
     lines += [
         "",
-        f"Best configuration of each server and protocol at C={report_conc}:",
+        f"Best configuration of each server and protocol at C={report_conc} (C=1 req/s: the "
+        "best at C=1, whichever configuration):",
         "",
         f"| server | protocol | configuration | C=1 req/s | C={report_conc} req/s "
         f"| C={report_conc} p99 ms | server CPU per request at C={report_conc} |",
