@@ -119,9 +119,12 @@ else
 fi
 echo "== GPU tests"
 status=0
+# Only the plugin these tests use: the image's own pytest plugins may not fit the carried pytest.
+export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+pytest=("$PY" -m pytest -q -p no:cacheprovider -p pytest_asyncio.plugin)
 # shellcheck disable=SC2086
-"$PY" -m pytest -q -p no:cacheprovider -k cuda $TORCH_TESTS >"$OUT/gpu_tests.log" 2>&1 || status=$?
-"$PY" -m pytest -q -p no:cacheprovider "$ONNX_TESTS" >>"$OUT/gpu_tests.log" 2>&1 || status=$?
+"${pytest[@]}" -k cuda $TORCH_TESTS >"$OUT/gpu_tests.log" 2>&1 || status=$?
+"${pytest[@]}" "$ONNX_TESTS" >>"$OUT/gpu_tests.log" 2>&1 || status=$?
 grep -E "passed|failed|skipped|error" "$OUT/gpu_tests.log" | tail -n 4
 echo "== side by side"
 # shellcheck disable=SC2086
