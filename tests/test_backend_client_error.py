@@ -51,9 +51,21 @@ class FussyBackend(Backend):
         return None
 
 
-def write_model(root: Path, name: str, processor: str | None) -> None:
+class AsyncFussyBackend(FussyBackend):
+    """The same, as an ``async def predict`` (run on the event loop, as ensembles are)."""
+
+    name = "fussy_async"
+    model_files = ("*.afussy",)
+
+    async def predict(  # type: ignore[override]
+        self, inputs: dict[str, np.ndarray], /, **parameters: Any
+    ) -> dict[str, np.ndarray]:
+        return FussyBackend.predict(self, inputs, **parameters)
+
+
+def write_model(root: Path, name: str, processor: str | None, suffix: str = "fussy") -> None:
     (root / name / "1").mkdir(parents=True)
-    (root / name / "1" / "m.fussy").write_text("")
+    (root / name / "1" / f"m.{suffix}").write_text("")
     if processor is not None:
         (root / name / "processor.py").write_text(textwrap.dedent(processor))
 
@@ -62,6 +74,7 @@ def infer(root: Path, model: str, x: np.ndarray) -> dict[str, np.ndarray]:
     async def run() -> dict[str, np.ndarray]:
         host = PluginHost(entry_points=[]).load()
         host.backends.add(FussyBackend)
+        host.backends.add(AsyncFussyBackend)
         models = ModelRegistry(host)
         models.prepare(scan_repository(root))
         await models.load_all(strict=True)
@@ -80,9 +93,15 @@ RUN_MODEL = """
 """
 
 
-@pytest.mark.parametrize("processor", [None, RUN_MODEL], ids=["predict", "run_model"])
-def test_the_backends_client_error_decides(tmp_path: Path, processor: str | None) -> None:
-    write_model(tmp_path, "m", processor)
+@pytest.mark.parametrize(
+    ("processor", "suffix"),
+    [(None, "fussy"), (RUN_MODEL, "fussy"), (None, "afussy")],
+    ids=["predict", "run_model", "async_predict"],
+)
+def test_the_backends_client_error_decides(
+    tmp_path: Path, processor: str | None, suffix: str
+) -> None:
+    write_model(tmp_path, "m", processor, suffix)
     (y,) = infer(tmp_path, "m", np.ones((1, 4), np.float32)).values()
     assert y.tolist() == [[4.0]]
     with pytest.raises(InvalidInput) as caught:

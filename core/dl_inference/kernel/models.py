@@ -168,8 +168,7 @@ class ModelVersion:
         except DlInferenceError:
             raise
         except Exception as exc:
-            log.error("model raised", model=self.name, version=self.version, exc_info=exc)
-            raise BackendError(f"model {self.name!r} failed: {describe_exception(exc)}") from exc
+            raise self._model_error(exc) from exc
         self._observe(inputs, [started], started)
         return outputs
 
@@ -200,24 +199,20 @@ class ModelVersion:
         except DlInferenceError:
             raise
         except Exception as exc:
-            error = self.backend.client_error(exc)
-            if error is not None:  # the framework refused the request's data
-                log.info(
-                    "model rejected the request's inputs",
-                    model=self.name,
-                    version=self.version,
-                    backend=self.backend_name,
-                    exc_info=exc,
-                )
-                raise error from exc
-            log.error(
-                "model raised",
-                model=self.name,
-                version=self.version,
-                backend=self.backend_name,
-                exc_info=exc,
-            )
-            raise BackendError(f"model {self.name!r} failed: {describe_exception(exc)}") from exc
+            raise self._model_error(exc) from exc
+
+    def _model_error(self, exc: Exception) -> DlInferenceError:
+        """What an exception from the backend's predict() (or processor.py around it) tells
+        the client: the backend's own error when it says the request's data did not fit
+        (:meth:`~dl_inference.Backend.client_error`), else BackendError naming
+        ``file:line``; the traceback goes to the log either way."""
+        fields = {"model": self.name, "version": self.version, "backend": self.backend_name}
+        error = self.backend.client_error(exc)
+        if error is not None:  # the framework refused the request's data
+            log.info("model rejected the request's inputs", **fields, exc_info=exc)
+            return error
+        log.error("model raised", **fields, exc_info=exc)
+        return BackendError(f"model {self.name!r} failed: {describe_exception(exc)}")
 
 
 class ModelRegistry:
