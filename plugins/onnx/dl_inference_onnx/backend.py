@@ -144,6 +144,9 @@ class OnnxBackend(Backend):
         triton = self.triton_config()
         # Where inputs / outputs were declared, for messages.
         self._declared_in = "config.pbtxt" if triton is not None else "config.yaml"
+        if triton is not None:
+            update = triton_parameters(self.config.parameters)
+            self.settings = self.settings.model_copy(update=update)
         self.file = (
             triton_model_file(self.path, triton)
             if triton is not None
@@ -360,6 +363,26 @@ def triton_model_file(folder: Path, triton: dict[str, Any]) -> Path:
             "config.pbtxt's default_model_filename names"
         )
     return path
+
+
+def triton_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Settings from Triton onnxruntime's config.pbtxt ``parameters``:
+    ``intra_op_thread_count``, and ``inter_op_thread_count`` with ``execution_mode`` ``1``
+    (parallel; onnxruntime ignores it otherwise); ``0`` keeps onnxruntime's default. The
+    others are not read."""
+    counts = {}
+    for key in ("intra_op_thread_count", "inter_op_thread_count"):
+        value = str(parameters.get(key, "")).strip()
+        if value and not value.isdigit():
+            raise ConfigError(f"config.pbtxt: parameter {key} is {value!r}; use a number >= 0")
+        counts[key] = int(value or 0)
+    update = {}
+    if counts["intra_op_thread_count"]:
+        update["intra_op_threads"] = counts["intra_op_thread_count"]
+    parallel = str(parameters.get("execution_mode", "")).strip() == "1"
+    if counts["inter_op_thread_count"] and parallel:
+        update["inter_op_threads"] = counts["inter_op_thread_count"]
+    return update
 
 
 def _graph_spec(file: Path, kind: str, arg: Any) -> TensorSpec:

@@ -168,6 +168,9 @@ class PyTorchBackend(Backend):
         triton = self.triton_config()
         self._triton: TritonIO | None = None
         self._platform = "pytorch" if triton is None else "pytorch_libtorch"
+        if triton is not None:
+            update = triton_parameters(self.config.parameters)
+            self.settings = self.settings.model_copy(update=update)
         self.device = _loading.resolve_device(self._device_setting(torch, triton))
         self.dtype = _loading.DTYPES[self.settings.dtype]
         found = (
@@ -644,6 +647,32 @@ class TritonIO:
                     f"model {model_name!r}: output {name!r} is {got}, but config.pbtxt "
                     f"declares {expected}; make the model return {expected} or fix data_type"
                 )
+
+
+_TRUE, _FALSE = ("true", "on", "1"), ("false", "off", "0")
+
+
+def triton_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Settings from Triton libtorch's config.pbtxt ``parameters``: ``INFERENCE_MODE``
+    (``true`` / ``on`` / ``1`` or ``false`` / ``off`` / ``0``) and
+    ``INTRA_OP_THREAD_COUNT`` (``0``: torch's default); the others are not read."""
+    update: dict[str, Any] = {}
+    mode = str(parameters.get("INFERENCE_MODE", "")).strip().lower()
+    if mode:
+        if mode not in _TRUE + _FALSE:
+            raise ConfigError(
+                f"config.pbtxt: parameter INFERENCE_MODE is {mode!r}; use true or false"
+            )
+        update["inference_mode"] = mode in _TRUE
+    threads = str(parameters.get("INTRA_OP_THREAD_COUNT", "")).strip()
+    if threads:
+        if not threads.isdigit():
+            raise ConfigError(
+                f"config.pbtxt: parameter INTRA_OP_THREAD_COUNT is {threads!r}; use a number >= 0"
+            )
+        if int(threads):
+            update["threads"] = int(threads)
+    return update
 
 
 def _named_indices(names: list[str]) -> list[int] | None:

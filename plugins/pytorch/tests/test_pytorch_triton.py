@@ -97,3 +97,25 @@ def test_what_triton_refuses_fails_the_load(
         reasons[name] = version.reason
     assert "name argument indices [0, 0]" in reasons["twice"]
     assert "model.pt is not a TorchScript archive" in reasons["pickle"]
+
+
+def test_libtorch_parameters_reach_the_settings(
+    tmp_path: Path, serve_models: Callable[[Path], ConformanceEnv]
+) -> None:
+    inputs = f"{tensor('INPUT__0')}, {tensor('INPUT__1')}"
+    write(tmp_path, "tuned", Pair(), inputs, tensor("OUTPUT__0"))
+    write(tmp_path, "wrong", Pair(), inputs, tensor("OUTPUT__0"))
+    for name, mode in (("tuned", "Off"), ("wrong", "maybe")):
+        with (tmp_path / name / "config.pbtxt").open("a") as config:
+            config.write(
+                f'parameters {{ key: "INFERENCE_MODE" value: {{ string_value: "{mode}" }} }}\n'
+                'parameters { key: "INTRA_OP_THREAD_COUNT" value: { string_value: "1" } }\n'
+            )
+    env = serve_models(tmp_path)
+    settings = env.models.resolve("tuned").backend.settings
+    assert (settings.inference_mode, settings.threads) == (False, 1)
+    np.testing.assert_array_equal(
+        env.infer("tuned", {"INPUT__0": X, "INPUT__1": Y}).outputs["OUTPUT__0"], X + Y
+    )
+    (version,) = env.models.versions("wrong")
+    assert "parameter INFERENCE_MODE is 'maybe'; use true or false" in version.reason
