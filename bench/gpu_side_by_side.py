@@ -159,10 +159,13 @@ def triton_server(
 ) -> Iterator[tuple[int, dict[str, int]]]:
     """``tritonserver`` on free ports, as the peers' recipe starts it; waits for the model."""
     ports = {kind: free_port() for kind in ("http", "grpc", "metrics")}
+    # The stub links libpython: a Python built outside the system keeps it in its LIBDIR.
+    query = "import sysconfig; print(sysconfig.get_config_var('LIBDIR') or '')"
+    libdir = subprocess.run([python, "-c", query], capture_output=True, text=True).stdout.strip()
     env = {
         **os.environ,
         "PATH": f"{Path(python).parent}:{os.environ.get('PATH', '')}",
-        "LD_LIBRARY_PATH": f"{triton}/external_libs:{triton}/lib:"
+        "LD_LIBRARY_PATH": f"{triton}/external_libs:{triton}/lib:{libdir}:"
         + os.environ.get("LD_LIBRARY_PATH", ""),
         "BENCH_DEVICE": device,
     }

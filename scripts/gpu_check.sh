@@ -102,7 +102,9 @@ mkdir -p "$OUT"
 {
     nvidia-smi
     "$PY" -c 'import sys, torch; print(sys.version); print("torch", torch.__version__, "CUDA", torch.version.cuda)'
-    ldconfig -p | grep -F "libpython$PYVER" || echo "no libpython$PYVER.so: Triton's python stub cannot start"
+    libdir=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))")
+    ls "$libdir"/libpython3* 2>/dev/null || ldconfig -p | grep -F "libpython$PYVER" ||
+        echo "no libpython$PYVER.so: Triton's python stub cannot start"
 } >"$OUT/environment.txt" 2>&1
 echo "== install"
 # shellcheck disable=SC2086
