@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,29 @@ def test_unknown_option_is_refused_with_the_usage() -> None:
     done = run("--gpu")
     assert done.returncode == 2
     assert "usage: scripts/gpu_check.sh [--wheels | --dry-run]" in done.stderr
+
+
+def test_side_by_side_counts_the_cpu_of_the_servers_descendants() -> None:
+    """Triton's model runs in a stub process under the server: its CPU must count."""
+    import importlib.util
+    import sys
+
+    path = SCRIPT.parents[1] / "bench" / "gpu_side_by_side.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu_side_by_side", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    spin = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
+    spin += "time.sleep(30)"
+    # A shell that only waits, and under it a python that burns 0.4 s of CPU, then sleeps.
+    shell = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" -c "$0"', spin], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while module.tree_cpu_s(shell.pid) < 0.39 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert module.tree_cpu_s(shell.pid) >= 0.39
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
