@@ -1,4 +1,5 @@
-"""scripts/gpu_check.sh's CPU-safe paths: the plan, and the clean exit where no GPU is."""
+"""scripts/gpu_check.sh's CPU-safe paths (the plan, the clean exit where no GPU is) and its
+side-by-side's server CPU accounting."""
 
 from __future__ import annotations
 
