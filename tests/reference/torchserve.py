@@ -101,6 +101,10 @@ class TorchServeServer:
         return f"http://127.0.0.1:{self.ports['inference']}"
 
     @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc']}"
+
+    @property
     def management_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['management']}"
 

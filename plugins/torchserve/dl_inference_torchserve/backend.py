@@ -13,7 +13,14 @@ import structlog
 
 from dl_inference import Backend, BackendError, InvalidInput, TensorSpec, isolated_imports
 from dl_inference_torchserve.archive import MANIFEST, read_manifest
-from dl_inference_torchserve.requests import BODY, HEADERS, STATUS, decoded, fields
+from dl_inference_torchserve.requests import (
+    BODY,
+    FIELDS_BOUNDARY,
+    HEADERS,
+    STATUS,
+    decoded,
+    fields,
+)
 
 log = structlog.get_logger("dl_inference_torchserve")
 
@@ -136,11 +143,11 @@ class TorchServeBackend(Backend):
             raise InvalidInput(f"{len(bodies)} bodies but {len(metas)} headers: send one each")
         batch, processors, ids = [], [], {}
         for index, (body, meta) in enumerate(zip(bodies, metas, strict=True)):
-            headers, request_id = _meta(meta)
+            headers, request_id, boundary = _meta(meta)
             row: dict[str, Any] = {}
             request_headers: dict[str, Any] = {}
             try:
-                found = fields(bytes(body), headers)
+                found = fields(bytes(body), headers, boundary)
             except ValueError as exc:
                 raise InvalidInput(f"the request body could not be read: {exc}") from None
             for name, content_type, value in found:
@@ -190,8 +197,8 @@ class TorchServeBackend(Backend):
         return answers
 
 
-def _meta(meta: Any) -> tuple[dict[str, str], str]:
-    """The ``headers`` input of one request: its HTTP headers and request id."""
+def _meta(meta: Any) -> tuple[dict[str, str], str, str]:
+    """The ``headers`` input of one request: its HTTP headers, request id and form boundary."""
     try:
         value = json.loads(bytes(meta)) if meta is not None else {}
     except (ValueError, TypeError) as exc:
@@ -199,7 +206,8 @@ def _meta(meta: Any) -> tuple[dict[str, str], str]:
     headers = value.get("headers", {}) if isinstance(value, dict) else None
     if not isinstance(headers, dict):
         raise InvalidInput('the headers input must be a JSON object {"headers": {...}, "id": ...}')
-    return {str(k): str(v) for k, v in headers.items()}, str(value.get("id", ""))
+    boundary = str(value.get(FIELDS_BOUNDARY) or "")
+    return {str(k): str(v) for k, v in headers.items()}, str(value.get("id", "")), boundary
 
 
 def _outputs(answers: list[Any], processors: list[Any]) -> dict[str, np.ndarray]:

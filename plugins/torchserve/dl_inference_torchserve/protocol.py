@@ -1,28 +1,55 @@
-"""The ``torchserve`` wire protocol: TorchServe's inference REST API."""
+"""The ``torchserve`` wire protocol: TorchServe's inference REST and gRPC APIs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from dl_inference import Protocol
+from dl_inference import Protocol, RoutingKeyReader, wire
 
 if TYPE_CHECKING:
+    import grpc
     from aiohttp import web
 
     from dl_inference import RuntimeView
 
+SERVICE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
+_MODEL_NAME = 1  # PredictionsRequest.model_name
+
+
+def model_name(data: bytes, metadata: Mapping[str, str]) -> str | None:
+    """The gateway's reader for ``Predictions``: ``model_name`` (the last one, as protobuf
+    parses a repeated singular field); ``None`` when absent or unreadable."""
+    try:
+        found = [
+            bytes(memoryview(data)[start:end])
+            for number, wire_type, start, end in wire.iter_fields(memoryview(data))
+            if number == _MODEL_NAME and wire_type == wire.LEN
+        ]
+        return found[-1].decode("utf-8") or None if found else None
+    except (wire.WireError, UnicodeDecodeError):
+        return None
+
 
 class TorchServeProtocol(Protocol):
-    """``/predictions/{model}[/{version}]`` and ``/ping`` as TorchServe 0.12 answers them
-    (its gRPC ``InferenceAPIsService`` is not served yet)."""
+    """``/predictions/{model}[/{version}]`` and ``/ping`` over REST, ``Predictions`` and
+    ``Ping`` of ``InferenceAPIsService`` over gRPC, as TorchServe 0.12 answers them."""
 
     name = "torchserve"
+    grpc_services = (SERVICE,)
+
+    def grpc_handlers(self, runtime: RuntimeView) -> Sequence[grpc.GenericRpcHandler]:
+        from dl_inference_torchserve.grpc_api import grpc_handlers
+
+        return grpc_handlers(runtime)
 
     def http_routes(self, runtime: RuntimeView) -> Sequence[web.RouteDef]:
         from dl_inference_torchserve.rest import http_routes
 
         return http_routes(runtime)
+
+    def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
+        return {f"/{SERVICE}/Predictions": model_name}
 
     def rest_model_paths(self) -> Sequence[str]:
         return ("/predictions/",)

@@ -17,12 +17,31 @@ the response headers the handler set, ``content-type`` included).
 from __future__ import annotations
 
 import json
+import secrets
 import urllib.parse
 from typing import Any
 
 BODY = "body"
 HEADERS = "headers"
 STATUS = "status"
+# A ``headers`` key: the body is a multipart form with this boundary, whatever the headers
+# say (gRPC Predictions: its input map's entries, with no content type and no headers).
+FIELDS_BOUNDARY = "fields_boundary"
+
+
+def form_body(values: dict[str, bytes]) -> tuple[bytes, str]:
+    """``values`` as a multipart form body (parts without a content type) and its boundary."""
+    while True:
+        boundary = secrets.token_hex(16)
+        if not any(boundary.encode() in value for value in values.values()):
+            break
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        + value
+        + b"\r\n"
+        for name, value in values.items()
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), boundary
 
 
 def header(headers: dict[str, str], name: str) -> str:
@@ -31,8 +50,13 @@ def header(headers: dict[str, str], name: str) -> str:
     return next((v for k, v in headers.items() if k.lower() == lowered), "")
 
 
-def fields(body: bytes, headers: dict[str, str]) -> list[tuple[str, str, bytes]]:
-    """The request's fields as TorchServe's frontend makes them: (name, content type, value)."""
+def fields(
+    body: bytes, headers: dict[str, str], boundary: str = ""
+) -> list[tuple[str, str, bytes]]:
+    """The request's fields as TorchServe's frontend makes them: (name, content type, value).
+    ``boundary``: the body is a multipart form with that boundary (gRPC's input map)."""
+    if boundary:
+        return _multipart(body, f"multipart/form-data; boundary={boundary}")
     content_type = header(headers, "content-type")
     mime = content_type.split(";", 1)[0].strip().lower()
     if mime == "multipart/form-data":

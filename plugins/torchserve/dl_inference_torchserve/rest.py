@@ -116,7 +116,7 @@ class TorchServeRest:
         version = request.match_info.get("version", "")
         call.ctx.request = InferRequest(model_name=name, inputs={})
         self.runtime.authorize(call.ctx)  # before the model lookup
-        served = self._version(name, version)
+        served = served_version(self.runtime, name, version)
         body = await read_body(request, call)
         # The headers a handler sees, in TorchServe's order: "explain", the request's own
         # (names as sent), the path after the version.
@@ -138,33 +138,32 @@ class TorchServeRest:
             reply.headers[str(key)] = str(value)
         return reply
 
-    def _version(self, name: str, version: str) -> str:
-        """The kernel version to run: the newest, or the one whose archive's modelVersion
-        (or, for other models, version number) is ``version``."""
-        try:
-            versions = self.runtime.model_versions(name)
-        except ModelNotFound:
-            raise _ModelNotFound(
-                404, "ModelNotFoundException", f"Model not found: {name}"
-            ) from None
-        if not version:
-            ready = [v for v in versions if v.ready]
-            if not ready:
-                raise _ModelNotReady(
-                    503,
-                    "ServiceUnavailableException",
-                    f'Model "{name}" has no worker to serve inference request. Please use '
-                    "scale workers API to add workers.",
-                )
-            return ready[-1].version
-        for info in versions:
-            if getattr(info.backend, "manifest_version", info.version) == version:
-                return info.version
-        raise _ModelNotFound(
-            404,
-            "ModelVersionNotFoundException",
-            f"Model version: {version} does not exist for model: {name}",
-        )
+
+def served_version(runtime: RuntimeView, name: str, version: str) -> str:
+    """The kernel version to run: the newest ready one, or the one whose archive's
+    modelVersion (or, for other models, version number) is ``version``."""
+    try:
+        versions = runtime.model_versions(name)
+    except ModelNotFound:
+        raise _ModelNotFound(404, "ModelNotFoundException", f"Model not found: {name}") from None
+    if not version:
+        ready = [v for v in versions if v.ready]
+        if not ready:
+            raise _ModelNotReady(
+                503,
+                "ServiceUnavailableException",
+                f'Model "{name}" has no worker to serve inference request. Please use '
+                "scale workers API to add workers.",
+            )
+        return ready[-1].version
+    for info in versions:
+        if getattr(info.backend, "manifest_version", info.version) == version:
+            return info.version
+    raise _ModelNotFound(
+        404,
+        "ModelVersionNotFoundException",
+        f"Model version: {version} does not exist for model: {name}",
+    )
 
 
 def _one(value: bytes) -> np.ndarray:

@@ -1,0 +1,163 @@
+"""TorchServe's gRPC inference API: ``org.pytorch.serve.grpc.inference.InferenceAPIsService``
+``Ping`` and ``Predictions`` (the streaming methods are not served).
+
+``Predictions``: each ``input`` map entry is one field of the handler's row (bytes, no
+content type, so a ``bytearray``; no request headers), as TorchServe 0.12 hands them; the
+answer's bytes come back in ``prediction``. Errors carry TorchServe's message and its Java
+exception name on a second line; the status codes follow TorchServe where the project's
+rule allows (a failed prediction is UNAVAILABLE, as TorchServe answers), but an unknown
+model or version is NOT_FOUND where TorchServe answers INTERNAL: a client's mistake is
+never INTERNAL here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import empty_pb2
+
+from dl_inference import (
+    BackendError,
+    Call,
+    CallPath,
+    ConfigError,
+    DeadlineExceeded,
+    DlInferenceError,
+    InferRequest,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    PermissionDenied,
+    ResourceExhausted,
+    RuntimeView,
+    Unauthenticated,
+    Unavailable,
+)
+from dl_inference_torchserve._proto import torchserve_pb2 as pb
+from dl_inference_torchserve.backend import HandlerFailed
+from dl_inference_torchserve.protocol import SERVICE
+from dl_inference_torchserve.requests import BODY, FIELDS_BOUNDARY, HEADERS, form_body
+from dl_inference_torchserve.rest import PLUGIN, PROTOCOL, TorchServeError, served_version
+
+_JAVA = {
+    "ModelNotFoundException": "org.pytorch.serve.archive.model.ModelNotFoundException",
+    "ModelVersionNotFoundException": (
+        "org.pytorch.serve.archive.model.ModelVersionNotFoundException"
+    ),
+    "ServiceUnavailableException": "org.pytorch.serve.http.ServiceUnavailableException",
+    "InternalServerException": "org.pytorch.serve.http.InternalServerException",
+}
+
+
+class _NotFound(ModelNotFound):
+    pass
+
+
+class _Unavailable(Unavailable):
+    pass
+
+
+class _Exhausted(ResourceExhausted):
+    pass
+
+
+class _Failed(BackendError):
+    pass
+
+
+class _Invalid(InvalidInput):
+    pass
+
+
+class _Unauthenticated(Unauthenticated):
+    pass
+
+
+class _Denied(PermissionDenied):
+    pass
+
+
+class _Deadline(DeadlineExceeded):
+    pass
+
+
+class _Precondition(ConfigError):
+    """A handler's 4xx that TorchServe answers FAILED_PRECONDITION (the kernel's table gives
+    that code to ConfigError: no other class of ours carries it)."""
+
+
+# A handler's HTTP status -> the error class whose gRPC code TorchServe 0.12 answers
+# (FAILED_PRECONDITION for the other 4xx, INTERNAL for the other 5xx). 409 (ABORTED), 416
+# (OUT_OF_RANGE), 499 (CANCELLED) and 501 (UNIMPLEMENTED) have no class here: the other
+# 4xx / 5xx answer.
+_BY_STATUS: dict[int, type[DlInferenceError]] = {
+    400: _Invalid,
+    401: _Unauthenticated,
+    403: _Denied,
+    404: _NotFound,
+    413: _Exhausted,
+    429: _Exhausted,
+    503: _Unavailable,
+    504: _Deadline,
+}
+
+
+def _detail(message: str, kind: str) -> str:
+    return f"{message}\n{_JAVA.get(kind, 'org.pytorch.serve.http.' + kind)}"
+
+
+def _translated(error: BaseException) -> BaseException:
+    """TorchServe's gRPC answer for ``error``: its message and exception name, its code
+    (but NOT_FOUND for an unknown model or version, which TorchServe answers INTERNAL)."""
+    if isinstance(error, TorchServeError):
+        detail = _detail(error.message, error.kind)
+        if isinstance(error, ModelNotFound):
+            return _NotFound(detail)
+        if isinstance(error, ModelNotReady):
+            return _Unavailable(detail)
+        return _Failed(detail)
+    if isinstance(error, HandlerFailed):
+        cls = _BY_STATUS.get(error.status)
+        if cls is None:
+            cls = _Precondition if 400 <= error.status < 500 else _Failed
+        return cls(_detail(error.message, "InternalServerException"))
+    return error
+
+
+def grpc_handlers(runtime: RuntimeView) -> Sequence[grpc.GenericRpcHandler]:
+    calls = CallPath(runtime, PROTOCOL, PLUGIN)
+
+    async def ping(message: empty_pb2.Empty, call: Call) -> pb.TorchServeHealthResponse:
+        healthy = "Healthy" if runtime.ready() else "Unhealthy"
+        return pb.TorchServeHealthResponse(health=json.dumps({"status": healthy}, indent=2))
+
+    async def predictions(message: pb.PredictionsRequest, call: Call) -> pb.PredictionResponse:
+        call.ctx.request = InferRequest(model_name=message.model_name, inputs={})
+        try:
+            runtime.authorize(call.ctx)
+            served = served_version(runtime, message.model_name, message.model_version)
+            body, boundary = form_body(dict(message.input))
+            meta = {"headers": {}, "id": call.ctx.request_id, FIELDS_BOUNDARY: boundary}
+            inputs = {BODY: _one(body), HEADERS: _one(json.dumps(meta).encode())}
+            request = InferRequest(message.model_name, inputs, model_version=served)
+            response = await runtime.infer(request, call.ctx)
+        except (TorchServeError, HandlerFailed) as exc:
+            raise _translated(exc) from None
+        answer = bytes(np.asarray(response.outputs[BODY]).reshape(-1)[0])
+        return pb.PredictionResponse(prediction=answer)
+
+    methods: dict[str, tuple[Any, Any]] = {
+        "Ping": (ping, empty_pb2.Empty),
+        "Predictions": (predictions, pb.PredictionsRequest),
+    }
+    return [calls.grpc_service(SERVICE, methods, counted={"Predictions"})]
+
+
+def _one(value: bytes) -> np.ndarray:
+    array = np.empty(1, dtype=object)
+    array[0] = value
+    return array
