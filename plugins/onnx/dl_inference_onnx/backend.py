@@ -231,9 +231,7 @@ class OnnxBackend(Backend):
             )
         except Exception as exc:
             if names == [_providers.CPU]:
-                raise BackendError(
-                    f"onnxruntime cannot load {self.file.name}: {_ort_message(exc)}"
-                ) from exc
+                raise BackendError(_load_error(self.file, exc)) from exc
             # A GPU provider that fails hard (rather than being left out) gets the same
             # treatment as one that is missing: CPU, with the reason, unless refused.
             reason = (
@@ -246,9 +244,7 @@ class OnnxBackend(Backend):
         try:
             return ort.InferenceSession(str(self.file), options, providers=[_providers.CPU])
         except Exception as exc:
-            raise BackendError(
-                f"onnxruntime cannot load {self.file.name}: {_ort_message(exc)}"
-            ) from exc
+            raise BackendError(_load_error(self.file, exc)) from exc
 
     def _refuse_fallback(self, dropped: dict[str, str]) -> None:
         reasons = "; ".join(dropped.values())
@@ -516,6 +512,31 @@ def decode_strings(array: np.ndarray, latin1: bool) -> np.ndarray:
                 pass  # a character the model made itself (a constant): its UTF-8 is right
         out[index] = text.encode("utf-8")
     return out
+
+
+_IR_VERSION = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+
+
+def _load_error(file: Path, exc: BaseException) -> str:
+    """Why onnxruntime could not load ``file``, with what to do where the cause is known.
+
+    A file written by a newer ``onnx`` package than the installed onnxruntime reads is the
+    usual trap (``onnx`` writes its own newest IR version by default): say so in one line
+    instead of onnxruntime's C++ signature.
+    """
+    message = _ort_message(exc)
+    found = _IR_VERSION.search(message)
+    if found is None:
+        return f"onnxruntime cannot load {file.name}: {message}"
+    import onnxruntime
+
+    written, readable = found.groups()
+    return (
+        f"{file.name} was written with ONNX IR version {written}, newer than onnxruntime "
+        f"{onnxruntime.__version__} reads (up to {readable}): write it with an older IR "
+        f"version (set model.ir_version = {readable} or lower before onnx.save, or pass "
+        f"ir_version= to onnx.helper.make_model) or install a newer onnxruntime"
+    )
 
 
 def _ort_message(exc: BaseException) -> str:

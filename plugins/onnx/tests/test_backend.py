@@ -112,6 +112,26 @@ def test_a_graph_that_is_not_onnx_fails_with_onnxruntimes_reason(tmp_path: Path)
         make_backend(tmp_path / "junk", [junk]).load()
 
 
+def test_a_graph_newer_than_onnxruntime_reads_says_what_to_do(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 99  # newer than any onnxruntime reads, whatever the installed onnx writes
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    with pytest.raises(BackendError) as caught:
+        make_backend(tmp_path / "new", [path]).load()
+    message = str(caught.value)
+    assert message.startswith("model.onnx was written with ONNX IR version 99, newer than ")
+    assert f"onnxruntime {onnxruntime.__version__} reads (up to " in message
+    assert "ir_version" in message and "\n" not in message and "onnxruntime::" not in message
+
+
 # -- predictions -----------------------------------------------------------------------------
 
 
