@@ -40,6 +40,17 @@ BATCHER = """
 """
 
 
+REFUSING = """
+    from ts.utils.util import PredictionException
+
+
+    def handle(data, context):
+        if data is None:
+            return None
+        raise PredictionException("not for me", 422)
+"""
+
+
 def post(url: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, method="POST")
     request.add_header("Content-Type", "application/octet-stream")
@@ -64,10 +75,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     write_mar(store, "tuned", {"tuned.py": BATCHER}, "tuned.py")
     write_mar(store, "skipped", {"tuned.py": BATCHER}, "tuned.py")
     write_mar(store, "broken", {"other.py": "x = 1\n"}, "missing_handler.py")
+    write_mar(store, "refusing", {"refusing.py": REFUSING}, "refusing.py")
     properties = work / "config.properties"
     properties.write_text(
         "inference_address=http://127.0.0.1:8080\n"
-        "load_models=batcher.mar,tuned,broken=broken.mar\n"
+        "load_models=batcher.mar,tuned,broken=broken.mar,refusing\n"
         'models={"tuned": {"1.0": {"batchSize": 4, \\\n'
         '    "maxBatchDelay": 5}}}\n'
     )
@@ -147,3 +159,41 @@ def test_a_form_without_its_boundary_is_a_client_error(served: ServerProcess) ->
     assert (caught.value.code, error["type"]) == (400, "BadRequestException")
     assert "boundary" in error["message"]
     assert post(f"{served.http_url}/predictions/batcher", b"after")[0] == 200
+
+
+def test_grpc_predictions_and_ping(served: ServerProcess) -> None:
+    import grpc
+    from dl_inference_torchserve._proto import torchserve_pb2 as pb
+    from google.protobuf import empty_pb2
+
+    service = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/"
+    with grpc.insecure_channel(served.grpc_address) as channel:
+        ping = channel.unary_unary(
+            service + "Ping",
+            request_serializer=empty_pb2.Empty.SerializeToString,
+            response_deserializer=pb.TorchServeHealthResponse.FromString,
+        )
+        # The "broken" model keeps the server not ready: both transports say so alike.
+        health = json.loads(ping(empty_pb2.Empty(), timeout=30).health)
+        with pytest.raises(urllib.error.HTTPError) as rest:
+            urllib.request.urlopen(f"{served.http_url}/ping", timeout=30)
+        assert health == json.loads(rest.value.read()) == {"status": "Unhealthy"}
+        assert rest.value.code == 500
+        predict = channel.unary_unary(
+            service + "Predictions",
+            request_serializer=pb.PredictionsRequest.SerializeToString,
+            response_deserializer=pb.PredictionResponse.FromString,
+        )
+        request = pb.PredictionsRequest(model_name="batcher", input={"body": b"\x00grpc"})
+        answer = json.loads(predict(request, timeout=30).prediction)
+        assert answer["echo"] == "\x00grpc" and answer["batch"] == 1
+        expected = {
+            "nope": (grpc.StatusCode.NOT_FOUND, "Model not found: nope"),
+            "refusing": (grpc.StatusCode.FAILED_PRECONDITION, "not for me"),
+            "broken": (grpc.StatusCode.UNAVAILABLE, 'Model "broken" has no worker'),
+        }
+        for model, (code, text) in expected.items():
+            with pytest.raises(grpc.RpcError) as caught:
+                predict(pb.PredictionsRequest(model_name=model, input={"d": b"1"}), timeout=30)
+            assert caught.value.code() == code, (model, caught.value)
+            assert caught.value.details().startswith(text), caught.value.details()
