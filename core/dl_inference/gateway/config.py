@@ -184,6 +184,81 @@ class TlsConfig(_Section):
         return self
 
 
+class GroupConfig(_Section):
+    """A named group of upstream nodes inside a route: a share of its calls (``split``) or
+    its shadow (``mirror``). Nodes, discovery, balancer, health and ejection work as a
+    route's; those the group does not give are the route's. ``version`` makes the group's
+    nodes serve that version of the model: the gateway rewrites the version V2 calls name.
+    """
+
+    name: str = Field(min_length=1, description="the group's name (metrics, logs, status page)")
+    nodes: list[NodeConfig] = Field(
+        default_factory=list, description="the group's upstream nodes (or discovery)"
+    )
+    discovery: DiscoveryConfig | None = Field(
+        default=None, description="where the group's nodes come from instead of nodes"
+    )
+    version: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the model version forwarded V2 calls name at this group's nodes",
+    )
+    balancer: str | None = Field(
+        default=None, description="the balancer choosing among the group's nodes (the route's)"
+    )
+    balancer_options: dict[str, object] | None = Field(
+        default=None, description="settings handed to the group's balancer (the route's)"
+    )
+    health: HealthConfig | None = Field(
+        default=None, description="active probes of the group's nodes (the route's)"
+    )
+    ejection: EjectionConfig | None = Field(
+        default=None, description="passive ejection of the group's nodes (the route's)"
+    )
+
+    @model_validator(mode="after")
+    def _group_nodes(self) -> GroupConfig:
+        if not self.nodes and self.discovery is None:
+            raise ValueError(f"group {self.name!r}: give nodes: [...] or discovery: {{...}}")
+        if self.nodes and self.discovery is not None:
+            raise ValueError(f"group {self.name!r}: give either nodes or discovery, not both")
+        if self.discovery is not None and self.discovery.nodefile is not None:
+            raise ValueError(
+                f"group {self.name!r}: a nodefile names whole routes; use dns or file here"
+            )
+        _distinct_nodes(self.nodes)
+        return self
+
+
+class SplitGroupConfig(GroupConfig):
+    """One group of a route's ``split``: it takes ``weight`` of the route's calls."""
+
+    weight: int = Field(
+        ge=0,
+        le=1_000_000,
+        description="its share of the route's calls (0: none, e.g. a group being drained)",
+    )
+
+
+class MirrorConfig(GroupConfig):
+    """A shadow group: a copy of ``percent`` of the route's unary calls goes there too, and
+    its answers (errors included) are discarded."""
+
+    name: str = Field(
+        default="shadow", min_length=1, description="the group's name (metrics, logs)"
+    )
+    percent: float = Field(
+        default=100.0, ge=0, le=100, description="share of the route's calls copied (%)"
+    )
+    max_in_flight: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="copies outstanding at once; a copy beyond is dropped (and counted)",
+    )
+    timeout_ms: int = Field(default=10_000, gt=0, description="how long a copy may take")
+
+
 class RouteConfig(_Section):
     """A model (or a seed task id) served by a group of upstream nodes.
 
@@ -237,6 +312,13 @@ class RouteConfig(_Section):
     ejection: EjectionConfig = Field(
         default_factory=EjectionConfig, description="passive ejection of failing nodes"
     )
+    split: list[SplitGroupConfig] = Field(
+        default_factory=list,
+        description="groups sharing the calls by weight, instead of nodes / discovery",
+    )
+    mirror: MirrorConfig | None = Field(
+        default=None, description="a shadow group that gets a copy of calls (answers dropped)"
+    )
 
     @property
     def name(self) -> str:
@@ -246,6 +328,21 @@ class RouteConfig(_Section):
         if self.task_id is not None:
             return f"task-{self.task_id}"
         return f"every task of {self.nodefile}"
+
+    def group_route(self, group: GroupConfig) -> RouteConfig:
+        """The route ``group`` of this route is run as: the group's nodes or discovery,
+        with its balancer, health and ejection where it gives them, else this route's."""
+        update: dict[str, object] = {
+            "nodes": group.nodes,
+            "discovery": group.discovery,
+            "split": [],
+            "mirror": None,
+        }
+        for key in ("balancer", "balancer_options", "health", "ejection"):
+            value = getattr(group, key)
+            if value is not None:
+                update[key] = value
+        return self.model_copy(update=update)
 
     @property
     def probe_service(self) -> str:
@@ -270,9 +367,12 @@ class RouteConfig(_Section):
 
     @model_validator(mode="after")
     def _node_source(self) -> RouteConfig:
-        if not self.nodes and self.discovery is None:
+        if self.split:
+            self._check_groups()
+        elif not self.nodes and self.discovery is None:
             raise ValueError(
-                "give nodes: [{address, weight}] or discovery: {dns | file | nodefile}"
+                "give nodes: [{address, weight}], discovery: {dns | file | nodefile} or "
+                "split: [{name, weight, nodes}]"
             )
         if self.nodes and self.discovery is not None:
             raise ValueError("give either nodes or discovery, not both")
@@ -292,12 +392,46 @@ class RouteConfig(_Section):
                     "timeout_ms comes from the nodefile (taskid=timeout_ms,ip:port,...); "
                     "remove it here"
                 )
-        seen: set[str] = set()
-        for node in self.nodes:
-            if node.address in seen:
-                raise ValueError(f"node {node.address} is listed twice")
-            seen.add(node.address)
+        _distinct_nodes(self.nodes)
+        if self.mirror is not None and self.nodefile is not None:
+            raise ValueError("mirror: is not available on routes whose nodes come from a nodefile")
         return self
+
+    def _check_groups(self) -> None:
+        """A split route: its nodes are its groups', names unique, some weight given."""
+        if self.nodes or self.discovery is not None:
+            raise ValueError(
+                "a route with split: gives its nodes in its groups; remove nodes / discovery"
+            )
+        names = [group.name for group in self.split]
+        if self.mirror is not None:
+            names.append(self.mirror.name)
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"group names must differ: {', '.join(twice)} given twice")
+        if not any(group.weight for group in self.split):
+            raise ValueError("split: at least one group needs a weight above 0")
+
+    @model_validator(mode="after")
+    def _versions(self) -> RouteConfig:
+        groups = [*self.split, *([self.mirror] if self.mirror is not None else [])]
+        versioned = [group.name for group in groups if group.version is not None]
+        if versioned and (self.protocols is None or set(self.protocols) - {"v2"}):
+            # Only the V2 requests carry the version where the gateway may rewrite it
+            # without decoding tensors (see docs/gateway.md, "Traffic splitting").
+            raise ValueError(
+                f"group {versioned[0]!r} sets version:, which the gateway rewrites in V2 "
+                "calls only; give the route protocols: [v2]"
+            )
+        return self
+
+
+def _distinct_nodes(nodes: list[NodeConfig]) -> None:
+    seen: set[str] = set()
+    for node in nodes:
+        if node.address in seen:
+            raise ValueError(f"node {node.address} is listed twice")
+        seen.add(node.address)
 
 
 def _unique_models(routes: list[RouteConfig]) -> list[RouteConfig]:

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import structlog
 
+from dl_inference.gateway.groups import with_version_grpc
 from dl_inference.gateway.nodes import app_answered, grpc_verdict
 from dl_inference.gateway.route import Route
 from dl_inference.spi.balancer import Outcome
@@ -66,6 +67,24 @@ class Forwarder:
     """Sends raw request bytes to a route's nodes and relays the outcome to the client."""
 
     async def forward(
+        self, route: Route, method: str, body: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        """The reply of the node of ``route`` (of the group :meth:`Route.choose` picks)
+        that took the call; a copy goes to the route's shadow group, if it has one."""
+        group = route.choose()
+        if route.mirror is not None:
+            route.mirror.copy_grpc(method, body, forwardable(context.invocation_metadata()))
+        body = with_version_grpc(method, body, group.version)
+        started = time.monotonic()
+        ok = False
+        try:
+            reply = await self._forward(group, method, body, context)
+            ok = True
+            return reply
+        finally:
+            group.stats.observe(time.monotonic() - started, ok)
+
+    async def _forward(
         self, route: Route, method: str, body: bytes, context: grpc.aio.ServicerContext
     ) -> bytes:
         started = time.monotonic()

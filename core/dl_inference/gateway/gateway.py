@@ -20,6 +20,7 @@ from dl_inference.gateway.discovery import (
     parse_seed_node_file,
 )
 from dl_inference.gateway.forward import Forwarder
+from dl_inference.gateway.groups import GroupCollector, Mirror
 from dl_inference.gateway.rest_forward import BUILTIN_MODEL_PATHS, RestForwarder, routed_model
 from dl_inference.gateway.route import Route
 from dl_inference.gateway.stream_forward import forward_stream
@@ -109,10 +110,29 @@ class Gateway:
                     raise ConfigError(
                         f"{place}: a route named {route_config.name!r} is already given"
                     )
-                built[route_config.name] = Route(route_config, make_balancer())
+                built[route_config.name] = self._route(place, route_config, make_balancer)
         _indexes(built, check=True)
         wanted = {c.nodefile for c in routes if c.nodefile is not None}
         return RouteTable(built, routes, {p: t for p, t in files.items() if p in wanted})
+
+    def _route(
+        self, where: str, config: RouteConfig, make_balancer: Callable[[], Balancer]
+    ) -> Route:
+        """The Route of ``config``, with one Route per ``split`` group and its shadow's."""
+        groups = []
+        for index, group in enumerate(config.split):
+            group_config = config.group_route(group)
+            balancer = self._balancer_factory(f"{where}.split[{index}]", group_config)()
+            groups.append(Route(group_config, balancer, group=group.name, version=group.version))
+        mirror = None
+        if config.mirror is not None:
+            shadow_config = config.group_route(config.mirror)
+            balancer = self._balancer_factory(f"{where}.mirror", shadow_config)()
+            shadow = Route(
+                shadow_config, balancer, group=config.mirror.name, version=config.mirror.version
+            )
+            mirror = Mirror(config.mirror, shadow)
+        return Route(config, make_balancer(), groups=groups, mirror=mirror)
 
     def _balancer_factory(self, where: str, config: RouteConfig) -> Callable[[], Balancer]:
         """Checks ``config``'s protocol and balancer names and options; returns a maker of
@@ -326,8 +346,14 @@ class Gateway:
         route = self._by_task.get(task) if task is not None else None
         return route if route is not None and route.accepts(protocol) else None
 
+    def group_collector(self) -> GroupCollector:
+        """The per-group figures (:class:`~dl_inference.gateway.groups.GroupCollector`) of
+        the routes in force at each scrape, for the server's metrics registry."""
+        return GroupCollector(lambda: list(self.routes.values()))
+
     def snapshot(self) -> list[dict[str, Any]]:
-        """One dict per node of every route: model, address, weight, state, counters."""
+        """One dict per node of every route (by group): model, group, address, weight,
+        state, counters."""
         return [row for route in self.routes.values() for row in route.snapshot()]
 
     def routing_table(
@@ -590,17 +616,31 @@ class _GatewayHandler(grpc.GenericRpcHandler):
 
 
 def _live_changes(old: RouteConfig, new: RouteConfig) -> str | None:
-    """What :meth:`Route.update` can take in place: ``"nodes"``, ``"timeout"`` or both
-    for routes with static nodes that differ in nothing else; None otherwise."""
+    """What :meth:`Route.update` can take in place: ``"nodes"``, ``"timeout"``,
+    ``"weights"`` (of ``split`` groups), ``"mirror percent"``, for routes with static
+    nodes (or split groups) that differ in nothing else; None otherwise."""
     if old.discovery is not None or new.discovery is not None:
         return None
-    if old.model_copy(update={"nodes": new.nodes, "timeout_ms": new.timeout_ms}) != new:
+    if [g.name for g in old.split] != [g.name for g in new.split]:
+        return None
+    if (old.mirror is None) != (new.mirror is None):
+        return None
+    taken: dict[str, Any] = {"nodes": new.nodes, "timeout_ms": new.timeout_ms}
+    taken["split"] = [
+        group.model_copy(update={"weight": now.weight})
+        for group, now in zip(old.split, new.split, strict=True)
+    ]
+    if old.mirror is not None and new.mirror is not None:
+        taken["mirror"] = old.mirror.model_copy(update={"percent": new.mirror.percent})
+    if old.model_copy(update=taken) != new:
         return None
     changed = [
         what
         for what, differs in (
             ("nodes", old.nodes != new.nodes),
             ("timeout", old.timeout_ms != new.timeout_ms),
+            ("weights", [g.weight for g in old.split] != [g.weight for g in new.split]),
+            ("mirror percent", taken.get("mirror") != old.mirror),
         )
         if differs
     ]
@@ -675,6 +715,6 @@ async def _stop_when_idle(route: Route, timeout_s: float = 60.0) -> None:
     """Stop a route that left the config once its last in-flight call ended (bounded)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while any(n.in_flight for n in route.nodes.values()) and loop.time() < deadline:
+    while route.in_flight and loop.time() < deadline:
         await asyncio.sleep(0.05)
     await route.stop()

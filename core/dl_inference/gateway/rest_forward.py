@@ -25,6 +25,7 @@ import structlog
 from aiohttp import web
 
 from dl_inference.gateway.forward import no_node_answered
+from dl_inference.gateway.groups import with_version_rest
 from dl_inference.gateway.nodes import (
     CONNECT_FAILED,
     CONNECTION_LOST,
@@ -102,7 +103,27 @@ class RestForwarder:
 
     async def forward(self, route: Route, request: web.Request, body: bytes) -> web.Response:
         """The answer of the node that took ``request``, whose ``body`` (as it came) the
-        server read."""
+        server read: a node of the group :meth:`Route.choose` picks; a copy goes to the
+        route's shadow group, if it has one."""
+        group = route.choose()
+        if route.mirror is not None:
+            route.mirror.copy_rest(
+                self._client(),
+                request.method,
+                request.path_qs,
+                body,
+                forwardable_headers(request.headers),
+            )
+        started = time.monotonic()
+        ok = False
+        try:
+            reply = await self._forward(group, request, body)
+            ok = reply.status < 400
+            return reply
+        finally:
+            group.stats.observe(time.monotonic() - started, ok)
+
+    async def _forward(self, route: Route, request: web.Request, body: bytes) -> web.Response:
         headers = forwardable_headers(request.headers)
         tls_config = route.config.tls
         server_name = tls_config.server_name if tls_config is not None else None
@@ -118,12 +139,13 @@ class RestForwarder:
         answer: web.Response | None = None  # the last one a node gave (retried)
         scheme = "http" if tls_config is None else "https"
         tls = route.rest_ssl()
+        path_qs = with_version_rest(request.path_qs, route.version)
         while (node := route.pick(exclude)) is not None:
             exclude.add(node.address)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return _error(504, f"the deadline for model {route.model!r} passed in the gateway")
-            url = f"{scheme}://{node.http_address}{request.path_qs}"
+            url = f"{scheme}://{node.http_address}{path_qs}"
             node.in_flight += 1
             sent = time.monotonic()
             try:

@@ -6,6 +6,7 @@ import asyncio
 import random
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from dl_inference.gateway.config import RouteConfig, join_address, split_address
 from dl_inference.gateway.discovery import Discovery, NodeList
+from dl_inference.gateway.groups import GroupStats, Mirror, SmoothWeighted
 from dl_inference.gateway.nodes import Node, NodeHealth, RetryBudget
 from dl_inference.spi.balancer import Balancer, Outcome
 
@@ -28,9 +30,27 @@ class Route:
     """One model's (or seed task's) group of upstream nodes and the policy that spreads
     calls over them. ``model`` is the route's name (:attr:`RouteConfig.name`)."""
 
-    def __init__(self, config: RouteConfig, balancer: Balancer) -> None:
+    def __init__(
+        self,
+        config: RouteConfig,
+        balancer: Balancer,
+        *,
+        group: str = "",
+        version: str | None = None,
+        groups: Sequence[Route] = (),
+        mirror: Mirror | None = None,
+    ) -> None:
         self.config = config
         self.model = config.name
+        # Traffic splitting (dl_inference.gateway.groups): a route with split: holds one
+        # Route per group (``group`` its name) and has no nodes of its own.
+        self.group = group
+        self.version = version  # written into the V2 calls forwarded (groups.with_version_*)
+        self.groups = {child.group: child for child in groups}
+        self.weights = {g.name: g.weight for g in config.split}
+        self.mirror = mirror
+        self.stats = GroupStats()
+        self._split = SmoothWeighted()
         self.balancer = balancer
         self.protocols = set(config.protocols) if config.protocols else None
         self.retries = config.retries
@@ -56,10 +76,49 @@ class Route:
         return self.config.timeout_ms / 1000 if self.config.timeout_ms else None
 
     def update(self, config: RouteConfig) -> None:
-        """Take ``config``, which differs from the current one in static nodes and timeout
-        only: nodes and their state stay where the address stays, removed ones drain."""
+        """Take ``config``, which differs from the current one in static nodes, timeout,
+        split weights and mirror percent only: nodes and their state stay where the
+        address stays, removed ones drain; calls under way finish where they are."""
         self.config = config  # first: the nodes read it (REST addresses)
-        self.set_nodes([(n.address, n.weight) for n in config.nodes])
+        if config.discovery is None:
+            self.set_nodes([(n.address, n.weight) for n in config.nodes])
+        weights = {g.name: g.weight for g in config.split}
+        if weights != self.weights:
+            # New proportions start a fresh cycle: exact from the next call on.
+            self.weights, self._split = weights, SmoothWeighted()
+        for group in config.split:
+            self.groups[group.name].update(config.group_route(group))
+        if self.mirror is not None and config.mirror is not None:
+            self.mirror.update(config.mirror)
+            self.mirror.group.update(config.group_route(config.mirror))
+
+    def choose(self) -> Route:
+        """The route a new call goes through: this one, or for a split route the group
+        smooth weighted round robin picks among those with an eligible node (among all
+        groups of weight > 0 when none has one)."""
+        if not self.groups:
+            return self
+        now = time.monotonic()
+        weighted = [(name, weight) for name, weight in self.weights.items() if weight > 0]
+        live = [(name, w) for name, w in weighted if self.groups[name].has_eligible(now)]
+        return self.groups[self._split.pick(live or weighted)]
+
+    def has_eligible(self, now: float) -> bool:
+        """Whether a node of this route may take a new call (not ejected, healthy)."""
+        return any(node.eligible(now) for node in self.nodes.values())
+
+    def all_groups(self) -> list[Route]:
+        """The routes its calls go through (itself, or its groups) and its shadow's."""
+        routes = list(self.groups.values()) or [self]
+        if self.mirror is not None:
+            routes.append(self.mirror.group)
+        return routes
+
+    @property
+    def in_flight(self) -> int:
+        """Calls outstanding to this route's nodes and its groups' (shadow copies too)."""
+        own = sum(node.in_flight for node in self.nodes.values())
+        return own + sum(child.in_flight for child in self.all_groups() if child is not self)
 
     # -- node list -------------------------------------------------------------------------
 
@@ -112,6 +171,8 @@ class Route:
     @property
     def reaches_rest(self) -> bool:
         """Whether REST calls can go upstream: an http_port, or nodes with http_address."""
+        if self.groups:
+            return any(child.reaches_rest for child in self.groups.values())
         return self.config.http_port is not None or any(
             node.http_address for node in self.config.nodes
         )
@@ -211,19 +272,31 @@ class Route:
         return True
 
     def describe_nodes(self) -> str:
+        if self.groups:
+            return "; ".join(
+                f"group {name}: {child.describe_nodes()}" for name, child in self.groups.items()
+            )
         now = time.monotonic()
         return ", ".join(f"{n.address} ({n.state(now)})" for n in self.nodes.values()) or "none"
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        for child in self.all_groups():
+            if child is not self:
+                await child.start()
         self._started = True
         if self.discovery is not None:
             await self.discovery.start()
-        if self.config.health.enabled:
+        if self.config.health.enabled and not self.groups:
             self._probe_task = asyncio.create_task(self._probe_loop(), name=f"probe:{self.model}")
 
     async def stop(self) -> None:
+        if self.mirror is not None:
+            await self.mirror.stop()
+        for child in self.all_groups():
+            if child is not self:
+                await child.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         if self._probe_task is not None:
@@ -283,11 +356,22 @@ class Route:
         return reply.status == health_pb2.HealthCheckResponse.SERVING, status
 
     def snapshot(self) -> list[dict[str, Any]]:
+        """One row per node (of each group, and of the shadow group, by ``group``)."""
+        if self.groups or self.mirror is not None:
+            return [
+                row
+                for child in self.all_groups()
+                for row in (child._node_rows() if child is self else child.snapshot())
+            ]
+        return self._node_rows()
+
+    def _node_rows(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         effective = getattr(self.balancer, "effective_weight", None)
         return [
             {
                 "model": self.model,
+                "group": self.group,
                 "balancer": self.balancer.name,
                 **node.snapshot(now),
                 "effective_weight": effective(node) if effective else node.weight,

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from dl_inference.gateway.forward import client_deadline, forwardable, no_node_answered
+from dl_inference.gateway.groups import with_version_grpc
 from dl_inference.gateway.nodes import app_answered, grpc_verdict
 from dl_inference.gateway.route import Route
 from dl_inference.spi.balancer import Outcome
@@ -30,7 +31,33 @@ async def forward_stream(
     rest: AsyncIterator[bytes],
     context: grpc.aio.ServicerContext,
 ) -> AsyncIterator[bytes]:
-    """The node's replies to ``first`` and then to each message of ``rest``."""
+    """The node's replies to ``first`` and then to each message of ``rest``.
+
+    A split route's stream goes to one group (:meth:`Route.choose`), each message naming
+    the group's version; streams are not copied to a shadow group.
+    """
+    group = route.choose()
+    started = time.monotonic()
+    ok = False
+    try:
+        # aclosing: a client that goes away closes the upstream stream at once.
+        async with contextlib.aclosing(
+            _forward_stream(group, method, first, rest, context)
+        ) as replies:
+            async for reply in replies:
+                yield reply
+        ok = True
+    finally:
+        group.stats.observe(time.monotonic() - started, ok)
+
+
+async def _forward_stream(
+    route: Route,
+    method: str,
+    first: bytes,
+    rest: AsyncIterator[bytes],
+    context: grpc.aio.ServicerContext,
+) -> AsyncIterator[bytes]:
     route.budget.on_request()
     node = route.pick(set())
     if node is None:
@@ -43,9 +70,9 @@ async def forward_stream(
     )
 
     async def pump() -> None:
-        await call.write(first)
+        await call.write(with_version_grpc(method, first, route.version))
         async for message in rest:
-            await call.write(message)
+            await call.write(with_version_grpc(method, message, route.version))
         await call.done_writing()
 
     node.in_flight += 1
