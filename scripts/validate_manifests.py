@@ -2,6 +2,10 @@
 
     python scripts/validate_manifests.py [--kubernetes-version 1.31] [--renderer auto]
 
+It checks deploy/kserve's KServe objects too (:func:`check_kserve`): against KServe's API
+schema as its Python SDK (the ``kserve`` package) carries it, the Kubernetes types they
+embed as the ``kubernetes`` client's models carry them, and KServe's runtime selection.
+
 Three layers of checks, each printing what is wrong and where:
 
 1. Rendering: ``kubectl kustomize`` when kubectl is on PATH (it embeds kustomize), else
@@ -24,6 +28,7 @@ import argparse
 import copy
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +40,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+KSERVE = ROOT / "deploy" / "kserve"
 OVERLAYS = K8S / "overlays"
 # The oldest Kubernetes release the manifests promise to work on: gRPC probes are GA since
 # 1.27, unhealthyPodEvictionPolicy since 1.31.
@@ -411,6 +417,225 @@ def project_errors(objects: list[Obj]) -> list[str]:
     return errors
 
 
+# -- KServe ------------------------------------------------------------------------------
+
+# (apiVersion, kind) -> the KServe SDK's model of that resource.
+KSERVE_KINDS = {
+    ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "V1alpha1ClusterServingRuntime",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
+}
+# The ports the runtime serves V2 on: KServe's default HTTP port, and the next for gRPC.
+KSERVE_HTTP_PORT, KSERVE_GRPC_PORT = 8080, 8081
+KSERVE_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
+_PRIMITIVES: dict[str, Any] = {
+    "str": str,
+    "bool": bool,
+    "int": int,
+    "float": (int, float),
+    "datetime": str,
+    "date": str,
+    "bytes": str,
+    "object": object,
+    "ResourceQuantity": (str, int, float),  # Kubernetes' int-or-string quantity
+}
+
+
+def kserve_schema_errors(objects: Iterable[Obj]) -> list[str]:
+    """Every object against KServe's API schema, strictly; one line per fault.
+
+    The schema is the one KServe's Python SDK is generated from (its models'
+    ``openapi_types``, ``attribute_map`` and required fields), and for the Kubernetes types
+    it embeds (containers, probes, metadata) the ``kubernetes`` client's models: unknown
+    fields, wrong types and missing required fields are errors.
+    """
+    errors: list[str] = []
+    for obj in objects:
+        name = KSERVE_KINDS.get((obj.get("apiVersion"), obj.get("kind")))
+        if name is None:
+            known = ", ".join(f"{a} {k}" for a, k in KSERVE_KINDS)
+            errors.append(f"{describe(obj)}: not a KServe resource checked here ({known})")
+            continue
+        _check_model(obj, _kserve_model(name), describe(obj), errors)
+    return errors
+
+
+def _kserve_model(name: str) -> Any:
+    # Test dependencies (kserve brings the kubernetes client), imported here so that --help
+    # works without them.
+    import kubernetes.client.models
+
+    kserve_models = _kserve_models()
+    found = getattr(kserve_models, name, None) or getattr(kubernetes.client.models, name, None)
+    if found is None:
+        raise LookupError(f"{name}: neither the kserve nor the kubernetes client has this model")
+    return found
+
+
+def _kserve_models() -> Any:
+    """``kserve.models`` (the SDK's generated API types) without running ``kserve/__init__``.
+
+    That one imports KServe's model server, whose V2 protobuf module registers the full
+    names (``inference.ServerLiveRequest``, ...) that tritonclient registers too: the two
+    cannot be imported into one process, and the tests use tritonclient. The models need
+    nothing of the package but ``kserve.configuration``.
+    """
+    import importlib
+    import importlib.util
+    import types
+
+    if "kserve" not in sys.modules:
+        spec = importlib.util.find_spec("kserve")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError("kserve is not installed (pip install -e '.[test]')")
+        package = types.ModuleType("kserve")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["kserve"] = package
+    return importlib.import_module("kserve.models")
+
+
+def _required(model: Any) -> list[str]:
+    """The attributes the generated model refuses to leave unset: pydantic's required
+    fields (the kubernetes client's models), or those whose setters refuse None (KServe's)."""
+    import inspect
+
+    fields = getattr(model, "model_fields", None)
+    if fields is not None:
+        return [name for name, field in fields.items() if field.is_required()]
+    source = inspect.getsource(model)
+    return re.findall(r"client_side_validation and (\w+) is None", source)
+
+
+def _check_model(value: Any, model: Any, where: str, errors: list[str]) -> None:
+    if not isinstance(value, dict):
+        errors.append(f"{where}: expected an object ({model.__name__}), got {value!r}")
+        return
+    attributes = {key: attr for attr, key in model.attribute_map.items()}
+    for key, item in value.items():
+        attr = attributes.get(key)
+        if attr is None:
+            errors.append(f"{where}.{key}: unknown field of {model.__name__} "
+                          f"(fields: {', '.join(sorted(attributes))})")
+            continue
+        kind = model.openapi_types[attr]
+        if model.__name__ == "V1ResourceRequirements" and attr in ("limits", "requests"):
+            kind = "dict(str, ResourceQuantity)"  # the client says str; the API takes numbers
+        _check_value(item, kind, f"{where}.{key}", errors)
+    for attr in _required(model):
+        if value.get(model.attribute_map[attr]) is None:
+            errors.append(f"{where}: {model.attribute_map[attr]} is required")
+
+
+def _check_value(value: Any, kind: str, where: str, errors: list[str]) -> None:
+    # The generators write list[X] / List[X] and dict(str, X) / Dict[str, X].
+    container = re.fullmatch(r"(list|List)\[(.+)\]|(dict\(|Dict\[)str, (.+)[)\]]", kind)
+    if container and container[2]:
+        if not isinstance(value, list):
+            errors.append(f"{where}: expected a list, got {value!r}")
+            return
+        for index, item in enumerate(value):
+            _check_value(item, container[2], f"{where}[{index}]", errors)
+    elif container:
+        if not isinstance(value, dict):
+            errors.append(f"{where}: expected a map, got {value!r}")
+            return
+        for key, item in value.items():
+            _check_value(item, container[4], f"{where}.{key}", errors)
+    elif kind in _PRIMITIVES:
+        expected = _PRIMITIVES[kind]
+        if (kind != "bool" and isinstance(value, bool)) or not isinstance(value, expected):
+            errors.append(f"{where}: expected {kind}, got {value!r}")
+    else:
+        _check_model(value, _kserve_model(kind), where, errors)
+
+
+def kserve_project_errors(objects: list[Obj]) -> list[str]:
+    """dl-inference's rules for its KServe runtime and KServe's runtime selection.
+
+    The runtime starts ``dl-inference serve`` with arguments the real command line accepts,
+    serving ``/mnt/models`` on KServe's ports, as the images' non-root user. An
+    InferenceService names a runtime defined here whose formats include its modelFormat
+    (name and, when given, version) and whose protocolVersions include its own; a gRPC one
+    routes the runtime's gRPC port as ``h2c``.
+    """
+    from dl_inference.cli import build_parser, resolve_config
+
+    errors: list[str] = []
+    runtimes = {o["metadata"]["name"]: o for o in objects
+                if o.get("kind") in {"ServingRuntime", "ClusterServingRuntime"}}
+    for runtime in runtimes.values():
+        name, spec = describe(runtime), runtime.get("spec", {})
+        if not any(f.get("name") == "triton" for f in spec.get("supportedModelFormats", [])):
+            errors.append(f"{name}: supportedModelFormats should list triton (a Triton "
+                          "model repository is served as it is)")
+        for container in spec.get("containers", []):
+            if container.get("name") != "kserve-container":
+                errors.append(f"{name}: container {container.get('name')}: KServe runs the "
+                              "predictor in the container named kserve-container")
+                continue
+            command = container.get("command", []) + container.get("args", [])
+            if command[:2] != ["dl-inference", "serve"]:
+                errors.append(f"{name}: the container must run dl-inference serve, not "
+                              f"{command[:2]}")
+                continue
+            try:
+                config = resolve_config(build_parser().parse_args(command[1:]))
+            except SystemExit:
+                errors.append(f"{name}: dl-inference serve refuses its arguments {command[2:]}")
+                continue
+            if str(config.model_repository) != KSERVE_MODEL_DIR:
+                errors.append(f"{name}: --model-repository must be {KSERVE_MODEL_DIR} (where "
+                              f"KServe puts storageUri), got {config.model_repository}")
+            ports = (config.server.http.port, config.server.grpc.port)
+            if ports != (KSERVE_HTTP_PORT, KSERVE_GRPC_PORT):
+                errors.append(f"{name}: serve V2 REST on {KSERVE_HTTP_PORT} and gRPC on "
+                              f"{KSERVE_GRPC_PORT} (KServe's ports), got {ports}")
+            security = container.get("securityContext", {})
+            if not security.get("runAsNonRoot") or security.get("runAsUser") != IMAGE_UID:
+                errors.append(f"{name}: securityContext needs runAsNonRoot: true and "
+                              f"runAsUser: {IMAGE_UID} (the images' USER)")
+            for kind in ("requests", "limits"):
+                missing = {"cpu", "memory"} - set(container.get("resources", {}).get(kind, {}))
+                if missing:
+                    errors.append(f"{name}: resources.{kind} lacks {', '.join(sorted(missing))}")
+
+    for service in (o for o in objects if o.get("kind") == "InferenceService"):
+        name = describe(service)
+        model = service.get("spec", {}).get("predictor", {}).get("model", {})
+        runtime = runtimes.get(model.get("runtime", ""))
+        if runtime is None:
+            errors.append(f"{name}: predictor.model.runtime {model.get('runtime')!r} names no "
+                          f"runtime in deploy/kserve ({', '.join(sorted(runtimes))})")
+            continue
+        if not model.get("storageUri"):
+            errors.append(f"{name}: predictor.model.storageUri is where the models come from")
+        wanted = model.get("modelFormat", {})
+        formats = runtime["spec"].get("supportedModelFormats", [])
+        if not any(f.get("name") == wanted.get("name")
+                   and wanted.get("version") in (None, f.get("version")) for f in formats):
+            errors.append(f"{name}: {describe(runtime)} does not support modelFormat {wanted}")
+        protocol = model.get("protocolVersion", "v1")
+        if protocol not in runtime["spec"].get("protocolVersions", ["v1"]):
+            errors.append(f"{name}: {describe(runtime)} does not speak protocolVersion "
+                          f"{protocol}")
+        ports = {p.get("name"): p.get("containerPort") for p in model.get("ports", [])}
+        if protocol == "grpc-v2" and ports.get("h2c") != KSERVE_GRPC_PORT:
+            errors.append(f"{name}: a grpc-v2 predictor routes the runtime's gRPC port: "
+                          f"ports: [{{name: h2c, containerPort: {KSERVE_GRPC_PORT}}}]")
+    return errors
+
+
+def load_kserve(folder: Path = KSERVE) -> list[Obj]:
+    """Every object of the YAML files in ``folder``."""
+    return [doc for path in sorted(folder.glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def check_kserve(folder: Path = KSERVE) -> list[str]:
+    objects = load_kserve(folder)
+    return kserve_schema_errors(objects) + kserve_project_errors(objects)
+
+
 # -- command line --------------------------------------------------------------------------
 
 
@@ -431,6 +656,12 @@ def main(argv: list[str] | None = None) -> int:
     for overlay in overlays:
         errors = check_overlay(overlay, args.kubernetes_version, args.renderer)
         print(f"{overlay}: {'OK' if not errors else f'{len(errors)} problem(s)'}")
+        for line in errors:
+            print(f"  {line}")
+        failed = failed or bool(errors)
+    if not args.overlays:
+        errors = check_kserve()
+        print(f"{KSERVE}: {'OK' if not errors else f'{len(errors)} problem(s)'}")
         for line in errors:
             print(f"  {line}")
         failed = failed or bool(errors)
