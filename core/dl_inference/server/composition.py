@@ -227,6 +227,7 @@ class Server:
         self.gateway = Gateway(routes, self.plugins)
         await self.gateway.start()
         self.runtime.metrics.add_collector(UpstreamCollector(self.gateway.snapshot))
+        self.runtime.metrics.add_collector(self.gateway.group_collector())
 
     async def _start_grpc(self) -> None:
         limit = self.runtime.max_message_bytes
