@@ -66,6 +66,11 @@ class Classifier(BaseHandler):
             )
             start += count
         return answers
+
+    def get_insights(self, tensor, inputs, target):
+        # /explanations: BaseHandler.explain_handle passes the first request's raw input
+        # and its "target" field.
+        return [{"rows": list(tensor.shape), "target": target, "raw": str(inputs)[:20]}]
 """
 
 EAGER_MODEL = """
@@ -296,6 +301,20 @@ def test_basehandler_subclass_raw_and_multipart_bodies(pair: Pair) -> None:
     same(pair, "/predictions/classify/1.0", raw, {"Content-Type": "application/octet-stream"})
     body, headers = multipart([("data", "application/json", raw)])
     same(pair, "/predictions/classify", body, headers)
+
+
+def test_explanations_and_other_methods(pair: Pair) -> None:
+    status, body, _ = same(pair, "/explanations/classify", json.dumps(ROWS[:1]).encode(), JSON)
+    assert status == 200 and json.loads(body)["rows"] == [1, 3]
+    form, headers = multipart(
+        [("data", "application/json", b"[[1, 2, 3]]"), ("target", None, b"2")]
+    )
+    # The target field arrives as a bytearray, which the answer cannot carry as JSON.
+    status, body, _ = same(pair, "/explanations/classify/1.0", form, headers)
+    assert (status, json.loads(body)["message"]) == (503, "Unsupported model output data type.")
+    # TorchServe takes any method on /predictions: a GET has an empty body.
+    assert same(pair, "/predictions/reverse", b"", {}, method="GET")[0] == 201
+    same(pair, "/predictions/reverse", b"xy", {"Content-Type": "x/y"}, method="PUT")
 
 
 def test_eager_model_with_a_module_level_handle(pair: Pair) -> None:

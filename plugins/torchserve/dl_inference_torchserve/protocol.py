@@ -52,4 +52,4 @@ class TorchServeProtocol(Protocol):
         return {f"/{SERVICE}/Predictions": model_name}
 
     def rest_model_paths(self) -> Sequence[str]:
-        return ("/predictions/",)
+        return ("/predictions/", "/explanations/")

@@ -1,4 +1,6 @@
-"""TorchServe's inference REST API: ``/predictions/{model}[/{version}]`` and ``/ping``.
+"""TorchServe's inference REST API: ``/predictions/{model}[/{version}]``,
+``/explanations/{model}[/{version}]`` (the handler sees the ``explain: True`` header) and
+``/ping``.
 
 Answers are TorchServe 0.12's: the handler's bytes with its status and headers; errors as
 ``{"code": N, "type": "...Exception", "message": "..."}`` (JSON indented by 2).
@@ -92,6 +94,7 @@ class TorchServeRest:
         self.runtime = runtime
         calls = CallPath(runtime, PROTOCOL, PLUGIN)
         self.predict = calls.http_handler("POST /predictions/{model}", self._predict, error_body)
+        self.explain = calls.http_handler("POST /explanations/{model}", self._explain, error_body)
         self.ping = calls.http_handler("GET /ping", self._ping, error_body, counted=False)
         self.unknown = calls.http_handler(
             "POST /predictions", self._unknown, error_body, counted=False
@@ -111,7 +114,12 @@ class TorchServeRest:
             body=body.encode(), status=200 if healthy else 500, content_type="application/json"
         )
 
-    async def _predict(self, request: web.Request, call: Call) -> web.StreamResponse:
+    async def _explain(self, request: web.Request, call: Call) -> web.StreamResponse:
+        return await self._predict(request, call, explain=True)
+
+    async def _predict(
+        self, request: web.Request, call: Call, explain: bool = False
+    ) -> web.StreamResponse:
         name = request.match_info["model"]
         version = request.match_info.get("version", "")
         call.ctx.request = InferRequest(model_name=name, inputs={})
@@ -120,7 +128,7 @@ class TorchServeRest:
         body = await read_body(request, call)
         # The headers a handler sees, in TorchServe's order: "explain", the request's own
         # (names as sent), the path after the version.
-        headers: dict[str, str] = {"explain": "False"}
+        headers: dict[str, str] = {"explain": "True" if explain else "False"}
         headers.update(request.headers.items())
         headers["url_path"] = request.match_info.get("tail", "")
         meta = json.dumps({"headers": headers, "id": call.ctx.request_id}).encode()
@@ -173,14 +181,16 @@ def _one(value: bytes) -> np.ndarray:
 
 
 def http_routes(runtime: RuntimeView) -> list[web.RouteDef]:
-    """``/predictions/{model}[/{version}[/{tail}]]`` (any method, as TorchServe takes them)
-    and ``GET /ping``."""
+    """``/predictions/{model}[/{version}[/{tail}]]`` and ``/explanations/{model}[/{version}]``
+    (any method, as TorchServe takes them), and ``/ping``."""
     api = TorchServeRest(runtime)
     any_method: Any = hdrs.METH_ANY
     return [
         web.route(any_method, "/predictions/{model}", api.predict),
         web.route(any_method, "/predictions/{model}/{version}", api.predict),
         web.route(any_method, "/predictions/{model}/{version}/{tail:.*}", api.predict),
+        web.route(any_method, "/explanations/{model}", api.explain),
+        web.route(any_method, "/explanations/{model}/{version}", api.explain),
         web.route(any_method, "/predictions", api.unknown),
         web.route(any_method, "/predictions/", api.unknown),
         web.get("/ping", api.ping),
