@@ -13,6 +13,7 @@ from typing import Any
 from dl_inference.bench import add_bench_parser
 from dl_inference.kernel.config.loader import load_server_config
 from dl_inference.kernel.config.schema import ManagementConfig, ServerConfig
+from dl_inference.kernel.remote import cache_folder, is_remote, redact
 from dl_inference.spi.errors import ConfigError, DlInferenceError
 
 EXIT_CONFIG = 2  # bad configuration / missing plugin: fix and rerun
@@ -30,7 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve a model repository (the demo one by default)")
     serve.add_argument("-c", "--config", type=Path, help="server YAML file")
-    serve.add_argument("--model-repository", type=Path, help="folder <repo>/<model>/<version>/")
+    serve.add_argument(
+        "--model-repository",
+        help="folder <repo>/<model>/<version>/, or a URL (s3://bucket/prefix, gs://...)",
+    )
     serve.add_argument("--host", help="address for both listeners (default 0.0.0.0)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port (0 picks a free one)")
     serve.add_argument("--http-port", type=int, help="HTTP port (0 picks a free one)")
@@ -106,7 +110,16 @@ def resolve_config(args: argparse.Namespace) -> ServerConfig:
     """The file's configuration (or defaults) with command-line flags applied on top."""
     config = load_server_config(args.config) if args.config else ServerConfig()
     if args.model_repository is not None:
-        config.model_repository = args.model_repository.resolve()
+        config.model_repository_url = None
+        if is_remote(args.model_repository):
+            config.model_repository_url = args.model_repository
+            config.model_repository = cache_folder(
+                args.model_repository,
+                config.model_repository_options,
+                config.server.repository_cache_dir,
+            )
+        else:
+            config.model_repository = Path(args.model_repository).resolve()
     if config.model_repository is None and not getattr(config, "routes", None):
         config.model_repository = DEMO_REPOSITORY
     if args.host is not None:
@@ -268,6 +281,11 @@ def _describe_setup(config: ServerConfig, server: Any, gateway: Any) -> list[str
         lines.append("management: off")
     if config.model_repository == DEMO_REPOSITORY:
         lines.append("model repository: the built-in demo (the file names neither one nor routes)")
+    elif config.model_repository_url is not None:
+        lines.append(
+            f"model repository: {redact(config.model_repository_url)}, "
+            f"cached in {config.model_repository}"
+        )
     elif config.model_repository is not None:
         lines.append(f"model repository: {config.model_repository}")
     for name in server.models.names():

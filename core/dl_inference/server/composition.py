@@ -27,6 +27,7 @@ from dl_inference.kernel.config.schema import ServerConfig
 from dl_inference.kernel.metrics import UpstreamCollector
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
+from dl_inference.kernel.remote import RemoteRepository, remote_for
 from dl_inference.kernel.repository import ModelSource, read_model_folder, scan_repository
 from dl_inference.kernel.runtime import Runtime
 from dl_inference.server.health import ServerHealth
@@ -78,6 +79,8 @@ class Server:
         self._poller: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        # The mirror of a remote model_repository (s3://...): synced before each scan.
+        self.remote: RemoteRepository | None = None
         # (path, loader) when the server runs from a config file: SIGHUP and edits reload
         # it. Without one, SIGHUP rescans the model repository.
         self.config_source: tuple[Path, Callable[[], ServerConfig]] | None = None
@@ -101,6 +104,9 @@ class Server:
             read_token(self.config)
         if self.config.server.tls is not None:
             self.tls = ServerTls.load(self.config.server.tls)
+        self.remote = remote_for(self.config)
+        if self.remote is not None:
+            self.remote.sync()  # unreadable at start: RemoteRepositoryError, exit 2
         if self.config.model_repository is not None:
             strict = self.config.server.strict_model_loading
             sources = self._scan(self.config.model_repository, self.config.models, strict)
@@ -209,6 +215,8 @@ class Server:
         while True:
             await asyncio.sleep(interval)
             try:
+                if self.remote is not None:
+                    await asyncio.to_thread(self.remote.poll)  # keeps the cache on failure
                 # Never strict here: one folder broken while serving must not stop the rest.
                 sources = await asyncio.to_thread(self._scan, root, self.config.models, False)
                 if await self.models.refresh(sources, root):
@@ -435,6 +443,9 @@ class Server:
             if getattr(old, k) != getattr(new, k)
         ]
         sources = None
+        remote = remote_for(new, self.remote)
+        if remote is not None:
+            await asyncio.to_thread(remote.sync)
         if new.model_repository is not None:
             # As at start-up: a broken model folder is refused only under strict loading.
             strict = new.server.strict_model_loading
@@ -454,6 +465,7 @@ class Server:
         }
 
         async def apply() -> None:
+            self.remote = remote
             self.config = new.model_copy(
                 update={
                     "server": new.server.model_copy(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dl_inference.gateway.config import Routes
+from dl_inference.kernel.remote import cache_folder, is_remote
 
 
 class _Section(BaseModel):
@@ -62,6 +63,9 @@ class ServerSection(_Section):
     strict_readiness: bool = True
     # Seconds between scans of the model repository for new/removed versions (0: never).
     repository_poll_s: float = Field(default=2.0, ge=0)
+    # Where a remote model_repository (s3://...) is mirrored (default: under
+    # $XDG_CACHE_HOME/dl-inference/repositories, one folder per URL).
+    repository_cache_dir: Path | None = None
     # Seconds between checks of the config file for changes (0: only SIGHUP reloads).
     config_poll_s: float = Field(default=2.0, ge=0)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -99,9 +103,32 @@ class ServerConfig(_Section):
     management: ManagementConfig = Field(default_factory=ManagementConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     model_repository: Path | None = None
+    # A URL given as model_repository (s3://, gs://, any fsspec protocol) lands here, and
+    # model_repository becomes the local cache folder that mirrors it.
+    model_repository_url: str | None = None
+    # fsspec options for that URL (endpoint_url, ...); credentials belong in the environment.
+    model_repository_options: dict[str, Any] = Field(default_factory=dict)
     # Settings for hook plugins, by plugin (entry-point) name; each plugin validates its own.
     plugin_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Per-model overrides; the keys belong to ModelConfig or the model's backend Settings,
     # validated once the backend is known.
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: Routes = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _remote_repository(cls, data: Any) -> Any:
+        if isinstance(data, dict) and is_remote(data.get("model_repository")):
+            data = {**data, "model_repository_url": data["model_repository"]}
+            data["model_repository"] = None
+        return data
+
+    @model_validator(mode="after")
+    def _cache_folder(self) -> ServerConfig:
+        if self.model_repository_url is not None and self.model_repository is None:
+            self.model_repository = cache_folder(
+                self.model_repository_url,
+                self.model_repository_options,
+                self.server.repository_cache_dir,
+            )
+        return self
