@@ -399,3 +399,23 @@ def test_a_dead_or_slow_shadow_never_fails_or_delays_the_clients_calls(
                 lambda: sample(gw, "dli_gateway_mirror_failed_total", model="ident") == sent,
                 "the dead shadow's copies counted as failed",
             )
+
+
+def test_a_group_without_a_working_node_yields_its_calls_to_the_others(
+    workers: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    """Retries stay in the chosen group unless it has no node left: then another group."""
+    a = workers["a"]
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: connections are refused
+    split = [
+        {"name": "stable", "weight": 1, "nodes": [node(a.grpc_address)]},
+        {"name": "canary", "weight": 1, "nodes": [node(dead)]},
+    ]
+    # No probes: the dead node stays in its group until calls eject it.
+    config = write_config(tmp_path / "gw.yaml", [route(split=split, health={"enabled": False})])
+    with gateway(config) as gw:
+        client = grpcclient.InferenceServerClient(gw.grpc_address)
+        answers = collections.Counter(ask(client) for _ in range(20))
+        assert answers == {"a:v2": 20}
+        assert sample(gw, "dli_upstream_failures_total", group="canary") >= 1
+        assert sample(gw, "dli_gateway_group_errors_total", model="ident") == 0

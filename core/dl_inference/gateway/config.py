@@ -191,7 +191,7 @@ class GroupConfig(_Section):
     nodes serve that version of the model: the gateway rewrites the version V2 calls name.
     """
 
-    name: str = Field(min_length=1, description="the group's name (metrics, logs, status page)")
+    name: str = Field(min_length=1, description="the group's name (metrics, logs, status API)")
     nodes: list[NodeConfig] = Field(
         default_factory=list, description="the group's upstream nodes (or discovery)"
     )

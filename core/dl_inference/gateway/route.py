@@ -47,6 +47,10 @@ class Route:
         self.group = group
         self.version = version  # written into the V2 calls forwarded (groups.with_version_*)
         self.groups = {child.group: child for child in groups}
+        # A group's siblings of the same version, for calls it has no node left for.
+        self.fallbacks: list[Route] = []
+        for child in groups:
+            child.fallbacks = [g for g in groups if g is not child and g.version == child.version]
         self.weights = {g.name: g.weight for g in config.split}
         self.mirror = mirror
         self.stats = GroupStats()
@@ -150,8 +154,18 @@ class Route:
                 )
         self.reap()
 
+    def owner(self, node: Node) -> Route:
+        """The route (this one, or a fallback group) whose node ``node`` is."""
+        if self.nodes.get(node.address) is node:
+            return self
+        return next((g for g in self.fallbacks if g.nodes.get(node.address) is node), self)
+
     def release(self, node: Node) -> None:
         """A call to ``node`` ended: count it out, and let the node go once drained."""
+        owner = self.owner(node)
+        if owner is not self:
+            owner.release(node)
+            return
         node.in_flight -= 1
         if node.draining:
             self.reap()
@@ -213,11 +227,25 @@ class Route:
             n for n in self.nodes.values() if n.eligible(now) and n.address not in exclude
         ]
         if not candidates:
+            # A split group with no eligible node left to try: another group of the same
+            # version takes the call (retries), before this group fails open.
+            for sibling in self.fallbacks:
+                others = [
+                    n
+                    for n in sibling.nodes.values()
+                    if n.eligible(now) and n.address not in exclude
+                ]
+                if others:
+                    return sibling._choose(others)
             candidates = [
                 n for n in self.nodes.values() if not n.draining and n.address not in exclude
             ]
             if not candidates:
                 return None
+        return self._choose(candidates)
+
+    def _choose(self, candidates: list[Node]) -> Node:
+        """The balancer's pick among ``candidates`` (at random if it fails)."""
         if len(candidates) == 1:
             return candidates[0]
         try:
@@ -249,6 +277,10 @@ class Route:
     ) -> None:
         """Tell health tracking and the balancer how a call to ``node`` ended (``outcome``:
         a :class:`~dl_inference.gateway.nodes.Verdict`'s)."""
+        owner = self.owner(node)
+        if owner is not self:
+            owner.record(node, outcome, latency_s, error=error)
+            return
         self.health.record(node, outcome, latency_s, error=error, peers=self.nodes.values())
         try:
             self.balancer.observe(node, outcome, latency_s)
