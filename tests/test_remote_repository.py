@@ -231,13 +231,14 @@ def test_s3_repository_serves_follows_and_survives_the_remote(
 
 
 def test_s3_bucket_that_does_not_exist_stops_the_start(s3: dict[str, Any], tmp_path: Path) -> None:
-    config = serve_config(tmp_path, s3["endpoint"], bucket="no-such-bucket")
+    """From the command line, the endpoint from the standard AWS_ENDPOINT_URL variable."""
     flags = ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
     done = subprocess.run(
-        [sys.executable, "-m", "dl_inference", "serve", "-c", str(config), *flags],
+        [sys.executable, "-m", "dl_inference", "serve"]
+        + ["--model-repository", "s3://no-such-bucket/models", *flags],
         capture_output=True,
         text=True,
-        env={**os.environ, **AWS_ENV},
+        env={**os.environ, **AWS_ENV, "AWS_ENDPOINT_URL": s3["endpoint"]},
         timeout=120,
     )
     assert done.returncode == 2, done.stdout + done.stderr
