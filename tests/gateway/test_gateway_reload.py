@@ -40,3 +40,39 @@ async def test_apply_keeps_adds_replaces_and_removes_routes() -> None:
     assert gateway.routes["a"] is not a and gateway.routes["a"].balancer.name == "random"
     assert "a: replaced" in changes
     await gateway.stop()
+
+
+async def test_split_weights_and_group_nodes_change_in_place() -> None:
+    """A reload of a split route's weights, mirror percent or groups' static nodes keeps
+    the route, its groups and their nodes' state; another change replaces it."""
+    plugins = PluginHost().load()
+
+    def split(stable: int, canary_nodes: list[str], percent: float = 10) -> list:
+        groups = [
+            {"name": "stable", "weight": stable, "nodes": [{"address": "127.0.0.1:1"}]},
+            {"name": "canary", "weight": 5, "nodes": [{"address": a} for a in canary_nodes]},
+        ]
+        mirror = {"percent": percent, "nodes": [{"address": "127.0.0.1:9"}]}
+        entry = {"model": "m", "split": groups, "mirror": mirror, "health": {"enabled": False}}
+        return routes([entry])
+
+    gateway = Gateway(split(95, ["127.0.0.1:2"]), plugins)
+    await gateway.start()
+    route = gateway.routes["m"]
+    stable = route.groups["stable"]
+    stable.nodes["127.0.0.1:1"].requests = 7
+    changes = await gateway.apply(
+        gateway.build_routes(split(50, ["127.0.0.1:2", "127.0.0.1:3"], percent=50))
+    )
+    assert changes == ["m: weights and mirror percent and group nodes"]
+    assert gateway.routes["m"] is route and route.groups["stable"] is stable
+    assert stable.nodes["127.0.0.1:1"].requests == 7
+    assert route.weights == {"stable": 50, "canary": 5}
+    assert sorted(route.groups["canary"].nodes) == ["127.0.0.1:2", "127.0.0.1:3"]
+    assert route.mirror is not None and route.mirror.config.percent == 50
+    # Another balancer for the route: its groups are rebuilt.
+    other = split(50, ["127.0.0.1:2"])
+    other[0] = other[0].model_copy(update={"balancer": "random"})
+    changes = await gateway.apply(gateway.build_routes(other))
+    assert changes == ["m: replaced"] and gateway.routes["m"] is not route
+    await gateway.stop()

@@ -11,6 +11,7 @@ import collections
 import contextlib
 import itertools
 import json
+import queue
 import signal
 import threading
 import time
@@ -419,3 +420,42 @@ def test_a_group_without_a_working_node_yields_its_calls_to_the_others(
         assert answers == {"a:v2": 20}
         assert sample(gw, "dli_upstream_failures_total", group="canary") >= 1
         assert sample(gw, "dli_gateway_group_errors_total", model="ident") == 0
+
+
+def test_a_stream_goes_to_one_group_naming_its_version(
+    workers: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    """ModelStreamInfer: each stream is one call of one group; its messages name the
+    group's version; streams are not copied to the shadow."""
+    a, shadow = workers["a"], workers["shadow"]
+    shadow_before = sample(shadow, "dli_requests_total", model="ident")
+    same_node = [node(a.grpc_address)]
+    split = [
+        {"name": "v1", "weight": 1, "nodes": same_node, "version": "1"},
+        {"name": "v2", "weight": 1, "nodes": same_node, "version": "2"},
+    ]
+    mirror = {"nodes": [node(shadow.grpc_address)]}
+    config = write_config(
+        tmp_path / "gw.yaml", [route(protocols=["v2"], split=split, mirror=mirror)]
+    )
+    with gateway(config) as gw:
+        streams = []
+        for _ in range(2):
+            answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+            client = grpcclient.InferenceServerClient(gw.grpc_address)
+            client.start_stream(callback=lambda result, error, q=answers: q.put((result, error)))
+            try:
+                for _ in range(3):
+                    x = grpcclient.InferInput("x", [1], "FP32")
+                    x.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+                    client.async_stream_infer("ident", [x], model_version="1")
+                got = [answers.get(timeout=30) for _ in range(3)]
+            finally:
+                client.stop_stream()
+                client.close()
+            assert [error for _, error in got] == [None, None, None]
+            streams.append({result.as_numpy("node")[0].decode() for result, _ in got})
+        assert sorted(map(sorted, streams)) == [["a:v1"], ["a:v2"]]
+        assert sample(gw, "dli_gateway_group_requests_total", group="v2") == 1
+        assert sample(gw, "dli_gateway_mirror_sent_total", model="ident") == 0
+    assert sample(shadow, "dli_requests_total", model="ident") == shadow_before

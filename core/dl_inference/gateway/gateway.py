@@ -12,7 +12,7 @@ import grpc
 import structlog
 from aiohttp import web
 
-from dl_inference.gateway.config import NodeConfig, RouteConfig
+from dl_inference.gateway.config import GroupConfig, NodeConfig, RouteConfig
 from dl_inference.gateway.discovery import (
     NodeFileWatch,
     SeedTask,
@@ -69,8 +69,10 @@ class Gateway:
         self._configs = table.configs
         self._node_files = table.node_files
         self._by_model, self._by_task = _indexes(table)
-        self.forwarder = Forwarder()
-        self.rest_forwarder = RestForwarder()
+        # A tracing plugin's dli_gateway_call (None, and no cost, without one).
+        trace = plugins.request_hook("dli_gateway_call")
+        self.forwarder = Forwarder(trace)
+        self.rest_forwarder = RestForwarder(trace)
         self._retiring: set[asyncio.Task[None]] = set()
         self._watches: dict[Path, NodeFileWatch] = {}
         self._started = False
@@ -627,24 +629,45 @@ def _live_changes(old: RouteConfig, new: RouteConfig) -> str | None:
         return None
     taken: dict[str, Any] = {"nodes": new.nodes, "timeout_ms": new.timeout_ms}
     taken["split"] = [
-        group.model_copy(update={"weight": now.weight})
+        group.model_copy(update=_group_live(group, now, weight=now.weight))
         for group, now in zip(old.split, new.split, strict=True)
     ]
     if old.mirror is not None and new.mirror is not None:
-        taken["mirror"] = old.mirror.model_copy(update={"percent": new.mirror.percent})
+        taken["mirror"] = old.mirror.model_copy(
+            update=_group_live(old.mirror, new.mirror, percent=new.mirror.percent)
+        )
     if old.model_copy(update=taken) != new:
         return None
+    old_groups = [*old.split, *([old.mirror] if old.mirror else [])]
+    new_groups = [*new.split, *([new.mirror] if new.mirror else [])]
     changed = [
         what
         for what, differs in (
             ("nodes", old.nodes != new.nodes),
             ("timeout", old.timeout_ms != new.timeout_ms),
             ("weights", [g.weight for g in old.split] != [g.weight for g in new.split]),
-            ("mirror percent", taken.get("mirror") != old.mirror),
+            (
+                "mirror percent",
+                old.mirror is not None
+                and new.mirror is not None
+                and old.mirror.percent != new.mirror.percent,
+            ),
+            (
+                "group nodes",
+                [g.nodes for g in old_groups] != [g.nodes for g in new_groups],
+            ),
         )
         if differs
     ]
     return " and ".join(changed) or None
+
+
+def _group_live(old: GroupConfig, new: GroupConfig, **update: Any) -> dict[str, Any]:
+    """``update`` plus the group's static nodes, which :meth:`Route.update` takes in place
+    (a group with discovery keeps its discovery: replaced when it changes)."""
+    if old.discovery is None and new.discovery is None:
+        update["nodes"] = new.nodes
+    return update
 
 
 def _what(config: RouteConfig) -> str:
