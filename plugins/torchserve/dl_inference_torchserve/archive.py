@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import zipfile
@@ -37,11 +38,33 @@ _STAMP = ".dli-archive-stamp"
 
 def cache_root() -> Path:
     """Where archives are unpacked: ``$DLI_TORCHSERVE_CACHE``, else a per-user folder in
-    the system's temporary directory."""
+    the system's temporary directory, made private to this user. Another user could have
+    made that folder first and planted a handler in it: a folder not owned by this user,
+    or writable by others, is not used (a fresh private folder is, and logged)."""
     configured = os.environ.get("DLI_TORCHSERVE_CACHE")
     if configured:
         return Path(configured)
-    return Path(tempfile.gettempdir()) / f"dl-inference-torchserve-{os.getuid()}"
+    shared = Path(tempfile.gettempdir()) / f"dl-inference-torchserve-{os.getuid()}"
+    shared.mkdir(mode=0o700, exist_ok=True)
+    if private(shared):
+        return shared
+    fresh = Path(tempfile.mkdtemp(prefix="dl-inference-torchserve-"))
+    log.warning(
+        "archive cache folder not used: another user owns it or may write to it",
+        folder=str(shared),
+        using=str(fresh),
+    )
+    return fresh
+
+
+def private(folder: Path) -> bool:
+    """Whether ``folder`` (not a link) belongs to this user and no one else may write to it."""
+    info = folder.lstat()
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.getuid()
+        and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -98,7 +121,9 @@ class ArchiveCache:
         known = self._known.get(archive)
         if known is not None and known[0] == stamp and (known[2] / VERSION).is_dir():
             return known[1], known[2]
-        root = self.root or cache_root()
+        if self.root is None:
+            self.root = cache_root()
+        root = self.root
         key = hashlib.sha256(str(archive.resolve()).encode()).hexdigest()[:16]
         with zipfile.ZipFile(archive) as zipped:
             manifest = json.loads(zipped.read(MANIFEST))

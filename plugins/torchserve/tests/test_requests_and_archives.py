@@ -65,3 +65,18 @@ def test_unreadable_and_duplicate_archives_are_left_out(tmp_path: Path) -> None:
     found = ArchiveCache(tmp_path / "cache").models(store)
     assert [name for name, _ in found] == ["m", "unnamed"]
     assert found[0][1].parent != found[1][1].parent
+
+
+def test_the_default_cache_must_be_private(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    from dl_inference_torchserve import archive
+
+    monkeypatch.delenv("DLI_TORCHSERVE_CACHE", raising=False)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    shared = tmp_path / f"dl-inference-torchserve-{os.getuid()}"
+    assert archive.cache_root() == shared and archive.private(shared)
+    shared.chmod(0o777)  # as if another user had made it, writable by all
+    other = archive.cache_root()
+    assert other != shared and archive.private(other)
+    other.rmdir()
