@@ -120,6 +120,23 @@ def test_triton_families_count_the_same_requests(server: ServerProcess) -> None:
     assert value(families, "nv_inference_queue_duration_us", **one) >= 0
 
 
+def test_counters_are_written_as_triton_writes_them(server: ServerProcess) -> None:
+    """``nv_inference_count{...}`` under ``# TYPE nv_inference_count counter``: no ``_total``
+    suffix (what Triton's dashboards query), in one process's scrape and in a merged one."""
+    from dl_inference.kernel.metrics import merge_worker_figures, parse_exposition
+
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=10) as reply:
+        text = reply.read()
+    merged = merge_worker_figures({0: parse_exposition(text), 1: None})
+    for body in (text.decode(), merged.decode()):
+        lines = body.splitlines()
+        for name in COUNTERS:
+            assert f"# TYPE {name} counter" in lines, name
+            assert any(line.startswith(name + "{") for line in lines), name
+            assert not any(line.startswith(name + "_total") for line in lines), name
+        assert any(line.startswith("dli_requests_total{") for line in lines)
+
+
 def test_latency_histogram_carries_the_version(server: ServerProcess) -> None:
     infer(server, 1)
     _, samples = scrape(server)["dli_request_duration_seconds"]
@@ -152,3 +169,97 @@ def test_off_by_default(root: Path) -> None:
         families = scrape(srv)
     assert not [name for name in families if name.startswith("nv_inference")]
     assert "dli_requests" in families
+
+
+class _FakeNvml:
+    """pynvml's calls the collector makes, answering for two GPUs (no GPU on CI machines);
+    the second does not support power readings, as some boards do not."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.energy_mj = 5_000_000
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetUUID(self, handle: int) -> bytes:
+        return f"GPU-{handle}".encode()  # older pynvml answers bytes
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> object:
+        return type("Rates", (), {"gpu": 40 + handle})()
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> object:
+        return type("Memory", (), {"total": 80 << 30, "used": (handle + 1) << 30})()
+
+    def _power(self, handle: int, value: int) -> int:
+        if handle == 1:
+            raise self.NVMLError("not supported")
+        return value
+
+    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
+        return self._power(handle, 250_000)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: int) -> int:
+        return self._power(handle, 700_000)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:
+        return self._power(handle, self.energy_mj)
+
+
+def test_gpu_collector_reads_nvml_as_triton_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from dl_inference.kernel.metrics import GpuCollector
+
+    nvml = _FakeNvml()
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", nvml)
+    collector, reason = GpuCollector.open()
+    assert collector is not None and reason == ""
+    nvml.energy_mj += 1500  # 1.5 J since the server started
+    registry = CollectorRegistry()
+    registry.register(collector)
+    families = {
+        f.name: (f.type, {(s.name, s.labels["gpu_uuid"]): s.value for s in f.samples})
+        for f in text_string_to_metric_families(generate_latest(registry).decode())
+    }
+    assert families["nv_gpu_utilization"] == (
+        "gauge",
+        {("nv_gpu_utilization", "GPU-0"): 0.40, ("nv_gpu_utilization", "GPU-1"): 0.41},
+    )
+    assert families["nv_gpu_memory_used_bytes"][1][("nv_gpu_memory_used_bytes", "GPU-1")] == (
+        2 << 30
+    )
+    assert families["nv_gpu_memory_total_bytes"][1][("nv_gpu_memory_total_bytes", "GPU-0")] == (
+        80 << 30
+    )
+    # Watts; the GPU without power readings is left out of those families, not zero.
+    assert families["nv_gpu_power_usage"][1] == {("nv_gpu_power_usage", "GPU-0"): 250.0}
+    assert families["nv_gpu_power_limit"][1] == {("nv_gpu_power_limit", "GPU-0"): 700.0}
+    assert families["nv_energy_consumption"] == (
+        "counter",
+        {("nv_energy_consumption_total", "GPU-0"): 1.5},
+    )
+
+
+def test_gpu_collector_says_why_there_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dl_inference.kernel.metrics import GpuCollector
+
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", None)  # not installed
+    assert GpuCollector.open() == (None, "pynvml is not installed (pip install nvidia-ml-py)")
+    nvml = _FakeNvml()
+
+    def no_driver() -> None:
+        raise nvml.NVMLError("Driver Not Loaded")
+
+    nvml.nvmlInit = no_driver  # type: ignore[method-assign]
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", nvml)
+    collector, reason = GpuCollector.open()
+    assert collector is None and "Driver Not Loaded" in reason

@@ -29,7 +29,6 @@ import yaml
 from grafana_foundation_sdk.cog import encoder, plugins
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import dashboard as schema
-from prometheus_client.parser import text_string_to_metric_families
 
 from dl_inference.testing import ServerProcess, write_python_model
 
@@ -240,8 +239,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[set[str
             for server in (worker, gateway):
                 with urllib.request.urlopen(server.http_url + "/metrics", timeout=10) as reply:
                     text = reply.read().decode()
-                for family in text_string_to_metric_families(text):
-                    names |= {sample.name for sample in family.samples}
+                # Sample names as written: what Prometheus stores and queries find.
+                names |= {
+                    line.split("{")[0].split(" ")[0]
+                    for line in text.splitlines()
+                    if line and not line.startswith("#")
+                }
             yield names, worker.output() + gateway.output()
 
 

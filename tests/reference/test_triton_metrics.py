@@ -96,10 +96,24 @@ def traffic(address: str) -> None:
                 client.infer(model, [tensor])
 
 
+def raw(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return reply.read().decode()
+
+
+def written(text: str) -> set[str]:
+    """The ``# TYPE`` lines and the metric names of the samples, as the text writes them
+    (what Prometheus stores and dashboards query; the parser would add ``_total``)."""
+    return {
+        line if line.startswith("# TYPE") else line.split("{")[0]
+        for line in text.splitlines()
+        if any(name in line for name in FAMILIES) and not line.startswith("# HELP")
+    }
+
+
 def scrape(url: str) -> dict[str, tuple[str, str, dict[tuple, float]]]:
     """family -> (type, help, {(sample name, sorted labels): value}) of Triton's families."""
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
+    text = raw(url)
     return {
         family.name: (
             family.type,
@@ -120,6 +134,12 @@ def test_same_families_types_and_labels(servers: tuple[str, str]) -> None:
         assert (o_type, o_help) == (t_type, t_help), name
         # The same series: label names and values (model, version, reason) alike.
         assert sorted(o_samples) == sorted(t_samples), name
+
+
+def test_same_names_as_written(servers: tuple[str, str]) -> None:
+    triton, ours = (written(raw(url)) for url in servers)
+    assert ours == triton
+    assert "nv_inference_count" in ours and "# TYPE nv_inference_count counter" in ours
 
 
 def test_same_counts_after_the_same_requests(servers: tuple[str, str]) -> None:

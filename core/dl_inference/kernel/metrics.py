@@ -321,7 +321,7 @@ class Metrics:
         return None
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return exposition(self.registry.collect())
 
 
 class CallbackCollector(Collector):
@@ -561,6 +561,37 @@ class GpuCollector(Collector):
             yield family
 
 
+def exposition(families: Iterable[Metric]) -> bytes:
+    """The Prometheus text format of ``families``, Triton's ``nv_*`` counters as Triton
+    writes them.
+
+    prometheus_client names every counter's samples ``<name>_total``; Triton (through
+    prometheus-cpp) writes ``nv_inference_count{...}`` under ``# TYPE nv_inference_count
+    counter``, and that sample name is what Triton's dashboards and alerts query.
+    """
+    plain: list[Metric] = []
+    triton: list[Metric] = []
+    for family in families:
+        if family.type == "counter" and family.name.startswith("nv_"):
+            triton.append(family)
+        else:
+            plain.append(family)
+    text = generate_latest(_Families(plain))
+    for family in triton:
+        # Written as a gauge (no suffix added), then typed as the counter it is.
+        as_gauge = Metric(family.name, family.documentation, "gauge")
+        as_gauge.samples = [
+            sample._replace(name=family.name)
+            for sample in family.samples
+            if sample.name in (family.name, family.name + "_total")
+        ]
+        rendered = generate_latest(_Families([as_gauge])).decode()
+        text += rendered.replace(
+            f"# TYPE {family.name} gauge\n", f"# TYPE {family.name} counter\n", 1
+        ).encode()
+    return text
+
+
 def parse_exposition(text: bytes) -> list[Metric]:
     """The families of a Prometheus text exposition; ValueError if it is not one."""
     return list(text_string_to_metric_families(text.decode()))
@@ -588,7 +619,7 @@ def merge_worker_figures(figures: dict[int, list[Metric] | None]) -> bytes:
                 sample._replace(labels={**sample.labels, "worker": str(worker)})
                 for sample in family.samples
             )
-    return generate_latest(_Families([*merged.values(), up]))
+    return exposition([*merged.values(), up])
 
 
 class _Families(Collector):
