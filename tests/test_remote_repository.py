@@ -244,3 +244,24 @@ def test_s3_bucket_that_does_not_exist_stops_the_start(s3: dict[str, Any], tmp_p
     assert done.returncode == 2, done.stdout + done.stderr
     assert "model_repository s3://no-such-bucket/models: not found" in done.stderr
     assert SECRET not in done.stdout + done.stderr
+
+
+def test_s3_repository_with_worker_processes_sharing_the_cache(
+    s3: dict[str, Any], tmp_path: Path
+) -> None:
+    """serve --workers 2: both processes mirror into one cache folder; each serves the new
+    version once it is uploaded."""
+    client = s3["client"]
+    upload_model(client, "adder", 1, 1)
+    config = serve_config(tmp_path, s3["endpoint"])
+    with ServerProcess(["-c", str(config), "--workers", "2"], env=AWS_ENV) as server:
+        assert infer(server, "adder") == (200, 1.0)
+        upload_model(client, "adder", 2, 2)
+        # New connections land on either process (SO_REUSEPORT): all must answer 2.
+        wait_for(
+            lambda: all(infer(server, "adder") == (200, 2.0) for _ in range(20)),
+            "version 2 served by every worker",
+        )
+        assert "Traceback" not in server.output()
+    cache = next((tmp_path / "cache").iterdir())
+    assert sorted(p.name for p in cache.iterdir()) == [".dli-remote.json", "adder"]

@@ -12,6 +12,7 @@ when a URL is configured.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -167,7 +168,7 @@ class RemoteRepository:
         return data if isinstance(data, dict) else {}
 
     def _write_manifest(self, manifest: dict[str, str]) -> None:
-        temporary = self.local / PARTIAL / f"manifest-{os.getpid()}.json"
+        temporary = self._partial / "manifest.json"
         temporary.write_text(json.dumps(manifest, sort_keys=True))
         os.replace(temporary, self.local / MANIFEST)
 
@@ -177,7 +178,7 @@ class RemoteRepository:
 
     def _fetch(self, unit: str, files: list[str]) -> None:
         """Download ``unit`` whole beside the cache, then rename it into place."""
-        partial = self.local / PARTIAL
+        partial = self._partial
         target = self.local / unit
         if files == [unit]:  # a single file
             fd, name = tempfile.mkstemp(dir=partial)
@@ -194,7 +195,12 @@ class RemoteRepository:
         if target.exists():
             old = Path(tempfile.mkdtemp(dir=partial)) / "old"
             target.rename(old)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError:
+            # Another worker process (serve --workers N) put the same unit in place first.
+            if not target.is_dir():
+                raise
         if old is not None:
             shutil.rmtree(old.parent, ignore_errors=True)
 
@@ -206,9 +212,9 @@ class RemoteRepository:
         """
         remote = self.listing()
         self.local.mkdir(parents=True, exist_ok=True)
-        partial = self.local / PARTIAL
-        shutil.rmtree(partial, ignore_errors=True)  # leftovers of an interrupted sync
-        partial.mkdir()
+        partial = self._partial
+        self._clean_partial()
+        partial.mkdir(parents=True)
         manifest = self._manifest()
         units: dict[str, list[str]] = {}
         for relative in sorted(remote):
@@ -244,9 +250,29 @@ class RemoteRepository:
         finally:
             self._write_manifest(manifest)
             shutil.rmtree(partial, ignore_errors=True)
+            with contextlib.suppress(OSError):  # not while a sibling process downloads
+                partial.parent.rmdir()
         if changes:
             log.info("remote model repository synced", url=self.shown, changes=changes)
         return changes
+
+    @property
+    def _partial(self) -> Path:
+        # One per process: the worker processes of serve --workers N share the cache.
+        return self.local / PARTIAL / str(os.getpid())
+
+    def _clean_partial(self) -> None:
+        """Remove what interrupted syncs left: this process's, and those of processes gone."""
+        for folder in (self.local / PARTIAL).glob("*"):
+            try:
+                if folder.name != str(os.getpid()):
+                    os.kill(int(folder.name), 0)
+                    continue  # a live sibling's downloads
+            except (ValueError, ProcessLookupError):
+                pass
+            except PermissionError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _remove(self, path: Path) -> None:
         if path.is_dir() and not path.is_symlink():
