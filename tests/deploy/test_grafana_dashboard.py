@@ -225,7 +225,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[set[str
             yaml.safe_dump(
                 {
                     "model_repository": str(root / "gateway"),
-                    "routes": [{"model": "add_one", "nodes": [node]}],
+                    # A split and a mirror, so the group families have series too.
+                    "routes": [
+                        {
+                            "model": "add_one",
+                            "split": [{"name": "stable", "weight": 1, "nodes": [node]}],
+                            "mirror": {"name": "shadow", "percent": 100, "nodes": [node]},
+                        }
+                    ],
                 }
             )
         )
@@ -264,6 +271,7 @@ def test_every_metric_in_the_dashboard_is_exported(exported: tuple[set[str], str
         "dli_in_flight_requests",
         "dli_model_ready",
         "dli_upstream_requests_total",
+        "dli_gateway_group_duration_seconds_bucket",
     ):
         assert family in used, family
 
