@@ -295,6 +295,7 @@ PUBLIC_SURFACE = [
     "MAX_JSON_DEPTH",
     "MAX_TENSOR_ELEMENTS",
     "MAX_TENSOR_RANK",
+    "AttemptTrace",
     "Backend",
     "BackendError",
     "BackendRegistry",
@@ -312,6 +313,8 @@ PUBLIC_SURFACE = [
     "DeadlineExceeded",
     "Decision",
     "DlInferenceError",
+    "ExecutionTiming",
+    "ForwardTrace",
     "InferRequest",
     "InferResponse",
     "InvalidInput",
@@ -374,6 +377,7 @@ PUBLIC_SURFACE = [
 HOOKSPECS = {
     "dli_authorize": ("(ctx: 'RequestContext') -> 'Decision | None'", True),
     "dli_configure": ("(settings: 'dict[str, Any]') -> 'None'", False),
+    "dli_gateway_call": ("(ctx: 'RequestContext') -> 'ForwardTrace | None'", True),
     "dli_on_error": ("(ctx: 'RequestContext', error: 'BaseException') -> 'None'", False),
     "dli_on_request": ("(ctx: 'RequestContext') -> 'None'", False),
     "dli_on_response": ("(ctx: 'RequestContext') -> 'None'", False),
@@ -391,7 +395,7 @@ def test_public_surface_matches_its_snapshot() -> None:
     assert dl_inference.__all__ == PUBLIC_SURFACE
     for name in PUBLIC_SURFACE:
         assert hasattr(dl_inference, name), name
-    assert dl_inference.HOOKSPEC_VERSION == "1.2"
+    assert dl_inference.HOOKSPEC_VERSION == "1.3"
 
 
 def test_hookspecs_are_documented_and_match_their_snapshot() -> None:

@@ -70,7 +70,10 @@ from dl_inference.spi.typed_values import (
     narrow_array,
 )
 from dl_inference.spi.types import (
+    AttemptTrace,
     Decision,
+    ExecutionTiming,
+    ForwardTrace,
     InferRequest,
     InferResponse,
     ModelMetadata,
@@ -88,6 +91,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_TENSOR_ELEMENTS",
     "MAX_TENSOR_RANK",
+    "AttemptTrace",
     "Backend",
     "BackendError",
     "BackendRegistry",
@@ -105,6 +109,8 @@ __all__ = [
     "DeadlineExceeded",
     "Decision",
     "DlInferenceError",
+    "ExecutionTiming",
+    "ForwardTrace",
     "InferRequest",
     "InferResponse",
     "InvalidInput",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -26,6 +26,7 @@ from dl_inference.gateway.groups import with_version_grpc
 from dl_inference.gateway.nodes import app_answered, grpc_verdict
 from dl_inference.gateway.route import Route
 from dl_inference.spi.balancer import Outcome
+from dl_inference.spi.types import AttemptTrace, ForwardTrace, InferRequest, RequestContext
 
 log = structlog.get_logger("dl_inference.gateway")
 
@@ -63,8 +64,41 @@ def client_deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if left is None else time.monotonic() + left
 
 
+def trace_call(
+    trace: Callable[..., Any] | None, protocol: str, method: str, model: str, metadata: Any
+) -> ForwardTrace | None:
+    """Ask ``dli_gateway_call`` (``trace``, None when no plugin implements it) to watch a
+    forwarded call; ``metadata`` is (name, value) pairs, binary values left out."""
+    if trace is None:
+        return None
+    ctx = RequestContext(
+        protocol,
+        method,
+        metadata={k.lower(): v for k, v in metadata if isinstance(v, str)},
+        request=InferRequest(model_name=model, inputs={}),
+    )
+    return trace(ctx=ctx)
+
+
+def with_attempt(
+    metadata: tuple[tuple[str, Any], ...], attempt: AttemptTrace | None
+) -> tuple[tuple[str, Any], ...]:
+    """``metadata`` with the attempt's headers in place of the client's same-named ones."""
+    if attempt is None or not attempt.headers:
+        return metadata
+    names = {name.lower() for name in attempt.headers}
+    kept = tuple((k, v) for k, v in metadata if k.lower() not in names)
+    return kept + tuple(attempt.headers.items())
+
+
 class Forwarder:
-    """Sends raw request bytes to a route's nodes and relays the outcome to the client."""
+    """Sends raw request bytes to a route's nodes and relays the outcome to the client.
+
+    ``trace`` is the ``dli_gateway_call`` hook (None when no plugin implements it).
+    """
+
+    def __init__(self, trace: Callable[..., Any] | None = None) -> None:
+        self._trace = trace
 
     async def forward(
         self, route: Route, method: str, body: bytes, context: grpc.aio.ServicerContext
@@ -75,17 +109,36 @@ class Forwarder:
         if route.mirror is not None:
             route.mirror.copy_grpc(method, body, forwardable(context.invocation_metadata()))
         body = with_version_grpc(method, body, group.version)
+        trace = trace_call(
+            self._trace, "grpc", method, route.model, context.invocation_metadata() or ()
+        )
         started = time.monotonic()
         ok = False
+        status = "UNKNOWN"
         try:
-            reply = await self._forward(group, method, body, context)
+            reply = await self._forward(group, method, body, context, trace)
             ok = True
+            status = "OK"
             return reply
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except BaseException:
+            code = context.code()
+            status = code.name if isinstance(code, grpc.StatusCode) else status
+            raise
         finally:
             group.stats.observe(time.monotonic() - started, ok)
+            if trace is not None:
+                trace.finish(status)
 
     async def _forward(
-        self, route: Route, method: str, body: bytes, context: grpc.aio.ServicerContext
+        self,
+        route: Route,
+        method: str,
+        body: bytes,
+        context: grpc.aio.ServicerContext,
+        trace: ForwardTrace | None = None,
     ) -> bytes:
         started = time.monotonic()
         deadline = own_deadline = client_deadline(context)
@@ -111,11 +164,16 @@ class Forwarder:
                     f"the deadline for model {route.model!r} passed in the gateway"
                     + (f" after trying {'; '.join(tried)}" if tried else ""),
                 )
-            call = node.unary_stub(method)(body, timeout=timeout, metadata=metadata)
+            attempt = None if trace is None else trace.attempt(node.address, len(tried) + 1)
+            outcome = ("CANCELLED", "")
+            call = node.unary_stub(method)(
+                body, timeout=timeout, metadata=with_attempt(metadata, attempt)
+            )
             node.in_flight += 1
             sent = time.monotonic()
             try:
                 reply = await call
+                outcome = ("OK", "")
             except asyncio.CancelledError:
                 # The client went away: stop the upstream work too.
                 call.cancel()
@@ -123,6 +181,7 @@ class Forwarder:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 detail = f"{code.name}: {exc.details()}"
+                outcome = (code.name, detail)
                 answered = app_answered(exc.trailing_metadata())
                 verdict = grpc_verdict(code, exc.details(), own_deadline, answered)
                 route.record(node, verdict.outcome, time.monotonic() - sent, error=detail)
@@ -144,6 +203,8 @@ class Forwarder:
                 continue
             finally:
                 route.release(node)
+                if attempt is not None:
+                    attempt.finish(*outcome)
             route.record(node, Outcome.SUCCESS, time.monotonic() - sent)
             await _relay_metadata(
                 context, await call.initial_metadata(), await call.trailing_metadata()

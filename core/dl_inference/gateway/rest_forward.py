@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from dl_inference.gateway.forward import no_node_answered
+from dl_inference.gateway.forward import no_node_answered, trace_call
 from dl_inference.gateway.groups import with_version_rest
 from dl_inference.gateway.nodes import (
     CONNECT_FAILED,
@@ -33,6 +34,7 @@ from dl_inference.gateway.nodes import (
     http_verdict,
 )
 from dl_inference.gateway.route import Route
+from dl_inference.spi.types import AttemptTrace, ForwardTrace
 
 log = structlog.get_logger("dl_inference.gateway")
 
@@ -78,6 +80,14 @@ def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
 
 
+def with_attempt_headers(headers: dict[str, str], attempt: AttemptTrace | None) -> dict[str, str]:
+    """``headers`` with the attempt's in place of the client's same-named ones."""
+    if attempt is None or not attempt.headers:
+        return headers
+    names = {name.lower() for name in attempt.headers}
+    return {k: v for k, v in headers.items() if k.lower() not in names} | dict(attempt.headers)
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -85,8 +95,9 @@ def _error(status: int, message: str) -> web.Response:
 class RestForwarder:
     """Sends a REST request to a route's nodes and returns the answer of the one that took it."""
 
-    def __init__(self) -> None:
+    def __init__(self, trace: Callable[..., Any] | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._trace = trace  # the dli_gateway_call hook; None: no plugin implements it
 
     async def close(self) -> None:
         if self._session is not None:
@@ -114,16 +125,29 @@ class RestForwarder:
                 body,
                 forwardable_headers(request.headers),
             )
+        trace = trace_call(
+            self._trace,
+            "http",
+            f"{request.method} {request.path}",
+            route.model,
+            request.headers.items(),
+        )
         started = time.monotonic()
         ok = False
+        status = "CANCELLED"
         try:
-            reply = await self._forward(group, request, body)
+            reply = await self._forward(group, request, body, trace)
             ok = reply.status < 400
+            status = str(reply.status)
             return reply
         finally:
             group.stats.observe(time.monotonic() - started, ok)
+            if trace is not None:
+                trace.finish(status)
 
-    async def _forward(self, route: Route, request: web.Request, body: bytes) -> web.Response:
+    async def _forward(
+        self, route: Route, request: web.Request, body: bytes, trace: ForwardTrace | None = None
+    ) -> web.Response:
         headers = forwardable_headers(request.headers)
         tls_config = route.config.tls
         server_name = tls_config.server_name if tls_config is not None else None
@@ -146,6 +170,8 @@ class RestForwarder:
             if left is not None and left <= 0:
                 return _error(504, f"the deadline for model {route.model!r} passed in the gateway")
             url = f"{scheme}://{node.http_address}{path_qs}"
+            attempt = None if trace is None else trace.attempt(node.address, len(tried) + 1)
+            outcome = ("CANCELLED", "")
             node.in_flight += 1
             sent = time.monotonic()
             try:
@@ -153,7 +179,7 @@ class RestForwarder:
                     request.method,
                     url,
                     data=body,
-                    headers=headers,
+                    headers=with_attempt_headers(headers, attempt),
                     ssl=tls,
                     timeout=aiohttp.ClientTimeout(total=left),
                     server_hostname=server_name,
@@ -161,7 +187,9 @@ class RestForwarder:
                     payload = await reply.read()
                     status, reply_headers = reply.status, forwardable_headers(reply.headers)
                     answered = app_answered(reply.headers)
+                    outcome = (str(status), "")
             except TimeoutError:
+                outcome = ("504", "timeout")
                 route.record(
                     node, CONNECTION_LOST.outcome, time.monotonic() - sent, error="timeout"
                 )
@@ -170,6 +198,7 @@ class RestForwarder:
                 )
             except aiohttp.ClientConnectorError as exc:  # no connection: the node did nothing
                 detail = f"cannot connect ({exc.os_error or exc})"
+                outcome = ("503", detail)
                 route.record(node, CONNECT_FAILED.outcome, time.monotonic() - sent, error=detail)
                 tried.append(f"{node.address} ({detail})")
                 if not route.retry_allowed(retries, deadline, tried):
@@ -178,10 +207,13 @@ class RestForwarder:
                 continue
             except (aiohttp.ClientError, OSError) as exc:  # it may have run: do not repeat
                 detail = f"{type(exc).__name__}: {exc}"
+                outcome = ("502", detail)
                 route.record(node, CONNECTION_LOST.outcome, time.monotonic() - sent, error=detail)
                 return _error(502, f"model {route.model!r}: node {node.address} failed: {detail}")
             finally:
                 route.release(node)
+                if attempt is not None:
+                    attempt.finish(*outcome)
             verdict = http_verdict(status, answered)
             route.record(node, verdict.outcome, time.monotonic() - sent, error=f"HTTP {status}")
             relayed = web.Response(status=status, body=payload, headers=reply_headers)

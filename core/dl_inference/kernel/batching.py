@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from dl_inference.spi.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
+from dl_inference.spi.types import ExecutionTiming
 
 # run(inputs, parameters, queued) -> outputs, called in a batcher thread; queued holds the
 # monotonic time each request of the batch was queued, oldest first (for the queue time
@@ -55,6 +56,8 @@ class _Pending:
     delivery: _Delivery
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     queued_at: float = field(default_factory=time.monotonic)
+    # Filled in when the request runs, for a tracing plugin (None: nobody asked).
+    timing: ExecutionTiming | None = None
 
 
 @dataclass
@@ -137,11 +140,17 @@ class Batcher:
         self._deliveries: dict[asyncio.AbstractEventLoop, _Delivery] = {}
 
     async def submit(
-        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], deadline: float | None
+        self,
+        inputs: dict[str, np.ndarray],
+        parameters: dict[str, Any],
+        deadline: float | None,
+        timing: ExecutionTiming | None = None,
     ) -> dict[str, np.ndarray]:
         """Queue one request and await its outputs.
 
-        When merging, inputs carry the request's batch as dimension 0.
+        When merging, inputs carry the request's batch as dimension 0. ``timing``, when
+        given, receives when the request was queued and when the execution that carried it
+        ran, with that execution's rows.
         """
         if self.merge:
             rows, key = (
@@ -154,6 +163,7 @@ class Batcher:
         item = _Pending(
             inputs, parameters, deadline, rows, key, loop.create_future(), self._delivery(loop)
         )
+        item.timing = timing
         with self._ready:
             if self.max_queue_size is not None and len(self._queue) >= self.max_queue_size:
                 self.stats.refused += 1
@@ -284,8 +294,12 @@ class Batcher:
         else:
             inputs = {n: np.concatenate([i.inputs[n] for i in batch]) for n in first.inputs}
         queued = [item.queued_at for item in batch]  # in queue order: oldest first
-        # The first request's context carries its request id into the model's logs.
-        return first.context.run(self._run, inputs, first.parameters, queued)
+        started = time.monotonic()
+        try:
+            # The first request's context carries its request id into the model's logs.
+            return first.context.run(self._run, inputs, first.parameters, queued)
+        finally:
+            _record_timing(batch, started)
 
     def _deliver(self, batch: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
         """Split a batch's outputs back to its callers (all fail if the model broke the
@@ -374,6 +388,18 @@ def _resolve(
 ) -> None:
     """Hand a result or error to the waiting coroutine, on its own event loop."""
     item.delivery.put(item, result, error)
+
+
+def _record_timing(batch: list[_Pending], started: float) -> None:
+    """Tell the requests that asked (``timing``) when this execution of theirs ran."""
+    finished = 0.0
+    rows = 0
+    for item in batch:
+        if item.timing is None:
+            continue
+        if not finished:
+            finished, rows = time.monotonic(), sum(i.rows for i in batch)
+        item.timing.record(item.queued_at, started, finished, rows)
 
 
 def _fail(batch: list[_Pending], error: BaseException) -> None:

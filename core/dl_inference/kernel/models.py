@@ -32,7 +32,7 @@ from dl_inference.spi.errors import (
     ModelNotFound,
     ModelNotReady,
 )
-from dl_inference.spi.types import ModelMetadata, TensorSpec
+from dl_inference.spi.types import ExecutionTiming, ModelMetadata, TensorSpec
 
 log = structlog.get_logger("dl_inference.models")
 
@@ -145,21 +145,26 @@ class ModelVersion:
         inputs: dict[str, np.ndarray],
         parameters: dict[str, Any],
         deadline: float | None = None,
+        timing: ExecutionTiming | None = None,
     ) -> dict[str, np.ndarray]:
         """Run the model on one request in its scheduler's threads (merged when it batches).
 
-        Callers check the batch with :meth:`admit` first.
+        Callers check the batch with :meth:`admit` first. ``timing``, when given, receives
+        the request's queue and execution times (see :class:`ExecutionTiming`).
         """
         self.in_flight += 1
         try:
             if self.on_loop:
-                return await self._run_on_loop(inputs, parameters)
-            return await self.scheduler.submit(inputs, parameters, deadline)
+                return await self._run_on_loop(inputs, parameters, timing)
+            return await self.scheduler.submit(inputs, parameters, deadline, timing)
         finally:
             self.in_flight -= 1
 
     async def _run_on_loop(
-        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+        self,
+        inputs: dict[str, np.ndarray],
+        parameters: dict[str, Any],
+        timing: ExecutionTiming | None = None,
     ) -> dict[str, np.ndarray]:
         """One execution of an async predict, timed as the scheduler's are."""
         started = time.monotonic()
@@ -169,6 +174,9 @@ class ModelVersion:
             raise
         except Exception as exc:
             raise self._model_error(exc) from exc
+        finally:
+            if timing is not None:
+                timing.record(started, started, time.monotonic(), 1)
         self._observe(inputs, [started], started)
         return outputs
 

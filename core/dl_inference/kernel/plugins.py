@@ -54,7 +54,7 @@ TRITON_PROVIDERS: dict[str, str] = {"python": "dl-inference-triton"}
 # (``plugins/<name without the prefix>``), with the in-repo plugins each one needs, which a
 # package index cannot supply until they are published. tests/test_install_hints.py checks
 # both against every plugins/*/pyproject.toml.
-IN_REPO_PLUGINS = frozenset({*KNOWN_PROVIDERS.values(), "dl-inference-auth"})
+IN_REPO_PLUGINS = frozenset({*KNOWN_PROVIDERS.values(), "dl-inference-auth", "dl-inference-otel"})
 IN_REPO_REQUIRES: dict[str, tuple[str, ...]] = {
     "dl-inference-seldon": ("dl-inference-tfserving",),
     "dl-inference-tensorflow": ("dl-inference-tfserving",),

@@ -25,6 +25,7 @@ from dl_inference.spi.errors import (
 from dl_inference.spi.statistics import VersionStatistics
 from dl_inference.spi.status import grpc_code
 from dl_inference.spi.types import (
+    ExecutionTiming,
     InferRequest,
     InferResponse,
     ModelMetadata,
@@ -82,6 +83,8 @@ class Runtime:
         self._on_response = plugins.request_hook("dli_on_response")
         # An observer: what its plugins raise is logged, never the client's answer.
         self._on_error = plugins.observer_hook("dli_on_error")
+        # Queue and compute times per request, only for plugins that can read them.
+        self._timed = self._on_response is not None or self._on_error is not None
 
     # -- server and model state ------------------------------------------------------------
 
@@ -225,7 +228,9 @@ class Runtime:
         if left is not None and left <= 0:
             raise DeadlineExceeded(f"the deadline of the request to {request.model_name!r} passed")
         model.admit(request.inputs)
-        work = model.predict(request.inputs, request.parameters, request.deadline)
+        if self._timed:
+            ctx.execution = ExecutionTiming()
+        work = model.predict(request.inputs, request.parameters, request.deadline, ctx.execution)
         try:
             if timeout_ms is None:
                 # A client's own deadline needs no timer here: gRPC cancels the call when it

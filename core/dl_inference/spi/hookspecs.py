@@ -23,13 +23,15 @@ if TYPE_CHECKING:
         ConverterRegistry,
         ProtocolRegistry,
     )
-    from dl_inference.spi.types import Decision, RequestContext
+    from dl_inference.spi.types import Decision, ForwardTrace, RequestContext
 
 PROJECT = "dl_inference"
 # 1.1: protocols get a RuntimeView and bind methods on the kernel call path (CallPath);
 # backends say what their model takes (model_inputs / model_outputs, ProcessorAdapter).
 # 1.2: dli_repository_models (models a plugin finds as files in the repository folder).
-HOOKSPEC_VERSION = "1.2"
+# 1.3: dli_gateway_call (watch a gateway's forwarded calls and their upstream attempts);
+# RequestContext.execution (queue and compute times in dli_on_response / dli_on_error).
+HOOKSPEC_VERSION = "1.3"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -120,6 +122,20 @@ def dli_on_error(ctx: RequestContext, error: BaseException) -> None:
     ``ctx.request.model_name`` is always safe to read. An exception raised here is logged
     with the plugin's name and changes nothing: the client gets the original error and the
     other plugins' implementations still run. The return value is ignored.
+    """
+
+
+@hookspec(firstresult=True)
+def dli_gateway_call(ctx: RequestContext) -> ForwardTrace | None:
+    """A gateway is about to forward a routed model's call to its nodes; return a
+    ``ForwardTrace`` to watch it (its upstream attempts, its end), or None.
+
+    Called for every unary gRPC and REST call the gateway forwards, the first non-None
+    answer wins. ``ctx.protocol`` is ``grpc`` or ``http``, ``ctx.method`` the gRPC path or
+    the HTTP method and path, ``ctx.metadata`` the client's metadata / headers (names
+    lower-cased); ``ctx.request`` names the model, its inputs not decoded (the gateway
+    forwards bytes). The headers an attempt gives (``AttemptTrace.headers``) replace the
+    client's same-named ones on that attempt only. An exception raised here fails the call.
     """
 
 

@@ -108,6 +108,59 @@ def new_request_id() -> str:
 
 
 @dataclass
+class ExecutionTiming:
+    """When one request ran in its model, as ``time.monotonic()`` instants.
+
+    Filled in by the model's scheduler when the runtime asks for it (a plugin implements
+    ``dli_on_response`` or ``dli_on_error``), and read from ``ctx.execution`` in those
+    hooks: ``queued`` (the request entered the model's queue), ``started`` / ``finished``
+    (the execution that carried it), ``batch_size`` (that execution's rows: the merged
+    batch's first dimension, 1 for a model that does not batch). All 0 until it ran.
+    """
+
+    queued: float = 0.0
+    started: float = 0.0
+    finished: float = 0.0
+    batch_size: int = 0
+
+    def record(self, queued: float, started: float, finished: float, batch_size: int) -> None:
+        """Set every field at once (the last execution wins when a failed batch is rerun)."""
+        self.queued, self.started, self.finished = queued, started, finished
+        self.batch_size = batch_size
+
+
+class AttemptTrace:
+    """One upstream attempt of a gateway call, as a ``ForwardTrace`` watches it.
+
+    ``headers`` are set on (replacing same-named ones in) the metadata / headers sent to
+    the node, e.g. a W3C ``traceparent`` naming this attempt. The gateway calls
+    :meth:`finish` once, with the attempt's outcome: ``status`` a gRPC code name or an
+    HTTP status as text, ``error`` the failure's words ("" on success).
+    """
+
+    headers: Mapping[str, str] = {}
+
+    def finish(self, status: str, error: str = "") -> None:
+        """The attempt ended; the base class does nothing."""
+
+
+class ForwardTrace:
+    """A gateway call as a plugin watches it (what ``dli_gateway_call`` returns).
+
+    The gateway calls :meth:`attempt` before each upstream attempt (``node`` its address,
+    ``attempt`` counting from 1) and :meth:`finish` once when the call ends, with the
+    status the client gets (a gRPC code name or an HTTP status as text).
+    """
+
+    def attempt(self, node: str, attempt: int) -> AttemptTrace:
+        """Watch one upstream attempt; the base class returns one that does nothing."""
+        return AttemptTrace()
+
+    def finish(self, status: str, error: str = "") -> None:
+        """The call ended; the base class does nothing."""
+
+
+@dataclass
 class RequestContext:
     """Per-request state handed to the per-request hooks.
 
@@ -119,6 +172,8 @@ class RequestContext:
     once the call was counted (metrics, access log), so the call path counts it once;
     ``authorized`` once ``dli_authorize`` allowed it. With ``deferred`` (set by the call
     path) a successful ``infer`` is counted only when the adapter has encoded the reply.
+    ``execution`` holds the request's queue and compute times once its model ran, when a
+    plugin implements ``dli_on_response`` or ``dli_on_error`` (None otherwise).
     """
 
     protocol: str
@@ -134,6 +189,7 @@ class RequestContext:
     finished: bool = field(default=False, repr=False)
     authorized: bool = field(default=False, repr=False)
     deferred: bool = field(default=False, repr=False)
+    execution: ExecutionTiming | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.request_id:

@@ -1,0 +1,27 @@
+"""Whether tracing is on, from the standard ``OTEL_*`` environment variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# The hook contract this plugin was built for (dli_gateway_call, RequestContext.execution).
+DLI_HOOKSPEC_VERSION = "1.3"
+
+ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def tracing_enabled(environ: Mapping[str, str]) -> tuple[bool, str]:
+    """(on, why): on only when an OTLP endpoint is set, ``OTEL_SDK_DISABLED`` is not
+    ``true`` and ``OTEL_TRACES_EXPORTER`` (default ``otlp``) names ``otlp``."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False, "OTEL_SDK_DISABLED=true"
+    exporters = {
+        name.strip().lower()
+        for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")
+        if name.strip()
+    }
+    if "otlp" not in exporters:
+        return False, f"OTEL_TRACES_EXPORTER={environ.get('OTEL_TRACES_EXPORTER', '')} (not otlp)"
+    if not any(environ.get(name, "").strip() for name in ENDPOINT_VARIABLES):
+        return False, "no OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    return True, ""
