@@ -80,6 +80,14 @@ REQUIRED_DATA = {
     "plugins/seldon": ("dl_inference_seldon/py.typed", "dl_inference_seldon/_proto/*.pyi"),
     # Triton python models import the top-level module by this name.
     "plugins/triton": ("dl_inference_triton/py.typed", "triton_python_backend_utils.py"),
+    # TorchServe handlers import the top-level ts package.
+    "plugins/torchserve": (
+        "dl_inference_torchserve/py.typed",
+        "dl_inference_torchserve/_proto/*.pyi",
+        "ts/context.py",
+        "ts/torch_handler/base_handler.py",
+        "ts/utils/util.py",
+    ),
 }
 # Frameworks and their kin (torchvision, tensorflow-cpu, onnxruntime-gpu, jaxlib...).
 FRAMEWORKS = re.compile(r"^(torch|tensorflow|onnxruntime|tf[-_]keras|keras|jax)")
