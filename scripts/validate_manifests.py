@@ -285,6 +285,15 @@ def mounted_config(obj: Obj, objects: list[Obj], container: Obj) -> tuple[Obj, P
     return None
 
 
+def resource_errors(where: str, container: Obj) -> list[str]:
+    """A container must request and limit both CPU and memory (the scheduler and the HPA
+    need the requests; the limits keep one model from starving its neighbours)."""
+    resources = container.get("resources", {})
+    return [f"{where}: resources.{kind} lacks {', '.join(sorted(missing))}"
+            for kind in ("requests", "limits")
+            if (missing := {"cpu", "memory"} - set(resources.get(kind, {})))]
+
+
 def project_errors(objects: list[Obj]) -> list[str]:
     """dl-inference's deployment rules over a rendered overlay; one line per fault."""
     from dl_inference.kernel.config import parse_server_config
@@ -309,11 +318,7 @@ def project_errors(objects: list[Obj]) -> list[str]:
                           f"runAsUser: {IMAGE_UID} (the images' USER)")
         for container in containers(obj):
             where = f"{name} container {container['name']}"
-            resources = container.get("resources", {})
-            for kind in ("requests", "limits"):
-                missing = {"cpu", "memory"} - set(resources.get(kind, {}))
-                if missing:
-                    errors.append(f"{where}: resources.{kind} lacks {', '.join(sorted(missing))}")
+            errors += resource_errors(where, container)
             for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
                 probe = container.get(probe_name)
                 if probe is None:
@@ -594,10 +599,7 @@ def kserve_project_errors(objects: list[Obj]) -> list[str]:
             if not security.get("runAsNonRoot") or security.get("runAsUser") != IMAGE_UID:
                 errors.append(f"{name}: securityContext needs runAsNonRoot: true and "
                               f"runAsUser: {IMAGE_UID} (the images' USER)")
-            for kind in ("requests", "limits"):
-                missing = {"cpu", "memory"} - set(container.get("resources", {}).get(kind, {}))
-                if missing:
-                    errors.append(f"{name}: resources.{kind} lacks {', '.join(sorted(missing))}")
+            errors += resource_errors(name, container)
 
     for service in (o for o in objects if o.get("kind") == "InferenceService"):
         name = describe(service)
