@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,36 @@ class PythonBackend(Backend):
         self.model.config = self.config.model_dump() | self.settings.model_dump()
         self.model.load()
         self._predict = ParameterCall(self.model.predict, 1, "model.py predict()")
+        # A predict() that yields answers each request with a stream of responses.
+        predict = self.model.predict
+        self.decoupled = inspect.isgeneratorfunction(predict) or inspect.isasyncgenfunction(predict)
 
-    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> Any:
+        """The user's outputs; of a decoupled model, a (sync or async) generator of them."""
         result = self._predict((inputs,), parameters)
+        if self.decoupled:
+            if inspect.isasyncgen(result):
+                return self._each_async(result)
+            return self._each(result)
+        return self._outputs(result)
+
+    def _each(self, produced: Iterator[Any]) -> Iterator[dict[str, np.ndarray]]:
+        try:
+            for result in produced:
+                yield self._outputs(result)
+        finally:
+            produced.close()  # type: ignore[attr-defined]
+
+    async def _each_async(
+        self, produced: AsyncGenerator[Any]
+    ) -> AsyncIterator[dict[str, np.ndarray]]:
+        try:
+            async for result in produced:
+                yield self._outputs(result)
+        finally:
+            await produced.aclose()
+
+    def _outputs(self, result: Any) -> dict[str, np.ndarray]:
         if not isinstance(result, dict):
             raise BackendError(
                 f"{self.model_name}: predict() returned {type(result).__name__}; "

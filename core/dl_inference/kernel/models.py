@@ -8,7 +8,8 @@ import enum
 import inspect
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,14 @@ from dl_inference.kernel.config.model_config import KERNEL_KEYS
 from dl_inference.kernel.plugins import PluginHost, install_hint
 from dl_inference.kernel.processor import Processor, ProcessorAdapter, predict_call
 from dl_inference.kernel.repository import ModelSource, read_model_folder
+from dl_inference.kernel.streaming import is_generator_function, iterate
 from dl_inference.kernel.warmup import WarmupFailed, warm_up
 from dl_inference.spi.backend import Backend, BackendSettings, ModelRunner
 from dl_inference.spi.errors import (
     BackendError,
     ConfigError,
     DlInferenceError,
+    InvalidInput,
     ModelNotFound,
     ModelNotReady,
 )
@@ -121,6 +124,15 @@ class ModelVersion:
     def ready(self) -> bool:
         return self.state is ModelState.READY
 
+    @property
+    def decoupled(self) -> bool:
+        """Whether the model yields several responses per request (its ``predict``, or its
+        processor.py ``run_model``, is a generator): see :mod:`dl_inference.kernel.streaming`."""
+        run_model = self.processor.hooks.get("run_model") if self.processor else None
+        if run_model is not None:
+            return is_generator_function(run_model.function)
+        return self.backend.decoupled or is_generator_function(self.backend.predict)
+
     def inputs(self) -> list[TensorSpec] | None:
         """What requests carry (see :meth:`Backend.inputs`)."""
         return self.backend.inputs()
@@ -129,13 +141,20 @@ class ModelVersion:
         """What responses carry (see :meth:`Backend.outputs`)."""
         return self.backend.outputs()
 
-    def admit(self, inputs: dict[str, np.ndarray]) -> None:
-        """Refuse (InvalidInput) a request whose batch exceeds ``max_batch_size``.
+    def admit(self, inputs: dict[str, np.ndarray], *, streaming: bool = False) -> None:
+        """Refuse (InvalidInput) a request whose batch exceeds ``max_batch_size``, and a
+        unary call (not ``streaming``) of a decoupled model.
 
         Checked before the request reaches the scheduler: a refused request is the
         client's, not a failed execution of the model (Triton's statistics count it
         nowhere).
         """
+        if self.decoupled and not streaming:
+            raise InvalidInput(
+                f"model {self.name!r} is decoupled: it answers a request with a stream of "
+                "responses, so a unary call cannot carry them; call it with V2 "
+                f"ModelStreamInfer (gRPC) or POST /v2/models/{self.name}/generate_stream"
+            )
         config = self.backend.config
         if config.max_batch_size > 0:
             batch_rows(self.name, inputs, config.max_batch_size)
@@ -159,6 +178,46 @@ class ModelVersion:
             return await self.scheduler.submit(inputs, parameters, deadline, timing)
         finally:
             self.in_flight -= 1
+
+    async def stream(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> AsyncIterator[dict[str, np.ndarray]]:
+        """Run a decoupled model on one request: its responses' outputs, as produced.
+
+        Never merged with other requests. A sync generator runs in this version's own
+        threads (``instances`` of them), at most a few values ahead of the consumer;
+        closing the iterator closes the model's generator (see
+        :mod:`dl_inference.kernel.streaming`). Callers check with ``admit(...,
+        streaming=True)`` first. The execution is observed once, when the stream ends.
+        """
+        self.in_flight += 1
+        started = time.monotonic()
+        try:
+            if self.processor is not None and self.adapter is not None:
+                adapter, processor = self.adapter, self.processor
+                produced: Any = adapter.run_stream(inputs, parameters, processor)
+            else:
+                produced = self._predict((inputs,), parameters)
+            async with contextlib.aclosing(iterate(produced, self._stream_threads())) as values:
+                async for outputs in values:
+                    yield outputs
+        except DlInferenceError:
+            raise
+        except Exception as exc:
+            raise self._model_error(exc) from exc
+        finally:
+            self.in_flight -= 1
+        self._observe(inputs, [started], started)
+
+    def _stream_threads(self) -> ThreadPoolExecutor:
+        """The threads decoupled requests run in: one per instance, made on first use."""
+        threads = getattr(self, "_streams", None)
+        if threads is None:
+            threads = self._streams = ThreadPoolExecutor(
+                max_workers=self.backend.config.instances,
+                thread_name_prefix=f"dli-stream-{self.name}",
+            )
+        return threads
 
     async def _run_on_loop(
         self,

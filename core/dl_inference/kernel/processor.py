@@ -7,11 +7,13 @@ version's own file wins). It defines any of::
     def run_model(model, x, **kwargs): ...    # replaces model(x); may call model(x) often
     def postprocess(y, **kwargs): ...         # model output -> response data
 
-and a file that defines none of them fails the model's load (a misspelt hook is not
-silently skipped). ``kwargs`` are the request's parameters (V2 ``parameters``, Seldon
-``meta.tags``, ...), passed when the hook takes ``**kwargs``, and ``meta={"tags": {...}}``
-holding them all again, as the seed's Seldon wrapper passes it (so ``kwargs["meta"]["tags"]``
-works for every protocol). A parameter named like the argument a hook takes by position
+A ``run_model`` that ``yield``s instead of returning makes the model decoupled: each
+yielded value goes through ``postprocess`` and out as one response of a stream (see
+:mod:`dl_inference.kernel.streaming`). A file that defines none of them fails the
+model's load (a misspelt hook is not silently skipped). ``kwargs`` are the request's
+parameters (V2 ``parameters``, Seldon ``meta.tags``, ...), passed when the hook takes
+``**kwargs``, and ``meta={"tags": {...}}`` holding them all again, as the seed's Seldon
+wrapper passes it (so ``kwargs["meta"]["tags"]`` works for every protocol). A parameter named like the argument a hook takes by position
 (``x``, ``model``, ``y``), or named ``meta``, is refused as the client's error (see
 :class:`~dl_inference.spi.user_code.ParameterCall`).
 
@@ -60,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -236,12 +239,7 @@ class ProcessorAdapter:
         arrays, with the hooks ``processor`` has (none: the model alone)."""
         hooks = processor.hooks if processor is not None else {}
         with self.scope():
-            x: Any = inputs if len(inputs) < 2 else _ordered(inputs, self.backend.inputs())
-            if processor is not None and ("preprocess" in hooks or "run_model" in hooks):
-                x = _view(x, self._batched)  # a hook sees it; else the model takes the dict
-            if processor is not None and "preprocess" in hooks:
-                x = processor.call("preprocess", (x,), parameters, self.backend)
-            x = self.to_model(x)
+            x = self._model_input(inputs, parameters, processor)
             tags = tags_for_model(parameters) if processor is not None else None
             if processor is not None and "run_model" in hooks:
                 model = self.model(parameters)
@@ -253,6 +251,38 @@ class ProcessorAdapter:
             if processor is not None and "postprocess" in hooks:
                 y = processor.call("postprocess", (_view(y, self._batched),), parameters)
             return self._named_outputs(y)
+
+    def run_stream(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], processor: Processor
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """:meth:`run` for a ``run_model`` that is a generator (a decoupled model): each
+        value it yields goes through ``postprocess`` and out as one response. Runs in one
+        thread from start to end; closing it closes ``run_model``'s generator."""
+        hooks = processor.hooks
+        with self.scope():
+            x = self._model_input(inputs, parameters, processor)
+            model = self.model(parameters)
+            produced = processor.call("run_model", (model, x), parameters, self.backend)
+            try:
+                for y in produced:
+                    if "postprocess" in hooks:
+                        y = processor.call("postprocess", (_view(y, self._batched),), parameters)
+                    yield self._named_outputs(y)
+            finally:
+                produced.close()
+
+    def _model_input(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], processor: Processor | None
+    ) -> Any:
+        """The request's arrays as the model (or ``run_model``) takes them, after
+        ``preprocess``."""
+        hooks = processor.hooks if processor is not None else {}
+        x: Any = inputs if len(inputs) < 2 else _ordered(inputs, self.backend.inputs())
+        if processor is not None and ("preprocess" in hooks or "run_model" in hooks):
+            x = _view(x, self._batched)  # a hook sees it; else the model takes the dict
+        if processor is not None and "preprocess" in hooks:
+            x = processor.call("preprocess", (x,), parameters, self.backend)
+        return self.to_model(x)
 
     def _named_outputs(self, y: Any) -> dict[str, np.ndarray]:
         """The run's result as named arrays (the module docstring's rule)."""

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import structlog
 
 from dl_inference.kernel.metrics import CallbackCollector, Metrics
-from dl_inference.kernel.models import ModelRegistry
+from dl_inference.kernel.models import ModelRegistry, ModelVersion
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.statistics import Statistics
 from dl_inference.kernel.validation import select_outputs, validate_inputs
@@ -100,7 +102,13 @@ class Runtime:
 
     def extensions(self) -> list[str]:
         """Open Inference Protocol extensions this server supports."""
-        return ["binary_tensor_data", "model_metadata", "model_configuration", "statistics"]
+        return [
+            "binary_tensor_data",
+            "model_metadata",
+            "model_configuration",
+            "statistics",
+            "generate",
+        ]
 
     def live(self) -> bool:
         return True
@@ -209,7 +217,11 @@ class Runtime:
             self._finish(ctx, ctx.request or request, None)
         return response
 
-    async def _infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+    def _admit(
+        self, request: InferRequest, ctx: RequestContext, streaming: bool = False
+    ) -> tuple[InferRequest, ModelVersion]:
+        """Everything before a model runs: authorization, hooks, lookup, validation,
+        deadline, admission. Returns the request (as hooks left it) and its model."""
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another instance")
         if not ctx.authorized:
@@ -227,7 +239,13 @@ class Runtime:
         left = request.time_left()
         if left is not None and left <= 0:
             raise DeadlineExceeded(f"the deadline of the request to {request.model_name!r} passed")
-        model.admit(request.inputs)
+        model.admit(request.inputs, streaming=streaming)
+        return request, model
+
+    async def _infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        request, model = self._admit(request, ctx)
+        timeout_ms = model.backend.config.timeout_ms
+        left = request.time_left()
         if self._timed:
             ctx.execution = ExecutionTiming()
         work = model.predict(request.inputs, request.parameters, request.deadline, ctx.execution)
@@ -248,11 +266,68 @@ class Runtime:
             # The model's scheduler took it: a failure of this version (statistics' "fail").
             self.statistics.of(model.name, model.version).failed(time.monotonic() - ctx.started)
             raise
+        return self._respond(ctx, request, model.version, outputs)
+
+    async def infer_stream(
+        self, request: InferRequest, ctx: RequestContext
+    ) -> AsyncIterator[InferResponse]:
+        """:meth:`infer` for streaming methods (V2 ModelStreamInfer, generate_stream).
+
+        A decoupled model (see :mod:`dl_inference.kernel.streaming`) answers with each
+        response as it yields it, ``final`` False on each; any other model with its one
+        response, ``final`` True. The call counts once (metrics, access log,
+        ``dli_on_error``): when the stream ends, fails, or is closed early (the client
+        went away: CANCELLED, and the model's generator is closed). ``dli_on_response``
+        runs on each response.
+        """
+        ctx.request = request
+        if not request.id:
+            request.id = ctx.request_id
+        if request.deadline is None:
+            request.deadline = ctx.deadline
+        gauge = self.metrics.in_flight_of(self.model_label(request.model_name))
+        gauge.inc()
+        try:
+            tokens = structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
+            try:
+                request, model = self._admit(request, ctx, streaming=True)
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
+            if not model.decoupled:
+                yield await self._infer(request, ctx)
+            else:
+                async with contextlib.aclosing(
+                    model.stream(request.inputs, request.parameters)
+                ) as values:
+                    async for outputs in values:
+                        yield self._respond(ctx, request, model.version, outputs, final=False)
+        except GeneratorExit:
+            # The consumer closed the stream early: the client went away.
+            self._fail(ctx, ctx.request or request, asyncio.CancelledError())
+            raise
+        except BaseException as exc:
+            self._fail(ctx, ctx.request or request, exc)
+            raise
+        finally:
+            gauge.dec()
+        if not ctx.deferred:
+            self._finish(ctx, ctx.request or request, None)
+
+    def _respond(
+        self,
+        ctx: RequestContext,
+        request: InferRequest,
+        version: str,
+        outputs: dict[str, np.ndarray],
+        final: bool = True,
+    ) -> InferResponse:
+        """One response of ``request``: its requested outputs, through ``dli_on_response``."""
         response = InferResponse(
             model_name=request.model_name,
-            model_version=model.version,
+            model_version=version,
             id=request.id,
             outputs=select_outputs(request.model_name, outputs, request.outputs),
+            final=final,
         )
         ctx.response = response
         if self._on_response is not None:

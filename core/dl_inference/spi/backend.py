@@ -82,6 +82,11 @@ class Backend(abc.ABC):
     # batching (for models that answer each request on its own, e.g. Triton's python
     # backend: each predict() gets one request, as the client sent it).
     merges_requests: ClassVar[bool] = True
+    # True when predict() is a generator (sync or async) yielding one dict of outputs per
+    # response: a decoupled model (see dl_inference.kernel.streaming). The kernel also
+    # finds a generator predict() itself; a backend that wraps one (the python backend)
+    # sets this in load().
+    decoupled: bool = False
     # The server's other models (see ModelRunner), set by the kernel before load(); None
     # outside a server. A backend that composes models (an ensemble) calls them through it,
     # from an ``async def predict``.

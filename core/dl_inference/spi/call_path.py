@@ -32,7 +32,15 @@ from __future__ import annotations
 import contextlib
 import struct
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -159,6 +167,14 @@ class RuntimeView(Protocol):
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         """Authorize (unless done), run hooks, validate, predict, select outputs."""
+        ...
+
+    def infer_stream(
+        self, request: InferRequest, ctx: RequestContext
+    ) -> AsyncIterator[InferResponse]:
+        """:meth:`infer` for streaming methods: a decoupled model's responses as it yields
+        them (``final`` False on each), another model's one response (``final`` True).
+        Closing the iterator early (the client left) closes the model's generator."""
         ...
 
     def authorize(self, ctx: RequestContext) -> None:

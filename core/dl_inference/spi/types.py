@@ -94,6 +94,9 @@ class InferResponse:
     model_version: str = ""
     id: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
+    # False on the responses of a decoupled model's stream (more may follow; the stream's
+    # end is the end of RuntimeView.infer_stream); True on a request's one response.
+    final: bool = True
 
 
 # Request ids need to be unique, not secret: os.urandom (uuid4) is a system call that

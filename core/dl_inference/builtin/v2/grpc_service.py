@@ -7,6 +7,7 @@ is viewed in place on the way in and copied once on the way out.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -40,6 +41,10 @@ _RAW_INPUT_CONTENTS = 7
 _RAW_OUTPUT_CONTENTS = 6
 _STREAM_ERROR_MESSAGE = 1
 _STREAM_INFER_RESPONSE = 2
+# triton_final_response false: more responses to the same request follow.
+_NOT_FINAL_PARAMETER: bytes = pb.ModelInferResponse(
+    parameters={"triton_final_response": pb.InferParameter(bool_param=False)}
+).SerializeToString()
 
 
 class V2GrpcServicer:
@@ -102,22 +107,54 @@ class V2GrpcServicer:
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        # As Triton does, a failed request is reported in the stream and the stream goes on.
+        """Each request's responses, in order: one for most models; a decoupled model's
+        as it yields them. As Triton does, a failed request is reported in the stream and
+        the stream goes on; a client that cancels the stream closes the model's generator
+        (the handler is cancelled at its ``yield``)."""
         method = f"/{SERVICE}/ModelStreamInfer"
         async for data in requests:
             call = self.calls.grpc_call(method, context)
             try:
-                reply = await self._infer(data, call)
+                async with contextlib.aclosing(self._stream(data, call)) as replies:
+                    async for reply in replies:
+                        yield reply
             except Exception as exc:
                 call.fail(exc)
                 message = public_message(exc, self.calls.plugin).encode("utf-8")
                 yield len_field_header(_STREAM_ERROR_MESSAGE, len(message)) + message
                 continue
             call.succeed()
-            reply += FINAL_RESPONSE_PARAMETER
-            yield len_field_header(_STREAM_INFER_RESPONSE, len(reply)) + reply
+
+    async def _stream(self, data: bytes, call: Call) -> AsyncIterator[bytes]:
+        """One request's ModelStreamInferResponses, each marked ``triton_final_response``
+        as Triton marks them: true on a model's one response, false on each of a decoupled
+        model's; after those, when the request sets ``triton_enable_empty_final_response``,
+        an empty response (the request's id, model name and version) marked true."""
+        message, request = self._decode(data, call)
+        final = False
+        async with contextlib.aclosing(self.runtime.infer_stream(request, call.ctx)) as answers:
+            async for response in answers:
+                reply, outputs = encode_infer_response(response)
+                body = serialize_with_raw(reply.SerializeToString(), _RAW_OUTPUT_CONTENTS, outputs)
+                body += FINAL_RESPONSE_PARAMETER if response.final else _NOT_FINAL_PARAMETER
+                final = response.final
+                yield len_field_header(_STREAM_INFER_RESPONSE, len(body)) + body
+        wanted = message.parameters.get("triton_enable_empty_final_response")
+        if not final and wanted is not None and wanted.bool_param:
+            empty = pb.ModelInferResponse(
+                model_name=message.model_name, model_version=message.model_version, id=message.id
+            ).SerializeToString()
+            body = empty + FINAL_RESPONSE_PARAMETER
+            yield len_field_header(_STREAM_INFER_RESPONSE, len(body)) + body
 
     async def _infer(self, data: bytes, call: Call) -> bytes:
+        _, request = self._decode(data, call)
+        response = await self.runtime.infer(request, call.ctx)
+        reply, outputs = encode_infer_response(response)
+        return serialize_with_raw(reply.SerializeToString(), _RAW_OUTPUT_CONTENTS, outputs)
+
+    def _decode(self, data: bytes, call: Call) -> tuple[pb.ModelInferRequest, InferRequest]:
+        """The ModelInferRequest (without its raw contents) and the request it carries."""
         with call.parsing("the ModelInferRequest"):
             try:
                 rest, raw = split_len_field(data, _RAW_INPUT_CONTENTS)
@@ -128,9 +165,7 @@ class V2GrpcServicer:
                 raise InvalidInput("model_name is empty; name the model to run")
             call.ctx.request = InferRequest(model_name=message.model_name, inputs={})
             request = decode_infer_request(message, raw, deadline=call.deadline)
-        response = await self.runtime.infer(request, call.ctx)
-        reply, outputs = encode_infer_response(response)
-        return serialize_with_raw(reply.SerializeToString(), _RAW_OUTPUT_CONTENTS, outputs)
+        return message, request
 
 
 SEED_SERVICE = "com.bj58.ailab.dlpredictonline.grpc.WpaiDLPredictOnlineService"

@@ -24,6 +24,7 @@ from dl_inference.builtin.v2.codec import (
     output_array,
     raw_to_array,
 )
+from dl_inference.builtin.v2.generate import Generate
 from dl_inference.builtin.v2.model_config import (
     config_document,
     repository_elsewhere,
@@ -270,10 +271,20 @@ def http_routes(runtime: RuntimeView) -> list[web.RouteDef]:
     config = on_path("GET /v2/models/{name}/config", api.model_config)
     stats = on_path("GET /v2/models/{name}/stats", api.model_statistics)
     repository = on_path("POST /v2/repository", api.repository)
+    generating = Generate(runtime, api.calls.plugin)
+    generate = on_path("POST /v2/models/{name}/generate", generating.generate, counted=True)
+    stream = on_path(
+        "POST /v2/models/{name}/generate_stream", generating.generate_stream, counted=True
+    )
     return [
         # The hot path first: aiohttp tries a prefix's routes in this order.
         web.post(f"{model}/infer", infer),
         web.post(f"{versioned}/infer", infer),
+        # The generate extension (dl_inference.builtin.v2.generate).
+        web.post(f"{model}/generate", generate),
+        web.post(f"{versioned}/generate", generate),
+        web.post(f"{model}/generate_stream", stream),
+        web.post(f"{versioned}/generate_stream", stream),
         web.get("/v2/health/live", on_path("GET /v2/health/live", api.live)),
         web.get("/v2/health/ready", on_path("GET /v2/health/ready", api.ready)),
         web.get("/v2", on_path("GET /v2", api.server_metadata)),
