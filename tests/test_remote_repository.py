@@ -232,10 +232,10 @@ def test_s3_repository_serves_follows_and_survives_the_remote(
 
 def test_s3_bucket_that_does_not_exist_stops_the_start(s3: dict[str, Any], tmp_path: Path) -> None:
     """From the command line, the endpoint from the standard AWS_ENDPOINT_URL variable."""
+    url = "s3://no-such-bucket/models"
     flags = ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
     done = subprocess.run(
-        [sys.executable, "-m", "dl_inference", "serve"]
-        + ["--model-repository", "s3://no-such-bucket/models", *flags],
+        [sys.executable, "-m", "dl_inference", "serve", "--model-repository", url, *flags],
         capture_output=True,
         text=True,
         env={**os.environ, **AWS_ENV, "AWS_ENDPOINT_URL": s3["endpoint"]},
@@ -265,3 +265,21 @@ def test_s3_repository_with_worker_processes_sharing_the_cache(
         assert "Traceback" not in server.output()
     cache = next((tmp_path / "cache").iterdir())
     assert sorted(p.name for p in cache.iterdir()) == [".dli-remote.json", "adder"]
+
+
+def test_config_reload_to_another_prefix_follows_it(s3: dict[str, Any], tmp_path: Path) -> None:
+    """The config file names another prefix while serving: its models load, and the
+    repository poll follows the new mirror (a version uploaded there loads), not the old one.
+    (Models of the old repository stay loaded, as for a local model_repository changed.)"""
+    client = s3["client"]
+    upload_model(client, "adder", 1, 1)
+    client.put_object(Bucket="models-bucket", Key="other/fresh/config.yaml", Body=CONFIG)
+    client.put_object(Bucket="models-bucket", Key="other/fresh/1/model.py", Body=ADD % 9)
+    config = serve_config(tmp_path, s3["endpoint"])
+    with ServerProcess(["-c", str(config)], env=AWS_ENV) as server:
+        assert infer(server, "adder") == (200, 1.0)
+        text = config.read_text()
+        config.write_text(text.replace("s3://models-bucket/models", "s3://models-bucket/other"))
+        wait_for(lambda: infer(server, "fresh") == (200, 9.0), "the new prefix served")
+        client.put_object(Bucket="models-bucket", Key="other/fresh/2/model.py", Body=ADD % 10)
+        wait_for(lambda: infer(server, "fresh") == (200, 10.0), "a version under the new prefix")

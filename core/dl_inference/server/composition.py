@@ -210,10 +210,12 @@ class Server:
     async def _poll_repository(self, interval: float) -> None:
         """Load versions and models that appear on disk, retire those that leave, reload
         those whose files or config.yaml changed, and retry failed loads when due."""
-        root = self.config.model_repository
-        assert root is not None
         while True:
             await asyncio.sleep(interval)
+            # Read each time: a config reload may have named another repository.
+            root = self.config.model_repository
+            if root is None:
+                continue
             try:
                 if self.remote is not None:
                     await asyncio.to_thread(self.remote.poll)  # keeps the cache on failure
