@@ -99,6 +99,42 @@ def test_mirror_fetches_changes_only_and_removes_what_left(tmp_path: Path) -> No
         fs.rm(root, recursive=True)
 
 
+def test_a_version_appears_only_complete(tmp_path: Path) -> None:
+    """A download that fails half-way leaves no part of the version in the cache (the
+    repository poll would load it half-written); the next sync fetches it whole."""
+    fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed")
+    from dl_inference.kernel.remote import RemoteRepository, RemoteRepositoryError
+
+    fs = fsspec.filesystem("memory")
+    root = f"/dli-partial-{os.getpid()}"
+    fs.pipe(f"{root}/a/1/model.py", (ADD % 1).encode())
+    fs.pipe(f"{root}/a/2/model.py", (ADD % 2).encode())
+    fs.pipe(f"{root}/a/2/weights.bin", b"\0" * 64)
+    cache = tmp_path / "cache"
+    mirror = RemoteRepository(f"memory://{root}", {}, cache)
+    real_get_file = fs.get_file
+
+    def failing_get_file(remote: str, local: str, **kwargs: Any) -> None:
+        if remote.endswith("weights.bin"):
+            raise ConnectionResetError("connection reset by peer")
+        real_get_file(remote, local, **kwargs)
+
+    try:
+        mirror._filesystem()
+        fs.get_file = failing_get_file  # type: ignore[method-assign]
+        with pytest.raises(RemoteRepositoryError, match="cannot fetch a/2: ConnectionResetError"):
+            mirror.sync()
+        assert (cache / "a" / "1" / "model.py").is_file()
+        assert not (cache / "a" / "2").exists()
+        assert sorted(p.name for p in cache.iterdir()) == [".dli-remote.json", "a"]
+        fs.get_file = real_get_file  # type: ignore[method-assign]
+        assert mirror.sync() == ["fetched a/2"]
+        assert (cache / "a" / "2" / "weights.bin").stat().st_size == 64
+    finally:
+        fs.get_file = real_get_file  # type: ignore[method-assign]
+        fs.rm(root, recursive=True)
+
+
 def test_local_repository_never_imports_fsspec(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
@@ -283,3 +319,20 @@ def test_config_reload_to_another_prefix_follows_it(s3: dict[str, Any], tmp_path
         wait_for(lambda: infer(server, "fresh") == (200, 9.0), "the new prefix served")
         client.put_object(Bucket="models-bucket", Key="other/fresh/2/model.py", Body=ADD % 10)
         wait_for(lambda: infer(server, "fresh") == (200, 10.0), "a version under the new prefix")
+
+
+def test_check_config_names_the_url_and_the_models(s3: dict[str, Any], tmp_path: Path) -> None:
+    upload_model(s3["client"], "adder", 1, 1)
+    config = serve_config(tmp_path, s3["endpoint"])
+    done = subprocess.run(
+        [sys.executable, "-m", "dl_inference", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **AWS_ENV},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"model repository: s3://models-bucket/models, cached in {tmp_path / 'cache'}" in (
+        done.stdout
+    )
+    assert "model adder: backend python, version(s) 1" in done.stdout
