@@ -99,3 +99,15 @@ def test_overrides_apply_to_contributed_models(tmp_path: Path) -> None:
     # An override naming neither a folder nor a contributed model stays an error.
     with pytest.raises(ConfigError, match=r"models\.other: no such model"):
         server(root, cache, {"other": {"max_batch_size": 4}}).prepare()
+
+
+async def test_a_contributed_model_whose_file_goes_is_unloaded(tmp_path: Path) -> None:
+    root, cache = tmp_path / "repo", tmp_path / "cache"
+    root.mkdir()
+    (root / "packed.pack").write_text("7")
+    s = server(root, cache)
+    s.prepare()
+    assert await answer(s, "packed") == 7
+    (root / "packed.pack").unlink()
+    assert await s.models.refresh(s._scan(root, {}, False), root)
+    assert s.models.names() == []

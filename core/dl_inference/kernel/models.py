@@ -446,7 +446,12 @@ class ModelRegistry:
             changed |= await self._refresh_model(source)
         for name in sorted(set(self._versions) - seen):
             origin = self._sources.get(name)
-            if root is not None and origin is not None and origin.path.parent != root:
+            if (
+                root is not None
+                and origin is not None
+                and origin.path.parent != root
+                and not origin.contributed
+            ):
                 continue  # loaded from another root through the management API
             log.info("model folder removed; unloading", model=name)
             for model in list(self._versions[name].values()):

@@ -37,6 +37,9 @@ class ModelSource:
     error: str = ""
     # The server config's ``models.<name>`` mapping merged into ``config``.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Found in the repository by a plugin (``dli_repository_models``: an archive), its
+    # folder elsewhere (a cache): unloaded when the plugin no longer finds it.
+    contributed: bool = False
 
     def version_path(self, version: int) -> Path:
         return self.path / str(version)

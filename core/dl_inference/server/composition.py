@@ -139,6 +139,7 @@ class Server:
             if source is None:
                 log.warning("model found by a plugin has no numeric version folder", model=name)
                 continue
+            source.contributed = True
             sources.append(source)
         return sources
 
