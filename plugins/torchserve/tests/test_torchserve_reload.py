@@ -1,5 +1,5 @@
 """A changed archive is unpacked again and its model reloaded by the repository poll; a new
-archive dropped into the store is served without a restart."""
+archive dropped into the store is served without a restart, a removed one's model unloaded."""
 
 from __future__ import annotations
 
@@ -50,3 +50,9 @@ def test_changed_and_new_archives_are_served_without_a_restart(tmp_path: Path) -
         wait_for(url, b"two")
         write_mar(store, "added", constant("three"), "h.py")
         wait_for(f"{server.http_url}/predictions/added", b"three")
+        archive.unlink()  # a removed archive's model is unloaded
+        deadline = time.monotonic() + 30
+        while answer(url)[0] != 404:
+            assert time.monotonic() < deadline, answer(url)
+            time.sleep(0.2)
+        assert answer(f"{server.http_url}/predictions/added") == (200, b"three")
