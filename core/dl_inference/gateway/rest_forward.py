@@ -170,7 +170,9 @@ class RestForwarder:
             if left is not None and left <= 0:
                 return _error(504, f"the deadline for model {route.model!r} passed in the gateway")
             url = f"{scheme}://{node.http_address}{path_qs}"
-            attempt = None if trace is None else trace.attempt(node.address, len(tried) + 1)
+            attempt = (
+                None if trace is None else trace.attempt(node.http_address, len(tried) + 1)
+            )
             outcome = ("CANCELLED", "")
             node.in_flight += 1
             sent = time.monotonic()
