@@ -135,6 +135,15 @@ def test_a_version_appears_only_complete(tmp_path: Path) -> None:
         fs.rm(root, recursive=True)
 
 
+def test_credentials_in_the_url_are_never_shown(tmp_path: Path) -> None:
+    from dl_inference.kernel.remote import cache_folder, redact
+
+    url = f"s3://key-id:{SECRET}@bucket/models"
+    assert redact(url) == "s3://bucket/models"
+    assert redact("memory:///models") == "memory:///models"
+    assert SECRET not in str(cache_folder(url, {}, tmp_path))
+
+
 def test_local_repository_never_imports_fsspec(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""

@@ -51,6 +51,8 @@ def is_remote(location: str | os.PathLike[str]) -> bool:
 def redact(url: str) -> str:
     """``url`` without user information (``s3://key:secret@bucket`` -> ``s3://bucket``)."""
     parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url  # urlunsplit would also turn memory:///x into memory:/x
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
