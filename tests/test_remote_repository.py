@@ -144,6 +144,18 @@ def test_credentials_in_the_url_are_never_shown(tmp_path: Path) -> None:
     assert SECRET not in str(cache_folder(url, {}, tmp_path))
 
 
+def test_options_without_a_url_are_an_error() -> None:
+    from dl_inference.kernel.config.loader import parse_server_config
+    from dl_inference.spi.errors import ConfigError
+
+    data = {"model_repository": "/srv/models", "model_repository_options": {"anon": True}}
+    with pytest.raises(ConfigError, match="model_repository_options apply to a model_repository"):
+        parse_server_config(data)
+    config = parse_server_config({**data, "model_repository": "s3://bucket/models"})
+    assert config.model_repository_url == "s3://bucket/models"
+    assert config.model_repository is not None and config.model_repository.is_absolute()
+
+
 def test_local_repository_never_imports_fsspec(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""

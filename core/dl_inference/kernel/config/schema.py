@@ -125,6 +125,11 @@ class ServerConfig(_Section):
 
     @model_validator(mode="after")
     def _cache_folder(self) -> ServerConfig:
+        if self.model_repository_options and self.model_repository_url is None:
+            raise ValueError(
+                "model_repository_options apply to a model_repository URL (s3://bucket/prefix, "
+                "gs://...), not to a local folder"
+            )
         if self.model_repository_url is not None and self.model_repository is None:
             self.model_repository = cache_folder(
                 self.model_repository_url,
