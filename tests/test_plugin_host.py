@@ -355,6 +355,7 @@ PUBLIC_SURFACE = [
     "hookimpl",
     "http_status",
     "import_user_file",
+    "install_hint",
     "isolated_imports",
     "json_datatype",
     "json_error_body",

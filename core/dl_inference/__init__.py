@@ -9,6 +9,7 @@ from dl_inference import wire
 from dl_inference.kernel.config.errors import describe_errors
 from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
 from dl_inference.kernel.config.triton_config import read_config_pbtxt
+from dl_inference.kernel.plugins import install_hint
 from dl_inference.kernel.processor import ProcessorAdapter
 from dl_inference.spi.backend import Backend, BackendSettings, ModelRunner
 from dl_inference.spi.balancer import Balancer, NodeView, Outcome
@@ -151,6 +152,7 @@ __all__ = [
     "hookimpl",
     "http_status",
     "import_user_file",
+    "install_hint",
     "isolated_imports",
     "json_datatype",
     "json_error_body",

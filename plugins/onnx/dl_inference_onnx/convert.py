@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from dl_inference import BackendError, ConfigError, Converter, isolated_imports
+from dl_inference import BackendError, ConfigError, Converter, install_hint, isolated_imports
 
 DEFAULT_OPSET = 17
 DEFAULT_DYNAMO_OPSET = 18  # the lowest the dynamo exporter writes without a version conversion
-INSTALL = "pip install ./plugins/onnx (from the root of a checkout; it depends on onnxscript)"
 
 
 class PyTorchToOnnx(Converter):
@@ -228,8 +227,9 @@ def _export(
             import onnxscript  # noqa: F401 - torch's dynamo exporter imports it itself
         except ImportError:
             raise ConfigError(
-                f"--option exporter=dynamo needs the onnxscript package: {INSTALL}, or "
-                "pip install onnxscript"
+                "--option exporter=dynamo needs the onnxscript package, a dependency of "
+                f"the plugin: {install_hint('dl-inference-onnx')}; or "
+                f"{install_hint('onnxscript')}"
             ) from None
         if isinstance(module, torch.jit.ScriptModule):
             raise ConfigError(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dl_inference import BackendError, ConfigError
+from dl_inference import BackendError, ConfigError, install_hint
 from dl_inference_onnx.convert import PyTorchToOnnx
 
 
@@ -347,7 +347,10 @@ def test_dynamo_without_onnxscript_names_the_install(
             options={"exporter": "dynamo"},
             trust_pickle=True,
         )
-    assert "needs the onnxscript package: pip install ./plugins/onnx" in str(caught.value)
+    message = str(caught.value)
+    assert "needs the onnxscript package" in message
+    assert install_hint("dl-inference-onnx") in message  # pip install ./plugins/onnx ...
+    assert "pip install ./plugins/onnx" in message and "pip install onnxscript" in message
 
 
 def test_onnxscript_is_a_dependency_of_the_plugin() -> None:
