@@ -134,6 +134,13 @@ def handle(data, context):
     return answers
 """
 
+VERSIONED = """
+def handle(data, context):
+    if data is None:
+        return None
+    return [{"version": context.manifest["model"]["modelVersion"]} for _ in data]
+"""
+
 RAISING = """
 def handle(data, context):
     if data is None:
@@ -200,6 +207,10 @@ def make_store(work: Path) -> Path:
         model_file=eager / "model.py",
     )
     archive(store, "reverse", write(src / "reverse.py", BYTES_HANDLER))
+    # Two archives of one model name: its versions (the first by file name the default).
+    versioned = write(src / "versioned.py", VERSIONED)
+    for version, file in (("1.0", "multi-a.mar"), ("2.0", "multi-b.mar")):
+        archive(store, "multi", versioned, version=version).rename(store / file)
     archive(store, "raising", write(src / "raising.py", RAISING))
     archive(store, "refusing", write(src / "refusing.py", PREDICTION_EXCEPTION))
     archive(store, "miscount", write(src / "miscount.py", WRONG_COUNT))
@@ -315,6 +326,12 @@ def test_explanations_and_other_methods(pair: Pair) -> None:
     # TorchServe takes any method on /predictions: a GET has an empty body.
     assert same(pair, "/predictions/reverse", b"", {}, method="GET")[0] == 201
     same(pair, "/predictions/reverse", b"xy", {"Content-Type": "x/y"}, method="PUT")
+
+
+def test_archives_of_one_model_are_its_versions(pair: Pair) -> None:
+    answers = [same(pair, f"/predictions/multi{v}", b"x", {})[1] for v in ("", "/1.0", "/2.0")]
+    assert [json.loads(a)["version"] for a in answers] == ["1.0", "1.0", "2.0"]
+    assert same(pair, "/predictions/multi/3.0", b"x", {})[0] == 404
 
 
 def test_eager_model_with_a_module_level_handle(pair: Pair) -> None:

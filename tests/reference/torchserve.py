@@ -170,15 +170,14 @@ class TorchServeServer:
             return json.loads(reply.read())
 
     def _ready(self) -> int:
-        """How many registered models have a READY worker."""
+        """How many registered model versions (archives) have a READY worker."""
         try:
             listing = self._get("/models")
             ready = 0
             for model in listing["models"]:  # type: ignore[index]
-                for version in self._get(f"/models/{model['modelName']}"):  # type: ignore[union-attr]
+                for version in self._get(f"/models/{model['modelName']}/all"):  # type: ignore[union-attr]
                     if any(w.get("status") == "READY" for w in version.get("workers", [])):
                         ready += 1
-                        break
             return ready
         except (OSError, urllib.error.URLError, ValueError, KeyError, TypeError):
             return 0

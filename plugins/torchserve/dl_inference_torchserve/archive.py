@@ -2,7 +2,7 @@
 
 ``torch-model-archiver`` writes a zip holding ``MAR-INF/MANIFEST.json`` (the model's name,
 version, handler and files) beside the model files. Each ``<repo>/<file>.mar`` becomes the
-model folder ``<cache>/<key>/<modelName>/1/`` holding the archive's files as they are,
+model folder ``<cache>/<key>/<modelName>/<n>/`` holding the archive's files as they are,
 served by the ``torchserve`` backend (the folder's config.yaml names it). An archive is
 unpacked again only when its size or modification time changes; an unchanged one keeps its
 folder untouched, so the repository poll sees no change.
@@ -18,6 +18,7 @@ import stat
 import tempfile
 import threading
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,6 @@ log = structlog.get_logger("dl_inference_torchserve")
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 SUFFIX = ".mar"
-# The model folder's one version: TorchServe's versions are strings ("1.0"); the manifest's
-# is what clients name in /predictions/<model>/<version>.
-VERSION = "1"
 _STAMP = ".dli-archive-stamp"
 
 
@@ -75,116 +73,159 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+@dataclass(frozen=True)
+class _Archive:
+    """One readable archive: where, its file stamp, its manifest's ``model`` object."""
+
+    path: Path
+    stamp: str
+    model: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.model.get("modelName") or self.path.stem)
+
+    @property
+    def version(self) -> str:
+        return str(self.model.get("modelVersion", ""))
+
+
 class ArchiveCache:
-    """The archives of a repository folder as ``(model name, model folder)`` pairs."""
+    """The archives of a repository folder as ``(model name, model folder)`` pairs.
+
+    The archives of one model name are its versions, in file-name order: the first is
+    version folder ``1`` and the default one, as TorchServe's first registered version
+    (``/predictions/<model>/<modelVersion>`` names the others). A second archive of one
+    name and version is left out (logged).
+    """
 
     def __init__(self, root: Path | None = None, properties: Properties | None = None) -> None:
         self.root = root
         self.properties = properties or Properties()
         self._lock = threading.Lock()
-        # archive path -> (stamp, model name, model folder); skips re-reading the zip.
-        self._known: dict[Path, tuple[str, str, Path]] = {}
+        # archive path -> what its manifest said, while its stamp holds (no zip re-read).
+        self._known: dict[Path, _Archive] = {}
 
     def models(self, repository: Path) -> list[tuple[str, Path]]:
-        """Every readable ``*.mar`` file of ``repository``; an unreadable one is logged and
-        left out, a second archive of one model name too (the first by file name wins)."""
-        found: dict[str, Path] = {}
+        """Every readable ``*.mar`` file of ``repository``, grouped by model name; an
+        unreadable one is logged and left out."""
         with self._lock:
-            for archive in sorted(repository.glob(f"*{SUFFIX}")):
-                if not archive.is_file():
+            if self.root is None:
+                self.root = cache_root()
+            grouped: dict[str, list[_Archive]] = {}
+            for path in sorted(repository.glob(f"*{SUFFIX}")):
+                archive = self._read(path) if path.is_file() else None
+                if archive is None or not self.properties.selects(path, archive.name):
                     continue
+                versions = grouped.setdefault(archive.name, [])
+                if any(other.version == archive.version for other in versions):
+                    log.warning(
+                        "model archive skipped: another archive has that model name and version",
+                        archive=str(path),
+                        model=archive.name,
+                        version=archive.version,
+                    )
+                    continue
+                versions.append(archive)
+            found = []
+            for name, versions in grouped.items():
                 try:
-                    name, folder = self._unpacked(archive)
-                    if not self.properties.selects(archive, name):
-                        continue
-                except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                    found.append((name, self._model_folder(repository, name, versions)))
+                except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
                     log.warning(
-                        "model archive skipped: it cannot be read",
-                        archive=str(archive),
-                        error=f"{type(exc).__name__}: {exc}",
-                        hint="make it with torch-model-archiver (the default zip format)",
-                    )
-                    continue
-                if name in found:
-                    log.warning(
-                        "model archive skipped: another archive has that model name",
-                        archive=str(archive),
+                        "model archives skipped: they cannot be unpacked",
                         model=name,
+                        archives=[str(a.path) for a in versions],
+                        error=f"{type(exc).__name__}: {exc}",
                     )
-                    continue
-                found[name] = folder
-        return list(found.items())
+            return found
 
-    def _unpacked(self, archive: Path) -> tuple[str, Path]:
-        info = archive.stat()
-        stamp = f"{info.st_mtime_ns} {info.st_size}"
-        known = self._known.get(archive)
-        if known is not None and known[0] == stamp and (known[2] / VERSION).is_dir():
-            return known[1], known[2]
-        if self.root is None:
-            self.root = cache_root()
-        root = self.root
-        key = hashlib.sha256(str(archive.resolve()).encode()).hexdigest()[:16]
-        with zipfile.ZipFile(archive) as zipped:
-            manifest = json.loads(zipped.read(MANIFEST))
+    def _read(self, path: Path) -> _Archive | None:
+        try:
+            info = path.stat()
+            stamp = f"{path.name} {info.st_mtime_ns} {info.st_size}"
+            known = self._known.get(path)
+            if known is not None and known.stamp == stamp:
+                return known
+            with zipfile.ZipFile(path) as zipped:
+                manifest = json.loads(zipped.read(MANIFEST))
             model = manifest.get("model") if isinstance(manifest, dict) else None
             if not isinstance(model, dict):
                 raise ValueError(f'{MANIFEST} has no "model" object')
-            name = str(model.get("modelName") or archive.stem)
-            folder = root / key / name
-            version = folder / VERSION
-            if _read(version / _STAMP) != stamp:
-                self._extract(zipped, folder, stamp)
-                if model.get("requirementsFile"):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            log.warning(
+                "model archive skipped: it cannot be read",
+                archive=str(path),
+                error=f"{type(exc).__name__}: {exc}",
+                hint="make it with torch-model-archiver (the default zip format)",
+            )
+            return None
+        self._known[path] = archive = _Archive(path, stamp, model)
+        return archive
+
+    def _model_folder(self, repository: Path, name: str, versions: list[_Archive]) -> Path:
+        """``<cache>/<key>/<name>/<n>/``: archive n unpacked (again only when it changed),
+        version folders past the last archive removed, and the folder's config.yaml."""
+        assert self.root is not None
+        key = hashlib.sha256(f"{repository.resolve()}\0{name}".encode()).hexdigest()[:16]
+        folder = self.root / key / name
+        for number, archive in enumerate(versions, start=1):
+            version = folder / str(number)
+            if _read(version / _STAMP) != archive.stamp:
+                with zipfile.ZipFile(archive.path) as zipped:
+                    _extract(zipped, version, archive.stamp)
+                if archive.model.get("requirementsFile"):
                     log.warning(
                         "the archive's requirementsFile is not installed; install what it "
                         "lists into the server's environment",
-                        archive=str(archive),
-                        requirements=model["requirementsFile"],
+                        archive=str(archive.path),
+                        requirements=archive.model["requirementsFile"],
                     )
-            self._write_config(zipped, model, name, folder)
-        self._known[archive] = (stamp, name, folder)
-        return name, folder
+        for stale in folder.iterdir():
+            if stale.name.isdigit() and int(stale.name) > len(versions):
+                shutil.rmtree(stale, ignore_errors=True)
+        self._write_config(versions, name, folder)
+        return folder
 
-    def _write_config(
-        self, zipped: zipfile.ZipFile, model: dict[str, Any], name: str, folder: Path
-    ) -> None:
+    def _write_config(self, versions: list[_Archive], name: str, folder: Path) -> None:
         """The model folder's config.yaml: the backend (the archive's files may look like
         another backend's: model.py beside a .pth is the pytorch backend's eager pattern),
-        and batching from the archive's model-config.yaml, then config.properties."""
+        batching from the default archive's model-config.yaml, then config.properties, and
+        every version served when there are several."""
+        default = versions[0]
         settings: dict[str, Any] = {}
-        config_file = model.get("configFile")
+        config_file = default.model.get("configFile")
         if config_file:
             try:
-                loaded = yaml.safe_load(zipped.read(str(config_file)))
-            except (KeyError, yaml.YAMLError) as exc:
+                loaded = yaml.safe_load((folder / "1" / str(config_file)).read_text())
+            except (OSError, yaml.YAMLError) as exc:
                 raise ValueError(f"its configFile {config_file!r} cannot be read: {exc}") from None
             if isinstance(loaded, dict):
                 settings.update(loaded)
-        settings.update(self.properties.model_settings(name, str(model.get("modelVersion", ""))))
-        config = {"backend": "torchserve", **model_config(settings)}
+        settings.update(self.properties.model_settings(name, default.version))
+        config: dict[str, Any] = {"backend": "torchserve", **model_config(settings)}
+        if len(versions) > 1:
+            config["version_policy"] = {"all": True}
         text = yaml.safe_dump(config, sort_keys=False)
         if _read(folder / "config.yaml") != text:  # unchanged: no reload
-            folder.mkdir(parents=True, exist_ok=True)
             (folder / "config.yaml").write_text(text)
 
-    @staticmethod
-    def _extract(zipped: zipfile.ZipFile, folder: Path, stamp: str) -> None:
-        """Unpack beside the version folder, then swap it in (another process serving the
-        same repository may be doing the same: the last one's copy stays)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=folder))
-        try:
-            zipped.extractall(staging)  # zipfile drops absolute paths and ".." parts
-            (staging / _STAMP).write_text(stamp)
-            version = folder / VERSION
-            if version.exists():
-                retired = Path(tempfile.mkdtemp(prefix=".retired-", dir=folder))
-                os.replace(version, retired / VERSION)
-                shutil.rmtree(retired, ignore_errors=True)
-            os.replace(staging, version)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+
+def _extract(zipped: zipfile.ZipFile, version: Path, stamp: str) -> None:
+    """Unpack beside the version folder, then swap it in (another process serving the same
+    repository may be doing the same: the last one's copy stays)."""
+    version.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=version.parent))
+    try:
+        zipped.extractall(staging)  # zipfile drops absolute paths and ".." parts
+        (staging / _STAMP).write_text(stamp)
+        if version.exists():
+            retired = Path(tempfile.mkdtemp(prefix=".retired-", dir=version.parent))
+            os.replace(version, retired / version.name)
+            shutil.rmtree(retired, ignore_errors=True)
+        os.replace(staging, version)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _read(path: Path) -> str:

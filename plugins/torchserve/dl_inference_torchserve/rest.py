@@ -148,8 +148,9 @@ class TorchServeRest:
 
 
 def served_version(runtime: RuntimeView, name: str, version: str) -> str:
-    """The kernel version to run: the newest ready one, or the one whose archive's
-    modelVersion (or, for other models, version number) is ``version``."""
+    """The kernel version to run: the default (an archive model's first archive, another
+    model's newest), or the one whose archive's modelVersion (for other models, version
+    number) is ``version``."""
     try:
         versions = runtime.model_versions(name)
     except ModelNotFound:
@@ -163,7 +164,10 @@ def served_version(runtime: RuntimeView, name: str, version: str) -> str:
                 f'Model "{name}" has no worker to serve inference request. Please use '
                 "scale workers API to add workers.",
             )
-        return ready[-1].version
+        # An archive's model defaults to its first archive (TorchServe's first registered
+        # version); other models to their newest version.
+        first = hasattr(ready[0].backend, "manifest_version")
+        return (ready[0] if first else ready[-1]).version
     for info in versions:
         if getattr(info.backend, "manifest_version", info.version) == version:
             return info.version

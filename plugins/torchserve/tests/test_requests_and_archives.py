@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -56,15 +57,25 @@ def test_an_archive_is_unpacked_once_and_again_when_it_changes(tmp_path: Path) -
     assert "return [1]" in handler.read_text()
 
 
-def test_unreadable_and_duplicate_archives_are_left_out(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    write_mar(store, "m", HANDLER, "h.py", file_name="a")
-    write_mar(store, "m", HANDLER, "h.py", file_name="b")  # the same model name again
+def test_archives_of_one_model_are_its_versions(tmp_path: Path) -> None:
+    store, cache = tmp_path / "store", ArchiveCache(tmp_path / "cache")
+    write_mar(store, "m", HANDLER, "h.py", file_name="a", version="1.0")
+    write_mar(store, "m", HANDLER, "h.py", file_name="b", version="2.0")
+    write_mar(store, "m", HANDLER, "h.py", file_name="c", version="2.0")  # left out
     write_mar(store, "", HANDLER, "h.py", file_name="unnamed")  # no modelName: the file's
     (store / "broken.mar").write_bytes(b"not a zip")
-    found = ArchiveCache(tmp_path / "cache").models(store)
-    assert [name for name, _ in found] == ["m", "unnamed"]
-    assert found[0][1].parent != found[1][1].parent
+    found = dict(cache.models(store))
+    assert sorted(found) == ["m", "unnamed"] and found["m"].parent != found["unnamed"].parent
+    folder = found["m"]
+    manifests = [json.loads((folder / v / "MAR-INF" / "MANIFEST.json").read_text()) for v in "12"]
+    assert [m["model"]["modelVersion"] for m in manifests] == ["1.0", "2.0"]
+    assert not (folder / "3").exists()
+    assert "version_policy:\n  all: true" in (folder / "config.yaml").read_text()
+    (store / "a.mar").unlink()  # version 2.0 is now the only one, in folder 1
+    assert dict(cache.models(store))["m"] == folder
+    manifest = json.loads((folder / "1" / "MAR-INF" / "MANIFEST.json").read_text())
+    assert manifest["model"]["modelVersion"] == "2.0" and not (folder / "2").exists()
+    assert (folder / "config.yaml").read_text() == "backend: torchserve\n"
 
 
 def test_the_default_cache_must_be_private(tmp_path: Path, monkeypatch) -> None:
