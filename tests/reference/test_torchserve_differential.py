@@ -193,7 +193,7 @@ def make_store(work: Path) -> Path:
     eager.mkdir()
     write(eager / "model.py", EAGER_MODEL)
     torch.manual_seed(5)
-    state = torch.nn.Sequential()  # a state dict made the way users make it
+    # The state dict of model.py's class, made the way users make it.
     namespace: dict[str, object] = {}
     exec(textwrap.dedent(EAGER_MODEL), namespace)
     state = namespace["Tiny"]().state_dict()  # type: ignore[operator]
