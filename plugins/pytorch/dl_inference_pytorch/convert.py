@@ -89,8 +89,7 @@ class PthConverter(dl_inference.Converter):
             except Exception as exc:
                 kind = "torch.export" if pt2 else "torch.jit." + ("script" if script else "trace")
                 raise dl_inference.BackendError(
-                    f"{kind} failed: {type(exc).__name__}: {_first_line(exc)}"
-                    + (_DYNAMIC_HINT if any(axes.values()) else "")
+                    f"{kind} failed: {_reason(exc)}" + (_DYNAMIC_HINT if any(axes.values()) else "")
                 ) from exc
             worst = 0.0
             with torch.inference_mode():
@@ -100,7 +99,7 @@ class PthConverter(dl_inference.Converter):
                     except Exception as exc:
                         raise dl_inference.BackendError(
                             f"the converted model does not run on inputs {_shapes(inputs)}: "
-                            f"{type(exc).__name__}: {_first_line(exc)}; {target.name} was not "
+                            f"{_reason(exc)}; {target.name} was not "
                             "written" + _DYNAMIC_HINT
                         ) from exc
                     try:
@@ -108,7 +107,7 @@ class PthConverter(dl_inference.Converter):
                     except AssertionError as exc:
                         raise dl_inference.BackendError(
                             f"outputs differ from {source.name}'s on inputs {_shapes(inputs)}: "
-                            f"{_first_line(exc)}; {target.name} was not written"
+                            f"{_reason(exc)}; {target.name} was not written"
                         ) from exc
                     worst = max(worst, _max_diff(got, reference))
         from dl_inference_pytorch import _loading
@@ -146,9 +145,7 @@ def _load(torch: Any, source: Path, *, trust_pickle: bool) -> Any:
         try:
             module = torch.load(str(source), map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise dl_inference.ConfigError(
-                f"cannot load {source}: {type(exc).__name__}: {_first_line(exc)}"
-            ) from exc
+            raise dl_inference.ConfigError(f"cannot load {source}: {_reason(exc)}") from exc
     if isinstance(module, dict):
         raise dl_inference.ConfigError(
             f"{source.name} holds a state_dict (weights only), not a whole module: build the "
@@ -176,12 +173,12 @@ def _call(torch: Any, module: Any, inputs: Mapping[str, np.ndarray], *, resized:
         if resized:
             raise dl_inference.ConfigError(
                 f"the module itself does not run on the samples resized along their dynamic "
-                f"axes ({_shapes(inputs)}): {type(exc).__name__}: {_first_line(exc)}; keep "
+                f"axes ({_shapes(inputs)}): {_reason(exc)}; keep "
                 "those axes static (--static, or --dynamic NAME:AXES with fewer axes)"
             ) from exc
         raise dl_inference.ConfigError(
             f"the module raised on the sample inputs ({_shapes(inputs)}): "
-            f"{type(exc).__name__}: {_first_line(exc)}; give --input values that match what "
+            f"{_reason(exc)}; give --input values that match what "
             "its forward() takes"
         ) from exc
 
@@ -213,6 +210,9 @@ def _max_diff(got: Any, expected: Any) -> float:
     return 0.0
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    """``Type: message`` in one line, read as the backend reads torch's errors for clients
+    (a TorchScript error's first line only says it failed; its reason is its last)."""
+    from dl_inference_pytorch.backend import torch_message
+
+    return "{}: {}".format(*torch_message(exc))

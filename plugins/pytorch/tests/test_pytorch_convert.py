@@ -228,3 +228,28 @@ def test_one_converter_command_everywhere() -> None:
         if match
     ]
     assert not found
+
+
+def test_a_torchscript_failure_is_reported_by_its_reason(tmp_path: Path) -> None:
+    """The traced file fixes the batch it was traced with; running it on the other sample
+    fails inside the TorchScript interpreter, whose first line names no reason."""
+    folder = tmp_path / "baked" / "1"
+    baked = """
+        import torch
+
+
+        class Baked(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(12, 2)
+
+            def forward(self, x):
+                return self.fc(x.reshape(int(x.shape[0]), -1))
+    """
+    pickle_module(folder, "baked", baked, "Baked")
+    target = folder / "model.pt"
+    result = convert(folder / "model.pth", target, "--trust-pickle", "--input", "x:FP32:1,3,4")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the converted model does not run on inputs" in result.stderr
+    assert "RuntimeError: mat1 and mat2 shapes cannot be multiplied" in result.stderr
+    assert "TorchScript interpreter" not in result.stderr and not target.exists()
