@@ -49,6 +49,18 @@ class TorchServeBackend(Backend):
     def can_load(cls, path: Path) -> bool:
         return (path / MANIFEST).is_file()
 
+    @property
+    def manifest_version(self) -> str:
+        """The archive's ``modelVersion`` (what clients name), read before a load too: a
+        version that failed to load is still found by it."""
+        manifest = getattr(self, "manifest", None)
+        if manifest is None:
+            try:
+                manifest = read_manifest(self.path)
+            except (OSError, ValueError):
+                return ""
+        return str(manifest["model"].get("modelVersion", ""))
+
     def load(self) -> None:
         import ts
         from ts.context import Context
@@ -56,7 +68,6 @@ class TorchServeBackend(Backend):
 
         self.manifest = read_manifest(self.path)
         model = self.manifest["model"]
-        self.manifest_version = str(model.get("modelVersion", ""))
         handler = str(model.get("handler") or "")
         if not handler:
             raise BackendError(f"{self.path / MANIFEST}: names no handler")
