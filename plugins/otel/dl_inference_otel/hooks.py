@@ -24,11 +24,16 @@ from dl_inference_otel.settings import DLI_HOOKSPEC_VERSION
 
 SPAN_KEY = "otel.span"  # ctx.extras: the call's SERVER span, between the hooks
 _PROPAGATOR = TraceContextTextMapPropagator()  # W3C traceparent / tracestate
+# Read once, so that every span of the process converts instants the same way: reading
+# both clocks per span would shift each conversion by the time between the two reads.
+_EPOCH_OFFSET_NS = time.time_ns() - time.monotonic_ns()
 
 
-def wall_ns(monotonic: float) -> int:
-    """A ``time.monotonic()`` instant as nanoseconds since the epoch, as spans carry."""
-    return int(monotonic * 1e9) + time.time_ns() - time.monotonic_ns()
+def wall_ns(monotonic: float | None = None) -> int:
+    """A ``time.monotonic()`` instant (default: now) as nanoseconds since the epoch."""
+    if monotonic is None:
+        return time.monotonic_ns() + _EPOCH_OFFSET_NS
+    return int(monotonic * 1e9) + _EPOCH_OFFSET_NS
 
 
 def call_attributes(protocol: str, method: str) -> tuple[str, dict[str, Any]]:
@@ -127,7 +132,7 @@ class Tracing:
         self._execution(span, ctx)
         grpc_call = ctx.method.startswith("/")
         set_status(span, {"rpc.system": "grpc"} if grpc_call else {}, "OK" if grpc_call else "200")
-        span.end()
+        span.end(end_time=wall_ns())
 
     @dl_inference.hookimpl
     def dli_on_error(self, ctx: RequestContext, error: BaseException) -> None:
@@ -141,7 +146,7 @@ class Tracing:
             set_status(span, {"rpc.system": "grpc"}, code.name, str(error))
         else:
             set_status(span, {}, str(dl_inference.http_status(error)), str(error))
-        span.end()
+        span.end(end_time=wall_ns())
 
     def _server_span(self, ctx: RequestContext) -> Span:
         name, attributes = call_attributes(ctx.protocol, ctx.method)
@@ -168,9 +173,7 @@ class Tracing:
         queue_ms = (timing.started - timing.queued) * 1000
         span.set_attribute("dli.queue_ms", round(queue_ms, 3))
         span.set_attribute("dli.batch_size", timing.batch_size)
-        queue = self.tracer.start_span(
-            "queue", context=parent, start_time=wall_ns(timing.queued)
-        )
+        queue = self.tracer.start_span("queue", context=parent, start_time=wall_ns(timing.queued))
         queue.end(end_time=wall_ns(timing.started))
         compute = self.tracer.start_span(
             "compute",
@@ -212,13 +215,17 @@ class GatewayCall(ForwardTrace):
         if port.isdigit():
             attributes["server.port"] = int(port)
         span = self.tracer.start_span(
-            self.name, context=self.context, kind=SpanKind.CLIENT, attributes=attributes
+            self.name,
+            context=self.context,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=wall_ns(),
         )
         return UpstreamAttempt(span, self.attributes)
 
     def finish(self, status: str, error: str = "") -> None:
         set_status(self.span, self.attributes, status, error)
-        self.span.end()
+        self.span.end(end_time=wall_ns())
 
 
 class UpstreamAttempt(AttemptTrace):
@@ -233,4 +240,4 @@ class UpstreamAttempt(AttemptTrace):
 
     def finish(self, status: str, error: str = "") -> None:
         set_status(self.span, self.attributes, status, error)
-        self.span.end()
+        self.span.end(end_time=wall_ns())

@@ -358,8 +358,13 @@ def test_without_otel_variables_the_plugin_registers_no_hook(receiver: Receiver)
         ), switch
 
 
-def test_with_tracing_switched_off_no_span_arrives(repo: Path, receiver: Receiver) -> None:
-    env = otel_env(receiver, "switched-off", OTEL_SDK_DISABLED="true")
+@pytest.mark.parametrize(
+    "switch", [{"OTEL_SDK_DISABLED": "true"}, {"OTEL_TRACES_EXPORTER": "none"}], ids=str
+)
+def test_with_tracing_switched_off_no_span_arrives(
+    repo: Path, receiver: Receiver, switch: dict[str, str]
+) -> None:
+    env = otel_env(receiver, "switched-off", **switch)
     with ServerProcess(["--model-repository", str(repo)], env=env) as proc:
         header, trace_id, _ = traceparent()
         grpc_call(proc, "add_one", header)
