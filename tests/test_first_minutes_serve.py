@@ -8,18 +8,21 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from dl_inference.testing import ServerProcess, free_port, write_python_model
+from dl_inference.testing import (
+    ServerProcess,
+    free_port,
+    get_status,
+    grpc_health,
+    wait_for,
+    write_python_model,
+)
 
 ADD_ONE = """
     from dl_inference import PythonModel
@@ -46,33 +49,6 @@ CONFIG = """
     inputs: [{name: x, datatype: FP32, shape: [2]}]
     outputs: [{name: y, datatype: FP32, shape: [2]}]
 """
-
-
-def wait_for(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def http_status(url: str) -> int | None:
-    """The status code of GET ``url``; None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return reply.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
-def grpc_health(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=10
-        )
-    return reply.status
 
 
 def infer(address: str, model: str) -> np.ndarray:
@@ -108,9 +84,7 @@ def test_sighup_without_a_config_file_rescans_the_repository(tmp_path: Path) -> 
         server.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "repository rescanned" in server.output(), "the rescan")
         assert server.process.poll() is None, server.output()
-        wait_for(
-            lambda: http_status(f"{server.http_url}/v2/models/b/ready") == 200, "model b ready"
-        )
+        wait_for(lambda: get_status(f"{server.http_url}/v2/models/b/ready") == 200, "model b ready")
         np.testing.assert_array_equal(infer(server.grpc_address, "b"), np.ones(2, np.float32))
         np.testing.assert_array_equal(infer(server.grpc_address, "a"), np.ones(2, np.float32))
     finally:
@@ -129,13 +103,13 @@ def test_listeners_answer_not_ready_while_models_load(tmp_path: Path) -> None:
     )  # fmt: skip
     url = f"http://127.0.0.1:{http_port}"
     try:
-        wait_for(lambda: http_status(f"{url}/v2/health/live") == 200, "the HTTP listener")
-        assert http_status(f"{url}/v2/health/ready") == 503
-        assert http_status(f"{url}/v2/models/gated/ready") != 200
+        wait_for(lambda: get_status(f"{url}/v2/health/live") == 200, "the HTTP listener")
+        assert get_status(f"{url}/v2/health/ready") == 503
+        assert get_status(f"{url}/v2/models/gated/ready") != 200
         address = f"127.0.0.1:{grpc_port}"
         assert grpc_health(address) == health_pb2.HealthCheckResponse.NOT_SERVING
         gate.touch()
-        wait_for(lambda: http_status(f"{url}/v2/health/ready") == 200, "readiness")
+        wait_for(lambda: get_status(f"{url}/v2/health/ready") == 200, "readiness")
         assert grpc_health(address) == health_pb2.HealthCheckResponse.SERVING
         np.testing.assert_array_equal(infer(address, "gated"), np.ones(2, np.float32))
     finally:

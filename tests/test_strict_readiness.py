@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +24,14 @@ import tritonclient.grpc as grpcclient
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dl_inference.testing import ServerProcess, free_port, write_python_model
+from dl_inference.testing import (
+    ServerProcess,
+    free_port,
+    get_status,
+    grpc_health,
+    wait_for,
+    write_python_model,
+)
 
 GOOD = """
     from dl_inference import PythonModel
@@ -81,29 +87,6 @@ def write_server_config(path: Path, repo: Path, strict: bool | None) -> Path:
     return path
 
 
-def http_status(url: str) -> int | None:
-    """The status code of GET ``url``; None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return reply.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
-def health(address: str, service: str) -> int | grpc.StatusCode:
-    """grpc.health Check of ``service``: its ServingStatus, or the gRPC status code."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=10
-            )
-        except grpc.RpcError as exc:
-            return exc.code()
-    return reply.status
-
-
 def watch_first(address: str, service: str) -> int:
     """The first status a grpc.health Watch of ``service`` streams."""
     with grpc.insecure_channel(address) as channel:
@@ -113,14 +96,6 @@ def watch_first(address: str, service: str) -> int:
         first = next(stream)
         stream.cancel()
     return first.status
-
-
-def wait_for(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def infer_good(address: str) -> np.ndarray:
@@ -158,14 +133,14 @@ def lenient_server(lenient_config: Path) -> Iterator[ServerProcess]:
 def assert_models_answer_for_themselves(server: ServerProcess) -> None:
     """Whatever the server's readiness: each model's own readiness, health and calls."""
     url, address = server.http_url, server.grpc_address
-    assert http_status(f"{url}/v2/models/good/ready") == 200
-    assert http_status(f"{url}/v2/models/broken/ready") == 503
+    assert get_status(f"{url}/v2/models/good/ready") == 200
+    assert get_status(f"{url}/v2/models/broken/ready") == 503
     client = grpcclient.InferenceServerClient(address)
     assert client.is_model_ready("good") and not client.is_model_ready("broken")
-    assert health(address, "good") == Status.SERVING
-    assert health(address, "broken") == Status.NOT_SERVING
-    assert health(address, "no_such_model") == grpc.StatusCode.NOT_FOUND
-    assert health(address, V2_SERVICE) == Status.SERVING
+    assert grpc_health(address, "good") == Status.SERVING
+    assert grpc_health(address, "broken") == Status.NOT_SERVING
+    assert grpc_health(address, "no_such_model") == grpc.StatusCode.NOT_FOUND
+    assert grpc_health(address, V2_SERVICE) == Status.SERVING
     assert watch_first(address, "good") == Status.SERVING
     assert watch_first(address, "broken") == Status.NOT_SERVING
     np.testing.assert_array_equal(infer_good(address), np.ones(2, np.float32))
@@ -175,19 +150,19 @@ def test_by_default_one_broken_model_makes_the_server_not_ready(
     strict_server: ServerProcess,
 ) -> None:
     url, address = strict_server.http_url, strict_server.grpc_address
-    assert http_status(f"{url}/v2/health/live") == 200
-    assert http_status(f"{url}/v2/health/ready") == 503
+    assert get_status(f"{url}/v2/health/live") == 200
+    assert get_status(f"{url}/v2/health/ready") == 503
     assert not grpcclient.InferenceServerClient(address).is_server_ready()
-    assert health(address, "") == Status.NOT_SERVING
+    assert grpc_health(address, "") == Status.NOT_SERVING
     assert watch_first(address, "") == Status.NOT_SERVING
     assert_models_answer_for_themselves(strict_server)
 
 
 def test_strict_readiness_false_keeps_the_server_ready(lenient_server: ServerProcess) -> None:
     url, address = lenient_server.http_url, lenient_server.grpc_address
-    assert http_status(f"{url}/v2/health/ready") == 200
+    assert get_status(f"{url}/v2/health/ready") == 200
     assert grpcclient.InferenceServerClient(address).is_server_ready()
-    assert health(address, "") == Status.SERVING
+    assert grpc_health(address, "") == Status.SERVING
     assert watch_first(address, "") == Status.SERVING
     assert_models_answer_for_themselves(lenient_server)
     with urllib.request.urlopen(f"{url}/api/status", timeout=10) as reply:
@@ -202,14 +177,14 @@ def test_a_reload_switches_strict_readiness(
     try:
         write_server_config(lenient_config, repository, strict=True)
         lenient_server.process.send_signal(signal.SIGHUP)
-        wait_for(lambda: http_status(f"{url}/v2/health/ready") == 503, "strict readiness")
-        assert health(address, "") == Status.NOT_SERVING
+        wait_for(lambda: get_status(f"{url}/v2/health/ready") == 503, "strict readiness")
+        assert grpc_health(address, "") == Status.NOT_SERVING
         assert "server.strict_readiness: True" in lenient_server.output()
     finally:
         write_server_config(lenient_config, repository, strict=False)
         lenient_server.process.send_signal(signal.SIGHUP)
-        wait_for(lambda: http_status(f"{url}/v2/health/ready") == 200, "lenient readiness")
-    assert health(address, "") == Status.SERVING
+        wait_for(lambda: get_status(f"{url}/v2/health/ready") == 200, "lenient readiness")
+    assert grpc_health(address, "") == Status.SERVING
 
 
 def test_without_strict_readiness_the_server_is_not_ready_while_models_load(
@@ -228,19 +203,19 @@ def test_without_strict_readiness_the_server_is_not_ready_while_models_load(
     )  # fmt: skip
     url, address = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
     try:
-        wait_for(lambda: http_status(f"{url}/v2/health/live") == 200, "the HTTP listener")
-        assert http_status(f"{url}/v2/health/ready") == 503
-        assert health(address, "") == Status.NOT_SERVING
-        assert health(address, "gated") == Status.NOT_SERVING
+        wait_for(lambda: get_status(f"{url}/v2/health/live") == 200, "the HTTP listener")
+        assert get_status(f"{url}/v2/health/ready") == 503
+        assert grpc_health(address, "") == Status.NOT_SERVING
+        assert grpc_health(address, "gated") == Status.NOT_SERVING
         gate.touch()
-        wait_for(lambda: http_status(f"{url}/v2/health/ready") == 200, "readiness")
-        assert health(address, "") == Status.SERVING
-        assert health(address, "gated") == Status.SERVING
-        assert health(address, "broken") == Status.NOT_SERVING
+        wait_for(lambda: get_status(f"{url}/v2/health/ready") == 200, "readiness")
+        assert grpc_health(address, "") == Status.SERVING
+        assert grpc_health(address, "gated") == Status.SERVING
+        assert grpc_health(address, "broken") == Status.NOT_SERVING
         # A model no longer held is a name the health service does not know.
         shutil.rmtree(repo / "broken")
-        wait_for(lambda: health(address, "broken") == grpc.StatusCode.NOT_FOUND, "unload")
-        assert health(address, "") == Status.SERVING
+        wait_for(lambda: grpc_health(address, "broken") == grpc.StatusCode.NOT_FOUND, "unload")
+        assert grpc_health(address, "") == Status.SERVING
     finally:
         gate.touch()  # a load left waiting would hold up the drain
         process.send_signal(signal.SIGTERM)

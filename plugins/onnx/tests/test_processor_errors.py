@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dl_inference.testing import ServerProcess
+from dl_inference.testing import ServerProcess, post_json
 
 PROCESSOR = """
     import numpy as np
@@ -66,16 +64,7 @@ def post(server: ServerProcess, values: list[float]) -> tuple[int, dict[str, Any
     body = {
         "inputs": [{"name": "values", "datatype": "FP32", "shape": [len(values)], "data": values}]
     }
-    request = urllib.request.Request(
-        f"{server.http_url}/v2/models/rows/infer",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return post_json(f"{server.http_url}/v2/models/rows/infer", body)
 
 
 def test_onnxruntime_shape_error_through_processor_is_a_short_400(server: ServerProcess) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import pytest
 import torch
 from _torch_models import write_config
 
-from dl_inference.testing import ServerProcess
+from dl_inference.testing import ServerProcess, post_json
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -80,16 +78,7 @@ def post(server: ServerProcess, model: str, values: list[float]) -> tuple[int, d
     body = {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, len(values)], "data": values}]
     }
-    request = urllib.request.Request(
-        f"{server.http_url}/v2/models/{model}/infer",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return post_json(f"{server.http_url}/v2/models/{model}/infer", body)
 
 
 def assert_short_and_clean(message: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from _torch_models import features, reference, write_config, write_eager
 
-from dl_inference.testing import ServerProcess
+from dl_inference.testing import ServerProcess, post_json
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -85,16 +85,7 @@ class Served:
     modules: dict[str, torch.nn.Module]
 
     def post(self, model: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        request = urllib.request.Request(
-            f"{self.server.http_url}/v2/models/{model}/infer",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+        return post_json(f"{self.server.http_url}/v2/models/{model}/infer", body)
 
     def get(self, path: str) -> dict[str, Any]:
         with urllib.request.urlopen(self.server.http_url + path, timeout=60) as response:

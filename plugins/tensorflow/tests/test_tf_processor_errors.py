@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import textwrap
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dl_inference.testing import ServerProcess
+from dl_inference.testing import ServerProcess, post_json
 
 PROCESSORS = {
     "runs": """
@@ -74,16 +72,7 @@ def post(server: ServerProcess, model: str, values: list[float]) -> tuple[int, d
     body = {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, len(values)], "data": values}]
     }
-    request = urllib.request.Request(
-        f"{server.http_url}/v2/models/{model}/infer",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return post_json(f"{server.http_url}/v2/models/{model}/infer", body)
 
 
 @pytest.mark.parametrize(
