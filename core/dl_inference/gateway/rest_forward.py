@@ -12,10 +12,13 @@ came), and the node decodes it and answers for it. Only failures where the node 
 work are retried on another node: the connection could not be made, or the node answered
 503 (draining, not ready); when no retry is left, the last node's own answer comes back.
 What counts against a node is :func:`~dl_inference.gateway.nodes.http_verdict`'s rule.
+A ``text/event-stream`` answer (V2 ``generate_stream``) is relayed as it comes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +46,8 @@ log = structlog.get_logger("dl_inference.gateway")
 BUILTIN_MODEL_PATHS: dict[str, str] = {"/v2/models/": "v2"}
 # The model's name: the path segment after the prefix, up to "/" or ":" (as in ":predict").
 MODEL_NAME = re.compile(r"[^/:]+")
+# A streamed answer (server-sent events): relayed as it comes instead of read whole.
+EVENT_STREAM = "text/event-stream"
 # Connection-level headers (RFC 9110 7.6.1) and those aiohttp sets for each hop itself.
 _HOP_HEADERS = frozenset(
     {
@@ -88,6 +93,27 @@ def with_attempt_headers(headers: dict[str, str], attempt: AttemptTrace | None) 
     return {k: v for k, v in headers.items() if k.lower() not in names} | dict(attempt.headers)
 
 
+async def _relay_events(request: web.Request, reply: aiohttp.ClientResponse) -> web.StreamResponse:
+    """A node's ``text/event-stream`` answer (V2 ``generate_stream``) relayed as it comes,
+    chunk by chunk, not once it ends. A client that goes away closes the connection to the
+    node (which closes the model's generator there); a node that breaks off midway ends
+    the stream with an ``error`` event, as the generate extension reports late errors."""
+    relayed = web.StreamResponse(status=reply.status, headers=forwardable_headers(reply.headers))
+    await relayed.prepare(request)
+    try:
+        async for chunk in reply.content.iter_any():
+            await relayed.write(chunk)
+    except ConnectionError:  # the client went away
+        reply.close()
+        return relayed
+    except (aiohttp.ClientError, OSError) as exc:
+        message = json.dumps({"error": f"the node's event stream broke off: {exc}"})
+        with contextlib.suppress(ConnectionError):
+            await relayed.write(f"data: {message}\n\n".encode())
+    await relayed.write_eof()
+    return relayed
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -112,7 +138,7 @@ class RestForwarder:
             )
         return self._session
 
-    async def forward(self, route: Route, request: web.Request, body: bytes) -> web.Response:
+    async def forward(self, route: Route, request: web.Request, body: bytes) -> web.StreamResponse:
         """The answer of the node that took ``request``, whose ``body`` (as it came) the
         server read: a node of the group :meth:`Route.choose` picks; a copy goes to the
         route's shadow group, if it has one."""
@@ -147,7 +173,7 @@ class RestForwarder:
 
     async def _forward(
         self, route: Route, request: web.Request, body: bytes, trace: ForwardTrace | None = None
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         headers = forwardable_headers(request.headers)
         tls_config = route.config.tls
         server_name = tls_config.server_name if tls_config is not None else None
@@ -186,6 +212,10 @@ class RestForwarder:
                     timeout=aiohttp.ClientTimeout(total=left),
                     server_hostname=server_name,
                 ) as reply:
+                    if reply.status == 200 and reply.content_type == EVENT_STREAM:
+                        outcome = ("200", "")
+                        route.record(node, http_verdict(200, True).outcome, time.monotonic() - sent)
+                        return await _relay_events(request, reply)
                     payload = await reply.read()
                     status, reply_headers = reply.status, forwardable_headers(reply.headers)
                     answered = app_answered(reply.headers)
