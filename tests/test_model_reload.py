@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dl_inference.testing import ServerProcess, write_python_model
+from dl_inference.testing import ServerProcess, wait_for, write_python_model
 
 OFFSET = """
     from dl_inference import PythonModel
@@ -49,17 +47,6 @@ POLL = "server: {repository_poll_s: 0.2}\n"
 
 def offset_config(offset: int) -> str:
     return TENSORS + f"    parameters: {{offset: {offset}}}\n"
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def http(server: ServerProcess, path: str, body: Any = None) -> tuple[int, Any]:

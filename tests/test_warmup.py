@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,7 +21,7 @@ from dl_inference.kernel.repository import scan_repository
 from dl_inference.kernel.runtime import Runtime
 from dl_inference.spi.errors import ConfigError
 from dl_inference.spi.types import InferRequest, RequestContext
-from dl_inference.testing import free_port, write_python_model
+from dl_inference.testing import free_port, wait_for, write_python_model
 
 # predict() appends one JSON line per call (input shapes and dtypes) to calls.txt beside
 # the model; while the file GATE is missing it waits, so a test can watch the server
@@ -67,14 +66,6 @@ def calls(folder: Path) -> list[dict[str, Any]]:
 
 
 # -- end to end: the server as users run it ----------------------------------------------------
-
-
-def wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def http(url: str, body: dict[str, Any] | None = None) -> tuple[int | None, Any]:
@@ -131,10 +122,12 @@ def test_warmup_runs_before_ready_and_counts_in_no_statistics(tmp_path: Path) ->
     url = f"http://127.0.0.1:{http_port}"
     try:
         # The first warm-up call runs (and waits at the gate): the model is not ready yet.
-        wait_for(lambda: len(calls(warm)) == 1, "the first warm-up call")
+        wait_for(lambda: len(calls(warm)) == 1, "the first warm-up call", timeout=60)
         assert http(f"{url}/v2/models/warm/ready")[0] != 200
         gate.touch()
-        wait_for(lambda: http(f"{url}/v2/models/warm/ready")[0] == 200, "model warm ready")
+        wait_for(
+            lambda: http(f"{url}/v2/models/warm/ready")[0] == 200, "model warm ready", timeout=60
+        )
         assert calls(warm) == [{"x": [[4], "float32"]}] * 3  # all before readiness
 
         status, reply = http(
