@@ -9,6 +9,15 @@ full. An idle model runs a request at once, delay or not. Requests whose deadlin
 are dropped before they cost compute; a full queue refuses at once. Models without dynamic
 batching use the same queue with ``merge=False``: one request per execution.
 
+With ``run_requests`` (a backend that takes request lists: ``Backend.takes_request_lists``)
+the gathered requests are not concatenated: the runner gets them as a list of
+:class:`~dl_inference.InferRequest` (each with its own inputs, parameters and id) and
+returns one result per request, its outputs or the exception that fails it alone, as
+Triton's dynamic batcher hands a python model's ``execute`` a list of requests. Requests
+gather as for merging: up to ``max_batch_size`` rows in all (the sum of their first
+dimensions), with the same input names, dtypes and trailing dimensions; their parameters
+may differ, since each request keeps its own.
+
 A merged batch whose execution fails is bisected (see :meth:`Batcher._isolate`): one
 request the model cannot take (an out-of-range token id) fails alone, with its own error,
 and the requests merged with it get their answers, as Triton's per-request responses allow.
@@ -35,14 +44,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import structlog
 
 from dl_inference.spi.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
-from dl_inference.spi.types import ExecutionTiming
+from dl_inference.spi.types import ExecutionTiming, InferRequest
 
 # run(inputs, parameters, queued) -> outputs, called in a batcher thread; queued holds the
 # monotonic time each request of the batch was queued, oldest first (for the queue time
 # that metrics and statistics report).
 Runner = Callable[[dict[str, np.ndarray], dict[str, Any], list[float]], dict[str, np.ndarray]]
+# run_requests(requests, queued) -> one result per request, in order: its outputs, or the
+# exception that fails that request alone (for backends that take request lists).
+Result = dict[str, np.ndarray] | Exception
+RequestsRunner = Callable[[list[InferRequest], list[float]], list[Result]]
 
 
 @dataclass
@@ -112,7 +126,8 @@ class _Delivery:
 
 
 class Batcher:
-    """Per-model queue feeding ``instances`` threads; with ``merge`` they run merged batches."""
+    """Per-model queue feeding ``instances`` threads; with ``merge`` they run merged batches
+    (or, with ``run_requests``, lists of requests)."""
 
     def __init__(
         self,
@@ -124,9 +139,11 @@ class Batcher:
         max_queue_size: int | None = None,
         instances: int = 1,
         merge: bool = True,
+        run_requests: RequestsRunner | None = None,
     ) -> None:
         self.name = name
         self._run = run
+        self._run_requests = run_requests
         self.max_batch_size = max_batch_size
         self.merge = merge
         self.delay = max_queue_delay_ms / 1000.0
@@ -155,7 +172,8 @@ class Batcher:
         if self.merge:
             rows, key = (
                 batch_rows(self.name, inputs, self.max_batch_size),
-                _batch_key(inputs, parameters),
+                # Listed requests keep their own parameters: only the tensors must agree.
+                _batch_key(inputs, {} if self._run_requests else parameters),
             )
         else:
             rows, key = 1, ()
@@ -272,7 +290,7 @@ class Batcher:
         self.stats.sizes[rows] += 1
         error: Exception | None = None
         try:
-            outputs = self._run_merged(batch)
+            outputs = self._run_batch(batch)
         except Exception as exc:
             error = exc
         queued = bool(self._queue)
@@ -285,6 +303,32 @@ class Batcher:
         else:
             _fail(batch, error)
         return queued
+
+    def _run_batch(self, batch: list[_Pending]) -> Any:
+        """One execution of ``batch``: merged outputs, or one result per listed request."""
+        if self._run_requests is not None:
+            return self._run_listed(batch)
+        return self._run_merged(batch)
+
+    def _run_listed(self, batch: list[_Pending]) -> list[Result]:
+        """One execution of ``batch``'s requests handed over as a list."""
+        requests = [
+            InferRequest(
+                self.name,
+                item.inputs,
+                id=_request_id(item),
+                parameters=item.parameters,
+                deadline=item.deadline,
+            )
+            for item in batch
+        ]
+        queued = [item.queued_at for item in batch]
+        started = time.monotonic()
+        try:
+            assert self._run_requests is not None
+            return batch[0].context.run(self._run_requests, requests, queued)
+        finally:
+            _record_timing(batch, started)
 
     def _run_merged(self, batch: list[_Pending]) -> dict[str, np.ndarray]:
         """One execution of ``batch``'s requests merged along dimension 0."""
@@ -301,9 +345,27 @@ class Batcher:
         finally:
             _record_timing(batch, started)
 
-    def _deliver(self, batch: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
+    def _deliver(self, batch: list[_Pending], outputs: Any) -> None:
         """Split a batch's outputs back to its callers (all fail if the model broke the
-        batch contract: that is the model's fault, so running parts again would not help)."""
+        batch contract: that is the model's fault, so running parts again would not help).
+        Listed requests each get their own result, or fail alone with their exception."""
+        if self._run_requests is not None:
+            if not isinstance(outputs, list) or len(outputs) != len(batch):
+                got = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
+                _fail(
+                    batch,
+                    BackendError(
+                        f"model {self.name!r} returned {got} results for {len(batch)} "
+                        "requests; return one per request, in order"
+                    ),
+                )
+                return
+            for item, result in zip(batch, outputs, strict=True):
+                if isinstance(result, BaseException):
+                    _resolve(item, error=result)
+                else:
+                    _resolve(item, result=result)
+            return
         try:
             parts = _split(self.name, outputs, [item.rows for item in batch])
         except Exception as exc:
@@ -359,7 +421,7 @@ class Batcher:
                 budget -= 1
                 self.stats.reruns += 1
                 try:
-                    outputs = self._run_merged(half)
+                    outputs = self._run_batch(half)
                 except Exception as exc:
                     failed.append((half, exc))
                 else:
@@ -388,6 +450,11 @@ def _resolve(
 ) -> None:
     """Hand a result or error to the waiting coroutine, on its own event loop."""
     item.delivery.put(item, result, error)
+
+
+def _request_id(item: _Pending) -> str:
+    """The id the request's log lines carry: the runtime binds it in the request's context."""
+    return str(item.context.run(structlog.contextvars.get_contextvars).get("request_id", ""))
 
 
 def _record_timing(batch: list[_Pending], started: float) -> None:

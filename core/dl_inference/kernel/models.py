@@ -18,7 +18,7 @@ import numpy as np
 import structlog
 from pydantic import ValidationError
 
-from dl_inference.kernel.batching import Batcher, batch_rows
+from dl_inference.kernel.batching import Batcher, Result, batch_rows
 from dl_inference.kernel.config.errors import describe_errors
 from dl_inference.kernel.config.model_config import KERNEL_KEYS
 from dl_inference.kernel.plugins import PluginHost, install_hint
@@ -35,7 +35,7 @@ from dl_inference.spi.errors import (
     ModelNotFound,
     ModelNotReady,
 )
-from dl_inference.spi.types import ExecutionTiming, ModelMetadata, TensorSpec
+from dl_inference.spi.types import ExecutionTiming, InferRequest, ModelMetadata, TensorSpec
 
 log = structlog.get_logger("dl_inference.models")
 
@@ -105,11 +105,16 @@ class ModelVersion:
         self._predict = predict_call(self.backend)
         # An async predict (a backend composing other models) runs on the event loop.
         self.on_loop = inspect.iscoroutinefunction(self.backend.predict)
+        # A backend taking request lists gets every execution's requests as a list (one
+        # request when it does not batch), never concatenated.
+        lists = self.backend.takes_request_lists and not self.on_loop
         self.batching = (
-            config.max_batch_size > 0 and config.dynamic_batching and self.backend.merges_requests
+            config.max_batch_size > 0
+            and config.dynamic_batching
+            and (self.backend.merges_requests or lists)
         )
         # Every model runs in its scheduler's threads, off the event loop; only batching
-        # models merge requests.
+        # models gather several requests into one execution.
         self.scheduler = Batcher(
             self.name,
             self._execute,
@@ -118,6 +123,7 @@ class ModelVersion:
             max_queue_size=config.max_queue_size,
             instances=config.instances,
             merge=self.batching,
+            run_requests=self._execute_requests if lists else None,
         )
 
     @property
@@ -130,7 +136,7 @@ class ModelVersion:
         processor.py ``run_model``, is a generator): see :mod:`dl_inference.kernel.streaming`."""
         run_model = self.processor.hooks.get("run_model") if self.processor else None
         if run_model is not None:
-            return is_generator_function(run_model.function)
+            return False
         return self.backend.decoupled or is_generator_function(self.backend.predict)
 
     def inputs(self) -> list[TensorSpec] | None:
@@ -248,13 +254,65 @@ class ModelVersion:
         self._observe(inputs, queued, started)
         return outputs
 
+    def _execute_requests(self, requests: list[InferRequest], queued: list[float]) -> list[Result]:
+        """One execution of a list of requests (a backend that takes request lists): one
+        result per request, its outputs or the error that fails it alone. An exception of
+        the whole call fails them all (the scheduler then sets a faulty one apart).
+
+        With processor.py hooks each request runs through them on its own, as for any
+        backend. The execution is observed once, with the requests that were answered.
+        """
+        started = time.monotonic()
+        results: list[Result]
+        if self.processor is not None and self.adapter is not None:
+            results = []
+            for request in requests:
+                try:
+                    results.append(self._predict_sync(request.inputs, request.parameters))
+                except Exception as exc:
+                    results.append(exc)
+        else:
+            for request in requests:
+                request.model_version = self.version
+            try:
+                results = self.backend.predict_requests(requests)
+            except DlInferenceError:
+                raise
+            except Exception as exc:
+                raise self._model_error(exc) from exc
+            if not isinstance(results, list) or len(results) != len(requests):
+                return results  # the scheduler fails the call's requests: a broken contract
+            results = [self._result(result) for result in results]
+        answered = [i for i, result in enumerate(results) if not isinstance(result, Exception)]
+        if answered and self.observer is not None:
+            rows = sum(self._rows(requests[i].inputs) for i in answered)
+            finished = time.monotonic()
+            times = [queued[i] for i in answered]
+            self.observer(self.name, self.version, rows, times, started, finished)
+        return results
+
+    def _result(self, result: Any) -> Result:
+        """One request's result from predict_requests(): its outputs, or the client's error."""
+        if isinstance(result, DlInferenceError | dict):
+            return result
+        if isinstance(result, Exception):
+            return self._model_error(result)
+        return BackendError(
+            f"model {self.name!r}: the {self.backend_name} backend's predict_requests() "
+            f"returned {type(result).__name__} for a request; return a dict of outputs or "
+            "an exception"
+        )
+
+    def _rows(self, inputs: dict[str, np.ndarray]) -> int:
+        """The rows a request carries: its first dimension when the model batches, else 1."""
+        first = next(iter(inputs.values()), None)
+        batched = self.backend.config.max_batch_size > 0 and first is not None and first.ndim
+        return int(first.shape[0]) if batched else 1
+
     def _observe(self, inputs: dict[str, np.ndarray], queued: list[float], started: float) -> None:
         if self.observer is not None:
             finished = time.monotonic()
-            first = next(iter(inputs.values()), None)
-            batched = self.backend.config.max_batch_size > 0 and first is not None and first.ndim
-            rows = int(first.shape[0]) if batched else 1
-            self.observer(self.name, self.version, rows, queued, started, finished)
+            self.observer(self.name, self.version, self._rows(inputs), queued, started, finished)
 
     def _predict_sync(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]

@@ -79,9 +79,14 @@ class Backend(abc.ABC):
     # platform (e.g. ``("python",)``, ``("onnxruntime", "onnxruntime_onnx")``).
     triton_platforms: ClassVar[tuple[str, ...]] = ()
     # False: the kernel never merges requests into one predict() call, even with dynamic
-    # batching (for models that answer each request on its own, e.g. Triton's python
-    # backend: each predict() gets one request, as the client sent it).
+    # batching (for models that answer each request on its own: each predict() gets one
+    # request, as the client sent it; see takes_request_lists for lists of them).
     merges_requests: ClassVar[bool] = True
+    # True: every execution's requests reach predict_requests() as a list, each with its
+    # own tensors and parameters, never concatenated; with dynamic batching the kernel
+    # gathers up to max_batch_size rows of them (as Triton's python backend does).
+    # predict() then serves only processor.py's hooks.
+    takes_request_lists: ClassVar[bool] = False
     # True when predict() is a generator (sync or async) yielding one dict of outputs per
     # response: a decoupled model (see dl_inference.kernel.streaming). The kernel also
     # finds a generator predict() itself; a backend that wraps one (the python backend)
@@ -136,6 +141,26 @@ class Backend(abc.ABC):
         (the ``/``) so that a parameter of any name, ``inputs`` included, reaches you.
         Inputs may be read-only views of the request's bytes: copy before writing to them.
         """
+
+    def predict_requests(
+        self, requests: list[InferRequest], /
+    ) -> list[dict[str, np.ndarray] | Exception]:
+        """Run the model once on several requests (a backend that sets
+        ``takes_request_lists``); return one result per request, in order: its outputs, or
+        an exception that fails that request alone (the others get their answers).
+
+        Each :class:`~dl_inference.InferRequest` carries its own ``inputs`` (with the batch
+        as the first dimension when ``max_batch_size > 0``: the rows of all requests add up
+        to at most ``max_batch_size``), ``parameters``, ``id`` (the request id of the
+        server's log lines) and ``deadline``. Without dynamic batching the list holds one
+        request. Requests of one call have the same input names, dtypes and trailing
+        dimensions; their parameters may differ. An exception raised by the call fails
+        every request of it, and the kernel runs parts of the list again to set a faulty
+        request apart (as for a merged batch). Runs in the model's threads (never ``async``).
+        """
+        raise NotImplementedError(
+            f"the {self.name} backend sets takes_request_lists without predict_requests()"
+        )
 
     def unload(self) -> None:  # noqa: B027 - nothing to release by default
         """Release what :meth:`load` took (GPU memory, sessions)."""

@@ -13,11 +13,13 @@ Triton's life cycle, as its python backend runs it:
   (``TritonError.INVALID_ARG``: 400 / INVALID_ARGUMENT, the default INTERNAL: 500);
 - ``finalize()`` when the version unloads.
 
-Batching: the kernel never merges requests for this backend (``merges_requests`` False):
-each ``execute`` receives one request, its tensors as the client sent them (with the batch
-dimension when ``max_batch_size`` > 0). Triton may hand a python model several requests at
-once with dynamic batching; a model must take a list of any length on Triton, so one at a
-time answers the same. Concurrent requests run on the model's instances in parallel.
+Batching, as Triton's dynamic batcher does it: the kernel hands this backend the requests
+it gathered as a list (``takes_request_lists``), never concatenated, so ``execute``
+receives one ``InferenceRequest`` per client request, each with its tensors as the client
+sent them (with the batch dimension when ``max_batch_size`` > 0), up to
+``max_batch_size`` rows in all; the responses are matched to the requests by position.
+Without ``dynamic_batching`` each ``execute`` gets one request. Concurrent executions run
+on the model's instances in parallel.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class TritonPythonBackend(Backend):
     name = "triton_python"
     Settings = BackendSettings
     triton_platforms = ("python",)
-    merges_requests = False
+    takes_request_lists = True
 
     @property
     def platform(self) -> str:
@@ -129,40 +131,59 @@ class TritonPythonBackend(Backend):
     def model_outputs(self) -> list[TensorSpec] | None:
         return self._outputs
 
-    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
-        request = pb_utils.InferenceRequest(
-            [pb_utils.Tensor(name, array) for name, array in inputs.items()],
-            request_id=structlog.contextvars.get_contextvars().get("request_id", ""),
-            parameters=parameters,
-            model_name=self.model_name,
-            model_version=int(self.version),
-        )
+    def predict_requests(
+        self, requests: list[dl_inference.InferRequest], /
+    ) -> list[dict[str, np.ndarray] | Exception]:
+        """One ``execute`` of the gathered requests; one result per request, by position."""
+        batch = [
+            pb_utils.InferenceRequest(
+                [pb_utils.Tensor(name, array) for name, array in request.inputs.items()],
+                request_id=request.id,
+                parameters=request.parameters,
+                model_name=self.model_name,
+                model_version=int(self.version),
+            )
+            for request in requests
+        ]
         # At most `instances` scheduler threads call at once: a model object is always free.
         model = self._pool.get()
         try:
-            responses = model.execute([request])
+            responses = model.execute(batch)
         finally:
             self._pool.put(model)
-        return self._outputs_of(responses)
-
-    def _outputs_of(self, responses: Any) -> dict[str, np.ndarray]:
-        if not isinstance(responses, list | tuple) or len(responses) != 1:
+        if not isinstance(responses, list | tuple) or len(responses) != len(batch):
             count = (
                 len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             )
             raise BackendError(
                 f"{self.model_name}: execute() must return a list of one InferenceResponse "
-                f"per request (1 request, got {count})"
+                f"per request ({len(batch)} request{'s' * (len(batch) > 1)}, got {count})"
             )
-        (response,) = responses
+        return [self._outputs_of(response) for response in responses]
+
+    def predict(self, inputs: dict[str, np.ndarray], /, **parameters: Any) -> dict[str, np.ndarray]:
+        """One request alone (what processor.py's hooks call)."""
+        request = dl_inference.InferRequest(
+            self.model_name,
+            inputs,
+            id=structlog.contextvars.get_contextvars().get("request_id", ""),
+            parameters=parameters,
+        )
+        (result,) = self.predict_requests([request])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _outputs_of(self, response: Any) -> dict[str, np.ndarray] | Exception:
+        """A response's outputs, or the error that fails its request alone."""
         if not isinstance(response, pb_utils.InferenceResponse):
-            raise BackendError(
+            return BackendError(
                 f"{self.model_name}: execute() returned {type(response).__name__} for a "
                 "request; return triton_python_backend_utils.InferenceResponse objects"
             )
         if response.has_error():
             error = response.error()
-            raise _ERRORS.get(error.code(), BackendError)(error.message())
+            return _ERRORS.get(error.code(), BackendError)(error.message())
         return {t.name(): _bytes_elements(t.as_numpy()) for t in response.output_tensors()}
 
     def unload(self) -> None:

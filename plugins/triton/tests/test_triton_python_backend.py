@@ -42,9 +42,10 @@ def write(root: Path, name: str, code: str, config: str = CONFIG) -> Path:
 
 async def serve(root: Path) -> Runtime:
     models = ModelRegistry(PluginHost().load())
+    runtime = Runtime(models.plugins, models, access_log=False)  # it observes executions
     models.prepare(scan_repository(root))
     await models.load_all()
-    return Runtime(models.plugins, models, access_log=False)
+    return runtime
 
 
 async def infer(runtime: Runtime, model: str, x: Any, **parameters: Any) -> dict[str, np.ndarray]:
@@ -74,17 +75,28 @@ class TritonPythonModel:
 
 
 async def test_each_request_reaches_execute_as_sent(tmp_path: Path) -> None:
-    """With dynamic batching the kernel would merge tensors; a Triton model gets each
-    request as its client sent it (its own rows), one request per execute."""
+    """With dynamic batching, queued requests reach one execute as a list, as on Triton:
+    each request as its client sent it (its own rows, never concatenated), at most
+    max_batch_size rows in all, each answered by its own response."""
     write(
         tmp_path, "rows", ROWS, CONFIG + "dynamic_batching { max_queue_delay_microseconds: 50000 }"
     )
     runtime = await serve(tmp_path)
     sizes = [1, 2, 3, 1, 2]
     answers = await asyncio.gather(*(infer(runtime, "rows", np.zeros((n, 2))) for n in sizes))
+    listed = []
     for rows, outputs in zip(sizes, answers, strict=True):
         assert outputs["Y"].shape == (rows, 2)
-        assert set(outputs["Y"].ravel()) == {rows * 10 + 1}
+        (value,) = set(outputs["Y"].ravel().tolist())
+        assert value // 10 == rows  # its own rows
+        listed.append(int(value) % 10)  # len(requests) of the execute that answered it
+    assert max(listed) > 1  # the requests queued behind the first went in together
+    (version,) = runtime.models.versions("rows")
+    assert version.scheduler.stats.largest <= 8
+    # Statistics as Triton counts them: one execution per execute, every row inferred.
+    stats = runtime.statistics.of("rows", "1")
+    assert stats.executions == round(sum(1 / n for n in listed)) < len(sizes)
+    assert stats.rows == sum(sizes)
     await runtime.models.unload_all()
 
 
