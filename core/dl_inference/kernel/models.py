@@ -136,7 +136,7 @@ class ModelVersion:
         processor.py ``run_model``, is a generator): see :mod:`dl_inference.kernel.streaming`."""
         run_model = self.processor.hooks.get("run_model") if self.processor else None
         if run_model is not None:
-            return False
+            return is_generator_function(run_model.function)
         return self.backend.decoupled or is_generator_function(self.backend.predict)
 
     def inputs(self) -> list[TensorSpec] | None:
