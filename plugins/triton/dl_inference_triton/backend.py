@@ -67,6 +67,8 @@ class TritonPythonBackend(Backend):
     Settings = BackendSettings
     triton_platforms = ("python",)
     takes_request_lists = True
+    # A kernel without request lists then still hands execute() one request at a time.
+    merges_requests = False
 
     @property
     def platform(self) -> str:
