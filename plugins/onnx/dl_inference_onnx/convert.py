@@ -64,7 +64,14 @@ class PyTorchToOnnx(Converter):
                 "input names)"
             )
         axes = self.dynamic_axes(sample_inputs) if dynamic_axes is None else dynamic_axes
-        import torch
+        try:
+            import torch
+        except ImportError:
+            # torch is the plugin's optional extra: the converter is listed without it.
+            raise ConfigError(
+                f"pytorch-to-onnx reads PyTorch files with torch, which is not installed: "
+                f"{install_hint('torch')} (the CPU build is enough)"
+            ) from None
 
         module = load_module(torch, source, trust_pickle=trust_pickle)
         names = list(sample_inputs)

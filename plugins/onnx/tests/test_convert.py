@@ -353,6 +353,20 @@ def test_dynamo_without_onnxscript_names_the_install(
     assert "pip install ./plugins/onnx" in message and "pip install onnxscript" in message
 
 
+def test_without_torch_the_converter_says_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails
+    with pytest.raises(ConfigError) as caught:
+        PyTorchToOnnx().convert(
+            tmp_path / "m.pt",
+            tmp_path / "m.onnx",
+            sample_inputs={"x": np.ones((1, 4), np.float32)},
+            options={},
+        )
+    assert "torch, which is not installed: pip install torch" in str(caught.value)
+
+
 def test_onnxscript_is_a_dependency_of_the_plugin() -> None:
     """Installed with the plugin (not an extra that ``make test`` would skip), and pinned in
     the constraints at the version that is installed here."""
