@@ -308,3 +308,27 @@ def test_ensembles_using_each_other_fail_to_load(tmp_path: Path) -> None:
         assert "use each other" in served.reason("pipeline") + served.reason("other")
     finally:
         served.close()
+
+
+def test_an_ensemble_may_run_another_ensemble(tmp_path: Path) -> None:
+    """``outer`` runs ``pipeline`` as a step: it waits for it to load, then calls it."""
+    write_repository(tmp_path)
+    (tmp_path / "outer" / "1").mkdir(parents=True)
+    outer = steps(
+        '{ model_name: "pipeline" model_version: -1 input_map { key: "IN" value: "IN" } '
+        'input_map { key: "BIAS" value: "IN" } output_map { key: "OUT" value: "OUT" } '
+        'output_map { key: "LEFT" value: "LEFT" } }'
+    ).replace(
+        'output [ { name: "OUT"',
+        'output [ { name: "LEFT" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "OUT"',
+    )
+    (tmp_path / "outer" / "config.pbtxt").write_text(outer)
+    served = Served(tmp_path)
+    try:
+        x = fp32([1, 2, 3, 4])
+        response = served.infer("outer", IN=x)
+        assert response.outputs["OUT"].tolist() == (x * 3).tolist()
+        assert response.outputs["LEFT"].tolist() == (x + 1).tolist()
+        assert served.runtime.model_statistics("pipeline")[0].success.count == 1
+    finally:
+        served.close()
