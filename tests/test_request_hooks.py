@@ -221,3 +221,26 @@ async def test_on_error_wrappers_are_called_through_pluggy_and_their_failure_log
     assert seen == ["before", "plain"]
     (logged,) = [e for e in logs if e.get("hook") == "dli_on_error"]
     assert "wrapping_audit" in logged["plugin"] and "the wrapper broke" in logged["error"]
+
+
+async def test_execution_timing_is_filled_only_for_plugins_that_read_it(tmp_path: Path) -> None:
+    # RequestContext.execution: queue and compute instants and the execution's rows, for a
+    # tracing plugin; without a dli_on_response / dli_on_error plugin nothing is made.
+    seen: list[object] = []
+    bare = await make_runtime(tmp_path / "bare")
+    ctx = RequestContext("test", "infer")
+    await bare.infer(InferRequest("add_one", {"x": np.zeros(2, np.float32)}), ctx)
+    assert ctx.execution is None
+
+    def dli_on_response(ctx: RequestContext) -> None:
+        seen.append(ctx.execution)
+
+    runtime = await make_runtime(
+        tmp_path / "timed", plugin_module("timing_plugin", dli_on_response=dli_on_response)
+    )
+    ctx = RequestContext("test", "infer")
+    await runtime.infer(InferRequest("add_one", {"x": np.zeros(2, np.float32)}), ctx)
+    (timing,) = seen
+    assert timing is ctx.execution
+    assert ctx.started <= timing.queued <= timing.started <= timing.finished
+    assert timing.batch_size == 1  # a model that does not batch: one request, one row
