@@ -1,0 +1,169 @@
+"""Side by side with a real Triton 2.51: a decoupled model.
+
+Triton serves a python-backend model with ``model_transaction_policy { decoupled: true }``
+that sends ``n`` responses through ``request.get_response_sender()`` and then the final
+flag; dl-inference serves the same behaviour as a ``predict`` that yields. The same client
+calls (tritonclient's gRPC stream, HTTP generate / generate_stream, unary infer) must
+bring the same sequence of outputs, ids and ``triton_final_response`` flags.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from dl_inference.testing import ServerProcess, write_python_model
+
+from .triton import TritonServer, skip_without_triton
+
+TRITON_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            n = int(pb_utils.get_input_tensor_by_name(request, "n").as_numpy().reshape(-1)[0])
+            for i in range(n):
+                out = pb_utils.Tensor("i", np.array([i], dtype=np.int64))
+                sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+TRITON_CONFIG = """
+backend: "python"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [{ name: "n", data_type: TYPE_INT64, dims: [1] }]
+output [{ name: "i", data_type: TYPE_INT64, dims: [1] }]
+"""
+OURS = """
+    import numpy as np
+    from dl_inference import PythonModel
+
+    class Tick(PythonModel):
+        def predict(self, inputs, /, **parameters):
+            for i in range(int(inputs["n"].reshape(-1)[0])):
+                yield {"i": np.array([i], dtype=np.int64)}
+"""
+OURS_CONFIG = """
+    inputs: [{name: n, datatype: INT64, shape: [1]}]
+    outputs: [{name: i, datatype: INT64, shape: [1]}]
+"""
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    skip_without_triton()
+    root = tmp_path_factory.mktemp("decoupled")
+    folder = root / "triton" / "tick"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.py").write_text(TRITON_MODEL)
+    (folder / "config.pbtxt").write_text(textwrap.dedent(TRITON_CONFIG))
+    write_python_model(root / "ours", "tick", OURS, OURS_CONFIG)
+    with (
+        TritonServer(root / "triton", root / "triton.log") as triton,
+        ServerProcess(["--model-repository", str(root / "ours")]) as ours,
+    ):
+        yield {"triton": triton, "dl-inference": ours}
+
+
+def n_input(n: int) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("n", [1], "INT64")
+    tensor.set_data_from_numpy(np.array([n], dtype=np.int64))
+    return tensor
+
+
+def stream_outcome(address: str, calls: list[tuple[int, str, bool]], answers: int) -> list[Any]:
+    """What ``answers`` stream results look like: (id, outputs, final flag) or the error."""
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(address)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for n, request_id, empty_final in calls:
+            client.async_stream_infer(
+                "tick", [n_input(n)], request_id=request_id, enable_empty_final_response=empty_final
+            )
+        outcome = []
+        for _ in range(answers):
+            result, error = results.get(timeout=30)
+            if error is not None:
+                outcome.append({"error": str(error.status())})
+                continue
+            response = result.get_response()
+            outputs = {o.name: result.as_numpy(o.name).tolist() for o in response.outputs}
+            final = response.parameters["triton_final_response"].bool_param
+            outcome.append((response.id, response.model_name, outputs, final))
+        assert results.empty()
+        return outcome
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def both(servers: dict[str, Any], run: Any) -> dict[str, Any]:
+    return {name: run(server) for name, server in servers.items()}
+
+
+def test_stream_with_the_empty_final_response(servers: dict[str, Any]) -> None:
+    seen = both(servers, lambda s: stream_outcome(s.grpc_address, [(3, "a", True)], 4))
+    assert seen["dl-inference"] == seen["triton"], seen
+    assert [final for *_, final in seen["triton"]] == [False, False, False, True]
+
+
+def test_stream_without_the_empty_final_response(servers: dict[str, Any]) -> None:
+    calls = [(2, "a", False), (1, "b", False), (0, "c", True)]
+    seen = both(servers, lambda s: stream_outcome(s.grpc_address, calls, 4))
+    assert seen["dl-inference"] == seen["triton"], seen
+
+
+def test_unary_infer_of_a_decoupled_model_is_refused(servers: dict[str, Any]) -> None:
+    def outcome(server: Any) -> str:
+        with grpcclient.InferenceServerClient(server.grpc_address) as client:
+            try:
+                client.infer("tick", [n_input(2)])
+            except InferenceServerException as exc:
+                return str(exc.status())
+        return "answered"
+
+    seen = both(servers, outcome)
+    # Triton answers UNIMPLEMENTED ("ModelInfer RPC doesn't support models with decoupled
+    # transaction policy"); dl-inference INVALID_ARGUMENT naming the streaming methods: a
+    # client's call to fix, not a missing method (docs/triton-differences.md).
+    assert seen["triton"] == "StatusCode.UNIMPLEMENTED", seen
+    assert seen["dl-inference"] == "StatusCode.INVALID_ARGUMENT", seen
+
+
+def generate(server: Any, path: str, document: dict[str, Any]) -> tuple[int, str, list[Any]]:
+    host, port = server.http_address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", path, body=json.dumps(document))
+    reply = conn.getresponse()
+    body = reply.read()
+    kind = reply.getheader("Content-Type", "").split(";")[0]
+    if kind == "text/event-stream":
+        events = [json.loads(c[len(b"data: ") :]) for c in body.split(b"\n\n") if c.strip()]
+        return reply.status, kind, events
+    return reply.status, kind, [json.loads(body)]
+
+
+def test_generate_stream(servers: dict[str, Any]) -> None:
+    seen = both(servers, lambda s: generate(s, "/v2/models/tick/generate_stream", {"n": 3}))
+    assert seen["dl-inference"] == seen["triton"], seen
+    assert len(seen["triton"][2]) == 3
+
+
+def test_generate_of_one_response(servers: dict[str, Any]) -> None:
+    seen = both(servers, lambda s: generate(s, "/v2/models/tick/generate", {"n": 1}))
+    assert seen["dl-inference"] == seen["triton"], seen
