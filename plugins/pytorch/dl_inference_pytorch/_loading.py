@@ -203,9 +203,10 @@ def _weights_only(path: Path) -> Any:
     except pickle.UnpicklingError:
         return None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        from dl_inference_pytorch.backend import torch_reason
+
         raise BackendError(
-            f"{path.name} cannot be read as a torch.save file: {type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            f"{path.name} cannot be read as a torch.save file: {torch_reason(exc)}"
         ) from exc
 
 

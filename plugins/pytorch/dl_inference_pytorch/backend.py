@@ -5,7 +5,7 @@ A version folder holds one model file (``model.pt2``, ``model.pt`` or ``model.pt
 ``model.py`` defining the module's class beside its state_dict (``model.pth``, ``.pt`` or
 ``.bin``; built with config.yaml's ``model_args`` and loaded with ``load_state_dict``).
 A model's ``processor.py`` (the seed's ``preprocess`` / ``run_model`` / ``postprocess``) is
-the kernel's, with the rules every backend shares (:mod:`dl_inference.kernel.processor`); this
+the kernel's, with the rules every backend shares (:class:`dl_inference.ProcessorAdapter`); this
 backend's :class:`TorchAdapter` keeps the hooks in torch terms:
 
 - data for the model (the request's arrays, or what ``preprocess`` returned: arrays,
@@ -461,6 +461,11 @@ def torch_message(exc: BaseException) -> tuple[str, str]:
     line = line.split(". Declaration: ", 1)[0]
     line = _PATH.sub("<path>", line)
     return kind, line if len(line) <= _MESSAGE_CHARS else line[: _MESSAGE_CHARS - 3] + "..."
+
+
+def torch_reason(exc: BaseException) -> str:
+    """``Type: message`` in one line, as :func:`torch_message` reads ``exc``."""
+    return "{}: {}".format(*torch_message(exc))
 
 
 def is_input_error(kind: str, message: str) -> bool:

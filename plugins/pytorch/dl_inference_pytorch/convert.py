@@ -211,8 +211,8 @@ def _max_diff(got: Any, expected: Any) -> float:
 
 
 def _reason(exc: BaseException) -> str:
-    """``Type: message`` in one line, read as the backend reads torch's errors for clients
-    (a TorchScript error's first line only says it failed; its reason is its last)."""
-    from dl_inference_pytorch.backend import torch_message
+    # As the backend reads torch's errors: a TorchScript error's first line only says it
+    # failed; its reason is its last.
+    from dl_inference_pytorch.backend import torch_reason
 
-    return "{}: {}".format(*torch_message(exc))
+    return torch_reason(exc)

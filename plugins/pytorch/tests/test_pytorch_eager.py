@@ -119,6 +119,17 @@ def test_keys_that_do_not_fit_are_listed(tmp_path, load_backend):
     assert "fc1.weight is [8, 5] in model.pth but [8, 4] in the module" in message
 
 
+def test_a_truncated_state_dict_fails_in_one_line(tmp_path, load_backend):
+    write_eager(tmp_path, "tiny", PYTORCH)
+    path = tmp_path / "tiny" / "1" / "model.pth"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(BackendError) as caught:
+        load_backend(tmp_path, "tiny")
+    message = str(caught.value)
+    assert message.startswith("model.pth cannot be read as a torch.save file: RuntimeError: ")
+    assert "\n" not in message and len(message) <= 320, message  # torch_message cuts it
+
+
 def test_data_parallel_prefix_gets_a_hint(tmp_path, load_backend):
     write_eager(tmp_path, "tiny", PYTORCH)
     path = tmp_path / "tiny" / "1" / "model.pth"
