@@ -13,8 +13,9 @@ yielded value goes through ``postprocess`` and out as one response of a stream (
 model's load (a misspelt hook is not silently skipped). ``kwargs`` are the request's
 parameters (V2 ``parameters``, Seldon ``meta.tags``, ...), passed when the hook takes
 ``**kwargs``, and ``meta={"tags": {...}}`` holding them all again, as the seed's Seldon
-wrapper passes it (so ``kwargs["meta"]["tags"]`` works for every protocol). A parameter named like the argument a hook takes by position
-(``x``, ``model``, ``y``), or named ``meta``, is refused as the client's error (see
+wrapper passes it (so ``kwargs["meta"]["tags"]`` works for every protocol). A parameter
+named like the argument a hook takes by position (``x``, ``model``, ``y``), or named
+``meta``, is refused as the client's error (see
 :class:`~dl_inference.spi.user_code.ParameterCall`).
 
 Without ``run_model``, a request carrying more than one parameter calls the model with
