@@ -244,6 +244,12 @@ class Runtime:
 
     async def _infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         request, model = self._admit(request, ctx)
+        return await self._run(request, ctx, model)
+
+    async def _run(
+        self, request: InferRequest, ctx: RequestContext, model: ModelVersion
+    ) -> InferResponse:
+        """Run an admitted request in its model, within its deadline; its response."""
         timeout_ms = model.backend.config.timeout_ms
         left = request.time_left()
         if self._timed:
@@ -294,7 +300,7 @@ class Runtime:
             finally:
                 structlog.contextvars.reset_contextvars(**tokens)
             if not model.decoupled:
-                yield await self._infer(request, ctx)
+                yield await self._run(request, ctx, model)
             else:
                 async with contextlib.aclosing(
                     model.stream(request.inputs, request.parameters)
