@@ -13,8 +13,6 @@ and Triton's grpc.health answers the server's readiness for any name.
 from __future__ import annotations
 
 import textwrap
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +22,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from dl_inference.testing import ServerProcess, write_python_model
+from dl_inference.testing import ServerProcess, get_status, grpc_health, write_python_model
 
 from .triton import TritonServer, skip_without_triton
+
+Status = health_pb2.HealthCheckResponse.ServingStatus
 
 TRITON_CONFIG = """
     backend: "python"
@@ -98,20 +98,9 @@ def our_config(root: Path, strict: bool) -> Path:
     return path
 
 
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as reply:
-            return reply.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def server_health(address: str) -> str:
-    with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=10
-        )
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    status = grpc_health(address)
+    return str(status) if isinstance(status, grpc.StatusCode) else Status.Name(status)
 
 
 def seen(grpc_address: str, http_address: str) -> dict[str, Any]:
@@ -157,9 +146,9 @@ def test_readiness_with_a_failed_model_is_tritons(pair: tuple[Any, Any, bool]) -
     # Not ready over HTTP: Triton says 400, dl-inference 503 (both False to clients).
     expected = (200, 200) if not strict else (400, 503)
     got = (
-        http_status(f"{triton.http_url}/v2/health/ready"),
-        http_status(f"{ours.http_url}/v2/health/ready"),
+        get_status(f"{triton.http_url}/v2/health/ready"),
+        get_status(f"{ours.http_url}/v2/health/ready"),
     )
     assert got == expected
-    assert http_status(f"{triton.http_url}/v2/models/broken/ready") == 400
-    assert http_status(f"{ours.http_url}/v2/models/broken/ready") == 503
+    assert get_status(f"{triton.http_url}/v2/models/broken/ready") == 400
+    assert get_status(f"{ours.http_url}/v2/models/broken/ready") == 503
