@@ -68,13 +68,13 @@ def trace_call(
     trace: Callable[..., Any] | None, protocol: str, method: str, model: str, metadata: Any
 ) -> ForwardTrace | None:
     """Ask ``dli_gateway_call`` (``trace``, None when no plugin implements it) to watch a
-    forwarded call; ``metadata`` is (name, value) pairs, binary values left out."""
+    forwarded call; ``metadata`` is (name, value) pairs or None, binary values left out."""
     if trace is None:
         return None
     ctx = RequestContext(
         protocol,
         method,
-        metadata={k.lower(): v for k, v in metadata if isinstance(v, str)},
+        metadata={k.lower(): v for k, v in metadata or () if isinstance(v, str)},
         request=InferRequest(model_name=model, inputs={}),
     )
     return trace(ctx=ctx)
@@ -109,9 +109,7 @@ class Forwarder:
         if route.mirror is not None:
             route.mirror.copy_grpc(method, body, forwardable(context.invocation_metadata()))
         body = with_version_grpc(method, body, group.version)
-        trace = trace_call(
-            self._trace, "grpc", method, route.model, context.invocation_metadata() or ()
-        )
+        trace = trace_call(self._trace, "grpc", method, route.model, context.invocation_metadata())
         started = time.monotonic()
         ok = False
         status = "UNKNOWN"

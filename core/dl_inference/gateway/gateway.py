@@ -70,9 +70,9 @@ class Gateway:
         self._node_files = table.node_files
         self._by_model, self._by_task = _indexes(table)
         # A tracing plugin's dli_gateway_call (None, and no cost, without one).
-        trace = plugins.request_hook("dli_gateway_call")
-        self.forwarder = Forwarder(trace)
-        self.rest_forwarder = RestForwarder(trace)
+        self.trace = plugins.request_hook("dli_gateway_call")
+        self.forwarder = Forwarder(self.trace)
+        self.rest_forwarder = RestForwarder(self.trace)
         self._retiring: set[asyncio.Task[None]] = set()
         self._watches: dict[Path, NodeFileWatch] = {}
         self._started = False
@@ -538,7 +538,7 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         model, route = self._route_for(details, protocol, reader, first, context)
         if route is not None:
             method = self.upstream.get(details.method, details.method)
-            replies = forward_stream(route, method, first, rest, context)
+            replies = forward_stream(route, method, first, rest, context, self.gateway.trace)
         else:
             replies = self._local_stream(details, model, first, rest, context)
         async for reply in replies:

@@ -13,15 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
-from dl_inference.gateway.forward import client_deadline, forwardable, no_node_answered
+from dl_inference.gateway.forward import (
+    client_deadline,
+    forwardable,
+    no_node_answered,
+    trace_call,
+    with_attempt,
+)
 from dl_inference.gateway.groups import with_version_grpc
 from dl_inference.gateway.nodes import app_answered, grpc_verdict
 from dl_inference.gateway.route import Route
 from dl_inference.spi.balancer import Outcome
+from dl_inference.spi.types import ForwardTrace
 
 
 async def forward_stream(
@@ -30,25 +38,39 @@ async def forward_stream(
     first: bytes,
     rest: AsyncIterator[bytes],
     context: grpc.aio.ServicerContext,
+    trace_hook: Callable[..., Any] | None = None,
 ) -> AsyncIterator[bytes]:
     """The node's replies to ``first`` and then to each message of ``rest``.
 
     A split route's stream goes to one group (:meth:`Route.choose`), each message naming
-    the group's version; streams are not copied to a shadow group.
+    the group's version; streams are not copied to a shadow group. ``trace_hook`` is the
+    ``dli_gateway_call`` hook (None when no plugin implements it).
     """
     group = route.choose()
+    trace = trace_call(trace_hook, "grpc", method, route.model, context.invocation_metadata())
     started = time.monotonic()
     ok = False
+    status = "UNKNOWN"
     try:
         # aclosing: a client that goes away closes the upstream stream at once.
         async with contextlib.aclosing(
-            _forward_stream(group, method, first, rest, context)
+            _forward_stream(group, method, first, rest, context, trace)
         ) as replies:
             async for reply in replies:
                 yield reply
         ok = True
+        status = "OK"
+    except (asyncio.CancelledError, GeneratorExit):
+        status = "CANCELLED"
+        raise
+    except BaseException:
+        code = context.code()
+        status = code.name if isinstance(code, grpc.StatusCode) else status
+        raise
     finally:
         group.stats.observe(time.monotonic() - started, ok)
+        if trace is not None:
+            trace.finish(status)
 
 
 async def _forward_stream(
@@ -57,6 +79,7 @@ async def _forward_stream(
     first: bytes,
     rest: AsyncIterator[bytes],
     context: grpc.aio.ServicerContext,
+    trace: ForwardTrace | None = None,
 ) -> AsyncIterator[bytes]:
     route.budget.on_request()
     node = route.pick(set())
@@ -64,9 +87,11 @@ async def _forward_stream(
         await context.abort(grpc.StatusCode.UNAVAILABLE, no_node_answered(route, []))
         return
     own_deadline = client_deadline(context)
+    attempt = None if trace is None else trace.attempt(node.address, 1)
+    outcome = ("CANCELLED", "")
     call = node.get_channel().stream_stream(method)(
         timeout=None if own_deadline is None else own_deadline - time.monotonic(),
-        metadata=forwardable(context.invocation_metadata()),
+        metadata=with_attempt(forwardable(context.invocation_metadata()), attempt),
     )
 
     async def pump() -> None:
@@ -91,6 +116,7 @@ async def _forward_stream(
             context.set_trailing_metadata(trailing)
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
+        outcome = (code.name, f"{code.name}: {exc.details()}")
         answered = app_answered(exc.trailing_metadata())
         route.record(
             node,
@@ -112,7 +138,10 @@ async def _forward_stream(
     else:
         # The balancer learns the time to the first answer, not the stream's length.
         route.record(node, Outcome.SUCCESS, (first_reply or time.monotonic()) - sent)
+        outcome = ("OK", "")
     finally:
+        if attempt is not None:
+            attempt.finish(*outcome)
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await writer

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -371,3 +372,40 @@ def test_with_tracing_switched_off_no_span_arrives(
         time.sleep(1.0)  # ten export periods
     assert receiver.trace(trace_id, lambda s: False, timeout=0.5) == []
     assert not [s for s in receiver.spans if s["service"] == "switched-off"]
+
+
+def test_a_stream_through_the_gateway_is_one_trace(
+    gateway: ServerProcess, receiver: Receiver
+) -> None:
+    # ModelStreamInfer: one gateway span and one attempt for the stream, a worker span per
+    # message under that attempt.
+    header, trace_id, client_span = traceparent()
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(gateway.grpc_address) as client:
+        client.start_stream(
+            callback=lambda result, error: answers.put(error or result),
+            headers={"traceparent": header},
+        )
+        for _ in range(2):
+            tensor = grpcclient.InferInput("x", list(X.shape), "FP32")
+            tensor.set_data_from_numpy(X)
+            client.async_stream_infer("add_one", [tensor])
+            answer = answers.get(timeout=30)
+            np.testing.assert_array_equal(answer.as_numpy("y"), X + 1)
+        client.stop_stream()
+
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        names = [s["name"] for s in spans]
+        return names.count("compute") == 2 and any(s["service"] == "gateway" for s in spans)
+
+    spans = receiver.trace(trace_id, complete)
+    ours = one(spans, service="gateway", kind="SPAN_KIND_SERVER")
+    assert ours["name"] == "inference.GRPCInferenceService/ModelStreamInfer"
+    assert ours["parent"] == client_span
+    assert ours["attributes"]["rpc.grpc.status_code"] == 0
+    attempt = one(spans, service="gateway", kind="SPAN_KIND_CLIENT")
+    assert attempt["parent"] == ours["span_id"]
+    workers = [s for s in spans if s["service"] == "worker" and s["kind"] == "SPAN_KIND_SERVER"]
+    assert len(workers) == 2
+    assert {s["parent"] for s in workers} == {attempt["span_id"]}
+    assert {s["name"] for s in workers} == {"inference.GRPCInferenceService/ModelStreamInfer"}
