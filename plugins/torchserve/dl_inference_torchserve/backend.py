@@ -24,6 +24,11 @@ from dl_inference_torchserve.requests import (
 
 log = structlog.get_logger("dl_inference_torchserve")
 
+# TorchServe's default handlers a manifest may name (``--handler image_classifier``), served
+# from the ``ts`` package; the others TorchServe has are refused by name at load.
+DEFAULT_HANDLERS = ("image_classifier",)
+NOT_YET_DEFAULT_HANDLERS = ("text_classifier", "object_detector", "image_segmenter")
+
 
 class HandlerFailed(BackendError):
     """The handler failed a batch; ``status`` and ``message`` are TorchServe's answer."""
@@ -122,14 +127,19 @@ class TorchServeBackend(Backend):
     def _import_handler(self, module_name: str, handler: str) -> Any:
         if (self.path / f"{module_name}.py").is_file() or (self.path / module_name).is_dir():
             return importlib.import_module(module_name)
-        try:
-            return importlib.import_module(f"ts.torch_handler.{module_name}")
-        except ModuleNotFoundError:
+        served = ", ".join(DEFAULT_HANDLERS)
+        if module_name in NOT_YET_DEFAULT_HANDLERS:
             raise BackendError(
-                f"handler {handler!r}: the archive has no {module_name}.py, and TorchServe's "
-                "default handlers by name (image_classifier, ...) are not provided yet; "
-                "archive your handler file with --handler"
-            ) from None
+                f"handler {handler!r}: TorchServe's default handler {module_name!r} is not "
+                f"served yet (default handlers served by name: {served}); archive a handler "
+                "file with --handler"
+            )
+        if module_name not in DEFAULT_HANDLERS:
+            raise BackendError(
+                f"handler {handler!r}: the archive has no {module_name}.py, and it is not one "
+                f"of TorchServe's default handlers served by name ({served})"
+            )
+        return importlib.import_module(f"ts.torch_handler.{module_name}")
 
     def model_inputs(self) -> list[TensorSpec]:
         batch = (-1,) if self.config.max_batch_size > 0 else ()

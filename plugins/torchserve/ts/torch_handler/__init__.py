@@ -1,2 +1,3 @@
-"""``ts.torch_handler``: the handler base class (TorchServe's default handlers by name,
-``image_classifier`` and the others, are not provided yet)."""
+"""``ts.torch_handler``: the handler base class and TorchServe's default handlers by name
+that dl-inference provides (``image_classifier``; ``text_classifier``, ``object_detector``
+and ``image_segmenter`` are not provided yet)."""

@@ -1,0 +1,196 @@
+"""TorchServe's default ``image_classifier`` handler, named in the manifest, end to end.
+
+The real TorchServe cannot run this handler here (its environment has no torchvision), so
+the expected answers are computed in the test, independently of the ``ts`` package: the
+image resized with PIL to the sizes torchvision documents for ``Resize(256)``, cropped and
+normalized with numpy, the test's own TorchScript model run on it, softmax and top-5 in
+numpy, labelled from ``index_to_name.json``; the answer is TorchServe's documented shape,
+one ``{label: probability}`` object per request (JSON indented by 2), best first.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+from _ts_archives import write_mar
+
+from dl_inference.testing import ServerProcess
+
+torch = pytest.importorskip("torch")
+Image = pytest.importorskip("PIL.Image", reason="the image handlers need pillow (the torch extra)")
+
+LABELS = {str(i): f"class-{i}" for i in range(10)}
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+class _Net(torch.nn.Module):
+    """Sensitive to every pixel of the 224 x 224 crop: 8 x 8 patches, then a linear layer;
+    logits scaled so that the probabilities spread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = torch.nn.Conv2d(3, 4, kernel_size=8, stride=8)
+        self.classes = torch.nn.Linear(4 * 28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 20.0 * self.classes(torch.flatten(self.patches(x), 1))
+
+
+def _model() -> torch.jit.ScriptModule:
+    torch.manual_seed(7)
+    return torch.jit.script(_Net().eval())
+
+
+def _image(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _expected(image: bytes, resized: tuple[int, int], offset: tuple[int, int]) -> dict:
+    """What TorchServe's image_classifier answers, computed without the ts package:
+    ``resized`` and ``offset`` (left, top) are torchvision's documented sizes, worked out
+    by hand for the test's images."""
+    picture = Image.open(io.BytesIO(image))
+    if picture.size != resized:
+        picture = picture.resize(resized, Image.Resampling.BILINEAR)
+    left, top = offset
+    array = np.asarray(picture, np.float32)[top : top + 224, left : left + 224] / 255.0
+    tensor = ((array - MEAN) / STD).transpose(2, 0, 1)[None]
+    with torch.inference_mode():
+        logits = _model()(torch.from_numpy(np.ascontiguousarray(tensor))).numpy()[0]
+    shifted = np.exp(logits.astype(np.float64) - logits.max())
+    probabilities = shifted / shifted.sum()
+    best = np.argsort(-probabilities)[:5]
+    return {LABELS[str(i)]: float(probabilities[i]) for i in best}
+
+
+def _post(url: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST")
+    request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+    work = tmp_path_factory.mktemp("image-classifier")
+    store = work / "store"
+    buffer = io.BytesIO()
+    torch.jit.save(_model(), buffer)
+    files: dict[str, str | bytes] = {
+        "model.pt": buffer.getvalue(),
+        "index_to_name.json": json.dumps(LABELS),
+    }
+    write_mar(store, "classifier", files, "image_classifier", serializedFile="model.pt")
+    write_mar(store, "texts", {"model.pt": buffer.getvalue()}, "text_classifier")
+    config = work / "server.yaml"
+    config.write_text(f"model_repository: {store}\nserver:\n  strict_readiness: false\n")
+    env = {"DLI_TORCHSERVE_CACHE": str(work / "cache")}
+    with ServerProcess(["-c", str(config)], env=env) as server:
+        deadline = time.monotonic() + 120
+        url = f"{server.http_url}/predictions/classifier"
+        while _post(url, _image(256, 256, 0), "image/png")[0] != 200:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.3)
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("size", "resized", "offset"),
+    [
+        # 320 x 240: the shorter side to 256, the longer int(256 * 320 / 240) = 341; the
+        # crop's left round((341 - 224) / 2) = 58 (half to even), top 16.
+        ((320, 240), (341, 256), (58, 16)),
+        # Portrait, 200 x 333: 256 x int(256 * 333 / 200) = 426; offsets 16, 101.
+        ((200, 333), (256, 426), (16, 101)),
+        # 300 x 230: int(256 * 300 / 230) = int(333.9) = 333 (truncated, not rounded);
+        # left round(54.5) = 54.
+        ((300, 230), (333, 256), (54, 16)),
+        # The shorter side already 256: not resized, only cropped.
+        ((256, 300), (256, 300), (16, 38)),
+    ],
+)
+def test_an_image_gets_its_top5_labels(
+    served: ServerProcess, size: tuple[int, int], resized: tuple[int, int], offset: tuple[int, int]
+) -> None:
+    image = _image(*size, seed=size[0])
+    status, body = _post(f"{served.http_url}/predictions/classifier", image, "image/png")
+    assert status == 200, body
+    answer = json.loads(body)
+    expected = _expected(image, resized, offset)
+    assert list(answer) == list(expected)  # the same five labels, best first
+    assert np.allclose(list(answer.values()), list(expected.values()), rtol=1e-4, atol=1e-6)
+    assert body.decode() == json.dumps(answer, indent=2)  # TorchServe's JSON layout
+
+
+def test_a_multipart_data_field_in_concurrent_requests(served: ServerProcess) -> None:
+    # TorchServe's "data" field; concurrent requests may reach the handler as one batch.
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [_image(320, 240, seed) for seed in (1, 2, 3, 4)]
+
+    def form(image: bytes) -> tuple[int, bytes]:
+        boundary = uuid.uuid4().hex
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="data"; filename="i.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + image
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        return _post(
+            f"{served.http_url}/predictions/classifier",
+            body,
+            f"multipart/form-data; boundary={boundary}",
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(form, images))
+    for image, (status, body) in zip(images, replies, strict=True):
+        assert status == 200, body
+        expected = _expected(image, (341, 256), (58, 16))
+        answer = json.loads(body)
+        assert list(answer) == list(expected)
+        assert np.allclose(list(answer.values()), list(expected.values()), rtol=1e-4)
+
+
+def test_a_body_that_is_no_image_is_a_client_error(served: ServerProcess) -> None:
+    status, body = _post(f"{served.http_url}/predictions/classifier", b"no image", "image/png")
+    error = json.loads(body)
+    assert (status, error["code"]) == (400, 400), error
+    assert "not an image" in error["message"]
+    status, _ = _post(f"{served.http_url}/predictions/classifier", _image(256, 256, 9), "image/png")
+    assert status == 200
+
+
+def test_a_default_handler_not_served_yet_names_itself(served: ServerProcess) -> None:
+    status, body = _post(f"{served.http_url}/predictions/texts", b"some text", "text/plain")
+    assert (status, json.loads(body)["type"]) == (503, "ServiceUnavailableException")
+    assert "default handler 'text_classifier' is not served yet" in served.output()
+    assert "image_classifier" in served.output()
+
+
+def test_transforms_follow_torchvisions_sizes() -> None:
+    from ts.torch_handler import transforms
+
+    picture = Image.fromarray(np.zeros((240, 320, 3), np.uint8))
+    assert transforms.Resize(256)(picture).size == (341, 256)
+    square = Image.fromarray(np.zeros((256, 300, 3), np.uint8))
+    assert transforms.Resize(256)(square) is square
+    tensor = transforms.ToTensor()(Image.fromarray(np.full((4, 5, 3), 255, np.uint8)))
+    assert tuple(tensor.shape) == (3, 4, 5) and float(tensor.max()) == 1.0
