@@ -131,11 +131,12 @@ def dli_gateway_call(ctx: RequestContext) -> ForwardTrace | None:
     ``ForwardTrace`` to watch it (its upstream attempts, its end), or None.
 
     Called for every gRPC call (unary, and each ``ModelStreamInfer`` stream: one attempt)
-    and REST call the gateway forwards; the first non-None answer wins. ``ctx.protocol`` is ``grpc`` or ``http``, ``ctx.method`` the gRPC path or
-    the HTTP method and path, ``ctx.metadata`` the client's metadata / headers (names
-    lower-cased); ``ctx.request`` names the model, its inputs not decoded (the gateway
-    forwards bytes). The headers an attempt gives (``AttemptTrace.headers``) replace the
-    client's same-named ones on that attempt only. An exception raised here fails the call.
+    and REST call the gateway forwards; the first non-None answer wins. ``ctx.protocol``
+    is ``grpc`` or ``http``, ``ctx.method`` the gRPC path or the HTTP method and path,
+    ``ctx.metadata`` the client's metadata / headers (names lower-cased); ``ctx.request``
+    names the model, its inputs not decoded (the gateway forwards bytes). The headers an
+    attempt gives (``AttemptTrace.headers``) replace the client's same-named ones on that
+    attempt only. An exception raised here fails the call.
     """
 
 
