@@ -349,6 +349,7 @@ PUBLIC_SURFACE = [
     "check_raw_size",
     "check_tensor_shape",
     "check_value_count",
+    "count_parameter",
     "describe_errors",
     "from_numpy_dtype",
     "grpc_code",

@@ -8,7 +8,7 @@ module is private and may change without notice.
 from dl_inference import wire
 from dl_inference.kernel.config.errors import describe_errors
 from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
-from dl_inference.kernel.config.triton_config import read_config_pbtxt
+from dl_inference.kernel.config.triton_config import count_parameter, read_config_pbtxt
 from dl_inference.kernel.plugins import install_hint
 from dl_inference.kernel.processor import ProcessorAdapter
 from dl_inference.spi.backend import Backend, BackendSettings, ModelRunner
@@ -146,6 +146,7 @@ __all__ = [
     "check_raw_size",
     "check_tensor_shape",
     "check_value_count",
+    "count_parameter",
     "describe_errors",
     "from_numpy_dtype",
     "grpc_code",

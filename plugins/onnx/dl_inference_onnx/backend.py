@@ -35,6 +35,7 @@ from dl_inference import (
     InvalidInput,
     TensorConfig,
     TensorSpec,
+    count_parameter,
     to_numpy_dtype,
 )
 from dl_inference_onnx import _providers
@@ -366,18 +367,14 @@ def triton_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     ``intra_op_thread_count``, and ``inter_op_thread_count`` with ``execution_mode`` ``1``
     (parallel; onnxruntime ignores it otherwise); ``0`` keeps onnxruntime's default. The
     others are not read."""
-    counts = {}
-    for key in ("intra_op_thread_count", "inter_op_thread_count"):
-        value = str(parameters.get(key, "")).strip()
-        if value and not value.isdigit():
-            raise ConfigError(f"config.pbtxt: parameter {key} is {value!r}; use a number >= 0")
-        counts[key] = int(value or 0)
+    intra = count_parameter(parameters, "intra_op_thread_count")
+    inter = count_parameter(parameters, "inter_op_thread_count")
     update = {}
-    if counts["intra_op_thread_count"]:
-        update["intra_op_threads"] = counts["intra_op_thread_count"]
+    if intra:
+        update["intra_op_threads"] = intra
     parallel = str(parameters.get("execution_mode", "")).strip() == "1"
-    if counts["inter_op_thread_count"] and parallel:
-        update["inter_op_threads"] = counts["inter_op_thread_count"]
+    if inter and parallel:
+        update["inter_op_threads"] = inter
     return update
 
 

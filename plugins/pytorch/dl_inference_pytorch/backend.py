@@ -54,6 +54,7 @@ from dl_inference import (
     InvalidInput,
     ProcessorAdapter,
     TensorSpec,
+    count_parameter,
     from_numpy_dtype,
 )
 
@@ -669,14 +670,9 @@ def triton_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
                 f"config.pbtxt: parameter INFERENCE_MODE is {mode!r}; use true or false"
             )
         update["inference_mode"] = mode in _TRUE
-    threads = str(parameters.get("INTRA_OP_THREAD_COUNT", "")).strip()
+    threads = count_parameter(parameters, "INTRA_OP_THREAD_COUNT")
     if threads:
-        if not threads.isdigit():
-            raise ConfigError(
-                f"config.pbtxt: parameter INTRA_OP_THREAD_COUNT is {threads!r}; use a number >= 0"
-            )
-        if int(threads):
-            update["threads"] = int(threads)
+        update["threads"] = threads
     return update
 
 

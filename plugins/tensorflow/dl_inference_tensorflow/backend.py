@@ -24,6 +24,7 @@ from dl_inference import (
     InferRequest,
     InvalidInput,
     TensorSpec,
+    count_parameter,
     wire,
 )
 from dl_inference_tfserving import codec
@@ -209,11 +210,9 @@ class TensorFlowBackend(Backend):
             ("TF_NUM_INTRA_THREADS", "intra_op_threads"),
             ("TF_NUM_INTER_THREADS", "inter_op_threads"),
         ):
-            value = str(parameters.get(key, "")).strip()
-            if value:
-                if not value.isdigit():
-                    raise ConfigError(f"config.pbtxt: parameter {key} must be a number >= 0")
-                update[setting] = int(value)
+            count = count_parameter(parameters, key)
+            if count is not None:
+                update[setting] = count
         kind, _ = parse_device(self.settings.device)
         if kind == "GPU" and not tf.config.list_physical_devices("GPU"):
             log.warning(

@@ -66,7 +66,10 @@ def test_signature_parameter_gpu_group_and_saved_model_folder(tmp_path: Path) ->
         assert (backend.settings.signature, backend.settings.device) == ("negate", device)
         reasons = {n: env.models.versions(n)[0] for n in ("threads", "elsewhere")}
         assert all(v.state is ModelState.UNAVAILABLE for v in reasons.values())
-        assert "parameter TF_NUM_INTRA_THREADS must be a number" in reasons["threads"].reason
+        assert (
+            "parameter TF_NUM_INTRA_THREADS is 'two'; use a number >= 0"
+            in reasons["threads"].reason
+        )
         assert "other.savedmodel/saved_model.pb does not exist" in reasons["elsewhere"].reason
     finally:
         env.close()

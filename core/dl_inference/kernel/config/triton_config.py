@@ -200,6 +200,18 @@ def read_config_pbtxt(folder: Path) -> dict[str, Any]:
     return config_document(message)
 
 
+def count_parameter(parameters: dict[str, Any], key: str) -> int | None:
+    """A config.pbtxt ``parameters`` entry that holds a count (a thread count, say; ``0``
+    usually meaning the framework's default): its number, or None when it is absent or
+    empty. Anything but digits is a ConfigError naming the parameter, which fails the load."""
+    value = str(parameters.get(key, "")).strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ConfigError(f"config.pbtxt: parameter {key} is {value!r}; use a number >= 0")
+    return int(value)
+
+
 def _complete(message: mc.ModelConfig, name: str) -> None:
     """Fill in what Triton 2.51 fills in before a model sees its configuration: the name,
     the default version policy, ``preferred_batch_size`` (the maximum), instance group
