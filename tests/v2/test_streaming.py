@@ -81,6 +81,11 @@ PLUS_CONFIG = """
     inputs: [{name: x, datatype: FP32, shape: [-1]}]
     outputs: [{name: y, datatype: FP32, shape: [-1]}]
 """
+BATCHED_CONFIG = """
+    max_batch_size: 4
+    inputs: [{name: x, datatype: FP32, shape: [2]}]
+    outputs: [{name: y, datatype: FP32, shape: [2]}]
+"""
 # processor.py whose run_model yields: x+1, x+2, x+3, each times 10 by postprocess.
 STEPS = """
 def run_model(model, x, **kwargs):
@@ -100,6 +105,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     write_python_model(repo, "tick", TICK, TICK_CONFIG)
     write_python_model(repo, "async_tick", ASYNC_TICK, ASYNC_CONFIG)
     write_python_model(repo, "plus_one", PLUS_ONE, PLUS_CONFIG)
+    write_python_model(repo, "plus_one_batched", PLUS_ONE, BATCHED_CONFIG)
     steps = write_python_model(repo, "steps", PLUS_ONE, PLUS_CONFIG)
     (steps / "processor.py").write_text(STEPS)
     with ServerProcess(["--model-repository", str(repo)]) as srv:
@@ -232,6 +238,9 @@ def test_generate_answers_one_object(server: ServerProcess) -> None:
     reply = post(server, "/v2/models/plus_one/generate", {"x": [1.0, 2.0]})
     assert reply.status == 200
     assert json.loads(reply.read()) == {"model_name": "plus_one", "model_version": "1", "y": [2, 3]}
+    # A batching model gets the value as one row: the batch dimension comes back.
+    reply = post(server, "/v2/models/plus_one_batched/generate", {"x": [1.0, 2.0]})
+    assert json.loads(reply.read())["y"] == [[2, 3]]
     reply = post(server, "/v2/models/tick/generate", {"n": 1})
     assert json.loads(reply.read())["i"] == 0
     reply = post(server, "/v2/models/tick/generate", {"n": 2})
