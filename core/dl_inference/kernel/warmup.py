@@ -77,14 +77,7 @@ async def _run_sample(model: ModelVersion, sample: WarmupSample) -> None:
             await model.predict(inputs, {})
     except Exception as exc:
         raise WarmupFailed(f"warm-up {sample.name!r} failed: {_describe(exc)}") from exc
-    log.info(
-        "model warm-up",
-        model=model.name,
-        version=model.version,
-        sample=sample.name,
-        runs=sample.count,
-        duration_ms=round((time.monotonic() - started) * 1000, 1),
-    )
+    _log_done(model, sample.name, sample.count, started)
 
 
 async def _run_supplied(model: ModelVersion, requests: list[InferRequest]) -> None:
@@ -98,12 +91,17 @@ async def _run_supplied(model: ModelVersion, requests: list[InferRequest]) -> No
             await model.predict(request.inputs, request.parameters)
         except Exception as exc:
             raise WarmupFailed(f"warm-up {label!r} failed: {_describe(exc)}") from exc
+    _log_done(model, f"{model.backend_name} samples", len(requests), started)
+
+
+def _log_done(model: ModelVersion, sample: str, runs: int, started: float) -> None:
+    """The one line a sample set leaves in the log: which, how many runs, how long."""
     log.info(
         "model warm-up",
         model=model.name,
         version=model.version,
-        sample=f"{model.backend_name} samples",
-        runs=len(requests),
+        sample=sample,
+        runs=runs,
         duration_ms=round((time.monotonic() - started) * 1000, 1),
     )
 
