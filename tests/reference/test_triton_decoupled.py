@@ -48,6 +48,37 @@ model_transaction_policy { decoupled: true }
 input [{ name: "n", data_type: TYPE_INT64, dims: [1] }]
 output [{ name: "i", data_type: TYPE_INT64, dims: [1] }]
 """
+# Not decoupled, batching: generate sends one row.
+TRITON_BATCHED = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x + 1)]))
+        return answers
+"""
+TRITON_BATCHED_CONFIG = """
+backend: "python"
+max_batch_size: 4
+input [{ name: "x", data_type: TYPE_FP32, dims: [2] }]
+output [{ name: "y", data_type: TYPE_FP32, dims: [2] }]
+"""
+OURS_BATCHED = """
+    from dl_inference import PythonModel
+
+    class PlusOne(PythonModel):
+        def predict(self, inputs, /, **parameters):
+            return {"y": inputs["x"] + 1}
+"""
+OURS_BATCHED_CONFIG = """
+    max_batch_size: 4
+    inputs: [{name: x, datatype: FP32, shape: [2]}]
+    outputs: [{name: y, datatype: FP32, shape: [2]}]
+"""
 OURS = """
     import numpy as np
     from dl_inference import PythonModel
@@ -72,6 +103,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     (folder / "1" / "model.py").write_text(TRITON_MODEL)
     (folder / "config.pbtxt").write_text(textwrap.dedent(TRITON_CONFIG))
     write_python_model(root / "ours", "tick", OURS, OURS_CONFIG)
+    batched = root / "triton" / "plus_one_batched"
+    (batched / "1").mkdir(parents=True)
+    (batched / "1" / "model.py").write_text(TRITON_BATCHED)
+    (batched / "config.pbtxt").write_text(textwrap.dedent(TRITON_BATCHED_CONFIG))
+    write_python_model(root / "ours", "plus_one_batched", OURS_BATCHED, OURS_BATCHED_CONFIG)
     with (
         TritonServer(root / "triton", root / "triton.log") as triton,
         ServerProcess(["--model-repository", str(root / "ours")]) as ours,
@@ -166,4 +202,10 @@ def test_generate_stream(servers: dict[str, Any]) -> None:
 
 def test_generate_of_one_response(servers: dict[str, Any]) -> None:
     seen = both(servers, lambda s: generate(s, "/v2/models/tick/generate", {"n": 1}))
+    assert seen["dl-inference"] == seen["triton"], seen
+
+
+def test_generate_of_a_batching_model(servers: dict[str, Any]) -> None:
+    path = "/v2/models/plus_one_batched/generate"
+    seen = both(servers, lambda s: generate(s, path, {"x": [1.0, 2.0]}))
     assert seen["dl-inference"] == seen["triton"], seen

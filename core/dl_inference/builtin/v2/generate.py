@@ -9,7 +9,8 @@ model that declares no inputs takes every key but ``parameters`` as an input, ty
 its JSON values (strings BYTES, integers INT64, other numbers FP64, booleans BOOL).
 
 The answer is one JSON object: ``model_name``, ``model_version`` and each output by name,
-a one-element output as its value, others as nested lists (BYTES as UTF-8 text).
+a one-element output as its value, others as a flat list (BYTES as UTF-8 text), as
+Triton answers.
 ``/generate`` answers with one such object (``application/json``); a decoupled model must
 then yield exactly one response. ``/generate_stream`` answers ``text/event-stream``, one
 server-sent event ``data: {...}`` per response as the model yields it; an error once the
@@ -176,11 +177,8 @@ def generate_document(response: InferResponse) -> dict[str, Any]:
     for name, value in response.outputs.items():
         array, datatype = output_array(response.model_name, name, value)
         flat = array_to_json(name, array, datatype)
-        document[name] = (
-            flat[0]
-            if array.size == 1
-            else np.reshape(np.array(flat, dtype=object), array.shape).tolist()
-        )
+        # As Triton answers: one element as its value, more as a flat list.
+        document[name] = flat[0] if array.size == 1 else flat
     return document
 
 
