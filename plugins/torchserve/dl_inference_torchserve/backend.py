@@ -26,8 +26,8 @@ log = structlog.get_logger("dl_inference_torchserve")
 
 # TorchServe's default handlers a manifest may name (``--handler image_classifier``), served
 # from the ``ts`` package; the others TorchServe has are refused by name at load.
-DEFAULT_HANDLERS = ("image_classifier",)
-NOT_YET_DEFAULT_HANDLERS = ("text_classifier", "object_detector", "image_segmenter")
+DEFAULT_HANDLERS = ("image_classifier", "image_segmenter", "object_detector")
+NOT_YET_DEFAULT_HANDLERS = ("text_classifier",)
 
 
 class HandlerFailed(BackendError):

@@ -1,11 +1,14 @@
-"""TorchServe's default ``image_classifier`` handler, named in the manifest, end to end.
+"""TorchServe's default handlers named in the manifest (``image_classifier``,
+``image_segmenter``, ``object_detector``), end to end.
 
-The real TorchServe cannot run this handler here (its environment has no torchvision), so
+The real TorchServe cannot run these handlers here (its environment has no torchvision), so
 the expected answers are computed in the test, independently of the ``ts`` package: the
 image resized with PIL to the sizes torchvision documents for ``Resize(256)``, cropped and
-normalized with numpy, the test's own TorchScript model run on it, softmax and top-5 in
-numpy, labelled from ``index_to_name.json``; the answer is TorchServe's documented shape,
-one ``{label: probability}`` object per request (JSON indented by 2), best first.
+normalized with numpy, the test's own TorchScript models run on it, softmax and top-5 in
+numpy, labelled from ``index_to_name.json``; the answers are TorchServe's documented shapes
+(``image_classifier``: one ``{label: probability}`` object per request, best first, JSON
+indented by 2; ``image_segmenter``: H x W ``[class, probability]`` pairs;
+``object_detector``: a list of ``{label: box, "score": s}`` at or above 0.5).
 """
 
 from __future__ import annotations
@@ -57,18 +60,62 @@ def _image(width: int, height: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def _expected(image: bytes, resized: tuple[int, int], offset: tuple[int, int]) -> dict:
-    """What TorchServe's image_classifier answers, computed without the ts package:
-    ``resized`` and ``offset`` (left, top) are torchvision's documented sizes, worked out
-    by hand for the test's images."""
+class _Segments(torch.nn.Module):
+    """Three classes' scores per pixel, as torchvision's segmentation models: {"out": ...}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores = torch.nn.Conv2d(3, 3, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": 3.0 * self.scores(x)}
+
+
+class _Detections(torch.nn.Module):
+    """Three boxes per image, as torchvision's detection models answer: one sized by the
+    image, one by its mean pixel; scores 0.9, 0.3 (under the threshold) and 0.5 (at it)."""
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        found: list[dict[str, torch.Tensor]] = []
+        for image in x:
+            height, width = float(image.shape[1]), float(image.shape[2])
+            mean = image.mean() * 100.0
+            boxes = torch.tensor([[0.0, 0.0, width, height], [1.0, 2.0, 3.0, 4.0]])
+            boxes = torch.cat([boxes, torch.stack([mean, mean, mean + 1, mean + 2])[None]])
+            found.append(
+                {
+                    "boxes": boxes,
+                    "labels": torch.tensor([1, 2, 3]),
+                    "scores": torch.tensor([0.9, 0.3, 0.5]),
+                }
+            )
+        return found
+
+
+def _scripted(module: type[torch.nn.Module]) -> bytes:
+    torch.manual_seed(7)
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(module().eval()), buffer)
+    return buffer.getvalue()
+
+
+def _prepared(image: bytes, resized: tuple[int, int], offset: tuple[int, int]) -> torch.Tensor:
+    """The image as TorchServe's image handlers prepare it, computed without the ts
+    package: ``resized`` and ``offset`` (left, top) are torchvision's documented sizes,
+    worked out by hand for the test's images."""
     picture = Image.open(io.BytesIO(image))
     if picture.size != resized:
         picture = picture.resize(resized, Image.Resampling.BILINEAR)
     left, top = offset
     array = np.asarray(picture, np.float32)[top : top + 224, left : left + 224] / 255.0
     tensor = ((array - MEAN) / STD).transpose(2, 0, 1)[None]
+    return torch.from_numpy(np.ascontiguousarray(tensor))
+
+
+def _expected(image: bytes, resized: tuple[int, int], offset: tuple[int, int]) -> dict:
+    """What TorchServe's image_classifier answers (see _prepared)."""
     with torch.inference_mode():
-        logits = _model()(torch.from_numpy(np.ascontiguousarray(tensor))).numpy()[0]
+        logits = _model()(_prepared(image, resized, offset)).numpy()[0]
     shifted = np.exp(logits.astype(np.float64) - logits.max())
     probabilities = shifted / shifted.sum()
     best = np.argsort(-probabilities)[:5]
@@ -97,6 +144,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     }
     write_mar(store, "classifier", files, "image_classifier", serializedFile="model.pt")
     write_mar(store, "texts", {"model.pt": buffer.getvalue()}, "text_classifier")
+    labels = {"index_to_name.json": json.dumps(LABELS)}
+    write_mar(
+        store,
+        "segmenter",
+        {"model.pt": _scripted(_Segments)},
+        "image_segmenter",
+        serializedFile="model.pt",
+    )
+    write_mar(
+        store,
+        "detector",
+        {"model.pt": _scripted(_Detections), **labels},
+        "object_detector",
+        serializedFile="model.pt",
+    )
     config = work / "server.yaml"
     config.write_text(f"model_repository: {store}\nserver:\n  strict_readiness: false\n")
     env = {"DLI_TORCHSERVE_CACHE": str(work / "cache")}
@@ -182,7 +244,41 @@ def test_a_default_handler_not_served_yet_names_itself(served: ServerProcess) ->
     status, body = _post(f"{served.http_url}/predictions/texts", b"some text", "text/plain")
     assert (status, json.loads(body)["type"]) == (503, "ServiceUnavailableException")
     assert "default handler 'text_classifier' is not served yet" in served.output()
-    assert "image_classifier" in served.output()
+    assert "image_classifier, image_segmenter, object_detector" in served.output()
+
+
+def test_image_segmenter_answers_each_pixels_class_and_probability(
+    served: ServerProcess,
+) -> None:
+    image = _image(300, 230, seed=5)
+    status, body = _post(f"{served.http_url}/predictions/segmenter", image, "image/png")
+    assert status == 200, body[:200]
+    answer = np.array(json.loads(body))
+    with torch.inference_mode():
+        scores = torch.jit.load(io.BytesIO(_scripted(_Segments)))(
+            _prepared(image, (333, 256), (54, 16))
+        )["out"].numpy()[0]
+    shifted = np.exp(scores.astype(np.float64) - scores.max(axis=0))
+    probabilities = shifted / shifted.sum(axis=0)
+    assert answer.shape == (224, 224, 2)
+    assert np.array_equal(answer[..., 0], probabilities.argmax(axis=0).astype(np.float64))
+    assert np.allclose(answer[..., 1], probabilities.max(axis=0), rtol=1e-4)
+
+
+def test_object_detector_answers_labelled_boxes_over_the_threshold(
+    served: ServerProcess,
+) -> None:
+    image = _image(64, 48, seed=6)
+    status, body = _post(f"{served.http_url}/predictions/detector", image, "image/png")
+    assert status == 200, body
+    answer = json.loads(body)
+    # Only made a tensor in [0, 1]: no resize, no normalization.
+    mean = float(np.asarray(Image.open(io.BytesIO(image)), np.float32).mean() / 255.0) * 100
+    assert [list(d) for d in answer] == [["class-1", "score"], ["class-3", "score"]]
+    assert answer[0]["class-1"] == [0.0, 0.0, 64.0, 48.0]
+    assert answer[0]["score"] == pytest.approx(0.9)
+    assert np.allclose(answer[1]["class-3"], [mean, mean, mean + 1, mean + 2], rtol=1e-5)
+    assert answer[1]["score"] == 0.5  # at the threshold: kept
 
 
 def test_transforms_follow_torchvisions_sizes() -> None:
