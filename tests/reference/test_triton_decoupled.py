@@ -67,6 +67,40 @@ max_batch_size: 4
 input [{ name: "x", data_type: TYPE_FP32, dims: [2] }]
 output [{ name: "y", data_type: TYPE_FP32, dims: [2] }]
 """
+# Text in, text out: the generate extension's own example.
+TRITON_TEXT = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            text = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy()
+            upper = np.array([t.upper() for t in text.reshape(-1)], dtype=object)
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor("text_output", upper)]))
+        return answers
+"""
+TRITON_TEXT_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [{ name: "text_input", data_type: TYPE_STRING, dims: [1] }]
+output [{ name: "text_output", data_type: TYPE_STRING, dims: [1] }]
+"""
+OURS_TEXT = """
+    import numpy as np
+    from dl_inference import PythonModel
+
+    class Upper(PythonModel):
+        def predict(self, inputs, /, **parameters):
+            text = inputs["text_input"].reshape(-1)
+            return {"text_output": np.array([t.upper() for t in text], dtype=object)}
+"""
+OURS_TEXT_CONFIG = """
+    inputs: [{name: text_input, datatype: BYTES, shape: [1]}]
+    outputs: [{name: text_output, datatype: BYTES, shape: [1]}]
+"""
 OURS_BATCHED = """
     from dl_inference import PythonModel
 
@@ -108,6 +142,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     (batched / "1" / "model.py").write_text(TRITON_BATCHED)
     (batched / "config.pbtxt").write_text(textwrap.dedent(TRITON_BATCHED_CONFIG))
     write_python_model(root / "ours", "plus_one_batched", OURS_BATCHED, OURS_BATCHED_CONFIG)
+    text = root / "triton" / "upper"
+    (text / "1").mkdir(parents=True)
+    (text / "1" / "model.py").write_text(TRITON_TEXT)
+    (text / "config.pbtxt").write_text(textwrap.dedent(TRITON_TEXT_CONFIG))
+    write_python_model(root / "ours", "upper", OURS_TEXT, OURS_TEXT_CONFIG)
     with (
         TritonServer(root / "triton", root / "triton.log") as triton,
         ServerProcess(["--model-repository", str(root / "ours")]) as ours,
@@ -208,4 +247,28 @@ def test_generate_of_one_response(servers: dict[str, Any]) -> None:
 def test_generate_of_a_batching_model(servers: dict[str, Any]) -> None:
     path = "/v2/models/plus_one_batched/generate"
     seen = both(servers, lambda s: generate(s, path, {"x": [1.0, 2.0]}))
+    assert seen["dl-inference"] == seen["triton"], seen
+
+
+def test_generate_text(servers: dict[str, Any]) -> None:
+    for path in ("/v2/models/upper/generate", "/v2/models/upper/generate_stream"):
+        document = {"text_input": "hello", "parameters": {"temperature": 0}}
+        seen = both(servers, lambda s, p=path, d=document: generate(s, p, d))
+        assert seen["dl-inference"] == seen["triton"], seen
+    assert seen["triton"][2][0]["text_output"] == "HELLO"
+
+
+@pytest.mark.parametrize(
+    ("path", "document"),
+    [
+        ("/v2/models/upper/generate", {"parameters": {"a": 1}}),  # no input
+        ("/v2/models/nope/generate", {"text_input": "x"}),  # unknown model
+    ],
+)
+def test_generate_errors(servers: dict[str, Any], path: str, document: dict[str, Any]) -> None:
+    def status(server: Any) -> tuple[int, str]:
+        code, kind, _ = generate(server, path, document)
+        return code, kind
+
+    seen = both(servers, status)
     assert seen["dl-inference"] == seen["triton"], seen
