@@ -236,6 +236,14 @@ def test_a_body_that_is_no_image_is_a_client_error(served: ServerProcess) -> Non
     error = json.loads(body)
     assert (status, error["code"]) == (400, 400), error
     assert "not an image" in error["message"]
+    # A grayscale image has one channel where ImageNet's normalization takes three.
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((256, 256), np.uint8), "L").save(buffer, format="PNG")
+    url = f"{served.http_url}/predictions/classifier"
+    status, body = _post(url, buffer.getvalue(), "image/png")
+    error = json.loads(body)
+    assert (status, error["code"]) == (400, 400), error
+    assert "1 channels; 3 are expected" in error["message"]
     status, _ = _post(f"{served.http_url}/predictions/classifier", _image(256, 256, 9), "image/png")
     assert status == 200
 

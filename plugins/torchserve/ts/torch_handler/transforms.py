@@ -85,6 +85,13 @@ class Normalize:
     def __call__(self, tensor: Any) -> Any:
         import torch
 
+        if tensor.shape[-3] != len(self.mean):
+            # torchvision fails here too (its in-place arithmetic cannot broadcast): a
+            # grayscale or RGBA image is not silently turned into three channels.
+            raise ValueError(
+                f"the image has {tensor.shape[-3]} channels; {len(self.mean)} are expected "
+                "(an RGB image)"
+            )
         mean = torch.tensor(self.mean, dtype=tensor.dtype).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=tensor.dtype).view(-1, 1, 1)
         return (tensor - mean) / std

@@ -55,11 +55,14 @@ class VisionHandler(BaseHandler, ABC):
                 try:
                     opened = Image.open(io.BytesIO(image))
                     opened.load()
-                except (UnidentifiedImageError, OSError) as exc:
+                except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
                     raise PredictionException(
                         f"the request is not an image file PIL can read: {exc}", 400
                     ) from None
-                images.append(self.image_processing(opened))
+                try:
+                    images.append(self.image_processing(opened))
+                except ValueError as exc:  # the transforms' refusals: the image's own
+                    raise PredictionException(f"the image cannot be used: {exc}", 400) from None
             else:
                 images.append(torch.FloatTensor(image))
         return torch.stack(images).to(self.device)
