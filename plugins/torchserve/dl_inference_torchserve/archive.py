@@ -27,7 +27,7 @@ import yaml
 
 from dl_inference_torchserve.settings import Properties, model_config
 
-log = structlog.get_logger("dl_inference_torchserve")
+log = structlog.get_logger("dl_inference.torchserve")
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 SUFFIX = ".mar"

@@ -22,7 +22,7 @@ from dl_inference_torchserve.requests import (
     fields,
 )
 
-log = structlog.get_logger("dl_inference_torchserve")
+log = structlog.get_logger("dl_inference.torchserve")
 
 # TorchServe's default handlers a manifest may name (``--handler image_classifier``), served
 # from the ``ts`` package; the others TorchServe has are refused by name at load.

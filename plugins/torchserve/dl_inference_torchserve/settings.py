@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dl_inference import ConfigError, describe_errors
 
-log = structlog.get_logger("dl_inference_torchserve")
+log = structlog.get_logger("dl_inference.torchserve")
 PREFIX = "plugin_settings.torchserve"
 # config.properties keys this plugin applies; the others are reported once.
 APPLIED = ("load_models", "models")
