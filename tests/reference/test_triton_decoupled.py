@@ -36,6 +36,10 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             n = int(pb_utils.get_input_tensor_by_name(request, "n").as_numpy().reshape(-1)[0])
             for i in range(n):
+                if i == 99:  # n > 99: fails at its 100th step, as the model raises
+                    error = pb_utils.TritonError("step 99 failed")
+                    sender.send(pb_utils.InferenceResponse(error=error))
+                    break
                 out = pb_utils.Tensor("i", np.array([i], dtype=np.int64))
                 sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -120,6 +124,8 @@ OURS = """
     class Tick(PythonModel):
         def predict(self, inputs, /, **parameters):
             for i in range(int(inputs["n"].reshape(-1)[0])):
+                if i == 99:
+                    raise RuntimeError("step 99 failed")
                 yield {"i": np.array([i], dtype=np.int64)}
 """
 OURS_CONFIG = """
@@ -272,3 +278,11 @@ def test_generate_errors(servers: dict[str, Any], path: str, document: dict[str,
 
     seen = both(servers, status)
     assert seen["dl-inference"] == seen["triton"], seen
+
+
+def test_an_error_midway_and_the_empty_final_response(servers: dict[str, Any]) -> None:
+    # The 100th step fails: 99 responses, the error, the empty final one; then "b".
+    calls = [(101, "a", True), (1, "b", True)]
+    seen = both(servers, lambda s: stream_outcome(s.grpc_address, calls, 103))
+    assert seen["dl-inference"] == seen["triton"], {k: v[98:] for k, v in seen.items()}
+    assert seen["triton"][99] == {"error": "None"}

@@ -114,31 +114,42 @@ class V2GrpcServicer:
         method = f"/{SERVICE}/ModelStreamInfer"
         async for data in requests:
             call = self.calls.grpc_call(method, context)
-            try:
-                async with contextlib.aclosing(self._stream(data, call)) as replies:
-                    async for reply in replies:
-                        yield reply
-            except Exception as exc:
-                call.fail(exc)
-                message = public_message(exc, self.calls.plugin).encode("utf-8")
-                yield len_field_header(_STREAM_ERROR_MESSAGE, len(message)) + message
-                continue
-            call.succeed()
+            async with contextlib.aclosing(self._stream(data, call)) as replies:
+                async for reply in replies:
+                    yield reply
 
     async def _stream(self, data: bytes, call: Call) -> AsyncIterator[bytes]:
         """One request's ModelStreamInferResponses, each marked ``triton_final_response``
         as Triton marks them: true on a model's one response, false on each of a decoupled
         model's; after those, when the request sets ``triton_enable_empty_final_response``,
-        an empty response (the request's id, model name and version) marked true."""
-        message, request = self._decode(data, call)
+        an empty response (the request's id, model name and version) marked true. A failure
+        is an ``error_message``; one after a decoupled model's first response is followed
+        by that empty response too, as Triton follows a decoupled model's error."""
+        message: pb.ModelInferRequest | None = None
         final = False
-        async with contextlib.aclosing(self.runtime.infer_stream(request, call.ctx)) as answers:
-            async for response in answers:
-                reply, outputs = encode_infer_response(response)
-                body = serialize_with_raw(reply.SerializeToString(), _RAW_OUTPUT_CONTENTS, outputs)
-                body += FINAL_RESPONSE_PARAMETER if response.final else _NOT_FINAL_PARAMETER
-                final = response.final
-                yield len_field_header(_STREAM_INFER_RESPONSE, len(body)) + body
+        sent = 0
+        try:
+            message, request = self._decode(data, call)
+            stream = self.runtime.infer_stream(request, call.ctx)
+            async with contextlib.aclosing(stream) as answers:
+                async for response in answers:
+                    reply, outputs = encode_infer_response(response)
+                    body = serialize_with_raw(
+                        reply.SerializeToString(), _RAW_OUTPUT_CONTENTS, outputs
+                    )
+                    body += FINAL_RESPONSE_PARAMETER if response.final else _NOT_FINAL_PARAMETER
+                    final = response.final
+                    sent += 1
+                    yield len_field_header(_STREAM_INFER_RESPONSE, len(body)) + body
+        except Exception as exc:
+            call.fail(exc)
+            text = public_message(exc, self.calls.plugin).encode("utf-8")
+            yield len_field_header(_STREAM_ERROR_MESSAGE, len(text)) + text
+            if not sent:
+                return  # refused before the model answered: no final response follows
+        else:
+            call.succeed()
+        assert message is not None
         wanted = message.parameters.get("triton_enable_empty_final_response")
         if not final and wanted is not None and wanted.bool_param:
             empty = pb.ModelInferResponse(
