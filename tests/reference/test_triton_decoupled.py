@@ -286,3 +286,12 @@ def test_an_error_midway_and_the_empty_final_response(servers: dict[str, Any]) -
     seen = both(servers, lambda s: stream_outcome(s.grpc_address, calls, 103))
     assert seen["dl-inference"] == seen["triton"], {k: v[98:] for k, v in seen.items()}
     assert seen["triton"][99] == {"error": "None"}
+
+
+def test_generate_stream_error_midway(servers: dict[str, Any]) -> None:
+    def outcome(server: Any) -> tuple[int, str, list[Any]]:
+        status, kind, events = generate(server, "/v2/models/tick/generate_stream", {"n": 101})
+        return status, kind, [sorted(event) for event in events]
+
+    seen = both(servers, outcome)
+    assert seen["dl-inference"] == seen["triton"], {k: v[2][97:] for k, v in seen.items()}
