@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import enum
 import inspect
+import re
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable
@@ -337,7 +338,9 @@ class ModelVersion:
             log.info("model rejected the request's inputs", **fields, exc_info=exc)
             return error
         log.error("model raised", **fields, exc_info=exc)
-        return BackendError(f"model {self.name!r} failed: {describe_exception(exc)}")
+        return BackendError(
+            _without_paths(f"model {self.name!r} failed: {describe_exception(exc)}")
+        )
 
 
 class ModelRegistry:
@@ -692,7 +695,9 @@ class ModelRegistry:
             ready = [v for v in versions if v.ready]
             if not ready:
                 reasons = "; ".join(f"v{v.version}: {v.reason or v.state.value}" for v in versions)
-                raise ModelNotReady(f"model {name!r} has no ready version ({reasons})")
+                raise ModelNotReady(
+                    _without_paths(f"model {name!r} has no ready version ({reasons})")
+                )
             return ready[-1]
         labels = self._sources[name].config.version_labels
         number = str(labels[version]) if version in labels else version
@@ -700,8 +705,10 @@ class ModelRegistry:
             if model.version == number:
                 if not model.ready:
                     raise ModelNotReady(
-                        f"model {name!r} version {number} is {model.state.value}"
-                        + (f": {model.reason}" if model.reason else "")
+                        _without_paths(
+                            f"model {name!r} version {number} is {model.state.value}"
+                            + (f": {model.reason}" if model.reason else "")
+                        )
                     )
                 return model
         known = ", ".join(v.version for v in versions)
@@ -742,6 +749,17 @@ def _settings(cls: type[Backend], source: ModelSource) -> Any:
             f"model {source.name!r} (backend {cls.name}; from {source.path / 'config.yaml'} or "
             "the server config's models section):\n  " + "\n  ".join(lines)
         ) from None
+
+
+# An absolute path (not the path part of a URL): the text after a "/" that follows no word
+# character, ".", ":" or "/", up to a space, quote or punctuation that ends a path in a message.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"`:,;()\[\]{}]+/)*([^\s'\"`:,;()\[\]{}/]+)")
+
+
+def _without_paths(message: str) -> str:
+    """``message`` with every absolute path cut to its file name, for a client: a model's
+    failure names the file at fault, never where the server keeps it (the log has it all)."""
+    return _ABSOLUTE_PATH.sub(lambda found: found.group(1), message)
 
 
 def describe_exception(exc: BaseException) -> str:
