@@ -45,7 +45,7 @@ from dl_inference import (
     Unavailable,
 )
 
-log = structlog.get_logger("dl_inference_triton")
+log = structlog.get_logger("dl_inference.triton")
 
 # TritonError code -> the kernel error the client gets, as Triton 2.51 answers a model's
 # error (tests/reference/test_triton_python_backend.py): INVALID_ARG 400 / INVALID_ARGUMENT,
