@@ -13,11 +13,13 @@ Models (written by :func:`write_repository`):
 - ``pipeline``: the ensemble: IN -> scale -> SCALED, (SCALED, BIAS) -> add -> OUT, and a
   parallel branch TEXT -> upper -> SHOUT; its steps listed out of order;
 - ``broken``: an ensemble whose step maps an input ``add`` does not have: neither server
-  loads it (Triton runs with ``--exit-on-error=false``).
+  loads it (Triton runs with ``--exit-on-error=false``);
+- ``echoed``: an ensemble of ``echo``, which answers its request's parameters.
 """
 
 from __future__ import annotations
 
+import json
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -112,7 +114,35 @@ MODELS: dict[str, tuple[str, str]] = {
                 return responses
         """,
     ),
+    "echo": (
+        """
+        backend: "python"
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+        output [ { name: "PARAMS" data_type: TYPE_STRING dims: [ 1 ] } ]
+        instance_group [ { kind: KIND_CPU } ]
+        """,
+        """
+        class TritonPythonModel:
+            def execute(self, requests):
+                return [
+                    pb_utils.InferenceResponse([
+                        pb_utils.Tensor("PARAMS", np.array([r.parameters()], dtype=np.object_))
+                    ])
+                    for r in requests
+                ]
+        """,
+    ),
 }
+
+ECHOED = """
+platform: "ensemble"
+input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "P" data_type: TYPE_STRING dims: [ 1 ] } ]
+ensemble_scheduling { step [ {
+  model_name: "echo" model_version: -1
+  input_map { key: "X" value: "X" } output_map { key: "PARAMS" value: "P" }
+} ] }
+"""
 
 
 def ensemble(name: str, add_input: str = "A") -> str:
@@ -164,6 +194,8 @@ def write_repository(root: Path) -> Path:
     for name, add_input in (("pipeline", "A"), ("broken", "NOPE")):
         (root / name / "1").mkdir(parents=True)  # an ensemble has an empty version folder
         (root / name / "config.pbtxt").write_text(ensemble(name, add_input))
+    (root / "echoed" / "1").mkdir(parents=True)
+    (root / "echoed" / "config.pbtxt").write_text(ECHOED)
     return root
 
 
@@ -348,6 +380,25 @@ def test_bad_requests_are_refused_alike(
     assert error_class(answers) == {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}[transport]
 
 
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_request_parameters_reach_the_steps(servers: Servers, transport: str) -> None:
+    parameters = {"temperature": 0.5, "mode": "fast", "top_k": 3}
+
+    def call(address: str) -> Any:
+        module = CLIENTS[transport]
+        client = module.InferenceServerClient(address)
+        tensor = module.InferInput("X", [2], "FP32")
+        tensor.set_data_from_numpy(fp32([1, 2])[0])
+        try:
+            result = client.infer("echoed", [tensor], parameters=parameters)
+        finally:
+            client.close()
+        # The JSON's spacing differs (dl-inference's python backend writes ", " and ": ").
+        return json.loads(result.as_numpy("P")[0])
+
+    assert same(servers.both(call, transport)) == parameters
+
+
 # -- what clients read about the ensemble -----------------------------------------------------
 
 
@@ -441,11 +492,12 @@ def counts(transport: str) -> Callable[[str], dict[str, tuple[int, int, int, int
 def settled(servers: Servers) -> dict[str, Any]:
     """Both servers' counts once they stop changing: Triton counts an ensemble request
     that failed when its last step finishes, after the client got the error."""
-    last = servers.both(counts("http"), "http")
-    for _ in range(50):
-        time.sleep(0.2)
+    last, unchanged = servers.both(counts("http"), "http"), 0
+    for _ in range(60):
+        time.sleep(0.5)
         now = servers.both(counts("http"), "http")
-        if now == last:
+        unchanged = unchanged + 1 if now == last else 0
+        if unchanged == 3:  # 1.5 s without a change
             return now
         last = now
     raise AssertionError(f"statistics kept changing: {last}")
@@ -470,6 +522,11 @@ def test_step_models_count_in_their_statistics_as_on_triton(servers: Servers) ->
     triton_scale = seen["triton"].pop("scale")
     ours_scale = seen["ours"].pop("scale")
     assert seen["ours"]["pipeline"] == (6, 3, 3, 1)
+    # Triton now and then counts the one failed ensemble request twice (seen in about one
+    # run in three, with the parallel step still running as the other fails): its 1 or 2.
+    triton_pipeline = seen["triton"]["pipeline"]
+    assert triton_pipeline[:3] == (6, 3, 3) and triton_pipeline[3] in (1, 2), triton_pipeline
+    seen["triton"]["pipeline"] = seen["ours"]["pipeline"]
     # upper runs in parallel with the refused step: on both, it may or may not have run.
     for who in seen:
         upper = seen[who].pop("upper")
