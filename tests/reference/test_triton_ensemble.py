@@ -230,13 +230,26 @@ class Servers:
 
     def on_triton(self, call: Callable[[str], Any], transport: str) -> Any:
         try:
-            return call(self.address("triton", transport))
-        except Exception:
-            if self.triton.alive():
+            answer = call(self.address("triton", transport))
+            if not _timed_out(answer):
+                return answer
+        except Exception as exc:
+            failure = {"error": type(exc).__name__, "message": str(exc)}
+            if self.triton.alive() and not _timed_out(failure):
                 raise
+        # Dead, or hung (that build sometimes stops answering after a raising step): once
+        # more on a fresh Triton, then the case cannot be compared here.
         self.triton.stop()
         self.triton = self._start_triton()
-        return call(self.address("triton", transport))
+        try:
+            answer = call(self.address("triton", transport))
+        except Exception as exc:
+            answer = {"error": type(exc).__name__, "message": str(exc)}
+            if not _timed_out(answer):
+                raise
+        if _timed_out(answer):
+            pytest.skip(f"Triton 2.51 stopped answering ({transport}) twice: {answer['message']}")
+        return answer
 
     def both(self, call: Callable[[str], Any], transport: str) -> dict[str, Any]:
         return {
@@ -262,6 +275,26 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
 
 CLIENTS: dict[str, Any] = {"http": httpclient, "grpc": grpcclient}
+# No call waits for ever on a server that stopped answering.
+CALL_TIMEOUT_S = 20.0
+
+
+def _timed_out(answer: Any) -> bool:
+    if not isinstance(answer, dict) or "error" not in answer:
+        return False
+    error, message = str(answer["error"]), str(answer.get("message", "")).lower()
+    return (
+        error == "StatusCode.DEADLINE_EXCEEDED"
+        or "timeout" in error.lower()
+        or ("timed out" in message)
+    )
+
+
+def client_of(transport: str, address: str) -> Any:
+    """A client of ``transport`` whose calls give up after CALL_TIMEOUT_S."""
+    if transport == "http":
+        return httpclient.InferenceServerClient(address, network_timeout=CALL_TIMEOUT_S)
+    return grpcclient.InferenceServerClient(address)
 
 
 def fp32(*rows: list[float]) -> np.ndarray:
@@ -279,7 +312,9 @@ def infer(
 
     def call(address: str) -> dict[str, Any]:
         module = CLIENTS[transport]
-        client = module.InferenceServerClient(address)
+        client = client_of(transport, address)
+        if transport == "grpc":
+            kwargs.setdefault("client_timeout", CALL_TIMEOUT_S)
         tensors = []
         for name, array in inputs.items():
             datatype = "BYTES" if array.dtype == np.object_ else "FP32"
