@@ -195,13 +195,7 @@ class Runtime:
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         """Authorize, run hooks, validate, predict in the model's threads, select outputs."""
-        ctx.request = request
-        if not request.id:
-            request.id = ctx.request_id
-        if request.deadline is None:
-            request.deadline = ctx.deadline
-        gauge = self.metrics.in_flight_of(self.model_label(request.model_name))
-        gauge.inc()
+        gauge = self._start(request, ctx)
         # Log lines from hooks and models carry the id (bind/reset: no context manager
         # frame on every request).
         tokens = structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
@@ -216,6 +210,19 @@ class Runtime:
         if not ctx.deferred:
             self._finish(ctx, ctx.request or request, None)
         return response
+
+    def _start(self, request: InferRequest, ctx: RequestContext) -> Any:
+        """What every call does first: ``ctx`` holds the request, which takes the context's
+        id and deadline where it has none, and the model's in-flight gauge counts it (the
+        caller decrements the gauge returned when the call ends)."""
+        ctx.request = request
+        if not request.id:
+            request.id = ctx.request_id
+        if request.deadline is None:
+            request.deadline = ctx.deadline
+        gauge = self.metrics.in_flight_of(self.model_label(request.model_name))
+        gauge.inc()
+        return gauge
 
     def _admit(
         self, request: InferRequest, ctx: RequestContext, streaming: bool = False
@@ -286,13 +293,7 @@ class Runtime:
         went away: CANCELLED, and the model's generator is closed). ``dli_on_response``
         runs on each response.
         """
-        ctx.request = request
-        if not request.id:
-            request.id = ctx.request_id
-        if request.deadline is None:
-            request.deadline = ctx.deadline
-        gauge = self.metrics.in_flight_of(self.model_label(request.model_name))
-        gauge.inc()
+        gauge = self._start(request, ctx)
         try:
             tokens = structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
             try:
