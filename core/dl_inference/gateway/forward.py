@@ -15,8 +15,9 @@ node is :func:`~dl_inference.gateway.nodes.grpc_verdict`'s rule.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -91,6 +92,29 @@ def with_attempt(
     return kept + tuple(attempt.headers.items())
 
 
+@contextlib.contextmanager
+def observed_call(group: Any, trace: ForwardTrace | None, context: Any) -> Iterator[None]:
+    """Counts the client call run inside it in ``group``'s figures and ends its ``trace``
+    with the call's status: OK, CANCELLED (the client left: a cancelled task or a closed
+    stream), or the gRPC status the call ended with."""
+    started = time.monotonic()
+    status = "UNKNOWN"
+    try:
+        yield
+        status = "OK"
+    except (asyncio.CancelledError, GeneratorExit):
+        status = "CANCELLED"
+        raise
+    except BaseException:
+        code = context.code()
+        status = code.name if isinstance(code, grpc.StatusCode) else status
+        raise
+    finally:
+        group.stats.observe(time.monotonic() - started, status == "OK")
+        if trace is not None:
+            trace.finish(status)
+
+
 class Forwarder:
     """Sends raw request bytes to a route's nodes and relays the outcome to the client.
 
@@ -110,25 +134,8 @@ class Forwarder:
             route.mirror.copy_grpc(method, body, forwardable(context.invocation_metadata()))
         body = with_version_grpc(method, body, group.version)
         trace = trace_call(self._trace, "grpc", method, route.model, context.invocation_metadata())
-        started = time.monotonic()
-        ok = False
-        status = "UNKNOWN"
-        try:
-            reply = await self._forward(group, method, body, context, trace)
-            ok = True
-            status = "OK"
-            return reply
-        except asyncio.CancelledError:
-            status = "CANCELLED"
-            raise
-        except BaseException:
-            code = context.code()
-            status = code.name if isinstance(code, grpc.StatusCode) else status
-            raise
-        finally:
-            group.stats.observe(time.monotonic() - started, ok)
-            if trace is not None:
-                trace.finish(status)
+        with observed_call(group, trace, context):
+            return await self._forward(group, method, body, context, trace)
 
     async def _forward(
         self,

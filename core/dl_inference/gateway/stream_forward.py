@@ -22,6 +22,7 @@ from dl_inference.gateway.forward import (
     client_deadline,
     forwardable,
     no_node_answered,
+    observed_call,
     trace_call,
     with_attempt,
 )
@@ -48,29 +49,13 @@ async def forward_stream(
     """
     group = route.choose()
     trace = trace_call(trace_hook, "grpc", method, route.model, context.invocation_metadata())
-    started = time.monotonic()
-    ok = False
-    status = "UNKNOWN"
-    try:
-        # aclosing: a client that goes away closes the upstream stream at once.
+    # aclosing: a client that goes away closes the upstream stream at once.
+    with observed_call(group, trace, context):
         async with contextlib.aclosing(
             _forward_stream(group, method, first, rest, context, trace)
         ) as replies:
             async for reply in replies:
                 yield reply
-        ok = True
-        status = "OK"
-    except (asyncio.CancelledError, GeneratorExit):
-        status = "CANCELLED"
-        raise
-    except BaseException:
-        code = context.code()
-        status = code.name if isinstance(code, grpc.StatusCode) else status
-        raise
-    finally:
-        group.stats.observe(time.monotonic() - started, ok)
-        if trace is not None:
-            trace.finish(status)
 
 
 async def _forward_stream(
