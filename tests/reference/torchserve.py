@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -25,7 +24,7 @@ import pytest
 
 from dl_inference.testing import free_port
 
-from .triton import reference_venv
+from .triton import reference_venv, stop_process_group
 
 
 def torchserve_home() -> Path | str:
@@ -183,15 +182,8 @@ class TorchServeServer:
             return 0
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to TorchServe's process group (the Java frontend and its Python workers)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        """Stop TorchServe's process group (the Java frontend and its Python workers)."""
+        stop_process_group(self.process, timeout)
 
     def __enter__(self) -> TorchServeServer:
         return self.start()
