@@ -29,7 +29,10 @@ from pydantic import TypeAdapter, ValidationError
 from tritonclient.grpc import service_pb2
 
 from dl_inference.gateway.config import RouteConfig, Routes
-from dl_inference.gateway.groups import SmoothWeighted, with_version_grpc, with_version_rest
+from dl_inference.gateway.gateway import Gateway
+from dl_inference.gateway.groups import SmoothWeighted, VersionRewrites
+from dl_inference.kernel.plugins import PluginHost
+from dl_inference.spi.errors import ConfigError
 from dl_inference.testing import ServerProcess, free_port, write_python_model
 from dl_inference.testing.markdown import code_block
 
@@ -150,7 +153,9 @@ def test_smooth_weighted_round_robin_gives_exact_proportions() -> None:
     assert collections.Counter(picks) == {"a": 4, "b": 2, "c": 2}
 
 
-def test_version_is_written_into_v2_requests_only() -> None:
+def test_version_is_written_by_the_protocols_rewriters_only() -> None:
+    versions = VersionRewrites(PluginHost(entry_points=[]).load().protocols)  # the kernel's V2
+    with_version_grpc, with_version_rest = versions.grpc_body, versions.rest_path
     request = service_pb2.ModelInferRequest(model_name="ident", model_version="1", id="r")
     body = with_version_grpc(
         "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString(), "2"
@@ -201,7 +206,7 @@ def test_version_is_written_into_v2_requests_only() -> None:
         ),
         (
             {"split": [{"name": "a", "weight": 1, "nodes": [{"address": "h:1"}], "version": "2"}]},
-            "protocols: [v2]",
+            "give the route protocols: [...]",
         ),
         (
             {"nodes": [{"address": "h:1"}], "mirror": {"percent": 10}},
@@ -215,6 +220,65 @@ def test_split_and_mirror_config_errors(keys: dict[str, Any], message: str | Non
         return
     with pytest.raises(ValidationError, match=message.replace("[", r"\[")):
         RouteConfig(model="m", **keys)
+
+
+def test_tfserving_rewrites_model_spec_version_over_grpc_and_rest() -> None:
+    """The tfserving plugin's rewriters, read back with tensorflow_serving.apis."""
+    from tensorflow_serving.apis import inference_pb2, predict_pb2
+
+    versions = VersionRewrites(PluginHost().load().protocols)
+    predict = predict_pb2.PredictRequest()
+    predict.model_spec.name, predict.model_spec.version_label = "ident", "stable"
+    predict.model_spec.signature_name = "serving_default"
+    predict.inputs["x"].float_val.extend([1.0, 2.0])
+    method = "/tensorflow.serving.PredictionService/Predict"
+    parsed = predict_pb2.PredictRequest.FromString(
+        versions.grpc_body(method, predict.SerializeToString(), "2")
+    )
+    assert parsed.model_spec.version.value == 2
+    assert parsed.model_spec.WhichOneof("version_choice") == "version"  # the label is gone
+    assert (parsed.model_spec.name, parsed.model_spec.signature_name) == (
+        "ident",
+        "serving_default",
+    )
+    assert list(parsed.inputs["x"].float_val) == [1.0, 2.0]
+    multi = inference_pb2.MultiInferenceRequest()
+    for name in ("classify", "regress"):
+        task = multi.tasks.add(method_name=f"tensorflow/serving/{name}")
+        task.model_spec.name = "ident"
+    multi.input.example_list.examples.add()
+    parsed_multi = inference_pb2.MultiInferenceRequest.FromString(
+        versions.grpc_body(
+            "/tensorflow.serving.PredictionService/MultiInference", multi.SerializeToString(), "3"
+        )
+    )
+    assert [t.model_spec.version.value for t in parsed_multi.tasks] == [3, 3]
+    assert len(parsed_multi.input.example_list.examples) == 1
+    assert (
+        versions.rest_path("/v1/models/ident:predict", "2") == "/v1/models/ident/versions/2:predict"
+    )
+    assert (
+        versions.rest_path("/v1/models/ident/labels/stable/metadata?x=1", "4")
+        == "/v1/models/ident/versions/4/metadata?x=1"
+    )
+    assert versions.rest_path("/v1/models/ident", "4") == "/v1/models/ident/versions/4"
+
+
+@pytest.mark.parametrize(
+    ("protocols", "version", "message"),
+    [
+        (["seldon"], "2", "cannot write a model version into seldon calls"),
+        (["tfserving"], "canary", "TF Serving model versions are integers"),
+    ],
+)
+def test_a_version_the_routes_protocols_cannot_carry_is_a_config_error(
+    protocols: list[str], version: str, message: str
+) -> None:
+    split = [{"name": "a", "weight": 1, "nodes": [{"address": "h:1"}], "version": version}]
+    config = RouteConfig(model="m", protocols=protocols, split=split)
+    with pytest.raises(ConfigError, match=message) as info:
+        Gateway([config], PluginHost().load())
+    assert "routes[0] (model 'm').split[0].version" in str(info.value)
 
 
 def test_the_documented_example_is_a_valid_route() -> None:
@@ -459,3 +523,52 @@ def test_a_stream_goes_to_one_group_naming_its_version(
         assert sample(gw, "dli_gateway_group_requests_total", group="v2") == 1
         assert sample(gw, "dli_gateway_mirror_sent_total", model="ident") == 0
     assert sample(shadow, "dli_requests_total", model="ident") == shadow_before
+
+
+def test_version_split_rewrites_tfserving_model_spec_over_grpc_and_rest(
+    workers: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    """A 50/50 version split for TF Serving clients: the gateway writes each group's
+    version into ``model_spec.version`` (gRPC) and the ``/versions/N`` path (REST)."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    a = workers["a"]
+    same_node = [node(a.grpc_address, http=a)]
+    split = [
+        {"name": "v1", "weight": 50, "nodes": same_node, "version": "1"},
+        {"name": "v2", "weight": 50, "nodes": same_node, "version": "2"},
+    ]
+    config = write_config(tmp_path / "gw.yaml", [route(protocols=["tfserving"], split=split)])
+    with gateway(config) as gw, grpc.insecure_channel(gw.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        answers = []
+        for pinned in (None, 1, 2, None, 2, 1, None, None):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "ident"
+            if pinned is not None:  # whatever the client names, the group's goes upstream
+                request.model_spec.version.value = pinned
+            request.inputs["x"].dtype = 1  # DT_FLOAT
+            request.inputs["x"].tensor_shape.dim.add(size=2)
+            request.inputs["x"].float_val.extend([1.0, 2.0])
+            reply = stub.Predict(request, timeout=30)
+            assert list(reply.outputs["y"].float_val) == [2.0, 4.0]
+            who = reply.outputs["node"].string_val[0].decode()
+            assert reply.model_spec.version.value == int(who[-1])  # the version that ran
+            answers.append(who)
+        assert collections.Counter(answers) == {"a:v1": 4, "a:v2": 4}
+        rest = []
+        for path in ("ident:predict", "ident/versions/1:predict", "ident/labels/x:predict") * 2:
+            request = urllib.request.Request(
+                f"{gw.http_url}/v1/models/{path}",
+                data=json.dumps({"inputs": {"x": [1.0, 2.0]}}).encode(),
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                outputs = json.loads(reply.read())["outputs"]
+            assert outputs["y"] == [2.0, 4.0]
+            rest.append(outputs["node"][0])
+        assert collections.Counter(rest) == {"a:v1": 3, "a:v2": 3}
+        assert sample(gw, "dli_gateway_group_requests_total", group="v1") == 7
+        assert sample(gw, "dli_gateway_group_requests_total", group="v2") == 7
+        assert sample(gw, "dli_gateway_group_errors_total", model="ident") == 0

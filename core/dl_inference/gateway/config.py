@@ -188,7 +188,8 @@ class GroupConfig(_Section):
     """A named group of upstream nodes inside a route: a share of its calls (``split``) or
     its shadow (``mirror``). Nodes, discovery, balancer, health and ejection work as a
     route's; those the group does not give are the route's. ``version`` makes the group's
-    nodes serve that version of the model: the gateway rewrites the version V2 calls name.
+    nodes serve that version of the model: the gateway rewrites the version the calls name,
+    for the protocols that offer a rewriter (:meth:`~dl_inference.Protocol.version_rewriters`).
     """
 
     name: str = Field(min_length=1, description="the group's name (metrics, logs, status API)")
@@ -201,7 +202,7 @@ class GroupConfig(_Section):
     version: str | None = Field(
         default=None,
         min_length=1,
-        description="the model version forwarded V2 calls name at this group's nodes",
+        description="the model version the calls forwarded to this group's nodes name",
     )
     balancer: str | None = Field(
         default=None, description="the balancer choosing among the group's nodes (the route's)"
@@ -416,12 +417,14 @@ class RouteConfig(_Section):
     def _versions(self) -> RouteConfig:
         groups = [*self.split, *([self.mirror] if self.mirror is not None else [])]
         versioned = [group.name for group in groups if group.version is not None]
-        if versioned and (self.protocols is None or set(self.protocols) - {"v2"}):
-            # Only the V2 requests carry the version where the gateway may rewrite it
-            # without decoding tensors (see docs/gateway.md, "Traffic splitting").
+        if versioned and self.protocols is None:
+            # Only protocols whose plugin offers a version rewriter can carry the group's
+            # version (the gateway checks the names given; docs/gateway.md, "Traffic
+            # splitting"): a call of another protocol would reach any version.
             raise ValueError(
-                f"group {versioned[0]!r} sets version:, which the gateway rewrites in V2 "
-                "calls only; give the route protocols: [v2]"
+                f"group {versioned[0]!r} sets version:, which the gateway writes only into "
+                "the calls of protocols that carry a version; give the route protocols: "
+                "[...] naming them (the kernel's: protocols: [v2])"
             )
         return self
 

@@ -23,7 +23,6 @@ from typing import Any
 import grpc
 import structlog
 
-from dl_inference.gateway.groups import with_version_grpc
 from dl_inference.gateway.nodes import app_answered, grpc_verdict
 from dl_inference.gateway.route import Route
 from dl_inference.spi.balancer import Outcome
@@ -132,7 +131,7 @@ class Forwarder:
         group = route.choose()
         if route.mirror is not None:
             route.mirror.copy_grpc(method, body, forwardable(context.invocation_metadata()))
-        body = with_version_grpc(method, body, group.version)
+        body = group.versioned_grpc(method, body)
         trace = trace_call(self._trace, "grpc", method, route.model, context.invocation_metadata())
         with observed_call(group, trace, context):
             return await self._forward(group, method, body, context, trace)

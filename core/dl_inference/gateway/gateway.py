@@ -20,7 +20,7 @@ from dl_inference.gateway.discovery import (
     parse_seed_node_file,
 )
 from dl_inference.gateway.forward import Forwarder
-from dl_inference.gateway.groups import GroupCollector, Mirror
+from dl_inference.gateway.groups import GroupCollector, Mirror, VersionRewrites
 from dl_inference.gateway.rest_forward import BUILTIN_MODEL_PATHS, RestForwarder, routed_model
 from dl_inference.gateway.route import Route
 from dl_inference.gateway.stream_forward import forward_stream
@@ -64,6 +64,8 @@ class Gateway:
 
     def __init__(self, routes: Sequence[RouteConfig], plugins: Any) -> None:
         self.plugins = plugins
+        # What version: groups write into calls: the protocol plugins' rewriters.
+        self.versions = VersionRewrites(plugins.protocols)
         table = self.build_routes(routes)
         self.routes: dict[str, Route] = table
         self._configs = table.configs
@@ -124,17 +126,33 @@ class Gateway:
         groups = []
         for index, group in enumerate(config.split):
             group_config = config.group_route(group)
-            balancer = self._balancer_factory(f"{where}.split[{index}]", group_config)()
-            groups.append(Route(group_config, balancer, group=group.name, version=group.version))
+            place = f"{where}.split[{index}]"
+            balancer = self._balancer_factory(place, group_config)()
+            groups.append(self._group(place, config, group_config, group, balancer))
         mirror = None
         if config.mirror is not None:
             shadow_config = config.group_route(config.mirror)
-            balancer = self._balancer_factory(f"{where}.mirror", shadow_config)()
-            shadow = Route(
-                shadow_config, balancer, group=config.mirror.name, version=config.mirror.version
-            )
+            place = f"{where}.mirror"
+            balancer = self._balancer_factory(place, shadow_config)()
+            shadow = self._group(place, config, shadow_config, config.mirror, balancer)
             mirror = Mirror(config.mirror, shadow)
         return Route(config, make_balancer(), groups=groups, mirror=mirror)
+
+    def _group(
+        self,
+        where: str,
+        route: RouteConfig,
+        config: RouteConfig,
+        group: GroupConfig,
+        balancer: Balancer,
+    ) -> Route:
+        """The Route of a ``split`` group or shadow; its ``version`` checked against the
+        route's protocols' rewriters."""
+        if group.version is not None:
+            self.versions.check(where, route.protocols or (), group.version)
+        return Route(
+            config, balancer, group=group.name, version=group.version, versions=self.versions
+        )
 
     def _balancer_factory(self, where: str, config: RouteConfig) -> Callable[[], Balancer]:
         """Checks ``config``'s protocol and balancer names and options; returns a maker of

@@ -11,17 +11,16 @@ fire and forget: the client's call neither waits for it nor sees its answer. At 
 ``max_in_flight`` copies are outstanding; one beyond is dropped and counted, so a slow
 shadow cannot grow the gateway's memory.
 
-A group's ``version`` is written into the V2 calls forwarded to it (the kernel's own
-protocol: a ``model_version`` string in field 2 of every request that names a model, the
-``/versions/<v>`` segment of a REST path); protobuf keeps the last occurrence of a scalar
-field, so the gateway appends the field instead of decoding the message.
+A group's ``version`` is written into the calls forwarded to it by the rewriters the
+protocol plugins offer (:meth:`~dl_inference.Protocol.version_rewriters` per gRPC method,
+:meth:`~dl_inference.Protocol.rest_version_rewriters` per REST model path):
+:class:`VersionRewrites` holds them; the gateway names no protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,45 +36,70 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from dl_inference.builtin.v2 import _NAMED_BY_FIELD_1, SERVICE
 from dl_inference.gateway.config import MirrorConfig
 from dl_inference.gateway.nodes import app_answered, grpc_verdict
 from dl_inference.kernel.metrics import LATENCY_BUCKETS
 from dl_inference.spi.balancer import Outcome
-from dl_inference.spi.wire import len_field_header
+from dl_inference.spi.errors import ConfigError
+from dl_inference.spi.protocol import Protocol, RestVersionRewriter, VersionRewriter
 
 if TYPE_CHECKING:
     from dl_inference.gateway.route import Route
 
 log = structlog.get_logger("dl_inference.gateway")
 
-# V2 requests naming a model carry its version in field 2 (ModelInferRequest.model_version,
-# ModelMetadataRequest.version, ...).
-V2_VERSION_FIELD = 2
-_V2_VERSIONED = frozenset(f"/{SERVICE}/{method}" for method in _NAMED_BY_FIELD_1)
-# /v2/models/<name>[/versions/<v>][/rest]: the REST form of the same requests.
-_V2_REST_PATH = re.compile(r"^(/v2/models/[^/]+)(?:/versions/[^/]+)?(/.*)?$")
 # What a shadow's copy carries, so the shadow's logs can tell copies from real calls.
 SHADOW_HEADER = "x-dli-shadow"
 
 
-def with_version_grpc(method: str, body: bytes, version: str | None) -> bytes:
-    """``body`` naming ``version`` when ``method`` is a V2 request that names a model."""
-    if version is None or method not in _V2_VERSIONED:
-        return body
-    value = version.encode()
-    return body + len_field_header(V2_VERSION_FIELD, len(value)) + value
+class VersionRewrites:
+    """The protocols' version rewriters: what a ``version:`` group writes into its calls."""
 
+    def __init__(self, protocols: Iterable[Protocol | type[Protocol]] = ()) -> None:
+        self.grpc: dict[str, VersionRewriter] = {}
+        self.rest: dict[str, RestVersionRewriter] = {}
+        self.protocols: set[str] = set()  # those offering any rewriter
+        for protocol in protocols:
+            instance = protocol() if isinstance(protocol, type) else protocol
+            grpc_rewriters = instance.version_rewriters()
+            rest_rewriters = instance.rest_version_rewriters()
+            self.grpc.update(grpc_rewriters)
+            self.rest.update(rest_rewriters)
+            if grpc_rewriters or rest_rewriters:
+                self.protocols.add(instance.name)
 
-def with_version_rest(path_qs: str, version: str | None) -> str:
-    """A V2 REST path (and query) naming ``version``; other paths unchanged."""
-    if version is None:
+    def check(self, where: str, protocols: Iterable[str], version: str) -> None:
+        """ConfigError unless every one of ``protocols`` can name ``version``."""
+        cannot = sorted(set(protocols) - self.protocols)
+        if cannot:
+            raise ConfigError(
+                f"{where}.version: the gateway cannot write a model version into "
+                f"{', '.join(cannot)} calls; protocols whose calls carry one: "
+                f"{', '.join(sorted(self.protocols)) or 'none installed'} (list only those "
+                "in the route's protocols)"
+            )
+        for method, rewrite in self.grpc.items():
+            try:
+                rewrite(b"", version)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.version: {version!r} for {method}: {exc}") from None
+
+    def grpc_body(self, method: str, body: bytes, version: str | None) -> bytes:
+        """``body`` naming ``version`` when ``method`` has a rewriter; else unchanged."""
+        rewrite = self.grpc.get(method)
+        return body if version is None or rewrite is None else rewrite(body, version)
+
+    def rest_path(self, path_qs: str, version: str | None) -> str:
+        """A REST path (and query) naming ``version``; paths without a rewriter unchanged."""
+        if version is None:
+            return path_qs
+        path, sep, query = path_qs.partition("?")
+        for prefix, rewrite in self.rest.items():
+            if path.startswith(prefix):
+                rewritten = rewrite(path, version)
+                if rewritten is not None:
+                    return f"{rewritten}{sep}{query}"
         return path_qs
-    path, sep, query = path_qs.partition("?")
-    match = _V2_REST_PATH.match(path)
-    if match is None:
-        return path_qs
-    return f"{match[1]}/versions/{version}{match[2] or ''}{sep}{query}"
 
 
 class GroupStats:
@@ -158,7 +182,7 @@ class Mirror:
         """Send ``body`` to a shadow node unless this call is not copied or too many are out."""
         if not self.wanted() or not self._admit():
             return
-        body = with_version_grpc(method, body, self.config.version)
+        body = self.group.versioned_grpc(method, body)
         self._spawn(self._grpc(method, body, (*metadata, (SHADOW_HEADER, "1"))))
 
     def copy_rest(
@@ -172,7 +196,7 @@ class Mirror:
         """The REST form of :meth:`copy_grpc`."""
         if not self.wanted() or not self._admit():
             return
-        path_qs = with_version_rest(path_qs, self.config.version)
+        path_qs = self.group.versioned_rest(path_qs)
         headers = {**headers, SHADOW_HEADER: "1"}
         self._spawn(self._rest(session, http_method, path_qs, body, headers))
 

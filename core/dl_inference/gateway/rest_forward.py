@@ -29,7 +29,6 @@ import structlog
 from aiohttp import web
 
 from dl_inference.gateway.forward import no_node_answered, trace_call
-from dl_inference.gateway.groups import with_version_rest
 from dl_inference.gateway.nodes import (
     CONNECT_FAILED,
     CONNECTION_LOST,
@@ -189,16 +188,14 @@ class RestForwarder:
         answer: web.Response | None = None  # the last one a node gave (retried)
         scheme = "http" if tls_config is None else "https"
         tls = route.rest_ssl()
-        path_qs = with_version_rest(request.path_qs, route.version)
+        path_qs = route.versioned_rest(request.path_qs)
         while (node := route.pick(exclude)) is not None:
             exclude.add(node.address)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return _error(504, f"the deadline for model {route.model!r} passed in the gateway")
             url = f"{scheme}://{node.http_address}{path_qs}"
-            attempt = (
-                None if trace is None else trace.attempt(node.http_address, len(tried) + 1)
-            )
+            attempt = None if trace is None else trace.attempt(node.http_address, len(tried) + 1)
             outcome = ("CANCELLED", "")
             node.in_flight += 1
             sent = time.monotonic()

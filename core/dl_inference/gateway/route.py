@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from dl_inference.gateway.config import RouteConfig, join_address, split_address
 from dl_inference.gateway.discovery import Discovery, NodeList
-from dl_inference.gateway.groups import GroupStats, Mirror, SmoothWeighted
+from dl_inference.gateway.groups import GroupStats, Mirror, SmoothWeighted, VersionRewrites
 from dl_inference.gateway.nodes import Node, NodeHealth, RetryBudget
 from dl_inference.spi.balancer import Balancer, Outcome
 
@@ -37,6 +37,7 @@ class Route:
         *,
         group: str = "",
         version: str | None = None,
+        versions: VersionRewrites | None = None,
         groups: Sequence[Route] = (),
         mirror: Mirror | None = None,
     ) -> None:
@@ -45,7 +46,9 @@ class Route:
         # Traffic splitting (dl_inference.gateway.groups): a route with split: holds one
         # Route per group (``group`` its name) and has no nodes of its own.
         self.group = group
-        self.version = version  # written into the V2 calls forwarded (groups.with_version_*)
+        # Written into the calls forwarded, by the protocols' rewriters (versions).
+        self.version = version
+        self.versions = versions or VersionRewrites()
         self.groups = {child.group: child for child in groups}
         # A group's siblings of the same version, for calls it has no node left for.
         self.fallbacks: list[Route] = []
@@ -212,6 +215,14 @@ class Route:
                 context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
             self._rest_ssl = context
         return self._rest_ssl
+
+    def versioned_grpc(self, method: str, body: bytes) -> bytes:
+        """``body`` as forwarded under ``method`` to this group: naming its version."""
+        return self.versions.grpc_body(method, body, self.version)
+
+    def versioned_rest(self, path_qs: str) -> str:
+        """A REST path (and query) as forwarded to this group: naming its version."""
+        return self.versions.rest_path(path_qs, self.version)
 
     def accepts(self, protocol: str) -> bool:
         return self.protocols is None or protocol in self.protocols

@@ -26,7 +26,6 @@ from dl_inference.gateway.forward import (
     trace_call,
     with_attempt,
 )
-from dl_inference.gateway.groups import with_version_grpc
 from dl_inference.gateway.nodes import app_answered, grpc_verdict
 from dl_inference.gateway.route import Route
 from dl_inference.spi.balancer import Outcome
@@ -80,9 +79,9 @@ async def _forward_stream(
     )
 
     async def pump() -> None:
-        await call.write(with_version_grpc(method, first, route.version))
+        await call.write(route.versioned_grpc(method, first))
         async for message in rest:
-            await call.write(with_version_grpc(method, message, route.version))
+            await call.write(route.versioned_grpc(method, message))
         await call.done_writing()
 
     node.in_flight += 1

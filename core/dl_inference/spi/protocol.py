@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 RoutingKeyReader = Callable[[bytes, Mapping[str, str]], "str | None"]
 """Reads the model name from a request's serialized bytes and metadata, without decoding tensors."""
 
+VersionRewriter = Callable[[bytes, str], bytes]
+"""Returns a request's serialized bytes naming a model version, without decoding tensors."""
+RestVersionRewriter = Callable[[str, str], "str | None"]
+"""Returns a REST path naming a model version, or None for a path that names none."""
+
 BenchTransport = Literal["grpc", "http"]
 """How ``dl-inference bench`` reaches the server: ``grpc://`` or ``http(s)://`` URLs."""
 
@@ -155,6 +160,30 @@ class Protocol:
         own V2 ``/v2/models/`` needs no entry.
         """
         return ()
+
+    def version_rewriters(self) -> Mapping[str, VersionRewriter]:
+        """gRPC method path -> ``rewrite(body, version)``, for the gateway's ``version:`` groups.
+
+        Keys are the paths calls go upstream under (after :meth:`upstream_paths`). The
+        rewriter returns the body naming model version ``version`` (whatever version it
+        named), without decoding tensors: protobuf merges the occurrences of a singular
+        field, so appending the field after the body is enough (:mod:`dl_inference.wire`).
+        It raises ValueError for a version the protocol cannot name; the gateway calls
+        each rewriter once with ``b""`` when it builds a route, so such a ``version:`` is
+        a config error. Methods not listed go upstream unchanged; a route whose
+        ``protocols`` offer no rewriter cannot take ``version:``.
+        """
+        return {}
+
+    def rest_version_rewriters(self) -> Mapping[str, RestVersionRewriter]:
+        """REST model path prefix (as in :meth:`rest_model_paths`) -> ``rewrite(path, version)``.
+
+        The rewriter gets a path under the prefix, without its query, and returns it naming
+        model version ``version`` (version 2: ``/v1/models/m:predict`` becomes
+        ``/v1/models/m/versions/2:predict``), or None for a path that names no model
+        version (it goes upstream unchanged).
+        """
+        return {}
 
     def bench_request(
         self,

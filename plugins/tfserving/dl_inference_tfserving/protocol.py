@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from dl_inference import BenchRequest, BenchTransport, Protocol, RoutingKeyReader, wire
@@ -25,6 +26,10 @@ REST_MODEL_PATH = "/v1/models/"
 _MODEL_SPEC, _NAME = 1, 1
 # MultiInferenceRequest.tasks (repeated, field 1): InferenceTask.model_spec is field 1 too.
 _TASKS = 1
+# ModelSpec.version (field 2) is a google.protobuf.Int64Value, whose value is field 1.
+_VERSION, _VALUE = 2, 1
+# The REST path's model part, its version or label (replaced), and the rest (":predict").
+_REST_VERSIONED = re.compile(r"^(/v1/models/[^/:]+)(?:/(?:versions|labels)/[^/:]+)?([:/].*)?$")
 
 
 def _occurrences(messages: list[memoryview], number: int) -> list[memoryview]:
@@ -70,6 +75,46 @@ def multi_inference_name(data: bytes, metadata: Mapping[str, str]) -> str | None
         return None
 
 
+def _version_spec(version: str) -> bytes:
+    """A serialized ModelSpec holding only ``version`` (ValueError: not an int64 >= 0)."""
+    if not version.isdigit() or int(version) >= 1 << 63:
+        raise ValueError(f"TF Serving model versions are integers (int64), not {version!r}")
+    value = bytes([_VALUE << 3 | wire.VARINT]) + wire.encode_varint(int(version))
+    return wire.len_field_header(_VERSION, len(value)) + value
+
+
+def with_version(body: bytes, version: str) -> bytes:
+    """A request with ``model_spec.version`` = ``version`` (any version_label dropped).
+
+    The occurrences of a singular message field merge and setting ``version`` clears its
+    oneof sibling ``version_label``, so a ModelSpec holding the version is appended.
+    """
+    spec = _version_spec(version)
+    return body + wire.len_field_header(_MODEL_SPEC, len(spec)) + spec
+
+
+def multi_inference_with_version(body: bytes, version: str) -> bytes:
+    """MultiInferenceRequest: every task's ``model_spec.version`` = ``version``.
+
+    ``tasks`` is repeated (an appended one would be a task more), so each task gets the
+    spec appended inside it; the tasks are small, the input (field 2) is left as it is.
+    """
+    spec = _version_spec(version)
+    extra = wire.len_field_header(_MODEL_SPEC, len(spec)) + spec
+    rest, tasks = wire.split_len_field(body, _TASKS)
+    rewritten = [wire.len_field_header(_TASKS, len(t) + len(extra)) + t + extra for t in tasks]
+    return b"".join(rewritten) + rest
+
+
+def rest_with_version(path: str, version: str) -> str | None:
+    """``/v1/models/<name>[/versions/<v>|/labels/<l>][:verb|/metadata]`` naming ``version``."""
+    _version_spec(version)  # the same versions as over gRPC
+    match = _REST_VERSIONED.match(path)
+    if match is None:
+        return None
+    return f"{match[1]}/versions/{version}{match[2] or ''}"
+
+
 # gRPC method path -> reader of the model name (the worker's handlers take the same paths).
 ROUTING_KEYS: dict[str, RoutingKeyReader] = {
     f"/{PREDICTION_SERVICE}/Predict": model_spec_name,
@@ -80,6 +125,14 @@ ROUTING_KEYS: dict[str, RoutingKeyReader] = {
     f"/{MODEL_SERVICE}/GetModelStatus": model_spec_name,
     # The seed's unified service takes TF Serving's PredictRequest under its own path.
     f"/{SEED_SERVICE}/Predict": model_spec_name,
+}
+
+
+# Upstream gRPC method path -> its version rewriter (the seed's Predict goes up as Predict).
+VERSION_REWRITERS: dict[str, Callable[[bytes, str], bytes]] = {
+    path: multi_inference_with_version if reader is multi_inference_name else with_version
+    for path, reader in ROUTING_KEYS.items()
+    if not path.startswith(f"/{SEED_SERVICE}/")
 }
 
 
@@ -109,6 +162,14 @@ class TFServingProtocol(Protocol):
 
     def rest_model_paths(self) -> Sequence[str]:
         return (REST_MODEL_PATH,)
+
+    def version_rewriters(self) -> Mapping[str, Callable[[bytes, str], bytes]]:
+        """Every request's ``model_spec.version`` (each task's, for MultiInference)."""
+        return dict(VERSION_REWRITERS)
+
+    def rest_version_rewriters(self) -> Mapping[str, Callable[[str, str], str | None]]:
+        """``/v1/models/<name>`` takes ``/versions/<v>`` in place of any version or label."""
+        return {REST_MODEL_PATH: rest_with_version}
 
     def reflection_files(self) -> Sequence[FileDescriptorProto]:
         """PredictionService and ModelService under TF Serving's package names."""

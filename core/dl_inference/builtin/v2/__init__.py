@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from dl_inference.spi.protocol import BenchRequest, BenchTransport, Protocol, RoutingKeyReader
-from dl_inference.spi.wire import read_string_field
+from dl_inference.spi.protocol import (
+    BenchRequest,
+    BenchTransport,
+    Protocol,
+    RestVersionRewriter,
+    RoutingKeyReader,
+    VersionRewriter,
+)
+from dl_inference.spi.wire import len_field_header, read_string_field
 
 if TYPE_CHECKING:
     import grpc
@@ -30,6 +38,29 @@ _NAMED_BY_FIELD_1 = (
 )
 # Repository requests: field 1 is the repository, field 2 the model.
 _NAMED_BY_FIELD_2 = ("RepositoryModelLoad", "RepositoryModelUnload")
+
+
+# Requests naming a model carry its version in field 2 (ModelInferRequest.model_version,
+# ModelMetadataRequest.version, ...).
+_VERSION_FIELD = 2
+REST_MODEL_PATH = "/v2/models/"
+# /v2/models/<name>[/versions/<v>][/rest]: the REST form of the same requests.
+_REST_VERSIONED = re.compile(r"^(/v2/models/[^/]+)(?:/versions/[^/]+)?(/.*)?$")
+
+
+def with_version(body: bytes, version: str) -> bytes:
+    """A request naming a model (field 1) with ``version`` in field 2: protobuf keeps the
+    last occurrence of a scalar field, so the field is appended, the tensors untouched."""
+    value = version.encode()
+    return body + len_field_header(_VERSION_FIELD, len(value)) + value
+
+
+def rest_with_version(path: str, version: str) -> str | None:
+    """``/v2/models/<name>[/versions/<v>][/...]`` naming ``version``; None for other paths."""
+    match = _REST_VERSIONED.match(path)
+    if match is None:
+        return None
+    return f"{match[1]}/versions/{version}{match[2] or ''}"
 
 
 def read_model_name(data: bytes, metadata: Mapping[str, str]) -> str | None:
@@ -87,6 +118,14 @@ class V2Protocol(Protocol):
         from dl_inference.builtin.v2.grpc_service import SEED_SERVICE
 
         return {f"/{SEED_SERVICE}/TisPredict": f"/{SERVICE}/ModelInfer"}
+
+    def version_rewriters(self) -> Mapping[str, VersionRewriter]:
+        """Every V2 request that names a model in field 1 takes the version in field 2."""
+        return {f"/{SERVICE}/{method}": with_version for method in _NAMED_BY_FIELD_1}
+
+    def rest_version_rewriters(self) -> Mapping[str, RestVersionRewriter]:
+        """``/v2/models/<name>/...`` takes ``/versions/<v>`` after the name."""
+        return {REST_MODEL_PATH: rest_with_version}
 
     def bench_request(
         self,
