@@ -504,6 +504,9 @@ class ModelRegistry:
         for source in sources:
             if source.name in self.unloaded:
                 continue  # unloaded through the management API: stays out until loaded again
+            held = self._sources.get(source.name)
+            if held is not None and held.managed and held.path != source.path:
+                continue  # loaded from a protocol's folder through the management API
             changed |= await self._refresh_model(source)
         for name in sorted(set(self._versions) - seen):
             origin = self._sources.get(name)

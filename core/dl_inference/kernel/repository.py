@@ -40,6 +40,9 @@ class ModelSource:
     # Found in the repository by a plugin (``dli_repository_models``: an archive), its
     # folder elsewhere (a cache): unloaded when the plugin no longer finds it.
     contributed: bool = False
+    # Loaded through the management API from a folder a protocol prepared (ModelControl.
+    # load_folder): the repository poll leaves the model alone until it is unloaded.
+    managed: bool = False
 
     def version_path(self, version: int) -> Path:
         return self.path / str(version)

@@ -170,7 +170,12 @@ class Server:
             from dl_inference.server.management import ManagementService
 
             self.management = ManagementService(
-                self.config, self.models, self.runtime, self._update_health, self.link
+                self.config,
+                self.models,
+                self.runtime,
+                self._update_health,
+                self.link,
+                self.protocols,
             )
             # Before the listeners: a replacement worker serves what its siblings serve.
             await self.management.catch_up()

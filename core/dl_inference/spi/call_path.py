@@ -42,6 +42,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
@@ -91,10 +92,12 @@ _SUSPECT = (TypeError, KeyError, IndexError)
 
 
 class ModelControl(Protocol):
-    """Model management as protocols may drive it (TF Serving's HandleReloadConfigRequest).
+    """Model management as protocols may drive it (TF Serving's HandleReloadConfigRequest,
+    a protocol's own management API on the management listener).
 
-    Present on :attr:`RuntimeView.management` when ``management.enabled``; every call
-    applies in all of the server's workers.
+    Present on :attr:`RuntimeView.management` when ``management.enabled``, and handed to
+    :meth:`~dl_inference.Protocol.management_routes`; every change applies in all of the
+    server's workers (and is replayed in a worker that replaces a dead one).
     """
 
     grpc_address: str
@@ -119,6 +122,53 @@ class ModelControl(Protocol):
 
     def served(self) -> list[str]:
         """Names of the models loaded now."""
+        ...
+
+    def resolve_path(self, path: str) -> Path:
+        """``path`` (absolute, or relative to the first management root) resolved.
+
+        ``ModelNotFound`` when nothing is there; ``PermissionDenied`` when it, or a link
+        it holds, lies outside every configured root. Check every path a client names
+        with it before reading the file.
+        """
+        ...
+
+    async def load_folder(
+        self,
+        name: str,
+        folder: Path,
+        overrides: dict[str, Any] | None = None,
+        notes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Load (or reload) ``folder`` as model ``name``, every version it holds.
+
+        For a folder the protocol prepared itself from files it checked with
+        :meth:`resolve_path` (an archive unpacked into a cache, say): the folder may lie
+        outside the roots, so never pass a path a client named. ``overrides`` are model
+        config keys (``max_batch_size``, ...) over the folder's config.yaml, the server
+        config's ``models.<name>`` under them. The repository poll leaves the model
+        alone until it is unloaded. ``notes`` (JSON values) are kept with the model and
+        read back with :meth:`notes`, in every worker.
+        """
+        ...
+
+    async def annotate(self, name: str, notes: Mapping[str, Any]) -> None:
+        """Replace the notes kept with model ``name`` (JSON values), in every worker,
+        without reloading it: what a protocol records but does not apply."""
+        ...
+
+    def notes(self, name: str) -> dict[str, Any]:
+        """The notes kept with model ``name`` (``{}`` for none); an unload drops them."""
+        ...
+
+    def http_handler(
+        self, method: str, handler: HttpHandler, error_body: ErrorBody
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``handler(request, call)`` on the management call path, as
+        :meth:`CallPath.http_handler` binds it (not counted as inference): the token is
+        checked first and a missing or wrong one is ``Unauthenticated`` (401, rendered
+        by ``error_body``). Every route of
+        :meth:`~dl_inference.Protocol.management_routes` must be bound with it."""
         ...
 
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from google.protobuf.descriptor_pb2 import FileDescriptorProto
 
-    from dl_inference.spi.call_path import RuntimeView
+    from dl_inference.spi.call_path import ModelControl, RuntimeView
 
 RoutingKeyReader = Callable[[bytes, Mapping[str, str]], "str | None"]
 """Reads the model name from a request's serialized bytes and metadata, without decoding tensors."""
@@ -115,6 +115,21 @@ class Protocol:
 
     def http_routes(self, runtime: RuntimeView) -> Sequence[web.RouteDef]:
         """aiohttp route definitions for the protocol's REST API."""
+        return ()
+
+    def management_routes(
+        self, runtime: RuntimeView, control: ModelControl
+    ) -> Sequence[web.RouteDef]:
+        """aiohttp routes served on the management HTTP listener, at the paths given.
+
+        Called once at start-up when ``management.enabled``, for a protocol with a
+        management API of its own (TorchServe's ``/models``). Bind every handler with
+        ``control.http_handler(label, handler, error_body)``: the token is then checked
+        first, on the kernel's call path, and failures render in the protocol's format;
+        a route bound otherwise, or one the kernel's own routes already take, stops the
+        server at start-up. ``control`` loads, unloads and annotates models in every
+        worker; ``runtime`` reads what is served.
+        """
         return ()
 
     def reflection_files(self) -> Sequence[FileDescriptorProto]:

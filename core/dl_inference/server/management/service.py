@@ -10,6 +10,10 @@ Both transports go through the kernel's call path (protocol ``management``): the
 checked first in every handler, before the body is read; a body that cannot be read is
 INVALID_ARGUMENT / 400; every failure is counted once (metrics, access log,
 ``dli_on_error``) and answered through the one error table.
+
+A protocol plugin may serve its own management API on the same HTTP listener
+(``Protocol.management_routes``), each route bound with :meth:`ManagementService.http_handler`:
+the same token, checked first, on the same call path.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import asyncio
 import hmac
 import json
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +43,25 @@ from dl_inference.server.management.safety import (
 )
 from dl_inference.server.worker_link import SiblingReply, WorkerLink
 from dl_inference.spi import errors
-from dl_inference.spi.call_path import Call, CallPath, RuntimeView, json_error_body, read_body
+from dl_inference.spi.call_path import (
+    Call,
+    CallPath,
+    ErrorBody,
+    HttpHandler,
+    RuntimeView,
+    json_error_body,
+    read_body,
+)
 from dl_inference.spi.errors import (
     ConfigError,
     DlInferenceError,
     InvalidInput,
     ModelNotFound,
+    PluginError,
     Unauthenticated,
 )
 from dl_inference.spi.json_body import read_json
+from dl_inference.spi.protocol import Protocol
 from dl_inference.spi.status import http_status, public_message
 from dl_inference.spi.types import InferRequest
 
@@ -57,6 +71,8 @@ SERVICE = "inference.GRPCInferenceService"
 PROTOCOL = "management"  # the name metrics and the access log carry
 # A sibling loads the model itself: give it as long as a slow model takes to load.
 SIBLING_TIMEOUT_S = 600.0
+# Set on the handlers http_handler binds: what a protocol's management route must be.
+_GUARDED = "__dli_management_guarded__"
 
 
 def read_token(config: ServerConfig) -> str:
@@ -89,6 +105,7 @@ class ManagementService:
         runtime: RuntimeView,
         on_change: Callable[[], Awaitable[None]],
         link: WorkerLink | None = None,
+        protocols: Sequence[Protocol] = (),
     ) -> None:
         self.config = config
         self.models = models
@@ -96,6 +113,7 @@ class ManagementService:
         self.calls = CallPath(runtime, PROTOCOL, "management")
         self.on_change = on_change
         self.link = link
+        self.protocols = list(protocols)
         self.token = read_token(config)
         roots = config.management.roots or (
             [config.model_repository] if config.model_repository else []
@@ -111,8 +129,12 @@ class ManagementService:
         self._here: dict[str, Callable[..., Awaitable[None]]] = {
             "load": self._load_here,
             "load_path": self._load_path_here,
+            "load_folder": self._load_folder_here,
+            "annotate": self._annotate_here,
             "unload": self._unload_here,
         }
+        # What protocols keep with each model (ModelControl.notes), the same in every worker.
+        self._notes: dict[str, dict[str, Any]] = {}
         # The last change applied to each model, oldest first: what a worker that replaces
         # a dead one replays so that it serves what its siblings serve.
         self._journal: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -155,6 +177,51 @@ class ManagementService:
         """Names of the models loaded now."""
         return self.models.names()
 
+    def resolve_path(self, path: str) -> Path:
+        """``path`` (absolute, or relative to the first root) resolved, inside the roots."""
+        given = Path(path)
+        target = given if given.is_absolute() else self.roots[0] / given
+        if not target.exists():
+            raise ModelNotFound(f"{path!r}: no such file or folder")
+        return check_inside_roots(target, self.roots, repr(path))
+
+    async def load_folder(
+        self,
+        name: str,
+        folder: Path,
+        overrides: dict[str, Any] | None = None,
+        notes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Load a folder a protocol prepared as model ``name``, in every worker."""
+        await self._everywhere(
+            "load_folder",
+            name=name,
+            folder=str(folder),
+            overrides=dict(overrides or {}),
+            notes=dict(notes or {}),
+        )
+
+    async def annotate(self, name: str, notes: Mapping[str, Any]) -> None:
+        """Replace the notes kept with model ``name``, in every worker."""
+        await self._everywhere("annotate", name=name, notes=dict(notes))
+
+    def notes(self, name: str) -> dict[str, Any]:
+        """The notes kept with model ``name`` (a copy; ``{}`` for none)."""
+        return json.loads(json.dumps(self._notes.get(name, {})))
+
+    def http_handler(
+        self, method: str, handler: HttpHandler, error_body: ErrorBody
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``handler`` on the management call path, the token checked before it runs."""
+
+        async def guarded(request: web.Request, call: Call) -> web.StreamResponse:
+            self.authorize(call.ctx.metadata)
+            return await handler(request, call)
+
+        bound = self.calls.http_handler(method, guarded, error_body, counted=False)
+        setattr(bound, _GUARDED, True)
+        return bound
+
     async def catch_up(self) -> None:
         """Replay the changes a sibling worker has applied since start-up, here.
 
@@ -189,9 +256,15 @@ class ManagementService:
         self._record(operation, arguments)
 
     def _record(self, operation: str, arguments: dict[str, Any]) -> None:
-        """Keep ``operation`` as the model's last change, newest last."""
-        self._journal.pop(arguments["name"], None)
-        self._journal[arguments["name"]] = (operation, arguments)
+        """Keep ``operation`` as the model's last change, newest last; notes changed
+        after a load change what that load is replayed with."""
+        name = arguments["name"]
+        last = self._journal.get(name)
+        if operation == "annotate" and last is not None and "notes" in last[1]:
+            last[1]["notes"] = arguments["notes"]
+            return
+        self._journal.pop(name, None)
+        self._journal[name] = (operation, arguments)
 
     async def _everywhere(self, operation: str, **arguments: Any) -> None:
         """The operation here, then (when it worked) in every sibling worker."""
@@ -219,6 +292,7 @@ class ManagementService:
             if source is None:
                 raise InvalidInput(f"model folder {name!r} has no numeric version folder")
             await self.models.load_model(source)
+            self._notes.pop(name, None)  # they described what was there before
             log.info("model loaded through the management API", model=name)
             await self.on_change()
 
@@ -236,12 +310,42 @@ class ManagementService:
             if source is None:
                 raise InvalidInput(f"model {name!r}: {path!r} has no numeric version folder")
             await self.models.load_model(source)
+            self._notes.pop(name, None)
             log.info("model loaded through the management API", model=name, path=str(folder))
             await self.on_change()
+
+    async def _load_folder_here(
+        self,
+        name: str,
+        folder: str,
+        overrides: dict[str, Any] | None = None,
+        notes: dict[str, Any] | None = None,
+    ) -> None:
+        check_model_name(name)
+        path = Path(folder)
+        if not path.is_dir():
+            raise ModelNotFound(f"model {name!r}: the prepared folder {folder!r} is gone")
+        merged = {**(self.config.models.get(name) or {}), **(overrides or {})}
+        async with self._lock:
+            source = await asyncio.to_thread(read_model_folder, path, merged, name)
+            if source is None:
+                raise InvalidInput(f"model {name!r}: the prepared folder has no version folder")
+            # Not the repository's folder: the poll must not put the scanned one back.
+            source.managed = True
+            await self.models.load_model(source)
+            self._notes[name] = dict(notes or {})
+            log.info("model loaded through the management API", model=name, path=folder)
+            await self.on_change()
+
+    async def _annotate_here(self, name: str, notes: dict[str, Any]) -> None:
+        if name not in self.models.names():
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        self._notes[name] = dict(notes)
 
     async def _unload_here(self, name: str) -> None:
         async with self._lock:
             await self.models.unload_model(name)
+            self._notes.pop(name, None)
             log.info("model unloaded through the management API", model=name)
             await self.on_change()
 
@@ -297,9 +401,29 @@ class ManagementService:
                 for path, handler in routes.items()
             ]
         )
+        self._add_protocol_routes(app)
         self._http, self.http_address = await start_http(
             app, management.host, management.http_port, reuse_port=shared, what="management HTTP"
         )
+
+    def _add_protocol_routes(self, app: web.Application) -> None:
+        """Each protocol's management routes, after the kernel's own; PluginError for a
+        route not bound with :meth:`http_handler` or one a path already takes."""
+        for protocol in self.protocols:
+            for route in protocol.management_routes(self.runtime, self):
+                label = f"{getattr(route, 'method', '?')} {getattr(route, 'path', '?')}"
+                if not getattr(getattr(route, "handler", None), _GUARDED, False):
+                    raise PluginError(
+                        f"protocol {protocol.name!r}: management route {label} is not bound "
+                        "with control.http_handler (which checks the management token)"
+                    )
+                try:
+                    app.add_routes([route])
+                except (RuntimeError, ValueError) as exc:
+                    raise PluginError(
+                        f"protocol {protocol.name!r}: management route {label} cannot be "
+                        f"added ({exc})"
+                    ) from None
 
     async def stop(self) -> None:
         if self._grpc is not None:
