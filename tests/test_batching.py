@@ -94,6 +94,36 @@ async def test_batches_stop_at_max_batch_size() -> None:
     await batcher.close()
 
 
+async def test_preferred_batch_sizes_cut_batches() -> None:
+    """Triton's preferred_batch_size: at most the largest, cut at the largest reached."""
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=8, preferred_batch_sizes=[2, 4])
+    first = await hold_model_busy(batcher, model)
+    waiting = queue_ones(batcher, 7)
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await asyncio.gather(first, *waiting)
+    assert model.calls == [1, 4, 2, 1]
+    await batcher.close()
+
+
+async def test_a_preferred_size_ends_the_queue_delay() -> None:
+    model = GatedModel()
+    batcher = Batcher(
+        "m", model.run, max_batch_size=8, max_queue_delay_ms=60_000, preferred_batch_sizes=[3]
+    )
+    first = await hold_model_busy(batcher, model)
+    queued = queue_ones(batcher, 2)
+    await asyncio.sleep(0.05)
+    model.gate.set()  # 2 rows waiting: the instance waits (a minute) for a third
+    await asyncio.sleep(0.1)
+    assert model.calls == [1]
+    late = batcher.submit({"x": np.ones((1, 2), np.float32)}, {}, None)
+    await asyncio.wait_for(asyncio.gather(first, late, *queued), 5)
+    assert model.calls == [1, 3]
+    await batcher.close()
+
+
 async def test_shapes_that_cannot_merge_run_in_separate_batches() -> None:
     model = GatedModel()
     batcher = Batcher("m", model.run, max_batch_size=8)

@@ -9,16 +9,30 @@ clients queue up behind it. ``max_batch_size: 8``, ``dynamic_batching {
 max_queue_delay_microseconds: 100000 }``, one instance. Batch sizes need not be the same
 on both servers (the schedulers differ: an idle dl-inference model runs a request at once,
 Triton waits up to the delay); both must batch.
+
+``preferred`` (``preferred_batch_size: [ 2, 4 ]``), ``preferred3`` (``[ 3 ]``) and
+``unpreferred`` (none) show where ``preferred_batch_size`` cuts batches: a first request
+(X = 0) holds the one instance until the test removes the model folder's ``hold`` file,
+a request of another width (which cannot join the others' batch) waits for the next
+execution, and the requests behind them are sent one by one, each once the server counts
+it as waiting; then the hold is released. Both servers then form the same batches (no
+queue delay: with one, Triton's batches depend on arrival times). ``N`` answers the rows
+of the execution that ran the request.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
@@ -62,6 +76,44 @@ class TritonPythonModel:
         return responses
 """
 
+PREFERRED_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] } ]
+dynamic_batching { %s }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+HELD_MODEL = """
+import os
+import time
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.hold = os.path.join(args["model_repository"], "hold")
+
+    def execute(self, requests):
+        if get(requests[0], "X").reshape(-1)[0] == 0:
+            open(self.hold + "-running", "w").close()  # tells the test it runs
+            while os.path.exists(self.hold):  # the test holds the instance busy
+                time.sleep(0.01)
+        rows = sum(len(get(request, "X")) for request in requests)
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("N", np.full((len(get(r, "X")), 1), rows, np.int32))]
+            )
+            for r in requests
+        ]
+"""
+
+PREFERRED = {
+    "preferred": "preferred_batch_size: [ 2, 4 ]",
+    "preferred3": "preferred_batch_size: [ 3 ]",
+    "unpreferred": "",
+}
+
 CLIENTS = 8
 ROUNDS = 4
 
@@ -75,6 +127,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         (repository / name / "1").mkdir(parents=True)
         (repository / name / "config.pbtxt").write_text(CONFIG)
         (repository / name / "1" / "model.py").write_text(HEAD + textwrap.dedent(MODEL))
+    for name, batching in PREFERRED.items():
+        (repository / name / "1").mkdir(parents=True)
+        (repository / name / "config.pbtxt").write_text(PREFERRED_CONFIG % batching)
+        (repository / name / "1" / "model.py").write_text(HEAD + HELD_MODEL)
     triton = TritonServer(repository, root / "triton.log").start()
     try:
         with ServerProcess(["--model-repository", str(repository)]) as ours:
@@ -174,3 +230,85 @@ def test_statistics_batch_sizes_are_listed_per_execution(servers: Servers) -> No
         assert sum(batches.values()) == stats["execution_count"], (who, json.dumps(stats))
         assert sum(size * n for size, n in batches.items()) == stats["inference_count"], who
         assert max(batches) > 1, (who, batches)
+
+
+def _gauge(url: str, pattern: str) -> float:
+    """The value of the one sample of ``url``'s Prometheus text matching ``pattern``."""
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    found = re.search(rf"^{pattern} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def waiting_counter(servers: Servers, who: str, model: str) -> Callable[[], float]:
+    """Requests to ``model`` the server holds, not counting the one running."""
+    if who == "triton":
+        url = f"http://127.0.0.1:{servers.triton.metrics_port}/metrics"
+        series = rf'nv_inference_pending_request_count\{{model="{model}",version="1"\}}'
+        return lambda: _gauge(url, series)
+    url = f"{servers.ours.http_url}/metrics"
+    series = rf'dli_in_flight_requests\{{model="{model}"\}}'
+    return lambda: _gauge(url, series) - 1
+
+
+def held_batches(servers: Servers, who: str, model: str, rows: list[int]) -> list[int]:
+    """The rows of the execution that ran each request of ``rows`` (one request each),
+    sent one by one behind a held instance and a request that cannot join them."""
+    address = servers.targets()[who][0]
+    hold = Path(servers.triton.repository) / model / "hold"
+    running = hold.with_name("hold-running")
+    waiting = waiting_counter(servers, who, model)
+    answers: dict[int, int] = {}
+
+    def send(index: int, batch: int, width: int = 1) -> None:
+        client = httpclient.InferenceServerClient(address, network_timeout=60)
+        try:
+            tensor = httpclient.InferInput("X", [batch, width], "FP32")
+            tensor.set_data_from_numpy(np.full((batch, width), index, np.float32))
+            answers[index] = int(client.infer(model, [tensor]).as_numpy("N").reshape(-1)[0])
+        finally:
+            client.close()
+
+    def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, f"{who}: {what} ({waiting()} wait; {answers})"
+            time.sleep(0.02)
+
+    hold.write_text("")
+    with ThreadPoolExecutor(len(rows) + 2) as pool:
+        try:
+            held = pool.submit(send, 0, 1)
+            until(running.exists, "the held request runs")
+            running.unlink()
+            sent = [pool.submit(send, -1, 1, 2)]  # another width: a batch of its own
+            for index, batch in enumerate(rows, 1):
+                until(lambda n=index: waiting() >= n, f"{index} requests wait")
+                sent.append(pool.submit(send, index, batch))
+            until(lambda: waiting() >= len(rows) + 1, "every request waits")
+        finally:
+            hold.unlink()
+        for future in [held, *sent]:
+            future.result()
+    assert answers[0] == 1 and answers[-1] == 1, (who, answers)
+    return [answers[index] for index in range(1, len(rows) + 1)]
+
+
+# Seen on Triton 2.51 (and on dl-inference): each request's rows -> its batch's rows.
+PREFERRED_CASES = [
+    ("preferred", [1] * 7, [4, 4, 4, 4, 2, 2, 1]),
+    ("preferred", [1] * 9, [4, 4, 4, 4, 4, 4, 4, 4, 1]),
+    ("preferred", [3, 1, 2, 1], [4, 4, 2, 1]),
+    ("preferred3", [1] * 7, [3, 3, 3, 3, 3, 3, 1]),
+    ("preferred3", [3, 1, 2, 1], [3, 3, 3, 1]),
+    ("unpreferred", [1] * 7, [7] * 7),
+    ("unpreferred", [1] * 9, [8] * 8 + [1]),
+]
+
+
+@pytest.mark.parametrize(("model", "rows", "expected"), PREFERRED_CASES)
+def test_preferred_batch_sizes_cut_batches_as_triton_does(
+    servers: Servers, model: str, rows: list[int], expected: list[int]
+) -> None:
+    seen = {who: held_batches(servers, who, model, rows) for who in ("triton", "ours")}
+    assert seen == {"triton": expected, "ours": expected}

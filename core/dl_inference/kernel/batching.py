@@ -5,7 +5,14 @@ oldest request plus every compatible one behind it (same input names, dtypes, tr
 dimensions and parameters) up to ``max_batch_size`` rows, runs them once and splits the
 outputs back. With ``max_queue_delay_ms`` an instance that finds requests waiting when it
 finishes a batch waits up to that long for more rows before running a batch that is not
-full. An idle model runs a request at once, delay or not. Requests whose deadline passed
+full. An idle model runs a request at once, delay or not.
+
+With ``preferred_batch_sizes`` (Triton's ``dynamic_batching.preferred_batch_size``) a batch
+holds at most the largest preferred size, and is cut at the largest preferred size its
+requests can make, oldest first: with sizes 2 and 4, seven one-row requests queued run as
+4, 2 and 1, as Triton 2.51's dynamic batcher runs them. Under load a queue delay ends as
+soon as the queued requests can make a preferred size; when they cannot, the batch runs
+with what is queued once the delay is over. Requests whose deadline passed
 are dropped before they cost compute; a full queue refuses at once. Models without dynamic
 batching use the same queue with ``merge=False``: one request per execution.
 
@@ -39,7 +46,7 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,12 +147,16 @@ class Batcher:
         instances: int = 1,
         merge: bool = True,
         run_requests: RequestsRunner | None = None,
+        preferred_batch_sizes: Sequence[int] = (),
     ) -> None:
         self.name = name
         self._run = run
         self._run_requests = run_requests
         self.max_batch_size = max_batch_size
         self.merge = merge
+        self.preferred = frozenset(preferred_batch_sizes)
+        # The most rows one batch takes: with preferred sizes, the largest of them.
+        self.limit = max(self.preferred) if self.preferred else max_batch_size
         self.delay = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self.instances = instances
@@ -246,7 +257,7 @@ class Batcher:
         if self.delay <= 0:
             return
         end = time.monotonic() + self.delay
-        while self._queued_rows() < self.max_batch_size and not self._closed:
+        while not self._formed() and not self._closed:
             left = end - time.monotonic()
             if left <= 0:
                 break
@@ -255,27 +266,44 @@ class Batcher:
     def _take(self) -> list[_Pending]:
         """The oldest live request and the compatible ones behind it (lock held)."""
         now = time.monotonic()
-        batch: list[_Pending] = []
-        rows = 0
-        kept: collections.deque[_Pending] = collections.deque()
+        live: collections.deque[_Pending] = collections.deque()
         while self._queue:
             item = self._queue.popleft()
             if self._gone(item, now, "in the queue"):
                 continue
-            if not batch or (
-                self.merge and item.key == batch[0].key and rows + item.rows <= self.max_batch_size
-            ):
-                batch.append(item)
-                rows += item.rows
-                if not self.merge:
-                    break
-            else:
-                kept.append(item)
-        self._queue.extendleft(reversed(kept))
+            live.append(item)
+            if not self.merge:
+                break
+        batch = self._select(live)
+        taken = {id(item) for item in batch}
+        self._queue.extendleft(reversed([item for item in live if id(item) not in taken]))
         return batch
 
-    def _queued_rows(self) -> int:
-        return sum(item.rows for item in self._queue)
+    def _select(self, queued: collections.deque[_Pending]) -> list[_Pending]:
+        """The batch ``queued`` makes, oldest first: compatible requests up to ``limit``
+        rows, cut at the largest preferred size they reach (all of them when none)."""
+        batch: list[_Pending] = []
+        rows = 0
+        preferred_at = 0  # requests in the batch when its rows last made a preferred size
+        for item in queued:
+            if batch and not (
+                self.merge and item.key == batch[0].key and rows + item.rows <= self.limit
+            ):
+                continue
+            batch.append(item)
+            rows += item.rows
+            if rows in self.preferred:
+                preferred_at = len(batch)
+            if not self.merge or rows >= self.limit:
+                break
+        return batch[:preferred_at] if preferred_at else batch
+
+    def _formed(self) -> bool:
+        """Whether the queue makes a batch worth running before the delay is over: a full
+        one, or one of a preferred size (lock held)."""
+        batch = self._select(self._queue)
+        rows = sum(item.rows for item in batch)
+        return rows >= self.limit or rows in self.preferred
 
     def _execute(self, batch: list[_Pending]) -> bool:
         """Run one batch and resolve its callers; returns whether requests queued meanwhile.

@@ -121,6 +121,7 @@ class ModelVersion:
             self._execute,
             max_batch_size=max(config.max_batch_size, 1),
             max_queue_delay_ms=config.max_queue_delay_ms if self.batching else 0.0,
+            preferred_batch_sizes=config.preferred_batch_sizes if self.batching else (),
             max_queue_size=config.max_queue_size,
             instances=config.instances,
             merge=self.batching,

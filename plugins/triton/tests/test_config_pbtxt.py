@@ -90,6 +90,7 @@ def test_dynamic_batching_instances_parameters(tmp_path: Path) -> None:
     ).config
     assert config.dynamic_batching is True
     assert config.max_queue_delay_ms == 2.5
+    assert config.preferred_batch_sizes == [4, 8]
     assert config.max_queue_size == 16
     assert config.timeout_ms == 300.0
     assert config.instances == 3  # 2 + a group without count (Triton's default: 1)
@@ -240,6 +241,10 @@ def test_parse_errors_give_line_and_column(tmp_path: Path) -> None:
         ),
         (ADD_SUB + "instance_group [ { kind: KIND_GPU gpus: [ 0, 1 ] } ]", "one GPU per model"),
         (ADD_SUB.replace("max_batch_size: 8", "max_batch_size: -1"), "max_batch_size"),
+        (
+            ADD_SUB + "dynamic_batching { preferred_batch_size: [ 4, 16 ] }",
+            "preferred_batch_sizes: 16 is not between 1 and max_batch_size (8)",
+        ),
     ],
 )
 def test_invalid_configs(tmp_path: Path, text: str, expected: str) -> None:

@@ -140,7 +140,7 @@ def config_document(info: ModelVersionInfo) -> dict[str, Any]:
     }
     if batching and config.dynamic_batching:
         dynamic: dict[str, Any] = {
-            "preferred_batch_size": [config.max_batch_size],
+            "preferred_batch_size": config.preferred_batch_sizes or [config.max_batch_size],
             "max_queue_delay_microseconds": round(config.max_queue_delay_ms * 1000),
             "preserve_ordering": False,
             "priority_levels": 0,

@@ -130,6 +130,7 @@ KERNEL_KEYS = frozenset(
         "backend",
         "max_batch_size",
         "max_queue_delay_ms",
+        "preferred_batch_sizes",
         "max_queue_size",
         "dynamic_batching",
         "timeout_ms",
@@ -152,6 +153,8 @@ class ModelConfig(BaseModel):
     backend: str | None = None
     max_batch_size: int = Field(default=0, ge=0)
     max_queue_delay_ms: float = Field(default=0.0, ge=0)
+    # Batch sizes the batcher forms as soon as it can (Triton's preferred_batch_size).
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
     max_queue_size: int | None = Field(default=None, ge=1)
     dynamic_batching: bool = True  # merge concurrent requests (only when max_batch_size > 0)
     # Longest a request may take when the client sets no shorter deadline.
@@ -165,6 +168,17 @@ class ModelConfig(BaseModel):
     # Samples run through the model before it turns ready (kernel/warmup.py).
     warmup: list[WarmupSample] = Field(default_factory=list)
     backend_options: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="after")
+    def _preferred_sizes(self) -> ModelConfig:
+        for size in self.preferred_batch_sizes:
+            if not 1 <= size <= self.max_batch_size:
+                raise ValueError(
+                    f"preferred_batch_sizes: {size} is not between 1 and max_batch_size "
+                    f"({self.max_batch_size}); give sizes the model's batches may have"
+                )
+        self.preferred_batch_sizes = sorted(set(self.preferred_batch_sizes))
+        return self
 
     @model_validator(mode="after")
     def _warmup_batches(self) -> ModelConfig:

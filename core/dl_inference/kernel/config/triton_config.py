@@ -13,9 +13,9 @@ repository reads it here. What maps where:
 - ``version_policy`` (``latest`` / ``all`` / ``specific``);
 - ``dynamic_batching``: present means the model merges requests, absent means it does not
   (Triton's rule); ``max_queue_delay_microseconds`` -> ``max_queue_delay_ms``,
-  ``default_queue_policy.max_queue_size`` -> ``max_queue_size``; ``preferred_batch_size``
-  and ``preserve_ordering`` are ignored (logged): the kernel's batcher takes what is queued,
-  and every request gets its own answer anyway;
+  ``default_queue_policy.max_queue_size`` -> ``max_queue_size``, ``preferred_batch_size``
+  -> ``preferred_batch_sizes``; ``preserve_ordering`` is ignored (logged): every request
+  gets its own answer anyway;
 - ``instance_group``: the groups' ``count`` summed -> ``instances``; ``KIND_GPU`` -> the
   ``device`` backend option (``cuda:<first of gpus>``), ``KIND_CPU`` -> ``cpu``;
 - ``parameters`` (``string_value`` map) -> ``parameters``;
@@ -319,13 +319,14 @@ def _version_policy(policy: Any) -> dict[str, Any]:
 
 def _dynamic_batching(batching: Any, where: Path) -> dict[str, Any]:
     _refuse_unknown(batching, _BATCHING_FIELDS, where, "dynamic_batching.")
-    if batching.preferred_batch_size or batching.preserve_ordering:
+    if batching.preserve_ordering:
         log.debug(
-            "dynamic_batching.preferred_batch_size / preserve_ordering ignored: batches take "
-            "what is queued, and each request gets its own answer",
+            "dynamic_batching.preserve_ordering ignored: each request gets its own answer",
             config=str(where),
         )
     data: dict[str, Any] = {"max_queue_delay_ms": batching.max_queue_delay_microseconds / 1000}
+    if batching.preferred_batch_size:
+        data["preferred_batch_sizes"] = list(batching.preferred_batch_size)
     if batching.HasField("default_queue_policy"):
         queue = batching.default_queue_policy
         prefix = "dynamic_batching.default_queue_policy."
