@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dl_inference.builtin.v2.model_config import config_document, config_message
 from dl_inference.kernel.models import ModelRegistry, ModelState
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.repository import scan_repository
@@ -170,6 +171,32 @@ def test_steps_run_in_order_and_branches_at_once(served: Served) -> None:
     metadata = served.runtime.model_metadata("pipeline")
     assert metadata.platform == "ensemble"
     assert [s.name for s in metadata.outputs] == ["OUT", "SCALED", "LEFT", "RIGHT"]
+
+
+def test_the_configuration_lists_the_steps_as_triton_does(served: Served) -> None:
+    """/config (and gRPC ModelConfig, parsed from the same document): Triton's ensemble."""
+    document = config_document(served.runtime.resolve_model("pipeline", ""))
+    assert document["platform"] == "ensemble"
+    assert document["backend"] == ""
+    assert document["instance_group"] == []
+    assert "optimization" not in document
+    steps = document["ensemble_scheduling"]["step"]
+    assert [(s["model_name"], s["model_version"]) for s in steps] == [
+        ("add", -1),
+        ("scale", -1),
+        ("left", 1),
+        ("right", -1),
+    ]
+    assert steps[0]["input_map"] == {"A": "SCALED", "B": "BIAS"}
+    assert steps[0]["output_map"] == {"SUM": "OUT"}
+    message = config_message(document).config
+    assert message.platform == "ensemble"
+    assert [s.model_name for s in message.ensemble_scheduling.step] == [
+        "add",
+        "scale",
+        "left",
+        "right",
+    ]
 
 
 def test_step_models_count_their_executions(served: Served) -> None:

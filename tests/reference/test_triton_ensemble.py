@@ -457,30 +457,25 @@ def test_metadata_matches(servers: Servers, transport: str) -> None:
         assert answer["platform"] == ("ensemble" if name == "pipeline" else "python")
 
 
-# Where the ensemble's model configuration differs, and why (plugins/triton/README.md,
-# Ensembles): dl-inference names its ensemble backend (Triton: platform "ensemble", no
-# backend), does not print the steps, fills in an instance group and neutral optimization
-# values, and has no model_transaction_policy.
-CONFIG_DIFFERENCES = {
-    "backend",
-    "platform",
-    "ensemble_scheduling",
-    "instance_group",
-    "optimization",
-    "model_transaction_policy",
-}
-
-
-def test_model_config_matches_but_for_known_fields(servers: Servers) -> None:
-    documents = servers.both(read("http", "get_model_config", "pipeline"), "http")
-    differing = {
-        key
-        for key in documents["ours"] | documents["triton"]
-        if documents["ours"].get(key) != documents["triton"].get(key)
-    }
-    assert differing == CONFIG_DIFFERENCES
-    assert documents["triton"]["platform"] == "ensemble"
-    assert documents["ours"]["backend"] == "ensemble"
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+@pytest.mark.parametrize("name", ["pipeline", "echoed"])
+def test_model_config_is_tritons(servers: Servers, transport: str, name: str) -> None:
+    """The whole configuration alike: platform "ensemble", no backend, the steps."""
+    document = same(servers.both(read(transport, "get_model_config", name), transport))
+    config = document["config"] if transport == "grpc" else document
+    assert config["platform"] == "ensemble"
+    assert not config.get("backend")
+    steps = config["ensemble_scheduling"]["step"]
+    if name == "pipeline":
+        assert [(s["model_name"], int(s["model_version"])) for s in steps] == [
+            ("add", -1),
+            ("scale", -1),
+            ("upper", 1),
+        ]
+        assert steps[0]["input_map"] == {"A": "SCALED", "B": "BIAS"}
+        assert steps[2]["output_map"] == {"UPPER": "SHOUT"}
+    else:
+        assert steps[0]["input_map"] == {"X": "X"}
 
 
 def test_a_broken_ensemble_is_not_loaded_by_either(servers: Servers) -> None:

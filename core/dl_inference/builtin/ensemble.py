@@ -19,7 +19,10 @@ names to ensemble tensors (the ensemble's inputs or what earlier steps produce),
 - a step model unloaded later: the ensemble's requests fail with 503 / UNAVAILABLE naming
   the step (the ensemble itself stays listed READY);
 - statistics: each step counts in its model's statistics (executions, successes,
-  failures), the ensemble in its own, as on Triton.
+  failures), the ensemble in its own, as on Triton;
+- its model configuration (``/v2/models/{m}/config``, gRPC ``ModelConfig``) is Triton's for
+  an ensemble: ``platform: "ensemble"``, no backend, the ``ensemble_scheduling`` steps as
+  loaded, no instance group (see :mod:`dl_inference.builtin.v2.model_config`).
 
 The backend reaches the other models through :attr:`Backend.models` (a
 :class:`~dl_inference.spi.backend.ModelRunner`) from an ``async def predict``, which the
@@ -170,7 +173,10 @@ class EnsembleBackend(Backend):
         where = str(self.path.parent / "config.pbtxt")
         if not self.config.inputs or not self.config.outputs:
             raise ConfigError(f"{where}: an ensemble declares its input and output tensors")
-        self.steps = read_steps(read_config_pbtxt(self.path.parent), where)
+        # Kept as loaded: /config shows the steps this ensemble runs, whatever the file
+        # says since.
+        self._document = read_config_pbtxt(self.path.parent)
+        self.steps = read_steps(self._document, where)
         self.step_models = {step.model for step in self.steps}
         check_graph(
             self.steps,
@@ -270,6 +276,10 @@ class EnsembleBackend(Backend):
     @property
     def platform(self) -> str:
         return "ensemble"
+
+    def triton_config(self) -> dict[str, Any] | None:
+        """The config.pbtxt this ensemble was loaded from (its steps included)."""
+        return getattr(self, "_document", None) or super().triton_config()
 
     async def predict(
         self, inputs: dict[str, np.ndarray], /, **parameters: Any

@@ -20,7 +20,11 @@ seen as Triton's ``config.pbtxt``:
   ``KIND_CPU``;
 - ``parameters``: ``parameters`` as ``string_value`` (non-strings as JSON).
 
-The rest is Triton's defaults: nothing of TensorRT, ensembles, sequences or warm-up.
+The rest is Triton's defaults: nothing of TensorRT, sequences or warm-up. An ensemble
+(platform ``ensemble``) answers as Triton 2.51 answers for one: ``platform: "ensemble"``,
+``backend`` empty, its config.pbtxt's ``ensemble_scheduling`` steps (``model_name``,
+``model_version``, ``input_map``, ``output_map``), no instance group, no optimization and
+``model_transaction_policy {decoupled: false}``: an ensemble has no instances of its own.
 """
 
 from __future__ import annotations
@@ -167,7 +171,21 @@ def config_document(info: ModelVersionInfo) -> dict[str, Any]:
             "model_warmup": [],
         }
     )
+    if backend.platform == "ensemble":
+        _as_ensemble(document, backend.triton_config() or {})
     return document
+
+
+def _as_ensemble(document: dict[str, Any], pbtxt: dict[str, Any]) -> None:
+    """What Triton's configuration of an ensemble says instead (see the module's doc)."""
+    document.update(
+        platform="ensemble",
+        backend="",
+        instance_group=[],
+        model_transaction_policy={"decoupled": False},
+        ensemble_scheduling={"step": (pbtxt.get("ensemble_scheduling") or {}).get("step", [])},
+    )
+    document.pop("optimization", None)
 
 
 def config_message(document: dict[str, Any]) -> pb.ModelConfigResponse:
