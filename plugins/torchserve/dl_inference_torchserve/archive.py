@@ -1,11 +1,27 @@
-"""``.mar`` archives in the model repository, unpacked into a cache as model folders.
+"""TorchServe model archives in the model repository, unpacked into a cache as model folders.
 
-``torch-model-archiver`` writes a zip holding ``MAR-INF/MANIFEST.json`` (the model's name,
-version, handler and files) beside the model files. Each ``<repo>/<file>.mar`` becomes the
-model folder ``<cache>/<key>/<modelName>/<n>/`` holding the archive's files as they are,
-served by the ``torchserve`` backend (the folder's config.yaml names it). An archive is
-unpacked again only when its size or modification time changes; an unchanged one keeps its
+``torch-model-archiver`` writes a model in one of three formats, all served alike:
+
+- ``<name>.mar`` (the default): a zip holding ``MAR-INF/MANIFEST.json`` (the model's name,
+  version, handler and files) beside the model files;
+- ``<name>.tar.gz`` (``--archive-format tgz``): the same files under one top folder,
+  ``<name>/MAR-INF/MANIFEST.json``;
+- ``<name>/`` (``--archive-format no-archive``): a folder of the repository holding the
+  files as they are, ``MAR-INF/MANIFEST.json`` among them.
+
+Each becomes the model folder ``<cache>/<key>/<modelName>/<n>/`` holding the archive's
+files as they are, served by the ``torchserve`` backend (the folder's config.yaml names
+it). An archive is unpacked (a folder copied) again only when it changes (its size and
+modification time; a folder's files' names, sizes and times); an unchanged one keeps its
 folder untouched, so the repository poll sees no change.
+
+Every member of every format passes one rule (:func:`member_problem`) before anything is
+written: no absolute path or ``..`` part, no link, no device or pipe, no more members or
+bytes than :data:`MAX_MEMBERS` / :data:`MAX_UNPACKED_BYTES` allow and than the cache's
+disk has free, and not unpacking to :data:`MAX_RATIO` times the archive's size (a
+decompression bomb) past :data:`RATIO_FLOOR_BYTES`. A refused archive whose manifest reads
+becomes a version whose load fails with the reason (the model is listed as failed to load;
+the others serve); one whose manifest does not is left out and logged.
 """
 
 from __future__ import annotations
@@ -15,11 +31,13 @@ import json
 import os
 import shutil
 import stat
+import tarfile
 import tempfile
 import threading
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import structlog
@@ -31,7 +49,21 @@ log = structlog.get_logger("dl_inference.torchserve")
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 SUFFIX = ".mar"
+TGZ_SUFFIX = ".tar.gz"
+# Written into a version folder whose archive was refused: the backend's load fails with it.
+REFUSED = ".dli-archive-refused"
 _STAMP = ".dli-archive-stamp"
+# Limits of the member rule (module attributes, so a deployment with larger models can
+# raise them before the server starts).
+MAX_MEMBERS = 100_000
+MAX_UNPACKED_BYTES = 256 * 1024**3
+MAX_RATIO = 200
+RATIO_FLOOR_BYTES = 256 * 1024**2
+_ARCHIVE_ERRORS = (OSError, ValueError, KeyError, zipfile.BadZipFile, tarfile.TarError, EOFError)
+
+
+class ArchiveRefused(ValueError):
+    """An archive that is not unpacked: a member breaks :func:`member_problem`'s rule."""
 
 
 def cache_root() -> Path:
@@ -73,17 +105,223 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+# -- the member rule, for every format ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    """One entry of an archive as the rule sees it: its path inside the archive, its kind
+    (``"file"``, ``"dir"``, ``"link"``, ``"other"``: a device, a pipe) and its size."""
+
+    name: str
+    kind: str
+    size: int = 0
+
+
+def member_problem(member: Member) -> str | None:
+    """Why ``member`` may not be unpacked (None: it may): a path that leaves the folder, a
+    link (it could point anywhere), a device or pipe."""
+    path = PurePosixPath(member.name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or member.name[1:3] == ":\\":
+        return f"{member.name!r} leaves the model folder"
+    if member.kind == "link":
+        return f"{member.name!r} is a link; archive the file it points to instead"
+    if member.kind not in ("file", "dir"):
+        return f"{member.name!r} is not a file or folder"
+    return None
+
+
+def check_members(members: Iterator[Member], archive_bytes: int, cache: Path) -> list[Member]:
+    """Every member, each passing :func:`member_problem`, and all of them together within
+    :data:`MAX_MEMBERS`, :data:`MAX_UNPACKED_BYTES`, the cache's free disk space and
+    :data:`MAX_RATIO` times ``archive_bytes`` (past :data:`RATIO_FLOOR_BYTES`); else
+    :class:`ArchiveRefused` naming the first problem."""
+    checked: list[Member] = []
+    total = 0
+    free = shutil.disk_usage(cache).free
+    for member in members:
+        problem = member_problem(member)
+        if problem is not None:
+            raise ArchiveRefused(problem)
+        checked.append(member)
+        total += member.size
+        if len(checked) > MAX_MEMBERS:
+            raise ArchiveRefused(f"it has more than {MAX_MEMBERS} members")
+        if total > MAX_UNPACKED_BYTES:
+            raise ArchiveRefused(f"it unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+        if total > free:
+            raise ArchiveRefused(
+                f"it unpacks to more than the {free} bytes free in the cache folder {cache}"
+            )
+        if total > RATIO_FLOOR_BYTES and total > MAX_RATIO * max(archive_bytes, 1):
+            raise ArchiveRefused(
+                f"it unpacks to more than {MAX_RATIO} times its {archive_bytes} bytes "
+                "(a decompression bomb?)"
+            )
+    return checked
+
+
+# -- the three formats -------------------------------------------------------------------
+
+
+def archive_format(path: Path) -> str | None:
+    """``"zip"``, ``"tgz"`` or ``"folder"`` for what torch-model-archiver makes, else None."""
+    if path.name.startswith("."):
+        return None
+    if path.is_file() and path.name.endswith(SUFFIX):
+        return "zip"
+    if path.is_file() and path.name.endswith(TGZ_SUFFIX):
+        return "tgz"
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return "folder"
+    return None
+
+
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "link"
+    # Permission bits alone (no file type) are what zip tools write for a plain file.
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return "other"
+    return "dir" if info.is_dir() else "file"
+
+
+def _tar_kind(info: tarfile.TarInfo) -> str:
+    if info.issym() or info.islnk():
+        return "link"
+    return "dir" if info.isdir() else "file" if info.isfile() else "other"
+
+
+def _tgz_prefix(names: list[str]) -> str:
+    """The top folder a tgz's files are under (``<model name>/``), or "" when its manifest
+    is at the top."""
+    if MANIFEST in names:
+        return ""
+    found = [n for n in names if n.endswith("/" + MANIFEST) and n.count("/") == 2]
+    if len(found) != 1:
+        raise ValueError(f"it has no {MANIFEST} (nor <folder>/{MANIFEST})")
+    return found[0].removesuffix(MANIFEST)
+
+
+def _folder_members(folder: Path) -> Iterator[Member]:
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(dirs) + sorted(files):
+            path = Path(root) / name
+            info = path.lstat()
+            kind = (
+                "link"
+                if stat.S_ISLNK(info.st_mode)
+                else "dir"
+                if stat.S_ISDIR(info.st_mode)
+                else "file"
+                if stat.S_ISREG(info.st_mode)
+                else "other"
+            )
+            yield Member(path.relative_to(folder).as_posix(), kind, info.st_size)
+
+
+def read_archive_manifest(path: Path, kind: str) -> dict[str, Any]:
+    """The manifest inside an archive of ``kind`` (read alone: nothing is unpacked)."""
+    if kind == "zip":
+        with zipfile.ZipFile(path) as zipped:
+            data = zipped.read(MANIFEST)
+    elif kind == "tgz":
+        with tarfile.open(path, "r:gz") as tarred:
+            names = []
+            for info in tarred:
+                names.append(info.name)
+                if len(names) > MAX_MEMBERS:
+                    raise ArchiveRefused(f"it has more than {MAX_MEMBERS} members")
+            member = tarred.extractfile(_tgz_prefix(names) + MANIFEST)
+            if member is None:
+                raise ValueError(f"{MANIFEST} is not a file")
+            data = member.read(1024 * 1024)
+    else:
+        data = (path / MANIFEST).read_bytes()
+    manifest = json.loads(data)
+    model = manifest.get("model") if isinstance(manifest, dict) else None
+    if not isinstance(model, dict):
+        raise ValueError(f'{MANIFEST} has no "model" object')
+    return manifest
+
+
+def unpack(path: Path, kind: str, into: Path) -> None:
+    """The archive's files into the empty folder ``into``, once every member passed
+    :func:`check_members` (ArchiveRefused otherwise, with nothing written)."""
+    cache = into.parent
+    if kind == "zip":
+        with zipfile.ZipFile(path) as zipped:
+            infos = zipped.infolist()
+            members = (Member(i.filename, _zip_kind(i), i.file_size) for i in infos)
+            check_members(members, path.stat().st_size, cache)
+            zipped.extractall(into)
+    elif kind == "tgz":
+        with tarfile.open(path, "r:gz") as tarred:
+            infos = []
+            for info in tarred:
+                infos.append(info)
+                if len(infos) > MAX_MEMBERS:
+                    raise ArchiveRefused(f"it has more than {MAX_MEMBERS} members")
+            prefix = _tgz_prefix([i.name for i in infos])
+            members = (Member(i.name, _tar_kind(i), i.size) for i in infos)
+            check_members(members, path.stat().st_size, cache)
+            for info in infos:
+                # The files under the top folder (<model name>/), the manifest's folder.
+                if not info.name.startswith(prefix) or info.name == prefix:
+                    continue
+                target = into / info.name[len(prefix) :]
+                if info.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tarred.extractfile(info)
+                assert source is not None  # a regular file (checked above)
+                with source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+    else:
+        members = list(_folder_members(path))
+        check_members(iter(members), sum(m.size for m in members), cache)
+        for member in members:
+            target = into / member.name
+            if member.kind == "dir":
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path / member.name, target)
+
+
+def stamp(path: Path, kind: str) -> str:
+    """What says an archive changed: a file's name, time and size; a folder's files'."""
+    info = path.stat()
+    if kind != "folder":
+        return f"{path.name} {info.st_mtime_ns} {info.st_size}"
+    digest = hashlib.sha256()
+    for member in _folder_members(path):
+        mtime = (path / member.name).lstat().st_mtime_ns
+        digest.update(f"{member.name}\0{member.kind}\0{member.size}\0{mtime}\0".encode())
+    return f"{path.name}/ {digest.hexdigest()}"
+
+
+# -- the cache ---------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class _Archive:
-    """One readable archive: where, its file stamp, its manifest's ``model`` object."""
+    """One readable archive: where, its format, its stamp, its manifest's ``model``."""
 
     path: Path
+    kind: str
     stamp: str
     model: dict[str, Any]
 
     @property
     def name(self) -> str:
-        return str(self.model.get("modelName") or self.path.stem)
+        if self.model.get("modelName"):
+            return str(self.model["modelName"])
+        file = self.path.name
+        return file.removesuffix(TGZ_SUFFIX) if self.kind == "tgz" else Path(file).stem
 
     @property
     def version(self) -> str:
@@ -103,18 +341,20 @@ class ArchiveCache:
         self.root = root
         self.properties = properties or Properties()
         self._lock = threading.Lock()
-        # archive path -> what its manifest said, while its stamp holds (no zip re-read).
+        # archive path -> what its manifest said, while its stamp holds (no re-read).
         self._known: dict[Path, _Archive] = {}
 
     def models(self, repository: Path) -> list[tuple[str, Path]]:
-        """Every readable ``*.mar`` file of ``repository``, grouped by model name; an
-        unreadable one is logged and left out."""
+        """Every readable archive of ``repository`` (``*.mar``, ``*.tar.gz``, folders with
+        a MAR-INF/MANIFEST.json), grouped by model name; an unreadable one is logged and
+        left out."""
         with self._lock:
             if self.root is None:
                 self.root = cache_root()
             grouped: dict[str, list[_Archive]] = {}
-            for path in sorted(repository.glob(f"*{SUFFIX}")):
-                archive = self._read(path) if path.is_file() else None
+            for path in sorted(repository.iterdir()):
+                kind = archive_format(path)
+                archive = self._read(path, kind) if kind is not None else None
                 if archive is None or not self.properties.selects(path, archive.name):
                     continue
                 versions = grouped.setdefault(archive.name, [])
@@ -131,7 +371,7 @@ class ArchiveCache:
             for name, versions in grouped.items():
                 try:
                     found.append((name, self._model_folder(repository, name, versions)))
-                except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                except _ARCHIVE_ERRORS as exc:
                     log.warning(
                         "model archives skipped: they cannot be unpacked",
                         model=name,
@@ -140,27 +380,22 @@ class ArchiveCache:
                     )
             return found
 
-    def _read(self, path: Path) -> _Archive | None:
+    def _read(self, path: Path, kind: str) -> _Archive | None:
         try:
-            info = path.stat()
-            stamp = f"{path.name} {info.st_mtime_ns} {info.st_size}"
+            current = stamp(path, kind)
             known = self._known.get(path)
-            if known is not None and known.stamp == stamp:
+            if known is not None and known.stamp == current:
                 return known
-            with zipfile.ZipFile(path) as zipped:
-                manifest = json.loads(zipped.read(MANIFEST))
-            model = manifest.get("model") if isinstance(manifest, dict) else None
-            if not isinstance(model, dict):
-                raise ValueError(f'{MANIFEST} has no "model" object')
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            manifest = read_archive_manifest(path, kind)
+        except _ARCHIVE_ERRORS as exc:
             log.warning(
                 "model archive skipped: it cannot be read",
                 archive=str(path),
                 error=f"{type(exc).__name__}: {exc}",
-                hint="make it with torch-model-archiver (the default zip format)",
+                hint="make it with torch-model-archiver (the zip, tgz or no-archive format)",
             )
             return None
-        self._known[path] = archive = _Archive(path, stamp, model)
+        self._known[path] = archive = _Archive(path, kind, current, manifest["model"])
         return archive
 
     def _model_folder(self, repository: Path, name: str, versions: list[_Archive]) -> Path:
@@ -172,8 +407,7 @@ class ArchiveCache:
         for number, archive in enumerate(versions, start=1):
             version = folder / str(number)
             if _read(version / _STAMP) != archive.stamp:
-                with zipfile.ZipFile(archive.path) as zipped:
-                    _extract(zipped, version, archive.stamp)
+                _extract(archive, version)
                 if archive.model.get("requirementsFile"):
                     log.warning(
                         "the archive's requirementsFile is not installed; install what it "
@@ -195,7 +429,7 @@ class ArchiveCache:
         default = versions[0]
         settings: dict[str, Any] = {}
         config_file = default.model.get("configFile")
-        if config_file:
+        if config_file and not (folder / "1" / REFUSED).exists():
             try:
                 loaded = yaml.safe_load((folder / "1" / str(config_file)).read_text())
             except (OSError, yaml.YAMLError) as exc:
@@ -211,14 +445,29 @@ class ArchiveCache:
             (folder / "config.yaml").write_text(text)
 
 
-def _extract(zipped: zipfile.ZipFile, version: Path, stamp: str) -> None:
+def _extract(archive: _Archive, version: Path) -> None:
     """Unpack beside the version folder, then swap it in (another process serving the same
-    repository may be doing the same: the last one's copy stays)."""
+    repository may be doing the same: the last one's copy stays). A refused archive becomes
+    a folder holding only its manifest and the reason, whose load fails with it."""
     version.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=version.parent))
     try:
-        zipped.extractall(staging)  # zipfile drops absolute paths and ".." parts
-        (staging / _STAMP).write_text(stamp)
+        try:
+            unpack(archive.path, archive.kind, staging)
+        except ArchiveRefused as exc:
+            log.warning(
+                "model archive refused: it is not unpacked",
+                archive=str(archive.path),
+                reason=str(exc),
+            )
+            shutil.rmtree(staging)
+            (staging / "MAR-INF").mkdir(parents=True)
+            manifest = {"model": archive.model}
+            (staging / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+            (staging / REFUSED).write_text(
+                f"the archive {archive.path.name} is refused: {exc}", encoding="utf-8"
+            )
+        (staging / _STAMP).write_text(archive.stamp)
         if version.exists():
             retired = Path(tempfile.mkdtemp(prefix=".retired-", dir=version.parent))
             os.replace(version, retired / version.name)

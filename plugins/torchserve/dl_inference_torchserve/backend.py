@@ -12,7 +12,7 @@ import numpy as np
 import structlog
 
 from dl_inference import Backend, BackendError, InvalidInput, TensorSpec, isolated_imports
-from dl_inference_torchserve.archive import MANIFEST, read_manifest
+from dl_inference_torchserve.archive import MANIFEST, REFUSED, read_manifest
 from dl_inference_torchserve.requests import (
     BODY,
     FIELDS_BOUNDARY,
@@ -71,6 +71,9 @@ class TorchServeBackend(Backend):
         from ts.context import Context
         from ts.utils.util import list_classes_from_module
 
+        refused = self.path / REFUSED
+        if refused.is_file():  # the archive broke the member rule: nothing was unpacked
+            raise BackendError(refused.read_text(encoding="utf-8"))
         self.manifest = read_manifest(self.path)
         model = self.manifest["model"]
         handler = str(model.get("handler") or "")
