@@ -210,20 +210,32 @@ def test_stream_without_the_empty_final_response(servers: dict[str, Any]) -> Non
 
 
 def test_unary_infer_of_a_decoupled_model_is_refused(servers: dict[str, Any]) -> None:
-    def outcome(server: Any) -> str:
+    """gRPC UNIMPLEMENTED and HTTP 501 with Triton's words on both; dl-inference adds, in
+    parentheses, which streaming methods to call (docs/triton-differences.md)."""
+
+    def outcome(server: Any) -> tuple[str, str, int, str]:
         with grpcclient.InferenceServerClient(server.grpc_address) as client:
             try:
                 client.infer("tick", [n_input(2)])
+                raise AssertionError("a unary ModelInfer of a decoupled model was answered")
             except InferenceServerException as exc:
-                return str(exc.status())
-        return "answered"
+                grpc_status, grpc_message = str(exc.status()), exc.message() or ""
+        host, port = server.http_address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        body = {"inputs": [{"name": "n", "datatype": "INT64", "shape": [1], "data": [2]}]}
+        conn.request("POST", "/v2/models/tick/infer", body=json.dumps(body))
+        reply = conn.getresponse()
+        error = json.loads(reply.read())["error"]
+        return grpc_status, grpc_message.split(" (")[0], reply.status, error.split(" (")[0]
 
     seen = both(servers, outcome)
-    # Triton answers UNIMPLEMENTED ("ModelInfer RPC doesn't support models with decoupled
-    # transaction policy"); dl-inference INVALID_ARGUMENT naming the streaming methods: a
-    # client's call to fix, not a missing method (docs/triton-differences.md).
-    assert seen["triton"] == "StatusCode.UNIMPLEMENTED", seen
-    assert seen["dl-inference"] == "StatusCode.INVALID_ARGUMENT", seen
+    assert seen["dl-inference"] == seen["triton"], seen
+    assert seen["triton"] == (
+        "StatusCode.UNIMPLEMENTED",
+        "ModelInfer RPC doesn't support models with decoupled transaction policy",
+        501,
+        "HTTP end point doesn't support models with decoupled transaction policy",
+    )
 
 
 def generate(server: Any, path: str, document: dict[str, Any]) -> tuple[int, str, list[Any]]:

@@ -211,12 +211,21 @@ def test_unary_calls_of_a_decoupled_model_are_refused(server: ServerProcess) -> 
         pytest.raises(InferenceServerException) as caught,
     ):
         client.infer("tick", [n_input(2)])
-    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "ModelStreamInfer" in caught.value.message()
-    body = {"inputs": [{"name": "n", "datatype": "INT64", "shape": [1], "data": [2]}]}
-    reply = post(server, "/v2/models/tick/infer", body)
-    assert reply.status == 400
-    assert "generate_stream" in json.loads(reply.read())["error"]
+    # Triton's status and words, then ours naming the streaming methods.
+    assert caught.value.status() == "StatusCode.UNIMPLEMENTED", caught.value.message()
+    message = caught.value.message()
+    assert message.startswith("ModelInfer RPC doesn't support models with decoupled")
+    assert "ModelStreamInfer" in message
+    # The model's inputs or not: refused before they are looked at, as Triton does.
+    for inputs in (
+        [{"name": "n", "datatype": "INT64", "shape": [1], "data": [2]}],
+        [{"name": "m", "datatype": "FP32", "shape": [1], "data": [2]}],
+    ):
+        reply = post(server, "/v2/models/tick/infer", {"inputs": inputs})
+        assert reply.status == 501
+        error = json.loads(reply.read())["error"]
+        assert error.startswith("HTTP end point doesn't support models with decoupled")
+        assert "generate_stream" in error
 
 
 def test_generate_stream_answers_server_sent_events(server: ServerProcess) -> None:

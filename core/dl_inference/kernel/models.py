@@ -32,9 +32,9 @@ from dl_inference.spi.errors import (
     BackendError,
     ConfigError,
     DlInferenceError,
-    InvalidInput,
     ModelNotFound,
     ModelNotReady,
+    StreamingOnly,
 )
 from dl_inference.spi.types import ExecutionTiming, InferRequest, ModelMetadata, TensorSpec
 
@@ -157,15 +157,19 @@ class ModelVersion:
         client's, not a failed execution of the model (Triton's statistics count it
         nowhere).
         """
+        self.check_call(streaming=streaming)
+        config = self.backend.config
+        if config.max_batch_size > 0:
+            batch_rows(self.name, inputs, config.max_batch_size)
+
+    def check_call(self, *, streaming: bool) -> None:
+        """Refuse (StreamingOnly) a unary call (not ``streaming``) of a decoupled model."""
         if self.decoupled and not streaming:
-            raise InvalidInput(
+            raise StreamingOnly(
                 f"model {self.name!r} is decoupled: it answers a request with a stream of "
                 "responses, so a unary call cannot carry them; call it with V2 "
                 f"ModelStreamInfer (gRPC) or POST /v2/models/{self.name}/generate_stream"
             )
-        config = self.backend.config
-        if config.max_batch_size > 0:
-            batch_rows(self.name, inputs, config.max_batch_size)
 
     async def predict(
         self,

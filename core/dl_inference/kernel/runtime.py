@@ -237,6 +237,8 @@ class Runtime:
             self._on_request(ctx=ctx)
             request = ctx.request or request
         model = self.models.resolve(request.model_name, request.model_version)
+        # Before the inputs, as Triton refuses such a call whatever it carries.
+        model.check_call(streaming=streaming)
         validate_inputs(request.model_name, request.inputs, model.inputs())
         _check_requested_outputs(request, model.outputs())
         timeout_ms = model.backend.config.timeout_ms

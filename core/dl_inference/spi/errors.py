@@ -59,6 +59,12 @@ class PayloadTooLarge(ResourceExhausted):
     """The request body or message is larger than the server accepts (HTTP 413)."""
 
 
+class StreamingOnly(InvalidInput):
+    """A unary call of a decoupled model, which answers streaming calls only (UNIMPLEMENTED,
+    HTTP 501, as Triton answers it); an ``InvalidInput``, so handlers of bad input catch it
+    too."""
+
+
 class UnsupportedEncoding(InvalidInput):
     """The request body arrived in a ``Content-Encoding`` the server does not decode (HTTP
     415, INVALID_ARGUMENT); an ``InvalidInput``, so handlers of bad input catch it too."""

@@ -21,6 +21,7 @@ _TABLE: list[tuple[type[errors.DlInferenceError], grpc.StatusCode, int]] = [
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),
     (errors.ModelNotReady, grpc.StatusCode.UNAVAILABLE, 503),
     (errors.UnsupportedEncoding, grpc.StatusCode.INVALID_ARGUMENT, 415),
+    (errors.StreamingOnly, grpc.StatusCode.UNIMPLEMENTED, 501),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (errors.BackendError, grpc.StatusCode.INTERNAL, 500),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE, 503),

@@ -28,7 +28,7 @@ from dl_inference.builtin.v2.model_config import (
     statistics_message,
 )
 from dl_inference.spi.call_path import Call, CallPath, RuntimeView
-from dl_inference.spi.errors import InvalidInput, Unavailable
+from dl_inference.spi.errors import InvalidInput, StreamingOnly, Unavailable
 from dl_inference.spi.status import public_message
 from dl_inference.spi.types import InferRequest
 from dl_inference.spi.wire import WireError, len_field_header, split_len_field
@@ -36,6 +36,8 @@ from dl_inference.spi.wire import WireError, len_field_header, split_len_field
 SERVICE = "inference.GRPCInferenceService"
 PROTOCOL = "v2"
 
+# What Triton 2.51 says to a unary call of a decoupled model (UNIMPLEMENTED).
+DECOUPLED_GRPC = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 # Field numbers in ModelInferRequest / ModelInferResponse / ModelStreamInferResponse.
 _RAW_INPUT_CONTENTS = 7
 _RAW_OUTPUT_CONTENTS = 6
@@ -160,7 +162,11 @@ class V2GrpcServicer:
 
     async def _infer(self, data: bytes, call: Call) -> bytes:
         _, request = self._decode(data, call)
-        response = await self.runtime.infer(request, call.ctx)
+        try:
+            response = await self.runtime.infer(request, call.ctx)
+        except StreamingOnly as exc:
+            # Triton's words first (UNIMPLEMENTED), so clients that look for them find them.
+            raise StreamingOnly(f"{DECOUPLED_GRPC} ({exc})") from None
         reply, outputs = encode_infer_response(response)
         return serialize_with_raw(reply.SerializeToString(), _RAW_OUTPUT_CONTENTS, outputs)
 

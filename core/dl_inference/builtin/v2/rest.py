@@ -31,9 +31,18 @@ from dl_inference.builtin.v2.model_config import (
     statistics_document,
 )
 from dl_inference.spi.call_path import Call, CallPath, RuntimeView, json_error_body, read_body
-from dl_inference.spi.errors import DlInferenceError, InvalidInput, ModelNotFound, Unavailable
+from dl_inference.spi.errors import (
+    DlInferenceError,
+    InvalidInput,
+    ModelNotFound,
+    StreamingOnly,
+    Unavailable,
+)
 from dl_inference.spi.json_body import read_json
 from dl_inference.spi.types import InferRequest, InferResponse
+
+# What Triton 2.51 answers (501) to POST .../infer of a decoupled model.
+DECOUPLED_HTTP = "HTTP end point doesn't support models with decoupled transaction policy"
 
 PROTOCOL = "v2"
 # Responses shorter than this go out uncompressed even to clients that accept gzip.
@@ -110,7 +119,10 @@ class V2Rest:
             infer_request, binary_outputs = decode_rest_request(
                 name, version, body, request.headers.get(HEADER_LENGTH)
             )
-        response = await self.runtime.infer(infer_request, call.ctx)
+        try:
+            response = await self.runtime.infer(infer_request, call.ctx)
+        except StreamingOnly as exc:
+            raise StreamingOnly(f"{DECOUPLED_HTTP} ({exc})") from None  # Triton's words, 501
         reply = encode_rest_response(response, binary_outputs)
         if request.headers.get("Accept-Encoding") and len(reply.body) >= MIN_COMPRESSED_BYTES:
             # For clients that ask (aiohttp and requests always do): a small body costs
