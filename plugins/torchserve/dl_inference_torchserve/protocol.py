@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     import grpc
     from aiohttp import web
 
-    from dl_inference import RuntimeView
+    from dl_inference import ModelControl, RuntimeView
 
 SERVICE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
 _MODEL_NAME = 1  # PredictionsRequest.model_name
@@ -33,7 +33,8 @@ def model_name(data: bytes, metadata: Mapping[str, str]) -> str | None:
 
 class TorchServeProtocol(Protocol):
     """``/predictions/{model}[/{version}]`` and ``/ping`` over REST, ``Predictions`` and
-    ``Ping`` of ``InferenceAPIsService`` over gRPC, as TorchServe 0.12 answers them."""
+    ``Ping`` of ``InferenceAPIsService`` over gRPC, and the management API (``/models``)
+    on the management listener, as TorchServe 0.12 answers them."""
 
     name = "torchserve"
     grpc_services = (SERVICE,)
@@ -47,6 +48,13 @@ class TorchServeProtocol(Protocol):
         from dl_inference_torchserve.rest import http_routes
 
         return http_routes(runtime)
+
+    def management_routes(
+        self, runtime: RuntimeView, control: ModelControl
+    ) -> Sequence[web.RouteDef]:
+        from dl_inference_torchserve.management import management_routes
+
+        return management_routes(runtime, control)
 
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
         return {f"/{SERVICE}/Predictions": model_name}

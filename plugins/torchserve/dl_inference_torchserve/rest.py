@@ -21,6 +21,7 @@ from dl_inference import (
     InferRequest,
     ModelNotFound,
     ModelNotReady,
+    ModelVersionInfo,
     RuntimeView,
     http_status,
     read_body,
@@ -148,34 +149,59 @@ class TorchServeRest:
 
 
 def served_version(runtime: RuntimeView, name: str, version: str) -> str:
-    """The kernel version to run: the default (an archive model's first archive, another
-    model's newest), or the one whose archive's modelVersion (for other models, version
-    number) is ``version``."""
+    """The kernel version to run: the default (see :func:`default_version`) among the ready
+    ones, or the one whose archive's modelVersion (for other models, version number) is
+    ``version``."""
     try:
         versions = runtime.model_versions(name)
     except ModelNotFound:
         raise _ModelNotFound(404, "ModelNotFoundException", f"Model not found: {name}") from None
     if not version:
-        ready = [v for v in versions if v.ready]
-        if not ready:
+        chosen = default_version(runtime, name, [v for v in versions if v.ready])
+        if chosen is None:
             raise _ModelNotReady(
                 503,
                 "ServiceUnavailableException",
                 f'Model "{name}" has no worker to serve inference request. Please use '
                 "scale workers API to add workers.",
             )
-        # An archive's model defaults to its first archive (TorchServe's first registered
-        # version); other models to their newest version.
-        first = hasattr(ready[0].backend, "manifest_version")
-        return (ready[0] if first else ready[-1]).version
+        return chosen.version
     for info in versions:
-        if getattr(info.backend, "manifest_version", info.version) == version:
+        if served_name(info) == version:
             return info.version
     raise _ModelNotFound(
         404,
         "ModelVersionNotFoundException",
         f"Model version: {version} does not exist for model: {name}",
     )
+
+
+def served_name(info: ModelVersionInfo) -> str:
+    """What TorchServe clients call a version: its archive's modelVersion (another model's
+    version number)."""
+    return str(getattr(info.backend, "manifest_version", info.version))
+
+
+def noted_default(runtime: RuntimeView, name: str) -> str:
+    """The version the management API's set-default chose for ``name`` ("" for none)."""
+    control = runtime.management
+    return str(control.notes(name).get("default", "")) if control is not None else ""
+
+
+def default_version(
+    runtime: RuntimeView, name: str, versions: list[ModelVersionInfo]
+) -> ModelVersionInfo | None:
+    """Of ``versions``, the one ``/predictions/<model>`` runs: the one set-default chose;
+    else an archive model's first (TorchServe's first registered version), another
+    model's newest."""
+    if not versions:
+        return None
+    chosen = noted_default(runtime, name)
+    for info in versions:
+        if chosen and served_name(info) == chosen:
+            return info
+    first = hasattr(versions[0].backend, "manifest_version")
+    return versions[0] if first else versions[-1]
 
 
 def _one(value: bytes) -> np.ndarray:

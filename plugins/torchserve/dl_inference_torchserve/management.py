@@ -1,0 +1,519 @@
+"""TorchServe 0.12's management REST API on dl-inference's management listener.
+
+``GET /models`` (``limit`` / ``next_page_token``), ``POST /models?url=<file>.mar&...``
+(register), ``GET /models/{name}[/{version}|/all]`` (describe), ``PUT
+/models/{name}[/{version}]?min_worker=&max_worker=`` (scale: recorded, shown by describe,
+not applied), ``PUT /models/{name}/{version}/set-default`` and ``DELETE
+/models/{name}[/{version}]`` (unregister), answered with TorchServe's status codes, JSON
+bodies and messages (``tests/reference/test_torchserve_management.py`` compares them with
+the real TorchServe's).
+
+Every route is bound with ``control.http_handler``: the management token is checked first
+(TorchServe's ``key_file.json`` tokens become ``Authorization: Bearer <token>``). A
+registered archive is unpacked into a folder of its own under the archive cache, next to
+copies of the model's other versions, and that folder is loaded in every worker through
+``ModelControl.load_folder``; what TorchServe keeps per version (the URL it was registered
+from, worker counts, the default version) travels with it as the model's notes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from dl_inference import (
+    Call,
+    ModelControl,
+    ModelNotFound,
+    ModelVersionInfo,
+    PermissionDenied,
+    RuntimeView,
+)
+from dl_inference_torchserve.archive import (
+    _STAMP,
+    MANIFEST,
+    archive_format,
+    cache_root,
+    read_archive_manifest,
+    read_manifest,
+    unpack,
+)
+from dl_inference_torchserve.rest import (
+    TorchServeError,
+    default_version,
+    error_body,
+    served_name,
+)
+from dl_inference_torchserve.settings import model_config
+
+# TorchServe's defaults for what a registration or describe names (ModelConfig, ConfigManager).
+DEFAULT_BATCH_DELAY_MS = 100
+DEFAULT_LIMIT = 100
+_DESCRIBE_FIXED: dict[str, Any] = {
+    "responseTimeout": 120,
+    "startupTimeout": 120,
+    "maxRetryTimeoutInSec": 300,
+    "clientTimeoutInMills": 0,
+    "parallelType": "",
+    "parallelLevel": 0,
+}
+_DESCRIBE_FLAGS: dict[str, Any] = {
+    "continuousBatching": False,
+    "useJobTicket": False,
+    "useVenv": False,
+    "stateful": False,
+    "sequenceMaxIdleMSec": 0,
+    "sequenceTimeoutMSec": 0,
+    "maxNumSequence": 0,
+    "maxSequenceJobQueueSize": 0,
+}
+# TorchServe's job_queue_size default: what describe's jobQueueStatus reports.
+_JOB_QUEUE_SIZE = 100
+_NOT_ALLOWED = "Requested method is not allowed, please refer to API document."
+_DOWNLOAD = re.compile(r"^https?://", re.IGNORECASE)
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    """A reply as TorchServe writes it: JSON indented by 2, then a newline."""
+    body = json.dumps(value, indent=2).encode() + b"\n"
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _status(message: str, status: int = 200) -> web.Response:
+    return _json({"status": message}, status)
+
+
+def _model_not_found(name: str) -> TorchServeError:
+    return TorchServeError(404, "ModelNotFoundException", f"Model not found: {name}")
+
+
+def _version_not_found(name: str, version: str) -> TorchServeError:
+    return TorchServeError(
+        404,
+        "ModelVersionNotFoundException",
+        f"Model version: {version} does not exist for model: {name}",
+    )
+
+
+def _bad_request(message: str) -> TorchServeError:
+    return TorchServeError(400, "BadRequestException", message)
+
+
+def _count(query: Mapping[str, str], name: str, default: int) -> int:
+    """Query parameter ``name`` as a whole number of 0 or more (``default`` when absent or
+    empty); 400 naming it otherwise (TorchServe takes a non-number as the default and
+    fails a negative worker count with 500)."""
+    given = query.get(name, "").strip()
+    if not given:
+        return default
+    try:
+        value = int(given)
+    except ValueError:
+        raise _bad_request(f"Parameter {name} must be a whole number, got {given!r}.") from None
+    if value < 0:
+        raise _bad_request(f"Parameter {name} cannot be negative, got {value}.")
+    return value
+
+
+def _lenient(query: Mapping[str, str], name: str, default: int) -> int:
+    """As TorchServe reads paging parameters: a non-number is the default."""
+    try:
+        return int(query.get(name, ""))
+    except ValueError:
+        return default
+
+
+def _iso(seconds: float) -> str:
+    """An instant as TorchServe writes a worker's startTime (UTC, milliseconds, Z)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{stamp}.{int(seconds * 1000) % 1000:03d}Z"
+
+
+class TorchServeManagement:
+    """The handlers; one per server, over the runtime (what is served) and the control."""
+
+    def __init__(self, runtime: RuntimeView, control: ModelControl) -> None:
+        self.runtime = runtime
+        self.control = control
+        self.started = time.time()  # startTime of the workers of models served at start-up
+
+    # -- what is served ----------------------------------------------------------------------
+
+    def _versions(self, name: str) -> list[ModelVersionInfo]:
+        try:
+            return self.runtime.model_versions(name)
+        except ModelNotFound:
+            raise _model_not_found(name) from None
+
+    def _version(self, name: str, version: str) -> ModelVersionInfo:
+        """The version clients call ``version`` (an archive's modelVersion)."""
+        for info in self._versions(name):
+            if served_name(info) == version:
+                return info
+        raise _version_not_found(name, version)
+
+    def _default(self, name: str) -> ModelVersionInfo:
+        versions = self._versions(name)
+        chosen = default_version(self.runtime, name, versions)
+        if chosen is None:
+            raise _model_not_found(name)
+        return chosen
+
+    def _notes(self, name: str) -> dict[str, Any]:
+        """The model's notes, with an entry per served version (a model served from the
+        repository at start-up has none yet: its entries say so)."""
+        notes = self.control.notes(name)
+        entries = notes.setdefault("versions", {})
+        for info in self._versions(name):
+            entries.setdefault(
+                served_name(info),
+                {"url": _archive_file(info), "startup": True, "time": self.started},
+            )
+        return notes
+
+    def _describe(self, name: str, info: ModelVersionInfo, notes: dict[str, Any]) -> dict:
+        entry = notes["versions"].get(served_name(info), {})
+        config = info.backend.config
+        instances = config.instances
+        batch = max(config.max_batch_size, 1)
+        delay = (
+            int(config.max_queue_delay_ms)
+            if batch > 1
+            else entry.get("delay", DEFAULT_BATCH_DELAY_MS)
+        )
+        gpu = str(getattr(info.backend.settings, "device", "cpu")).startswith("cuda")
+        ready = info.ready
+        workers = []
+        if ready or info.state == "LOADING":
+            for index in range(instances):
+                workers.append(
+                    {
+                        "id": str(9000 + index),
+                        "startTime": _iso(entry.get("time", self.started)),
+                        "status": "READY" if ready else "UNLOADING",
+                        "memoryUsage": 0,
+                        "pid": os.getpid() if ready else -1,
+                        "gpu": gpu,
+                        "gpuUsage": "N/A",
+                    }
+                )
+        return {
+            "modelName": name,
+            "modelVersion": served_name(info),
+            "modelUrl": entry.get("url", name),
+            "runtime": "python",
+            "minWorkers": entry.get("min", instances),
+            "maxWorkers": entry.get("max", instances),
+            "batchSize": batch,
+            "maxBatchDelay": delay,
+            **_DESCRIBE_FIXED,
+            "deviceType": "gpu" if gpu else "cpu",
+            **_DESCRIBE_FLAGS,
+            "loadedAtStartup": bool(entry.get("startup", False)),
+            "workers": workers,
+            "jobQueueStatus": {"remainingCapacity": _JOB_QUEUE_SIZE, "pendingRequests": 0},
+        }
+
+    # -- the routes --------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request, call: Call) -> web.Response:
+        """``/models`` and ``/models/...``, by method and path, as TorchServe routes them."""
+        parts = [part for part in request.path.split("/") if part][1:]
+        method = request.method
+        query = request.query
+        if not parts:
+            if method == "GET":
+                return self.list_models(query)
+            if method == "POST":
+                return await self.register(query)
+        elif len(parts) <= 2:
+            name, version = parts[0], parts[1] if len(parts) == 2 else ""
+            if method == "GET":
+                return self.describe(name, version)
+            if method == "PUT":
+                return await self.scale(name, version, query)
+            if method == "DELETE":
+                return await self.unregister(name, version)
+        elif len(parts) == 3 and parts[2] == "set-default":
+            if method == "PUT":
+                return await self.set_default(parts[0], parts[1])
+            if method == "GET":  # TorchServe reads this path as the version's description
+                return self.describe(parts[0], parts[1])
+        if len(parts) > 3 or (len(parts) == 3 and parts[2] != "set-default"):
+            raise TorchServeError(
+                404,
+                "ResourceNotFoundException",
+                "Requested resource is not found, please refer to API document.",
+            )
+        raise TorchServeError(405, "MethodNotAllowedException", _NOT_ALLOWED)
+
+    def list_models(self, query: Mapping[str, str]) -> web.Response:
+        """Every model by name (sorted) with its default version's URL, a page at a time."""
+        limit = _lenient(query, "limit", DEFAULT_LIMIT)
+        limit = DEFAULT_LIMIT if limit < 0 or limit > DEFAULT_LIMIT else limit
+        start = max(_lenient(query, "next_page_token", 0), 0)
+        names = sorted(self.runtime.model_names())
+        end = start + limit
+        page: dict[str, Any] = {}
+        if end <= len(names):
+            page["nextPageToken"] = str(end)  # TorchServe's rule: even when nothing follows
+        end = min(end, len(names))
+        models = []
+        for name in names[start:end]:
+            try:
+                default = self._default(name)
+                url = self._notes(name)["versions"].get(served_name(default), {}).get("url")
+            except TorchServeError:  # unloaded meanwhile
+                continue
+            models.append({"modelName": name, "modelUrl": url or name})
+        page["models"] = models
+        return _json(page)
+
+    def describe(self, name: str, version: str) -> web.Response:
+        notes = self._notes(name)
+        if version == "all":
+            chosen = self._versions(name)
+        else:
+            chosen = [self._version(name, version) if version else self._default(name)]
+        return _json([self._describe(name, info, notes) for info in chosen])
+
+    async def register(self, query: Mapping[str, str]) -> web.Response:
+        """Unpack ``url`` (a .mar in the model store, or a path inside the management
+        roots) beside the model's other versions and load them, in every worker."""
+        if "url" not in query:
+            raise _bad_request("Parameter url is required.")
+        url = query["url"]
+        if not url:
+            raise TorchServeError(404, "ModelNotFoundException", "empty url")
+        if _DOWNLOAD.match(url):
+            raise TorchServeError(
+                400,
+                "DownloadArchiveException",
+                f"Failed to download archive from: {url} (this server does not download "
+                "archives: copy the .mar into the model store and register its file name)",
+            )
+        if ".." in url:
+            raise TorchServeError(
+                404, "ModelNotFoundException", f"Relative path is not allowed in url: {url}"
+            )
+        batch = _count(query, "batch_size", 1)
+        delay = _count(query, "max_batch_delay", DEFAULT_BATCH_DELAY_MS)
+        workers = _count(query, "initial_workers", 0)
+        synchronous = query.get("synchronous", "true").lower() == "true"
+        try:
+            path = self.control.resolve_path(url)
+        except (ModelNotFound, PermissionDenied):
+            # TorchServe's answer for a file it cannot find, outside its store included.
+            raise TorchServeError(
+                404, "ModelNotFoundException", f"Model not found at: {url}"
+            ) from None
+        kind, manifest = _archive_manifest(path, url)
+        name = query.get("model_name") or str(manifest.get("modelName") or path.stem)
+        version = str(manifest.get("modelVersion") or "1.0")
+        try:
+            existing = self.runtime.model_versions(name)
+        except ModelNotFound:
+            existing = []
+        if any(served_name(info) == version for info in existing):
+            raise TorchServeError(
+                409,
+                "ConflictStatusException",
+                f"Model version {version} is already registered for model {name}",
+            )
+        notes = self._notes(name) if existing else {"versions": {}}
+        notes["versions"][version] = {
+            "url": url,
+            "min": workers,
+            "max": workers,
+            "delay": delay,
+            "time": time.time(),
+        }
+        notes["default"] = served_name(self._default(name)) if existing else version
+        overrides = _batching(existing, batch, delay, "batch_size" in query)
+        await self._load(name, existing, notes, overrides, new=(version, path, kind))
+        if not synchronous and workers > 0:
+            return _status("Processing worker updates...", 202)
+        message = f'Model "{name}" Version: {version} registered with {workers} initial workers'
+        if workers == 0:
+            message += ". Use scale workers API to add workers for the model."
+        return _status(message)
+
+    async def scale(self, name: str, version: str, query: Mapping[str, str]) -> web.Response:
+        """Record the worker counts (shown by describe; one instance set serves here)."""
+        info = self._version(name, version) if version else self._default(name)
+        low = _count(query, "min_worker", 1)
+        high = _count(query, "max_worker", low)
+        if high < low:
+            raise _bad_request("max_worker cannot be less than min_worker.")
+        notes = self._notes(name)
+        notes["versions"][served_name(info)].update({"min": low, "max": high})
+        await self.control.annotate(name, notes)
+        if query.get("synchronous", "false").lower() != "true":
+            return _status("Processing worker updates...", 202)
+        return _status(f"Workers scaled to {low} for model: {name}, version: {served_name(info)}")
+
+    async def set_default(self, name: str, version: str) -> web.Response:
+        self._versions(name)  # the model first: TorchServe names a missing one so
+        if not any(served_name(info) == version for info in self._versions(name)):
+            raise TorchServeError(
+                404,
+                "ModelVersionNotFoundException",
+                f"Model version {version} does not exist for model {name}",
+            )
+        notes = self._notes(name)
+        notes["default"] = version
+        await self.control.annotate(name, notes)
+        return _status(f'Default version successfully updated for model "{name}" to "{version}"')
+
+    async def unregister(self, name: str, version: str) -> web.Response:
+        """One version (the default one when none is named); the default version only
+        when it is the last, as TorchServe."""
+        versions = self._versions(name)
+        default = self._default(name)
+        info = self._version(name, version) if version else default
+        if len(versions) == 1:
+            folder = self.control.notes(name).get("folder")
+            await self.control.unload(name)
+            if folder and Path(folder).parent == cache_root() / "managed":
+                shutil.rmtree(folder, ignore_errors=True)
+            return _status(f'Model "{name}" unregistered')
+        if served_name(info) == served_name(default):
+            raise TorchServeError(
+                403,
+                "InvalidModelVersionException",
+                f"Cannot remove default version for model {name}",
+            )
+        notes = self._notes(name)
+        notes["versions"].pop(served_name(info), None)
+        rest = [other for other in versions if served_name(other) != served_name(info)]
+        await self._load(name, rest, notes, _batching(rest, 1, 0, False), new=None)
+        return _status(f'Model "{name}" unregistered')
+
+    async def _load(
+        self,
+        name: str,
+        keep: list[ModelVersionInfo],
+        notes: dict[str, Any],
+        overrides: dict[str, Any],
+        new: tuple[str, Path, str] | None,
+    ) -> None:
+        """A fresh folder holding the versions kept (copied) and the new archive
+        (unpacked), loaded as ``name`` in every worker; the model's previous folder of
+        ours is removed once the new one serves. A new version that does not load is
+        taken out again (TorchServe keeps no version whose workers failed to start)."""
+        for info in keep:
+            if not (info.backend.path / MANIFEST).is_file():
+                raise _bad_request(
+                    f"Model {name} is not served from TorchServe archives; change its "
+                    "versions in its model repository folder"
+                )
+        managed = cache_root() / "managed"
+        managed.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The kernel checks the name; until then it may hold anything (a "/", say).
+        folder = Path(tempfile.mkdtemp(prefix="model-", dir=managed))
+        previous = notes.get("folder")
+        notes["folder"] = str(folder)
+        try:
+            for info in keep:
+                shutil.copytree(info.backend.path, folder / info.version, symlinks=True)
+            number = max([0, *(int(info.version) for info in keep)]) + 1
+            if new is not None:
+                try:  # the archive cache's member rules: no link, no escape, no bomb
+                    unpack(new[1], new[2], folder / str(number))
+                except ValueError as exc:
+                    raise _bad_request(f"The archive {new[1].name} is refused: {exc}") from None
+            config = {"backend": "torchserve", "version_policy": {"all": True}}
+            (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            await self.control.load_folder(name, folder, overrides, notes)
+        except BaseException:
+            if not keep:  # nothing of this model served before: leave nothing behind
+                with contextlib.suppress(Exception):
+                    await self.control.unload(name)
+            if str(folder) not in _served_folders(self.runtime, name):
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if new is not None and not self._version(name, new[0]).ready:
+            reason = self._version(name, new[0]).reason
+            notes["versions"].pop(new[0], None)
+            shutil.rmtree(folder / str(number), ignore_errors=True)
+            await self.control.load_folder(name, folder, overrides, notes)
+            raise TorchServeError(
+                500,
+                "InternalServerException",
+                f"Failed to start workers for model {name} version: {new[0]} ({reason})",
+            )
+        if previous and Path(previous).parent == managed and previous != str(folder):
+            shutil.rmtree(previous, ignore_errors=True)
+
+
+def _served_folders(runtime: RuntimeView, name: str) -> set[str]:
+    """The folders the versions of ``name`` are served from now."""
+    try:
+        return {str(info.backend.path.parent) for info in runtime.model_versions(name)}
+    except ModelNotFound:
+        return set()
+
+
+def _batching(
+    existing: list[ModelVersionInfo], batch: int, delay: int, given: bool
+) -> dict[str, Any]:
+    """Model config keys for TorchServe's batch settings: those given, else what the model
+    is served with now."""
+    if given or not existing:
+        return model_config({"batchSize": batch, "maxBatchDelay": delay})
+    config = existing[0].backend.config
+    if config.max_batch_size <= 1:
+        return {}
+    return {
+        "max_batch_size": config.max_batch_size,
+        "max_queue_delay_ms": config.max_queue_delay_ms,
+    }
+
+
+def _archive_manifest(path: Path, url: str) -> tuple[str, dict[str, Any]]:
+    """The archive's format and its manifest's ``model`` object; 400 when ``path`` is
+    none of torch-model-archiver's formats."""
+    kind = archive_format(path)
+    try:
+        if kind is None:
+            raise ValueError("not a .mar, .tar.gz or no-archive folder")
+        return kind, read_archive_manifest(path, kind)["model"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        raise _bad_request(
+            f"{url} is not a model archive ({exc}); make it with torch-model-archiver"
+        ) from None
+
+
+def _archive_file(info: ModelVersionInfo) -> str:
+    """The archive a version was unpacked from (the repository's archive cache records its
+    file name first in its stamp), else the model's name."""
+    try:
+        stamp = (info.backend.path / _STAMP).read_text()
+        # "<file> <mtime> <size>", or "<folder>/ <digest>" for a no-archive folder.
+        return stamp.partition("/ ")[0] if "/ " in stamp else stamp.rsplit(" ", 2)[0]
+    except OSError:
+        try:
+            read_manifest(info.backend.path)
+        except (OSError, ValueError):
+            return info.name
+        return f"{info.name}.mar"
+
+
+def management_routes(runtime: RuntimeView, control: ModelControl) -> list[web.RouteDef]:
+    """``/models`` and everything under it, any method (unknown ones answer 405)."""
+    api = TorchServeManagement(runtime, control)
+    handler = control.http_handler("TorchServe /models", api.handle, error_body)
+    return [web.route("*", "/models", handler), web.route("*", "/models/{tail:.*}", handler)]
