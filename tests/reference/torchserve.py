@@ -5,20 +5,25 @@ server, so a Java runtime must be on PATH.
 
 :func:`archive` makes a ``.mar`` with that venv's own ``torch-model-archiver``;
 :class:`TorchServeServer` runs ``torchserve`` on free ports of 127.0.0.1 serving a model
-store (``load_models=all``) and waits until every archive has a ready worker.
+store (``load_models=all``), or with a user's own ``config.properties``, and waits until
+every archive has a ready worker.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -38,6 +43,20 @@ def torchserve_home() -> Path | str:
     return venv
 
 
+def skip_without_torchvision() -> Path:
+    """The venv; skips the calling test when its TorchServe cannot run the default image
+    handlers (they import torchvision and captum: a venv made by an older install script
+    has neither)."""
+    venv = skip_without_torchserve()
+    for package in ("torchvision", "captum"):
+        if not list(venv.glob(f"lib/python3.*/site-packages/{package}/__init__.py")):
+            pytest.skip(
+                f"the TorchServe reference server in {venv} has no {package} for its image "
+                "handlers: run scripts/install_reference_servers.sh again"
+            )
+    return venv
+
+
 def skip_without_torchserve() -> Path:
     """The venv; skips the calling test or fixture, saying why, when TorchServe cannot run."""
     found = torchserve_home()
@@ -49,14 +68,15 @@ def skip_without_torchserve() -> Path:
 def archive(
     store: Path,
     name: str,
-    handler: Path,
+    handler: Path | str,
     *,
     version: str = "1.0",
     serialized_file: Path | None = None,
     model_file: Path | None = None,
     extra_files: Sequence[Path] = (),
 ) -> Path:
-    """``torch-model-archiver`` writing ``<store>/<name>.mar``; returns its path."""
+    """``torch-model-archiver`` writing ``<store>/<name>.mar``; returns its path. ``handler``
+    is a handler file or the name of a default handler (``image_classifier``)."""
     venv = skip_without_torchserve()
     command = [
         str(venv / "bin" / "torch-model-archiver"),
@@ -83,16 +103,31 @@ def archive(
 
 class TorchServeServer:
     """``torchserve --foreground`` serving every archive of ``store``; ``http_url`` is its
-    inference listener once started. Leaving the ``with`` block ends its process group."""
+    inference listener once started. Leaving the ``with`` block ends its process group.
 
-    def __init__(self, store: Path, work: Path, timeout: float = 180.0) -> None:
+    ``config_properties``: a user's own file, used as it is (it must name 127.0.0.1
+    addresses and the gRPC ports: the helper reads its ports from it) instead of the one the
+    helper writes.
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        work: Path,
+        timeout: float = 180.0,
+        *,
+        config_properties: Path | None = None,
+    ) -> None:
         self.venv = skip_without_torchserve()
         self.store = store
         self.work = work
         self.timeout = timeout
-        self.ports = {
-            key: free_port() for key in ("inference", "management", "metrics", "grpc", "grpcm")
-        }
+        self.config_properties = config_properties
+        if config_properties is None:
+            keys = ("inference", "management", "metrics", "grpc", "grpcm")
+            self.ports = {key: free_port() for key in keys}
+        else:
+            self.ports = _ports_of(config_properties)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -111,9 +146,7 @@ class TorchServeServer:
         log = self.work / "torchserve.out"
         return log.read_text(errors="replace") if log.exists() else ""
 
-    def start(self) -> TorchServeServer:
-        self.work.mkdir(parents=True, exist_ok=True)
-        (self.work / "tmp").mkdir(exist_ok=True)
+    def _write_config(self) -> Path:
         properties = {
             "inference_address": self.http_url,
             "management_address": self.management_url,
@@ -128,6 +161,12 @@ class TorchServeServer:
         }
         config = self.work / "config.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+        return config
+
+    def start(self) -> TorchServeServer:
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / "tmp").mkdir(exist_ok=True)
+        config = self.config_properties or self._write_config()
         env = {
             **os.environ,
             "PATH": f"{self.venv}/bin:{os.environ.get('PATH', '')}",
@@ -190,3 +229,57 @@ class TorchServeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _ports_of(config_properties: Path) -> dict[str, int]:
+    """The listeners' ports a config.properties names (``http://127.0.0.1:PORT`` addresses,
+    ``grpc_*_port`` numbers)."""
+    values = {}
+    for line in config_properties.read_text().splitlines():
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    return {
+        "inference": int(values["inference_address"].rsplit(":", 1)[1]),
+        "management": int(values["management_address"].rsplit(":", 1)[1]),
+        "metrics": int(values["metrics_address"].rsplit(":", 1)[1]),
+        "grpc": int(values["grpc_inference_port"]),
+        "grpcm": int(values["grpc_management_port"]),
+    }
+
+
+def grpc_stubs(folder: Path) -> tuple[ModuleType, ModuleType]:
+    """``(messages, services)``: TorchServe's own gRPC client modules, compiled by
+    ``grpc_tools`` into ``folder`` from the ``inference.proto`` its server jar ships
+    (``org.pytorch.serve.grpc.inference``), as a TorchServe user makes them. The file is
+    compiled as ``torchserve_inference.proto``: the name its modules and descriptors take."""
+    venv = skip_without_torchserve()
+    name = "torchserve_inference_pb2"
+    if name not in sys.modules:
+        from grpc_tools import protoc
+
+        jars = sorted(venv.glob("lib/python3.*/site-packages/ts/frontend/model-server.jar"))
+        if not jars:
+            pytest.skip(f"no TorchServe server jar in {venv} to take its inference.proto from")
+        folder.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(jars[-1]) as jar:
+            (folder / "torchserve_inference.proto").write_bytes(jar.read("inference.proto"))
+            jar.extract("google/rpc/status.proto", folder)
+        includes = Path(protoc.__file__).parent / "_proto"
+        status = protoc.main(
+            [
+                "protoc",
+                f"-I{folder}",
+                f"-I{includes}",
+                f"--python_out={folder}",
+                f"--grpc_python_out={folder}",
+                str(folder / "torchserve_inference.proto"),
+            ]
+        )
+        assert status == 0, "grpc_tools could not compile TorchServe's inference.proto"
+        sys.path.insert(0, str(folder))
+        try:
+            importlib.import_module(name)
+            importlib.import_module(f"{name}_grpc")
+        finally:
+            sys.path.remove(str(folder))
+    return sys.modules[name], sys.modules[f"{name}_grpc"]
