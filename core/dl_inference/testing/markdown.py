@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 _FENCE = re.compile(r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<code>.*?)^```", re.DOTALL | re.MULTILINE)
 _HEADING = re.compile(r"^(?P<marks>#{1,6}) +(?P<title>.+?) *#*$", re.MULTILINE)
@@ -55,3 +56,21 @@ def sections(text: str, level: int = 2) -> dict[str, str]:
 def heading_anchor(title: str) -> str:
     """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as ``-``."""
     return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def broken_links(text: str, page: Path) -> list[str]:
+    """The relative links of ``text`` (the Markdown of ``page``) that name no file, or a
+    heading the file does not have (``other.md#anchor``); web links are not followed."""
+    broken = []
+    for link in re.findall(r"\]\(([^)\s]+)\)", text):
+        if "://" in link:
+            continue
+        target, _, anchor = link.partition("#")
+        path = (page.parent / target).resolve() if target else page
+        if not path.is_file():
+            broken.append(link)
+        elif anchor:
+            titles = [m["title"] for m in _HEADING.finditer(path.read_text())]
+            if anchor not in {heading_anchor(title) for title in titles}:
+                broken.append(link)
+    return broken
