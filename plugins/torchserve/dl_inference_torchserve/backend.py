@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import json
+import queue
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +31,11 @@ log = structlog.get_logger("dl_inference.torchserve")
 # TorchServe's default handlers a manifest may name (``--handler image_classifier``), served
 # from the ``ts`` package; the others TorchServe has are refused by name at load.
 DEFAULT_HANDLERS = ("image_classifier", "image_segmenter", "object_detector")
+# What makes an archive a streaming model: a Python file of it naming the ts function that
+# sends intermediate answers (TorchServe has no flag for it: any handler may call it).
+STREAMING_MARK = b"send_intermediate_predict_response"
+# How often a streaming handler blocked on a waiting answer looks whether the client left.
+_POLL_S = 0.05
 NOT_YET_DEFAULT_HANDLERS = ("text_classifier",)
 
 
@@ -116,6 +125,7 @@ class TorchServeBackend(Backend):
         # TorchServe runs a handler in one worker process at a time; here one call at a
         # time per loaded archive (the context is per batch).
         self._lock = threading.Lock()
+        self.decoupled = streams(self.path)
 
     def _yaml_config(self, model: dict[str, Any]) -> dict[str, Any]:
         """The archive's model-config.yaml (``--config-file``), as ``context.model_yaml_config``."""
@@ -158,7 +168,21 @@ class TorchServeBackend(Backend):
             TensorSpec(HEADERS, "BYTES", shape),
         ]
 
-    def predict(self, inputs: dict[str, np.ndarray], /) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], /) -> Any:
+        """The batch's answers; a streaming archive's (:attr:`decoupled`): a generator of
+        its intermediate answers, then the final one (see :meth:`_stream`)."""
+        batch, processors, ids = self._batch(inputs)
+        if self.decoupled:
+            return self._stream(batch, processors, ids)
+        with self._lock:
+            self._set_batch(processors, ids)
+            answers = self._handle(batch)
+            return _outputs(answers, processors)
+
+    def _batch(
+        self, inputs: dict[str, np.ndarray]
+    ) -> tuple[list[dict[str, Any]], list[Any], dict[int, str]]:
+        """The handler's rows (one per request), their RequestProcessors and request ids."""
         from ts.context import RequestProcessor
 
         bodies = inputs[BODY].reshape(-1)
@@ -181,18 +205,87 @@ class TorchServeBackend(Backend):
             batch.append(row)
             processors.append(RequestProcessor(request_headers))
             ids[index] = request_id
-        with self._lock:
-            self.context.request_ids = ids
-            self.context.request_processor = processors
-            self.context.metrics.request_ids = ids
-            answers = self._handle(batch)
-            return _outputs(answers, processors)
+        return batch, processors, ids
+
+    def _set_batch(self, processors: list[Any], ids: dict[int, str]) -> None:
+        self.context.request_ids = ids
+        self.context.request_processor = processors
+        self.context.metrics.request_ids = ids
+
+    def _stream(
+        self, batch: list[dict[str, Any]], processors: list[Any], ids: dict[int, str]
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Run the handler in a thread of its own; yield each intermediate answer it sends
+        (``send_intermediate_predict_response``), then its final one.
+
+        The handler pushes while this generator is pulled (by the kernel's stream, in the
+        model's thread): at most one answer waits, so a slow client pauses the handler at
+        its next send. When the generator is closed (the client went away), that send
+        raises ``StreamClosed`` in the handler, which stops it there.
+        """
+        from ts.protocol.otf_message_handler import StreamClosed
+
+        answers: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+        closed = threading.Event()
+
+        def put(kind: str, value: Any) -> None:
+            while not closed.is_set():
+                try:
+                    answers.put((kind, value), timeout=_POLL_S)
+                    return
+                except queue.Full:
+                    continue
+            raise StreamClosed("the client went away")
+
+        def send(values: list[Any]) -> None:
+            put("part", _outputs(values, processors))
+
+        def run() -> None:
+            try:
+                with self._lock:
+                    self._set_batch(processors, ids)
+                    self.context.send_intermediate = send
+                    try:
+                        final = self._handle(batch)
+                    finally:
+                        self.context.send_intermediate = None
+                    for processor in processors:
+                        # The last answer of a stream says so, as TorchServe's does.
+                        if processor.get_response_header("ts_stream_next") == "true":
+                            processor.add_response_property("ts_stream_next", "false")
+                    outputs = _outputs(final, processors)
+            except BaseException as exc:  # to the consumer, in order after the parts
+                with contextlib.suppress(StreamClosed):
+                    put("error", exc)
+            else:
+                with contextlib.suppress(StreamClosed):
+                    put("final", outputs)
+
+        # The request's log fields reach the handler's thread too.
+        context = contextvars.copy_context()
+        worker = threading.Thread(
+            target=context.run, args=(run,), name=f"dli-ts-stream-{self.model_name}"
+        )
+        worker.start()
+        try:
+            while True:
+                kind, value = answers.get()
+                if kind == "error":
+                    raise value
+                yield value
+                if kind == "final":
+                    return
+        finally:
+            closed.set()
 
     def _handle(self, batch: list[dict[str, Any]]) -> list[Any]:
+        from ts.protocol.otf_message_handler import StreamClosed
         from ts.utils.util import PredictionException
 
         try:
             answers = self._entry(batch, self.context)
+        except StreamClosed:
+            raise  # the client of a stream went away: nobody to answer
         except MemoryError:
             log.error("handler ran out of memory", model=self.model_name, exc_info=True)
             raise HandlerFailed("Out of resources", 507) from None
@@ -219,6 +312,19 @@ class TorchServeBackend(Backend):
             )
             raise HandlerFailed("number of batch response mismatched", 503)
         return answers
+
+
+def streams(folder: Path) -> bool:
+    """Whether the unpacked archive in ``folder`` is a streaming model: one of its Python
+    files names ``send_intermediate_predict_response`` (its answers then reach clients
+    through the kernel's streams: each request runs alone, never merged into a batch)."""
+    for path in folder.rglob("*.py"):
+        try:
+            if STREAMING_MARK in path.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _meta(meta: Any) -> tuple[dict[str, str], str, str]:

@@ -1,9 +1,14 @@
 """TorchServe's gRPC inference API: ``org.pytorch.serve.grpc.inference.InferenceAPIsService``
-``Ping`` and ``Predictions`` (the streaming methods are not served).
+``Ping``, ``Predictions`` and ``StreamPredictions`` (``StreamPredictions2``, for TorchServe's
+sequence batching, is not bound: UNIMPLEMENTED).
 
 ``Predictions``: each ``input`` map entry is one field of the handler's row (bytes, no
 content type, so a ``bytearray``; no request headers), as TorchServe 0.12 hands them; the
-answer's bytes come back in ``prediction``. Errors carry TorchServe's message and its Java
+answer's bytes come back in ``prediction`` (a streaming handler's first answer, as
+TorchServe answers it). ``StreamPredictions``: the same request, each of a streaming
+handler's answers (``send_intermediate_predict_response``, then the final one) as one
+``PredictionResponse``; a failure after some ends the stream with its error status, as
+TorchServe's does. Errors carry TorchServe's message and its Java
 exception name on a second line; the status codes follow TorchServe where the project's
 rule allows (a failed prediction is UNAVAILABLE, as TorchServe answers), but an unknown
 model or version is NOT_FOUND where TorchServe answers INTERNAL: a client's mistake is
@@ -12,8 +17,9 @@ never INTERNAL here.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -135,26 +141,64 @@ def grpc_handlers(runtime: RuntimeView) -> Sequence[grpc.GenericRpcHandler]:
         healthy = "Healthy" if runtime.ready() else "Unhealthy"
         return pb.TorchServeHealthResponse(health=json.dumps({"status": healthy}, indent=2))
 
-    async def predictions(message: pb.PredictionsRequest, call: Call) -> pb.PredictionResponse:
+    def prepared(message: pb.PredictionsRequest, call: Call) -> InferRequest:
+        """The request to run: authorized, its version resolved, its fields a form."""
         call.ctx.request = InferRequest(model_name=message.model_name, inputs={})
-        try:
-            runtime.authorize(call.ctx)
-            served = served_version(runtime, message.model_name, message.model_version)
-            body, boundary = form_body(dict(message.input))
-            meta = {"headers": {}, "id": call.ctx.request_id, FIELDS_BOUNDARY: boundary}
-            inputs = {BODY: _one(body), HEADERS: _one(json.dumps(meta).encode())}
-            request = InferRequest(message.model_name, inputs, model_version=served)
-            response = await runtime.infer(request, call.ctx)
-        except (TorchServeError, HandlerFailed) as exc:
-            raise _translated(exc) from None
-        answer = bytes(np.asarray(response.outputs[BODY]).reshape(-1)[0])
-        return pb.PredictionResponse(prediction=answer)
+        runtime.authorize(call.ctx)
+        served = served_version(runtime, message.model_name, message.model_version)
+        body, boundary = form_body(dict(message.input))
+        meta = {"headers": {}, "id": call.ctx.request_id, FIELDS_BOUNDARY: boundary}
+        inputs = {BODY: _one(body), HEADERS: _one(json.dumps(meta).encode())}
+        return InferRequest(message.model_name, inputs, model_version=served)
 
-    methods: dict[str, tuple[Any, Any]] = {
-        "Ping": (ping, empty_pb2.Empty),
-        "Predictions": (predictions, pb.PredictionsRequest),
+    async def predictions(message: pb.PredictionsRequest, call: Call) -> pb.PredictionResponse:
+        first: bytes | None = None
+        try:
+            stream = runtime.infer_stream(prepared(message, call), call.ctx)
+            async with contextlib.aclosing(stream) as answers:
+                async for response in answers:
+                    if first is None:
+                        first = _prediction(response.outputs)
+        except (TorchServeError, HandlerFailed) as exc:
+            if first is None:
+                raise _translated(exc) from None
+        # A streaming handler's first answer, as TorchServe 0.12 answers Predictions (what
+        # follows runs to its end but is not sent).
+        return pb.PredictionResponse(prediction=first or b"")
+
+    stream_path = f"/{SERVICE}/StreamPredictions"
+
+    async def stream_predictions(
+        data: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        call = calls.grpc_call(stream_path, context)
+        try:
+            with call.parsing("the PredictionsRequest"):
+                message = pb.PredictionsRequest.FromString(data)
+            stream = runtime.infer_stream(prepared(message, call), call.ctx)
+            async with contextlib.aclosing(stream) as answers:
+                async for response in answers:
+                    reply = pb.PredictionResponse(prediction=_prediction(response.outputs))
+                    yield reply.SerializeToString()
+        except Exception as exc:
+            error = _translated(exc) if isinstance(exc, (TorchServeError, HandlerFailed)) else exc
+            await calls.grpc_abort(call, context, error)
+            return
+        call.succeed()
+        context.set_trailing_metadata((("x-request-id", call.ctx.request_id),))
+
+    # StreamPredictions2 (TorchServe's sequence batching) is not bound: gRPC answers it
+    # UNIMPLEMENTED.
+    methods = {
+        "Ping": calls.grpc_unary(SERVICE, "Ping", ping, empty_pb2.Empty, counted=False),
+        "Predictions": calls.grpc_unary(SERVICE, "Predictions", predictions, pb.PredictionsRequest),
+        "StreamPredictions": grpc.unary_stream_rpc_method_handler(stream_predictions),
     }
-    return [calls.grpc_service(SERVICE, methods, counted={"Predictions"})]
+    return [grpc.method_handlers_generic_handler(SERVICE, methods)]
+
+
+def _prediction(outputs: dict[str, Any]) -> bytes:
+    return bytes(np.asarray(outputs[BODY]).reshape(-1)[0])
 
 
 def _one(value: bytes) -> np.ndarray:

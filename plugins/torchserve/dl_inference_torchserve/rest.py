@@ -135,17 +135,72 @@ class TorchServeRest:
         meta = json.dumps({"headers": headers, "id": call.ctx.request_id}).encode()
         inputs = {BODY: _one(body), HEADERS: _one(meta)}
         infer = InferRequest(model_name=name, inputs=inputs, model_version=served)
-        response = await self.runtime.infer(infer, call.ctx)
-        outputs = response.outputs
-        status = int(np.asarray(outputs[STATUS]).reshape(-1)[0])
-        reply_headers = json.loads(bytes(np.asarray(outputs[HEADERS]).reshape(-1)[0]))
-        reply = web.Response(body=bytes(np.asarray(outputs[BODY]).reshape(-1)[0]), status=status)
-        # TorchServe sends no Content-Type unless the handler set one; aiohttp labels a
-        # body without one application/octet-stream (RFC 9110 8.3), a known difference.
-        reply.headers.update(_NO_CACHE)
-        for key, value in reply_headers.items():
-            reply.headers[str(key)] = str(value)
+        return await self._answer(request, call, infer)
+
+    async def _answer(
+        self, request: web.Request, call: Call, infer: InferRequest
+    ) -> web.StreamResponse:
+        """The handler's answer; a streaming handler's intermediate answers as the chunks
+        of one chunked response (its first answer's status and headers, ``ts_stream_next:
+        true`` among them), the final answer the last chunk, as TorchServe 0.12 sends
+        them. A failure after the first chunk ends the connection without the closing
+        chunk, as TorchServe's does: the client sees a cut answer, not a complete one."""
+        answers = self.runtime.infer_stream(infer, call.ctx)
+        reply: web.StreamResponse | None = None
+        try:
+            async for response in answers:
+                status, headers, body = _answer(response.outputs)
+                if reply is None:
+                    if headers.get("ts_stream_next") != "true":
+                        # The one answer (a streaming handler's final one when it sent
+                        # no intermediate answer): a plain response.
+                        reply = web.Response(body=body, status=status)
+                        _set_headers(reply, headers)
+                        continue
+                    reply = web.StreamResponse(status=status)
+                    _set_headers(reply, headers)
+                    reply.headers["x-request-id"] = call.ctx.request_id
+                    reply.enable_chunked_encoding()
+                    await reply.prepare(request)
+                if body:  # an empty chunk would end the chunked body
+                    await reply.write(body)
+        except ConnectionError:
+            if reply is None or not reply.prepared:
+                raise
+            return reply  # the client went away; aclose() below closed the handler's stream
+        except Exception:
+            if reply is None or not reply.prepared:
+                raise
+            # Counted by infer_stream already; end the connection without the last chunk.
+            if request.transport is not None:
+                request.transport.close()
+            return reply
+        finally:
+            await answers.aclose()
+        if reply is None:
+            raise TorchServeError(503, "InternalServerException", "Invalid model predict output")
+        if reply.prepared:
+            await reply.write_eof()
         return reply
+
+
+def _answer(outputs: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    """One answer's status, the headers the handler set, and its bytes."""
+    status = int(np.asarray(outputs[STATUS]).reshape(-1)[0])
+    headers = json.loads(bytes(np.asarray(outputs[HEADERS]).reshape(-1)[0]))
+    return (
+        status,
+        {str(k): str(v) for k, v in headers.items()},
+        bytes(np.asarray(outputs[BODY]).reshape(-1)[0]),
+    )
+
+
+def _set_headers(reply: web.StreamResponse, headers: dict[str, str]) -> None:
+    # TorchServe sends no Content-Type unless the handler set one; aiohttp labels a
+    # body without one application/octet-stream (RFC 9110 8.3), a known difference.
+    reply.headers.update(_NO_CACHE)
+    for key, value in headers.items():
+        reply.headers[key] = value
 
 
 def served_version(runtime: RuntimeView, name: str, version: str) -> str:

@@ -123,6 +123,9 @@ class Context:
         self._metrics = metrics if metrics is not None else Metrics()
         self.model_yaml_config = model_yaml_config if model_yaml_config is not None else {}
         self.stopping_criteria = None
+        # Set by the server while a streaming model's batch runs: delivers one intermediate
+        # answer per request (ts.protocol.otf_message_handler); None otherwise.
+        self.send_intermediate: Any = None
         self.header_key_sequence_id = os.getenv("TS_REQUEST_SEQUENCE_ID", "ts_request_sequence_id")
 
     @property
