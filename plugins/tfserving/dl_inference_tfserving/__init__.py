@@ -9,11 +9,12 @@ copy of TF Serving's messages. ``plugin_settings.tfserving`` is
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dl_inference import ProtocolRegistry, hookimpl
 
-DLI_HOOKSPEC_VERSION = "1.1"
+DLI_HOOKSPEC_VERSION = "1.2"
 
 
 @hookimpl
@@ -25,7 +26,17 @@ def dli_register_protocols(registry: ProtocolRegistry) -> None:
 
 @hookimpl
 def dli_configure(settings: dict[str, Any]) -> None:
-    """``plugin_settings.tfserving``: Predict's answer encoding, server-wide and per model."""
+    """``plugin_settings.tfserving``: Predict's answer encoding, server-wide and per model;
+    TF Serving's model config and batching parameters files."""
     from dl_inference_tfserving.settings import configure
 
     configure(settings)
+
+
+@hookimpl
+def dli_repository_models(root: Path) -> list[tuple[str, Path]]:
+    """The models of ``plugin_settings.tfserving.model_config_file`` (TF Serving's
+    ``models.config``), each served from its ``base_path``."""
+    from dl_inference_tfserving.settings import configured_models
+
+    return configured_models()

@@ -30,6 +30,7 @@ from dl_inference import (
 )
 from dl_inference_tfserving import codec, settings
 from dl_inference_tfserving._proto import tfs_pb2
+from dl_inference_tfserving.model_server_config import platform_error, version_overrides
 from dl_inference_tfserving.signatures import (
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
@@ -349,12 +350,9 @@ class TFServing:
         if len(set(names)) != len(names):
             raise InvalidInput("model_config_list names a model twice")
         for config in wanted:
-            if config.model_platform not in ("", "tensorflow"):
-                raise InvalidInput(
-                    f"model {config.name!r}: model_platform {config.model_platform!r} is not "
-                    "served by TF Serving's API here; leave it empty or 'tensorflow'"
-                )
-            await management.load_path(config.name, config.base_path, _overrides(config))
+            if why := platform_error(config):
+                raise InvalidInput(f"model {config.name!r}: {why}")
+            await management.load_path(config.name, config.base_path, version_overrides(config))
         for name in set(management.served()) - set(names):
             await management.unload(name)
 
@@ -493,19 +491,3 @@ def regression_result(
     for value in values[:, 0]:
         result.regressions.add().value = float(value)
     return result
-
-
-def _overrides(config: tfs_pb2.ModelConfig) -> dict[str, Any]:
-    """TF Serving's version policy and labels as dl-inference model settings."""
-    overrides: dict[str, Any] = {}
-    policy = config.model_version_policy
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "latest":
-        overrides["version_policy"] = {"latest": policy.latest.num_versions or 1}
-    elif choice == "all":
-        overrides["version_policy"] = {"all": True}
-    elif choice == "specific":
-        overrides["version_policy"] = {"specific": list(policy.specific.versions)}
-    if config.version_labels:
-        overrides["version_labels"] = dict(config.version_labels)
-    return overrides

@@ -15,16 +15,31 @@ set here for the whole server and overridden per model::
 It applies to gRPC ``Predict`` and the seed's ``WpaiDLPredictOnlineService/Predict``, the
 only answers that carry TensorProtos; REST answers JSON, and ``Classify``, ``Regress`` and
 ``MultiInference`` answer their own result messages.
+
+TF Serving's own configuration files are read as they are
+(:mod:`dl_inference_tfserving.model_server_config`)::
+
+    plugin_settings:
+      tfserving:
+        model_config_file: /models/models.config            # --model_config_file
+        model_config_file_poll_wait_seconds: 60              # its flag of that name
+        batching_parameters_file: /models/batching.config    # --batching_parameters_file
+
+Relative paths are taken from the server's working directory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dl_inference import ConfigError, describe_errors
+
+if TYPE_CHECKING:
+    from dl_inference_tfserving.model_server_config import ModelConfigFile
 
 PREFIX = "plugin_settings.tfserving"
 AS_PROTO_FIELD = "AS_PROTO_FIELD"
@@ -47,6 +62,11 @@ class TFServingSettings(BaseModel):
 
     predict_response_tensor_serialization_option: SerializationOption = AS_PROTO_FIELD
     models: dict[str, ModelSettings] = Field(default_factory=dict)
+    # TF Serving's --model_config_file, --model_config_file_poll_wait_seconds (0: read once)
+    # and --batching_parameters_file (applied to every model of the model config file).
+    model_config_file: Path | None = None
+    model_config_file_poll_wait_seconds: float = Field(default=0.0, ge=0)
+    batching_parameters_file: Path | None = None
 
     def tensor_content(self, model: str) -> bool:
         """Whether ``Predict`` answers ``model``'s outputs in ``tensor_content``."""
@@ -63,16 +83,42 @@ def parse_settings(settings: Mapping[str, Any]) -> TFServingSettings:
         raise ConfigError("; ".join(describe_errors(exc, TFServingSettings, PREFIX))) from None
 
 
+def model_config_file(settings: TFServingSettings) -> ModelConfigFile | None:
+    """The section's model config file, read (with its batching parameters), or None."""
+    if settings.model_config_file is None:
+        if settings.batching_parameters_file is not None:
+            raise ConfigError(
+                f"{PREFIX}.batching_parameters_file: applies to the models of "
+                f"{PREFIX}.model_config_file, which is not set; for a model_repository's "
+                "models set max_batch_size and max_queue_delay_ms in their config.yaml"
+            )
+        return None
+    from dl_inference_tfserving.model_server_config import ModelConfigFile
+
+    return ModelConfigFile(
+        settings.model_config_file,
+        settings.batching_parameters_file,
+        settings.model_config_file_poll_wait_seconds,
+    )
+
+
 # Set by the plugin's dli_configure, once per server process, before any handler is built.
 _configured = TFServingSettings()
+_model_config_file: ModelConfigFile | None = None
 
 
 def configure(settings: Mapping[str, Any]) -> None:
     """Validate ``plugin_settings.tfserving`` and make it this process's settings."""
-    global _configured
+    global _configured, _model_config_file
     _configured = parse_settings(settings)
+    _model_config_file = model_config_file(_configured)
 
 
 def current() -> TFServingSettings:
     """This process's settings (TF Serving's defaults until :func:`configure` ran)."""
     return _configured
+
+
+def configured_models() -> list[tuple[str, Path]]:
+    """The model config file's models as model folders (none without one)."""
+    return _model_config_file.models() if _model_config_file is not None else []

@@ -1,0 +1,325 @@
+"""TF Serving's own configuration files, read as they are.
+
+- ``--model_config_file`` (``models.config``): a ``ModelServerConfig`` in protobuf text
+  format, its ``model_config_list`` naming each model's ``name``, ``base_path``,
+  ``model_platform``, ``model_version_policy`` and ``version_labels``.
+- ``--batching_parameters_file``: a ``BatchingParameters`` in text format, applied to every
+  model of the file, as TF Serving's ``--enable_batching`` applies it to every model.
+
+Both are read with TF Serving's published field numbers (``_proto/tfs.proto``). Each model
+is served from its ``base_path`` (``<base_path>/<version>/saved_model.pb``) by the
+``tensorflow`` backend: the plugin offers it to the kernel's repository scan
+(``dli_repository_models``) as a model folder of its own making, a private temporary folder
+holding a config.yaml and one link per version folder of ``base_path``, so that nothing is
+written beside the user's files. The scan runs every ``server.repository_poll_s``: new
+version folders are picked up there, and the file itself is read again every
+``model_config_file_poll_wait_seconds`` (0, TF Serving's default: read once, at start-up).
+"""
+
+from __future__ import annotations
+
+import atexit
+import re
+import shutil
+import tempfile
+import threading
+import time
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+import yaml
+from google.protobuf import text_format
+from google.protobuf.message import Message
+
+from dl_inference import ConfigError
+from dl_inference_tfserving._proto import tfs_pb2
+
+log = structlog.get_logger("dl_inference.tfserving")
+
+# model_platform values this server answers for: TF Serving's default platform.
+PLATFORMS = ("", "tensorflow")
+BACKEND = "tensorflow"
+# Fields of TF Serving's messages that are not read here, and why (the parser names them).
+_NOT_SUPPORTED = {
+    "logging_config": "request logging is not supported; remove logging_config",
+    "model_type": "model_type is deprecated in TF Serving; use model_platform: 'tensorflow'",
+}
+_PACKAGE = "dl_inference_tfserving.tfs."
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class ConfiguredModel:
+    """One ``config`` entry of a models.config, as model config.yaml keys."""
+
+    name: str
+    base_path: Path
+    config: dict[str, Any]
+
+
+def read_text_proto(path: Path, message: M) -> M:
+    """``path`` parsed into ``message``; a ConfigError names the file, line and column, and
+    the field protobuf could not take (with why, for fields known not to be supported)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc})") from None
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        line, column = exc.GetLine(), exc.GetColumn()
+        reason = str(exc).split(" : ", 1)[-1] if line is not None else str(exc)
+        reason = reason.replace(_PACKAGE, "")
+        field = re.search(r'has no field named "(\w+)"', reason)
+        if field and field[1] in _NOT_SUPPORTED:
+            reason += f" ({_NOT_SUPPORTED[field[1]]})"
+        where = f"{path}:{line}:{column}" if line is not None else str(path)
+        raise ConfigError(f"{where}: {reason}") from None
+    return message
+
+
+def platform_error(config: tfs_pb2.ModelConfig) -> str | None:
+    """Why ``config``'s model_platform is not served here (None when it is)."""
+    if config.model_platform in PLATFORMS:
+        return None
+    return (
+        f"model_platform {config.model_platform!r} is not served by TF Serving's API here; "
+        "leave it empty or 'tensorflow'"
+    )
+
+
+def version_overrides(config: tfs_pb2.ModelConfig) -> dict[str, Any]:
+    """TF Serving's version policy and labels as dl-inference model settings."""
+    overrides: dict[str, Any] = {}
+    policy = config.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "latest":
+        overrides["version_policy"] = {"latest": policy.latest.num_versions or 1}
+    elif choice == "all":
+        overrides["version_policy"] = {"all": True}
+    elif choice == "specific":
+        overrides["version_policy"] = {"specific": list(policy.specific.versions)}
+    if config.version_labels:
+        overrides["version_labels"] = dict(config.version_labels)
+    return overrides
+
+
+def read_batching_parameters(path: Path) -> dict[str, Any]:
+    """A ``--batching_parameters_file`` as model config.yaml keys; a parameter that does not
+    map is a ConfigError naming it and the file."""
+    params = read_text_proto(path, tfs_pb2.BatchingParameters())
+
+    def refuse(field: str, why: str) -> ConfigError:
+        return ConfigError(f"{path}: {field}: {why}")
+
+    if not params.HasField("max_batch_size"):
+        raise refuse("max_batch_size", "required here (give the largest batch, e.g. 32)")
+    size = params.max_batch_size.value
+    if size < 1:
+        raise refuse("max_batch_size", f"{size} must be at least 1")
+    config: dict[str, Any] = {"max_batch_size": size}
+    if params.HasField("batch_timeout_micros"):
+        micros = params.batch_timeout_micros.value
+        if micros < 0:
+            raise refuse("batch_timeout_micros", f"{micros} must not be negative")
+        config["max_queue_delay_ms"] = micros / 1000
+    if params.HasField("max_enqueued_batches"):
+        batches = params.max_enqueued_batches.value
+        if batches < 1:
+            raise refuse("max_enqueued_batches", f"{batches} must be at least 1")
+        # TF Serving counts queued batches, the kernel queued requests: a request holds at
+        # least one row, so this many requests never hold more rows than TF Serving queues.
+        config["max_queue_size"] = batches * size
+    if params.HasField("num_batch_threads"):
+        threads = params.num_batch_threads.value
+        if threads < 1:
+            raise refuse("num_batch_threads", f"{threads} must be at least 1")
+        config["instances"] = threads  # batches of one model run at once, on one copy of it
+    sizes = list(params.allowed_batch_sizes)
+    if sizes:
+        if sizes != sorted(set(sizes)) or sizes[0] < 1:
+            raise refuse("allowed_batch_sizes", f"{sizes} must be positive and increasing")
+        if sizes[-1] != size:
+            raise refuse(
+                "allowed_batch_sizes",
+                f"the last entry ({sizes[-1]}) must equal max_batch_size ({size}) as in TF Serving",
+            )
+        config["preferred_batch_sizes"] = sizes
+    if params.pad_variable_length_inputs:
+        raise refuse(
+            "pad_variable_length_inputs",
+            "not supported: requests are merged only when their shapes agree past the batch "
+            "dimension; remove it or set it to false",
+        )
+    # thread_pool_name only names TF Serving's batch threads: nothing to map, nothing lost.
+    return config
+
+
+def read_model_config_file(path: Path, batching: dict[str, Any]) -> list[ConfiguredModel]:
+    """Every model of a ``--model_config_file``, with ``batching`` (model config.yaml keys)
+    applied to each. A ConfigError names the file, the line and the field at fault."""
+    message = read_text_proto(path, tfs_pb2.ModelServerConfig())
+    lines = _entry_lines(path.read_text(encoding="utf-8"))
+    kind = message.WhichOneof("config")
+    if kind != "model_config_list":
+        where = "custom_model_config" if kind else "model_config_list"
+        raise ConfigError(
+            f"{path}: {where}: give the models as model_config_list {{ config {{ name: ... "
+            "base_path: ... }} }}" + (" (custom_model_config is not supported)" if kind else "")
+        )
+    models: list[ConfiguredModel] = []
+    for index, config in enumerate(message.model_config_list.config):
+        entry = lines[index] if index < len(lines) else {}
+
+        def fail(field: str, why: str, entry: dict[str, int] = entry, index: int = index) -> None:
+            line = entry.get(field, entry.get("config"))
+            where = f"{path}:{line}" if line else str(path)
+            raise ConfigError(f"{where}: model_config_list.config[{index}].{field}: {why}")
+
+        if not config.name:
+            fail("name", "missing; give the name clients call the model by")
+        if any(model.name == config.name for model in models):
+            fail("name", f"{config.name!r} is named twice")
+        if why := platform_error(config):
+            fail("model_platform", why)
+        base = Path(config.base_path)
+        if not config.base_path:
+            fail("base_path", "missing; give the folder holding <version>/saved_model.pb")
+        elif not base.is_absolute():
+            fail(
+                "base_path",
+                f"{config.base_path!r} is relative; give an absolute path (the folder "
+                "holding <version>/saved_model.pb)",
+            )
+        elif not base.is_dir():
+            fail("base_path", f"{config.base_path!r}: no such folder")
+        model = {"backend": BACKEND, **batching, **version_overrides(config)}
+        models.append(ConfiguredModel(config.name, base, model))
+    return models
+
+
+# A token of protobuf's text format: strings, comments, names, punctuation, anything else.
+_TOKEN = re.compile(
+    r"\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|#[^\n]*|[A-Za-z_][\w.]*|[{}<>\[\]:,;]|\S"
+)
+_NAME = re.compile(r"[A-Za-z_][\w.]*")
+
+
+def _entry_lines(text: str) -> list[dict[str, int]]:
+    """For each ``model_config_list.config`` entry, the line of each of its fields (the
+    first time it is written) and of the entry itself (``"config"``): protobuf's parser
+    keeps no positions, so errors found after parsing are placed by this walk."""
+    starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    entries: list[dict[str, int]] = []
+    path: list[str | None] = []  # the open messages' field names
+    lists: list[tuple[int, str | None]] = []  # open [...] lists: depth, field name
+    pending: str | None = None  # the field name just read, awaiting its value
+    value_next = False  # after ':' a name is a value (an enum), not a field
+    for match in _TOKEN.finditer(text):
+        token = match[0]
+        line = bisect_right(starts, match.start())
+        if token.startswith("#"):
+            continue
+        if token in ("{", "<"):
+            name = pending if pending else (lists[-1][1] if lists else None)
+            if path == ["model_config_list"] and name == "config":
+                entries.append({"config": line})
+            path.append(name)
+            pending, value_next = None, False
+        elif token in ("}", ">"):
+            if path:
+                path.pop()
+            pending, value_next = None, False
+        elif token == "[":
+            lists.append((len(path), pending))
+            value_next = False
+        elif token == "]":
+            if lists:
+                lists.pop()
+            pending, value_next = None, False
+        elif token == ":":
+            value_next = True
+        elif _NAME.fullmatch(token) and not value_next:
+            pending = token
+            if path == ["model_config_list", "config"] and entries:
+                entries[-1].setdefault(token, line)
+        elif token not in (",", ";"):
+            # A value (string, number, enum): inside [a, b] more values follow.
+            value_next = bool(lists) and lists[-1][0] == len(path)
+            if not value_next:
+                pending = None
+    return entries
+
+
+class ModelConfigFile:
+    """The models a ``--model_config_file`` names, as model folders for the repository scan.
+
+    Read at construction (a ConfigError stops start-up), then again every
+    ``poll_wait_s`` seconds (0: never) when the scan asks; a file that no longer reads is
+    logged and the models it named before keep being served, as TF Serving keeps its
+    previous config when a reload fails.
+    """
+
+    def __init__(
+        self, path: Path, batching_file: Path | None = None, poll_wait_s: float = 0.0
+    ) -> None:
+        self.path = path
+        self.poll_wait_s = poll_wait_s
+        self.batching = read_batching_parameters(batching_file) if batching_file else {}
+        self.configured = read_model_config_file(path, self.batching)
+        self._read_at = time.monotonic()
+        self._lock = threading.Lock()
+        self._folder: Path | None = None
+
+    def models(self) -> list[tuple[str, Path]]:
+        """``(name, model folder)`` for each configured model (the file re-read when due)."""
+        with self._lock:
+            if self.poll_wait_s > 0 and time.monotonic() - self._read_at >= self.poll_wait_s:
+                self._read_at = time.monotonic()
+                try:
+                    self.configured = read_model_config_file(self.path, self.batching)
+                except ConfigError as exc:
+                    log.error(
+                        "model config file not reloaded; serving its previous models",
+                        error=str(exc),
+                    )
+            found = []
+            for model in self.configured:
+                try:
+                    found.append((model.name, self._model_folder(model)))
+                except OSError as exc:
+                    log.warning(
+                        "model of the model config file skipped",
+                        model=model.name,
+                        base_path=str(model.base_path),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+            return found
+
+    def _model_folder(self, model: ConfiguredModel) -> Path:
+        """``<private folder>/<name>/``: config.yaml and a link per version folder of
+        base_path (stale links removed); files rewritten only when they change, so the
+        scan sees no change while base_path and the file are unchanged."""
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="dl-inference-tfserving-"))
+            atexit.register(shutil.rmtree, self._folder, True)
+        folder = self._folder / model.name
+        folder.mkdir(exist_ok=True)
+        versions = {p.name: p for p in model.base_path.iterdir() if p.name.isdigit() and p.is_dir()}
+        for link in folder.iterdir():
+            if link.is_symlink() and (
+                link.name not in versions or link.readlink() != versions[link.name]
+            ):
+                link.unlink()
+        for name, target in versions.items():
+            if not (folder / name).is_symlink():
+                (folder / name).symlink_to(target, target_is_directory=True)
+        text = yaml.safe_dump(model.config, sort_keys=False)
+        config = folder / "config.yaml"
+        if not config.is_file() or config.read_text() != text:
+            config.write_text(text)
+        return folder

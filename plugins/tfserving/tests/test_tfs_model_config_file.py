@@ -1,0 +1,213 @@
+"""TF Serving's ``--model_config_file`` and ``--batching_parameters_file`` as this plugin reads
+them, and what stops ``dl-inference serve`` when they cannot be served: each error names the
+file, the line and the field. No TensorFlow is needed (the serving itself, with SavedModels
+and TF Serving's client, is plugins/tensorflow/tests/test_tf_model_config_file.py).
+
+No TF Serving binary can run here: what TF Serving accepts is taken from its published
+messages (``tensorflow_serving.config.model_server_config_pb2``, TF Serving's own module,
+where it is installed) and its documentation.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dl_inference import ConfigError
+from dl_inference_tfserving._proto import tfs_pb2
+from dl_inference_tfserving.model_server_config import (
+    ModelConfigFile,
+    read_batching_parameters,
+    read_model_config_file,
+)
+
+GOOD = """\
+model_config_list {
+  config {
+    name: 'a'
+    base_path: '%(base)s/a'
+    model_platform: 'tensorflow'
+    model_version_policy { latest { num_versions: 2 } }
+    version_labels { key: 'stable' value: 1 }
+  }
+}
+"""
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    (tmp_path / "a" / "1").mkdir(parents=True)
+    (tmp_path / "a" / "2").mkdir()
+    (tmp_path / "repo").mkdir()
+    return tmp_path
+
+
+def serve(base: Path, models: str, batching: str | None = None) -> subprocess.CompletedProcess:
+    """``dl-inference serve`` given the files; they are expected to stop it at start-up."""
+    (base / "models.config").write_text(models % {"base": base})
+    settings = "    model_config_file: models.config\n"
+    if batching is not None:
+        (base / "batching.config").write_text(batching)
+        settings += "    batching_parameters_file: batching.config\n"
+    (base / "server.yaml").write_text(
+        "model_repository: repo\nplugin_settings:\n  tfserving:\n" + settings
+    )
+    command = [sys.executable, "-m", "dl_inference", "serve", "-c", "server.yaml"]
+    command += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
+    return subprocess.run(
+        command, cwd=base, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_the_models_and_their_settings(base: Path) -> None:
+    (base / "models.config").write_text(GOOD % {"base": base})
+    (base / "batching.config").write_text(
+        "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 500 }\n"
+        "num_batch_threads { value: 4 }\nmax_enqueued_batches { value: 3 }\n"
+        "allowed_batch_sizes: 4\nallowed_batch_sizes: 16\n"
+    )
+    batching = read_batching_parameters(base / "batching.config")
+    assert batching == {
+        "max_batch_size": 16,
+        "max_queue_delay_ms": 0.5,
+        "max_queue_size": 48,
+        "instances": 4,
+        "preferred_batch_sizes": [4, 16],
+    }
+    (model,) = read_model_config_file(base / "models.config", batching)
+    assert (model.name, model.base_path) == ("a", base / "a")
+    assert model.config == {
+        "backend": "tensorflow",
+        **batching,
+        "version_policy": {"latest": 2},
+        "version_labels": {"stable": 1},
+    }
+
+
+def test_the_model_folder_links_each_version_and_follows_the_base_path(base: Path) -> None:
+    """A new version folder gets its link at the next scan, a removed one loses it; the
+    files of an unchanged model are not rewritten (the kernel's poll sees no change)."""
+    (base / "models.config").write_text(GOOD % {"base": base})
+    models = ModelConfigFile(base / "models.config")
+    ((name, folder),) = models.models()
+    assert name == "a"
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "2", "config.yaml"]
+    assert (folder / "2").resolve() == (base / "a" / "2").resolve()
+    stamp = (folder / "config.yaml").stat().st_mtime_ns
+    (base / "a" / "3").mkdir()
+    (base / "a" / "1").rmdir()
+    assert models.models() == [("a", folder)]
+    assert sorted(p.name for p in folder.iterdir()) == ["2", "3", "config.yaml"]
+    assert (folder / "config.yaml").stat().st_mtime_ns == stamp
+
+
+def test_our_messages_read_tf_servings_bytes(base: Path) -> None:
+    """Same field numbers as TF Serving's own ModelServerConfig: its bytes parse here."""
+    theirs_module = pytest.importorskip("tensorflow_serving.config.model_server_config_pb2")
+    theirs = theirs_module.ModelServerConfig()
+    config = theirs.model_config_list.config.add(
+        name="a", base_path="/m/a", model_platform="tensorflow"
+    )
+    config.model_version_policy.specific.versions.extend([1, 3])
+    config.version_labels["stable"] = 3
+    ours = tfs_pb2.ModelServerConfig.FromString(theirs.SerializeToString())
+    (read,) = ours.model_config_list.config
+    assert (read.name, read.base_path, read.model_platform) == ("a", "/m/a", "tensorflow")
+    assert list(read.model_version_policy.specific.versions) == [1, 3]
+    assert dict(read.version_labels) == {"stable": 3}
+    assert ours.SerializeToString() == theirs.SerializeToString()  # nothing left unknown
+
+
+LIST_SYNTAX = """\
+model_config_list: {
+  config: [{
+    name: "a", base_path: "%(base)s/a"
+  }, {
+    name: "b",
+    # a comment with base_path: in it
+    base_path: "b"
+  }]
+}
+"""
+
+ERRORS = {
+    "relative base_path": (
+        GOOD.replace("%(base)s/a", "a"),
+        None,
+        "models.config:4: model_config_list.config[0].base_path: 'a' is relative",
+    ),
+    "missing folder": (
+        GOOD.replace("%(base)s/a", "%(base)s/gone"),
+        None,
+        "models.config:4: model_config_list.config[0].base_path: ",
+    ),
+    "unknown field": (
+        GOOD.replace("base_path", "base_paht"),
+        None,
+        'models.config:4:5: Message type "ModelConfig" has no field named "base_paht"',
+    ),
+    "request logging": (
+        GOOD.replace("model_platform: 'tensorflow'", "logging_config { }"),
+        None,
+        'models.config:5:5: Message type "ModelConfig" has no field named "logging_config". '
+        "(request logging is not supported",
+    ),
+    "another platform": (
+        GOOD.replace("'tensorflow'", "'onnx'"),
+        None,
+        "models.config:5: model_config_list.config[0].model_platform: model_platform 'onnx'",
+    ),
+    "a name twice": (
+        GOOD[: GOOD.rindex("}")] + "  config { name: 'a' base_path: '%(base)s/a' }\n}\n",
+        None,
+        "models.config:9: model_config_list.config[1].name: 'a' is named twice",
+    ),
+    "list syntax, second entry": (
+        LIST_SYNTAX,
+        None,
+        "models.config:7: model_config_list.config[1].base_path: 'b' is relative",
+    ),
+    "padding": (
+        GOOD,
+        "max_batch_size { value: 8 }\npad_variable_length_inputs: true\n",
+        "batching.config: pad_variable_length_inputs: not supported",
+    ),
+    "allowed sizes": (
+        GOOD,
+        "max_batch_size { value: 8 }\nallowed_batch_sizes: [2, 4]\n",
+        "batching.config: allowed_batch_sizes: the last entry (4) must equal max_batch_size (8)",
+    ),
+    "no max_batch_size": (
+        GOOD,
+        "batch_timeout_micros { value: 8 }\n",
+        "batching.config: max_batch_size: required here",
+    ),
+    "unknown batching field": (
+        GOOD,
+        "max_batch_size { value: 8 }\nenable_large_batch_splitting { value: true }\n",
+        'batching.config:2:1: Message type "BatchingParameters" has no field named '
+        '"enable_large_batch_splitting"',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ERRORS)
+def test_what_cannot_be_served_stops_the_server(base: Path, case: str) -> None:
+    models, batching, message = ERRORS[case]
+    result = serve(base, models, batching)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_batching_parameters_need_the_model_config_file(base: Path) -> None:
+    (base / "server.yaml").write_text(
+        "model_repository: repo\nplugin_settings:\n  tfserving:\n"
+        "    batching_parameters_file: batching.config\n"
+    )
+    with pytest.raises(ConfigError, match="applies to the models of"):
+        from dl_inference_tfserving.settings import model_config_file, parse_settings
+
+        model_config_file(parse_settings({"batching_parameters_file": "batching.config"}))
