@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -317,4 +318,24 @@ def test_every_worker_answers_the_same(tmp_path: Path) -> None:
             pids.add(described["workers"][0]["pid"])
             assert predict(server, "echo")[1]["version"] == "2.0"  # type: ignore[index]
         assert len(pids) == 2, "the calls all reached one worker"
-        assert os.getpid() not in pids
+        # A worker started in place of a killed one replays the changes: it serves and
+        # describes the same (the registered version, the counts, the default).
+        victim = pids.pop()
+        os.kill(victim, signal.SIGKILL)
+        seen: set[int] = set()
+        for _ in range(600):  # bounded wait for the replacement to answer
+            try:
+                status, body = call(base, "GET", "/models/echo/all")
+            except (ConnectionError, urllib.error.URLError):
+                continue  # a connection the kernel had queued for the killed process
+            assert status == 200, body
+            assert [d["modelVersion"] for d in body] == ["1.0", "2.0"]
+            assert (body[1]["minWorkers"], body[1]["maxWorkers"]) == (3, 4)
+            seen.add(body[0]["workers"][0]["pid"])
+            if len(seen - {victim}) == 2:
+                break
+            time.sleep(0.1)
+        assert len(seen - {victim}) == 2, seen
+        for _ in range(8):
+            assert call(base, "GET", "/models/echo")[1][0]["modelVersion"] == "2.0"  # type: ignore[index]
+            assert predict(server, "echo")[1]["version"] == "2.0"  # type: ignore[index]

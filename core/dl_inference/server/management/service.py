@@ -256,13 +256,20 @@ class ManagementService:
         self._record(operation, arguments)
 
     def _record(self, operation: str, arguments: dict[str, Any]) -> None:
-        """Keep ``operation`` as the model's last change, newest last; notes changed
-        after a load change what that load is replayed with."""
+        """Keep ``operation`` as the model's last change, newest last. Notes changed after
+        a ``load_folder`` change what it is replayed with; other notes are kept beside
+        the model's last change (after it), until the next change drops them."""
         name = arguments["name"]
+        notes_key = f"{name}/notes"  # "/" is in no model name
         last = self._journal.get(name)
-        if operation == "annotate" and last is not None and "notes" in last[1]:
-            last[1]["notes"] = arguments["notes"]
+        if operation == "annotate":
+            if last is not None and "notes" in last[1]:
+                last[1]["notes"] = arguments["notes"]
+            else:
+                self._journal.pop(notes_key, None)
+                self._journal[notes_key] = (operation, arguments)
             return
+        self._journal.pop(notes_key, None)
         self._journal.pop(name, None)
         self._journal[name] = (operation, arguments)
 
