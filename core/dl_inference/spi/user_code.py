@@ -113,6 +113,7 @@ def import_user_file(path: Path, module_name: str) -> ModuleType:
     if spec is None or spec.loader is None:
         raise BackendError(f"{path}: cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
+    sys.dont_write_bytecode = True  # the model folder is the user's: no __pycache__ in it
     with isolated_imports(path.parent):
         spec.loader.exec_module(module)
     return module
