@@ -12,7 +12,8 @@ Triton waits up to the delay); both must batch.
 
 ``preferred`` (``preferred_batch_size: [ 2, 4 ]``), ``preferred3`` (``[ 3 ]``) and
 ``unpreferred`` (none) show where ``preferred_batch_size`` cuts batches: a first request
-(X = 0) holds the one instance until the test removes the model folder's ``hold`` file,
+(X = 0) holds the one instance until the test removes a ``hold`` file (outside the
+repository, which dl-inference polls: a file changing there would reload the model),
 a request of another width (which cannot join the others' batch) waits for the next
 execution, and the requests behind them are sent one by one, each once the server counts
 it as waiting; then the hold is released. Both servers then form the same batches (no
@@ -83,6 +84,7 @@ input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
 output [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] } ]
 dynamic_batching { %s }
 instance_group [ { count: 1 kind: KIND_CPU } ]
+parameters { key: "hold" value: { string_value: "%s" } }
 """
 
 HELD_MODEL = """
@@ -92,7 +94,8 @@ import time
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.hold = os.path.join(args["model_repository"], "hold")
+        parameters = json.loads(args["model_config"])["parameters"]
+        self.hold = parameters["hold"]["string_value"]
 
     def execute(self, requests):
         if get(requests[0], "X").reshape(-1)[0] == 0:
@@ -129,7 +132,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         (repository / name / "1" / "model.py").write_text(HEAD + textwrap.dedent(MODEL))
     for name, batching in PREFERRED.items():
         (repository / name / "1").mkdir(parents=True)
-        (repository / name / "config.pbtxt").write_text(PREFERRED_CONFIG % batching)
+        hold = root / "holds" / name / "hold"
+        hold.parent.mkdir(parents=True)
+        (repository / name / "config.pbtxt").write_text(PREFERRED_CONFIG % (batching, hold))
         (repository / name / "1" / "model.py").write_text(HEAD + HELD_MODEL)
     triton = TritonServer(repository, root / "triton.log").start()
     try:
@@ -255,7 +260,7 @@ def held_batches(servers: Servers, who: str, model: str, rows: list[int]) -> lis
     """The rows of the execution that ran each request of ``rows`` (one request each),
     sent one by one behind a held instance and a request that cannot join them."""
     address = servers.targets()[who][0]
-    hold = Path(servers.triton.repository) / model / "hold"
+    hold = Path(servers.triton.repository).parent / "holds" / model / "hold"
     running = hold.with_name("hold-running")
     waiting = waiting_counter(servers, who, model)
     answers: dict[int, int] = {}
