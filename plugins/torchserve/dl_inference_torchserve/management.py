@@ -363,7 +363,9 @@ class TorchServeManagement:
         await self.control.annotate(name, notes)
         if query.get("synchronous", "false").lower() != "true":
             return _status("Processing worker updates...", 202)
-        return _status(f"Workers scaled to {low} for model: {name}, version: {served_name(info)}")
+        # TorchServe names the version only when the path did.
+        named = f", version: {version}" if version else ""
+        return _status(f"Workers scaled to {low} for model: {name}{named}")
 
     async def set_default(self, name: str, version: str) -> web.Response:
         self._versions(name)  # the model first: TorchServe names a missing one so
