@@ -189,6 +189,12 @@ def read_model_config_file(path: Path, batching: dict[str, Any]) -> list[Configu
         base = Path(config.base_path)
         if not config.base_path:
             fail("base_path", "missing; give the folder holding <version>/saved_model.pb")
+        elif "://" in config.base_path:
+            fail(
+                "base_path",
+                f"{config.base_path!r}: remote base paths are not read; copy the model to a "
+                "local folder, or serve the bucket as model_repository (s3://..., gs://...)",
+            )
         elif not base.is_absolute():
             fail(
                 "base_path",

@@ -139,6 +139,11 @@ ERRORS = {
         None,
         "models.config:4: model_config_list.config[0].base_path: 'a' is relative",
     ),
+    "remote base_path": (
+        GOOD.replace("%(base)s/a", "s3://bucket/a"),
+        None,
+        "models.config:4: model_config_list.config[0].base_path: 's3://bucket/a': remote",
+    ),
     "missing folder": (
         GOOD.replace("%(base)s/a", "%(base)s/gone"),
         None,
