@@ -317,3 +317,14 @@ def test_preferred_batch_sizes_cut_batches_as_triton_does(
 ) -> None:
     seen = {who: held_batches(servers, who, model, rows) for who in ("triton", "ours")}
     assert seen == {"triton": expected, "ours": expected}
+
+
+def test_the_configuration_shows_the_preferred_sizes(servers: Servers) -> None:
+    for model, sizes in (("preferred", [2, 4]), ("preferred3", [3]), ("unpreferred", [8])):
+        for who, addresses in servers.targets().items():
+            client = httpclient.InferenceServerClient(addresses[0])
+            try:
+                batching = client.get_model_config(model)["dynamic_batching"]
+            finally:
+                client.close()
+            assert batching["preferred_batch_size"] == sizes, (who, model, batching)
