@@ -92,13 +92,6 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_the_repository_holds_the_files_shown(root: Path) -> None:
-    (listing,) = [b for b in code_blocks(section("2.")) if b.lang == "text"]
-    made = sorted(p.relative_to(root).as_posix() for p in (root / "models").rglob("*"))
-    folders = {"models/add_sub", "models/add_sub/1"}
-    assert sorted(listing.code.split()) == [p for p in made if p not in folders]
-
-
 @dataclass
 class Served:
     root: Path
@@ -186,3 +179,13 @@ def test_the_metrics_carry_tritons_names(configured: Served) -> None:
     command = curl.code.splitlines()[0]
     printed = run(["bash", "-c", configured.address(command)], configured.root)
     assert printed.split() == shown_output(curl.code) == ["1"]
+
+
+def test_the_repository_holds_the_files_shown_and_nothing_else(
+    root: Path, served: Served, configured: Served
+) -> None:
+    """After both servers ran every call of the page: nothing was written into it."""
+    (listing,) = [b for b in code_blocks(section("2.")) if b.lang == "text"]
+    made = sorted(p.relative_to(root).as_posix() for p in (root / "models").rglob("*"))
+    folders = {"models/add_sub", "models/add_sub/1"}
+    assert sorted(listing.code.split()) == [p for p in made if p not in folders]
