@@ -34,6 +34,7 @@ from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.kernel.config.schema import ServerConfig
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.repository import read_model_folder
+from dl_inference.server.grpc_h2 import Server, grpc_engine, grpc_server
 from dl_inference.server.http_errors import json_errors
 from dl_inference.server.listeners import bind_grpc, start_http
 from dl_inference.server.management.safety import (
@@ -123,7 +124,7 @@ class ManagementService:
         self.roots = [Path(root).resolve() for root in roots]
         self.grpc_address = ""
         self.http_address = ""
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: grpc.aio.Server | Server | None = None
         self._http: web.AppRunner | None = None
         self._lock = asyncio.Lock()  # one load/unload at a time
         self._here: dict[str, Callable[..., Awaitable[None]]] = {
@@ -380,7 +381,8 @@ class ManagementService:
     async def start(self) -> None:
         management = self.config.management
         shared = self.link is not None  # every worker listens on the same ports
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if shared else 0)])
+        engine = grpc_engine(self.config.server.grpc.engine)
+        server = grpc_server(engine, [("grpc.so_reuseport", 1 if shared else 0)])
         server.add_generic_rpc_handlers([self._grpc_handler()])
         self.grpc_address = bind_grpc(
             server, management.host, management.grpc_port, what="management gRPC"
@@ -416,13 +418,27 @@ class ManagementService:
     def _add_protocol_routes(self, app: web.Application) -> None:
         """Each protocol's management routes, after the kernel's own; PluginError for a
         route not bound with :meth:`http_handler` or one a path already takes."""
+        # aiohttp lets a second route of a method and path in silently (never reached).
+        taken = {
+            (route.method, route.resource.canonical)
+            for route in app.router.routes()
+            if route.resource is not None
+        }
         for protocol in self.protocols:
             for route in protocol.management_routes(self.runtime, self):
-                label = f"{getattr(route, 'method', '?')} {getattr(route, 'path', '?')}"
+                method, path = getattr(route, "method", "?"), getattr(route, "path", "?")
+                label = f"{method} {path}"
                 if not getattr(getattr(route, "handler", None), _GUARDED, False):
                     raise PluginError(
                         f"protocol {protocol.name!r}: management route {label} is not bound "
                         "with control.http_handler (which checks the management token)"
+                    )
+                if {(method, path), ("*", path)} & taken or (
+                    method == "*" and any(p == path for _, p in taken)
+                ):
+                    raise PluginError(
+                        f"protocol {protocol.name!r}: management route {label} cannot be "
+                        "added: another route takes that path"
                     )
                 try:
                     app.add_routes([route])
@@ -431,6 +447,7 @@ class ManagementService:
                         f"protocol {protocol.name!r}: management route {label} cannot be "
                         f"added ({exc})"
                     ) from None
+                taken.add((method, path))
 
     async def stop(self) -> None:
         if self._grpc is not None:
