@@ -40,3 +40,11 @@ def dli_repository_models(root: Path) -> list[tuple[str, Path]]:
     from dl_inference_tfserving.settings import configured_models
 
     return configured_models()
+
+
+@hookimpl
+def dli_server_started(server: object) -> None:
+    """A model config file whose models no repository scan asked for is reported."""
+    from dl_inference_tfserving.settings import check_scanned
+
+    check_scanned()

@@ -280,10 +280,12 @@ class ModelConfigFile:
         self._read_at = time.monotonic()
         self._lock = threading.Lock()
         self._folder: Path | None = None
+        self.scanned = False  # whether a repository scan has asked for the models yet
 
     def models(self) -> list[tuple[str, Path]]:
         """``(name, model folder)`` for each configured model (the file re-read when due)."""
         with self._lock:
+            self.scanned = True
             if self.poll_wait_s > 0 and time.monotonic() - self._read_at >= self.poll_wait_s:
                 self._read_at = time.monotonic()
                 try:

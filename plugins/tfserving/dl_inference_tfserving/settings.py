@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dl_inference import ConfigError, describe_errors
@@ -41,6 +42,7 @@ from dl_inference import ConfigError, describe_errors
 if TYPE_CHECKING:
     from dl_inference_tfserving.model_server_config import ModelConfigFile
 
+log = structlog.get_logger("dl_inference.tfserving")
 PREFIX = "plugin_settings.tfserving"
 AS_PROTO_FIELD = "AS_PROTO_FIELD"
 AS_PROTO_CONTENT = "AS_PROTO_CONTENT"
@@ -122,3 +124,15 @@ def current() -> TFServingSettings:
 def configured_models() -> list[tuple[str, Path]]:
     """The model config file's models as model folders (none without one)."""
     return _model_config_file.models() if _model_config_file is not None else []
+
+
+def check_scanned() -> None:
+    """Once the server listens: say why the model config file's models are not served when
+    no repository scan asked for them (a gateway's config: routes, no ``model_repository``)."""
+    if _model_config_file is not None and not _model_config_file.scanned:
+        log.error(
+            f"{PREFIX}.model_config_file: its models are not served: the server config has "
+            "routes and no model_repository, whose scan serves them; set model_repository to "
+            "a folder (an empty one will do)",
+            file=str(_model_config_file.path),
+        )
