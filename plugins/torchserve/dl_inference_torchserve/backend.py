@@ -30,13 +30,12 @@ log = structlog.get_logger("dl_inference.torchserve")
 
 # TorchServe's default handlers a manifest may name (``--handler image_classifier``), served
 # from the ``ts`` package; the others TorchServe has are refused by name at load.
-DEFAULT_HANDLERS = ("image_classifier", "image_segmenter", "object_detector")
+DEFAULT_HANDLERS = ("image_classifier", "image_segmenter", "object_detector", "text_classifier")
 # What makes an archive a streaming model: a Python file of it naming the ts function that
 # sends intermediate answers (TorchServe has no flag for it: any handler may call it).
 STREAMING_MARK = b"send_intermediate_predict_response"
 # How often a streaming handler blocked on a waiting answer looks whether the client left.
 _POLL_S = 0.05
-NOT_YET_DEFAULT_HANDLERS = ("text_classifier",)
 
 
 class HandlerFailed(BackendError):
@@ -141,12 +140,6 @@ class TorchServeBackend(Backend):
         if (self.path / f"{module_name}.py").is_file() or (self.path / module_name).is_dir():
             return importlib.import_module(module_name)
         served = ", ".join(DEFAULT_HANDLERS)
-        if module_name in NOT_YET_DEFAULT_HANDLERS:
-            raise BackendError(
-                f"handler {handler!r}: TorchServe's default handler {module_name!r} is not "
-                f"served yet (default handlers served by name: {served}); archive a handler "
-                "file with --handler"
-            )
         if module_name not in DEFAULT_HANDLERS:
             raise BackendError(
                 f"handler {handler!r}: the archive has no {module_name}.py, and it is not one "

@@ -143,7 +143,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
         "index_to_name.json": json.dumps(LABELS),
     }
     write_mar(store, "classifier", files, "image_classifier", serializedFile="model.pt")
-    write_mar(store, "texts", {"model.pt": buffer.getvalue()}, "text_classifier")
+    # text_classifier without its source_vocab.pt: a load error naming the file.
+    write_mar(
+        store,
+        "texts",
+        {"model.pt": buffer.getvalue()},
+        "text_classifier",
+        serializedFile="model.pt",
+    )
     labels = {"index_to_name.json": json.dumps(LABELS)}
     write_mar(
         store,
@@ -248,11 +255,10 @@ def test_a_body_that_is_no_image_is_a_client_error(served: ServerProcess) -> Non
     assert status == 200
 
 
-def test_a_default_handler_not_served_yet_names_itself(served: ServerProcess) -> None:
+def test_a_text_classifier_without_its_vocabulary_fails_to_load(served: ServerProcess) -> None:
     status, body = _post(f"{served.http_url}/predictions/texts", b"some text", "text/plain")
     assert (status, json.loads(body)["type"]) == (503, "ServiceUnavailableException")
-    assert "default handler 'text_classifier' is not served yet" in served.output()
-    assert "image_classifier, image_segmenter, object_detector" in served.output()
+    assert "Missing the source_vocab file" in served.output()
 
 
 def test_image_segmenter_answers_each_pixels_class_and_probability(

@@ -7,12 +7,17 @@ import itertools
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# HTML tags and character entities (``&amp;``, ``&#39;``, ``&#x27;``): what the text
+# handlers remove from a line first.
+CLEANUP_REGEX = re.compile("<.*?>|&([a-z0-9]+|#[0-9]{1,6}|#x[0-9a-f]{1,6});")
 
 
 class PredictionException(Exception):
