@@ -1,13 +1,14 @@
 """Remote model repositories: ``model_repository: s3://bucket/prefix`` mirrored into a local
-cache, served and followed by the repository poll. Against a real S3-compatible server (moto's
-server mode, a separate process on 127.0.0.1); the generic fsspec path through fsspec's
-memory filesystem. gs:// is not tested: no GCS emulator here (it is the same code, gcsfs
-doing the listing and downloads)."""
+cache, served and followed by the repository poll. Against real object store servers, each a
+separate process on 127.0.0.1: moto's S3 server (s3://, through s3fs) and gcp-storage-emulator
+(gs://, through gcsfs); the generic fsspec path through fsspec's memory filesystem."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,10 +17,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dl_inference.testing import ServerProcess, free_port
 
@@ -179,41 +182,48 @@ def test_url_without_its_package_names_what_to_install(tmp_path: Path) -> None:
 
     if "gcsfs" not in known_implementations.get("gs", {}).get("class", ""):
         pytest.skip("this fsspec does not know gs://")
-    try:
-        import gcsfs  # noqa: F401
-
-        pytest.skip("gcsfs is installed: nothing is missing")
-    except ImportError:
-        pass
     (tmp_path / "c.yaml").write_text(
         f"model_repository: gs://some-bucket/models\n"
         f"server: {{repository_cache_dir: {tmp_path / 'cache'}}}\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "dl_inference", "check-config", str(tmp_path / "c.yaml")],
-        capture_output=True,
-        text=True,
-    )
+    # gcsfs made unimportable (None in sys.modules), whether or not it is installed.
+    code = "import sys; sys.modules['gcsfs'] = None; from dl_inference.cli import main; "
+    code += f"sys.exit(main(['check-config', {str(tmp_path / 'c.yaml')!r}]))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "model_repository gs://some-bucket/models" in done.stderr
     assert "pip install fsspec gcsfs" in done.stderr
 
 
-# -- a real S3-compatible server ------------------------------------------------------------
+# -- real object store servers -------------------------------------------------------------
 
 
-@pytest.fixture
-def s3(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """moto's S3 server in its own process; yields its endpoint and a boto3 client."""
-    pytest.importorskip("moto.server", reason="moto[server] is not installed (make test does)")
-    pytest.importorskip("s3fs", reason="s3fs is not installed (make test installs it)")
-    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **AWS_ENV},
+@dataclass
+class Store:
+    """A bucket on an object store server that the test runs as a separate process: what a
+    server's config and environment need to reach it, and a client of the store's own SDK."""
+
+    scheme: str
+    endpoint: str
+    process: subprocess.Popen[bytes]
+    put: Callable[[str, str], None]  # (key, body)
+    delete: Callable[[str], None]
+    options: dict[str, Any]  # model_repository_options
+    env: dict[str, str]  # what the server runs with
+    endpoint_env: dict[str, str]  # the endpoint named by the environment, not the config
+    bucket: str = "models-bucket"
+
+    def url(self, prefix: str = "models", bucket: str | None = None) -> str:
+        return f"{self.scheme}://{bucket or self.bucket}/{prefix}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def start_server(command: list[str], port: int, env: dict[str, str], what: str) -> Any:
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env}
     )
 
     def accepting() -> bool:
@@ -221,7 +231,24 @@ def s3(tmp_path: Path) -> Iterator[dict[str, Any]]:
             return sock.connect_ex(("127.0.0.1", port)) == 0
 
     try:
-        wait_for(accepting, "moto's S3 server to listen")
+        wait_for(accepting, f"{what} to listen")
+    except BaseException:
+        process.kill()
+        process.wait(10)
+        raise
+    return process
+
+
+@contextlib.contextmanager
+def s3_store() -> Iterator[Store]:
+    """moto's S3 server; the bucket filled through boto3."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (make test does)")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (make test installs it)")
+    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed")
+    port = free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    process = start_server(command, port, AWS_ENV, "moto's S3 server")
+    try:
         endpoint = f"http://127.0.0.1:{port}"
         client = boto3.client(
             "s3",
@@ -231,89 +258,162 @@ def s3(tmp_path: Path) -> Iterator[dict[str, Any]]:
             region_name="us-east-1",
         )
         client.create_bucket(Bucket="models-bucket")
-        yield {"endpoint": endpoint, "client": client, "process": server}
+        yield Store(
+            scheme="s3",
+            endpoint=endpoint,
+            process=process,
+            put=lambda key, body: client.put_object(Bucket="models-bucket", Key=key, Body=body),
+            delete=lambda key: client.delete_object(Bucket="models-bucket", Key=key),
+            # One attempt per poll: a stopped server is reported at once.
+            options={
+                "endpoint_url": endpoint,
+                "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2},
+            },
+            env=AWS_ENV,
+            endpoint_env={**AWS_ENV, "AWS_ENDPOINT_URL": endpoint},
+        )
     finally:
-        server.terminate()
-        server.wait(10)
+        process.terminate()
+        process.wait(10)
 
 
-def upload_model(client: Any, name: str, version: int, offset: int) -> None:
-    client.put_object(Bucket="models-bucket", Key=f"models/{name}/config.yaml", Body=CONFIG)
-    key = f"models/{name}/{version}/model.py"
-    client.put_object(Bucket="models-bucket", Key=key, Body=ADD % offset)
+@contextlib.contextmanager
+def gcs_store() -> Iterator[Store]:
+    """gcp-storage-emulator (Google Cloud Storage's JSON API, in memory); the bucket filled
+    through google-cloud-storage, Google's own client."""
+    pytest.importorskip("gcsfs", reason="gcsfs is not installed (make test installs it)")
+    emulator = shutil.which("gcp-storage-emulator", path=str(Path(sys.executable).parent))
+    if emulator is None:
+        pytest.skip("gcp-storage-emulator is not installed (make test installs it)")
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    port = free_port()
+    command = [emulator, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    command += ["--default-bucket", "models-bucket"]
+    process = start_server(command, port, {}, "the GCS emulator")
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        client = storage.Client(
+            project="dli-test",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": endpoint},
+        )
+        bucket = client.bucket("models-bucket")
+        yield Store(
+            scheme="gs",
+            endpoint=endpoint,
+            process=process,
+            put=lambda key, body: bucket.blob(key).upload_from_string(body),
+            delete=lambda key: bucket.blob(key).delete(),
+            # An emulator takes no credentials: anonymous, as Google's clients call it.
+            options={"endpoint_url": endpoint, "token": "anon"},
+            # No look for Compute Engine's metadata server (no such server here).
+            env={"NO_GCE_CHECK": "true"},
+            endpoint_env={"NO_GCE_CHECK": "true", "STORAGE_EMULATOR_HOST": endpoint},
+        )
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
-def serve_config(tmp_path: Path, endpoint: str, bucket: str = "models-bucket") -> Path:
+STORES = {"s3": s3_store, "gs": gcs_store}
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Each real object store server in turn."""
+    with STORES[request.param]() as running:
+        yield running
+
+
+@pytest.fixture
+def s3() -> Iterator[Store]:
+    """moto's S3 server alone: for what the kernel does the same whatever the store."""
+    with s3_store() as running:
+        yield running
+
+
+def upload_model(
+    store: Store, name: str, version: int, offset: int, prefix: str = "models"
+) -> None:
+    store.put(f"{prefix}/{name}/config.yaml", CONFIG)
+    store.put(f"{prefix}/{name}/{version}/model.py", ADD % offset)
+
+
+def serve_config(tmp_path: Path, store: Store) -> Path:
     path = tmp_path / "server.yaml"
     path.write_text(
-        f"model_repository: s3://{bucket}/models\n"
-        # One attempt per poll: a stopped server is reported at once, the next poll retries.
-        f"model_repository_options: {{endpoint_url: '{endpoint}', "
-        "config_kwargs: {retries: {max_attempts: 1}, connect_timeout: 2}}\n"
-        f"server: {{repository_poll_s: 0.3, repository_cache_dir: {tmp_path / 'cache'}}}\n"
+        yaml.safe_dump(
+            {
+                "model_repository": store.url(),
+                "model_repository_options": store.options,
+                "server": {
+                    "repository_poll_s": 0.3,
+                    "repository_cache_dir": str(tmp_path / "cache"),
+                },
+            }
+        )
     )
     return path
 
 
-def test_s3_repository_serves_follows_and_survives_the_remote(
-    s3: dict[str, Any], tmp_path: Path
-) -> None:
-    client = s3["client"]
-    upload_model(client, "adder", 1, 1)
-    upload_model(client, "doomed", 1, 7)
-    config = serve_config(tmp_path, s3["endpoint"])
-    with ServerProcess(["-c", str(config)], env=AWS_ENV) as server:
+def test_repository_serves_follows_and_survives_the_remote(store: Store, tmp_path: Path) -> None:
+    upload_model(store, "adder", 1, 1)
+    upload_model(store, "doomed", 1, 7)
+    config = serve_config(tmp_path, store)
+    with ServerProcess(["-c", str(config)], env=store.env) as server:
         assert infer(server, "adder") == (200, 1.0)
         assert infer(server, "doomed") == (200, 7.0)
         # A version added while serving is served within a few polls (the latest wins).
-        upload_model(client, "adder", 2, 2)
+        upload_model(store, "adder", 2, 2)
         wait_for(lambda: infer(server, "adder") == (200, 2.0), "version 2 served")
         assert infer(server, "adder", "2") == (200, 2.0)
         # A model deleted from the bucket is unloaded.
         for key in ("models/doomed/config.yaml", "models/doomed/1/model.py"):
-            client.delete_object(Bucket="models-bucket", Key=key)
+            store.delete(key)
         wait_for(lambda: infer(server, "doomed")[0] == 404, "doomed unloaded")
-        # The S3 server goes away: the cached models keep serving and the log says why.
-        s3["process"].terminate()
-        s3["process"].wait(10)
+        # The server goes away: the cached models keep serving and the log says why (gcsfs
+        # retries a refused connection for about half a minute before it gives up).
+        store.stop()
         wait_for(
-            lambda: "remote model repository unreadable" in server.output(), "the failure logged"
+            lambda: "remote model repository unreadable" in server.output(),
+            "the failure logged",
+            timeout=120,
         )
-        time.sleep(1)  # a few more polls fail
+        time.sleep(1)  # more polls fail
         assert infer(server, "adder") == (200, 2.0)
         output = server.output()
-        assert "s3://models-bucket/models" in output
+        assert store.url() in output
         assert output.count("remote model repository unreadable") == 1  # once, not per poll
     assert SECRET not in server.output()
 
 
-def test_s3_bucket_that_does_not_exist_stops_the_start(s3: dict[str, Any], tmp_path: Path) -> None:
-    """From the command line, the endpoint from the standard AWS_ENDPOINT_URL variable."""
-    url = "s3://no-such-bucket/models"
+def test_bucket_that_does_not_exist_stops_the_start(store: Store, tmp_path: Path) -> None:
+    """From the command line, the endpoint from the standard variable (AWS_ENDPOINT_URL,
+    STORAGE_EMULATOR_HOST)."""
+    url = store.url(bucket="no-such-bucket")
     flags = ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
     done = subprocess.run(
         [sys.executable, "-m", "dl_inference", "serve", "--model-repository", url, *flags],
         capture_output=True,
         text=True,
-        env={**os.environ, **AWS_ENV, "AWS_ENDPOINT_URL": s3["endpoint"]},
+        env={**os.environ, **store.endpoint_env},
         timeout=120,
     )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "model_repository s3://no-such-bucket/models: not found" in done.stderr
+    assert f"model_repository {url}: not found" in done.stderr
     assert SECRET not in done.stdout + done.stderr
 
 
-def test_s3_repository_with_worker_processes_sharing_the_cache(
-    s3: dict[str, Any], tmp_path: Path
-) -> None:
+def test_s3_repository_with_worker_processes_sharing_the_cache(s3: Store, tmp_path: Path) -> None:
     """serve --workers 2: both processes mirror into one cache folder; each serves the new
     version once it is uploaded."""
-    client = s3["client"]
-    upload_model(client, "adder", 1, 1)
-    config = serve_config(tmp_path, s3["endpoint"])
-    with ServerProcess(["-c", str(config), "--workers", "2"], env=AWS_ENV) as server:
+    upload_model(s3, "adder", 1, 1)
+    config = serve_config(tmp_path, s3)
+    with ServerProcess(["-c", str(config), "--workers", "2"], env=s3.env) as server:
         assert infer(server, "adder") == (200, 1.0)
-        upload_model(client, "adder", 2, 2)
+        upload_model(s3, "adder", 2, 2)
         # New connections land on either process (SO_REUSEPORT): all must answer 2.
         wait_for(
             lambda: all(infer(server, "adder") == (200, 2.0) for _ in range(20)),
@@ -324,32 +424,30 @@ def test_s3_repository_with_worker_processes_sharing_the_cache(
     assert sorted(p.name for p in cache.iterdir()) == [".dli-remote.json", "adder"]
 
 
-def test_config_reload_to_another_prefix_follows_it(s3: dict[str, Any], tmp_path: Path) -> None:
+def test_config_reload_to_another_prefix_follows_it(s3: Store, tmp_path: Path) -> None:
     """The config file names another prefix while serving: its models load, and the
     repository poll follows the new mirror (a version uploaded there loads), not the old one.
     (Models of the old repository stay loaded, as for a local model_repository changed.)"""
-    client = s3["client"]
-    upload_model(client, "adder", 1, 1)
-    client.put_object(Bucket="models-bucket", Key="other/fresh/config.yaml", Body=CONFIG)
-    client.put_object(Bucket="models-bucket", Key="other/fresh/1/model.py", Body=ADD % 9)
-    config = serve_config(tmp_path, s3["endpoint"])
-    with ServerProcess(["-c", str(config)], env=AWS_ENV) as server:
+    upload_model(s3, "adder", 1, 1)
+    upload_model(s3, "fresh", 1, 9, prefix="other")
+    config = serve_config(tmp_path, s3)
+    with ServerProcess(["-c", str(config)], env=s3.env) as server:
         assert infer(server, "adder") == (200, 1.0)
         text = config.read_text()
         config.write_text(text.replace("s3://models-bucket/models", "s3://models-bucket/other"))
         wait_for(lambda: infer(server, "fresh") == (200, 9.0), "the new prefix served")
-        client.put_object(Bucket="models-bucket", Key="other/fresh/2/model.py", Body=ADD % 10)
+        s3.put("other/fresh/2/model.py", ADD % 10)
         wait_for(lambda: infer(server, "fresh") == (200, 10.0), "a version under the new prefix")
 
 
-def test_check_config_names_the_url_and_the_models(s3: dict[str, Any], tmp_path: Path) -> None:
-    upload_model(s3["client"], "adder", 1, 1)
-    config = serve_config(tmp_path, s3["endpoint"])
+def test_check_config_names_the_url_and_the_models(s3: Store, tmp_path: Path) -> None:
+    upload_model(s3, "adder", 1, 1)
+    config = serve_config(tmp_path, s3)
     done = subprocess.run(
         [sys.executable, "-m", "dl_inference", "check-config", str(config)],
         capture_output=True,
         text=True,
-        env={**os.environ, **AWS_ENV},
+        env={**os.environ, **s3.env},
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
