@@ -30,7 +30,6 @@ on TorchServe (plugins/torchserve/README.md).
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import textwrap
@@ -49,6 +48,7 @@ import pytest
 from dl_inference.testing import ServerProcess, free_port
 
 from .torchserve import TorchServeServer, archive, grpc_stubs, skip_without_torchvision
+from .triton import file_hashes
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -115,18 +115,6 @@ def _image(size: tuple[int, int], mode: str, fmt: str, seed: int) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-def _hashes(*roots: Path) -> dict[str, str]:
-    """sha256 of every file under ``roots`` (or of the file itself), by path."""
-    found = {}
-    for root in roots:
-        for path in [root] if root.is_file() else sorted(root.rglob("*")):
-            if path.is_file():
-                found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                found[str(path)] = "folder"
-    return found
 
 
 def _write_store(work: Path) -> Path:
@@ -214,7 +202,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     store = _write_store(work)
     config = _write_config_properties(work, store)
     stubs = grpc_stubs(work / "stubs")
-    files = _hashes(store, config)
+    files = file_hashes(store, config)
     theirs = TorchServeServer(store, work / "torchserve", config_properties=config).start()
     try:
         ours_config = work / "dl-inference.yaml"
@@ -228,7 +216,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             yield Demo(theirs, ours, stubs, files, store, config)
     finally:
         theirs.stop()
-    assert _hashes(store, config) == files, "a server changed the user's files"
+    assert file_hashes(store, config) == files, "a server changed the user's files"
 
 
 def _wait_until_served(url: str) -> None:
@@ -458,5 +446,5 @@ def test_grpc_predictions_with_torchserves_own_stubs(demo: Demo) -> None:
 def test_the_users_files_are_unchanged(demo: Demo) -> None:
     # Both servers have loaded and served every archive by now: the store and the config
     # are byte for byte what the user wrote, and nothing was added next to them.
-    assert _hashes(demo.store, demo.config) == demo.files
+    assert file_hashes(demo.store, demo.config) == demo.files
     assert sorted(p.name for p in demo.store.iterdir()) == ["tabular.mar", "vision.mar"]

@@ -31,7 +31,6 @@ else may appear.
 
 from __future__ import annotations
 
-import hashlib
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +44,7 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .triton import TritonServer, skip_without_triton
+from .triton import TritonServer, file_hashes, skip_without_triton
 
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc]")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
@@ -286,16 +285,6 @@ def write_repository(root: Path) -> Path:
     return root
 
 
-def _hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (folders listed too), by relative path."""
-    return {
-        str(path.relative_to(root)): (
-            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
-        )
-        for path in sorted(root.rglob("*"))
-    }
-
-
 @dataclass
 class Demo:
     repository: Path
@@ -325,14 +314,14 @@ def _start_triton(repository: Path, log: Path) -> TritonServer:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     work = tmp_path_factory.mktemp("triton-migration-demo")
     repository = write_repository(work / "models")
-    files = _hashes(repository)
+    files = file_hashes(repository)
     # Our imports of model.py would write bytecode next to it unless told not to: they
     # must not, so the variable is cleared for this process.
     env = {"PYTHONDONTWRITEBYTECODE": ""}
     with ServerProcess(["--model-repository", str(repository)], env=env) as ours:
         _wait_ready(ours, ALL_MODELS)
         # Every model loaded (model.py imported, config.pbtxt read): nothing written.
-        assert _hashes(repository) == files, "dl-inference changed the user's repository"
+        assert file_hashes(repository) == files, "dl-inference changed the user's repository"
         triton, why = None, ""
         try:
             skip_without_triton()
@@ -344,13 +333,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             # Triton's python stubs write __pycache__/model.*.pyc beside each model.py (a
             # Triton user's folder gets them too; PYTHONDONTWRITEBYTECODE does not reach
             # them): those are Triton's, known from here on.
-            added = {k: v for k, v in _hashes(repository).items() if k not in files}
+            added = {k: v for k, v in file_hashes(repository).items() if k not in files}
             assert all("__pycache__" in path for path in added), added
             yield Demo(repository, {**files, **added}, ours, triton, why)
         finally:
             if triton is not None:
                 triton.stop()
-    assert _hashes(repository) == {**files, **added}, "a server changed the user's repository"
+    assert file_hashes(repository) == {**files, **added}, "a server changed the user's repository"
 
 
 def _wait_ready(server: ServerProcess, models: tuple[str, ...]) -> None:
@@ -559,4 +548,4 @@ def test_torchscript_model_answers_as_torch(demo: Demo, transport: str) -> None:
 def test_the_repository_is_unchanged(demo: Demo) -> None:
     # Every model has loaded and answered by now (this module's tests run in file order):
     # the folder is byte for byte what the user wrote (and Triton's bytecode, when it ran).
-    assert _hashes(demo.repository) == demo.files
+    assert file_hashes(demo.repository) == demo.files

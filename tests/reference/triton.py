@@ -10,6 +10,7 @@ subprocess and waits until it answers ready.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -182,3 +183,15 @@ def stop_process_group(process: subprocess.Popen[bytes] | None, timeout: float =
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def file_hashes(*paths: Path) -> dict[str, str]:
+    """sha256 of each file under ``paths`` (or of the file itself), by path; folders listed
+    as ``"folder"``: what a test compares to show a server changed and added nothing."""
+    found = {}
+    for root in paths:
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            found[str(path)] = (
+                hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+            )
+    return found
