@@ -1,8 +1,9 @@
 """TorchServe's default handlers named in the manifest (``image_classifier``,
 ``image_segmenter``, ``object_detector``), end to end.
 
-The real TorchServe cannot run these handlers here (its environment has no torchvision), so
-the expected answers are computed in the test, independently of the ``ts`` package: the
+These tests need no reference server: the expected answers are computed in the test,
+independently of the ``ts`` package (the real TorchServe 0.12 answers ``image_classifier``
+requests side by side in tests/reference/test_migration_demo_torchserve.py): the
 image resized with PIL to the sizes torchvision documents for ``Resize(256)``, cropped and
 normalized with numpy, the test's own TorchScript models run on it, softmax and top-5 in
 numpy, labelled from ``index_to_name.json``; the answers are TorchServe's documented shapes
