@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from dl_inference_otel.settings import DLI_HOOKSPEC_VERSION, tracing_enabled
+from dl_inference_otel.settings import DLI_HOOKSPEC_VERSION, export_protocol, tracing_enabled
 
 
 class Off:
@@ -23,15 +23,19 @@ class Off:
 
 
 def build(environ: dict[str, str] | os._Environ[str]) -> object:
-    """The plugin object for ``environ``: tracing hooks when it turns tracing on, else Off."""
+    """The plugin object for ``environ``: tracing hooks when it turns tracing on, else Off.
+
+    An unsupported ``OTEL_EXPORTER_OTLP_*PROTOCOL`` raises ``ConfigError`` here, so that the
+    plugin is reported as failed with that reason instead of exporting nowhere.
+    """
     on, reason = tracing_enabled(environ)
     if not on:
         return Off(reason)
     from dl_inference_otel.hooks import Tracing
 
-    return Tracing(environ)
+    return Tracing(environ, export_protocol(environ))
 
 
 plugin = build(os.environ)
 
-__all__ = ["DLI_HOOKSPEC_VERSION", "Off", "build", "plugin", "tracing_enabled"]
+__all__ = ["DLI_HOOKSPEC_VERSION", "Off", "build", "export_protocol", "plugin", "tracing_enabled"]

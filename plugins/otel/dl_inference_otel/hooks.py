@@ -78,8 +78,9 @@ class Tracing:
 
     DLI_HOOKSPEC_VERSION = DLI_HOOKSPEC_VERSION
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, str], protocol: str = "http/protobuf") -> None:
         self._environ = environ
+        self.protocol = protocol  # grpc or http/protobuf (settings.export_protocol)
         self._tracer: Tracer | None = None
         self._provider: Any = None
 
@@ -90,7 +91,6 @@ class Tracing:
         return self._tracer
 
     def _make_tracer(self) -> Tracer:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -102,8 +102,19 @@ class Tracing:
         # The sampler (OTEL_TRACES_SAMPLER), the exporter's endpoint, headers and timeout
         # (OTEL_EXPORTER_OTLP_*) and the batching (OTEL_BSP_*) are the SDK's to read.
         self._provider = TracerProvider(resource=resource)
-        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        self._provider.add_span_processor(BatchSpanProcessor(self._exporter()))
         return self._provider.get_tracer("dl_inference_otel", dl_inference.__version__)
+
+    def _exporter(self) -> Any:
+        """The OTLP span exporter of :attr:`protocol`; each reads its endpoint (a gRPC one:
+        ``http://`` for plaintext, ``https://`` for TLS), headers and timeout itself."""
+        if self.protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
+                OTLPSpanExporter,
+            )
+        return OTLPSpanExporter()
 
     # -- lifecycle ---------------------------------------------------------------------------
 

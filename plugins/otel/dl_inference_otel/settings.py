@@ -8,6 +8,9 @@ from collections.abc import Mapping
 DLI_HOOKSPEC_VERSION = "1.3"
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+# The signal's own variable first, then the general one (OTLP exporter specification).
+PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+PROTOCOLS = ("http/protobuf", "grpc")  # the specification's default first
 
 
 def tracing_enabled(environ: Mapping[str, str]) -> tuple[bool, str]:
@@ -25,3 +28,21 @@ def tracing_enabled(environ: Mapping[str, str]) -> tuple[bool, str]:
     if not any(environ.get(name, "").strip() for name in ENDPOINT_VARIABLES):
         return False, "no OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     return True, ""
+
+
+def export_protocol(environ: Mapping[str, str]) -> str:
+    """The OTLP transport of the spans: ``grpc`` or ``http/protobuf`` (the default), from
+    ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``.
+
+    Raises ``dl_inference.ConfigError`` naming the variable for any other value
+    (``http/json`` has no exporter in OpenTelemetry's Python SDK).
+    """
+    for name in PROTOCOL_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value:
+            if value.lower() not in PROTOCOLS:
+                from dl_inference import ConfigError
+
+                raise ConfigError(f"{name}={value} is not supported: use {' or '.join(PROTOCOLS)}")
+            return value.lower()
+    return PROTOCOLS[0]

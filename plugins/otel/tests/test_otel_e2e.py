@@ -1,8 +1,8 @@
 """Tracing end to end: a gateway and a worker (real servers, in subprocesses) export their
-spans over OTLP/HTTP to a receiver started by the test, which decodes them with
-OpenTelemetry's own proto messages; real clients (tritonclient gRPC and HTTP) send a W3C
-``traceparent``. The spans must share the client's trace and chain up: gateway SERVER ->
-CLIENT attempt (one per attempt) -> worker SERVER -> queue and compute.
+spans over OTLP/HTTP, and again over OTLP/gRPC, to a receiver started by the test, which
+decodes them with OpenTelemetry's own proto messages; real clients (tritonclient gRPC and
+HTTP) send a W3C ``traceparent``. The spans must share the client's trace and chain up:
+gateway SERVER -> CLIENT attempt (one per attempt) -> worker SERVER -> queue and compute.
 """
 
 from __future__ import annotations
@@ -16,15 +16,18 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -32,6 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
 from dl_inference.testing import ServerProcess, free_port, write_python_model
+from dl_inference_otel.settings import PROTOCOLS
 
 MODEL = """
     from dl_inference import PythonModel
@@ -53,16 +57,43 @@ OTEL_VARIABLES = (
     "OTEL_SDK_DISABLED",
     "OTEL_TRACES_EXPORTER",
     "OTEL_SERVICE_NAME",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
 )
 
 
 class Receiver:
-    """An OTLP/HTTP trace receiver: ``POST /v1/traces`` with a protobuf body."""
+    """An OTLP trace receiver for ``protocol``: OTLP/HTTP (``POST /v1/traces`` with a
+    protobuf body) or OTLP/gRPC (``TraceService/Export``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: str = "http/protobuf") -> None:
+        self.protocol = protocol
         self.spans: list[dict[str, Any]] = []
         self.posts = 0
         self._lock = threading.Lock()
+        self.grpc_server: grpc.Server | None = None
+        if protocol == "grpc":
+            self._serve_grpc()
+        else:
+            self._serve_http()
+
+    def _serve_grpc(self) -> None:
+        receiver = self
+
+        class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(
+                self, request: ExportTraceServiceRequest, context: grpc.ServicerContext
+            ) -> ExportTraceServiceResponse:
+                receiver.add(request)
+                return ExportTraceServiceResponse()
+
+        self.grpc_server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), self.grpc_server)
+        port = self.grpc_server.add_insecure_port("127.0.0.1:0")
+        self.grpc_server.start()
+        self.url = f"http://127.0.0.1:{port}"  # http://: plaintext gRPC
+
+    def _serve_http(self) -> None:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -121,6 +152,9 @@ class Receiver:
             time.sleep(0.1)
 
     def close(self) -> None:
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=None)
+            return
         self.server.shutdown()
         self.server.server_close()
 
@@ -129,18 +163,32 @@ def _value(value: Any) -> Any:
     return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
 
 
-def otel_env(receiver: Receiver, service: str, **extra: str) -> dict[str, str]:
+def otel_env(
+    receiver: Receiver, service: str, traces_protocol: bool = False, **extra: str
+) -> dict[str, str]:
+    """The variables that send ``service``'s spans to ``receiver``, in its protocol: named by
+    OTEL_EXPORTER_OTLP_PROTOCOL, or with ``traces_protocol`` by the signal's own
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, which wins over a general one naming the other."""
+    protocol = {"OTEL_EXPORTER_OTLP_PROTOCOL": receiver.protocol}
+    if traces_protocol:
+        other = next(p for p in PROTOCOLS if p != receiver.protocol)
+        protocol = {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": other,
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": receiver.protocol,
+        }
     return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_SERVICE_NAME": service,
+        **protocol,
         **extra,
     }
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
+@pytest.fixture(scope="module", params=PROTOCOLS)
+def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
+    """An OTLP receiver of each protocol in turn: every test here runs over both."""
+    r = Receiver(request.param)
     yield r
     r.close()
 
@@ -155,7 +203,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def worker(repo: Path, receiver: Receiver) -> Iterator[ServerProcess]:
-    with ServerProcess(["--model-repository", str(repo)], env=otel_env(receiver, "worker")) as proc:
+    env = otel_env(receiver, "worker", traces_protocol=True)
+    with ServerProcess(["--model-repository", str(repo)], env=env) as proc:
         yield proc
 
 
@@ -219,6 +268,13 @@ def has_worker_compute(spans: list[dict[str, Any]]) -> bool:
     return any(s["name"] == "compute" for s in spans)
 
 
+def complete_through_gateway(spans: list[dict[str, Any]]) -> bool:
+    """The worker's compute and the gateway's SERVER span (which ends last, and may come in
+    a later export than the worker's) have both arrived."""
+    gateway = any(s["service"] == "gateway" and s["kind"] == "SPAN_KIND_SERVER" for s in spans)
+    return gateway and has_worker_compute(spans)
+
+
 def check_worker_spans(
     spans: list[dict[str, Any]], parent: str, name: str, model: str = "add_one"
 ) -> dict[str, Any]:
@@ -246,7 +302,7 @@ def test_a_grpc_call_through_the_gateway_is_one_trace(
 ) -> None:
     header, trace_id, client_span = traceparent()
     grpc_call(gateway, "add_one", header)
-    spans = receiver.trace(trace_id, has_worker_compute)
+    spans = receiver.trace(trace_id, complete_through_gateway)
 
     ours = one(spans, service="gateway", kind="SPAN_KIND_SERVER")
     assert ours["name"] == GRPC_METHOD
@@ -275,7 +331,7 @@ def test_an_http_call_through_the_gateway_is_one_trace(
         tensor.set_data_from_numpy(X, binary_data=True)
         result = client.infer("add_one", [tensor], headers={"traceparent": header})
     np.testing.assert_array_equal(result.as_numpy("y"), X + 1)
-    spans = receiver.trace(trace_id, has_worker_compute)
+    spans = receiver.trace(trace_id, complete_through_gateway)
 
     ours = one(spans, service="gateway", kind="SPAN_KIND_SERVER")
     assert ours["parent"] == client_span
@@ -299,7 +355,7 @@ def test_a_retried_call_shows_one_client_span_per_attempt(
     for _ in range(2):  # round robin: one of the two calls tries the dead node first
         header, trace_id, _ = traceparent()
         grpc_call(gateway, "add_one_retried", header)
-        traces.append(receiver.trace(trace_id, has_worker_compute))
+        traces.append(receiver.trace(trace_id, complete_through_gateway))
     retried = [t for t in traces if len([s for s in t if s["kind"] == "SPAN_KIND_CLIENT"]) == 2]
     assert len(retried) == 1, traces
     spans = retried[0]
@@ -357,6 +413,15 @@ def test_without_otel_variables_the_plugin_registers_no_hook(receiver: Receiver)
             plugins_json({**bare, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, **switch})["hooks"]
             == []
         ), switch
+
+
+def test_an_unsupported_protocol_fails_the_plugin_naming_the_variable(receiver: Receiver) -> None:
+    bare = {k: v for k, v in os.environ.items() if k not in OTEL_VARIABLES}
+    for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+        env = {**bare, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, name: "http/json"}
+        listed = plugins_json(env)
+        assert listed["status"] == "failed"
+        assert f"{name}=http/json is not supported: use http/protobuf or grpc" in listed["error"]
 
 
 @pytest.mark.parametrize(
