@@ -48,6 +48,10 @@ class ModelSource:
         return self.path / str(version)
 
 
+# Folders already reported as skipped (see scan_repository).
+_SKIPPED: set[Path] = set()
+
+
 def scan_repository(
     root: Path, overrides: dict[str, dict[str, Any]] | None = None, *, strict: bool = True
 ) -> list[ModelSource]:
@@ -67,11 +71,15 @@ def scan_repository(
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         source = read_model_folder(folder, overrides.get(folder.name), strict=strict)
         if source is None:
-            log.warning(
-                "folder skipped: no numeric version folders",
-                folder=str(folder),
-                hint=f"put the model files in {folder}/1/",
-            )
+            # Once per folder: the poll scans every few seconds, and a folder a plugin reads
+            # in its own format (dli_repository_models) stays as it is.
+            if folder not in _SKIPPED:
+                _SKIPPED.add(folder)
+                log.warning(
+                    "folder skipped: no numeric version folders",
+                    folder=str(folder),
+                    hint=f"put the model files in {folder}/1/",
+                )
             continue
         sources.append(source)
     unknown = sorted(set(overrides) - {s.name for s in sources})

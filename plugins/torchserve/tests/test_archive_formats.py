@@ -198,7 +198,9 @@ def test_a_server_serves_every_format_and_refuses_hostile_archives(tmp_path: Pat
     write_mar(store, "folder", HANDLER, "h.py", archive_format="no-archive", file_name="dir")
     env = {"DLI_TORCHSERVE_CACHE": str(tmp_path / "cache")}
     config = tmp_path / "server.yaml"
-    config.write_text(f"model_repository: {store}\nserver:\n  strict_readiness: false\n")
+    config.write_text(
+        f"model_repository: {store}\nserver:\n  strict_readiness: false\n  repository_poll_s: 0.2\n"
+    )
     with ServerProcess(["-c", str(config)], env=env) as server:
         deadline = time.monotonic() + 60
         while get(f"{server.http_url}/predictions/zipped")[0] != 200:
@@ -209,6 +211,10 @@ def test_a_server_serves_every_format_and_refuses_hostile_archives(tmp_path: Pat
         for name in ("zip_traversal", "tgz_symlink", "folder_link"):
             status, error = get(f"{server.http_url}/predictions/{name}")
             assert (status, error["type"]) == (503, "ServiceUnavailableException"), name
+        time.sleep(1.0)  # a few polls
         output = server.output()
         assert "tgz_symlink.tar.gz is refused: 'tgz_symlink/h.py' is a link" in output
+        # The kernel's scan skips the no-archive folders (no version folders), saying so
+        # once, not at every poll.
+        assert output.count(f"folder={store / 'dir'}") == 1, output
     assert not list(tmp_path.rglob("escaped.py"))
