@@ -2,13 +2,15 @@
 in process: its routes answer behind the management token in the protocol's error format;
 ModelControl's resolve_path keeps client paths inside the roots, load_folder loads a
 prepared folder with notes, annotate replaces them, unload drops them; a route not bound
-with control.http_handler, or one the kernel's own routes take, stops the start."""
+with control.http_handler, one the kernel's own routes take, or a gRPC service not bound
+with control.grpc_service stops the start."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
 from aiohttp import web
 
@@ -65,6 +67,13 @@ class Clashing(Protocol):
             return web.Response()
 
         return [web.post("/v2/repository/index", control.http_handler("x", index, error_body))]
+
+
+class UnguardedGrpc(Protocol):
+    name = "unguarded_grpc"
+
+    def management_grpc_handlers(self, runtime: RuntimeView, control: ModelControl):
+        return [grpc.method_handlers_generic_handler("probe.Open", {})]
 
 
 async def service_for(tmp_path: Path, protocol: Protocol) -> ManagementService:
@@ -132,7 +141,11 @@ async def test_protocol_routes_answer_behind_the_token(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("protocol", "words"),
-    [(Unguarded(), "not bound with control.http_handler"), (Clashing(), "cannot be added")],
+    [
+        (Unguarded(), "not bound with control.http_handler"),
+        (Clashing(), "cannot be added"),
+        (UnguardedGrpc(), "not bound with control.grpc_service"),
+    ],
 )
 async def test_a_route_without_the_guard_or_on_a_taken_path_stops_the_start(
     tmp_path: Path, protocol: Protocol, words: str

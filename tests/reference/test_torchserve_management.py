@@ -17,12 +17,15 @@ differences dl-inference chose (bad numbers are 400) are asserted as such at the
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
+import sys
 import textwrap
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,3 +228,132 @@ def test_bad_numbers_are_400_here(pair: Pair) -> None:
     assert call(pair.ours_management, "PUT", path, TOKEN)[0] == 400
     # No token, no answer (TorchServe here runs without token auth).
     assert call(pair.ours_management, "GET", "/models")[0] == 401
+
+
+def _management_stubs(folder: Path) -> tuple[Any, Any]:
+    """TorchServe's own gRPC management client modules, compiled by grpc_tools from the
+    management.proto its server jar ships, as a TorchServe user makes them (the file is
+    compiled as ``torchserve_management.proto``: the name its modules take)."""
+    venv = skip_without_torchserve()
+    name = "torchserve_management_pb2"
+    if name not in sys.modules:
+        from grpc_tools import protoc
+
+        jars = sorted(venv.glob("lib/python3.*/site-packages/ts/frontend/model-server.jar"))
+        if not jars:
+            pytest.skip(f"no TorchServe server jar in {venv} to take its management.proto from")
+        folder.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(jars[-1]) as jar:
+            (folder / "torchserve_management.proto").write_bytes(jar.read("management.proto"))
+        include = Path(protoc.__file__).parent / "_proto"
+        status = protoc.main(
+            [
+                "protoc",
+                f"-I{folder}",
+                f"-I{include}",
+                f"--python_out={folder}",
+                f"--grpc_python_out={folder}",
+                str(folder / "torchserve_management.proto"),
+            ]
+        )
+        assert status == 0, "grpc_tools could not compile TorchServe's management.proto"
+        sys.path.insert(0, str(folder))
+        try:
+            importlib.import_module(name)
+            importlib.import_module(f"{name}_grpc")
+        finally:
+            sys.path.remove(str(folder))
+    return sys.modules[name], sys.modules[f"{name}_grpc"]
+
+
+def _grpc_answer(stub: Any, method: str, request: Any, token: str | None) -> tuple[str, Any]:
+    """(status code name, msg parsed as JSON when it is JSON / the error's details)."""
+    import grpc
+
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    try:
+        reply = getattr(stub, method)(request, metadata=metadata, timeout=120)
+    except grpc.RpcError as error:
+        return error.code().name, error.details()
+    try:
+        return "OK", _normalise(json.loads(reply.msg))
+    except ValueError:
+        return "OK", reply.msg
+
+
+def test_the_same_grpc_management_calls_get_the_same_answers(
+    pair: Pair, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """ManagementAPIsService, called with TorchServe's own client modules: the same codes,
+    messages (TorchServe's message and Java exception name) and JSON."""
+    import grpc
+
+    pb, services = _management_stubs(tmp_path_factory.mktemp("ts-management-stubs"))
+    found = re.search(r"^Management gRPC listening on (\S+)$", pair.ours.output(), re.M)
+    assert found
+    theirs_stub = services.ManagementAPIsServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{pair.theirs.ports['grpcm']}")
+    )
+    ours_stub = services.ManagementAPIsServiceStub(grpc.insecure_channel(found.group(1)))
+    sequence = [
+        ("ListModels", pb.ListModelsRequest()),  # a limit of 0: an empty page on both
+        ("ListModels", pb.ListModelsRequest(limit=10)),
+        ("RegisterModel", pb.RegisterModelRequest()),
+        ("RegisterModel", pb.RegisterModelRequest(url="missing.mar")),
+        ("RegisterModel", pb.RegisterModelRequest(url="echo.mar", initial_workers=1)),
+        ("RegisterModel", pb.RegisterModelRequest(url="echo2.mar", synchronous=True)),
+        (
+            "RegisterModel",
+            pb.RegisterModelRequest(
+                url="other.mar",
+                model_name="renamed",
+                batch_size=4,
+                max_batch_delay=50,
+                initial_workers=1,
+                synchronous=True,
+            ),
+        ),
+        ("ListModels", pb.ListModelsRequest(limit=2, next_page_token=1)),
+        ("DescribeModel", pb.DescribeModelRequest(model_name="renamed")),
+        ("DescribeModel", pb.DescribeModelRequest(model_name="echo", model_version="9.9")),
+        ("DescribeModel", pb.DescribeModelRequest(model_name="nope")),
+        ("ScaleWorker", pb.ScaleWorkerRequest(model_name="renamed", min_worker=1, max_worker=2)),
+        ("ScaleWorker", pb.ScaleWorkerRequest(model_name="echo", min_worker=3, max_worker=1)),
+        ("ScaleWorker", pb.ScaleWorkerRequest(model_name="nope", min_worker=1)),
+        (
+            "ScaleWorker",
+            pb.ScaleWorkerRequest(
+                model_name="renamed", model_version="1.0", min_worker=1, synchronous=True
+            ),
+        ),
+        ("SetDefault", pb.SetDefaultRequest(model_name="echo", model_version="2.0")),
+        ("SetDefault", pb.SetDefaultRequest(model_name="echo", model_version="9.9")),
+        ("SetDefault", pb.SetDefaultRequest(model_name="nope", model_version="1.0")),
+        ("SetDefault", pb.SetDefaultRequest(model_name="echo")),
+        ("UnregisterModel", pb.UnregisterModelRequest(model_name="echo", model_version="9.9")),
+        ("UnregisterModel", pb.UnregisterModelRequest(model_name="nope")),
+        ("UnregisterModel", pb.UnregisterModelRequest(model_name="echo", model_version="1.0")),
+        ("UnregisterModel", pb.UnregisterModelRequest(model_name="echo")),
+        ("UnregisterModel", pb.UnregisterModelRequest(model_name="renamed")),
+        ("ListModels", pb.ListModelsRequest(limit=10)),
+    ]
+    mismatches = []
+    for method, request in sequence:
+        theirs = _grpc_answer(theirs_stub, method, request, None)
+        ours = _grpc_answer(ours_stub, method, request, TOKEN)
+        if ours != theirs:
+            mismatches.append(f"{method}({request})\nTorchServe: {theirs}\ndl-inference: {ours}")
+    assert not mismatches, "\n\n".join(mismatches)
+    # Where TorchServe 0.12 answers UNKNOWN with no message (a conflict, the default
+    # version removed first), this server names the refusal.
+    register = pb.RegisterModelRequest(url="served.mar")
+    assert _grpc_answer(theirs_stub, "RegisterModel", register, None) == ("UNKNOWN", "")
+    assert _grpc_answer(ours_stub, "RegisterModel", register, TOKEN) == (
+        "FAILED_PRECONDITION",
+        "Model version 1.0 is already registered for model served\n"
+        "org.pytorch.serve.http.ConflictStatusException",
+    )
+    # No token, no answer.
+    assert _grpc_answer(ours_stub, "ListModels", pb.ListModelsRequest(), None)[0] == (
+        "UNAUTHENTICATED"
+    )

@@ -171,6 +171,19 @@ class ModelControl(Protocol):
         :meth:`~dl_inference.Protocol.management_routes` must be bound with it."""
         ...
 
+    def grpc_service(
+        self,
+        service: str,
+        methods: Mapping[str, tuple[GrpcHandler, Any]],
+        error_trailers: ErrorTrailers | None = None,
+    ) -> grpc.GenericRpcHandler:
+        """``service``'s methods (name -> (handler, request type)) on the management call
+        path, as :meth:`CallPath.grpc_service` binds them (not counted as inference): the
+        token is checked before the body is parsed (UNAUTHENTICATED without it). Every
+        service of :meth:`~dl_inference.Protocol.management_grpc_handlers` must be bound
+        with it."""
+        ...
+
 
 class RuntimeView(Protocol):
     """What a wire protocol may ask of the server: models, state, inference.

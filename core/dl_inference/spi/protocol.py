@@ -132,6 +132,15 @@ class Protocol:
         """
         return ()
 
+    def management_grpc_handlers(
+        self, runtime: RuntimeView, control: ModelControl
+    ) -> Sequence[grpc.GenericRpcHandler]:
+        """gRPC services served on the management gRPC listener (TorchServe's
+        ``ManagementAPIsService``), as :meth:`management_routes` for REST: bind each with
+        ``control.grpc_service(service, methods)``; one bound otherwise, or a service name
+        served already, stops the server at start-up."""
+        return ()
+
     def reflection_files(self) -> Sequence[FileDescriptorProto]:
         """File descriptors under the protocol's standard package names, for server reflection.
 

@@ -6,7 +6,8 @@
 not applied), ``PUT /models/{name}/{version}/set-default`` and ``DELETE
 /models/{name}[/{version}]`` (unregister), answered with TorchServe's status codes, JSON
 bodies and messages (``tests/reference/test_torchserve_management.py`` compares them with
-the real TorchServe's).
+the real TorchServe's); and the gRPC ``ManagementAPIsService`` on the management gRPC
+port, each method answering what the REST call answers.
 
 Every route is bound with ``control.http_handler``: the management token is checked first
 (TorchServe's ``key_file.json`` tokens become ``Authorization: Bearer <token>``). A
@@ -42,6 +43,7 @@ from dl_inference import (
     PermissionDenied,
     RuntimeView,
 )
+from dl_inference_torchserve._proto import torchserve_management_pb2 as mpb
 from dl_inference_torchserve.archive import (
     _STAMP,
     MANIFEST,
@@ -86,14 +88,25 @@ _NOT_ALLOWED = "Requested method is not allowed, please refer to API document."
 _DOWNLOAD = re.compile(r"^https?://", re.IGNORECASE)
 
 
-def _json(value: Any, status: int = 200) -> web.Response:
-    """A reply as TorchServe writes it: JSON indented by 2, then a newline."""
+Answer = tuple[int, Any]
+"""An HTTP status and what TorchServe answers: a status message (``str``) or JSON."""
+
+
+def _rest(answer: Answer) -> web.Response:
+    """A REST reply as TorchServe writes it: JSON indented by 2 (a message as
+    ``{"status": ...}``), then a newline."""
+    status, value = answer
+    value = {"status": value} if isinstance(value, str) else value
     body = json.dumps(value, indent=2).encode() + b"\n"
     return web.Response(body=body, status=status, content_type="application/json")
 
 
-def _status(message: str, status: int = 200) -> web.Response:
-    return _json({"status": message}, status)
+def _grpc(answer: Answer) -> mpb.ManagementResponse:
+    """A gRPC reply as TorchServe's: the message itself, or the JSON indented by 2."""
+    value = answer[1]
+    return mpb.ManagementResponse(
+        msg=value if isinstance(value, str) else json.dumps(value, indent=2)
+    )
 
 
 def _model_not_found(name: str) -> TorchServeError:
@@ -236,22 +249,22 @@ class TorchServeManagement:
         query = request.query
         if not parts:
             if method == "GET":
-                return self.list_models(query)
+                return _rest(self.list_models(query))
             if method == "POST":
-                return await self.register(query)
+                return _rest(await self.register(query))
         elif len(parts) <= 2:
             name, version = parts[0], parts[1] if len(parts) == 2 else ""
             if method == "GET":
-                return self.describe(name, version)
+                return _rest(self.describe(name, version))
             if method == "PUT":
-                return await self.scale(name, version, query)
+                return _rest(await self.scale(name, version, query))
             if method == "DELETE":
-                return await self.unregister(name, version)
+                return _rest(await self.unregister(name, version))
         elif len(parts) == 3 and parts[2] == "set-default":
             if method == "PUT":
-                return await self.set_default(parts[0], parts[1])
+                return _rest(await self.set_default(parts[0], parts[1]))
             if method == "GET":  # TorchServe reads this path as the version's description
-                return self.describe(parts[0], parts[1])
+                return _rest(self.describe(parts[0], parts[1]))
         if len(parts) > 3 or (len(parts) == 3 and parts[2] != "set-default"):
             raise TorchServeError(
                 404,
@@ -260,7 +273,7 @@ class TorchServeManagement:
             )
         raise TorchServeError(405, "MethodNotAllowedException", _NOT_ALLOWED)
 
-    def list_models(self, query: Mapping[str, str]) -> web.Response:
+    def list_models(self, query: Mapping[str, str]) -> Answer:
         """Every model by name (sorted) with its default version's URL, a page at a time."""
         limit = _lenient(query, "limit", DEFAULT_LIMIT)
         limit = DEFAULT_LIMIT if limit < 0 or limit > DEFAULT_LIMIT else limit
@@ -280,17 +293,17 @@ class TorchServeManagement:
                 continue
             models.append({"modelName": name, "modelUrl": url or name})
         page["models"] = models
-        return _json(page)
+        return 200, page
 
-    def describe(self, name: str, version: str) -> web.Response:
+    def describe(self, name: str, version: str) -> Answer:
         notes = self._notes(name)
         if version == "all":
             chosen = self._versions(name)
         else:
             chosen = [self._version(name, version) if version else self._default(name)]
-        return _json([self._describe(name, info, notes) for info in chosen])
+        return 200, [self._describe(name, info, notes) for info in chosen]
 
-    async def register(self, query: Mapping[str, str]) -> web.Response:
+    async def register(self, query: Mapping[str, str]) -> Answer:
         """Unpack ``url`` (a .mar in the model store, or a path inside the management
         roots) beside the model's other versions and load them, in every worker."""
         if "url" not in query:
@@ -345,13 +358,13 @@ class TorchServeManagement:
         overrides = _batching(existing, batch, delay, "batch_size" in query)
         await self._load(name, existing, notes, overrides, new=(version, path, kind))
         if not synchronous and workers > 0:
-            return _status("Processing worker updates...", 202)
+            return 202, "Processing worker updates..."
         message = f'Model "{name}" Version: {version} registered with {workers} initial workers'
         if workers == 0:
             message += ". Use scale workers API to add workers for the model."
-        return _status(message)
+        return 200, message
 
-    async def scale(self, name: str, version: str, query: Mapping[str, str]) -> web.Response:
+    async def scale(self, name: str, version: str, query: Mapping[str, str]) -> Answer:
         """Record the worker counts (shown by describe; one instance set serves here)."""
         info = self._version(name, version) if version else self._default(name)
         low = _count(query, "min_worker", 1)
@@ -362,12 +375,12 @@ class TorchServeManagement:
         notes["versions"][served_name(info)].update({"min": low, "max": high})
         await self.control.annotate(name, notes)
         if query.get("synchronous", "false").lower() != "true":
-            return _status("Processing worker updates...", 202)
+            return 202, "Processing worker updates..."
         # TorchServe names the version only when the path did.
         named = f", version: {version}" if version else ""
-        return _status(f"Workers scaled to {low} for model: {name}{named}")
+        return 200, f"Workers scaled to {low} for model: {name}{named}"
 
-    async def set_default(self, name: str, version: str) -> web.Response:
+    async def set_default(self, name: str, version: str) -> Answer:
         self._versions(name)  # the model first: TorchServe names a missing one so
         if not any(served_name(info) == version for info in self._versions(name)):
             raise TorchServeError(
@@ -378,9 +391,9 @@ class TorchServeManagement:
         notes = self._notes(name)
         notes["default"] = version
         await self.control.annotate(name, notes)
-        return _status(f'Default version successfully updated for model "{name}" to "{version}"')
+        return 200, f'Default version successfully updated for model "{name}" to "{version}"'
 
-    async def unregister(self, name: str, version: str) -> web.Response:
+    async def unregister(self, name: str, version: str) -> Answer:
         """One version (the default one when none is named); the default version only
         when it is the last, as TorchServe."""
         versions = self._versions(name)
@@ -391,7 +404,7 @@ class TorchServeManagement:
             await self.control.unload(name)
             if folder and Path(folder).parent == cache_root() / "managed":
                 shutil.rmtree(folder, ignore_errors=True)
-            return _status(f'Model "{name}" unregistered')
+            return 200, f'Model "{name}" unregistered'
         if served_name(info) == served_name(default):
             raise TorchServeError(
                 403,
@@ -402,7 +415,7 @@ class TorchServeManagement:
         notes["versions"].pop(served_name(info), None)
         rest = [other for other in versions if served_name(other) != served_name(info)]
         await self._load(name, rest, notes, _batching(rest, 1, 0, False), new=None)
-        return _status(f'Model "{name}" unregistered')
+        return 200, f'Model "{name}" unregistered'
 
     async def _load(
         self,
@@ -519,3 +532,90 @@ def management_routes(runtime: RuntimeView, control: ModelControl) -> list[web.R
     api = TorchServeManagement(runtime, control)
     handler = control.http_handler("TorchServe /models", api.handle, error_body)
     return [web.route("*", "/models", handler), web.route("*", "/models/{tail:.*}", handler)]
+
+
+GRPC_SERVICE = "org.pytorch.serve.grpc.management.ManagementAPIsService"
+# Java exception names of management refusals outside org.pytorch.serve.http.
+_JAVA = {"DownloadArchiveException": "org.pytorch.serve.archive.DownloadArchiveException"}
+
+
+def _query(**values: Any) -> dict[str, str]:
+    """A gRPC request's fields as the REST API's query: a number of 0 or an empty string is
+    a field left out (proto3 cannot tell them apart), booleans ``true`` / ``false``."""
+    query = {}
+    for key, value in values.items():
+        if isinstance(value, bool):
+            query[key] = "true" if value else "false"
+        elif value not in (0, ""):
+            query[key] = str(value)
+    return query
+
+
+def _grpc_error(error: BaseException) -> BaseException:
+    """TorchServe's gRPC answer for a refusal: its message and Java exception name, the
+    code of its HTTP status (the inference service's table)."""
+    from dl_inference_torchserve.grpc_api import _BY_STATUS, _detail, _Failed, _Precondition
+
+    if not isinstance(error, TorchServeError):
+        return error
+    cls = _BY_STATUS.get(error.status) or (_Precondition if error.status < 500 else _Failed)
+    java = _JAVA.get(error.kind)
+    return cls(f"{error.message}\n{java}" if java else _detail(error.message, error.kind))
+
+
+def management_grpc_handlers(runtime: RuntimeView, control: ModelControl) -> list[Any]:
+    """TorchServe's ``ManagementAPIsService``: each method answers what the REST call with
+    the same parameters answers (``msg``: the status message or the JSON)."""
+    api = TorchServeManagement(runtime, control)
+
+    def method(answer: Any) -> Any:
+        async def run(message: Any, call: Call) -> mpb.ManagementResponse:
+            try:
+                return _grpc(await answer(message))
+            except Exception as exc:
+                raise _grpc_error(exc) from None
+
+        return run
+
+    async def describe(m: mpb.DescribeModelRequest) -> Answer:
+        return api.describe(m.model_name, m.model_version)
+
+    async def listing(m: mpb.ListModelsRequest) -> Answer:
+        # Sent as they are: TorchServe reads a limit of 0 (the field left out) as 0.
+        return api.list_models({"limit": str(m.limit), "next_page_token": str(m.next_page_token)})
+
+    async def register(m: mpb.RegisterModelRequest) -> Answer:
+        query = _query(
+            batch_size=m.batch_size,
+            initial_workers=m.initial_workers,
+            max_batch_delay=m.max_batch_delay,
+            model_name=m.model_name,
+            synchronous=m.synchronous,
+        )
+        if m.url:
+            query["url"] = m.url
+        return await api.register(query)
+
+    async def scale(m: mpb.ScaleWorkerRequest) -> Answer:
+        query = _query(min_worker=m.min_worker, max_worker=m.max_worker, synchronous=m.synchronous)
+        return await api.scale(m.model_name, m.model_version, query)
+
+    async def set_default(m: mpb.SetDefaultRequest) -> Answer:
+        return await api.set_default(m.model_name, m.model_version)
+
+    async def unregister(m: mpb.UnregisterModelRequest) -> Answer:
+        return await api.unregister(m.model_name, m.model_version)
+
+    return [
+        control.grpc_service(
+            GRPC_SERVICE,
+            {
+                "DescribeModel": (method(describe), mpb.DescribeModelRequest),
+                "ListModels": (method(listing), mpb.ListModelsRequest),
+                "RegisterModel": (method(register), mpb.RegisterModelRequest),
+                "ScaleWorker": (method(scale), mpb.ScaleWorkerRequest),
+                "SetDefault": (method(set_default), mpb.SetDefaultRequest),
+                "UnregisterModel": (method(unregister), mpb.UnregisterModelRequest),
+            },
+        )
+    ]

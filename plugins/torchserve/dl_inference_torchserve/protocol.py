@@ -56,6 +56,13 @@ class TorchServeProtocol(Protocol):
 
         return management_routes(runtime, control)
 
+    def management_grpc_handlers(
+        self, runtime: RuntimeView, control: ModelControl
+    ) -> Sequence[grpc.GenericRpcHandler]:
+        from dl_inference_torchserve.management import management_grpc_handlers
+
+        return management_grpc_handlers(runtime, control)
+
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
         return {f"/{SERVICE}/Predictions": model_name}
 

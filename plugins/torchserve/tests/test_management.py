@@ -339,3 +339,50 @@ def test_every_worker_answers_the_same(tmp_path: Path) -> None:
         for _ in range(8):
             assert call(base, "GET", "/models/echo")[1][0]["modelVersion"] == "2.0"  # type: ignore[index]
             assert predict(server, "echo")[1]["version"] == "2.0"  # type: ignore[index]
+
+
+def test_grpc_management_service(server: ServerProcess, layout: Path) -> None:
+    """``ManagementAPIsService`` on the management gRPC port: the token first, then the
+    REST API's answers as ``msg`` and its refusals with TorchServe's codes and messages."""
+    import grpc
+    from dl_inference_torchserve._proto import torchserve_management_pb2 as mpb
+
+    found = re.search(r"^Management gRPC listening on (\S+)$", server.output(), re.M)
+    assert found, server.output()
+    channel = grpc.insecure_channel(found.group(1))
+    service = "/org.pytorch.serve.grpc.management.ManagementAPIsService"
+
+    def rpc(method: str, request: object, token: str | None = TOKEN) -> object:
+        stub = channel.unary_unary(
+            f"{service}/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=mpb.ManagementResponse.FromString,
+        )
+        metadata = [("authorization", f"Bearer {token}")] if token else []
+        return stub(request, metadata=metadata, timeout=60)
+
+    with pytest.raises(grpc.RpcError) as refused:
+        rpc("ListModels", mpb.ListModelsRequest(limit=10), None)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as refused:  # the token before the body is read
+        channel.unary_unary(f"{service}/ListModels")(b"\x8a@\xe0", timeout=60)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    registered = rpc(
+        "RegisterModel",
+        mpb.RegisterModelRequest(url="echo.mar", initial_workers=1, synchronous=True),
+    )
+    assert registered.msg == 'Model "echo" Version: 1.0 registered with 1 initial workers'
+    [described] = json.loads(rpc("DescribeModel", mpb.DescribeModelRequest(model_name="echo")).msg)
+    assert (described["modelVersion"], described["modelUrl"]) == ("1.0", "echo.mar")
+    with pytest.raises(grpc.RpcError) as refused:
+        rpc("RegisterModel", mpb.RegisterModelRequest(url=str(layout / "outside" / "evil.mar")))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert refused.value.details().endswith(
+        "\norg.pytorch.serve.archive.model.ModelNotFoundException"
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        rpc("ScaleWorker", mpb.ScaleWorkerRequest(model_name="echo", min_worker=-1))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    unregistered = rpc("UnregisterModel", mpb.UnregisterModelRequest(model_name="echo"))
+    assert unregistered.msg == 'Model "echo" unregistered'
+    assert predict(server, "echo")[0] == 404

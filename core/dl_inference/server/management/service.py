@@ -48,6 +48,8 @@ from dl_inference.spi.call_path import (
     Call,
     CallPath,
     ErrorBody,
+    ErrorTrailers,
+    GrpcHandler,
     HttpHandler,
     RuntimeView,
     json_error_body,
@@ -223,6 +225,32 @@ class ManagementService:
         setattr(bound, _GUARDED, True)
         return bound
 
+    def grpc_service(
+        self,
+        service: str,
+        methods: Mapping[str, tuple[GrpcHandler, Any]],
+        error_trailers: ErrorTrailers | None = None,
+    ) -> grpc.GenericRpcHandler:
+        """``service``'s methods on the management call path: the token checked before the
+        body is parsed into the method's request type."""
+        calls = CallPath(self.runtime, PROTOCOL, "management", error_trailers=error_trailers)
+
+        def guarded(handler: GrpcHandler, request_type: Any) -> GrpcHandler:
+            async def method(data: bytes, call: Call) -> bytes:
+                message = self._grpc_request(data, call, request_type)
+                reply = await handler(message, call)
+                return reply if isinstance(reply, bytes) else reply.SerializeToString()
+
+            return method
+
+        bound = calls.grpc_service(
+            service,
+            {name: (guarded(h, t), None) for name, (h, t) in methods.items()},
+            counted=False,
+        )
+        setattr(bound, _GUARDED, True)
+        return bound
+
     async def catch_up(self) -> None:
         """Replay the changes a sibling worker has applied since start-up, here.
 
@@ -383,7 +411,7 @@ class ManagementService:
         shared = self.link is not None  # every worker listens on the same ports
         engine = grpc_engine(self.config.server.grpc.engine)
         server = grpc_server(engine, [("grpc.so_reuseport", 1 if shared else 0)])
-        server.add_generic_rpc_handlers([self._grpc_handler()])
+        server.add_generic_rpc_handlers([self._grpc_handler(), *self._protocol_services()])
         self.grpc_address = bind_grpc(
             server, management.host, management.grpc_port, what="management gRPC"
         )
@@ -414,6 +442,28 @@ class ManagementService:
         self._http, self.http_address = await start_http(
             app, management.host, management.http_port, reuse_port=shared, what="management HTTP"
         )
+
+    def _protocol_services(self) -> list[grpc.GenericRpcHandler]:
+        """Each protocol's management gRPC services; PluginError for one not bound with
+        :meth:`grpc_service` or one whose name another service has."""
+        found: list[grpc.GenericRpcHandler] = []
+        names = {SERVICE}
+        for protocol in self.protocols:
+            for handler in protocol.management_grpc_handlers(self.runtime, self):
+                name = handler.service_name() if hasattr(handler, "service_name") else "?"
+                if not getattr(handler, _GUARDED, False):
+                    raise PluginError(
+                        f"protocol {protocol.name!r}: management gRPC service {name} is not "
+                        "bound with control.grpc_service (which checks the management token)"
+                    )
+                if name in names:
+                    raise PluginError(
+                        f"protocol {protocol.name!r}: management gRPC service {name} is "
+                        "served already"
+                    )
+                names.add(name)
+                found.append(handler)
+        return found
 
     def _add_protocol_routes(self, app: web.Application) -> None:
         """Each protocol's management routes, after the kernel's own; PluginError for a
