@@ -53,7 +53,13 @@ from typing import Any
 import numpy as np
 import structlog
 
-from dl_inference.spi.errors import BackendError, DeadlineExceeded, InvalidInput, ResourceExhausted
+from dl_inference.spi.errors import (
+    BackendError,
+    DeadlineExceeded,
+    InvalidInput,
+    ResourceExhausted,
+    Unavailable,
+)
 from dl_inference.spi.types import ExecutionTiming, InferRequest
 
 # run(inputs, parameters, queued) -> outputs, called in a batcher thread; queued holds the
@@ -405,10 +411,14 @@ class Batcher:
     def _isolable(self, batch: list[_Pending], error: Exception) -> bool:
         """Whether running parts of a failed batch again could spare some of its callers.
 
-        Not for a lone request, a passed deadline (the requests would only expire again)
-        or a model being unloaded.
+        Not for a lone request, a passed deadline (the requests would only expire again),
+        an unavailable model (an instance process that died) or a model being unloaded.
         """
-        return len(batch) > 1 and not isinstance(error, DeadlineExceeded) and not self._closed
+        return (
+            len(batch) > 1
+            and not isinstance(error, DeadlineExceeded | Unavailable)
+            and not self._closed
+        )
 
     def _isolate(self, batch: list[_Pending], error: Exception) -> None:
         """Bisect a failed merged batch until each faulty request fails alone.

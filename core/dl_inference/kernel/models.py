@@ -23,6 +23,7 @@ from dl_inference.kernel.batching import Batcher, Result, batch_rows
 from dl_inference.kernel.config.errors import describe_errors
 from dl_inference.kernel.config.model_config import KERNEL_KEYS
 from dl_inference.kernel.plugins import PluginHost, install_hint
+from dl_inference.kernel.process_instances import ProcessInstances
 from dl_inference.kernel.processor import Processor, ProcessorAdapter, predict_call
 from dl_inference.kernel.repository import ModelSource, read_model_folder
 from dl_inference.kernel.streaming import is_generator_function, iterate
@@ -332,6 +333,13 @@ class ModelVersion:
         except Exception as exc:
             raise self._model_error(exc) from exc
 
+    def instances_changed(self, running: bool, reason: str) -> None:
+        """From a version whose instances run in processes: one died (``running`` False,
+        the version turns UNAVAILABLE with ``reason``) or all run again (READY)."""
+        if self.state in (ModelState.READY, ModelState.UNAVAILABLE):
+            self.state = ModelState.READY if running else ModelState.UNAVAILABLE
+            self.reason = _without_paths(f"model {self.name!r}: {reason}") if reason else ""
+
     def _model_error(self, exc: Exception) -> DlInferenceError:
         """What an exception from the backend's predict() (or processor.py around it) tells
         the client: the backend's own error when it says the request's data did not fit
@@ -389,7 +397,11 @@ class ModelRegistry:
         cls = self._backend_class(source, path)
         settings = _settings(cls, source)
         backend = cls(source.name, str(number), path, source.config, settings)
+        if source.config.execution == "process":
+            backend = ProcessInstances(backend)  # refuses what a child cannot run
         model = ModelVersion(source.name, str(number), cls.name, backend)
+        if isinstance(backend, ProcessInstances):
+            backend.on_change = model.instances_changed
         model.signature = _signature(source, number)
         model.observer = self.observer
         return model
@@ -439,15 +451,8 @@ class ModelRegistry:
 
     async def _load(self, model: ModelVersion, strict: bool) -> None:
         try:
-            # Found before load(): with hooks, config.yaml's tensors may describe requests
-            # rather than the model, and the backend must know that while it loads.
-            model.processor = await asyncio.to_thread(Processor.find, model.backend)
-            if model.processor is not None:
-                model.backend.processor_hooks = frozenset(model.processor.hooks)
             model.backend.models = self.runner
-            await asyncio.to_thread(model.backend.load)
-            if model.processor is not None:
-                model.adapter = model.backend.processor_adapter()
+            await asyncio.to_thread(load_backend, model)
             await warm_up(model)  # config.yaml's warmup: and the backend's samples
         except Exception as exc:
             model.state = ModelState.UNAVAILABLE
@@ -744,6 +749,21 @@ class ModelRegistry:
             inputs=model.inputs() or [],
             outputs=model.outputs() or [],
         )
+
+
+def load_backend(model: ModelVersion) -> None:
+    """Load ``model``'s backend with its processor.py, blocking (in a worker thread, or in
+    the instance process of a version with ``execution: process``, which runs processor.py
+    itself)."""
+    if not isinstance(model.backend, ProcessInstances):
+        # Found before load(): with hooks, config.yaml's tensors may describe requests
+        # rather than the model, and the backend must know that while it loads.
+        model.processor = Processor.find(model.backend)
+        if model.processor is not None:
+            model.backend.processor_hooks = frozenset(model.processor.hooks)
+    model.backend.load()
+    if model.processor is not None:
+        model.adapter = model.backend.processor_adapter()
 
 
 def _settings(cls: type[Backend], source: ModelSource) -> Any:

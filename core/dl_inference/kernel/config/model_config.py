@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -135,6 +135,7 @@ KERNEL_KEYS = frozenset(
         "dynamic_batching",
         "timeout_ms",
         "instances",
+        "execution",
         "inputs",
         "outputs",
         "version_policy",
@@ -160,6 +161,9 @@ class ModelConfig(BaseModel):
     # Longest a request may take when the client sets no shorter deadline.
     timeout_ms: float | None = Field(default=None, gt=0)
     instances: int = Field(default=1, ge=1)
+    # Where the instances run: threads of the server process, or a child process each
+    # (kernel/process_instances.py: the model's compute off the server's interpreter).
+    execution: Literal["thread", "process"] = "thread"
     inputs: list[TensorConfig] | None = None
     outputs: list[TensorConfig] | None = None
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
