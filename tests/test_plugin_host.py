@@ -339,6 +339,7 @@ PUBLIC_SURFACE = [
     "RoutingKeyReader",
     "RuntimeView",
     "StatisticDuration",
+    "StepExecution",
     "TensorConfig",
     "TensorSpec",
     "Unauthenticated",
@@ -397,7 +398,7 @@ def test_public_surface_matches_its_snapshot() -> None:
     assert dl_inference.__all__ == PUBLIC_SURFACE
     for name in PUBLIC_SURFACE:
         assert hasattr(dl_inference, name), name
-    assert dl_inference.HOOKSPEC_VERSION == "1.3"
+    assert dl_inference.HOOKSPEC_VERSION == "1.4"
 
 
 def test_hookspecs_are_documented_and_match_their_snapshot() -> None:

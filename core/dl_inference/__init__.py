@@ -80,6 +80,7 @@ from dl_inference.spi.types import (
     ModelMetadata,
     ModelVersionInfo,
     RequestContext,
+    StepExecution,
     TensorSpec,
 )
 from dl_inference.spi.user_code import import_user_file, isolated_imports
@@ -136,6 +137,7 @@ __all__ = [
     "RoutingKeyReader",
     "RuntimeView",
     "StatisticDuration",
+    "StepExecution",
     "TensorConfig",
     "TensorSpec",
     "Unauthenticated",

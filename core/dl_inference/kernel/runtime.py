@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,9 +34,16 @@ from dl_inference.spi.types import (
     ModelMetadata,
     ModelVersionInfo,
     RequestContext,
+    StepExecution,
 )
 
 log = structlog.get_logger("dl_inference.access")
+# The timing of the request whose model runs now, while it is timed: the steps that a
+# composing model's predict (on the event loop, in the request's task or tasks it starts)
+# makes through the ModelRunner are added to it.
+_RUNNING: contextvars.ContextVar[ExecutionTiming | None] = contextvars.ContextVar(
+    "dli_running", default=None
+)
 
 SERVER_NAME = "dl-inference"
 
@@ -261,8 +269,10 @@ class Runtime:
         """Run an admitted request in its model, within its deadline; its response."""
         timeout_ms = model.backend.config.timeout_ms
         left = request.time_left()
+        running = None
         if self._timed:
             ctx.execution = ExecutionTiming()
+            running = _RUNNING.set(ctx.execution)
         work = model.predict(request.inputs, request.parameters, request.deadline, ctx.execution)
         try:
             if timeout_ms is None:
@@ -281,6 +291,9 @@ class Runtime:
             # The model's scheduler took it: a failure of this version (statistics' "fail").
             self.statistics.of(model.name, model.version).failed(time.monotonic() - ctx.started)
             raise
+        finally:
+            if running is not None:
+                _RUNNING.reset(running)
         return self._respond(ctx, request, model.version, outputs)
 
     async def infer_stream(
@@ -451,11 +464,25 @@ class _ModelRunner:
         model.admit(inputs)
         started = time.monotonic()
         counters = runtime.statistics.of(model.name, model.version)
+        parent = _RUNNING.get()
+        if parent is None:  # the request is not timed
+            step, timing, running = None, None, None
+        else:  # this call is one of the request's steps
+            step = StepExecution(model.name, model.version, started)
+            parent.steps.append(step)
+            timing = step.timing
+            running = _RUNNING.set(timing)  # a step that composes has steps of its own
         try:
-            outputs = await model.predict(inputs, parameters)
-        except Exception:
+            outputs = await model.predict(inputs, parameters, None, timing)
+        except Exception as exc:
             counters.failed(time.monotonic() - started)
+            if step is not None:
+                step.error = exc
             raise
+        finally:
+            if step is not None and running is not None:
+                step.finished = time.monotonic()
+                _RUNNING.reset(running)
         counters.succeeded(time.monotonic() - started)
         return outputs
 

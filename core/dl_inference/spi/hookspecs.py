@@ -31,7 +31,9 @@ PROJECT = "dl_inference"
 # 1.2: dli_repository_models (models a plugin finds as files in the repository folder).
 # 1.3: dli_gateway_call (watch a gateway's forwarded calls and their upstream attempts);
 # RequestContext.execution (queue and compute times in dli_on_response / dli_on_error).
-HOOKSPEC_VERSION = "1.3"
+# 1.4: ExecutionTiming.steps (StepExecution: the calls an ensemble's steps made for the
+# request, with their own timing).
+HOOKSPEC_VERSION = "1.4"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

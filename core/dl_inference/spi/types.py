@@ -119,17 +119,39 @@ class ExecutionTiming:
     hooks: ``queued`` (the request entered the model's queue), ``started`` / ``finished``
     (the execution that carried it), ``batch_size`` (that execution's rows: the merged
     batch's first dimension, 1 for a model that does not batch). All 0 until it ran.
+
+    ``steps``: the calls that a composing model (an ensemble) made to other models of the
+    server for this request, one :class:`StepExecution` each, in the order they started
+    (a step that is itself an ensemble holds its own steps in its ``timing``).
     """
 
     queued: float = 0.0
     started: float = 0.0
     finished: float = 0.0
     batch_size: int = 0
+    steps: list[StepExecution] = field(default_factory=list)
 
     def record(self, queued: float, started: float, finished: float, batch_size: int) -> None:
         """Set every field at once (the last execution wins when a failed batch is rerun)."""
         self.queued, self.started, self.finished = queued, started, finished
         self.batch_size = batch_size
+
+
+@dataclass
+class StepExecution:
+    """One call that a composing model (an ensemble's step) made to another model while it
+    ran a request: ``model`` and ``version`` (the version that ran), ``started`` /
+    ``finished`` (the call, as ``time.monotonic()`` instants), ``timing`` (the step model's
+    own queue and compute times and batch size) and ``error`` (what failed the step; None
+    when it succeeded). Found in ``ctx.execution.steps``.
+    """
+
+    model: str
+    version: str
+    started: float
+    finished: float = 0.0
+    timing: ExecutionTiming = field(default_factory=ExecutionTiming)
+    error: BaseException | None = field(default=None, repr=False)
 
 
 class AttemptTrace:

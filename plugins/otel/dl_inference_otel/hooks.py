@@ -19,7 +19,13 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import dl_inference
-from dl_inference import AttemptTrace, ForwardTrace, RequestContext
+from dl_inference import (
+    AttemptTrace,
+    ExecutionTiming,
+    ForwardTrace,
+    RequestContext,
+    StepExecution,
+)
 from dl_inference_otel.settings import DLI_HOOKSPEC_VERSION
 
 SPAN_KEY = "otel.span"  # ctx.extras: the call's SERVER span, between the hooks
@@ -176,11 +182,17 @@ class Tracing:
         )
 
     def _execution(self, span: Span, ctx: RequestContext) -> None:
-        """The request's queue wait and compute as children of ``span``, once it ran."""
-        timing = ctx.execution
-        if timing is None or not timing.started:
-            return
+        """The request's queue wait and compute as children of ``span``, once it ran, and
+        one ``step`` span per call its model (an ensemble) made to another model."""
+        if ctx.execution is not None:
+            self._timing(span, ctx.execution)
+
+    def _timing(self, span: Span, timing: ExecutionTiming) -> None:
         parent = trace.set_span_in_context(span)
+        for step in timing.steps:
+            self._step(parent, step)
+        if not timing.started:
+            return
         queue_ms = (timing.started - timing.queued) * 1000
         span.set_attribute("dli.queue_ms", round(queue_ms, 3))
         span.set_attribute("dli.batch_size", timing.batch_size)
@@ -193,6 +205,20 @@ class Tracing:
             start_time=wall_ns(timing.started),
         )
         compute.end(end_time=wall_ns(timing.finished))
+
+    def _step(self, parent: Context, step: StepExecution) -> None:
+        """A step's span (its own queue, compute and steps as children), under ``parent``."""
+        attributes: dict[str, Any] = {"dli.model": step.model, "dli.model_version": step.version}
+        if step.timing.batch_size:
+            attributes["dli.batch_size"] = step.timing.batch_size
+        span = self.tracer.start_span(
+            "step", context=parent, attributes=attributes, start_time=wall_ns(step.started)
+        )
+        if step.error is not None:
+            span.set_attribute("error.type", type(step.error).__name__)
+            span.set_status(Status(StatusCode.ERROR, str(step.error)))
+        self._timing(span, step.timing)
+        span.end(end_time=wall_ns(step.finished or None))
 
     # -- a gateway's forwarded calls -------------------------------------------------------------
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# The hook contract this plugin was built for (dli_gateway_call, RequestContext.execution).
-DLI_HOOKSPEC_VERSION = "1.3"
+# The hook contract this plugin was built for (dli_gateway_call, RequestContext.execution
+# and its steps).
+DLI_HOOKSPEC_VERSION = "1.4"
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 # The signal's own variable first, then the general one (OTLP exporter specification).

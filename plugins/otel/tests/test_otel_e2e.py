@@ -49,6 +49,37 @@ CONFIG = """
     inputs: [{name: x, datatype: FP32, shape: [3]}]
     outputs: [{name: y, datatype: FP32, shape: [3]}]
 """
+TIMES_TWO = """
+    from dl_inference import InvalidInput, PythonModel
+
+    class TimesTwo(PythonModel):
+        def predict(self, inputs, **parameters):
+            if (inputs["x"] < 0).any():
+                raise InvalidInput("negative input")
+            return {"y": inputs["x"] * 2}
+"""
+# Triton's ensemble: y = times_two(x) + 1, in two steps.
+ENSEMBLE = """
+name: "twice_plus_one"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 3 ] } ]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "times_two" model_version: -1
+      input_map { key: "x" value: "x" }
+      output_map { key: "y" value: "twice" }
+    },
+    {
+      model_name: "add_one" model_version: 1
+      input_map { key: "x" value: "twice" }
+      output_map { key: "y" value: "y" }
+    }
+  ]
+}
+"""
 X = np.arange(6, dtype=np.float32).reshape(2, 3)  # a batch of 2 rows
 GRPC_METHOD = "inference.GRPCInferenceService/ModelInfer"
 OTEL_VARIABLES = (
@@ -198,6 +229,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("otel_models")
     write_python_model(root, "add_one", MODEL, CONFIG)
     write_python_model(root, "add_one_retried", MODEL, CONFIG)  # behind the retried route
+    write_python_model(root, "times_two", TIMES_TWO, CONFIG)
+    (root / "twice_plus_one" / "1").mkdir(parents=True)
+    (root / "twice_plus_one" / "config.pbtxt").write_text(ENSEMBLE)
     return root
 
 
@@ -474,3 +508,59 @@ def test_a_stream_through_the_gateway_is_one_trace(
     assert len(workers) == 2
     assert {s["parent"] for s in workers} == {attempt["span_id"]}
     assert {s["name"] for s in workers} == {"inference.GRPCInferenceService/ModelStreamInfer"}
+
+
+def test_an_ensemble_call_shows_one_span_per_step(
+    worker: ServerProcess, receiver: Receiver
+) -> None:
+    header, trace_id, client_span = traceparent()
+    with grpcclient.InferenceServerClient(worker.grpc_address) as client:
+        tensor = grpcclient.InferInput("x", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(X)
+        result = client.infer("twice_plus_one", [tensor], headers={"traceparent": header})
+    np.testing.assert_array_equal(result.as_numpy("y"), X * 2 + 1)
+
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        return any(s["kind"] == "SPAN_KIND_SERVER" for s in spans)
+
+    spans = receiver.trace(trace_id, complete)
+    server = one(spans, kind="SPAN_KIND_SERVER")
+    assert server["parent"] == client_span
+    assert server["attributes"]["dli.model"] == "twice_plus_one"
+    assert not server["error"]
+    steps = sorted((s for s in spans if s["name"] == "step"), key=lambda s: s["start"])
+    assert [s["parent"] for s in steps] == [server["span_id"]] * 2
+    assert [s["attributes"]["dli.model"] for s in steps] == ["times_two", "add_one"]
+    for step in steps:
+        assert step["attributes"]["dli.model_version"] == "1"
+        assert step["attributes"]["dli.batch_size"] == 2  # the request's rows, whole
+        assert not step["error"]
+        assert server["start"] <= step["start"] <= step["end"] <= server["end"]
+        # Each step's own queue and compute, under it.
+        compute = one(spans, name="compute", parent=step["span_id"])
+        assert compute["attributes"]["dli.batch_size"] == 2
+        one(spans, name="queue", parent=step["span_id"])
+    assert steps[0]["end"] <= steps[1]["start"]  # the second reads the first's output
+    # The ensemble's own execution, beside its steps.
+    ensemble_compute = one(spans, name="compute", parent=server["span_id"])
+    assert ensemble_compute["start"] <= steps[0]["start"]
+
+
+def test_a_failed_ensemble_step_is_a_failed_step_span(
+    worker: ServerProcess, receiver: Receiver
+) -> None:
+    header, trace_id, _ = traceparent()
+    with grpcclient.InferenceServerClient(worker.grpc_address) as client:
+        tensor = grpcclient.InferInput("x", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(-X - 1)
+        with pytest.raises(Exception, match="negative input"):
+            client.infer("twice_plus_one", [tensor], headers={"traceparent": header})
+    spans = receiver.trace(trace_id, lambda s: any(x["kind"] == "SPAN_KIND_SERVER" for x in s))
+    server = one(spans, kind="SPAN_KIND_SERVER")
+    assert server["error"]
+    assert server["attributes"]["rpc.grpc.status_code"] == 3  # INVALID_ARGUMENT, the step's
+    step = one(spans, name="step")  # the second step never ran
+    assert step["parent"] == server["span_id"]
+    assert step["attributes"]["dli.model"] == "times_two"
+    assert step["error"]
+    assert step["attributes"]["error.type"] == "InvalidInput"
