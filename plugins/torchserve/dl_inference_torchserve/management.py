@@ -19,7 +19,9 @@ from, worker counts, the default version) travels with it as the model's notes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -28,7 +30,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +157,18 @@ def _iso(seconds: float) -> str:
     return f"{stamp}.{int(seconds * 1000) % 1000:03d}Z"
 
 
+def _one_at_a_time(method: Callable[..., Awaitable[Answer]]) -> Callable[..., Awaitable[Answer]]:
+    """Run a change alone in this worker: each reads the model's versions and notes, then
+    replaces them."""
+
+    @functools.wraps(method)
+    async def alone(self: TorchServeManagement, *args: Any) -> Answer:
+        async with self._changing:
+            return await method(self, *args)
+
+    return alone
+
+
 class TorchServeManagement:
     """The handlers; one per server, over the runtime (what is served) and the control."""
 
@@ -162,6 +176,7 @@ class TorchServeManagement:
         self.runtime = runtime
         self.control = control
         self.started = time.time()  # startTime of the workers of models served at start-up
+        self._changing = asyncio.Lock()  # see _one_at_a_time
 
     # -- what is served ----------------------------------------------------------------------
 
@@ -303,6 +318,7 @@ class TorchServeManagement:
             chosen = [self._version(name, version) if version else self._default(name)]
         return 200, [self._describe(name, info, notes) for info in chosen]
 
+    @_one_at_a_time
     async def register(self, query: Mapping[str, str]) -> Answer:
         """Unpack ``url`` (a .mar in the model store, or a path inside the management
         roots) beside the model's other versions and load them, in every worker."""
@@ -364,6 +380,7 @@ class TorchServeManagement:
             message += ". Use scale workers API to add workers for the model."
         return 200, message
 
+    @_one_at_a_time
     async def scale(self, name: str, version: str, query: Mapping[str, str]) -> Answer:
         """Record the worker counts (shown by describe; one instance set serves here)."""
         info = self._version(name, version) if version else self._default(name)
@@ -380,6 +397,7 @@ class TorchServeManagement:
         named = f", version: {version}" if version else ""
         return 200, f"Workers scaled to {low} for model: {name}{named}"
 
+    @_one_at_a_time
     async def set_default(self, name: str, version: str) -> Answer:
         self._versions(name)  # the model first: TorchServe names a missing one so
         if not any(served_name(info) == version for info in self._versions(name)):
@@ -393,6 +411,7 @@ class TorchServeManagement:
         await self.control.annotate(name, notes)
         return 200, f'Default version successfully updated for model "{name}" to "{version}"'
 
+    @_one_at_a_time
     async def unregister(self, name: str, version: str) -> Answer:
         """One version (the default one when none is named); the default version only
         when it is the last, as TorchServe."""
@@ -436,34 +455,25 @@ class TorchServeManagement:
                     "versions in its model repository folder"
                 )
         managed = cache_root() / "managed"
-        managed.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # The kernel checks the name; until then it may hold anything (a "/", say).
-        folder = Path(tempfile.mkdtemp(prefix="model-", dir=managed))
         previous = notes.get("folder")
+        number = max([0, *(int(info.version) for info in keep)]) + 1
+        copies = [(info.backend.path, info.version) for info in keep]
+        # Copying and unpacking take as long as the archives are large: not on the loop.
+        folder = await asyncio.to_thread(_prepare, managed, copies, new, number)
         notes["folder"] = str(folder)
         try:
-            for info in keep:
-                shutil.copytree(info.backend.path, folder / info.version, symlinks=True)
-            number = max([0, *(int(info.version) for info in keep)]) + 1
-            if new is not None:
-                try:  # the archive cache's member rules: no link, no escape, no bomb
-                    unpack(new[1], new[2], folder / str(number))
-                except ValueError as exc:
-                    raise _bad_request(f"The archive {new[1].name} is refused: {exc}") from None
-            config = {"backend": "torchserve", "version_policy": {"all": True}}
-            (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             await self.control.load_folder(name, folder, overrides, notes)
         except BaseException:
             if not keep:  # nothing of this model served before: leave nothing behind
                 with contextlib.suppress(Exception):
                     await self.control.unload(name)
             if str(folder) not in _served_folders(self.runtime, name):
-                shutil.rmtree(folder, ignore_errors=True)
+                await asyncio.to_thread(shutil.rmtree, folder, True)
             raise
         if new is not None and not self._version(name, new[0]).ready:
             reason = self._version(name, new[0]).reason
             notes["versions"].pop(new[0], None)
-            shutil.rmtree(folder / str(number), ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, folder / str(number), True)
             await self.control.load_folder(name, folder, overrides, notes)
             raise TorchServeError(
                 500,
@@ -471,7 +481,34 @@ class TorchServeManagement:
                 f"Failed to start workers for model {name} version: {new[0]} ({reason})",
             )
         if previous and Path(previous).parent == managed and previous != str(folder):
-            shutil.rmtree(previous, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, previous, True)
+
+
+def _prepare(
+    managed: Path,
+    copies: list[tuple[Path, str]],
+    new: tuple[str, Path, str] | None,
+    number: int,
+) -> Path:
+    """A fresh model folder under ``managed``: each kept version folder copied under its
+    number, the new archive unpacked as version ``number``, a config.yaml serving them all."""
+    managed.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The kernel checks the model's name; until then it may hold anything (a "/", say).
+    folder = Path(tempfile.mkdtemp(prefix="model-", dir=managed))
+    try:
+        for source, version in copies:
+            shutil.copytree(source, folder / version, symlinks=True)
+        if new is not None:
+            try:  # the archive cache's member rules: no link, no escape, no bomb
+                unpack(new[1], new[2], folder / str(number))
+            except ValueError as exc:
+                raise _bad_request(f"The archive {new[1].name} is refused: {exc}") from None
+        config = {"backend": "torchserve", "version_policy": {"all": True}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
 
 
 def _served_folders(runtime: RuntimeView, name: str) -> set[str]:

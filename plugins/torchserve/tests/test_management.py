@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,27 @@ def test_register_versions_set_default_and_unregister(server: ServerProcess, lay
     assert call(base, "GET", "/models/echo")[0] == 404
     time.sleep(1.0)  # and the poll does not bring it back from the store
     assert call(base, "GET", "/models/echo")[0] == 404
+
+
+def test_concurrent_registrations_of_one_model_keep_both_versions(
+    server: ServerProcess,
+) -> None:
+    """Each registration reads the model's versions, then replaces the model: two at once
+    must not lose one."""
+    base = management_url(server)
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(
+                lambda url: call(base, "POST", f"/models?url={url}&initial_workers=1"),
+                ["echo.mar", "echo2.mar"],
+            )
+        )
+    assert [status for status, _ in answers] == [200, 200], answers
+    described = call(base, "GET", "/models/echo/all")[1]
+    assert sorted(d["modelVersion"] for d in described) == ["1.0", "2.0"]  # type: ignore[union-attr]
+    default = call(base, "GET", "/models/echo")[1][0]["modelVersion"]  # type: ignore[index]
+    assert call(base, "DELETE", f"/models/echo/{'2.0' if default == '1.0' else '1.0'}")[0] == 200
+    assert call(base, "DELETE", "/models/echo")[0] == 200
 
 
 def test_register_with_batching_and_a_new_name(server: ServerProcess) -> None:
