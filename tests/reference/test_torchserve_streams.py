@@ -264,7 +264,8 @@ def test_grpc_stream_predictions_of_a_plain_handler(pair: Pair) -> None:
 
     theirs = grpc_stream(pair.theirs.grpc_address, "plain", b"x")
     ours = grpc_stream(pair.ours.grpc_address, "plain", b"x")
-    # Both send the one answer; TorchServe 0.12 then ends the stream with INTERNAL "Worker
-    # died." (its worker's answer carries no end-of-stream mark), dl-inference with OK.
-    assert ours[0] == theirs[0] == [b'{\n  "plain": true\n}']
-    assert ours[1] == grpc.StatusCode.OK
+    # dl-inference sends the one answer, then OK. TorchServe 0.12 sends it and ends the
+    # stream with INTERNAL "Worker died." (its worker's answer carries no end-of-stream
+    # mark); under load its error can come first, with no answer: only a prefix compares.
+    assert ours == ([b'{\n  "plain": true\n}'], grpc.StatusCode.OK, ""), (theirs, ours)
+    assert theirs[0] == ours[0][: len(theirs[0])], (theirs, ours)
