@@ -225,7 +225,8 @@ class TorchServeManagement:
         gpu = str(getattr(info.backend.settings, "device", "cpu")).startswith("cuda")
         ready = info.ready
         workers = []
-        if ready or info.state == "LOADING":
+        # A version registered or scaled to 0 workers answers 503 (rest.served_version).
+        if entry.get("min") != 0 and (ready or info.state == "LOADING"):
             for index in range(instances):
                 workers.append(
                     {

@@ -213,22 +213,40 @@ def served_version(runtime: RuntimeView, name: str, version: str) -> str:
         raise _ModelNotFound(404, "ModelNotFoundException", f"Model not found: {name}") from None
     if not version:
         chosen = default_version(runtime, name, [v for v in versions if v.ready])
-        if chosen is None:
-            raise _ModelNotReady(
-                503,
-                "ServiceUnavailableException",
-                f'Model "{name}" has no worker to serve inference request. Please use '
-                "scale workers API to add workers.",
-            )
+        if chosen is None or _workerless(runtime, chosen):
+            raise _no_worker(f'Model "{name}"')
         return chosen.version
     for info in versions:
         if served_name(info) == version:
+            if _workerless(runtime, info):
+                # TorchServe 0.12's words, its stray quote included.
+                raise _no_worker(f'Model "{name}" Version {version}"')
             return info.version
     raise _ModelNotFound(
         404,
         "ModelVersionNotFoundException",
         f"Model version: {version} does not exist for model: {name}",
     )
+
+
+def _no_worker(what: str) -> _ModelNotReady:
+    return _ModelNotReady(
+        503,
+        "ServiceUnavailableException",
+        f"{what} has no worker to serve inference request. Please use scale workers API to "
+        "add workers. If this is a sequence inference, please check if it is closed, or "
+        "expired; or exceeds maxSequenceJobQueueSize",
+    )
+
+
+def _workerless(runtime: RuntimeView, info: ModelVersionInfo) -> bool:
+    """Whether the management API registered or scaled this version to 0 workers (then
+    TorchServe runs none of its requests)."""
+    control = runtime.management
+    if control is None:
+        return False
+    entry = control.notes(info.name).get("versions", {}).get(served_name(info), {})
+    return entry.get("min") == 0
 
 
 def served_name(info: ModelVersionInfo) -> str:

@@ -162,6 +162,12 @@ def test_register_versions_set_default_and_unregister(server: ServerProcess, lay
     assert [d["modelVersion"] for d in described] == ["1.0", "2.0"]  # type: ignore[union-attr]
     assert call(base, "GET", "/models/echo")[1][0]["modelVersion"] == "1.0"  # type: ignore[index]
     assert predict(server, "echo")[1] == {"version": "1.0", "batch_size": 1}
+    # No worker yet: TorchServe's 503 until the version is scaled up.
+    status, body = call(server.http_url, "POST", "/predictions/echo/2.0", None, b"x")
+    assert (status, body["type"]) == (503, "ServiceUnavailableException")  # type: ignore[index]
+    assert body["message"].startswith('Model "echo" Version 2.0" has no worker')  # type: ignore[index]
+    assert call(base, "GET", "/models/echo/2.0")[1][0]["workers"] == []  # type: ignore[index]
+    assert call(base, "PUT", "/models/echo/2.0?min_worker=1&synchronous=true")[0] == 200
     assert call(server.http_url, "POST", "/predictions/echo/2.0", None, b"x")[1] == {
         "version": "2.0",
         "batch_size": 1,
