@@ -9,19 +9,22 @@ no torchtext ``Vocab`` (and torchtext does not install beside this torch), so a 
 form both can read. Every token of the texts is in it: a dict has no default index, so
 TorchServe fails a text with an unknown token (503), where dl-inference gives it the
 index of the dict's ``<unk>`` entry (without one: 400 naming the token).
-Explanations (captum's integrated gradients) are compared only where captum is installed
-beside dl-inference too.
+Explanations (captum's layer integrated gradients): where captum is not installed beside
+dl-inference, the server answers 501 and dl-inference's ``ts`` text_classifier is run in
+TorchServe's venv (which has captum) on the archive's files: the same answer bytes.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
 import textwrap
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -104,6 +107,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         with ServerProcess(["--model-repository", str(store)], env=env) as ours:
             import time
 
+            ours.archive_files = src  # type: ignore[attr-defined]
+
             deadline = time.monotonic() + 120
             while post(ours.http_url, "/predictions/texts", b"movie")[0] != 200:
                 assert time.monotonic() < deadline, ours.output()
@@ -130,14 +135,51 @@ def test_an_unknown_token(pair: Pair) -> None:
     assert ours[0] == 200 and list(json.loads(ours[1])) == ["World", "Sports", "Business"]
 
 
-def test_explanations(pair: Pair) -> None:
+EXPLAIN = """
+import json
+import sys
+
+sys.path.insert(0, sys.argv[1])  # dl-inference's ts package, before TorchServe's
+sys.path.insert(1, sys.argv[2])  # the archive's files (model.py)
+import ts.context
+from ts.torch_handler.text_classifier import TextClassifier
+
+assert ts.context.__file__.startswith(sys.argv[1]), ts.context.__file__
+manifest = {"model": {"modelName": "texts", "serializedFile": "state.pth",
+                      "modelFile": "model.py", "handler": "text_classifier"}}
+context = ts.context.Context("texts", sys.argv[2], manifest, 1, None, "0.12.0")
+handler = TextClassifier()
+handler.initialize(context)
+context.request_ids = {0: "r"}
+context.request_processor = [ts.context.RequestProcessor({"explain": "True"})]
+[answer] = handler.handle([{"body": bytearray(sys.argv[3].encode())}], context)
+sys.stdout.write(json.dumps(answer, indent=2))
+"""
+
+
+def test_explanations(pair: Pair, tmp_path: Path) -> None:
     theirs = post(pair.theirs.http_url, "/explanations/texts", b"great movie")
     ours = post(pair.ours.http_url, "/explanations/texts", b"great movie")
     assert theirs[0] == 200 and json.loads(theirs[1])["words"] == ["great", "movie"]
     try:
         import captum  # noqa: F401
     except ImportError:
-        # captum is not installed beside dl-inference here: the handler says so.
+        # captum is not installed beside dl-inference here: the handler says so ...
         assert ours[0] == 501 and "captum" in json.loads(ours[1])["message"]
+        # ... so dl-inference's text_classifier explains in the TorchServe venv (which has
+        # captum), on the same archive's files: the same answer bytes.
+        venv = skip_without_torchserve()
+        script = tmp_path / "explain.py"
+        script.write_text(EXPLAIN)
+        plugin = Path(__file__).resolve().parents[2] / "plugins" / "torchserve"
+        files = pair.ours.archive_files  # type: ignore[attr-defined]
+        explained = subprocess.run(
+            [str(venv / "bin" / "python"), str(script), str(plugin), str(files), "great movie"],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert explained.returncode == 0, explained.stderr.decode()[-2000:]
+        assert explained.stdout == theirs[1], (explained.stdout, theirs[1])
         return
     assert ours == theirs
