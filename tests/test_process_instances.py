@@ -57,6 +57,18 @@ def _make_repository(root: Path) -> Path:
             "inputs: [{name: x, datatype: FP32, shape: [-1]}]\n"
         )
     write_python_model(root, "pid", PID, PID_CONFIG)
+    # processor.py runs in the child, around the model, as in thread mode
+    (root / "doubled" / "1").mkdir(parents=True)
+    script.save(str(root / "doubled" / "1" / "model.pt"))
+    (root / "doubled" / "config.yaml").write_text(
+        "backend: pytorch\nmax_batch_size: 8\nexecution: process\n"
+        "inputs: [{name: x, datatype: FP32, shape: [-1]}]\n"
+    )
+    (root / "doubled" / "processor.py").write_text(
+        "import os\n\n"
+        "def postprocess(y):\n"
+        "    return {'y': y.numpy() * 2, 'pid': [[os.getpid()]] * len(y)}\n"
+    )
     return root
 
 
@@ -122,6 +134,22 @@ def test_same_answers_as_threads_over_grpc_and_rest(server: ServerProcess) -> No
             assert mine.dtype == theirs.dtype == np.float32
             assert mine.shape == theirs.shape == (3, 3)
             np.testing.assert_array_equal(mine, theirs)
+
+
+def test_processor_runs_in_the_child(server: ServerProcess) -> None:
+    assert server.process is not None
+    x = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)
+    rest = httpclient.InferenceServerClient(server.http_address)
+    answers = {}
+    for name in ("doubled", "linear_thread"):
+        given = httpclient.InferInput("x", [2, 4], "FP32")
+        given.set_data_from_numpy(x)
+        answers[name] = rest.infer(name, [given])
+    np.testing.assert_allclose(
+        answers["doubled"].as_numpy("y"), 2 * answers["linear_thread"].as_numpy("output__0")
+    )
+    pid = int(answers["doubled"].as_numpy("pid")[0, 0])
+    assert pid in _children(server.process.pid)
 
 
 def test_batching_merges_requests(server: ServerProcess) -> None:
@@ -192,7 +220,7 @@ def test_no_orphans_after_stop(tmp_path: Path) -> None:
         assert running.process is not None
         children = _children(running.process.pid)
         assert _pid_call(running) in children
-        assert len(children) == 2  # linear and pid
+        assert len(children) == 3  # linear, pid and doubled
     assert not [pid for pid in children if _alive(pid)]
 
 

@@ -498,7 +498,9 @@ class ModelRegistry:
 
     # -- changes on disk -------------------------------------------------------------------
 
-    async def refresh(self, sources: list[ModelSource], root: Path | None = None) -> bool:
+    async def refresh(
+        self, sources: list[ModelSource], root: Path | None = None, *, folders: bool = True
+    ) -> bool:
         """Apply what changed on disk: load new versions/models, retire old ones.
 
         A new version serves once loaded; versions that left the policy are retired only
@@ -508,6 +510,8 @@ class ModelRegistry:
         prepared) stays UNAVAILABLE beside the serving version, or leaves the serving
         version in place, and is retried with back-off (RETRY_FIRST_S doubling to
         RETRY_MAX_S) and at once when its files change. Returns whether anything changed.
+        With ``folders`` False (a server with no model repository) only models that plugins
+        offer leave when missing from ``sources``.
         """
         changed = False
         seen = {source.name for source in sources}
@@ -521,10 +525,9 @@ class ModelRegistry:
         for name in sorted(set(self._versions) - seen):
             origin = self._sources.get(name)
             if (
-                root is not None
-                and origin is not None
-                and origin.path.parent != root
+                origin is not None
                 and not origin.contributed
+                and (not folders or (root is not None and origin.path.parent != root))
             ):
                 continue  # loaded from another root through the management API
             log.info("model folder removed; unloading", model=name)
@@ -599,6 +602,9 @@ class ModelRegistry:
             if known.retry is not None:  # the files went back to those that serve
                 known.retry, known.reason = None, ""
             return False
+        restarting = isinstance(known.backend, ProcessInstances) and known.backend.restarting
+        if restarting and known.signature == signature:
+            return False  # its instance processes start again on their own
         if known.retry is None and not known.ready:
             # Failed at start-up or through a run-time load: its back-off starts now.
             self._schedule_retry(known, 1)

@@ -142,6 +142,11 @@ class ProcessInstances(Backend):
     def warmup_samples(self) -> list[InferRequest]:
         return self._samples
 
+    @property
+    def restarting(self) -> bool:
+        """Whether an instance died and is being started again (not while unloading)."""
+        return not self._closing and any(not slot.alive for slot in self._slots)
+
     def pids(self) -> list[int]:
         """The children's process ids (for the status page and tests)."""
         return [slot.process.pid for slot in self._slots if slot.process is not None]
