@@ -386,6 +386,7 @@ def test_repository_serves_follows_and_survives_the_remote(store: Store, tmp_pat
         output = server.output()
         assert store.url() in output
         assert output.count("remote model repository unreadable") == 1  # once, not per poll
+        assert "Traceback" not in output  # nor the storage library's own report per retry
     assert SECRET not in server.output()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -116,6 +117,21 @@ def _plain_gcs_class(scheme: str, options: dict[str, Any]) -> Any:
     return GCSFileSystem
 
 
+class _Reraised(logging.Filter):
+    """Drops gcsfs's own log of an error that its retry helper raises on to the caller: a
+    sync reports it (once per outage) where gcsfs logged a traceback at every poll."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != "retry_request"
+
+
+def _quiet_library(scheme: str) -> None:
+    if scheme in ("gs", "gcs"):
+        library = logging.getLogger("gcsfs")
+        if not any(isinstance(f, _Reraised) for f in library.filters):
+            library.addFilter(_Reraised())
+
+
 class RemoteRepository:
     """``url`` (with fsspec ``options``) mirrored into the local folder ``local``."""
 
@@ -140,6 +156,7 @@ class RemoteRepository:
             try:
                 import fsspec  # only here: a local repository needs no fsspec
 
+                _quiet_library(scheme)
                 plain = _plain_gcs_class(scheme, self.options)
                 if plain is not None:
                     self._fs, self._root = plain(**self.options), plain._strip_protocol(self.url)
