@@ -111,7 +111,10 @@ def test_check_config_resolves_the_file_as_serve_does(tmp_path: Path) -> None:
     result = run_cli("check-config", "--load", str(path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "model repository: the built-in demo (the file names neither one nor routes)" in lines
+    assert (
+        "model repository: the built-in demo (the file names neither one nor routes, "
+        "and no plugin offers a model)"
+    ) in lines
     assert "load simple: OK (version(s) 1)" in lines
     assert lines[-1] == f"{path}: OK (2 model(s): simple, text_upper)"
 

@@ -20,11 +20,15 @@ import re
 import shlex
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import yaml
 
 from dl_inference.testing import ServerProcess
@@ -79,9 +83,13 @@ def tf_serving_flags() -> dict[str, str]:
     return dict(word.removeprefix("--").partition("=")[::2] for word in words[1:])
 
 
-def server_config() -> dict:
+def server_config_text() -> str:
     (block,) = [b for b in blocks("3.", "yaml") if b.first_line == "# server.yaml"]
-    return yaml.safe_load(block.code)
+    return block.code
+
+
+def server_config() -> dict:
+    return yaml.safe_load(server_config_text())
 
 
 def test_the_server_config_says_what_the_flags_said() -> None:
@@ -157,9 +165,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(root: Path) -> Iterator[Served]:
     (serve,) = [b for b in blocks("3.", "sh") if "dl-inference serve" in b.code]
-    mkdir, _, command = serve.code.partition(" && ")
-    subprocess.run(["bash", "-c", mkdir], cwd=root, check=True, timeout=30)
-    args = shlex.split(command)
+    args = shlex.split(serve.code)
     assert args == [".venv/bin/dl-inference", "serve", "-c", "server.yaml"]
     with ServerProcess(args[2:], cwd=root) as server:
         yield Served(root, server)
@@ -205,3 +211,58 @@ def test_the_files_given_are_left_as_they_are(served: Served) -> None:
     # Nothing was written beside the SavedModels either.
     names = sorted(p.name for p in (served.root / "models" / "half_plus_two").iterdir())
     assert names == ["1", "2"]
+
+
+def http_status(server: ServerProcess, path: str) -> int:
+    try:
+        with urllib.request.urlopen(server.http_url + path, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_only_the_files_models_are_served(served: Served) -> None:
+    """No model_repository in the page's server.yaml: models.config's model, no demo model."""
+    assert "model_repository" not in server_config()
+    assert http_status(served.server, "/v2/models/half_plus_two/ready") == 200
+    for demo in ("simple", "text_upper"):
+        assert http_status(served.server, f"/v2/models/{demo}") == 404, demo
+
+
+def test_check_config_lists_the_files_models(root: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dl_inference", "check-config", "server.yaml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "models offered by plugins' configuration: half_plus_two" in lines
+    assert lines[-1] == "server.yaml: OK (1 model(s): half_plus_two)"
+
+
+def test_beside_routes_the_files_models_are_served_too(root: Path) -> None:
+    """The page's settings in a gateway's config: its route and the file's model answer."""
+    with ServerProcess([]) as upstream:  # the built-in demo models, `simple` among them
+        config = yaml.safe_load(local(server_config_text(), root))
+        config["routes"] = [{"model": "simple", "nodes": [{"address": upstream.grpc_address}]}]
+        (root / "gateway.yaml").write_text(yaml.safe_dump(config))
+        with ServerProcess(["-c", "gateway.yaml"], cwd=root) as gateway:
+            request = urllib.request.Request(
+                f"{gateway.http_url}/v1/models/half_plus_two:predict",
+                data=json.dumps({"instances": [1.0, 2.0, 5.0]}).encode(),
+            )
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                predictions = json.load(answer)["predictions"]
+            assert len(predictions) == 3
+            client = grpcclient.InferenceServerClient(gateway.grpc_address)
+            tensors = []
+            for name in ("INPUT0", "INPUT1"):
+                tensor = grpcclient.InferInput(name, [1, 16], "INT32")
+                tensor.set_data_from_numpy(np.ones((1, 16), np.int32))
+                tensors.append(tensor)
+            result = client.infer("simple", tensors)
+            assert result.as_numpy("OUTPUT0").tolist() == [[2] * 16]

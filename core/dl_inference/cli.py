@@ -120,8 +120,6 @@ def resolve_config(args: argparse.Namespace) -> ServerConfig:
             )
         else:
             config.model_repository = Path(args.model_repository).resolve()
-    if config.model_repository is None and not getattr(config, "routes", None):
-        config.model_repository = DEMO_REPOSITORY
     if args.host is not None:
         config.server.grpc.host = args.host
         config.server.http.host = args.host
@@ -152,7 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.server.log_format, config.server.log_level)
     if config.server.workers > 1 and not args.reuse_port:
         return _serve_workers(args, config)
-    server = _build_server(config)
+    server = _build_server(config, args.config)
     server.reuse_port = args.reuse_port
     if args.reuse_port:
         from dl_inference.server.worker_link import WorkerLink
@@ -161,7 +159,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if server.link is not None:
             WorkerLink.follow_parent()
     if args.config:
-        server.config_source = (args.config, lambda: resolve_config(args))
+        server.config_source = (
+            args.config,
+            lambda: with_demo_repository(resolve_config(args), server.plugins),
+        )
         server.config_mtime = config_mtime
     try:
         asyncio.run(server.run())
@@ -175,7 +176,7 @@ def _serve_workers(args: argparse.Namespace, config: ServerConfig) -> int:
     from dl_inference.server.listeners import check_port
     from dl_inference.server.workers import reserve_port, run_workers
 
-    _build_server(config)  # refuse a bad config once, before starting any worker
+    _build_server(config, args.config)  # refuse a bad config once, before starting any worker
     grpc_cfg, http_cfg = config.server.grpc, config.server.http
     # Workers load their models before they bind (see Server.start): a port in use is
     # found here, before that wait.
@@ -201,14 +202,29 @@ def _serve_workers(args: argparse.Namespace, config: ServerConfig) -> int:
     return run_workers(config.server.workers, argv, expect_http=http_cfg.enabled)
 
 
-def _build_server(config: ServerConfig) -> Any:
+def with_demo_repository(config: ServerConfig, plugins: Any) -> ServerConfig:
+    """``config``, serving the built-in demo models when it names no model repository and
+    no routes and no plugin offers a model (``dli_configured_models``: TF Serving's
+    models.config, say); ``plugins`` are the configured PluginHost."""
+    if (
+        config.model_repository is None
+        and not getattr(config, "routes", None)
+        and not plugins.repository_models(None)
+    ):
+        config.model_repository = DEMO_REPOSITORY
+    return config
+
+
+def _build_server(config: ServerConfig, config_file: Path | None = None) -> Any:
     from dl_inference.kernel.plugins import PluginHost
     from dl_inference.server.composition import Server
 
     plugins = PluginHost(
         allow=config.plugins.allow, block=config.plugins.block, strict=config.plugins.strict
     ).load()
-    plugins.configure(config.plugin_settings)
+    # plugin_settings' relative paths resolve as model_repository's: against the file's folder.
+    plugins.configure(config.plugin_settings, config_file.parent if config_file else None)
+    with_demo_repository(config, plugins)
     server = Server(config, plugins)
     server.prepare()
     return server
@@ -222,7 +238,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     configure_logging("console", "warning")
     # The file as `serve -c FILE` reads it, defaults included (the demo repository when it
-    # names neither a model repository nor routes).
+    # names neither a model repository nor routes, and no plugin offers a model).
     config = resolve_config(build_parser().parse_args(["serve", "-c", str(args.file)]))
     management = config.management
     # The token is a secret of the serving machine: a check (in CI, on a laptop) must not
@@ -235,7 +251,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             "server": config.server.model_copy(update={"strict_model_loading": True}),
         }
     )
-    server = _build_server(checked)
+    server = _build_server(checked, args.file)
+    config.model_repository = server.config.model_repository  # the demo, when chosen
     gateway = None
     if config.routes:
         from dl_inference.gateway import Gateway
@@ -280,7 +297,10 @@ def _describe_setup(config: ServerConfig, server: Any, gateway: Any) -> list[str
     else:
         lines.append("management: off")
     if config.model_repository == DEMO_REPOSITORY:
-        lines.append("model repository: the built-in demo (the file names neither one nor routes)")
+        lines.append(
+            "model repository: the built-in demo (the file names neither one nor routes, "
+            "and no plugin offers a model)"
+        )
     elif config.model_repository_url is not None:
         lines.append(
             f"model repository: {redact(config.model_repository_url)}, "
@@ -288,6 +308,9 @@ def _describe_setup(config: ServerConfig, server: Any, gateway: Any) -> list[str
         )
     elif config.model_repository is not None:
         lines.append(f"model repository: {config.model_repository}")
+    offered = [name for name, _ in server.plugins.repository_models(None)]
+    if offered:
+        lines.append(f"models offered by plugins' configuration: {', '.join(offered)}")
     for name in server.models.names():
         versions = server.models.versions(name)
         backends = ", ".join(sorted({v.backend_name for v in versions}))

@@ -269,11 +269,14 @@ class PluginHost:
             f"serve: {', '.join(claimed) or 'none'}); {install}"
         )
 
-    def repository_models(self, root: Path) -> list[tuple[str, Path]]:
-        """Every plugin's ``dli_repository_models(root)``, flattened; a name two plugins
-        give is kept once (the first) and the other is logged."""
+    def repository_models(self, root: Path | None) -> list[tuple[str, Path]]:
+        """The models plugins offer: every plugin's ``dli_repository_models(root)`` (when
+        there is a repository folder ``root``) and ``dli_configured_models()``, flattened; a
+        name two plugins give is kept once (the first) and the other is logged."""
+        answers = list(self.pm.hook.dli_repository_models(root=root)) if root is not None else []
+        answers += self.pm.hook.dli_configured_models()
         found: dict[str, Path] = {}
-        for answer in self.pm.hook.dli_repository_models(root=root):
+        for answer in answers:
             for name, folder in answer or ():
                 if name in found:
                     log.warning(
@@ -309,8 +312,13 @@ class PluginHost:
             message += f" (installed but failed to load: {failed[0].error})"
         return message
 
-    def configure(self, settings: dict[str, dict[str, Any]]) -> None:
-        """Hand each plugin its ``plugin_settings`` section through ``dli_configure``."""
+    def configure(
+        self, settings: dict[str, dict[str, Any]], config_dir: Path | None = None
+    ) -> None:
+        """Hand each plugin its ``plugin_settings`` section through ``dli_configure``, with
+        the folder its relative paths resolve against (the server YAML's; default: the
+        working directory)."""
+        folder = (config_dir or Path.cwd()).resolve()
         loaded = {info.name for info in self.plugins if info.status == "loaded"}
         unknown = sorted(set(settings) - loaded)
         if unknown:
@@ -322,7 +330,8 @@ class PluginHost:
             section = settings.get(impl.plugin_name, {})
             if not isinstance(section, dict):
                 raise ConfigError(f"plugin_settings.{impl.plugin_name}: give a mapping of keys")
-            impl.function(**{arg: section for arg in impl.argnames})
+            given = {"settings": section, "config_dir": folder}
+            impl.function(**{arg: given[arg] for arg in impl.argnames})
 
     def request_hook(self, hook_name: str) -> Callable[..., Any] | None:
         """How to call a per-request hook: None when nobody implements it; the one plain

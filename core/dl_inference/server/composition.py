@@ -107,24 +107,29 @@ class Server:
         self.remote = remote_for(self.config)
         if self.remote is not None:
             self.remote.sync()  # unreadable at start: RemoteRepositoryError, exit 2
-        if self.config.model_repository is not None:
-            strict = self.config.server.strict_model_loading
-            sources = self._scan(self.config.model_repository, self.config.models, strict)
-            self.models.prepare(sources, strict=strict)
-        elif self.config.models:
-            name = next(iter(self.config.models))
-            raise ConfigError(f"models.{name}: overrides need a model_repository to apply to")
+        strict = self.config.server.strict_model_loading
+        sources = self._scan(self.config.model_repository, self.config.models, strict)
+        self.models.prepare(sources, strict=strict)
 
     def _scan(
-        self, root: Path, overrides: dict[str, dict[str, Any]], strict: bool
+        self, root: Path | None, overrides: dict[str, dict[str, Any]], strict: bool
     ) -> list[ModelSource]:
-        """The repository's model folders, then the models plugins find as files in it
-        (``dli_repository_models``: archives, say); a folder's name wins over a file's."""
+        """The repository's model folders (none without a repository), then the models
+        plugins offer (``dli_repository_models``: archives in it, say;
+        ``dli_configured_models``: their own configuration's); a folder's name wins."""
         found = self.plugins.repository_models(root)
         # An override naming a contributed model is not "a model not in the repository".
-        contributed = {name for name, _ in found if not (root / name).is_dir()}
+        contributed = {name for name, _ in found if root is None or not (root / name).is_dir()}
         own = {name: value for name, value in overrides.items() if name not in contributed}
-        sources = scan_repository(root, own, strict=strict)
+        if root is not None:
+            sources = scan_repository(root, own, strict=strict)
+        elif own:
+            raise ConfigError(
+                f"models.{next(iter(own))}: no such model (the config names no "
+                "model_repository, and no plugin offers a model of that name)"
+            )
+        else:
+            sources = []
         taken = {source.name for source in sources}
         for name, folder in found:
             if name in taken:
@@ -202,7 +207,9 @@ class Server:
         )
         self.plugins.pm.hook.dli_server_started(server=self)
         poll = self.config.server.repository_poll_s
-        if self.config.model_repository is not None and poll > 0:
+        # Without a repository, the models plugins' own configuration names are polled.
+        configured = self.plugins.pm.hook.dli_configured_models.get_hookimpls()
+        if poll > 0 and (self.config.model_repository is not None or configured):
             self._poller = asyncio.create_task(self._poll_repository(poll))
 
     async def _open_listeners(self) -> None:
@@ -218,16 +225,15 @@ class Server:
         those whose files or config.yaml changed, and retry failed loads when due."""
         while True:
             await asyncio.sleep(interval)
-            # Read each time: a config reload may have named another repository.
+            # Read each time: a config reload may have named another repository (or none:
+            # the models plugins' configuration names are scanned then).
             root = self.config.model_repository
-            if root is None:
-                continue
             try:
                 if self.remote is not None:
                     await asyncio.to_thread(self.remote.poll)  # keeps the cache on failure
                 # Never strict here: one folder broken while serving must not stop the rest.
                 sources = await asyncio.to_thread(self._scan, root, self.config.models, False)
-                if await self.models.refresh(sources, root):
+                if await self.models.refresh(sources, root, folders=root is not None):
                     await self._update_health()
             except DlInferenceError as exc:
                 log.error("repository scan failed; serving what is loaded", error=str(exc))
@@ -450,16 +456,14 @@ class Server:
             for k in ("plugins", "management", "plugin_settings")
             if getattr(old, k) != getattr(new, k)
         ]
-        sources = None
         remote = remote_for(new, self.remote)
         if remote is not None:
             await asyncio.to_thread(remote.sync)
-        if new.model_repository is not None:
-            # As at start-up: a broken model folder is refused only under strict loading.
-            strict = new.server.strict_model_loading
-            sources = await asyncio.to_thread(self._scan, new.model_repository, new.models, strict)
-            staging = ModelRegistry(self.plugins)
-            staging.prepare(sources, strict=strict)  # backend and settings checks, no load
+        # As at start-up: a broken model folder is refused only under strict loading.
+        strict = new.server.strict_model_loading
+        sources = await asyncio.to_thread(self._scan, new.model_repository, new.models, strict)
+        staging = ModelRegistry(self.plugins)
+        staging.prepare(sources, strict=strict)  # backend and settings checks, no load
         routes = None
         if new.routes != old.routes:
             if self.gateway is None:
@@ -493,17 +497,17 @@ class Server:
             if new.server.strict_readiness != old.server.strict_readiness:
                 self.runtime.strict_readiness = new.server.strict_readiness
                 applied.append(f"server.strict_readiness: {new.server.strict_readiness}")
-            if sources is not None:
-                for source in sources:
-                    if source.name in changed_models and source.name in self.models.names():
-                        try:
-                            await self.models.load_model(source)
-                        except DlInferenceError as exc:
-                            applied.append(f"model {source.name} failed to reload: {exc}")
-                        else:
-                            applied.append(f"model {source.name} reloaded")
-                if await self.models.refresh(sources, new.model_repository):
-                    applied.append("repository refreshed")
+            for source in sources:
+                if source.name in changed_models and source.name in self.models.names():
+                    try:
+                        await self.models.load_model(source)
+                    except DlInferenceError as exc:
+                        applied.append(f"model {source.name} failed to reload: {exc}")
+                    else:
+                        applied.append(f"model {source.name} reloaded")
+            folders = new.model_repository is not None
+            if await self.models.refresh(sources, new.model_repository, folders=folders):
+                applied.append("repository refreshed")
             if routes is not None:
                 applied += [f"route {c}" for c in await self.gateway.apply(routes)]
             await self._update_health()

@@ -33,7 +33,9 @@ PROJECT = "dl_inference"
 # RequestContext.execution (queue and compute times in dli_on_response / dli_on_error).
 # 1.4: ExecutionTiming.steps (StepExecution: the calls an ensemble's steps made for the
 # request, with their own timing).
-HOOKSPEC_VERSION = "1.4"
+# 1.5: dli_configured_models (models a plugin's own configuration names, served with or
+# without a model repository; they keep the demo models out); dli_configure's config_dir.
+HOOKSPEC_VERSION = "1.5"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -77,11 +79,28 @@ def dli_repository_models(root: Path) -> list[tuple[str, Path]] | None:
 
 
 @hookspec
-def dli_configure(settings: dict[str, Any]) -> None:
+def dli_configured_models() -> list[tuple[str, Path]] | None:
+    """Models this plugin's own configuration names, wherever their files are (TF Serving's
+    ``models.config``, say), as ``(model name, folder)`` pairs like ``dli_repository_models``'.
+
+    They are served whether or not the server config names a ``model_repository``, with
+    the same rules: called at every scan (start-up, each ``server.repository_poll_s`` poll,
+    config reloads), in a worker thread; the same folder, untouched, while nothing changed;
+    a name a repository folder (or another plugin) gives too is skipped with a warning;
+    ``models.<name>`` overrides apply. A model left out of a later answer is unloaded. The
+    built-in demo models are served only when the config names no ``model_repository``, no
+    ``routes``, and no plugin answers a model here. Return ``[]`` when not configured.
+    """
+
+
+@hookspec
+def dli_configure(settings: dict[str, Any], config_dir: Path) -> None:
     """Receive this plugin's ``plugin_settings.<plugin name>`` mapping from the server YAML.
 
     Called once at start-up, before the server listens, with an empty mapping when the
-    config has no section for the plugin. Validate it (a pydantic model with
+    config has no section for the plugin. A relative path in ``settings`` is relative to
+    ``config_dir``, as ``model_repository`` in the YAML is: the YAML file's folder (the
+    working directory when the server runs without one). Validate it (a pydantic model with
     ``extra="forbid"`` is the norm) and raise ``dl_inference.ConfigError`` naming the
     key; the server then exits with status 2.
     """

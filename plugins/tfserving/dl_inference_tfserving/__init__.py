@@ -14,7 +14,7 @@ from typing import Any
 
 from dl_inference import ProtocolRegistry, hookimpl
 
-DLI_HOOKSPEC_VERSION = "1.2"
+DLI_HOOKSPEC_VERSION = "1.5"
 
 
 @hookimpl
@@ -25,26 +25,19 @@ def dli_register_protocols(registry: ProtocolRegistry) -> None:
 
 
 @hookimpl
-def dli_configure(settings: dict[str, Any]) -> None:
+def dli_configure(settings: dict[str, Any], config_dir: Path) -> None:
     """``plugin_settings.tfserving``: Predict's answer encoding, server-wide and per model;
-    TF Serving's model config and batching parameters files."""
+    TF Serving's model config and batching parameters files (relative to ``config_dir``)."""
     from dl_inference_tfserving.settings import configure
 
-    configure(settings)
+    configure(settings, config_dir)
 
 
 @hookimpl
-def dli_repository_models(root: Path) -> list[tuple[str, Path]]:
+def dli_configured_models() -> list[tuple[str, Path]]:
     """The models of ``plugin_settings.tfserving.model_config_file`` (TF Serving's
-    ``models.config``), each served from its ``base_path``."""
+    ``models.config``), each served from its ``base_path``, with or without a
+    ``model_repository``."""
     from dl_inference_tfserving.settings import configured_models
 
     return configured_models()
-
-
-@hookimpl
-def dli_server_started(server: object) -> None:
-    """A model config file whose models no repository scan asked for is reported."""
-    from dl_inference_tfserving.settings import check_scanned
-
-    check_scanned()

@@ -8,12 +8,13 @@
 
 Both are read with TF Serving's published field numbers (``_proto/tfs.proto``). Each model
 is served from its ``base_path`` (``<base_path>/<version>/saved_model.pb``) by the
-``tensorflow`` backend: the plugin offers it to the kernel's repository scan
-(``dli_repository_models``) as a model folder of its own making, a private temporary folder
-holding a config.yaml and one link per version folder of ``base_path``, so that nothing is
-written beside the user's files. The scan runs every ``server.repository_poll_s``: new
-version folders are picked up there, and the file itself is read again every
-``model_config_file_poll_wait_seconds`` (0, TF Serving's default: read once, at start-up).
+``tensorflow`` backend: the plugin offers it to the kernel's scan, with or without a
+model repository (``dli_configured_models``), as a model folder of its own making, a
+private temporary folder holding a config.yaml and one link per version folder of
+``base_path``, so that nothing is written beside the user's files. The scan runs every
+``server.repository_poll_s``: new version folders are picked up there, and the file itself
+is read again every ``model_config_file_poll_wait_seconds`` (0, TF Serving's default: read
+once, at start-up).
 """
 
 from __future__ import annotations
@@ -280,12 +281,10 @@ class ModelConfigFile:
         self._read_at = time.monotonic()
         self._lock = threading.Lock()
         self._folder: Path | None = None
-        self.scanned = False  # whether a repository scan has asked for the models yet
 
     def models(self) -> list[tuple[str, Path]]:
         """``(name, model folder)`` for each configured model (the file re-read when due)."""
         with self._lock:
-            self.scanned = True
             if self.poll_wait_s > 0 and time.monotonic() - self._read_at >= self.poll_wait_s:
                 self._read_at = time.monotonic()
                 try:

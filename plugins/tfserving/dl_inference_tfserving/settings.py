@@ -25,7 +25,9 @@ TF Serving's own configuration files are read as they are
         model_config_file_poll_wait_seconds: 60              # its flag of that name
         batching_parameters_file: /models/batching.config    # --batching_parameters_file
 
-Relative paths are taken from the server's working directory.
+Relative paths are taken from the server YAML's folder, as its ``model_repository`` is. The
+file's models are served with or without a ``model_repository`` (and beside ``routes``); with
+one, the repository's folders are served too.
 """
 
 from __future__ import annotations
@@ -109,10 +111,16 @@ _configured = TFServingSettings()
 _model_config_file: ModelConfigFile | None = None
 
 
-def configure(settings: Mapping[str, Any]) -> None:
-    """Validate ``plugin_settings.tfserving`` and make it this process's settings."""
+def configure(settings: Mapping[str, Any], config_dir: Path | None = None) -> None:
+    """Validate ``plugin_settings.tfserving`` and make it this process's settings; relative
+    file paths are taken from ``config_dir`` (the server YAML's folder)."""
     global _configured, _model_config_file
     _configured = parse_settings(settings)
+    if config_dir is not None:
+        for key in ("model_config_file", "batching_parameters_file"):
+            value = getattr(_configured, key)
+            if value is not None and not value.is_absolute():
+                setattr(_configured, key, config_dir / value)
     _model_config_file = model_config_file(_configured)
 
 
@@ -124,15 +132,3 @@ def current() -> TFServingSettings:
 def configured_models() -> list[tuple[str, Path]]:
     """The model config file's models as model folders (none without one)."""
     return _model_config_file.models() if _model_config_file is not None else []
-
-
-def check_scanned() -> None:
-    """Once the server listens: say why the model config file's models are not served when
-    no repository scan asked for them (a gateway's config: routes, no ``model_repository``)."""
-    if _model_config_file is not None and not _model_config_file.scanned:
-        log.error(
-            f"{PREFIX}.model_config_file: its models are not served: the server config has "
-            "routes and no model_repository, whose scan serves them; set model_repository to "
-            "a folder (an empty one will do)",
-            file=str(_model_config_file.path),
-        )

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from dl_inference import ConfigError
-from dl_inference.testing import ServerProcess
 from dl_inference_tfserving._proto import tfs_pb2
 from dl_inference_tfserving.model_server_config import (
     ModelConfigFile,
@@ -218,19 +216,3 @@ def test_batching_parameters_need_the_model_config_file(base: Path) -> None:
         from dl_inference_tfserving.settings import model_config_file, parse_settings
 
         model_config_file(parse_settings({"batching_parameters_file": "batching.config"}))
-
-
-def test_a_gateway_without_a_model_repository_says_why_nothing_is_served(base: Path) -> None:
-    """(Without routes, a config with no model_repository serves the built-in demo one,
-    whose scan serves the model config file's models too.)"""
-    (base / "models.config").write_text(GOOD % {"base": base})
-    (base / "server.yaml").write_text(
-        "routes: [{model: elsewhere, nodes: [{address: '127.0.0.1:9'}]}]\n"
-        "plugin_settings:\n  tfserving:\n    model_config_file: models.config\n"
-    )
-    with ServerProcess(["-c", "server.yaml"], cwd=base) as server:
-        deadline = time.monotonic() + 30
-        while "its models are not served" not in server.output():
-            assert time.monotonic() < deadline, server.output()
-            time.sleep(0.2)
-    assert "set model_repository to a folder" in server.output()
