@@ -59,7 +59,9 @@ from dl_inference_torchserve.rest import (
     TorchServeError,
     default_version,
     error_body,
+    model_not_found,
     served_name,
+    version_not_found,
 )
 from dl_inference_torchserve.settings import model_config
 
@@ -108,18 +110,6 @@ def _grpc(answer: Answer) -> mpb.ManagementResponse:
     value = answer[1]
     return mpb.ManagementResponse(
         msg=value if isinstance(value, str) else json.dumps(value, indent=2)
-    )
-
-
-def _model_not_found(name: str) -> TorchServeError:
-    return TorchServeError(404, "ModelNotFoundException", f"Model not found: {name}")
-
-
-def _version_not_found(name: str, version: str) -> TorchServeError:
-    return TorchServeError(
-        404,
-        "ModelVersionNotFoundException",
-        f"Model version: {version} does not exist for model: {name}",
     )
 
 
@@ -184,20 +174,20 @@ class TorchServeManagement:
         try:
             return self.runtime.model_versions(name)
         except ModelNotFound:
-            raise _model_not_found(name) from None
+            raise model_not_found(name) from None
 
     def _version(self, name: str, version: str) -> ModelVersionInfo:
         """The version clients call ``version`` (an archive's modelVersion)."""
         for info in self._versions(name):
             if served_name(info) == version:
                 return info
-        raise _version_not_found(name, version)
+        raise version_not_found(name, version)
 
     def _default(self, name: str) -> ModelVersionInfo:
         versions = self._versions(name)
         chosen = default_version(self.runtime, name, versions)
         if chosen is None:
-            raise _model_not_found(name)
+            raise model_not_found(name)
         return chosen
 
     def _notes(self, name: str) -> dict[str, Any]:

@@ -210,7 +210,7 @@ def served_version(runtime: RuntimeView, name: str, version: str) -> str:
     try:
         versions = runtime.model_versions(name)
     except ModelNotFound:
-        raise _ModelNotFound(404, "ModelNotFoundException", f"Model not found: {name}") from None
+        raise model_not_found(name) from None
     if not version:
         chosen = default_version(runtime, name, [v for v in versions if v.ready])
         if chosen is None or _workerless(runtime, chosen):
@@ -222,7 +222,17 @@ def served_version(runtime: RuntimeView, name: str, version: str) -> str:
                 # TorchServe 0.12's words, its stray quote included.
                 raise _no_worker(f'Model "{name}" Version {version}"')
             return info.version
-    raise _ModelNotFound(
+    raise version_not_found(name, version)
+
+
+def model_not_found(name: str) -> TorchServeError:
+    """TorchServe's 404 for a model it does not serve."""
+    return _ModelNotFound(404, "ModelNotFoundException", f"Model not found: {name}")
+
+
+def version_not_found(name: str, version: str) -> TorchServeError:
+    """TorchServe's 404 for a version the model does not have."""
+    return _ModelNotFound(
         404,
         "ModelVersionNotFoundException",
         f"Model version: {version} does not exist for model: {name}",
