@@ -227,8 +227,15 @@ def test_no_orphans_after_stop(tmp_path: Path) -> None:
 def test_two_workers(tmp_path: Path) -> None:
     root = _make_repository(tmp_path / "repo")
     with ServerProcess(["--model-repository", str(root), "--workers", "2"]) as running:
+        assert running.process is not None
+        workers = _children(running.process.pid)
+        assert len(workers) == 2
         pids = {_pid_call(running) for _ in range(6)}
-        assert pids and all(_alive(pid) for pid in pids)
+        # each answer comes from an instance process of a worker, not from a worker
+        parents = {
+            int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in pids
+        }
+        assert parents <= workers, (parents, workers)
 
 
 def test_refused_for_a_decoupled_model(tmp_path: Path) -> None:
