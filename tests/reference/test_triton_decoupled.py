@@ -132,6 +132,42 @@ OURS_CONFIG = """
     inputs: [{name: n, datatype: INT64, shape: [1]}]
     outputs: [{name: i, datatype: INT64, shape: [1]}]
 """
+# Decoupled, two instances: a request for 3 or more responses first thinks for 2 s, so the
+# requests after it on the same stream answer first when the stream's requests run at once.
+TRITON_SLOW = """
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            n = int(pb_utils.get_input_tensor_by_name(request, "n").as_numpy().reshape(-1)[0])
+            if n >= 3:
+                time.sleep(2)
+            for i in range(n):
+                out = pb_utils.Tensor("i", np.array([i], dtype=np.int64))
+                sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+TRITON_SLOW_CONFIG = TRITON_CONFIG + "instance_group [{ count: 2, kind: KIND_CPU }]\n"
+OURS_SLOW = """
+    import time
+    import numpy as np
+    from dl_inference import PythonModel
+
+    class Slow(PythonModel):
+        def predict(self, inputs, /, **parameters):
+            n = int(inputs["n"].reshape(-1)[0])
+            if n >= 3:
+                time.sleep(2)
+            for i in range(n):
+                yield {"i": np.array([i], dtype=np.int64)}
+"""
+OURS_SLOW_CONFIG = OURS_CONFIG + "    instances: 2\n"
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +189,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     (text / "1" / "model.py").write_text(TRITON_TEXT)
     (text / "config.pbtxt").write_text(textwrap.dedent(TRITON_TEXT_CONFIG))
     write_python_model(root / "ours", "upper", OURS_TEXT, OURS_TEXT_CONFIG)
+    slow = root / "triton" / "slow"
+    (slow / "1").mkdir(parents=True)
+    (slow / "1" / "model.py").write_text(TRITON_SLOW)
+    (slow / "config.pbtxt").write_text(textwrap.dedent(TRITON_SLOW_CONFIG))
+    write_python_model(root / "ours", "slow", OURS_SLOW, OURS_SLOW_CONFIG)
     with (
         TritonServer(root / "triton", root / "triton.log") as triton,
         ServerProcess(["--model-repository", str(root / "ours")]) as ours,
@@ -166,7 +207,9 @@ def n_input(n: int) -> grpcclient.InferInput:
     return tensor
 
 
-def stream_outcome(address: str, calls: list[tuple[int, str, bool]], answers: int) -> list[Any]:
+def stream_outcome(
+    address: str, calls: list[tuple[int, str, bool]], answers: int, model: str = "tick"
+) -> list[Any]:
     """What ``answers`` stream results look like: (id, outputs, final flag) or the error."""
     results: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client = grpcclient.InferenceServerClient(address)
@@ -174,7 +217,7 @@ def stream_outcome(address: str, calls: list[tuple[int, str, bool]], answers: in
     try:
         for n, request_id, empty_final in calls:
             client.async_stream_infer(
-                "tick", [n_input(n)], request_id=request_id, enable_empty_final_response=empty_final
+                model, [n_input(n)], request_id=request_id, enable_empty_final_response=empty_final
             )
         outcome = []
         for _ in range(answers):
@@ -197,6 +240,18 @@ def both(servers: dict[str, Any], run: Any) -> dict[str, Any]:
     return {name: run(server) for name, server in servers.items()}
 
 
+def apart(outcome: list[Any], request_id: str) -> tuple[list[Any], list[Any]]:
+    """(the rest, request ``request_id``'s responses), each in the order they came.
+
+    The requests of a stream run concurrently: with one model instance Triton sends the
+    next request's responses strictly after the last of the one before, where dl-inference
+    may have up to two of those still on their way (docs/triton-differences.md); each
+    request's own responses come in order on both.
+    """
+    mine = [o for o in outcome if isinstance(o, tuple) and o[0] == request_id]
+    return [o for o in outcome if not (isinstance(o, tuple) and o[0] == request_id)], mine
+
+
 def test_stream_with_the_empty_final_response(servers: dict[str, Any]) -> None:
     seen = both(servers, lambda s: stream_outcome(s.grpc_address, [(3, "a", True)], 4))
     assert seen["dl-inference"] == seen["triton"], seen
@@ -206,7 +261,27 @@ def test_stream_with_the_empty_final_response(servers: dict[str, Any]) -> None:
 def test_stream_without_the_empty_final_response(servers: dict[str, Any]) -> None:
     calls = [(2, "a", False), (1, "b", False), (0, "c", True)]
     seen = both(servers, lambda s: stream_outcome(s.grpc_address, calls, 4))
+    by_request = {
+        name: {rid: apart(outcome, rid)[1] for rid in "abc"} for name, outcome in seen.items()
+    }
+    assert by_request["dl-inference"] == by_request["triton"], seen
+
+
+def test_the_requests_of_one_stream_run_concurrently(servers: dict[str, Any]) -> None:
+    """Two requests on one stream, the first slow: the second's responses come first on
+    both, each request's in order and tagged with its id."""
+    calls = [(3, "slow", True), (2, "fast", True)]
+    seen = both(servers, lambda s: stream_outcome(s.grpc_address, calls, 7, model="slow"))
     assert seen["dl-inference"] == seen["triton"], seen
+    assert [(request_id, final) for request_id, _, _, final in seen["triton"]] == [
+        ("fast", False),
+        ("fast", False),
+        ("fast", True),
+        ("slow", False),
+        ("slow", False),
+        ("slow", False),
+        ("slow", True),
+    ]
 
 
 def test_unary_infer_of_a_decoupled_model_is_refused(servers: dict[str, Any]) -> None:
@@ -295,9 +370,12 @@ def test_generate_errors(servers: dict[str, Any], path: str, document: dict[str,
 def test_an_error_midway_and_the_empty_final_response(servers: dict[str, Any]) -> None:
     # The 100th step fails: 99 responses, the error, the empty final one; then "b".
     calls = [(101, "a", True), (1, "b", True)]
-    seen = both(servers, lambda s: stream_outcome(s.grpc_address, calls, 103))
-    assert seen["dl-inference"] == seen["triton"], {k: v[98:] for k, v in seen.items()}
-    assert seen["triton"][99] == {"error": "None"}
+    seen = {
+        k: apart(v, "b")
+        for k, v in both(servers, lambda s: stream_outcome(s.grpc_address, calls, 103)).items()
+    }
+    assert seen["dl-inference"] == seen["triton"], {k: (a[98:], b) for k, (a, b) in seen.items()}
+    assert seen["triton"][0][99] == {"error": "None"}
 
 
 def test_generate_stream_error_midway(servers: dict[str, Any]) -> None:

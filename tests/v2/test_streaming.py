@@ -103,6 +103,8 @@ def postprocess(y, **kwargs):
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("streaming") / "models"
     write_python_model(repo, "tick", TICK, TICK_CONFIG)
+    # Two instances: two requests of one stream stream at once.
+    write_python_model(repo, "tick2", TICK, TICK_CONFIG + "    instances: 2\n")
     write_python_model(repo, "async_tick", ASYNC_TICK, ASYNC_CONFIG)
     write_python_model(repo, "plus_one", PLUS_ONE, PLUS_CONFIG)
     write_python_model(repo, "plus_one_batched", PLUS_ONE, BATCHED_CONFIG)
@@ -315,6 +317,38 @@ def test_a_client_going_away_closes_the_generator(server: ServerProcess, tmp_pat
     assert not marker.exists()
     reply.close()
     assert wait_for(marker), "the model's generator was not closed when the client hung up"
+
+
+def test_cancelling_a_stream_closes_every_running_requests_generator(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Two requests of one stream run at once (each answering, interleaved, tagged with
+    its id); cancelling the stream closes both generators."""
+    markers = {name: tmp_path / f"{name}-closed" for name in ("first", "second")}
+    stream = Stream(server)
+    for name, marker in markers.items():
+        stream.client.async_stream_infer(
+            "tick2",
+            [n_input(100000)],
+            parameters={"marker": str(marker), "delay": 0.02},
+            request_id=name,
+        )
+    seen: dict[str, list[int]] = {"first": [], "second": []}
+    try:
+        for _ in range(100):  # "first" alone would answer for 2000 s
+            if all(len(values) >= 3 for values in seen.values()):
+                break
+            result, error = stream.next()
+            assert error is None, error
+            seen[result.get_response().id].append(int(result.as_numpy("i")[0]))
+        # Each request's responses in order, both requests answering at once.
+        assert all(len(values) >= 3 for values in seen.values()), seen
+        assert all(values == list(range(len(values))) for values in seen.values()), seen
+        assert not any(marker.exists() for marker in markers.values())
+    finally:
+        stream.close(cancel=True)
+    for name, marker in markers.items():
+        assert wait_for(marker), f"the {name} request's generator was not closed"
 
 
 def test_a_slow_client_pauses_the_generator(server: ServerProcess, tmp_path: Path) -> None:

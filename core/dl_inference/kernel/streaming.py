@@ -14,6 +14,9 @@ connection), the stream is closed: the generator is closed in its thread
 (``generator.close()``: ``GeneratorExit`` is raised in the model's code at its ``yield``,
 so ``try/finally`` there releases what it holds). An async generator runs on the loop
 and is closed with ``aclose()``.
+
+The requests of one stream (V2 ``ModelStreamInfer``) run concurrently, as Triton runs
+them: :func:`interleave` merges their responses as they come, each request's in order.
 """
 
 from __future__ import annotations
@@ -23,15 +26,21 @@ import contextlib
 import contextvars
 import inspect
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Values a generator may run ahead of its client: small, so a slow client holds the model
 # back at once, yet the next value is ready when the client asks.
 STREAM_DEPTH = 2
+# Requests of one stream that run at once; the stream's next request is read only when
+# one of them has answered. More than a model's usual instances, so one stream keeps them
+# busy, yet bounded: a client writing requests faster than they are answered meets gRPC
+# flow control instead of growing the server's memory (each holds its decoded tensors).
+STREAM_REQUESTS_IN_FLIGHT = 16
 # How often a producer blocked on a full hand-off looks whether the client went away.
 _POLL_S = 0.05
 
@@ -85,6 +94,63 @@ async def thread_stream(
                 return
     finally:
         handoff.stop.set()
+
+
+async def interleave(
+    items: AsyncIterable[T],
+    run: Callable[[T], AsyncIterator[R]],
+    limit: int = STREAM_REQUESTS_IN_FLIGHT,
+) -> AsyncIterator[R]:
+    """The values of ``run(item)`` for every item, the items run concurrently.
+
+    Each item's values come in their order, interleaved with the others' as produced; at
+    most ``limit`` items run at once (the next item is read when one ends) and at most
+    :data:`STREAM_DEPTH` values wait for the consumer, so a slow consumer pauses every
+    producer. Ends when ``items`` and every run have ended; an exception of ``items`` or
+    of a run is raised here. Closing this async generator (its consumer stopped, was
+    cancelled) cancels every run, which closes each ``run(item)`` iterator.
+    """
+    values: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=STREAM_DEPTH)
+    slots = asyncio.Semaphore(limit)
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(item: T) -> None:
+        try:
+            async with contextlib.aclosing(run(item)) as produced:
+                async for value in produced:
+                    await values.put((_ITEM, value))
+        finally:
+            slots.release()
+
+    async def feed() -> None:
+        try:
+            async for item in items:
+                await slots.acquire()
+                task = asyncio.create_task(one(item))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            while running:
+                await asyncio.gather(*running)
+        except Exception as exc:
+            await values.put((_ERROR, exc))
+        else:
+            await values.put((_END, None))
+
+    feeder = asyncio.create_task(feed())
+    try:
+        while True:
+            kind, value = await values.get()
+            if kind == _ITEM:
+                yield value
+            elif kind == _ERROR:
+                raise value
+            else:
+                return
+    finally:
+        tasks = [feeder, *running]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Handoff:

@@ -27,6 +27,7 @@ from dl_inference.builtin.v2.model_config import (
     statistics_document,
     statistics_message,
 )
+from dl_inference.kernel.streaming import interleave
 from dl_inference.spi.call_path import Call, CallPath, RuntimeView
 from dl_inference.spi.errors import InvalidInput, StreamingOnly, Unavailable
 from dl_inference.spi.status import public_message
@@ -110,15 +111,19 @@ class V2GrpcServicer:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Each request's responses, in order: one for most models; a decoupled model's
-        as it yields them. As Triton does, a failed request is reported in the stream and
-        the stream goes on; a client that cancels the stream closes the model's generator
-        (the handler is cancelled at its ``yield``)."""
+        as it yields them. As Triton does, the stream's requests run concurrently (at most
+        :data:`~dl_inference.kernel.streaming.STREAM_REQUESTS_IN_FLIGHT` at once), their
+        responses interleaved as they come, each carrying its request's id; a failed
+        request is reported in the stream and the stream goes on; a client that cancels
+        the stream closes every running request's generator (the handler is cancelled)."""
         method = f"/{SERVICE}/ModelStreamInfer"
-        async for data in requests:
-            call = self.calls.grpc_call(method, context)
-            async with contextlib.aclosing(self._stream(data, call)) as replies:
-                async for reply in replies:
-                    yield reply
+
+        def run(data: bytes) -> AsyncIterator[bytes]:
+            return self._stream(data, self.calls.grpc_call(method, context))
+
+        async with contextlib.aclosing(interleave(requests, run)) as replies:
+            async for reply in replies:
+                yield reply
 
     async def _stream(self, data: bytes, call: Call) -> AsyncIterator[bytes]:
         """One request's ModelStreamInferResponses, each marked ``triton_final_response``
