@@ -30,6 +30,8 @@ from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.remote import RemoteRepository, remote_for
 from dl_inference.kernel.repository import ModelSource, read_model_folder, scan_repository
 from dl_inference.kernel.runtime import Runtime
+from dl_inference.server.grpc_h2 import Server as H2Server
+from dl_inference.server.grpc_h2 import grpc_engine, grpc_server
 from dl_inference.server.health import ServerHealth
 from dl_inference.server.http_errors import json_errors
 from dl_inference.server.listeners import bind_grpc, check_port, start_http
@@ -70,7 +72,7 @@ class Server:
         self.link: WorkerLink | None = None  # the siblings of a `serve --workers N` child
         self.management: Any = None
         self.tls: ServerTls | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: grpc.aio.Server | H2Server | None = None
         self._http: web.AppRunner | None = None
         self._health = ServerHealth(
             self.runtime, lambda: [s for p in self.protocols for s in p.grpc_services]
@@ -253,12 +255,14 @@ class Server:
 
     async def _start_grpc(self) -> None:
         limit = self.runtime.max_message_bytes
-        server = grpc.aio.server(
-            options=[
+        engine = grpc_engine(self.config.server.grpc.engine)
+        server = grpc_server(
+            engine,
+            [
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
-            ]
+            ],
         )
         handlers = [h for p in self.protocols for h in p.grpc_handlers(self.runtime)]
         if self.gateway is not None:
@@ -267,12 +271,12 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self._add_reflection(server)
         grpc_cfg = self.config.server.grpc
-        credentials = self.tls.grpc_credentials() if self.tls is not None else None
+        credentials = self.tls.grpc_credentials(engine) if self.tls is not None else None
         self.grpc_address = bind_grpc(server, grpc_cfg.host, grpc_cfg.port, credentials)
         await server.start()
         self._grpc = server
 
-    def _add_reflection(self, server: grpc.aio.Server) -> None:
+    def _add_reflection(self, server: grpc.aio.Server | H2Server) -> None:
         # A private pool: our files are renamed to the standard packages (inference.*, ...),
         # which must not enter the default pool where client libraries register theirs.
         pool = descriptor_pool.DescriptorPool()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -56,13 +57,17 @@ def check_port(host: str, port: int, what: str) -> None:
 
 
 def bind_grpc(
-    server: grpc.aio.Server,
+    server: grpc.aio.Server | Any,
     host: str,
     port: int,
-    credentials: grpc.ServerCredentials | None = None,
+    credentials: grpc.ServerCredentials | ssl.SSLContext | None = None,
     what: str = "gRPC",
 ) -> str:
-    """Add a port to ``server`` (TLS with ``credentials``); returns the bound ``host:port``."""
+    """Add a port to ``server`` (TLS with ``credentials``); returns the bound ``host:port``.
+
+    ``server`` is a ``grpc.aio.Server`` or the asyncio engine's
+    :class:`~dl_inference.server.grpc_h2.Server` (same methods; TLS as an ``ssl.SSLContext``).
+    """
     address = f"{bracket(host)}:{port}"
     try:
         if credentials is not None:

@@ -37,7 +37,11 @@ class ServerTls:
         tls.ssl_context()  # a bad certificate or key fails here, before anything listens
         return tls
 
-    def grpc_credentials(self) -> grpc.ServerCredentials:
+    def grpc_credentials(self, engine: str = "grpcio") -> grpc.ServerCredentials | ssl.SSLContext:
+        """What the gRPC listener of ``engine`` takes for TLS (the asyncio engine: a context
+        it adds ALPN "h2" to)."""
+        if engine == "asyncio":
+            return self.ssl_context()
         return grpc.ssl_server_credentials(
             [(self.key, self.cert)],
             root_certificates=self.client_ca,

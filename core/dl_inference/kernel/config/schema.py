@@ -21,6 +21,10 @@ class GrpcConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=8500, ge=0, le=65535)
     max_message_mb: float = Field(default=64, gt=0)
+    # Who speaks HTTP/2: "grpcio" (grpc.aio's server) or "asyncio" (dl-inference's own
+    # HTTP/2 server on the event loop, several times less CPU per call; docs/grpc-transport.md).
+    # The environment variable DLI_GRPC_ENGINE overrides it.
+    engine: Literal["grpcio", "asyncio"] = "grpcio"
 
 
 class HttpConfig(_Section):

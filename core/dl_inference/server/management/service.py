@@ -34,6 +34,7 @@ from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.kernel.config.schema import ServerConfig
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.repository import read_model_folder
+from dl_inference.server.grpc_h2 import Server, grpc_engine, grpc_server
 from dl_inference.server.http_errors import json_errors
 from dl_inference.server.listeners import bind_grpc, start_http
 from dl_inference.server.management.safety import (
@@ -125,7 +126,7 @@ class ManagementService:
         self.roots = [Path(root).resolve() for root in roots]
         self.grpc_address = ""
         self.http_address = ""
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: grpc.aio.Server | Server | None = None
         self._http: web.AppRunner | None = None
         self._lock = asyncio.Lock()  # one load/unload at a time
         self._here: dict[str, Callable[..., Awaitable[None]]] = {
@@ -408,7 +409,8 @@ class ManagementService:
     async def start(self) -> None:
         management = self.config.management
         shared = self.link is not None  # every worker listens on the same ports
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if shared else 0)])
+        engine = grpc_engine(self.config.server.grpc.engine)
+        server = grpc_server(engine, [("grpc.so_reuseport", 1 if shared else 0)])
         server.add_generic_rpc_handlers([self._grpc_handler(), *self._protocol_services()])
         self.grpc_address = bind_grpc(
             server, management.host, management.grpc_port, what="management gRPC"

@@ -1,0 +1,91 @@
+"""Running a call's handler as grpc.aio runs it: the four kinds (unary or streaming request
+and reply), async generators or ``context.write``, and the status each outcome ends with."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from dl_inference.server.grpc_h2.context import (
+    DeserializeError,
+    SerializeError,
+    ServicerContext,
+    _deserialize,
+    _serialize,
+)
+from dl_inference.server.grpc_h2.stream import MessageOverLimit, Stream
+
+log = logging.getLogger(__name__)
+_OK = grpc.StatusCode.OK
+
+
+async def run_call(stream: Stream, handler: grpc.RpcMethodHandler, request: bytes | None) -> None:
+    """Run ``handler`` for ``stream`` (``request``: the one message of a unary request)."""
+    context = stream.context
+    assert context is not None
+    context.request_deserializer = handler.request_deserializer
+    context.response_serializer = serializer = handler.response_serializer
+    try:
+        if handler.request_streaming:
+            argument: Any = _requests(context)
+        else:
+            assert request is not None
+            argument = _deserialize(handler.request_deserializer, request)
+        if not handler.response_streaming:
+            behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+            reply = behavior(argument, context)
+            if inspect.isawaitable(reply):
+                reply = await reply
+            if context._code is None or context._code is _OK:
+                await stream.send_message(_serialize(serializer, reply), False)
+        else:
+            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+            replies = behavior(argument, context)
+            if inspect.isawaitable(replies):
+                replies = await replies
+            if replies is not None:
+                if hasattr(replies, "__aiter__"):
+                    async for reply in replies:
+                        await stream.send_message(_serialize(serializer, reply), True)
+                else:
+                    for reply in replies:
+                        await stream.send_message(_serialize(serializer, reply), True)
+    except grpc.aio.AbortError:
+        pass
+    except asyncio.CancelledError:
+        context._cancelled = True
+        # Cancelled by the client (RST_STREAM), its deadline or the server's stop: the
+        # stream has been ended already, unless the handler cancelled itself.
+        stream.finish(grpc.StatusCode.CANCELLED, "Cancelled")
+        return
+    except DeserializeError as exc:
+        context._code = grpc.StatusCode.INTERNAL
+        context._details = "Exception deserializing request!"
+        log.debug("cannot deserialize a request of %s: %s", stream.method, exc)
+    except SerializeError as exc:
+        context._code, context._details = grpc.StatusCode.INTERNAL, "Failed to serialize response!"
+        log.error("cannot serialize a reply of %s: %s", stream.method, exc)
+    except MessageOverLimit as exc:
+        context._code, context._details = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    except Exception as exc:
+        log.exception("unexpected error in the handler of %s", stream.method)
+        context._code = grpc.StatusCode.UNKNOWN
+        context._details = f"Unexpected {type(exc)}: {exc}"
+    code = context._code or _OK
+    details = context._details if code is not _OK or context._details else ""
+    stream.finish(code, details, context._trailing)
+
+
+async def _requests(context: ServicerContext) -> AsyncIterator[Any]:
+    stream = context._stream
+    while True:
+        message = await stream.next_request()
+        if message is None:
+            return
+        yield _deserialize(context.request_deserializer, message)

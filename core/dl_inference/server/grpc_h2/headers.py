@@ -1,0 +1,133 @@
+"""Header blocks: HPACK decoding (PyPI ``hpack``, with limits), a stateless HPACK encoder,
+and the gRPC rules on top (metadata, ``-bin`` values, ``grpc-timeout``, ``grpc-message``).
+
+Responses are encoded as literals "without indexing" (RFC 7541 section 6.2.2): the encoder
+keeps no dynamic table, so it needs no state per connection and never depends on the peer's
+SETTINGS_HEADER_TABLE_SIZE; the few bytes it costs are cheaper than a table in Python.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from hpack import Decoder
+from hpack.exceptions import HPACKError, OversizedHeaderListError
+
+from dl_inference.server.grpc_h2.frames import (
+    COMPRESSION_ERROR,
+    ENHANCE_YOUR_CALM,
+    H2ConnectionError,
+)
+
+# Names a server handles itself: not handed to the application as invocation metadata.
+_RESERVED = frozenset(
+    {
+        "content-type",
+        "te",
+        "grpc-timeout",
+        "grpc-encoding",
+        "grpc-accept-encoding",
+        "grpc-message-type",
+        "connection",
+        "host",
+    }
+)
+# Connection-specific fields are malformed in HTTP/2 (RFC 9113 section 8.2.2).
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+class HeaderDecoder:
+    """One connection's HPACK decoder, bounded: the dynamic table at ``table_size`` and a
+    decoded list at ``max_list_size`` (an "HPACK bomb" ends the connection)."""
+
+    def __init__(self, table_size: int, max_list_size: int) -> None:
+        self._decoder = Decoder(max_header_list_size=max_list_size)
+        self._decoder.max_allowed_table_size = table_size
+
+    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        try:
+            return self._decoder.decode(block, raw=True)
+        except OversizedHeaderListError:
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "header list too large") from None
+        except (HPACKError, ValueError, IndexError) as exc:
+            raise H2ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
+
+
+def _integer(value: int, prefix_bits: int, first: int) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal(name: bytes, value: bytes) -> bytes:
+    """One header as a literal without indexing, new name, no Huffman coding."""
+    return b"\x00" + _integer(len(name), 7, 0) + name + _integer(len(value), 7, 0) + value
+
+
+STATUS_200 = b"\x88"  # :status 200, static table entry 8
+RESPONSE_HEAD = STATUS_200 + literal(b"content-type", b"application/grpc")
+
+
+def encode(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(literal(name, value) for name, value in headers)
+
+
+def parse_timeout(value: str) -> float | None:
+    """``grpc-timeout`` in seconds (None when malformed: the call then has no deadline)."""
+    if not 2 <= len(value) <= 9 or not value[:-1].isdigit():
+        return None
+    unit = _TIMEOUT_UNITS.get(value[-1])
+    return None if unit is None else int(value[:-1]) * unit
+
+
+def encode_message(details: str) -> bytes:
+    """``grpc-message``: UTF-8, percent-encoding every byte outside printable ASCII and '%'."""
+    raw = details.encode("utf-8", "replace")
+    if all(0x20 <= b <= 0x7E and b != 0x25 for b in raw):
+        return raw
+    return b"".join(bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw)
+
+
+def is_connection_specific(name: bytes, value: bytes) -> bool:
+    return name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers")
+
+
+def metadata_value(name: str, value: bytes) -> str | bytes | None:
+    """A received value as the application sees it: ``-bin`` base64-decoded (None: invalid)."""
+    if name.endswith("-bin"):
+        try:
+            return base64.b64decode(value + b"=" * (-len(value) % 4), validate=False)
+        except (binascii.Error, ValueError):
+            return None
+    return value.decode("latin-1")
+
+
+def is_reserved(name: str) -> bool:
+    return name in _RESERVED or name.startswith(":")
+
+
+def encode_metadata(metadata: Sequence[tuple[str, Any]] | None) -> list[tuple[bytes, bytes]]:
+    """Application metadata as header fields: names lower-cased, ``-bin`` values base64."""
+    out: list[tuple[bytes, bytes]] = []
+    for key, value in metadata or ():
+        name = key.lower()
+        if name.endswith("-bin"):
+            raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+            out.append((name.encode("ascii"), base64.b64encode(raw).rstrip(b"=")))
+        else:
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            out.append((name.encode("ascii"), text.encode("latin-1", "replace")))
+    return out
