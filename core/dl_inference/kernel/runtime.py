@@ -479,6 +479,10 @@ class _ModelRunner:
             if step is not None:
                 step.error = exc
             raise
+        except asyncio.CancelledError as exc:  # another step failed, or the call ended
+            if step is not None:
+                step.error = exc
+            raise
         finally:
             if step is not None and running is not None:
                 step.finished = time.monotonic()

@@ -142,8 +142,10 @@ class StepExecution:
     """One call that a composing model (an ensemble's step) made to another model while it
     ran a request: ``model`` and ``version`` (the version that ran), ``started`` /
     ``finished`` (the call, as ``time.monotonic()`` instants), ``timing`` (the step model's
-    own queue and compute times and batch size) and ``error`` (what failed the step; None
-    when it succeeded). Found in ``ctx.execution.steps``.
+    own queue and compute times and batch size) and ``error`` (what failed the step, a
+    ``CancelledError`` when it was stopped first: another step failed, the call was
+    cancelled; None when it succeeded).
+    Found in ``ctx.execution.steps``.
     """
 
     model: str
