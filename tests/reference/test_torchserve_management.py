@@ -45,6 +45,10 @@ def handle(data, context):
         return None
     return [{"version": context.manifest["model"]["modelVersion"]} for _ in data]
 """
+BROKEN = """
+def handle(data, context):
+    raise RuntimeError("this handler never initializes")
+"""
 
 # (method, path) sent to both management listeners, in this order; each answer compared.
 SEQUENCE = [
@@ -176,6 +180,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     handler = work / "handler.py"
     handler.write_text(textwrap.dedent(HANDLER))
     made = work / "made"
+    broken = work / "broken.py"
+    broken.write_text(textwrap.dedent(BROKEN))
+    shutil.move(archive(made / "broken", "broken", broken), made / "broken.mar")
     for name, version, file in [
         ("served", "1.0", "served"),
         ("echo", "1.0", "echo"),
@@ -202,7 +209,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         env = {"DLI_MANAGEMENT_TOKEN": TOKEN, "DLI_TORCHSERVE_CACHE": str(work / "cache")}
         with ServerProcess(["-c", str(work / "server.yaml")], env=env) as ours:
             # Registered through the API from here on, by both.
-            for file in ("echo.mar", "echo2.mar", "other.mar"):
+            for file in ("echo.mar", "echo2.mar", "other.mar", "broken.mar"):
                 shutil.copy(made / file, store)
             yield Pair(theirs, ours, store)
     finally:
@@ -374,3 +381,19 @@ def test_the_same_grpc_management_calls_get_the_same_answers(
     assert _grpc_answer(ours_stub, "ListModels", pb.ListModelsRequest(), None)[0] == (
         "UNAUTHENTICATED"
     )
+
+
+def test_a_handler_that_does_not_load(pair: Pair) -> None:
+    """Both answer 500 with TorchServe's words (here followed by the reason); TorchServe
+    keeps the model registered (its workers failing), this server keeps nothing."""
+    path = "/models?url=broken.mar&initial_workers=1&synchronous=true"
+    theirs = call(pair.theirs.management_url, "POST", path)
+    ours = call(pair.ours_management, "POST", path, TOKEN)
+    message = "Failed to start workers for model broken version: 1.0"
+    assert theirs == (500, {"code": 500, "type": "InternalServerException", "message": message})
+    assert (ours[0], ours[1]["type"]) == (500, "InternalServerException")
+    assert ours[1]["message"].startswith(f"{message} (")
+    assert "this handler never initializes" in ours[1]["message"]
+    assert call(pair.theirs.management_url, "GET", "/models/broken")[0] == 200
+    assert call(pair.ours_management, "GET", "/models/broken", TOKEN)[0] == 404
+    assert call(pair.theirs.management_url, "DELETE", "/models/broken")[0] == 200

@@ -38,12 +38,14 @@ import yaml
 from aiohttp import web
 
 from dl_inference import (
+    BackendError,
     Call,
     ModelControl,
     ModelNotFound,
     ModelVersionInfo,
     PermissionDenied,
     RuntimeView,
+    public_message,
 )
 from dl_inference_torchserve._proto import torchserve_management_pb2 as mpb
 from dl_inference_torchserve.archive import (
@@ -454,25 +456,32 @@ class TorchServeManagement:
         notes["folder"] = str(folder)
         try:
             await self.control.load_folder(name, folder, overrides, notes)
-        except BaseException:
+        except BaseException as exc:
             if not keep:  # nothing of this model served before: leave nothing behind
                 with contextlib.suppress(Exception):
                     await self.control.unload(name)
             if str(folder) not in _served_folders(self.runtime, name):
                 await asyncio.to_thread(shutil.rmtree, folder, True)
+            if new is not None and isinstance(exc, BackendError):  # no version loaded
+                raise _not_started(name, new[0], public_message(exc)) from None
             raise
         if new is not None and not self._version(name, new[0]).ready:
             reason = self._version(name, new[0]).reason
             notes["versions"].pop(new[0], None)
             await asyncio.to_thread(shutil.rmtree, folder / str(number), True)
             await self.control.load_folder(name, folder, overrides, notes)
-            raise TorchServeError(
-                500,
-                "InternalServerException",
-                f"Failed to start workers for model {name} version: {new[0]} ({reason})",
-            )
+            raise _not_started(name, new[0], reason)
         if previous and Path(previous).parent == managed and previous != str(folder):
             await asyncio.to_thread(shutil.rmtree, previous, True)
+
+
+def _not_started(name: str, version: str, reason: str) -> TorchServeError:
+    """TorchServe's 500 for a version whose handler did not load, with the reason."""
+    return TorchServeError(
+        500,
+        "InternalServerException",
+        f"Failed to start workers for model {name} version: {version} ({reason})",
+    )
 
 
 def _prepare(
