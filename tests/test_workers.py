@@ -411,3 +411,23 @@ def test_status_documents_add_up_and_mark_the_missing() -> None:
     # A model not ready in one worker is not ready.
     merged = merge_status_documents({0: document(1.0, 1.0, 1), 1: document(1.0, 1.0, 1, False)})
     assert merged["models"][0]["ready"] is False and merged["server"]["ready"] is False
+
+
+def test_status_documents_add_up_each_route_groups_calls() -> None:
+    from dl_inference.server.status_page import merge_status_documents
+
+    def document(requests: int, errors: int, sent: int, dropped: int) -> dict:
+        server = {"name": "dl-inference", "version": "x", "ready": True, "draining": False}
+        split = {"model": "m", "group": "canary", "kind": "split", "weight": 5, "version": "2",
+                 "nodes": ["h:1"], "requests": requests, "errors": errors}  # fmt: skip
+        mirror = {"model": "m", "group": "dark", "kind": "mirror", "percent": 10.0,
+                  "version": None, "nodes": ["h:9"], "requests": sent, "errors": 0,
+                  "dropped": dropped}  # fmt: skip
+        return {"server": server, "models": [], "routes": [], "groups": [split, mirror]}
+
+    merged = merge_status_documents({0: document(7, 1, 3, 1), 1: document(5, 2, 4, 0)})
+    canary, dark = merged["groups"]
+    assert (canary["group"], canary["weight"], canary["requests"], canary["errors"]) == (
+        "canary", 5, 12, 3,
+    )  # fmt: skip
+    assert (dark["group"], dark["requests"], dark["dropped"]) == ("dark", 7, 1)

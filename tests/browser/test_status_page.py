@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
-from dl_inference.testing import ServerProcess, write_python_model
+from dl_inference.testing import ServerProcess, free_port, write_python_model
 
 CHROMIUM = os.environ.get("DLI_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("DLI_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -298,3 +299,75 @@ def test_gateway_node_turns_unhealthy_when_its_worker_is_killed(
             assert wait_for(browser, states, "the node table")[first.grpc_address] == "healthy"
             # Requests keep flowing through the surviving node.
             infer(gateway.grpc_address, 4)
+
+
+def test_split_and_mirror_groups_show_their_weights_nodes_and_calls(
+    browser: WebDriver, repo: Path, tmp_path: Path
+) -> None:
+    """A 3:1 split between two workers and a 50 % shadow that cannot be reached: each
+    group's row shows its weight (or percent), version, nodes, calls and errors."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: every copy fails
+    with (
+        ServerProcess(["--model-repository", str(repo)]) as first,
+        ServerProcess(["--model-repository", str(repo)]) as second,
+    ):
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            textwrap.dedent(
+                f"""\
+                routes:
+                  - model: add_one
+                    protocols: [v2]
+                    split:
+                      - {{name: stable, weight: 3, nodes: [{{address: '{first.grpc_address}'}}]}}
+                      - name: canary
+                        weight: 1
+                        version: "1"
+                        nodes: [{{address: '{second.grpc_address}'}}]
+                    mirror: {{name: dark, percent: 50, nodes: [{{address: '{dead}'}}]}}
+                """
+            )
+        )
+        with ServerProcess(["-c", str(config)]) as gateway:
+            infer(gateway.grpc_address, 8)  # 6 to stable, 2 to canary
+            client = grpcclient.InferenceServerClient(gateway.grpc_address)
+            try:
+                for _ in range(4):  # 3 to stable, 1 to canary: refused by the node
+                    tensor = grpcclient.InferInput("x", [1, 4], "FP32")
+                    tensor.set_data_from_numpy(np.zeros((1, 4), dtype=np.float32))
+                    with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT"):
+                        client.infer("add_one", [tensor])
+            finally:
+                client.close()
+            browser.get(gateway.http_url + "/")
+
+            def row(group: str) -> tuple[str, ...]:
+                found = f'#groups tr[data-model="add_one"][data-group="{group}"]'
+                return tuple(
+                    cell(browser, found, column)
+                    for column in ("kind", "share", "version", "nodes", "calls", "errors")
+                )
+
+            none = "\N{EN DASH}"  # what the page shows for no version
+            expected = {
+                "stable": ("split", "3", none, first.grpc_address, "9", "3"),
+                "canary": ("split", "1", "1", second.grpc_address, "3", "1"),
+                "dark": ("mirror", "50%", none, dead, "6", "6"),  # copies sent, all failed
+            }
+            wait_for(
+                browser,
+                lambda d: {name: row(name) for name in expected} == expected,
+                f"the groups {expected}",
+            )
+            assert cell(browser, '#groups tr[data-group="canary"]', "rate") == "33.3%"
+            assert cell(browser, '#groups tr[data-group="dark"]', "dropped") == "0"
+            # The node table says which group each node serves.
+            groups = {
+                r.get_attribute("data-node"): r.get_attribute("data-group")
+                for r in browser.find_elements(By.CSS_SELECTOR, "#routes tr[data-node]")
+            }
+            assert groups == {
+                first.grpc_address: "stable",
+                second.grpc_address: "canary",
+                dead: "dark",
+            }

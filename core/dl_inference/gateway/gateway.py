@@ -376,6 +376,35 @@ class Gateway:
         state, counters."""
         return [row for route in self.routes.values() for row in route.snapshot()]
 
+    def group_rows(self) -> list[dict[str, Any]]:
+        """One dict per ``split`` group and shadow group of every route, for the status
+        page: model, group, kind (``split`` / ``mirror``), weight or percent, version,
+        nodes, and the calls the group's figures count (``requests``, ``errors``; a
+        shadow's copies sent, failed, and ``dropped`` over ``max_in_flight``)."""
+        rows: list[dict[str, Any]] = []
+        for route in self.routes.values():
+            for group in route.groups.values():
+                rows.append(
+                    {
+                        **_group_row(route, group, "split"),
+                        "weight": route.weights.get(group.group, 0),
+                        "requests": group.stats.requests,
+                        "errors": group.stats.errors,
+                    }
+                )
+            if route.mirror is not None:
+                mirror = route.mirror
+                rows.append(
+                    {
+                        **_group_row(route, mirror.group, "mirror"),
+                        "percent": mirror.config.percent,
+                        "requests": mirror.sent,
+                        "errors": mirror.failed,
+                        "dropped": mirror.dropped,
+                    }
+                )
+        return rows
+
     def routing_table(
         self, protocols: Iterable[Protocol | type[Protocol]]
     ) -> dict[str, tuple[str, RoutingKeyReader]]:
@@ -686,6 +715,16 @@ def _group_live(old: GroupConfig, new: GroupConfig, **update: Any) -> dict[str, 
     if old.discovery is None and new.discovery is None:
         update["nodes"] = new.nodes
     return update
+
+
+def _group_row(route: Route, group: Route, kind: str) -> dict[str, Any]:
+    return {
+        "model": route.model,
+        "group": group.group,
+        "kind": kind,
+        "version": group.version,
+        "nodes": sorted(group.nodes),
+    }
 
 
 def _what(config: RouteConfig) -> str:

@@ -15,7 +15,8 @@ from dl_inference.server.worker_link import WorkerLink
 
 
 def status_document(runtime: Runtime, gateway: Any = None) -> dict[str, Any]:
-    """Everything the page shows: server, models with recent figures, routes and nodes."""
+    """Everything the page shows: server, models with recent figures, routes and nodes,
+    and the routes' split and shadow groups with their calls."""
     models = []
     for name in runtime.models.names():
         versions = runtime.models.versions(name)
@@ -43,11 +44,14 @@ def status_document(runtime: Runtime, gateway: Any = None) -> dict[str, Any]:
         },
         "models": models,
         "routes": gateway.snapshot() if gateway is not None else [],
+        "groups": gateway.group_rows() if gateway is not None else [],
     }
 
 
 # Per model, what adds up over worker processes, and what is the slowest worker's.
 _SUMMED = ("qps", "errors", "count", "in_flight")
+# Per route group, the calls each worker's gateway counted.
+_GROUP_SUMMED = ("requests", "errors", "dropped")
 _WORST = ("p50_ms", "p99_ms")
 
 
@@ -81,6 +85,17 @@ def merge_status_documents(documents: dict[int, dict[str, Any] | None]) -> dict[
     for model in models.values():
         model["qps"] = round(model.get("qps") or 0.0, 2)
     merged["models"] = list(models.values())
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for doc in answered.values():
+        for group in doc.get("groups", ()):
+            key = (group["model"], group["group"])
+            if key not in groups:
+                groups[key] = dict(group)
+                continue
+            for name in _GROUP_SUMMED:
+                if name in group:
+                    groups[key][name] = groups[key].get(name, 0) + group[name]
+    merged["groups"] = list(groups.values())
     return merged
 
 
