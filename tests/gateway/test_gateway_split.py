@@ -281,6 +281,14 @@ def test_a_version_the_routes_protocols_cannot_carry_is_a_config_error(
     assert "routes[0] (model 'm').split[0].version" in str(info.value)
 
 
+def test_a_version_only_the_routes_own_protocols_must_name() -> None:
+    """TF Serving's versions are integers; a V2-only route may name any version."""
+    split = [{"name": "a", "weight": 1, "nodes": [{"address": "h:1"}], "version": "canary"}]
+    config = RouteConfig(model="m", protocols=["v2"], split=split)
+    gateway = Gateway([config], PluginHost().load())
+    assert [row["version"] for row in gateway.group_rows()] == ["canary"]
+
+
 def test_the_documented_example_is_a_valid_route() -> None:
     doc = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"
     (entry,) = yaml.safe_load(code_block(doc.read_text(), "yaml", "split:").code)

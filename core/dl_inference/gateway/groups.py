@@ -58,19 +58,20 @@ class VersionRewrites:
     def __init__(self, protocols: Iterable[Protocol | type[Protocol]] = ()) -> None:
         self.grpc: dict[str, VersionRewriter] = {}
         self.rest: dict[str, RestVersionRewriter] = {}
-        self.protocols: set[str] = set()  # those offering any rewriter
+        # Protocol name -> its gRPC rewriters, for those offering any rewriter.
+        self.protocols: dict[str, dict[str, VersionRewriter]] = {}
         for protocol in protocols:
             instance = protocol() if isinstance(protocol, type) else protocol
-            grpc_rewriters = instance.version_rewriters()
+            grpc_rewriters = dict(instance.version_rewriters())
             rest_rewriters = instance.rest_version_rewriters()
             self.grpc.update(grpc_rewriters)
             self.rest.update(rest_rewriters)
             if grpc_rewriters or rest_rewriters:
-                self.protocols.add(instance.name)
+                self.protocols[instance.name] = grpc_rewriters
 
     def check(self, where: str, protocols: Iterable[str], version: str) -> None:
         """ConfigError unless every one of ``protocols`` can name ``version``."""
-        cannot = sorted(set(protocols) - self.protocols)
+        cannot = sorted(set(protocols) - set(self.protocols))
         if cannot:
             raise ConfigError(
                 f"{where}.version: the gateway cannot write a model version into "
@@ -78,11 +79,12 @@ class VersionRewrites:
                 f"{', '.join(sorted(self.protocols)) or 'none installed'} (list only those "
                 "in the route's protocols)"
             )
-        for method, rewrite in self.grpc.items():
-            try:
-                rewrite(b"", version)
-            except ValueError as exc:
-                raise ConfigError(f"{where}.version: {version!r} for {method}: {exc}") from None
+        for protocol in sorted(set(protocols)):
+            for method, rewrite in self.protocols[protocol].items():
+                try:
+                    rewrite(b"", version)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}.version: {version!r} for {method}: {exc}") from None
 
     def grpc_body(self, method: str, body: bytes, version: str | None) -> bytes:
         """``body`` naming ``version`` when ``method`` has a rewriter; else unchanged."""
