@@ -257,3 +257,26 @@ def test_refused_for_a_decoupled_model(tmp_path: Path) -> None:
             rest.infer("stream", [given])
         reason = refused.value.message()
         assert "execution: process" in reason and "decoupled" in reason, reason
+
+
+def test_refused_for_a_backend_taking_request_lists(tmp_path: Path) -> None:
+    """Triton's python backend hands execute() a list of requests: refused at start-up,
+    naming the key (the server config's models section sets it)."""
+    model = tmp_path / "repo" / "listed"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 4\n')
+    (model / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n    def execute(self, requests):\n        return []\n"
+    )
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        f"model_repository: {tmp_path / 'repo'}\nmodels:\n  listed: {{execution: process}}\n"
+    )
+    server = ServerProcess(["-c", str(config)])
+    try:
+        with pytest.raises(RuntimeError) as stopped:
+            server.start()
+    finally:
+        server.stop()
+    assert "execution: process" in str(stopped.value)
+    assert "lists of requests" in str(stopped.value)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import os
 import signal
 import socket
@@ -147,10 +148,6 @@ class ProcessInstances(Backend):
         """Whether an instance died and is being started again (not while unloading)."""
         return not self._closing and any(not slot.alive for slot in self._slots)
 
-    def pids(self) -> list[int]:
-        """The children's process ids (for the status page and tests)."""
-        return [slot.process.pid for slot in self._slots if slot.process is not None]
-
     # -- a child died ----------------------------------------------------------------------
 
     def _died(self, slot: _Slot, reason: str) -> None:
@@ -196,8 +193,6 @@ class ProcessInstances(Backend):
 
 def _refusal(backend: Backend) -> str:
     """What about ``backend`` one execution per batch in a child cannot carry ("" if nothing)."""
-    import inspect
-
     if backend.takes_request_lists:
         return f"the {backend.name} backend (it takes lists of requests)"
     if inspect.iscoroutinefunction(backend.predict):
