@@ -3,7 +3,8 @@
 Registers the ``torchserve`` backend (an archive's custom handler, run as TorchServe 0.12
 runs it, with the ``ts`` API this distribution ships), the ``torchserve`` protocol
 (``/predictions``, ``/ping``) and finds ``<repo>/*.mar`` files as models
-(``dli_repository_models``: each archive unpacked into a cache folder).
+(``dli_repository_models``: each archive unpacked into a cache folder), and those of
+config.properties' ``model_store``, with or without a repository (``dli_configured_models``).
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ import dl_inference
 from dl_inference import BackendRegistry, ProtocolRegistry
 
 __version__ = "0.2.0"
-DLI_HOOKSPEC_VERSION = "1.2"
+DLI_HOOKSPEC_VERSION = "1.5"
 
 _archives = None
 _properties = None
 
 
 @dl_inference.hookimpl
-def dli_configure(settings: dict[str, Any]) -> None:
+def dli_configure(settings: dict[str, Any], config_dir: Path) -> None:
     """``plugin_settings.torchserve``: an optional TorchServe config.properties."""
     global _properties, _archives
     from dl_inference_torchserve.settings import parse_settings
 
-    _properties = parse_settings(settings)
+    _properties = parse_settings(settings, config_dir)
     _archives = None
 
 
@@ -47,9 +48,23 @@ def dli_register_protocols(registry: ProtocolRegistry) -> None:
 
 @dl_inference.hookimpl
 def dli_repository_models(root: Path) -> list[tuple[str, Path]]:
+    store = _properties.model_store if _properties is not None else None
+    if store is not None and root.resolve() == store:
+        return []  # config.properties' model_store: offered by dli_configured_models
+    return _cache().models(root)
+
+
+@dl_inference.hookimpl
+def dli_configured_models() -> list[tuple[str, Path]]:
+    """The archives of config.properties' ``model_store`` (``load_models`` selecting)."""
+    store = _properties.model_store if _properties is not None else None
+    return _cache().models(store) if store is not None else []
+
+
+def _cache() -> Any:
     global _archives
     from dl_inference_torchserve.archive import ArchiveCache
 
     if _archives is None:
         _archives = ArchiveCache(properties=_properties)
-    return _archives.models(root)
+    return _archives

@@ -8,11 +8,13 @@
 
 From a TorchServe ``config.properties`` (Java properties: ``key=value``, ``#`` comments,
 ``\\`` continuing a line) this plugin reads ``load_models`` (``all``, or a comma-separated
-list of archive files / model names / ``name=file.mar``: only those archives are served)
-and ``models`` (JSON: ``{"<name>": {"<version>": {"batchSize": 8, "maxBatchDelay": 50,
-...}}}``): ``batchSize`` -> ``max_batch_size``, ``maxBatchDelay`` (ms) ->
-``max_queue_delay_ms``. Other keys (addresses, ports, ``model_store``) are logged as not
-used: dl-inference takes those from its own flags and config.
+list of archive files / model names / ``name=file.mar``: only those archives are served),
+``model_store`` (the store served, with or without ``model_repository``; relative to the
+file's folder) and ``models`` (JSON: ``{"<name>": {"<version>": {"batchSize": 8,
+"maxBatchDelay": 50, ...}}}``): ``batchSize`` -> ``max_batch_size``, ``maxBatchDelay`` (ms) ->
+``max_queue_delay_ms``. Other keys (addresses, ports) are logged as not used: dl-inference
+takes those from its own flags and config. ``config_properties`` itself, when relative, is
+taken from the server YAML's folder, as its ``model_repository`` is.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dl_inference import ConfigError, describe_errors
 log = structlog.get_logger("dl_inference.torchserve")
 PREFIX = "plugin_settings.torchserve"
 # config.properties keys this plugin applies; the others are reported once.
-APPLIED = ("load_models", "models")
+APPLIED = ("load_models", "models", "model_store")
 
 
 class TorchServeSettings(BaseModel):
@@ -44,9 +46,15 @@ class TorchServeSettings(BaseModel):
 class Properties:
     """What a config.properties says about the archives to serve."""
 
-    def __init__(self, load_models: str = "all", models: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        load_models: str = "all",
+        models: dict[str, Any] | None = None,
+        model_store: Path | None = None,
+    ) -> None:
         self.load_models = load_models
         self.models = models or {}
+        self.model_store = model_store  # served with or without a model_repository
 
     def selects(self, archive: Path, model_name: str) -> bool:
         """Whether ``load_models`` asks for this archive."""
@@ -73,15 +81,19 @@ class Properties:
         return chosen if isinstance(chosen, dict) else {}
 
 
-def parse_settings(settings: Mapping[str, Any]) -> Properties:
-    """Validate the section and read its config.properties; ConfigError naming what is wrong."""
+def parse_settings(settings: Mapping[str, Any], config_dir: Path | None = None) -> Properties:
+    """Validate the section and read its config.properties (a relative path taken from
+    ``config_dir``, the server YAML's folder); ConfigError naming what is wrong."""
     try:
         parsed = TorchServeSettings.model_validate(dict(settings))
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, TorchServeSettings, PREFIX)) from None
-    if parsed.config_properties is None:
+    path = parsed.config_properties
+    if path is None:
         return Properties()
-    return read_properties(parsed.config_properties)
+    if config_dir is not None and not path.is_absolute():
+        path = config_dir / path
+    return read_properties(path)
 
 
 def read_properties(path: Path) -> Properties:
@@ -117,7 +129,13 @@ def read_properties(path: Path) -> Properties:
             file=str(path),
             keys=ignored,
         )
-    return Properties(values.get("load_models", "all"), models)
+    store = None
+    if values.get("model_store"):
+        # As a path in the server YAML: relative to the file that gives it.
+        store = (path.parent / values["model_store"]).resolve()
+        if not store.is_dir():
+            raise ConfigError(f"{path}: model_store={values['model_store']}: no such folder")
+    return Properties(values.get("load_models", "all"), models, store)
 
 
 def model_config(settings: dict[str, Any]) -> dict[str, Any]:
