@@ -216,3 +216,23 @@ def test_batching_parameters_need_the_model_config_file(base: Path) -> None:
         from dl_inference_tfserving.settings import model_config_file, parse_settings
 
         model_config_file(parse_settings({"batching_parameters_file": "batching.config"}))
+
+
+def test_relative_paths_are_taken_from_the_server_yamls_folder(
+    base: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``model_repository`` in the server YAML: the config_dir the kernel hands over (the
+    YAML's folder), not the working directory."""
+    from dl_inference_tfserving import settings
+
+    (base / "models.config").write_text(GOOD % {"base": base})
+    (base / "batching.config").write_text("max_batch_size { value: 8 }\n")
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    given = {"model_config_file": "models.config", "batching_parameters_file": "batching.config"}
+    try:
+        settings.configure(given, base)
+        assert [name for name, _ in settings.configured_models()] == ["a"]
+        with pytest.raises(ConfigError, match="cannot be read"):
+            settings.configure(given)  # no folder given: the working directory's
+    finally:
+        settings.configure({})
