@@ -4,9 +4,10 @@
 
 Prints "gRPC listening on 127.0.0.1:PORT". Service ``test.T`` (raw bytes in and out):
 Echo, Meta (the call's metadata, peer and deadline as JSON, with initial and trailing
-metadata sent back), Abort, Slow (sleeps; ``Events`` says whether it was cancelled), Split
-(unary-stream), Join (stream-unary), Chat (stream-stream, async generator), Write (unary-stream
-with context.write), Read (stream-unary with context.read). Health and reflection too.
+metadata sent back), Abort, Slow (sleeps; ``Events`` says whether it was cancelled), Nap
+(sleeps the seconds it is sent), Split (unary-stream), Join (stream-unary), Chat
+(stream-stream, async generator), Write (unary-stream with context.write), Read
+(stream-unary with context.read). Health and reflection too. SIGTERM stops it gracefully.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -61,6 +63,11 @@ async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"late"
 
 
+async def nap(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await asyncio.sleep(float(request))
+    return b"rested"
+
+
 async def events(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return json.dumps(EVENTS).encode()
 
@@ -103,6 +110,7 @@ async def main(engine: str, tls: list[str] | None) -> None:
         "Meta": rpc.unary_unary_rpc_method_handler(meta),
         "Abort": rpc.unary_unary_rpc_method_handler(abort),
         "Slow": rpc.unary_unary_rpc_method_handler(slow),
+        "Nap": rpc.unary_unary_rpc_method_handler(nap),
         "Events": rpc.unary_unary_rpc_method_handler(events),
         "Split": rpc.unary_stream_rpc_method_handler(split),
         "Join": rpc.stream_unary_rpc_method_handler(join),
@@ -133,8 +141,12 @@ async def main(engine: str, tls: list[str] | None) -> None:
     else:
         port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    # SIGTERM: a graceful stop, as dl-inference drains (running calls get 10 s).
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     print(f"gRPC listening on 127.0.0.1:{port}", flush=True)
-    await server.wait_for_termination()
+    await stopping.wait()
+    await server.stop(10)
 
 
 if __name__ == "__main__":
