@@ -29,6 +29,7 @@ in ``dli_requests_total``, the access log or ``dli_on_error``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import struct
 import time
@@ -574,21 +575,19 @@ async def read_body(request: web.Request, call: Call, *, decoded: bool = True) -
     not in :data:`BODY_CODINGS` ``UnsupportedEncoding`` (415). ``decoded=False``: the
     bytes as they came, with their coding (the gateway forwards those).
     """
-    import asyncio
-
-    from aiohttp import web
-    from aiohttp.http_exceptions import HttpProcessingError
-
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise too_large(call.runtime) from None
-    except (web.RequestPayloadError, HttpProcessingError) as exc:
-        reason = " ".join(str(exc).split())
-        raise InvalidInput(f"the request body could not be read: {reason}") from None
+    except Exception as exc:
+        error = _read_error(exc, call.runtime)
+        if error is exc:
+            raise
+        raise error from None
     if not decoded:
         return raw
-    codings = content_codings(request.headers.getall("Content-Encoding", []))
+    encodings = request.headers.getall("Content-Encoding", None)
+    if encodings is None:
+        return raw  # the usual case: no coding to undo
+    codings = content_codings(encodings)
     body = raw
     limit = call.runtime.max_message_bytes
     for coding in reversed(codings):
@@ -599,6 +598,20 @@ async def read_body(request: web.Request, call: Call, *, decoded: bool = True) -
         else:
             body = inflate(body, coding, limit, call.runtime)
     return body
+
+
+def _read_error(exc: Exception, runtime: RuntimeView) -> Exception:
+    """What a failed ``request.read()`` answers: 413 over the limit, 400 for a body that
+    could not be read, else ``exc`` itself (aiohttp is imported here, not per request)."""
+    from aiohttp import web
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return too_large(runtime)
+    if isinstance(exc, web.RequestPayloadError | HttpProcessingError):
+        reason = " ".join(str(exc).split())
+        return InvalidInput(f"the request body could not be read: {reason}")
+    return exc
 
 
 def content_codings(headers: Sequence[str]) -> list[str]:

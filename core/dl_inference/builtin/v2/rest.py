@@ -47,6 +47,8 @@ DECOUPLED_HTTP = "HTTP end point doesn't support models with decoupled transacti
 PROTOCOL = "v2"
 # Responses shorter than this go out uncompressed even to clients that accept gzip.
 MIN_COMPRESSED_BYTES = 1024
+# json.dumps with separators builds a new encoder on every call: one, made once.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 class V2Rest:
@@ -257,7 +259,7 @@ def encode_rest_response(response: InferResponse, binary: _BinaryChoice) -> web.
         document["id"] = response.id
     if response.parameters:
         document["parameters"] = response.parameters
-    header = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    header = _COMPACT_JSON.encode(document).encode("utf-8")
     if not blobs:
         return web.Response(body=header, content_type="application/json")
     return web.Response(
