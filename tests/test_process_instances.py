@@ -30,6 +30,8 @@ PID = """
     class Pid(PythonModel):
         def predict(self, inputs, **parameters):
             x = inputs["x"]
+            if float(x.min()) < 0:
+                raise ValueError("negative input")  # the model's own failure
             if float(x.max()) > 0:
                 time.sleep(float(x.max()))  # holds the batch: time to merge, or to be killed
             return {"pid": np.full((x.shape[0], 1), os.getpid(), dtype=np.int64)}
@@ -182,6 +184,16 @@ def test_client_error_is_400_and_invalid_argument(server: ServerProcess) -> None
     with pytest.raises(InferenceServerException) as refused_g:
         g.infer("linear", [given_g])
     assert refused_g.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_model_error_keeps_its_class_and_place(server: ServerProcess) -> None:
+    client = httpclient.InferenceServerClient(server.http_address)
+    x = httpclient.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.array([[-1.0]], dtype=np.float32))
+    with pytest.raises(InferenceServerException) as failed:
+        client.infer("pid", [x])
+    assert failed.value.status() == "500"
+    assert "model 'pid' failed: ValueError: negative input (model.py:" in failed.value.message()
 
 
 def test_killed_child_fails_its_batch_then_serves_again(server: ServerProcess) -> None:
