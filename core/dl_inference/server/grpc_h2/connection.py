@@ -86,6 +86,8 @@ class H2Connection(asyncio.Protocol):
         self._final_goaway = False
         self.closed = False
         self.closed_future: asyncio.Future[None] = self.loop.create_future()
+        self._pending: list[Any] = []
+        self._flush_scheduled = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -141,16 +143,38 @@ class H2Connection(asyncio.Protocol):
 
     # -- writing ---------------------------------------------------------------------------
 
+    # Frames written during one turn of the loop (the replies of every call a batch of
+    # frames completed) go out in one system call at its end, not one call each.
+
     def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
+        if not self.closed:
+            self._pending.append(data)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self.flush)
 
     def write_many(self, parts: list[Any]) -> None:
-        if not self.closed and self.transport is not None:
-            if len(parts) == 1:
-                self.transport.write(parts[0])
+        if not self.closed:
+            self._pending.extend(parts)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand what was written to the transport now."""
+        self._flush_scheduled = False
+        pending = self._pending
+        if pending and self.transport is not None and not self.transport.is_closing():
+            self._pending = []
+            if len(pending) == 1:
+                self.transport.write(pending[0])
             else:
-                self.transport.writelines(parts)
+                self.transport.writelines(pending)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.flush()
+            self.transport.close()
 
     async def drained(self) -> None:
         """Wait while the transport holds too much unsent data (a slow reader)."""
@@ -176,9 +200,8 @@ class H2Connection(asyncio.Protocol):
             return
         log.info("closing HTTP/2 connection from %s: %s", self.peer, message)
         self.write(f.goaway(self.last_stream_id, code, message.encode("utf-8")[:256]))
+        self._close()
         self.closed = True
-        assert self.transport is not None
-        self.transport.close()
 
     # -- parsing ---------------------------------------------------------------------------
 
@@ -534,7 +557,7 @@ class H2Connection(asyncio.Protocol):
             raise H2ConnectionError(f.FRAME_SIZE_ERROR, "GOAWAY too short")
         # The client opens no more streams; those open finish, then it closes.
         if not self.streams and self.transport is not None:
-            self.transport.close()
+            self._close()
 
     # -- streams and shutdown --------------------------------------------------------------
 
@@ -542,7 +565,7 @@ class H2Connection(asyncio.Protocol):
         self.streams.pop(stream.id, None)
         # Whatever it had not refunded goes back to the connection's count (already done).
         if not self.streams and self._final_goaway and self.transport is not None:
-            self.transport.close()
+            self._close()
 
     def begin_shutdown(self) -> None:
         """Graceful stop (as gRPC servers do it): GOAWAY with the largest id and a PING, then,
@@ -559,7 +582,7 @@ class H2Connection(asyncio.Protocol):
         self._final_goaway = True
         self.write(f.goaway(self.last_stream_id, f.NO_ERROR))
         if not self.streams and self.transport is not None:
-            self.transport.close()
+            self._close()
 
     def abort_streams(self) -> None:
         """The grace period is over: end every call still running, then the connection."""
@@ -567,8 +590,7 @@ class H2Connection(asyncio.Protocol):
             if stream.context is not None:
                 stream.context._cancelled = True
             stream.finish(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
 
 
 def _expire(stream: Stream) -> None:

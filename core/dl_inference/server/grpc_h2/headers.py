@@ -49,14 +49,81 @@ class HeaderDecoder:
     def __init__(self, table_size: int, max_list_size: int) -> None:
         self._decoder = Decoder(max_header_list_size=max_list_size)
         self._decoder.max_allowed_table_size = table_size
+        # A client repeating a call sends the same block, all of it references to the
+        # dynamic table; such a block leaves the table as it is, so its decoded list is
+        # reused until a block that changes the table arrives.
+        self._cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        cached = self._cache.get(block)
+        if cached is not None:
+            return cached
+        fields = self._decode(block)
+        if len(block) <= 1024 and _leaves_table(block):  # at most 64 KiB per connection
+            if len(self._cache) >= 64:
+                self._cache.clear()
+            self._cache[block] = fields
+        else:
+            self._cache.clear()
+        return fields
+
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         try:
             return self._decoder.decode(block, raw=True)
         except OversizedHeaderListError:
             raise H2ConnectionError(ENHANCE_YOUR_CALM, "header list too large") from None
         except (HPACKError, ValueError, IndexError) as exc:
             raise H2ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
+
+
+def _skip_integer(block: bytes, pos: int, prefix_bits: int) -> int:
+    """The position after an HPACK integer at ``pos`` (RFC 7541 section 5.1)."""
+    limit = (1 << prefix_bits) - 1
+    pos += 1
+    if block[pos - 1] & limit == limit:
+        while block[pos] & 0x80:
+            pos += 1
+        pos += 1
+    return pos
+
+
+def _skip_string(block: bytes, pos: int) -> int:
+    limit = 0x7F
+    length = block[pos] & limit
+    pos += 1
+    if length == limit:
+        shift = 0
+        length = limit
+        while True:
+            byte = block[pos]
+            pos += 1
+            length += (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+    return pos + length
+
+
+def _leaves_table(block: bytes) -> bool:
+    """Whether decoding ``block`` cannot change the dynamic table: only indexed fields and
+    literals without indexing (no incremental indexing, no table size update)."""
+    pos = 0
+    try:
+        while pos < len(block):
+            byte = block[pos]
+            if byte & 0x80:
+                pos = _skip_integer(block, pos, 7)
+            elif byte & 0xE0 == 0 or byte & 0xF0 == 0x10:
+                name_index = byte & 0x0F
+                pos = _skip_integer(block, pos, 4)
+                if name_index == 0:
+                    pos = _skip_string(block, pos)
+                pos = _skip_string(block, pos)
+            else:
+                return False
+    except IndexError:
+        return False
+    return pos == len(block)
 
 
 def _integer(value: int, prefix_bits: int, first: int) -> bytes:

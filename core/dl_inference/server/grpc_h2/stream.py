@@ -151,6 +151,7 @@ class Stream:
             size = min(n - pos, conn.send_window, self.send_window, conn.peer_max_frame)
             if size <= 0:
                 self.flush()
+                conn.flush()
                 await conn.wait_for_window()
                 continue
             conn.send_window -= size
@@ -160,6 +161,7 @@ class Stream:
             pos += size
             if len(self.out) >= 64:
                 self.flush()
+                conn.flush()  # large replies: to the transport now, then wait while it is full
                 await conn.drained()
 
     def flush(self) -> None:
