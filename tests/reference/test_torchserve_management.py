@@ -17,15 +17,12 @@ differences dl-inference chose (bad numbers are 400) are asserted as such at the
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
-import sys
 import textwrap
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +32,7 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .torchserve import TorchServeServer, archive, skip_without_torchserve
+from .torchserve import TorchServeServer, archive, grpc_management_stubs, skip_without_torchserve
 
 TOKEN = "torchserve-side-by-side-token"
 # Which archive version ran: set-default must change what /predictions/<model> runs.
@@ -254,42 +251,6 @@ def test_bad_numbers_are_400_here(pair: Pair) -> None:
     assert call(pair.ours_management, "GET", "/models")[0] == 401
 
 
-def _management_stubs(folder: Path) -> tuple[Any, Any]:
-    """TorchServe's own gRPC management client modules, compiled by grpc_tools from the
-    management.proto its server jar ships, as a TorchServe user makes them (the file is
-    compiled as ``torchserve_management.proto``: the name its modules take)."""
-    venv = skip_without_torchserve()
-    name = "torchserve_management_pb2"
-    if name not in sys.modules:
-        from grpc_tools import protoc
-
-        jars = sorted(venv.glob("lib/python3.*/site-packages/ts/frontend/model-server.jar"))
-        if not jars:
-            pytest.skip(f"no TorchServe server jar in {venv} to take its management.proto from")
-        folder.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(jars[-1]) as jar:
-            (folder / "torchserve_management.proto").write_bytes(jar.read("management.proto"))
-        include = Path(protoc.__file__).parent / "_proto"
-        status = protoc.main(
-            [
-                "protoc",
-                f"-I{folder}",
-                f"-I{include}",
-                f"--python_out={folder}",
-                f"--grpc_python_out={folder}",
-                str(folder / "torchserve_management.proto"),
-            ]
-        )
-        assert status == 0, "grpc_tools could not compile TorchServe's management.proto"
-        sys.path.insert(0, str(folder))
-        try:
-            importlib.import_module(name)
-            importlib.import_module(f"{name}_grpc")
-        finally:
-            sys.path.remove(str(folder))
-    return sys.modules[name], sys.modules[f"{name}_grpc"]
-
-
 def _grpc_answer(stub: Any, method: str, request: Any, token: str | None) -> tuple[str, Any]:
     """(status code name, msg parsed as JSON when it is JSON / the error's details)."""
     import grpc
@@ -312,7 +273,7 @@ def test_the_same_grpc_management_calls_get_the_same_answers(
     messages (TorchServe's message and Java exception name) and JSON."""
     import grpc
 
-    pb, services = _management_stubs(tmp_path_factory.mktemp("ts-management-stubs"))
+    pb, services = grpc_management_stubs(tmp_path_factory.mktemp("ts-management-stubs"))
     found = re.search(r"^Management gRPC listening on (\S+)$", pair.ours.output(), re.M)
     assert found
     theirs_stub = services.ManagementAPIsServiceStub(

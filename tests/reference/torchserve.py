@@ -252,17 +252,30 @@ def grpc_stubs(folder: Path) -> tuple[ModuleType, ModuleType]:
     ``grpc_tools`` into ``folder`` from the ``inference.proto`` its server jar ships
     (``org.pytorch.serve.grpc.inference``), as a TorchServe user makes them. The file is
     compiled as ``torchserve_inference.proto``: the name its modules and descriptors take."""
+    return _jar_stubs(folder, "inference")
+
+
+def grpc_management_stubs(folder: Path) -> tuple[ModuleType, ModuleType]:
+    """``(messages, services)`` of TorchServe's gRPC management API, compiled as
+    :func:`grpc_stubs` from the ``management.proto`` its server jar ships (as
+    ``torchserve_management.proto``)."""
+    return _jar_stubs(folder, "management")
+
+
+def _jar_stubs(folder: Path, api: str) -> tuple[ModuleType, ModuleType]:
+    """Compile ``<api>.proto`` of TorchServe's server jar into ``folder``, once a process."""
     venv = skip_without_torchserve()
-    name = "torchserve_inference_pb2"
+    name = f"torchserve_{api}_pb2"
     if name not in sys.modules:
         from grpc_tools import protoc
 
         jars = sorted(venv.glob("lib/python3.*/site-packages/ts/frontend/model-server.jar"))
         if not jars:
-            pytest.skip(f"no TorchServe server jar in {venv} to take its inference.proto from")
+            pytest.skip(f"no TorchServe server jar in {venv} to take its {api}.proto from")
         folder.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(jars[-1]) as jar:
-            (folder / "torchserve_inference.proto").write_bytes(jar.read("inference.proto"))
+            (folder / f"torchserve_{api}.proto").write_bytes(jar.read(f"{api}.proto"))
+            # inference.proto imports it; grpc_tools' own includes lack google/rpc.
             jar.extract("google/rpc/status.proto", folder)
         includes = Path(protoc.__file__).parent / "_proto"
         status = protoc.main(
@@ -272,10 +285,10 @@ def grpc_stubs(folder: Path) -> tuple[ModuleType, ModuleType]:
                 f"-I{includes}",
                 f"--python_out={folder}",
                 f"--grpc_python_out={folder}",
-                str(folder / "torchserve_inference.proto"),
+                str(folder / f"torchserve_{api}.proto"),
             ]
         )
-        assert status == 0, "grpc_tools could not compile TorchServe's inference.proto"
+        assert status == 0, f"grpc_tools could not compile TorchServe's {api}.proto"
         sys.path.insert(0, str(folder))
         try:
             importlib.import_module(name)
