@@ -16,7 +16,7 @@ from dl_inference import RequestContext
 from dl_inference._proto import kserve_v2_pb2 as pb
 from dl_inference.builtin.v2.grpc_service import SEED_SERVICE, SERVICE, grpc_handlers
 from dl_inference.spi.call_path import Call, CallPath
-from dl_inference.spi.errors import InvalidInput
+from dl_inference.spi.errors import InvalidInput, ResourceExhausted
 from tests.test_request_hooks import make_runtime, plugin_module
 
 GARBAGE = b"\x8a@\xe0"
@@ -127,6 +127,17 @@ def test_parsing_turns_decoder_errors_into_invalid_input() -> None:
     # Our own errors and server faults pass unchanged.
     with pytest.raises(RuntimeError), call.parsing("the thing"):
         raise RuntimeError("a bug")
+    mine = InvalidInput("already said")
+    with pytest.raises(InvalidInput) as raised, call.parsing("the thing"):
+        raise mine
+    assert raised.value is mine
+    with (
+        pytest.raises(ResourceExhausted, match="the thing declares more data"),
+        call.parsing("the thing"),
+    ):
+        raise MemoryError()
+    with call.parsing("the thing"):
+        pass  # a block that reads fine
 
 
 def test_call_path_names_the_protocol_as_its_plugin_by_default() -> None:
