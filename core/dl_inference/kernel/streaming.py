@@ -45,6 +45,15 @@ STREAM_REQUESTS_IN_FLIGHT = 16
 _POLL_S = 0.05
 
 _ITEM, _ERROR, _END = 0, 1, 2
+_DONE = object()  # what _take returns at _END: a producer's value may be None
+
+
+async def _take(values: asyncio.Queue[tuple[int, Any]]) -> Any:
+    """The next value a producer queued, ``_DONE`` at its end; raises its exception."""
+    kind, value = await values.get()
+    if kind == _ERROR:
+        raise value
+    return value if kind == _ITEM else _DONE
 
 
 def is_generator_function(function: Any) -> bool:
@@ -83,15 +92,9 @@ async def thread_stream(
     context = contextvars.copy_context()  # the request's log fields reach the model's thread
     loop.run_in_executor(executor, context.run, handoff.produce, make)
     try:
-        while True:
-            kind, value = await handoff.values.get()
-            if kind == _ITEM:
-                handoff.room.release()
-                yield value
-            elif kind == _ERROR:
-                raise value
-            else:
-                return
+        while (value := await _take(handoff.values)) is not _DONE:
+            handoff.room.release()
+            yield value
     finally:
         handoff.stop.set()
 
@@ -138,14 +141,8 @@ async def interleave(
 
     feeder = asyncio.create_task(feed())
     try:
-        while True:
-            kind, value = await values.get()
-            if kind == _ITEM:
-                yield value
-            elif kind == _ERROR:
-                raise value
-            else:
-                return
+        while (value := await _take(values)) is not _DONE:
+            yield value
     finally:
         tasks = [feeder, *running]
         for task in tasks:
