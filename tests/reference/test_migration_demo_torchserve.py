@@ -371,7 +371,7 @@ def test_image_classifier_base64_text_and_concurrent_requests(demo: Demo) -> Non
 @pytest.mark.parametrize(
     ("body", "why"),
     [
-        (b"this is not an image", "not an image file PIL can read"),
+        (b"this is not an image", "the request is not an image file: send the bytes"),
         (_image((300, 230), "RGBA", "PNG", 5), "4 channels; 3 are expected"),
         (_image((256, 256), "L", "JPEG", 6), "1 channels; 3 are expected"),
     ],

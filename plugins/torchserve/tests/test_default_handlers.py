@@ -240,10 +240,22 @@ def test_a_multipart_data_field_in_concurrent_requests(served: ServerProcess) ->
 
 
 def test_a_body_that_is_no_image_is_a_client_error(served: ServerProcess) -> None:
+    # The message says what is wrong and what to send: no object repr (PIL's own text names
+    # the server's "<_io.BytesIO object at 0x...>"), no server path.
     status, body = _post(f"{served.http_url}/predictions/classifier", b"no image", "image/png")
-    error = json.loads(body)
-    assert (status, error["code"]) == (400, 400), error
-    assert "not an image" in error["message"]
+    assert status == 400, body
+    assert json.loads(body) == {
+        "code": 400,
+        "type": "InternalServerException",  # TorchServe's type for any handler's refusal
+        "message": "the request is not an image file: send the bytes of a JPEG, PNG or another "
+        "image file PIL reads (as the body or a form's data field; base64 in a text body)",
+    }
+    cut_short = _image(64, 64, seed=3)[:60]  # a PNG's header, then nothing
+    status, body = _post(f"{served.http_url}/predictions/classifier", cut_short, "image/png")
+    assert status == 400, body
+    assert json.loads(body)["message"] == (
+        "the image file is damaged or cut short: PIL cannot decode it; send the whole file"
+    )
     # A grayscale image has one channel where ImageNet's normalization takes three.
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((256, 256), np.uint8), "L").save(buffer, format="PNG")

@@ -12,11 +12,47 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 from abc import ABC
 from typing import Any
 
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
+
+#: The client messages of an image request PIL cannot use. Fixed sentences, not PIL's own
+#: text: that names the in-memory file object (``<_io.BytesIO object at 0x...>``), which
+#: tells a client nothing.
+NOT_AN_IMAGE = (
+    "the request is not an image file: send the bytes of a JPEG, PNG or another image file "
+    "PIL reads (as the body or a form's data field; base64 in a text body)"
+)
+DAMAGED_IMAGE = "the image file is damaged or cut short: PIL cannot decode it; send the whole file"
+TOO_MANY_PIXELS = (
+    "the image has more pixels than this server opens (its limit_max_image_pixels): "
+    "send a smaller image"
+)
+
+
+def _open_image(data: bytes | bytearray) -> Any:
+    """The decoded PIL image of a request's bytes; a ``PredictionException`` (400) saying
+    what is wrong with them when PIL cannot decode them (a client's mistake: TorchServe
+    fails the batch with 503)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise PredictionException(NOT_AN_IMAGE, 400) from None
+    except Image.DecompressionBombError:
+        raise PredictionException(TOO_MANY_PIXELS, 400) from None
+    try:
+        opened.load()
+    except Image.DecompressionBombError:
+        raise PredictionException(TOO_MANY_PIXELS, 400) from None
+    # What PIL's decoders raise on bytes that start as an image and then go wrong.
+    except (OSError, SyntaxError, EOFError, ValueError, struct.error):
+        raise PredictionException(DAMAGED_IMAGE, 400) from None
+    return opened
 
 
 class VisionHandler(BaseHandler, ABC):
@@ -38,7 +74,6 @@ class VisionHandler(BaseHandler, ABC):
         """One tensor per request (image bytes through ``image_processing``, or a list of
         numbers as the tensor), stacked into the batch on the model's device."""
         import torch
-        from PIL import Image, UnidentifiedImageError
 
         images = []
         for row in data:
@@ -52,13 +87,7 @@ class VisionHandler(BaseHandler, ABC):
                         "a text body must be the image file in base64", 400
                     ) from None
             if isinstance(image, (bytes, bytearray)):
-                try:
-                    opened = Image.open(io.BytesIO(image))
-                    opened.load()
-                except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-                    raise PredictionException(
-                        f"the request is not an image file PIL can read: {exc}", 400
-                    ) from None
+                opened = _open_image(image)
                 try:
                     images.append(self.image_processing(opened))
                 except ValueError as exc:  # the transforms' refusals: the image's own
