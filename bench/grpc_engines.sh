@@ -12,21 +12,8 @@ trap 'rm -rf "$WORK"' EXIT
 C=${C:-32}
 DURATION=${DURATION:-4}
 REPEAT=${REPEAT:-2}
-mkdir -p "$WORK/models/trivial/1"
-cat > "$WORK/models/trivial/1/model.py" <<'PYEOF'
-from dl_inference import PythonModel
-
-
-class Trivial(PythonModel):
-    def predict(self, inputs):
-        return {"output": inputs["input"][:, :10]}
-PYEOF
-cat > "$WORK/models/trivial/config.yaml" <<'YAMLEOF'
-max_batch_size: 32
-dynamic_batching: false
-inputs: [{name: input, datatype: FP32, shape: [256]}]
-outputs: [{name: output, datatype: FP32, shape: [10]}]
-YAMLEOF
+. "$ROOT/bench/common.sh"
+write_trivial_model "$WORK/models"
 "$PY" -c "
 import sys; sys.path.insert(0, '$ROOT/bench')
 from pathlib import Path
@@ -35,20 +22,6 @@ models.make_models(Path('$WORK/torch'))
 models.write_repository(Path('$WORK/models'), Path('$WORK/torch'), batching=True)
 "
 export BENCH_TORCH_THREADS=1
-
-cpu_of() {
-    awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"
-}
-
-address_of() {
-    for _ in $(seq 1 300); do
-        addr=$(grep -o "gRPC listening on [^ ]*" "$1" | head -1 | cut -d" " -f4)
-        [ -n "$addr" ] && { echo "$addr"; return; }
-        sleep 0.1
-    done
-    echo "server did not start: $(cat "$1")" >&2
-    exit 1
-}
 
 # measure LABEL MODEL PID ADDRESS: one closed-loop point, then req/s and CPU per request.
 measure() {

@@ -8,26 +8,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/models/trivial/1"
-cat > "$WORK/models/trivial/1/model.py" <<'PYEOF'
-from dl_inference import PythonModel
-
-
-class Trivial(PythonModel):
-    def predict(self, inputs):
-        return {"output": inputs["input"][:, :10]}
-PYEOF
-cat > "$WORK/models/trivial/config.yaml" <<'YAMLEOF'
-max_batch_size: 32
-dynamic_batching: false
-inputs: [{name: input, datatype: FP32, shape: [256]}]
-outputs: [{name: output, datatype: FP32, shape: [10]}]
-YAMLEOF
-
-# CPU seconds (user + system, all threads) the process $1 has used so far.
-cpu_of() {
-    awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"
-}
+. "$ROOT/bench/common.sh"
+write_trivial_model "$WORK/models"
 
 # run_bench ADDRESS LABEL PID: req/s per concurrency, then the server's CPU per request
 # (less sensitive to a noisy machine than req/s).
@@ -49,17 +31,6 @@ cpu_us = (float(sys.argv[3]) - float(sys.argv[2])) * 1e6 / (requests * seconds /
 print(f"{sys.argv[4]} {sys.argv[5]}  server CPU {cpu_us:.0f} us/request")
 PYEOF
     done
-}
-
-# Waits for a "gRPC listening on HOST:PORT" line in $1 and prints HOST:PORT.
-address_of() {
-    for _ in $(seq 1 100); do
-        addr=$(grep -o "gRPC listening on [^ ]*" "$1" | head -1 | cut -d" " -f4)
-        [ -n "$addr" ] && { echo "$addr"; return; }
-        sleep 0.1
-    done
-    echo "server did not start: $(cat "$1")" >&2
-    exit 1
 }
 
 "$PY" "$ROOT/bench/echo_server.py" > "$WORK/echo.log" 2>&1 &

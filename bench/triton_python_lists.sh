@@ -16,6 +16,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+. "$ROOT/bench/common.sh"
 
 for name in listed one_each; do
     mkdir -p "$WORK/models/$name/1"
@@ -48,10 +49,6 @@ done
 echo "dynamic_batching { max_queue_delay_microseconds: $DELAY_US }" \
     >> "$WORK/models/listed/config.pbtxt"
 
-cpu_of() {
-    awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"
-}
-
 # One BLAS thread: OpenBLAS's own threads would spin on the two cores the front end needs
 # (a 32-row product took 150x a 1-row one here with its default threads).
 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
@@ -59,12 +56,7 @@ OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
     --grpc-port 0 --http-port 0 --log-level warning > "$WORK/server.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 1 100); do
-    addr=$(grep -o "gRPC listening on [^ ]*" "$WORK/server.log" | head -1 | cut -d" " -f4)
-    [ -n "$addr" ] && break
-    sleep 0.1
-done
-[ -n "$addr" ] || { echo "server did not start: $(cat "$WORK/server.log")" >&2; exit 1; }
+addr=$(address_of "$WORK/server.log")
 
 for c in ${CONCURRENCY:-8 32}; do
     for model in one_each listed; do
