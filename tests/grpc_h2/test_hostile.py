@@ -146,3 +146,59 @@ def test_a_stream_reset_burst_is_refused(asyncio_handlers: HandlersServer) -> No
             ),
         ) + frame(3, 0, sid, b"\0\0\0\x08")
     assert goaway_code(asyncio_handlers.address, data) == ENHANCE_YOUR_CALM
+
+
+def reply_headers(address: str, extra: tuple = (), content_type: str = "application/grpc") -> dict:
+    """One call over a raw connection: the headers of the server's reply, merged."""
+    from hpack import Decoder
+
+    fields = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/test.T/Echo"),
+        (":authority", "localhost"),
+        ("content-type", content_type),
+        *extra,
+    ]
+    body = b"\0\0\0\0\2hi"
+    data = PREFACE + SETTINGS + frame(1, 4, 1, Encoder().encode(fields)) + frame(0, 1, 1, body)
+    host, port = address.rsplit(":", 1)
+    decoder = Decoder()
+    seen: dict = {}
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while b"grpc-status" not in str(seen).encode():
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed the connection without a status"
+            received += chunk
+            pos = 0
+            while pos + 9 <= len(received):
+                length = int.from_bytes(received[pos : pos + 3], "big")
+                if pos + 9 + length > len(received):
+                    break
+                if received[pos + 3] == 1:
+                    block = received[pos + 9 : pos + 9 + length]
+                    seen.update(dict(decoder.decode(block)))
+                pos += 9 + length
+            received = received[pos:]
+    return seen
+
+
+def test_unknown_request_encoding_is_unimplemented(asyncio_handlers: HandlersServer) -> None:
+    seen = reply_headers(asyncio_handlers.address, (("grpc-encoding", "snappy"),))
+    assert seen["grpc-status"] == "12"
+    assert "gzip" in seen["grpc-accept-encoding"]
+
+
+def test_a_non_grpc_content_type_is_refused(asyncio_handlers: HandlersServer) -> None:
+    seen = reply_headers(asyncio_handlers.address, content_type="application/json")
+    assert seen[":status"] == "415"
+    assert seen["grpc-status"] != "0"
+
+
+def test_a_plain_call_over_a_raw_connection(asyncio_handlers: HandlersServer) -> None:
+    seen = reply_headers(asyncio_handlers.address, (("te", "trailers"),))
+    assert seen[":status"] == "200"
+    assert seen["content-type"] == "application/grpc"
+    assert seen["grpc-status"] == "0"
