@@ -7,7 +7,8 @@ Echo, Meta (the call's metadata, peer and deadline as JSON, with initial and tra
 metadata sent back), Abort, Slow (sleeps; ``Events`` says whether it was cancelled), Nap
 (sleeps the seconds it is sent), Split (unary-stream), Join (stream-unary), Chat
 (stream-stream, async generator), Write (unary-stream with context.write), Read
-(stream-unary with context.read). Health and reflection too. SIGTERM stops it gracefully.
+(stream-unary with context.read), SyncEcho (a synchronous handler). Health and reflection
+too. SIGTERM stops it gracefully.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ async def nap(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"rested"
 
 
+def sync_echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return b"sync:" + request
+
+
 async def events(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return json.dumps(EVENTS).encode()
 
@@ -112,6 +117,7 @@ async def main(engine: str, tls: list[str] | None) -> None:
         "Slow": rpc.unary_unary_rpc_method_handler(slow),
         "Nap": rpc.unary_unary_rpc_method_handler(nap),
         "Events": rpc.unary_unary_rpc_method_handler(events),
+        "SyncEcho": rpc.unary_unary_rpc_method_handler(sync_echo),
         "Split": rpc.unary_stream_rpc_method_handler(split),
         "Join": rpc.stream_unary_rpc_method_handler(join),
         "Chat": rpc.stream_stream_rpc_method_handler(chat),

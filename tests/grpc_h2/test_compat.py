@@ -38,6 +38,7 @@ def call(channel: grpc.Channel, method: str):
 def test_unary_echo_and_metadata(channel: grpc.Channel) -> None:
     assert call(channel, "Echo")(b"hello") == b"hello"
     assert call(channel, "Echo")(b"") == b""
+    assert call(channel, "SyncEcho")(b"x") == b"sync:x"
     reply, rpc = call(channel, "Meta").with_call(
         b"", metadata=(("x-text", "a b"), ("x-data-bin", b"\x00\xfe\xff")), timeout=30
     )

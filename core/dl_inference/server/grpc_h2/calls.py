@@ -4,6 +4,8 @@ and reply), async generators or ``context.write``, and the status each outcome e
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator
@@ -39,7 +41,15 @@ async def run_call(stream: Stream, handler: grpc.RpcMethodHandler, request: byte
             argument = _deserialize(handler.request_deserializer, request)
         if not handler.response_streaming:
             behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
-            reply = behavior(argument, context)
+            if handler.request_streaming or inspect.iscoroutinefunction(behavior):
+                reply = behavior(argument, context)
+            else:
+                # A synchronous handler runs in the default executor, as grpc.aio runs it,
+                # so that it cannot stall the event loop.
+                call = functools.partial(contextvars.copy_context().run, behavior)
+                reply = await asyncio.get_running_loop().run_in_executor(
+                    None, call, argument, context
+                )
             if inspect.isawaitable(reply):
                 reply = await reply
             if context._code is None or context._code is _OK:
