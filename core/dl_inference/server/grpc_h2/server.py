@@ -141,6 +141,9 @@ class Server:
         end them (UNAVAILABLE) and close every connection."""
         for listener in self._listeners:
             listener.close()
+        for sock, _ in self._sockets:
+            sock.close()  # bound but never served (a start that failed after binding)
+        self._sockets = []
         connections = list(self._connections)
         for connection in connections:
             connection.begin_shutdown()
