@@ -434,7 +434,8 @@ class Gateway:
         """Handlers that forward routed models and pass everything else to ``local_handlers``.
 
         A routed method is forwarded as the kind of call its protocol binds it locally:
-        unary, or a bidirectional stream routed by its first message (V2's
+        unary, a server stream routed by its one request (TorchServe's
+        ``StreamPredictions``), or a bidirectional stream routed by its first message (V2's
         ``ModelStreamInfer``); a method not bound here is forwarded as unary.
         """
         if not self.routes and not self._configs:
@@ -489,7 +490,8 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         self.upstream = upstream
         self.local = local
         # Method path -> how the local handler takes it: "unary", "stream" (both ways),
-        # or "other" (one-way streams: not forwarded, served here).
+        # "replies" (one request, a stream of replies), or "other" (a client stream: not
+        # forwarded, served here).
         self._kinds: dict[str, str] = {}
 
     def _kind(self, details: grpc.HandlerCallDetails) -> str:
@@ -498,7 +500,7 @@ class _GatewayHandler(grpc.GenericRpcHandler):
             kind = "unary"
             if local is not None and (local.request_streaming or local.response_streaming):
                 both = local.request_streaming and local.response_streaming
-                kind = "stream" if both else "other"
+                kind = "stream" if both else "other" if local.request_streaming else "replies"
             self._kinds[details.method] = kind
         return self._kinds[details.method]
 
@@ -531,6 +533,15 @@ class _GatewayHandler(grpc.GenericRpcHandler):
                     yield reply
 
             return grpc.stream_stream_rpc_method_handler(stream)
+        if kind == "replies":
+
+            async def replies(
+                body: bytes, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[bytes]:
+                async for reply in self._handle_replies(details, protocol, reader, body, context):
+                    yield reply
+
+            return grpc.unary_stream_rpc_method_handler(replies)
 
         async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
             return await self._handle(details, protocol, reader, body, context)
@@ -591,6 +602,34 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         async for reply in replies:
             yield reply
 
+    async def _handle_replies(
+        self,
+        details: grpc.HandlerCallDetails,
+        protocol: str,
+        reader: RoutingKeyReader,
+        body: bytes,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        model, route = self._route_for(details, protocol, reader, body, context)
+        if route is None:
+            handler = await self._local_handler(details, model, context, replies=True)
+            request = await self._decoded(handler, details, body, context)
+            encode = handler.response_serializer or (lambda reply: reply)
+            result = handler.unary_stream(request, context)
+            if inspect.isawaitable(result):  # a handler that writes with context.write
+                await result
+                return
+            async for reply in result:
+                yield encode(reply)
+            return
+        # On the wire a server-streaming call is a stream of one request message: forwarded
+        # as a stream, the node's handler takes it as its one request.
+        method = self.upstream.get(details.method, details.method)
+        async for reply in forward_stream(
+            route, method, body, _nothing(), context, self.gateway.trace
+        ):
+            yield reply
+
     async def _local_stream(
         self,
         details: grpc.HandlerCallDetails,
@@ -618,12 +657,14 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         context: grpc.aio.ServicerContext,
         *,
         streaming: bool = False,
+        replies: bool = False,
     ) -> grpc.RpcMethodHandler:
         """This server's own handler for the method, or an abort that says why none."""
         handler = self._local_service(details)
         behaviour = None
         if handler is not None:
             behaviour = handler.stream_stream if streaming else handler.unary_unary
+            behaviour = handler.unary_stream if replies else behaviour
         if handler is None or behaviour is None:
             routed = ", ".join(sorted(self.gateway.routes)) or "none"
             if model:
@@ -647,21 +688,37 @@ class _GatewayHandler(grpc.GenericRpcHandler):
         context: grpc.aio.ServicerContext,
     ) -> bytes:
         handler = await self._local_handler(details, model, context)
-        request: Any = body
-        if handler.request_deserializer is not None:
-            try:
-                request = handler.request_deserializer(body)
-            except Exception:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the request body is not a valid message for {details.method}",
-                )
+        request = await self._decoded(handler, details, body, context)
         result = handler.unary_unary(request, context)
         if inspect.isawaitable(result):
             result = await result
         if handler.response_serializer is not None:
             return handler.response_serializer(result)
         return result
+
+    async def _decoded(
+        self,
+        handler: grpc.RpcMethodHandler,
+        details: grpc.HandlerCallDetails,
+        body: bytes,
+        context: grpc.aio.ServicerContext,
+    ) -> Any:
+        """``body`` as the local handler takes it; INVALID_ARGUMENT when it is no message."""
+        if handler.request_deserializer is None:
+            return body
+        try:
+            return handler.request_deserializer(body)
+        except Exception:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request body is not a valid message for {details.method}",
+            )
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    """No more request messages (a server-streaming call's one request is sent already)."""
+    return
+    yield
 
 
 def _live_changes(old: RouteConfig, new: RouteConfig) -> str | None:

@@ -18,8 +18,9 @@ _MODEL_NAME = 1  # PredictionsRequest.model_name
 
 
 def model_name(data: bytes, metadata: Mapping[str, str]) -> str | None:
-    """The gateway's reader for ``Predictions``: ``model_name`` (the last one, as protobuf
-    parses a repeated singular field); ``None`` when absent or unreadable."""
+    """The gateway's reader for ``Predictions`` and ``StreamPredictions`` (both take a
+    ``PredictionsRequest``): ``model_name`` (the last one, as protobuf parses a repeated
+    singular field); ``None`` when absent or unreadable."""
     try:
         found = [
             bytes(memoryview(data)[start:end])
@@ -64,7 +65,12 @@ class TorchServeProtocol(Protocol):
         return management_grpc_handlers(runtime, control)
 
     def routing_keys(self) -> Mapping[str, RoutingKeyReader]:
-        return {f"/{SERVICE}/Predictions": model_name}
+        # The methods that name a model. Ping names none; StreamPredictions2 is not served
+        # (UNIMPLEMENTED wherever it lands); the management service is never routed.
+        return {
+            f"/{SERVICE}/Predictions": model_name,
+            f"/{SERVICE}/StreamPredictions": model_name,
+        }
 
     def rest_model_paths(self) -> Sequence[str]:
         return ("/predictions/", "/explanations/")
