@@ -34,8 +34,6 @@ import io
 import json
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,7 +45,7 @@ import pytest
 
 from dl_inference.testing import ServerProcess, free_port
 
-from .torchserve import TorchServeServer, archive, grpc_stubs, skip_without_torchvision
+from .torchserve import TorchServeServer, archive, call, grpc_stubs, skip_without_torchvision
 from .triton import file_hashes
 
 torch = pytest.importorskip("torch")
@@ -223,28 +221,17 @@ def _wait_until_served(url: str) -> None:
     deadline = time.monotonic() + 120
     image = _image((256, 256), "RGB", "PNG", 0)
     while time.monotonic() < deadline:
-        if _call(url, "/predictions/vision", image, {"Content-Type": "image/png"})[0] == 200:
+        if call(url, "/predictions/vision", image, {"Content-Type": "image/png"})[0] == 200:
             return
         time.sleep(0.3)
     raise TimeoutError("dl-inference did not serve the vision archive in time")
 
 
-def _call(
-    url: str, path: str, body: bytes, headers: dict[str, str], method: str = "POST"
-) -> tuple[int, bytes, str | None]:
-    request = urllib.request.Request(url + path, data=body or None, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, reply.read(), reply.headers.get("Content-Type")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), error.headers.get("Content-Type")
-
-
 def _both(demo: Demo, path: str, body: bytes, headers: dict[str, str], method: str = "POST"):
     """(theirs, ours): (status, body, content type) for the same request bytes."""
     return (
-        _call(demo.theirs.http_url, path, body, headers, method),
-        _call(demo.ours.http_url, path, body, headers, method),
+        call(demo.theirs.http_url, path, body, headers, method),
+        call(demo.ours.http_url, path, body, headers, method),
     )
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .torchserve import TorchServeServer, archive, skip_without_torchserve
+from .torchserve import TorchServeServer, archive, call, skip_without_torchserve
 
 CLASSIFIER = """
 import json
@@ -251,17 +249,6 @@ def _wait_ready(url: str) -> None:
             return
         time.sleep(0.25)
     raise TimeoutError("dl-inference did not turn ready")
-
-
-def call(
-    url: str, path: str, body: bytes, headers: dict[str, str], method: str = "POST"
-) -> tuple[int, bytes, str | None]:
-    request = urllib.request.Request(url + path, data=body or None, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, reply.read(), reply.headers.get("Content-Type")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), error.headers.get("Content-Type")
 
 
 def multipart(parts: list[tuple[str, str | None, bytes]]) -> tuple[bytes, dict[str, str]]:

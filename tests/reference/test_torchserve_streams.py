@@ -15,8 +15,6 @@ import socket
 import subprocess
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .torchserve import TorchServeServer, archive, skip_without_torchserve
+from .torchserve import TorchServeServer, archive, call, skip_without_torchserve
 
 STREAMER = """
 from ts.protocol.otf_message_handler import send_intermediate_predict_response
@@ -92,12 +90,8 @@ class Pair:
 
 
 def post(url: str, path: str, body: bytes) -> tuple[int, bytes]:
-    request = urllib.request.Request(url + path, data=body, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, reply.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+    status, answer, _ = call(url, path, body, {})
+    return status, answer
 
 
 def wait_served(url: str, names: list[str]) -> None:

@@ -20,8 +20,6 @@ import io
 import json
 import subprocess
 import textwrap
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .torchserve import TorchServeServer, archive, skip_without_torchserve
+from .torchserve import TorchServeServer, archive, call, skip_without_torchserve
 
 MODEL = """
 import torch
@@ -67,13 +65,8 @@ class Pair:
 
 
 def post(url: str, path: str, body: bytes) -> tuple[int, bytes]:
-    request = urllib.request.Request(url + path, data=body, method="POST")
-    request.add_header("Content-Type", "text/plain")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, reply.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+    status, answer, _ = call(url, path, body, {"Content-Type": "text/plain"})
+    return status, answer
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ from __future__ import annotations
 import io
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,7 +23,7 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .torchserve import TorchServeServer, archive, skip_without_torchvision
+from .torchserve import TorchServeServer, archive, call, skip_without_torchvision
 from .triton import file_hashes
 
 torch = pytest.importorskip("torch")
@@ -114,14 +112,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
 
 def _post(url: str, model: str, body: bytes) -> tuple[int, bytes]:
-    request = urllib.request.Request(
-        f"{url}/predictions/{model}", data=body, headers={"Content-Type": "image/png"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, reply.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+    status, answer, _ = call(url, f"/predictions/{model}", body, {"Content-Type": "image/png"})
+    return status, answer
 
 
 @pytest.mark.parametrize(

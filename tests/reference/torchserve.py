@@ -247,6 +247,19 @@ def _ports_of(config_properties: Path) -> dict[str, int]:
     }
 
 
+def call(
+    url: str, path: str, body: bytes, headers: dict[str, str], method: str = "POST"
+) -> tuple[int, bytes, str | None]:
+    """``(status, body, content type)`` of one HTTP request to ``url + path``; an error
+    status is an answer too (a side-by-side test compares both servers' refusals)."""
+    request = urllib.request.Request(url + path, data=body or None, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, reply.read(), reply.headers.get("Content-Type")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), error.headers.get("Content-Type")
+
+
 def grpc_stubs(folder: Path) -> tuple[ModuleType, ModuleType]:
     """``(messages, services)``: TorchServe's own gRPC client modules, compiled by
     ``grpc_tools`` into ``folder`` from the ``inference.proto`` its server jar ships
