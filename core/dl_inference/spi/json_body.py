@@ -48,15 +48,18 @@ def read_json(
             f"{what} is not UTF-8 text (byte {exc.start} cannot start or continue a UTF-8 "
             f"character); send JSON encoded as UTF-8{hint}"
         ) from None
-    too_deep = InvalidInput(
-        f"{what} nests arrays or objects more than {max_depth} levels deep; send a flatter "
-        "document (a tensor's data may be a flat list with its shape beside it)"
-    )
+
+    def too_deep() -> InvalidInput:  # made only when needed: not on every request
+        return InvalidInput(
+            f"{what} nests arrays or objects more than {max_depth} levels deep; send a "
+            "flatter document (a tensor's data may be a flat list with its shape beside it)"
+        )
+
     try:
         value = json.loads(text)
     except RecursionError:
         # The C parser checks its own depth and unwinds cleanly, leaving nothing half-built.
-        raise too_deep from None
+        raise too_deep() from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc}{hint}") from None
     except ValueError:
@@ -68,7 +71,7 @@ def read_json(
         ) from None
     # Opening brackets bound the depth, so most bodies skip the walk after two C scans.
     if data.count(b"[") + data.count(b"{") > max_depth and _deeper_than(value, max_depth):
-        raise too_deep
+        raise too_deep()
     return value
 
 
