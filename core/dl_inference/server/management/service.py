@@ -321,16 +321,12 @@ class ManagementService:
                 "put the model's files and config.yaml in its folder under a repository root"
             )
         _, folder = resolve_model_folder(name, self.roots)
-        async with self._lock:
-            source = await asyncio.to_thread(
-                read_model_folder, folder, self.config.models.get(name)
-            )
-            if source is None:
-                raise InvalidInput(f"model folder {name!r} has no numeric version folder")
-            await self.models.load_model(source)
-            self._notes.pop(name, None)  # they described what was there before
-            log.info("model loaded through the management API", model=name)
-            await self.on_change()
+        await self._install(
+            name,
+            folder,
+            self.config.models.get(name),
+            f"model folder {name!r} has no numeric version folder",
+        )
 
     async def _load_path_here(
         self, name: str, path: str, overrides: dict[str, Any] | None = None
@@ -340,15 +336,12 @@ class ManagementService:
         if not folder.is_dir():
             raise ModelNotFound(f"model {name!r}: base_path {path!r} is not a folder")
         check_inside_roots(folder, self.roots, f"model {name!r} (base_path {path!r})")
-        merged = {**(self.config.models.get(name) or {}), **(overrides or {})}
-        async with self._lock:
-            source = await asyncio.to_thread(read_model_folder, folder, merged, name)
-            if source is None:
-                raise InvalidInput(f"model {name!r}: {path!r} has no numeric version folder")
-            await self.models.load_model(source)
-            self._notes.pop(name, None)
-            log.info("model loaded through the management API", model=name, path=str(folder))
-            await self.on_change()
+        await self._install(
+            name,
+            folder,
+            {**(self.config.models.get(name) or {}), **(overrides or {})},
+            f"model {name!r}: {path!r} has no numeric version folder",
+        )
 
     async def _load_folder_here(
         self,
@@ -361,16 +354,39 @@ class ManagementService:
         path = Path(folder)
         if not path.is_dir():
             raise ModelNotFound(f"model {name!r}: the prepared folder {folder!r} is gone")
-        merged = {**(self.config.models.get(name) or {}), **(overrides or {})}
-        async with self._lock:
-            source = await asyncio.to_thread(read_model_folder, path, merged, name)
-            if source is None:
-                raise InvalidInput(f"model {name!r}: the prepared folder has no version folder")
+        await self._install(
+            name,
+            path,
+            {**(self.config.models.get(name) or {}), **(overrides or {})},
+            f"model {name!r}: the prepared folder has no version folder",
             # Not the repository's folder: the poll must not put the scanned one back.
-            source.managed = True
+            managed=True,
+            notes=notes or {},
+        )
+
+    async def _install(
+        self,
+        name: str,
+        folder: Path,
+        config: dict[str, Any] | None,
+        no_version: str,
+        *,
+        managed: bool = False,
+        notes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Read ``folder`` as model ``name`` (``config`` over its own) and load it in place
+        of what was there; ``no_version`` is the client's error when it has no version."""
+        async with self._lock:
+            source = await asyncio.to_thread(read_model_folder, folder, config, name)
+            if source is None:
+                raise InvalidInput(no_version)
+            source.managed = managed
             await self.models.load_model(source)
-            self._notes[name] = dict(notes or {})
-            log.info("model loaded through the management API", model=name, path=folder)
+            if notes is None:
+                self._notes.pop(name, None)  # they described what was there before
+            else:
+                self._notes[name] = dict(notes)
+            log.info("model loaded through the management API", model=name, path=str(folder))
             await self.on_change()
 
     async def _annotate_here(self, name: str, notes: dict[str, Any]) -> None:
