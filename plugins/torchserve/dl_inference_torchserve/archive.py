@@ -293,7 +293,10 @@ def unpack(path: Path, kind: str, into: Path) -> None:
 
 
 def stamp(path: Path, kind: str) -> str:
-    """What says an archive changed: a file's name, time and size; a folder's files'."""
+    """What says an archive changed: a file's name, time and size; a folder's files'.
+
+    Each unpacked version folder of the cache keeps its archive's stamp;
+    :func:`stamped_archive` reads the archive's name back from it."""
     info = path.stat()
     if kind != "folder":
         return f"{path.name} {info.st_mtime_ns} {info.st_size}"
@@ -302,6 +305,18 @@ def stamp(path: Path, kind: str) -> str:
         mtime = (path / member.name).lstat().st_mtime_ns
         digest.update(f"{member.name}\0{member.kind}\0{member.size}\0{mtime}\0".encode())
     return f"{path.name}/ {digest.hexdigest()}"
+
+
+def stamped_archive(folder: Path) -> str | None:
+    """The file name of the archive (a no-archive folder: its folder name) that the cache's
+    version folder ``folder`` was unpacked from, read from the stamp written there
+    (:func:`stamp`); None when the folder has none (not unpacked by this module)."""
+    try:
+        text = (folder / _STAMP).read_text()
+    except OSError:
+        return None
+    # "<file> <mtime> <size>", or "<folder>/ <digest>" for a no-archive folder.
+    return text.partition("/ ")[0] if "/ " in text else text.rsplit(" ", 2)[0]
 
 
 # -- the cache ---------------------------------------------------------------------------

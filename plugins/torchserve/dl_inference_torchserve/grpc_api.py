@@ -56,6 +56,7 @@ _JAVA = {
     ),
     "ServiceUnavailableException": "org.pytorch.serve.http.ServiceUnavailableException",
     "InternalServerException": "org.pytorch.serve.http.InternalServerException",
+    "DownloadArchiveException": "org.pytorch.serve.archive.DownloadArchiveException",
 }
 
 
@@ -116,6 +117,18 @@ def _detail(message: str, kind: str) -> str:
     return f"{message}\n{_JAVA.get(kind, 'org.pytorch.serve.http.' + kind)}"
 
 
+def grpc_refusal(status: int, message: str, kind: str) -> DlInferenceError:
+    """TorchServe 0.12's gRPC answer to what its REST API refuses with HTTP ``status`` and
+    the exception ``kind`` (``"BadRequestException"``, ...): ``message`` and the Java
+    exception's full name on a second line, as the error of the class whose gRPC code
+    TorchServe gives ``status`` (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403
+    PERMISSION_DENIED, 404 NOT_FOUND, 413 / 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504
+    DEADLINE_EXCEEDED, another 4xx FAILED_PRECONDITION, another 5xx INTERNAL). The one rule
+    of the inference service (a handler's status) and the management service."""
+    cls = _BY_STATUS.get(status) or (_Precondition if 400 <= status < 500 else _Failed)
+    return cls(_detail(message, kind))
+
+
 def _translated(error: BaseException) -> BaseException:
     """TorchServe's gRPC answer for ``error``: its message and exception name, its code
     (but NOT_FOUND for an unknown model or version, which TorchServe answers INTERNAL)."""
@@ -127,10 +140,7 @@ def _translated(error: BaseException) -> BaseException:
             return _Unavailable(detail)
         return _Failed(detail)
     if isinstance(error, HandlerFailed):
-        cls = _BY_STATUS.get(error.status)
-        if cls is None:
-            cls = _Precondition if 400 <= error.status < 500 else _Failed
-        return cls(_detail(error.message, "InternalServerException"))
+        return grpc_refusal(error.status, error.message, "InternalServerException")
     return error
 
 

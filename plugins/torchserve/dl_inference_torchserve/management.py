@@ -49,14 +49,15 @@ from dl_inference import (
 )
 from dl_inference_torchserve._proto import torchserve_management_pb2 as mpb
 from dl_inference_torchserve.archive import (
-    _STAMP,
     MANIFEST,
     archive_format,
     cache_root,
     read_archive_manifest,
     read_manifest,
+    stamped_archive,
     unpack,
 )
+from dl_inference_torchserve.grpc_api import grpc_refusal
 from dl_inference_torchserve.rest import (
     TorchServeError,
     default_version,
@@ -552,16 +553,14 @@ def _archive_manifest(path: Path, url: str) -> tuple[str, dict[str, Any]]:
 def _archive_file(info: ModelVersionInfo) -> str:
     """The archive a version was unpacked from (the repository's archive cache records its
     file name first in its stamp), else the model's name."""
+    archive = stamped_archive(info.backend.path)
+    if archive is not None:
+        return archive
     try:
-        stamp = (info.backend.path / _STAMP).read_text()
-        # "<file> <mtime> <size>", or "<folder>/ <digest>" for a no-archive folder.
-        return stamp.partition("/ ")[0] if "/ " in stamp else stamp.rsplit(" ", 2)[0]
-    except OSError:
-        try:
-            read_manifest(info.backend.path)
-        except (OSError, ValueError):
-            return info.name
-        return f"{info.name}.mar"
+        read_manifest(info.backend.path)
+    except (OSError, ValueError):
+        return info.name
+    return f"{info.name}.mar"
 
 
 def management_routes(runtime: RuntimeView, control: ModelControl) -> list[web.RouteDef]:
@@ -572,8 +571,6 @@ def management_routes(runtime: RuntimeView, control: ModelControl) -> list[web.R
 
 
 GRPC_SERVICE = "org.pytorch.serve.grpc.management.ManagementAPIsService"
-# Java exception names of management refusals outside org.pytorch.serve.http.
-_JAVA = {"DownloadArchiveException": "org.pytorch.serve.archive.DownloadArchiveException"}
 
 
 def _query(**values: Any) -> dict[str, str]:
@@ -590,14 +587,10 @@ def _query(**values: Any) -> dict[str, str]:
 
 def _grpc_error(error: BaseException) -> BaseException:
     """TorchServe's gRPC answer for a refusal: its message and Java exception name, the
-    code of its HTTP status (the inference service's table)."""
-    from dl_inference_torchserve.grpc_api import _BY_STATUS, _detail, _Failed, _Precondition
-
+    code of its HTTP status (the inference service's rule)."""
     if not isinstance(error, TorchServeError):
         return error
-    cls = _BY_STATUS.get(error.status) or (_Precondition if error.status < 500 else _Failed)
-    java = _JAVA.get(error.kind)
-    return cls(f"{error.message}\n{java}" if java else _detail(error.message, error.kind))
+    return grpc_refusal(error.status, error.message, error.kind)
 
 
 def management_grpc_handlers(runtime: RuntimeView, control: ModelControl) -> list[Any]:

@@ -411,6 +411,10 @@ def test_grpc_management_service(server: ServerProcess, layout: Path) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         rpc("ScaleWorker", mpb.ScaleWorkerRequest(model_name="echo", min_worker=-1))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as refused:  # an exception outside org.pytorch.serve.http
+        rpc("RegisterModel", mpb.RegisterModelRequest(url="http://example.com/m.mar"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().endswith("\norg.pytorch.serve.archive.DownloadArchiveException")
     unregistered = rpc("UnregisterModel", mpb.UnregisterModelRequest(model_name="echo"))
     assert unregistered.msg == 'Model "echo" unregistered'
     assert predict(server, "echo")[0] == 404
