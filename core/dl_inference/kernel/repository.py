@@ -91,6 +91,11 @@ def scan_repository(
     return sources
 
 
+def version_numbers(folder: Path) -> list[int]:
+    """The numeric version folders of ``folder``, in order: none, and it is no model folder."""
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def configured_by_config_pbtxt(folder: Path) -> bool:
     """Whether the model folder ``folder`` is a Triton model: a ``config.pbtxt`` and no
     ``config.yaml`` (which would win)."""
@@ -108,7 +113,7 @@ def read_model_folder(
     when it has no numeric version folder. Its config.yaml configures it; without one, a
     Triton config.pbtxt does. An invalid configuration raises ConfigError when ``strict``,
     else sets the source's ``error``."""
-    versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = version_numbers(folder)
     if not versions:
         return None
     triton: tuple[str, ...] = ()

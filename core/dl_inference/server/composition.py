@@ -28,7 +28,12 @@ from dl_inference.kernel.metrics import UpstreamCollector
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.remote import RemoteRepository, remote_for
-from dl_inference.kernel.repository import ModelSource, read_model_folder, scan_repository
+from dl_inference.kernel.repository import (
+    ModelSource,
+    read_model_folder,
+    scan_repository,
+    version_numbers,
+)
 from dl_inference.kernel.runtime import Runtime
 from dl_inference.server.grpc_h2 import Server as H2Server
 from dl_inference.server.grpc_h2 import grpc_engine, grpc_server
@@ -120,8 +125,14 @@ class Server:
         plugins offer (``dli_repository_models``: archives in it, say;
         ``dli_configured_models``: their own configuration's); a folder's name wins."""
         found = self.plugins.repository_models(root)
-        # An override naming a contributed model is not "a model not in the repository".
-        contributed = {name for name, _ in found if root is None or not (root / name).is_dir()}
+        # An override naming a contributed model is not "a model not in the repository". A
+        # folder of that name takes it only as a model folder (numeric version folders): a
+        # folder a plugin reads in its own format (a no-archive archive) may bear the name.
+        contributed = {
+            name
+            for name, _ in found
+            if root is None or not (root / name).is_dir() or not version_numbers(root / name)
+        }
         own = {name: value for name, value in overrides.items() if name not in contributed}
         if root is not None:
             sources = scan_repository(root, own, strict=strict)

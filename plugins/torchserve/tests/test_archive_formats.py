@@ -218,3 +218,26 @@ def test_a_server_serves_every_format_and_refuses_hostile_archives(tmp_path: Pat
         # once, not at every poll.
         assert output.count(f"folder={store / 'dir'}") == 1, output
     assert not list(tmp_path.rglob("escaped.py"))
+
+
+def test_server_config_overrides_a_no_archive_folder_named_as_its_model(tmp_path: Path) -> None:
+    # The folder's name is its model's name: the repository folder (no version folder: not
+    # a model of the kernel's) must not hide the model the archive is from the override.
+    store = tmp_path / "store"
+    write_mar(store, "folder", HANDLER, "h.py", archive_format="no-archive")
+    assert (store / "folder" / "MAR-INF" / "MANIFEST.json").is_file()
+    env = {"DLI_TORCHSERVE_CACHE": str(tmp_path / "cache")}
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        f"model_repository: {store}\n"
+        "models:\n  folder: {max_batch_size: 6, max_queue_delay_ms: 7}\n"
+    )
+    with ServerProcess(["-c", str(config)], env=env) as server:
+        deadline = time.monotonic() + 60
+        while get(f"{server.http_url}/predictions/folder")[0] != 200:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.2)
+        assert get(f"{server.http_url}/predictions/folder") == (200, {"v": 1})
+        with urllib.request.urlopen(f"{server.http_url}/v2/models/folder/config") as reply:
+            model = json.loads(reply.read())
+        assert model["max_batch_size"] == 6, model
