@@ -32,34 +32,25 @@ import tritonclient.grpc as grpcclient
 import yaml
 
 from dl_inference.testing import ServerProcess
-from dl_inference.testing.markdown import CodeBlock, broken_links, code_blocks, sections
+from dl_inference.testing.markdown import (
+    CodeBlock,
+    broken_links,
+    code_blocks,
+    section,
+    shown_output,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "migrating-from-tfserving.md"
 TEXT = DOC.read_text()
-SECTIONS = sections(TEXT)
 BLOCKS = code_blocks(TEXT)
 FILE_HEADER = re.compile(r"^# (?P<path>[\w./-]+\.(?:py|config|yaml))$")
 GRPC, HTTP = "localhost:8500", "localhost:8501"
 NEEDS = ("tensorflow", "tensorflow_serving", "dl_inference_tensorflow")
 
 
-def section(title: str) -> str:
-    (found,) = [text for name, text in SECTIONS.items() if name.startswith(title)]
-    return found
-
-
 def blocks(title: str, lang: str) -> list[CodeBlock]:
-    return [b for b in code_blocks(section(title)) if b.lang == lang]
-
-
-def shown_output(code: str) -> str:
-    """What a block says it prints: its trailing ``# `` comment lines, joined."""
-    lines = code.rstrip("\n").splitlines()
-    shown: list[str] = []
-    while lines and lines[-1].startswith("# "):
-        shown.insert(0, lines.pop().removeprefix("# "))
-    return " ".join(shown)
+    return [b for b in code_blocks(section(TEXT, title)) if b.lang == lang]
 
 
 def test_the_install_line_works_from_a_checkout() -> None:
@@ -107,7 +98,7 @@ def test_the_server_config_says_what_the_flags_said() -> None:
     ):
         assert str(tfserving[flag]) == flags[flag], flag
     assert flags["enable_batching"] == "true"
-    table = section("4.")
+    table = section(TEXT, "4.")
     for flag in flags:
         assert f"--{flag}=" in table, flag
 

@@ -26,30 +26,16 @@ from dl_inference.testing.markdown import (
     broken_links,
     code_block,
     code_blocks,
-    sections,
+    section,
+    shown_output,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "migrating-from-triton.md"
 TEXT = DOC.read_text()
-SECTIONS = sections(TEXT)
 BLOCKS = code_blocks(TEXT)
 FILE_HEADER = re.compile(r"^# (?P<path>[\w./-]+\.(?:py|pbtxt|yaml))$")
 HTTP, GRPC, MANAGEMENT = "localhost:8000", "localhost:8001", "localhost:8510"
-
-
-def section(title: str) -> str:
-    (found,) = [text for name, text in SECTIONS.items() if name.startswith(title)]
-    return found
-
-
-def shown_output(code: str) -> list[str]:
-    """What a block says it prints: its trailing ``# `` comment lines, split into words."""
-    lines = code.rstrip("\n").splitlines()
-    shown = []
-    while lines and lines[-1].startswith("# "):
-        shown.insert(0, lines.pop().removeprefix("# "))
-    return " ".join(shown).split()
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -63,7 +49,7 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 def test_the_install_line_works_from_a_checkout() -> None:
     (line,) = [
         line
-        for block in code_blocks(section("1."))
+        for block in code_blocks(section(TEXT, "1."))
         if block.lang == "sh"
         for line in block.code.splitlines()
     ]
@@ -109,7 +95,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(root: Path) -> Iterator[Served]:
     """The repository served by the page's first serve command."""
-    serve = code_block(section("2."), "sh", "dl-inference serve")
+    serve = code_block(section(TEXT, "2."), "sh", "dl-inference serve")
     args = shlex.split(serve.code)
     assert args[:2] == [".venv/bin/dl-inference", "serve"], serve.code
     assert args[2:] == [
@@ -125,14 +111,14 @@ def served(root: Path) -> Iterator[Served]:
 
 
 def client_blocks(title: str) -> list[CodeBlock]:
-    return [b for b in code_blocks(section(title)) if b.lang == "python"]
+    return [b for b in code_blocks(section(TEXT, title)) if b.lang == "python"]
 
 
 @pytest.mark.parametrize("address", [HTTP, GRPC])
 def test_the_tritonclient_calls(served: Served, address: str) -> None:
     (block,) = [b for b in client_blocks("4.") if f'"{address}"' in b.code]
     printed = run([sys.executable, "-c", served.address(block.code)], served.root)
-    assert printed.split() == shown_output(block.code)
+    assert printed.split() == shown_output(block.code).split()
     assert printed.split() == [
         "[[5.0,",
         "5.0,",
@@ -148,7 +134,7 @@ def test_the_tritonclient_calls(served: Served, address: str) -> None:
 @pytest.fixture(scope="module")
 def configured(root: Path) -> Iterator[Served]:
     """The page's server.yaml served as its section 3 shows, with the token it makes."""
-    (block,) = [b for b in code_blocks(section("3.")) if b.lang == "sh"]
+    (block,) = [b for b in code_blocks(section(TEXT, "3.")) if b.lang == "sh"]
     export, serve = block.code.strip().splitlines()
     assert export.startswith("export DLI_MANAGEMENT_TOKEN=$(")
     token = run(["bash", "-c", f"{export} && echo $DLI_MANAGEMENT_TOKEN"], root).strip()
@@ -169,23 +155,23 @@ def test_the_configuration_file_serves_with_management(configured: Served) -> No
     env = {"PATH": "/usr/bin:/bin", "DLI_MANAGEMENT_TOKEN": configured.token}
     code = configured.address(block.code)
     printed = run([sys.executable, "-c", code], configured.root, env=env)
-    assert printed.split() == shown_output(block.code) == ["[('add_sub',", "'READY')]"]
+    assert printed.split() == shown_output(block.code).split() == ["[('add_sub',", "'READY')]"]
 
 
 def test_the_metrics_carry_tritons_names(configured: Served) -> None:
     (tritonclient,) = [b for b in client_blocks("4.") if f'"{HTTP}"' in b.code]
     run([sys.executable, "-c", configured.address(tritonclient.code)], configured.root)
-    (curl,) = [b for b in code_blocks(section("4.")) if b.lang == "sh" and "curl" in b.code]
+    (curl,) = [b for b in code_blocks(section(TEXT, "4.")) if b.lang == "sh" and "curl" in b.code]
     command = curl.code.splitlines()[0]
     printed = run(["bash", "-c", configured.address(command)], configured.root)
-    assert printed.split() == shown_output(curl.code) == ["1"]
+    assert printed.split() == shown_output(curl.code).split() == ["1"]
 
 
 def test_the_repository_holds_the_files_shown_and_nothing_else(
     root: Path, served: Served, configured: Served
 ) -> None:
     """After both servers ran every call of the page: nothing was written into it."""
-    (listing,) = [b for b in code_blocks(section("2.")) if b.lang == "text"]
+    (listing,) = [b for b in code_blocks(section(TEXT, "2.")) if b.lang == "text"]
     made = sorted(p.relative_to(root).as_posix() for p in (root / "models").rglob("*"))
     folders = {"models/add_sub", "models/add_sub/1"}
     assert sorted(listing.code.split()) == [p for p in made if p not in folders]

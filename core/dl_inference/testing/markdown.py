@@ -53,6 +53,24 @@ def sections(text: str, level: int = 2) -> dict[str, str]:
     return found
 
 
+def section(text: str, prefix: str, level: int = 2) -> str:
+    """The text of the one heading of ``level`` whose title starts with ``prefix`` (a guide's
+    numbered step, ``"3."``): an error unless exactly one does."""
+    found = [body for title, body in sections(text, level).items() if title.startswith(prefix)]
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} headings start with {prefix!r}, not one")
+    return found[0]
+
+
+def shown_output(code: str) -> str:
+    """What a block says it prints: its trailing ``# `` comment lines, joined by spaces."""
+    lines = code.rstrip("\n").splitlines()
+    shown: list[str] = []
+    while lines and lines[-1].startswith("# "):
+        shown.insert(0, lines.pop().removeprefix("# "))
+    return " ".join(shown)
+
+
 def heading_anchor(title: str) -> str:
     """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as ``-``."""
     return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
