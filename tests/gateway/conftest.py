@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dl_inference.testing import ServerProcess, free_port, write_python_model
+from dl_inference.testing import ServerProcess, free_port, stop_process, write_python_model
 
 FAKE = Path(__file__).with_name("fake_tfserving.py")
 
@@ -127,13 +127,8 @@ class FakeUpstream:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
     def stats(self) -> dict[str, Any]:
         with grpc.insecure_channel(self.address) as channel:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from dl_inference.testing import stop_process
+
 SCRIPT = Path(__file__).with_name("handlers_server.py")
 ENGINES = ["grpcio", "asyncio"]
 
@@ -30,12 +32,7 @@ class HandlersServer:
         self.address = f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @pytest.fixture(scope="module", params=ENGINES)

@@ -10,7 +10,7 @@ from dl_inference.testing.conformance import (
 )
 from dl_inference.testing.probes import get_status, grpc_health, post_json, wait_for
 from dl_inference.testing.repository import write_python_model
-from dl_inference.testing.server_process import ServerProcess, free_port
+from dl_inference.testing.server_process import ServerProcess, free_port, stop_process
 
 __all__ = [
     "BackendConformance",
@@ -22,6 +22,7 @@ __all__ = [
     "grpc_health",
     "load_repository",
     "post_json",
+    "stop_process",
     "wait_for",
     "write_python_model",
 ]
