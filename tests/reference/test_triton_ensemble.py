@@ -231,11 +231,11 @@ class Servers:
     def on_triton(self, call: Callable[[str], Any], transport: str) -> Any:
         try:
             answer = call(self.address("triton", transport))
-            if not _timed_out(answer):
+            if not _no_answer(answer):
                 return answer
         except Exception as exc:
             failure = {"error": type(exc).__name__, "message": str(exc)}
-            if self.triton.alive() and not _timed_out(failure):
+            if self.triton.alive() and not _no_answer(failure):
                 raise
         # Dead, or hung (that build sometimes stops answering after a raising step): once
         # more on a fresh Triton, then the case cannot be compared here.
@@ -245,9 +245,12 @@ class Servers:
             answer = call(self.address("triton", transport))
         except Exception as exc:
             answer = {"error": type(exc).__name__, "message": str(exc)}
-            if not _timed_out(answer):
+            if not _no_answer(answer):
                 raise
-        if _timed_out(answer):
+        if _no_answer(answer):
+            # The next case starts on a fresh Triton, not on this hung one.
+            self.triton.stop()
+            self.triton = self._start_triton()
             pytest.skip(f"Triton 2.51 stopped answering ({transport}) twice: {answer['message']}")
         return answer
 
@@ -279,14 +282,19 @@ CLIENTS: dict[str, Any] = {"http": httpclient, "grpc": grpcclient}
 CALL_TIMEOUT_S = 20.0
 
 
-def _timed_out(answer: Any) -> bool:
+def _no_answer(answer: Any) -> bool:
+    """Whether Triton gave no answer of its own: it hung (the call timed out) or it is gone
+    (the connection was closed or refused), as that build sometimes is after a raising step."""
     if not isinstance(answer, dict) or "error" not in answer:
         return False
     error, message = str(answer["error"]), str(answer.get("message", "")).lower()
     return (
         error == "StatusCode.DEADLINE_EXCEEDED"
         or "timeout" in error.lower()
-        or ("timed out" in message)
+        or "timed out" in message
+        or "connectionclosed" in error.lower()
+        or "connection refused" in message
+        or (error == "StatusCode.UNAVAILABLE" and "failed to connect" in message)
     )
 
 
