@@ -337,10 +337,10 @@ def test_ensembles_using_each_other_fail_to_load(tmp_path: Path) -> None:
         served.close()
 
 
-def test_an_ensemble_may_run_another_ensemble(tmp_path: Path) -> None:
-    """``outer`` runs ``pipeline`` as a step: it waits for it to load, then calls it."""
-    write_repository(tmp_path)
-    (tmp_path / "outer" / "1").mkdir(parents=True)
+def write_outer(root: Path) -> None:
+    """An ensemble ``outer`` in ``root`` whose one step is the ensemble ``pipeline``
+    (:func:`write_repository`'s), answering pipeline's ``OUT`` and ``LEFT``."""
+    (root / "outer" / "1").mkdir(parents=True)
     outer = steps(
         '{ model_name: "pipeline" model_version: -1 input_map { key: "IN" value: "IN" } '
         'input_map { key: "BIAS" value: "IN" } output_map { key: "OUT" value: "OUT" } '
@@ -349,7 +349,13 @@ def test_an_ensemble_may_run_another_ensemble(tmp_path: Path) -> None:
         'output [ { name: "OUT"',
         'output [ { name: "LEFT" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "OUT"',
     )
-    (tmp_path / "outer" / "config.pbtxt").write_text(outer)
+    (root / "outer" / "config.pbtxt").write_text(outer)
+
+
+def test_an_ensemble_may_run_another_ensemble(tmp_path: Path) -> None:
+    """``outer`` runs ``pipeline`` as a step: it waits for it to load, then calls it."""
+    write_repository(tmp_path)
+    write_outer(tmp_path)
     served = Served(tmp_path)
     try:
         x = fp32([1, 2, 3, 4])

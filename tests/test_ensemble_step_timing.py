@@ -4,7 +4,6 @@ test checks the spans). The ensemble and its step models are tests/test_ensemble
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,8 @@ from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.plugins import PluginHost
 from dl_inference.kernel.repository import scan_repository
 from dl_inference.kernel.runtime import Runtime
-from tests.test_ensemble import fp32, step, steps, write_repository
+from tests.test_ensemble import fp32, step, steps, write_outer, write_repository
 from tests.test_request_hooks import plugin_module
-
-OUTER = 'output [ { name: "LEFT" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "OUT"'
 
 
 async def serve(root: Path, *entry_points: object) -> tuple[Runtime, ModelRegistry]:
@@ -85,13 +82,7 @@ async def test_a_nested_ensemble_keeps_its_steps_and_a_failed_step_its_error(
     tmp_path: Path,
 ) -> None:
     write_repository(tmp_path)
-    (tmp_path / "outer" / "1").mkdir(parents=True)
-    outer = steps(
-        '{ model_name: "pipeline" model_version: -1 input_map { key: "IN" value: "IN" } '
-        'input_map { key: "BIAS" value: "IN" } output_map { key: "OUT" value: "OUT" } '
-        'output_map { key: "LEFT" value: "LEFT" } }'
-    ).replace('output [ { name: "OUT"', OUTER)
-    (tmp_path / "outer" / "config.pbtxt").write_text(textwrap.dedent(outer))
+    write_outer(tmp_path)
     (tmp_path / "doubled" / "1").mkdir(parents=True)
     (tmp_path / "doubled" / "config.pbtxt").write_text(
         steps(step("scale", {"X": "IN"}, {"Y": "OUT"}))
