@@ -9,6 +9,7 @@ config.properties' ``model_store``, with or without a repository (``dli_configur
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,14 @@ def dli_configured_models() -> list[tuple[str, Path]]:
     """The archives of config.properties' ``model_store`` (``load_models`` selecting)."""
     store = _properties.model_store if _properties is not None else None
     return _cache().models(store) if store is not None else []
+
+
+@dl_inference.hookimpl
+def dli_server_stopping() -> None:
+    """The management API's copies of registered archives go when the process exits."""
+    management = sys.modules.get("dl_inference_torchserve.management")
+    if management is not None:  # else no management API ran here: nothing was copied
+        management.server_stopping()
 
 
 def _cache() -> Any:

@@ -20,6 +20,7 @@ from, worker counts, the default version) travels with it as the model's notes.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import json
@@ -29,6 +30,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import weakref
 import zipfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -97,6 +99,46 @@ _DOWNLOAD = re.compile(r"^https?://", re.IGNORECASE)
 
 Answer = tuple[int, Any]
 """An HTTP status and what TorchServe answers: a status message (``str``) or JSON."""
+
+# The model folders this process made under the cache's managed/ folder, and the APIs
+# whose models' folders are looked up when the server stops (server_stopping).
+_MADE: set[Path] = set()
+_APIS: weakref.WeakSet[TorchServeManagement] = weakref.WeakSet()
+
+
+def managed_folder(folder: str | Path | None) -> Path | None:
+    """``folder`` when it is a model folder of the archive cache's ``managed/`` folder (made
+    by this API), else None: the only folders the API ever removes (never the model store's
+    files, never anything outside the cache)."""
+    if not folder:
+        return None
+    path = Path(folder)
+    return path if path.parent == cache_root() / "managed" else None
+
+
+def server_stopping() -> None:
+    """Remove this server's registered archives' copies when the process exits: the folders
+    it made and those its models are served from (a sibling worker's, under ``--workers``).
+    At exit, not now: calls in flight run on during the drain, the models unload after it,
+    and a registration finishing meanwhile adds its folder. A process that dies without
+    a stop (a killed worker, replaced) leaves them to the others."""
+    if not _APIS and not _MADE:
+        return  # no management API here: nothing to remove, no cache folder to make
+    folders = set()
+    for api in list(_APIS):
+        for name in api.runtime.model_names():
+            found = managed_folder(api.control.notes(name).get("folder"))
+            if found is not None:
+                folders.add(found)
+    atexit.register(_remove_managed, folders, cache_root() / "managed")
+
+
+def _remove_managed(folders: set[Path], managed: Path) -> None:
+    for folder in folders | _MADE:
+        if folder.parent == managed:
+            shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        managed.rmdir()  # only when empty: another server's folders stay
 
 
 def _rest(answer: Answer) -> web.Response:
@@ -170,6 +212,7 @@ class TorchServeManagement:
         self.control = control
         self.started = time.time()  # startTime of the workers of models served at start-up
         self._changing = asyncio.Lock()  # see _one_at_a_time
+        _APIS.add(self)
 
     # -- what is served ----------------------------------------------------------------------
 
@@ -413,10 +456,10 @@ class TorchServeManagement:
         default = self._default(name)
         info = self._version(name, version) if version else default
         if len(versions) == 1:
-            folder = self.control.notes(name).get("folder")
+            folder = managed_folder(self.control.notes(name).get("folder"))
             await self.control.unload(name)
-            if folder and Path(folder).parent == cache_root() / "managed":
-                shutil.rmtree(folder, ignore_errors=True)
+            if folder is not None:
+                await asyncio.to_thread(shutil.rmtree, folder, True)
             return 200, f'Model "{name}" unregistered'
         if served_name(info) == served_name(default):
             raise TorchServeError(
@@ -472,7 +515,7 @@ class TorchServeManagement:
             await asyncio.to_thread(shutil.rmtree, folder / str(number), True)
             await self.control.load_folder(name, folder, overrides, notes)
             raise _not_started(name, new[0], reason)
-        if previous and Path(previous).parent == managed and previous != str(folder):
+        if managed_folder(previous) not in (None, folder):
             await asyncio.to_thread(shutil.rmtree, previous, True)
 
 
@@ -509,6 +552,7 @@ def _prepare(
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    _MADE.add(folder)
     return folder
 
 

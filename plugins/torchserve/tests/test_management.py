@@ -367,6 +367,62 @@ def test_every_worker_answers_the_same(tmp_path: Path) -> None:
         for _ in range(8):
             assert call(base, "GET", "/models/echo")[1][0]["modelVersion"] == "2.0"  # type: ignore[index]
             assert predict(server, "echo")[1]["version"] == "2.0"  # type: ignore[index]
+        assert len(_copies(tmp_path / "cache")) == 1
+    # Stopped: the workers left standing removed the copy (whichever worker had made it).
+    assert _copies(tmp_path / "cache") == [], server.output()
+
+
+def _copies(cache: Path) -> list[str]:
+    """The model folders of registered archives under the cache's managed/ folder."""
+    managed = cache / "managed"
+    return sorted(p.name for p in managed.iterdir()) if managed.is_dir() else []
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_registered_archives_copies_go_on_unregister_and_at_stop(tmp_path: Path) -> None:
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    write_mar(store, "served", {"handler.py": VERSIONED}, "handler.py")
+    write_mar(store, "echo", {"handler.py": VERSIONED}, "handler.py", version="1.0")
+    write_mar(
+        store, "echo", {"handler.py": VERSIONED}, "handler.py", version="2.0", file_name="echo2"
+    )
+    (tmp_path / "config.properties").write_text("load_models=served.mar\n")
+    (tmp_path / "server.yaml").write_text(
+        f"model_repository: {store}\n"
+        "management: {enabled: true, grpc_port: 0, http_port: 0}\n"
+        "plugin_settings:\n"
+        f"  torchserve: {{config_properties: {tmp_path / 'config.properties'}}}\n"
+    )
+    stored = _tree(store)
+    (tmp_path / "beside-the-cache").mkdir()
+    env = {"DLI_MANAGEMENT_TOKEN": TOKEN, "DLI_TORCHSERVE_CACHE": str(cache)}
+    with ServerProcess(["-c", str(tmp_path / "server.yaml")], env=env) as server:
+        base = management_url(server)
+        unpacked = {p for p in cache.rglob("*") if "managed" not in p.parts}
+        assert call(base, "POST", "/models?url=echo.mar&initial_workers=1")[0] == 200
+        [first] = _copies(cache)
+        assert call(base, "POST", "/models?url=echo2.mar&initial_workers=1")[0] == 200
+        [second] = _copies(cache)  # the model's folder again, the previous one removed
+        assert second != first
+        assert call(base, "DELETE", "/models/echo/2.0")[0] == 200
+        assert len(_copies(cache)) == 1
+        assert call(base, "DELETE", "/models/echo")[0] == 200
+        assert _copies(cache) == []  # unregistered: nothing left
+        assert call(base, "POST", "/models?url=echo2.mar&initial_workers=1")[0] == 200
+        assert predict(server, "echo")[1]["version"] == "2.0"  # type: ignore[index]
+        assert len(_copies(cache)) == 1
+    assert server.process is not None and server.process.returncode == 0, server.output()
+    # Stopped: the copies are gone, and nothing else: the store, the unpacked archives of
+    # the store, what lies beside the cache.
+    assert not (cache / "managed").exists(), _copies(cache)
+    assert {p for p in cache.rglob("*")} == unpacked
+    assert _tree(store) == stored
+    assert (tmp_path / "beside-the-cache").is_dir()
 
 
 def test_grpc_management_service(server: ServerProcess, layout: Path) -> None:
