@@ -115,6 +115,7 @@ def test_tf_serving_predict(server: ServerProcess) -> None:
 def test_engine_is_named_in_config(tmp_path: Path) -> None:
     from dl_inference.kernel.config.schema import GrpcConfig
 
-    assert GrpcConfig().engine == "grpcio"
+    assert GrpcConfig().engine == "asyncio"
+    assert GrpcConfig(engine="grpcio").engine == "grpcio"
     with pytest.raises(ValueError):
         GrpcConfig(engine="h3")

@@ -21,10 +21,10 @@ class GrpcConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=8500, ge=0, le=65535)
     max_message_mb: float = Field(default=64, gt=0)
-    # Who speaks HTTP/2: "grpcio" (grpc.aio's server) or "asyncio" (dl-inference's own
-    # HTTP/2 server on the event loop, several times less CPU per call; docs/grpc-transport.md).
-    # The environment variable DLI_GRPC_ENGINE overrides it.
-    engine: Literal["grpcio", "asyncio"] = "grpcio"
+    # Who speaks HTTP/2: "asyncio" (dl-inference's own HTTP/2 server on the event loop, a
+    # fifth to a quarter of grpc.aio's CPU per call) or "grpcio" (grpc.aio's server, for what
+    # only it does: docs/grpc-transport.md). DLI_GRPC_ENGINE overrides it.
+    engine: Literal["grpcio", "asyncio"] = "asyncio"
 
 
 class HttpConfig(_Section):
