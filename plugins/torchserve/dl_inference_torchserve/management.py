@@ -589,8 +589,10 @@ def _archive_manifest(path: Path, url: str) -> tuple[str, dict[str, Any]]:
             raise ValueError("not a .mar, .tar.gz or no-archive folder")
         return kind, read_archive_manifest(path, kind)["model"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        # An OSError's text names the server's path: the client gets the reason alone.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise _bad_request(
-            f"{url} is not a model archive ({exc}); make it with torch-model-archiver"
+            f"{url} is not a model archive ({reason}); make it with torch-model-archiver"
         ) from None
 
 

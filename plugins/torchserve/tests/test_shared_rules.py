@@ -57,3 +57,24 @@ def test_stamped_archive_reads_the_name_back(tmp_path: Path) -> None:
     for name, kind in (("my model.mar", "default"), ("folder model", "folder")):
         (unpacked / ".dli-archive-stamp").write_text(archive.stamp(store / name, kind))
         assert archive.stamped_archive(unpacked) == name
+
+
+def test_a_registration_refusal_names_no_server_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dl_inference_torchserve import management
+    from dl_inference_torchserve.rest import TorchServeError
+
+    (tmp_path / "m.mar").write_bytes(b"zip")
+    hidden = str(tmp_path / "m.mar")
+
+    def unreadable(path: Path, kind: str) -> dict:
+        raise PermissionError(13, "Permission denied", hidden)
+
+    monkeypatch.setattr(management, "read_archive_manifest", unreadable)
+    with pytest.raises(TorchServeError) as refused:
+        management._archive_manifest(tmp_path / "m.mar", "m.mar")
+    assert (refused.value.status, refused.value.message) == (
+        400,
+        "m.mar is not a model archive (Permission denied); make it with torch-model-archiver",
+    )
