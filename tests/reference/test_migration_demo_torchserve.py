@@ -33,7 +33,6 @@ import base64
 import io
 import json
 import textwrap
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,7 +44,14 @@ import pytest
 
 from dl_inference.testing import ServerProcess, free_port
 
-from .torchserve import TorchServeServer, archive, call, grpc_stubs, skip_without_torchvision
+from .torchserve import (
+    TorchServeServer,
+    archive,
+    call,
+    grpc_stubs,
+    skip_without_torchvision,
+    wait_answered,
+)
 from .triton import file_hashes
 
 torch = pytest.importorskip("torch")
@@ -210,21 +216,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         env = {"DLI_TORCHSERVE_CACHE": str(work / "cache")}
         args = ["-c", str(ours_config), "--model-repository", str(store)]
         with ServerProcess(args, env=env) as ours:
-            _wait_until_served(ours.http_url)
+            image = _image((256, 256), "RGB", "PNG", 0)
+            wait_answered(
+                ours.http_url, "/predictions/vision", image, {"Content-Type": "image/png"}
+            )
             yield Demo(theirs, ours, stubs, files, store, config)
     finally:
         theirs.stop()
     assert file_hashes(store, config) == files, "a server changed the user's files"
-
-
-def _wait_until_served(url: str) -> None:
-    deadline = time.monotonic() + 120
-    image = _image((256, 256), "RGB", "PNG", 0)
-    while time.monotonic() < deadline:
-        if call(url, "/predictions/vision", image, {"Content-Type": "image/png"})[0] == 200:
-            return
-        time.sleep(0.3)
-    raise TimeoutError("dl-inference did not serve the vision archive in time")
 
 
 def _both(demo: Demo, path: str, body: bytes, headers: dict[str, str], method: str = "POST"):

@@ -22,7 +22,13 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .torchserve import TorchServeServer, archive, call, skip_without_torchserve
+from .torchserve import (
+    TorchServeServer,
+    archive,
+    call,
+    skip_without_torchserve,
+    wait_answered,
+)
 
 CLASSIFIER = """
 import json
@@ -231,24 +237,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     try:
         env = {"DLI_TORCHSERVE_CACHE": str(work / "cache")}
         with ServerProcess(["--model-repository", str(store)], env=env) as ours:
-            _wait_ready(ours.http_url)
+            wait_answered(ours.http_url, "/ping", method="GET")
             yield Pair(theirs, ours)
     finally:
         theirs.stop()
     # Served unchanged: neither server wrote into the store.
     assert sorted(p.name for p in store.iterdir()) == before
-
-
-def _wait_ready(url: str) -> None:
-    import time
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status, _, _ = call(url, "/ping", b"", {}, method="GET")
-        if status == 200:
-            return
-        time.sleep(0.25)
-    raise TimeoutError("dl-inference did not turn ready")
 
 
 def multipart(parts: list[tuple[str, str | None, bytes]]) -> tuple[bytes, dict[str, str]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,13 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .torchserve import TorchServeServer, archive, call, skip_without_torchserve
+from .torchserve import (
+    TorchServeServer,
+    archive,
+    call,
+    skip_without_torchserve,
+    wait_answered,
+)
 
 STREAMER = """
 from ts.protocol.otf_message_handler import send_intermediate_predict_response
@@ -94,15 +99,6 @@ def post(url: str, path: str, body: bytes) -> tuple[int, bytes]:
     return status, answer
 
 
-def wait_served(url: str, names: list[str]) -> None:
-    """Until every model answers (TorchServe's helper waits for the .mar archives only)."""
-    deadline = time.monotonic() + 120
-    for name in names:
-        while post(url, f"/predictions/{name}", b"0")[0] != 200:
-            assert time.monotonic() < deadline, f"{name} not served at {url}"
-            time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     skip_without_torchserve()
@@ -112,8 +108,10 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     try:
         env = {"DLI_TORCHSERVE_CACHE": str(work / "cache")}
         with ServerProcess(["--model-repository", str(store)], env=env) as ours:
+            # TorchServe's own helper waits for the .mar archives only.
             for url in (theirs.http_url, ours.http_url):
-                wait_served(url, ["plain", "tgz_model", "folder_model"])
+                for name in ("plain", "tgz_model", "folder_model"):
+                    wait_answered(url, f"/predictions/{name}", b"0")
             yield Pair(theirs, ours)
     finally:
         theirs.stop()

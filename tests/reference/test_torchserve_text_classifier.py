@@ -28,7 +28,13 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .torchserve import TorchServeServer, archive, call, skip_without_torchserve
+from .torchserve import (
+    TorchServeServer,
+    archive,
+    call,
+    skip_without_torchserve,
+    wait_answered,
+)
 
 MODEL = """
 import torch
@@ -98,14 +104,14 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     try:
         env = {"DLI_TORCHSERVE_CACHE": str(work / "cache")}
         with ServerProcess(["--model-repository", str(store)], env=env) as ours:
-            import time
-
             ours.archive_files = src  # type: ignore[attr-defined]
-
-            deadline = time.monotonic() + 120
-            while post(ours.http_url, "/predictions/texts", b"movie")[0] != 200:
-                assert time.monotonic() < deadline, ours.output()
-                time.sleep(0.25)
+            wait_answered(
+                ours.http_url,
+                "/predictions/texts",
+                b"movie",
+                {"Content-Type": "text/plain"},
+                log=ours.output,
+            )
             yield Pair(theirs, ours)
     finally:
         theirs.stop()

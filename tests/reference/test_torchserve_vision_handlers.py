@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,7 +22,13 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .torchserve import TorchServeServer, archive, call, skip_without_torchvision
+from .torchserve import (
+    TorchServeServer,
+    archive,
+    call,
+    skip_without_torchvision,
+    wait_answered,
+)
 from .triton import file_hashes
 
 torch = pytest.importorskip("torch")
@@ -102,11 +107,14 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     with TorchServeServer(store, work / "torchserve") as theirs:
         env = {"DLI_TORCHSERVE_CACHE": str(work / "cache")}
         with ServerProcess(["--model-repository", str(store)], env=env) as ours:
-            deadline = time.monotonic() + 120
             image = _image((64, 48), "PNG", 0)
-            while _post(ours.http_url, "detector", image)[0] != 200:
-                assert time.monotonic() < deadline, ours.output()
-                time.sleep(0.3)
+            wait_answered(
+                ours.http_url,
+                "/predictions/detector",
+                image,
+                {"Content-Type": "image/png"},
+                log=ours.output,
+            )
             yield Pair(theirs, ours, files)
     assert file_hashes(store) == files
 

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -258,6 +258,24 @@ def call(
             return reply.status, reply.read(), reply.headers.get("Content-Type")
     except urllib.error.HTTPError as error:
         return error.code, error.read(), error.headers.get("Content-Type")
+
+
+def wait_answered(
+    url: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    method: str = "POST",
+    log: Callable[[], str] | None = None,
+) -> None:
+    """Until ``call`` of this request answers 200, for up to 120 s: a server answers its
+    ping before it has loaded (unpacked) every archive. The failure shows ``log()``."""
+    deadline = time.monotonic() + 120
+    while call(url, path, body, headers or {}, method)[0] != 200:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{method} {url}{path} never answered 200\n{log() if log else ''}")
+        time.sleep(0.25)
 
 
 def grpc_stubs(folder: Path) -> tuple[ModuleType, ModuleType]:
