@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from dl_inference._proto import kserve_v2_pb2 as pb
+from dl_inference.builtin.v2 import SERVICE
 from dl_inference.builtin.v2.codec import (
     FINAL_RESPONSE_PARAMETER,
     decode_infer_request,
@@ -34,7 +35,6 @@ from dl_inference.spi.status import public_message
 from dl_inference.spi.types import InferRequest
 from dl_inference.spi.wire import WireError, len_field_header, split_len_field
 
-SERVICE = "inference.GRPCInferenceService"
 PROTOCOL = "v2"
 
 # What Triton 2.51 says to a unary call of a decoupled model (UNIMPLEMENTED).

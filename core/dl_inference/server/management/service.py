@@ -31,6 +31,7 @@ import structlog
 from aiohttp import web
 
 from dl_inference._proto import kserve_v2_pb2 as pb
+from dl_inference.builtin.v2 import SERVICE
 from dl_inference.kernel.config.schema import ServerConfig
 from dl_inference.kernel.models import ModelRegistry
 from dl_inference.kernel.repository import read_model_folder
@@ -70,7 +71,6 @@ from dl_inference.spi.types import InferRequest
 
 log = structlog.get_logger("dl_inference.management")
 
-SERVICE = "inference.GRPCInferenceService"
 PROTOCOL = "management"  # the name metrics and the access log carry
 # A sibling loads the model itself: give it as long as a slow model takes to load.
 SIBLING_TIMEOUT_S = 600.0
