@@ -32,7 +32,13 @@ import pytest
 
 from dl_inference.testing import ServerProcess
 
-from .torchserve import TorchServeServer, archive, grpc_management_stubs, skip_without_torchserve
+from .torchserve import (
+    TorchServeServer,
+    archive,
+    grpc_management_stubs,
+    skip_without_torchserve,
+)
+from .torchserve import call as http_call
 
 TOKEN = "torchserve-side-by-side-token"
 # Which archive version ran: set-default must change what /predictions/<model> runs.
@@ -126,14 +132,10 @@ SEQUENCE = [
 def call(
     base: str, method: str, path: str, token: str | None = None, body: bytes | None = None
 ) -> tuple[int, Any]:
-    request = urllib.request.Request(base + path, data=body, method=method)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    """(status, the JSON answer): registering an archive starts its workers, hence 120 s."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    status, answer, _ = http_call(base, path, body or b"", headers, method, timeout=120)
+    return status, json.loads(answer)
 
 
 def _normalise(answer: Any) -> Any:

@@ -248,13 +248,18 @@ def _ports_of(config_properties: Path) -> dict[str, int]:
 
 
 def call(
-    url: str, path: str, body: bytes, headers: dict[str, str], method: str = "POST"
+    url: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    method: str = "POST",
+    timeout: float = 60.0,
 ) -> tuple[int, bytes, str | None]:
     """``(status, body, content type)`` of one HTTP request to ``url + path``; an error
     status is an answer too (a side-by-side test compares both servers' refusals)."""
     request = urllib.request.Request(url + path, data=body or None, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
             return reply.status, reply.read(), reply.headers.get("Content-Type")
     except urllib.error.HTTPError as error:
         return error.code, error.read(), error.headers.get("Content-Type")
