@@ -66,7 +66,15 @@ def goaway_code(address: str, data: bytes) -> int | None:
 CASES = {
     "bad preface": (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", PROTOCOL_ERROR),
     "first frame not SETTINGS": (PREFACE + frame(6, 0, 0, b"12345678"), PROTOCOL_ERROR),
-    "oversized frame": (PREFACE + SETTINGS + frame(0, 0, 1, b"x" * (2 << 20)), FRAME_SIZE_ERROR),
+    # The header announces 2 MiB; the server refuses on the header alone. (Sending the whole
+    # payload races the server's close: the client's write then fails with a broken pipe.)
+    "oversized frame": (
+        PREFACE
+        + SETTINGS
+        + struct.pack(">BHBBI", (2 << 20) >> 16, 0, 0, 0, 1)  # DATA, stream 1, 2 MiB
+        + b"x" * 16,
+        FRAME_SIZE_ERROR,
+    ),
     "bad SETTINGS length": (PREFACE + frame(4, 0, 0, b"12345"), FRAME_SIZE_ERROR),
     "even stream id": (PREFACE + SETTINGS + frame(1, 4, 2, request_headers()), PROTOCOL_ERROR),
     "garbage HPACK": (
