@@ -314,17 +314,26 @@ def _jar_stubs(folder: Path, api: str) -> tuple[ModuleType, ModuleType]:
             # inference.proto imports it; grpc_tools' own includes lack google/rpc.
             jar.extract("google/rpc/status.proto", folder)
         includes = Path(protoc.__file__).parent / "_proto"
-        status = protoc.main(
+        # In a process of its own: grpc_tools' compiler run inside the test process once
+        # crashed it (a segfault that ended the whole run).
+        compiled = subprocess.run(
             [
-                "protoc",
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
                 f"-I{folder}",
                 f"-I{includes}",
                 f"--python_out={folder}",
                 f"--grpc_python_out={folder}",
                 str(folder / f"torchserve_{api}.proto"),
-            ]
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
-        assert status == 0, f"grpc_tools could not compile TorchServe's {api}.proto"
+        assert compiled.returncode == 0, (
+            f"grpc_tools could not compile TorchServe's {api}.proto: {compiled.stderr}"
+        )
         sys.path.insert(0, str(folder))
         try:
             importlib.import_module(name)
