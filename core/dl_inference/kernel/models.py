@@ -27,6 +27,7 @@ from dl_inference.kernel.process_instances import ProcessInstances
 from dl_inference.kernel.processor import Processor, ProcessorAdapter, predict_call
 from dl_inference.kernel.repository import ModelSource, read_model_folder
 from dl_inference.kernel.streaming import is_generator_function, iterate
+from dl_inference.kernel.validation import reshape_tensors
 from dl_inference.kernel.warmup import WarmupFailed, warm_up
 from dl_inference.spi.backend import Backend, BackendSettings, ModelRunner
 from dl_inference.spi.errors import (
@@ -128,6 +129,17 @@ class ModelVersion:
             merge=self.batching,
             run_requests=self._execute_requests if lists else None,
         )
+        # config's reshape (Triton's): what clients send / receive -> what the model sees.
+        self._reshape_in = {
+            t.name: (tuple(t.shape), tuple(t.reshape))
+            for t in config.inputs or []
+            if t.reshape is not None
+        }
+        self._reshape_out = {
+            t.name: (tuple(t.reshape), tuple(t.shape))
+            for t in config.outputs or []
+            if t.reshape is not None
+        }
 
     @property
     def ready(self) -> bool:
@@ -184,13 +196,20 @@ class ModelVersion:
         Callers check the batch with :meth:`admit` first. ``timing``, when given, receives
         the request's queue and execution times (see :class:`ExecutionTiming`).
         """
+        batched = self.backend.config.max_batch_size > 0
+        if self._reshape_in:
+            inputs = reshape_tensors(self.name, inputs, self._reshape_in, batched)
         self.in_flight += 1
         try:
             if self.on_loop:
-                return await self._run_on_loop(inputs, parameters, timing)
-            return await self.scheduler.submit(inputs, parameters, deadline, timing)
+                outputs = await self._run_on_loop(inputs, parameters, timing)
+            else:
+                outputs = await self.scheduler.submit(inputs, parameters, deadline, timing)
         finally:
             self.in_flight -= 1
+        if self._reshape_out:
+            outputs = reshape_tensors(self.name, outputs, self._reshape_out, batched, outputs=True)
+        return outputs
 
     async def stream(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
@@ -203,6 +222,9 @@ class ModelVersion:
         :mod:`dl_inference.kernel.streaming`). Callers check with ``admit(...,
         streaming=True)`` first. The execution is observed once, when the stream ends.
         """
+        batched = self.backend.config.max_batch_size > 0
+        if self._reshape_in:
+            inputs = reshape_tensors(self.name, inputs, self._reshape_in, batched)
         self.in_flight += 1
         started = time.monotonic()
         try:
@@ -213,6 +235,10 @@ class ModelVersion:
                 produced = self._predict((inputs,), parameters)
             async with contextlib.aclosing(iterate(produced, self._stream_threads())) as values:
                 async for outputs in values:
+                    if self._reshape_out:
+                        outputs = reshape_tensors(
+                            self.name, outputs, self._reshape_out, batched, outputs=True
+                        )
                     yield outputs
         except DlInferenceError:
             raise

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from dl_inference.spi.datatypes import from_numpy_dtype
-from dl_inference.spi.errors import InvalidInput
+from dl_inference.spi.errors import BackendError, InvalidInput
 from dl_inference.spi.types import TensorSpec
 
 
@@ -31,7 +32,7 @@ def validate_inputs(
             f"model {model!r} has no input named {unknown[0]!r}; its inputs are: "
             f"{', '.join(sorted(expected))}"
         )
-    missing = sorted(set(expected) - set(inputs))
+    missing = sorted(n for n, spec in expected.items() if n not in inputs and not spec.optional)
     if missing:
         spec = expected[missing[0]]
         raise InvalidInput(
@@ -69,3 +70,38 @@ def select_outputs(
         )
     wanted = set(requested)
     return {name: value for name, value in outputs.items() if name in wanted}
+
+
+def reshape_tensors(
+    model: str,
+    arrays: dict[str, np.ndarray],
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+    batched: bool,
+    *,
+    outputs: bool = False,
+) -> dict[str, np.ndarray]:
+    """``arrays`` with each tensor named in ``shapes`` (``name -> (from, to)``, config's
+    ``shape`` and ``reshape`` or the other way round, without the batch dimension) reshaped
+    to ``to`` (numpy views: no copy for contiguous arrays), as Triton's ``reshape`` does.
+
+    Variable dimensions of ``to`` take the sizes of those of ``from``, in order; the batch
+    dimension, when ``batched``, stays. An element count that does not fit is the client's
+    error for an input (InvalidInput) and the model's for an output (BackendError)."""
+    reshaped = dict(arrays)
+    for name, (source, target) in shapes.items():
+        array = arrays.get(name)
+        if array is None:
+            continue
+        lead = array.shape[:1] if batched else ()
+        given = array.shape[len(lead) :]
+        sizes = iter(s for s, d in zip(given, source, strict=False) if d == -1)
+        shape = lead + tuple(next(sizes, 1) if d == -1 else d for d in target)
+        if len(given) != len(source) or math.prod(shape) != array.size:
+            what = "output" if outputs else "input"
+            message = (
+                f"{what} {name!r} of model {model!r}: shape {list(array.shape)} "
+                f"cannot be reshaped to {list(shape)} (config's reshape of {list(source)})"
+            )
+            raise (BackendError if outputs else InvalidInput)(message)
+        reshaped[name] = array.reshape(shape)
+    return reshaped

@@ -267,4 +267,4 @@ def tensor_specs(
     if tensors is None:
         return None
     batch = (-1,) if max_batch_size > 0 else ()
-    return [TensorSpec(t.name, t.datatype, batch + tuple(t.shape)) for t in tensors]
+    return [TensorSpec(t.name, t.datatype, batch + tuple(t.shape), t.optional) for t in tensors]

@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A model input or output as metadata shows it: V2 datatype, shape (-1 = variable)."""
+    """A model input or output as metadata shows it: V2 datatype, shape (-1 = variable);
+    ``optional``: an input a request may leave out (metadata does not show it, as Triton's)."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    optional: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}

@@ -204,7 +204,8 @@ def _specs(tensors: list[dict[str, Any]] | None, max_batch_size: int) -> list[Te
         data_type = str(tensor.get("data_type", "TYPE_INVALID"))
         datatype = "BYTES" if data_type == "TYPE_STRING" else data_type.removeprefix("TYPE_")
         dims = tuple(int(d) for d in tensor.get("dims", []))
-        specs.append(TensorSpec(str(tensor["name"]), datatype, batch + dims))
+        optional = bool(tensor.get("optional", False))
+        specs.append(TensorSpec(str(tensor["name"]), datatype, batch + dims, optional))
     return specs
 
 

@@ -163,8 +163,6 @@ def test_unsupported_fields_are_named(tmp_path: Path, extra: str, field: str) ->
 @pytest.mark.parametrize(
     ("old", "new", "field"),
     [
-        ("dims: [ 4 ] }", "dims: [ 4 ] reshape: { shape: [ 2, 2 ] } }", "input[0].reshape"),
-        ("dims: [ 4 ] }", "dims: [ 4 ] optional: true }", "input[0].optional"),
         ("dims: [ 4 ] }", "dims: [ 4 ] is_shape_tensor: true }", "input[0].is_shape_tensor"),
         ("dims: [ 4 ] }", "dims: [ 4 ] allow_ragged_batch: true }", "input[0].allow_ragged_batch"),
     ],
@@ -173,6 +171,48 @@ def test_unsupported_tensor_fields_are_named(
     tmp_path: Path, old: str, new: str, field: str
 ) -> None:
     assert f"{field} is not supported" in error(tmp_path, ADD_SUB.replace(old, new, 1))
+
+
+def test_reshape_and_optional(tmp_path: Path) -> None:
+    text = ADD_SUB.replace(
+        "dims: [ 4 ] }", "dims: [ 4 ] reshape: { shape: [ 2, 2 ] } optional: true }", 1
+    ).replace("dims: [ 4 ] } ]", "dims: [ 4 ] reshape: { shape: [ 1, 4 ] } } ]")
+    config = source(tmp_path, text).config
+    inputs, outputs = config.inputs or [], config.outputs or []
+    assert [(t.name, t.shape, t.reshape, t.optional) for t in inputs] == [
+        ("INPUT0", [4], [2, 2], True),
+        ("INPUT1", [-1, 2], None, False),
+    ]
+    assert [(t.shape, t.reshape, t.optional) for t in outputs] == [([4], [1, 4], False)]
+
+
+def test_reshape_to_a_scalar(tmp_path: Path) -> None:
+    # Triton's way to hand a batching model [batch] for a [batch, 1] request: reshape [].
+    text = ADD_SUB.replace("dims: [ 4 ] }", "dims: [ 1 ] reshape: { shape: [ ] } }", 1)
+    (first, _) = source(tmp_path, text).config.inputs or []
+    assert (first.shape, first.reshape) == ([1], [])
+
+
+@pytest.mark.parametrize(
+    ("reshape", "reason"),
+    [
+        ("[ 3 ]", "reshape [3] holds 3 elements, shape [4] holds 4"),
+        ("[ -1, 2 ]", "reshape [-1, 2] has 1 variable dimension(s), shape [4] has 0"),
+    ],
+)
+def test_reshape_must_keep_the_elements(tmp_path: Path, reshape: str, reason: str) -> None:
+    text = ADD_SUB.replace("dims: [ 4 ] }", f"dims: [ 4 ] reshape: {{ shape: {reshape} }} }}", 1)
+    message = error(tmp_path, text)
+    assert "inputs[0]" in message and reason in message
+
+
+def test_optional_is_for_inputs_only(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "config.yaml").write_text(
+        "backend: python\noutputs: [{name: y, datatype: FP32, shape: [1], optional: true}]\n"
+    )
+    with pytest.raises(ConfigError, match="optional applies to inputs only"):
+        scan_repository(tmp_path)
 
 
 def test_model_warmup(tmp_path: Path) -> None:

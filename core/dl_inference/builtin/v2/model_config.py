@@ -98,6 +98,12 @@ def config_document(info: ModelVersionInfo) -> dict[str, Any]:
     backend = info.backend
     config = backend.config
     batching = config.max_batch_size > 0
+    # config.pbtxt's reshape, shown where Triton shows it (only when set)
+    reshapes = {
+        t.name: {"reshape": {"shape": list(t.reshape)}}
+        for t in (config.inputs or []) + (config.outputs or [])
+        if t.reshape is not None
+    }
     inputs = [
         {
             "name": spec.name,
@@ -106,8 +112,9 @@ def config_document(info: ModelVersionInfo) -> dict[str, Any]:
             "dims": _dims(spec, batching),
             "is_shape_tensor": False,
             "allow_ragged_batch": False,
-            "optional": False,
+            "optional": spec.optional,
             "is_non_linear_format_io": False,
+            **reshapes.get(spec.name, {}),
         }
         for spec in backend.inputs() or []
     ]
@@ -119,6 +126,7 @@ def config_document(info: ModelVersionInfo) -> dict[str, Any]:
             "label_filename": "",
             "is_shape_tensor": False,
             "is_non_linear_format_io": False,
+            **reshapes.get(spec.name, {}),
         }
         for spec in backend.outputs() or []
     ]

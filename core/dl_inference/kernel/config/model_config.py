@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -13,6 +14,10 @@ class TensorConfig(BaseModel):
     """One declared input or output: ``{name, datatype, shape}`` (Triton-like, -1 = variable).
 
     With ``max_batch_size > 0`` the shape leaves out the batch dimension, as in Triton.
+    ``reshape`` (Triton's ``reshape.shape``): the shape the model works with, ``shape``
+    being what clients send (an input) or receive (an output); same element count, the
+    same number of variable dimensions. ``optional`` (inputs only): a request may leave
+    the input out, and the model then runs without it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -20,6 +25,8 @@ class TensorConfig(BaseModel):
     name: str
     datatype: str
     shape: list[int]
+    reshape: list[int] | None = None
+    optional: bool = False
 
     @field_validator("datatype")
     @classmethod
@@ -34,6 +41,32 @@ class TensorConfig(BaseModel):
         if any(dim < -1 for dim in value):
             raise ValueError("dimensions are >= 0, or -1 for a variable dimension")
         return value
+
+    @field_validator("reshape")
+    @classmethod
+    def _valid_reshape(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(dim < -1 for dim in value):
+            raise ValueError("reshape: dimensions are >= 0, or -1 for a variable dimension")
+        return value
+
+    @model_validator(mode="after")
+    def _same_elements(self) -> TensorConfig:
+        # Triton's load-time rule: the two shapes hold the same elements; variable
+        # dimensions are taken over one for one, so both have as many of them.
+        if self.reshape is None:
+            return self
+        variable = (self.shape.count(-1), self.reshape.count(-1))
+        if variable[0] != variable[1]:
+            raise ValueError(
+                f"reshape {self.reshape} has {variable[1]} variable dimension(s), shape "
+                f"{self.shape} has {variable[0]}; give both the same number"
+            )
+        if not variable[0] and math.prod(self.shape) != math.prod(self.reshape):
+            raise ValueError(
+                f"reshape {self.reshape} holds {math.prod(self.reshape)} elements, shape "
+                f"{self.shape} holds {math.prod(self.shape)}; they must hold the same"
+            )
+        return self
 
 
 class VersionPolicy(BaseModel):
@@ -199,6 +232,13 @@ class ModelConfig(BaseModel):
                     f"warmup[{index}].batch_size is {sample.batch_size}, over max_batch_size "
                     f"{self.max_batch_size}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _optional_inputs_only(self) -> ModelConfig:
+        for tensor in self.outputs or []:
+            if tensor.optional:
+                raise ValueError(f"outputs: {tensor.name}: optional applies to inputs only")
         return self
 
     @classmethod

@@ -8,8 +8,8 @@ repository reads it here. What maps where:
 - ``backend`` / ``platform``: not a dl-inference backend name; the model registry picks the
   installed backend whose ``triton_platforms`` claims one of them (:func:`triton_names`);
 - ``max_batch_size``; ``input`` / ``output`` (``TYPE_FP32`` -> ``FP32``, ``TYPE_STRING`` ->
-  ``BYTES``, ``dims`` -> ``shape``; ``reshape``, ``optional``, shape tensors and ragged
-  batches are refused);
+  ``BYTES``, ``dims`` -> ``shape``, ``reshape.shape`` -> ``reshape``, ``optional``; shape
+  tensors and ragged batches are refused);
 - ``version_policy`` (``latest`` / ``all`` / ``specific``);
 - ``dynamic_batching``: present means the model merges requests, absent means it does not
   (Triton's rule); ``max_queue_delay_microseconds`` -> ``max_queue_delay_ms``,
@@ -69,7 +69,9 @@ _TOP_LEVEL = frozenset(
 )
 # Fields of an input / output read or harmless (FORMAT_* only describes the layout;
 # label_filename serves the classification extension, which dl-inference does not have).
-_TENSOR_FIELDS = frozenset({"name", "data_type", "dims", "format", "label_filename"})
+_TENSOR_FIELDS = frozenset(
+    {"name", "data_type", "dims", "format", "label_filename", "reshape", "optional"}
+)
 _BATCHING_FIELDS = frozenset(
     {
         "preferred_batch_size",
@@ -272,7 +274,16 @@ def _tensor(tensor: Any, label: str, where: Path) -> dict[str, Any]:
     if not tensor.name:
         raise ConfigError(f"{where}: {label}.name is empty")
     datatype = _datatype(tensor.data_type, f"{label} ({tensor.name})", where)
-    return {"name": tensor.name, "datatype": datatype, "shape": [int(d) for d in tensor.dims]}
+    data: dict[str, Any] = {
+        "name": tensor.name,
+        "datatype": datatype,
+        "shape": [int(d) for d in tensor.dims],
+    }
+    if tensor.HasField("reshape"):
+        data["reshape"] = [int(d) for d in tensor.reshape.shape]
+    if getattr(tensor, "optional", False):
+        data["optional"] = True
+    return data
 
 
 def _datatype(value: int, label: str, where: Path) -> str:
