@@ -380,7 +380,10 @@ PUBLIC_SURFACE = [
 HOOKSPECS = {
     "dli_authorize": ("(ctx: 'RequestContext') -> 'Decision | None'", True),
     "dli_configured_models": ("() -> 'list[tuple[str, Path]] | None'", False),
-    "dli_configure": ("(settings: 'dict[str, Any]', config_dir: 'Path') -> 'None'", False),
+    "dli_configure": (
+        "(settings: 'dict[str, Any]', config_dir: 'Path') -> 'dict[str, tuple[Any, str]] | None'",
+        False,
+    ),
     "dli_gateway_call": ("(ctx: 'RequestContext') -> 'ForwardTrace | None'", True),
     "dli_on_error": ("(ctx: 'RequestContext', error: 'BaseException') -> 'None'", False),
     "dli_on_request": ("(ctx: 'RequestContext') -> 'None'", False),
@@ -399,7 +402,7 @@ def test_public_surface_matches_its_snapshot() -> None:
     assert dl_inference.__all__ == PUBLIC_SURFACE
     for name in PUBLIC_SURFACE:
         assert hasattr(dl_inference, name), name
-    assert dl_inference.HOOKSPEC_VERSION == "1.5"
+    assert dl_inference.HOOKSPEC_VERSION == "1.6"
 
 
 def test_hookspecs_are_documented_and_match_their_snapshot() -> None:

@@ -159,10 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if server.link is not None:
             WorkerLink.follow_parent()
     if args.config:
-        server.config_source = (
-            args.config,
-            lambda: with_demo_repository(resolve_config(args), server.plugins),
-        )
+        server.config_source = (args.config, lambda: _reloaded_config(args, server.plugins))
         server.config_mtime = config_mtime
     try:
         asyncio.run(server.run())
@@ -170,6 +167,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"dl-inference: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
+
+
+def _listener_field(config: ServerConfig, key: str) -> tuple[Any, str]:
+    """``"server.http.port"`` -> (config.server.http, "port")."""
+    *path, field = key.split(".")
+    section: Any = config
+    for part in path:
+        section = getattr(section, part)
+    return section, field
+
+
+def _reloaded_config(args: argparse.Namespace, plugins: Any) -> ServerConfig:
+    """The file read again as at start-up (the plugins' listener settings included)."""
+    config = resolve_config(args)
+    apply_plugin_listeners(config, plugins)
+    return with_demo_repository(config, plugins)
 
 
 def _serve_workers(args: argparse.Namespace, config: ServerConfig) -> int:
@@ -224,10 +237,41 @@ def _build_server(config: ServerConfig, config_file: Path | None = None) -> Any:
     ).load()
     # plugin_settings' relative paths resolve as model_repository's: against the file's folder.
     plugins.configure(config.plugin_settings, config_file.parent if config_file else None)
+    sources = apply_plugin_listeners(config, plugins)
     with_demo_repository(config, plugins)
     server = Server(config, plugins)
+    server.listener_sources = sources
     server.prepare()
     return server
+
+
+def apply_plugin_listeners(config: ServerConfig, plugins: Any) -> dict[str, str]:
+    """Apply the listener settings plugins' files give (``dli_configure``'s answers) where
+    neither a flag nor the server YAML set the key: flags > YAML > a plugin's file >
+    defaults. Returns where each listener key came from, for ``check-config``."""
+    from pydantic import ValidationError
+
+    from dl_inference.spi.hookspecs import LISTENER_KEYS
+
+    sources = {}
+    given = plugins.listener_settings
+    for key in LISTENER_KEYS:
+        section, field = _listener_field(config, key)
+        if field in section.model_fields_set:
+            # resolve_config's flags are assignments, so they count as set too.
+            sources[key] = "the server config or a flag"
+        elif key in given:
+            value, where = given[key]
+            try:
+                checked = type(section).model_validate({field: value})
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"]
+                raise ConfigError(f"{where}: {value!r} for {key}: {reason}") from None
+            setattr(section, field, getattr(checked, field))
+            sources[key] = where
+        else:
+            sources[key] = "default"
+    return sources
 
 
 # -- check-config --------------------------------------------------------------------------
@@ -247,12 +291,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     # here: the check is for before production.
     checked = config.model_copy(
         update={
-            "management": management.model_copy(update={"enabled": False}),
-            "server": config.server.model_copy(update={"strict_model_loading": True}),
+            # Deep copies: the plugins' listener settings are applied to `config` below too.
+            "management": management.model_copy(update={"enabled": False}, deep=True),
+            "server": config.server.model_copy(update={"strict_model_loading": True}, deep=True),
         }
     )
     server = _build_server(checked, args.file)
     config.model_repository = server.config.model_repository  # the demo, when chosen
+    # The listener settings as `serve` applies them (management on, when a plugin's file says).
+    sources = apply_plugin_listeners(config, server.plugins)
     gateway = None
     if config.routes:
         from dl_inference.gateway import Gateway
@@ -261,6 +308,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         gateway = Gateway(config.routes, server.plugins)
     for line in _describe_setup(config, server, gateway):
         print(line)
+    for key, source in sources.items():
+        section, field = _listener_field(config, key)
+        value = getattr(section, field)
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        print(f"  {key}: {shown} (from {source})")
     models = server.models.names()
     failed = asyncio.run(_load_each_model(server)) if args.load else 0
     if failed:

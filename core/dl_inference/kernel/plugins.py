@@ -18,6 +18,7 @@ import structlog
 
 from dl_inference.spi import hookspecs
 from dl_inference.spi.errors import ConfigError, PluginError
+from dl_inference.spi.hookspecs import LISTENER_KEYS
 from dl_inference.spi.registry import (
     BackendRegistry,
     BalancerRegistry,
@@ -148,6 +149,8 @@ class PluginHost:
         self.protocols = ProtocolRegistry()
         self.converters = ConverterRegistry()
         self.plugins: list[PluginInfo] = []
+        # What plugins' dli_configure returned: listener key -> (value, where it came from).
+        self.listener_settings: dict[str, tuple[Any, str]] = {}
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -326,12 +329,23 @@ class PluginHost:
                 f"plugin_settings.{unknown[0]}: no loaded plugin is named {unknown[0]!r} "
                 f"(loaded: {', '.join(sorted(loaded))})"
             )
+        self.listener_settings = {}
         for impl in self.pm.hook.dli_configure.get_hookimpls():
             section = settings.get(impl.plugin_name, {})
             if not isinstance(section, dict):
                 raise ConfigError(f"plugin_settings.{impl.plugin_name}: give a mapping of keys")
             given = {"settings": section, "config_dir": folder}
-            impl.function(**{arg: given[arg] for arg in impl.argnames})
+            returned = impl.function(**{arg: given[arg] for arg in impl.argnames})
+            for key, (value, where) in (returned or {}).items():
+                if key not in LISTENER_KEYS:
+                    raise PluginError(
+                        f"plugin {impl.plugin_name}: dli_configure returned {key!r}, not a "
+                        f"listener setting ({', '.join(LISTENER_KEYS)})"
+                    )
+                if key in self.listener_settings:
+                    other = self.listener_settings[key][1]
+                    raise ConfigError(f"{key}: given by {other} and by {where}; keep one")
+                self.listener_settings[key] = (value, where)
 
     def request_hook(self, hook_name: str) -> Callable[..., Any] | None:
         """How to call a per-request hook: None when nobody implements it; the one plain

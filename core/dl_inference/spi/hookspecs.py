@@ -35,7 +35,23 @@ PROJECT = "dl_inference"
 # request, with their own timing).
 # 1.5: dli_configured_models (models a plugin's own configuration names, served with or
 # without a model repository; they keep the demo models out); dli_configure's config_dir.
-HOOKSPEC_VERSION = "1.5"
+# 1.6: dli_configure may return listener settings its own files give (LISTENER_KEYS), merged
+# below flags and the server YAML's explicit keys.
+HOOKSPEC_VERSION = "1.6"
+
+# The listener settings a plugin's dli_configure may return, as the server YAML spells them
+# (management.roots too: where that listener may load models from).
+LISTENER_KEYS = (
+    "server.http.host",
+    "server.http.port",
+    "server.grpc.host",
+    "server.grpc.port",
+    "management.enabled",
+    "management.host",
+    "management.http_port",
+    "management.grpc_port",
+    "management.roots",
+)
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -94,7 +110,7 @@ def dli_configured_models() -> list[tuple[str, Path]] | None:
 
 
 @hookspec
-def dli_configure(settings: dict[str, Any], config_dir: Path) -> None:
+def dli_configure(settings: dict[str, Any], config_dir: Path) -> dict[str, tuple[Any, str]] | None:
     """Receive this plugin's ``plugin_settings.<plugin name>`` mapping from the server YAML.
 
     Called once at start-up, before the server listens, with an empty mapping when the
@@ -103,6 +119,13 @@ def dli_configure(settings: dict[str, Any], config_dir: Path) -> None:
     working directory when the server runs without one). Validate it (a pydantic model with
     ``extra="forbid"`` is the norm) and raise ``dl_inference.ConfigError`` naming the
     key; the server then exits with status 2.
+
+    May return where the server listens as a file of the plugin's own says it (a migrated
+    server's config file): ``{key: (value, where)}`` with keys from ``LISTENER_KEYS``
+    (``"server.http.port"``, ...) and ``where`` naming the file and its key for messages and
+    ``check-config``. One precedence rule: command-line flags, then keys the server YAML
+    gives, then these, then defaults. A key two plugins return is a config error; so is a
+    value the server config would refuse (named by ``where``).
     """
 
 

@@ -17,20 +17,22 @@ import dl_inference
 from dl_inference import BackendRegistry, ProtocolRegistry
 
 __version__ = "0.2.0"
-DLI_HOOKSPEC_VERSION = "1.5"
+DLI_HOOKSPEC_VERSION = "1.6"
 
 _archives = None
 _properties = None
 
 
 @dl_inference.hookimpl
-def dli_configure(settings: dict[str, Any], config_dir: Path) -> None:
-    """``plugin_settings.torchserve``: an optional TorchServe config.properties."""
+def dli_configure(settings: dict[str, Any], config_dir: Path) -> dict[str, tuple[Any, str]]:
+    """``plugin_settings.torchserve``: an optional TorchServe config.properties; its
+    addresses and ports are where the server listens unless a flag or the YAML says."""
     global _properties, _archives
     from dl_inference_torchserve.settings import parse_settings
 
     _properties = parse_settings(settings, config_dir)
     _archives = None
+    return _properties.listeners
 
 
 @dl_inference.hookimpl

@@ -12,14 +12,23 @@ list of archive files / model names / ``name=file.mar``: only those archives are
 ``model_store`` (the store served, with or without ``model_repository``; relative to the
 file's folder) and ``models`` (JSON: ``{"<name>": {"<version>": {"batchSize": 8,
 "maxBatchDelay": 50, ...}}}``): ``batchSize`` -> ``max_batch_size``, ``maxBatchDelay`` (ms) ->
-``max_queue_delay_ms``. Other keys (addresses, ports) are logged as not used: dl-inference
-takes those from its own flags and config. ``config_properties`` itself, when relative, is
-taken from the server YAML's folder, as its ``model_repository`` is.
+``max_queue_delay_ms``. Where the server listens, as TorchServe listens:
+``inference_address`` (``http://HOST:PORT``: ``server.http``), ``management_address`` (turns
+management on there: ``management.enabled``, ``.host``, ``.http_port``; its token is still
+required), ``grpc_inference_port`` / ``grpc_inference_address`` (``server.grpc``) and
+``grpc_management_port`` / ``grpc_management_address`` (``management.grpc_port`` and
+``management.host``: our two management listeners share one host), ``model_store`` as
+``management.roots`` (where management may register archives from), returned to the kernel
+from ``dli_configure``: a command-line flag or a key the server YAML gives wins. An
+``https://`` address is refused (TLS comes from ``server.tls``). Other keys are logged as
+not used. ``config_properties`` itself, when relative, is taken from the server YAML's
+folder, as its ``model_repository`` is.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,17 @@ from dl_inference import ConfigError, describe_errors
 log = structlog.get_logger("dl_inference.torchserve")
 PREFIX = "plugin_settings.torchserve"
 # config.properties keys this plugin applies; the others are reported once.
-APPLIED = ("load_models", "models", "model_store")
+APPLIED = (
+    "load_models",
+    "models",
+    "model_store",
+    "inference_address",
+    "management_address",
+    "grpc_inference_port",
+    "grpc_management_port",
+    "grpc_inference_address",
+    "grpc_management_address",
+)
 
 
 class TorchServeSettings(BaseModel):
@@ -51,10 +70,13 @@ class Properties:
         load_models: str = "all",
         models: dict[str, Any] | None = None,
         model_store: Path | None = None,
+        listeners: dict[str, tuple[Any, str]] | None = None,
     ) -> None:
         self.load_models = load_models
         self.models = models or {}
         self.model_store = model_store  # served with or without a model_repository
+        # Listener key (as the server YAML spells it) -> (value, file and key giving it).
+        self.listeners = listeners or {}
 
     def selects(self, archive: Path, model_name: str) -> bool:
         """Whether ``load_models`` asks for this archive."""
@@ -135,7 +157,76 @@ def read_properties(path: Path) -> Properties:
         store = (path.parent / values["model_store"]).resolve()
         if not store.is_dir():
             raise ConfigError(f"{path}: model_store={values['model_store']}: no such folder")
-    return Properties(values.get("load_models", "all"), models, store)
+    listeners = read_listeners(path, values)
+    if store is not None:
+        # TorchServe's management API registers archives from its model store.
+        listeners["management.roots"] = ([store], f"{path}: model_store")
+    return Properties(values.get("load_models", "all"), models, store, listeners)
+
+
+def read_listeners(path: Path, values: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """The addresses and ports of a config.properties as server config keys, each with the
+    file and key that gave it."""
+    listeners: dict[str, tuple[Any, str]] = {}
+    for key, section, port_key in (
+        ("inference_address", "server.http", "port"),
+        ("management_address", "management", "http_port"),
+    ):
+        if not values.get(key):
+            continue
+        host, port = _address(path, key, values[key])
+        where = f"{path}: {key}"
+        listeners[f"{section}.host"] = (host, where)
+        listeners[f"{section}.{port_key}"] = (port, where)
+        if section == "management":
+            listeners["management.enabled"] = (True, where)
+    if values.get("grpc_inference_address"):
+        listeners["server.grpc.host"] = (
+            values["grpc_inference_address"],
+            f"{path}: grpc_inference_address",
+        )
+    grpc_management = values.get("grpc_management_address")
+    if grpc_management:
+        # dl-inference's two management listeners share management.host.
+        given = listeners.get("management.host", (grpc_management, ""))[0]
+        if given != grpc_management:
+            raise ConfigError(
+                f"{path}: grpc_management_address={grpc_management} and management_address "
+                f"host {given} differ; dl-inference's management listeners share one host"
+            )
+        listeners.setdefault(
+            "management.host", (grpc_management, f"{path}: grpc_management_address")
+        )
+    for key, setting in (
+        ("grpc_inference_port", "server.grpc.port"),
+        ("grpc_management_port", "management.grpc_port"),
+    ):
+        if not values.get(key):
+            continue
+        try:
+            port = int(values[key])
+        except ValueError:
+            raise ConfigError(f"{path}: {key}={values[key]}: give a port number") from None
+        listeners[setting] = (port, f"{path}: {key}")
+    return listeners
+
+
+def _address(path: Path, key: str, text: str) -> tuple[str, int]:
+    """``http://HOST:PORT`` -> (HOST, PORT); ConfigError naming the file and key."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme == "https":
+        raise ConfigError(
+            f"{path}: {key}={text}: https is not applied from config.properties; write "
+            "http://HOST:PORT and give TLS in the server YAML (server.tls: cert_file, "
+            "key_file, as TorchServe's certificate_file and private_key_file)"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or port is None:
+        raise ConfigError(f"{path}: {key}={text}: write http://HOST:PORT, e.g. http://0.0.0.0:8080")
+    return parts.hostname, port
 
 
 def model_config(settings: dict[str, Any]) -> dict[str, Any]:

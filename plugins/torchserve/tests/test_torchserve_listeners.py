@@ -1,0 +1,166 @@
+"""config.properties' addresses are where the server listens, as TorchServe's ``--ts-config``
+makes it listen: ``inference_address``, ``management_address`` (with the management token),
+``grpc_inference_port``, ``grpc_management_port``. The server YAML names only the file; a
+command-line flag (or a key the YAML gives) wins over the file; a bad address is a config
+error naming the file and its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+from _ts_archives import write_mar
+
+from dl_inference.testing import ServerProcess, free_port
+
+ECHO = """
+    def handle(data, context):
+        if data is None:
+            return None
+        return ["ok" for _ in data]
+"""
+TOKEN = "torchserve-listeners-token"
+
+
+def call(url: str, body: bytes | None = None, token: str | None = None) -> int:
+    request = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def write_files(work: Path, properties: str) -> Path:
+    """A store with ``echo.mar``, ``config.properties`` (``properties`` added) and a server
+    YAML naming only that file; returns the YAML's path."""
+    write_mar(work / "store", "echo", {"echo.py": ECHO}, "echo.py")
+    (work / "config.properties").write_text(f"model_store=store\n{properties}")
+    (work / "server.yaml").write_text(
+        "plugin_settings:\n  torchserve:\n    config_properties: config.properties\n"
+    )
+    return work / "server.yaml"
+
+
+def run_cli(work: Path, *args: str, token: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "DLI_TORCHSERVE_CACHE": str(work / "cache")}
+    if token:
+        env["DLI_MANAGEMENT_TOKEN"] = TOKEN
+    return subprocess.run(
+        [sys.executable, "-m", "dl_inference", *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_file_addresses_are_where_the_server_listens(tmp_path: Path) -> None:
+    http, management, grpc_port, grpc_management = (free_port() for _ in range(4))
+    config = write_files(
+        tmp_path,
+        f"inference_address=http://127.0.0.1:{http}\n"
+        f"management_address=http://127.0.0.1:{management}\n"
+        f"grpc_inference_address=127.0.0.1\ngrpc_inference_port={grpc_port}\n"
+        f"grpc_management_port={grpc_management}\n",
+    )
+    env = {"DLI_TORCHSERVE_CACHE": str(tmp_path / "cache"), "DLI_MANAGEMENT_TOKEN": TOKEN}
+    # No --host / --port flags: the file alone says where to listen.
+    with ServerProcess(["-c", str(config)], env=env, extra_flags=False) as server:
+        assert (server.http_port, server.grpc_port) == (http, grpc_port), server.output()
+        base = f"http://127.0.0.1:{http}"
+        deadline = time.monotonic() + 60
+        while call(f"{base}/predictions/echo", b"hi") == 503:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.2)
+        assert call(f"{base}/ping") == 200
+        assert call(f"{base}/predictions/echo", b"hi") == 200
+        # TorchServe's management API on management_address, behind the token.
+        assert call(f"http://127.0.0.1:{management}/models") == 401
+        assert call(f"http://127.0.0.1:{management}/models", token=TOKEN) == 200
+        from dl_inference_torchserve._proto import torchserve_pb2 as pb
+
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            predict = channel.unary_unary(
+                "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions",
+                request_serializer=pb.PredictionsRequest.SerializeToString,
+                response_deserializer=pb.PredictionResponse.FromString,
+            )
+            request = pb.PredictionsRequest(model_name="echo", input={"body": b"hi"})
+            assert predict(request, timeout=30).prediction == b"ok"
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_management}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+    checked = run_cli(tmp_path, "check-config", str(config), token=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    where = tmp_path / "config.properties"
+    for line in (
+        f"  server.http.port: {http} (from {where}: inference_address)",
+        f"  management.http_port: {management} (from {where}: management_address)",
+        f"  server.grpc.port: {grpc_port} (from {where}: grpc_inference_port)",
+        f"  management.grpc_port: {grpc_management} (from {where}: grpc_management_port)",
+        f"  management.enabled: True (from {where}: management_address)",
+    ):
+        assert line in checked.stdout.splitlines(), checked.stdout
+
+
+def test_a_flag_and_the_yaml_win_over_the_file(tmp_path: Path) -> None:
+    in_file, flag = free_port(), free_port()
+    config = write_files(
+        tmp_path,
+        f"inference_address=http://127.0.0.1:{in_file}\ngrpc_inference_port={free_port()}\n",
+    )
+    grpc_in_yaml = free_port()
+    config.write_text(config.read_text() + f"server:\n  grpc: {{port: {grpc_in_yaml}}}\n")
+    env = {"DLI_TORCHSERVE_CACHE": str(tmp_path / "cache")}
+    args = ["-c", str(config), "--http-port", str(flag)]
+    with ServerProcess(args, env=env, extra_flags=False) as server:
+        assert (server.http_port, server.grpc_port) == (flag, grpc_in_yaml), server.output()
+        assert call(f"http://127.0.0.1:{flag}/ping") == 200
+    checked = run_cli(tmp_path, "check-config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    lines = checked.stdout.splitlines()
+    assert f"  server.grpc.port: {grpc_in_yaml} (from the server config or a flag)" in lines
+    assert (
+        f"  server.http.port: {in_file} (from {tmp_path / 'config.properties'}: "
+        "inference_address)" in lines
+    )
+    assert "  management.enabled: False (from default)" in lines
+
+
+def test_a_bad_address_is_a_config_error_naming_the_file_and_key(tmp_path: Path) -> None:
+    where = tmp_path / "config.properties"
+    cases = {
+        "inference_address=127.0.0.1:8080\n": f"{where}: inference_address=127.0.0.1:8080: "
+        "write http://HOST:PORT",
+        "management_address=https://127.0.0.1:8081\n": f"{where}: management_address="
+        "https://127.0.0.1:8081: https is not applied",
+        "grpc_inference_port=seventy\n": f"{where}: grpc_inference_port=seventy: give a port",
+        "grpc_management_port=70000\n": f"{where}: grpc_management_port: 70000 for "
+        "management.grpc_port: Input should be less than or equal to 65535",
+    }
+    config = write_files(tmp_path, "")
+    for properties, message in cases.items():
+        where.write_text(f"model_store=store\n{properties}")
+        for command in ("check-config", "serve -c"):
+            result = run_cli(tmp_path, *command.split(), str(config))
+            assert result.returncode == 2, (properties, result.stdout + result.stderr)
+            assert f"dl-inference: error: {message}" in result.stderr, result.stderr
+
+
+def test_management_address_without_a_token_says_how_to_give_one(tmp_path: Path) -> None:
+    config = write_files(tmp_path, f"management_address=http://127.0.0.1:{free_port()}\n")
+    result = run_cli(tmp_path, "serve", "-c", str(config), token=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (
+        "needs a token of 16+ characters: set the environment variable "
+        "DLI_MANAGEMENT_TOKEN" in result.stderr
+    ), result.stderr
