@@ -18,7 +18,7 @@ management on there: ``management.enabled``, ``.host``, ``.http_port``; its toke
 required), ``grpc_inference_port`` / ``grpc_inference_address`` (``server.grpc``) and
 ``grpc_management_port`` / ``grpc_management_address`` (``management.grpc_port`` and
 ``management.host``: our two management listeners share one host), ``model_store`` as
-``management.roots`` (where management may register archives from), returned to the kernel
+``management.roots`` when ``management_address`` is given, returned to the kernel
 from ``dli_configure``: a command-line flag or a key the server YAML gives wins. An
 ``https://`` address is refused (TLS comes from ``server.tls``). Other keys are logged as
 not used. ``config_properties`` itself, when relative, is taken from the server YAML's
@@ -158,8 +158,9 @@ def read_properties(path: Path) -> Properties:
         if not store.is_dir():
             raise ConfigError(f"{path}: model_store={values['model_store']}: no such folder")
     listeners = read_listeners(path, values)
-    if store is not None:
-        # TorchServe's management API registers archives from its model store.
+    if store is not None and "management.enabled" in listeners:
+        # The management this file turns on registers archives from its model store, as
+        # TorchServe's does (a YAML's own management keeps its roots: the repository).
         listeners["management.roots"] = ([store], f"{path}: model_store")
     return Properties(values.get("load_models", "all"), models, store, listeners)
 

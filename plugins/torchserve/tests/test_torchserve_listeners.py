@@ -27,8 +27,10 @@ ECHO = """
 TOKEN = "torchserve-listeners-token"
 
 
-def call(url: str, body: bytes | None = None, token: str | None = None) -> int:
-    request = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+def call(
+    url: str, body: bytes | None = None, token: str | None = None, method: str | None = None
+) -> int:
+    request = urllib.request.Request(url, data=body, method=method or ("POST" if body else "GET"))
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -71,8 +73,9 @@ def test_the_file_addresses_are_where_the_server_listens(tmp_path: Path) -> None
         f"inference_address=http://127.0.0.1:{http}\n"
         f"management_address=http://127.0.0.1:{management}\n"
         f"grpc_inference_address=127.0.0.1\ngrpc_inference_port={grpc_port}\n"
-        f"grpc_management_port={grpc_management}\n",
+        f"grpc_management_port={grpc_management}\nload_models=echo.mar\n",
     )
+    write_mar(tmp_path / "store", "later", {"echo.py": ECHO}, "echo.py")
     env = {"DLI_TORCHSERVE_CACHE": str(tmp_path / "cache"), "DLI_MANAGEMENT_TOKEN": TOKEN}
     # No --host / --port flags: the file alone says where to listen.
     with ServerProcess(["-c", str(config)], env=env, extra_flags=False) as server:
@@ -87,6 +90,9 @@ def test_the_file_addresses_are_where_the_server_listens(tmp_path: Path) -> None
         # TorchServe's management API on management_address, behind the token.
         assert call(f"http://127.0.0.1:{management}/models") == 401
         assert call(f"http://127.0.0.1:{management}/models", token=TOKEN) == 200
+        # Registered from the file's model_store, as TorchServe registers.
+        register = f"http://127.0.0.1:{management}/models?url=later.mar&initial_workers=1"
+        assert call(register, token=TOKEN, method="POST") == 200, server.output()
         from dl_inference_torchserve._proto import torchserve_pb2 as pb
 
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
