@@ -10,6 +10,8 @@ Models:
 - ``square``: INT32 ``X`` sent as [4], seen by the model as [2, 2] (``reshape``), batching;
   ``Y`` is each 2x2 matrix transposed, produced as [2, 2] and answered as [4]; ``SEEN`` is
   the shape the model saw;
+- ``varlen``: FP32 ``X`` sent as [-1, 4], seen as [-1, 2, 2] (the variable size carried
+  over); ``Y`` the other way round;
 - ``flat``: no batching; FP32 ``X`` sent as [2, 3], seen as [6]; ``Y`` produced as [6],
   answered as [3, 2].
 """
@@ -76,6 +78,30 @@ MODELS: dict[str, tuple[str, str]] = {
                     y = np.ascontiguousarray(x.transpose(0, 2, 1))
                     responses.append(pb_utils.InferenceResponse(
                         [pb_utils.Tensor("Y", y), pb_utils.Tensor("SEEN", seen)]))
+                return responses
+        """,
+    ),
+    "varlen": (
+        """
+        backend: "python"
+        max_batch_size: 4
+        input [
+          { name: "X" data_type: TYPE_FP32 dims: [ -1, 4 ] reshape: { shape: [ -1, 2, 2 ] } }
+        ]
+        output [
+          { name: "Y" data_type: TYPE_FP32 dims: [ -1, 4 ] reshape: { shape: [ -1, 2, 2 ] } },
+          { name: "SEEN" data_type: TYPE_INT64 dims: [ 4 ] }
+        ]
+        """,
+        """
+        class TritonPythonModel:
+            def execute(self, requests):
+                responses = []
+                for request in requests:
+                    x = get(request, "X")
+                    seen = np.array([x.shape] * x.shape[0], dtype=np.int64)
+                    responses.append(pb_utils.InferenceResponse(
+                        [pb_utils.Tensor("Y", x + 1), pb_utils.Tensor("SEEN", seen)]))
                 return responses
         """,
     ),
@@ -163,6 +189,14 @@ def test_reshape_batched(servers: Servers, transport: str) -> None:
     answer = same(both(servers, transport, "square", [("X", x)], ["Y", "SEEN"]))
     assert answer["Y"] == {"dtype": "int32", "shape": [2, 4], "values": [1, 3, 2, 4, 5, 7, 6, 8]}
     assert answer["SEEN"]["values"] == [2, 2, 2] * 2
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_reshape_with_a_variable_dimension(servers: Servers, transport: str) -> None:
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    answer = same(both(servers, transport, "varlen", [("X", x)], ["Y", "SEEN"]))
+    assert answer["Y"] == {"dtype": "float32", "shape": [2, 3, 4], "values": list(range(1, 25))}
+    assert answer["SEEN"]["values"] == [2, 3, 2, 2] * 2
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -51,22 +50,29 @@ class TensorConfig(BaseModel):
 
     @model_validator(mode="after")
     def _same_elements(self) -> TensorConfig:
-        # Triton's load-time rule: the two shapes hold the same elements; variable
-        # dimensions are taken over one for one, so both have as many of them.
+        # Triton's load-time rule: cut at the variable dimensions, the fixed runs of both
+        # shapes hold the same number of elements, run for run (so [-1, 4] may become
+        # [-1, 2, 2], not [4, -1]); a request's variable sizes then carry over one for one.
         if self.reshape is None:
             return self
-        variable = (self.shape.count(-1), self.reshape.count(-1))
-        if variable[0] != variable[1]:
+        if _runs(self.shape) != _runs(self.reshape):
             raise ValueError(
-                f"reshape {self.reshape} has {variable[1]} variable dimension(s), shape "
-                f"{self.shape} has {variable[0]}; give both the same number"
-            )
-        if not variable[0] and math.prod(self.shape) != math.prod(self.reshape):
-            raise ValueError(
-                f"reshape {self.reshape} holds {math.prod(self.reshape)} elements, shape "
-                f"{self.shape} holds {math.prod(self.shape)}; they must hold the same"
+                f"reshape {self.reshape} does not hold the elements of shape {self.shape} "
+                "(Triton's rule: the same element count between, before and after the "
+                "variable dimensions, -1)"
             )
         return self
+
+
+def _runs(shape: list[int]) -> list[int]:
+    """The element counts of the fixed runs of ``shape`` between its -1 dimensions."""
+    runs = [1]
+    for dim in shape:
+        if dim == -1:
+            runs.append(1)
+        else:
+            runs[-1] *= dim
+    return runs
 
 
 class VersionPolicy(BaseModel):
