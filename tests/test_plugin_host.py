@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import dl_inference
-from dl_inference import Backend, BackendRegistry, PluginError
+from dl_inference import Backend, BackendRegistry, ConfigError, PluginError
 from dl_inference.kernel.plugins import PluginHost, PluginInfo
 from dl_inference.spi import hookspecs
 
@@ -424,3 +424,34 @@ def test_hookspecs_are_documented_and_match_their_snapshot() -> None:
     # The plugin manager knows exactly these hooks.
     plugins = host()
     assert sorted(n for n in vars(plugins.pm.hook) if n.startswith("dli_")) == sorted(HOOKSPECS)
+
+
+def test_listener_settings_from_two_plugins_clash_and_unknown_keys_are_refused() -> None:
+    class First:
+        @dl_inference.hookimpl
+        def dli_configure(self) -> dict[str, tuple[Any, str]]:
+            return {"server.http.port": (8080, "a.properties: inference_address")}
+
+    class Second:
+        @dl_inference.hookimpl
+        def dli_configure(self) -> dict[str, tuple[Any, str]]:
+            return {"server.http.port": (9090, "b.conf: rest_api_port")}
+
+    class Wrong:
+        @dl_inference.hookimpl
+        def dli_configure(self) -> dict[str, tuple[Any, str]]:
+            return {"server.tls": ({}, "c.conf: tls")}
+
+    plugins = host()
+    plugins.pm.register(First(), name="first")
+    plugins.configure({})
+    assert plugins.listener_settings == {
+        "server.http.port": (8080, "a.properties: inference_address")
+    }
+    plugins.pm.register(Second(), name="second")
+    with pytest.raises(ConfigError, match=r"server.http.port: given by .* and by "):
+        plugins.configure({})
+    plugins.pm.unregister(name="second")
+    plugins.pm.register(Wrong(), name="wrong")
+    with pytest.raises(PluginError, match=r"plugin wrong: dli_configure returned 'server\.tls'"):
+        plugins.configure({})
