@@ -308,6 +308,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         gateway = Gateway(config.routes, server.plugins)
     for line in _describe_setup(config, server, gateway):
         print(line)
+    print("listener settings (flags > the server YAML > a plugin's file > defaults):")
     for key, source in sources.items():
         section, field = _listener_field(config, key)
         value = getattr(section, field)
