@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from dl_inference.testing import ServerProcess
@@ -241,7 +242,7 @@ def test_metadata_and_config_match(servers: Servers) -> None:
     """Metadata shows ``dims`` (what clients send), not the reshape; the configuration
     keeps ``reshape`` and ``optional`` as config.pbtxt has them."""
     answers = {}
-    for who, (http_address, _) in servers.targets().items():
+    for who, (http_address, grpc_address) in servers.targets().items():
         client = httpclient.InferenceServerClient(http_address)
         answers[who] = {
             name: (
@@ -252,6 +253,11 @@ def test_metadata_and_config_match(servers: Servers) -> None:
             for name in MODELS
         }
         client.close()
+        channel = grpcclient.InferenceServerClient(grpc_address)
+        for name in MODELS:  # gRPC ModelConfig too (JSON form: 64-bit numbers as text)
+            config = channel.get_model_config(name, as_json=True)["config"]
+            answers[who][f"{name} (gRPC)"] = {k: config[k] for k in ("input", "output")}
+        channel.close()
     assert answers["ours"] == answers["triton"]
     inputs, _, config = answers["ours"]["maybe"]
     assert [i["shape"] for i in inputs] == [[-1, 2], [-1, 2]]
