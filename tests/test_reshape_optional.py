@@ -64,6 +64,13 @@ async def infer(runtime: Runtime, **inputs: np.ndarray) -> dict[str, np.ndarray]
 
 
 async def test_reshape_in_and_out(runtime: Runtime) -> None:
+    model = runtime.models.resolve("mixed", "")
+    # clients see config's shape (metadata, validation), the model its reshape
+    assert [(s.name, s.shape, s.optional) for s in model.inputs() or []] == [
+        ("x", (-1, 4), False),
+        ("bias", (-1, 1), True),
+    ]
+    assert [s.shape for s in model.backend.model_inputs() or []] == [(-1, 2, 2), (-1, 1)]
     out = await infer(runtime, x=np.array([[1, 2, 3, 4]]), bias=np.array([[10]]))
     assert out["y"].shape == (1, 4)
     assert out["y"].tolist() == [[11, 13, 12, 14]]
@@ -85,3 +92,50 @@ async def test_requests_with_and_without_the_optional_input_never_merge(runtime:
         assert out["y"].tolist() == [[i + (i if i % 2 else 100)] * 4]
     # some requests did merge (the batcher works), each batch of one kind only
     assert max(int(out["rows"][0, 0]) for out in answers) > 1
+
+
+ONNX_CONFIG = """
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
+"""
+
+
+async def test_reshape_on_a_framework_backend(tmp_path: Path) -> None:
+    """A Triton onnxruntime_onnx model whose graph takes [batch, 2, 2] while clients send
+    [batch, 4]: the onnx backend checks config against the graph as the model sees it
+    (the reshape), clients see dims."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("dl_inference_onnx")
+    from onnx import TensorProto, helper
+
+    def tensor(name: str) -> object:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2, 2])
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1])],
+        "square",
+        [tensor("x")],
+        [tensor("y")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    (tmp_path / "square" / "1").mkdir(parents=True)
+    onnx.save(model, str(tmp_path / "square" / "1" / "model.onnx"))
+    (tmp_path / "square" / "config.pbtxt").write_text(ONNX_CONFIG)
+    host = PluginHost().load()
+    models = ModelRegistry(host)
+    runtime = Runtime(host, models, access_log=False)
+    models.prepare(scan_repository(tmp_path))
+    await models.load_all(strict=True)
+    try:
+        served = runtime.models.resolve("square", "")
+        assert [s.shape for s in served.inputs() or []] == [(-1, 4)]
+        assert [s.shape for s in served.outputs() or []] == [(-1, 4)]
+        request = InferRequest("square", {"x": np.array([[1, 2, 3, 4]], np.float32)})
+        ctx = RequestContext(protocol="test", method="infer")
+        out = (await runtime.infer(request, ctx)).outputs
+        assert out["y"].tolist() == [[1, 3, 2, 4]]
+    finally:
+        await models.unload_all()

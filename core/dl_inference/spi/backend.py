@@ -199,12 +199,14 @@ class Backend(abc.ABC):
         ``None`` when absent, or when processor.py's ``preprocess()`` sits in front of the
         model: then they describe what clients send, not what the model takes.
         """
-        return None if "preprocess" in self.processor_hooks else self.config.inputs
+        return None if "preprocess" in self.processor_hooks else _as_model_sees(self.config.inputs)
 
     def declared_outputs(self) -> list[TensorConfig] | None:
         """config.yaml's ``outputs`` where they describe the model's own tensors (``None``
         when absent, or when processor.py's ``postprocess()`` makes the responses)."""
-        return None if "postprocess" in self.processor_hooks else self.config.outputs
+        return (
+            None if "postprocess" in self.processor_hooks else _as_model_sees(self.config.outputs)
+        )
 
     def model_inputs(self) -> list[TensorSpec] | None:
         """What the model takes; ``None`` when unknown. Override it when the model file
@@ -226,14 +228,16 @@ class Backend(abc.ABC):
         """
         if "preprocess" in self.processor_hooks:
             return tensor_specs(self.config.inputs, self.config.max_batch_size)
-        return self.model_inputs()
+        return _as_clients_see(self.model_inputs(), self.config.inputs, self.config.max_batch_size)
 
     def outputs(self) -> list[TensorSpec] | None:
         """What responses carry: the model's outputs, or config.yaml's ``outputs`` when
         processor.py's ``postprocess()`` makes the responses; ``None`` when unknown."""
         if "postprocess" in self.processor_hooks:
             return tensor_specs(self.config.outputs, self.config.max_batch_size)
-        return self.model_outputs()
+        return _as_clients_see(
+            self.model_outputs(), self.config.outputs, self.config.max_batch_size
+        )
 
     def processor_adapter(self) -> ProcessorAdapter:
         """How processor.py's hooks meet this backend's tensors; called once after
@@ -268,3 +272,33 @@ def tensor_specs(
         return None
     batch = (-1,) if max_batch_size > 0 else ()
     return [TensorSpec(t.name, t.datatype, batch + tuple(t.shape), t.optional) for t in tensors]
+
+
+def _as_model_sees(tensors: list[TensorConfig] | None) -> list[TensorConfig] | None:
+    """config's tensors with each ``reshape`` as the shape: what the model itself takes and
+    gives (the kernel reshapes between that and what clients send and receive)."""
+    if tensors is None:
+        return None
+    return [
+        t if t.reshape is None else t.model_copy(update={"shape": t.reshape, "reshape": None})
+        for t in tensors
+    ]
+
+
+def _as_clients_see(
+    specs: list[TensorSpec] | None, tensors: list[TensorConfig] | None, max_batch_size: int
+) -> list[TensorSpec] | None:
+    """The model's own specs as clients see them: config's ``shape`` where it declares a
+    ``reshape``, and its ``optional`` flags."""
+    if specs is None or not tensors:
+        return specs
+    declared = {t.name: t for t in tensors}
+    batch = (-1,) if max_batch_size > 0 else ()
+    seen = []
+    for spec in specs:
+        tensor = declared.get(spec.name)
+        if tensor is not None and (tensor.reshape is not None or tensor.optional):
+            shape = batch + tuple(tensor.shape) if tensor.reshape is not None else spec.shape
+            spec = TensorSpec(spec.name, spec.datatype, shape, spec.optional or tensor.optional)
+        seen.append(spec)
+    return seen
