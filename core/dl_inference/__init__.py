@@ -16,6 +16,7 @@ from dl_inference.spi.balancer import Balancer, NodeView, Outcome
 from dl_inference.spi.call_path import (
     Call,
     CallPath,
+    HttpRequest,
     ModelControl,
     RuntimeView,
     json_error_body,
@@ -113,6 +114,7 @@ __all__ = [
     "DlInferenceError",
     "ExecutionTiming",
     "ForwardTrace",
+    "HttpRequest",
     "InferRequest",
     "InferResponse",
     "InvalidInput",

@@ -38,6 +38,7 @@ from dl_inference.kernel.runtime import Runtime
 from dl_inference.server.grpc_h2 import Server as H2Server
 from dl_inference.server.grpc_h2 import grpc_engine, grpc_server
 from dl_inference.server.health import ServerHealth
+from dl_inference.server.http1 import http_engine
 from dl_inference.server.http_errors import json_errors
 from dl_inference.server.listeners import bind_grpc, check_port, start_http
 from dl_inference.server.logs import configure_logging
@@ -362,6 +363,12 @@ class Server:
             ssl_context=self.tls.ssl_context() if self.tls is not None else None,
             reuse_port=self.reuse_port,
             shutdown_timeout=self.config.server.drain_timeout_s,
+            # The lane answers plain routes without the middlewares: not beside the gateway.
+            lane_max_body=(
+                self.runtime.max_message_bytes
+                if http_engine(http_cfg.engine) == "asyncio" and self.gateway is None
+                else None
+            ),
         )
 
     async def _update_health(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from dl_inference.server.http1 import FastLaneSite
 from dl_inference.spi.errors import ConfigError
 
 # Where each listener's port and address are set, so that an error says what to change.
@@ -90,12 +91,16 @@ async def start_http(
     reuse_port: bool = False,
     shutdown_timeout: float = 60.0,
     what: str = "HTTP",
+    lane_max_body: int | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Serve ``app`` on ``host:port``; returns the runner and the bound ``host:port``.
 
     Request bodies reach the handlers as they came, ``Content-Encoding`` and all: the
     kernel's :func:`~dl_inference.read_body` decodes them (within the size limit, with
     errors in the protocol's format), and the gateway forwards them undecoded.
+    ``lane_max_body``: accept through dl-inference's HTTP/1.1 lane, which answers ``app``'s
+    plain routes itself (:mod:`dl_inference.server.http1`) for bodies up to that many bytes
+    (``app``'s own limit: aiohttp refuses larger ones).
     """
     runner = web.AppRunner(
         app,
@@ -105,9 +110,23 @@ async def start_http(
         auto_decompress=False,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner, host, port, reuse_address=True, reuse_port=reuse_port, ssl_context=ssl_context
-    )
+    site: web.TCPSite
+    if lane_max_body is not None and FastLaneSite.serves(app):
+        site = FastLaneSite(
+            runner,
+            app,
+            host,
+            port,
+            max_body=lane_max_body,
+            drain_timeout=shutdown_timeout,
+            reuse_address=True,
+            reuse_port=reuse_port,
+            ssl_context=ssl_context,
+        )
+    else:
+        site = web.TCPSite(
+            runner, host, port, reuse_address=True, reuse_port=reuse_port, ssl_context=ssl_context
+        )
     try:
         await site.start()
     except OSError as exc:

@@ -68,6 +68,7 @@ from dl_inference.spi.types import (
 if TYPE_CHECKING:
     import grpc
     from aiohttp import web
+    from multidict import CIMultiDictProxy
 
 T = TypeVar("T")
 
@@ -353,6 +354,38 @@ class _Parsing:
         raise InvalidInput(f"{what} could not be read: {reason}") from None
 
 
+class HttpRequest(Protocol):
+    """The part of aiohttp's ``web.Request`` a *plain* HTTP handler may use.
+
+    A handler made with ``CallPath.http_handler(..., plain=True)`` must use nothing else
+    of its request: the server may then answer that route on its own HTTP/1.1 lane,
+    without aiohttp's per-request machinery, with a request offering just these (aiohttp's
+    ``web.Request`` offers them too, so the same handler serves both ways). Its reply must
+    be a ``web.Response`` with a bytes body (``web.Response(body=...)`` and
+    ``web.json_response`` are; a streamed ``web.StreamResponse`` is not).
+    """
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def match_info(self) -> Mapping[str, str]: ...
+
+    @property
+    def remote(self) -> str | None: ...
+
+    async def read(self) -> bytes: ...
+
+
+# The attribute that marks an aiohttp handler as plain (see HttpRequest).
+PLAIN_HANDLER = "__dl_inference_plain__"
+
 GrpcHandler = Callable[[Any, Call], Awaitable[Any]]
 HttpHandler = Callable[["web.Request", Call], Awaitable["web.StreamResponse"]]
 ErrorBody = Callable[[BaseException, str, int], "web.Response"]
@@ -499,7 +532,7 @@ class CallPath:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def http_call(self, method: str, request: web.Request, *, counted: bool = True) -> Call:
+    def http_call(self, method: str, request: HttpRequest, *, counted: bool = True) -> Call:
         """A :class:`Call` for an HTTP request; ``method`` is the route's label."""
         ctx = RequestContext(
             protocol=self.protocol,
@@ -517,12 +550,16 @@ class CallPath:
         error_body: ErrorBody,
         *,
         counted: bool = True,
+        plain: bool = False,
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """An aiohttp handler running ``handler(request, call)`` on the call path.
 
         ``error_body(error, message, status)`` renders a failure the way the protocol's
         clients expect (V2 and TF Serving: ``{"error": message}``). ``counted=False`` for
         routes that are not inference (health, metadata, status, management).
+        ``plain=True`` promises that ``handler`` uses only what :class:`HttpRequest` names
+        and answers a bytes-bodied ``web.Response``: the server may then serve the route
+        on its own HTTP/1.1 lane (``server.http.engine``), the hot path's fast way in.
         """
         from aiohttp import web
 
@@ -548,6 +585,8 @@ class CallPath:
             reply.headers["x-request-id"] = call.ctx.request_id
             return reply
 
+        if plain:
+            setattr(handle, PLAIN_HANDLER, True)
         return handle
 
     def http_error(
@@ -578,7 +617,7 @@ BODY_CODINGS = ("gzip", "deflate")
 _INFLATE_IN_THREAD_BYTES = 256 * 1024
 
 
-async def read_body(request: web.Request, call: Call, *, decoded: bool = True) -> bytes:
+async def read_body(request: HttpRequest, call: Call, *, decoded: bool = True) -> bytes:
     """The request body, decoded from its ``Content-Encoding``, within the size limit.
 
     The HTTP listeners keep bodies as they came (aiohttp's own decoding is off), so this

@@ -30,7 +30,14 @@ from dl_inference.builtin.v2.model_config import (
     repository_elsewhere,
     statistics_document,
 )
-from dl_inference.spi.call_path import Call, CallPath, RuntimeView, json_error_body, read_body
+from dl_inference.spi.call_path import (
+    Call,
+    CallPath,
+    HttpRequest,
+    RuntimeView,
+    json_error_body,
+    read_body,
+)
 from dl_inference.spi.errors import (
     DlInferenceError,
     InvalidInput,
@@ -113,7 +120,7 @@ class V2Rest:
     async def repository(self, request: web.Request, call: Call) -> web.Response:
         raise Unavailable(repository_elsewhere(self.runtime.management))
 
-    async def infer(self, request: web.Request, call: Call) -> web.Response:
+    async def infer(self, request: HttpRequest, call: Call) -> web.Response:
         name, version = _model(request)
         call.ctx.request = InferRequest(model_name=name, model_version=version, inputs={})
         body = await read_body(request, call)
@@ -133,7 +140,7 @@ class V2Rest:
         return reply
 
 
-def _model(request: web.Request) -> tuple[str, str]:
+def _model(request: HttpRequest) -> tuple[str, str]:
     return request.match_info["model"], request.match_info.get("version", "")
 
 
@@ -275,11 +282,12 @@ def http_routes(runtime: RuntimeView) -> list[web.RouteDef]:
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
 
-    def on_path(label: str, handler: Any, counted: bool = False) -> Any:
+    def on_path(label: str, handler: Any, counted: bool = False, plain: bool = False) -> Any:
         # Only inference is counted as a request (see dl_inference.spi.call_path).
-        return api.calls.http_handler(label, handler, json_error_body, counted=counted)
+        return api.calls.http_handler(label, handler, json_error_body, counted=counted, plain=plain)
 
-    infer = on_path("POST /v2/models/{name}/infer", api.infer, counted=True)
+    # Plain (dl_inference.HttpRequest): served on the HTTP/1.1 lane when it runs.
+    infer = on_path("POST /v2/models/{name}/infer", api.infer, counted=True, plain=True)
     metadata = on_path("GET /v2/models/{name}", api.model_metadata)
     ready = on_path("GET /v2/models/{name}/ready", api.model_ready)
     config = on_path("GET /v2/models/{name}/config", api.model_config)

@@ -33,6 +33,10 @@ class HttpConfig(_Section):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(default=8501, ge=0, le=65535)
+    # Who answers the hot REST routes (V2 infer): "asyncio" (dl-inference's own HTTP/1.1
+    # lane, handing every other request and its connection to aiohttp) or "aiohttp" (aiohttp
+    # for everything): docs/rest-transport.md. DLI_HTTP_ENGINE overrides it.
+    engine: Literal["aiohttp", "asyncio"] = "asyncio"
 
 
 class TlsConfig(_Section):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,8 +13,8 @@ from typing import Any
 
 import grpc
 
+from dl_inference.server.engines import chosen_engine
 from dl_inference.server.grpc_h2.connection import H2Connection, Limits
-from dl_inference.spi.errors import ConfigError
 
 ENGINES = ("grpcio", "asyncio")
 
@@ -178,12 +177,7 @@ class Server:
 
 def grpc_engine(configured: str) -> str:
     """The engine to run: ``DLI_GRPC_ENGINE`` when set (for tests), else ``configured``."""
-    engine = os.environ.get("DLI_GRPC_ENGINE", "").strip() or configured
-    if engine not in ENGINES:
-        raise ConfigError(
-            f"DLI_GRPC_ENGINE={engine!r}: unknown gRPC engine (one of {', '.join(ENGINES)})"
-        )
-    return engine
+    return chosen_engine("DLI_GRPC_ENGINE", configured, ENGINES, "gRPC")
 
 
 def grpc_server(engine: str, options: Sequence[tuple[str, Any]]) -> Any:
