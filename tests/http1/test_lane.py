@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 import socket
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,3 +266,38 @@ def test_gzip_both_ways(server: ServerProcess) -> None:
             headers={"Content-Encoding": "gzip"},
         )
         assert reply.status_code == 400 and "gzip" in reply.json()["error"]
+
+
+SLOW = """
+    import time
+    from dl_inference import PythonModel
+
+    class Slow(PythonModel):
+        def predict(self, inputs, **parameters):
+            time.sleep(float(parameters.get("sleep_s", 0)))
+            return {"y": inputs["x"] * 2}
+"""
+
+
+def test_sigterm_finishes_a_lane_request_and_closes_idle_connections(tmp_path: Path) -> None:
+    write_python_model(tmp_path / "models", "slow", SLOW)
+    server = ServerProcess(["--model-repository", str(tmp_path / "models")]).start()
+    try:
+        idle = Raw(server.http_address)
+        idle.send(post("/v2/models/slow/infer", infer_body([1])))
+        assert outputs(idle.reply()[2]) == [2]
+        busy = Raw(server.http_address)
+        body = json.loads(infer_body([4]))
+        body["parameters"] = {"sleep_s": 1.5}
+        busy.send(post("/v2/models/slow/infer", json.dumps(body).encode()))
+        time.sleep(0.5)  # inside predict() now
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        assert idle.closed_by_server()
+        status, headers, reply = busy.reply()
+        assert status == 200 and outputs(reply) == [8]
+        assert headers["connection"] == "close"  # no further request on a stopping server
+        assert server.process.wait(30) == 0
+        assert "draining" in server.output()
+    finally:
+        server.stop()

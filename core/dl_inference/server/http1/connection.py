@@ -132,9 +132,10 @@ class LaneConnection(asyncio.Protocol):
         self._task = self._loop.create_task(self._answer(handler, request, head.keep_alive))
 
     async def _answer(self, handler: PlainHandler, request: PlainRequest, keep_alive: bool) -> None:
-        keep_alive = keep_alive and not self._lane.closing
         try:
             reply = await handler(request)
+            # A server stopping meanwhile says so in the reply, then closes.
+            keep_alive = keep_alive and not self._lane.closing
             data = serialize(reply, request.headers.get("Accept-Encoding", ""), keep_alive)
         except Exception:
             # Plain handlers answer their own errors; this is a bug in one of them.
