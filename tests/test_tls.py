@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import ssl
@@ -121,6 +122,20 @@ def https_ready(url: str, context: ssl.SSLContext) -> dict:
         return json.loads(reply.read())
 
 
+def https_infer_then_ready(url: str, context: ssl.SSLContext) -> tuple[list, dict]:
+    """V2 infer (the HTTP/1.1 lane's route) and then readiness (aiohttp's, the connection
+    handed over) on one TLS connection."""
+    host, port = url.split("//")[1].rsplit(":", 1)
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=10)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}]}
+    connection.request("POST", "/v2/models/add_one/infer", json.dumps(body))
+    outputs = json.loads(connection.getresponse().read())["outputs"][0]["data"]
+    connection.request("GET", "/v2/health/ready")
+    ready = json.loads(connection.getresponse().read())
+    connection.close()
+    return outputs, ready
+
+
 def test_tls_serves_grpc_and_https(pki: Path, tmp_path: Path) -> None:
     with serve(pki, tmp_path, mutual=False) as server:
         np.testing.assert_array_equal(
@@ -128,6 +143,10 @@ def test_tls_serves_grpc_and_https(pki: Path, tmp_path: Path) -> None:
         )
         context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
         assert https_ready(server.http_url.replace("http:", "https:"), context) == {"ready": True}
+        assert https_infer_then_ready(server.http_url.replace("http:", "https:"), context) == (
+            [2.0, 3.0],
+            {"ready": True},
+        )
         plain = grpcclient.InferenceServerClient(server.grpc_address)
         with pytest.raises(InferenceServerException):
             plain.is_server_live(client_timeout=3)  # plaintext is not spoken
