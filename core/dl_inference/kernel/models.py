@@ -105,6 +105,8 @@ class ModelVersion:
 
     def __post_init__(self) -> None:
         config = self.backend.config
+        self._served_once: tuple[bool, list[TensorSpec] | None, list[TensorSpec] | None] | None
+        self._served_once = None
         self._predict = predict_call(self.backend)
         # An async predict (a backend composing other models) runs on the event loop.
         self.on_loop = inspect.iscoroutinefunction(self.backend.predict)
@@ -149,18 +151,33 @@ class ModelVersion:
     def decoupled(self) -> bool:
         """Whether the model yields several responses per request (its ``predict``, or its
         processor.py ``run_model``, is a generator): see :mod:`dl_inference.kernel.streaming`."""
-        run_model = self.processor.hooks.get("run_model") if self.processor else None
-        if run_model is not None:
-            return is_generator_function(run_model.function)
-        return self.backend.decoupled or is_generator_function(self.backend.predict)
+        return self._served()[0]
 
     def inputs(self) -> list[TensorSpec] | None:
         """What requests carry (see :meth:`Backend.inputs`)."""
-        return self.backend.inputs()
+        return self._served()[1]
 
     def outputs(self) -> list[TensorSpec] | None:
         """What responses carry (see :meth:`Backend.outputs`)."""
-        return self.backend.outputs()
+        return self._served()[2]
+
+    def _served(self) -> tuple[bool, list[TensorSpec] | None, list[TensorSpec] | None]:
+        """Whether the model is decoupled, its inputs and its outputs: asked of the backend
+        while it loads, then kept once the version is READY (every request reads them, and
+        a loaded backend's tensors are fixed: :meth:`Backend.model_inputs` returns a stored
+        list; a reload makes a new version)."""
+        served = self._served_once
+        if served is not None:
+            return served
+        run_model = self.processor.hooks.get("run_model") if self.processor else None
+        if run_model is not None:
+            decoupled = is_generator_function(run_model.function)
+        else:
+            decoupled = self.backend.decoupled or is_generator_function(self.backend.predict)
+        served = (decoupled, self.backend.inputs(), self.backend.outputs())
+        if self.state is ModelState.READY:
+            self._served_once = served
+        return served
 
     def admit(self, inputs: dict[str, np.ndarray], *, streaming: bool = False) -> None:
         """Refuse (InvalidInput) a request whose batch exceeds ``max_batch_size``, and a
