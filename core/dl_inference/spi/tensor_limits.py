@@ -55,15 +55,23 @@ def _dims(name: str, shape: Sequence[Any]) -> tuple[int, ...]:
         )
     dims: list[int] = []
     for dim in shape:
+        # Plain ints (what protobuf and JSON give) skip the costlier isinstance checks.
+        if type(dim) is not int:
+            if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
+                raise InvalidInput(_invalid_shape(name, shape))
+            dim = int(dim)
         # int64 as on the gRPC wire; it also keeps products of 32 dimensions printable.
-        valid = not isinstance(dim, bool) and isinstance(dim, int | np.integer)
-        if not valid or not 0 <= dim <= _INT64_MAX:
-            raise InvalidInput(
-                f"input {name!r}: shape {list(shape)} is invalid; dimensions are integers from "
-                "0 to 2**63 - 1 (-1 is only for model metadata, a request states the actual size)"
-            )
-        dims.append(int(dim))
+        if not 0 <= dim <= _INT64_MAX:
+            raise InvalidInput(_invalid_shape(name, shape))
+        dims.append(dim)
     return tuple(dims)
+
+
+def _invalid_shape(name: str, shape: Sequence[Any]) -> str:
+    return (
+        f"input {name!r}: shape {list(shape)} is invalid; dimensions are integers from "
+        "0 to 2**63 - 1 (-1 is only for model metadata, a request states the actual size)"
+    )
 
 
 def _check_cap(name: str, dims: tuple[int, ...]) -> None:

@@ -70,20 +70,29 @@ def _walk(data: bytes | memoryview) -> Iterator[tuple[int, int, int, int, int]]:
     end = len(data)
     while pos < end:
         tag_start = pos
-        key, pos = read_varint(data, pos)
+        # One-byte varints (field numbers under 16, short lengths) inline: this walk runs
+        # on every request's bytes, and a call per varint was most of its cost.
+        key = data[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = read_varint(data, pos)
         number, wire_type = key >> 3, key & 7
         if number == 0:
             raise WireError("field number 0 is invalid")
         start = pos
-        if wire_type == VARINT:
+        if wire_type == LEN:
+            if pos < end and data[pos] < 0x80:
+                length, start = data[pos], pos + 1
+            else:
+                length, start = read_varint(data, pos)
+            pos = start + length
+        elif wire_type == VARINT:
             _, pos = read_varint(data, pos)
         elif wire_type == FIXED64:
             pos += 8
         elif wire_type == FIXED32:
             pos += 4
-        elif wire_type == LEN:
-            length, start = read_varint(data, pos)
-            pos = start + length
         else:
             raise WireError(f"unsupported wire type {wire_type} (field {number})")
         if pos > end:

@@ -85,7 +85,16 @@ FINAL_RESPONSE_PARAMETER: bytes = pb.ModelInferResponse(
 
 
 def _little_endian(dtype: np.dtype) -> np.dtype:
-    return dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
+    little = _LITTLE_ENDIAN.get(dtype)
+    if little is None:
+        little = dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
+        _LITTLE_ENDIAN[dtype] = little
+    return little
+
+
+# dtype -> its little-endian form: newbyteorder() makes a new dtype on each call, and every
+# tensor in and out asks (the V2 datatypes' dtypes, so a handful of entries).
+_LITTLE_ENDIAN: dict[np.dtype, np.dtype] = {}
 
 
 def output_array(model: str, name: str, value: Any) -> tuple[np.ndarray, str]:
@@ -256,9 +265,8 @@ def decode_infer_request(
         name = tensor.name
         if name in inputs:
             raise InvalidInput(f"input {name!r} appears more than once in the request")
-        has_contents = tensor.HasField("contents") and bool(tensor.contents.ListFields())
         if raw:
-            if has_contents:
+            if tensor.HasField("contents") and tensor.contents.ListFields():
                 raise InvalidInput(
                     f"input {name!r} has typed contents while the request uses "
                     "raw_input_contents; use one or the other for all inputs"
@@ -281,7 +289,9 @@ def decode_infer_request(
         model_version=message.model_version,
         id=message.id,
         inputs=inputs,
-        parameters=model_parameters(params_from_proto(message.parameters)),
+        parameters=model_parameters(params_from_proto(message.parameters))
+        if message.parameters
+        else {},
         outputs=outputs,
         deadline=deadline,
     )
