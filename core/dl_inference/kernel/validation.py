@@ -14,9 +14,13 @@ from dl_inference.spi.types import TensorSpec
 
 def shape_matches(shape: Sequence[int], expected: Sequence[int]) -> bool:
     """Whether ``shape`` fits ``expected``, where -1 accepts any size."""
-    return len(shape) == len(expected) and all(
-        e in (-1, s) for s, e in zip(shape, expected, strict=True)
-    )
+    if len(shape) != len(expected):
+        return False
+    # A loop rather than all(generator): it runs for every input of every request.
+    for size, want in zip(shape, expected, strict=True):
+        if want != size and want != -1:
+            return False
+    return True
 
 
 def validate_inputs(
@@ -25,6 +29,19 @@ def validate_inputs(
     """Raise InvalidInput naming the tensor and what was expected, on the first mismatch."""
     if specs is None:
         return
+    if len(inputs) == len(specs):
+        # The usual request: every input once, each fitting. Any doubt falls through to
+        # the checks below, which name the first problem in their order.
+        for spec in specs:
+            array = inputs.get(spec.name)
+            if (
+                array is None
+                or from_numpy_dtype(array.dtype) != spec.datatype
+                or not shape_matches(array.shape, spec.shape)
+            ):
+                break
+        else:
+            return
     expected = {spec.name: spec for spec in specs}
     unknown = sorted(set(inputs) - set(expected))
     if unknown:
