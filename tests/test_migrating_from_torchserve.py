@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -30,21 +31,21 @@ from pathlib import Path
 
 import pytest
 
-from dl_inference.testing import ServerProcess
+from dl_inference.testing import ServerProcess, free_port
 from dl_inference.testing.markdown import (
     CodeBlock,
     broken_links,
     code_blocks,
     section,
 )
-from tests.reference.torchserve import torchserve_home
+from tests.reference.torchserve import TorchServeServer, skip_without_torchserve, torchserve_home
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "migrating-from-torchserve.md"
 TEXT = DOC.read_text()
 BLOCKS = code_blocks(TEXT)
 FILE_HEADER = re.compile(r"^# (?P<path>[\w./-]+\.(?:py|properties|yaml))$")
-HTTP, GRPC = "127.0.0.1:8080", "127.0.0.1:7070"
+HTTP, GRPC, MANAGEMENT = "127.0.0.1:8080", "127.0.0.1:7070", "127.0.0.1:8081"
 # The handler's [6.0, -1.0] as TorchServe answers it: JSON indented by 2, one number a line.
 INDENTED = "[\n  6.0,\n  -1.0\n]"
 
@@ -137,28 +138,82 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @dataclass
 class Served:
+    """A server of the page's store: where the page's addresses are, and its token."""
+
     root: Path
-    server: ServerProcess
-    store: dict[str, str]
+    addresses: dict[str, str]
+    token: str
 
     def address(self, code: str) -> str:
         """``code`` with the page's addresses replaced by this server's."""
-        return code.replace(HTTP, self.server.http_address).replace(GRPC, self.server.grpc_address)
+        for page, here in self.addresses.items():
+            code = code.replace(page, here)
+        return code
+
+
+@dataclass
+class Ours(Served):
+    server: ServerProcess
+    store: dict[str, str]
 
 
 @pytest.fixture(scope="module")
-def served(root: Path) -> Iterator[Served]:
-    (serve,) = [b for b in blocks("2.", "sh") if "dl-inference serve" in b.code]
-    args = shlex.split(serve.code)
+def ours(root: Path) -> Iterator[Ours]:
+    """The store served as the page's section 2 says, with the token its export line makes."""
+    (block,) = [b for b in blocks("2.", "sh") if "dl-inference serve" in b.code]
+    export, serve = block.code.strip().splitlines()
+    assert export.startswith("export DLI_MANAGEMENT_TOKEN=$(")
+    token = run(["bash", "-c", f"{export} && echo $DLI_MANAGEMENT_TOKEN"], root).strip()
+    assert len(token) >= 16
+    args = shlex.split(serve)
     assert args == [".venv/bin/dl-inference", "serve", "-c", "server.yaml"]
     store = hashes(root / "model-store")
-    # Free ports instead of config.properties' 8080 and 7070 (a flag wins over the file).
-    with ServerProcess(args[2:], cwd=root) as server:
-        yield Served(root, server, store)
+    # Free ports instead of config.properties' 8080, 7070 and 8081 (a flag wins over the
+    # file); the management gRPC port too, which the page leaves at its default.
+    flags = ["--management-http-port", "0", "--management-grpc-port", "0"]
+    env = {"DLI_MANAGEMENT_TOKEN": token}
+    with ServerProcess([*args[2:], *flags], cwd=root, env=env) as server:
+        found = re.search(r"Management HTTP listening on (\S+)", server.output())
+        assert found, server.output()
+        addresses = {HTTP: server.http_address, GRPC: server.grpc_address, MANAGEMENT: found[1]}
+        yield Ours(root, addresses, token, server, store)
+
+
+@pytest.fixture(scope="module")
+def theirs(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The real TorchServe 0.12 on the page's store and config.properties (free ports; the
+    listeners the page leaves at their defaults named too, as the helper needs), so that
+    what the page shows is proven to be TorchServe's answer, not only ours."""
+    skip_without_torchserve()
+    work = tmp_path_factory.mktemp("torchserve")
+    store = work / "model-store"
+    shutil.copytree(root / "model-store", store)
+    ports = {address: f"127.0.0.1:{free_port()}" for address in (HTTP, GRPC, MANAGEMENT)}
+    config = (root / "config.properties").read_text()
+    for page, here in ports.items():
+        config = config.replace(page, here)  # the gRPC one is a port alone in the file:
+    grpc_port = GRPC.rsplit(":", 1)[1]
+    assert f"grpc_inference_port={grpc_port}\n" in config
+    config = config.replace(f"={grpc_port}\n", f"={ports[GRPC].rsplit(':', 1)[1]}\n")
+    config += (
+        "grpc_inference_address=127.0.0.1\n"
+        f"metrics_address=http://127.0.0.1:{free_port()}\n"
+        "grpc_management_address=127.0.0.1\n"
+        f"grpc_management_port={free_port()}\n"
+        "disable_system_metrics=true\n"
+    )
+    (work / "config.properties").write_text(config)
+    with TorchServeServer(store, work, config_properties=work / "config.properties"):
+        yield Served(root, ports, token="")
+
+
+@pytest.fixture(params=["dl-inference", "torchserve"])
+def served(request: pytest.FixtureRequest) -> Served:
+    return request.getfixturevalue("ours" if request.param == "dl-inference" else "theirs")
 
 
 def test_the_curl_call(served: Served) -> None:
-    (curl,) = [b for b in blocks("4.", "sh") if b.code.startswith("curl")]
+    (curl,) = [b for b in blocks("4.", "sh") if "/predictions/" in b.code]
     assert HTTP in curl.code
     command = curl.code.splitlines()[0]
     printed = run(["bash", "-c", served.address(command)], served.root)
@@ -205,7 +260,18 @@ def test_torchserves_grpc_stubs(served: Served, tmp_path: Path) -> None:
     assert printed.removesuffix("\n") == shown_text(block.code) == INDENTED
 
 
-def http_status(served: Served, path: str) -> int:
+def test_the_management_call(served: Served) -> None:
+    """TorchServe runs without token auth here (the helper's choice): the header the page
+    sends is ignored there, required by dl-inference."""
+    (curl,) = [b for b in blocks("4.", "sh") if MANAGEMENT in b.code]
+    assert "$DLI_MANAGEMENT_TOKEN" in curl.code
+    command = curl.code.splitlines()[0]
+    env = {**os.environ, "DLI_MANAGEMENT_TOKEN": served.token}
+    printed = run(["bash", "-c", served.address(command)], served.root, env)
+    assert printed.removesuffix("\n") == shown_text(curl.code)
+
+
+def http_status(served: Ours, path: str) -> int:
     try:
         with urllib.request.urlopen(served.server.http_url + path, timeout=30) as answer:
             return answer.status
@@ -213,12 +279,10 @@ def http_status(served: Served, path: str) -> int:
         return exc.code
 
 
-def test_only_the_stores_model_is_served_and_the_store_is_left_as_it_was(
-    served: Served,
-) -> None:
+def test_only_the_stores_model_is_served_and_the_store_is_left_as_it_was(ours: Ours) -> None:
     """No model_repository in the page's server.yaml: load_models' archive, no demo model;
     after the calls, the store holds the archive alone, unchanged."""
-    assert http_status(served, "/v2/models/rows/ready") == 200
+    assert http_status(ours, "/v2/models/rows/ready") == 200
     for demo in ("simple", "text_upper"):
-        assert http_status(served, f"/v2/models/{demo}") == 404, demo
-    assert hashes(served.root / "model-store") == served.store
+        assert http_status(ours, f"/v2/models/{demo}") == 404, demo
+    assert hashes(ours.root / "model-store") == ours.store
