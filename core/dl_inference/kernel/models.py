@@ -752,6 +752,17 @@ class ModelRegistry:
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         """The version to serve: ``""`` = newest ready one; a label maps through version_labels."""
+        held = self._versions.get(name)
+        if not version and held is not None:
+            # Every request asks this: the newest ready version without sorting a list.
+            newest: ModelVersion | None = None
+            for model in held.values():
+                if model.state is ModelState.READY and (
+                    newest is None or int(model.version) >= int(newest.version)
+                ):
+                    newest = model
+            if newest is not None:
+                return newest
         versions = self.versions(name)
         if not version:
             ready = [v for v in versions if v.ready]
