@@ -185,8 +185,13 @@ class V2GrpcServicer:
                 raise InvalidInput(f"the ModelInferRequest could not be parsed: {exc}") from None
             if not message.model_name:
                 raise InvalidInput("model_name is empty; name the model to run")
-            call.ctx.request = InferRequest(model_name=message.model_name, inputs={})
-            request = decode_infer_request(message, raw, deadline=call.deadline)
+            try:
+                request = decode_infer_request(message, raw, deadline=call.deadline)
+            except Exception:
+                # The failure is counted under the model the request named (the runtime
+                # sets ctx.request itself once decoding succeeds).
+                call.ctx.request = InferRequest(model_name=message.model_name, inputs={})
+                raise
         return message, request
 
 
