@@ -4,18 +4,19 @@ The files the page shows are written into a temporary folder standing for the us
 working directory; its archive block runs there (``torch-model-archiver`` is TorchServe's
 own tool, not dl-inference's: it is taken from the TorchServe reference venv, and the
 store's tests skip, saying why, where that venv is missing); its ``dl-inference serve``
-command serves the store through the page's ``server.yaml`` and ``config.properties`` (on
-free ports of 127.0.0.1: only the addresses change), and its ``curl``, ``requests`` and
-TorchServe gRPC stub blocks must print what the page shows. The stubs are the one thing
-the page does not make: a TorchServe user has them already, so they are compiled here
-from the ``inference.proto`` TorchServe's server jar ships, under the names the page
-imports. The install lines are checked, not run; the links resolve, and README.md links
-the page.
+block serves the store through the page's ``server.yaml`` and ``config.properties`` with
+the token its export line makes (on free ports of 127.0.0.1: only the addresses change),
+and its ``curl``, ``requests``, TorchServe gRPC stub and management blocks must print
+what the page shows. The same blocks run against the real TorchServe 0.12 serving a copy
+of the same store with the page's ``config.properties`` (where a Java runtime is present):
+the answers the page shows are TorchServe's, not only ours. The stubs are the one thing the
+page does not make: a TorchServe user has them already, so they are compiled here from the
+``inference.proto`` TorchServe's server jar ships, under the names the page imports. The
+install lines are checked, not run; the links resolve, and README.md links the page.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
@@ -38,7 +39,8 @@ from dl_inference.testing.markdown import (
     code_blocks,
     section,
 )
-from tests.reference.torchserve import TorchServeServer, skip_without_torchserve, torchserve_home
+from tests.reference.torchserve import TorchServeServer, skip_without_torchserve
+from tests.reference.triton import file_hashes, reference_venv
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "migrating-from-torchserve.md"
@@ -100,20 +102,20 @@ def test_the_settings_table_has_a_row_for_each_setting_the_example_uses() -> Non
 
 
 def reference_bin() -> Path:
-    """The TorchServe venv's bin folder (its ``torch-model-archiver``); skips, saying why,
-    where it cannot be used."""
-    found = torchserve_home()
-    if isinstance(found, str):
-        pytest.skip(f"the page's archive step needs TorchServe's torch-model-archiver: {found}")
-    return found / "bin"
+    """The TorchServe reference venv's bin folder, which has ``torch-model-archiver``;
+    skips, saying why, where it has not."""
+    folder = reference_venv("torchserve") / "bin"
+    if not (folder / "torch-model-archiver").is_file():
+        pytest.skip(
+            f"the page's archive step needs TorchServe's torch-model-archiver, not in {folder}"
+            " (scripts/install_reference_servers.sh)"
+        )
+    return folder
 
 
-def hashes(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+def hashes(store: Path) -> dict[str, str]:
+    """The store's files and their hashes, by name within it."""
+    return {str(Path(path).relative_to(store)): h for path, h in file_hashes(store).items()}
 
 
 @pytest.fixture(scope="module")
