@@ -159,9 +159,25 @@ class Ours(Served):
     store: dict[str, str]
 
 
+def with_free_ports() -> tuple[str, dict[str, str]]:
+    """The page's config.properties with free ports of 127.0.0.1 in its addresses (the
+    only change), and where each of the page's addresses went."""
+    (block,) = [b for b in BLOCKS if b.first_line == "# config.properties"]
+    ports = {address: f"127.0.0.1:{free_port()}" for address in (HTTP, GRPC, MANAGEMENT)}
+    config = block.code
+    for page, here in ports.items():
+        config = config.replace(page, here)
+    # The gRPC listener is a port alone in the file.
+    grpc_port = f"grpc_inference_port={GRPC.rsplit(':', 1)[1]}\n"
+    assert grpc_port in config
+    config = config.replace(grpc_port, f"grpc_inference_port={ports[GRPC].rsplit(':', 1)[1]}\n")
+    return config, ports
+
+
 @pytest.fixture(scope="module")
 def ours(root: Path) -> Iterator[Ours]:
-    """The store served as the page's section 2 says, with the token its export line makes."""
+    """The store served as the page's section 2 says, with the token its export line makes,
+    on the listeners config.properties names (no flag: the file's addresses are applied)."""
     (block,) = [b for b in blocks("2.", "sh") if "dl-inference serve" in b.code]
     export, serve = block.code.strip().splitlines()
     assert export.startswith("export DLI_MANAGEMENT_TOKEN=$(")
@@ -170,33 +186,29 @@ def ours(root: Path) -> Iterator[Ours]:
     args = shlex.split(serve)
     assert args == [".venv/bin/dl-inference", "serve", "-c", "server.yaml"]
     store = hashes(root / "model-store")
-    # Free ports instead of config.properties' 8080, 7070 and 8081 (a flag wins over the
-    # file); the management gRPC port too, which the page leaves at its default.
-    flags = ["--management-http-port", "0", "--management-grpc-port", "0"]
+    config, ports = with_free_ports()
+    (root / "config.properties").write_text(config)
+    # The management gRPC listener, which the page leaves at its default port, on a free one.
+    flags = ["--management-grpc-port", "0"]
     env = {"DLI_MANAGEMENT_TOKEN": token}
-    with ServerProcess([*args[2:], *flags], cwd=root, env=env) as server:
+    with ServerProcess([*args[2:], *flags], cwd=root, env=env, extra_flags=False) as server:
         found = re.search(r"Management HTTP listening on (\S+)", server.output())
         assert found, server.output()
-        addresses = {HTTP: server.http_address, GRPC: server.grpc_address, MANAGEMENT: found[1]}
-        yield Ours(root, addresses, token, server, store)
+        served = {HTTP: server.http_address, GRPC: server.grpc_address, MANAGEMENT: found[1]}
+        assert served == ports, server.output()
+        yield Ours(root, ports, token, server, store)
 
 
 @pytest.fixture(scope="module")
 def theirs(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The real TorchServe 0.12 on the page's store and config.properties (free ports; the
-    listeners the page leaves at their defaults named too, as the helper needs), so that
-    what the page shows is proven to be TorchServe's answer, not only ours."""
+    """The real TorchServe 0.12 on a copy of the page's store, with its config.properties
+    (free ports; the listeners the page leaves at their defaults named too, as the helper
+    needs), so that what the page shows is proven to be TorchServe's answer, not only ours."""
     skip_without_torchserve()
     work = tmp_path_factory.mktemp("torchserve")
     store = work / "model-store"
     shutil.copytree(root / "model-store", store)
-    ports = {address: f"127.0.0.1:{free_port()}" for address in (HTTP, GRPC, MANAGEMENT)}
-    config = (root / "config.properties").read_text()
-    for page, here in ports.items():
-        config = config.replace(page, here)  # the gRPC one is a port alone in the file:
-    grpc_port = GRPC.rsplit(":", 1)[1]
-    assert f"grpc_inference_port={grpc_port}\n" in config
-    config = config.replace(f"={grpc_port}\n", f"={ports[GRPC].rsplit(':', 1)[1]}\n")
+    config, ports = with_free_ports()
     config += (
         "grpc_inference_address=127.0.0.1\n"
         f"metrics_address=http://127.0.0.1:{free_port()}\n"
