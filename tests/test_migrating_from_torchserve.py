@@ -17,6 +17,7 @@ install lines are checked, not run; the links resolve, and README.md links the p
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -300,3 +301,18 @@ def test_only_the_stores_model_is_served_and_the_store_is_left_as_it_was(ours: O
     for demo in ("simple", "text_upper"):
         assert http_status(ours, f"/v2/models/{demo}") == 404, demo
     assert hashes(ours.root / "model-store") == ours.store
+
+
+def test_the_batch_settings_of_config_properties_are_applied(served: Served) -> None:
+    """config.properties' ``models=`` line, as TorchServe's describe reports it."""
+    (block,) = [b for b in BLOCKS if b.first_line == "# config.properties"]
+    (line,) = [line for line in block.code.splitlines() if line.startswith("models=")]
+    settings = json.loads(line.removeprefix("models="))["rows"]["1.0"]
+    request = urllib.request.Request(
+        f"http://{served.addresses[MANAGEMENT]}/models/rows",
+        headers={"Authorization": f"Bearer {served.token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        (described,) = json.load(answer)
+    assert described["batchSize"] == settings["batchSize"] == 4
+    assert described["maxBatchDelay"] == settings["maxBatchDelay"] == 50
