@@ -46,7 +46,7 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +169,9 @@ class Batcher:
         self.stats = BatchStats()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._ready = threading.Condition()
+        # Instances waiting on _ready, counted under its lock before they look at the
+        # queue: submit() appends without the lock and takes it only to wake one of them.
+        self._waiting = 0
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._deliveries: dict[asyncio.AbstractEventLoop, _Delivery] = {}
@@ -199,17 +202,24 @@ class Batcher:
             inputs, parameters, deadline, rows, key, loop.create_future(), self._delivery(loop)
         )
         item.timing = timing
-        with self._ready:
-            if self.max_queue_size is not None and len(self._queue) >= self.max_queue_size:
-                self.stats.refused += 1
-                raise ResourceExhausted(
-                    f"model {self.name!r}: queue full ({self.max_queue_size} requests waiting); "
-                    "retry later, or raise max_queue_size / instances"
-                )
-            if not self._threads:
-                self._start_threads()
-            self._queue.append(item)
-            self._ready.notify()
+        # Submit and close run on the event loop; the instances only take from the left.
+        # So the queue is appended to without the lock (a deque's append is atomic), and
+        # the lock is taken only when an instance waits for work: under load the loop then
+        # never contends with an instance forming its next batch.
+        if self.max_queue_size is not None and len(self._queue) >= self.max_queue_size:
+            self.stats.refused += 1
+            raise ResourceExhausted(
+                f"model {self.name!r}: queue full ({self.max_queue_size} requests waiting); "
+                "retry later, or raise max_queue_size / instances"
+            )
+        if not self._threads:
+            with self._ready:
+                if not self._threads:
+                    self._start_threads()
+        self._queue.append(item)
+        if self._waiting:
+            with self._ready:
+                self._ready.notify()
         return await item.future
 
     def _delivery(self, loop: asyncio.AbstractEventLoop) -> _Delivery:
@@ -245,8 +255,10 @@ class Batcher:
         busy = False  # requests arrived while this instance ran its last batch
         while True:
             with self._ready:
+                self._waiting += 1
                 while not self._queue and not self._closed:
                     self._ready.wait()
+                self._waiting -= 1
                 if self._closed:
                     return
                 if busy:
@@ -263,11 +275,13 @@ class Batcher:
         if self.delay <= 0:
             return
         end = time.monotonic() + self.delay
+        self._waiting += 1
         while not self._formed() and not self._closed:
             left = end - time.monotonic()
             if left <= 0:
                 break
             self._ready.wait(left)
+        self._waiting -= 1
 
     def _take(self) -> list[_Pending]:
         """The oldest live request and the compatible ones behind it (lock held)."""
@@ -285,7 +299,7 @@ class Batcher:
         self._queue.extendleft(reversed([item for item in live if id(item) not in taken]))
         return batch
 
-    def _select(self, queued: collections.deque[_Pending]) -> list[_Pending]:
+    def _select(self, queued: Iterable[_Pending]) -> list[_Pending]:
         """The batch ``queued`` makes, oldest first: compatible requests up to ``limit``
         rows, cut at the largest preferred size they reach (all of them when none)."""
         batch: list[_Pending] = []
@@ -307,7 +321,8 @@ class Batcher:
     def _formed(self) -> bool:
         """Whether the queue makes a batch worth running before the delay is over: a full
         one, or one of a preferred size (lock held)."""
-        batch = self._select(self._queue)
+        # A copy (taken at once): submit() may append while the batch is looked for.
+        batch = self._select(list(self._queue))
         rows = sum(item.rows for item in batch)
         return rows >= self.limit or rows in self.preferred
 
