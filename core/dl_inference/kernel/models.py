@@ -19,6 +19,7 @@ import numpy as np
 import structlog
 from pydantic import ValidationError
 
+from dl_inference.kernel import heap
 from dl_inference.kernel.batching import Batcher, Result, batch_rows
 from dl_inference.kernel.config.errors import describe_errors
 from dl_inference.kernel.config.model_config import KERNEL_KEYS
@@ -579,6 +580,8 @@ class ModelRegistry:
             del self._versions[name]
             self._sources.pop(name, None)
             changed = True
+        if changed:
+            heap.settle_soon()
         return changed
 
     async def load_model(self, source: ModelSource) -> None:
@@ -588,6 +591,7 @@ class ModelRegistry:
         self._backend_class(source, source.version_path(source.versions[-1]))  # fail early
         self.unloaded.discard(source.name)
         await self._refresh_model(source, reload=True)
+        heap.settle_soon()
         versions = self._versions.get(source.name, {})
         if not any(v.ready for v in versions.values()):
             reasons = "; ".join(f"v{v.version}: {v.reason}" for v in versions.values())
@@ -600,6 +604,7 @@ class ModelRegistry:
         self._versions.pop(name, None)
         self._sources.pop(name, None)
         self.unloaded.add(name)
+        heap.settle_soon()
 
     async def _refresh_model(self, source: ModelSource, reload: bool = False) -> bool:
         current = self._versions.setdefault(source.name, {})

@@ -23,6 +23,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from dl_inference.kernel import heap
 from dl_inference.kernel.config.schema import ServerConfig
 from dl_inference.kernel.metrics import UpstreamCollector
 from dl_inference.kernel.models import ModelRegistry
@@ -390,6 +391,7 @@ class Server:
             await self._abandon_start()
             raise
         self._started = True
+        heap.freeze()  # what start-up made stays: no full collection walks it again
         if self.config_source is not None:
             self._watcher = asyncio.create_task(self._watch_config())
         if self._reload_pending:
