@@ -56,14 +56,21 @@ class PlainRequest:
 
 
 class Routes:
-    """The plain routes of an aiohttp application, matched without aiohttp."""
+    """The plain routes of an aiohttp application, matched as aiohttp matches them (its
+    own compiled pattern for a path with ``{name}`` parts, the path itself otherwise)."""
 
     def __init__(self, app: web.Application) -> None:
         self._by_method: dict[str, list[tuple[re.Pattern[str], PlainHandler]]] = {}
         for route in app.router.routes():
-            if not getattr(route.handler, PLAIN_HANDLER, False):
+            if not getattr(route.handler, PLAIN_HANDLER, False) or route.resource is None:
                 continue
-            pattern = _compile(route.resource.canonical if route.resource else "")
+            info = route.resource.get_info()
+            if "pattern" in info:
+                pattern = info["pattern"]
+            elif "path" in info:
+                pattern = re.compile(re.escape(info["path"]))
+            else:
+                continue  # a static or prefixed resource: aiohttp's alone
             self._by_method.setdefault(route.method, []).append((pattern, route.handler))
 
     def __bool__(self) -> bool:
@@ -75,15 +82,6 @@ class Routes:
             if found is not None:
                 return handler, found.groupdict()
         return None
-
-
-def _compile(canonical: str) -> re.Pattern[str]:
-    # aiohttp's "{name}" matches one path segment.
-    pattern = "".join(
-        f"(?P<{piece[1:-1]}>[^/]+)" if piece.startswith("{") else re.escape(piece)
-        for piece in re.split(r"(\{\w+\})", canonical)
-    )
-    return re.compile(pattern)
 
 
 class _Date:
