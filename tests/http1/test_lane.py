@@ -9,6 +9,7 @@ import gzip
 import json
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ DOUBLE = """
         def predict(self, inputs, **parameters):
             return {"y": inputs["x"] * 2}
 """
-LIMIT_MB = 1
+LIMIT_MB = 8
 INFER = b"POST /v2/models/double/infer HTTP/1.1\r\n"
 AIOHTTP_SERVER = "aiohttp"  # in aiohttp's Server header; the lane sends none
 
@@ -301,3 +302,21 @@ def test_sigterm_finishes_a_lane_request_and_closes_idle_connections(tmp_path: P
         assert "draining" in server.output()
     finally:
         server.stop()
+
+
+def test_a_pipelined_flood_is_read_as_it_is_answered(raw: Raw) -> None:
+    """Requests written at once behind a running one, with a 5 MB one among them (over
+    the 1 MiB the lane reads ahead): every answer comes back in order, as reading pauses
+    and resumes — also while the large body is only partly read."""
+    big = infer_body([1.0] * 1_000_000)
+    flood = post("/v2/models/double/infer", infer_body([0]))
+    flood += post("/v2/models/double/infer", big)
+    flood += b"".join(post("/v2/models/double/infer", infer_body([i])) for i in range(1, 200))
+    sender = threading.Thread(target=raw.send, args=(flood,))
+    sender.start()
+    assert outputs(raw.reply()[2]) == [0]
+    assert len(outputs(raw.reply()[2])) == 1_000_000
+    for i in range(1, 200):
+        assert outputs(raw.reply()[2]) == [2 * i]
+    sender.join(30)
+    assert not sender.is_alive()

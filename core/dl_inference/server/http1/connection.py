@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 # A head longer than this goes to aiohttp (whose own limit then answers it).
 MAX_HEAD_BYTES = 16 * 1024
+# Bytes of requests pipelined behind a running one read before reading pauses.
+PIPELINED_BYTES = 1024 * 1024
 _END_OF_HEAD = b"\r\n\r\n"
 _ERROR_BODY = b'{"error":"internal error: see the server log"}'
 _INTERNAL_ERROR = (
@@ -37,9 +39,11 @@ class LaneConnection(asyncio.Protocol):
         "_last_active",
         "_loop",
         "_pending",
+        "_queue_full",
         "_remote",
         "_task",
         "_transport",
+        "_write_blocked",
     )
 
     def __init__(self, lane: Lane) -> None:
@@ -54,6 +58,8 @@ class LaneConnection(asyncio.Protocol):
         self._last_active = self._loop.time()
         self._closed = False
         self._eof = False
+        self._write_blocked = False  # the client does not read its replies
+        self._queue_full = False  # too much pipelined behind the running request
         self._task: asyncio.Task[None] | None = None  # held: the loop keeps weak references
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -70,6 +76,11 @@ class LaneConnection(asyncio.Protocol):
         self._last_active = self._loop.time()
         if not self._busy:
             self._next()
+        elif len(self._buffer) > PIPELINED_BYTES and not self._queue_full:
+            # Requests pipelined behind a running one: past this much, stop reading until
+            # they are answered, so a client cannot fill memory by never waiting.
+            self._queue_full = True
+            self._sync_reading()
 
     def eof_received(self) -> bool:
         # A half-closed client may still read the reply being computed; close after it.
@@ -82,12 +93,23 @@ class LaneConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # A client that does not read its replies stops being read from.
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._write_blocked = True
+        self._sync_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._closed:
-            self._transport.resume_reading()
+        self._write_blocked = False
+        self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        """Read from the client unless its replies or its pipelined requests pile up."""
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        paused = self._write_blocked or self._queue_full
+        if paused and transport.is_reading():
+            transport.pause_reading()
+        elif not paused and not transport.is_reading():
+            transport.resume_reading()
 
     # -- the lane's own ----------------------------------------------------------------------
 
@@ -152,6 +174,10 @@ class LaneConnection(asyncio.Protocol):
             return
         if self._buffer and not transport.is_closing():
             self._next()
+        if self._queue_full and (not self._busy or len(self._buffer) <= PIPELINED_BYTES):
+            # Idle means waiting for the rest of a request: read, whatever is buffered.
+            self._queue_full = False
+            self._sync_reading()
         if self._eof and not self._busy and self._transport is transport:
             transport.close()  # the client is done sending and everything is answered
 
@@ -159,6 +185,8 @@ class LaneConnection(asyncio.Protocol):
         """Give the connection, from the buffered request on, to aiohttp for good."""
         transport = self._transport
         assert transport is not None
+        self._write_blocked = self._queue_full = False
+        self._sync_reading()  # aiohttp gets the connection reading
         self._transport = None  # aiohttp's from now on
         self._lane.connections.discard(self)
         protocol = self._lane.aiohttp_server()
