@@ -163,12 +163,16 @@ class ModelVersion:
         return self._served()[2]
 
     def _served(self) -> tuple[bool, list[TensorSpec] | None, list[TensorSpec] | None]:
-        """Whether the model is decoupled, its inputs and its outputs: asked of the backend
-        while it loads, then kept once the version is READY (every request reads them, and
-        a loaded backend's tensors are fixed: :meth:`Backend.model_inputs` returns a stored
-        list; a reload makes a new version)."""
+        """Whether the model is decoupled, its inputs and its outputs, which every request
+        reads. Kept once the version is READY (a reload makes a new version) where they
+        cannot change: whether predict (or run_model) is a generator, and the specs of a
+        backend that takes them from its config (the kernel's own spec methods). A backend
+        overriding them is asked each time, as :meth:`Backend.model_inputs` promises: its
+        answer may depend on the request (TensorFlow's, on the signature it addresses)."""
         served = self._served_once
         if served is not None:
+            if served[1] is _ASK or served[2] is _ASK:
+                return served[0], self.backend.inputs(), self.backend.outputs()
             return served
         run_model = self.processor.hooks.get("run_model") if self.processor else None
         if run_model is not None:
@@ -177,7 +181,8 @@ class ModelVersion:
             decoupled = self.backend.decoupled or is_generator_function(self.backend.predict)
         served = (decoupled, self.backend.inputs(), self.backend.outputs())
         if self.state is ModelState.READY:
-            self._served_once = served
+            fixed = _specs_from_config(type(self.backend))
+            self._served_once = served if fixed else (decoupled, _ASK, _ASK)
         return served
 
     def admit(self, inputs: dict[str, np.ndarray], *, streaming: bool = False) -> None:
@@ -814,6 +819,24 @@ class ModelRegistry:
             inputs=model.inputs() or [],
             outputs=model.outputs() or [],
         )
+
+
+# In a version's kept specs: ask the backend on each request (see ModelVersion._served).
+_ASK: Any = object()
+_SPEC_METHODS = (
+    "inputs",
+    "outputs",
+    "model_inputs",
+    "model_outputs",
+    "declared_inputs",
+    "declared_outputs",
+)
+
+
+def _specs_from_config(cls: type[Backend]) -> bool:
+    """Whether ``cls`` keeps the kernel's own spec methods, which read only the config and
+    processor.py's hooks (fixed once the version has loaded)."""
+    return all(getattr(cls, name) is getattr(Backend, name) for name in _SPEC_METHODS)
 
 
 def load_backend(model: ModelVersion) -> None:
