@@ -37,7 +37,9 @@ PROJECT = "dl_inference"
 # without a model repository; they keep the demo models out); dli_configure's config_dir.
 # 1.6: dli_configure may return listener settings its own files give (LISTENER_KEYS), merged
 # below flags and the server YAML's explicit keys.
-HOOKSPEC_VERSION = "1.6"
+# 1.7: plain HTTP routes (CallPath.http_handler(..., plain=True), handlers using only
+# dl_inference.HttpRequest), which the server may answer on its own HTTP/1.1 lane.
+HOOKSPEC_VERSION = "1.7"
 
 # The listener settings a plugin's dli_configure may return, as the server YAML spells them
 # (management.roots too: where that listener may load models from).
