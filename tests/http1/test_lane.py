@@ -159,6 +159,13 @@ def test_the_lane_answers_infer_and_hands_the_rest_to_aiohttp(
     assert status == 200 and outputs(body) == [6]
 
 
+def test_a_non_ascii_field_value_goes_to_aiohttp(server: ServerProcess, raw: Raw) -> None:
+    raw.send(post("/v2/models/double/infer", infer_body([2]), "X-Note: caf\u00e9\r\n"))
+    status, headers, body = raw.reply()
+    assert status == 200 and outputs(body) == [4]
+    assert AIOHTTP_SERVER in headers["server"]  # aiohttp decodes such values (UTF-8)
+
+
 def test_pipelined_requests_are_answered_in_order(raw: Raw) -> None:
     raw.send(
         post("/v2/models/double/infer", infer_body([1]))

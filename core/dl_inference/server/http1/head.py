@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# RFC 9110 5.6.2 token characters for the name; the value: visible characters, spaces
-# and tabs (no control characters, so no bare CR or LF can hide in it).
-_FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\x80-\xff\t]*?)[ \t]*")
+# RFC 9110 5.6.2 token characters for the name; the value: visible ASCII, spaces and tabs
+# (no control characters, so no bare CR or LF can hide in it).
+_FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\t]*?)[ \t]*")
 _TARGET = re.compile(r"/[!$&'()*+,\-./0-9:;=?@A-Z_a-z~]*")
 # Requests with these fields go to aiohttp: bodies framed or announced otherwise, protocol
 # switches, and fields this lane does not interpret.
@@ -32,7 +32,9 @@ class RequestHead:
 
 def parse_head(head: bytes) -> RequestHead | None:
     """``head`` (up to, without, the blank line) parsed, or ``None`` to hand it off."""
-    text = head.decode("latin-1")
+    if not head.isascii():
+        return None  # non-ASCII field values: aiohttp decodes them (UTF-8) as it always has
+    text = head.decode("ascii")
     if "\n" in text.replace("\r\n", ""):
         return None  # a bare LF or CR: leave it to the strict parser
     lines = text.split("\r\n")
