@@ -327,3 +327,23 @@ def test_a_pipelined_flood_is_read_as_it_is_answered(raw: Raw) -> None:
         assert outputs(raw.reply()[2]) == [2 * i]
     sender.join(30)
     assert not sender.is_alive()
+
+
+def test_plain_get_routes_leave_head_to_aiohttp() -> None:
+    """aiohttp adds a HEAD route beside every GET one, with the same handler: a reply
+    without its body is aiohttp's to write, so the lane takes only the GET."""
+    from aiohttp import web
+
+    from dl_inference.server.http1.lane import Routes
+    from dl_inference.spi.call_path import PLAIN_HANDLER
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=b"")
+
+    setattr(handler, PLAIN_HANDLER, True)
+    app = web.Application()
+    app.router.add_get("/things/{name}", handler)
+    routes = Routes(app)
+    assert routes.match("GET", "/things/a") == (handler, {"name": "a"})
+    assert routes.match("HEAD", "/things/a") is None
+    assert routes.match("GET", "/things/a/b") is None

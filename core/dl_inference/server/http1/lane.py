@@ -64,6 +64,8 @@ class Routes:
         for route in app.router.routes():
             if not getattr(route.handler, PLAIN_HANDLER, False) or route.resource is None:
                 continue
+            if route.method == "HEAD":
+                continue  # a reply without its body: aiohttp's to write
             info = route.resource.get_info()
             if "pattern" in info:
                 pattern = info["pattern"]
