@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
+from aiohttp import web
 
+from dl_inference.server.http1.lane import Routes
+from dl_inference.spi.call_path import PLAIN_HANDLER
 from dl_inference.testing import ServerProcess, write_python_model
 
 DOUBLE = """
@@ -332,10 +335,6 @@ def test_a_pipelined_flood_is_read_as_it_is_answered(raw: Raw) -> None:
 def test_plain_get_routes_leave_head_to_aiohttp() -> None:
     """aiohttp adds a HEAD route beside every GET one, with the same handler: a reply
     without its body is aiohttp's to write, so the lane takes only the GET."""
-    from aiohttp import web
-
-    from dl_inference.server.http1.lane import Routes
-    from dl_inference.spi.call_path import PLAIN_HANDLER
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=b"")
