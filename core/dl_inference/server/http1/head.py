@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# RFC 9110 5.6.2 token characters for the name; the value: visible ASCII, spaces and tabs
-# (no control characters, so no bare CR or LF can hide in it).
-_FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\t]*?)[ \t]*")
+# Every field line: an RFC 9110 5.6.2 token for the name; the value visible ASCII, spaces
+# and tabs (no control characters, so no bare CR or LF can hide in it). One match checks
+# all lines at once.
+_FIELDS = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*\r\n)*")
 _TARGET = re.compile(r"/[!$&'()*+,\-./0-9:;=?@A-Z_a-z~]*")
 # Requests with these fields go to aiohttp: bodies framed or announced otherwise, protocol
 # switches, and fields this lane does not interpret.
@@ -35,28 +36,26 @@ def parse_head(head: bytes) -> RequestHead | None:
     if not head.isascii():
         return None  # non-ASCII field values: aiohttp decodes them (UTF-8) as it always has
     text = head.decode("ascii")
-    if "\n" in text.replace("\r\n", ""):
-        return None  # a bare LF or CR: leave it to the strict parser
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
+    line, _, rest = text.partition("\r\n")
+    parts = line.split(" ")
     if len(parts) != 3 or parts[2] != "HTTP/1.1" or parts[0] not in METHODS:
         return None
     target = parts[1]
     if _TARGET.fullmatch(target) is None or "%" in target:
         return None  # percent-escapes: aiohttp decodes them before routing
+    if rest and _FIELDS.fullmatch(rest + "\r\n") is None:
+        return None
     fields = []
     length = -1
     keep_alive = True
-    for line in lines[1:]:
-        match = _FIELD.fullmatch(line)
-        if match is None:
-            return None
-        name, value = match.groups()
+    for field in rest.split("\r\n") if rest else ():
+        name, _, value = field.partition(":")
+        value = value.strip(" \t")
         lower = name.lower()
         if lower in _HAND_OFF_FIELDS:
             return None
         if lower == "content-length":
-            if length >= 0 or not value.isdigit() or not value.isascii():
+            if length >= 0 or not value.isdigit():
                 return None  # repeated or not a plain number
             length = int(value)
         elif lower == "connection":
