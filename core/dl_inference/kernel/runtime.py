@@ -68,6 +68,9 @@ class Runtime:
         self.models = models
         self.max_message_bytes = max_message_bytes
         self.access_log = access_log
+        # Whether info lines are written (the server's log level): the access log's lines
+        # for answered and cancelled calls are not even built when they are not.
+        self.info_logged = True
         self.draining = False
         # server.strict_readiness: see ready().
         self.strict_readiness = strict_readiness
@@ -423,7 +426,9 @@ class Runtime:
         self.metrics.observe_request(model_label, version_label, ctx.protocol, status, latency)
         if error is None and ctx.response is not None:
             self.statistics.of(request.model_name, version).succeeded(latency)
-        if not self.access_log:
+        if not self.access_log or (
+            not self.info_logged and (error is None or status == "CANCELLED")
+        ):
             return
         fields: dict[str, Any] = {
             "request_id": ctx.request_id,

@@ -42,7 +42,7 @@ from dl_inference.server.health import ServerHealth
 from dl_inference.server.http1 import http_engine
 from dl_inference.server.http_errors import json_errors
 from dl_inference.server.listeners import bind_grpc, check_port, start_http
-from dl_inference.server.logs import configure_logging
+from dl_inference.server.logs import configure_logging, info_enabled
 from dl_inference.server.status_page import status_document, status_routes
 from dl_inference.server.tls import ServerTls
 from dl_inference.server.worker_link import WorkerLink
@@ -68,6 +68,7 @@ class Server:
             max_message_bytes=int(config.server.grpc.max_message_mb * _MB),
             strict_readiness=config.server.strict_readiness,
         )
+        self.runtime.info_logged = info_enabled(config.server.log_level)
         if config.server.metrics.triton_names:
             self.runtime.metrics.export_triton_names(self.runtime.model_statistics)
         self.runtime.metrics.export_gpu()
@@ -517,6 +518,7 @@ class Server:
                 or new.server.log_format != old.server.log_format
             ):
                 configure_logging(new.server.log_format, new.server.log_level)
+                self.runtime.info_logged = info_enabled(new.server.log_level)
             applied = []
             if new.server.strict_readiness != old.server.strict_readiness:
                 self.runtime.strict_readiness = new.server.strict_readiness

@@ -53,6 +53,11 @@ class _DropBelow:
         return event_dict
 
 
+def info_enabled(level: str) -> bool:
+    """Whether a server at log level ``level`` writes info lines."""
+    return _LEVELS[level] <= logging.INFO
+
+
 def configure_logging(log_format: str = "console", level: str = "info") -> None:
     """Send structlog and stdlib logs (grpc, aiohttp) to stderr in one format.
 
