@@ -22,11 +22,9 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +36,15 @@ from dl_inference.testing.markdown import (
     CodeBlock,
     broken_links,
     code_blocks,
+    run_shown,
     section,
+    shown_output,
 )
-from tests.reference.torchserve import TorchServeServer, skip_without_torchserve
+from tests.reference.torchserve import (
+    TorchServeServer,
+    compile_jar_proto,
+    skip_without_torchserve,
+)
 from tests.reference.triton import file_hashes, reference_venv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,24 +59,6 @@ INDENTED = "[\n  6.0,\n  -1.0\n]"
 
 def blocks(title: str, lang: str) -> list[CodeBlock]:
     return [b for b in code_blocks(section(TEXT, title)) if b.lang == lang]
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=env
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def shown_text(code: str) -> str:
-    """What a block says it prints, line by line: its trailing ``# `` comment lines (the
-    layout kept, which ``shown_output`` joins into one line)."""
-    lines = code.rstrip("\n").splitlines()
-    start = len(lines)
-    while start and lines[start - 1].startswith("# "):
-        start -= 1
-    return "\n".join(line.removeprefix("# ") for line in lines[start:])
 
 
 def test_the_install_lines_work_from_a_checkout() -> None:
@@ -134,7 +120,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (make,) = [b for b in blocks("2.", "sh") if "torch-model-archiver" in b.code]
     assert make.code.startswith(".venv/bin/python make_model.py\n")
     env = {**os.environ, "PATH": f"{archiver}:{os.environ['PATH']}"}
-    run(["bash", "-e", "-c", make.code.replace(".venv/bin/", f"{REPO}/.venv/bin/")], root, env)
+    command = make.code.replace(".venv/bin/", f"{REPO}/.venv/bin/")
+    run_shown(["bash", "-e", "-c", command], root, env)
     assert sorted(p.name for p in (root / "model-store").iterdir()) == ["rows.mar"]
     return root
 
@@ -182,7 +169,7 @@ def ours(root: Path) -> Iterator[Ours]:
     (block,) = [b for b in blocks("2.", "sh") if "dl-inference serve" in b.code]
     export, serve = block.code.strip().splitlines()
     assert export.startswith("export DLI_MANAGEMENT_TOKEN=$(")
-    token = run(["bash", "-c", f"{export} && echo $DLI_MANAGEMENT_TOKEN"], root).strip()
+    token = run_shown(["bash", "-c", f"{export} && echo $DLI_MANAGEMENT_TOKEN"], root).strip()
     assert len(token) >= 16
     args = shlex.split(serve)
     assert args == [".venv/bin/dl-inference", "serve", "-c", "server.yaml"]
@@ -231,48 +218,24 @@ def test_the_curl_call(served: Served) -> None:
     (curl,) = [b for b in blocks("4.", "sh") if "/predictions/" in b.code]
     assert HTTP in curl.code
     command = curl.code.splitlines()[0]
-    printed = run(["bash", "-c", served.address(command)], served.root)
-    assert printed == shown_text(curl.code) == INDENTED
+    printed = run_shown(["bash", "-c", served.address(command)], served.root)
+    assert printed == shown_output(curl.code, "\n") == INDENTED
 
 
 def test_the_requests_client(served: Served) -> None:
     (block,) = [b for b in blocks("4.", "python") if "import requests" in b.code]
-    printed = run([sys.executable, "-c", served.address(block.code)], served.root)
-    assert printed.removesuffix("\n") == shown_text(block.code) == "200 [6.0, 1.0]"
-
-
-def compile_torchserve_stubs(folder: Path) -> None:
-    """``inference_pb2`` / ``inference_pb2_grpc`` in ``folder``: TorchServe's own client
-    modules, from the ``inference.proto`` (and the ``google/rpc/status.proto`` it imports)
-    of its server jar, by ``grpc_tools.protoc`` as a TorchServe user compiles them."""
-    jars = sorted(reference_bin().parent.glob("lib/python3.*/site-packages/ts/frontend/*.jar"))
-    if not jars:
-        pytest.skip("no TorchServe server jar in the reference venv to take inference.proto from")
-    protos = folder / "torchserve-proto"
-    with zipfile.ZipFile(jars[-1]) as jar:
-        jar.extract("inference.proto", protos)
-        jar.extract("google/rpc/status.proto", protos)
-    run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{protos}",
-            f"--python_out={folder}",
-            f"--grpc_python_out={folder}",
-            str(protos / "inference.proto"),
-        ],
-        folder,
-    )
+    printed = run_shown([sys.executable, "-c", served.address(block.code)], served.root)
+    assert printed.removesuffix("\n") == shown_output(block.code, "\n") == "200 [6.0, 1.0]"
 
 
 def test_torchserves_grpc_stubs(served: Served, tmp_path: Path) -> None:
     (block,) = [b for b in blocks("4.", "python") if "inference_pb2_grpc" in b.code]
     assert GRPC in block.code
-    compile_torchserve_stubs(tmp_path)
+    # The one thing the page cannot make: a TorchServe user has these modules already.
+    compile_jar_proto(reference_bin().parent, "inference", tmp_path, "inference")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    printed = run([sys.executable, "-c", served.address(block.code)], served.root, env)
-    assert printed.removesuffix("\n") == shown_text(block.code) == INDENTED
+    printed = run_shown([sys.executable, "-c", served.address(block.code)], served.root, env)
+    assert printed.removesuffix("\n") == shown_output(block.code, "\n") == INDENTED
 
 
 def test_the_management_call(served: Served) -> None:
@@ -282,8 +245,8 @@ def test_the_management_call(served: Served) -> None:
     assert "$DLI_MANAGEMENT_TOKEN" in curl.code
     command = curl.code.splitlines()[0]
     env = {**os.environ, "DLI_MANAGEMENT_TOKEN": served.token}
-    printed = run(["bash", "-c", served.address(command)], served.root, env)
-    assert printed.removesuffix("\n") == shown_text(curl.code)
+    printed = run_shown(["bash", "-c", served.address(command)], served.root, env)
+    assert printed.removesuffix("\n") == shown_output(curl.code, "\n")
 
 
 def http_status(served: Ours, path: str) -> int:

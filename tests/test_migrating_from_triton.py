@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from dl_inference.testing.markdown import (
     broken_links,
     code_block,
     code_blocks,
+    run_shown,
     section,
     shown_output,
 )
@@ -36,14 +36,6 @@ TEXT = DOC.read_text()
 BLOCKS = code_blocks(TEXT)
 FILE_HEADER = re.compile(r"^# (?P<path>[\w./-]+\.(?:py|pbtxt|yaml))$")
 HTTP, GRPC, MANAGEMENT = "localhost:8000", "localhost:8001", "localhost:8510"
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=env
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def test_the_install_line_works_from_a_checkout() -> None:
@@ -117,7 +109,7 @@ def client_blocks(title: str) -> list[CodeBlock]:
 @pytest.mark.parametrize("address", [HTTP, GRPC])
 def test_the_tritonclient_calls(served: Served, address: str) -> None:
     (block,) = [b for b in client_blocks("4.") if f'"{address}"' in b.code]
-    printed = run([sys.executable, "-c", served.address(block.code)], served.root)
+    printed = run_shown([sys.executable, "-c", served.address(block.code)], served.root)
     assert printed.split() == shown_output(block.code).split()
     assert printed.split() == [
         "[[5.0,",
@@ -137,7 +129,7 @@ def configured(root: Path) -> Iterator[Served]:
     (block,) = [b for b in code_blocks(section(TEXT, "3.")) if b.lang == "sh"]
     export, serve = block.code.strip().splitlines()
     assert export.startswith("export DLI_MANAGEMENT_TOKEN=$(")
-    token = run(["bash", "-c", f"{export} && echo $DLI_MANAGEMENT_TOKEN"], root).strip()
+    token = run_shown(["bash", "-c", f"{export} && echo $DLI_MANAGEMENT_TOKEN"], root).strip()
     assert len(token) >= 16
     args = shlex.split(serve)
     assert args == [".venv/bin/dl-inference", "serve", "-c", "server.yaml"]
@@ -154,16 +146,16 @@ def test_the_configuration_file_serves_with_management(configured: Served) -> No
     assert "Management gRPC listening on" in configured.server.output()
     env = {"PATH": "/usr/bin:/bin", "DLI_MANAGEMENT_TOKEN": configured.token}
     code = configured.address(block.code)
-    printed = run([sys.executable, "-c", code], configured.root, env=env)
+    printed = run_shown([sys.executable, "-c", code], configured.root, env=env)
     assert printed.split() == shown_output(block.code).split() == ["[('add_sub',", "'READY')]"]
 
 
 def test_the_metrics_carry_tritons_names(configured: Served) -> None:
     (tritonclient,) = [b for b in client_blocks("4.") if f'"{HTTP}"' in b.code]
-    run([sys.executable, "-c", configured.address(tritonclient.code)], configured.root)
+    run_shown([sys.executable, "-c", configured.address(tritonclient.code)], configured.root)
     (curl,) = [b for b in code_blocks(section(TEXT, "4.")) if b.lang == "sh" and "curl" in b.code]
     command = curl.code.splitlines()[0]
-    printed = run(["bash", "-c", configured.address(command)], configured.root)
+    printed = run_shown(["bash", "-c", configured.address(command)], configured.root)
     assert printed.split() == shown_output(curl.code).split() == ["1"]
 
 

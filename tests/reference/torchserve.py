@@ -303,37 +303,7 @@ def _jar_stubs(folder: Path, api: str) -> tuple[ModuleType, ModuleType]:
     venv = skip_without_torchserve()
     name = f"torchserve_{api}_pb2"
     if name not in sys.modules:
-        from grpc_tools import protoc
-
-        jars = sorted(venv.glob("lib/python3.*/site-packages/ts/frontend/model-server.jar"))
-        if not jars:
-            pytest.skip(f"no TorchServe server jar in {venv} to take its {api}.proto from")
-        folder.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(jars[-1]) as jar:
-            (folder / f"torchserve_{api}.proto").write_bytes(jar.read(f"{api}.proto"))
-            # inference.proto imports it; grpc_tools' own includes lack google/rpc.
-            jar.extract("google/rpc/status.proto", folder)
-        includes = Path(protoc.__file__).parent / "_proto"
-        # In a process of its own: grpc_tools' compiler run inside the test process once
-        # crashed it (a segfault that ended the whole run).
-        compiled = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "grpc_tools.protoc",
-                f"-I{folder}",
-                f"-I{includes}",
-                f"--python_out={folder}",
-                f"--grpc_python_out={folder}",
-                str(folder / f"torchserve_{api}.proto"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert compiled.returncode == 0, (
-            f"grpc_tools could not compile TorchServe's {api}.proto: {compiled.stderr}"
-        )
+        compile_jar_proto(venv, api, folder, f"torchserve_{api}")
         sys.path.insert(0, str(folder))
         try:
             importlib.import_module(name)
@@ -341,3 +311,40 @@ def _jar_stubs(folder: Path, api: str) -> tuple[ModuleType, ModuleType]:
         finally:
             sys.path.remove(str(folder))
     return sys.modules[name], sys.modules[f"{name}_grpc"]
+
+
+def compile_jar_proto(venv: Path, api: str, folder: Path, stem: str) -> None:
+    """``<stem>_pb2`` / ``<stem>_pb2_grpc`` in ``folder``: TorchServe's client modules,
+    compiled by ``grpc_tools`` from the ``<api>.proto`` (and the ``google/rpc/status.proto``
+    it imports) its server jar in ``venv`` ships, as a TorchServe user makes them."""
+    from grpc_tools import protoc
+
+    jars = sorted(venv.glob("lib/python3.*/site-packages/ts/frontend/model-server.jar"))
+    if not jars:
+        pytest.skip(f"no TorchServe server jar in {venv} to take its {api}.proto from")
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(jars[-1]) as jar:
+        (folder / f"{stem}.proto").write_bytes(jar.read(f"{api}.proto"))
+        # inference.proto imports it; grpc_tools' own includes lack google/rpc.
+        jar.extract("google/rpc/status.proto", folder)
+    includes = Path(protoc.__file__).parent / "_proto"
+    # In a process of its own: grpc_tools' compiler run inside the test process once
+    # crashed it (a segfault that ended the whole run).
+    compiled = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{folder}",
+            f"-I{includes}",
+            f"--python_out={folder}",
+            f"--grpc_python_out={folder}",
+            str(folder / f"{stem}.proto"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert compiled.returncode == 0, (
+        f"grpc_tools could not compile TorchServe's {api}.proto: {compiled.stderr}"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,13 +63,23 @@ def section(text: str, prefix: str, level: int = 2) -> str:
     return found[0]
 
 
-def shown_output(code: str) -> str:
-    """What a block says it prints: its trailing ``# `` comment lines, joined by spaces."""
+def shown_output(code: str, sep: str = " ") -> str:
+    """What a block says it prints: its trailing ``# `` comment lines, joined by ``sep``
+    (``"\\n"`` keeps the layout)."""
     lines = code.rstrip("\n").splitlines()
     shown: list[str] = []
     while lines and lines[-1].startswith("# "):
         shown.insert(0, lines.pop().removeprefix("# "))
-    return " ".join(shown)
+    return sep.join(shown)
+
+
+def run_shown(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run a command a page shows; its standard output (a failure shows what it printed)."""
+    result = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def heading_anchor(title: str) -> str:
