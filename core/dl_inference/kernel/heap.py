@@ -57,5 +57,5 @@ def settle_soon() -> None:
 
 
 def frozen() -> bool:
-    """Whether this process froze its heap (for the status page and tests)."""
+    """Whether this process froze its heap."""
     return _frozen

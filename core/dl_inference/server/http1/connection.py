@@ -158,7 +158,7 @@ class LaneConnection(asyncio.Protocol):
             reply = await handler(request)
             # A server stopping meanwhile says so in the reply, then closes.
             keep_alive = keep_alive and not self._lane.closing
-            data = serialize(reply, request.headers.get("Accept-Encoding", ""), keep_alive)
+            data = serialize(reply, request, keep_alive)
         except Exception:
             # Plain handlers answer their own errors; this is a bug in one of them.
             log.exception("the HTTP lane's handler failed")

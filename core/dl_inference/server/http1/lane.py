@@ -105,8 +105,9 @@ _DATE = _Date()
 _SKIPPED = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
-def serialize(reply: web.StreamResponse, accept_encoding: str, keep_alive: bool) -> bytes:
-    """``reply`` as HTTP/1.1 bytes, compressed as aiohttp would when it asks for it."""
+def serialize(reply: web.StreamResponse, request: PlainRequest, keep_alive: bool) -> bytes:
+    """``reply`` as HTTP/1.1 bytes, compressed as aiohttp would when it asks for it (and
+    ``request`` accepts it)."""
     body = reply.body if isinstance(reply, web.Response) else None
     if not isinstance(body, bytes | bytearray | memoryview):
         raise TypeError(f"a plain handler answered with {type(body).__name__}, not bytes")
@@ -115,7 +116,7 @@ def serialize(reply: web.StreamResponse, accept_encoding: str, keep_alive: bool)
         if name.lower() not in _SKIPPED:
             lines.append(f"{name}: {value}\r\n")
     if reply.compression and body:
-        coding = _coding(accept_encoding)
+        coding = _coding(request.headers.get("Accept-Encoding", ""))
         if coding is not None:
             compressor = zlib.compressobj(wbits=31 if coding == "gzip" else zlib.MAX_WBITS)
             body = compressor.compress(body) + compressor.flush()
