@@ -205,9 +205,11 @@ class Servers:
 
     def __init__(self, repository: Path, root: Path, ours: ServerProcess) -> None:
         self.repository, self.root, self.ours = repository, root, ours
+        self.starts = 0  # Triton's statistics start again at zero on each start
         self.triton = self._start_triton()
 
     def _start_triton(self) -> TritonServer:
+        self.starts += 1
         triton = TritonServer(
             self.repository,
             self.root / f"triton-{time.monotonic_ns()}.log",
@@ -547,16 +549,26 @@ def deltas(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]]
     }
 
 
+def counted_on_one_triton(servers: Servers) -> dict[str, Any]:
+    """What three good requests and one refused one add to each model's counts. A Triton
+    that crashed or hung on the refused one was started again with fresh counts, so the
+    case is run once more on the new one."""
+    for _ in range(2):
+        starts, before = servers.starts, settled(servers)
+        for _ in range(3):
+            same(servers.both(infer("grpc", "pipeline", GOOD), "grpc"))
+        refused = {**GOOD, "IN": fp32([-1, 2, 3, 4], [1, 2, 3, 4])}
+        error_class(servers.both(infer("grpc", "pipeline", refused), "grpc"))
+        after = settled(servers)
+        if servers.starts == starts:
+            return {who: deltas(before[who], after[who]) for who in before}
+    pytest.skip("Triton 2.51 was started again during the statistics case twice: its counts reset")
+
+
 def test_step_models_count_in_their_statistics_as_on_triton(servers: Servers) -> None:
     """Three good requests (batches of 2) then one a step refuses: the ensemble and the
     other step models count alike on both servers; the refusing step differs (below)."""
-    before = settled(servers)
-    for _ in range(3):
-        same(servers.both(infer("grpc", "pipeline", GOOD), "grpc"))
-    refused = {**GOOD, "IN": fp32([-1, 2, 3, 4], [1, 2, 3, 4])}
-    error_class(servers.both(infer("grpc", "pipeline", refused), "grpc"))
-    after = settled(servers)
-    seen = {who: deltas(before[who], after[who]) for who in before}
+    seen = counted_on_one_triton(servers)
     triton_scale = seen["triton"].pop("scale")
     ours_scale = seen["ours"].pop("scale")
     assert seen["ours"]["pipeline"] == (6, 3, 3, 1)
