@@ -158,6 +158,24 @@ def make_models(out: Path, seed: int = 0) -> None:
         np.savez(folder / "reference.npz", input=x.numpy(), output=y.numpy())
 
 
+def write_peer_model(name: str, folder: Path, seed: int = 0) -> None:
+    """One model in the peers' layout (../shared/peers/make_models.py): ``model.pt`` and a
+    batch-of-one ``reference.npz`` with keys ``x`` and ``y``, seeded as the peers seed theirs.
+    For the models the peers do not build (the ResNet-18-like one), so that Triton,
+    TorchServe and MLServer load them through the peers' own recipes."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = build(name).eval()
+    x = torch.randn(1, *SHAPES[name], generator=torch.Generator().manual_seed(seed + 1))
+    with torch.inference_mode():
+        traced = torch.jit.trace(model, x)
+        y = model(x)
+    folder.mkdir(parents=True, exist_ok=True)
+    traced.save(str(folder / "model.pt"))
+    np.savez(folder / "reference.npz", x=x.numpy(), y=y.numpy())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("/tmp/dli-bench/models"))

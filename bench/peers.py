@@ -5,8 +5,10 @@ server's best single-process setting, and every figure comes with the server CPU
 
 - the models are the peers' seeded MLP 256 -> 1024 -> 1024 -> 10 and small CNN on 3x64x64
   (TorchScript files ``/tmp/peers/models/<model>/model.pt`` built by the peers'
-  ``make_models.py``; ``--models``); every server loads the same file, and every load run
-  first checks one answer against the peers' ``reference.npz``;
+  ``make_models.py``; ``--models``) and bench/models.py's ResNet-18-like CNN on 3x64x64
+  (``resnet18``, written into the same folder, in the same layout, on first use); every
+  server loads the same file, and every load run first checks one answer against the
+  model's ``reference.npz``;
 - the load generator is the peers' ``loadgen.py`` (closed loop, one sample per request,
   run from the peers' client venv) for every server, with the same client per protocol
   wherever the server speaks it: V2 gRPC with the raw grpc.aio client (``--target
@@ -87,7 +89,14 @@ from dl_inference.testing import ServerProcess  # noqa: E402
 
 PEERS_ROOT = Path("/tmp/peers")  # fixed by the peers' setup.sh, servers.py and loadgen.py
 LOCK_FILE = Path("/tmp/dli-bench.lock")
-MODELS = {"mlp": "MLP 256-1024-1024-10", "cnn": "small CNN on 3x64x64"}
+MODELS = {
+    "mlp": "MLP 256-1024-1024-10",
+    "cnn": "small CNN on 3x64x64",
+    "resnet18": "ResNet-18-like CNN on 3x64x64",
+}
+# The models the peers' make_models.py does not build: written into their folder from
+# bench/models.py the first time a run asks for them.
+BUILT_HERE = ("resnet18",)
 SERVERS = ("dl-inference", "triton", "torchserve", "mlserver")  # the report's order
 PEER_PORTS = (8080, 8081, 8082, 8085, 7070, 7071)  # servers.py's fixed ports
 # Where servers.py's servers listen: REST 8080, gRPC 8081 (MLServer, Triton) / 7070.
@@ -303,7 +312,10 @@ def check_setup(recipes: Path, servers: set[str], model_names: tuple[str, ...]) 
         stub = TRITON_SERVER.parent.parent / "backends/python/triton_python_backend_stub"
         needed += [TRITON_SERVER, stub]
     for name in model_names:
-        needed += [PEERS_ROOT / "models" / name / "model.pt"]
+        folder = PEERS_ROOT / "models" / name
+        if name in BUILT_HERE and not (folder / "reference.npz").exists():
+            models.write_peer_model(name, folder)
+        needed += [folder / "model.pt"]
         needed += [PEERS_ROOT / "models" / name / "reference.npz"]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
@@ -794,7 +806,7 @@ def main() -> None:
     model_names = tuple(args.models.split(","))
     unknown = [m for m in model_names if m not in MODELS]
     if unknown:
-        sys.exit(f"bench/peers.py: unknown model(s) {unknown}; the peers build {list(MODELS)}")
+        sys.exit(f"bench/peers.py: unknown model(s) {unknown}; known: {list(MODELS)}")
     servers = server_names(set(args.only.split(",")))
     recipes = peers_dir(args.peers_dir)
     check_setup(recipes, servers, model_names)
