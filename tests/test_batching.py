@@ -219,6 +219,21 @@ async def test_queue_delay_gathers_a_fuller_batch_under_load() -> None:
     await batcher.close()
 
 
+async def test_the_queue_delay_counts_from_the_oldest_queued_request() -> None:
+    """As in Triton's dynamic batcher: a request that already waited the delay behind a
+    running batch runs as soon as the instance is free, without waiting once more."""
+    model = GatedModel()
+    batcher = Batcher("m", model.run, max_batch_size=4, max_queue_delay_ms=2_000)
+    first = await hold_model_busy(batcher, model)
+    queued = queue_ones(batcher, 1)
+    await asyncio.sleep(2.2)  # longer than the delay, behind the running batch
+    model.gate.set()
+    # Counted from the instance becoming free instead, it would wait 2 s more.
+    await asyncio.wait_for(asyncio.gather(first, *queued), 1.5)
+    assert model.calls == [1, 1]
+    await batcher.close()
+
+
 async def test_an_idle_model_does_not_wait_out_the_queue_delay() -> None:
     model = GatedModel()
     batcher = Batcher("m", model.run, max_batch_size=4, max_queue_delay_ms=10_000)

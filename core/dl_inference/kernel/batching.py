@@ -4,8 +4,9 @@ Requests that arrive while the model is busy wait in a queue; a free instance ta
 oldest request plus every compatible one behind it (same input names, dtypes, trailing
 dimensions and parameters) up to ``max_batch_size`` rows, runs them once and splits the
 outputs back. With ``max_queue_delay_ms`` an instance that finds requests waiting when it
-finishes a batch waits up to that long for more rows before running a batch that is not
-full. An idle model runs a request at once, delay or not.
+finishes a batch waits for more rows until the oldest of them has waited that long (as
+Triton's dynamic batcher counts its delay) before running a batch that is not full. An
+idle model runs a request at once, delay or not.
 
 With ``preferred_batch_sizes`` (Triton's ``dynamic_batching.preferred_batch_size``) a batch
 holds at most the largest preferred size, and is cut at the largest preferred size its
@@ -270,14 +271,16 @@ class Batcher:
         """With a queue delay, give concurrent clients a moment to fill the batch.
 
         Only under load (requests queued while the instance ran): a request that finds the
-        model idle runs at once, so the delay adds no latency when traffic is light.
+        model idle runs at once, so the delay adds no latency when traffic is light. The
+        delay counts from when the oldest queued request arrived, as in Triton's dynamic
+        batcher: requests that already waited that long behind a running batch run as soon
+        as the instance is free (lock held).
         """
         if self.delay <= 0:
             return
-        end = time.monotonic() + self.delay
         self._waiting += 1
-        while not self._formed() and not self._closed:
-            left = end - time.monotonic()
+        while self._queue and not self._formed() and not self._closed:
+            left = self._queue[0].queued_at + self.delay - time.monotonic()
             if left <= 0:
                 break
             self._ready.wait(left)
