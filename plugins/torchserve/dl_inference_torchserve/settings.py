@@ -18,11 +18,23 @@ management on there: ``management.enabled``, ``.host``, ``.http_port``; its toke
 required), ``grpc_inference_port`` / ``grpc_inference_address`` (``server.grpc``) and
 ``grpc_management_port`` / ``grpc_management_address`` (``management.grpc_port`` and
 ``management.host``: our two management listeners share one host), ``model_store`` as
-``management.roots`` when ``management_address`` is given, returned to the kernel
-from ``dli_configure``: a command-line flag or a key the server YAML gives wins. An
-``https://`` address is refused (TLS comes from ``server.tls``). Other keys are logged as
-not used. ``config_properties`` itself, when relative, is taken from the server YAML's
-folder, as its ``model_repository`` is.
+``management.roots`` when ``management_address`` is given. A key the file leaves out is
+TorchServe 0.12's default, as TorchServe reads the file (``TORCHSERVE_DEFAULTS``): REST
+inference on ``http://127.0.0.1:8080``, gRPC inference on 127.0.0.1:7070, and, where
+management is on, ``http://127.0.0.1:8081`` and gRPC 7071. All of these are returned to the
+kernel from ``dli_configure``, whose one precedence rule applies to defaults and given keys
+alike: a command-line flag or a key the server YAML gives wins.
+
+Management stays off unless the file gives ``management_address`` (or the YAML turns it
+on), although TorchServe 0.12 runs its management API on 8081 by default: our management
+never runs without its token, which TorchServe generates itself and we do not, so turning
+it on by default would stop every inference-only migrated server at start-up until a token
+is set; turning it on only when a token happens to be set would make one file mean two
+things. Where it is on, it listens where TorchServe's would. ``metrics_address`` is not
+applied (metrics are ``/metrics`` on the HTTP listener). An ``https://`` address is refused
+(TLS comes from ``server.tls``). Other keys are logged as not used. ``config_properties``
+itself, when relative, is taken from the server YAML's folder, as its ``model_repository``
+is.
 """
 
 from __future__ import annotations
@@ -52,6 +64,17 @@ APPLIED = (
     "grpc_inference_address",
     "grpc_management_address",
 )
+# TorchServe 0.12's defaults for the listener keys a config.properties leaves out (its
+# ConfigManager's): where TorchServe listens when the file gives no address.
+TORCHSERVE_DEFAULTS = {
+    "inference_address": "http://127.0.0.1:8080",
+    "management_address": "http://127.0.0.1:8081",
+    "grpc_inference_address": "127.0.0.1",
+    "grpc_inference_port": "7070",
+    "grpc_management_port": "7071",
+    # grpc_management_address (127.0.0.1) has none here: our two management listeners share
+    # one host, management_address's (given or this default).
+}
 
 
 class TorchServeSettings(BaseModel):
@@ -158,6 +181,14 @@ def read_properties(path: Path) -> Properties:
         if not store.is_dir():
             raise ConfigError(f"{path}: model_store={values['model_store']}: no such folder")
     listeners = read_listeners(path, values)
+    if not values.get("management_address"):
+        log.info(
+            "config.properties gives no management_address: TorchServe would run its "
+            "management API on its default address; dl-inference's stays off unless the "
+            "server YAML turns it on (management.enabled), then listens there",
+            file=str(path),
+            address=TORCHSERVE_DEFAULTS["management_address"],
+        )
     if store is not None and "management.enabled" in listeners:
         # The management this file turns on registers archives from its model store, as
         # TorchServe's does (a YAML's own management keeps its roots: the repository).
@@ -167,48 +198,55 @@ def read_properties(path: Path) -> Properties:
 
 def read_listeners(path: Path, values: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     """The addresses and ports of a config.properties as server config keys, each with the
-    file and key that gave it."""
+    file and key that gave it; a listener key the file leaves out is TorchServe's default
+    (``TORCHSERVE_DEFAULTS``), as TorchServe reads the file. Only a ``management_address``
+    the file gives turns management on (see the module docstring)."""
+
+    def given(key: str) -> tuple[str, str]:
+        """The file's value of ``key`` or TorchServe's default, and where it came from."""
+        if values.get(key):
+            return values[key], f"{path}: {key}"
+        default = TORCHSERVE_DEFAULTS[key]
+        return default, f"{path}: no {key}, TorchServe's default {default}"
+
     listeners: dict[str, tuple[Any, str]] = {}
     for key, section, port_key in (
         ("inference_address", "server.http", "port"),
         ("management_address", "management", "http_port"),
     ):
-        if not values.get(key):
-            continue
-        host, port = _address(path, key, values[key])
-        where = f"{path}: {key}"
+        text, where = given(key)
+        host, port = _address(path, key, text)
         listeners[f"{section}.host"] = (host, where)
         listeners[f"{section}.{port_key}"] = (port, where)
-        if section == "management":
-            listeners["management.enabled"] = (True, where)
-    if values.get("grpc_inference_address"):
-        listeners["server.grpc.host"] = (
-            values["grpc_inference_address"],
-            f"{path}: grpc_inference_address",
-        )
+    if values.get("management_address"):
+        listeners["management.enabled"] = (True, f"{path}: management_address")
+    listeners["server.grpc.host"] = given("grpc_inference_address")
     grpc_management = values.get("grpc_management_address")
     if grpc_management:
         # dl-inference's two management listeners share management.host.
-        given = listeners.get("management.host", (grpc_management, ""))[0]
-        if given != grpc_management:
-            raise ConfigError(
-                f"{path}: grpc_management_address={grpc_management} and management_address "
-                f"host {given} differ; dl-inference's management listeners share one host"
+        if values.get("management_address"):
+            host = listeners["management.host"][0]
+            if host != grpc_management:
+                raise ConfigError(
+                    f"{path}: grpc_management_address={grpc_management} and "
+                    f"management_address host {host} differ; dl-inference's management "
+                    "listeners share one host"
+                )
+        else:
+            listeners["management.host"] = (
+                grpc_management,
+                f"{path}: grpc_management_address",
             )
-        listeners.setdefault(
-            "management.host", (grpc_management, f"{path}: grpc_management_address")
-        )
     for key, setting in (
         ("grpc_inference_port", "server.grpc.port"),
         ("grpc_management_port", "management.grpc_port"),
     ):
-        if not values.get(key):
-            continue
+        text, where = given(key)
         try:
-            port = int(values[key])
+            port = int(text)
         except ValueError:
-            raise ConfigError(f"{path}: {key}={values[key]}: give a port number") from None
-        listeners[setting] = (port, f"{path}: {key}")
+            raise ConfigError(f"{path}: {key}={text}: give a port number") from None
+        listeners[setting] = (port, where)
     return listeners
 
 

@@ -1,8 +1,14 @@
 """config.properties' addresses are where the server listens, as TorchServe's ``--ts-config``
 makes it listen: ``inference_address``, ``management_address`` (with the management token),
-``grpc_inference_port``, ``grpc_management_port``. The server YAML names only the file; a
-command-line flag (or a key the YAML gives) wins over the file; a bad address is a config
-error naming the file and its key."""
+``grpc_inference_port``, ``grpc_management_port``; a key the file leaves out is TorchServe
+0.12's default (REST inference on 127.0.0.1:8080, gRPC on 127.0.0.1:7070; management, off
+unless turned on, on 8081 / 7071). The server YAML names only the file; a command-line flag
+(or a key the YAML gives) wins over the file and its defaults; a bad address is a config
+error naming the file and its key.
+
+8080 and 7070 are not this test's to own: the defaults are checked in the mapping's result,
+in ``check-config`` (a real CLI process applying them) and by a real server on a YAML's and a
+flag's free ports; a real server on 8080 / 7070 themselves runs only when both are free."""
 
 from __future__ import annotations
 
@@ -14,7 +20,9 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from _ts_archives import write_mar
+from dl_inference_torchserve.settings import read_properties
 
 from dl_inference.testing import ServerProcess, free_port
 
@@ -170,3 +178,122 @@ def test_management_address_without_a_token_says_how_to_give_one(tmp_path: Path)
         "needs a token of 16+ characters: set the environment variable "
         "DLI_MANAGEMENT_TOKEN" in result.stderr
     ), result.stderr
+
+
+def grpc_predict(port: int) -> bytes:
+    """``echo`` through TorchServe's gRPC ``Predictions`` on 127.0.0.1:``port``."""
+    from dl_inference_torchserve._proto import torchserve_pb2 as pb
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        predict = channel.unary_unary(
+            "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions",
+            request_serializer=pb.PredictionsRequest.SerializeToString,
+            response_deserializer=pb.PredictionResponse.FromString,
+        )
+        request = pb.PredictionsRequest(model_name="echo", input={"body": b"hi"})
+        return predict(request, timeout=30).prediction
+
+
+def wait_ready(base: str, server: ServerProcess) -> None:
+    deadline = time.monotonic() + 60
+    while call(f"{base}/predictions/echo", b"hi") == 503:
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.2)
+
+
+def test_a_file_without_addresses_maps_to_torchserves_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "config.properties"
+    path.write_text("load_models=all\n")
+    default = f"{path}: no %s, TorchServe's default %s"
+    assert read_properties(path).listeners == {
+        "server.http.host": ("127.0.0.1", default % ("inference_address", "http://127.0.0.1:8080")),
+        "server.http.port": (8080, default % ("inference_address", "http://127.0.0.1:8080")),
+        "server.grpc.host": ("127.0.0.1", default % ("grpc_inference_address", "127.0.0.1")),
+        "server.grpc.port": (7070, default % ("grpc_inference_port", "7070")),
+        # Where management listens when on; only a management_address turns it on.
+        "management.host": ("127.0.0.1", default % ("management_address", "http://127.0.0.1:8081")),
+        "management.http_port": (8081, default % ("management_address", "http://127.0.0.1:8081")),
+        "management.grpc_port": (7071, default % ("grpc_management_port", "7071")),
+    }
+
+
+def test_a_file_giving_the_addresses_maps_them_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "config.properties"
+    path.write_text(
+        "inference_address=http://0.0.0.0:9080\nmanagement_address=http://0.0.0.0:9081\n"
+        "grpc_inference_address=0.0.0.0\ngrpc_inference_port=9070\n"
+        "grpc_management_address=0.0.0.0\ngrpc_management_port=9071\n"
+    )
+    given = f"{path}: %s"
+    assert read_properties(path).listeners == {
+        "server.http.host": ("0.0.0.0", given % "inference_address"),
+        "server.http.port": (9080, given % "inference_address"),
+        "server.grpc.host": ("0.0.0.0", given % "grpc_inference_address"),
+        "server.grpc.port": (9070, given % "grpc_inference_port"),
+        "management.host": ("0.0.0.0", given % "management_address"),
+        "management.http_port": (9081, given % "management_address"),
+        "management.grpc_port": (9071, given % "grpc_management_port"),
+        "management.enabled": (True, given % "management_address"),
+    }
+
+
+def test_a_flag_and_the_yaml_win_over_torchserves_defaults(tmp_path: Path) -> None:
+    """No address in the file: ``check-config`` shows TorchServe's defaults applied where
+    nothing else says; ``serve`` listens on the YAML's gRPC port and the flag's HTTP port
+    (``--host`` keeps a broken default off 0.0.0.0)."""
+    config = write_files(tmp_path, "load_models=echo.mar\n")
+    checked = run_cli(tmp_path, "check-config", str(config), token=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    where = tmp_path / "config.properties"
+    for line in (
+        f"  server.http.host: 127.0.0.1 (from {where}: no inference_address, TorchServe's "
+        "default http://127.0.0.1:8080)",
+        f"  server.http.port: 8080 (from {where}: no inference_address, TorchServe's "
+        "default http://127.0.0.1:8080)",
+        f"  server.grpc.host: 127.0.0.1 (from {where}: no grpc_inference_address, "
+        "TorchServe's default 127.0.0.1)",
+        f"  server.grpc.port: 7070 (from {where}: no grpc_inference_port, TorchServe's "
+        "default 7070)",
+        f"  management.http_port: 8081 (from {where}: no management_address, TorchServe's "
+        "default http://127.0.0.1:8081)",
+        "  management.enabled: False (from default)",
+    ):
+        assert line in checked.stdout.splitlines(), checked.stdout
+    grpc_in_yaml, flag = free_port(), free_port()
+    config.write_text(config.read_text() + f"server:\n  grpc: {{port: {grpc_in_yaml}}}\n")
+    checked = run_cli(tmp_path, "check-config", str(config), token=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    lines = checked.stdout.splitlines()
+    assert f"  server.grpc.port: {grpc_in_yaml} (from the server config or a flag)" in lines
+    env = {"DLI_TORCHSERVE_CACHE": str(tmp_path / "cache")}
+    args = ["-c", str(config), "--http-port", str(flag), "--host", "127.0.0.1"]
+    with ServerProcess(args, env=env, extra_flags=False) as server:
+        assert (server.http_port, server.grpc_port) == (flag, grpc_in_yaml), server.output()
+        wait_ready(f"http://127.0.0.1:{flag}", server)
+        assert call(f"http://127.0.0.1:{flag}/predictions/echo", b"hi") == 200
+        assert grpc_predict(grpc_in_yaml) == b"ok"
+
+
+def test_without_addresses_the_server_listens_on_torchserves_ports(tmp_path: Path) -> None:
+    """REST inference on 8080, gRPC on 7070, as TorchServe's clients expect (only when this
+    machine has both free: the test cannot own them)."""
+    import socket
+
+    for port in (8080, 7070):
+        with socket.socket() as probe:
+            # As a server binds: a port that only has closed connections waiting is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                pytest.skip(f"127.0.0.1:{port} is in use here; the defaults are checked above")
+    config = write_files(tmp_path, "load_models=echo.mar\n")
+    env = {"DLI_TORCHSERVE_CACHE": str(tmp_path / "cache")}
+    # --host only: a broken mapping must not listen on 0.0.0.0 (dl-inference's default).
+    args = ["-c", str(config), "--host", "127.0.0.1"]
+    with ServerProcess(args, env=env, extra_flags=False) as server:
+        assert (server.http_port, server.grpc_port) == (8080, 7070), server.output()
+        wait_ready("http://127.0.0.1:8080", server)
+        assert call("http://127.0.0.1:8080/ping") == 200
+        assert call("http://127.0.0.1:8080/predictions/echo", b"hi") == 200
+        assert grpc_predict(7070) == b"ok"
