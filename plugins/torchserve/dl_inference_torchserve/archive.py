@@ -131,6 +131,13 @@ def member_problem(member: Member) -> str | None:
     return None
 
 
+def refuse_past_member_limit(count: int) -> None:
+    """:class:`ArchiveRefused` once ``count`` members exceed :data:`MAX_MEMBERS`; called as
+    members are listed, so a tar of millions of entries is refused before it is all read."""
+    if count > MAX_MEMBERS:
+        raise ArchiveRefused(f"it has more than {MAX_MEMBERS} members")
+
+
 def check_members(members: Iterator[Member], archive_bytes: int, cache: Path) -> list[Member]:
     """Every member, each passing :func:`member_problem`, and all of them together within
     :data:`MAX_MEMBERS`, :data:`MAX_UNPACKED_BYTES`, the cache's free disk space and
@@ -145,8 +152,7 @@ def check_members(members: Iterator[Member], archive_bytes: int, cache: Path) ->
             raise ArchiveRefused(problem)
         checked.append(member)
         total += member.size
-        if len(checked) > MAX_MEMBERS:
-            raise ArchiveRefused(f"it has more than {MAX_MEMBERS} members")
+        refuse_past_member_limit(len(checked))
         if total > MAX_UNPACKED_BYTES:
             raise ArchiveRefused(f"it unpacks to more than {MAX_UNPACKED_BYTES} bytes")
         if total > free:
@@ -232,8 +238,7 @@ def read_archive_manifest(path: Path, kind: str) -> dict[str, Any]:
             names = []
             for info in tarred:
                 names.append(info.name)
-                if len(names) > MAX_MEMBERS:
-                    raise ArchiveRefused(f"it has more than {MAX_MEMBERS} members")
+                refuse_past_member_limit(len(names))
             member = tarred.extractfile(_tgz_prefix(names) + MANIFEST)
             if member is None:
                 raise ValueError(f"{MANIFEST} is not a file")
@@ -262,8 +267,7 @@ def unpack(path: Path, kind: str, into: Path) -> None:
             infos = []
             for info in tarred:
                 infos.append(info)
-                if len(infos) > MAX_MEMBERS:
-                    raise ArchiveRefused(f"it has more than {MAX_MEMBERS} members")
+                refuse_past_member_limit(len(infos))
             prefix = _tgz_prefix([i.name for i in infos])
             members = (Member(i.name, _tar_kind(i), i.size) for i in infos)
             check_members(members, path.stat().st_size, cache)
@@ -402,6 +406,16 @@ class ArchiveCache:
             if known is not None and known.stamp == current:
                 return known
             manifest = read_archive_manifest(path, kind)
+        except ArchiveRefused as exc:
+            # Refused before its manifest was reached (a tar is listed whole to find it).
+            log.warning(
+                "model archive skipped: it is refused",
+                archive=str(path),
+                reason=str(exc),
+                hint="for a trusted archive, raise the limit before the server starts "
+                "(dl_inference_torchserve.archive's module attributes)",
+            )
+            return None
         except _ARCHIVE_ERRORS as exc:
             log.warning(
                 "model archive skipped: it cannot be read",

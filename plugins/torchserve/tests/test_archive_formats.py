@@ -241,3 +241,24 @@ def test_server_config_overrides_a_no_archive_folder_named_as_its_model(tmp_path
         with urllib.request.urlopen(f"{server.http_url}/v2/models/folder/config") as reply:
             model = json.loads(reply.read())
         assert model["max_batch_size"] == 6, model
+
+
+def test_archives_with_too_many_members_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past MAX_MEMBERS an archive is refused in every format, while its members are listed:
+    a zip fails to load with the reason; a tar, listed whole to find its manifest, is
+    refused before the manifest is read, so it is left out with the reason logged."""
+    monkeypatch.setattr(archives, "MAX_MEMBERS", 4)
+    store, cache = tmp_path / "store", ArchiveCache(tmp_path / "cache")
+    many = {**HANDLER, **{f"part{i}.txt": b"x" for i in range(5)}}
+    write_mar(store, "zipped", many, "h.py")
+    write_mar(store, "tarred", many, "h.py", archive_format="tgz")
+    write_mar(store, "few", HANDLER, "h.py")
+    found = dict(cache.models(store))
+    assert sorted(found) == ["few", "zipped"]
+    assert "it has more than 4 members" in (found["zipped"] / "1" / REFUSED).read_text()
+    assert "h.py" in files(found["few"] / "1")
+    logged = capsys.readouterr().out
+    assert "tarred.tar.gz" in logged and "it is refused" in logged
+    assert "it has more than 4 members" in logged
