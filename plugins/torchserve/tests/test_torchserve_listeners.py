@@ -101,16 +101,7 @@ def test_the_file_addresses_are_where_the_server_listens(tmp_path: Path) -> None
         # Registered from the file's model_store, as TorchServe registers.
         register = f"http://127.0.0.1:{management}/models?url=later.mar&initial_workers=1"
         assert call(register, token=TOKEN, method="POST") == 200, server.output()
-        from dl_inference_torchserve._proto import torchserve_pb2 as pb
-
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            predict = channel.unary_unary(
-                "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions",
-                request_serializer=pb.PredictionsRequest.SerializeToString,
-                response_deserializer=pb.PredictionResponse.FromString,
-            )
-            request = pb.PredictionsRequest(model_name="echo", input={"body": b"hi"})
-            assert predict(request, timeout=30).prediction == b"ok"
+        assert grpc_predict(grpc_port) == b"ok"
         with grpc.insecure_channel(f"127.0.0.1:{grpc_management}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
     checked = run_cli(tmp_path, "check-config", str(config), token=False)
