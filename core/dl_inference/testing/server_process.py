@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import signal
@@ -16,11 +17,22 @@ from pathlib import Path
 _READY = re.compile(r"^(gRPC|HTTP) listening on (\S+):(\d+)$")
 
 
+# Ports free_port() handed out lately: the kernel may offer a port again once its probe
+# socket is closed, and two listeners of one server given the same port fail to start.
+_handed_out: collections.deque[int] = collections.deque(maxlen=1024)
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (prefer port 0 where the server reports back)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port free on 127.0.0.1 right now and not handed out by an earlier call of this
+    process, so the ports asked for one server's listeners differ (prefer port 0 where the
+    server reports back)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.append(port)
+            return port
 
 
 class ServerProcess:
