@@ -297,6 +297,15 @@ def peers_dir(value: str | None) -> Path:
     return path
 
 
+def build_missing_models(model_names: tuple[str, ...]) -> None:
+    """Write the run's models that the peers' setup does not build (``BUILT_HERE``) into
+    their model folder, in their layout, unless a run wrote them before."""
+    for name in model_names:
+        folder = PEERS_ROOT / "models" / name
+        if name in BUILT_HERE and not (folder / "reference.npz").exists():
+            models.write_peer_model(name, folder)
+
+
 def check_setup(recipes: Path, servers: set[str], model_names: tuple[str, ...]) -> None:
     """The venvs and models that the peers' setup.sh builds under /tmp/peers, for the
     servers and models of this run."""
@@ -313,8 +322,6 @@ def check_setup(recipes: Path, servers: set[str], model_names: tuple[str, ...]) 
         needed += [TRITON_SERVER, stub]
     for name in model_names:
         folder = PEERS_ROOT / "models" / name
-        if name in BUILT_HERE and not (folder / "reference.npz").exists():
-            models.write_peer_model(name, folder)
         needed += [folder / "model.pt"]
         needed += [PEERS_ROOT / "models" / name / "reference.npz"]
     missing = [str(p) for p in needed if not p.exists()]
@@ -809,6 +816,7 @@ def main() -> None:
         sys.exit(f"bench/peers.py: unknown model(s) {unknown}; known: {list(MODELS)}")
     servers = server_names(set(args.only.split(",")))
     recipes = peers_dir(args.peers_dir)
+    build_missing_models(model_names)
     check_setup(recipes, servers, model_names)
     if shutil.which("java") is None and "torchserve" in servers:
         sys.exit("bench/peers.py: TorchServe needs java on PATH (or leave it out of --only)")
