@@ -89,6 +89,8 @@ async def run_call(stream: Stream, handler: grpc.RpcMethodHandler, request: byte
         context._details = f"Unexpected {type(exc)}: {exc}"
     code = context._code or _OK
     details = context._details if code is not _OK or context._details else ""
+    # This task is the one ending: closing the stream need not look for a task to cancel.
+    stream.task = None
     stream.finish(code, details, context._trailing)
 
 

@@ -5,6 +5,7 @@ connection which breaks the protocol (with GOAWAY and the error's code), never t
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from dataclasses import dataclass
@@ -92,6 +93,10 @@ class H2Connection(asyncio.Protocol):
         self.closed_future: asyncio.Future[None] = self.loop.create_future()
         self._pending: list[Any] = []
         self._flush_scheduled = False
+        # Calls' deadlines, soonest first, and one timer for the soonest: a timer per call
+        # costs a TimerHandle and Python-level heap comparisons on the loop's scheduler.
+        self._deadlines: list[tuple[float, int, Stream]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -118,6 +123,10 @@ class H2Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines = []
         for stream in list(self.streams.values()):
             if stream.context is not None:
                 stream.context._cancelled = True
@@ -371,66 +380,33 @@ class H2Connection(asyncio.Protocol):
             self._header_block_done(sid, bytes(block), self._header_end_stream)
 
     def _header_block_done(self, sid: int, block: bytes, end_stream: bool) -> None:
-        # Always decoded, even for a stream we refuse: the HPACK table must stay in step.
-        fields = self._decoder.decode(block)
         stream = self.streams.get(sid)
         if stream is not None:  # trailers from the client: they must end its request
+            # Always decoded, even when unused: the HPACK table must stay in step.
+            self._decoder.decode(block)
             if not end_stream or stream.remote_closed:
                 raise H2StreamError(sid, f.PROTOCOL_ERROR)
             self._end_of_request(stream)
             return
         if sid % 2 == 0 or sid <= self.last_stream_id:
+            self._decoder.decode(block)
             raise H2ConnectionError(f.PROTOCOL_ERROR, f"stream id {sid} cannot open a stream")
         self.last_stream_id = sid
-        if self.going_away and self._final_goaway:
+        if (self.going_away and self._final_goaway) or len(
+            self.streams
+        ) >= self.limits.max_concurrent_streams:
+            self._decoder.decode(block)
             self.write(f.rst_stream(sid, f.REFUSED_STREAM))
             return
-        if len(self.streams) >= self.limits.max_concurrent_streams:
-            self.write(f.rst_stream(sid, f.REFUSED_STREAM))
-            return
-        self._open(sid, fields, end_stream)
+        self._open(sid, block, end_stream)
 
-    def _open(self, sid: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
-        method = path = scheme = None
-        content_type = b""
-        timeout = None
-        encoding = ""
-        metadata: list[tuple[str, str | bytes]] = []
-        regular = False
-        for name, value in fields:
-            if name[:1] == b":":
-                if regular:
-                    raise H2StreamError(sid, f.PROTOCOL_ERROR)
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":scheme":
-                    scheme = value
-                elif name != b":authority":
-                    raise H2StreamError(sid, f.PROTOCOL_ERROR)
-                continue
-            regular = True
-            if hdr.is_connection_specific(name, value) or name != name.lower():
-                raise H2StreamError(sid, f.PROTOCOL_ERROR)
-            try:
-                key = name.decode("ascii")
-            except UnicodeDecodeError:
-                raise H2StreamError(sid, f.PROTOCOL_ERROR) from None
-            if key == "content-type":
-                content_type = value
-            elif key == "grpc-timeout":
-                timeout = hdr.parse_timeout(value.decode("latin-1"))
-            elif key == "grpc-encoding":
-                encoding = value.decode("latin-1")
-            elif not hdr.is_reserved(key):
-                converted = hdr.metadata_value(key, value)
-                if converted is None:
-                    raise H2StreamError(sid, f.PROTOCOL_ERROR)
-                metadata.append((key, converted))
-        if method is None or path is None or scheme is None or not path:
-            raise H2StreamError(sid, f.PROTOCOL_ERROR)
-        stream = Stream(self, sid, path.decode("latin-1"), MessageReader(0, ""))
+    def _open(self, sid: int, block: bytes, end_stream: bool) -> None:
+        try:
+            head = self._decoder.read(block, _read_head)
+        except _Malformed:
+            raise H2StreamError(sid, f.PROTOCOL_ERROR) from None
+        method, path, content_type, timeout, encoding = head.fields
+        stream = Stream(self, sid, path, MessageReader(0, ""))
         stream.remote_closed = end_stream
         self.streams[sid] = stream
         if method != b"POST":
@@ -450,7 +426,7 @@ class H2Connection(asyncio.Protocol):
             return
         stream.reader = MessageReader(self.limits.max_receive, encoding)
         deadline = None if timeout is None else time.monotonic() + timeout
-        stream.context = ServicerContext(stream, tuple(metadata), self.peer, deadline, self.auth)
+        stream.context = ServicerContext(stream, head.metadata, self.peer, deadline, self.auth)
         try:
             handler = self.server.resolve(stream.method, stream.context._metadata)
         except Exception as exc:
@@ -462,7 +438,7 @@ class H2Connection(asyncio.Protocol):
             return
         stream.handler = handler
         if deadline is not None:
-            stream.timer = self.loop.call_later(timeout, _expire, stream)
+            self._watch_deadline(deadline, stream)
         if handler.request_streaming:
             stream.task = self.loop.create_task(run_call(stream, handler, None))
         elif end_stream:
@@ -580,6 +556,40 @@ class H2Connection(asyncio.Protocol):
         if not self.streams and self.transport is not None:
             self._close()
 
+    # -- deadlines -------------------------------------------------------------------------
+
+    def _watch_deadline(self, deadline: float, stream: Stream) -> None:
+        deadlines = self._deadlines
+        # Ended calls stay in the heap until they reach its top; past twice the open
+        # streams, it is rebuilt from those still open (memory bounded by the streams).
+        if len(deadlines) > 2 * len(self.streams) + 64:
+            deadlines[:] = [entry for entry in deadlines if not entry[2].finished]
+            heapq.heapify(deadlines)
+        soonest = deadlines[0][0] if deadlines else None
+        heapq.heappush(deadlines, (deadline, stream.id, stream))
+        if soonest is None or deadline < soonest or self._deadline_timer is None:
+            self._arm_deadline_timer()
+
+    def _arm_deadline_timer(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][2].finished:
+            heapq.heappop(deadlines)
+        if deadlines and not self.closed:
+            self._deadline_timer = self.loop.call_later(
+                max(0.0, deadlines[0][0] - time.monotonic()), self._expire_due
+            )
+
+    def _expire_due(self) -> None:
+        self._deadline_timer = None
+        deadlines = self._deadlines
+        now = time.monotonic()
+        while deadlines and deadlines[0][0] <= now:
+            _expire(heapq.heappop(deadlines)[2])
+        self._arm_deadline_timer()
+
     # -- streams and shutdown --------------------------------------------------------------
 
     def stream_closed(self, stream: Stream) -> None:
@@ -648,3 +658,67 @@ def _auth_context(transport: asyncio.Transport) -> dict[str, list[bytes]]:
                 if key == "commonName":
                     auth["x509_common_name"] = [value.encode()]
     return auth
+
+
+class _Malformed(Exception):
+    """A request head that breaks HTTP/2's rules (the stream is reset: PROTOCOL_ERROR)."""
+
+
+class _RequestHead:
+    """What a request's header fields say, read once per distinct header block."""
+
+    __slots__ = ("fields", "metadata")
+
+    def __init__(
+        self,
+        fields: tuple[bytes, str, bytes, float | None, str],
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> None:
+        self.fields = fields  # method, path, content type, timeout (s), grpc-encoding
+        self.metadata = metadata
+
+
+def _read_head(fields: list[tuple[bytes, bytes]]) -> _RequestHead:
+    """The request head ``fields`` make; raises :class:`_Malformed` (RFC 9113 section 8.3)."""
+    method = path = scheme = None
+    content_type = b""
+    timeout = None
+    encoding = ""
+    metadata: list[tuple[str, str | bytes]] = []
+    regular = False
+    for name, value in fields:
+        if name[:1] == b":":
+            if regular:
+                raise _Malformed
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":scheme":
+                scheme = value
+            elif name != b":authority":
+                raise _Malformed
+            continue
+        regular = True
+        if hdr.is_connection_specific(name, value) or name != name.lower():
+            raise _Malformed
+        try:
+            key = name.decode("ascii")
+        except UnicodeDecodeError:
+            raise _Malformed from None
+        if key == "content-type":
+            content_type = value
+        elif key == "grpc-timeout":
+            timeout = hdr.parse_timeout(value.decode("latin-1"))
+        elif key == "grpc-encoding":
+            encoding = value.decode("latin-1")
+        elif not hdr.is_reserved(key):
+            converted = hdr.metadata_value(key, value)
+            if converted is None:
+                raise _Malformed
+            metadata.append((key, converted))
+    if method is None or path is None or scheme is None or not path:
+        raise _Malformed
+    return _RequestHead(
+        (method, path.decode("latin-1"), content_type, timeout, encoding), tuple(metadata)
+    )

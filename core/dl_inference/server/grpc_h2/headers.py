@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError, OversizedHeaderListError
@@ -39,6 +39,7 @@ _RESERVED = frozenset(
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
+T = TypeVar("T")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -53,6 +54,8 @@ class HeaderDecoder:
         # dynamic table; such a block leaves the table as it is, so its decoded list is
         # reused until a block that changes the table arrives.
         self._cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        # What ``read`` made of a cached block; forgotten with the cache.
+        self._read: dict[bytes, Any] = {}
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         cached = self._cache.get(block)
@@ -61,11 +64,27 @@ class HeaderDecoder:
         fields = self._decode(block)
         if len(block) <= 1024 and _leaves_table(block):  # at most 64 KiB per connection
             if len(self._cache) >= 64:
-                self._cache.clear()
+                self._forget()
             self._cache[block] = fields
         else:
-            self._cache.clear()
+            self._forget()
         return fields
+
+    def read(self, block: bytes, reader: Callable[[list[tuple[bytes, bytes]]], T]) -> T:
+        """``reader(fields)`` of the decoded ``block``, computed once while the block's
+        decoding is cached: a repeated call's head is read once, not field by field on
+        every call. ``reader`` must depend on the fields only; what it raises is not kept."""
+        result = self._read.get(block)
+        if result is None:
+            fields = self.decode(block)
+            result = reader(fields)
+            if self._cache.get(block) is fields:
+                self._read[block] = result
+        return result
+
+    def _forget(self) -> None:
+        self._cache.clear()
+        self._read.clear()
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         try:
@@ -139,9 +158,15 @@ def _integer(value: int, prefix_bits: int, first: int) -> bytes:
     return bytes(out)
 
 
+_SHORT = [bytes((n,)) for n in range(127)]  # a string length below 127: one byte
+
+
 def literal(name: bytes, value: bytes) -> bytes:
     """One header as a literal without indexing, new name, no Huffman coding."""
-    return b"\x00" + _integer(len(name), 7, 0) + name + _integer(len(value), 7, 0) + value
+    n, v = len(name), len(value)
+    if n < 127 and v < 127:
+        return b"\x00" + _SHORT[n] + name + _SHORT[v] + value
+    return b"\x00" + _integer(n, 7, 0) + name + _integer(v, 7, 0) + value
 
 
 STATUS_200 = b"\x88"  # :status 200, static table entry 8

@@ -48,7 +48,6 @@ class Stream:
         "requests",
         "send_window",
         "task",
-        "timer",
         "unrefunded",
         "waiter",
     )
@@ -69,7 +68,6 @@ class Stream:
         self.finished = False
         self.headers_sent = False
         self.task: asyncio.Task[Any] | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.context: ServicerContext | None = None
         self.handler: Any = None
         self.out: list[bytes] = []
@@ -180,8 +178,12 @@ class Stream:
         (NO_ERROR) when the client is still sending, so that it stops."""
         if self.finished:
             return
-        if code is grpc.StatusCode.OK and not details and not trailing:
-            block = _OK_TRAILERS
+        if code is grpc.StatusCode.OK and not details:
+            block = (
+                _OK_TRAILERS + hdr.encode(hdr.encode_metadata(trailing))
+                if trailing
+                else _OK_TRAILERS
+            )
         else:
             fields = [(b"grpc-status", b"%d" % code.value[0])]
             if details:
@@ -217,8 +219,6 @@ class Stream:
         if self.finished:
             return
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
         self.wake()
         task = self.task
         if task is not None and not task.done() and task is not asyncio.current_task():

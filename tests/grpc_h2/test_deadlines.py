@@ -1,0 +1,138 @@
+"""The asyncio engine enforces ``grpc-timeout`` itself, over a raw connection whose client
+never cancels: one timer per connection for the soonest deadline, so a short deadline that
+arrives behind long ones still ends its call on time, and the calls that ended leave no
+deadline behind."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+import grpc
+import grpc.aio
+from hpack import Decoder, Encoder
+
+from dl_inference.server.grpc_h2.connection import H2Connection
+from dl_inference.server.grpc_h2.server import Server
+
+from .conftest import HandlersServer
+from .test_hostile import PREFACE, SETTINGS, frame
+
+DEADLINE_EXCEEDED = "4"
+
+
+def call_frames(encoder: Encoder, stream_id: int, method: str, body: bytes, timeout: str) -> bytes:
+    fields = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", f"/test.T/{method}"),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("grpc-timeout", timeout),
+    ]
+    message = b"\0" + len(body).to_bytes(4, "big") + body
+    return frame(1, 4, stream_id, encoder.encode(fields)) + frame(0, 1, stream_id, message)
+
+
+def statuses(sock: socket.socket, wanted: int, started: float) -> dict[int, tuple[str, float]]:
+    """Each stream's grpc-status and when it arrived (seconds after ``started``)."""
+    decoder = Decoder()
+    seen: dict[int, tuple[str, float]] = {}
+    received = b""
+    while len(seen) < wanted:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        received += chunk
+        pos = 0
+        while pos + 9 <= len(received):
+            length = int.from_bytes(received[pos : pos + 3], "big")
+            if pos + 9 + length > len(received):
+                break
+            stream_id = int.from_bytes(received[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            if received[pos + 3] == 1:
+                fields = dict(decoder.decode(received[pos + 9 : pos + 9 + length]))
+                if "grpc-status" in fields:
+                    seen[stream_id] = (fields["grpc-status"], time.monotonic() - started)
+            pos += 9 + length
+        received = received[pos:]
+    return seen
+
+
+def test_a_short_deadline_behind_long_ones_ends_its_call_on_time(
+    asyncio_handlers: HandlersServer,
+) -> None:
+    encoder = Encoder()
+    # 200 answered calls with a 60 s deadline, one still running (a 1.5 s nap), then a
+    # call with a 300 ms deadline that would sleep 30 s: the server must end it at 300 ms.
+    data = PREFACE + SETTINGS
+    data += b"".join(call_frames(encoder, 1 + 2 * i, "Echo", b"x", "60S") for i in range(200))
+    nap, slow = 401, 403
+    data += call_frames(encoder, nap, "Nap", b"1.5", "60S")
+    data += call_frames(encoder, slow, "Slow", b"deadline-behind-long-ones", "300m")
+    host, port = asyncio_handlers.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(data)
+        seen = statuses(sock, 202, started)
+    assert all(seen[1 + 2 * i][0] == "0" for i in range(200))
+    status, at = seen[slow]
+    assert status == DEADLINE_EXCEEDED
+    assert 0.25 <= at < 1.4, f"the 300 ms deadline ended the call after {at:.2f} s"
+    assert seen[nap][0] == "0" and seen[nap][1] >= 1.4  # its long deadline did not end it
+
+
+class _Transport(asyncio.Transport):
+    """Takes what the connection writes and drops it."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def write(self, data: Any) -> None:
+        pass
+
+    def writelines(self, parts: Any) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_answered_calls_leave_no_deadline_behind() -> None:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(0)
+        return request
+
+    async def run() -> tuple[int, int]:
+        server = Server()
+        handler = grpc.unary_unary_rpc_method_handler(echo)
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("test.T", {"Echo": handler})]
+        )
+        connection = H2Connection(server)
+        connection.connection_made(_Transport())
+        encoder = Encoder()
+        connection.data_received(PREFACE + SETTINGS)
+        most = 0
+        for i in range(2000):
+            connection.data_received(call_frames(encoder, 1 + 2 * i, "Echo", b"x", "60S"))
+            most = max(most, len(connection._deadlines))
+            if i % 7 == 0:
+                await asyncio.sleep(0.001)
+        while connection.streams:
+            await asyncio.sleep(0.001)
+        connection.connection_lost(None)
+        return most, len(connection._deadlines)
+
+    most, left = asyncio.run(run())
+    # Ended calls' deadlines are dropped once they outnumber the open calls (+64).
+    assert most < 200, f"{most} deadlines held for at most a few dozen open calls"
+    assert left == 0
