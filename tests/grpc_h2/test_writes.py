@@ -1,0 +1,82 @@
+"""How the asyncio engine hands replies to the transport: the replies one loop turn makes go
+out together, in pieces of about 8 replies, not all at the end of the turn."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import grpc.aio
+from hpack import Encoder
+
+from dl_inference.server.grpc_h2.connection import FLUSH_PARTS, H2Connection
+from dl_inference.server.grpc_h2.server import Server
+
+from .test_deadlines import call_frames
+from .test_hostile import PREFACE, SETTINGS
+
+
+class CountingTransport(asyncio.Transport):
+    """Counts the writes the connection makes (each a system call on a real socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[int] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def write(self, data: Any) -> None:
+        self.writes.append(1)
+
+    def writelines(self, parts: Any) -> None:
+        self.writes.append(len(list(parts)))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_burst_of_replies_is_written_in_pieces() -> None:
+    release = asyncio.Event()
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await release.wait()  # all 32 answer in the same loop turn, as a batch's callers do
+        return request
+
+    async def run() -> tuple[list[int], int]:
+        server = Server()
+        handler = grpc.unary_unary_rpc_method_handler(echo)
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("test.T", {"Echo": handler})]
+        )
+        connection = H2Connection(server)
+        transport = CountingTransport()
+        connection.connection_made(transport)
+        encoder = Encoder()
+        connection.data_received(
+            PREFACE
+            + SETTINGS
+            + b"".join(call_frames(encoder, 1 + 2 * i, "Echo", b"x", "60S") for i in range(32))
+        )
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(connection.streams) == 32
+        transport.writes.clear()
+        release.set()
+        while connection.streams:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        connection.connection_lost(None)
+        return transport.writes, sum(transport.writes)
+
+    writes, parts = asyncio.run(run())
+    assert parts >= 32 * 3  # every reply's frames (headers, message, trailers) went out
+    assert len(writes) >= 32 * 3 // FLUSH_PARTS, f"32 replies went out in {len(writes)} write(s)"
+    assert len(writes) <= 32 // 4, f"32 replies went out in {len(writes)} writes"
