@@ -25,6 +25,7 @@ from dl_inference.builtin.v2.codec import (
     params_from_proto,
     params_to_proto,
     raw_to_array,
+    serialize_infer_response,
     serialize_with_raw,
 )
 from dl_inference.spi.call_path import grpc_deadline as request_deadline
@@ -226,6 +227,36 @@ def test_encoded_response_parses_with_tritonclient_messages() -> None:
     )
     assert parsed.raw_output_contents[1] == b"\x01\x00\x00\x00x\x02\x00\x00\x00yz"
     assert parsed.parameters["n"].int64_param == 3
+
+
+def test_serialized_responses_are_those_of_the_protobuf_runtime() -> None:
+    """serialize_infer_response reuses what one model's responses share; its bytes must be
+    exactly the protobuf runtime's, response after response, shapes and models changing."""
+    batch = np.arange(320, dtype=np.float32).reshape(32, 10)
+    responses = [
+        InferResponse(model_name="mlp", model_version="1", id="a", outputs={"y": batch[3:4]}),
+        InferResponse(model_name="mlp", model_version="1", id="b", outputs={"y": batch[5:8]}),
+        InferResponse(model_name="mlp", model_version="1", id="", outputs={"y": batch[:1]}),
+        InferResponse(model_name="mlp", model_version="2", id="c", outputs={"y": batch[:1]}),
+        InferResponse(model_name="mlp", model_version="1", outputs={"y": batch[:1], "z": batch}),
+        InferResponse(model_name="cnn", outputs={"y": batch.T}),  # not contiguous
+        InferResponse(
+            model_name="m",
+            id="é" * 70,  # a length over 127 bytes
+            outputs={
+                "s": np.array([b"x", b"yz"], dtype=object),
+                "scalar": np.array(3.5),
+                "big": np.arange(4, dtype=">i4"),
+                "b": np.ones((2, 2), bool),
+                "long": np.zeros(40, np.float64),
+            },
+        ),
+        InferResponse(model_name="m", outputs={"e": np.zeros((0, 3))}, parameters={"n": 3}),
+    ]
+    for response in responses * 2:  # the second time from what the first one kept
+        message, raw = encode_infer_response(response)
+        expected = serialize_with_raw(message.SerializeToString(), 6, raw)
+        assert serialize_infer_response(response) == expected, response
 
 
 def test_output_without_v2_datatype_is_a_backend_error() -> None:

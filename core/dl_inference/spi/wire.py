@@ -138,7 +138,13 @@ def encode_varint(value: int) -> bytes:
 
 def len_field_header(number: int, length: int) -> bytes:
     """Tag and length prefix of a length-delimited field, to append payloads without copying."""
+    if number < 16 and length < 128:  # one byte each: what most fields and short values take
+        return _SHORT_LEN_HEADERS[number][length]
     return encode_varint(number << 3 | LEN) + encode_varint(length)
+
+
+# _SHORT_LEN_HEADERS[number][length]: a field number below 16 and a length below 128.
+_SHORT_LEN_HEADERS = [[bytes((n << 3 | LEN, size)) for size in range(128)] for n in range(16)]
 
 
 def split_len_field(data: bytes, number: int) -> tuple[bytes, list[memoryview]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -84,6 +85,9 @@ FINAL_RESPONSE_PARAMETER: bytes = pb.ModelInferResponse(
 # -- shapes and datatypes ------------------------------------------------------------------
 
 
+_LITTLE_ENDIAN_MACHINE = sys.byteorder == "little"
+
+
 def _little_endian(dtype: np.dtype) -> np.dtype:
     little = _LITTLE_ENDIAN.get(dtype)
     if little is None:
@@ -131,6 +135,14 @@ def array_to_raw(array: np.ndarray, datatype: str) -> bytes | memoryview:
     """The row-major little-endian bytes of ``array`` (a view when it is already laid out so)."""
     if datatype == "BYTES":
         return serialize_bytes(array)
+    if (
+        _LITTLE_ENDIAN_MACHINE
+        and array.ndim
+        and array.size
+        and array.dtype.isnative
+        and array.flags.c_contiguous
+    ):
+        return memoryview(array).cast("B")  # what a model returns, most often: no numpy calls
     flat = np.ascontiguousarray(array).reshape(-1)
     flat = flat.astype(_little_endian(flat.dtype), copy=False)
     return memoryview(flat.view(np.uint8))
@@ -318,6 +330,65 @@ def encode_infer_response(
         tensor.shape.extend(array.shape)
         raw.append(array_to_raw(array, datatype))
     return message, raw
+
+
+# ModelInferResponse's field numbers that serialize_infer_response writes itself.
+_RESPONSE_ID = 3
+RAW_OUTPUT_CONTENTS = 6
+
+# (model, version) -> its responses' serialized name and version; (model, version, outputs'
+# names, datatypes and shapes) -> their serialized output entries. Bounded: cleared when full.
+_NAMES: dict[tuple[str, str], bytes] = {}
+_OUTPUTS: dict[tuple[Any, ...], bytes] = {}
+_KEPT = 256
+
+
+def serialize_infer_response(response: InferResponse) -> bytes:
+    """``response`` as a serialized ModelInferResponse with raw output contents.
+
+    The bytes are those of :func:`encode_infer_response` then :func:`serialize_with_raw`
+    (fields in number order), but what the responses of one model and output shapes share
+    (model name and version; each output's name, datatype and shape) is serialized once by
+    the protobuf runtime and reused: only the id and the tensor bytes differ per response.
+    """
+    if response.parameters:
+        reply, raw = encode_infer_response(response)
+        return serialize_with_raw(reply.SerializeToString(), RAW_OUTPUT_CONTENTS, raw)
+    model, version = response.model_name, response.model_version
+    arrays = []
+    shapes: list[Any] = [model, version]
+    for name, value in response.outputs.items():
+        array, datatype = output_array(model, name, value)
+        arrays.append((array, datatype))
+        shapes.append((name, datatype, array.shape))
+    names = _NAMES.get((model, version))
+    if names is None:
+        names = pb.ModelInferResponse(model_name=model, model_version=version).SerializeToString()
+        _keep(_NAMES, (model, version), names)
+    key = tuple(shapes)
+    outputs = _OUTPUTS.get(key)
+    if outputs is None:
+        message = pb.ModelInferResponse()
+        for name, datatype, shape in key[2:]:
+            message.outputs.add(name=name, datatype=datatype).shape.extend(shape)
+        outputs = message.SerializeToString()
+        _keep(_OUTPUTS, key, outputs)
+    parts: list[bytes | memoryview] = [names]
+    if response.id:
+        encoded = response.id.encode("utf-8")
+        parts += (len_field_header(_RESPONSE_ID, len(encoded)), encoded)
+    parts.append(outputs)
+    for array, datatype in arrays:
+        buffer = array_to_raw(array, datatype)
+        size = buffer.nbytes if isinstance(buffer, memoryview) else len(buffer)
+        parts += (len_field_header(RAW_OUTPUT_CONTENTS, size), buffer)
+    return b"".join(parts)
+
+
+def _keep(cache: dict[Any, bytes], key: Any, value: bytes) -> None:
+    if len(cache) >= _KEPT:
+        cache.clear()
+    cache[key] = value
 
 
 def serialize_with_raw(head: bytes, field: int, raw: Iterable[bytes | memoryview]) -> bytes:

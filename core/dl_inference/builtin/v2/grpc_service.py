@@ -18,8 +18,7 @@ from dl_inference.builtin.v2 import SERVICE
 from dl_inference.builtin.v2.codec import (
     FINAL_RESPONSE_PARAMETER,
     decode_infer_request,
-    encode_infer_response,
-    serialize_with_raw,
+    serialize_infer_response,
 )
 from dl_inference.builtin.v2.model_config import (
     config_document,
@@ -41,7 +40,6 @@ PROTOCOL = "v2"
 DECOUPLED_GRPC = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 # Field numbers in ModelInferRequest / ModelInferResponse / ModelStreamInferResponse.
 _RAW_INPUT_CONTENTS = 7
-_RAW_OUTPUT_CONTENTS = 6
 _STREAM_ERROR_MESSAGE = 1
 _STREAM_INFER_RESPONSE = 2
 # triton_final_response false: more responses to the same request follow.
@@ -140,10 +138,7 @@ class V2GrpcServicer:
             stream = self.runtime.infer_stream(request, call.ctx)
             async with contextlib.aclosing(stream) as answers:
                 async for response in answers:
-                    reply, outputs = encode_infer_response(response)
-                    body = serialize_with_raw(
-                        reply.SerializeToString(), _RAW_OUTPUT_CONTENTS, outputs
-                    )
+                    body = serialize_infer_response(response)
                     body += FINAL_RESPONSE_PARAMETER if response.final else _NOT_FINAL_PARAMETER
                     final = response.final
                     sent += 1
@@ -172,8 +167,7 @@ class V2GrpcServicer:
         except StreamingOnly as exc:
             # Triton's words first (UNIMPLEMENTED), so clients that look for them find them.
             raise StreamingOnly(f"{DECOUPLED_GRPC} ({exc})") from None
-        reply, outputs = encode_infer_response(response)
-        return serialize_with_raw(reply.SerializeToString(), _RAW_OUTPUT_CONTENTS, outputs)
+        return serialize_infer_response(response)
 
     def _decode(self, data: bytes, call: Call) -> tuple[pb.ModelInferRequest, InferRequest]:
         """The ModelInferRequest (without its raw contents) and the request it carries."""
