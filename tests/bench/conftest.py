@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from dl_inference.testing import ServerProcess, write_python_model
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def load_script(name: str) -> ModuleType:
+    """``bench/<name>.py`` imported as the module ``bench_<name>`` (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
 
 DENSE = """
     import numpy as np

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "alternate_flush.py"
+from .conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def alternate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_alternate_flush", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("alternate_flush")
 
 
 def test_only_full_load_seconds_count(alternate: ModuleType) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.sh"
 
 
@@ -53,14 +55,9 @@ def test_unknown_option_is_refused_with_the_usage() -> None:
 
 def test_side_by_side_counts_the_cpu_of_the_servers_descendants() -> None:
     """Triton's model runs in a stub process under the server: its CPU must count."""
-    import importlib.util
     import sys
 
-    path = SCRIPT.parents[1] / "bench" / "gpu_side_by_side.py"
-    spec = importlib.util.spec_from_file_location("bench_gpu_side_by_side", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("gpu_side_by_side")
     spin = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
     spin += "time.sleep(30)"
     # A shell that only waits, and under it a python that burns 0.4 s of CPU, then sleeps.

@@ -3,25 +3,18 @@ venvs; these pin what the script computes and sends)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-PEERS = Path(__file__).resolve().parents[2] / "bench" / "peers.py"
+from .conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def peers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_peers", PEERS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("peers")
 
 
 def row(server: str, target: str, conc: int, rate: float, cores: float, **extra: Any) -> dict:

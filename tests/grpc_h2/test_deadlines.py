@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -18,23 +17,9 @@ from dl_inference.server.grpc_h2.connection import H2Connection
 from dl_inference.server.grpc_h2.server import Server
 
 from .conftest import HandlersServer
-from .test_hostile import PREFACE, SETTINGS, frame
+from .raw_h2 import PREFACE, SETTINGS, RecordingTransport, call_frames, header_blocks
 
 DEADLINE_EXCEEDED = "4"
-
-
-def call_frames(encoder: Encoder, stream_id: int, method: str, body: bytes, timeout: str) -> bytes:
-    fields = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", f"/test.T/{method}"),
-        (":authority", "localhost"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-        ("grpc-timeout", timeout),
-    ]
-    message = b"\0" + len(body).to_bytes(4, "big") + body
-    return frame(1, 4, stream_id, encoder.encode(fields)) + frame(0, 1, stream_id, message)
 
 
 def statuses(sock: socket.socket, wanted: int, started: float) -> dict[int, tuple[str, float]]:
@@ -45,19 +30,11 @@ def statuses(sock: socket.socket, wanted: int, started: float) -> dict[int, tupl
     while len(seen) < wanted:
         chunk = sock.recv(65536)
         assert chunk, "the server closed the connection"
-        received += chunk
-        pos = 0
-        while pos + 9 <= len(received):
-            length = int.from_bytes(received[pos : pos + 3], "big")
-            if pos + 9 + length > len(received):
-                break
-            stream_id = int.from_bytes(received[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-            if received[pos + 3] == 1:
-                fields = dict(decoder.decode(received[pos + 9 : pos + 9 + length]))
-                if "grpc-status" in fields:
-                    seen[stream_id] = (fields["grpc-status"], time.monotonic() - started)
-            pos += 9 + length
-        received = received[pos:]
+        blocks, received = header_blocks(received + chunk)
+        for stream_id, block in blocks:
+            fields = dict(decoder.decode(block))
+            if "grpc-status" in fields:
+                seen[stream_id] = (fields["grpc-status"], time.monotonic() - started)
     return seen
 
 
@@ -84,28 +61,6 @@ def test_a_short_deadline_behind_long_ones_ends_its_call_on_time(
     assert seen[nap][0] == "0" and seen[nap][1] >= 1.4  # its long deadline did not end it
 
 
-class _Transport(asyncio.Transport):
-    """Takes what the connection writes and drops it."""
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def write(self, data: Any) -> None:
-        pass
-
-    def writelines(self, parts: Any) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
 def test_answered_calls_leave_no_deadline_behind() -> None:
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         await asyncio.sleep(0)
@@ -118,7 +73,7 @@ def test_answered_calls_leave_no_deadline_behind() -> None:
             [grpc.method_handlers_generic_handler("test.T", {"Echo": handler})]
         )
         connection = H2Connection(server)
-        connection.connection_made(_Transport())
+        connection.connection_made(RecordingTransport())
         encoder = Encoder()
         connection.data_received(PREFACE + SETTINGS)
         most = 0

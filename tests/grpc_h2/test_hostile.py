@@ -11,18 +11,10 @@ import pytest
 from hpack import Encoder
 
 from .conftest import HandlersServer
+from .raw_h2 import PREFACE, SETTINGS, frame, header_blocks
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0x1, 0x3, 0x6
 COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x9, 0xB
-
-
-def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return struct.pack(">BHBBI", n >> 16, n & 0xFFFF, ftype, flags, stream_id) + payload
-
-
-SETTINGS = frame(4, 0, 0)
 
 
 def request_headers(path: str = "/test.T/Echo", extra: tuple = ()) -> bytes:
@@ -179,17 +171,9 @@ def reply_headers(address: str, extra: tuple = (), content_type: str = "applicat
         while b"grpc-status" not in str(seen).encode():
             chunk = sock.recv(65536)
             assert chunk, "the server closed the connection without a status"
-            received += chunk
-            pos = 0
-            while pos + 9 <= len(received):
-                length = int.from_bytes(received[pos : pos + 3], "big")
-                if pos + 9 + length > len(received):
-                    break
-                if received[pos + 3] == 1:
-                    block = received[pos + 9 : pos + 9 + length]
-                    seen.update(dict(decoder.decode(block)))
-                pos += 9 + length
-            received = received[pos:]
+            blocks, received = header_blocks(received + chunk)
+            for _, block in blocks:
+                seen.update(dict(decoder.decode(block)))
     return seen
 
 

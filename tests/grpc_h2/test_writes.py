@@ -4,7 +4,6 @@ out together, in pieces of about 8 replies, not all at the end of the turn."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -13,34 +12,7 @@ from hpack import Encoder
 from dl_inference.server.grpc_h2.connection import FLUSH_PARTS, H2Connection
 from dl_inference.server.grpc_h2.server import Server
 
-from .test_deadlines import call_frames
-from .test_hostile import PREFACE, SETTINGS
-
-
-class CountingTransport(asyncio.Transport):
-    """Counts the writes the connection makes (each a system call on a real socket)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[int] = []
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def write(self, data: Any) -> None:
-        self.writes.append(1)
-
-    def writelines(self, parts: Any) -> None:
-        self.writes.append(len(list(parts)))
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
+from .raw_h2 import PREFACE, SETTINGS, RecordingTransport, call_frames
 
 
 def test_a_burst_of_replies_is_written_in_pieces() -> None:
@@ -57,7 +29,7 @@ def test_a_burst_of_replies_is_written_in_pieces() -> None:
             [grpc.method_handlers_generic_handler("test.T", {"Echo": handler})]
         )
         connection = H2Connection(server)
-        transport = CountingTransport()
+        transport = RecordingTransport()
         connection.connection_made(transport)
         encoder = Encoder()
         connection.data_received(
