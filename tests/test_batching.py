@@ -428,16 +428,16 @@ async def test_two_bad_requests_are_set_apart_within_the_bound_where_it_allows()
 
 async def test_a_request_that_expires_while_its_batch_is_retried_fails_with_deadline() -> None:
     model = PoisonModel()
+    # Room for a loaded machine to queue and take the batch before the deadline passes.
+    deadline = time.monotonic() + 1.0
 
     def slow(inputs: dict, parameters: dict, *rest: Any) -> dict:
-        if len(inputs["x"]) == 3:
-            time.sleep(0.3)  # the merged batch outlives the short deadline, then fails
+        if len(inputs["x"]) == 3:  # the merged batch outlives the short deadline, then fails
+            time.sleep(max(0.0, deadline - time.monotonic()) + 0.1)
         return model.run(inputs, parameters, *rest)
 
     batcher = Batcher("m", slow, max_batch_size=8)
-    short, poisoned, good = await merged(
-        batcher, [1.0, 5000.0, 3.0], [time.monotonic() + 0.2, None, None]
-    )
+    short, poisoned, good = await merged(batcher, [1.0, 5000.0, 3.0], [deadline, None, None])
     assert isinstance(short, DeadlineExceeded) and "ran again" in str(short)
     assert isinstance(poisoned, BackendError) and "token id 5000" in str(poisoned)
     np.testing.assert_array_equal(good["y"], [[6]])
