@@ -333,8 +333,8 @@ def encode_infer_response(
 
 
 # ModelInferResponse's field numbers that serialize_infer_response writes itself.
-_RESPONSE_ID = 3
-RAW_OUTPUT_CONTENTS = 6
+_RESPONSE_ID = pb.ModelInferResponse.ID_FIELD_NUMBER
+RAW_OUTPUT_CONTENTS = pb.ModelInferResponse.RAW_OUTPUT_CONTENTS_FIELD_NUMBER
 
 # (model, version) -> its responses' serialized name and version; (model, version, outputs'
 # names, datatypes and shapes) -> their serialized output entries. Bounded: cleared when full.
@@ -373,16 +373,13 @@ def serialize_infer_response(response: InferResponse) -> bytes:
             message.outputs.add(name=name, datatype=datatype).shape.extend(shape)
         outputs = message.SerializeToString()
         _keep(_OUTPUTS, key, outputs)
-    parts: list[bytes | memoryview] = [names]
     if response.id:
         encoded = response.id.encode("utf-8")
-        parts += (len_field_header(_RESPONSE_ID, len(encoded)), encoded)
-    parts.append(outputs)
-    for array, datatype in arrays:
-        buffer = array_to_raw(array, datatype)
-        size = buffer.nbytes if isinstance(buffer, memoryview) else len(buffer)
-        parts += (len_field_header(RAW_OUTPUT_CONTENTS, size), buffer)
-    return b"".join(parts)
+        head = b"".join((names, len_field_header(_RESPONSE_ID, len(encoded)), encoded, outputs))
+    else:
+        head = names + outputs
+    raw = [array_to_raw(array, datatype) for array, datatype in arrays]
+    return serialize_with_raw(head, RAW_OUTPUT_CONTENTS, raw)
 
 
 def _keep(cache: dict[Any, bytes], key: Any, value: bytes) -> None:
