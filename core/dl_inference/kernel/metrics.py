@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from prometheus_client import (
     CollectorRegistry,
+    GCCollector,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -237,6 +238,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        # python_gc_*: objects the cyclic collector found in reference cycles, and its runs,
+        # by generation; a count growing with traffic is a path that leaves cycles per call
+        # (each collection pauses every call in flight).
+        GCCollector(registry=self.registry)
         model_version = ["model", "version"]
         self.requests = self._add(
             "counter",
