@@ -224,8 +224,13 @@ class Stream:
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
         self.conn.stream_closed(self)
-        if self.context is not None:
-            self.context._run_callbacks()
+        context = self.context
+        if context is not None:
+            # The context keeps its stream (a handler may still ask it whether it is done);
+            # the stream lets go of the context, so the two are freed by reference counting
+            # instead of waiting, as a reference cycle, for the cyclic collector.
+            self.context = None
+            context._run_callbacks()
 
 
 class MessageOverLimit(Exception):
