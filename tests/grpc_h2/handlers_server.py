@@ -7,8 +7,10 @@ Echo, Meta (the call's metadata, peer and deadline as JSON, with initial and tra
 metadata sent back), Abort, Slow (sleeps; ``Events`` says whether it was cancelled), Nap
 (sleeps the seconds it is sent), Split (unary-stream), Join (stream-unary), Chat
 (stream-stream, async generator), Write (unary-stream with context.write), Read
-(stream-unary with context.read), SyncEcho (a synchronous handler). Health and reflection
-too. SIGTERM stops it gracefully.
+(stream-unary with context.read), SyncEcho, SyncMeta and SyncAbort (synchronous unary
+handlers), SyncSplit, SyncJoin and SyncChat (synchronous streaming handlers: generators and
+plain iteration), SyncDrip (a synchronous generator that sleeps 0.5 s before each reply).
+Health and reflection too. SIGTERM stops it gracefully.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import signal
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -73,6 +76,46 @@ def sync_echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"sync:" + request
 
 
+def sync_meta(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.send_initial_metadata((("initial-key", "sync"),))
+    context.set_trailing_metadata((("trailing-key", "sync"),))
+    context.add_callback(lambda: EVENTS.append("sync-meta:ended"))
+    return json.dumps(
+        {
+            "metadata": [k for k, _ in context.invocation_metadata()],
+            "deadline": context.time_remaining() is not None,
+            "peer": context.peer().startswith("ipv4:127.0.0.1:"),
+        }
+    ).encode()
+
+
+def sync_abort(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.abort(grpc.StatusCode.FAILED_PRECONDITION, "sync says no", (("why", "sync"),))
+    return b"not sent"  # grpc.aio ends the call at abort whether or not it raises
+
+
+def sync_split(request: bytes, context: grpc.ServicerContext):
+    context.set_trailing_metadata((("parts", str(len(request))),))
+    for byte in request:
+        yield bytes([byte])
+
+
+def sync_join(requests, context: grpc.ServicerContext) -> bytes:
+    return b"".join(requests)
+
+
+def sync_chat(requests, context: grpc.ServicerContext):
+    for request in requests:
+        yield request.upper()
+
+
+def sync_drip(request: bytes, context: grpc.ServicerContext):
+    """Replies slowly, blocking its thread between them (a model computing each)."""
+    for _ in range(int(request)):
+        time.sleep(0.5)
+        yield b"drop"
+
+
 async def events(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return json.dumps(EVENTS).encode()
 
@@ -118,6 +161,12 @@ async def main(engine: str, tls: list[str] | None) -> None:
         "Nap": rpc.unary_unary_rpc_method_handler(nap),
         "Events": rpc.unary_unary_rpc_method_handler(events),
         "SyncEcho": rpc.unary_unary_rpc_method_handler(sync_echo),
+        "SyncMeta": rpc.unary_unary_rpc_method_handler(sync_meta),
+        "SyncAbort": rpc.unary_unary_rpc_method_handler(sync_abort),
+        "SyncSplit": rpc.unary_stream_rpc_method_handler(sync_split),
+        "SyncJoin": rpc.stream_unary_rpc_method_handler(sync_join),
+        "SyncChat": rpc.stream_stream_rpc_method_handler(sync_chat),
+        "SyncDrip": rpc.unary_stream_rpc_method_handler(sync_drip),
         "Split": rpc.unary_stream_rpc_method_handler(split),
         "Join": rpc.stream_unary_rpc_method_handler(join),
         "Chat": rpc.stream_stream_rpc_method_handler(chat),

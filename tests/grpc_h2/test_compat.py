@@ -81,6 +81,50 @@ def test_streams_of_every_kind(channel: grpc.Channel) -> None:
     assert channel.stream_unary("/test.T/Read")(iter([])) == b""
 
 
+def test_synchronous_handlers_of_every_kind(channel: grpc.Channel) -> None:
+    parts = channel.unary_stream("/test.T/SyncSplit")(b"abc")
+    assert list(parts) == [b"a", b"b", b"c"]
+    assert ("parts", "3") in parts.trailing_metadata()
+    assert channel.stream_unary("/test.T/SyncJoin")(iter([b"a", b"b", b"c"])) == b"abc"
+    assert channel.stream_unary("/test.T/SyncJoin")(iter([])) == b""
+    chat = channel.stream_stream("/test.T/SyncChat")
+    assert list(chat(iter([b"x", b"y"]))) == [b"X", b"Y"]
+
+
+def test_a_synchronous_handler_context(channel: grpc.Channel) -> None:
+    reply, rpc = call(channel, "SyncMeta").with_call(b"", metadata=(("x-text", "a"),), timeout=30)
+    assert json.loads(reply) == {
+        "metadata": ["user-agent", "x-text"],
+        "deadline": True,
+        "peer": True,
+    }
+    assert "sync-meta:ended" in json.loads(call(channel, "Events")(b""))
+    assert ("initial-key", "sync") in rpc.initial_metadata()
+    assert ("trailing-key", "sync") in rpc.trailing_metadata()
+    with pytest.raises(grpc.RpcError) as caught:
+        call(channel, "SyncAbort")(b"")
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details() == "sync says no"
+    assert ("why", "sync") in caught.value.trailing_metadata()
+
+
+def test_a_blocking_synchronous_generator_holds_a_thread_not_the_server(
+    channel: grpc.Channel,
+) -> None:
+    started = time.monotonic()
+    drip = channel.unary_stream("/test.T/SyncDrip")(b"3")  # 3 replies, 0.5 s before each
+    time.sleep(0.2)  # the generator is in its first sleep
+    took = []
+    for _ in range(5):
+        before = time.monotonic()
+        assert call(channel, "Echo")(b"meanwhile", timeout=10) == b"meanwhile"
+        took.append(time.monotonic() - before)
+    assert list(drip) == [b"drop"] * 3
+    assert time.monotonic() - started >= 1.4
+    # Run on the event loop, the generator held every other call until it was done.
+    assert max(took) < 0.25, took
+
+
 def test_a_100_mb_message_both_ways(channel: grpc.Channel) -> None:
     body = bytes(range(256)) * (BIG // 256)
     assert call(channel, "Echo")(body, timeout=120) == body

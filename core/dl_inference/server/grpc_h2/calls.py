@@ -4,8 +4,6 @@ and reply), async generators or ``context.write``, and the status each outcome e
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +20,12 @@ from dl_inference.server.grpc_h2.context import (
     _serialize,
 )
 from dl_inference.server.grpc_h2.stream import MessageOverLimit, Stream
+from dl_inference.server.grpc_h2.sync_handlers import (
+    SyncRequests,
+    call_sync,
+    is_sync,
+    sync_replies,
+)
 
 log = logging.getLogger(__name__)
 _OK = grpc.StatusCode.OK
@@ -34,38 +38,30 @@ async def run_call(stream: Stream, handler: grpc.RpcMethodHandler, request: byte
     context.request_deserializer = handler.request_deserializer
     context.response_serializer = serializer = handler.response_serializer
     try:
+        behavior = _behavior(handler)
+        sync = is_sync(behavior)
         if handler.request_streaming:
-            argument: Any = _requests(context)
+            argument: Any = (
+                SyncRequests(context, asyncio.get_running_loop()) if sync else _requests(context)
+            )
         else:
             assert request is not None
             argument = _deserialize(handler.request_deserializer, request)
-        if not handler.response_streaming:
-            behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
-            if handler.request_streaming or inspect.iscoroutinefunction(behavior):
-                reply = behavior(argument, context)
-            else:
-                # A synchronous handler runs in the default executor, as grpc.aio runs it,
-                # so that it cannot stall the event loop.
-                call = functools.partial(contextvars.copy_context().run, behavior)
-                reply = await asyncio.get_running_loop().run_in_executor(
-                    None, call, argument, context
-                )
-            if inspect.isawaitable(reply):
-                reply = await reply
-            if context._code is None or context._code is _OK:
-                await stream.send_message(_serialize(serializer, reply), False)
+        # A synchronous handler runs in the default executor, as grpc.aio runs it, so that
+        # it cannot stall the event loop.
+        if sync:
+            result = await call_sync(behavior, argument, context)
         else:
-            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
-            replies = behavior(argument, context)
-            if inspect.isawaitable(replies):
-                replies = await replies
-            if replies is not None:
-                if hasattr(replies, "__aiter__"):
-                    async for reply in replies:
-                        await stream.send_message(_serialize(serializer, reply), True)
-                else:
-                    for reply in replies:
-                        await stream.send_message(_serialize(serializer, reply), True)
+            result = behavior(argument, context)
+        if inspect.isawaitable(result):
+            result = await result
+        if not handler.response_streaming:
+            if context._code is None or context._code is _OK:
+                await stream.send_message(_serialize(serializer, result), False)
+        elif result is not None:
+            replies = result if hasattr(result, "__aiter__") else sync_replies(result)
+            async for reply in replies:
+                await stream.send_message(_serialize(serializer, reply), True)
     except grpc.aio.AbortError:
         pass
     except asyncio.CancelledError:
@@ -92,6 +88,12 @@ async def run_call(stream: Stream, handler: grpc.RpcMethodHandler, request: byte
     # This task is the one ending: closing the stream need not look for a task to cancel.
     stream.task = None
     stream.finish(code, details, context._trailing)
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Any:
+    if handler.request_streaming:
+        return handler.stream_stream if handler.response_streaming else handler.stream_unary
+    return handler.unary_stream if handler.response_streaming else handler.unary_unary
 
 
 async def _requests(context: ServicerContext) -> AsyncIterator[Any]:
