@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from dl_inference.kernel import heap
 from dl_inference.kernel.streaming import is_generator_function
 from dl_inference.spi.backend import Backend
 from dl_inference.spi.errors import BackendError, ConfigError, DlInferenceError, Unavailable
@@ -483,6 +484,7 @@ def _reply(region: SharedMemory, outputs: dict[str, np.ndarray]) -> tuple[Any, .
 def main() -> None:
     """A child's entry point (``python -m dl_inference.kernel.process_instances``)."""
     fd = int(os.environ.pop("DLI_INSTANCE_FD"))
+    heap.keep_freed_memory()  # the model's batches run here: see dl_inference.kernel.heap
     # The server's Ctrl-C reaches its whole process group: the server ends its children.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)

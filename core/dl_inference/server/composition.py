@@ -386,6 +386,7 @@ class Server:
         # Always, and before start: SIGHUP's default action would end the process, also
         # while it starts.
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        heap.keep_freed_memory()  # before the models load: their batches reuse freed blocks
         try:
             await self.start()
         except BaseException:
