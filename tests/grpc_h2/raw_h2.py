@@ -1,13 +1,19 @@
 """HTTP/2 by hand for the asyncio engine's tests: frames, gRPC calls as a client writes them,
-the header blocks a server sent, and a transport that records what a connection writes."""
+the header blocks a server sent, a transport that records what a connection writes, and a
+connection object on it (no socket) to a server with one method."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from typing import Any
 
+import grpc
 from hpack import Encoder
+
+from dl_inference.server.grpc_h2.connection import H2Connection
+from dl_inference.server.grpc_h2.server import Server
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -76,3 +82,17 @@ class RecordingTransport(asyncio.Transport):
 
     def close(self) -> None:
         pass
+
+
+def echo_connection(echo: Callable[..., Any]) -> tuple[H2Connection, RecordingTransport]:
+    """A connection object on a :class:`RecordingTransport` (from a running event loop) to a
+    server whose ``/test.T/Echo`` is the unary handler ``echo``."""
+    server = Server()
+    handler = grpc.unary_unary_rpc_method_handler(echo)
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("test.T", {"Echo": handler})]
+    )
+    connection = H2Connection(server)
+    transport = RecordingTransport()
+    connection.connection_made(transport)
+    return connection, transport

@@ -13,11 +13,8 @@ import grpc
 import grpc.aio
 from hpack import Decoder, Encoder
 
-from dl_inference.server.grpc_h2.connection import H2Connection
-from dl_inference.server.grpc_h2.server import Server
-
 from .conftest import HandlersServer
-from .raw_h2 import PREFACE, SETTINGS, RecordingTransport, call_frames, header_blocks
+from .raw_h2 import PREFACE, SETTINGS, call_frames, echo_connection, header_blocks
 
 DEADLINE_EXCEEDED = "4"
 
@@ -67,13 +64,7 @@ def test_answered_calls_leave_no_deadline_behind() -> None:
         return request
 
     async def run() -> tuple[int, int]:
-        server = Server()
-        handler = grpc.unary_unary_rpc_method_handler(echo)
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("test.T", {"Echo": handler})]
-        )
-        connection = H2Connection(server)
-        connection.connection_made(RecordingTransport())
+        connection, _ = echo_connection(echo)
         encoder = Encoder()
         connection.data_received(PREFACE + SETTINGS)
         most = 0

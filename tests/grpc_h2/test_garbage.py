@@ -12,9 +12,8 @@ import grpc.aio
 from hpack import Encoder
 
 from dl_inference.server.grpc_h2.connection import H2Connection
-from dl_inference.server.grpc_h2.server import Server
 
-from .raw_h2 import PREFACE, SETTINGS, RecordingTransport, call_frames
+from .raw_h2 import PREFACE, SETTINGS, call_frames, echo_connection
 
 CALLS = 300
 
@@ -42,14 +41,7 @@ def test_answered_calls_leave_no_reference_cycles() -> None:
             await asyncio.sleep(0.001)
 
     async def run() -> tuple[int, list[str]]:
-        server = Server()
-        handler = grpc.unary_unary_rpc_method_handler(echo)
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("test.T", {"Echo": handler})]
-        )
-        connection = H2Connection(server)
-        transport = RecordingTransport()
-        connection.connection_made(transport)
+        connection, _ = echo_connection(echo)
         encoder = Encoder()
         connection.data_received(PREFACE + SETTINGS)
         await calls(connection, encoder, 1, 16)  # warm: caches filled, loop state settled

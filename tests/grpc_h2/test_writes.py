@@ -9,10 +9,9 @@ import grpc
 import grpc.aio
 from hpack import Encoder
 
-from dl_inference.server.grpc_h2.connection import FLUSH_PARTS, H2Connection
-from dl_inference.server.grpc_h2.server import Server
+from dl_inference.server.grpc_h2.connection import FLUSH_PARTS
 
-from .raw_h2 import PREFACE, SETTINGS, RecordingTransport, call_frames
+from .raw_h2 import PREFACE, SETTINGS, call_frames, echo_connection
 
 
 def test_a_burst_of_replies_is_written_in_pieces() -> None:
@@ -23,14 +22,7 @@ def test_a_burst_of_replies_is_written_in_pieces() -> None:
         return request
 
     async def run() -> tuple[list[int], int]:
-        server = Server()
-        handler = grpc.unary_unary_rpc_method_handler(echo)
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("test.T", {"Echo": handler})]
-        )
-        connection = H2Connection(server)
-        transport = RecordingTransport()
-        connection.connection_made(transport)
+        connection, transport = echo_connection(echo)
         encoder = Encoder()
         connection.data_received(
             PREFACE
