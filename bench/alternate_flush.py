@@ -90,14 +90,7 @@ def rates(windows: list[list[float]]) -> tuple[float, float, int]:
 
 def repository(root: Path, model: str) -> Path:
     """The peers' TorchScript ``model`` as bench/peers.py serves it, batching 32 / 2 ms."""
-    version = root / model / "1"
-    version.mkdir(parents=True)
-    (version / "model.py").write_text(models.MODEL_PY)
-    (version / "model.pt").symlink_to(PEERS_MODELS / model / "model.pt")
-    (root / model / "config.yaml").write_text(
-        models.config_yaml(model, batching=True, queue_delay_ms=2)
-    )
-    return root
+    return models.write_model(root, model, PEERS_MODELS, batching=True, queue_delay_ms=2)
 
 
 def run(args: argparse.Namespace, first: int) -> tuple[float, float, int]:

@@ -122,16 +122,29 @@ def config_yaml(
         """)
 
 
+def write_model(
+    root: Path, name: str, models_dir: Path, *, batching: bool, queue_delay_ms: float = 0
+) -> Path:
+    """``root/<name>/1/{model.py, model.pt}`` + config.yaml: the TorchScript file
+    ``models_dir/<name>/model.pt`` (linked, so every server loads the same bytes) served by
+    :data:`MODEL_PY`. Returns ``root``."""
+    version = root / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    (version / "model.py").write_text(MODEL_PY)
+    link = version / "model.pt"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(models_dir / name / "model.pt")
+    (root / name / "config.yaml").write_text(
+        config_yaml(name, batching=batching, queue_delay_ms=queue_delay_ms)
+    )
+    return root
+
+
 def write_repository(root: Path, models_dir: Path, *, batching: bool) -> Path:
     """``root/<model>/1/{model.py, model.pt}`` + config.yaml for each model and pyheavy."""
     for name in SHAPES:
-        version = root / name / "1"
-        version.mkdir(parents=True, exist_ok=True)
-        (version / "model.py").write_text(MODEL_PY)
-        target = version / "model.pt"
-        if not target.exists():
-            target.symlink_to(models_dir / name / "model.pt")
-        (root / name / "config.yaml").write_text(config_yaml(name, batching=batching))
+        write_model(root, name, models_dir, batching=batching)
     version = root / "pyheavy" / "1"
     version.mkdir(parents=True, exist_ok=True)
     (version / "model.py").write_text(PYHEAVY_PY)

@@ -380,19 +380,13 @@ class Runner:
         """``<out>/repo-<model>-<batching>-<delay>/<model>``: bench/models.py's python-backend
         model.py serving the peers' TorchScript file (the same bytes every peer loads)."""
         root = self.out / f"repo-{block.model}-batching-{block.batching}-{block.delay_ms}ms"
-        version = root / block.model / "1"
-        version.mkdir(parents=True, exist_ok=True)
-        (version / "model.py").write_text(models.MODEL_PY)
-        link = version / "model.pt"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(PEERS_ROOT / "models" / block.model / "model.pt")
-        (root / block.model / "config.yaml").write_text(
-            models.config_yaml(
-                block.model, batching=block.batching == "on", queue_delay_ms=block.delay_ms
-            )
+        return models.write_model(
+            root,
+            block.model,
+            PEERS_ROOT / "models",
+            batching=block.batching == "on",
+            queue_delay_ms=block.delay_ms,
         )
-        return root
 
     @contextlib.contextmanager
     def serve(self, block: Block) -> Iterator[tuple[int, dict[str, int]]]:
