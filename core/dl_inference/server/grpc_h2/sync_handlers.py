@@ -11,7 +11,6 @@ model's computation, a ``time.sleep``) holds a thread, never the calls of other 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -53,22 +52,6 @@ class SyncServicerContext:
                 "a synchronous handler's context waits for the event loop: use it from the "
                 "handler's own thread, not from a coroutine on the loop"
             )
-
-    def _on_loop(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Run ``function`` on the event loop and wait for its result (or exception)."""
-        self._check_thread()
-        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                result = function(*args)
-            except BaseException as exc:  # handed to the waiting thread, raised there
-                done.set_exception(exc)
-            else:
-                done.set_result(result)
-
-        self._loop.call_soon_threadsafe(run)
-        return done.result()
 
     def _await_on_loop(self, function: Callable[..., Any], *args: Any) -> Any:
         """Await ``function(*args)`` on the event loop; wait for its result (or exception)."""
@@ -136,13 +119,13 @@ class SyncServicerContext:
     def add_callback(self, callback: Callable[[], None]) -> bool:
         """Call ``callback`` when the call ends; False (and not registered) if it has."""
 
-        def register() -> bool:
+        async def register() -> bool:  # on the loop, which also ends the call
             if self._context.done():
                 return False
             self._context.add_done_callback(lambda _: callback())
             return True
 
-        return self._on_loop(register)
+        return self._await_on_loop(register)
 
 
 class SyncRequests(Iterator[Any]):
