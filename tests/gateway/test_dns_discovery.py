@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,12 +35,25 @@ def free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_udp_and_tcp_port() -> int:
+    """A port free for both: dnsmasq binds TCP on its DNS port too, and exits if it cannot."""
+    while True:
+        port = free_udp_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 class Dnsmasq:
     """dnsmasq answering only from a hosts file of ours; SIGHUP makes it re-read the file."""
 
     def __init__(self, folder: Path) -> None:
         self.hosts = folder / "hosts"
-        self.port = free_udp_port()
+        self.log = folder / "dnsmasq.log"
+        self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     def write(self, *addresses: str) -> None:
@@ -49,24 +63,49 @@ class Dnsmasq:
         if self.process is not None:
             self.process.send_signal(signal.SIGHUP)
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                DNSMASQ,
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                f"--addn-hosts={self.hosts}",
-                f"--port={self.port}",
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--user=root",
-                "--pid-file=",
-                "--log-facility=-",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    def start(self, attempts: int = 5) -> None:
+        """Start on a free port; another process may take the port first, so try again then."""
+        for _ in range(attempts):
+            self.port = free_udp_and_tcp_port()
+            self.process = self._launch()
+            if self._listening():
+                return
+            self.process.kill()
+            self.process.wait(10)
+        raise AssertionError(f"dnsmasq did not start: {self.log.read_text().strip()}")
+
+    def _listening(self) -> bool:
+        """True once it answers a query; a port held by another process shows as an exit."""
+        assert self.process is not None
+        for _ in range(50):
+            if self.process.poll() is not None:
+                return False
+            try:
+                asyncio.run(lookup("other.dli.test", ("127.0.0.1", self.port), timeout=0.2))
+                return self.process.poll() is None
+            except DnsError:
+                time.sleep(0.05)
+        return False
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as log:
+            return subprocess.Popen(
+                [
+                    DNSMASQ,
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    f"--addn-hosts={self.hosts}",
+                    f"--port={self.port}",
+                    "--listen-address=127.0.0.1",
+                    "--bind-interfaces",
+                    "--user=root",
+                    "--pid-file=",
+                    "--log-facility=-",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
 
     def stop(self) -> None:
         if self.process is not None:
@@ -92,7 +131,7 @@ async def wait_for_records(dns: Dnsmasq, count: int) -> list[str]:
         if len(found) == count:
             return found
         await asyncio.sleep(0.05)
-    raise AssertionError(f"dnsmasq never served {count} records")
+    raise AssertionError(f"dnsmasq never served {count} records: {dns.log.read_text().strip()}")
 
 
 async def test_lookup_returns_every_record(dns: Dnsmasq) -> None:
