@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,9 +114,11 @@ def read_batching_parameters(path: Path) -> dict[str, Any]:
     """A ``--batching_parameters_file`` as model config.yaml keys; a parameter that does not
     map is a ConfigError naming it and the file."""
     params = read_text_proto(path, tfs_pb2.BatchingParameters())
+    lines = _top_level_lines(path.read_text(encoding="utf-8"))
 
     def refuse(field: str, why: str) -> ConfigError:
-        return ConfigError(f"{path}: {field}: {why}")
+        line = lines.get(field)
+        return ConfigError(f"{path}:{line}: {field}: {why}" if line else f"{path}: {field}: {why}")
 
     if not params.HasField("max_batch_size"):
         raise refuse("max_batch_size", "required here (give the largest batch, e.g. 32)")
@@ -218,10 +221,32 @@ _NAME = re.compile(r"[A-Za-z_][\w.]*")
 
 def _entry_lines(text: str) -> list[dict[str, int]]:
     """For each ``model_config_list.config`` entry, the line of each of its fields (the
-    first time it is written) and of the entry itself (``"config"``): protobuf's parser
-    keeps no positions, so errors found after parsing are placed by this walk."""
-    starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    first time it is written) and of the entry itself (``"config"``)."""
     entries: list[dict[str, int]] = []
+    for event, path, name, line in _walk(text):
+        if event == "open" and path == ("model_config_list",) and name == "config":
+            entries.append({"config": line})
+        elif event == "field" and path == ("model_config_list", "config") and entries:
+            entries[-1].setdefault(name, line)
+    return entries
+
+
+def _top_level_lines(text: str) -> dict[str, int]:
+    """The line of each top-level field of a text-format message, the first time it is
+    written."""
+    lines: dict[str, int] = {}
+    for event, path, name, line in _walk(text):
+        if event == "field" and not path:
+            lines.setdefault(name, line)
+    return lines
+
+
+def _walk(text: str) -> Iterator[tuple[str, tuple[str | None, ...], str | None, int]]:
+    """The fields of a text-format message as written: ``("field", path, name, line)`` for
+    each field name and ``("open", path, name, line)`` for each message opened, ``path``
+    being the names of the messages it is in. protobuf's parser keeps no positions, so
+    errors found after parsing are placed by this walk."""
+    starts = [0] + [m.end() for m in re.finditer("\n", text)]
     path: list[str | None] = []  # the open messages' field names
     lists: list[tuple[int, str | None]] = []  # open [...] lists: depth, field name
     pending: str | None = None  # the field name just read, awaiting its value
@@ -233,8 +258,7 @@ def _entry_lines(text: str) -> list[dict[str, int]]:
             continue
         if token in ("{", "<"):
             name = pending if pending else (lists[-1][1] if lists else None)
-            if path == ["model_config_list"] and name == "config":
-                entries.append({"config": line})
+            yield "open", tuple(path), name, line
             path.append(name)
             pending, value_next = None, False
         elif token in ("}", ">"):
@@ -252,14 +276,12 @@ def _entry_lines(text: str) -> list[dict[str, int]]:
             value_next = True
         elif _NAME.fullmatch(token) and not value_next:
             pending = token
-            if path == ["model_config_list", "config"] and entries:
-                entries[-1].setdefault(token, line)
+            yield "field", tuple(path), token, line
         elif token not in (",", ";"):
             # A value (string, number, enum): inside [a, b] more values follow.
             value_next = bool(lists) and lists[-1][0] == len(path)
             if not value_next:
                 pending = None
-    return entries
 
 
 class ModelConfigFile:

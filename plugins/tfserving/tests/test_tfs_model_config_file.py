@@ -178,12 +178,18 @@ ERRORS = {
     "padding": (
         GOOD,
         "max_batch_size { value: 8 }\npad_variable_length_inputs: true\n",
-        "batching.config: pad_variable_length_inputs: not supported",
+        "batching.config:2: pad_variable_length_inputs: not supported",
     ),
     "allowed sizes": (
         GOOD,
         "max_batch_size { value: 8 }\nallowed_batch_sizes: [2, 4]\n",
-        "batching.config: allowed_batch_sizes: the last entry (4) must equal max_batch_size (8)",
+        "batching.config:2: allowed_batch_sizes: the last entry (4) must equal max_batch_size (8)",
+    ),
+    "a bad value after comments": (
+        GOOD,
+        "# TF Serving's batching\nmax_batch_size { value: 8 }  # rows\n"
+        "num_batch_threads { value: 2 }\nbatch_timeout_micros {\n  value: -5\n}\n",
+        "batching.config:4: batch_timeout_micros: -5 must not be negative",
     ),
     "no max_batch_size": (
         GOOD,
