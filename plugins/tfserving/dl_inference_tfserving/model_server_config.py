@@ -5,6 +5,10 @@
   ``model_platform``, ``model_version_policy`` and ``version_labels``.
 - ``--batching_parameters_file``: a ``BatchingParameters`` in text format, applied to every
   model of the file, as TF Serving's ``--enable_batching`` applies it to every model.
+- ``--enable_per_model_batching_parameters``: each model batched with the
+  ``batching_params.pbtxt`` of its SavedModel folder (the newest served version's), unbatched
+  without one; only the thread count (``num_batch_threads``) comes from the common file,
+  as in TF Serving.
 
 Both are read with TF Serving's published field numbers (``_proto/tfs.proto``). Each model
 is served from its ``base_path`` (``<base_path>/<version>/saved_model.pb``) by the
@@ -41,6 +45,8 @@ from dl_inference_tfserving._proto import tfs_pb2
 
 log = structlog.get_logger("dl_inference.tfserving")
 
+# A SavedModel folder's own batching parameters (TF Serving's kBatchingParamsFilename).
+PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
 # model_platform values this server answers for: TF Serving's default platform.
 PLATFORMS = ("", "tensorflow")
 BACKEND = "tensorflow"
@@ -294,15 +300,50 @@ class ModelConfigFile:
     """
 
     def __init__(
-        self, path: Path, batching_file: Path | None = None, poll_wait_s: float = 0.0
+        self,
+        path: Path,
+        batching_file: Path | None = None,
+        poll_wait_s: float = 0.0,
+        *,
+        per_model_batching: bool = False,
     ) -> None:
         self.path = path
         self.poll_wait_s = poll_wait_s
+        self.per_model_batching = per_model_batching
         self.batching = read_batching_parameters(batching_file) if batching_file else {}
-        self.configured = read_model_config_file(path, self.batching)
+        self.configured = read_model_config_file(path, self._common_batching())
+        if per_model_batching:
+            for model in self.configured:
+                self._model_batching(model)  # a file that does not read stops start-up
         self._read_at = time.monotonic()
         self._lock = threading.Lock()
         self._folder: Path | None = None
+
+    def _common_batching(self) -> dict[str, Any]:
+        """The batching keys every model gets from the common file (none when each model
+        brings its own)."""
+        return {} if self.per_model_batching else self.batching
+
+    def _model_batching(self, model: ConfiguredModel) -> dict[str, Any]:
+        """With per-model parameters, ``model``'s batching keys: the batching_params.pbtxt
+        of the newest version it serves (none there: not batched), the threads of the
+        common file."""
+        if not self.per_model_batching:
+            return {}
+        versions = _version_folders(model.base_path)
+        listed = model.config.get("version_policy", {}).get("specific")
+        served = [int(v) for v in versions if listed is None or int(v) in listed]
+        if not served:
+            return {}
+        newest = versions[str(max(served))] / PER_MODEL_BATCHING_FILE
+        if not newest.is_file():
+            return {}
+        batching = read_batching_parameters(newest)
+        # TF Serving runs every model's batches on the common scheduler's threads.
+        batching.pop("instances", None)
+        if "instances" in self.batching:
+            batching["instances"] = self.batching["instances"]
+        return batching
 
     def models(self) -> list[tuple[str, Path]]:
         """``(name, model folder)`` for each configured model (the file re-read when due)."""
@@ -310,7 +351,7 @@ class ModelConfigFile:
             if self.poll_wait_s > 0 and time.monotonic() - self._read_at >= self.poll_wait_s:
                 self._read_at = time.monotonic()
                 try:
-                    self.configured = read_model_config_file(self.path, self.batching)
+                    self.configured = read_model_config_file(self.path, self._common_batching())
                 except ConfigError as exc:
                     log.error(
                         "model config file not reloaded; serving its previous models",
@@ -320,6 +361,18 @@ class ModelConfigFile:
             for model in self.configured:
                 try:
                     found.append((model.name, self._model_folder(model)))
+                except ConfigError as exc:
+                    # Its batching_params.pbtxt no longer reads: the model stays as it was.
+                    folder = self._folder_of(model)
+                    kept = (folder / "config.yaml").is_file()
+                    log.error(
+                        "model's batching parameters not read",
+                        model=model.name,
+                        error=str(exc),
+                        outcome="previous parameters kept" if kept else "model skipped",
+                    )
+                    if kept:
+                        found.append((model.name, folder))
                 except OSError as exc:
                     log.warning(
                         "model of the model config file skipped",
@@ -333,12 +386,11 @@ class ModelConfigFile:
         """``<private folder>/<name>/``: config.yaml and a link per version folder of
         base_path (stale links removed); files rewritten only when they change, so the
         scan sees no change while base_path and the file are unchanged."""
-        if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="dl-inference-tfserving-"))
-            atexit.register(shutil.rmtree, self._folder, True)
-        folder = self._folder / model.name
+        folder = self._folder_of(model)
+        # Read before any link changes: a file that does not read leaves the folder as it was.
+        config = {**model.config, **self._model_batching(model)}
         folder.mkdir(exist_ok=True)
-        versions = {p.name: p for p in model.base_path.iterdir() if p.name.isdigit() and p.is_dir()}
+        versions = _version_folders(model.base_path)
         for link in folder.iterdir():
             if link.is_symlink() and (
                 link.name not in versions or link.readlink() != versions[link.name]
@@ -347,8 +399,20 @@ class ModelConfigFile:
         for name, target in versions.items():
             if not (folder / name).is_symlink():
                 (folder / name).symlink_to(target, target_is_directory=True)
-        text = yaml.safe_dump(model.config, sort_keys=False)
-        config = folder / "config.yaml"
-        if not config.is_file() or config.read_text() != text:
-            config.write_text(text)
+        text = yaml.safe_dump(config, sort_keys=False)
+        config_file = folder / "config.yaml"
+        if not config_file.is_file() or config_file.read_text() != text:
+            config_file.write_text(text)
         return folder
+
+    def _folder_of(self, model: ConfiguredModel) -> Path:
+        """``<private folder>/<name>``, the private folder made on first use."""
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="dl-inference-tfserving-"))
+            atexit.register(shutil.rmtree, self._folder, True)
+        return self._folder / model.name
+
+
+def _version_folders(base_path: Path) -> dict[str, Path]:
+    """``base_path``'s version folders (numeric names) by name."""
+    return {p.name: p for p in base_path.iterdir() if p.name.isdigit() and p.is_dir()}

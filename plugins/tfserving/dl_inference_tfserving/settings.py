@@ -24,6 +24,7 @@ TF Serving's own configuration files are read as they are
         model_config_file: /models/models.config            # --model_config_file
         model_config_file_poll_wait_seconds: 60              # its flag of that name
         batching_parameters_file: /models/batching.config    # --batching_parameters_file
+        enable_per_model_batching_parameters: false          # its flag of that name
 
 Relative paths are taken from the server YAML's folder, as its ``model_repository`` is. The
 file's models are served with or without a ``model_repository`` (and beside ``routes``); with
@@ -66,11 +67,13 @@ class TFServingSettings(BaseModel):
 
     predict_response_tensor_serialization_option: SerializationOption = AS_PROTO_FIELD
     models: dict[str, ModelSettings] = Field(default_factory=dict)
-    # TF Serving's --model_config_file, --model_config_file_poll_wait_seconds (0: read once)
-    # and --batching_parameters_file (applied to every model of the model config file).
+    # TF Serving's --model_config_file, --model_config_file_poll_wait_seconds (0: read once),
+    # --batching_parameters_file (applied to every model of the model config file) and
+    # --enable_per_model_batching_parameters (each model's batching_params.pbtxt instead).
     model_config_file: Path | None = None
     model_config_file_poll_wait_seconds: float = Field(default=0.0, ge=0)
     batching_parameters_file: Path | None = None
+    enable_per_model_batching_parameters: bool = False
 
     def tensor_content(self, model: str) -> bool:
         """Whether ``Predict`` answers ``model``'s outputs in ``tensor_content``."""
@@ -90,12 +93,13 @@ def parse_settings(settings: Mapping[str, Any]) -> TFServingSettings:
 def model_config_file(settings: TFServingSettings) -> ModelConfigFile | None:
     """The section's model config file, read (with its batching parameters), or None."""
     if settings.model_config_file is None:
-        if settings.batching_parameters_file is not None:
-            raise ConfigError(
-                f"{PREFIX}.batching_parameters_file: applies to the models of "
-                f"{PREFIX}.model_config_file, which is not set; for a model_repository's "
-                "models set max_batch_size and max_queue_delay_ms in their config.yaml"
-            )
+        for key in ("batching_parameters_file", "enable_per_model_batching_parameters"):
+            if getattr(settings, key):
+                raise ConfigError(
+                    f"{PREFIX}.{key}: applies to the models of {PREFIX}.model_config_file, "
+                    "which is not set; for a model_repository's models set max_batch_size "
+                    "and max_queue_delay_ms in their config.yaml"
+                )
         return None
     from dl_inference_tfserving.model_server_config import ModelConfigFile
 
@@ -103,6 +107,7 @@ def model_config_file(settings: TFServingSettings) -> ModelConfigFile | None:
         settings.model_config_file,
         settings.batching_parameters_file,
         settings.model_config_file_poll_wait_seconds,
+        per_model_batching=settings.enable_per_model_batching_parameters,
     )
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dl_inference import ConfigError
 from dl_inference_tfserving._proto import tfs_pb2
@@ -213,15 +214,91 @@ def test_what_cannot_be_served_stops_the_server(base: Path, case: str) -> None:
     assert message in result.stderr, result.stderr
 
 
-def test_batching_parameters_need_the_model_config_file(base: Path) -> None:
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"batching_parameters_file": "batching.config"},
+        {"enable_per_model_batching_parameters": True},
+    ],
+)
+def test_batching_parameters_need_the_model_config_file(given: dict[str, object]) -> None:
+    from dl_inference_tfserving.settings import model_config_file, parse_settings
+
+    key = next(iter(given))
+    with pytest.raises(ConfigError, match=f"tfserving.{key}: applies to the models of"):
+        model_config_file(parse_settings(given))
+
+
+def served_config(folder: Path) -> dict[str, object]:
+    return yaml.safe_load((folder / "config.yaml").read_text())
+
+
+BATCHING_KEYS = ("max_batch_size", "max_queue_delay_ms", "instances", "preferred_batch_sizes")
+
+
+def test_per_model_batching_parameters(base: Path) -> None:
+    """TF Serving's --enable_per_model_batching_parameters: a model is batched with the
+    batching_params.pbtxt of the newest version it serves (what TF Serving loads last),
+    only the common file's thread count kept; without the file, not batched."""
+    for folder in ("b/1", "b/2", "c/1"):
+        (base / folder).mkdir(parents=True)
+    more = (
+        "  config { name: 'b' base_path: '%(base)s/b'\n"
+        "           model_version_policy { specific { versions: 1 } } }\n"
+        "  config { name: 'c' base_path: '%(base)s/c' }\n}"
+    )
+    (base / "models.config").write_text(GOOD.replace("  }\n}", "  }\n" + more) % {"base": base})
+    (base / "batching.config").write_text(
+        "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 9000 }\n"
+        "num_batch_threads { value: 2 }\n"
+    )
+    (base / "a" / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 4 }\n")
+    (base / "a" / "2" / "batching_params.pbtxt").write_text(
+        "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 1000 }\n"
+        "num_batch_threads { value: 5 }\n"
+    )
+    (base / "b" / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 6 }\n")
+    (base / "b" / "2" / "batching_params.pbtxt").write_text("max_batch_size { value: 2 }\n")
+    models = ModelConfigFile(
+        base / "models.config", base / "batching.config", per_model_batching=True
+    )
+    folders = dict(models.models())
+    assert list(folders) == ["a", "b", "c"]
+    batching_of_a = {k: v for k, v in served_config(folders["a"]).items() if k in BATCHING_KEYS}
+    assert batching_of_a == {"max_batch_size": 8, "max_queue_delay_ms": 1.0, "instances": 2}
+    assert served_config(folders["b"])["max_batch_size"] == 6  # 2 is on disk, not served
+    assert not set(served_config(folders["c"])) & set(BATCHING_KEYS)
+
+    # A new version brings its own parameters; one that does not read keeps the last ones.
+    (base / "a" / "3").mkdir()
+    (base / "a" / "3" / "batching_params.pbtxt").write_text("max_batch_size { value: 16 }\n")
+    models.models()
+    assert served_config(folders["a"])["max_batch_size"] == 16
+    (base / "a" / "3" / "batching_params.pbtxt").write_text("max_batch_size { value: 0 }\n")
+    assert [name for name, _ in models.models()] == ["a", "b", "c"]
+    assert served_config(folders["a"])["max_batch_size"] == 16
+
+    # Without the flag the common file applies to every model, as before.
+    common = ModelConfigFile(base / "models.config", base / "batching.config")
+    for _, folder in common.models():
+        assert served_config(folder)["max_batch_size"] == 32
+
+
+def test_a_per_model_batching_file_that_does_not_read_stops_the_server(base: Path) -> None:
+    (base / "a" / "2" / "batching_params.pbtxt").write_text(
+        "# the newest version's\nmax_batch_size { value: 0 }\n"
+    )
+    (base / "models.config").write_text(GOOD % {"base": base})
     (base / "server.yaml").write_text(
         "model_repository: repo\nplugin_settings:\n  tfserving:\n"
-        "    batching_parameters_file: batching.config\n"
+        "    model_config_file: models.config\n"
+        "    enable_per_model_batching_parameters: true\n"
     )
-    with pytest.raises(ConfigError, match="applies to the models of"):
-        from dl_inference_tfserving.settings import model_config_file, parse_settings
-
-        model_config_file(parse_settings({"batching_parameters_file": "batching.config"}))
+    command = [sys.executable, "-m", "dl_inference", "serve", "-c", "server.yaml"]
+    command += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
+    result = subprocess.run(command, cwd=base, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "a/2/batching_params.pbtxt:2: max_batch_size: 0 must be at least 1" in result.stderr
 
 
 def test_relative_paths_are_taken_from_the_server_yamls_folder(
