@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -141,10 +142,30 @@ def test_reflection_lists_the_standard_service_names(demo_server: ServerProcess)
 
 
 def test_json_logs_are_one_object_per_line(demo_server: ServerProcess) -> None:
-    lines = [line for line in demo_server.output().splitlines() if line.startswith("{")]
+    # "server ready" follows the listening lines the fixture waits for.
+    printed = demo_server.wait_for_output('"server ready"')
+    lines = [line for line in printed.splitlines() if line.startswith("{")]
     events = [json.loads(line) for line in lines]
     assert any(e["event"] == "server ready" and e["level"] == "info" for e in events)
     assert any(e["event"] == "model ready" and e["model"] == "simple" for e in events)
+
+
+def test_wait_for_output_waits_for_a_request_s_log_line(demo_server: ServerProcess) -> None:
+    """The log line of a request may reach the test after the reply: the helper waits."""
+    tensors = [
+        {"name": name, "datatype": "INT32", "shape": [1, 16], "data": [0] * 16}
+        for name in ("INPUT0", "INPUT1")
+    ]
+    request = urllib.request.Request(
+        f"{demo_server.http_url}/v2/models/simple/infer",
+        data=json.dumps({"inputs": tensors}).encode(),
+        headers={"Content-Type": "application/json", "x-request-id": "probe-4711"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+    assert "probe-4711" in demo_server.wait_for_output("probe-4711", "server ready")
+    with pytest.raises(AssertionError, match="never printed: \\['no-such-line'\\]"):
+        demo_server.wait_for_output("no-such-line", timeout=0.3)
 
 
 def test_sigterm_exits_0(repo: Path) -> None:

@@ -63,4 +63,4 @@ def test_a_model_error_names_the_file_not_the_servers_folders(
     assert "vocabulary.txt" in answer["error"] and "model.py:" in answer["error"]
     assert str(root) not in answer["error"] and "/lookup/1/" not in answer["error"]
     # The server keeps the whole path for its operator.
-    assert str(root / "lookup" / "1" / "vocabulary.txt") in srv.output()
+    srv.wait_for_output(str(root / "lookup" / "1" / "vocabulary.txt"))

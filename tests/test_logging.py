@@ -13,7 +13,6 @@ import logging
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,15 +66,8 @@ def _served(repo: Path, *flags: str) -> Iterator[ServerProcess]:
         with pytest.raises(InferenceServerException) as caught:
             client.infer("raises", [tensor])
         assert caught.value.status() == "500"
-        _wait_for(server, "model raised")
+        server.wait_for_output("model raised")
         yield server
-
-
-def _wait_for(server: ServerProcess, text: str) -> None:
-    deadline = time.monotonic() + 30
-    while text not in server.output():
-        assert time.monotonic() < deadline, f"{text!r} never logged:\n{server.output()}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

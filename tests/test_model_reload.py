@@ -100,7 +100,7 @@ def test_a_config_yaml_edit_reloads_the_model(tmp_path: Path) -> None:
         assert versions(server, "m")[0]["state"] == "READY"
         assert infer(server, "m") == (200, 10)
         assert http(server, "/v2/health/ready")[0] == 200
-        assert "model cannot be prepared" in server.output()
+        server.wait_for_output("model cannot be prepared")
 
         write_config(folder, offset_config(3))
         wait_for(lambda: infer(server, "m") == (200, 3), "the repaired config.yaml to apply")
@@ -128,7 +128,7 @@ def test_a_failed_load_is_retried_with_back_off_without_any_change(tmp_path: Pat
         flag.touch()
         wait_for(lambda: infer(server, "late") == (200, 1), "the retried load", timeout=15)
         assert http(server, "/v2/health/ready")[0] == 200
-        assert "model load will be retried" in server.output()
+        server.wait_for_output("model load will be retried")
 
 
 def test_an_unusable_folder_is_unavailable_and_the_others_serve(tmp_path: Path) -> None:

@@ -178,4 +178,4 @@ def test_a_cancelled_stream_cancels_the_upstream(
     # Counted as cancelled by the client, not as a server error.
     statuses = requests_by_status(slow_worker, "slow")
     assert statuses.get("CANCELLED") == 1 and "INTERNAL" not in statuses, statuses
-    assert "request cancelled by the client" in slow_worker.output()
+    slow_worker.wait_for_output("request cancelled by the client")

@@ -86,6 +86,22 @@ class ServerProcess:
         with self._seen:
             return "".join(self._lines)
 
+    def wait_for_output(self, *texts: str, timeout: float = 30.0) -> str:
+        """Everything printed so far, once it holds each of ``texts``. A line the server
+        logs for a request may reach us after its reply: wait for it rather than read
+        ``output()`` at once. Raises AssertionError with the output after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while True:
+                printed = "".join(self._lines)
+                if all(text in printed for text in texts):
+                    return printed
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader_alive:
+                    missing = [text for text in texts if text not in printed]
+                    raise AssertionError(f"never printed: {missing!r}\n{printed[-4000:]}")
+                self._seen.wait(min(left, 0.2))
+
     def start(self) -> ServerProcess:
         command = [self.python, "-m", "dl_inference", "serve", *self.args]
         self.process = subprocess.Popen(
