@@ -116,9 +116,10 @@ def version_overrides(config: tfs_pb2.ModelConfig) -> dict[str, Any]:
     return overrides
 
 
-def read_batching_parameters(path: Path) -> dict[str, Any]:
+def read_batching_parameters(path: Path, *, threads: bool = True) -> dict[str, Any]:
     """A ``--batching_parameters_file`` as model config.yaml keys; a parameter that does not
-    map is a ConfigError naming it and the file."""
+    map is a ConfigError naming it and the file. ``threads=False`` (a per-model file) leaves
+    ``num_batch_threads`` unread, as TF Serving leaves it."""
     params = read_text_proto(path, tfs_pb2.BatchingParameters())
     lines = _top_level_lines(path.read_text(encoding="utf-8"))
 
@@ -144,7 +145,7 @@ def read_batching_parameters(path: Path) -> dict[str, Any]:
         # TF Serving counts queued batches, the kernel queued requests: a request holds at
         # least one row, so this many requests never hold more rows than TF Serving queues.
         config["max_queue_size"] = batches * size
-    if params.HasField("num_batch_threads"):
+    if threads and params.HasField("num_batch_threads"):
         threads = params.num_batch_threads.value
         if threads < 1:
             raise refuse("num_batch_threads", f"{threads} must be at least 1")
@@ -338,9 +339,8 @@ class ModelConfigFile:
         newest = versions[str(max(served))] / PER_MODEL_BATCHING_FILE
         if not newest.is_file():
             return {}
-        batching = read_batching_parameters(newest)
         # TF Serving runs every model's batches on the common scheduler's threads.
-        batching.pop("instances", None)
+        batching = read_batching_parameters(newest, threads=False)
         if "instances" in self.batching:
             batching["instances"] = self.batching["instances"]
         return batching

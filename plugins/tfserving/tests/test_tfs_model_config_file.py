@@ -255,7 +255,7 @@ def test_per_model_batching_parameters(base: Path) -> None:
     (base / "a" / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 4 }\n")
     (base / "a" / "2" / "batching_params.pbtxt").write_text(
         "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 1000 }\n"
-        "num_batch_threads { value: 5 }\n"
+        "num_batch_threads { value: 0 }\n"  # not read from a per-model file, as in TF Serving
     )
     (base / "b" / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 6 }\n")
     (base / "b" / "2" / "batching_params.pbtxt").write_text("max_batch_size { value: 2 }\n")
