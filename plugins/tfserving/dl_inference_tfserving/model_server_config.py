@@ -69,9 +69,10 @@ class ConfiguredModel:
     config: dict[str, Any]
 
 
-def read_text_proto(path: Path, message: M) -> M:
-    """``path`` parsed into ``message``; a ConfigError names the file, line and column, and
-    the field protobuf could not take (with why, for fields known not to be supported)."""
+def read_text_proto(path: Path, message: M) -> tuple[M, str]:
+    """``path`` parsed into ``message``, with the text read (to place later errors by line);
+    a ConfigError names the file, line and column, and the field protobuf could not take
+    (with why, for fields known not to be supported)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -87,7 +88,7 @@ def read_text_proto(path: Path, message: M) -> M:
             reason += f" ({_NOT_SUPPORTED[field[1]]})"
         where = f"{path}:{line}:{column}" if line is not None else str(path)
         raise ConfigError(f"{where}: {reason}") from None
-    return message
+    return message, text
 
 
 def platform_error(config: tfs_pb2.ModelConfig) -> str | None:
@@ -120,8 +121,8 @@ def read_batching_parameters(path: Path, *, threads: bool = True) -> dict[str, A
     """A ``--batching_parameters_file`` as model config.yaml keys; a parameter that does not
     map is a ConfigError naming it and the file. ``threads=False`` (a per-model file) leaves
     ``num_batch_threads`` unread, as TF Serving leaves it."""
-    params = read_text_proto(path, tfs_pb2.BatchingParameters())
-    lines = _top_level_lines(path.read_text(encoding="utf-8"))
+    params, text = read_text_proto(path, tfs_pb2.BatchingParameters())
+    lines = _top_level_lines(text)
 
     def refuse(field: str, why: str) -> ConfigError:
         line = lines.get(field)
@@ -173,8 +174,8 @@ def read_batching_parameters(path: Path, *, threads: bool = True) -> dict[str, A
 def read_model_config_file(path: Path, batching: dict[str, Any]) -> list[ConfiguredModel]:
     """Every model of a ``--model_config_file``, with ``batching`` (model config.yaml keys)
     applied to each. A ConfigError names the file, the line and the field at fault."""
-    message = read_text_proto(path, tfs_pb2.ModelServerConfig())
-    lines = _entry_lines(path.read_text(encoding="utf-8"))
+    message, text = read_text_proto(path, tfs_pb2.ModelServerConfig())
+    lines = _entry_lines(text)
     kind = message.WhichOneof("config")
     if kind != "model_config_list":
         where = "custom_model_config" if kind else "model_config_list"

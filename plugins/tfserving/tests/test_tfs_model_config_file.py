@@ -46,10 +46,13 @@ def base(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def serve(base: Path, models: str, batching: str | None = None) -> subprocess.CompletedProcess:
-    """``dl-inference serve`` given the files; they are expected to stop it at start-up."""
+def serve(
+    base: Path, models: str, batching: str | None = None, settings: str = ""
+) -> subprocess.CompletedProcess:
+    """``dl-inference serve`` given the files (and more ``plugin_settings.tfserving`` lines);
+    they are expected to stop it at start-up."""
     (base / "models.config").write_text(models % {"base": base})
-    settings = "    model_config_file: models.config\n"
+    settings = "    model_config_file: models.config\n" + settings
     if batching is not None:
         (base / "batching.config").write_text(batching)
         settings += "    batching_parameters_file: batching.config\n"
@@ -288,15 +291,7 @@ def test_a_per_model_batching_file_that_does_not_read_stops_the_server(base: Pat
     (base / "a" / "2" / "batching_params.pbtxt").write_text(
         "# the newest version's\nmax_batch_size { value: 0 }\n"
     )
-    (base / "models.config").write_text(GOOD % {"base": base})
-    (base / "server.yaml").write_text(
-        "model_repository: repo\nplugin_settings:\n  tfserving:\n"
-        "    model_config_file: models.config\n"
-        "    enable_per_model_batching_parameters: true\n"
-    )
-    command = [sys.executable, "-m", "dl_inference", "serve", "-c", "server.yaml"]
-    command += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
-    result = subprocess.run(command, cwd=base, capture_output=True, text=True, timeout=120)
+    result = serve(base, GOOD, settings="    enable_per_model_batching_parameters: true\n")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "a/2/batching_params.pbtxt:2: max_batch_size: 0 must be at least 1" in result.stderr
 
