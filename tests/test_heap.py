@@ -109,8 +109,13 @@ def test_freeze_and_settle_in_a_fresh_process() -> None:
     assert done.stdout.strip() == "ok"
 
 
-# A network whose batch of 16 makes activations of 8 MiB each, run in a thread as a model's
-# batches are: prints the page faults one forward pass took, after warm-up.
+# A network whose batch of 16 makes activations of 8 MiB each (an expression of torch).
+NETWORK = (
+    "torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), "
+    "torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU()).eval()"
+)
+# NETWORK run in a thread as a model's batches are: prints the page faults one forward pass
+# took, after warm-up.
 FORWARD = """
     import resource, sys, threading
     import torch
@@ -119,10 +124,7 @@ FORWARD = """
     kept = heap.keep_freed_memory() if sys.argv[1] == "keep" else None
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(),
-    ).eval()
+    net = NETWORK
     x = torch.rand(16, 3, 64, 64)
     faults = []
 
@@ -139,7 +141,7 @@ FORWARD = """
     thread.start()
     thread.join()
     print(kept, faults[0])
-"""
+""".replace("NETWORK", NETWORK)
 
 
 def forward_faults(mode: str) -> tuple[str, float]:
@@ -178,7 +180,7 @@ def test_the_operators_malloc_settings_win() -> None:
         assert done.stdout.strip() == ("True" if not name else "False"), (name, done.stderr)
 
 
-# The network of FORWARD, served with batches of 16.
+# NETWORK served with batches of 16.
 CONV = """
     import torch
     from dl_inference import PythonModel
@@ -187,16 +189,13 @@ CONV = """
         def load(self):
             torch.manual_seed(0)
             torch.set_num_threads(1)
-            self.net = torch.nn.Sequential(
-                torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
-                torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(),
-            ).eval()
+            self.net = NETWORK
 
         def predict(self, inputs, **parameters):
             with torch.inference_mode():
                 y = self.net(torch.from_numpy(inputs["x"].copy()))
             return {"y": y.mean(dim=(1, 2, 3)).reshape(-1, 1).numpy()}
-"""
+""".replace("NETWORK", NETWORK)
 CONV_CONFIG = """
     max_batch_size: 16
     inputs: [{name: x, datatype: FP32, shape: [3, 64, 64]}]
