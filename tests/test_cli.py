@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -151,7 +152,8 @@ def test_json_logs_are_one_object_per_line(demo_server: ServerProcess) -> None:
 
 
 def test_wait_for_output_waits_for_a_request_s_log_line(demo_server: ServerProcess) -> None:
-    """The log line of a request may reach the test after the reply: the helper waits."""
+    """The log line of a request may reach the test after the reply: the helper waits (here
+    for a request sent half a second after it starts waiting)."""
     tensors = [
         {"name": name, "datatype": "INT32", "shape": [1, 16], "data": [0] * 16}
         for name in ("INPUT0", "INPUT1")
@@ -161,9 +163,19 @@ def test_wait_for_output_waits_for_a_request_s_log_line(demo_server: ServerProce
         data=json.dumps({"inputs": tensors}).encode(),
         headers={"Content-Type": "application/json", "x-request-id": "probe-4711"},
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.status == 200
-    assert "probe-4711" in demo_server.wait_for_output("probe-4711", "server ready")
+    statuses: list[int] = []
+
+    def send() -> None:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            statuses.append(answer.status)
+
+    later = threading.Timer(0.5, send)
+    later.start()
+    try:
+        assert "probe-4711" in demo_server.wait_for_output("probe-4711", "server ready")
+    finally:
+        later.join()
+    assert statuses == [200]
     with pytest.raises(AssertionError, match="never printed: \\['no-such-line'\\]"):
         demo_server.wait_for_output("no-such-line", timeout=0.3)
 
