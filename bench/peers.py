@@ -591,15 +591,28 @@ def best_of(
     return best
 
 
-def per_rep_ratios(rows: list[dict[str, Any]], conc: int) -> list[dict[str, Any]]:
-    """dl-inference's best / the best of MLServer and TorchServe within each repetition."""
+def per_rep_ratios(
+    rows: list[dict[str, Any]],
+    conc: int,
+    peers: tuple[str, ...] = ("mlserver", "torchserve"),
+    proto: str | None = None,
+) -> list[dict[str, Any]]:
+    """dl-inference's best / the best of ``peers`` within each repetition (on ``proto``'s
+    wire only, when given): each repetition runs every server once, so its ratio is a pair
+    measured minutes apart, and the spread of these ratios is the run's noise."""
     result = []
-    ok = [r for r in rows if r["conc"] == conc and not r["errors"]]
+    ok = [
+        r
+        for r in rows
+        if r["conc"] == conc
+        and not r["errors"]
+        and (proto is None or protocol(r.get("target", "mlserver-grpc")) == proto)
+    ]
     for rep in sorted({r["rep"] for r in ok}):
         ours = [r["req_per_s"] for r in ok if r["rep"] == rep and r["server"] == "dl-inference"]
-        peers = [r for r in ok if r["rep"] == rep and r["server"] in ("mlserver", "torchserve")]
-        if ours and peers:
-            top = max(peers, key=lambda r: r["req_per_s"])
+        others = [r for r in ok if r["rep"] == rep and r["server"] in peers]
+        if ours and others:
+            top = max(others, key=lambda r: r["req_per_s"])
             result.append(
                 {
                     "rep": rep,
@@ -720,6 +733,15 @@ def _model_report(
         if one_ours and one_theirs:
             item["p50_c1"] = (one_ours["p50_ms"], one_theirs["p50_ms"])
             text += f"; C=1 p50 {_ms(one_ours['p50_ms'])} vs {_ms(one_theirs['p50_ms'])} ms"
+        per_rep = per_rep_ratios(raw, report_conc, ("triton",), proto)
+        if len(per_rep) > 1:
+            item["per_rep"] = per_rep
+            hits = sum(r["ratio"] >= want for r in per_rep)
+            text += (
+                "; per repetition "
+                + ", ".join(f"{r['ratio']:.2f}x" for r in per_rep)
+                + f" (target met in {hits} of {len(per_rep)})"
+            )
         versus.append(text)
         summary.setdefault("vs_triton", []).append(item)
     if versus:

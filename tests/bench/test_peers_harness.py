@@ -143,3 +143,27 @@ def test_triton_block_starts_with_the_peers_recipe_and_loads_both_protocols(peer
     # dl-inference is loaded over the very same two clients.
     dli = peers.blocks({"dli"}, (0,), ("mlp",))
     assert {b.targets for b in dli} == {on.targets}
+
+
+def test_the_triton_ratio_is_also_given_per_repetition(peers) -> None:
+    # Each repetition runs both servers once: its ratio is a pair, and their spread is the
+    # run's noise. Repetition 1: 900 / 1,000; 2: 1,100 / 1,000; 3: 1,050 / 1,000.
+    rows = [
+        row("dl-inference", "v2-rest", 32, rate, 0.5, rep=rep)
+        for rep, rate in ((1, 900.0), (2, 1100.0), (3, 1050.0))
+    ] + [row("triton", "v2-rest", 32, 1000.0, 0.5, rep=rep) for rep in (1, 2, 3)]
+    # A gRPC row of Triton's, far faster, must not enter the REST pairs.
+    rows.append(row("triton", "mlserver-grpc", 32, 5000.0, 0.5, rep=2))
+    doc = {
+        "rows": rows,
+        "notes": [],
+        "started": "s",
+        "finished": "f",
+        "machine": {"cores": 2},
+        "args": {"duration": 4, "warmup": 1, "reps": 3},
+    }
+    text = peers.report(doc, 32)
+    assert "dl-inference / Triton 1.05x req/s (target >= 1x: met)" in text
+    assert "per repetition 0.90x, 1.10x, 1.05x (target met in 2 of 3)" in text
+    (rest,) = [i for i in doc["summary"]["mlp"]["vs_triton"] if i["protocol"] == "REST"]
+    assert [r["ratio"] for r in rest["per_rep"]] == pytest.approx([0.9, 1.1, 1.05])
