@@ -184,6 +184,9 @@ def ours(root: Path) -> Iterator[Ours]:
         assert found, server.output()
         served = {HTTP: server.http_address, GRPC: server.grpc_address, MANAGEMENT: found[1]}
         assert served == ports, server.output()
+        # The page's file turns TorchServe's token authorization off: no warning about it
+        # (printed while configuring, before the listening lines waited for above).
+        assert "token authorization" not in server.output(), server.output()
         yield Ours(root, ports, token, server, store)
 
 

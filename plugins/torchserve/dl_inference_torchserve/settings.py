@@ -30,9 +30,13 @@ on), although TorchServe 0.12 runs its management API on 8081 by default: our ma
 never runs without its token, which TorchServe generates itself and we do not, so turning
 it on by default would stop every inference-only migrated server at start-up until a token
 is set; turning it on only when a token happens to be set would make one file mean two
-things. Where it is on, it listens where TorchServe's would. ``metrics_address`` is not
-applied (metrics are ``/metrics`` on the HTTP listener). An ``https://`` address is refused
-(TLS comes from ``server.tls``). Other keys are logged as not used. ``config_properties``
+things. Where it is on, it listens where TorchServe's would. TorchServe's token
+authorization (on unless ``disable_token_authorization=true``: a key from its
+``key_file.json`` on every inference and management call) is not reproduced: a file that
+leaves it on is served with a warning that inference calls need no key here.
+``metrics_address`` is not applied (metrics are ``/metrics`` on the HTTP listener). An
+``https://`` address is refused (TLS comes from ``server.tls``). Other keys are logged as not
+used. ``config_properties``
 itself, when relative, is taken from the server YAML's folder, as its ``model_repository``
 is.
 """
@@ -63,6 +67,8 @@ APPLIED = (
     "grpc_management_port",
     "grpc_inference_address",
     "grpc_management_address",
+    # Read, not applied: without it, a warning that TorchServe's tokens are not checked.
+    "disable_token_authorization",
 )
 # TorchServe 0.12's defaults for the listener keys a config.properties leaves out (its
 # ConfigManager's): where TorchServe listens when the file gives no address.
@@ -181,6 +187,16 @@ def read_properties(path: Path) -> Properties:
         if not store.is_dir():
             raise ConfigError(f"{path}: model_store={values['model_store']}: no such folder")
     listeners = read_listeners(path, values)
+    if values.get("disable_token_authorization", "").lower() != "true":
+        log.warning(
+            "config.properties leaves TorchServe's token authorization on (TorchServe 0.12's "
+            "default): TorchServe would refuse every inference and management call without a "
+            "key from the key_file.json it writes. dl-inference writes no key file and answers "
+            "inference calls without a key (management needs its own token). Guard the "
+            "inference listeners with the auth plugin (plugin_settings.auth) or the network, "
+            "and set disable_token_authorization=true in the file to say so",
+            file=str(path),
+        )
     if not values.get("management_address"):
         log.info(
             "config.properties gives no management_address: TorchServe would run its "

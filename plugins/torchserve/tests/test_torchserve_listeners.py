@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import structlog.testing
 from _ts_archives import write_mar
 from dl_inference_torchserve.settings import read_properties
 
@@ -263,6 +264,8 @@ def test_a_flag_and_the_yaml_win_over_torchserves_defaults(tmp_path: Path) -> No
         wait_ready(f"http://127.0.0.1:{flag}", server)
         assert call(f"http://127.0.0.1:{flag}/predictions/echo", b"hi") == 200
         assert grpc_predict(grpc_in_yaml) == b"ok"
+        # Answered without a key, where TorchServe would want one: the server said so.
+        server.wait_for_output("leaves TorchServe's token authorization on")
 
 
 def test_without_addresses_the_server_listens_on_torchserves_ports(tmp_path: Path) -> None:
@@ -288,3 +291,34 @@ def test_without_addresses_the_server_listens_on_torchserves_ports(tmp_path: Pat
         assert call("http://127.0.0.1:8080/ping") == 200
         assert call("http://127.0.0.1:8080/predictions/echo", b"hi") == 200
         assert grpc_predict(7070) == b"ok"
+
+
+@pytest.mark.parametrize(
+    ("line", "warned"),
+    [
+        ("", True),  # TorchServe 0.12's default: tokens on
+        ("disable_token_authorization=false\n", True),
+        ("disable_token_authorization=true\n", False),
+        ("disable_token_authorization = TRUE\n", False),
+    ],
+)
+def test_a_file_leaving_torchserves_tokens_on_is_served_with_a_warning(
+    tmp_path: Path, line: str, warned: bool
+) -> None:
+    """TorchServe 0.12 refuses calls without a key from its key_file.json unless the file
+    disables that (measured on the reference: 400 InvalidKeyException, /ping included);
+    dl-inference does not check those keys, and says so rather than serve silently open."""
+    path = tmp_path / "config.properties"
+    path.write_text(f"load_models=all\n{line}")
+    with structlog.testing.capture_logs() as logs:
+        read_properties(path)
+    warnings = [e for e in logs if "token authorization" in e["event"]]
+    assert bool(warnings) is warned, logs
+    if warned:
+        (warning,) = warnings
+        assert warning["log_level"] == "warning" and warning["file"] == str(path)
+        assert "answers inference calls without a key" in warning["event"]
+        assert "disable_token_authorization=true" in warning["event"]
+    # Read, so never among the keys reported as not used.
+    unused = [e for e in logs if e["event"].startswith("config.properties keys not used")]
+    assert all("disable_token_authorization" not in e["keys"] for e in unused)
