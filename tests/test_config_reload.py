@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from dl_inference.testing import ServerProcess, write_python_model
+from dl_inference.testing import ServerProcess, free_port, write_python_model
 
 ADD_ONE = """
     from dl_inference import PythonModel
@@ -95,3 +96,21 @@ def test_listener_changes_are_reported_as_needing_a_restart(config: Path) -> Non
         wait_for(lambda: "config reloaded" in server.output(), "the reload")
         assert "drain_timeout_s" in server.output().split("config reloaded", 1)[1]
         np.testing.assert_array_equal(infer(server), np.ones(2, np.float32))
+
+
+def test_a_metrics_listener_change_needs_a_restart_and_the_listener_stays(config: Path) -> None:
+    listener = "model_repository: models\nserver: {repository_poll_s: 0, metrics: {port: %s}}\n"
+    config.write_text(listener % 0)
+    with ServerProcess(["-c", str(config)]) as server:
+        before = server.metrics_port
+        assert before, server.output()
+        moved = free_port()
+        config.write_text(listener % moved)
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "config reloaded" in server.output(), "the reload")
+        assert "metrics (its listener)" in server.output().split("config reloaded", 1)[1]
+        # Still where it started, and nothing listens on the new port.
+        with urllib.request.urlopen(f"http://127.0.0.1:{before}/metrics", timeout=10) as reply:
+            assert reply.status == 200
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{moved}/metrics", timeout=10)

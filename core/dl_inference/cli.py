@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address for both listeners (default 0.0.0.0)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port (0 picks a free one)")
     serve.add_argument("--http-port", type=int, help="HTTP port (0 picks a free one)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="a listener of its own for /metrics, as Triton's (0 picks a free one)",
+    )
     serve.add_argument("--log-format", choices=["console", "json"], help="log line format")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--workers", type=int, help="server processes sharing the ports")
@@ -127,6 +132,8 @@ def resolve_config(args: argparse.Namespace) -> ServerConfig:
         config.server.grpc.port = args.grpc_port
     if args.http_port is not None:
         config.server.http.port = args.http_port
+    if args.metrics_port is not None:
+        config.server.metrics.port = args.metrics_port
     if args.log_format is not None:
         config.server.log_format = args.log_format
     if args.log_level is not None:
@@ -186,7 +193,7 @@ def _reloaded_config(args: argparse.Namespace, plugins: Any) -> ServerConfig:
 
 
 def _serve_workers(args: argparse.Namespace, config: ServerConfig) -> int:
-    from dl_inference.server.listeners import check_port
+    from dl_inference.server.listeners import check_port, metrics_host
     from dl_inference.server.workers import reserve_port, run_workers
 
     _build_server(config, args.config)  # refuse a bad config once, before starting any worker
@@ -198,6 +205,10 @@ def _serve_workers(args: argparse.Namespace, config: ServerConfig) -> int:
         check_port(http_cfg.host, http_cfg.port, "HTTP")
     argv = ["--grpc-port", str(reserve_port(grpc_cfg.host, grpc_cfg.port))]
     argv += ["--http-port", str(reserve_port(http_cfg.host, http_cfg.port))]
+    if config.server.metrics.port is not None:
+        host = metrics_host(config)
+        check_port(host, config.server.metrics.port, "metrics")
+        argv += ["--metrics-port", str(reserve_port(host, config.server.metrics.port))]
     management = config.management
     if management.enabled:
         check_port(management.host, management.grpc_port, "management gRPC")

@@ -41,9 +41,9 @@ from dl_inference.server.grpc_h2 import grpc_engine, grpc_server
 from dl_inference.server.health import ServerHealth
 from dl_inference.server.http1 import http_engine
 from dl_inference.server.http_errors import json_errors
-from dl_inference.server.listeners import bind_grpc, check_port, start_http
+from dl_inference.server.listeners import bind_grpc, check_port, metrics_host, start_http
 from dl_inference.server.logs import configure_logging, info_enabled
-from dl_inference.server.status_page import status_document, status_routes
+from dl_inference.server.status_page import metrics_route, status_document, status_routes
 from dl_inference.server.tls import ServerTls
 from dl_inference.server.worker_link import WorkerLink
 from dl_inference.spi.errors import ConfigError, DlInferenceError
@@ -75,6 +75,7 @@ class Server:
         self.protocols: list[Protocol] = [cls() for cls in plugins.protocols]
         self.grpc_address = ""
         self.http_address = ""
+        self.metrics_address = ""  # the metrics listener's, when server.metrics.port is set
         self.gateway: Any = None
         self.reuse_port = False  # set for `serve --workers N` children
         self.link: WorkerLink | None = None  # the siblings of a `serve --workers N` child
@@ -82,6 +83,7 @@ class Server:
         self.tls: ServerTls | None = None
         self._grpc: grpc.aio.Server | H2Server | None = None
         self._http: web.AppRunner | None = None
+        self._metrics: web.AppRunner | None = None
         self._health = ServerHealth(
             self.runtime, lambda: [s for p in self.protocols for s in p.grpc_services]
         )
@@ -211,6 +213,9 @@ class Server:
         if self.management is not None:
             print(f"Management gRPC listening on {self.management.grpc_address}", flush=True)
             print(f"Management HTTP listening on {self.management.http_address}", flush=True)
+        # Before gRPC and HTTP: their lines tell a supervisor and tests that the server is up.
+        if self.metrics_address:
+            print(f"Metrics listening on {self.metrics_address}", flush=True)
         print(f"gRPC listening on {self.grpc_address}", flush=True)
         if self.http_address:
             print(f"HTTP listening on {self.http_address}", flush=True)
@@ -229,12 +234,15 @@ class Server:
             self._poller = asyncio.create_task(self._poll_repository(poll))
 
     async def _open_listeners(self) -> None:
-        """Gateway, gRPC and HTTP listeners; health first, so no probe sees SERVING early."""
+        """Gateway, gRPC, HTTP and metrics listeners; health first, so no probe sees SERVING
+        early."""
         await self._update_health()
         await self._start_gateway()
         await self._start_grpc()
         if self.config.server.http.enabled:
             await self._start_http()
+        if self.config.server.metrics.port is not None:
+            await self._start_metrics()
 
     async def _poll_repository(self, interval: float) -> None:
         """Load versions and models that appear on disk, retire those that leave, reload
@@ -373,6 +381,22 @@ class Server:
             ),
         )
 
+    async def _start_metrics(self) -> None:
+        """``/metrics`` alone on a listener of its own (Triton's --metrics-port, TorchServe's
+        metrics_address), TLS as the HTTP listener's."""
+        metrics = self.config.server.metrics
+        app = web.Application()
+        app.add_routes([metrics_route(self.runtime, self.link)])
+        self._metrics, self.metrics_address = await start_http(
+            app,
+            metrics_host(self.config),
+            metrics.port or 0,
+            ssl_context=self.tls.ssl_context() if self.tls is not None else None,
+            reuse_port=self.reuse_port,
+            shutdown_timeout=self.config.server.drain_timeout_s,
+            what="metrics",
+        )
+
     async def _update_health(self) -> None:
         await self._health.update()  # for grpc.health Watch streams; Check asks the runtime
 
@@ -477,6 +501,8 @@ class Server:
             for key in ("grpc", "http", "tls", "workers", "drain_timeout_s")
             if getattr(old.server, key) != getattr(new.server, key)
         ]
+        if _metrics_listener(old) != _metrics_listener(new):
+            restart.append("metrics (its listener)")
         restart += [
             k
             for k in ("plugins", "management", "plugin_settings")
@@ -508,8 +534,16 @@ class Server:
                 update={
                     "server": new.server.model_copy(
                         update={
-                            key: getattr(old.server, key)
-                            for key in ("grpc", "http", "tls", "workers")
+                            **{
+                                key: getattr(old.server, key)
+                                for key in ("grpc", "http", "tls", "workers")
+                            },
+                            "metrics": new.server.metrics.model_copy(
+                                update={
+                                    "port": old.server.metrics.port,
+                                    "host": old.server.metrics.host,
+                                }
+                            ),
                         }
                     )
                 }
@@ -563,11 +597,13 @@ class Server:
         stops = []
         if self._grpc is not None:
             stops.append(self._grpc.stop(grace))
-        if self._http is not None:
-            stops.append(self._http.shutdown())
+        for runner in (self._http, self._metrics):
+            if runner is not None:
+                stops.append(runner.shutdown())
         await asyncio.gather(*stops)
-        if self._http is not None:
-            await self._http.cleanup()
+        for runner in (self._http, self._metrics):
+            if runner is not None:
+                await runner.cleanup()
         if self.gateway is not None:
             await self.gateway.stop()
         if self.management is not None:
@@ -576,6 +612,10 @@ class Server:
             await self.link.stop()
         await self.models.unload_all()
         log.info("stopped")
+
+
+def _metrics_listener(config: ServerConfig) -> tuple[str, int | None]:
+    return metrics_host(config), config.server.metrics.port
 
 
 def _mtime(path: Path) -> float:

@@ -1,4 +1,4 @@
-"""Opening the gRPC and HTTP listeners, with one clear error when a port cannot be bound.
+"""Opening the gRPC, HTTP and metrics listeners, with one clear error when a port cannot be bound.
 
 A listener that cannot open is a configuration problem (exit status 2): the error names the
 address, the reason and the flag and config key that change it.
@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from dl_inference.kernel.config.schema import ServerConfig
 from dl_inference.server.http1 import FastLaneSite
 from dl_inference.spi.errors import ConfigError
 
@@ -22,6 +23,7 @@ _SETTINGS = {
     "HTTP": ("--http-port or server.http.port", "--host or server.http.host"),
     "management gRPC": ("--management-grpc-port or management.grpc_port", "management.host"),
     "management HTTP": ("--management-http-port or management.http_port", "management.host"),
+    "metrics": ("--metrics-port or server.metrics.port", "server.metrics.host"),
 }
 
 
@@ -37,6 +39,12 @@ def cannot_listen(host: str, port: int, what: str, reason: str) -> ConfigError:
         port_setting, host_setting = _SETTINGS[what]
         text += f"; choose another port with {port_setting} (the address: {host_setting})"
     return ConfigError(text)
+
+
+def metrics_host(config: ServerConfig) -> str:
+    """The metrics listener's address: ``server.metrics.host``, or the HTTP listener's."""
+    metrics = config.server.metrics
+    return metrics.host if metrics.host is not None else config.server.http.host
 
 
 def check_port(host: str, port: int, what: str) -> None:

@@ -27,8 +27,10 @@ from pathlib import Path
 
 from dl_inference.server.worker_link import WorkerLink
 
-_LISTENING = re.compile(r"^((?:Management )?(?:gRPC|HTTP)) listening on (\S+)$")
-_ORDER = ("Management gRPC", "Management HTTP", "gRPC", "HTTP")
+_LISTENING = re.compile(r"^((?:Management )?(?:gRPC|HTTP)|Metrics) listening on (\S+)$")
+_ORDER = ("Management gRPC", "Management HTTP", "Metrics", "gRPC", "HTTP")
+# Printed before the gRPC and HTTP lines, whose arrival means "ready".
+_ANNOUNCED_FIRST = ("Management gRPC", "Management HTTP", "Metrics")
 
 
 def reserve_port(host: str, port: int) -> int:
@@ -71,7 +73,7 @@ class _Worker:
                 sys.stdout.write(line)
                 continue
             self.lines[match.group(1)] = line
-            if not match.group(1).startswith("Management"):
+            if match.group(1) not in _ANNOUNCED_FIRST:
                 seen += 1
                 if seen == self.listens:
                     self.ready.set()

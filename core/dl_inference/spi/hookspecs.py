@@ -39,7 +39,9 @@ PROJECT = "dl_inference"
 # below flags and the server YAML's explicit keys.
 # 1.7: plain HTTP routes (CallPath.http_handler(..., plain=True), handlers using only
 # dl_inference.HttpRequest), which the server may answer on its own HTTP/1.1 lane.
-HOOKSPEC_VERSION = "1.7"
+# 1.8: LISTENER_KEYS gains server.metrics.host and server.metrics.port (the metrics
+# listener).
+HOOKSPEC_VERSION = "1.8"
 
 # The listener settings a plugin's dli_configure may return, as the server YAML spells them
 # (management.roots too: where that listener may load models from).
@@ -48,6 +50,8 @@ LISTENER_KEYS = (
     "server.http.port",
     "server.grpc.host",
     "server.grpc.port",
+    "server.metrics.host",
+    "server.metrics.port",
     "management.enabled",
     "management.host",
     "management.http_port",

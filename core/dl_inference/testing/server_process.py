@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-_READY = re.compile(r"^(gRPC|HTTP) listening on (\S+):(\d+)$")
+_READY = re.compile(r"^(gRPC|HTTP|Metrics) listening on (\S+):(\d+)$")
 
 
 # Ports free_port() handed out lately: the kernel may offer a port again once its probe
@@ -39,7 +39,8 @@ class ServerProcess:
     """``dl-inference serve ARGS --host 127.0.0.1 --grpc-port 0 --http-port 0`` in a subprocess.
 
     Waits until the server prints its listening addresses; ``grpc_address`` and
-    ``http_url`` then point at it. Leaving the ``with`` block sends SIGTERM and waits.
+    ``http_url`` then point at it (``metrics_port`` at the metrics listener, when the
+    server has one: ``--metrics-port``). Leaving the ``with`` block sends SIGTERM and waits.
     ``output()`` returns everything the process printed so far (stdout and stderr).
     ``python`` runs the server with another interpreter (another venv's ``bin/python``)
     instead of the one running the test.
@@ -66,6 +67,7 @@ class ServerProcess:
         self.expect_http = expect_http  # False when the config turns the HTTP listener off
         self.grpc_port = 0
         self.http_port = 0
+        self.metrics_port = 0  # printed before the gRPC and HTTP lines, when there is one
         self.process: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
         self._seen = threading.Condition()
@@ -138,10 +140,13 @@ class ServerProcess:
                 match = _READY.match(line.strip())
                 if match:
                     port = int(match.group(3))
-                    if match.group(1) == "gRPC":
+                    kind = match.group(1)
+                    if kind == "gRPC":
                         self.grpc_port = port
-                    else:
+                    elif kind == "HTTP":
                         self.http_port = port
+                    else:
+                        self.metrics_port = port
                 self._seen.notify_all()
         with self._seen:
             self._reader_alive = False

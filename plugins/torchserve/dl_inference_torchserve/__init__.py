@@ -17,7 +17,7 @@ import dl_inference
 from dl_inference import BackendRegistry, ProtocolRegistry
 
 __version__ = "0.2.0"
-DLI_HOOKSPEC_VERSION = "1.6"
+DLI_HOOKSPEC_VERSION = "1.8"
 
 _archives = None
 _properties = None

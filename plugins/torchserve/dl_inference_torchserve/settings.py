@@ -34,11 +34,12 @@ things. Where it is on, it listens where TorchServe's would. TorchServe's token
 authorization (on unless ``disable_token_authorization=true``: a key from its
 ``key_file.json`` on every inference and management call) is not reproduced: a file that
 leaves it on is served with a warning that inference calls need no key here.
-``metrics_address`` is not applied (metrics are ``/metrics`` on the HTTP listener). An
-``https://`` address is refused (TLS comes from ``server.tls``). Other keys are logged as not
-used. ``config_properties``
-itself, when relative, is taken from the server YAML's folder, as its ``model_repository``
-is.
+``metrics_address``, where the file gives it, is the metrics listener
+(``server.metrics.host``, ``.port``: ``/metrics`` alone, as TorchServe's metrics API); left
+out, there is none (TorchServe's would listen on 127.0.0.1:8082), ``/metrics`` being on the
+HTTP listener anyway. An ``https://`` address is refused (TLS comes from ``server.tls``).
+Other keys are logged as not used. ``config_properties`` itself, when relative, is taken
+from the server YAML's folder, as its ``model_repository`` is.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ APPLIED = (
     "grpc_management_port",
     "grpc_inference_address",
     "grpc_management_address",
+    "metrics_address",
     # Read, not applied: without it, a warning that TorchServe's tokens are not checked.
     "disable_token_authorization",
 )
@@ -205,6 +207,15 @@ def read_properties(path: Path) -> Properties:
             file=str(path),
             address=TORCHSERVE_DEFAULTS["management_address"],
         )
+    if not values.get("metrics_address"):
+        log.info(
+            "config.properties gives no metrics_address: TorchServe would serve its metrics "
+            "API on its default address; dl-inference serves /metrics on the inference "
+            "listener, and on a listener of its own where the file gives metrics_address (or "
+            "the server YAML server.metrics.port)",
+            file=str(path),
+            address="http://127.0.0.1:8082",
+        )
     if store is not None and "management.enabled" in listeners:
         # The management this file turns on registers archives from its model store, as
         # TorchServe's does (a YAML's own management keeps its roots: the repository).
@@ -236,6 +247,12 @@ def read_listeners(path: Path, values: Mapping[str, str]) -> dict[str, tuple[Any
         listeners[f"{section}.{port_key}"] = (port, where)
     if values.get("management_address"):
         listeners["management.enabled"] = (True, f"{path}: management_address")
+    if values.get("metrics_address"):
+        # Only as given: /metrics is on the inference listener anyway (see the docstring).
+        host, port = _address(path, "metrics_address", values["metrics_address"])
+        where = f"{path}: metrics_address"
+        listeners["server.metrics.host"] = (host, where)
+        listeners["server.metrics.port"] = (port, where)
     listeners["server.grpc.host"] = given("grpc_inference_address")
     grpc_management = values.get("grpc_management_address")
     if grpc_management:

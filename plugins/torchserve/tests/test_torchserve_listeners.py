@@ -76,11 +76,12 @@ def run_cli(work: Path, *args: str, token: bool = True) -> subprocess.CompletedP
 
 
 def test_the_file_addresses_are_where_the_server_listens(tmp_path: Path) -> None:
-    http, management, grpc_port, grpc_management = (free_port() for _ in range(4))
+    http, management, grpc_port, grpc_management, metrics = (free_port() for _ in range(5))
     config = write_files(
         tmp_path,
         f"inference_address=http://127.0.0.1:{http}\n"
         f"management_address=http://127.0.0.1:{management}\n"
+        f"metrics_address=http://127.0.0.1:{metrics}\n"
         f"grpc_inference_address=127.0.0.1\ngrpc_inference_port={grpc_port}\n"
         f"grpc_management_port={grpc_management}\nload_models=echo.mar\n",
     )
@@ -89,6 +90,8 @@ def test_the_file_addresses_are_where_the_server_listens(tmp_path: Path) -> None
     # No --host / --port flags: the file alone says where to listen.
     with ServerProcess(["-c", str(config)], env=env, extra_flags=False) as server:
         assert (server.http_port, server.grpc_port) == (http, grpc_port), server.output()
+        # TorchServe's metrics API port: /metrics there, as a scrape of it expects.
+        assert server.metrics_port == metrics, server.output()
         base = f"http://127.0.0.1:{http}"
         deadline = time.monotonic() + 60
         while call(f"{base}/predictions/echo", b"hi") == 503:
@@ -105,6 +108,9 @@ def test_the_file_addresses_are_where_the_server_listens(tmp_path: Path) -> None
         assert grpc_predict(grpc_port) == b"ok"
         with grpc.insecure_channel(f"127.0.0.1:{grpc_management}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=30) as reply:
+            scraped = reply.read().decode()
+        assert 'dli_requests_total{model="echo",' in scraped
     checked = run_cli(tmp_path, "check-config", str(config), token=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     where = tmp_path / "config.properties"
@@ -114,6 +120,7 @@ def test_the_file_addresses_are_where_the_server_listens(tmp_path: Path) -> None
         f"  server.grpc.port: {grpc_port} (from {where}: grpc_inference_port)",
         f"  management.grpc_port: {grpc_management} (from {where}: grpc_management_port)",
         f"  management.enabled: True (from {where}: management_address)",
+        f"  server.metrics.port: {metrics} (from {where}: metrics_address)",
     ):
         assert line in checked.stdout.splitlines(), checked.stdout
 
@@ -227,6 +234,11 @@ def test_a_file_giving_the_addresses_maps_them_unchanged(tmp_path: Path) -> None
         "management.grpc_port": (9071, given % "grpc_management_port"),
         "management.enabled": (True, given % "management_address"),
     }
+    # metrics_address, given, is the metrics listener; left out (above), there is none.
+    path.write_text(path.read_text() + "metrics_address=http://0.0.0.0:9082\n")
+    listeners = read_properties(path).listeners
+    assert listeners["server.metrics.host"] == ("0.0.0.0", given % "metrics_address")
+    assert listeners["server.metrics.port"] == (9082, given % "metrics_address")
 
 
 def test_a_flag_and_the_yaml_win_over_torchserves_defaults(tmp_path: Path) -> None:

@@ -48,10 +48,19 @@ class TlsConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    """What ``/metrics`` exports besides dl-inference's own ``dli_*`` families."""
+    """What ``/metrics`` exports besides dl-inference's own ``dli_*`` families, and where.
+
+    ``/metrics`` is always on the HTTP listener; ``port`` adds a listener of its own that
+    answers only ``/metrics`` (Triton's ``--metrics-port``, TorchServe's
+    ``metrics_address``), so that scrapers pointed at those ports need no change.
+    """
 
     # Also Triton's nv_inference_* families, so Triton dashboards and alerts work unchanged.
     triton_names: bool = False
+    # The metrics listener: None = none (0 picks a free port); its address by default the
+    # HTTP listener's.
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str | None = None
 
 
 class ServerSection(_Section):

@@ -118,6 +118,13 @@ def status_routes(
         documents = await link.gather("/status", document, json.loads)
         return web.json_response(merge_status_documents(documents))
 
+    return [web.get("/", index), web.get("/api/status", status), metrics_route(runtime, link)]
+
+
+def metrics_route(runtime: Runtime, link: WorkerLink | None = None) -> web.RouteDef:
+    """``/metrics`` (Prometheus text), on the HTTP listener and on the metrics listener;
+    under ``--workers N`` (``link`` given) with every worker's figures."""
+
     async def metrics(_: web.Request) -> web.Response:
         if link is None:
             body = runtime.metrics.render()
@@ -129,4 +136,4 @@ def status_routes(
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
-    return [web.get("/", index), web.get("/api/status", status), web.get("/metrics", metrics)]
+    return web.get("/metrics", metrics)
