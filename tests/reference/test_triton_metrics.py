@@ -8,6 +8,7 @@ with the same type, help, label names and label values, and the same counts.
 from __future__ import annotations
 
 import textwrap
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -50,7 +51,8 @@ COUNTS = FAMILIES[:4]
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(Triton's metrics URL, ours) serving addb, addnb and failing."""
+    """(Triton's metrics URL, ours: each on its metrics port) serving addb, addnb and
+    failing."""
     skip_without_triton()
     root = tmp_path_factory.mktemp("triton-metrics")
     triton_models = {name: (TRITON_MODEL, config) for name, config in TRITON_CONFIGS.items()}
@@ -73,10 +75,14 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     except (RuntimeError, TimeoutError, OSError) as exc:
         pytest.skip(f"the Triton reference server did not start here: {exc}")
     try:
-        with ServerProcess(["-c", str(config)]) as ours:
+        # Both scraped on their metrics ports (Triton's --metrics-port, ours alike).
+        with ServerProcess(["-c", str(config), "--metrics-port", "0"]) as ours:
             for address in (triton.http_address, ours.http_address):
                 traffic(address)
-            yield f"http://127.0.0.1:{triton.metrics_port}/metrics", ours.http_url + "/metrics"
+            yield (
+                f"http://127.0.0.1:{triton.metrics_port}/metrics",
+                f"http://127.0.0.1:{ours.metrics_port}/metrics",
+            )
     finally:
         triton.stop()
 
@@ -162,3 +168,22 @@ def test_same_counts_after_the_same_requests(servers: tuple[str, str]) -> None:
     for name in ("nv_inference_request_duration_us", "nv_inference_compute_infer_duration_us"):
         for key, value in triton[name][2].items():
             assert (ours[name][2][key] > 0) == (value > 0), (name, key)
+
+
+def status_of(url: str, method: str = "GET") -> int:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_metrics_ports_answer_alike(servers: tuple[str, str]) -> None:
+    """GET /metrics answers, POST is 405, on both metrics ports. (Triton 2.51 also answers
+    any other GET there with 200 and an empty body, /v2/health/ready included; ours is 404:
+    docs/triton-differences.md.)"""
+    assert [status_of(url) for url in servers] == [200, 200]
+    assert [status_of(url, "POST") for url in servers] == [405, 405]
+    triton, ours = (url.replace("/metrics", "/v2/health/ready") for url in servers)
+    assert (status_of(triton), status_of(ours)) == (200, 404)
