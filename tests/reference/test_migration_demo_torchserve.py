@@ -210,14 +210,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     theirs = TorchServeServer(store, work / "torchserve", config_properties=config).start()
     try:
         ours_config = work / "dl-inference.yaml"
-        # The flags (ServerProcess's free ports) win over the file's addresses, which the
-        # running TorchServe holds; so does management off, for the same reason.
+        # The flags (ServerProcess's free ports, a free metrics port) win over the file's
+        # addresses, which the running TorchServe holds; so does management off, for the
+        # same reason.
         ours_config.write_text(
             "management: {enabled: false}\n"
             f"plugin_settings:\n  torchserve:\n    config_properties: {config}\n"
         )
         env = {"DLI_TORCHSERVE_CACHE": str(work / "cache")}
-        args = ["-c", str(ours_config), "--model-repository", str(store)]
+        args = ["-c", str(ours_config), "--model-repository", str(store), "--metrics-port", "0"]
         with ServerProcess(args, env=env) as ours:
             image = _image((256, 256), "RGB", "PNG", 0)
             wait_answered(
