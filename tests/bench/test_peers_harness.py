@@ -39,6 +39,18 @@ def row(server: str, target: str, conc: int, rate: float, cores: float, **extra:
     }
 
 
+def run_document(rows: list[dict], reps: int) -> dict:
+    """A peers.json document holding ``rows``, as ``report`` reads it."""
+    return {
+        "rows": rows,
+        "notes": [],
+        "started": "s",
+        "finished": "f",
+        "machine": {"cores": 2},
+        "args": {"duration": 4, "warmup": 1, "reps": reps},
+    }
+
+
 def test_cpu_per_request_is_the_server_trees_cpu_over_completed_requests(peers) -> None:
     # 0.5 cores for 4 s = 2 CPU seconds, over 2,000 requests: 1,000 us each.
     assert peers.cpu_us_per_request({"server_cores": 0.5, "wall_s": 4.0, "ok": 2000}) == (
@@ -67,14 +79,7 @@ def test_report_puts_cpu_per_request_beside_req_per_s_and_compares_with_triton(p
     assert grpc["reps"] == 2 and grpc["req_per_s"] == 850.0
     assert grpc["server_cpu_us"] == pytest.approx(2000.0)
     assert agg[("triton", "v2-rest", 32)]["server_cpu_us"] == pytest.approx(600.0)
-    doc = {
-        "rows": rows,
-        "notes": [],
-        "started": "s",
-        "finished": "f",
-        "machine": {"cores": 2},
-        "args": {"duration": 4, "warmup": 1, "reps": 2},
-    }
+    doc = run_document(rows, reps=2)
     text = peers.report(doc, 32)
     assert "| CPU/req us |" in text
     assert "| triton | gRPC | triton mlserver-grpc | 250 | 2,000 | 2.00 | 500 us |" in text
@@ -154,14 +159,7 @@ def test_the_triton_ratio_is_also_given_per_repetition(peers) -> None:
     ] + [row("triton", "v2-rest", 32, 1000.0, 0.5, rep=rep) for rep in (1, 2, 3)]
     # A gRPC row of Triton's, far faster, must not enter the REST pairs.
     rows.append(row("triton", "mlserver-grpc", 32, 5000.0, 0.5, rep=2))
-    doc = {
-        "rows": rows,
-        "notes": [],
-        "started": "s",
-        "finished": "f",
-        "machine": {"cores": 2},
-        "args": {"duration": 4, "warmup": 1, "reps": 3},
-    }
+    doc = run_document(rows, reps=3)
     text = peers.report(doc, 32)
     assert "dl-inference / Triton 1.05x req/s (target >= 1x: met)" in text
     assert "per repetition 0.90x, 1.10x, 1.05x (target met in 2 of 3)" in text
