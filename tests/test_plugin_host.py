@@ -345,6 +345,7 @@ PUBLIC_SURFACE = [
     "TensorSpec",
     "Unauthenticated",
     "Unavailable",
+    "VersionPolicy",
     "VersionStatistics",
     "__version__",
     "array_from_json",

@@ -7,7 +7,7 @@ module is private and may change without notice.
 # A module, not names: routing-key readers call ``wire.iter_fields`` etc. by that prefix.
 from dl_inference import wire
 from dl_inference.kernel.config.errors import describe_errors
-from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig
+from dl_inference.kernel.config.model_config import ModelConfig, TensorConfig, VersionPolicy
 from dl_inference.kernel.config.triton_config import count_parameter, read_config_pbtxt
 from dl_inference.kernel.plugins import install_hint
 from dl_inference.kernel.processor import ProcessorAdapter
@@ -144,6 +144,7 @@ __all__ = [
     "TensorSpec",
     "Unauthenticated",
     "Unavailable",
+    "VersionPolicy",
     "VersionStatistics",
     "__version__",
     "array_from_json",

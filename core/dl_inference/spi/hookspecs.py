@@ -40,7 +40,7 @@ PROJECT = "dl_inference"
 # 1.7: plain HTTP routes (CallPath.http_handler(..., plain=True), handlers using only
 # dl_inference.HttpRequest), which the server may answer on its own HTTP/1.1 lane.
 # 1.8: LISTENER_KEYS gains server.metrics.host and server.metrics.port (the metrics
-# listener).
+# listener); dl_inference.VersionPolicy (a config.yaml version_policy, .select()).
 HOOKSPEC_VERSION = "1.8"
 
 # The listener settings a plugin's dli_configure may return, as the server YAML spells them

@@ -14,7 +14,7 @@ from typing import Any
 
 from dl_inference import ProtocolRegistry, hookimpl
 
-DLI_HOOKSPEC_VERSION = "1.5"
+DLI_HOOKSPEC_VERSION = "1.8"
 
 
 @hookimpl

@@ -40,7 +40,7 @@ import yaml
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from dl_inference import ConfigError
+from dl_inference import ConfigError, VersionPolicy
 from dl_inference_tfserving._proto import tfs_pb2
 
 log = structlog.get_logger("dl_inference.tfserving")
@@ -332,12 +332,13 @@ class ModelConfigFile:
         common file."""
         if not self.per_model_batching:
             return {}
-        versions = _version_folders(model.base_path)
-        listed = model.config.get("version_policy", {}).get("specific")
-        served = [int(v) for v in versions if listed is None or int(v) in listed]
+        # By number: TF Serving reads "007" as version 7, as the kernel does.
+        versions = {int(name): folder for name, folder in _version_folders(model.base_path).items()}
+        policy = VersionPolicy.model_validate(model.config.get("version_policy", {}))
+        served = policy.select(list(versions))
         if not served:
             return {}
-        newest = versions[str(max(served))] / PER_MODEL_BATCHING_FILE
+        newest = versions[served[-1]] / PER_MODEL_BATCHING_FILE
         if not newest.is_file():
             return {}
         # TF Serving runs every model's batches on the common scheduler's threads.
