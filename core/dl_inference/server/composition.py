@@ -528,26 +528,17 @@ class Server:
             if old.models.get(name) != new.models.get(name)
         }
 
+        # The listeners keep running as they started: their settings stay the old ones.
+        kept: dict[str, Any] = {
+            key: getattr(old.server, key) for key in ("grpc", "http", "tls", "workers")
+        }
+        kept["metrics"] = new.server.metrics.model_copy(
+            update={"port": old.server.metrics.port, "host": old.server.metrics.host}
+        )
+
         async def apply() -> None:
             self.remote = remote
-            self.config = new.model_copy(
-                update={
-                    "server": new.server.model_copy(
-                        update={
-                            **{
-                                key: getattr(old.server, key)
-                                for key in ("grpc", "http", "tls", "workers")
-                            },
-                            "metrics": new.server.metrics.model_copy(
-                                update={
-                                    "port": old.server.metrics.port,
-                                    "host": old.server.metrics.host,
-                                }
-                            ),
-                        }
-                    )
-                }
-            )
+            self.config = new.model_copy(update={"server": new.server.model_copy(update=kept)})
             if (
                 new.server.log_level != old.server.log_level
                 or new.server.log_format != old.server.log_format

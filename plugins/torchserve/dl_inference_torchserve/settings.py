@@ -80,6 +80,8 @@ TORCHSERVE_DEFAULTS = {
     "grpc_inference_address": "127.0.0.1",
     "grpc_inference_port": "7070",
     "grpc_management_port": "7071",
+    # Named in the log only: a file without metrics_address opens no metrics listener.
+    "metrics_address": "http://127.0.0.1:8082",
     # grpc_management_address (127.0.0.1) has none here: our two management listeners share
     # one host, management_address's (given or this default).
 }
@@ -214,7 +216,7 @@ def read_properties(path: Path) -> Properties:
             "listener, and on a listener of its own where the file gives metrics_address (or "
             "the server YAML server.metrics.port)",
             file=str(path),
-            address="http://127.0.0.1:8082",
+            address=TORCHSERVE_DEFAULTS["metrics_address"],
         )
     if store is not None and "management.enabled" in listeners:
         # The management this file turns on registers archives from its model store, as
