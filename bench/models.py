@@ -33,6 +33,9 @@ from dl_inference import PythonModel
 class TorchScript(PythonModel):
     """The TorchScript file beside this one, under torch.inference_mode()."""
 
+    # torch alone runs here: a request that finds the model idle may run on the loop.
+    self_contained = True
+
     def load(self):
         torch.set_num_threads(int(os.environ.get("BENCH_TORCH_THREADS", "2")))
         self.model = torch.jit.load(str(self.path / "model.pt")).eval()

@@ -404,7 +404,7 @@ def test_public_surface_matches_its_snapshot() -> None:
     assert dl_inference.__all__ == PUBLIC_SURFACE
     for name in PUBLIC_SURFACE:
         assert hasattr(dl_inference, name), name
-    assert dl_inference.HOOKSPEC_VERSION == "1.8"
+    assert dl_inference.HOOKSPEC_VERSION == "1.9"
 
 
 def test_hookspecs_are_documented_and_match_their_snapshot() -> None:

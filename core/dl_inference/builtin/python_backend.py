@@ -51,6 +51,7 @@ class PythonBackend(Backend):
         self.model.config = self.config.model_dump() | self.settings.model_dump()
         self.model.load()
         self._predict = ParameterCall(self.model.predict, 1, "model.py predict()")
+        self.self_contained = bool(self.model.self_contained)  # the user's word for it
         # A predict() that yields answers each request with a stream of responses.
         predict = self.model.predict
         self.decoupled = inspect.isgeneratorfunction(predict) or inspect.isasyncgenfunction(predict)

@@ -131,6 +131,7 @@ class ModelVersion:
             instances=config.instances,
             merge=self.batching,
             run_requests=self._execute_requests if lists else None,
+            alone_on_loop=self._self_contained,
         )
         # config's reshape (Triton's): what clients send / receive -> what the model sees.
         self._reshape_in = {
@@ -147,6 +148,13 @@ class ModelVersion:
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
+
+    def _self_contained(self) -> bool:
+        """Whether a request alone may run on the event loop (see
+        :mod:`dl_inference.kernel.batching`): the backend vouches that its executions never
+        wait for this server, and no processor.py hooks (code it cannot vouch for) run
+        around them."""
+        return self.backend.self_contained and not (self.processor and self.processor.hooks)
 
     @property
     def decoupled(self) -> bool:

@@ -61,7 +61,9 @@ class Backend(abc.ABC):
     Subclasses set ``name`` (what config.yaml's ``backend:`` names), optionally ``Settings``
     and ``model_files`` (glob patterns that identify their model files for auto-detection),
     and implement :meth:`load` and :meth:`predict`. Both run in a worker thread, never on
-    the event loop, so they may block. Import your framework inside :meth:`load`.
+    the event loop, so they may block (a ``self_contained`` backend's :meth:`predict` may
+    run on the loop's thread for a request alone: see that attribute). Import your
+    framework inside :meth:`load`.
 
     A backend reports what its model takes (:meth:`model_inputs`, :meth:`model_outputs`);
     the kernel decides what clients send and get (:meth:`inputs`, :meth:`outputs`), and
@@ -92,6 +94,14 @@ class Backend(abc.ABC):
     # finds a generator predict() itself; a backend that wraps one (the python backend)
     # sets this in load().
     decoupled: bool = False
+    # True: predict() only computes on what it is given and never waits for this server (a
+    # call back to it, over the network or through ``models``). A request that finds such a
+    # model idle, alone, then runs on the event loop's thread while the model's executions
+    # stay short (see dl_inference.kernel.batching), with no thread hand-off; a model with
+    # processor.py hooks never does. The framework backends set it; the python backend
+    # takes it from the user's class (PythonModel.self_contained). A predict() that waits
+    # for this server on the loop it blocks would wait forever: leave it False then.
+    self_contained: bool = False
     # The server's other models (see ModelRunner), set by the kernel before load(); None
     # outside a server. A backend that composes models (an ensemble) calls them through it,
     # from an ``async def predict``.

@@ -41,7 +41,9 @@ PROJECT = "dl_inference"
 # dl_inference.HttpRequest), which the server may answer on its own HTTP/1.1 lane.
 # 1.8: LISTENER_KEYS gains server.metrics.host and server.metrics.port (the metrics
 # listener); dl_inference.VersionPolicy (a config.yaml version_policy, .select()).
-HOOKSPEC_VERSION = "1.8"
+# 1.9: Backend.self_contained and PythonModel.self_contained (a request alone may run on
+# the event loop's thread; ignored by older kernels).
+HOOKSPEC_VERSION = "1.9"
 
 # The listener settings a plugin's dli_configure may return, as the server YAML spells them
 # (management.roots too: where that listener may load models from).

@@ -133,6 +133,8 @@ class OnnxBackend(Backend):
 
     name = "onnx"
     Settings = OnnxSettings
+    # onnxruntime only computes: a request alone may run on the event loop (Backend docs).
+    self_contained = True
     model_files = ("*.onnx",)
     # Triton's onnxruntime backend: a config.pbtxt naming it (or the platform) is served
     # here, its version folder laid out as Triton's (see triton_model_file).

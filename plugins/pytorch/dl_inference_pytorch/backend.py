@@ -138,6 +138,8 @@ class PyTorchBackend(Backend):
 
     name = "pytorch"
     Settings = PyTorchSettings
+    # the module only computes: a request alone may run on the event loop (Backend docs).
+    self_contained = True
     model_files = ("*.pt2", "*.pt", "*.pth")
     # Triton's libtorch backend: a config.pbtxt naming it (or the platform) is served here
     # with Triton's rules (<version>/model.pt, tensors named as TritonIO describes).

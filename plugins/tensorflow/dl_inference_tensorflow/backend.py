@@ -120,6 +120,8 @@ class TensorFlowBackend(Backend):
 
     name = "tensorflow"
     Settings = TensorFlowSettings
+    # the SavedModel only computes: a request alone may run on the event loop (Backend docs).
+    self_contained = True
     model_files = ("saved_model.pb", "saved_model.pbtxt")
     # Triton's tensorflow backend: a config.pbtxt naming it (or tensorflow_savedmodel) is
     # served here with Triton's rules (<version>/model.savedmodel/, see _load_triton).
