@@ -204,7 +204,8 @@ class Batcher:
         # self-contained: asked at each one, since that is known once the model loaded).
         self._alone_on_loop = alone_on_loop
         self._dispatching = False  # a request alone waits for the end of the loop's turn
-        self._on_loop = 0  # executions running on an event loop: the instances wait
+        # Executions in progress, in the threads or on a loop: at most ``instances``.
+        self._running = 0
         self._recent_s = math.inf  # the recent executions' longest (decaying); none yet
 
     async def submit(
@@ -248,7 +249,7 @@ class Batcher:
                 if not self._threads:
                     self._start_threads()
         # Read without the lock: a stale answer only sends this request the usual way.
-        idle = not self._queue and self._waiting == len(self._threads)
+        idle = not self._queue and not self._running
         self._queue.append(item)
         if (
             idle
@@ -270,26 +271,17 @@ class Batcher:
         """Run the request queued alone on this loop's thread, or wake an instance."""
         self._dispatching = False
         with self._ready:
-            alone = (
-                len(self._queue) == 1
-                and self._waiting == len(self._threads)
-                and not self._on_loop
-                and not self._closed
-            )
+            alone = len(self._queue) == 1 and not self._running and not self._closed
             if not alone:
                 if self._queue and self._waiting:
                     self._ready.notify()
                 return
             item = self._queue.popleft()
-            self._on_loop += 1
-        try:
-            if not self._gone(item, time.monotonic(), "in the queue"):
-                self._execute([item])
-        finally:
-            with self._ready:
-                self._on_loop -= 1
-                if self._queue:  # queued from another thread meanwhile
-                    self._ready.notify_all()
+            self._running += 1  # the instances wait meanwhile
+        if self._gone(item, time.monotonic(), "in the queue"):
+            self._release()
+        else:
+            self._execute([item])
 
     def _delivery(self, loop: asyncio.AbstractEventLoop) -> _Delivery:
         delivery = self._deliveries.get(loop)
@@ -325,15 +317,17 @@ class Batcher:
         while True:
             with self._ready:
                 self._waiting += 1
-                while (not self._queue or self._on_loop) and not self._closed:
+                while (not self._queue or self._running >= self.instances) and not self._closed:
                     self._ready.wait()
                 self._waiting -= 1
                 if self._closed:
                     return
+                self._running += 1
                 if busy:
                     self._wait_for_rows()
-                # Not beside a request running on the loop (it may have come meanwhile).
-                batch = [] if self._on_loop else self._take()
+                batch = self._take()
+                if not batch:
+                    self._running -= 1
             busy = self._execute(batch) if batch else False
 
     def _wait_for_rows(self) -> None:
@@ -420,14 +414,28 @@ class Batcher:
         self._recent_s = took if recent == math.inf else max(took, recent * _RECENT_DECAY)
         queued = bool(self._queue)
         if error is None:
+            # Free before its callers hear: a client's next request finds the model idle.
+            self._release()
             self._deliver(batch, outputs)
-        elif self._isolable(batch, error):
-            # Outside the except block: the reruns' errors must not chain onto this one
-            # (each would hold the frames, and so the inputs, of every failure before it).
-            self._isolate(batch, error)
-        else:
-            _fail(batch, error)
+            return queued
+        try:
+            if self._isolable(batch, error):
+                # Outside the except block: the reruns' errors must not chain onto this
+                # one (each would hold the frames, and so the inputs, of every failure
+                # before it).
+                self._isolate(batch, error)
+            else:
+                _fail(batch, error)
+        finally:
+            self._release()
         return queued
+
+    def _release(self) -> None:
+        """One execution ended: an instance is free for what queued meanwhile."""
+        with self._ready:
+            self._running -= 1
+            if self._queue and self._waiting:
+                self._ready.notify()
 
     def _run_batch(self, batch: list[_Pending]) -> Any:
         """One execution of ``batch``: merged outputs, or one result per listed request."""
