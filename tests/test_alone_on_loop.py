@@ -233,3 +233,83 @@ async def test_only_a_self_contained_model_without_hooks_runs_on_the_loop(
     for model in ("plain", "hooked"):
         names = await threads_of(where_runtime, model, 3)
         assert all(name.startswith(f"dli-batch-{model}") for name in names), (model, names)
+
+
+# -- load() in the first instance's thread -----------------------------------------------
+
+LOADER_MODEL = """
+    import threading
+
+    import numpy as np
+
+    from dl_inference import PythonModel
+
+
+    class Loader(PythonModel):
+        def load(self):
+            self.loaded_in = threading.get_ident()
+
+        def predict(self, inputs):
+            same = threading.get_ident() == self.loaded_in
+            return {"y": inputs["x"] * 2, "same": np.full((len(inputs["x"]), 1), same)}
+"""
+LOADER_CONFIG = """
+    max_batch_size: 8
+    inputs: [{name: x, datatype: FP32, shape: [2]}]
+    outputs: [{name: y, datatype: FP32, shape: [2]}, {name: same, datatype: BOOL, shape: [1]}]
+"""
+
+
+async def test_predict_runs_in_the_thread_that_ran_load(tmp_path: Path) -> None:
+    """What load() sets for its thread (torch's OpenMP thread count) holds in predict():
+    Triton's python backend runs initialize() and execute() in one thread too."""
+    write_python_model(tmp_path, "loader", LOADER_MODEL, LOADER_CONFIG)
+    host = PluginHost(entry_points=[]).load()
+    models = ModelRegistry(host)
+    runtime = Runtime(host, models, access_log=False)
+    models.prepare(scan_repository(tmp_path))
+    await models.load_all(strict=True)
+    try:
+        for _ in range(3):
+            request = InferRequest("loader", {"x": np.ones((1, 2), np.float32)})
+            ctx = RequestContext(protocol="test", method="infer")
+            response = await runtime.infer(request, ctx)
+            assert response.outputs["same"].tolist() == [[True]]
+    finally:
+        await models.unload_all()
+
+
+async def test_a_load_that_fails_leaves_no_thread_and_names_the_error(tmp_path: Path) -> None:
+    broken = LOADER_MODEL.replace(
+        "self.loaded_in = threading.get_ident()", 'raise RuntimeError("weights missing")'
+    )
+    write_python_model(tmp_path, "loader", broken, LOADER_CONFIG)
+    host = PluginHost(entry_points=[]).load()
+    models = ModelRegistry(host)
+    Runtime(host, models, access_log=False)
+    models.prepare(scan_repository(tmp_path))
+    before = {thread.name for thread in threading.enumerate()}
+    await models.load_all()
+    try:
+        (version,) = models.versions("loader")
+        assert not version.ready and "weights missing" in version.reason
+        started = {thread.name for thread in threading.enumerate()} - before
+        assert not [name for name in started if name.startswith("dli-batch-loader")], started
+    finally:
+        await models.unload_all()
+
+
+async def test_a_failed_setup_leaves_the_scheduler_as_new() -> None:
+    def setup() -> None:
+        raise RuntimeError("weights missing")
+
+    model = ThreadRecorder()
+    batcher = Batcher("m", model.run, max_batch_size=8)
+    try:
+        with pytest.raises(RuntimeError, match="weights missing"):
+            await batcher.start_with(setup)
+        # A later start (a retry's) finds no dead thread standing in for its instances.
+        outputs = await asyncio.wait_for(batcher.submit(one_row(3.0), {}, None), 10)
+        np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 6.0))
+    finally:
+        await batcher.close()
