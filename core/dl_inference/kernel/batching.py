@@ -319,9 +319,9 @@ class Batcher:
             try:
                 setup()
             except BaseException as exc:
-                _settle_from_thread(loop, loaded, exc)
+                loop.call_soon_threadsafe(_settle, loaded, exc)
                 return
-            _settle_from_thread(loop, loaded, None)
+            loop.call_soon_threadsafe(_settle, loaded, None)
             self._work()
 
         with self._ready:
@@ -627,15 +627,6 @@ def _resolve(
 ) -> None:
     """Hand a result or error to the waiting coroutine, on its own event loop."""
     item.delivery.put(item, result, error)
-
-
-def _settle_from_thread(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], error: BaseException | None
-) -> None:
-    """Resolve ``future`` on its loop, from another thread; a closed loop (the server
-    stopped while a model loaded) has nobody waiting any more."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_settle, future, error)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
