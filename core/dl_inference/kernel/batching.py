@@ -291,54 +291,14 @@ class Batcher:
             delivery = self._deliveries[loop] = _Delivery(loop)
         return delivery
 
-    def _start_threads(self, first: int = 0) -> None:
-        """Start the instance threads from number ``first`` on (lock held)."""
+    def _start_threads(self) -> None:
         self._closed = False
-        started = [
+        self._threads = [
             threading.Thread(target=self._work, name=f"dli-batch-{self.name}-{i}", daemon=True)
-            for i in range(first, self.instances)
+            for i in range(self.instances)
         ]
-        self._threads = self._threads[:first] + started
-        for thread in started:
+        for thread in self._threads:
             thread.start()
-
-    async def start_with(self, setup: Callable[[], None]) -> None:
-        """Start the instance threads, the first one running ``setup`` (the model's load)
-        before it takes any request; raises what ``setup`` raised (no thread is left then).
-
-        What a model's load sets for its own thread then holds where its first instance
-        runs: torch's intra-op thread count is OpenMP's per-thread setting, and a python
-        model setting it in ``load()`` would otherwise run ``predict()`` on every core,
-        an idle OpenMP worker spinning beside the server. Triton's python backend runs a
-        model's ``initialize`` and ``execute`` in one thread too.
-        """
-        loop = asyncio.get_running_loop()
-        loaded: asyncio.Future[None] = loop.create_future()
-
-        def first() -> None:
-            try:
-                setup()
-            except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, loaded, exc)
-                return
-            loop.call_soon_threadsafe(_settle, loaded, None)
-            self._work()
-
-        with self._ready:
-            self._closed = False
-            self._threads = [
-                threading.Thread(target=first, name=f"dli-batch-{self.name}-0", daemon=True)
-            ]
-            self._threads[0].start()
-        try:
-            await asyncio.shield(loaded)
-        except BaseException:
-            with self._ready:
-                if loaded.done() and loaded.exception() is not None:
-                    self._threads = []  # the first thread ended with the failed setup
-            raise
-        with self._ready:
-            self._start_threads(first=1)
 
     async def close(self) -> None:
         """Stop the threads once the running batches end; queued requests are refused."""
@@ -627,15 +587,6 @@ def _resolve(
 ) -> None:
     """Hand a result or error to the waiting coroutine, on its own event loop."""
     item.delivery.put(item, result, error)
-
-
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
 
 
 def _request_id(item: _Pending) -> str:

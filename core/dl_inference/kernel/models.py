@@ -509,9 +509,7 @@ class ModelRegistry:
     async def _load(self, model: ModelVersion, strict: bool) -> None:
         try:
             model.backend.models = self.runner
-            # In the model's first instance thread: what load() sets for its thread holds
-            # where predict() runs (see Batcher.start_with).
-            await model.scheduler.start_with(lambda: load_backend(model))
+            await asyncio.to_thread(load_backend, model)
             await warm_up(model)  # config.yaml's warmup: and the backend's samples
         except Exception as exc:
             model.state = ModelState.UNAVAILABLE
