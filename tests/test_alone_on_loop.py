@@ -9,6 +9,7 @@ python backend the user's class attribute), and processor.py hooks that take it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -61,6 +62,17 @@ def one_row(value: float = 1.0) -> dict[str, np.ndarray]:
     return {"x": np.full((1, 2), value, np.float32)}
 
 
+@contextlib.asynccontextmanager
+async def scheduler(model: ThreadRecorder, *, alone: bool) -> AsyncIterator[Batcher]:
+    """``model``'s scheduler (one instance, batches of up to 8 rows), closed afterwards;
+    ``alone``: whether its backend lets a request alone run on the loop."""
+    batcher = Batcher("m", model.run, max_batch_size=8, alone_on_loop=lambda: alone)
+    try:
+        yield batcher
+    finally:
+        await batcher.close()
+
+
 @pytest.fixture(autouse=True)
 def patient_loop(monkeypatch: pytest.MonkeyPatch) -> float:
     """A longest execution on the loop far above these models' own (a cold first call of
@@ -71,8 +83,7 @@ def patient_loop(monkeypatch: pytest.MonkeyPatch) -> float:
 
 async def test_a_request_alone_runs_on_the_loops_thread_once_the_model_ran_short() -> None:
     model = ThreadRecorder()
-    batcher = Batcher("m", model.run, max_batch_size=8, alone_on_loop=lambda: True)
-    try:
+    async with scheduler(model, alone=True) as batcher:
         for value in (1.0, 2.0, 3.0):
             outputs = await batcher.submit(one_row(value), {}, None)
             np.testing.assert_array_equal(outputs["y"], np.full((1, 2), value * 2))
@@ -82,40 +93,31 @@ async def test_a_request_alone_runs_on_the_loops_thread_once_the_model_ran_short
         assert model.threads[0] != loop_thread
         assert model.threads[1:] == [loop_thread, loop_thread]
         assert batcher.stats.batches == 3 and batcher.stats.rows == 3
-    finally:
-        await batcher.close()
 
 
 async def test_without_the_backends_word_every_request_runs_in_an_instance() -> None:
     model = ThreadRecorder()
-    batcher = Batcher("m", model.run, max_batch_size=8, alone_on_loop=lambda: False)
-    try:
+    async with scheduler(model, alone=False) as batcher:
         for _ in range(3):
             await batcher.submit(one_row(), {}, None)
         assert threading.get_ident() not in model.threads
-    finally:
-        await batcher.close()
 
 
 async def test_requests_arriving_together_batch_in_the_instance() -> None:
     model = ThreadRecorder()
-    batcher = Batcher("m", model.run, max_batch_size=8, alone_on_loop=lambda: True)
-    try:
+    async with scheduler(model, alone=True) as batcher:
         await batcher.submit(one_row(), {}, None)  # the model is now known short
         results = await asyncio.gather(*(batcher.submit(one_row(i), {}, None) for i in range(6)))
         for i, outputs in enumerate(results):
             np.testing.assert_array_equal(outputs["y"], np.full((1, 2), i * 2.0))
         assert threading.get_ident() not in model.threads
         assert model.rows[1:] == [6]  # one merged batch, not six runs on the loop
-    finally:
-        await batcher.close()
 
 
 async def test_a_long_execution_keeps_the_next_requests_off_the_loop(patient_loop: float) -> None:
     long_call = 2  # the third execution takes longer than the loop may stall
     model = ThreadRecorder(lambda call: patient_loop * 4 if call == long_call else 0.0)
-    batcher = Batcher("m", model.run, max_batch_size=8, alone_on_loop=lambda: True)
-    try:
+    async with scheduler(model, alone=True) as batcher:
         for _ in range(4):
             await batcher.submit(one_row(), {}, None)
         loop_thread = threading.get_ident()
@@ -125,22 +127,17 @@ async def test_a_long_execution_keeps_the_next_requests_off_the_loop(patient_loo
         for _ in range(20):  # 4x the limit decays below it in 14 executions
             await batcher.submit(one_row(), {}, None)
         assert model.threads[-1] == loop_thread
-    finally:
-        await batcher.close()
 
 
 async def test_a_failure_on_the_loop_reaches_its_caller_and_the_next_request_is_served() -> None:
     model = ThreadRecorder()
-    batcher = Batcher("m", model.run, max_batch_size=8, alone_on_loop=lambda: True)
-    try:
+    async with scheduler(model, alone=True) as batcher:
         await batcher.submit(one_row(), {}, None)
         with pytest.raises(BackendError, match="failed on purpose"):
             await batcher.submit(one_row(), {"fail": True}, None)
         assert model.threads[1] == threading.get_ident()
         outputs = await batcher.submit(one_row(4.0), {}, None)
         np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 8.0))
-    finally:
-        await batcher.close()
 
 
 async def test_a_request_from_another_loop_waits_while_one_runs_on_this_loop() -> None:
@@ -159,8 +156,7 @@ async def test_a_request_from_another_loop_waits_while_one_runs_on_this_loop() -
         return 0.0
 
     model = ThreadRecorder(seconds)
-    batcher = Batcher("m", model.run, max_batch_size=8, alone_on_loop=lambda: True)
-    try:
+    async with scheduler(model, alone=True) as batcher:
         await batcher.submit(one_row(), {}, None)
         await batcher.submit(one_row(), {}, None)
         thread = other[0]
@@ -169,8 +165,6 @@ async def test_a_request_from_another_loop_waits_while_one_runs_on_this_loop() -
         assert model.threads[1] == threading.get_ident()
         assert model.threads[2] != threading.get_ident()
         assert model.most_at_once == 1
-    finally:
-        await batcher.close()
 
 
 # -- through the model registry: who may run on the loop ---------------------------------
